@@ -1,0 +1,425 @@
+//! Static DASH MPDs (ISO/IEC 23009-1) for CMAF renditions.
+//!
+//! One Period, one video AdaptationSet and one audio AdaptationSet, with
+//! `SegmentTemplate` + `SegmentTimeline` addressing. Representations are
+//! listed in ascending `@bandwidth`, which is the peak bitrate measured from
+//! the segments (the same figure as the HLS `BANDWIDTH` of the rung alone),
+//! because `@bandwidth` promises continuous delivery over a channel of that
+//! rate.
+//!
+//! The timeline sits on the AdaptationSet when every Representation has the
+//! same one (the usual case: rungs are cut at the same keyframes) and on
+//! each Representation otherwise.
+
+use std::fmt::Write as _;
+
+use crate::error::{Error, Result};
+use crate::manifest::{MediaKind, Rendition, UriLayout};
+use crate::segmenter::SegmentInfo;
+use crate::time::Rational;
+
+const PROFILES: &str = "urn:mpeg:dash:profile:isoff-live:2011,urn:mpeg:dash:profile:cmaf:2019";
+const AUDIO_CHANNEL_SCHEME: &str = "urn:mpeg:dash:23003:3:audio_channel_configuration:2011";
+
+/// Renders a static MPD describing `renditions` laid out per `layout`.
+pub fn render_mpd(renditions: &[Rendition], layout: &UriLayout) -> Result<String> {
+    layout.validate()?;
+    if renditions.is_empty() {
+        return Err(Error::NothingToDescribe("no renditions for the MPD"));
+    }
+    for rendition in renditions {
+        rendition.validate()?;
+    }
+    let presentation_millis = renditions
+        .iter()
+        .map(|rendition| millis_ceil(rendition.end(), rendition.timescale))
+        .max()
+        .unwrap_or(0);
+    let min_buffer_seconds = renditions
+        .iter()
+        .map(Rendition::target_duration_seconds)
+        .max()
+        .unwrap_or(1);
+
+    let mut sorted: Vec<(&Rendition, u64)> = renditions
+        .iter()
+        .map(|rendition| (rendition, rendition.bitrates().peak))
+        .collect();
+    sorted.sort_by_key(|(_, bandwidth)| *bandwidth);
+    let (videos, audios): (Vec<_>, Vec<_>) = sorted
+        .into_iter()
+        .partition(|(rendition, _)| rendition.is_video());
+
+    let mut xml = Xml::default();
+    xml.line(0, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    xml.open(
+        0,
+        "MPD",
+        &[
+            ("xmlns", "urn:mpeg:dash:schema:mpd:2011".to_owned()),
+            ("profiles", PROFILES.to_owned()),
+            ("type", "static".to_owned()),
+            (
+                "mediaPresentationDuration",
+                xs_duration(presentation_millis),
+            ),
+            (
+                "minBufferTime",
+                xs_duration(min_buffer_seconds.saturating_mul(1000)),
+            ),
+        ],
+    );
+    xml.open(
+        1,
+        "Period",
+        &[("id", "0".to_owned()), ("start", "PT0S".to_owned())],
+    );
+    let mut adaptation_set_id = 0;
+    if !videos.is_empty() {
+        write_video_set(&mut xml, adaptation_set_id, &videos, layout);
+        adaptation_set_id += 1;
+    }
+    if !audios.is_empty() {
+        write_audio_set(&mut xml, adaptation_set_id, &audios, layout);
+    }
+    xml.close(1, "Period");
+    xml.close(0, "MPD");
+    Ok(xml.text)
+}
+
+fn write_video_set(xml: &mut Xml, id: u32, videos: &[(&Rendition, u64)], layout: &UriLayout) {
+    let mut max_width = 0;
+    let mut max_height = 0;
+    let mut max_frame_rate: Option<Rational> = None;
+    for (video, _) in videos {
+        if let MediaKind::Video {
+            width,
+            height,
+            frame_rate,
+        } = video.kind
+        {
+            max_width = max_width.max(width);
+            max_height = max_height.max(height);
+            max_frame_rate = max_frame_rate.max(Some(frame_rate));
+        }
+    }
+    let mut attributes = vec![
+        ("id", id.to_string()),
+        ("contentType", "video".to_owned()),
+        ("mimeType", "video/mp4".to_owned()),
+        ("segmentAlignment", "true".to_owned()),
+        ("startWithSAP", "1".to_owned()),
+        ("maxWidth", max_width.to_string()),
+        ("maxHeight", max_height.to_string()),
+    ];
+    if let Some(rate) = max_frame_rate {
+        attributes.push(("maxFrameRate", rate.to_string()));
+    }
+    xml.open(2, "AdaptationSet", &attributes);
+    let shared = shared_timeline(videos);
+    if shared {
+        write_segment_template(xml, 3, videos[0].0, layout);
+    }
+    for (video, bandwidth) in videos {
+        let mut attributes = vec![
+            ("id", video.name.clone()),
+            ("bandwidth", bandwidth.to_string()),
+            ("codecs", video.codecs.clone()),
+        ];
+        if let MediaKind::Video {
+            width,
+            height,
+            frame_rate,
+        } = video.kind
+        {
+            attributes.push(("width", width.to_string()));
+            attributes.push(("height", height.to_string()));
+            attributes.push(("frameRate", frame_rate.to_string()));
+            attributes.push(("sar", "1:1".to_owned()));
+        }
+        if shared {
+            xml.empty(3, "Representation", &attributes);
+        } else {
+            xml.open(3, "Representation", &attributes);
+            write_segment_template(xml, 4, video, layout);
+            xml.close(3, "Representation");
+        }
+    }
+    xml.close(2, "AdaptationSet");
+}
+
+fn write_audio_set(xml: &mut Xml, id: u32, audios: &[(&Rendition, u64)], layout: &UriLayout) {
+    xml.open(
+        2,
+        "AdaptationSet",
+        &[
+            ("id", id.to_string()),
+            ("contentType", "audio".to_owned()),
+            ("mimeType", "audio/mp4".to_owned()),
+            ("lang", "und".to_owned()),
+            ("segmentAlignment", "true".to_owned()),
+            ("startWithSAP", "1".to_owned()),
+        ],
+    );
+    let shared = shared_timeline(audios);
+    if shared {
+        write_segment_template(xml, 3, audios[0].0, layout);
+    }
+    for (audio, bandwidth) in audios {
+        let mut attributes = vec![
+            ("id", audio.name.clone()),
+            ("bandwidth", bandwidth.to_string()),
+            ("codecs", audio.codecs.clone()),
+        ];
+        let mut channel_count = None;
+        if let MediaKind::Audio {
+            sample_rate,
+            channels,
+        } = audio.kind
+        {
+            attributes.push(("audioSamplingRate", sample_rate.to_string()));
+            channel_count = Some(channels);
+        }
+        xml.open(3, "Representation", &attributes);
+        if let Some(channels) = channel_count {
+            xml.empty(
+                4,
+                "AudioChannelConfiguration",
+                &[
+                    ("schemeIdUri", AUDIO_CHANNEL_SCHEME.to_owned()),
+                    ("value", channels.to_string()),
+                ],
+            );
+        }
+        if !shared {
+            write_segment_template(xml, 4, audio, layout);
+        }
+        xml.close(3, "Representation");
+    }
+    xml.close(2, "AdaptationSet");
+}
+
+/// Whether all renditions share timescale, numbering and segment times.
+fn shared_timeline(renditions: &[(&Rendition, u64)]) -> bool {
+    let times = |rendition: &Rendition| -> Vec<(u64, u64, u64)> {
+        rendition
+            .segments
+            .iter()
+            .map(|segment| (segment.sequence_number, segment.start, segment.duration))
+            .collect()
+    };
+    let Some(((first, _), rest)) = renditions.split_first() else {
+        return true;
+    };
+    let first_times = times(first);
+    rest.iter()
+        .all(|(other, _)| other.timescale == first.timescale && times(other) == first_times)
+}
+
+fn write_segment_template(xml: &mut Xml, depth: usize, rendition: &Rendition, layout: &UriLayout) {
+    xml.open(
+        depth,
+        "SegmentTemplate",
+        &[
+            ("timescale", rendition.timescale.to_string()),
+            (
+                "initialization",
+                format!("$RepresentationID$/{}", layout.init_segment),
+            ),
+            (
+                "media",
+                format!("$RepresentationID$/{}", layout.media_segment),
+            ),
+            ("startNumber", rendition.first_sequence_number().to_string()),
+        ],
+    );
+    xml.open(depth + 1, "SegmentTimeline", &[]);
+    for run in timeline_runs(&rendition.segments) {
+        let mut attributes = Vec::with_capacity(3);
+        if let Some(start) = run.start {
+            attributes.push(("t", start.to_string()));
+        }
+        attributes.push(("d", run.duration.to_string()));
+        if run.repeat > 0 {
+            attributes.push(("r", run.repeat.to_string()));
+        }
+        xml.empty(depth + 2, "S", &attributes);
+    }
+    xml.close(depth + 1, "SegmentTimeline");
+    xml.close(depth, "SegmentTemplate");
+}
+
+/// One `<S>` element: `repeat + 1` segments of `duration`, back to back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TimelineRun {
+    /// Explicit `@t`, only where the timeline does not simply continue.
+    start: Option<u64>,
+    duration: u64,
+    repeat: u64,
+}
+
+/// Run-length encodes segment times into `<S>` elements.
+fn timeline_runs(segments: &[SegmentInfo]) -> Vec<TimelineRun> {
+    let mut runs: Vec<TimelineRun> = Vec::new();
+    let mut expected_start = None;
+    for segment in segments {
+        let continues = expected_start == Some(segment.start);
+        match runs.last_mut() {
+            Some(run) if continues && run.duration == segment.duration => run.repeat += 1,
+            _ => runs.push(TimelineRun {
+                start: (!continues).then_some(segment.start),
+                duration: segment.duration,
+                repeat: 0,
+            }),
+        }
+        expected_start = Some(segment.start + segment.duration);
+    }
+    runs
+}
+
+/// Milliseconds in `ticks`, rounded up so the presentation never ends
+/// before its last sample.
+fn millis_ceil(ticks: u64, timescale: u32) -> u64 {
+    let millis = (u128::from(ticks) * 1000).div_ceil(u128::from(timescale.max(1)));
+    u64::try_from(millis).unwrap_or(u64::MAX)
+}
+
+/// An `xs:duration` such as `PT1H2M3.5S` or `PT10S`.
+fn xs_duration(millis: u64) -> String {
+    let hours = millis / 3_600_000;
+    let minutes = millis / 60_000 % 60;
+    let seconds = millis / 1000 % 60;
+    let fraction = millis % 1000;
+    let mut text = String::from("PT");
+    if hours > 0 {
+        let _ = write!(text, "{hours}H");
+    }
+    if minutes > 0 {
+        let _ = write!(text, "{minutes}M");
+    }
+    if fraction == 0 {
+        let _ = write!(text, "{seconds}S");
+    } else {
+        let decimals = format!("{fraction:03}");
+        let _ = write!(text, "{seconds}.{}S", decimals.trim_end_matches('0'));
+    }
+    text
+}
+
+/// Minimal indenting XML writer; attribute values are always escaped.
+#[derive(Default)]
+struct Xml {
+    text: String,
+}
+
+impl Xml {
+    fn line(&mut self, depth: usize, content: &str) {
+        for _ in 0..depth {
+            self.text.push_str("  ");
+        }
+        self.text.push_str(content);
+        self.text.push('\n');
+    }
+
+    fn tag(&mut self, depth: usize, name: &str, attributes: &[(&str, String)], self_closing: bool) {
+        let mut tag = format!("<{name}");
+        for (key, value) in attributes {
+            let _ = write!(tag, " {key}=\"{}\"", escape_attribute(value));
+        }
+        tag.push_str(if self_closing { "/>" } else { ">" });
+        self.line(depth, &tag);
+    }
+
+    fn open(&mut self, depth: usize, name: &str, attributes: &[(&str, String)]) {
+        self.tag(depth, name, attributes, false);
+    }
+
+    fn empty(&mut self, depth: usize, name: &str, attributes: &[(&str, String)]) {
+        self.tag(depth, name, attributes, true);
+    }
+
+    fn close(&mut self, depth: usize, name: &str) {
+        self.line(depth, &format!("</{name}>"));
+    }
+}
+
+fn escape_attribute(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for character in value.chars() {
+        match character {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&apos;"),
+            '\n' => escaped.push_str("&#10;"),
+            '\r' => escaped.push_str("&#13;"),
+            '\t' => escaped.push_str("&#9;"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(sequence_number: u64, start: u64, duration: u64) -> SegmentInfo {
+        SegmentInfo {
+            sequence_number,
+            start,
+            duration,
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn timeline_is_run_length_encoded() {
+        let segments = [
+            segment(1, 0, 100),
+            segment(2, 100, 100),
+            segment(3, 200, 100),
+            segment(4, 300, 50),
+            // A gap: the next start must be explicit.
+            segment(5, 400, 50),
+        ];
+        assert_eq!(
+            timeline_runs(&segments),
+            vec![
+                TimelineRun {
+                    start: Some(0),
+                    duration: 100,
+                    repeat: 2
+                },
+                TimelineRun {
+                    start: None,
+                    duration: 50,
+                    repeat: 0
+                },
+                TimelineRun {
+                    start: Some(400),
+                    duration: 50,
+                    repeat: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn formats_xs_durations() {
+        assert_eq!(xs_duration(0), "PT0S");
+        assert_eq!(xs_duration(10_000), "PT10S");
+        assert_eq!(xs_duration(10_010), "PT10.01S");
+        assert_eq!(xs_duration(3_723_500), "PT1H2M3.5S");
+        assert_eq!(millis_ceil(1001, 30000), 34);
+    }
+
+    #[test]
+    fn escapes_attribute_values() {
+        assert_eq!(
+            escape_attribute(r#"a&b<c>"d'"#),
+            "a&amp;b&lt;c&gt;&quot;d&apos;"
+        );
+    }
+}

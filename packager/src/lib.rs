@@ -1,0 +1,50 @@
+//! Cascade's packager: encoded samples in, CMAF segments and HLS/DASH
+//! manifests out.
+//!
+//! A pure library (no I/O, no async, no FFmpeg types), so the same code
+//! serves VOD and live and is tested in microseconds. It implements:
+//!
+//! - ISO/IEC 23000-19 (CMAF) track files: a CMAF header (`ftyp` + `moov`,
+//!   see ISO/IEC 14496-12) per track, and one `moof` + `mdat` fragment per
+//!   segment, with `tfdt` at each segment's earliest presentation time and
+//!   signed composition offsets instead of an edit list;
+//! - ISO/IEC 14496-15 `avcC` for H.264 (from `avcC` or Annex B extradata)
+//!   and ISO/IEC 14496-1/-3 `esds` for AAC;
+//! - RFC 8216 HLS media and master playlists (through `m3u8_rs`);
+//! - ISO/IEC 23009-1 DASH static MPDs with `SegmentTimeline`.
+//!
+//! # Flow
+//!
+//! 1. Describe each stream as a [`VideoTrack`] or [`AudioTrack`], wrap it
+//!    in a [`Segmenter`] with the target segment duration, and store
+//!    [`Segmenter::init_segment`] as `{rendition}/init.mp4`.
+//! 2. [`Segmenter::push`] every sample in decode order; store each returned
+//!    [`MediaSegment`] as `{rendition}/{sequence_number}.m4s`, then the one
+//!    from [`Segmenter::finish`]. Sequence numbers start at
+//!    [`FIRST_SEQUENCE_NUMBER`] (1).
+//! 3. Build a [`Rendition`] per track from the [`SegmentInfo`]s and render
+//!    [`hls::Playlist::for_rendition`], [`hls::render_master_playlist`] and
+//!    [`dash::render_mpd`]. File names follow [`UriLayout`].
+//!
+//! Segments are cut at the first sync sample at or after each multiple of
+//! the target duration (see [`segmenter`]), so rungs whose keyframes were
+//! forced at the same times share segment boundaries.
+
+pub mod aac;
+pub mod avc;
+mod boxes;
+pub mod dash;
+mod error;
+pub mod hls;
+mod manifest;
+pub mod segmenter;
+mod time;
+mod track;
+
+pub use aac::AudioSpecificConfig;
+pub use avc::{AvcConfig, SpsInfo};
+pub use error::{Error, Result};
+pub use manifest::{Bitrates, MediaKind, Rendition, UriLayout};
+pub use segmenter::{MediaSegment, Sample, SegmentInfo, Segmenter, FIRST_SEQUENCE_NUMBER};
+pub use time::Rational;
+pub use track::{AudioTrack, Track, VideoTrack};

@@ -1,0 +1,259 @@
+//! Cut rules: where segments start and end, for video and audio.
+
+mod common;
+
+use bytes::Bytes;
+use cascade_packager::{Error, MediaSegment, Rational, Sample, Segmenter, Track};
+use common::*;
+
+fn run(track: Track, target: Rational, samples: Vec<Sample>) -> Vec<MediaSegment> {
+    let mut segmenter = Segmenter::new(track, target);
+    let mut segments = Vec::new();
+    for sample in samples {
+        segments.extend(segmenter.push(sample).unwrap());
+    }
+    segments.extend(segmenter.finish().unwrap());
+    segments
+}
+
+/// Frame-by-frame stream without B-frames: keyframes at the given frame indices.
+fn stream(
+    frames: usize,
+    keyframes: &[usize],
+    frame_duration: i64,
+    size_scale: usize,
+) -> Vec<Sample> {
+    (0..frames)
+        .map(|index| {
+            let keyframe = keyframes.contains(&index);
+            let time = index as i64 * frame_duration;
+            Sample {
+                pts: time,
+                dts: time,
+                duration: frame_duration as u32,
+                keyframe,
+                data: access_unit(keyframe, (20 + index % 5) * size_scale, index as u32),
+            }
+        })
+        .collect()
+}
+
+fn boundaries(segments: &[MediaSegment]) -> Vec<(u64, u64, u64)> {
+    segments
+        .iter()
+        .map(|s| (s.sequence_number(), s.start(), s.duration()))
+        .collect()
+}
+
+#[test]
+fn rungs_with_aligned_keyframes_get_identical_boundaries() {
+    // 30 fps at 90 kHz for 7 s; keyframes every second plus scene cuts at
+    // 2.5 s and 4.1 s; 2 s target. Rungs differ in size and timescale-equal.
+    let keyframes = [0, 30, 60, 75, 90, 120, 123, 150, 180];
+    let high = run(
+        video_track(90_000),
+        Rational::integer(2).unwrap(),
+        stream(210, &keyframes, 3000, 40),
+    );
+    let low = run(
+        video_track(90_000),
+        Rational::integer(2).unwrap(),
+        stream(210, &keyframes, 3000, 2),
+    );
+    assert_eq!(boundaries(&high), boundaries(&low));
+    assert_ne!(
+        high.iter().map(MediaSegment::size).collect::<Vec<_>>(),
+        low.iter().map(MediaSegment::size).collect::<Vec<_>>()
+    );
+    // Cuts at 0, 2, 4 and 6 s; the scene cuts stay inside segments.
+    assert_eq!(
+        boundaries(&high),
+        [
+            (1, 0, 180_000),
+            (2, 180_000, 180_000),
+            (3, 360_000, 180_000),
+            (4, 540_000, 90_000)
+        ]
+    );
+    assert_eq!(
+        high.iter().map(MediaSegment::sample_count).sum::<usize>(),
+        210
+    );
+}
+
+#[test]
+fn late_keyframe_cuts_after_the_boundary_and_next_boundary_follows_it() {
+    // Target 2 s, keyframes at 0, 2.2 s, 3.9 s, 4.5 s and 6 s.
+    let keyframes = [0, 66, 117, 135, 180];
+    let segments = run(
+        video_track(90_000),
+        Rational::integer(2).unwrap(),
+        stream(200, &keyframes, 3000, 1),
+    );
+    // 2.2 s is the first keyframe past 2 s; the next boundary is 4 s, so
+    // 3.9 s is too early and 4.5 s cuts; then 6 s.
+    assert_eq!(
+        boundaries(&segments),
+        [
+            (1, 0, 198_000),
+            (2, 198_000, 207_000),
+            (3, 405_000, 135_000),
+            (4, 540_000, 60_000),
+        ]
+    );
+}
+
+#[test]
+fn ntsc_boundaries_are_exact() {
+    // 29.97 fps in a 30000 timescale, target 2.002 s = 60 frames; keyframes every 60 frames.
+    let keyframes: Vec<usize> = (0..300).step_by(60).collect();
+    let target = Rational::new(2002, 1000).unwrap();
+    let segments = run(
+        video_track(30_000),
+        target,
+        stream(300, &keyframes, 1001, 1),
+    );
+    assert_eq!(segments.len(), 5);
+    for (index, segment) in segments.iter().enumerate() {
+        assert_eq!(segment.start(), index as u64 * 60_060);
+        assert_eq!(segment.duration(), 60_060);
+        assert_eq!(segment.sample_count(), 60);
+    }
+}
+
+#[test]
+fn b_frame_segments_start_at_their_keyframe() {
+    let samples = b_frame_stream(95, 30, 3000);
+    let segments = run(video_track(90_000), Rational::integer(1).unwrap(), samples);
+    assert_eq!(
+        boundaries(&segments),
+        [
+            (1, 0, 90_000),
+            (2, 90_000, 90_000),
+            (3, 180_000, 90_000),
+            (4, 270_000, 15_000)
+        ]
+    );
+    for segment in &segments {
+        let fragment = parse_fragment(segment.data());
+        assert_eq!(fragment.samples[0].flags, 0x0200_0000);
+        let times = fragment.presentation_times();
+        assert_eq!(times.iter().min().copied(), Some(segment.start() as i64));
+    }
+}
+
+#[test]
+fn audio_cuts_at_the_first_frame_past_each_boundary() {
+    // 48 kHz AAC, 1024-sample frames, 2 s target: 96 000 / 1024 = 93.75, so
+    // frame 94 (t = 96 256) opens segment 2, frame 188 (192 512) segment 3.
+    let frames: Vec<Sample> = (0..200i64)
+        .map(|index| Sample {
+            pts: index * 1024,
+            dts: index * 1024,
+            duration: 1024,
+            keyframe: false,
+            data: Bytes::from_static(&[0x21, 0x10, 0x05]),
+        })
+        .collect();
+    let segments = run(audio_track(), Rational::integer(2).unwrap(), frames);
+    assert_eq!(
+        boundaries(&segments),
+        [
+            (1, 0, 94 * 1024),
+            (2, 94 * 1024, 94 * 1024),
+            (3, 188 * 1024, 12 * 1024),
+        ]
+    );
+}
+
+#[test]
+fn finish_without_samples_gives_nothing() {
+    let segmenter = Segmenter::new(audio_track(), Rational::integer(2).unwrap());
+    assert_eq!(segmenter.finish(), Ok(None));
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let target = Rational::integer(2).unwrap();
+    let mut segmenter = Segmenter::new(video_track(90_000), target);
+    assert_eq!(
+        segmenter.push(video_sample(0, 0, 3000, false, 0)),
+        Err(Error::FirstSampleNotKeyframe { dts: 0 })
+    );
+
+    let mut segmenter = Segmenter::new(video_track(90_000), target);
+    segmenter.push(video_sample(0, 0, 3000, true, 0)).unwrap();
+    assert_eq!(
+        segmenter.push(video_sample(3000, 0, 3000, false, 1)),
+        Err(Error::NonMonotonicDts {
+            previous: 0,
+            current: 0
+        })
+    );
+    let empty = Sample {
+        pts: 3000,
+        dts: 3000,
+        duration: 3000,
+        keyframe: false,
+        data: Bytes::new(),
+    };
+    assert_eq!(segmenter.push(empty), Err(Error::EmptySample { dts: 3000 }));
+    // A rejected sample leaves the segmenter usable.
+    segmenter
+        .push(video_sample(3000, 3000, 3000, false, 1))
+        .unwrap();
+    let last = segmenter.finish().unwrap().unwrap();
+    assert_eq!(last.sample_count(), 2);
+
+    let mut segmenter = Segmenter::new(video_track(90_000), target);
+    assert_eq!(
+        segmenter.push(video_sample(-3000, -3000, 3000, true, 0)),
+        Err(Error::NegativePresentationTime { pts: -3000 })
+    );
+
+    let mut audio = Segmenter::new(audio_track(), target);
+    let empty_audio = Sample {
+        pts: 0,
+        dts: 0,
+        duration: 1024,
+        keyframe: true,
+        data: Bytes::new(),
+    };
+    assert_eq!(audio.push(empty_audio), Err(Error::EmptySample { dts: 0 }));
+}
+
+#[test]
+fn tracks_reject_garbage_and_mismatched_configs() {
+    use cascade_packager::{AudioTrack, VideoTrack};
+    let fps = Rational::integer(30).unwrap();
+    assert_eq!(
+        VideoTrack::new(b"\x42garbage", 1280, 720, 90_000, fps),
+        Err(Error::UnrecognizedAvcConfig)
+    );
+    let config = annex_b(&[SPS_720P_HIGH, PPS_720P_HIGH]);
+    assert_eq!(
+        VideoTrack::new(&config, 1920, 1080, 90_000, fps),
+        Err(Error::DimensionMismatch {
+            sps_width: 1280,
+            sps_height: 720,
+            width: 1920,
+            height: 1080
+        })
+    );
+    assert!(matches!(
+        VideoTrack::new(&config, 1280, 720, 0, fps),
+        Err(Error::InvalidParameter(_))
+    ));
+    assert!(matches!(
+        AudioTrack::new(&[0xff, 0xff], 48_000, 2),
+        Err(Error::InvalidAudioSpecificConfig(_))
+    ));
+    assert!(matches!(
+        AudioTrack::new(ASC_LC_48K_STEREO, 44_100, 2),
+        Err(Error::AudioConfigMismatch { .. })
+    ));
+    assert!(matches!(
+        AudioTrack::new(ASC_LC_48K_STEREO, 48_000, 1),
+        Err(Error::AudioConfigMismatch { .. })
+    ));
+}

@@ -1,0 +1,666 @@
+//! The one typed configuration tree.
+//!
+//! Sources, later ones winning: built-in defaults, a TOML file
+//! (`--config FILE` or `CASCADE_CONFIG`), then `CASCADE_*` environment
+//! variables where `__` separates levels: `CASCADE_STORAGE__S3__BUCKET=media`
+//! sets `storage.s3.bucket`. Environment values are read as TOML values when
+//! they parse as one (`8`, `true`, `["a"]`) and as strings otherwise; quote a
+//! string that looks like a number (`CASCADE_X='"123"'`). Unknown keys, in the
+//! file or the environment, are errors that name the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Environment variable naming the config file.
+pub const CONFIG_FILE_ENV: &str = "CASCADE_CONFIG";
+const ENV_PREFIX: &str = "CASCADE_";
+/// Variables with this prefix belong to the test harness, not the config.
+const TEST_ENV_PREFIX: &str = "CASCADE_TEST_";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// An environment override names no config key or has a bad shape.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A key is unknown or a value has the wrong type.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Everything Cascade reads at start-up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP listener shared by the enabled roles (API, playback, health, metrics).
+    pub http: HttpConfig,
+    /// Postgres: assets, uploads and the job queue.
+    pub database: DatabaseConfig,
+    /// Where originals, segments and manifests live.
+    pub storage: StorageConfig,
+    /// Job queue timings and worker concurrency.
+    pub queue: QueueConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// Postgres connection pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// libpq-style URL. Default `postgres://cascade@127.0.0.1:5432/cascade`.
+    pub url: Secret,
+    /// Pool size per process. Default `16`.
+    pub max_connections: usize,
+    /// How long to wait for a connection (new or from the pool). Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Apply pending migrations when `cascade serve` starts. Default `true`.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://cascade@127.0.0.1:5432/cascade"),
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// Object storage. The `s3` table selects the S3 backend; without it objects
+/// go to the local directory `local_root`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory of the local backend. Default `.data/objects`.
+    pub local_root: PathBuf,
+    /// Objects larger than this are uploaded in parts. Default `16MiB`.
+    pub multipart_threshold: ByteSize,
+    /// Size of each multipart part, and of the buffer held per part in
+    /// flight. Must be at least 5 MiB for S3. Default `8MiB`.
+    pub part_size: ByteSize,
+    /// Parts uploaded at once per object. Memory per upload is bounded by
+    /// `part_size * (upload_concurrency + 1)`. Default `4`.
+    pub upload_concurrency: usize,
+    /// The S3 backend; absent means the local backend.
+    pub s3: Option<S3Config>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            local_root: PathBuf::from(".data/objects"),
+            multipart_threshold: ByteSize::mib(16),
+            part_size: ByteSize::mib(8),
+            upload_concurrency: 4,
+            s3: None,
+        }
+    }
+}
+
+/// An S3-compatible store (MinIO, SeaweedFS, AWS S3, ...).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000`. Default: none (AWS's regional endpoint).
+    pub endpoint: Option<String>,
+    /// Bucket holding all of Cascade's objects. Default `cascade`.
+    pub bucket: String,
+    /// Region used for signing. Default `us-east-1`.
+    pub region: String,
+    /// Access key id. Default empty (then `AWS_ACCESS_KEY_ID` is used).
+    pub access_key_id: Secret,
+    /// Secret access key. Default empty (then `AWS_SECRET_ACCESS_KEY` is used).
+    pub secret_access_key: Secret,
+    /// Path-style addressing (`endpoint/bucket/key`), which MinIO and
+    /// SeaweedFS need. Default `true`.
+    pub force_path_style: bool,
+    /// Create the bucket at start-up when it does not exist. Default `true`.
+    pub create_bucket: bool,
+    /// Attempts per request, including the first, for transient errors. Default `4`.
+    pub max_attempts: u32,
+    /// First retry delay; later ones back off exponentially with jitter. Default `100ms`.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    /// TCP connect timeout. Default `3s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout of one attempt of one request. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    /// Bucket lifecycle rules applied at start-up.
+    pub lifecycle: LifecycleConfig,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            bucket: "cascade".to_owned(),
+            region: "us-east-1".to_owned(),
+            access_key_id: Secret::default(),
+            secret_access_key: Secret::default(),
+            force_path_style: true,
+            create_bucket: true,
+            max_attempts: 4,
+            retry_initial_backoff: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(3),
+            attempt_timeout: Duration::from_secs(60),
+            lifecycle: LifecycleConfig::default(),
+        }
+    }
+}
+
+/// Bucket lifecycle rules. A rule the store refuses is logged, never fatal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// Apply the rules at start-up. Default `true`.
+    pub apply: bool,
+    /// Abort multipart uploads left incomplete this many days. Default `2`.
+    pub abort_incomplete_multipart_days: Option<u32>,
+    /// Expire objects under `tmp/` after this many days. Default `1`.
+    pub expire_tmp_days: Option<u32>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            apply: true,
+            abort_incomplete_multipart_days: Some(2),
+            expire_tmp_days: Some(1),
+        }
+    }
+}
+
+/// The job queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// How long a claim lasts without a heartbeat. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often a running job renews its lease. Default `10s` (a third of the lease).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Fallback poll when no notification arrives (scheduled retries,
+    /// lost notifications). Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often a worker returns expired leases to the queue. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub reap_interval: Duration,
+    /// First retry delay after a retryable failure; doubles per attempt. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// Longest retry delay. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Attempts a job gets unless its enqueuer says otherwise. Default `5`.
+    pub max_attempts: i32,
+    /// Jobs one worker process runs at once. Default `2`.
+    pub concurrency: usize,
+    /// On SIGTERM, how long running jobs may take to finish before their
+    /// leases are released back to the queue. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(2),
+            reap_interval: Duration::from_secs(5),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(600),
+            max_attempts: 5,
+            concurrency: 2,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `auto` (text on a terminal, JSON otherwise), `text` or `json`. Default `auto`.
+    pub format: LogFormat,
+    /// tracing filter directives, e.g. `info,cascade_workers=debug`. `RUST_LOG` wins when set. Default `info`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `CASCADE_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (var, raw) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if var == CONFIG_FILE_ENV || var.starts_with(TEST_ENV_PREFIX) {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut table, &path, env_value(&raw)).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                ConfigError::Invalid {
+                    key: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads from the process environment, with the file from `file` or `CASCADE_CONFIG`.
+    pub fn from_env(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let from_env = std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from);
+        Self::load(file.or(from_env.as_deref()), std::env::vars())
+    }
+
+    /// Cross-field rules serde cannot express.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        if self.storage.part_size.0 < ByteSize::mib(5).0 {
+            return Err(invalid(
+                "storage.part_size",
+                "must be at least 5MiB (the S3 minimum part size)",
+            ));
+        }
+        if self.storage.upload_concurrency == 0 {
+            return Err(invalid("storage.upload_concurrency", "must be at least 1"));
+        }
+        if self.queue.heartbeat >= self.queue.lease {
+            return Err(invalid(
+                "queue.heartbeat",
+                "must be shorter than queue.lease",
+            ));
+        }
+        if self.queue.concurrency == 0 {
+            return Err(invalid("queue.concurrency", "must be at least 1"));
+        }
+        if self.queue.max_attempts < 1 {
+            return Err(invalid("queue.max_attempts", "must be at least 1"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, secrets redacted (`cascade config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn env_value(raw: &str) -> toml::Value {
+    // Accept any TOML value literal; anything else is a plain string.
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("empty key".to_owned());
+    };
+    if path.iter().any(String::is_empty) {
+        return Err("empty key segment (use `__` only between keys)".to_owned());
+    }
+    let mut current = table;
+    for (depth, segment) in parents.iter().enumerate() {
+        let entry = current
+            .entry(segment.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{}` is not a table", path[..=depth].join(".")))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+/// A string that never appears in logs or `cascade config` output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no value was given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// A size in bytes, written as an integer or with a unit: `8MiB`, `512KiB`,
+/// `1GiB`, `10MB` (decimal units are accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// `n` mebibytes.
+    pub const fn mib(n: u64) -> Self {
+        Self(n * 1024 * 1024)
+    }
+
+    /// The size as `usize` (saturating on 32-bit targets).
+    pub fn as_usize(&self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| format!("invalid size {s:?}"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
+        for (name, size) in UNITS {
+            if self.0 >= size && self.0 % size == 0 {
+                return write!(f, "{}{name}", self.0 / size);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let config = Config::load(None, Vec::new()).unwrap();
+        assert!(config.storage.s3.is_none());
+        assert_eq!(config.queue.lease, Duration::from_secs(30));
+        // The rendered default config parses back to the same values.
+        let rendered = config.to_redacted_toml();
+        let reparsed: Config = toml::from_str(&rendered).unwrap();
+        assert_eq!(reparsed.storage.part_size, config.storage.part_size);
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cascade.toml");
+        std::fs::write(
+            &path,
+            "[queue]\nlease = \"45s\"\n[storage.s3]\nbucket = \"media\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            env(&[
+                ("CASCADE_QUEUE__CONCURRENCY", "8"),
+                ("CASCADE_STORAGE__S3__ENDPOINT", "http://127.0.0.1:9000"),
+                ("CASCADE_STORAGE__PART_SIZE", "16MiB"),
+                ("CASCADE_CONFIG", "ignored"),
+                ("CASCADE_TEST_DATABASE_URL", "ignored"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.queue.lease, Duration::from_secs(45));
+        assert_eq!(config.queue.concurrency, 8);
+        let s3 = config.storage.s3.unwrap();
+        assert_eq!(s3.bucket, "media");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(config.storage.part_size, ByteSize::mib(16));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::load(None, env(&[("CASCADE_QUEUE__LEASSE", "5s")])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("queue.leasse") || text.contains("leasse"),
+            "{text}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[storage.s3]\nbukket = \"x\"\n").unwrap();
+        let text = Config::load(Some(&path), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("storage.s3") && text.contains("bukket"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_key() {
+        let text = Config::load(None, env(&[("CASCADE_QUEUE__LEASE", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("queue.lease"), "{text}");
+        let text = Config::load(None, env(&[("CASCADE_STORAGE__PART_SIZE", "1MiB")]))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("storage.part_size"), "{text}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("CASCADE_DATABASE__URL", "postgres://u:hunter2@db/cascade"),
+                ("CASCADE_STORAGE__S3__SECRET_ACCESS_KEY", "topsecret"),
+            ]),
+        )
+        .unwrap();
+        let rendered = config.to_redacted_toml();
+        assert!(
+            !rendered.contains("hunter2") && !rendered.contains("topsecret"),
+            "{rendered}"
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(
+            config.database.url.expose(),
+            "postgres://u:hunter2@db/cascade"
+        );
+    }
+
+    #[test]
+    fn byte_sizes_parse() {
+        assert_eq!("8MiB".parse::<ByteSize>(), Ok(ByteSize(8 << 20)));
+        assert_eq!("10MB".parse::<ByteSize>(), Ok(ByteSize(10_000_000)));
+        assert_eq!("123".parse::<ByteSize>(), Ok(ByteSize(123)));
+        assert!("8 parsecs".parse::<ByteSize>().is_err());
+        assert!("99999999999TiB".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize::mib(8).to_string(), "8MiB");
+    }
+}

@@ -1,0 +1,18 @@
+//! Cascade's plumbing, shared by the ingest, workers and origin roles:
+//!
+//! - [`config`]: the one typed configuration tree (TOML plus `CASCADE_*` overrides);
+//! - [`db`]: the Postgres pool and the migration runner;
+//! - [`queue`]: the Postgres job queue (leases, heartbeats, retries, LISTEN/NOTIFY);
+//! - [`storage`]: the object store (S3-compatible or a local directory).
+//!
+//! Everything here is I/O at the edges of the system; domain names come from
+//! `cascade_schemas`.
+
+pub mod config;
+pub mod db;
+pub mod queue;
+pub mod storage;
+
+pub use config::Config;
+pub use queue::{NewJob, Queue};
+pub use storage::{ObjectStore, StorageError};

@@ -1,0 +1,341 @@
+//! The local-directory backend: one file per object under a root directory.
+//!
+//! Writes go to a temporary file under `root/.partial/`, are synced, then
+//! renamed into place (or hard-linked, for create-if-absent), so a reader or
+//! a crash never exposes half an object.
+
+use std::io::{ErrorKind, SeekFrom};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cascade_schemas::ObjectKey;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::fs;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use super::{ByteRange, ObjectBody, ObjectMeta, PutOutcome, StorageError};
+
+const PARTIAL_DIR: &str = ".partial";
+
+/// Objects in a directory.
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    root: Arc<PathBuf>,
+}
+
+fn io_error(key: &str, e: std::io::Error) -> StorageError {
+    match e.kind() {
+        ErrorKind::NotFound => StorageError::NotFound {
+            key: key.to_owned(),
+        },
+        ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock => {
+            StorageError::Transient(format!("{key}: {e}"))
+        }
+        _ => StorageError::Permanent(format!("{key}: {e}")),
+    }
+}
+
+impl LocalStore {
+    /// Opens (creating) the root directory.
+    pub async fn open(root: &Path) -> Result<Self, StorageError> {
+        fs::create_dir_all(root.join(PARTIAL_DIR))
+            .await
+            .map_err(|e| io_error(&root.display().to_string(), e))?;
+        Ok(Self {
+            root: Arc::new(root.to_owned()),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Maps a key to its file, refusing anything that is not a plain relative path.
+    fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+        let relative = Path::new(key);
+        let plain = !key.is_empty()
+            && !key.starts_with(PARTIAL_DIR)
+            && relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+        if !plain {
+            return Err(StorageError::Permanent(format!(
+                "invalid object key {key:?}"
+            )));
+        }
+        Ok(self.root.join(relative))
+    }
+
+    fn partial_path(&self) -> PathBuf {
+        self.root
+            .join(PARTIAL_DIR)
+            .join(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Writes `body` to a synced temporary file and returns it with its size.
+    async fn write_partial(
+        &self,
+        key: &str,
+        body: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<(PathBuf, u64), StorageError> {
+        let partial = self.partial_path();
+        let result = async {
+            let mut file = fs::File::create(&partial)
+                .await
+                .map_err(|e| io_error(key, e))?;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut written = 0u64;
+            loop {
+                let n = body.read(&mut buf).await.map_err(StorageError::BodyRead)?;
+                if n == 0 {
+                    break;
+                }
+                file.write_all(&buf[..n])
+                    .await
+                    .map_err(|e| io_error(key, e))?;
+                written += n as u64;
+            }
+            file.sync_all().await.map_err(|e| io_error(key, e))?;
+            Ok(written)
+        }
+        .await;
+        match result {
+            Ok(written) => Ok((partial, written)),
+            Err(e) => {
+                let _ = fs::remove_file(&partial).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn ensure_parent(&self, key: &str, path: &Path) -> Result<(), StorageError> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io_error(key, e))?;
+        }
+        Ok(())
+    }
+
+    /// See [`super::ObjectStore::put`].
+    pub async fn put(
+        &self,
+        key: &ObjectKey,
+        body: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<u64, StorageError> {
+        let path = self.path_of(key.as_str())?;
+        let (partial, written) = self.write_partial(key.as_str(), body).await?;
+        self.ensure_parent(key.as_str(), &path).await?;
+        if let Err(e) = fs::rename(&partial, &path).await {
+            let _ = fs::remove_file(&partial).await;
+            return Err(io_error(key.as_str(), e));
+        }
+        Ok(written)
+    }
+
+    /// See [`super::ObjectStore::put_if_absent`].
+    pub async fn put_if_absent(
+        &self,
+        key: &ObjectKey,
+        bytes: Bytes,
+    ) -> Result<PutOutcome, StorageError> {
+        let path = self.path_of(key.as_str())?;
+        let (partial, _) = self
+            .write_partial(key.as_str(), &mut bytes.as_ref())
+            .await?;
+        self.ensure_parent(key.as_str(), &path).await?;
+        // link(2) fails if the target exists: an atomic create-if-absent.
+        let linked = fs::hard_link(&partial, &path).await;
+        let _ = fs::remove_file(&partial).await;
+        match linked {
+            Ok(()) => Ok(PutOutcome::Created),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(io_error(key.as_str(), e)),
+        }
+    }
+
+    fn meta_of(key: &str, metadata: &std::fs::Metadata) -> ObjectMeta {
+        let modified = metadata.modified().ok().map(DateTime::<Utc>::from);
+        let nanos = modified.and_then(|m| m.timestamp_nanos_opt()).unwrap_or(0);
+        ObjectMeta {
+            key: key.to_owned(),
+            size: metadata.len(),
+            // Objects are replaced by rename, never edited in place, so size
+            // and write time identify the content.
+            etag: Some(format!("\"{:x}-{:x}\"", metadata.len(), nanos)),
+            last_modified: modified,
+        }
+    }
+
+    /// See [`super::ObjectStore::get`].
+    pub async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectBody, StorageError> {
+        let path = self.path_of(key.as_str())?;
+        let mut file = fs::File::open(&path)
+            .await
+            .map_err(|e| io_error(key.as_str(), e))?;
+        let metadata = file
+            .metadata()
+            .await
+            .map_err(|e| io_error(key.as_str(), e))?;
+        if !metadata.is_file() {
+            return Err(StorageError::NotFound {
+                key: key.to_string(),
+            });
+        }
+        let meta = Self::meta_of(key.as_str(), &metadata);
+        let resolved = range.map(|r| r.resolve(meta.size)).transpose()?;
+        let (start, len) = match resolved {
+            Some((first, last)) => (first, last - first + 1),
+            None => (0, meta.size),
+        };
+        if start > 0 {
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(|e| io_error(key.as_str(), e))?;
+        }
+        let owned_key = key.to_string();
+        let stream = ReaderStream::with_capacity(file.take(len), 64 * 1024)
+            .map(move |chunk| chunk.map_err(|e| io_error(&owned_key, e)))
+            .boxed();
+        Ok(ObjectBody {
+            meta,
+            range: resolved,
+            stream,
+        })
+    }
+
+    /// See [`super::ObjectStore::head`].
+    pub async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {
+        let path = self.path_of(key.as_str())?;
+        let metadata = fs::metadata(&path)
+            .await
+            .map_err(|e| io_error(key.as_str(), e))?;
+        if !metadata.is_file() {
+            return Err(StorageError::NotFound {
+                key: key.to_string(),
+            });
+        }
+        Ok(Self::meta_of(key.as_str(), &metadata))
+    }
+
+    /// See [`super::ObjectStore::list`].
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || list_blocking(&root, &prefix))
+            .await
+            .map_err(|e| StorageError::Permanent(format!("listing task failed: {e}")))?
+    }
+
+    /// See [`super::ObjectStore::delete`].
+    pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        let path = self.path_of(key.as_str())?;
+        match fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(key.as_str(), e)),
+        }
+    }
+
+    /// See [`super::ObjectStore::delete_prefix`].
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
+        let objects = self.list(prefix).await?;
+        for object in &objects {
+            self.delete(&ObjectKey::from_stored(object.key.clone()))
+                .await?;
+        }
+        // Remove directories left empty, deepest first; non-empty ones stay.
+        let mut dirs: Vec<PathBuf> = objects
+            .iter()
+            .filter_map(|o| self.path_of(&o.key).ok()?.parent().map(Path::to_owned))
+            .collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        dirs.dedup();
+        for dir in dirs {
+            let mut current = Some(dir.as_path());
+            while let Some(d) = current {
+                if d == self.root.as_path() || fs::remove_dir(d).await.is_err() {
+                    break;
+                }
+                current = d.parent();
+            }
+        }
+        Ok(objects.len() as u64)
+    }
+
+    /// See [`super::ObjectStore::ping`].
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        let metadata = fs::metadata(self.root.join(PARTIAL_DIR))
+            .await
+            .map_err(|e| io_error(&self.root.display().to_string(), e))?;
+        if metadata.is_dir() {
+            Ok(())
+        } else {
+            Err(StorageError::Permanent(format!(
+                "{} is not a directory",
+                self.root.display()
+            )))
+        }
+    }
+}
+
+fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+    // Start at the deepest directory the prefix names, not at the root.
+    let dir_part = match prefix.rfind('/') {
+        Some(i) => &prefix[..i],
+        None => "",
+    };
+    if Path::new(dir_part)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(StorageError::Permanent(format!(
+            "invalid prefix {prefix:?}"
+        )));
+    }
+    let start = root.join(dir_part);
+    let mut out = Vec::new();
+    let mut stack = vec![start];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error(&dir.display().to_string(), e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error(&dir.display().to_string(), e))?;
+            let path = entry.path();
+            let Ok(relative) = path.strip_prefix(root) else {
+                continue;
+            };
+            let Some(key) = relative
+                .to_str()
+                .map(|s| s.replace(std::path::MAIN_SEPARATOR, "/"))
+            else {
+                continue;
+            };
+            if key.starts_with(PARTIAL_DIR) {
+                continue;
+            }
+            let file_type = entry.file_type().map_err(|e| io_error(&key, e))?;
+            if file_type.is_dir() {
+                if format!("{key}/").starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
+                    stack.push(path);
+                }
+            } else if file_type.is_file() && key.starts_with(prefix) {
+                let metadata = entry.metadata().map_err(|e| io_error(&key, e))?;
+                out.push(LocalStore::meta_of(&key, &metadata));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}

@@ -1,0 +1,656 @@
+//! The S3 backend, for any S3-compatible store (MinIO, SeaweedFS, AWS S3).
+//!
+//! Compatibility choices: path-style addressing and a custom endpoint from
+//! config; request checksums only where the API requires them (the SDK's
+//! newer default CRC trailers break several S3-compatible stores); retries
+//! with exponential backoff and jitter on transient errors (the SDK's
+//! standard retry strategy: throttling, 5xx, timeouts, connection errors).
+
+use std::sync::Arc;
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, CompletedMultipartUpload,
+    CompletedPart, Delete, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+    LifecycleRuleFilter, ObjectIdentifier,
+};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use cascade_schemas::keys::TMP_PREFIX;
+use cascade_schemas::ObjectKey;
+use chrono::{DateTime, Utc};
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use tokio::io::AsyncRead;
+
+use super::{read_chunk, ByteRange, ObjectBody, ObjectMeta, PutOutcome, PutTuning, StorageError};
+use crate::config::S3Config;
+
+/// DeleteObjects takes at most this many keys.
+const DELETE_BATCH: usize = 1000;
+
+/// A bucket in an S3-compatible store.
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: Arc<str>,
+    tuning: PutTuning,
+}
+
+/// Maps an SDK error to a [`StorageError`] by HTTP status and error code.
+fn classify<E>(err: SdkError<E, HttpResponse>, key: &str) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().map(str::to_owned);
+    let detail = match (&code, err.message()) {
+        (Some(code), Some(message)) => {
+            format!("S3 {code}: {message} (HTTP {})", status.unwrap_or(0))
+        }
+        (Some(code), None) => format!("S3 {code} (HTTP {})", status.unwrap_or(0)),
+        _ => DisplayErrorContext(&err).to_string(),
+    };
+    match (&err, status, code.as_deref()) {
+        (_, Some(404), _) | (_, _, Some("NoSuchKey" | "NotFound")) => StorageError::NotFound {
+            key: key.to_owned(),
+        },
+        (_, Some(412), _) | (_, _, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
+            StorageError::PreconditionFailed {
+                key: key.to_owned(),
+            }
+        }
+        (_, Some(416), _) | (_, _, Some("InvalidRange")) => StorageError::InvalidRange { size: 0 },
+        (
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_),
+            _,
+            _,
+        ) => StorageError::Transient(detail),
+        (_, Some(408 | 429 | 500..=599), _)
+        | (_, _, Some("SlowDown" | "RequestTimeout" | "InternalError")) => {
+            StorageError::Transient(detail)
+        }
+        _ => StorageError::Permanent(detail),
+    }
+}
+
+fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
+    let t = t?;
+    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
+fn abort_all(tasks: &[tokio::task::AbortHandle]) {
+    for task in tasks {
+        task.abort();
+    }
+}
+
+/// Parses the total size out of `Content-Range: bytes a-b/total`.
+fn total_from_content_range(value: &str) -> Option<u64> {
+    value.rsplit('/').next()?.trim().parse().ok()
+}
+
+impl S3Store {
+    /// Builds the client, makes sure the bucket exists (creating it when
+    /// allowed) and applies the lifecycle rules.
+    pub async fn connect(config: &S3Config, tuning: PutTuning) -> Result<Self, StorageError> {
+        let pick = |configured: &str, env: &str| {
+            if configured.is_empty() {
+                std::env::var(env).unwrap_or_default()
+            } else {
+                configured.to_owned()
+            }
+        };
+        let access_key = pick(config.access_key_id.expose(), "AWS_ACCESS_KEY_ID");
+        let secret_key = pick(config.secret_access_key.expose(), "AWS_SECRET_ACCESS_KEY");
+        if access_key.is_empty() || secret_key.is_empty() {
+            return Err(StorageError::Permanent(
+                "S3 credentials missing: set storage.s3.access_key_id and storage.s3.secret_access_key \
+                 (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                    .to_owned(),
+            ));
+        }
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .credentials_provider(Credentials::new(
+                access_key,
+                secret_key,
+                None,
+                None,
+                "cascade-config",
+            ))
+            .force_path_style(config.force_path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(config.max_attempts.max(1))
+                    .with_initial_backoff(config.retry_initial_backoff),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(config.connect_timeout)
+                    .operation_attempt_timeout(config.attempt_timeout)
+                    .build(),
+            );
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        let store = Self {
+            client: Client::from_conf(builder.build()),
+            bucket: Arc::from(config.bucket.as_str()),
+            tuning,
+        };
+        store.ensure_bucket(config).await?;
+        if config.lifecycle.apply {
+            store.apply_lifecycle(config).await;
+        }
+        Ok(store)
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The SDK client (benchmarks compare against a direct put).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn ensure_bucket(&self, config: &S3Config) -> Result<(), StorageError> {
+        let bucket = self.bucket.as_ref();
+        match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) => match classify(e, bucket) {
+                StorageError::NotFound { .. } if config.create_bucket => {}
+                StorageError::NotFound { .. } => {
+                    return Err(StorageError::Permanent(format!(
+                        "bucket {bucket} does not exist and storage.s3.create_bucket is false"
+                    )))
+                }
+                other => return Err(other),
+            },
+        }
+        match self.client.create_bucket().bucket(bucket).send().await {
+            Ok(_) => {
+                tracing::info!(bucket, "created bucket");
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(classify(e, bucket)),
+        }
+    }
+
+    /// Applies the configured lifecycle rules. A store that refuses them
+    /// (some S3-compatible stores implement only part of the API) gets a
+    /// warning with its answer; start-up goes on.
+    async fn apply_lifecycle(&self, config: &S3Config) {
+        let mut rules = Vec::new();
+        if let Some(days) = config.lifecycle.abort_incomplete_multipart_days {
+            rules.push(
+                LifecycleRule::builder()
+                    .id("cascade-abort-incomplete-multipart")
+                    .status(ExpirationStatus::Enabled)
+                    .filter(LifecycleRuleFilter::builder().prefix("").build())
+                    .abort_incomplete_multipart_upload(
+                        AbortIncompleteMultipartUpload::builder()
+                            .days_after_initiation(i32::try_from(days).unwrap_or(i32::MAX))
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        if let Some(days) = config.lifecycle.expire_tmp_days {
+            rules.push(
+                LifecycleRule::builder()
+                    .id("cascade-expire-tmp")
+                    .status(ExpirationStatus::Enabled)
+                    .filter(LifecycleRuleFilter::builder().prefix(TMP_PREFIX).build())
+                    .expiration(
+                        LifecycleExpiration::builder()
+                            .days(i32::try_from(days).unwrap_or(i32::MAX))
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        let rules: Result<Vec<_>, _> = rules.into_iter().collect();
+        let rules = match rules {
+            Ok(rules) if !rules.is_empty() => rules,
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot build lifecycle rules; none applied");
+                return;
+            }
+        };
+        let count = rules.len();
+        let lifecycle = match BucketLifecycleConfiguration::builder()
+            .set_rules(Some(rules))
+            .build()
+        {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot build lifecycle configuration; none applied");
+                return;
+            }
+        };
+        match self
+            .client
+            .put_bucket_lifecycle_configuration()
+            .bucket(self.bucket.as_ref())
+            .lifecycle_configuration(lifecycle)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(bucket = %self.bucket, rules = count, "applied bucket lifecycle rules")
+            }
+            Err(error) => tracing::warn!(
+                bucket = %self.bucket,
+                code = error.code().unwrap_or("unknown"),
+                error = %DisplayErrorContext(&error),
+                "the store refused the bucket lifecycle rules; continuing without them"
+            ),
+        }
+    }
+
+    /// The lifecycle rule ids the bucket has (tests, diagnostics).
+    pub async fn lifecycle_rule_ids(&self) -> Result<Vec<String>, StorageError> {
+        let out = self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(self.bucket.as_ref())
+            .send()
+            .await
+            .map_err(|e| classify(e, &self.bucket))?;
+        Ok(out
+            .rules()
+            .iter()
+            .filter_map(|r| r.id().map(str::to_owned))
+            .collect())
+    }
+
+    /// See [`super::ObjectStore::put_bytes`].
+    pub async fn put_bytes(&self, key: &ObjectKey, bytes: Bytes) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .content_type(key.class().content_type())
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| classify(e, key.as_str()))?;
+        Ok(())
+    }
+
+    /// See [`super::ObjectStore::put_if_absent`].
+    pub async fn put_if_absent(
+        &self,
+        key: &ObjectKey,
+        bytes: Bytes,
+    ) -> Result<PutOutcome, StorageError> {
+        let sent = self
+            .client
+            .put_object()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .content_type(key.class().content_type())
+            .if_none_match("*")
+            .body(ByteStream::from(bytes))
+            .send()
+            .await;
+        match sent.map_err(|e| classify(e, key.as_str())) {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(StorageError::PreconditionFailed { .. }) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// See [`super::ObjectStore::put`]: one PutObject below the multipart
+    /// threshold, otherwise a multipart upload with `upload_concurrency`
+    /// parts in flight, aborted on any failure.
+    pub async fn put(
+        &self,
+        key: &ObjectKey,
+        body: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<u64, StorageError> {
+        let threshold = self.tuning.multipart_threshold;
+        // Read up to the threshold (plus one byte) to learn which path to take.
+        let head_limit = usize::try_from(threshold.saturating_add(1)).unwrap_or(usize::MAX);
+        let first = read_chunk(body, head_limit).await?;
+        if (first.len() as u64) <= threshold {
+            let len = first.len() as u64;
+            self.put_bytes(key, first).await?;
+            return Ok(len);
+        }
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .content_type(key.class().content_type())
+            .send()
+            .await
+            .map_err(|e| classify(e, key.as_str()))?;
+        let Some(upload_id) = upload.upload_id().map(str::to_owned) else {
+            return Err(StorageError::Permanent(
+                "store returned no multipart upload id".to_owned(),
+            ));
+        };
+        match self.upload_parts(key, &upload_id, first, body).await {
+            Ok(written) => Ok(written),
+            Err(error) => {
+                let aborted = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(self.bucket.as_ref())
+                    .key(key.as_str())
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                if let Err(abort_error) = aborted {
+                    // The lifecycle rule cleans up what this leaves behind.
+                    tracing::warn!(key = %key, error = %DisplayErrorContext(&abort_error), "cannot abort multipart upload");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        first: Bytes,
+        body: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<u64, StorageError> {
+        let part_size = self.tuning.part_size;
+        let mut in_flight = FuturesOrdered::new();
+        let mut completed = Vec::new();
+        let mut written = 0u64;
+        let mut part_number = 0i32;
+        let mut aborts = Vec::new();
+        // The head read may hold more than one part; split it. Every part but
+        // the last must be exactly `part_size` (S3 refuses small middle parts).
+        let mut pending = first;
+        let mut input_done = false;
+        loop {
+            while in_flight.len() < self.tuning.upload_concurrency
+                && !(input_done && pending.is_empty())
+            {
+                if pending.len() < part_size && !input_done {
+                    let more = match read_chunk(body, part_size - pending.len()).await {
+                        Ok(more) => more,
+                        Err(e) => {
+                            abort_all(&aborts);
+                            return Err(e);
+                        }
+                    };
+                    if more.is_empty() {
+                        input_done = true;
+                    } else if pending.is_empty() {
+                        pending = more;
+                    } else {
+                        let mut joined = bytes::BytesMut::with_capacity(pending.len() + more.len());
+                        joined.extend_from_slice(&pending);
+                        joined.extend_from_slice(&more);
+                        pending = joined.freeze();
+                    }
+                    continue;
+                }
+                let take = pending.len().min(part_size);
+                let part = pending.split_to(take);
+                part_number += 1;
+                written += part.len() as u64;
+                let request = self
+                    .client
+                    .upload_part()
+                    .bucket(self.bucket.as_ref())
+                    .key(key.as_str())
+                    .upload_id(upload_id)
+                    .part_number(part_number)
+                    .body(ByteStream::from(part))
+                    .send();
+                let number = part_number;
+                // Spawned, so parts upload while the next one is being read.
+                let task = tokio::spawn(async move { (number, request.await) });
+                aborts.push(task.abort_handle());
+                in_flight.push_back(task);
+            }
+            match in_flight.next().await {
+                Some(joined) => {
+                    let (number, result) = match joined {
+                        Ok(done) => done,
+                        Err(e) => {
+                            abort_all(&aborts);
+                            return Err(StorageError::Permanent(format!(
+                                "part upload task failed: {e}"
+                            )));
+                        }
+                    };
+                    let output = match result.map_err(|e| classify(e, key.as_str())) {
+                        Ok(output) => output,
+                        Err(e) => {
+                            abort_all(&aborts);
+                            return Err(e);
+                        }
+                    };
+                    completed.push(
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(output.e_tag().map(str::to_owned))
+                            .build(),
+                    );
+                }
+                None => break,
+            }
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(e, key.as_str()))?;
+        Ok(written)
+    }
+
+    /// See [`super::ObjectStore::get`].
+    pub async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectBody, StorageError> {
+        let output = self
+            .client
+            .get_object()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .set_range(range.map(|r| r.header_value()))
+            .send()
+            .await;
+        let output = match output.map_err(|e| classify(e, key.as_str())) {
+            Ok(o) => o,
+            Err(StorageError::InvalidRange { .. }) => {
+                // Report the real size, as HTTP's 416 Content-Range needs it.
+                let size = self.head(key).await?.size;
+                return Err(StorageError::InvalidRange { size });
+            }
+            Err(e) => return Err(e),
+        };
+        let length = u64::try_from(output.content_length().unwrap_or(0)).unwrap_or(0);
+        let (size, served) = match (
+            range,
+            output.content_range().and_then(total_from_content_range),
+        ) {
+            (Some(r), Some(total)) => (total, Some(r.resolve(total)?)),
+            // A store that ignored the range sent the whole object.
+            _ => (length, None),
+        };
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size,
+            etag: output.e_tag().map(str::to_owned),
+            last_modified: to_chrono(output.last_modified()),
+        };
+        let owned_key = key.to_string();
+        let stream = futures::stream::unfold(output.body, move |mut body| {
+            let key = owned_key.clone();
+            async move {
+                match body.next().await {
+                    Some(Ok(bytes)) => Some((Ok(bytes), body)),
+                    Some(Err(e)) => Some((
+                        Err(StorageError::Transient(format!("reading {key}: {e}"))),
+                        body,
+                    )),
+                    None => None,
+                }
+            }
+        })
+        .boxed();
+        Ok(ObjectBody {
+            meta,
+            range: served,
+            stream,
+        })
+    }
+
+    /// See [`super::ObjectStore::head`].
+    pub async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {
+        let output = self
+            .client
+            .head_object()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .send()
+            .await
+            .map_err(|e| classify(e, key.as_str()))?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: u64::try_from(output.content_length().unwrap_or(0)).unwrap_or(0),
+            etag: output.e_tag().map(str::to_owned),
+            last_modified: to_chrono(output.last_modified()),
+        })
+    }
+
+    /// See [`super::ObjectStore::list`].
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(self.bucket.as_ref())
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify(e, prefix))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                out.push(ObjectMeta {
+                    key: key.to_owned(),
+                    size: u64::try_from(object.size().unwrap_or(0)).unwrap_or(0),
+                    etag: object.e_tag().map(str::to_owned),
+                    last_modified: to_chrono(object.last_modified()),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// See [`super::ObjectStore::delete`].
+    pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .send()
+            .await
+            .map_err(|e| classify(e, key.as_str()))
+        {
+            Ok(_) | Err(StorageError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// See [`super::ObjectStore::delete_prefix`].
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
+        let objects = self.list(prefix).await?;
+        for batch in objects.chunks(DELETE_BATCH) {
+            let identifiers: Result<Vec<_>, _> = batch
+                .iter()
+                .map(|o| ObjectIdentifier::builder().key(&o.key).build())
+                .collect();
+            let delete = identifiers
+                .and_then(|ids| Delete::builder().set_objects(Some(ids)).quiet(true).build())
+                .map_err(|e| {
+                    StorageError::Permanent(format!("cannot build delete request: {e}"))
+                })?;
+            let output = self
+                .client
+                .delete_objects()
+                .bucket(self.bucket.as_ref())
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| classify(e, prefix))?;
+            if let Some(failure) = output.errors().first() {
+                return Err(StorageError::Transient(format!(
+                    "deleting {}: {} {}",
+                    failure.key().unwrap_or("?"),
+                    failure.code().unwrap_or("?"),
+                    failure.message().unwrap_or("")
+                )));
+            }
+        }
+        Ok(objects.len() as u64)
+    }
+
+    /// See [`super::ObjectStore::ping`].
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.client
+            .head_bucket()
+            .bucket(self.bucket.as_ref())
+            .send()
+            .await
+            .map_err(|e| classify(e, &self.bucket))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_total() {
+        assert_eq!(total_from_content_range("bytes 0-9/100"), Some(100));
+        assert_eq!(total_from_content_range("bytes */100"), Some(100));
+        assert_eq!(total_from_content_range("garbage"), None);
+    }
+}

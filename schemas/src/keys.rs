@@ -1,0 +1,275 @@
+//! The object layout: the only place object keys are spelled.
+//!
+//! ```text
+//! assets/{asset_id}/source                         the creator's original
+//! assets/{asset_id}/v{version}/master.m3u8         HLS master playlist (written last)
+//! assets/{asset_id}/v{version}/manifest.mpd        DASH MPD (written last)
+//! assets/{asset_id}/v{version}/{rendition}/index.m3u8
+//! assets/{asset_id}/v{version}/{rendition}/init.mp4
+//! assets/{asset_id}/v{version}/{rendition}/{seq}.m4s
+//! uploads/{upload_id}/...                          in-progress upload parts
+//! tmp/...                                          scratch, expired by lifecycle rule
+//! ```
+//!
+//! Segments are immutable once written; a re-transcode writes a new
+//! `v{version}` so caches never see a changed segment under an old key.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::AssetId;
+use crate::mime;
+
+/// Prefix of every asset's objects.
+pub const ASSETS_PREFIX: &str = "assets/";
+/// Prefix of in-progress upload data.
+pub const UPLOADS_PREFIX: &str = "uploads/";
+/// Prefix of scratch objects that a lifecycle rule expires.
+pub const TMP_PREFIX: &str = "tmp/";
+
+/// A rendition's directory name (`1080p`, `audio`): lowercase ASCII letters,
+/// digits, `_` and `-`, 1 to 32 characters. Never a path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RenditionName(String);
+
+/// A rendition name with characters outside the allowed set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid rendition name {0:?}: use 1-32 of a-z, 0-9, '_' and '-'")]
+pub struct InvalidRenditionName(pub String);
+
+impl RenditionName {
+    /// Validates a rendition name.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidRenditionName> {
+        let name = name.into();
+        let ok = (1..=32).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(name))
+        } else {
+            Err(InvalidRenditionName(name))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RenditionName {
+    type Error = InvalidRenditionName;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<RenditionName> for String {
+    fn from(value: RenditionName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for RenditionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What kind of object a key names; decides content type and caching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectClass {
+    /// A creator's original upload.
+    Source,
+    /// HLS master or media playlist.
+    HlsPlaylist,
+    /// DASH MPD.
+    DashManifest,
+    /// CMAF init segment.
+    InitSegment,
+    /// CMAF media segment.
+    MediaSegment,
+    /// Upload parts and scratch data.
+    Scratch,
+}
+
+impl ObjectClass {
+    /// The `Content-Type` objects of this class are stored and served with.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Self::Source | Self::Scratch => mime::OCTET_STREAM,
+            Self::HlsPlaylist => mime::HLS_PLAYLIST,
+            Self::DashManifest => mime::DASH_MPD,
+            Self::InitSegment => mime::MP4_VIDEO,
+            Self::MediaSegment => mime::MP4_SEGMENT,
+        }
+    }
+
+    /// Classifies a key by its last path component. Used where only the key
+    /// is known (listing, the local backend's `head`).
+    pub fn of_key(key: &str) -> Self {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        if key.starts_with(UPLOADS_PREFIX) || key.starts_with(TMP_PREFIX) {
+            Self::Scratch
+        } else if name == "source" {
+            Self::Source
+        } else if name.ends_with(".m3u8") {
+            Self::HlsPlaylist
+        } else if name.ends_with(".mpd") {
+            Self::DashManifest
+        } else if name == "init.mp4" {
+            Self::InitSegment
+        } else if name.ends_with(".m4s") {
+            Self::MediaSegment
+        } else {
+            Self::Scratch
+        }
+    }
+}
+
+/// A validated object key. Construct one only through the functions below.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The class of object this key names.
+    pub fn class(&self) -> ObjectClass {
+        ObjectClass::of_key(&self.0)
+    }
+
+    /// The creator's original.
+    pub fn source(asset: AssetId) -> Self {
+        Self(format!("{ASSETS_PREFIX}{asset}/source"))
+    }
+
+    /// Everything belonging to an asset (for listing and deletion).
+    pub fn asset_prefix(asset: AssetId) -> String {
+        format!("{ASSETS_PREFIX}{asset}/")
+    }
+
+    /// Everything of one published version of an asset.
+    pub fn version_prefix(asset: AssetId, version: u32) -> String {
+        format!("{ASSETS_PREFIX}{asset}/v{version}/")
+    }
+
+    /// The HLS master playlist of a version.
+    pub fn hls_master(asset: AssetId, version: u32) -> Self {
+        Self(format!(
+            "{}master.m3u8",
+            Self::version_prefix(asset, version)
+        ))
+    }
+
+    /// The DASH MPD of a version.
+    pub fn dash_manifest(asset: AssetId, version: u32) -> Self {
+        Self(format!(
+            "{}manifest.mpd",
+            Self::version_prefix(asset, version)
+        ))
+    }
+
+    /// A rendition's HLS media playlist.
+    pub fn media_playlist(asset: AssetId, version: u32, rendition: &RenditionName) -> Self {
+        Self(format!(
+            "{}{rendition}/index.m3u8",
+            Self::version_prefix(asset, version)
+        ))
+    }
+
+    /// A rendition's CMAF init segment.
+    pub fn init_segment(asset: AssetId, version: u32, rendition: &RenditionName) -> Self {
+        Self(format!(
+            "{}{rendition}/init.mp4",
+            Self::version_prefix(asset, version)
+        ))
+    }
+
+    /// A rendition's CMAF media segment number `seq`.
+    pub fn media_segment(
+        asset: AssetId,
+        version: u32,
+        rendition: &RenditionName,
+        seq: u64,
+    ) -> Self {
+        Self(format!(
+            "{}{rendition}/{seq}.m4s",
+            Self::version_prefix(asset, version)
+        ))
+    }
+
+    /// A part of an in-progress upload.
+    pub fn upload_part(upload: uuid::Uuid, part: u32) -> Self {
+        Self(format!("{UPLOADS_PREFIX}{upload}/part-{part:06}"))
+    }
+
+    /// A scratch object under the lifecycle-expired prefix.
+    pub fn scratch(name: uuid::Uuid) -> Self {
+        Self(format!("{TMP_PREFIX}{name}"))
+    }
+
+    /// Wraps a key read back from the store (listing). The store only ever
+    /// holds keys this module made.
+    pub fn from_stored(key: String) -> Self {
+        Self(key)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for ObjectKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_stable() {
+        let asset: AssetId = "8d7c5bde-1d0e-4c43-9d59-0e5f6c2b7a10".parse().unwrap();
+        let r = RenditionName::new("1080p").unwrap();
+        assert_eq!(
+            ObjectKey::media_segment(asset, 1, &r, 7).as_str(),
+            "assets/8d7c5bde-1d0e-4c43-9d59-0e5f6c2b7a10/v1/1080p/7.m4s"
+        );
+        assert_eq!(
+            ObjectKey::hls_master(asset, 2).as_str(),
+            "assets/8d7c5bde-1d0e-4c43-9d59-0e5f6c2b7a10/v2/master.m3u8"
+        );
+        assert_eq!(ObjectKey::source(asset).class(), ObjectClass::Source);
+        assert_eq!(
+            ObjectKey::init_segment(asset, 1, &r).class(),
+            ObjectClass::InitSegment
+        );
+        assert_eq!(
+            ObjectKey::media_playlist(asset, 1, &r).class(),
+            ObjectClass::HlsPlaylist
+        );
+        assert_eq!(
+            ObjectKey::dash_manifest(asset, 1).class().content_type(),
+            mime::DASH_MPD
+        );
+    }
+
+    #[test]
+    fn rendition_names_cannot_be_paths() {
+        for bad in ["", "..", "a/b", "1080P", "x".repeat(33).as_str(), "a b"] {
+            assert!(RenditionName::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(RenditionName::new("audio_en-2").is_ok());
+    }
+}

@@ -1,0 +1,30 @@
+//! Cascade's shared vocabulary, the bottom layer every other crate points at.
+//!
+//! - [`ids`]: typed identifiers (asset, playback, job) parsed from text once;
+//! - [`state`]: asset and job states and their allowed spellings in SQL and JSON;
+//! - [`keys`]: the one object-key layout of the object store (no other crate
+//!   formats keys) and [`mime`]: the content type of every object class;
+//! - [`migrations`]: the SQL migrations, embedded in order.
+//!
+//! No async runtime and no I/O: this crate only names things.
+
+pub mod ids;
+pub mod keys;
+pub mod migrations;
+pub mod mime;
+pub mod state;
+
+pub use ids::{AssetId, JobId, PlaybackId};
+pub use keys::{ObjectClass, ObjectKey, RenditionName};
+pub use state::{AssetState, JobState};
+
+/// Job kinds known to the system. The queue itself is generic over kind
+/// strings; these are the ones Cascade's roles enqueue and handle.
+pub mod job_kind {
+    /// Transcode an asset's source into the ladder and publish it.
+    pub const TRANSCODE: &str = "transcode";
+    /// Deliver one webhook event.
+    pub const WEBHOOK: &str = "webhook";
+    /// Does nothing (optionally sleeps): queue diagnostics and `cascade bench queue`.
+    pub const NOOP: &str = "noop";
+}

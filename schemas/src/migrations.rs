@@ -1,0 +1,32 @@
+//! SQL migrations, embedded in order. Applied by `cascade migrate` and at
+//! start-up (see `cascade_platform::db::migrate`); each runs once, in its own
+//! transaction, recorded in `schema_migrations`.
+
+/// One migration file.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Strictly increasing version, from the file name's number.
+    pub version: i32,
+    /// Human name, from the file name.
+    pub name: &'static str,
+    /// The SQL, run as one transaction.
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first. Never edit a released one; add a new file.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "jobs",
+    sql: include_str!("../migrations/0001_jobs.sql"),
+}];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_strictly_increase() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        assert!(MIGRATIONS.iter().all(|m| !m.sql.trim().is_empty()));
+    }
+}

@@ -1,0 +1,113 @@
+//! Asset and job states. The text forms are what Postgres stores and the API
+//! returns; they never change once released.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A state name that is not one of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} state {value:?}")]
+pub struct UnknownState {
+    /// Asset or job.
+    pub kind: &'static str,
+    /// The text that did not parse.
+    pub value: String,
+}
+
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident, $kind:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every state, in lifecycle order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stable text form (SQL and JSON).
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownState;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(UnknownState { kind: $kind, value: other.to_owned() }),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// Where an asset is in its life: `waiting -> processing -> ready | errored`.
+    AssetState, "asset", {
+        /// Created; no source uploaded yet.
+        Waiting => "waiting",
+        /// Source received; transcode queued or running.
+        Processing => "processing",
+        /// Published: manifests and segments are in storage.
+        Ready => "ready",
+        /// Failed permanently; the asset carries a creator-readable message.
+        Errored => "errored",
+    }
+);
+
+text_enum!(
+    /// Where a job is in the queue.
+    JobState, "job", {
+        /// Waiting to run at or after its `run_at` (new, or backing off after a retryable failure).
+        Queued => "queued",
+        /// Claimed by a worker holding an unexpired lease.
+        Running => "running",
+        /// Finished successfully.
+        Succeeded => "succeeded",
+        /// Failed permanently (the error says why); never retried automatically.
+        Failed => "failed",
+        /// Retryable failures exhausted its attempts; the last error is kept.
+        Dead => "dead",
+        /// Cancelled by an operator or by the system.
+        Cancelled => "cancelled",
+    }
+);
+
+impl JobState {
+    /// Terminal states are never left without an operator's retry.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Dead | Self::Cancelled
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_text() {
+        for s in AssetState::ALL {
+            assert_eq!(s.as_str().parse::<AssetState>().ok(), Some(*s));
+        }
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>().ok(), Some(*s));
+        }
+        assert!("done".parse::<JobState>().is_err());
+        assert!(JobState::Dead.is_terminal() && !JobState::Queued.is_terminal());
+    }
+}

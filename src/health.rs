@@ -1,0 +1,77 @@
+//! `GET /healthz` (the process answers) and `GET /readyz` (its dependencies
+//! answer: 503 naming the failing one otherwise).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use cascade_platform::{db, ObjectStore};
+use deadpool_postgres::Pool;
+use serde_json::json;
+
+/// How long one dependency check may take before it counts as failing.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the readiness check probes.
+#[derive(Clone)]
+pub struct Dependencies {
+    /// Postgres.
+    pub pool: Pool,
+    /// The object store.
+    pub store: ObjectStore,
+}
+
+/// The health routes.
+pub fn router(deps: Dependencies) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .with_state(deps)
+}
+
+async fn readyz(State(deps): State<Dependencies>) -> Response {
+    let (database, storage) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, db::ping(&deps.pool)),
+        tokio::time::timeout(CHECK_TIMEOUT, deps.store.ping()),
+    );
+    let database = match database {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some("timed out".to_owned()),
+    };
+    let storage = match storage {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some("timed out".to_owned()),
+    };
+    let failing: Vec<&str> = [("database", &database), ("storage", &storage)]
+        .iter()
+        .filter(|(_, e)| e.is_some())
+        .map(|(name, _)| *name)
+        .collect();
+    for (name, error) in [("database", &database), ("storage", &storage)] {
+        if let Some(error) = error {
+            // Details go to the log; clients get the dependency's name.
+            tracing::warn!(dependency = name, error = %error, "readiness check failed");
+        }
+    }
+    let status = |e: &Option<String>| if e.is_some() { "unavailable" } else { "ok" };
+    let body = json!({
+        "status": if failing.is_empty() { "ready" } else { "unavailable" },
+        "checks": { "database": status(&database), "storage": status(&storage) },
+    });
+    if failing.is_empty() {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        let mut body = body;
+        body["code"] = json!("dependency_unavailable");
+        body["message"] = json!(format!("not ready: {} unavailable", failing.join(" and ")));
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,99 @@
+//! `cascade`: the single binary. Loads config, builds clients, wires roles;
+//! everything else lives in the crates (see ARCHITECTURE.md).
+
+mod bench;
+mod health;
+mod jobs;
+mod serve;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cascade_platform::{db, Config};
+use clap::{Parser, Subcommand};
+
+/// Cascade: HLS/DASH origin and transcode pipeline.
+#[derive(Parser)]
+#[command(name = "cascade", version, about)]
+struct Cli {
+    /// TOML config file (also `CASCADE_CONFIG`); `CASCADE_*` variables override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run roles (ingest, workers, origin) in this process until SIGTERM/SIGINT.
+    Serve(serve::ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the effective configuration, secrets redacted.
+    Config,
+    /// Inspect and steer the job queue.
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
+    /// Benchmarks that print figures and ratios against targets.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("cascade: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Config = cli.command {
+        print!("{}", config.to_redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("cascade: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "cascade failed");
+            eprintln!("cascade: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => serve::serve(args, config).await.map(|()| ExitCode::SUCCESS),
+        Command::Migrate => {
+            let pool = db::pool(&config.database)?;
+            let applied = db::migrate(&pool).await.context("migrating the database")?;
+            if applied.is_empty() {
+                println!("database is up to date");
+            } else {
+                println!("applied migrations {applied:?}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config => Ok(ExitCode::SUCCESS),
+        Command::Jobs { command } => jobs::run(command, &config).await,
+        Command::Bench { command } => bench::run(command, config).await,
+    }
+}

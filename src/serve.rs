@@ -1,0 +1,146 @@
+//! `cascade serve`: runs the chosen roles in one process.
+//!
+//! Every role shares the process's config, Postgres pool and object store.
+//! One HTTP listener serves the routes of the enabled roles plus health. One
+//! cancellation token, fired by SIGTERM or SIGINT, stops everything: the
+//! listener stops accepting and drains, workers stop claiming and finish or
+//! release their jobs.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use anyhow::Context;
+use axum::Router;
+use cascade_platform::queue::JobNotifier;
+use cascade_platform::{db, Config, ObjectStore, Queue};
+use cascade_schemas::job_kind;
+use cascade_workers::noop::NoopHandler;
+use cascade_workers::{HandlerRegistry, Runner};
+use clap::Args;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::health;
+
+/// A part of Cascade that `serve` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// The creators' API and uploads.
+    Ingest,
+    /// Job runners (transcode, webhooks).
+    Workers,
+    /// The playback origin.
+    Origin,
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "ingest" => Ok(Self::Ingest),
+            "workers" | "worker" => Ok(Self::Workers),
+            "origin" => Ok(Self::Origin),
+            other => Err(format!(
+                "unknown role {other:?} (roles: ingest, workers, origin)"
+            )),
+        }
+    }
+}
+
+/// Arguments of `cascade serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Roles to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "ingest,workers,origin")]
+    roles: Vec<Role>,
+}
+
+/// Fires the token on SIGTERM or SIGINT.
+fn shutdown_on_signals(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+/// A name for this worker process, shown to operators on its leases.
+fn worker_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Runs until a signal arrives and everything has stopped.
+pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
+    let roles: BTreeSet<Role> = args.roles.into_iter().collect();
+    let shutdown = CancellationToken::new();
+    shutdown_on_signals(shutdown.clone())?;
+
+    let pool = db::pool(&config.database)?;
+    if config.database.migrate_on_start {
+        let applied = db::migrate(&pool).await.context("migrating the database")?;
+        if !applied.is_empty() {
+            tracing::info!(versions = ?applied, "database migrated");
+        }
+    }
+    let store = ObjectStore::from_config(&config.storage)
+        .await
+        .context("opening the object store")?;
+    tracing::info!(store = %store.describe(), "object store ready");
+    let queue = Queue::new(pool.clone(), config.queue.clone());
+
+    let mut tasks = JoinSet::new();
+    if roles.contains(&Role::Workers) {
+        let notifier = JobNotifier::start(db::pg_config(&config.database)?, shutdown.clone());
+        let handlers = HandlerRegistry::new().register(job_kind::NOOP, NoopHandler);
+        let runner = Runner::new(queue.clone(), handlers, notifier, worker_owner());
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            runner.run(token).await;
+            Ok(())
+        });
+    }
+
+    let app = Router::new().merge(health::router(health::Dependencies {
+        pool: pool.clone(),
+        store: store.clone(),
+    }));
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(roles = ?roles, address = %local, "listening");
+    println!("cascade: serving {roles:?} on http://{local} (health: http://{local}/healthz, readiness: http://{local}/readyz)");
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+            .context("http server")
+    });
+
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(error) = result {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "a role stopped with an error; shutting down"
+            );
+            shutdown.cancel();
+            first_error.get_or_insert(error);
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}

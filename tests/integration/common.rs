@@ -1,0 +1,197 @@
+//! Test harness shared by the integration tests. `make test` runs them
+//! inside `scripts/stack.sh`, which starts a private Postgres and a
+//! SeaweedFS S3 endpoint and exports `CASCADE_TEST_*`. Each test gets its own
+//! database (and its own bucket), so tests run in parallel without sharing state.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cascade_platform::config::{Config, S3Config, Secret};
+use cascade_platform::db;
+use deadpool_postgres::Pool;
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the integration tests through `make test` (scripts/stack.sh starts the services)")
+    })
+}
+
+/// A fresh, migrated database and a config pointing at it.
+pub struct TestDb {
+    pub config: Config,
+    pub pool: Pool,
+    pub url: String,
+}
+
+/// Creates a database named after a random id, migrated.
+pub async fn fresh_db() -> TestDb {
+    let admin_url = required_env("CASCADE_TEST_DATABASE_URL");
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test cluster");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    let url = match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("CASCADE_TEST_DATABASE_URL has no database name"),
+    };
+    let mut config = Config::default();
+    config.database.url = Secret::new(url.clone());
+    config.database.max_connections = 12;
+    let pool = db::pool(&config.database).expect("pool");
+    db::migrate(&pool).await.expect("migrate");
+    TestDb { config, pool, url }
+}
+
+/// S3 settings for the stack's SeaweedFS, with a bucket of the test's own.
+pub fn s3_config() -> S3Config {
+    let endpoint = required_env("CASCADE_TEST_S3_ENDPOINT");
+    S3Config {
+        endpoint: Some(endpoint),
+        bucket: format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]),
+        access_key_id: Secret::new(required_env("AWS_ACCESS_KEY_ID")),
+        secret_access_key: Secret::new(required_env("AWS_SECRET_ACCESS_KEY")),
+        max_attempts: 2,
+        ..S3Config::default()
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` at the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Path of the `cascade` binary under test.
+pub fn cascade_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cascade"))
+}
+
+/// A `cascade` child process, killed when dropped.
+pub struct CascadeProcess {
+    pub child: Child,
+    pub http: Option<SocketAddr>,
+}
+
+impl CascadeProcess {
+    /// Starts `cascade serve` with the given extra environment, waiting until
+    /// it prints its listening address.
+    pub fn serve(db_url: &str, roles: &str, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(cascade_bin());
+        command
+            .args(["serve", "--roles", roles])
+            .env("CASCADE_DATABASE__URL", db_url)
+            .env("CASCADE_HTTP__LISTEN", "127.0.0.1:0")
+            .env("CASCADE_LOG__FORMAT", "json")
+            // Warnings and errors only: enough to debug a failure, quiet otherwise.
+            .env("CASCADE_LOG__FILTER", "warn")
+            .env_remove("RUST_LOG")
+            .env_remove("CASCADE_STORAGE__S3__ENDPOINT")
+            .env_remove("CASCADE_STORAGE__S3__BUCKET")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let scratch =
+            std::env::temp_dir().join(format!("cascade-test-{}", uuid::Uuid::new_v4().simple()));
+        command.env("CASCADE_STORAGE__LOCAL_ROOT", scratch);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn cascade serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut http = None;
+        while Instant::now() < deadline {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.split("http://").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or_default();
+                        http = addr.parse().ok();
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        assert!(http.is_some(), "cascade serve did not report its address");
+        Self { child, http }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cascade did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CascadeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a fresh connection: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,7 @@
+//! Integration tests against the real services `scripts/stack.sh` starts:
+//! Postgres for the queue and SeaweedFS for S3. Run through `make test`.
+
+mod common;
+mod queue;
+mod storage;
+mod workers;

@@ -1,0 +1,362 @@
+//! The job runner: one claim loop per worker process, up to
+//! `queue.concurrency` jobs at once.
+//!
+//! Per job: the handler runs with a child cancellation token while a
+//! heartbeat renews the lease. If a heartbeat finds the lease gone (expired
+//! and taken over, or the job cancelled), the handler is cancelled and its
+//! result discarded. On shutdown the loop stops claiming, waits up to
+//! `queue.shutdown_grace` for running jobs, then cancels them and releases
+//! their leases so another worker picks them up at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_platform::queue::{ClaimedJob, FailOutcome, JobNotifier, Lease, Queue};
+use futures::future::BoxFuture;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// How a job handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Worth another attempt later (storage or database unavailable, ...).
+    #[error("{0}")]
+    Retryable(String),
+    /// Retrying cannot help (bad input, unsupported media); the message is
+    /// meant for the creator or operator.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl JobError {
+    /// Whether the queue should retry the job.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable(_))
+    }
+}
+
+/// What a handler gets to run one job.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// The claim (job id and fencing token).
+    pub lease: Lease,
+    /// Handler input.
+    pub payload: serde_json::Value,
+    /// 1-based attempt number.
+    pub attempt: i32,
+    /// Attempts allowed in all.
+    pub max_attempts: i32,
+    /// Fires when the job must stop: lease lost, cancelled, or shutdown.
+    pub cancel: CancellationToken,
+}
+
+/// Runs jobs of one kind. Work must be idempotent: a job may run more than
+/// once (at-least-once delivery), and each run must leave one correct result.
+pub trait JobHandler: Send + Sync + 'static {
+    /// Runs one job to completion or failure.
+    fn run(&self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>>;
+}
+
+/// Handlers by job kind.
+#[derive(Clone, Default)]
+pub struct HandlerRegistry {
+    handlers: HashMap<String, Arc<dyn JobHandler>>,
+}
+
+impl HandlerRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for `kind`.
+    pub fn register(mut self, kind: &str, handler: impl JobHandler) -> Self {
+        self.handlers.insert(kind.to_owned(), Arc::new(handler));
+        self
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.handlers.keys().cloned().collect();
+        kinds.sort();
+        kinds
+    }
+}
+
+/// Most completions written by one statement.
+const MAX_COMPLETION_BATCH: usize = 512;
+
+type CompletionRequest = (Lease, tokio::sync::oneshot::Sender<Result<bool, String>>);
+
+/// Writes completions in batches: whatever has queued up while the previous
+/// statement ran goes in the next one. At low load a batch is one job, so
+/// latency is that of a single update; under load the database sees one
+/// statement (and one commit) per batch instead of one per job.
+#[derive(Clone)]
+struct Completer {
+    requests: tokio::sync::mpsc::Sender<CompletionRequest>,
+}
+
+impl Completer {
+    fn start(queue: Queue) -> Self {
+        let (requests, mut receiver) =
+            tokio::sync::mpsc::channel::<CompletionRequest>(MAX_COMPLETION_BATCH * 4);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_COMPLETION_BATCH);
+            while receiver.recv_many(&mut batch, MAX_COMPLETION_BATCH).await > 0 {
+                let leases: Vec<Lease> = batch.iter().map(|(lease, _)| *lease).collect();
+                match queue.complete_many(&leases).await {
+                    Ok(done) => {
+                        for (lease, reply) in batch.drain(..) {
+                            let _ = reply.send(Ok(done.contains(&lease.job_id)));
+                        }
+                    }
+                    Err(error) => {
+                        let message = error.to_string();
+                        for (_, reply) in batch.drain(..) {
+                            let _ = reply.send(Err(message.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { requests }
+    }
+
+    /// `Ok(false)`: the lease had been lost.
+    async fn complete(&self, lease: Lease) -> Result<bool, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests
+            .send((lease, reply))
+            .await
+            .map_err(|_| "completion writer stopped".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "completion writer stopped".to_owned())?
+    }
+}
+
+/// The claim loop of one worker process.
+pub struct Runner {
+    queue: Queue,
+    handlers: HandlerRegistry,
+    notifier: JobNotifier,
+    owner: String,
+}
+
+/// How a job's run ended, as seen by the runner.
+enum RunEnd {
+    Finished(Result<(), JobError>),
+    LeaseLost,
+    Shutdown,
+}
+
+impl Runner {
+    /// A runner claiming jobs of the registered kinds as `owner` (shown to
+    /// operators; the host name and pid make a good one).
+    pub fn new(
+        queue: Queue,
+        handlers: HandlerRegistry,
+        notifier: JobNotifier,
+        owner: impl Into<String>,
+    ) -> Self {
+        Self {
+            queue,
+            handlers,
+            notifier,
+            owner: owner.into(),
+        }
+    }
+
+    /// Runs until `shutdown` fires, then drains as described in the module docs.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let config = self.queue.config().clone();
+        let kinds = self.handlers.kinds();
+        let concurrency = config.concurrency;
+        // Cancelled only after the grace period, to stop jobs still running.
+        let hard_stop = CancellationToken::new();
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut last_reap = Instant::now() - config.reap_interval;
+        let mut db_backoff = Duration::from_millis(100);
+        let completer = Completer::start(self.queue.clone());
+        tracing::info!(owner = %self.owner, kinds = ?kinds, concurrency, "worker started");
+
+        // Whether runnable jobs may be waiting: set by a notification, the
+        // fallback poll, or a claim that filled every free slot; cleared by a
+        // claim that found fewer jobs than it asked for. A finished job alone
+        // is no reason to query the queue.
+        let mut may_have_work = true;
+        while !shutdown.is_cancelled() {
+            if last_reap.elapsed() >= config.reap_interval {
+                last_reap = Instant::now();
+                match self.queue.reap_expired().await {
+                    Ok(0) => {}
+                    Ok(_) => may_have_work = true,
+                    Err(error) => tracing::warn!(error = %error, "cannot reap expired leases"),
+                }
+            }
+            let free = concurrency.saturating_sub(running.len());
+            if free > 0 && may_have_work {
+                match self.queue.claim(&self.owner, &kinds, free as i64).await {
+                    Ok(jobs) => {
+                        db_backoff = Duration::from_millis(100);
+                        may_have_work = jobs.len() == free;
+                        for job in jobs {
+                            self.spawn_job(
+                                &mut running,
+                                job,
+                                hard_stop.child_token(),
+                                completer.clone(),
+                            );
+                        }
+                        if may_have_work {
+                            // Every slot is busy; the next finished job makes room.
+                            continue;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot claim jobs; backing off");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(db_backoff) => {}
+                        }
+                        db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.notifier.notified(), if running.len() < concurrency => may_have_work = true,
+                Some(_) = running.join_next(), if !running.is_empty() => {
+                    // Reap every finished job so the next claim takes a batch.
+                    while running.try_join_next().is_some() {}
+                }
+                _ = tokio::time::sleep(config.poll_interval) => may_have_work = true,
+            }
+        }
+
+        if !running.is_empty() {
+            tracing::info!(jobs = running.len(), grace = ?config.shutdown_grace, "shutting down: waiting for running jobs");
+            let drained = tokio::time::timeout(config.shutdown_grace, async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    jobs = running.len(),
+                    "grace period over: stopping jobs and releasing their leases"
+                );
+                hard_stop.cancel();
+                while running.join_next().await.is_some() {}
+            }
+        }
+        tracing::info!(owner = %self.owner, "worker stopped");
+    }
+
+    fn spawn_job(
+        &self,
+        running: &mut JoinSet<()>,
+        job: ClaimedJob,
+        stop: CancellationToken,
+        completer: Completer,
+    ) {
+        let Some(handler) = self.handlers.handlers.get(&job.kind).cloned() else {
+            // claim() only returns registered kinds; fail loudly if not.
+            let queue = self.queue.clone();
+            running.spawn(async move {
+                let message = format!("no handler for job kind {:?}", job.kind);
+                let _ = queue.fail(&job.lease, &message, false).await;
+            });
+            return;
+        };
+        let queue = self.queue.clone();
+        let heartbeat_every = queue.config().heartbeat;
+        let span = tracing::info_span!("job", job_id = %job.lease.job_id, kind = %job.kind, attempt = job.attempt);
+        let job_future = async move {
+            let lease = job.lease;
+            let job_cancel = stop.child_token();
+            let ctx = JobContext {
+                lease,
+                payload: job.payload,
+                attempt: job.attempt,
+                max_attempts: job.max_attempts,
+                cancel: job_cancel.clone(),
+            };
+            let started = Instant::now();
+            let mut work = tokio::spawn(handler.run(ctx));
+            let mut heartbeat = tokio::time::interval_at(
+                tokio::time::Instant::now() + heartbeat_every,
+                heartbeat_every,
+            );
+            let end = loop {
+                tokio::select! {
+                    // Shutdown first: the handler's token is a child of `stop`,
+                    // so its "cancelled" result must not count as a failure.
+                    biased;
+                    _ = stop.cancelled() => break RunEnd::Shutdown,
+                    result = &mut work => {
+                        break RunEnd::Finished(result.unwrap_or_else(|join_error| {
+                            Err(JobError::Retryable(format!("job handler panicked: {join_error}")))
+                        }));
+                    }
+                    _ = heartbeat.tick() => match queue.heartbeat(&lease).await {
+                        Ok(true) => {}
+                        Ok(false) => break RunEnd::LeaseLost,
+                        // A missed heartbeat is fine while the lease lasts.
+                        Err(error) => tracing::warn!(error = %error, "heartbeat failed"),
+                    },
+                }
+            };
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            match end {
+                RunEnd::Finished(Ok(())) => match completer.complete(lease).await {
+                    Ok(true) => tracing::info!(elapsed_ms, "job succeeded"),
+                    Ok(false) => tracing::warn!(
+                        "job finished but its lease was lost; result left to the new holder"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot record success; the lease will expire and the job rerun")
+                    }
+                },
+                RunEnd::Finished(Err(job_error)) => {
+                    let message = job_error.to_string();
+                    match queue.fail(&lease, &message, job_error.is_retryable()).await {
+                        Ok(FailOutcome::Retrying(at)) => {
+                            tracing::warn!(error = %message, retry_at = %at, "job failed; will retry")
+                        }
+                        Ok(FailOutcome::Dead) => {
+                            tracing::error!(error = %message, "job failed; out of attempts")
+                        }
+                        Ok(FailOutcome::Failed) => {
+                            tracing::warn!(error = %message, "job failed permanently")
+                        }
+                        Ok(FailOutcome::LeaseLost) => {
+                            tracing::warn!(error = %message, "job failed after its lease was lost")
+                        }
+                        Err(error) => {
+                            tracing::warn!(error = %error, "cannot record failure; the lease will expire")
+                        }
+                    }
+                }
+                RunEnd::LeaseLost => {
+                    job_cancel.cancel();
+                    let _ = work.await;
+                    tracing::warn!("lease lost (cancelled or expired); job stopped");
+                }
+                RunEnd::Shutdown => {
+                    job_cancel.cancel();
+                    let _ = work.await;
+                    match queue.release(&lease).await {
+                        Ok(_) => tracing::info!("job stopped at shutdown; lease released"),
+                        Err(error) => {
+                            tracing::warn!(error = %error, "cannot release lease; it will expire")
+                        }
+                    }
+                }
+            }
+        };
+        running.spawn(job_future.instrument(span));
+    }
+}
