@@ -38,10 +38,13 @@ wait_until() { # DESCRIPTION SECONDS COMMAND...
   done
 }
 
-# Postgres refuses to run as root; run it as the `postgres` system user then.
+# Postgres refuses to run as root; run it as the `postgres` system user then,
+# keeping only CAP_DAC_READ_SEARCH so it can reach a data directory below
+# root-only directories (a clone under a 0700 temp dir, as CI may use).
 as_db_user=()
 if [ "$(id -u)" -eq 0 ]; then
-  as_db_user=(runuser -u postgres --)
+  as_db_user=(setpriv --reuid=postgres --regid=postgres --init-groups
+              --inh-caps=+dac_read_search --ambient-caps=+dac_read_search --)
 fi
 
 pg_bin="$(dirname "$("$root/scripts/tool-path.sh" pg_ctl)")"
@@ -80,6 +83,7 @@ fi
 "${as_db_user[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -w -t 60 -l "$logs/postgres.log" start \
   -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories=$pg_sock -c max_connections=300" >/dev/null
 db_admin_url="postgres://cascade@127.0.0.1:$pg_port/postgres"
+wait_until "PostgreSQL on port $pg_port" 60 "$pg_bin/psql" "$db_admin_url" -Atqc "SELECT 1"
 if ! "$pg_bin/psql" "$db_admin_url" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'cascade'" | grep -q 1; then
   "$pg_bin/psql" "$db_admin_url" -qc "CREATE DATABASE cascade" >/dev/null
 fi
