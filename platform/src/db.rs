@@ -90,15 +90,23 @@ async fn apply_pending(
     client: &mut deadpool_postgres::Client,
     migrations: &[Migration],
 ) -> Result<Vec<i32>, DbError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+    // Checked first rather than CREATE ... IF NOT EXISTS, which logs a
+    // NOTICE on every start.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute(
+                "CREATE TABLE schema_migrations (
                 version    INTEGER PRIMARY KEY,
                 name       TEXT NOT NULL,
                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
             )",
-        )
-        .await?;
+            )
+            .await?;
+    }
     let rows = client
         .query("SELECT version FROM schema_migrations", &[])
         .await?;
