@@ -1,6 +1,7 @@
 //! `cascade`: the single binary. Loads config, builds clients, wires roles;
 //! everything else lives in the crates (see ARCHITECTURE.md).
 
+mod assets;
 mod bench;
 mod health;
 mod jobs;
@@ -33,6 +34,11 @@ enum Command {
     Migrate,
     /// Print the effective configuration, secrets redacted.
     Config,
+    /// Create and inspect assets from the command line.
+    Assets {
+        #[command(subcommand)]
+        command: assets::AssetsCommand,
+    },
     /// Inspect and steer the job queue.
     Jobs {
         #[command(subcommand)]
@@ -94,6 +100,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Config => Ok(ExitCode::SUCCESS),
         Command::Jobs { command } => jobs::run(command, &config).await,
+        Command::Assets { command } => assets::run(command, &config).await,
         Command::Bench { command } => bench::run(command, config).await,
     }
 }

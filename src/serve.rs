@@ -15,6 +15,7 @@ use cascade_platform::queue::JobNotifier;
 use cascade_platform::{db, Config, ObjectStore, Queue};
 use cascade_schemas::job_kind;
 use cascade_workers::noop::NoopHandler;
+use cascade_workers::transcode::{self, TranscodeHandler};
 use cascade_workers::{HandlerRegistry, Runner};
 use clap::Args;
 use tokio::task::JoinSet;
@@ -100,7 +101,25 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     if roles.contains(&Role::Workers) {
         let notifier = JobNotifier::start(db::pg_config(&config.database)?, shutdown.clone());
-        let handlers = HandlerRegistry::new().register(job_kind::NOOP, NoopHandler);
+        let (encoder, unavailable) = tokio::task::spawn_blocking({
+            let choice = config.transcode.encoder;
+            move || transcode::encoders::resolve(choice)
+        })
+        .await
+        .context("probing encoders")?;
+        for reason in &unavailable {
+            tracing::info!(reason = %reason, "hardware encoder not available");
+        }
+        tracing::info!(encoder = %encoder, "video encoder selected");
+        let transcode = TranscodeHandler::new(
+            pool.clone(),
+            store.clone(),
+            config.transcode.clone(),
+            encoder,
+        );
+        let handlers = HandlerRegistry::new()
+            .register(job_kind::NOOP, NoopHandler)
+            .register(job_kind::TRANSCODE, transcode);
         let runner = Runner::new(queue.clone(), handlers, notifier, worker_owner());
         let token = shutdown.clone();
         tasks.spawn(async move {

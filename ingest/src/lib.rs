@@ -1,6 +1,100 @@
-//! The creators' ingest API: assets, simple uploads and tus 1.0.0 resumable
-//! uploads, the watch folder, RTMP (issue #4).
+//! The creators' ingest side: creating assets and taking in their sources.
 //!
-//! Not built yet: `cascade serve --roles ingest` currently serves only the
-//! health endpoints. Kept as its own crate so the binary's role wiring and
-//! the layering (ingest -> platform -> schemas) are in place.
+//! Built so far: [`import_file`], which creates an asset from a local file
+//! (used by `cascade assets import`, tests and benchmarks). Still to come
+//! (issue #4): the HTTP API, simple and tus 1.0.0 resumable uploads, the
+//! watch folder, RTMP.
+
+use std::path::Path;
+
+use cascade_platform::queue::{self, NewJob, Queue};
+use cascade_platform::{assets, ObjectStore, StorageError};
+use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey, PlaybackId};
+use cascade_workers::transcode::TranscodeJob;
+
+/// Why an import failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The local file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Storing the source failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] cascade_platform::db::DbError),
+    /// Enqueueing failed.
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
+}
+
+impl From<deadpool_postgres::tokio_postgres::Error> for IngestError {
+    fn from(e: deadpool_postgres::tokio_postgres::Error) -> Self {
+        Self::Db(cascade_platform::db::DbError::Query(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for IngestError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::Db(cascade_platform::db::DbError::Unavailable(e))
+    }
+}
+
+/// Creates an asset whose source is the file at `path`: the asset row is
+/// written (`waiting`), the file streamed to storage, then in one transaction
+/// the asset turns `processing` and its transcode job is enqueued.
+pub async fn import_file(
+    queue: &Queue,
+    store: &ObjectStore,
+    path: &Path,
+    title: Option<&str>,
+) -> Result<(AssetId, PlaybackId), IngestError> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| IngestError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let asset = AssetId::new();
+    let playback = PlaybackId::new();
+    {
+        let client = queue.pool().get().await?;
+        assets::insert(
+            &client,
+            asset,
+            &playback,
+            title,
+            &serde_json::json!({}),
+            "public",
+        )
+        .await?;
+    }
+    store.put(&ObjectKey::source(asset), &mut file).await?;
+    let job = TranscodeJob {
+        asset_id: asset,
+        version: 1,
+    };
+    let payload = serde_json::to_value(&job).map_err(|e| {
+        IngestError::Db(cascade_platform::db::DbError::Build(format!(
+            "encoding the job: {e}"
+        )))
+    })?;
+    let mut client = queue.pool().get().await?;
+    let tx = client.transaction().await?;
+    assets::set_state(&tx, asset, AssetState::Processing).await?;
+    queue::enqueue(
+        &tx,
+        &NewJob::new(job_kind::TRANSCODE, payload).idempotency_key(job.idempotency_key()),
+        queue.config().max_attempts,
+    )
+    .await?;
+    tx.commit().await?;
+    queue.wake(job_kind::TRANSCODE);
+    Ok((asset, playback))
+}

@@ -71,6 +71,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Job queue timings and worker concurrency.
     pub queue: QueueConfig,
+    /// The bitrate ladder, encoders and segmenting.
+    pub transcode: TranscodeConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -272,6 +274,116 @@ impl Default for QueueConfig {
     }
 }
 
+/// Transcoding: the ladder, encoders and segmenting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscodeConfig {
+    /// Video rungs. Rungs above the source are dropped; a source between two
+    /// rungs becomes the top rung at its own size. Default: 2160p 8 Mbit/s,
+    /// 1080p 4 Mbit/s, 720p 2 Mbit/s, 480p 1 Mbit/s, 240p 0.5 Mbit/s.
+    pub ladder: Vec<RungConfig>,
+    /// Target media segment duration; a multiple of `gop`. Default `4s`.
+    #[serde(with = "humantime_serde")]
+    pub segment_duration: Duration,
+    /// Keyframe interval, forced at the same timestamps in every rung
+    /// (closed GOPs, no scene-cut keyframes). Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub gop: Duration,
+    /// H.264 encoder: `auto` probes the hardware encoders once at worker start
+    /// and falls back to `libx264`. Default `auto`.
+    pub encoder: EncoderChoice,
+    /// x264 preset (speed/quality trade-off). Default `veryfast`.
+    pub preset: String,
+    /// Rate control. Default `capped_crf`.
+    pub rate_control: RateControl,
+    /// CRF for `capped_crf` (lower is better quality). Default `23`.
+    pub crf: u8,
+    /// B-frames between reference frames. Default `2`.
+    pub b_frames: u32,
+    /// Frame rates above this are reduced to it. Default `60`.
+    pub max_frame_rate: u32,
+    /// AAC bitrate of the shared audio rendition, bit/s. Default `128000`.
+    pub audio_bitrate: u64,
+    /// Sources wider or taller than this are refused. Default `8192`.
+    pub max_dimension: u32,
+    /// Where sources are staged while transcoding. Default: the system temp dir.
+    pub scratch_dir: Option<PathBuf>,
+    /// How often progress is written to the asset. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        let rung = |name: &str, short_side: u32, bitrate: u64| RungConfig {
+            name: name.to_owned(),
+            short_side,
+            bitrate,
+        };
+        Self {
+            ladder: vec![
+                rung("2160p", 2160, 8_000_000),
+                rung("1080p", 1080, 4_000_000),
+                rung("720p", 720, 2_000_000),
+                rung("480p", 480, 1_000_000),
+                rung("240p", 240, 500_000),
+            ],
+            segment_duration: Duration::from_secs(4),
+            gop: Duration::from_secs(2),
+            encoder: EncoderChoice::Auto,
+            preset: "veryfast".to_owned(),
+            rate_control: RateControl::CappedCrf,
+            crf: 23,
+            b_frames: 2,
+            max_frame_rate: 60,
+            audio_bitrate: 128_000,
+            max_dimension: 8192,
+            scratch_dir: None,
+            progress_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One rung of the video ladder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RungConfig {
+    /// Rendition name (`1080p`): lowercase letters, digits, `_`, `-`.
+    pub name: String,
+    /// Short side in pixels (height for landscape, width for portrait).
+    pub short_side: u32,
+    /// Target (and, for capped CRF, maximum) bitrate, bit/s.
+    pub bitrate: u64,
+}
+
+/// H.264 encoder choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderChoice {
+    /// First working of NVENC, VAAPI, QSV; else libx264.
+    Auto,
+    /// Software x264.
+    Libx264,
+    /// NVIDIA NVENC.
+    H264Nvenc,
+    /// VA-API (Intel/AMD on Linux).
+    H264Vaapi,
+    /// Intel Quick Sync.
+    H264Qsv,
+}
+
+/// Video rate control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateControl {
+    /// Constant quality, capped at the rung's bitrate (VBV max rate = bitrate).
+    CappedCrf,
+    /// Average bitrate at the rung's bitrate, peaks up to 1.5x.
+    Vbr,
+    /// Constant bitrate at the rung's bitrate.
+    Cbr,
+}
+
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -379,6 +491,42 @@ impl Config {
         }
         if self.queue.max_attempts < 1 {
             return Err(invalid("queue.max_attempts", "must be at least 1"));
+        }
+        let t = &self.transcode;
+        if t.gop.is_zero()
+            || t.segment_duration < t.gop
+            || t.segment_duration.as_millis() % t.gop.as_millis() != 0
+        {
+            return Err(invalid(
+                "transcode.segment_duration",
+                "must be a whole multiple of transcode.gop",
+            ));
+        }
+        if t.ladder.is_empty()
+            || t.ladder
+                .iter()
+                .any(|r| r.short_side < 16 || r.short_side % 2 != 0 || r.bitrate == 0)
+        {
+            return Err(invalid(
+                "transcode.ladder",
+                "needs at least one rung, each with an even short_side >= 16 and a bitrate",
+            ));
+        }
+        if let Some(r) = t
+            .ladder
+            .iter()
+            .find(|r| cascade_schemas::RenditionName::new(r.name.clone()).is_err())
+        {
+            return Err(invalid(
+                "transcode.ladder",
+                &format!("rung name {:?}: use 1-32 of a-z, 0-9, '_' and '-'", r.name),
+            ));
+        }
+        if !(1..=240).contains(&t.max_frame_rate) {
+            return Err(invalid(
+                "transcode.max_frame_rate",
+                "must be between 1 and 240",
+            ));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));

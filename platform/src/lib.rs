@@ -8,6 +8,7 @@
 //! Everything here is I/O at the edges of the system; domain names come from
 //! `cascade_schemas`.
 
+pub mod assets;
 pub mod config;
 pub mod db;
 pub mod queue;

@@ -8,5 +8,6 @@
 
 pub mod noop;
 pub mod runner;
+pub mod transcode;
 
 pub use runner::{HandlerRegistry, JobContext, JobError, JobHandler, Runner};

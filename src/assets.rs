@@ -1,0 +1,111 @@
+//! `cascade assets import|show`: create an asset from a local file and look
+//! at its state, without the HTTP API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cascade_platform::{assets, db, Config, ObjectStore, Queue};
+use cascade_schemas::{AssetId, AssetState};
+use clap::Subcommand;
+
+/// Asset subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AssetsCommand {
+    /// Upload a local file as a new asset's source and queue its transcode.
+    Import {
+        /// The media file.
+        file: PathBuf,
+        /// Asset title.
+        #[arg(long)]
+        title: Option<String>,
+        /// Wait until the asset is ready or errored (needs a running worker).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "10m", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+        timeout: Duration,
+    },
+    /// An asset and its renditions, as JSON.
+    Show {
+        /// Asset id.
+        id: AssetId,
+    },
+}
+
+async fn show(
+    pool: &deadpool_postgres::Pool,
+    id: AssetId,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(asset) = assets::get(pool, id).await? else {
+        return Ok(None);
+    };
+    let renditions = match asset.published_version {
+        Some(version) => assets::renditions(pool, id, version).await?,
+        None => Vec::new(),
+    };
+    let mut value = serde_json::to_value(&asset)?;
+    value["renditions"] = serde_json::to_value(renditions)?;
+    Ok(Some(value))
+}
+
+/// Runs one subcommand; exit 1 when the asset is missing or ends errored.
+pub async fn run(command: AssetsCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let pool = db::pool(&config.database)?;
+    match command {
+        AssetsCommand::Import {
+            file,
+            title,
+            wait,
+            timeout,
+        } => {
+            db::migrate(&pool).await.context("migrating the database")?;
+            let store = ObjectStore::from_config(&config.storage)
+                .await
+                .context("opening the object store")?;
+            let queue = Queue::new(pool.clone(), config.queue.clone());
+            let (id, playback) =
+                cascade_ingest::import_file(&queue, &store, &file, title.as_deref()).await?;
+            println!("asset {id} (playback id {playback}) queued for transcoding");
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let deadline = Instant::now() + timeout;
+            loop {
+                let asset = assets::get(&pool, id).await?.context("asset vanished")?;
+                match asset.state {
+                    AssetState::Ready => break,
+                    AssetState::Errored => {
+                        eprintln!(
+                            "asset {id} errored ({}): {}",
+                            asset.error_code.unwrap_or_default(),
+                            asset.error_message.unwrap_or_default()
+                        );
+                        return Ok(ExitCode::from(1));
+                    }
+                    _ => {}
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "asset {id} not ready after {timeout:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if let Some(value) = show(&pool, id).await? {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AssetsCommand::Show { id } => match show(&pool, id).await? {
+            Some(value) => {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!("cascade: asset {id} not found");
+                Ok(ExitCode::from(1))
+            }
+        },
+    }
+}

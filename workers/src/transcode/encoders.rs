@@ -1,0 +1,268 @@
+//! H.264 encoder selection and configuration.
+//!
+//! `auto` probes each hardware encoder once at worker start by opening a
+//! tiny real encode (64x64, one frame); the first that works is used, else
+//! libx264. NVENC and QSV take system-memory frames; VAAPI needs frames in
+//! GPU surfaces, which the pipeline uploads through a VAAPI device.
+
+use std::fmt;
+
+use cascade_platform::config::{EncoderChoice, RateControl, TranscodeConfig};
+use ffmpeg_next as ff;
+
+/// An H.264 encoder Cascade knows how to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoEncoder {
+    /// Software x264.
+    Libx264,
+    /// NVIDIA NVENC.
+    Nvenc,
+    /// VA-API.
+    Vaapi,
+    /// Intel Quick Sync.
+    Qsv,
+}
+
+impl VideoEncoder {
+    /// FFmpeg's name for the encoder.
+    pub fn ffmpeg_name(&self) -> &'static str {
+        match self {
+            Self::Libx264 => "libx264",
+            Self::Nvenc => "h264_nvenc",
+            Self::Vaapi => "h264_vaapi",
+            Self::Qsv => "h264_qsv",
+        }
+    }
+
+    /// Pixel format the encoder is fed (VAAPI: the software format uploaded).
+    pub fn input_format(&self) -> ff::format::Pixel {
+        match self {
+            Self::Libx264 | Self::Nvenc => ff::format::Pixel::YUV420P,
+            Self::Vaapi | Self::Qsv => ff::format::Pixel::NV12,
+        }
+    }
+
+    /// Hardware encoders in probing order.
+    pub const HARDWARE: [VideoEncoder; 3] = [Self::Nvenc, Self::Vaapi, Self::Qsv];
+}
+
+impl fmt::Display for VideoEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.ffmpeg_name())
+    }
+}
+
+/// Resolves the configured choice to an encoder that opens on this machine.
+/// For `auto`, each hardware encoder is tried with a real test encode; the
+/// reasons they failed are returned for the log.
+pub fn resolve(choice: EncoderChoice) -> (VideoEncoder, Vec<String>) {
+    crate::transcode::init_ffmpeg();
+    let wanted = match choice {
+        EncoderChoice::Auto => None,
+        EncoderChoice::Libx264 => Some(VideoEncoder::Libx264),
+        EncoderChoice::H264Nvenc => Some(VideoEncoder::Nvenc),
+        EncoderChoice::H264Vaapi => Some(VideoEncoder::Vaapi),
+        EncoderChoice::H264Qsv => Some(VideoEncoder::Qsv),
+    };
+    let candidates: Vec<VideoEncoder> = match wanted {
+        Some(encoder) => vec![encoder],
+        None => VideoEncoder::HARDWARE.to_vec(),
+    };
+    let mut failures = Vec::new();
+    for encoder in candidates {
+        match probe(encoder) {
+            Ok(()) => return (encoder, failures),
+            Err(reason) => failures.push(format!("{encoder}: {reason}")),
+        }
+    }
+    (VideoEncoder::Libx264, failures)
+}
+
+/// Opens `encoder` for a 64x64 stream and encodes one frame.
+pub fn probe(encoder: VideoEncoder) -> Result<(), String> {
+    let settings = EncodeSettings {
+        width: 64,
+        height: 64,
+        time_base: ff::Rational::new(1, 30),
+        frame_rate: ff::Rational::new(30, 1),
+        bitrate: 200_000,
+        gop_frames: 30,
+        profile_high: false,
+    };
+    let config = TranscodeConfig::default();
+    let mut hw = match encoder {
+        VideoEncoder::Vaapi => {
+            Some(crate::transcode::hw::VaapiUpload::new(64, 64).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let mut opened =
+        open_video(encoder, &settings, &config, hw.as_ref()).map_err(|e| e.to_string())?;
+    let mut frame = ff::frame::Video::new(encoder.input_format(), 64, 64);
+    frame.set_pts(Some(0));
+    let frame = match hw.as_mut() {
+        Some(upload) => upload.upload(&frame).map_err(|e| e.to_string())?,
+        None => frame,
+    };
+    opened
+        .send_frame(&frame)
+        .map_err(|e| format!("encoding a test frame: {e}"))?;
+    opened.send_eof().map_err(|e| e.to_string())?;
+    let mut packet = ff::Packet::empty();
+    let mut got = false;
+    while opened.receive_packet(&mut packet).is_ok() {
+        got = true;
+    }
+    if got {
+        Ok(())
+    } else {
+        Err("the test encode produced no packet".to_owned())
+    }
+}
+
+/// Per-rung encoder settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeSettings {
+    /// Output width.
+    pub width: u32,
+    /// Output height.
+    pub height: u32,
+    /// Time base of the frames fed in.
+    pub time_base: ff::Rational,
+    /// Nominal frame rate.
+    pub frame_rate: ff::Rational,
+    /// Rung bitrate, bit/s.
+    pub bitrate: u64,
+    /// Frames per GOP (keyframes are also forced by timestamp).
+    pub gop_frames: u32,
+    /// High profile (else Main).
+    pub profile_high: bool,
+}
+
+/// Opens a configured H.264 encoder with global headers (SPS/PPS in
+/// extradata, as CMAF's `avcC` needs).
+pub fn open_video(
+    encoder: VideoEncoder,
+    settings: &EncodeSettings,
+    config: &TranscodeConfig,
+    vaapi: Option<&crate::transcode::hw::VaapiUpload>,
+) -> Result<ff::encoder::video::Encoder, ff::Error> {
+    let codec =
+        ff::encoder::find_by_name(encoder.ffmpeg_name()).ok_or(ff::Error::EncoderNotFound)?;
+    let mut video = ff::codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .video()?;
+    video.set_width(settings.width);
+    video.set_height(settings.height);
+    video.set_time_base(settings.time_base);
+    video.set_frame_rate(Some(settings.frame_rate));
+    video.set_gop(settings.gop_frames);
+    video.set_max_b_frames(config.b_frames as usize);
+    video.set_flags(ff::codec::Flags::GLOBAL_HEADER);
+    let bitrate = settings.bitrate as usize;
+    let (target, max, buffer) = match config.rate_control {
+        RateControl::CappedCrf => (None, bitrate, bitrate * 2),
+        RateControl::Vbr => (Some(bitrate), bitrate * 3 / 2, bitrate * 2),
+        RateControl::Cbr => (Some(bitrate), bitrate, bitrate),
+    };
+    if let Some(target) = target {
+        video.set_bit_rate(target);
+    }
+    video.set_max_bit_rate(max);
+    let mut options = ff::Dictionary::new();
+    options.set("bufsize", &buffer.to_string());
+    options.set(
+        "profile",
+        if settings.profile_high {
+            "high"
+        } else {
+            "main"
+        },
+    );
+    match encoder {
+        VideoEncoder::Libx264 => {
+            video.set_format(ff::format::Pixel::YUV420P);
+            options.set("preset", &config.preset);
+            if config.rate_control == RateControl::CappedCrf {
+                options.set("crf", &config.crf.to_string());
+            }
+            if config.rate_control == RateControl::Cbr {
+                options.set("nal-hrd", "cbr");
+            }
+            // Keyframes only where the pipeline forces them (same timestamps in
+            // every rung), as IDR frames, closing every GOP; no B-pyramid, so
+            // the reorder delay is one frame.
+            options.set(
+                "x264-params",
+                &format!(
+                    "keyint={}:min-keyint={}:scenecut=0:open-gop=0:b-pyramid=none",
+                    settings.gop_frames * 2,
+                    settings.gop_frames
+                ),
+            );
+            options.set("forced-idr", "1");
+        }
+        VideoEncoder::Nvenc => {
+            video.set_format(ff::format::Pixel::YUV420P);
+            options.set("preset", "p4");
+            options.set(
+                "rc",
+                if config.rate_control == RateControl::Cbr {
+                    "cbr"
+                } else {
+                    "vbr"
+                },
+            );
+            if config.rate_control == RateControl::CappedCrf {
+                // NVENC's constant-quality mode, capped by maxrate.
+                options.set("cq", &config.crf.to_string());
+            }
+            options.set("forced-idr", "1");
+            options.set("no-scenecut", "1");
+            options.set("strict_gop", "1");
+        }
+        VideoEncoder::Qsv => {
+            video.set_format(ff::format::Pixel::NV12);
+            options.set("preset", "medium");
+            if config.rate_control == RateControl::CappedCrf {
+                options.set("global_quality", &config.crf.to_string());
+            }
+            options.set("forced_idr", "1");
+            options.set("idr_interval", "0");
+        }
+        VideoEncoder::Vaapi => {
+            video.set_format(ff::format::Pixel::VAAPI);
+            if let Some(upload) = vaapi {
+                upload.attach(&mut video);
+            }
+            options.set(
+                "rc_mode",
+                if config.rate_control == RateControl::Cbr {
+                    "CBR"
+                } else {
+                    "QVBR"
+                },
+            );
+            if config.rate_control == RateControl::CappedCrf {
+                options.set("qp", &config.crf.to_string());
+            }
+            options.set("idr_interval", "0");
+        }
+    }
+    video.open_with(options)
+}
+
+/// The AAC-LC encoder for the shared audio rendition (48 kHz stereo).
+pub fn open_audio(bitrate: u64) -> Result<ff::encoder::audio::Encoder, ff::Error> {
+    let codec = ff::encoder::find(ff::codec::Id::AAC).ok_or(ff::Error::EncoderNotFound)?;
+    let mut audio = ff::codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .audio()?;
+    audio.set_rate(48_000);
+    audio.set_channel_layout(ff::ChannelLayout::STEREO);
+    audio.set_format(ff::format::Sample::F32(ff::format::sample::Type::Planar));
+    audio.set_bit_rate(bitrate as usize);
+    audio.set_time_base(ff::Rational::new(1, 48_000));
+    audio.set_flags(ff::codec::Flags::GLOBAL_HEADER);
+    audio.open_with(ff::Dictionary::new())
+}

@@ -1,0 +1,410 @@
+//! The `transcode` job: from an asset's source in storage to a published
+//! ladder that every player can play.
+//!
+//! 1. Stage the source in a scratch directory (removed on every path).
+//! 2. Run [`pipeline::run`] on a blocking thread: probe, decode once, scale
+//!    and encode every rung, package CMAF (ISO/IEC 23000-19) segments.
+//! 3. Upload init and media segments as they are cut (bounded channel, so
+//!    memory stays flat), then the HLS media playlists (RFC 8216), and last
+//!    the master playlist and the DASH MPD (ISO/IEC 23009-1): a reader never
+//!    sees a manifest naming a missing segment.
+//! 4. Record the renditions and turn the asset `ready` in one transaction.
+//!
+//! Keys are deterministic (`assets/{id}/v{version}/...`), so a rerun after a
+//! crash overwrites the same objects and ends with one correct result. Bad
+//! input fails permanently with a creator-readable message on the asset.
+
+pub mod encoders;
+pub mod error;
+pub mod hw;
+pub mod ladder;
+pub mod pipeline;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+
+use bytes::Bytes;
+use cascade_packager::{dash, hls, MediaKind, UriLayout};
+use cascade_platform::assets::{self, RenditionRow};
+use cascade_platform::config::TranscodeConfig;
+use cascade_platform::storage::StorageError;
+use cascade_platform::ObjectStore;
+use cascade_schemas::{AssetId, AssetState, ObjectKey, RenditionName};
+use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+pub use encoders::VideoEncoder;
+pub use error::TranscodeError;
+
+use crate::runner::{JobContext, JobError, JobHandler};
+
+/// Initialises the FFmpeg libraries once and quiets their logging (errors
+/// reach us as return values).
+pub fn init_ffmpeg() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = ffmpeg_next::init();
+        ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Quiet);
+    });
+}
+
+/// Payload of a `transcode` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TranscodeJob {
+    /// The asset.
+    pub asset_id: AssetId,
+    /// Output version: objects go under `v{version}/`.
+    pub version: u32,
+}
+
+impl TranscodeJob {
+    /// The job's idempotency key: one transcode per asset version.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/v{}", self.asset_id, self.version)
+    }
+}
+
+/// Handler for `transcode` jobs.
+#[derive(Clone)]
+pub struct TranscodeHandler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    store: ObjectStore,
+    config: TranscodeConfig,
+    encoder: VideoEncoder,
+}
+
+impl TranscodeHandler {
+    /// A handler using `encoder` (see [`encoders::resolve`]).
+    pub fn new(
+        pool: Pool,
+        store: ObjectStore,
+        config: TranscodeConfig,
+        encoder: VideoEncoder,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                store,
+                config,
+                encoder,
+            }),
+        }
+    }
+}
+
+impl JobHandler for TranscodeHandler {
+    fn run(&self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
+        let inner = self.inner.clone();
+        async move { inner.transcode(ctx).await }.boxed()
+    }
+}
+
+fn db_error(context: &str, error: impl std::fmt::Display) -> JobError {
+    JobError::Retryable(format!("{context}: {error}"))
+}
+
+impl Inner {
+    async fn transcode(&self, ctx: JobContext) -> Result<(), JobError> {
+        let job: TranscodeJob = serde_json::from_value(ctx.payload.clone())
+            .map_err(|e| JobError::Permanent(format!("invalid transcode payload: {e}")))?;
+        let Some(asset) = assets::get(&self.pool, job.asset_id)
+            .await
+            .map_err(|e| db_error("loading the asset", e))?
+        else {
+            // Deleted while queued: nothing to do.
+            tracing::info!(asset_id = %job.asset_id, "asset no longer exists; skipping transcode");
+            return Ok(());
+        };
+        if asset.state == AssetState::Ready
+            && asset
+                .published_version
+                .is_some_and(|v| v >= job.version as i32)
+        {
+            return Ok(()); // Already published by an earlier run.
+        }
+        {
+            let client = self.pool.get().await.map_err(|e| db_error("database", e))?;
+            assets::set_state(&client, job.asset_id, AssetState::Processing)
+                .await
+                .map_err(|e| db_error("marking the asset processing", e))?;
+        }
+        match self.run_pipeline(&job, &ctx).await {
+            Ok(()) => Ok(()),
+            Err(TranscodeError::Input { code, message }) => {
+                tracing::info!(asset_id = %job.asset_id, code, message = %message, "source refused");
+                assets::set_errored(&self.pool, job.asset_id, code, &message)
+                    .await
+                    .map_err(|e| db_error("marking the asset errored", e))?;
+                Err(JobError::Permanent(message))
+            }
+            Err(TranscodeError::Cancelled) => {
+                Err(JobError::Retryable("transcode cancelled".to_owned()))
+            }
+            Err(TranscodeError::Internal(message)) => {
+                if ctx.attempt >= ctx.max_attempts {
+                    // Out of retries: tell the creator something went wrong on our side.
+                    let _ = assets::set_errored(
+                        &self.pool,
+                        job.asset_id,
+                        "internal",
+                        "processing failed on our side; the original is kept and can be retried",
+                    )
+                    .await;
+                }
+                Err(JobError::Retryable(message))
+            }
+        }
+    }
+
+    async fn run_pipeline(
+        &self,
+        job: &TranscodeJob,
+        ctx: &JobContext,
+    ) -> Result<(), TranscodeError> {
+        let scratch_root = self
+            .config
+            .scratch_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        tokio::fs::create_dir_all(&scratch_root)
+            .await
+            .map_err(|e| TranscodeError::internal("creating the scratch directory", e))?;
+        let scratch = tempfile::Builder::new()
+            .prefix("cascade-transcode-")
+            .tempdir_in(&scratch_root)
+            .map_err(|e| TranscodeError::internal("creating a scratch directory", e))?;
+        let source_path = scratch.path().join("source");
+        self.stage_source(job.asset_id, &source_path).await?;
+
+        let (events, mut received) = mpsc::channel::<pipeline::Event>(16);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let pipeline = {
+            let config = self.config.clone();
+            let encoder = self.encoder;
+            let cancel = cancel.clone();
+            let path = source_path.clone();
+            tokio::task::spawn_blocking(move || {
+                pipeline::run(&path, &config, encoder, &events, &cancel)
+            })
+        };
+        // Upload what the pipeline produces while it runs.
+        let mut duration = None;
+        let mut upload_error = None;
+        loop {
+            let event = tokio::select! {
+                event = received.recv() => event,
+                _ = ctx.cancel.cancelled() => {
+                    cancel.store(true, Ordering::Relaxed);
+                    received.recv().await
+                }
+            };
+            let Some(event) = event else { break };
+            if upload_error.is_some() {
+                continue; // Drain so the pipeline sees the failure and stops.
+            }
+            let result = match event {
+                pipeline::Event::Probed { duration: d } => {
+                    duration = d;
+                    assets::set_progress(&self.pool, job.asset_id, 0.0, d)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                pipeline::Event::Progress(seconds) => {
+                    let percent = duration
+                        .map(|d| (seconds / d * 100.0) as f32)
+                        .unwrap_or(0.0)
+                        .min(99.0);
+                    assets::set_progress(&self.pool, job.asset_id, percent, None)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                pipeline::Event::Init { rendition, bytes } => match RenditionName::new(rendition) {
+                    Ok(name) => {
+                        self.put(
+                            ObjectKey::init_segment(job.asset_id, job.version, &name),
+                            bytes,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                pipeline::Event::Segment {
+                    rendition,
+                    sequence,
+                    bytes,
+                } => match RenditionName::new(rendition) {
+                    Ok(name) => {
+                        self.put(
+                            ObjectKey::media_segment(job.asset_id, job.version, &name, sequence),
+                            bytes,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            if let Err(message) = result {
+                cancel.store(true, Ordering::Relaxed);
+                upload_error = Some(message);
+            }
+        }
+        let summary = pipeline
+            .await
+            .map_err(|e| TranscodeError::internal("transcode thread", e))?;
+        if let Some(message) = upload_error {
+            return Err(TranscodeError::Internal(format!(
+                "storing outputs: {message}"
+            )));
+        }
+        let summary = summary?;
+        drop(scratch);
+        self.publish(job, summary).await
+    }
+
+    async fn put(&self, key: ObjectKey, bytes: Bytes) -> Result<(), String> {
+        self.store
+            .put_bytes(&key, bytes)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn stage_source(
+        &self,
+        asset: AssetId,
+        path: &std::path::Path,
+    ) -> Result<(), TranscodeError> {
+        let mut body = match self.store.get(&ObjectKey::source(asset), None).await {
+            Ok(body) => body,
+            Err(StorageError::NotFound { .. }) => {
+                return Err(TranscodeError::input(
+                    "no_source",
+                    "no source file was uploaded for this asset",
+                ))
+            }
+            Err(e) => return Err(TranscodeError::internal("reading the source", e)),
+        };
+        if body.meta.size == 0 {
+            return Err(TranscodeError::input("empty", "the uploaded file is empty"));
+        }
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| TranscodeError::internal("staging the source", e))?;
+        while let Some(chunk) = body.stream.next().await {
+            let chunk = chunk.map_err(|e| TranscodeError::internal("reading the source", e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| TranscodeError::internal("staging the source", e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| TranscodeError::internal("staging the source", e))?;
+        Ok(())
+    }
+
+    /// Writes playlists and manifests (after every segment), then makes the
+    /// version live.
+    async fn publish(
+        &self,
+        job: &TranscodeJob,
+        summary: pipeline::Summary,
+    ) -> Result<(), TranscodeError> {
+        let layout = UriLayout::default();
+        let renditions: Vec<_> = summary.renditions.iter().map(|(r, _)| r.clone()).collect();
+        for rendition in &renditions {
+            let playlist = hls::Playlist::for_rendition(rendition, &layout)
+                .map_err(|e| TranscodeError::internal("rendering a media playlist", e))?;
+            let name = RenditionName::new(rendition.name.clone())
+                .map_err(|e| TranscodeError::internal("rendition name", e))?;
+            self.put(
+                ObjectKey::media_playlist(job.asset_id, job.version, &name),
+                Bytes::from(playlist.render()),
+            )
+            .await
+            .map_err(TranscodeError::Internal)?;
+        }
+        let master = hls::render_master_playlist(&renditions, &layout)
+            .map_err(|e| TranscodeError::internal("rendering the master playlist", e))?;
+        let mpd = dash::render_mpd(&renditions, &layout)
+            .map_err(|e| TranscodeError::internal("rendering the MPD", e))?;
+        self.put(
+            ObjectKey::dash_manifest(job.asset_id, job.version),
+            Bytes::from(mpd),
+        )
+        .await
+        .map_err(TranscodeError::Internal)?;
+        self.put(
+            ObjectKey::hls_master(job.asset_id, job.version),
+            Bytes::from(master),
+        )
+        .await
+        .map_err(TranscodeError::Internal)?;
+
+        let rows: Vec<RenditionRow> = summary
+            .renditions
+            .iter()
+            .map(|(rendition, encoder)| {
+                let bitrates = rendition.bitrates();
+                let (kind, width, height, frame_rate, channels, sample_rate) = match rendition.kind
+                {
+                    MediaKind::Video {
+                        width,
+                        height,
+                        frame_rate,
+                    } => (
+                        "video",
+                        Some(width as i32),
+                        Some(height as i32),
+                        Some(frame_rate.to_string()),
+                        None,
+                        None,
+                    ),
+                    MediaKind::Audio {
+                        sample_rate,
+                        channels,
+                    } => (
+                        "audio",
+                        None,
+                        None,
+                        None,
+                        Some(i32::from(channels)),
+                        Some(sample_rate as i32),
+                    ),
+                };
+                RenditionRow {
+                    name: rendition.name.clone(),
+                    kind: kind.to_owned(),
+                    codecs: rendition.codecs.clone(),
+                    width,
+                    height,
+                    frame_rate,
+                    channels,
+                    sample_rate,
+                    bandwidth: bitrates.peak as i64,
+                    average_bandwidth: bitrates.average as i64,
+                    segment_count: rendition.segments.len() as i32,
+                    encoder: encoder.clone(),
+                }
+            })
+            .collect();
+        assets::publish(
+            &self.pool,
+            job.asset_id,
+            job.version as i32,
+            summary.duration,
+            &rows,
+        )
+        .await
+        .map_err(|e| TranscodeError::internal("recording the renditions", e))?;
+        tracing::info!(asset_id = %job.asset_id, version = job.version, renditions = rows.len(),
+            duration = summary.duration, "asset ready");
+        Ok(())
+    }
+}

@@ -1,0 +1,957 @@
+//! The transcode pipeline, run on a blocking thread: probe, decode once,
+//! one filter graph (rotate, cap frame rate, split, scale per rung), encode
+//! every rung with keyframes forced at the same timestamps, encode the
+//! shared AAC rendition, and hand the samples to the packager. Init and
+//! media segments go out through a channel as they are cut, so memory stays
+//! bounded whatever the video length.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cascade_packager::{
+    self as packager, AudioTrack, Rendition, Sample, Segmenter, Track, VideoTrack,
+};
+use cascade_platform::config::TranscodeConfig;
+use ffmpeg_next as ff;
+use tokio::sync::mpsc;
+
+use super::encoders::{self, EncodeSettings, VideoEncoder};
+use super::error::TranscodeError;
+use super::hw::VaapiUpload;
+use super::ladder::{self, PlannedRung};
+
+/// Timescale of video tracks (the MPEG 90 kHz clock: exact for 24, 25, 30, 50, 60 and NTSC rates).
+const VIDEO_TIMESCALE: i32 = 90_000;
+/// Audio output sample rate (and timescale).
+const AUDIO_RATE: i32 = 48_000;
+/// AAC frame size in samples.
+const AAC_FRAME: u32 = 1024;
+/// Name of the shared audio rendition.
+pub const AUDIO_RENDITION: &str = "audio";
+
+/// What the pipeline sends while it runs.
+#[derive(Debug)]
+pub enum Event {
+    /// The source was probed: its duration in seconds.
+    Probed {
+        /// Duration from the container, when it says.
+        duration: Option<f64>,
+    },
+    /// A rendition's init segment.
+    Init {
+        /// Rendition name.
+        rendition: String,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// A finished media segment.
+    Segment {
+        /// Rendition name.
+        rendition: String,
+        /// Sequence number (the file name).
+        sequence: u64,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// Seconds of the source transcoded so far.
+    Progress(f64),
+}
+
+/// What a successful run produced.
+#[derive(Debug)]
+pub struct Summary {
+    /// Video rungs (highest first), then the audio rendition.
+    pub renditions: Vec<(Rendition, String)>,
+    /// Duration of the output in seconds.
+    pub duration: f64,
+}
+
+/// Probed facts about the source's video stream.
+struct VideoSource {
+    index: usize,
+    decoder: ff::decoder::Video,
+    time_base: ff::Rational,
+    /// Clockwise degrees a player turns the stored picture: 0, 90, 180, 270.
+    rotation: u32,
+    frame_rate: ff::Rational,
+    display_width: u32,
+    display_height: u32,
+}
+
+struct AudioSource {
+    index: usize,
+    decoder: ff::decoder::Audio,
+    time_base: ff::Rational,
+}
+
+/// One video rung being encoded.
+struct VideoRung {
+    plan: PlannedRung,
+    sink: String,
+    encoder: ff::encoder::video::Encoder,
+    time_base: ff::Rational,
+    segmenter: Segmenter,
+    /// Previous packet, held until the next gives its duration.
+    pending: Option<Sample>,
+    frame_ticks: u32,
+    vaapi: Option<VaapiUpload>,
+    /// Segments emitted so far.
+    infos: Vec<packager::SegmentInfo>,
+}
+
+struct AudioRendition {
+    encoder: ff::encoder::audio::Encoder,
+    segmenter: Segmenter,
+    /// Encoder delay (priming samples) added back so the first sample is at 0.
+    priming: i64,
+    /// Segments emitted so far.
+    infos: Vec<packager::SegmentInfo>,
+}
+
+fn send(events: &mpsc::Sender<Event>, event: Event) -> Result<(), TranscodeError> {
+    events
+        .blocking_send(event)
+        .map_err(|_| TranscodeError::Internal("the uploader stopped".to_owned()))
+}
+
+fn input_error_for_open(path: &Path, error: ff::Error) -> TranscodeError {
+    let mut head = [0u8; 12];
+    let read = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    if read == 0 {
+        return TranscodeError::input("empty", "the uploaded file is empty");
+    }
+    // An MP4/MOV that starts right but cannot be opened lost its index at the
+    // end: the classic cut-off upload.
+    if read >= 8 && &head[4..8] == b"ftyp" {
+        return TranscodeError::input(
+            "truncated",
+            "the file is incomplete: it is an MP4/MOV whose index is missing, so the upload was probably cut off",
+        );
+    }
+    tracing::info!(error = %error, "source is not readable media");
+    TranscodeError::input(
+        "not_media",
+        "the file is not a video or audio file we can read",
+    )
+}
+
+/// Clockwise display rotation from the stream's display matrix.
+fn rotation_of(stream: &ff::format::stream::Stream) -> u32 {
+    for side in stream.side_data() {
+        if side.kind() == ff::codec::packet::side_data::Type::DisplayMatrix
+            && side.data().len() >= 36
+        {
+            let mut matrix = [0i32; 9];
+            for (i, chunk) in side.data().chunks_exact(4).take(9).enumerate() {
+                matrix[i] = i32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+            // SAFETY: av_display_rotation_get reads nine i32s from the pointer.
+            let counter_clockwise = unsafe { ff::ffi::av_display_rotation_get(matrix.as_ptr()) };
+            if counter_clockwise.is_nan() {
+                return 0;
+            }
+            let clockwise = (-counter_clockwise).round() as i64;
+            return (((clockwise % 360) + 360) % 360 / 90 * 90) as u32;
+        }
+    }
+    0
+}
+
+fn valid_rate(r: ff::Rational) -> bool {
+    r.numerator() > 0 && r.denominator() > 0 && f64::from(r) < 1000.0
+}
+
+fn open_video_source(
+    stream: &ff::format::stream::Stream,
+    config: &TranscodeConfig,
+) -> Result<VideoSource, TranscodeError> {
+    let codec_name = stream.parameters().id().name().to_owned();
+    let mut context = ff::codec::context::Context::from_parameters(stream.parameters())
+        .map_err(|e| TranscodeError::internal("reading video parameters", e))?;
+    context.set_threading(ff::codec::threading::Config {
+        kind: ff::codec::threading::Type::Frame,
+        count: 0,
+        ..Default::default()
+    });
+    let decoder = context.decoder().video().map_err(|_| {
+        TranscodeError::input(
+            "unsupported_codec",
+            format!("the video codec ({codec_name}) is not supported"),
+        )
+    })?;
+    let (width, height) = (decoder.width(), decoder.height());
+    if width < 16 || height < 16 || width > config.max_dimension || height > config.max_dimension {
+        return Err(TranscodeError::input(
+            "unsupported_dimensions",
+            format!(
+                "the video is {width}x{height}; supported sizes are 16x16 up to {0}x{0}",
+                config.max_dimension
+            ),
+        ));
+    }
+    let rotation = rotation_of(stream);
+    // Non-square pixels: display width follows the sample aspect ratio.
+    let sar = decoder.aspect_ratio();
+    let display_width =
+        if sar.numerator() > 0 && sar.denominator() > 0 && sar != ff::Rational::new(1, 1) {
+            ((f64::from(width) * f64::from(sar)).round() as u32).max(2)
+        } else {
+            width
+        };
+    let (display_width, display_height) = if rotation % 180 == 90 {
+        (height, display_width)
+    } else {
+        (display_width, height)
+    };
+    let frame_rate = [stream.avg_frame_rate(), stream.rate()]
+        .into_iter()
+        .find(|r| valid_rate(*r))
+        .unwrap_or(ff::Rational::new(30, 1));
+    Ok(VideoSource {
+        index: stream.index(),
+        decoder,
+        time_base: stream.time_base(),
+        rotation,
+        frame_rate,
+        display_width,
+        display_height,
+    })
+}
+
+fn open_audio_source(stream: &ff::format::stream::Stream) -> Result<AudioSource, TranscodeError> {
+    let codec_name = stream.parameters().id().name().to_owned();
+    let context = ff::codec::context::Context::from_parameters(stream.parameters())
+        .map_err(|e| TranscodeError::internal("reading audio parameters", e))?;
+    let decoder = context.decoder().audio().map_err(|_| {
+        TranscodeError::input(
+            "unsupported_codec",
+            format!("the audio codec ({codec_name}) is not supported"),
+        )
+    })?;
+    Ok(AudioSource {
+        index: stream.index(),
+        decoder,
+        time_base: stream.time_base(),
+    })
+}
+
+/// Output frame rate after the cap, as an exact rational.
+fn output_frame_rate(source: ff::Rational, max: u32) -> ff::Rational {
+    if f64::from(source) > f64::from(max) {
+        ff::Rational::new(max as i32, 1)
+    } else {
+        source
+    }
+}
+
+fn build_video_graph(
+    source: &VideoSource,
+    rungs: &[PlannedRung],
+    out_rate: ff::Rational,
+    capped: bool,
+    formats: &[ff::format::Pixel],
+) -> Result<ff::filter::Graph, ff::Error> {
+    let mut graph = ff::filter::Graph::new();
+    let decoder = &source.decoder;
+    let sar = decoder.aspect_ratio();
+    let sar = if sar.numerator() > 0 {
+        sar
+    } else {
+        ff::Rational::new(1, 1)
+    };
+    let args = format!(
+        "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
+        decoder.width(),
+        decoder.height(),
+        ff::ffi::AVPixelFormat::from(decoder.format()) as i32,
+        source.time_base.numerator(),
+        source.time_base.denominator(),
+        sar.numerator(),
+        sar.denominator()
+    );
+    graph.add(
+        &ff::filter::find("buffer").ok_or(ff::Error::FilterNotFound)?,
+        "in",
+        &args,
+    )?;
+    for i in 0..rungs.len() {
+        graph.add(
+            &ff::filter::find("buffersink").ok_or(ff::Error::FilterNotFound)?,
+            &format!("out{i}"),
+            "",
+        )?;
+    }
+    let mut chain = Vec::new();
+    match source.rotation {
+        90 => chain.push("transpose=clock".to_owned()),
+        180 => chain.push("hflip,vflip".to_owned()),
+        270 => chain.push("transpose=cclock".to_owned()),
+        _ => {}
+    }
+    if capped {
+        chain.push(format!(
+            "fps={}/{}",
+            out_rate.numerator(),
+            out_rate.denominator()
+        ));
+    }
+    chain.push(format!("split={}", rungs.len()));
+    let labels: String = (0..rungs.len()).map(|i| format!("[s{i}]")).collect();
+    let mut spec = format!("[in]{}{labels}", chain.join(","));
+    for (i, rung) in rungs.iter().enumerate() {
+        let format = ff::ffi::AVPixelFormat::from(formats[i]);
+        // SAFETY: av_get_pix_fmt_name returns a static string for valid formats.
+        let name = unsafe { std::ffi::CStr::from_ptr(ff::ffi::av_get_pix_fmt_name(format)) }
+            .to_string_lossy()
+            .into_owned();
+        spec.push_str(&format!(
+            ";[s{i}]scale={}:{}:flags=bicubic,setsar=1,format={name}[out{i}]",
+            rung.width, rung.height
+        ));
+    }
+    let mut parser = graph.output("in", 0)?;
+    for i in 0..rungs.len() {
+        parser = parser.input(&format!("out{i}"), 0)?;
+    }
+    parser.parse(&spec)?;
+    graph.validate()?;
+    Ok(graph)
+}
+
+fn build_audio_graph(source: &AudioSource) -> Result<ff::filter::Graph, ff::Error> {
+    let mut graph = ff::filter::Graph::new();
+    let decoder = &source.decoder;
+    let layout = if decoder.channel_layout().bits() == 0 {
+        ff::ChannelLayout::default(i32::from(decoder.channels()))
+    } else {
+        decoder.channel_layout()
+    };
+    let args = format!(
+        "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
+        source.time_base.numerator(),
+        source.time_base.denominator(),
+        decoder.rate(),
+        decoder.format().name(),
+        layout.bits()
+    );
+    graph.add(
+        &ff::filter::find("abuffer").ok_or(ff::Error::FilterNotFound)?,
+        "in",
+        &args,
+    )?;
+    graph.add(
+        &ff::filter::find("abuffersink").ok_or(ff::Error::FilterNotFound)?,
+        "out",
+        "",
+    )?;
+    // Resample to 48 kHz, downmix to stereo, and keep audio on the same clock
+    // as the video: async pads or trims so the output starts at 0.
+    let spec = format!(
+        "aresample={AUDIO_RATE}:async=1:first_pts=0,aformat=sample_fmts=fltp:sample_rates={AUDIO_RATE}:channel_layouts=stereo"
+    );
+    graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
+    graph.validate()?;
+    if let Some(mut sink) = graph.get("out") {
+        sink.sink().set_frame_size(AAC_FRAME);
+    }
+    Ok(graph)
+}
+
+fn extradata(encoder: &ff::encoder::video::Encoder) -> Vec<u8> {
+    // SAFETY: extradata/extradata_size describe a buffer owned by the opened encoder.
+    unsafe {
+        let ctx = encoder.as_ptr();
+        if (*ctx).extradata.is_null() || (*ctx).extradata_size <= 0 {
+            return Vec::new();
+        }
+        std::slice::from_raw_parts((*ctx).extradata, (*ctx).extradata_size as usize).to_vec()
+    }
+}
+
+fn audio_extradata(encoder: &ff::encoder::audio::Encoder) -> (Vec<u8>, i64) {
+    // SAFETY: as above; initial_padding is a plain int.
+    unsafe {
+        let ctx = encoder.as_ptr();
+        let data = if (*ctx).extradata.is_null() || (*ctx).extradata_size <= 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts((*ctx).extradata, (*ctx).extradata_size as usize).to_vec()
+        };
+        (data, i64::from((*ctx).initial_padding))
+    }
+}
+
+fn packager_error(context: &str, error: packager::Error) -> TranscodeError {
+    TranscodeError::internal(context, error)
+}
+
+/// Runs the whole transcode of the file at `path`.
+pub fn run(
+    path: &Path,
+    config: &TranscodeConfig,
+    video_encoder: VideoEncoder,
+    events: &mpsc::Sender<Event>,
+    cancel: &AtomicBool,
+) -> Result<Summary, TranscodeError> {
+    super::init_ffmpeg();
+    let mut input = ff::format::input(&path).map_err(|e| input_error_for_open(path, e))?;
+    let container_duration =
+        (input.duration() > 0).then(|| input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
+    send(
+        events,
+        Event::Probed {
+            duration: container_duration,
+        },
+    )?;
+
+    let video_stream = input.streams().best(ff::media::Type::Video).filter(|s| {
+        // Cover art is a "video" stream of one picture: not a video.
+        !s.disposition()
+            .contains(ff::format::stream::Disposition::ATTACHED_PIC)
+    });
+    let mut video = video_stream
+        .as_ref()
+        .map(|s| open_video_source(s, config))
+        .transpose()?;
+    let mut audio = input
+        .streams()
+        .best(ff::media::Type::Audio)
+        .as_ref()
+        .map(open_audio_source)
+        .transpose()?;
+    if video.is_none() && audio.is_none() {
+        return Err(TranscodeError::input(
+            "no_media_streams",
+            "no video or audio stream found in the file",
+        ));
+    }
+
+    // Plan the ladder and open one encoder per rung.
+    let segment_duration =
+        packager::Rational::new(config.segment_duration.as_millis() as u64, 1000)
+            .map_err(|e| packager_error("segment duration", e))?;
+    let mut rungs: Vec<VideoRung> = Vec::new();
+    let mut graph = None;
+    if let Some(source) = &video {
+        let plan = ladder::plan(source.display_width, source.display_height, &config.ladder);
+        if plan.is_empty() {
+            return Err(TranscodeError::input(
+                "unsupported_dimensions",
+                "the video is too small to encode",
+            ));
+        }
+        let out_rate = output_frame_rate(source.frame_rate, config.max_frame_rate);
+        let capped = out_rate != source.frame_rate;
+        let formats: Vec<ff::format::Pixel> =
+            plan.iter().map(|_| video_encoder.input_format()).collect();
+        let mut built = build_video_graph(source, &plan, out_rate, capped, &formats)
+            .map_err(|e| TranscodeError::internal("building the video filter graph", e))?;
+        let gop_frames = ((config.gop.as_secs_f64() * f64::from(out_rate)).round() as u32).max(1);
+        for (i, rung) in plan.into_iter().enumerate() {
+            let sink = format!("out{i}");
+            let time_base = built
+                .get(&sink)
+                .map(|mut c| c.sink().time_base())
+                .unwrap_or(source.time_base);
+            let settings = EncodeSettings {
+                width: rung.width,
+                height: rung.height,
+                time_base,
+                frame_rate: out_rate,
+                bitrate: rung.bitrate,
+                gop_frames,
+                profile_high: rung.height.min(rung.width) > 480,
+            };
+            let vaapi = match video_encoder {
+                VideoEncoder::Vaapi => Some(
+                    VaapiUpload::new(rung.width, rung.height)
+                        .map_err(|e| TranscodeError::internal("opening the VAAPI device", e))?,
+                ),
+                _ => None,
+            };
+            let encoder = encoders::open_video(video_encoder, &settings, config, vaapi.as_ref())
+                .map_err(|e| {
+                    TranscodeError::internal(
+                        &format!("opening {video_encoder} for {}", rung.name),
+                        e,
+                    )
+                })?;
+            let frame_rate =
+                packager::Rational::new(out_rate.numerator() as u64, out_rate.denominator() as u64)
+                    .map_err(|e| packager_error("frame rate", e))?;
+            let track = VideoTrack::new(
+                &extradata(&encoder),
+                rung.width,
+                rung.height,
+                VIDEO_TIMESCALE as u32,
+                frame_rate,
+            )
+            .map_err(|e| packager_error("describing the video track", e))?;
+            let segmenter = Segmenter::new(Track::Video(track), segment_duration);
+            send(
+                events,
+                Event::Init {
+                    rendition: rung.name.clone(),
+                    bytes: segmenter.init_segment(),
+                },
+            )?;
+            let frame_ticks = (f64::from(VIDEO_TIMESCALE) / f64::from(out_rate)).round() as u32;
+            rungs.push(VideoRung {
+                plan: rung,
+                sink,
+                encoder,
+                time_base,
+                segmenter,
+                pending: None,
+                frame_ticks,
+                vaapi,
+                infos: Vec::new(),
+            });
+        }
+        graph = Some(built);
+    }
+    let mut audio_graph = None;
+    let mut audio_out = None;
+    if let Some(source) = &audio {
+        audio_graph = Some(
+            build_audio_graph(source)
+                .map_err(|e| TranscodeError::internal("building the audio filter graph", e))?,
+        );
+        let encoder = encoders::open_audio(config.audio_bitrate)
+            .map_err(|e| TranscodeError::internal("opening the AAC encoder", e))?;
+        let (asc, priming) = audio_extradata(&encoder);
+        let track = AudioTrack::new(&asc, AUDIO_RATE as u32, 2)
+            .map_err(|e| packager_error("describing the audio track", e))?;
+        let segmenter = Segmenter::new(Track::Audio(track), segment_duration);
+        send(
+            events,
+            Event::Init {
+                rendition: AUDIO_RENDITION.to_owned(),
+                bytes: segmenter.init_segment(),
+            },
+        )?;
+        audio_out = Some(AudioRendition {
+            encoder,
+            segmenter,
+            priming,
+            infos: Vec::new(),
+        });
+    }
+
+    // Timestamps start at the first video frame (or audio when there is none).
+    let origin_seconds = {
+        let start = |index: usize| {
+            input
+                .stream(index)
+                .map(|s| (s.start_time(), s.time_base()))
+                .filter(|(t, _)| *t != ff::ffi::AV_NOPTS_VALUE)
+                .map(|(t, tb)| t as f64 * f64::from(tb))
+        };
+        match (&video, &audio) {
+            (Some(v), _) => start(v.index).unwrap_or(0.0),
+            (None, Some(a)) => start(a.index).unwrap_or(0.0),
+            (None, None) => 0.0,
+        }
+    };
+    let gop_seconds = config.gop.as_secs_f64();
+    let mut state = LoopState {
+        next_keyframe: 0.0,
+        decoded_end: 0.0,
+        video_frames: 0,
+        audio_frames: 0,
+        last_progress: Instant::now(),
+        progress_every: config.progress_interval,
+        origin_seconds,
+        gop_seconds,
+    };
+
+    let mut packet = ff::Packet::empty();
+    let mut read_error = None;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(TranscodeError::Cancelled);
+        }
+        match packet.read(&mut input) {
+            Ok(()) => {}
+            Err(ff::Error::Eof) => break,
+            Err(e) => {
+                read_error = Some(e);
+                break;
+            }
+        }
+        let index = packet.stream();
+        if let (Some(source), Some(graph)) = (video.as_mut(), graph.as_mut()) {
+            if index == source.index {
+                if source.decoder.send_packet(&packet).is_err() {
+                    continue; // A corrupt packet: skip it, the decoder resyncs.
+                }
+                drain_video(source, graph, &mut rungs, &mut state, events)?;
+                continue;
+            }
+        }
+        if let (Some(source), Some(graph), Some(out)) =
+            (audio.as_mut(), audio_graph.as_mut(), audio_out.as_mut())
+        {
+            if index == source.index {
+                if source.decoder.send_packet(&packet).is_err() {
+                    continue;
+                }
+                drain_audio(source, graph, out, &mut state, events)?;
+            }
+        }
+    }
+
+    // Flush decoders, filter graphs and encoders.
+    if let (Some(source), Some(graph)) = (video.as_mut(), graph.as_mut()) {
+        let _ = source.decoder.send_eof();
+        drain_video(source, graph, &mut rungs, &mut state, events)?;
+        if let Some(mut input) = graph.get("in") {
+            let _ = input.source().flush();
+        }
+        pull_video(graph, &mut rungs, &mut state, events)?;
+    }
+    if let (Some(source), Some(graph), Some(out)) =
+        (audio.as_mut(), audio_graph.as_mut(), audio_out.as_mut())
+    {
+        let _ = source.decoder.send_eof();
+        drain_audio(source, graph, out, &mut state, events)?;
+        if let Some(mut input) = graph.get("in") {
+            let _ = input.source().flush();
+        }
+        pull_audio(graph, out, events)?;
+    }
+
+    if state.video_frames == 0 && state.audio_frames == 0 {
+        let detail = read_error.map(|e| format!(" ({e})")).unwrap_or_default();
+        tracing::info!(detail = %detail, "no frame could be decoded");
+        return Err(TranscodeError::input(
+            "undecodable",
+            "no frame of the file could be decoded: it is damaged or not media",
+        ));
+    }
+    if let Some(total) = container_duration {
+        let missing = total - state.decoded_end;
+        if missing > 1.0 && missing > total * 0.05 {
+            return Err(TranscodeError::input(
+                "truncated",
+                format!(
+                    "the file ends at {:.1} s but says it is {:.1} s long: it looks truncated (incomplete upload?)",
+                    state.decoded_end, total
+                ),
+            ));
+        }
+    }
+
+    let mut renditions = Vec::new();
+    let mut duration = 0.0f64;
+    for mut rung in rungs {
+        rung.encoder
+            .send_eof()
+            .map_err(|e| TranscodeError::internal("flushing the video encoder", e))?;
+        receive_video_packets(&mut rung, events)?;
+        if let Some(mut last) = rung.pending.take() {
+            last.duration = rung.frame_ticks.max(1);
+            if let Some(segment) = rung
+                .segmenter
+                .push(last)
+                .map_err(|e| packager_error("packaging video", e))?
+            {
+                rung.infos.push(segment.info());
+                emit_segment(&rung.plan.name, segment, events)?;
+            }
+        }
+        let track = rung.segmenter.track().clone();
+        let mut infos = std::mem::take(&mut rung.infos);
+        collect_last(&mut infos, rung.segmenter.finish(), &rung.plan.name, events)?;
+        let rendition = Rendition::from_track(rung.plan.name.clone(), &track, infos);
+        duration = duration.max(rendition.end() as f64 / f64::from(VIDEO_TIMESCALE));
+        renditions.push((rendition, video_encoder.ffmpeg_name().to_owned()));
+    }
+    if let Some(mut out) = audio_out {
+        out.encoder
+            .send_eof()
+            .map_err(|e| TranscodeError::internal("flushing the audio encoder", e))?;
+        receive_audio_packets(&mut out, events)?;
+        let track = out.segmenter.track().clone();
+        let mut infos = std::mem::take(&mut out.infos);
+        collect_last(&mut infos, out.segmenter.finish(), AUDIO_RENDITION, events)?;
+        let rendition = Rendition::from_track(AUDIO_RENDITION, &track, infos);
+        duration = duration.max(rendition.end() as f64 / f64::from(AUDIO_RATE));
+        renditions.push((rendition, "aac".to_owned()));
+    }
+    Ok(Summary {
+        renditions,
+        duration,
+    })
+}
+
+/// Emits the segment `finish()` returned, if any, and records it.
+fn collect_last(
+    infos: &mut Vec<packager::SegmentInfo>,
+    last: packager::Result<Option<packager::MediaSegment>>,
+    rendition: &str,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), TranscodeError> {
+    if let Some(segment) = last.map_err(|e| packager_error("finishing segments", e))? {
+        infos.push(segment.info());
+        emit_segment(rendition, segment, events)?;
+    }
+    Ok(())
+}
+
+fn emit_segment(
+    rendition: &str,
+    segment: packager::MediaSegment,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), TranscodeError> {
+    let sequence = segment.sequence_number();
+    send(
+        events,
+        Event::Segment {
+            rendition: rendition.to_owned(),
+            sequence,
+            bytes: segment.into_data(),
+        },
+    )
+}
+
+struct LoopState {
+    next_keyframe: f64,
+    decoded_end: f64,
+    video_frames: u64,
+    audio_frames: u64,
+    last_progress: Instant,
+    progress_every: Duration,
+    origin_seconds: f64,
+    gop_seconds: f64,
+}
+
+impl LoopState {
+    fn progress(
+        &mut self,
+        seconds: f64,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<(), TranscodeError> {
+        self.decoded_end = self.decoded_end.max(seconds);
+        if self.last_progress.elapsed() >= self.progress_every {
+            self.last_progress = Instant::now();
+            send(events, Event::Progress(self.decoded_end))?;
+        }
+        Ok(())
+    }
+}
+
+fn drain_video(
+    source: &mut VideoSource,
+    graph: &mut ff::filter::Graph,
+    rungs: &mut [VideoRung],
+    state: &mut LoopState,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), TranscodeError> {
+    let mut frame = ff::frame::Video::empty();
+    let origin = (state.origin_seconds / f64::from(source.time_base)).round() as i64;
+    while source.decoder.receive_frame(&mut frame).is_ok() {
+        let Some(ts) = frame.timestamp().or(frame.pts()) else {
+            continue;
+        };
+        let pts = ts - origin;
+        if pts < 0 {
+            continue; // Before the start (edit list pre-roll).
+        }
+        frame.set_pts(Some(pts));
+        state.video_frames += 1;
+        let seconds = pts as f64 * f64::from(source.time_base);
+        state.progress(
+            seconds + 1.0 / f64::from(source.frame_rate).max(1.0),
+            events,
+        )?;
+        let Some(mut input) = graph.get("in") else {
+            return Err(TranscodeError::Internal(
+                "video graph has no input".to_owned(),
+            ));
+        };
+        input
+            .source()
+            .add(&frame)
+            .map_err(|e| TranscodeError::internal("filtering video", e))?;
+        pull_video(graph, rungs, state, events)?;
+    }
+    Ok(())
+}
+
+fn pull_video(
+    graph: &mut ff::filter::Graph,
+    rungs: &mut [VideoRung],
+    state: &mut LoopState,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), TranscodeError> {
+    // All rungs get the same frames, so the keyframe decision is made per
+    // frame index on the first rung and applied to all.
+    let mut filtered = ff::frame::Video::empty();
+    let mut decisions: Vec<bool> = Vec::new();
+    for (i, rung) in rungs.iter_mut().enumerate() {
+        let mut n = 0usize;
+        while let Some(mut sink) = graph.get(&rung.sink) {
+            if sink.sink().frame(&mut filtered).is_err() {
+                break;
+            }
+            let pts = filtered.pts().unwrap_or(0);
+            let seconds = pts as f64 * f64::from(rung.time_base);
+            if i == 0 {
+                // Force an IDR on the first frame at or after each GOP boundary.
+                let force = seconds + 1e-6 >= state.next_keyframe;
+                if force {
+                    while state.next_keyframe <= seconds + 1e-6 {
+                        state.next_keyframe += state.gop_seconds;
+                    }
+                }
+                decisions.push(force);
+            }
+            let force = decisions.get(n).copied().unwrap_or(false);
+            n += 1;
+            filtered.set_kind(if force {
+                ff::picture::Type::I
+            } else {
+                ff::picture::Type::None
+            });
+            let to_send = match rung.vaapi.as_mut() {
+                Some(upload) => upload
+                    .upload(&filtered)
+                    .map_err(|e| TranscodeError::internal("uploading a frame to VAAPI", e))?,
+                None => filtered.clone(),
+            };
+            rung.encoder.send_frame(&to_send).map_err(|e| {
+                TranscodeError::internal(&format!("encoding {}", rung.plan.name), e)
+            })?;
+            receive_video_packets(rung, events)?;
+        }
+    }
+    Ok(())
+}
+
+fn receive_video_packets(
+    rung: &mut VideoRung,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), TranscodeError> {
+    let mut packet = ff::Packet::empty();
+    while rung.encoder.receive_packet(&mut packet).is_ok() {
+        packet.rescale_ts(rung.time_base, ff::Rational::new(1, VIDEO_TIMESCALE));
+        let (Some(pts), Some(dts)) = (packet.pts(), packet.dts()) else {
+            continue;
+        };
+        let Some(data) = packet.data() else { continue };
+        let sample = Sample {
+            pts,
+            dts,
+            duration: 0,
+            keyframe: packet.is_key(),
+            data: Bytes::copy_from_slice(data),
+        };
+        if let Some(mut previous) = rung.pending.replace(sample) {
+            previous.duration = u32::try_from(dts - previous.dts)
+                .unwrap_or(rung.frame_ticks)
+                .max(1);
+            if let Some(segment) = rung
+                .segmenter
+                .push(previous)
+                .map_err(|e| packager_error("packaging video", e))?
+            {
+                rung.infos.push(segment.info());
+                emit_segment(&rung.plan.name, segment, events)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn drain_audio(
+    source: &mut AudioSource,
+    graph: &mut ff::filter::Graph,
+    out: &mut AudioRendition,
+    state: &mut LoopState,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), TranscodeError> {
+    let mut frame = ff::frame::Audio::empty();
+    let origin = (state.origin_seconds / f64::from(source.time_base)).round() as i64;
+    while source.decoder.receive_frame(&mut frame).is_ok() {
+        let Some(ts) = frame.timestamp().or(frame.pts()) else {
+            continue;
+        };
+        frame.set_pts(Some(ts - origin));
+        if frame.channel_layout().bits() == 0 {
+            frame.set_channel_layout(ff::ChannelLayout::default(i32::from(frame.channels())));
+        }
+        state.audio_frames += 1;
+        let seconds = (ts - origin) as f64 * f64::from(source.time_base)
+            + frame.samples() as f64 / f64::from(frame.rate().max(1));
+        state.progress(seconds, events)?;
+        let Some(mut input) = graph.get("in") else {
+            return Err(TranscodeError::Internal(
+                "audio graph has no input".to_owned(),
+            ));
+        };
+        input
+            .source()
+            .add(&frame)
+            .map_err(|e| TranscodeError::internal("filtering audio", e))?;
+        pull_audio(graph, out, events)?;
+    }
+    Ok(())
+}
+
+fn pull_audio(
+    graph: &mut ff::filter::Graph,
+    out: &mut AudioRendition,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), TranscodeError> {
+    let mut filtered = ff::frame::Audio::empty();
+    while let Some(mut sink) = graph.get("out") {
+        if sink.sink().frame(&mut filtered).is_err() {
+            break;
+        }
+        out.encoder
+            .send_frame(&filtered)
+            .map_err(|e| TranscodeError::internal("encoding audio", e))?;
+        receive_audio_packets(out, events)?;
+    }
+    Ok(())
+}
+
+fn receive_audio_packets(
+    out: &mut AudioRendition,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), TranscodeError> {
+    let mut packet = ff::Packet::empty();
+    while out.encoder.receive_packet(&mut packet).is_ok() {
+        let Some(pts) = packet.pts() else { continue };
+        let Some(data) = packet.data() else { continue };
+        let pts = pts + out.priming;
+        if pts < 0 {
+            continue;
+        }
+        let duration = u32::try_from(packet.duration())
+            .ok()
+            .filter(|d| *d > 0)
+            .unwrap_or(AAC_FRAME);
+        let sample = Sample {
+            pts,
+            dts: pts,
+            duration,
+            keyframe: true,
+            data: Bytes::copy_from_slice(data),
+        };
+        if let Some(segment) = out
+            .segmenter
+            .push(sample)
+            .map_err(|e| packager_error("packaging audio", e))?
+        {
+            out.infos.push(segment.info());
+            emit_segment(AUDIO_RENDITION, segment, events)?;
+        }
+    }
+    Ok(())
+}
