@@ -4,4 +4,5 @@
 mod common;
 mod queue;
 mod storage;
+mod transcode;
 mod workers;

@@ -129,7 +129,7 @@ fn input_error_for_open(path: &Path, error: ff::Error) -> TranscodeError {
     if read >= 8 && &head[4..8] == b"ftyp" {
         return TranscodeError::input(
             "truncated",
-            "the file is incomplete: it is an MP4/MOV whose index is missing, so the upload was probably cut off",
+            "the file is truncated: it is an MP4/MOV whose index (moov) is missing, so the upload was probably cut off",
         );
     }
     tracing::info!(error = %error, "source is not readable media");

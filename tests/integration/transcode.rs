@@ -1,0 +1,560 @@
+//! The transcode job over the fixture set (fixtures/fixtures.toml), checked
+//! with independent tools: FFmpeg's HLS and DASH demuxers and ffprobe.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+use std::time::Duration;
+
+use cascade_platform::config::{EncoderChoice, StorageConfig, TranscodeConfig};
+use cascade_platform::queue::JobNotifier;
+use cascade_platform::{assets, db, ObjectStore, Queue};
+use cascade_schemas::{job_kind, AssetId, AssetState};
+use cascade_workers::transcode::{encoders, TranscodeHandler};
+use cascade_workers::{HandlerRegistry, Runner};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{eventually, fresh_db, TestDb};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The generated fixtures (generate.sh is idempotent and locks against
+/// concurrent callers).
+fn fixtures_dir() -> PathBuf {
+    static GENERATE: Once = Once::new();
+    let dir = repo_root().join(".data/fixtures");
+    GENERATE.call_once(|| {
+        let status = Command::new(repo_root().join("fixtures/generate.sh"))
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run fixtures/generate.sh");
+        assert!(status.success(), "fixtures/generate.sh failed");
+    });
+    dir
+}
+
+fn fixture(name: &str) -> toml::Table {
+    let text = std::fs::read_to_string(repo_root().join("fixtures/fixtures.toml")).unwrap();
+    let all: toml::Table = text.parse().unwrap();
+    all["fixtures"][name]
+        .as_table()
+        .unwrap_or_else(|| panic!("fixture {name}"))
+        .clone()
+}
+
+struct Worker {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+fn start_worker(db: &TestDb, store: &ObjectStore) -> Worker {
+    let mut config = db.config.queue.clone();
+    config.concurrency = 1;
+    config.poll_interval = Duration::from_millis(200);
+    let queue = Queue::new(db.pool.clone(), config);
+    let stop = CancellationToken::new();
+    let notifier = JobNotifier::start(db::pg_config(&db.config.database).unwrap(), stop.clone());
+    let transcode = TranscodeConfig {
+        encoder: EncoderChoice::Libx264,
+        ..TranscodeConfig::default()
+    };
+    let handler = TranscodeHandler::new(
+        db.pool.clone(),
+        store.clone(),
+        transcode,
+        encoders::VideoEncoder::Libx264,
+    );
+    let runner = Runner::new(
+        queue,
+        HandlerRegistry::new().register(job_kind::TRANSCODE, handler),
+        notifier,
+        "test",
+    );
+    let handle = tokio::spawn(runner.run(stop.clone()));
+    Worker { stop, handle }
+}
+
+async fn local_store() -> (ObjectStore, PathBuf) {
+    let root = std::env::temp_dir().join(format!(
+        "cascade-transcode-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let store = ObjectStore::from_config(&StorageConfig {
+        local_root: root.clone(),
+        ..StorageConfig::default()
+    })
+    .await
+    .unwrap();
+    (store, root)
+}
+
+async fn import(db: &TestDb, store: &ObjectStore, file: &str) -> AssetId {
+    let queue = Queue::new(db.pool.clone(), db.config.queue.clone());
+    let path = fixtures_dir().join(file);
+    cascade_ingest::import_file(&queue, store, &path, Some(file))
+        .await
+        .unwrap()
+        .0
+}
+
+async fn wait_terminal(db: &TestDb, id: AssetId) -> assets::Asset {
+    eventually(
+        "the asset to be ready or errored",
+        Duration::from_secs(240),
+        || async {
+            let asset = assets::get(&db.pool, id).await.unwrap().unwrap();
+            matches!(asset.state, AssetState::Ready | AssetState::Errored).then_some(asset)
+        },
+    )
+    .await
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("run tool");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ffprobe_json(args: &[&str], target: &Path) -> serde_json::Value {
+    let (ok, stdout, stderr) = run(Command::new("ffprobe")
+        .args(["-v", "error", "-of", "json"])
+        .args(args)
+        .arg(target));
+    assert!(ok, "ffprobe {args:?} {}: {stderr}", target.display());
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// Parses `#EXTINF` durations of a media playlist.
+fn extinf(playlist: &Path) -> Vec<f64> {
+    std::fs::read_to_string(playlist)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXTINF:"))
+        .map(|l| {
+            l.trim_end_matches(',')
+                .split(',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// `(attributes, uri)` of each `#EXT-X-STREAM-INF`.
+fn stream_infs(master: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(master).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .windows(2)
+        .filter_map(|w| {
+            w[0].strip_prefix("#EXT-X-STREAM-INF:")
+                .map(|a| (a.to_owned(), w[1].to_owned()))
+        })
+        .collect()
+}
+
+fn attribute<'a>(attributes: &'a str, name: &str) -> &'a str {
+    // Quoted values may contain commas (CODECS).
+    let start = attributes
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("{name} in {attributes}"))
+        + name.len()
+        + 1;
+    let rest = &attributes[start..];
+    if let Some(quoted) = rest.strip_prefix('"') {
+        &quoted[..quoted.find('"').unwrap()]
+    } else {
+        rest.split(',').next().unwrap()
+    }
+}
+
+fn rational(text: &str) -> f64 {
+    match text.split_once('/') {
+        Some((n, d)) => n.parse::<f64>().unwrap() / d.parse::<f64>().unwrap(),
+        None => text.parse().unwrap(),
+    }
+}
+
+/// Checks one published asset against its fixture's expectations.
+fn verify(version_dir: &Path, source: &Path, fx: &toml::Table) {
+    let has_video = fx["has_video"].as_bool().unwrap();
+    let has_audio = fx["has_audio"].as_bool().unwrap();
+    let master = version_dir.join("master.m3u8");
+    let mpd = version_dir.join("manifest.mpd");
+
+    // Independent decoders read every rung with no error.
+    for manifest in [&master, &mpd] {
+        let (ok, _, stderr) = run(Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-i"])
+            .arg(manifest)
+            .args(["-map", "0", "-f", "null", "-"]));
+        assert!(
+            ok && stderr.trim().is_empty(),
+            "{}: {stderr}",
+            manifest.display()
+        );
+    }
+
+    let expected: Vec<String> = fx["expected_rungs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let infs = stream_infs(&master);
+    let video_uris: Vec<String> = infs
+        .iter()
+        .filter(|(a, _)| a.contains("RESOLUTION="))
+        .map(|(_, uri)| uri.trim_end_matches("/index.m3u8").to_owned())
+        .collect();
+    let mut names = video_uris.clone();
+    names.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(names, want, "rungs published");
+
+    let source_probe = ffprobe_json(&["-show_streams", "-show_format"], source);
+    let stream_of = |kind: &str| {
+        source_probe["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["codec_type"] == kind)
+            .cloned()
+    };
+
+    if has_video {
+        let sizes: Vec<String> = fx["expected_rung_sizes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        let fps = rational(fx["fps"].as_str().unwrap()).min(60.0);
+        let frame = 1.0 / fps;
+        let mut keyframes_by_rung = Vec::new();
+        let mut starts = Vec::new();
+        for (attributes, uri) in &infs {
+            if !attributes.contains("RESOLUTION=") {
+                continue;
+            }
+            let rung = uri.trim_end_matches("/index.m3u8");
+            let playlist = version_dir.join(uri);
+            let probe = ffprobe_json(&["-show_streams", "-select_streams", "v:0"], &playlist);
+            let stream = &probe["streams"][0];
+            let (w, h) = (
+                stream["width"].as_u64().unwrap(),
+                stream["height"].as_u64().unwrap(),
+            );
+            // RESOLUTION, FRAME-RATE and CODECS match the real stream.
+            assert_eq!(
+                attribute(attributes, "RESOLUTION"),
+                format!("{w}x{h}"),
+                "{rung}"
+            );
+            let index = expected.iter().position(|n| n == rung).unwrap();
+            assert_eq!(format!("{w}x{h}"), sizes[index], "{rung} size");
+            let real_fps = rational(stream["r_frame_rate"].as_str().unwrap());
+            let stated: f64 = attribute(attributes, "FRAME-RATE").parse().unwrap();
+            assert!(
+                (stated - real_fps).abs() < 0.01,
+                "{rung}: FRAME-RATE {stated} vs {real_fps}"
+            );
+            let codecs = attribute(attributes, "CODECS");
+            let avc = codecs.split(',').find(|c| c.starts_with("avc1.")).unwrap();
+            let profile_idc = match stream["profile"].as_str().unwrap() {
+                "High" => 100,
+                "Main" => 77,
+                "Baseline" | "Constrained Baseline" => 66,
+                other => panic!("unexpected profile {other}"),
+            };
+            assert_eq!(
+                &avc[5..7],
+                format!("{profile_idc:02x}"),
+                "{rung}: profile in {avc}"
+            );
+            assert_eq!(
+                &avc[9..11],
+                format!("{:02x}", stream["level"].as_u64().unwrap()),
+                "{rung}: level in {avc}"
+            );
+            assert_eq!(codecs.contains("mp4a.40.2"), has_audio, "{rung}: {codecs}");
+            // BANDWIDTH is a peak: at least the average.
+            let peak: u64 = attribute(attributes, "BANDWIDTH").parse().unwrap();
+            let average: u64 = attribute(attributes, "AVERAGE-BANDWIDTH").parse().unwrap();
+            assert!(peak >= average && average > 0, "{rung}: {peak} {average}");
+
+            // Segment durations: the 4 s target except the last.
+            let durations = extinf(&playlist);
+            let (last, full) = durations.split_last().unwrap();
+            assert!(
+                full.iter().all(|d| (d - 4.0).abs() < frame),
+                "{rung}: {durations:?}"
+            );
+            assert!(*last <= 4.0 + frame, "{rung}: {durations:?}");
+
+            // Every segment starts with a keyframe: probe init + segment alone.
+            let dir = version_dir.join(rung);
+            let init = std::fs::read(dir.join("init.mp4")).unwrap();
+            for seq in 1..=durations.len() {
+                let mut joined = init.clone();
+                joined.extend(std::fs::read(dir.join(format!("{seq}.m4s"))).unwrap());
+                let tmp = tempfile::NamedTempFile::new().unwrap();
+                std::fs::write(tmp.path(), &joined).unwrap();
+                let packets = ffprobe_json(
+                    &[
+                        "-show_packets",
+                        "-select_streams",
+                        "v:0",
+                        "-read_intervals",
+                        "%+#1",
+                    ],
+                    tmp.path(),
+                );
+                let flags = packets["packets"][0]["flags"].as_str().unwrap_or("");
+                assert!(
+                    flags.starts_with('K'),
+                    "{rung} segment {seq} starts with {flags:?}"
+                );
+            }
+
+            let packets = ffprobe_json(&["-show_packets", "-select_streams", "v:0"], &playlist);
+            let packets = packets["packets"].as_array().unwrap();
+            let keyframes: Vec<String> = packets
+                .iter()
+                .filter(|p| p["flags"].as_str().unwrap_or("").starts_with('K'))
+                .map(|p| p["pts_time"].as_str().unwrap().to_owned())
+                .collect();
+            keyframes_by_rung.push((rung.to_owned(), keyframes));
+            let start: f64 = probe["streams"][0]["start_time"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            starts.push(start);
+            // Total duration equals the source's within one frame.
+            let total: f64 = durations.iter().sum();
+            let source_video = stream_of("video").unwrap();
+            let source_duration: f64 = source_video["duration"]
+                .as_str()
+                .or(source_probe["format"]["duration"].as_str())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                (total - source_duration).abs() <= frame + 0.002,
+                "{rung}: {total} s vs source {source_duration} s"
+            );
+        }
+        // Keyframes at identical timestamps in every rung.
+        let (first_rung, first) = &keyframes_by_rung[0];
+        for (rung, keyframes) in &keyframes_by_rung[1..] {
+            assert_eq!(keyframes, first, "keyframes of {rung} vs {first_rung}");
+        }
+        if has_audio {
+            let audio = ffprobe_json(
+                &["-show_streams", "-select_streams", "a:0"],
+                &version_dir.join("audio/index.m3u8"),
+            );
+            let audio_start: f64 = audio["streams"][0]["start_time"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                (starts[0] - audio_start).abs() <= frame + 0.001,
+                "video starts {} s, audio {audio_start} s",
+                starts[0]
+            );
+        }
+        // Upright: a portrait or rotated source stays portrait.
+        let portrait = fx["height"].as_integer().unwrap() > fx["width"].as_integer().unwrap();
+        let top = sizes[0]
+            .split_once('x')
+            .map(|(w, h)| (w.parse::<u32>().unwrap(), h.parse::<u32>().unwrap()))
+            .unwrap();
+        assert_eq!(top.1 > top.0, portrait, "orientation of the top rung");
+    }
+    if has_audio {
+        let audio = ffprobe_json(
+            &["-show_streams", "-select_streams", "a:0"],
+            &version_dir.join("audio/index.m3u8"),
+        );
+        let stream = &audio["streams"][0];
+        assert_eq!(stream["codec_name"], "aac");
+        assert_eq!(stream["channels"], 2, "downmixed to stereo");
+        assert_eq!(stream["sample_rate"], "48000");
+    }
+}
+
+async fn transcode_and_verify(file: &str, name: &str) {
+    let fx = fixture(name);
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    let worker = start_worker(&db, &store);
+    let id = import(&db, &store, file).await;
+    let asset = wait_terminal(&db, id).await;
+    worker.stop().await;
+    assert_eq!(
+        asset.state,
+        AssetState::Ready,
+        "{file}: {:?} {:?}",
+        asset.error_code,
+        asset.error_message
+    );
+    assert_eq!(asset.published_version, Some(1));
+    let duration = asset.duration_seconds.unwrap();
+    let expected = fx["duration_s"].as_float().unwrap();
+    assert!(
+        (duration - expected).abs() < 0.15,
+        "{file}: duration {duration} vs {expected}"
+    );
+    let version_dir = root.join(format!("assets/{id}/v1"));
+    verify(&version_dir, &fixtures_dir().join(file), &fx);
+    let rows = assets::renditions(&db.pool, id, 1).await.unwrap();
+    assert!(rows.iter().all(|r| r.bandwidth > 0 && r.segment_count > 0));
+    assert!(rows
+        .iter()
+        .filter(|r| r.kind == "video")
+        .all(|r| r.encoder == "libx264"));
+}
+
+macro_rules! good_fixture {
+    ($test:ident, $name:literal, $ext:literal) => {
+        #[tokio::test]
+        async fn $test() {
+            transcode_and_verify(concat!($name, ".", $ext), $name).await
+        }
+    };
+}
+
+good_fixture!(
+    landscape_1080p30_with_stereo,
+    "landscape_1080p30_stereo",
+    "mp4"
+);
+good_fixture!(portrait_720x1280, "portrait_720x1280_30fps_stereo", "mp4");
+good_fixture!(sixty_fps, "landscape_720p60_stereo", "mp4");
+good_fixture!(odd_size_between_rungs, "odd_853x479_mpeg4", "mkv");
+good_fixture!(
+    rotated_90_comes_out_upright,
+    "rotated90_1280x720_stereo",
+    "mp4"
+);
+good_fixture!(audio_only, "audio_only_stereo", "m4a");
+good_fixture!(video_only, "video_only_720p30", "mp4");
+good_fixture!(surround_51_downmixed, "surround51_720p30", "mp4");
+good_fixture!(source_below_the_lowest_rung, "tiny_320x180_stereo", "mp4");
+
+#[tokio::test]
+async fn broken_sources_end_errored_with_their_message_and_the_worker_carries_on() {
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    let worker = start_worker(&db, &store);
+    let broken = [
+        ("truncated_1080p", "mp4"),
+        ("truncated_moov_at_end", "mp4"),
+        ("random_bytes", "mp4"),
+        ("empty", "mp4"),
+        ("text_as_mp4", "mp4"),
+    ];
+    let mut ids = Vec::new();
+    for (name, ext) in broken {
+        ids.push((name, import(&db, &store, &format!("{name}.{ext}")).await));
+    }
+    // A good file queued after the broken ones still gets done.
+    let good = import(&db, &store, "tiny_320x180_stereo.mp4").await;
+    for (name, id) in ids {
+        let fx = fixture(name);
+        let asset = wait_terminal(&db, id).await;
+        assert_eq!(asset.state, AssetState::Errored, "{name}");
+        assert_eq!(
+            asset.error_code.as_deref(),
+            fx["expected_error"].as_str(),
+            "{name}"
+        );
+        let message = asset.error_message.unwrap_or_default();
+        let pattern = regex::RegexBuilder::new(fx["message_pattern"].as_str().unwrap())
+            .case_insensitive(true)
+            .build()
+            .unwrap();
+        assert!(
+            pattern.is_match(&message),
+            "{name}: {message:?} !~ {pattern}"
+        );
+        // The original stays in storage.
+        assert!(
+            root.join(format!("assets/{id}/source")).exists(),
+            "{name}: source kept"
+        );
+        // Permanent: failed once, not retried.
+        let client = db.pool.get().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT state, attempts FROM jobs WHERE payload->>'asset_id' = $1",
+                &[&id.to_string()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, &str>(0), row.get::<_, i32>(1)),
+            ("failed", 1),
+            "{name}"
+        );
+    }
+    assert_eq!(wait_terminal(&db, good).await.state, AssetState::Ready);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_rerun_of_a_published_transcode_is_a_no_op_and_a_retry_after_a_crash_republishes() {
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    let worker = start_worker(&db, &store);
+    let id = import(&db, &store, "tiny_320x180_stereo.mp4").await;
+    assert_eq!(wait_terminal(&db, id).await.state, AssetState::Ready);
+    worker.stop().await;
+    // Simulate a worker that died after writing some segments but before the
+    // manifests: remove the manifests, mark the asset processing, run again.
+    let master = root.join(format!("assets/{id}/v1/master.m3u8"));
+    std::fs::remove_file(&master).unwrap();
+    std::fs::remove_file(root.join(format!("assets/{id}/v1/manifest.mpd"))).unwrap();
+    {
+        let client = db.pool.get().await.unwrap();
+        client
+            .execute(
+                "UPDATE assets SET state = 'processing', published_version = NULL WHERE id = $1",
+                &[&id.as_uuid()],
+            )
+            .await
+            .unwrap();
+        client
+            .execute("UPDATE jobs SET state = 'queued', attempts = 0", &[])
+            .await
+            .unwrap();
+    }
+    let worker = start_worker(&db, &store);
+    let asset = wait_terminal(&db, id).await;
+    worker.stop().await;
+    assert_eq!(asset.state, AssetState::Ready);
+    assert!(master.exists());
+    verify(
+        &root.join(format!("assets/{id}/v1")),
+        &fixtures_dir().join("tiny_320x180_stereo.mp4"),
+        &fixture("tiny_320x180_stereo"),
+    );
+}
