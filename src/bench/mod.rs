@@ -1,6 +1,7 @@
 //! `cascade bench ...`: benchmark commands that print figures, the targets
 //! they are held to, and (where a peer runs here) the ratio to that peer.
 
+mod ladder;
 mod queue;
 
 use std::process::ExitCode;
@@ -13,11 +14,14 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// No-op jobs through the Postgres queue: throughput and enqueue-to-start latency.
     Queue(queue::QueueBenchArgs),
+    /// The default ladder on a 20 s 1080p fixture, against the ffmpeg CLI doing the same.
+    Ladder(ladder::LadderBenchArgs),
 }
 
 /// Runs one benchmark; exit 1 when a target is missed.
 pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Queue(args) => queue::run(args, config).await,
+        BenchCommand::Ladder(args) => ladder::run(args, config).await,
     }
 }

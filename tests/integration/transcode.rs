@@ -501,20 +501,26 @@ async fn broken_sources_end_errored_with_their_message_and_the_worker_carries_on
             root.join(format!("assets/{id}/source")).exists(),
             "{name}: source kept"
         );
-        // Permanent: failed once, not retried.
-        let client = db.pool.get().await.unwrap();
-        let row = client
-            .query_one(
-                "SELECT state, attempts FROM jobs WHERE payload->>'asset_id' = $1",
-                &[&id.to_string()],
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            (row.get::<_, &str>(0), row.get::<_, i32>(1)),
-            ("failed", 1),
-            "{name}"
-        );
+        // Permanent: failed once, not retried. The asset turns errored just
+        // before the runner records the job's outcome, so wait for that.
+        let (state, attempts) = eventually(
+            "the job to be recorded failed",
+            Duration::from_secs(10),
+            || async {
+                let client = db.pool.get().await.unwrap();
+                let row = client
+                    .query_one(
+                        "SELECT state, attempts FROM jobs WHERE payload->>'asset_id' = $1",
+                        &[&id.to_string()],
+                    )
+                    .await
+                    .unwrap();
+                let state: String = row.get(0);
+                (state != "running").then(|| (state, row.get::<_, i32>(1)))
+            },
+        )
+        .await;
+        assert_eq!((state.as_str(), attempts), ("failed", 1), "{name}");
     }
     assert_eq!(wait_terminal(&db, good).await.state, AssetState::Ready);
     worker.stop().await;

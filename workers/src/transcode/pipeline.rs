@@ -818,15 +818,18 @@ fn pull_video(
             } else {
                 ff::picture::Type::None
             });
-            let to_send = match rung.vaapi.as_mut() {
-                Some(upload) => upload
-                    .upload(&filtered)
-                    .map_err(|e| TranscodeError::internal("uploading a frame to VAAPI", e))?,
-                None => filtered.clone(),
+            // Software encoders take the filtered frame as it is; VAAPI needs
+            // it copied into a GPU surface first.
+            let sent = match rung.vaapi.as_mut() {
+                Some(upload) => {
+                    let surface = upload
+                        .upload(&filtered)
+                        .map_err(|e| TranscodeError::internal("uploading a frame to VAAPI", e))?;
+                    rung.encoder.send_frame(&surface)
+                }
+                None => rung.encoder.send_frame(&filtered),
             };
-            rung.encoder.send_frame(&to_send).map_err(|e| {
-                TranscodeError::internal(&format!("encoding {}", rung.plan.name), e)
-            })?;
+            sent.map_err(|e| TranscodeError::internal(&format!("encoding {}", rung.plan.name), e))?;
             receive_video_packets(rung, events)?;
         }
     }
