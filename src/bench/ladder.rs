@@ -31,6 +31,14 @@ pub struct LadderBenchArgs {
     /// Keep the outputs in this directory instead of a temporary one.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Alternating runs of each; medians are compared (the machine is noisy).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn cpu_seconds(who: i32) -> f64 {
@@ -232,64 +240,92 @@ pub async fn run(args: LadderBenchArgs, config: Config) -> anyhow::Result<ExitCo
         transcode.crf
     );
 
-    // Cascade: the worker's pipeline, in this process.
-    let cpu_before = cpu_seconds(libc::RUSAGE_SELF);
-    let started = Instant::now();
-    let (events, mut received) = tokio::sync::mpsc::channel(64);
-    let pipeline = {
-        let input = input.clone();
-        let transcode = transcode.clone();
-        tokio::task::spawn_blocking(move || {
-            pipeline::run(
-                &input,
-                &transcode,
-                VideoEncoder::Libx264,
-                &events,
-                &AtomicBool::new(false),
-            )
-        })
-    };
-    while let Some(event) = received.recv().await {
-        match event {
-            Event::Init { rendition, bytes } => {
-                std::fs::create_dir_all(ours_dir.join(&rendition))?;
-                std::fs::write(ours_dir.join(&rendition).join("init.mp4"), &bytes)?;
+    let runs = args.runs.max(1);
+    let (mut ours_walls, mut ours_cpus, mut cli_walls, mut cli_cpus) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut summary = None;
+    for run in 1..=runs {
+        // Cascade: the worker's pipeline, in this process.
+        let cpu_before = cpu_seconds(libc::RUSAGE_SELF);
+        let started = Instant::now();
+        let (events, mut received) = tokio::sync::mpsc::channel(64);
+        let pipeline = {
+            let input = input.clone();
+            let transcode = transcode.clone();
+            tokio::task::spawn_blocking(move || {
+                pipeline::run(
+                    &input,
+                    &transcode,
+                    VideoEncoder::Libx264,
+                    &events,
+                    &AtomicBool::new(false),
+                )
+            })
+        };
+        while let Some(event) = received.recv().await {
+            match event {
+                Event::Init { rendition, bytes } => {
+                    std::fs::create_dir_all(ours_dir.join(&rendition))?;
+                    std::fs::write(ours_dir.join(&rendition).join("init.mp4"), &bytes)?;
+                }
+                Event::Segment {
+                    rendition,
+                    sequence,
+                    bytes,
+                } => {
+                    std::fs::write(
+                        ours_dir.join(&rendition).join(format!("{sequence}.m4s")),
+                        &bytes,
+                    )?;
+                }
+                Event::Probed { .. } | Event::Progress(_) => {}
             }
-            Event::Segment {
-                rendition,
-                sequence,
-                bytes,
-            } => {
-                std::fs::write(
-                    ours_dir.join(&rendition).join(format!("{sequence}.m4s")),
-                    &bytes,
-                )?;
-            }
-            Event::Probed { .. } | Event::Progress(_) => {}
         }
-    }
-    let summary = pipeline
-        .await?
-        .map_err(|e| anyhow::anyhow!("cascade transcode failed: {e}"))?;
-    let ours_wall = started.elapsed();
-    let ours_cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu_before;
+        summary = Some(
+            pipeline
+                .await?
+                .map_err(|e| anyhow::anyhow!("cascade transcode failed: {e}"))?,
+        );
+        ours_walls.push(started.elapsed().as_secs_f64());
+        ours_cpus.push(cpu_seconds(libc::RUSAGE_SELF) - cpu_before);
 
-    // The ffmpeg CLI, same ladder and settings.
-    let cli_cpu_before = cpu_seconds(libc::RUSAGE_CHILDREN);
-    let started = Instant::now();
-    let status = Command::new("ffmpeg")
-        .args(cli_args(&input, &rungs, &transcode, &cli_dir))
-        .status()
-        .context("running the ffmpeg CLI")?;
-    if !status.success() {
-        bail!("the ffmpeg CLI failed: {status}");
+        // The ffmpeg CLI, same ladder and settings.
+        let cli_cpu_before = cpu_seconds(libc::RUSAGE_CHILDREN);
+        let started = Instant::now();
+        let status = Command::new("ffmpeg")
+            .args(cli_args(&input, &rungs, &transcode, &cli_dir))
+            .status()
+            .context("running the ffmpeg CLI")?;
+        if !status.success() {
+            bail!("the ffmpeg CLI failed: {status}");
+        }
+        cli_walls.push(started.elapsed().as_secs_f64());
+        cli_cpus.push(cpu_seconds(libc::RUSAGE_CHILDREN) - cli_cpu_before);
+        println!(
+            "run {run}/{runs}: cascade {:.2} s wall {:.2} s cpu; ffmpeg CLI {:.2} s wall {:.2} s cpu",
+            ours_walls[run - 1],
+            ours_cpus[run - 1],
+            cli_walls[run - 1],
+            cli_cpus[run - 1]
+        );
     }
-    let cli_wall = started.elapsed();
-    let cli_cpu = cpu_seconds(libc::RUSAGE_CHILDREN) - cli_cpu_before;
+    let summary = summary.context("no run")?;
+    let ours_wall = Duration::from_secs_f64(median(&mut ours_walls));
+    let cli_wall = Duration::from_secs_f64(median(&mut cli_walls));
+    let ours_cpu = median(&mut ours_cpus);
+    let cli_cpu = median(&mut cli_cpus);
+    // Peak memory of this process (the pipeline ran in it), for the record.
+    // SAFETY: getrusage fills the struct it is given.
+    let peak_rss_mb = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage.ru_maxrss as f64 / 1024.0
+    };
 
     let wall_ratio = ours_wall.as_secs_f64() / cli_wall.as_secs_f64();
     let cpu_ratio = ours_cpu / cli_cpu;
     let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    println!("medians of {runs} alternating runs; cascade peak RSS {peak_rss_mb:.0} MB");
     println!(
         "{:<14} {:>12} {:>12} {:>10}",
         "", "cascade", "ffmpeg CLI", "ratio"

@@ -170,6 +170,8 @@ pub fn open_video(
     }
     video.set_max_bit_rate(max);
     let mut options = ff::Dictionary::new();
+    // AVCodecContext defaults to one thread; let the encoder pick (as the CLI does).
+    options.set("threads", "auto");
     options.set("bufsize", &buffer.to_string());
     options.set(
         "profile",
@@ -264,5 +266,7 @@ pub fn open_audio(bitrate: u64) -> Result<ff::encoder::audio::Encoder, ff::Error
     audio.set_bit_rate(bitrate as usize);
     audio.set_time_base(ff::Rational::new(1, 48_000));
     audio.set_flags(ff::codec::Flags::GLOBAL_HEADER);
-    audio.open_with(ff::Dictionary::new())
+    let mut options = ff::Dictionary::new();
+    options.set("threads", "auto");
+    audio.open_with(options)
 }

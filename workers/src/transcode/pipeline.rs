@@ -361,6 +361,12 @@ fn build_audio_graph(source: &AudioSource) -> Result<ff::filter::Graph, ff::Erro
     Ok(graph)
 }
 
+/// Drops the references a frame holds so it can be filled again.
+fn unref(frame: &mut ff::Frame) {
+    // SAFETY: the frame is valid; av_frame_unref leaves it empty and reusable.
+    unsafe { ff::ffi::av_frame_unref(frame.as_mut_ptr()) }
+}
+
 fn extradata(encoder: &ff::encoder::video::Encoder) -> Vec<u8> {
     // SAFETY: extradata/extradata_size describe a buffer owned by the opened encoder.
     unsafe {
@@ -796,6 +802,11 @@ fn pull_video(
     for (i, rung) in rungs.iter_mut().enumerate() {
         let mut n = 0usize;
         while let Some(mut sink) = graph.get(&rung.sink) {
+            // av_buffersink_get_frame moves references into the frame without
+            // freeing what it held: release the previous frame first, or
+            // every frame's buffers leak.
+            unref(&mut filtered);
+            unref(&mut filtered);
             if sink.sink().frame(&mut filtered).is_err() {
                 break;
             }
@@ -913,6 +924,7 @@ fn pull_audio(
 ) -> Result<(), TranscodeError> {
     let mut filtered = ff::frame::Audio::empty();
     while let Some(mut sink) = graph.get("out") {
+        unref(&mut filtered);
         if sink.sink().frame(&mut filtered).is_err() {
             break;
         }
