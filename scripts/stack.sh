@@ -89,6 +89,17 @@ if ! "$pg_bin/psql" "$db_admin_url" -Atqc "SELECT 1 FROM pg_database WHERE datna
 fi
 
 # --- SeaweedFS S3 -----------------------------------------------------------
+# CASCADE_STACK_NO_S3=1 skips it (SeaweedFS binds fixed side ports, so only
+# one instance can run on a machine; stacks that use the local backend need none).
+if [ "${CASCADE_STACK_NO_S3:-}" = "1" ]; then
+  export CASCADE_DATABASE__URL="postgres://cascade@127.0.0.1:$pg_port/cascade"
+  export CASCADE_STORAGE__LOCAL_ROOT="$data/objects"
+  export CASCADE_TEST_DATABASE_URL="$db_admin_url"
+  echo "stack: postgres on 127.0.0.1:$pg_port (no S3), logs in ${logs#"$root"/}"
+  set +e
+  "$@"
+  exit $?
+fi
 s3_port="$(free_port)"
 export AWS_ACCESS_KEY_ID="cascade-local"
 export AWS_SECRET_ACCESS_KEY="cascade-local-secret"

@@ -1,0 +1,1 @@
+//! The playback origin (issue #5): tests live here.
