@@ -14,7 +14,7 @@ use cascade_workers::transcode::{encoders, TranscodeHandler};
 use cascade_workers::{HandlerRegistry, Runner};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{eventually, fresh_db, TestDb};
+use crate::common::{eventually, fresh_db, CascadeProcess, TestDb};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -360,6 +360,21 @@ fn verify(version_dir: &Path, source: &Path, fx: &toml::Table) {
                 "{rung}: {total} s vs source {source_duration} s"
             );
         }
+        // Segment boundaries identical in every rung (same EXTINF lists).
+        let boundaries: Vec<Vec<String>> = infs
+            .iter()
+            .filter(|(a, _)| a.contains("RESOLUTION="))
+            .map(|(_, uri)| {
+                extinf(&version_dir.join(uri))
+                    .iter()
+                    .map(|d| format!("{d:.6}"))
+                    .collect()
+            })
+            .collect();
+        assert!(
+            boundaries.windows(2).all(|w| w[0] == w[1]),
+            "segment durations differ across rungs: {boundaries:?}"
+        );
         // Keyframes at identical timestamps in every rung.
         let (first_rung, first) = &keyframes_by_rung[0];
         for (rung, keyframes) in &keyframes_by_rung[1..] {
@@ -563,4 +578,66 @@ async fn a_rerun_of_a_published_transcode_is_a_no_op_and_a_retry_after_a_crash_r
         &fixtures_dir().join("tiny_320x180_stereo.mp4"),
         &fixture("tiny_320x180_stereo"),
     );
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_transcode_leaves_no_manifest_and_the_retry_publishes_a_correct_result()
+{
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    let id = import(&db, &store, "landscape_1080p30_stereo.mp4").await;
+    let root_text = root.display().to_string();
+    let env = [
+        ("CASCADE_STORAGE__LOCAL_ROOT", root_text.as_str()),
+        ("CASCADE_TRANSCODE__ENCODER", "libx264"),
+        ("CASCADE_QUEUE__LEASE", "\"2s\""),
+        ("CASCADE_QUEUE__HEARTBEAT", "\"500ms\""),
+        ("CASCADE_QUEUE__REAP_INTERVAL", "\"300ms\""),
+        ("CASCADE_QUEUE__POLL_INTERVAL", "\"300ms\""),
+    ];
+    let version_dir = root.join(format!("assets/{id}/v1"));
+    let first = CascadeProcess::serve(&db.url, "workers", &env);
+    // Kill it once it has written media segments, before it can finish.
+    eventually(
+        "the first worker to write segments",
+        Duration::from_secs(120),
+        || async {
+            let dir = version_dir.join("1080p");
+            std::fs::read_dir(&dir).ok().and_then(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".m4s"))
+                    .then_some(())
+            })
+        },
+    )
+    .await;
+    first.signal("KILL");
+    drop(first);
+    let asset = assets::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(
+        asset.state,
+        AssetState::Processing,
+        "killed before publishing"
+    );
+    assert!(
+        !version_dir.join("master.m3u8").exists() && !version_dir.join("manifest.mpd").exists(),
+        "no manifest may name segments that might be missing"
+    );
+
+    let _second = CascadeProcess::serve(&db.url, "workers", &env);
+    let asset = wait_terminal(&db, id).await;
+    assert_eq!(asset.state, AssetState::Ready, "{:?}", asset.error_message);
+    verify(
+        &version_dir,
+        &fixtures_dir().join("landscape_1080p30_stereo.mp4"),
+        &fixture("landscape_1080p30_stereo"),
+    );
+    let client = db.pool.get().await.unwrap();
+    let attempts: i32 = client
+        .query_one("SELECT attempts FROM jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 2);
 }

@@ -270,3 +270,55 @@ pub fn open_audio(bitrate: u64) -> Result<ff::encoder::audio::Encoder, ff::Error
     options.set("threads", "auto");
     audio.open_with(options)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libx264_opens_and_encodes() {
+        crate::transcode::init_ffmpeg();
+        probe(VideoEncoder::Libx264).unwrap();
+    }
+
+    #[test]
+    fn auto_picks_a_working_hardware_encoder_or_falls_back_to_libx264() {
+        let (chosen, failures) = resolve(EncoderChoice::Auto);
+        if chosen == VideoEncoder::Libx264 {
+            // Every hardware encoder was tried and said why it cannot run here.
+            assert_eq!(failures.len(), VideoEncoder::HARDWARE.len(), "{failures:?}");
+            for (failure, encoder) in failures.iter().zip(VideoEncoder::HARDWARE) {
+                assert!(failure.starts_with(encoder.ffmpeg_name()), "{failure}");
+            }
+        } else {
+            assert!(VideoEncoder::HARDWARE.contains(&chosen));
+            probe(chosen).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_explicit_hardware_encoder_that_cannot_open_falls_back_with_the_reason() {
+        for (choice, encoder) in [
+            (EncoderChoice::H264Nvenc, VideoEncoder::Nvenc),
+            (EncoderChoice::H264Vaapi, VideoEncoder::Vaapi),
+            (EncoderChoice::H264Qsv, VideoEncoder::Qsv),
+        ] {
+            let (chosen, failures) = resolve(choice);
+            match probe(encoder) {
+                Ok(()) => assert_eq!(chosen, encoder),
+                Err(_) => {
+                    assert_eq!(chosen, VideoEncoder::Libx264);
+                    assert_eq!(failures.len(), 1);
+                    assert!(
+                        failures[0].starts_with(encoder.ffmpeg_name()),
+                        "{failures:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            resolve(EncoderChoice::Libx264),
+            (VideoEncoder::Libx264, Vec::new())
+        );
+    }
+}
