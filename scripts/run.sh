@@ -6,9 +6,16 @@ cargo build --bin cascade
 bin="${CARGO_TARGET_DIR:-target}/debug/cascade"
 export CASCADE_LOG__FORMAT="${CASCADE_LOG__FORMAT:-text}"
 export CASCADE_HTTP__LISTEN="${CASCADE_HTTP__LISTEN:-127.0.0.1:8080}"
+export CASCADE_INGEST__PUBLIC_URL="${CASCADE_INGEST__PUBLIC_URL:-http://$CASCADE_HTTP__LISTEN}"
+# A local API key, kept across runs in the data directory.
+key_file="$(dirname "$CASCADE_STORAGE__LOCAL_ROOT")/bootstrap-key"
+[ -s "$key_file" ] || python3 -c 'import secrets; print("csk_local_" + secrets.token_urlsafe(24))' >"$key_file"
+export CASCADE_INGEST__BOOTSTRAP_KEY="${CASCADE_INGEST__BOOTSTRAP_KEY:-$(cat "$key_file")}"
 echo "run: database $CASCADE_DATABASE__URL"
 echo "run: S3 endpoint $CASCADE_STORAGE__S3__ENDPOINT (bucket $CASCADE_STORAGE__S3__BUCKET)"
 echo "run: operator commands in another shell need these variables; see docs/configuration.md"
+echo "run: API key: $CASCADE_INGEST__BOOTSTRAP_KEY"
+echo "run: try: curl -H \"Authorization: Bearer \$KEY\" -X POST $CASCADE_INGEST__PUBLIC_URL/v1/assets"
 echo "run: stop with Ctrl-C"
 "$bin" migrate
 exec "$bin" serve

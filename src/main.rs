@@ -5,6 +5,7 @@ mod assets;
 mod bench;
 mod health;
 mod jobs;
+mod keys;
 mod serve;
 mod telemetry;
 
@@ -38,6 +39,11 @@ enum Command {
     Assets {
         #[command(subcommand)]
         command: assets::AssetsCommand,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
     /// Inspect and steer the job queue.
     Jobs {
@@ -101,6 +107,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Config => Ok(ExitCode::SUCCESS),
         Command::Jobs { command } => jobs::run(command, &config).await,
         Command::Assets { command } => assets::run(command, &config).await,
+        Command::Keys { command } => keys::run(command, &config).await,
         Command::Bench { command } => bench::run(command, config).await,
     }
 }

@@ -128,10 +128,25 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         });
     }
 
-    let app = Router::new().merge(health::router(health::Dependencies {
+    let mut app = Router::new().merge(health::router(health::Dependencies {
         pool: pool.clone(),
         store: store.clone(),
     }));
+    if roles.contains(&Role::Ingest) {
+        let state = std::sync::Arc::new(cascade_ingest::AppState::new(
+            pool.clone(),
+            store.clone(),
+            queue.clone(),
+            config.ingest.clone(),
+            config.transcode.clone(),
+        ));
+        let cleanup = cascade_ingest::spawn_cleanup(state.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let _ = cleanup.await;
+            Ok(())
+        });
+        app = app.merge(cascade_ingest::router(state));
+    }
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;

@@ -1,9 +1,25 @@
-//! The creators' ingest side: creating assets and taking in their sources.
+//! The creators' ingest API (axum, under `/v1`, JSON): assets, simple
+//! uploads and tus 1.0.0 resumable uploads (core protocol plus the
+//! creation, creation-with-upload, termination, checksum and expiration
+//! extensions).
 //!
-//! Built so far: [`import_file`], which creates an asset from a local file
-//! (used by `cascade assets import`, tests and benchmarks). Still to come
-//! (issue #4): the HTTP API, simple and tus 1.0.0 resumable uploads, the
-//! watch folder, RTMP.
+//! Uploads stream: bodies go to storage in bounded parts (never whole in
+//! memory) and, for the probe, to a scratch file. tus state (offset, parts,
+//! the lease of the PATCH in progress) lives in Postgres, so any replica can
+//! serve any request and a restarted replica resumes at the stored offset.
+//! When a source is complete it is probed with the FFmpeg libraries; media
+//! that cannot be processed turns the asset `errored` with a message for the
+//! creator, anything else moves it to `processing` and enqueues its
+//! transcode job in the same transaction.
+
+mod api;
+pub mod auth;
+mod body;
+pub mod error;
+mod source;
+mod tus;
+
+pub use api::{router, spawn_cleanup, AppState};
 
 use std::path::Path;
 

@@ -73,6 +73,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The bitrate ladder, encoders and segmenting.
     pub transcode: TranscodeConfig,
+    /// The creators' API and uploads.
+    pub ingest: IngestConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -270,6 +272,51 @@ impl Default for QueueConfig {
             max_attempts: 5,
             concurrency: 2,
             shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The creators' API and uploads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Base URL clients reach this deployment at, for the URLs the API
+    /// returns (playback, uploads). Default `http://127.0.0.1:8080`.
+    pub public_url: String,
+    /// An API key accepted besides the keys in the database (local use;
+    /// `make run` sets one). Default: none.
+    pub bootstrap_key: Secret,
+    /// Largest upload accepted; larger declared sizes get 413 before any
+    /// byte is read. Default `20GiB`.
+    pub max_upload_size: ByteSize,
+    /// An upload request whose body sends nothing for this long is cut off. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Unfinished tus uploads are deleted this long after their creation. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub upload_expiry: Duration,
+    /// How often expired uploads are cleaned up. Default `1m`.
+    #[serde(with = "humantime_serde")]
+    pub cleanup_interval: Duration,
+    /// Requests per minute per API key; more get 429 with Retry-After. Default `1200`.
+    pub rate_limit_per_minute: u32,
+    /// How long a tus PATCH holds its upload without renewing (renewed while
+    /// the body streams); a crashed replica's hold lapses after this. Default `20s`.
+    #[serde(with = "humantime_serde")]
+    pub upload_lock: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".to_owned(),
+            bootstrap_key: Secret::default(),
+            max_upload_size: ByteSize(20 << 30),
+            body_timeout: Duration::from_secs(60),
+            upload_expiry: Duration::from_secs(24 * 3600),
+            cleanup_interval: Duration::from_secs(60),
+            rate_limit_per_minute: 1200,
+            upload_lock: Duration::from_secs(20),
         }
     }
 }

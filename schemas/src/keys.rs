@@ -205,9 +205,18 @@ impl ObjectKey {
         ))
     }
 
-    /// A part of an in-progress upload.
-    pub fn upload_part(upload: uuid::Uuid, part: u32) -> Self {
-        Self(format!("{UPLOADS_PREFIX}{upload}/part-{part:06}"))
+    /// Part `part` of an in-progress upload, written by the request holding
+    /// lease `writer` (so two writers never share a key).
+    pub fn upload_part(upload: uuid::Uuid, part: u32, writer: uuid::Uuid) -> Self {
+        Self(format!(
+            "{UPLOADS_PREFIX}{upload}/part-{part:06}-{}",
+            writer.simple()
+        ))
+    }
+
+    /// Everything stored for one upload.
+    pub fn upload_prefix(upload: uuid::Uuid) -> String {
+        format!("{UPLOADS_PREFIX}{upload}/")
     }
 
     /// A scratch object under the lifecycle-expired prefix.

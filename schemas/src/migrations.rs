@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "assets",
         sql: include_str!("../migrations/0002_assets.sql"),
     },
+    Migration {
+        version: 3,
+        name: "ingest",
+        sql: include_str!("../migrations/0003_ingest.sql"),
+    },
 ];
 
 #[cfg(test)]

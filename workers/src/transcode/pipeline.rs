@@ -970,3 +970,85 @@ fn receive_audio_packets(
     }
     Ok(())
 }
+
+/// What [`probe_file`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeSummary {
+    /// Duration from the container, when it says.
+    pub duration: Option<f64>,
+    /// A video frame decoded.
+    pub has_video: bool,
+    /// An audio frame decoded.
+    pub has_audio: bool,
+}
+
+/// Quick check at upload time: the file opens, has an audio or video stream
+/// with a supported codec, and at least one frame decodes. Reads at most a
+/// few hundred packets.
+pub fn probe_file(path: &Path, config: &TranscodeConfig) -> Result<ProbeSummary, TranscodeError> {
+    super::init_ffmpeg();
+    let mut input = ff::format::input(&path).map_err(|e| input_error_for_open(path, e))?;
+    let duration =
+        (input.duration() > 0).then(|| input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
+    let video_stream = input.streams().best(ff::media::Type::Video).filter(|s| {
+        !s.disposition()
+            .contains(ff::format::stream::Disposition::ATTACHED_PIC)
+    });
+    let mut video = video_stream
+        .as_ref()
+        .map(|s| open_video_source(s, config))
+        .transpose()?;
+    let mut audio = input
+        .streams()
+        .best(ff::media::Type::Audio)
+        .as_ref()
+        .map(open_audio_source)
+        .transpose()?;
+    if video.is_none() && audio.is_none() {
+        return Err(TranscodeError::input(
+            "no_media_streams",
+            "no video or audio stream found in the file",
+        ));
+    }
+    let (mut has_video, mut has_audio) = (false, false);
+    let mut packet = ff::Packet::empty();
+    let mut video_frame = ff::frame::Video::empty();
+    let mut audio_frame = ff::frame::Audio::empty();
+    for _ in 0..500 {
+        if (video.is_none() || has_video) && (audio.is_none() || has_audio) {
+            break;
+        }
+        if packet.read(&mut input).is_err() {
+            break;
+        }
+        if let Some(source) = video.as_mut().filter(|s| s.index == packet.stream()) {
+            if source.decoder.send_packet(&packet).is_ok()
+                && source.decoder.receive_frame(&mut video_frame).is_ok()
+            {
+                has_video = true;
+            }
+        } else if let Some(source) = audio.as_mut().filter(|s| s.index == packet.stream()) {
+            if source.decoder.send_packet(&packet).is_ok()
+                && source.decoder.receive_frame(&mut audio_frame).is_ok()
+            {
+                has_audio = true;
+            }
+        }
+    }
+    // Frame-threaded decoders hold frames back until flushed.
+    if let Some(source) = video.as_mut().filter(|_| !has_video) {
+        let _ = source.decoder.send_eof();
+        has_video = source.decoder.receive_frame(&mut video_frame).is_ok();
+    }
+    if !has_video && !has_audio {
+        return Err(TranscodeError::input(
+            "undecodable",
+            "no frame of the file could be decoded: it is damaged or not media",
+        ));
+    }
+    Ok(ProbeSummary {
+        duration,
+        has_video,
+        has_audio,
+    })
+}

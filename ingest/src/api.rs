@@ -1,0 +1,431 @@
+//! Routes, the asset endpoints and the simple upload.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::Engine;
+use cascade_platform::config::{IngestConfig, TranscodeConfig};
+use cascade_platform::{assets, ObjectStore, Queue};
+use cascade_schemas::{AssetId, AssetState, ObjectKey, PlaybackId};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{require_key, RateLimiter};
+use crate::body::BodyReader;
+use crate::error::ApiError;
+use crate::{source, tus};
+
+/// Longest title accepted.
+const MAX_TITLE_CHARS: usize = 512;
+/// Largest metadata object accepted, serialized.
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// What the handlers share.
+pub struct AppState {
+    /// Postgres.
+    pub pool: Pool,
+    /// Object store.
+    pub store: ObjectStore,
+    /// Job queue.
+    pub queue: Queue,
+    /// `[ingest]` config.
+    pub config: IngestConfig,
+    /// `[transcode]` config (the probe's limits).
+    pub transcode: TranscodeConfig,
+    /// Per-key request budgets.
+    pub limiter: RateLimiter,
+}
+
+impl AppState {
+    /// State for the routes.
+    pub fn new(
+        pool: Pool,
+        store: ObjectStore,
+        queue: Queue,
+        config: IngestConfig,
+        transcode: TranscodeConfig,
+    ) -> Self {
+        Self {
+            pool,
+            store,
+            queue,
+            config,
+            transcode,
+            limiter: RateLimiter::default(),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.public_url.trim_end_matches('/'))
+    }
+}
+
+/// The ingest routes (`/v1/...`), authenticated with API keys. tus's
+/// `OPTIONS /v1/uploads` (discovery) needs no key.
+pub fn router(state: Arc<AppState>) -> Router {
+    let authenticated = Router::new()
+        .route("/v1/assets", post(create_asset).get(list_assets))
+        .route("/v1/assets/{id}", get(get_asset).delete(delete_asset))
+        .route("/v1/assets/{id}/source", put(put_source))
+        .route("/v1/uploads", post(tus::create))
+        .route(
+            "/v1/uploads/{id}",
+            axum::routing::head(tus::head)
+                .patch(tus::patch)
+                .delete(tus::terminate),
+        )
+        .layer(from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/v1/uploads", axum::routing::options(tus::options))
+        .merge(authenticated)
+        // Upload bodies are limited by ingest.max_upload_size as they stream.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+pub(crate) fn parse_asset_id(raw: &str) -> Result<AssetId, ApiError> {
+    raw.parse().map_err(|_| ApiError::NotFound("asset"))
+}
+
+/// The asset as the API returns it.
+pub(crate) async fn asset_json(state: &AppState, asset: &assets::Asset) -> Result<Value, ApiError> {
+    let renditions = match asset.published_version {
+        Some(version) => assets::renditions(&state.pool, asset.id, version).await?,
+        None => Vec::new(),
+    };
+    let playback = (asset.state == AssetState::Ready).then(|| {
+        let base = format!("/play/{}", asset.playback_id);
+        json!({
+            "hls": state.url(&format!("{base}/master.m3u8")),
+            "dash": state.url(&format!("{base}/manifest.mpd")),
+        })
+    });
+    let upload = (asset.state == AssetState::Waiting).then(|| {
+        let id_b64 = base64::engine::general_purpose::STANDARD.encode(asset.id.to_string());
+        json!({
+            "simple": { "method": "PUT", "url": state.url(&format!("/v1/assets/{}/source", asset.id)) },
+            "tus": { "url": state.url("/v1/uploads"), "upload_metadata": format!("asset_id {id_b64}") },
+        })
+    });
+    let error = asset
+        .error_code
+        .as_ref()
+        .map(|code| json!({ "code": code, "message": asset.error_message }));
+    Ok(json!({
+        "id": asset.id,
+        "playback_id": asset.playback_id,
+        "playback_policy": asset.playback_policy,
+        "state": asset.state,
+        "progress": asset.progress,
+        "title": asset.title,
+        "metadata": asset.metadata,
+        "duration_seconds": asset.duration_seconds,
+        "error": error,
+        "renditions": renditions,
+        "playback": playback,
+        "upload": upload,
+        "created_at": asset.created_at,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAsset {
+    title: Option<String>,
+    metadata: Option<Value>,
+    playback_policy: Option<String>,
+}
+
+/// Inserts a new `waiting` asset after validating what the creator sent.
+pub(crate) async fn insert_asset(
+    state: &AppState,
+    title: Option<&str>,
+    metadata: Option<Value>,
+    policy: Option<&str>,
+) -> Result<assets::Asset, ApiError> {
+    if title.is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
+        return Err(ApiError::bad_request(
+            "invalid_title",
+            format!("title is longer than {MAX_TITLE_CHARS} characters"),
+        ));
+    }
+    let metadata = metadata.unwrap_or_else(|| json!({}));
+    if !metadata.is_object() || metadata.to_string().len() > MAX_METADATA_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_metadata",
+            format!("metadata must be a JSON object of at most {MAX_METADATA_BYTES} bytes"),
+        ));
+    }
+    let policy = policy.unwrap_or("public");
+    if !matches!(policy, "public" | "signed") {
+        return Err(ApiError::bad_request(
+            "invalid_playback_policy",
+            "playback_policy must be \"public\" or \"signed\"",
+        ));
+    }
+    let id = AssetId::new();
+    let client = state.pool.get().await?;
+    assets::insert(&client, id, &PlaybackId::new(), title, &metadata, policy).await?;
+    drop(client);
+    assets::get(&state.pool, id)
+        .await?
+        .ok_or(ApiError::Internal("asset vanished after insert".to_owned()))
+}
+
+async fn create_asset(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: CreateAsset = if body.is_empty() {
+        CreateAsset {
+            title: None,
+            metadata: None,
+            playback_policy: None,
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("invalid request body: {e}"))
+        })?
+    };
+    let asset = insert_asset(
+        &state,
+        request.title.as_deref(),
+        request.metadata,
+        request.playback_policy.as_deref(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(asset_json(&state, &asset).await?)).into_response())
+}
+
+async fn get_asset(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_asset_id(&id)?;
+    let asset = assets::get(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("asset"))?;
+    Ok(Json(asset_json(&state, &asset).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn encode_cursor(created_at: DateTime<Utc>, id: AssetId) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}|{id}", created_at.timestamp_micros()))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, uuid::Uuid), ApiError> {
+    let invalid = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(raw).map_err(|_| invalid())?;
+    let (micros, id) = text.split_once('|').ok_or_else(invalid)?;
+    let micros: i64 = micros.parse().map_err(|_| invalid())?;
+    Ok((
+        DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?,
+        id.parse().map_err(|_| invalid())?,
+    ))
+}
+
+async fn list_assets(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 100",
+        ));
+    }
+    let cursor = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let (after_time, after_id) = match cursor {
+        Some((t, id)) => (Some(t), Some(id)),
+        None => (None, None),
+    };
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id FROM assets
+             WHERE $1::timestamptz IS NULL OR (created_at, id) < ($1, $2)
+             ORDER BY created_at DESC, id DESC LIMIT $3",
+            &[&after_time, &after_id, &(limit + 1)],
+        )
+        .await?;
+    drop(client);
+    let mut data = Vec::new();
+    let mut next = None;
+    for (i, row) in rows.iter().enumerate() {
+        let id = AssetId::from(row.get::<_, uuid::Uuid>(0));
+        let Some(asset) = assets::get(&state.pool, id).await? else {
+            continue;
+        };
+        if i as i64 == limit {
+            break;
+        }
+        if i as i64 == limit - 1 && rows.len() as i64 > limit {
+            next = Some(encode_cursor(asset.created_at, asset.id));
+        }
+        data.push(asset_json(&state, &asset).await?);
+    }
+    Ok(Json(json!({ "data": data, "next_cursor": next })))
+}
+
+async fn delete_asset(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_asset_id(&id)?;
+    let client = state.pool.get().await?;
+    let uploads = client
+        .query(
+            "SELECT id FROM uploads WHERE asset_id = $1",
+            &[&id.as_uuid()],
+        )
+        .await?;
+    drop(client);
+    // Objects first: a failure leaves the row, so a retry finds them again.
+    state
+        .store
+        .delete_prefix(&ObjectKey::asset_prefix(id))
+        .await?;
+    for upload in &uploads {
+        state
+            .store
+            .delete_prefix(&ObjectKey::upload_prefix(upload.get(0)))
+            .await?;
+    }
+    let client = state.pool.get().await?;
+    client
+        .execute("DELETE FROM assets WHERE id = $1", &[&id.as_uuid()])
+        .await?;
+    // Deleting twice is fine: the second finds nothing and says the same.
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A scratch file for the probe's copy of a source.
+pub(crate) fn scratch_file(state: &AppState) -> Result<tempfile::NamedTempFile, ApiError> {
+    let dir = state
+        .transcode
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| ApiError::Internal(format!("scratch dir: {e}")))?;
+    tempfile::Builder::new()
+        .prefix("cascade-upload-")
+        .tempfile_in(dir)
+        .map_err(|e| ApiError::Internal(format!("scratch file: {e}")))
+}
+
+pub(crate) fn declared_length(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or(ApiError::bad_request(
+                "invalid_header",
+                format!("{name} must be a non-negative integer"),
+            )),
+    }
+}
+
+/// `PUT /v1/assets/{id}/source`: the whole file in one request.
+async fn put_source(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = parse_asset_id(&id)?;
+    let max = state.config.max_upload_size.0;
+    if let Some(length) = declared_length(&headers, "content-length")? {
+        if length > max {
+            return Err(ApiError::TooLarge { max });
+        }
+    }
+    let mut client = state.pool.get().await?;
+    // One writer per asset: a transaction-scoped advisory lock, released
+    // however the request ends (even if the client goes away).
+    let tx = client.transaction().await?;
+    let locked: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&format!("source:{id}")],
+        )
+        .await?
+        .get(0);
+    if !locked {
+        return Err(ApiError::Conflict {
+            code: "upload_in_progress",
+            message: "another upload of this asset's source is in progress".to_owned(),
+        });
+    }
+    let asset = assets::get(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("asset"))?;
+    if asset.state != AssetState::Waiting {
+        return Err(ApiError::Conflict {
+            code: "source_already_uploaded",
+            message: format!(
+                "the asset is {}; a source can only be uploaded to a waiting asset",
+                asset.state
+            ),
+        });
+    }
+    let scratch = scratch_file(&state)?;
+    let copy = scratch
+        .reopen()
+        .map_err(|e| ApiError::Internal(format!("scratch file: {e}")))?;
+    let mut reader = BodyReader::new(body, max, state.config.body_timeout).copy_to(copy);
+    state.store.put(&ObjectKey::source(id), &mut reader).await?;
+    let result = source::source_complete(&state, id, scratch.path()).await;
+    tx.commit().await?;
+    result?;
+    let asset = assets::get(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("asset"))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(asset_json(&state, &asset).await?),
+    )
+        .into_response())
+}
+
+/// Deletes expired, unfinished tus uploads (their parts and rows) every
+/// `ingest.cleanup_interval` until `cancel` fires.
+pub fn spawn_cleanup(
+    state: Arc<AppState>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(state.config.cleanup_interval) => {}
+            }
+            match tus::delete_expired(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(uploads = n, "deleted expired uploads"),
+                Err(error) => tracing::warn!(error = %error, "cannot clean up expired uploads"),
+            }
+        }
+    })
+}

@@ -1,0 +1,172 @@
+//! Request bodies as bounded streams: a per-chunk timeout, a byte limit, an
+//! optional copy to a local file (for the probe) and an optional checksum,
+//! all while the bytes flow to storage. Memory stays at one chunk.
+
+use std::io::Write;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha1::Digest;
+use tokio::io::AsyncRead;
+use tokio_util::io::StreamReader;
+
+/// Marker inside the I/O error raised when a body exceeds its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("body exceeds {max} bytes")]
+pub struct BodyTooLarge {
+    /// The limit.
+    pub max: u64,
+}
+
+/// Marker inside the I/O error raised when a body stalls.
+#[derive(Debug, thiserror::Error)]
+#[error("no body data for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+/// A checksum being computed over the body.
+pub enum Hasher {
+    /// tus `sha1`.
+    Sha1(sha1::Sha1),
+    /// tus `sha256`.
+    Sha256(sha2::Sha256),
+}
+
+impl Hasher {
+    /// For a tus algorithm name.
+    pub fn for_algorithm(name: &str) -> Option<Self> {
+        match name {
+            "sha1" => Some(Self::Sha1(sha1::Sha1::new())),
+            "sha256" => Some(Self::Sha256(sha2::Sha256::new())),
+            _ => None,
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Self::Sha1(h) => h.update(data),
+            Self::Sha256(h) => h.update(data),
+        }
+    }
+
+    /// The digest.
+    pub fn finish(self) -> Vec<u8> {
+        match self {
+            Self::Sha1(h) => h.finalize().to_vec(),
+            Self::Sha256(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Reads a request body under the given limits.
+pub struct BodyReader {
+    inner: StreamReader<ChunkStream, Bytes>,
+    copy: Option<std::fs::File>,
+    hasher: Option<Hasher>,
+    read: u64,
+}
+
+impl BodyReader {
+    /// `limit`: most bytes accepted; `stall`: longest wait for the next chunk.
+    pub fn new(body: Body, limit: u64, stall: Duration) -> Self {
+        let mut total = 0u64;
+        let chunks = body.into_data_stream();
+        let guarded =
+            futures::stream::unfold((chunks, false), move |(mut chunks, done)| async move {
+                if done {
+                    return None;
+                }
+                match tokio::time::timeout(stall, chunks.next()).await {
+                    Err(_) => Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            BodyStalled(stall),
+                        )),
+                        (chunks, true),
+                    )),
+                    Ok(None) => None,
+                    Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), (chunks, true))),
+                    Ok(Some(Ok(bytes))) => Some((Ok(bytes), (chunks, false))),
+                }
+            })
+            .map(move |chunk| {
+                let chunk = chunk?;
+                total += chunk.len() as u64;
+                if total > limit {
+                    return Err(std::io::Error::other(BodyTooLarge { max: limit }));
+                }
+                Ok(chunk)
+            });
+        Self {
+            inner: StreamReader::new(Box::pin(guarded) as ChunkStream),
+            copy: None,
+            hasher: None,
+            read: 0,
+        }
+    }
+
+    /// Also writes every byte to `file`.
+    pub fn copy_to(mut self, file: std::fs::File) -> Self {
+        self.copy = Some(file);
+        self
+    }
+
+    /// Also hashes every byte.
+    pub fn hash_with(mut self, hasher: Hasher) -> Self {
+        self.hasher = Some(hasher);
+        self
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
+    /// The checksum, if one was asked for.
+    pub fn take_hasher(&mut self) -> Option<Hasher> {
+        self.hasher.take()
+    }
+}
+
+impl AsyncRead for BodyReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                this.read += new.len() as u64;
+                if let Some(hasher) = this.hasher.as_mut() {
+                    hasher.update(new);
+                }
+                if let Some(file) = this.copy.as_mut() {
+                    // Page-cache writes of one chunk; cheap next to the network.
+                    file.write_all(new)?;
+                }
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Maps an I/O error from a [`BodyReader`] back to its cause.
+pub fn classify(error: &std::io::Error) -> Option<crate::error::ApiError> {
+    let inner = error.get_ref()?;
+    if let Some(too_large) = inner.downcast_ref::<BodyTooLarge>() {
+        return Some(crate::error::ApiError::TooLarge { max: too_large.max });
+    }
+    if inner.downcast_ref::<BodyStalled>().is_some() {
+        return Some(crate::error::ApiError::BodyTimeout);
+    }
+    None
+}

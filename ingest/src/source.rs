@@ -1,0 +1,60 @@
+//! What happens once an asset's source is complete in storage.
+
+use std::path::Path;
+
+use cascade_platform::assets;
+use cascade_platform::queue::{self, NewJob};
+use cascade_schemas::{job_kind, AssetId, AssetState};
+use cascade_workers::transcode::{pipeline, TranscodeError, TranscodeJob};
+
+use crate::api::AppState;
+use crate::error::ApiError;
+
+/// Probes the local copy of the source at `copy`; refuses media we cannot
+/// process (asset `errored`, 422) or moves the asset to `processing` and
+/// enqueues its transcode in one transaction.
+pub async fn source_complete(
+    state: &AppState,
+    asset: AssetId,
+    copy: &Path,
+) -> Result<(), ApiError> {
+    let probe = {
+        let path = copy.to_owned();
+        let config = state.transcode.clone();
+        tokio::task::spawn_blocking(move || pipeline::probe_file(&path, &config))
+            .await
+            .map_err(|e| ApiError::Internal(format!("probe task: {e}")))?
+    };
+    match probe {
+        Err(TranscodeError::Input { code, message }) => {
+            assets::set_errored(&state.pool, asset, code, &message).await?;
+            Err(ApiError::Unprocessable { code, message })
+        }
+        Err(other) => Err(ApiError::Internal(format!("probing the source: {other}"))),
+        Ok(summary) => {
+            let job = TranscodeJob {
+                asset_id: asset,
+                version: 1,
+            };
+            let payload =
+                serde_json::to_value(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let mut client = state.pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute(
+                "UPDATE assets SET duration_seconds = $2, updated_at = now() WHERE id = $1",
+                &[&asset.as_uuid(), &summary.duration],
+            )
+            .await?;
+            assets::set_state(&tx, asset, AssetState::Processing).await?;
+            queue::enqueue(
+                &tx,
+                &NewJob::new(job_kind::TRANSCODE, payload).idempotency_key(job.idempotency_key()),
+                state.queue.config().max_attempts,
+            )
+            .await?;
+            tx.commit().await?;
+            state.queue.wake(job_kind::TRANSCODE);
+            Ok(())
+        }
+    }
+}
