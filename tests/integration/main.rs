@@ -2,6 +2,7 @@
 //! Postgres for the queue and SeaweedFS for S3. Run through `make test`.
 
 mod common;
+mod ingest;
 mod origin;
 mod queue;
 mod storage;

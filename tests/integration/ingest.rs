@@ -1,0 +1,645 @@
+//! The creators' API and uploads, through real `cascade serve` processes and
+//! a real tus client (tuspy).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::common::{eventually, free_port, fresh_db, header, http, CascadeProcess, TestDb};
+
+const KEY: &str = "csk_test_bootstrap_key";
+const AUTH: (&str, &str) = ("Authorization", "Bearer csk_test_bootstrap_key");
+const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".data/fixtures")
+        .join(name)
+}
+
+fn sha256_of(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+struct Ingest {
+    process: CascadeProcess,
+    addr: SocketAddr,
+}
+
+/// `cascade serve` with `roles` on `port`, objects under `root`.
+fn start(db: &TestDb, roles: &str, root: &Path, port: u16, extra: &[(&str, &str)]) -> Ingest {
+    let listen = format!("127.0.0.1:{port}");
+    let public = format!("http://{listen}");
+    let root = root.display().to_string();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("CASCADE_HTTP__LISTEN", &listen),
+        ("CASCADE_INGEST__PUBLIC_URL", &public),
+        ("CASCADE_INGEST__BOOTSTRAP_KEY", KEY),
+        ("CASCADE_STORAGE__LOCAL_ROOT", &root),
+        ("CASCADE_INGEST__UPLOAD_LOCK", "\"2s\""),
+        ("CASCADE_TRANSCODE__ENCODER", "libx264"),
+    ];
+    env.extend_from_slice(extra);
+    let process = CascadeProcess::serve(&db.url, roles, &env);
+    let addr = process.http.expect("address");
+    Ingest { process, addr }
+}
+
+fn scratch_root() -> PathBuf {
+    std::env::temp_dir().join(format!("cascade-ingest-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// The tuspy driver, started; returns the child and a line reader.
+fn tuspy(
+    endpoints: &[SocketAddr],
+    file: &Path,
+    pause_after: usize,
+) -> (std::process::Child, impl Iterator<Item = String>) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/tus_upload.py");
+    let mut command = Command::new("python3");
+    command.arg(script).args([
+        "--key",
+        KEY,
+        "--chunk-size",
+        "262144",
+        "--pause-after",
+        &pause_after.to_string(),
+    ]);
+    command.arg("--file").arg(file);
+    for endpoint in endpoints {
+        command.args(["--endpoint", &format!("http://{endpoint}")]);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with tuspy");
+    let lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    (child, lines)
+}
+
+/// After a tus upload finished: the stored original matches the file, the
+/// asset is processing and its transcode job is queued.
+async fn assert_upload_landed(db: &TestDb, root: &Path, original: &Path) {
+    let client = db.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT asset_id, state, \"offset\", length FROM uploads",
+            &[],
+        )
+        .await
+        .unwrap();
+    let asset: uuid::Uuid = row.get(0);
+    assert_eq!(row.get::<_, &str>(1), "complete");
+    assert_eq!(row.get::<_, i64>(2), row.get::<_, i64>(3));
+    let stored = root.join(format!("assets/{asset}/source"));
+    assert_eq!(
+        sha256_of(&stored),
+        sha256_of(original),
+        "the stored original is byte-identical"
+    );
+    assert!(
+        !root.join("uploads").exists()
+            || std::fs::read_dir(root.join("uploads"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "parts removed"
+    );
+    let state: String = client
+        .query_one("SELECT state FROM assets WHERE id = $1", &[&asset])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "processing");
+    let jobs: i64 = client
+        .query_one(
+            "SELECT count(*) FROM jobs WHERE kind = 'transcode' AND payload->>'asset_id' = $1",
+            &[&asset.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(jobs, 1);
+}
+
+#[tokio::test]
+async fn tus_upload_resumes_after_the_ingest_process_is_killed() {
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let port = free_port();
+    let first = start(&db, "ingest", &root, port, &[]);
+    let addr = first.addr;
+    let file = fixture("landscape_1080p30_stereo.mp4");
+    let (mut child, mut lines) = tuspy(&[addr], &file, 3);
+    assert!(
+        lines.by_ref().any(|l| l == "PAUSED"),
+        "tuspy paused mid-upload"
+    );
+    // The ingest process dies mid-upload and comes back on the same address.
+    first.process.signal("KILL");
+    drop(first);
+    let _second = start(&db, "ingest", &root, port, &[]);
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let resumed = lines
+        .by_ref()
+        .find(|l| l.starts_with("RESUMED"))
+        .expect("resumed");
+    assert_eq!(
+        resumed,
+        format!("RESUMED {}", 3 * 262_144),
+        "HEAD answered the stored offset"
+    );
+    assert!(lines.any(|l| l.starts_with("DONE")), "upload finished");
+    assert!(child.wait().unwrap().success());
+    assert_upload_landed(&db, &root, &file).await;
+}
+
+#[tokio::test]
+async fn tus_chunks_alternating_between_two_replicas() {
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let a = start(&db, "ingest", &root, free_port(), &[]);
+    let b = start(&db, "ingest", &root, free_port(), &[]);
+    let file = fixture("portrait_720x1280_30fps_stereo.mp4");
+    let (mut child, mut lines) = tuspy(&[a.addr, b.addr], &file, 0);
+    assert!(lines.any(|l| l.starts_with("DONE")));
+    assert!(child.wait().unwrap().success());
+    assert_upload_landed(&db, &root, &file).await;
+}
+
+#[tokio::test]
+async fn simple_upload_ends_ready_with_playback_urls() {
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let server = start(&db, "ingest,workers", &root, free_port(), &[]);
+    let (status, _, body) = http(
+        server.addr,
+        "POST",
+        "/v1/assets",
+        &[AUTH, ("Content-Type", "application/json")],
+        br#"{"title":"tiny"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let asset: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(asset["state"], "waiting");
+    assert_ne!(asset["playback_id"], asset["id"]);
+    let id = asset["id"].as_str().unwrap().to_owned();
+    let source = std::fs::read(fixture("tiny_320x180_stereo.mp4")).unwrap();
+    let (status, _, body) = http(
+        server.addr,
+        "PUT",
+        &format!("/v1/assets/{id}/source"),
+        &[AUTH],
+        &source,
+    );
+    assert_eq!(status, 202, "{body}");
+    let ready = eventually(
+        "the asset to be ready",
+        Duration::from_secs(120),
+        || async {
+            let (_, _, body) = http(
+                server.addr,
+                "GET",
+                &format!("/v1/assets/{id}"),
+                &[AUTH],
+                b"",
+            );
+            let asset: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (asset["state"] == "ready").then_some(asset)
+        },
+    )
+    .await;
+    let hls = ready["playback"]["hls"].as_str().unwrap();
+    assert!(
+        hls.ends_with(&format!(
+            "/play/{}/master.m3u8",
+            ready["playback_id"].as_str().unwrap()
+        )),
+        "{hls}"
+    );
+    assert!(ready["playback"]["dash"]
+        .as_str()
+        .unwrap()
+        .ends_with("/manifest.mpd"));
+    assert_eq!(
+        ready["renditions"].as_array().unwrap().len(),
+        2,
+        "180p and audio"
+    );
+    assert_eq!(ready["progress"], 100.0);
+    // Listed, then deleted (twice: idempotent), objects and all.
+    let (_, _, list) = http(server.addr, "GET", "/v1/assets?limit=10", &[AUTH], b"");
+    assert!(list.contains(&id));
+    assert_eq!(
+        http(
+            server.addr,
+            "DELETE",
+            &format!("/v1/assets/{id}"),
+            &[AUTH],
+            b""
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        http(
+            server.addr,
+            "DELETE",
+            &format!("/v1/assets/{id}"),
+            &[AUTH],
+            b""
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        http(
+            server.addr,
+            "GET",
+            &format!("/v1/assets/{id}"),
+            &[AUTH],
+            b""
+        )
+        .0,
+        404
+    );
+    assert!(!root.join(format!("assets/{id}")).exists());
+}
+
+fn json_code(body: &str) -> String {
+    let value: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
+    assert!(value["message"].is_string(), "{body}");
+    value["code"].as_str().unwrap().to_owned()
+}
+
+fn create_upload(addr: SocketAddr, length: usize) -> String {
+    let length = length.to_string();
+    let (status, headers, body) = http(
+        addr,
+        "POST",
+        "/v1/uploads",
+        &[AUTH, TUS, ("Upload-Length", &length)],
+        b"",
+    );
+    assert_eq!(status, 201, "{body}");
+    let location = header(&headers, "location").unwrap();
+    location[location.find("/v1/uploads/").expect("upload path")..].to_owned()
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_right_status_and_a_json_error() {
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let server = start(
+        &db,
+        "ingest",
+        &root,
+        free_port(),
+        &[("CASCADE_INGEST__MAX_UPLOAD_SIZE", "\"10MiB\"")],
+    );
+    let addr = server.addr;
+    let post =
+        |path: &str, headers: &[(&str, &str)], body: &[u8]| http(addr, "POST", path, headers, body);
+
+    // Keys.
+    let (status, _, body) = post("/v1/assets", &[], b"");
+    assert_eq!((status, json_code(&body).as_str()), (401, "unauthorized"));
+    let (status, _, body) = post("/v1/assets", &[("Authorization", "Bearer wrong")], b"");
+    assert_eq!((status, json_code(&body).as_str()), (401, "unauthorized"));
+    // Unknown ids.
+    for path in [
+        "/v1/assets/4b7e0c55-52b4-4ab0-9d9d-0b0f2f4b8a55",
+        "/v1/assets/not-an-id",
+        "/v1/assets/..%2f..%2fetc",
+    ] {
+        let (status, _, body) = http(addr, "GET", path, &[AUTH], b"");
+        assert_eq!(status, 404, "{path}: {body}");
+        json_code(&body);
+    }
+    // Malformed bodies and parameters.
+    let (status, _, body) = post("/v1/assets", &[AUTH], b"{not json");
+    assert_eq!((status, json_code(&body).as_str()), (400, "invalid_json"));
+    let (status, _, body) = post("/v1/assets", &[AUTH], br#"{"playback_policy":"secret"}"#);
+    assert_eq!(
+        (status, json_code(&body).as_str()),
+        (400, "invalid_playback_policy")
+    );
+    let (status, _, body) = http(addr, "GET", "/v1/assets?limit=0", &[AUTH], b"");
+    assert_eq!((status, json_code(&body).as_str()), (400, "invalid_limit"));
+    let (status, _, body) = http(addr, "GET", "/v1/assets?cursor=garbage!", &[AUTH], b"");
+    assert_eq!((status, json_code(&body).as_str()), (400, "invalid_cursor"));
+
+    // Simple uploads: garbage, empty, oversized (refused before the body is read).
+    let new_asset = || {
+        let (_, _, body) = post("/v1/assets", &[AUTH], b"");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let id = new_asset();
+    let garbage = std::fs::read(fixture("random_bytes.mp4")).unwrap();
+    let (status, _, body) = http(
+        addr,
+        "PUT",
+        &format!("/v1/assets/{id}/source"),
+        &[AUTH],
+        &garbage,
+    );
+    assert_eq!((status, json_code(&body).as_str()), (422, "not_media"));
+    let (status, _, body) = http(addr, "GET", &format!("/v1/assets/{id}"), &[AUTH], b"");
+    assert!(
+        status == 200 && body.contains("\"errored\"") && body.contains("not_media"),
+        "{body}"
+    );
+    let id = new_asset();
+    let (status, _, body) = http(
+        addr,
+        "PUT",
+        &format!("/v1/assets/{id}/source"),
+        &[AUTH],
+        b"",
+    );
+    assert_eq!((status, json_code(&body).as_str()), (422, "empty"));
+    let id = new_asset();
+    let (status, _, body) = http(
+        addr,
+        "PUT",
+        &format!("/v1/assets/{id}/source"),
+        &[AUTH, ("Content-Length", "99999999999")],
+        b"",
+    );
+    assert_eq!((status, json_code(&body).as_str()), (413, "too_large"));
+
+    // tus: version, lengths, offsets, content type, checksum, unknown ids.
+    let (status, headers, body) = post("/v1/uploads", &[AUTH, ("Upload-Length", "10")], b"");
+    assert_eq!(
+        (status, json_code(&body).as_str()),
+        (412, "unsupported_tus_version")
+    );
+    assert_eq!(header(&headers, "tus-version"), Some("1.0.0"));
+    for bad in ["-5", "abc", "1e3"] {
+        let (status, _, body) = post("/v1/uploads", &[AUTH, TUS, ("Upload-Length", bad)], b"");
+        assert_eq!(
+            (status, json_code(&body).as_str()),
+            (400, "invalid_header"),
+            "Upload-Length {bad}"
+        );
+    }
+    let (status, _, body) = post(
+        "/v1/uploads",
+        &[AUTH, TUS, ("Upload-Length", "99999999999")],
+        b"",
+    );
+    assert_eq!((status, json_code(&body).as_str()), (413, "too_large"));
+    let (status, _, body) = post(
+        "/v1/uploads",
+        &[
+            AUTH,
+            TUS,
+            ("Upload-Length", "10"),
+            ("Upload-Metadata", "filename !!!"),
+        ],
+        b"",
+    );
+    assert_eq!(
+        (status, json_code(&body).as_str()),
+        (400, "invalid_upload_metadata")
+    );
+
+    let upload = create_upload(addr, 10);
+    let octets = ("Content-Type", "application/offset+octet-stream");
+    let patch = |offset: &str, extra: &[(&str, &str)], body: &[u8]| {
+        let mut headers = vec![AUTH, TUS, ("Upload-Offset", offset)];
+        headers.extend_from_slice(extra);
+        http(addr, "PATCH", &upload, &headers, body)
+    };
+    for bad in ["-1", "x", ""] {
+        let (status, _, body) = patch(bad, &[octets], b"abc");
+        assert_eq!(
+            (status, json_code(&body).as_str()),
+            (400, "invalid_header"),
+            "Upload-Offset {bad:?}"
+        );
+    }
+    let (status, _, body) = patch("5", &[octets], b"abc");
+    assert_eq!(
+        (status, json_code(&body).as_str()),
+        (409, "offset_mismatch")
+    );
+    let (status, _, body) = patch("0", &[("Content-Type", "text/plain")], b"abc");
+    assert_eq!(
+        (status, json_code(&body).as_str()),
+        (415, "unsupported_media_type")
+    );
+    let (status, _, body) = patch(
+        "0",
+        &[
+            octets,
+            ("Upload-Checksum", "sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        ],
+        b"abc",
+    );
+    assert_eq!(
+        (status, json_code(&body).as_str()),
+        (460, "checksum_mismatch")
+    );
+    let (status, _, body) = patch("0", &[octets, ("Upload-Checksum", "md5 AAAA")], b"abc");
+    assert_eq!(
+        (status, json_code(&body).as_str()),
+        (400, "unsupported_checksum_algorithm")
+    );
+    let (status, _, body) = patch("0", &[octets], b"this is far more than ten bytes");
+    assert_eq!(
+        (status, json_code(&body).as_str()),
+        (400, "exceeds_upload_length")
+    );
+    // A correct checksum is accepted, and HEAD reports the offset.
+    let sha1 = base64_sha1(b"abc");
+    let (status, headers, _) = patch(
+        "0",
+        &[octets, ("Upload-Checksum", &format!("sha1 {sha1}"))],
+        b"abc",
+    );
+    assert_eq!(
+        (status, header(&headers, "upload-offset")),
+        (204, Some("3"))
+    );
+    let (status, headers, _) = http(addr, "HEAD", &upload, &[AUTH, TUS], b"");
+    assert_eq!(
+        (
+            status,
+            header(&headers, "upload-offset"),
+            header(&headers, "upload-length")
+        ),
+        (200, Some("3"), Some("10"))
+    );
+    assert!(header(&headers, "upload-expires").is_some());
+    assert_eq!(header(&headers, "cache-control"), Some("no-store"));
+    let (status, _, body) = http(
+        addr,
+        "HEAD",
+        "/v1/uploads/00000000-0000-0000-0000-000000000000",
+        &[AUTH, TUS],
+        b"",
+    );
+    assert_eq!(status, 404, "{body}");
+    // Termination.
+    assert_eq!(http(addr, "DELETE", &upload, &[AUTH, TUS], b"").0, 204);
+    assert_eq!(http(addr, "HEAD", &upload, &[AUTH, TUS], b"").0, 404);
+    // Discovery needs no key.
+    let (status, headers, _) = http(addr, "OPTIONS", "/v1/uploads", &[], b"");
+    assert_eq!(status, 204);
+    assert!(header(&headers, "tus-extension")
+        .unwrap()
+        .contains("checksum"));
+    assert_eq!(header(&headers, "tus-max-size"), Some("10485760"));
+    // Still alive after all that.
+    assert_eq!(http(addr, "GET", "/healthz", &[], b"").0, 200);
+}
+
+fn base64_sha1(data: &[u8]) -> String {
+    use sha1::Digest as _;
+    let digest = sha1::Sha1::digest(data);
+    base64_encode(&digest)
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn concurrent_patches_get_one_winner_and_a_clean_423() {
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let server = start(&db, "ingest", &root, free_port(), &[]);
+    let addr = server.addr;
+    let upload = create_upload(addr, 100);
+    // The first PATCH sends its headers and part of its body, then stalls.
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        slow,
+        "PATCH {upload} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\nTus-Resumable: 1.0.0\r\n\
+         Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 20\r\n\r\n0123456789"
+    )
+    .unwrap();
+    // Once the first holds the upload (its lease is in Postgres), a second is refused.
+    eventually(
+        "the first PATCH to hold the upload",
+        Duration::from_secs(10),
+        || async {
+            let client = db.pool.get().await.unwrap();
+            let held: bool = client
+                .query_one("SELECT lock_id IS NOT NULL FROM uploads", &[])
+                .await
+                .unwrap()
+                .get(0);
+            held.then_some(())
+        },
+    )
+    .await;
+    let (status, _, body) = http(
+        addr,
+        "PATCH",
+        &upload,
+        &[
+            AUTH,
+            TUS,
+            ("Upload-Offset", "0"),
+            ("Content-Type", "application/offset+octet-stream"),
+        ],
+        b"abcdefghij",
+    );
+    assert_eq!((status, json_code(&body).as_str()), (423, "upload_locked"));
+    // The first finishes and wins.
+    slow.write_all(b"0123456789").unwrap();
+    let mut response = Vec::new();
+    std::io::Read::read_to_end(&mut slow, &mut response).unwrap();
+    let (status, headers, _) = crate::common::parse_response(&response);
+    assert_eq!(
+        (status, header(&headers, "upload-offset")),
+        (204, Some("20"))
+    );
+}
+
+#[tokio::test]
+async fn expired_uploads_are_cleaned_up() {
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let server = start(
+        &db,
+        "ingest",
+        &root,
+        free_port(),
+        &[
+            ("CASCADE_INGEST__UPLOAD_EXPIRY", "\"2s\""),
+            ("CASCADE_INGEST__CLEANUP_INTERVAL", "\"200ms\""),
+        ],
+    );
+    let addr = server.addr;
+    let upload = create_upload(addr, 100);
+    let (status, headers, _) = http(
+        addr,
+        "PATCH",
+        &upload,
+        &[
+            AUTH,
+            TUS,
+            ("Upload-Offset", "0"),
+            ("Content-Type", "application/offset+octet-stream"),
+        ],
+        b"some bytes",
+    );
+    assert_eq!(status, 204);
+    let expires = header(&headers, "upload-expires").unwrap().to_owned();
+    assert!(expires.ends_with("GMT"), "{expires}");
+    let id = upload.trim_start_matches("/v1/uploads/").to_owned();
+    assert!(
+        root.join(format!("uploads/{id}")).exists(),
+        "a part is stored"
+    );
+    eventually(
+        "the expired upload to be removed",
+        Duration::from_secs(15),
+        || async {
+            let client = db.pool.get().await.unwrap();
+            let n: i64 = client
+                .query_one("SELECT count(*) FROM uploads", &[])
+                .await
+                .unwrap()
+                .get(0);
+            (n == 0).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !root.join(format!("uploads/{id}")).exists(),
+        "its parts are gone"
+    );
+    assert_eq!(http(addr, "HEAD", &upload, &[AUTH, TUS], b"").0, 404);
+}
