@@ -16,6 +16,7 @@ use cascade_platform::{db, Config, ObjectStore, Queue};
 use cascade_schemas::job_kind;
 use cascade_workers::noop::NoopHandler;
 use cascade_workers::transcode::{self, TranscodeHandler};
+use cascade_workers::webhooks::WebhookHandler;
 use cascade_workers::{HandlerRegistry, Runner};
 use clap::Args;
 use tokio::task::JoinSet;
@@ -119,7 +120,12 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         );
         let handlers = HandlerRegistry::new()
             .register(job_kind::NOOP, NoopHandler)
-            .register(job_kind::TRANSCODE, transcode);
+            .register(job_kind::TRANSCODE, transcode)
+            .register(
+                job_kind::WEBHOOK,
+                WebhookHandler::new(pool.clone(), config.webhooks.clone())
+                    .map_err(anyhow::Error::msg)?,
+            );
         let runner = Runner::new(queue.clone(), handlers, notifier, worker_owner());
         let token = shutdown.clone();
         tasks.spawn(async move {

@@ -7,6 +7,50 @@ use serde::Serialize;
 use tokio_postgres::Row;
 
 use crate::db::DbError;
+use crate::queue::{self, NewJob};
+
+/// Attempts a webhook event gets per endpoint (backing off exponentially).
+pub const WEBHOOK_MAX_ATTEMPTS: i32 = 8;
+
+/// Records an asset event (`asset.created`, `asset.ready`, `asset.errored`)
+/// as a `webhook` job in the caller's transaction, with a snapshot of the
+/// asset as it is at that moment.
+pub async fn emit(
+    client: &impl GenericClient,
+    event_type: &str,
+    id: AssetId,
+) -> Result<(), DbError> {
+    let row = client
+        .query_opt(
+            "SELECT jsonb_build_object(
+                 'asset_id', id, 'playback_id', playback_id, 'state', state, 'title', title,
+                 'duration_seconds', duration_seconds, 'published_version', published_version,
+                 'error', CASE WHEN error_code IS NULL THEN NULL
+                               ELSE jsonb_build_object('code', error_code, 'message', error_message) END)
+             FROM assets WHERE id = $1",
+            &[&id.as_uuid()],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(()) };
+    let data: serde_json::Value = row.get(0);
+    let event = serde_json::json!({
+        "id": uuid::Uuid::new_v4(),
+        "type": event_type,
+        "created_at": Utc::now(),
+        "data": data,
+    });
+    queue::enqueue(
+        client,
+        &NewJob::new(cascade_schemas::job_kind::WEBHOOK, event).max_attempts(WEBHOOK_MAX_ATTEMPTS),
+        WEBHOOK_MAX_ATTEMPTS,
+    )
+    .await
+    .map_err(|e| match e {
+        queue::QueueError::Db(db) => db,
+        other => DbError::Build(other.to_string()),
+    })?;
+    Ok(())
+}
 
 /// An asset as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -110,7 +154,7 @@ pub async fn insert(
             &[&id.as_uuid(), &playback_id.as_str(), &title, metadata, &policy],
         )
         .await?;
-    Ok(())
+    emit(client, "asset.created", id).await
 }
 
 /// Sets the state (and clears any error unless errored).
@@ -138,13 +182,20 @@ pub async fn set_errored(
     code: &str,
     message: &str,
 ) -> Result<(), DbError> {
-    let client = pool.get().await?;
-    client
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    // Only a change of error is an event (a retry that fails the same way is not).
+    let changed = tx
         .execute(
-            "UPDATE assets SET state = 'errored', error_code = $2, error_message = $3, updated_at = now() WHERE id = $1",
+            "UPDATE assets SET state = 'errored', error_code = $2, error_message = $3, updated_at = now()
+             WHERE id = $1 AND NOT (state = 'errored' AND error_code IS NOT DISTINCT FROM $2)",
             &[&id.as_uuid(), &code, &message],
         )
         .await?;
+    if changed == 1 {
+        emit(&tx, "asset.errored", id).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -213,6 +264,7 @@ pub async fn publish(
         &[&id.as_uuid(), &version, &duration],
     )
     .await?;
+    emit(&tx, "asset.ready", id).await?;
     tx.commit().await?;
     Ok(())
 }

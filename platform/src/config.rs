@@ -75,6 +75,8 @@ pub struct Config {
     pub transcode: TranscodeConfig,
     /// The creators' API and uploads.
     pub ingest: IngestConfig,
+    /// Where asset events are delivered.
+    pub webhooks: WebhooksConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -274,6 +276,30 @@ impl Default for QueueConfig {
             shutdown_grace: Duration::from_secs(30),
         }
     }
+}
+
+/// Webhook endpoints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Endpoints that receive events. Default: none.
+    pub endpoints: Vec<WebhookEndpoint>,
+    /// Timeout of one delivery. Default `10s`.
+    #[serde(with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+}
+
+/// One webhook receiver.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpoint {
+    /// URL that receives POSTs.
+    pub url: String,
+    /// Key of the HMAC-SHA256 signature in `Cascade-Signature`.
+    pub secret: Secret,
+    /// Event types sent here (`asset.created`, `asset.ready`, `asset.errored`); empty means all.
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 /// The creators' API and uploads.

@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ingest",
         sql: include_str!("../migrations/0003_ingest.sql"),
     },
+    Migration {
+        version: 4,
+        name: "webhooks",
+        sql: include_str!("../migrations/0004_webhooks.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -7,4 +7,5 @@ mod origin;
 mod queue;
 mod storage;
 mod transcode;
+mod webhooks;
 mod workers;

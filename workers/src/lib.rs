@@ -9,5 +9,6 @@
 pub mod noop;
 pub mod runner;
 pub mod transcode;
+pub mod webhooks;
 
 pub use runner::{HandlerRegistry, JobContext, JobError, JobHandler, Runner};
