@@ -151,6 +151,13 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             let _ = cleanup.await;
             Ok(())
         });
+        if let Some(dir) = config.ingest.watch_dir.clone() {
+            let watcher = cascade_ingest::watch::spawn(state.clone(), dir, shutdown.clone());
+            tasks.spawn(async move {
+                let _ = watcher.await;
+                Ok(())
+            });
+        }
         app = app.merge(cascade_ingest::router(state));
     }
     let listener = tokio::net::TcpListener::bind(config.http.listen)

@@ -18,6 +18,7 @@ mod body;
 pub mod error;
 mod source;
 mod tus;
+pub mod watch;
 
 pub use api::{router, spawn_cleanup, AppState};
 
@@ -71,12 +72,6 @@ pub async fn import_file(
     path: &Path,
     title: Option<&str>,
 ) -> Result<(AssetId, PlaybackId), IngestError> {
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|source| IngestError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
     let asset = AssetId::new();
     let playback = PlaybackId::new();
     {
@@ -91,6 +86,24 @@ pub async fn import_file(
         )
         .await?;
     }
+    import_into(queue, store, path, asset).await?;
+    Ok((asset, playback))
+}
+
+/// Stores the file at `path` as `asset`'s source and queues its transcode.
+/// Idempotent: the source key and the job's idempotency key are fixed.
+pub async fn import_into(
+    queue: &Queue,
+    store: &ObjectStore,
+    path: &Path,
+    asset: AssetId,
+) -> Result<(), IngestError> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| IngestError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
     store.put(&ObjectKey::source(asset), &mut file).await?;
     let job = TranscodeJob {
         asset_id: asset,
@@ -112,5 +125,5 @@ pub async fn import_file(
     .await?;
     tx.commit().await?;
     queue.wake(job_kind::TRANSCODE);
-    Ok((asset, playback))
+    Ok(())
 }

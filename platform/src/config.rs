@@ -326,6 +326,13 @@ pub struct IngestConfig {
     pub cleanup_interval: Duration,
     /// Requests per minute per API key; more get 429 with Retry-After. Default `1200`.
     pub rate_limit_per_minute: u32,
+    /// A directory whose new files are ingested as assets (then moved to
+    /// `done/`, or `failed/` with a reason file). Default: none.
+    pub watch_dir: Option<PathBuf>,
+    /// A watched file is taken once its size and modification time stay the
+    /// same this long (it has stopped growing). Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub watch_settle: Duration,
     /// How long a tus PATCH holds its upload without renewing (renewed while
     /// the body streams); a crashed replica's hold lapses after this. Default `20s`.
     #[serde(with = "humantime_serde")]
@@ -343,6 +350,8 @@ impl Default for IngestConfig {
             cleanup_interval: Duration::from_secs(60),
             rate_limit_per_minute: 1200,
             upload_lock: Duration::from_secs(20),
+            watch_dir: None,
+            watch_settle: Duration::from_secs(2),
         }
     }
 }

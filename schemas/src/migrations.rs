@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "webhooks",
         sql: include_str!("../migrations/0004_webhooks.sql"),
     },
+    Migration {
+        version: 5,
+        name: "watch_folder",
+        sql: include_str!("../migrations/0005_watch_folder.sql"),
+    },
 ];
 
 #[cfg(test)]

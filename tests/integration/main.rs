@@ -7,5 +7,6 @@ mod origin;
 mod queue;
 mod storage;
 mod transcode;
+mod watch;
 mod webhooks;
 mod workers;

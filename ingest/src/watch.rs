@@ -1,0 +1,217 @@
+//! The watch folder: files dropped into `ingest.watch_dir` become assets.
+//!
+//! A file is taken once its size and modification time have not changed for
+//! `ingest.watch_settle` (it stopped growing). Before anything else it is
+//! claimed in `watch_files` by (name, size, mtime): a restart finds the claim
+//! and never ingests the same file twice; a claim left unfinished by a crash
+//! is resumed into the same asset. Then the file moves to `done/`, or to
+//! `failed/` beside a `<name>.reason.txt`. `notify` wakes the scan at once;
+//! a periodic rescan covers events it misses.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use cascade_platform::assets;
+use cascade_schemas::{AssetId, PlaybackId};
+use notify::Watcher;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+
+const DONE: &str = "done";
+const FAILED: &str = "failed";
+
+/// A file's identity for the claim: size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    size: u64,
+    mtime_ns: i64,
+}
+
+fn seen(path: &Path) -> Option<Seen> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
+    Some(Seen {
+        size: meta.len(),
+        mtime_ns: i64::try_from(mtime.as_nanos()).unwrap_or(i64::MAX),
+    })
+}
+
+/// Starts watching `dir` until `cancel` fires.
+pub fn spawn(
+    state: Arc<AppState>,
+    dir: PathBuf,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for sub in [DONE, FAILED] {
+            if let Err(error) = tokio::fs::create_dir_all(dir.join(sub)).await {
+                tracing::error!(error = %error, dir = %dir.display(), "cannot create the watch folder");
+                return;
+            }
+        }
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let watcher = {
+            let wake = wake.clone();
+            notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+                wake.notify_one()
+            })
+        };
+        let _watcher = match watcher {
+            Ok(mut watcher) => match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => Some(watcher),
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot watch the folder; scanning periodically instead");
+                    None
+                }
+            },
+            Err(error) => {
+                tracing::warn!(error = %error, "no file watcher; scanning periodically instead");
+                None
+            }
+        };
+        tracing::info!(dir = %dir.display(), "watching folder");
+        let settle = state.config.watch_settle;
+        let mut pending: HashMap<PathBuf, (Seen, tokio::time::Instant)> = HashMap::new();
+        loop {
+            scan(&state, &dir, settle, &mut pending).await;
+            // Wake on a change, or after `settle` to re-check growing files.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(settle.max(Duration::from_millis(200)) / 2) => {}
+            }
+        }
+    })
+}
+
+async fn scan(
+    state: &AppState,
+    dir: &Path,
+    settle: Duration,
+    pending: &mut HashMap<PathBuf, (Seen, tokio::time::Instant)>,
+) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let now = tokio::time::Instant::now();
+    let mut present = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Hidden and partial files are still being written by their tools.
+        if name.starts_with('.') || name.ends_with(".part") || name.ends_with(".tmp") {
+            continue;
+        }
+        let Some(current) = seen(&path) else { continue };
+        present.push(path.clone());
+        match pending.get(&path) {
+            Some((previous, since)) if *previous == current => {
+                if now.duration_since(*since) >= settle {
+                    pending.remove(&path);
+                    take(state, dir, &path, &name, current).await;
+                }
+            }
+            _ => {
+                pending.insert(path, (current, now));
+            }
+        }
+    }
+    pending.retain(|path, _| present.contains(path));
+}
+
+/// Claims and ingests one settled file, then moves it out of the way.
+async fn take(state: &AppState, dir: &Path, path: &Path, name: &str, file: Seen) {
+    let outcome = ingest(state, path, name, file).await;
+    let (sub, reason) = match &outcome {
+        Ok(()) => (DONE, None),
+        Err(reason) => (FAILED, Some(reason.clone())),
+    };
+    let target = dir.join(sub).join(name);
+    if let Err(error) = tokio::fs::rename(path, &target).await {
+        tracing::error!(error = %error, file = name, "cannot move a watched file");
+        return;
+    }
+    if let Some(reason) = reason {
+        tracing::warn!(file = name, reason = %reason, "watched file failed");
+        let _ = tokio::fs::write(
+            dir.join(FAILED).join(format!("{name}.reason.txt")),
+            format!("{reason}\n"),
+        )
+        .await;
+    } else {
+        tracing::info!(file = name, "watched file ingested");
+    }
+    if let Ok(client) = state.pool.get().await {
+        let _ = client
+            .execute(
+                "UPDATE watch_files SET state = $4 WHERE name = $1 AND size = $2 AND mtime_ns = $3",
+                &[&name, &(file.size as i64), &file.mtime_ns, &sub],
+            )
+            .await;
+    }
+}
+
+async fn ingest(state: &AppState, path: &Path, name: &str, file: Seen) -> Result<(), String> {
+    let client = state.pool.get().await.map_err(|e| e.to_string())?;
+    let candidate = AssetId::new();
+    // Claim first: a restart finds the claim instead of ingesting again.
+    let claim = client
+        .query_one(
+            "INSERT INTO watch_files (name, size, mtime_ns, asset_id) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name, size, mtime_ns) DO UPDATE SET name = EXCLUDED.name
+             RETURNING asset_id, state, (xmax = 0) AS inserted",
+            &[
+                &name,
+                &(file.size as i64),
+                &file.mtime_ns,
+                &candidate.as_uuid(),
+            ],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let asset = AssetId::from(claim.get::<_, uuid::Uuid>(0));
+    let claim_state: String = claim.get(1);
+    let inserted: bool = claim.get(2);
+    if claim_state != "ingesting" {
+        return Ok(()); // Already done before a restart; only the move was left.
+    }
+    let existing = assets::get(&state.pool, asset)
+        .await
+        .map_err(|e| e.to_string())?;
+    if inserted || existing.is_none() {
+        assets::insert(
+            &client,
+            asset,
+            &PlaybackId::new(),
+            Some(name),
+            &serde_json::json!({ "source": "watch_folder" }),
+            "public",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    drop(client);
+    // Keep a creator-readable reason when the file is not media.
+    let probe = {
+        let path = path.to_owned();
+        let config = state.transcode.clone();
+        tokio::task::spawn_blocking(move || {
+            cascade_workers::transcode::pipeline::probe_file(&path, &config)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    };
+    if let Err(cascade_workers::transcode::TranscodeError::Input { code, message }) = probe {
+        let _ = assets::set_errored(&state.pool, asset, code, &message).await;
+        return Err(format!("{code}: {message}"));
+    }
+    crate::import_into(&state.queue, &state.store, path, asset)
+        .await
+        .map_err(|e| e.to_string())
+}
