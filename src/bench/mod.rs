@@ -3,6 +3,7 @@
 
 mod ladder;
 mod queue;
+mod upload;
 
 use std::process::ExitCode;
 
@@ -16,6 +17,8 @@ pub enum BenchCommand {
     Queue(queue::QueueBenchArgs),
     /// The default ladder on a 20 s 1080p fixture, against the ffmpeg CLI doing the same.
     Ladder(ladder::LadderBenchArgs),
+    /// 1 GiB through tus and simple upload into S3, against a direct multipart put.
+    Upload(upload::UploadBenchArgs),
 }
 
 /// Runs one benchmark; exit 1 when a target is missed.
@@ -23,5 +26,6 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<ExitCo
     match command {
         BenchCommand::Queue(args) => queue::run(args, config).await,
         BenchCommand::Ladder(args) => ladder::run(args, config).await,
+        BenchCommand::Upload(args) => upload::run(args, config).await,
     }
 }
