@@ -58,16 +58,23 @@ impl Worker {
 }
 
 fn start_worker(db: &TestDb, store: &ObjectStore) -> Worker {
+    start_worker_with(
+        db,
+        store,
+        TranscodeConfig {
+            encoder: EncoderChoice::Libx264,
+            ..TranscodeConfig::default()
+        },
+    )
+}
+
+fn start_worker_with(db: &TestDb, store: &ObjectStore, transcode: TranscodeConfig) -> Worker {
     let mut config = db.config.queue.clone();
     config.concurrency = 1;
     config.poll_interval = Duration::from_millis(200);
     let queue = Queue::new(db.pool.clone(), config);
     let stop = CancellationToken::new();
     let notifier = JobNotifier::start(db::pg_config(&db.config.database).unwrap(), stop.clone());
-    let transcode = TranscodeConfig {
-        encoder: EncoderChoice::Libx264,
-        ..TranscodeConfig::default()
-    };
     let handler = TranscodeHandler::new(
         db.pool.clone(),
         store.clone(),
@@ -564,7 +571,10 @@ async fn a_rerun_of_a_published_transcode_is_a_no_op_and_a_retry_after_a_crash_r
             .await
             .unwrap();
         client
-            .execute("UPDATE jobs SET state = 'queued', attempts = 0", &[])
+            .execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0 WHERE kind = 'transcode'",
+                &[],
+            )
             .await
             .unwrap();
     }
@@ -635,9 +645,38 @@ async fn a_worker_killed_mid_transcode_leaves_no_manifest_and_the_retry_publishe
     );
     let client = db.pool.get().await.unwrap();
     let attempts: i32 = client
-        .query_one("SELECT attempts FROM jobs", &[])
+        .query_one("SELECT attempts FROM jobs WHERE kind = 'transcode'", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(attempts, 2);
+}
+
+#[tokio::test]
+async fn sources_beyond_the_size_limit_are_refused_with_the_reason() {
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    let worker = start_worker_with(
+        &db,
+        &store,
+        TranscodeConfig {
+            encoder: EncoderChoice::Libx264,
+            max_dimension: 100,
+            ..TranscodeConfig::default()
+        },
+    );
+    let id = import(&db, &store, "tiny_320x180_stereo.mp4").await;
+    let asset = wait_terminal(&db, id).await;
+    worker.stop().await;
+    assert_eq!(asset.state, AssetState::Errored);
+    assert_eq!(asset.error_code.as_deref(), Some("unsupported_dimensions"));
+    let message = asset.error_message.unwrap_or_default();
+    assert!(
+        message.contains("320x180") && message.contains("100x100"),
+        "{message}"
+    );
+    assert!(
+        root.join(format!("assets/{id}/source")).exists(),
+        "the original is kept"
+    );
 }
