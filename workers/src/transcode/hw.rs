@@ -13,6 +13,11 @@ pub struct VaapiUpload {
     frames: *mut ffi::AVBufferRef,
 }
 
+// SAFETY: the two AVBufferRefs are reference-counted with atomic counts
+// (FFmpeg's buffers are thread-safe to ref and unref); a VaapiUpload is moved
+// whole into the one thread that encodes its rung and is used only there.
+unsafe impl Send for VaapiUpload {}
+
 impl VaapiUpload {
     /// Opens the default VAAPI device (`/dev/dri/renderD128`) and a pool of
     /// `width` x `height` NV12 surfaces.

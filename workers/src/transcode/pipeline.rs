@@ -101,6 +101,53 @@ struct VideoRung {
     infos: Vec<packager::SegmentInfo>,
 }
 
+/// The decoding thread's handle on a rung encoding in its own thread.
+struct Feed {
+    sink: String,
+    time_base: ff::Rational,
+    frames: std::sync::mpsc::SyncSender<ff::frame::Video>,
+}
+
+/// Frames queued per rung: enough to ride out an encoder's hiccup, small
+/// enough that memory stays flat.
+const FRAMES_IN_FLIGHT: usize = 4;
+
+impl VideoRung {
+    fn encode(&mut self, frame: &ff::frame::Video, events: &mpsc::Sender<Event>) -> Result<(), TranscodeError> {
+        // Software encoders take the filtered frame as it is; VAAPI needs it
+        // copied into a GPU surface first.
+        let sent = match self.vaapi.as_mut() {
+            Some(upload) => {
+                let surface = upload
+                    .upload(frame)
+                    .map_err(|e| TranscodeError::internal("uploading a frame to VAAPI", e))?;
+                self.encoder.send_frame(&surface)
+            }
+            None => self.encoder.send_frame(frame),
+        };
+        sent.map_err(|e| TranscodeError::internal(&format!("encoding {}", self.plan.name), e))?;
+        receive_video_packets(self, events)
+    }
+
+    fn finish(mut self, events: &mpsc::Sender<Event>) -> Result<Rendition, TranscodeError> {
+        self.encoder
+            .send_eof()
+            .map_err(|e| TranscodeError::internal("flushing the video encoder", e))?;
+        receive_video_packets(&mut self, events)?;
+        if let Some(mut last) = self.pending.take() {
+            last.duration = self.frame_ticks.max(1);
+            if let Some(segment) = self.segmenter.push(last).map_err(|e| packager_error("packaging video", e))? {
+                self.infos.push(segment.info());
+                emit_segment(&self.plan.name, segment, events)?;
+            }
+        }
+        let track = self.segmenter.track().clone();
+        let mut infos = std::mem::take(&mut self.infos);
+        collect_last(&mut infos, self.segmenter.finish(), &self.plan.name, events)?;
+        Ok(Rendition::from_track(self.plan.name.clone(), &track, infos))
+    }
+}
+
 struct AudioRendition {
     encoder: ff::encoder::audio::Encoder,
     segmenter: Segmenter,
@@ -575,61 +622,105 @@ pub fn run(
         gop_seconds,
     };
 
-    let mut packet = ff::Packet::empty();
-    let mut read_error = None;
-    loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(TranscodeError::Cancelled);
-        }
-        match packet.read(&mut input) {
-            Ok(()) => {}
-            Err(ff::Error::Eof) => break,
-            Err(e) => {
-                read_error = Some(e);
-                break;
-            }
-        }
-        let index = packet.stream();
-        if let (Some(source), Some(graph)) = (video.as_mut(), graph.as_mut()) {
-            if index == source.index {
-                if source.decoder.send_packet(&packet).is_err() {
-                    continue; // A corrupt packet: skip it, the decoder resyncs.
+    // Each rung encodes and packages in its own thread; this thread decodes,
+    // filters and decides keyframes, so no encoder waits on another.
+    let mut video_renditions = Vec::new();
+    let decoded = std::thread::scope(|scope| -> Result<Option<ff::Error>, TranscodeError> {
+        let mut feeds = Vec::new();
+        let mut workers = Vec::new();
+        for mut rung in rungs.drain(..) {
+            let (frames, received) = std::sync::mpsc::sync_channel::<ff::frame::Video>(FRAMES_IN_FLIGHT);
+            feeds.push(Feed {
+                sink: rung.sink.clone(),
+                time_base: rung.time_base,
+                frames,
+            });
+            workers.push(scope.spawn(move || -> Result<Rendition, TranscodeError> {
+                while let Ok(frame) = received.recv() {
+                    rung.encode(&frame, events)?;
                 }
-                drain_video(source, graph, &mut rungs, &mut state, events)?;
-                continue;
-            }
+                rung.finish(events)
+            }));
         }
-        if let (Some(source), Some(graph), Some(out)) =
-            (audio.as_mut(), audio_graph.as_mut(), audio_out.as_mut())
-        {
-            if index == source.index {
-                if source.decoder.send_packet(&packet).is_err() {
-                    continue;
+        let decoded = (|| -> Result<Option<ff::Error>, TranscodeError> {
+                let mut packet = ff::Packet::empty();
+                let mut read_error = None;
+                loop {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(TranscodeError::Cancelled);
+                    }
+                    match packet.read(&mut input) {
+                        Ok(()) => {}
+                        Err(ff::Error::Eof) => break,
+                        Err(e) => {
+                            read_error = Some(e);
+                            break;
+                        }
+                    }
+                    let index = packet.stream();
+                    if let (Some(source), Some(graph)) = (video.as_mut(), graph.as_mut()) {
+                        if index == source.index {
+                            if source.decoder.send_packet(&packet).is_err() {
+                                continue; // A corrupt packet: skip it, the decoder resyncs.
+                            }
+                            drain_video(source, graph, &feeds, &mut state, events)?;
+                            continue;
+                        }
+                    }
+                    if let (Some(source), Some(graph), Some(out)) =
+                        (audio.as_mut(), audio_graph.as_mut(), audio_out.as_mut())
+                    {
+                        if index == source.index {
+                            if source.decoder.send_packet(&packet).is_err() {
+                                continue;
+                            }
+                            drain_audio(source, graph, out, &mut state, events)?;
+                        }
+                    }
                 }
-                drain_audio(source, graph, out, &mut state, events)?;
-            }
-        }
-    }
 
-    // Flush decoders, filter graphs and encoders.
-    if let (Some(source), Some(graph)) = (video.as_mut(), graph.as_mut()) {
-        let _ = source.decoder.send_eof();
-        drain_video(source, graph, &mut rungs, &mut state, events)?;
-        if let Some(mut input) = graph.get("in") {
-            let _ = input.source().flush();
+                // Flush decoders, filter graphs and encoders.
+                if let (Some(source), Some(graph)) = (video.as_mut(), graph.as_mut()) {
+                    let _ = source.decoder.send_eof();
+                    drain_video(source, graph, &feeds, &mut state, events)?;
+                    if let Some(mut input) = graph.get("in") {
+                        let _ = input.source().flush();
+                    }
+                    pull_video(graph, &feeds, &mut state)?;
+                }
+                if let (Some(source), Some(graph), Some(out)) =
+                    (audio.as_mut(), audio_graph.as_mut(), audio_out.as_mut())
+                {
+                    let _ = source.decoder.send_eof();
+                    drain_audio(source, graph, out, &mut state, events)?;
+                    if let Some(mut input) = graph.get("in") {
+                        let _ = input.source().flush();
+                    }
+                    pull_audio(graph, out, events)?;
+                }
+            Ok(read_error)
+        })();
+        // Closing the feeds lets every rung flush and finish.
+        drop(feeds);
+        let mut rung_error = None;
+        for worker in workers {
+            match worker.join() {
+                Ok(Ok(rendition)) => video_renditions.push(rendition),
+                Ok(Err(e)) => {
+                    rung_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    rung_error.get_or_insert(TranscodeError::Internal("a rung encoder thread panicked".to_owned()));
+                }
+            }
         }
-        pull_video(graph, &mut rungs, &mut state, events)?;
-    }
-    if let (Some(source), Some(graph), Some(out)) =
-        (audio.as_mut(), audio_graph.as_mut(), audio_out.as_mut())
-    {
-        let _ = source.decoder.send_eof();
-        drain_audio(source, graph, out, &mut state, events)?;
-        if let Some(mut input) = graph.get("in") {
-            let _ = input.source().flush();
+        // A rung's own error explains a "rung stopped" on the decoding side.
+        match rung_error {
+            Some(e) => Err(e),
+            None => decoded,
         }
-        pull_audio(graph, out, events)?;
-    }
+    });
+    let read_error = decoded?;
 
     if state.video_frames == 0 && state.audio_frames == 0 {
         let detail = read_error.map(|e| format!(" ({e})")).unwrap_or_default();
@@ -654,26 +745,7 @@ pub fn run(
 
     let mut renditions = Vec::new();
     let mut duration = 0.0f64;
-    for mut rung in rungs {
-        rung.encoder
-            .send_eof()
-            .map_err(|e| TranscodeError::internal("flushing the video encoder", e))?;
-        receive_video_packets(&mut rung, events)?;
-        if let Some(mut last) = rung.pending.take() {
-            last.duration = rung.frame_ticks.max(1);
-            if let Some(segment) = rung
-                .segmenter
-                .push(last)
-                .map_err(|e| packager_error("packaging video", e))?
-            {
-                rung.infos.push(segment.info());
-                emit_segment(&rung.plan.name, segment, events)?;
-            }
-        }
-        let track = rung.segmenter.track().clone();
-        let mut infos = std::mem::take(&mut rung.infos);
-        collect_last(&mut infos, rung.segmenter.finish(), &rung.plan.name, events)?;
-        let rendition = Rendition::from_track(rung.plan.name.clone(), &track, infos);
+    for rendition in video_renditions {
         duration = duration.max(rendition.end() as f64 / f64::from(VIDEO_TIMESCALE));
         renditions.push((rendition, video_encoder.ffmpeg_name().to_owned()));
     }
@@ -754,7 +826,7 @@ impl LoopState {
 fn drain_video(
     source: &mut VideoSource,
     graph: &mut ff::filter::Graph,
-    rungs: &mut [VideoRung],
+    feeds: &[Feed],
     state: &mut LoopState,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), TranscodeError> {
@@ -784,34 +856,24 @@ fn drain_video(
             .source()
             .add(&frame)
             .map_err(|e| TranscodeError::internal("filtering video", e))?;
-        pull_video(graph, rungs, state, events)?;
+        pull_video(graph, feeds, state)?;
     }
     Ok(())
 }
 
-fn pull_video(
-    graph: &mut ff::filter::Graph,
-    rungs: &mut [VideoRung],
-    state: &mut LoopState,
-    events: &mpsc::Sender<Event>,
-) -> Result<(), TranscodeError> {
+fn pull_video(graph: &mut ff::filter::Graph, feeds: &[Feed], state: &mut LoopState) -> Result<(), TranscodeError> {
     // All rungs get the same frames, so the keyframe decision is made per
-    // frame index on the first rung and applied to all.
-    let mut filtered = ff::frame::Video::empty();
+    // frame on the first rung and applied to all.
     let mut decisions: Vec<bool> = Vec::new();
-    for (i, rung) in rungs.iter_mut().enumerate() {
+    for (i, feed) in feeds.iter().enumerate() {
         let mut n = 0usize;
-        while let Some(mut sink) = graph.get(&rung.sink) {
-            // av_buffersink_get_frame moves references into the frame without
-            // freeing what it held: release the previous frame first, or
-            // every frame's buffers leak.
-            unref(&mut filtered);
-            unref(&mut filtered);
+        let mut filtered = ff::frame::Video::empty();
+        while let Some(mut sink) = graph.get(&feed.sink) {
             if sink.sink().frame(&mut filtered).is_err() {
                 break;
             }
             let pts = filtered.pts().unwrap_or(0);
-            let seconds = pts as f64 * f64::from(rung.time_base);
+            let seconds = pts as f64 * f64::from(feed.time_base);
             if i == 0 {
                 // Force an IDR on the first frame at or after each GOP boundary.
                 let force = seconds + 1e-6 >= state.next_keyframe;
@@ -824,24 +886,12 @@ fn pull_video(
             }
             let force = decisions.get(n).copied().unwrap_or(false);
             n += 1;
-            filtered.set_kind(if force {
-                ff::picture::Type::I
-            } else {
-                ff::picture::Type::None
-            });
-            // Software encoders take the filtered frame as it is; VAAPI needs
-            // it copied into a GPU surface first.
-            let sent = match rung.vaapi.as_mut() {
-                Some(upload) => {
-                    let surface = upload
-                        .upload(&filtered)
-                        .map_err(|e| TranscodeError::internal("uploading a frame to VAAPI", e))?;
-                    rung.encoder.send_frame(&surface)
-                }
-                None => rung.encoder.send_frame(&filtered),
-            };
-            sent.map_err(|e| TranscodeError::internal(&format!("encoding {}", rung.plan.name), e))?;
-            receive_video_packets(rung, events)?;
+            filtered.set_kind(if force { ff::picture::Type::I } else { ff::picture::Type::None });
+            // Hand the frame over (its buffers are shared, not copied).
+            let frame = std::mem::replace(&mut filtered, ff::frame::Video::empty());
+            feed.frames
+                .send(frame)
+                .map_err(|_| TranscodeError::Internal("a rung encoder stopped".to_owned()))?;
         }
     }
     Ok(())
