@@ -160,6 +160,11 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         }
         app = app.merge(cascade_ingest::router(state));
     }
+    if roles.contains(&Role::Origin) {
+        let origin =
+            cascade_origin::OriginState::new(config.origin.clone(), pool.clone(), store.clone());
+        app = app.merge(cascade_origin::router(origin));
+    }
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;

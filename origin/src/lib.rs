@@ -1,6 +1,776 @@
-//! The caching HTTP origin players and CDNs pull HLS (RFC 8216) and DASH
-//! (ISO/IEC 23009-1) manifests and CMAF segments from (issue #5).
+//! Cascade's caching playback origin: what players and CDNs pull from.
 //!
-//! Not built yet: `cascade serve --roles origin` currently serves only the
-//! health endpoints. Kept as its own crate so the binary's role wiring and
-//! the layering (origin -> platform -> schemas) are in place.
+//! It serves, under playback URLs built from an asset's playback id, the
+//! objects the transcoder published for the asset's live version:
+//!
+//! | URL | object |
+//! | --- | --- |
+//! | `/play/{playback_id}/master.m3u8` | HLS master playlist (RFC 8216 section 4.3.4) |
+//! | `/play/{playback_id}/manifest.mpd` | DASH MPD (ISO/IEC 23009-1) |
+//! | `/play/{playback_id}/{rendition}/index.m3u8` | HLS media playlist (RFC 8216 section 4.3.3) |
+//! | `/play/{playback_id}/{rendition}/init.mp4` | CMAF init segment (`EXT-X-MAP`, DASH initialization) |
+//! | `/play/{playback_id}/{rendition}/{seq}.m4s` | CMAF media segment |
+//! | `/metrics` | Prometheus text |
+//!
+//! Path parts are parsed into [`PlaybackId`], [`RenditionName`] and a
+//! canonical `u64` first; object keys are built only through
+//! [`ObjectKey`], so no request path ever reaches the store.
+//!
+//! - **Tiers**: a byte-bounded memory cache (L1) in front of the object
+//!   store; concurrent misses share one storage read; misses are remembered
+//!   for `negative_ttl`; objects above `max_cached_object` stream from the
+//!   store. A circuit breaker guards the store; an L1 hit is served whatever
+//!   the store's state (stale-if-error), a miss while the store fails is a
+//!   fast 503 with `Retry-After`.
+//! - **Assets**: playback id -> (asset, state, policy, published version)
+//!   from Postgres, reused for `asset_ttl`. No published version: 404
+//!   `asset_not_ready`.
+//! - **HTTP** (GET, HEAD, OPTIONS): `Content-Type` by object class; strong
+//!   `ETag` and `If-None-Match` (304); single byte ranges (206, 416 with
+//!   `Content-Range: bytes */size`; multiple ranges are answered with the
+//!   whole object, as RFC 9110 allows); gzip of manifests when accepted
+//!   (`Vary: Accept-Encoding`); CORS; `Surrogate-Key` and `Cache-Tag:
+//!   asset-<asset_id>` on every response about an asset, so a CDN can purge it.
+//! - **Cache-Control**: see [`cache_control`]'s table.
+//! - **Signed playback**: assets with the `signed` policy need `?token=` (see
+//!   [`token`]) on every object; manifests are rewritten so each URI in them
+//!   carries the token. Such responses are `private`: shared caches never
+//!   store them.
+
+mod breaker;
+mod error;
+mod http;
+mod metrics;
+mod resolve;
+mod tier;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use cascade_platform::ObjectStore;
+use cascade_schemas::{AssetId, AssetState, ObjectClass, ObjectKey, PlaybackId, RenditionName};
+use deadpool_postgres::Pool;
+
+pub use crate::error::OriginError;
+pub use crate::token::sign;
+pub use cascade_platform::config::OriginConfig;
+
+use crate::metrics::{class_index, Gauges, Metrics, CLASS_METRICS, CLASS_OTHER};
+use crate::resolve::Resolver;
+use crate::tier::{Cached, Lookup, Tier};
+
+/// `Surrogate-Key` (Fastly, nginx purge modules) and `Cache-Tag` (Cloudflare, Akamai).
+static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+
+/// Immutable objects: segments and init segments of a version never change.
+const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
+/// Anything of an asset that is not `ready` (a version may still be served).
+const NOT_READY: HeaderValue = HeaderValue::from_static("no-store");
+/// Token-rewritten manifests: for the one player that holds the token.
+const SIGNED_MANIFEST: HeaderValue = HeaderValue::from_static("private, no-store");
+/// Segments of signed assets: the browser may keep them, shared caches may not.
+const SIGNED_IMMUTABLE: HeaderValue =
+    HeaderValue::from_static("private, max-age=31536000, immutable");
+
+/// Headers browser players need to read.
+const EXPOSED: HeaderValue =
+    HeaderValue::from_static("Content-Length, Content-Range, ETag, Accept-Ranges");
+
+/// Everything the origin's handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct OriginState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    resolver: Resolver,
+    tier: Tier,
+    metrics: Arc<Metrics>,
+    cors: Cors,
+    signing_key: Vec<u8>,
+    manifest_cache_control: HeaderValue,
+    max_header_bytes: usize,
+}
+
+impl OriginState {
+    /// Builds the origin over the shared pool and object store.
+    pub fn new(config: OriginConfig, pool: Pool, store: ObjectStore) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let manifest_cache_control = HeaderValue::from_str(&format!(
+            "public, max-age={}, s-maxage={}",
+            config.manifest_max_age.as_secs(),
+            config.manifest_s_maxage.as_secs()
+        ))
+        .unwrap_or(HeaderValue::from_static("public, max-age=60"));
+        if config.signing_key.is_empty() {
+            tracing::info!("origin.signing_key is empty: assets with the signed policy get 403");
+        }
+        Self {
+            inner: Arc::new(Inner {
+                resolver: Resolver::new(&config, pool, metrics.clone()),
+                tier: Tier::new(&config, store, metrics.clone()),
+                cors: Cors::new(&config.cors_allowed_origins),
+                signing_key: config.signing_key.expose().as_bytes().to_vec(),
+                manifest_cache_control,
+                max_header_bytes: config.max_header_bytes.as_usize(),
+                metrics,
+            }),
+        }
+    }
+
+    /// The `/metrics` text (Prometheus exposition format 0.0.4).
+    pub async fn metrics_text(&self) -> String {
+        let tier = &self.inner.tier;
+        tier.settle().await;
+        self.inner.metrics.render(&Gauges {
+            cache_bytes: tier.weighted_size(),
+            cache_entries: tier.entry_count(),
+            breaker_state: tier.breaker_state(),
+        })
+    }
+
+    /// Reads sent to the object store so far (benchmarks print it).
+    pub fn storage_reads(&self) -> u64 {
+        self.inner.metrics.storage_reads()
+    }
+}
+
+/// The origin's routes: playback objects under `/play/` and `/metrics`.
+pub fn router(state: OriginState) -> Router {
+    Router::new()
+        .route("/play/{*path}", get(play))
+        .route("/play/", get(unknown))
+        .route("/metrics", get(metrics_route))
+        .method_not_allowed_fallback(not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
+        .with_state(state)
+}
+
+/// The `Cache-Control` of a successful response:
+///
+/// | asset | object | Cache-Control |
+/// | --- | --- | --- |
+/// | public, ready | init and media segments | `public, max-age=31536000, immutable` |
+/// | public, ready | manifests | `public, max-age=60, s-maxage=86400` (configurable; purge by `Surrogate-Key`) |
+/// | public, not ready (a version is published, a new one is processing, or it errored) | anything | `no-store` |
+/// | signed | manifests (token-rewritten) | `private, no-store` |
+/// | signed | segments | `private, max-age=31536000, immutable` |
+///
+/// Errors: `public, max-age=2` for 404s, `private, no-store` for 403s,
+/// `no-store` for the rest (see [`OriginError::cache_control`]).
+pub fn cache_control(
+    class: ObjectClass,
+    ready: bool,
+    signed: bool,
+    manifest_public: &HeaderValue,
+) -> HeaderValue {
+    let manifest = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
+    match (signed, ready, manifest) {
+        (true, _, true) => SIGNED_MANIFEST,
+        (true, _, false) => SIGNED_IMMUTABLE,
+        (false, false, _) => NOT_READY,
+        (false, true, true) => manifest_public.clone(),
+        (false, true, false) => IMMUTABLE,
+    }
+}
+
+/// One playback object of a published version.
+#[derive(Debug, Clone)]
+enum Target {
+    Master,
+    Mpd,
+    MediaPlaylist(RenditionName),
+    Init(RenditionName),
+    Segment(RenditionName, u64),
+}
+
+impl Target {
+    fn top_level(file: &str) -> Option<Self> {
+        match file {
+            "master.m3u8" => Some(Self::Master),
+            "manifest.mpd" => Some(Self::Mpd),
+            _ => None,
+        }
+    }
+
+    fn in_rendition(rendition: &str, file: &str) -> Option<Self> {
+        let rendition = RenditionName::new(rendition).ok()?;
+        match file {
+            "index.m3u8" => Some(Self::MediaPlaylist(rendition)),
+            "init.mp4" => Some(Self::Init(rendition)),
+            _ => {
+                let digits = file.strip_suffix(".m4s")?;
+                let seq: u64 = digits
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| digits.parse().ok())
+                    .flatten()?;
+                // One spelling per segment ("007.m4s" is not "7.m4s"): no cache aliases.
+                (seq.to_string() == digits).then_some(Self::Segment(rendition, seq))
+            }
+        }
+    }
+
+    fn key(&self, asset: AssetId, version: u32) -> ObjectKey {
+        match self {
+            Self::Master => ObjectKey::hls_master(asset, version),
+            Self::Mpd => ObjectKey::dash_manifest(asset, version),
+            Self::MediaPlaylist(r) => ObjectKey::media_playlist(asset, version, r),
+            Self::Init(r) => ObjectKey::init_segment(asset, version, r),
+            Self::Segment(r, seq) => ObjectKey::media_segment(asset, version, r, *seq),
+        }
+    }
+
+    fn class(&self) -> ObjectClass {
+        match self {
+            Self::Master | Self::MediaPlaylist(_) => ObjectClass::HlsPlaylist,
+            Self::Mpd => ObjectClass::DashManifest,
+            Self::Init(_) => ObjectClass::InitSegment,
+            Self::Segment(..) => ObjectClass::MediaSegment,
+        }
+    }
+}
+
+/// The request metrics label of a response.
+#[derive(Debug, Clone, Copy)]
+struct ClassLabel(usize);
+
+/// What the handlers read from a request.
+struct Ask {
+    head: bool,
+    headers: HeaderMap,
+    token: Option<String>,
+}
+
+impl Ask {
+    fn new(method: &Method, headers: HeaderMap, uri: &Uri) -> Self {
+        let token = uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("token=").map(str::to_owned))
+        });
+        Self {
+            head: method == Method::HEAD,
+            headers,
+            token,
+        }
+    }
+
+    fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Every `/play/` URL. The raw (still percent-encoded) path is split here:
+/// every valid part is plain ASCII, so a part with `%` in it is refused
+/// rather than decoded (`%2F` and `%2e%2e` never become path structure).
+async fn play(
+    State(state): State<OriginState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let ask = Ask::new(&method, headers, &uri);
+    let parts: Vec<&str> = uri
+        .path()
+        .strip_prefix("/play/")
+        .unwrap_or_default()
+        .split('/')
+        .collect();
+    if parts.iter().any(|p| p.contains('%')) {
+        return OriginError::NotFound.into_response();
+    }
+    match parts.as_slice() {
+        [playback_id, file] => serve(&state, &ask, playback_id, Target::top_level(file)).await,
+        [playback_id, rendition, file] => {
+            serve(
+                &state,
+                &ask,
+                playback_id,
+                Target::in_rendition(rendition, file),
+            )
+            .await
+        }
+        _ => OriginError::NotFound.into_response(),
+    }
+}
+
+async fn unknown() -> Response {
+    OriginError::NotFound.into_response()
+}
+
+async fn not_allowed() -> Response {
+    OriginError::MethodNotAllowed.into_response()
+}
+
+async fn metrics_route(State(state): State<OriginState>) -> Response {
+    let mut response = state.metrics_text().await.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, NOT_READY);
+    response.extensions_mut().insert(ClassLabel(CLASS_METRICS));
+    response
+}
+
+async fn serve(
+    state: &OriginState,
+    ask: &Ask,
+    playback_id: &str,
+    target: Option<Target>,
+) -> Response {
+    let class = target
+        .as_ref()
+        .map(|t| class_index(t.class()))
+        .unwrap_or(CLASS_OTHER);
+    let mut asset = None;
+    let mut response = match serve_object(state, ask, playback_id, target, &mut asset).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    if let Some(id) = asset {
+        if let Ok(value) = HeaderValue::from_str(&format!("asset-{id}")) {
+            response
+                .headers_mut()
+                .insert(SURROGATE_KEY.clone(), value.clone());
+            response.headers_mut().insert(CACHE_TAG.clone(), value);
+        }
+    }
+    response.extensions_mut().insert(ClassLabel(class));
+    response
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+async fn serve_object(
+    state: &OriginState,
+    ask: &Ask,
+    playback_id: &str,
+    target: Option<Target>,
+    asset_out: &mut Option<AssetId>,
+) -> Result<Response, OriginError> {
+    let playback_id: PlaybackId = playback_id.parse().map_err(|_| OriginError::NotFound)?;
+    let target = target.ok_or(OriginError::NotFound)?;
+    let inner = &state.inner;
+    let asset = inner
+        .resolver
+        .resolve(&playback_id)
+        .await?
+        .ok_or(OriginError::NotFound)?;
+    *asset_out = Some(asset.id);
+    let token = if asset.signed {
+        let token = ask.token.as_deref().ok_or(OriginError::TokenRequired)?;
+        token::verify(&inner.signing_key, &playback_id, token, now_unix()).map_err(
+            |e| match e {
+                token::TokenError::Expired => OriginError::TokenExpired,
+                _ => OriginError::TokenInvalid,
+            },
+        )?;
+        Some(token)
+    } else {
+        None
+    };
+    let version = asset.published_version.ok_or(OriginError::AssetNotReady)?;
+    let class = target.class();
+    let cache_control = cache_control(
+        class,
+        asset.state == AssetState::Ready,
+        asset.signed,
+        &inner.manifest_cache_control,
+    );
+    let key = target.key(asset.id, version);
+    match inner.tier.lookup(&key).await? {
+        Lookup::Found(object) => from_memory(ask, class, &object, token, cache_control),
+        Lookup::TooLarge => streamed(state, ask, class, &key, cache_control).await,
+    }
+}
+
+fn base_headers(class: ObjectClass, cache_control: HeaderValue) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(class.content_type()),
+    );
+    headers.insert(header::CACHE_CONTROL, cache_control);
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest) {
+        headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+    headers
+}
+
+fn insert_etag(headers: &mut HeaderMap, etag: Option<&str>) {
+    if let Some(value) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
+        headers.insert(header::ETAG, value);
+    }
+}
+
+fn not_modified(mut headers: HeaderMap) -> Response {
+    headers.remove(header::ACCEPT_RANGES);
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    *response.headers_mut() = headers;
+    response
+}
+
+fn finish(
+    status: StatusCode,
+    mut headers: HeaderMap,
+    body: Body,
+    len: u64,
+    head: bool,
+) -> Response {
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    let mut response = Response::new(if head { Body::empty() } else { body });
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+fn from_memory(
+    ask: &Ask,
+    class: ObjectClass,
+    object: &Cached,
+    token: Option<&str>,
+    cache_control: HeaderValue,
+) -> Result<Response, OriginError> {
+    let (mut body, mut etag): (Bytes, Option<String>) = match (token, class) {
+        (Some(token), ObjectClass::HlsPlaylist) => {
+            let text = String::from_utf8_lossy(&object.bytes);
+            (http::hls_with_token(&text, token).into(), None)
+        }
+        (Some(token), ObjectClass::DashManifest) => {
+            let text = String::from_utf8_lossy(&object.bytes);
+            (http::dash_with_token(&text, token).into(), None)
+        }
+        _ => (object.bytes.clone(), Some(object.etag.clone())),
+    };
+    let mut headers = base_headers(class, cache_control);
+    let mut range = ask.header(header::RANGE).and_then(http::parse_range);
+    if let Some(if_range) = ask.header(header::IF_RANGE) {
+        if !etag
+            .as_deref()
+            .is_some_and(|e| http::if_range_matches(if_range, e))
+        {
+            range = None;
+        }
+    }
+    let compressible = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
+    if compressible
+        && range.is_none()
+        && ask
+            .header(header::ACCEPT_ENCODING)
+            .is_some_and(http::accepts_gzip)
+    {
+        if let Some(compressed) = http::gzip(&body) {
+            body = compressed;
+            etag = etag.as_deref().map(http::gzip_etag);
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+    }
+    insert_etag(&mut headers, etag.as_deref());
+    if let (Some(etag), Some(if_none_match)) = (&etag, ask.header(header::IF_NONE_MATCH)) {
+        if http::none_match(if_none_match, etag) {
+            return Ok(not_modified(headers));
+        }
+    }
+    let size = body.len() as u64;
+    match range {
+        Some(range) => {
+            let (first, last) = range
+                .resolve(size)
+                .map_err(|_| OriginError::RangeNotSatisfiable { size })?;
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
+                headers.insert(header::CONTENT_RANGE, value);
+            }
+            // first <= last < size, which fits in memory: the casts are exact.
+            let part = body.slice(first as usize..=last as usize);
+            let len = part.len() as u64;
+            Ok(finish(
+                StatusCode::PARTIAL_CONTENT,
+                headers,
+                part.into(),
+                len,
+                ask.head,
+            ))
+        }
+        None => Ok(finish(StatusCode::OK, headers, body.into(), size, ask.head)),
+    }
+}
+
+/// Objects too large for memory: streamed from the store, ranges passed
+/// through. `If-Range` is not evaluated here: with it, the whole object is sent.
+async fn streamed(
+    state: &OriginState,
+    ask: &Ask,
+    class: ObjectClass,
+    key: &ObjectKey,
+    cache_control: HeaderValue,
+) -> Result<Response, OriginError> {
+    let range = match ask.header(header::IF_RANGE) {
+        Some(_) => None,
+        None => ask.header(header::RANGE).and_then(http::parse_range),
+    };
+    let body = state.inner.tier.stream(key, range).await?;
+    let mut headers = base_headers(class, cache_control);
+    insert_etag(&mut headers, body.meta.etag.as_deref());
+    if let (Some(etag), Some(if_none_match)) = (&body.meta.etag, ask.header(header::IF_NONE_MATCH))
+    {
+        if http::none_match(if_none_match, etag) {
+            return Ok(not_modified(headers));
+        }
+    }
+    let len = body.len();
+    let status = match body.range {
+        Some((first, last)) => {
+            let size = body.meta.size;
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
+                headers.insert(header::CONTENT_RANGE, value);
+            }
+            StatusCode::PARTIAL_CONTENT
+        }
+        None => StatusCode::OK,
+    };
+    Ok(finish(
+        status,
+        headers,
+        Body::from_stream(body.stream),
+        len,
+        ask.head,
+    ))
+}
+
+/// Allowed CORS origins.
+struct Cors {
+    any: bool,
+    origins: Vec<String>,
+}
+
+impl Cors {
+    fn new(allowed: &[String]) -> Self {
+        Self {
+            any: allowed.iter().any(|o| o.trim() == "*"),
+            origins: allowed.iter().map(|o| o.trim().to_owned()).collect(),
+        }
+    }
+
+    /// The `Access-Control-Allow-Origin` value for a request's `Origin`.
+    fn allow(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+        if self.any {
+            return Some(HeaderValue::from_static("*"));
+        }
+        let origin = origin?;
+        let text = origin.to_str().ok()?;
+        self.origins
+            .iter()
+            .any(|o| o == text)
+            .then(|| origin.clone())
+    }
+
+    fn apply(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        if let Some(allowed) = self.allow(origin) {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
+        }
+        if !self.any {
+            // The answer depends on Origin: caches must key on it.
+            let vary = match headers.get(header::VARY).and_then(|v| v.to_str().ok()) {
+                Some(existing) => format!("{existing}, Origin"),
+                None => "Origin".to_owned(),
+            };
+            if let Ok(value) = HeaderValue::from_str(&vary) {
+                headers.insert(header::VARY, value);
+            }
+        }
+    }
+
+    fn preflight(&self, origin: Option<&HeaderValue>) -> Response {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        if self.allow(origin).is_some() {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, HEAD, OPTIONS"),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("Range, If-None-Match, If-Range"),
+            );
+            headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(86_400u32));
+        }
+        response
+    }
+}
+
+/// Around every origin route: CORS (preflights answered here) and request metrics.
+async fn edge(State(state): State<OriginState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let cors = &state.inner.cors;
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let mut response = if header_bytes > state.inner.max_header_bytes {
+        OriginError::HeadersTooLarge.into_response()
+    } else if request.method() == Method::OPTIONS {
+        cors.preflight(origin.as_ref())
+    } else {
+        next.run(request).await
+    };
+    cors.apply(origin.as_ref(), response.headers_mut());
+    let class = response
+        .extensions()
+        .get::<ClassLabel>()
+        .map_or(CLASS_OTHER, |c| c.0);
+    state
+        .inner
+        .metrics
+        .request(class, response.status().as_u16(), started.elapsed());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// A router over a pool that never connects: only requests that are
+    /// refused before the asset lookup can be answered.
+    async fn offline_router() -> (Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::from_config(&cascade_platform::config::StorageConfig {
+            local_root: dir.path().to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let pool = cascade_platform::db::pool(&cascade_platform::config::DatabaseConfig::default())
+            .unwrap();
+        let state = OriginState::new(OriginConfig::default(), pool, store);
+        (router(state), dir)
+    }
+
+    async fn call(router: &Router, method: Method, path: &str) -> Response {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::ORIGIN, "https://player.example")
+            .body(Body::empty())
+            .unwrap();
+        router.clone().oneshot(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn refuses_malformed_paths_before_any_lookup() {
+        let (router, _dir) = offline_router().await;
+        for path in [
+            "/play/",
+            "/play/x",
+            "/play/../../etc/passwd",
+            "/play/%2e%2e/%2e%2e/etc/passwd",
+            "/play/abcdefghijklmnopqrstuvwx/%2e%2e/index.m3u8",
+            "/play/abcdefghijklmnopqrstuvwx/a%2Fb/index.m3u8",
+            "/play/abcdefghijklmnopqrstuvwx/720p/01.m4s",
+            "/play/abcdefghijklmnopqrstuvwx/720p/1.m4s/x",
+            "/play/abcdefghijklmnopqrstuvwx/source",
+            "/play/ABCDEFGHIJKLMNOPQRSTUVWX/master.m3u8",
+        ] {
+            let response = call(&router, Method::GET, path).await;
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                cascade_schemas::mime::JSON
+            );
+            assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        }
+        let post = call(&router, Method::POST, "/play/x/master.m3u8").await;
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let preflight = call(&router, Method::OPTIONS, "/play/x/y/1.m4s").await;
+        assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+        assert!(preflight.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS]
+            .to_str()
+            .unwrap()
+            .contains("Range"));
+        let metrics = call(&router, Method::GET, "/metrics").await;
+        assert_eq!(metrics.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(metrics.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            text.contains("cascade_origin_requests_total{class=\"other\",status=\"404\"} 9\n")
+                && text
+                    .contains("cascade_origin_requests_total{class=\"other\",status=\"405\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("cascade_origin_asset_lookups_total 0\n"));
+    }
+
+    #[test]
+    fn targets_parse_strictly() {
+        assert!(matches!(
+            Target::top_level("master.m3u8"),
+            Some(Target::Master)
+        ));
+        assert!(matches!(
+            Target::top_level("manifest.mpd"),
+            Some(Target::Mpd)
+        ));
+        assert!(Target::top_level("source").is_none());
+        assert!(Target::top_level("..").is_none());
+        assert!(matches!(
+            Target::in_rendition("720p", "12.m4s"),
+            Some(Target::Segment(_, 12))
+        ));
+        assert!(matches!(
+            Target::in_rendition("audio", "init.mp4"),
+            Some(Target::Init(_))
+        ));
+        for (r, f) in [
+            ("720p", "012.m4s"),
+            ("720p", "-1.m4s"),
+            ("720p", "+1.m4s"),
+            ("720p", ".m4s"),
+            ("720p", "99999999999999999999999.m4s"),
+            ("720p", "1.mp4"),
+            ("..", "index.m3u8"),
+            ("a/b", "index.m3u8"),
+            ("720P", "index.m3u8"),
+            ("720p", "../../x"),
+        ] {
+            assert!(Target::in_rendition(r, f).is_none(), "{r}/{f}");
+        }
+    }
+
+    #[test]
+    fn cache_control_table() {
+        let m = HeaderValue::from_static("public, max-age=60, s-maxage=86400");
+        let cc = |class, ready, signed| cache_control(class, ready, signed, &m);
+        assert_eq!(cc(ObjectClass::MediaSegment, true, false), IMMUTABLE);
+        assert_eq!(cc(ObjectClass::InitSegment, true, false), IMMUTABLE);
+        assert_eq!(cc(ObjectClass::HlsPlaylist, true, false), m);
+        assert_eq!(cc(ObjectClass::DashManifest, false, false), NOT_READY);
+        assert_eq!(cc(ObjectClass::MediaSegment, false, false), NOT_READY);
+        assert_eq!(cc(ObjectClass::HlsPlaylist, true, true), SIGNED_MANIFEST);
+        assert_eq!(cc(ObjectClass::MediaSegment, true, true), SIGNED_IMMUTABLE);
+    }
+}

@@ -77,6 +77,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Where asset events are delivered.
     pub webhooks: WebhooksConfig,
+    /// The playback origin.
+    pub origin: OriginConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -274,6 +276,72 @@ impl Default for QueueConfig {
             max_attempts: 5,
             concurrency: 2,
             shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The playback origin: memory tier, storage protection, caching headers,
+/// CORS and signed playback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    /// Bytes of objects the memory tier (L1) holds. Default `256MiB`.
+    pub cache_capacity: ByteSize,
+    /// Objects larger than this bypass the memory tier and stream from the
+    /// store on every request. Default `16MiB`.
+    pub max_cached_object: ByteSize,
+    /// How long the memory tier remembers that an object is missing. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// How long manifests stay in the memory tier (segments stay until
+    /// evicted: they are immutable). Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub manifest_ttl: Duration,
+    /// How long a playback id's asset lookup (state, policy, published
+    /// version) is reused before Postgres is asked again. Default `3s`.
+    #[serde(with = "humantime_serde")]
+    pub asset_ttl: Duration,
+    /// Time limit of one storage read (a whole object into memory). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub storage_timeout: Duration,
+    /// Consecutive failed storage reads that open the circuit breaker. Default `5`.
+    pub breaker_threshold: u32,
+    /// How long the open breaker refuses storage reads before letting one
+    /// probe through. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// `max-age` of a ready asset's manifests (players and browsers). Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub manifest_max_age: Duration,
+    /// `s-maxage` of a ready asset's manifests (CDNs, which purge them by
+    /// `Surrogate-Key`). Default `1day`.
+    #[serde(with = "humantime_serde")]
+    pub manifest_s_maxage: Duration,
+    /// Requests whose headers add up to more than this get 431. Default `16KiB`.
+    pub max_header_bytes: ByteSize,
+    /// Origins browsers may play from (CORS); `"*"` allows any. Default `["*"]`.
+    pub cors_allowed_origins: Vec<String>,
+    /// HMAC-SHA256 key of signed playback tokens. Default empty: assets with
+    /// the `signed` policy are refused (403) until a key is set.
+    pub signing_key: Secret,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity: ByteSize::mib(256),
+            max_cached_object: ByteSize::mib(16),
+            negative_ttl: Duration::from_secs(2),
+            manifest_ttl: Duration::from_secs(60),
+            asset_ttl: Duration::from_secs(3),
+            storage_timeout: Duration::from_secs(10),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(5),
+            manifest_max_age: Duration::from_secs(60),
+            manifest_s_maxage: Duration::from_secs(86_400),
+            max_header_bytes: ByteSize(16 * 1024),
+            cors_allowed_origins: vec!["*".to_owned()],
+            signing_key: Secret::default(),
         }
     }
 }
@@ -892,5 +960,31 @@ mod tests {
         assert!("8 parsecs".parse::<ByteSize>().is_err());
         assert!("99999999999TiB".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize::mib(8).to_string(), "8MiB");
+    }
+
+    #[test]
+    fn origin_default_parses_and_round_trips() {
+        let parsed: OriginConfig = toml::from_str("").unwrap();
+        assert_eq!(
+            parsed.cache_capacity,
+            OriginConfig::default().cache_capacity
+        );
+        let text = toml::to_string(&OriginConfig::default()).unwrap();
+        let back: OriginConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back.manifest_s_maxage, Duration::from_secs(86_400));
+        assert_eq!(back.cors_allowed_origins, vec!["*".to_owned()]);
+    }
+
+    #[test]
+    fn origin_units_and_unknown_keys() {
+        let parsed: OriginConfig = toml::from_str(
+            "cache_capacity = \"64MiB\"\nnegative_ttl = \"500ms\"\nsigning_key = \"k\"",
+        )
+        .unwrap();
+        assert_eq!(parsed.cache_capacity, ByteSize::mib(64));
+        assert_eq!(parsed.negative_ttl, Duration::from_millis(500));
+        assert_eq!(parsed.signing_key.expose(), "k");
+        let err = toml::from_str::<OriginConfig>("cache_size = 1").unwrap_err();
+        assert!(err.to_string().contains("cache_size"), "{err}");
     }
 }

@@ -1,1 +1,1127 @@
-//! The playback origin (issue #5): tests live here.
+//! The playback origin (issue #5) against real Postgres, a local object
+//! store, a really transcoded fixture, a real nginx acting as the CDN and
+//! FFmpeg's HLS demuxer as the player. HTTP goes over loopback sockets on
+//! ephemeral ports, spoken by the small client below.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cascade_origin::{router, OriginConfig, OriginState};
+use cascade_platform::config::{EncoderChoice, Secret, StorageConfig, TranscodeConfig};
+use cascade_platform::queue::JobNotifier;
+use cascade_platform::{assets, db, ObjectStore, Queue};
+use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey, PlaybackId, RenditionName};
+use cascade_workers::transcode::{encoders, TranscodeHandler};
+use cascade_workers::{HandlerRegistry, Runner};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{eventually, fresh_db, TestDb};
+
+const SIGNING_KEY: &str = "test signing key";
+
+// ---------------------------------------------------------------- HTTP client
+
+/// One HTTP response.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The JSON error body's `code`.
+    fn code(&self) -> String {
+        let value: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {:?}", self.text()));
+        assert!(value["message"].is_string(), "{value}");
+        value["code"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size_text = std::str::from_utf8(&raw[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+/// Sends one request on a fresh connection and reads the whole response.
+async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("response within 30 s")
+        .expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut reply = Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    };
+    if method != "HEAD"
+        && reply
+            .header("transfer-encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
+        reply.body = dechunk(&reply.body);
+    }
+    reply
+}
+
+async fn get(addr: SocketAddr, target: &str) -> Reply {
+    request(addr, "GET", target, &[]).await
+}
+
+// ---------------------------------------------------------------- set-up
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixtures_dir() -> PathBuf {
+    static GENERATE: Once = Once::new();
+    let dir = repo_root().join(".data/fixtures");
+    GENERATE.call_once(|| {
+        let status = Command::new(repo_root().join("fixtures/generate.sh"))
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run fixtures/generate.sh");
+        assert!(status.success(), "fixtures/generate.sh failed");
+    });
+    dir
+}
+
+async fn local_store() -> (ObjectStore, PathBuf) {
+    let root =
+        std::env::temp_dir().join(format!("cascade-origin-{}", uuid::Uuid::new_v4().simple()));
+    let store = ObjectStore::from_config(&StorageConfig {
+        local_root: root.clone(),
+        ..StorageConfig::default()
+    })
+    .await
+    .unwrap();
+    (store, root)
+}
+
+/// A published asset in a fresh database and store.
+struct Published {
+    db: TestDb,
+    store: ObjectStore,
+    root: PathBuf,
+    asset: AssetId,
+    playback: PlaybackId,
+    version: u32,
+    renditions: Vec<String>,
+}
+
+impl Published {
+    fn origin(&self, config: OriginConfig) -> OriginState {
+        OriginState::new(config, self.db.pool.clone(), self.store.clone())
+    }
+
+    fn url(&self, rest: &str) -> String {
+        format!("/play/{}/{rest}", self.playback)
+    }
+}
+
+/// Imports and really transcodes the tiny fixture (one rung plus audio, ~1 s).
+async fn transcoded() -> Published {
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    let queue = Queue::new(db.pool.clone(), db.config.queue.clone());
+    let file = "tiny_320x180_stereo.mp4";
+    let (asset, _) =
+        cascade_ingest::import_file(&queue, &store, &fixtures_dir().join(file), Some(file))
+            .await
+            .unwrap();
+
+    let mut queue_config = db.config.queue.clone();
+    queue_config.concurrency = 1;
+    queue_config.poll_interval = Duration::from_millis(200);
+    let stop = CancellationToken::new();
+    let notifier = JobNotifier::start(db::pg_config(&db.config.database).unwrap(), stop.clone());
+    let handler = TranscodeHandler::new(
+        db.pool.clone(),
+        store.clone(),
+        TranscodeConfig {
+            encoder: EncoderChoice::Libx264,
+            ..TranscodeConfig::default()
+        },
+        encoders::VideoEncoder::Libx264,
+    );
+    let runner = Runner::new(
+        Queue::new(db.pool.clone(), queue_config),
+        HandlerRegistry::new().register(job_kind::TRANSCODE, handler),
+        notifier,
+        "origin-test",
+    );
+    let worker = tokio::spawn(runner.run(stop.clone()));
+    let row = eventually(
+        "the asset to be ready",
+        Duration::from_secs(240),
+        || async {
+            let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
+            assert_ne!(
+                a.state,
+                AssetState::Errored,
+                "transcode failed: {:?}",
+                a.error_message
+            );
+            (a.state == AssetState::Ready).then_some(a)
+        },
+    )
+    .await;
+    stop.cancel();
+    let _ = worker.await;
+    let version = row.published_version.unwrap() as u32;
+    let renditions = assets::renditions(&db.pool, asset, version as i32)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    Published {
+        db,
+        store,
+        root,
+        asset,
+        playback: row.playback_id,
+        version,
+        renditions,
+    }
+}
+
+/// An asset row published at version 1 with no renditions (objects are put
+/// by the test), in `state`.
+async fn inserted(db: &TestDb, state: AssetState, policy: &str) -> (AssetId, PlaybackId) {
+    let id = AssetId::new();
+    let playback = PlaybackId::new();
+    let client = db.pool.get().await.unwrap();
+    assets::insert(&client, id, &playback, None, &serde_json::json!({}), policy)
+        .await
+        .unwrap();
+    drop(client);
+    assets::publish(&db.pool, id, 1, 1.0, &[]).await.unwrap();
+    if state != AssetState::Ready {
+        let client = db.pool.get().await.unwrap();
+        assets::set_state(&client, id, state).await.unwrap();
+    }
+    (id, playback)
+}
+
+/// Serves `state`'s router on 127.0.0.1:0.
+async fn serve(state: OriginState) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router(state)).await;
+    });
+    addr
+}
+
+/// A metric's value in the Prometheus text (0 when absent).
+fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+fn first_rendition(p: &Published) -> &str {
+    p.renditions
+        .iter()
+        .find(|r| r.as_str() != "audio")
+        .unwrap_or(&p.renditions[0])
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_serves_a_transcoded_asset_with_http_semantics() {
+    let p = transcoded().await;
+    let addr = serve(p.origin(OriginConfig::default())).await;
+    let rendition = first_rendition(&p).to_owned();
+    let surrogate = format!("asset-{}", p.asset);
+
+    // Content types and Cache-Control by object class; Surrogate-Key everywhere.
+    let manifest_cc = "public, max-age=60, s-maxage=86400";
+    let immutable = "public, max-age=31536000, immutable";
+    for (path, content_type, cache_control) in [
+        (
+            "master.m3u8".to_owned(),
+            "application/vnd.apple.mpegurl",
+            manifest_cc,
+        ),
+        (
+            "manifest.mpd".to_owned(),
+            "application/dash+xml",
+            manifest_cc,
+        ),
+        (
+            format!("{rendition}/index.m3u8"),
+            "application/vnd.apple.mpegurl",
+            manifest_cc,
+        ),
+        (format!("{rendition}/init.mp4"), "video/mp4", immutable),
+        (format!("{rendition}/1.m4s"), "video/mp4", immutable),
+    ] {
+        let r = get(addr, &p.url(&path)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some(content_type), "{path}");
+        assert_eq!(r.header("cache-control"), Some(cache_control), "{path}");
+        assert_eq!(
+            r.header("surrogate-key"),
+            Some(surrogate.as_str()),
+            "{path}"
+        );
+        assert_eq!(r.header("cache-tag"), Some(surrogate.as_str()), "{path}");
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{path}");
+        let stored = p
+            .store
+            .get(&stored_key(&p, &path), None)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(
+            Bytes::from(r.body.clone()),
+            stored,
+            "{path}: body is the stored object"
+        );
+        assert_eq!(
+            r.header("content-length"),
+            Some(stored.len().to_string().as_str())
+        );
+    }
+
+    // The served master names the media playlists the origin serves.
+    let master = get(addr, &p.url("master.m3u8")).await.text();
+    assert!(
+        master.contains(&format!("{rendition}/index.m3u8")),
+        "{master}"
+    );
+
+    // Strong ETag and If-None-Match.
+    let segment = p.url(&format!("{rendition}/1.m4s"));
+    let full = get(addr, &segment).await;
+    let etag = full.header("etag").expect("etag").to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    let not_modified = request(addr, "GET", &segment, &[("If-None-Match", &etag)]).await;
+    assert_eq!(not_modified.status, 304);
+    assert!(not_modified.body.is_empty());
+    assert_eq!(not_modified.header("etag"), Some(etag.as_str()));
+    assert_eq!(not_modified.header("cache-control"), Some(immutable));
+    let changed = request(addr, "GET", &segment, &[("If-None-Match", "\"other\"")]).await;
+    assert_eq!(changed.status, 200);
+
+    // Ranges: 206 with Content-Range; 416 with bytes */size.
+    let size = full.body.len();
+    let partial = request(addr, "GET", &segment, &[("Range", "bytes=10-99")]).await;
+    assert_eq!(partial.status, 206);
+    assert_eq!(
+        partial.header("content-range"),
+        Some(format!("bytes 10-99/{size}").as_str())
+    );
+    assert_eq!(partial.body, full.body[10..100]);
+    let suffix = request(addr, "GET", &segment, &[("Range", "bytes=-16")]).await;
+    assert_eq!(suffix.status, 206);
+    assert_eq!(suffix.body, full.body[size - 16..]);
+    let past = request(
+        addr,
+        "GET",
+        &segment,
+        &[("Range", &format!("bytes={size}-"))],
+    )
+    .await;
+    assert_eq!(past.status, 416);
+    assert_eq!(
+        past.header("content-range"),
+        Some(format!("bytes */{size}").as_str())
+    );
+    assert_eq!(past.code(), "range_not_satisfiable");
+    // Multiple ranges and nonsense are answered with the whole object.
+    for ignored in [
+        "bytes=0-1,5-6",
+        "bytes=9-3",
+        "bytes=99999999999999999999999-",
+        "lines=1-2",
+    ] {
+        let r = request(addr, "GET", &segment, &[("Range", ignored)]).await;
+        assert_eq!(r.status, 200, "{ignored}");
+        assert_eq!(r.body.len(), size, "{ignored}");
+    }
+    let stale_if_range = request(
+        addr,
+        "GET",
+        &segment,
+        &[("Range", "bytes=0-9"), ("If-Range", "\"not-it\"")],
+    )
+    .await;
+    assert_eq!(stale_if_range.status, 200);
+
+    // HEAD: same headers, no body.
+    let head = request(addr, "HEAD", &segment, &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(size.to_string().as_str())
+    );
+    assert_eq!(head.header("etag"), Some(etag.as_str()));
+    assert_eq!(head.header("cache-control"), Some(immutable));
+
+    // CORS preflight and exposed headers.
+    let preflight = request(
+        addr,
+        "OPTIONS",
+        &segment,
+        &[
+            ("Origin", "https://player.example"),
+            ("Access-Control-Request-Method", "GET"),
+            ("Access-Control-Request-Headers", "range"),
+        ],
+    )
+    .await;
+    assert!(
+        preflight.status == 204 || preflight.status == 200,
+        "{}",
+        preflight.status
+    );
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
+    assert!(preflight
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("GET"));
+    assert!(preflight
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase()
+        .contains("range"));
+    let exposed = full
+        .header("access-control-expose-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in ["content-length", "content-range", "etag"] {
+        assert!(exposed.contains(name), "{exposed}");
+    }
+
+    // gzip of manifests, with Vary and a distinct ETag; segments are never compressed.
+    let plain = get(addr, &p.url("manifest.mpd")).await;
+    let gz = request(
+        addr,
+        "GET",
+        &p.url("manifest.mpd"),
+        &[("Accept-Encoding", "gzip, br")],
+    )
+    .await;
+    assert_eq!(gz.status, 200);
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(gz.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(plain.header("vary"), Some("Accept-Encoding"));
+    assert_ne!(gz.header("etag"), plain.header("etag"));
+    assert_eq!(gunzip(&gz.body), plain.body);
+    let seg_gz = request(addr, "GET", &segment, &[("Accept-Encoding", "gzip")]).await;
+    assert_eq!(seg_gz.header("content-encoding"), None);
+
+    // Metrics: requests by class and status, cache figures.
+    let text = get(addr, "/metrics").await.text();
+    assert!(
+        metric(
+            &text,
+            "cascade_origin_requests_total{class=\"media_segment\",status=\"200\"}"
+        ) >= 3.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "cascade_origin_requests_total{class=\"media_segment\",status=\"206\"}"
+        ) >= 2.0
+    );
+    assert!(metric(&text, "cascade_origin_cache_hits_total") >= 5.0);
+    assert!(metric(&text, "cascade_origin_cache_size_bytes") > 0.0);
+    assert!(text.contains("cascade_origin_request_duration_seconds_bucket{le=\"+Inf\"}"));
+    assert!(text.contains("cascade_origin_storage_read_duration_seconds_count"));
+}
+
+fn stored_key(p: &Published, path: &str) -> ObjectKey {
+    match path.split_once('/') {
+        None if path == "master.m3u8" => ObjectKey::hls_master(p.asset, p.version),
+        None => ObjectKey::dash_manifest(p.asset, p.version),
+        Some((rendition, file)) => {
+            let r = RenditionName::new(rendition).unwrap();
+            match file {
+                "index.m3u8" => ObjectKey::media_playlist(p.asset, p.version, &r),
+                "init.mp4" => ObjectKey::init_segment(p.asset, p.version, &r),
+                seg => ObjectKey::media_segment(
+                    p.asset,
+                    p.version,
+                    &r,
+                    seg.trim_end_matches(".m4s").parse().unwrap(),
+                ),
+            }
+        }
+    }
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body.gz");
+    std::fs::write(&file, data).unwrap();
+    let out = Command::new("gzip").arg("-dc").arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "gzip -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_coalesces_concurrent_misses_into_one_storage_read() {
+    let p = transcoded().await;
+    let state = p.origin(OriginConfig::default());
+    let addr = serve(state.clone()).await;
+    let rendition = first_rendition(&p).to_owned();
+    // Resolve the playback id first so the 200 requests race on the segment only.
+    assert_eq!(get(addr, &p.url("master.m3u8")).await.status, 200);
+    let before = state.storage_reads();
+
+    let target = p.url(&format!("{rendition}/1.m4s"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let target = target.clone();
+        tasks.spawn(async move { get(addr, &target).await });
+    }
+    let mut lengths = std::collections::BTreeSet::new();
+    while let Some(reply) = tasks.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 200);
+        lengths.insert(reply.body.len());
+    }
+    assert_eq!(lengths.len(), 1, "every request got the same object");
+    assert_eq!(
+        state.storage_reads() - before,
+        1,
+        "200 concurrent misses, one storage read"
+    );
+    let text = state.metrics_text().await;
+    let coalesced = metric(&text, "cascade_origin_cache_coalesced_waits_total");
+    let hits = metric(&text, "cascade_origin_cache_hits_total");
+    assert!(coalesced >= 1.0, "{text}");
+    assert!(
+        coalesced + hits >= 199.0,
+        "coalesced {coalesced} + hits {hits}"
+    );
+
+    // A missing segment is read once, then remembered as missing.
+    let missing = p.url(&format!("{rendition}/9999.m4s"));
+    let before = state.storage_reads();
+    for _ in 0..5 {
+        let r = get(addr, &missing).await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.code(), "not_found");
+    }
+    assert_eq!(state.storage_reads() - before, 1);
+    assert!(
+        metric(
+            &state.metrics_text().await,
+            "cascade_origin_cache_negative_hits_total"
+        ) >= 4.0
+    );
+    let _ = std::fs::remove_dir_all(&p.root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_answers_bad_requests_with_4xx_json() {
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    let (ready_id, ready) = inserted(&db, AssetState::Ready, "public").await;
+    let (_, waiting_pid) = {
+        let id = AssetId::new();
+        let pid = PlaybackId::new();
+        let client = db.pool.get().await.unwrap();
+        assets::insert(&client, id, &pid, None, &serde_json::json!({}), "public")
+            .await
+            .unwrap();
+        (id, pid)
+    };
+    let addr = serve(OriginState::new(
+        OriginConfig::default(),
+        db.pool.clone(),
+        store.clone(),
+    ))
+    .await;
+    let unknown = PlaybackId::new();
+    let cases: Vec<(String, u16, &str)> = vec![
+        (format!("/play/{unknown}/master.m3u8"), 404, "not_found"),
+        (
+            "/play/not-a-playback-id/master.m3u8".to_owned(),
+            404,
+            "not_found",
+        ),
+        (format!("/play/{ready}/master.m3u8"), 404, "not_found"), // published, object absent
+        (format!("/play/{ready}/source"), 404, "not_found"),
+        (format!("/play/{ready}/v1/master.m3u8"), 404, "not_found"),
+        (
+            format!("/play/{waiting_pid}/master.m3u8"),
+            404,
+            "asset_not_ready",
+        ),
+        ("/play/../../etc/passwd".to_owned(), 404, "not_found"),
+        (
+            "/play/%2e%2e/%2e%2e/etc/passwd".to_owned(),
+            404,
+            "not_found",
+        ),
+        (format!("/play/{ready}/%2e%2e/index.m3u8"), 404, "not_found"),
+        (
+            format!("/play/{ready}/..%2f..%2fsource/init.mp4"),
+            404,
+            "not_found",
+        ),
+        (format!("/play/{ready}/a%2Fb/index.m3u8"), 404, "not_found"),
+        (
+            format!("/play/{ready}/720p/..%2F..%2Fsource"),
+            404,
+            "not_found",
+        ),
+        (format!("/play/{ready}/720p/-1.m4s"), 404, "not_found"),
+        (format!("/play/{ready}/720p/01.m4s"), 404, "not_found"),
+        (format!("/play/{ready}/720p/abc.m4s"), 404, "not_found"),
+        (
+            format!("/play/{ready}/720p/184467440737095516160.m4s"),
+            404,
+            "not_found",
+        ),
+        (format!("/play/{ready}/720p/1.m4s/extra"), 404, "not_found"),
+        (format!("/play/{ready}/%ff%fe/index.m3u8"), 404, "not_found"),
+        ("/play/".to_owned(), 404, "not_found"),
+    ];
+    for (path, status, code) in &cases {
+        let r = get(addr, path).await;
+        assert_eq!(r.status, *status, "{path}: {}", r.text());
+        assert_eq!(r.code(), *code, "{path}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+        let cc = r.header("cache-control").unwrap();
+        assert!(
+            cc == "public, max-age=2" || cc == "no-store",
+            "{path}: {cc}"
+        );
+    }
+    let not_ready = get(addr, &format!("/play/{waiting_pid}/master.m3u8")).await;
+    assert_eq!(not_ready.header("cache-control"), Some("public, max-age=2"));
+
+    let post = request(
+        addr,
+        "POST",
+        &format!("/play/{ready}/master.m3u8"),
+        &[("Content-Length", "0")],
+    )
+    .await;
+    assert_eq!(post.status, 405);
+    assert_eq!(post.code(), "method_not_allowed");
+
+    // Absurd ranges on a real object, and a huge header.
+    let key = ObjectKey::media_segment(ready_id, 1, &RenditionName::new("720p").unwrap(), 1);
+    store
+        .put_bytes(&key, Bytes::from(vec![7u8; 1000]))
+        .await
+        .unwrap();
+    let segment = format!("/play/{ready}/720p/1.m4s");
+    for (range, status) in [
+        ("bytes=1000-", 416),
+        ("bytes=18446744073709551615-", 416),
+        ("bytes=0-18446744073709551615", 206),
+        ("bytes=-0", 416),
+        ("bytes=-99999999999", 206),
+        ("bytes=0-1,2-3,4-5", 200),
+        ("bytes=--1", 200),
+    ] {
+        let r = request(addr, "GET", &segment, &[("Range", range)]).await;
+        assert_eq!(r.status, status, "{range}: {}", r.text());
+    }
+    let huge = "x".repeat(128 * 1024);
+    let r = request(addr, "GET", &segment, &[("X-Huge", &huge)]).await;
+    assert_eq!(r.status, 431, "huge header");
+    assert_eq!(r.code(), "headers_too_large");
+    let text = get(addr, "/metrics").await.text();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("cascade_origin_requests_total"))
+    {
+        assert!(
+            !line.contains("status=\"5"),
+            "a bad request got a 5xx: {line}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_signed_playback_needs_a_valid_token_and_carries_it() {
+    let p = transcoded().await;
+    {
+        let client = p.db.pool.get().await.unwrap();
+        client
+            .execute(
+                "UPDATE assets SET playback_policy = 'signed' WHERE id = $1",
+                &[&p.asset.as_uuid()],
+            )
+            .await
+            .unwrap();
+    }
+    let config = OriginConfig {
+        signing_key: Secret::new(SIGNING_KEY),
+        ..OriginConfig::default()
+    };
+    let addr = serve(p.origin(config)).await;
+    let rendition = first_rendition(&p).to_owned();
+    let token = cascade_origin::sign(SIGNING_KEY.as_bytes(), &p.playback, now_unix() + 600);
+
+    // Without, with a wrong one, with an expired one: 403 JSON.
+    let expired = cascade_origin::sign(SIGNING_KEY.as_bytes(), &p.playback, now_unix() - 1);
+    let other = cascade_origin::sign(b"another key", &p.playback, now_unix() + 600);
+    for (query, code) in [
+        (String::new(), "token_required"),
+        (format!("?token={other}"), "token_invalid"),
+        ("?token=garbage".to_owned(), "token_invalid"),
+        (format!("?token={expired}"), "token_expired"),
+    ] {
+        for path in [
+            "master.m3u8".to_owned(),
+            "manifest.mpd".to_owned(),
+            format!("{rendition}/1.m4s"),
+        ] {
+            let r = get(addr, &format!("{}{query}", p.url(&path))).await;
+            assert_eq!(r.status, 403, "{path}{query}");
+            assert_eq!(r.code(), code, "{path}{query}");
+            assert_eq!(r.header("cache-control"), Some("private, no-store"));
+        }
+    }
+
+    // With a valid token: every URI in the manifests carries it.
+    let master = get(addr, &format!("{}?token={token}", p.url("master.m3u8"))).await;
+    assert_eq!(master.status, 200, "{}", master.text());
+    assert_eq!(master.header("cache-control"), Some("private, no-store"));
+    let text = master.text();
+    let uris: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert!(!uris.is_empty());
+    for uri in &uris {
+        assert!(uri.ends_with(&format!("?token={token}")), "{uri}");
+    }
+    for line in text.lines().filter(|l| l.contains("URI=\"")) {
+        assert!(line.contains(&format!("?token={token}\"")), "{line}");
+    }
+    let media = get(
+        addr,
+        &format!(
+            "{}?token={token}",
+            p.url(&format!("{rendition}/index.m3u8"))
+        ),
+    )
+    .await;
+    assert_eq!(media.status, 200);
+    let media_text = media.text();
+    assert!(
+        media_text.contains(&format!("URI=\"init.mp4?token={token}\"")),
+        "{media_text}"
+    );
+    assert!(
+        media_text.contains(&format!("\n1.m4s?token={token}")),
+        "{media_text}"
+    );
+    let mpd = get(addr, &format!("{}?token={token}", p.url("manifest.mpd")))
+        .await
+        .text();
+    assert!(mpd.contains(&format!("init.mp4?token={token}\"")), "{mpd}");
+    assert!(
+        mpd.contains(&format!("$Number$.m4s?token={token}\"")),
+        "{mpd}"
+    );
+    let segment = get(
+        addr,
+        &format!("{}?token={token}", p.url(&format!("{rendition}/1.m4s"))),
+    )
+    .await;
+    assert_eq!(segment.status, 200);
+    assert_eq!(
+        segment.header("cache-control"),
+        Some("private, max-age=31536000, immutable")
+    );
+
+    // A player following the rewritten URIs plays it with no special code.
+    let url = format!("http://{addr}{}?token={token}", p.url("master.m3u8"));
+    ffmpeg_decodes(&url).await;
+    let _ = std::fs::remove_dir_all(&p.root);
+}
+
+/// `ffmpeg -i <url> -map 0 -f null -` succeeds with no error output, and reads every stream.
+async fn ffmpeg_decodes(url: &str) {
+    // Async: the origin under test runs on this runtime.
+    let out = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-nostdin", "-v", "error", "-i", url, "-map", "0", "-f", "null", "-",
+        ])
+        .output()
+        .await
+        .expect("run ffmpeg");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ffmpeg {url}: {stderr}");
+    assert!(stderr.trim().is_empty(), "ffmpeg {url} reported: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_serves_cached_objects_while_storage_fails_and_breaks_the_circuit() {
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    let (asset, playback) = inserted(&db, AssetState::Ready, "public").await;
+    let rendition = RenditionName::new("720p").unwrap();
+    for seq in [1, 2] {
+        store
+            .put_bytes(
+                &ObjectKey::media_segment(asset, 1, &rendition, seq),
+                Bytes::from(vec![seq as u8; 4096]),
+            )
+            .await
+            .unwrap();
+    }
+    let config = OriginConfig {
+        breaker_threshold: 3,
+        breaker_cooldown: Duration::from_millis(500),
+        ..OriginConfig::default()
+    };
+    let state = OriginState::new(config, db.pool.clone(), store);
+    let addr = serve(state.clone()).await;
+    let cached = format!("/play/{playback}/720p/1.m4s");
+    let uncached = format!("/play/{playback}/720p/2.m4s");
+    assert_eq!(get(addr, &cached).await.status, 200);
+
+    // Break the store: the asset's directory becomes a file, so reads fail
+    // with an I/O error (not "not found").
+    let asset_dir = root.join(ObjectKey::asset_prefix(asset).trim_end_matches('/'));
+    let moved = root.join("moved-away");
+    std::fs::rename(&asset_dir, &moved).unwrap();
+    std::fs::write(&asset_dir, b"not a directory").unwrap();
+
+    // L1 still answers (stale-if-error); a miss is a fast 503 with Retry-After.
+    let hit = get(addr, &cached).await;
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.body, vec![1u8; 4096]);
+    for _ in 0..3 {
+        let r = get(addr, &uncached).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.code(), "storage_unavailable");
+        assert!(r.header("retry-after").is_some());
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    // The breaker is open: further misses do not reach the store.
+    let reads = state.storage_reads();
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get(addr, &uncached).await.status, 503);
+    }
+    assert_eq!(
+        state.storage_reads(),
+        reads,
+        "the open breaker sends no reads"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let text = state.metrics_text().await;
+    assert_eq!(metric(&text, "cascade_origin_breaker_state"), 1.0, "{text}");
+    assert!(metric(&text, "cascade_origin_breaker_rejections_total") >= 20.0);
+    assert!(
+        metric(
+            &text,
+            "cascade_origin_storage_read_errors_total{error_type=\"permanent\"}"
+        ) >= 3.0
+    );
+
+    // Repair the store: after the cool-down one probe closes the breaker.
+    std::fs::remove_file(&asset_dir).unwrap();
+    std::fs::rename(&moved, &asset_dir).unwrap();
+    let body = eventually(
+        "the breaker to let a probe through",
+        Duration::from_secs(10),
+        || async {
+            let r = get(addr, &uncached).await;
+            (r.status == 200).then_some(r.body)
+        },
+    )
+    .await;
+    assert_eq!(body, vec![2u8; 4096]);
+    assert_eq!(
+        metric(&state.metrics_text().await, "cascade_origin_breaker_state"),
+        0.0
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+// ---------------------------------------------------------------- nginx as the CDN
+
+/// nginx running `infra/cdn/nginx.conf` in a temporary prefix, killed on drop.
+struct Cdn {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cdn {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers too (SIGKILL would orphan them).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cdn {
+    /// nginx's error log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn start_cdn(origin: SocketAddr) -> Cdn {
+    let dir = tempfile::tempdir().unwrap();
+    let template = std::fs::read_to_string(repo_root().join("infra/cdn/nginx.conf")).unwrap();
+    // nginx needs the port up front; a just-freed ephemeral port is the
+    // closest to `:0` it offers. A lost race shows as a bind error below.
+    let addr = free_port();
+    let conf = template
+        .replace("{{USER}}", "root")
+        .replace("{{LISTEN}}", &addr.to_string())
+        .replace("{{ORIGIN}}", &origin.to_string())
+        .replace(
+            "{{CACHE_DIR}}",
+            &dir.path().join("cache").display().to_string(),
+        );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new("/usr/sbin/nginx")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("error.log")).unwrap())
+        .spawn()
+        .expect("start nginx");
+    let mut cdn = Cdn {
+        child,
+        addr,
+        _dir: dir,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = cdn.child.try_wait().unwrap() {
+            panic!("nginx exited at start: {status}");
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nginx did not listen within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cdn.addr = addr;
+    cdn
+}
+
+/// Requests the origin answered for a class and status.
+async fn count(state: &OriginState, class: &str, status: &str) -> f64 {
+    metric(
+        &state.metrics_text().await,
+        &format!("cascade_origin_requests_total{{class=\"{class}\",status=\"{status}\"}}"),
+    )
+}
+
+fn nginx_available() -> bool {
+    Path::new("/usr/sbin/nginx").exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_behind_nginx_cdn_caches_segments_and_plays() {
+    assert!(nginx_available(), "nginx is needed (Debian package nginx)");
+    let p = transcoded().await;
+    let state = p.origin(OriginConfig::default());
+    let origin = serve(state.clone()).await;
+    let cdn = start_cdn(origin).await;
+    let rendition = first_rendition(&p).to_owned();
+
+    // A segment: the second request is a CDN hit; the origin saw one request.
+    let segment = p.url(&format!("{rendition}/1.m4s"));
+    let first = get(cdn.addr, &segment).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{}\nnginx log:\n{}",
+        first.text(),
+        cdn.log()
+    );
+    assert_eq!(first.header("x-cache-status"), Some("MISS"));
+    let second = get(cdn.addr, &segment).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-cache-status"), Some("HIT"));
+    assert_eq!(second.body, first.body);
+    assert_eq!(
+        second.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!(
+        count(&state, "media_segment", "200").await,
+        1.0,
+        "the origin saw one request"
+    );
+    // Ranges are served by the CDN from its cached copy.
+    let range = request(cdn.addr, "GET", &segment, &[("Range", "bytes=0-99")]).await;
+    assert_eq!(range.status, 206);
+    assert_eq!(range.body, first.body[..100]);
+    assert_eq!(count(&state, "media_segment", "200").await, 1.0);
+    assert_eq!(count(&state, "media_segment", "206").await, 0.0);
+
+    // Cache-busting parameters do not split the cache.
+    let busted = get(cdn.addr, &format!("{segment}?cb=123")).await;
+    assert_eq!(busted.header("x-cache-status"), Some("HIT"));
+    // An encoded slash is not the same object (no poisoning of the real entry).
+    let encoded = get(cdn.addr, &p.url(&format!("{rendition}%2Findex.m3u8"))).await;
+    assert_eq!(encoded.status, 404);
+    let media = get(cdn.addr, &p.url(&format!("{rendition}/index.m3u8"))).await;
+    assert_eq!(media.status, 200);
+    assert!(media.text().starts_with("#EXTM3U"));
+
+    // A processing asset's manifest is not kept by the CDN.
+    let (asset, playback) = inserted(&p.db, AssetState::Processing, "public").await;
+    p.store
+        .put_bytes(
+            &ObjectKey::hls_master(asset, 1),
+            Bytes::from_static(b"#EXTM3U\n#EXT-X-VERSION:7\n"),
+        )
+        .await
+        .unwrap();
+    let processing = format!("/play/{playback}/master.m3u8");
+    let before = count(&state, "hls_playlist", "200").await;
+    for _ in 0..3 {
+        let r = get(cdn.addr, &processing).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        assert_ne!(r.header("x-cache-status"), Some("HIT"));
+    }
+    assert_eq!(
+        count(&state, "hls_playlist", "200").await - before,
+        3.0,
+        "every request reached the origin"
+    );
+
+    // FFmpeg plays every rung through the CDN.
+    let master = format!("http://{}{}", cdn.addr, p.url("master.m3u8"));
+    ffmpeg_decodes(&master).await;
+    let probe = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_streams", "-of", "json", &master])
+        .output()
+        .await
+        .unwrap();
+    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let video_streams = probe["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["codec_type"] == "video")
+        .count();
+    let video_rungs = p
+        .renditions
+        .iter()
+        .filter(|r| r.as_str() != "audio")
+        .count();
+    assert_eq!(
+        video_streams, video_rungs,
+        "every video rung is a stream: {probe}"
+    );
+    // Replaying is served by the CDN: no new segment request reaches the origin.
+    let seen = count(&state, "media_segment", "200").await;
+    ffmpeg_decodes(&master).await;
+    assert_eq!(count(&state, "media_segment", "200").await, seen);
+    let _ = std::fs::remove_dir_all(&p.root);
+}

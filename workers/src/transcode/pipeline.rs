@@ -113,7 +113,11 @@ struct Feed {
 const FRAMES_IN_FLIGHT: usize = 4;
 
 impl VideoRung {
-    fn encode(&mut self, frame: &ff::frame::Video, events: &mpsc::Sender<Event>) -> Result<(), TranscodeError> {
+    fn encode(
+        &mut self,
+        frame: &ff::frame::Video,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<(), TranscodeError> {
         // Software encoders take the filtered frame as it is; VAAPI needs it
         // copied into a GPU surface first.
         let sent = match self.vaapi.as_mut() {
@@ -136,7 +140,11 @@ impl VideoRung {
         receive_video_packets(&mut self, events)?;
         if let Some(mut last) = self.pending.take() {
             last.duration = self.frame_ticks.max(1);
-            if let Some(segment) = self.segmenter.push(last).map_err(|e| packager_error("packaging video", e))? {
+            if let Some(segment) = self
+                .segmenter
+                .push(last)
+                .map_err(|e| packager_error("packaging video", e))?
+            {
                 self.infos.push(segment.info());
                 emit_segment(&self.plan.name, segment, events)?;
             }
@@ -629,7 +637,8 @@ pub fn run(
         let mut feeds = Vec::new();
         let mut workers = Vec::new();
         for mut rung in rungs.drain(..) {
-            let (frames, received) = std::sync::mpsc::sync_channel::<ff::frame::Video>(FRAMES_IN_FLIGHT);
+            let (frames, received) =
+                std::sync::mpsc::sync_channel::<ff::frame::Video>(FRAMES_IN_FLIGHT);
             feeds.push(Feed {
                 sink: rung.sink.clone(),
                 time_base: rung.time_base,
@@ -643,61 +652,61 @@ pub fn run(
             }));
         }
         let decoded = (|| -> Result<Option<ff::Error>, TranscodeError> {
-                let mut packet = ff::Packet::empty();
-                let mut read_error = None;
-                loop {
-                    if cancel.load(Ordering::Relaxed) {
-                        return Err(TranscodeError::Cancelled);
-                    }
-                    match packet.read(&mut input) {
-                        Ok(()) => {}
-                        Err(ff::Error::Eof) => break,
-                        Err(e) => {
-                            read_error = Some(e);
-                            break;
-                        }
-                    }
-                    let index = packet.stream();
-                    if let (Some(source), Some(graph)) = (video.as_mut(), graph.as_mut()) {
-                        if index == source.index {
-                            if source.decoder.send_packet(&packet).is_err() {
-                                continue; // A corrupt packet: skip it, the decoder resyncs.
-                            }
-                            drain_video(source, graph, &feeds, &mut state, events)?;
-                            continue;
-                        }
-                    }
-                    if let (Some(source), Some(graph), Some(out)) =
-                        (audio.as_mut(), audio_graph.as_mut(), audio_out.as_mut())
-                    {
-                        if index == source.index {
-                            if source.decoder.send_packet(&packet).is_err() {
-                                continue;
-                            }
-                            drain_audio(source, graph, out, &mut state, events)?;
-                        }
+            let mut packet = ff::Packet::empty();
+            let mut read_error = None;
+            loop {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(TranscodeError::Cancelled);
+                }
+                match packet.read(&mut input) {
+                    Ok(()) => {}
+                    Err(ff::Error::Eof) => break,
+                    Err(e) => {
+                        read_error = Some(e);
+                        break;
                     }
                 }
-
-                // Flush decoders, filter graphs and encoders.
+                let index = packet.stream();
                 if let (Some(source), Some(graph)) = (video.as_mut(), graph.as_mut()) {
-                    let _ = source.decoder.send_eof();
-                    drain_video(source, graph, &feeds, &mut state, events)?;
-                    if let Some(mut input) = graph.get("in") {
-                        let _ = input.source().flush();
+                    if index == source.index {
+                        if source.decoder.send_packet(&packet).is_err() {
+                            continue; // A corrupt packet: skip it, the decoder resyncs.
+                        }
+                        drain_video(source, graph, &feeds, &mut state, events)?;
+                        continue;
                     }
-                    pull_video(graph, &feeds, &mut state)?;
                 }
                 if let (Some(source), Some(graph), Some(out)) =
                     (audio.as_mut(), audio_graph.as_mut(), audio_out.as_mut())
                 {
-                    let _ = source.decoder.send_eof();
-                    drain_audio(source, graph, out, &mut state, events)?;
-                    if let Some(mut input) = graph.get("in") {
-                        let _ = input.source().flush();
+                    if index == source.index {
+                        if source.decoder.send_packet(&packet).is_err() {
+                            continue;
+                        }
+                        drain_audio(source, graph, out, &mut state, events)?;
                     }
-                    pull_audio(graph, out, events)?;
                 }
+            }
+
+            // Flush decoders, filter graphs and encoders.
+            if let (Some(source), Some(graph)) = (video.as_mut(), graph.as_mut()) {
+                let _ = source.decoder.send_eof();
+                drain_video(source, graph, &feeds, &mut state, events)?;
+                if let Some(mut input) = graph.get("in") {
+                    let _ = input.source().flush();
+                }
+                pull_video(graph, &feeds, &mut state)?;
+            }
+            if let (Some(source), Some(graph), Some(out)) =
+                (audio.as_mut(), audio_graph.as_mut(), audio_out.as_mut())
+            {
+                let _ = source.decoder.send_eof();
+                drain_audio(source, graph, out, &mut state, events)?;
+                if let Some(mut input) = graph.get("in") {
+                    let _ = input.source().flush();
+                }
+                pull_audio(graph, out, events)?;
+            }
             Ok(read_error)
         })();
         // Closing the feeds lets every rung flush and finish.
@@ -710,7 +719,9 @@ pub fn run(
                     rung_error.get_or_insert(e);
                 }
                 Err(_) => {
-                    rung_error.get_or_insert(TranscodeError::Internal("a rung encoder thread panicked".to_owned()));
+                    rung_error.get_or_insert(TranscodeError::Internal(
+                        "a rung encoder thread panicked".to_owned(),
+                    ));
                 }
             }
         }
@@ -861,7 +872,11 @@ fn drain_video(
     Ok(())
 }
 
-fn pull_video(graph: &mut ff::filter::Graph, feeds: &[Feed], state: &mut LoopState) -> Result<(), TranscodeError> {
+fn pull_video(
+    graph: &mut ff::filter::Graph,
+    feeds: &[Feed],
+    state: &mut LoopState,
+) -> Result<(), TranscodeError> {
     // All rungs get the same frames, so the keyframe decision is made per
     // frame on the first rung and applied to all.
     let mut decisions: Vec<bool> = Vec::new();
@@ -886,7 +901,11 @@ fn pull_video(graph: &mut ff::filter::Graph, feeds: &[Feed], state: &mut LoopSta
             }
             let force = decisions.get(n).copied().unwrap_or(false);
             n += 1;
-            filtered.set_kind(if force { ff::picture::Type::I } else { ff::picture::Type::None });
+            filtered.set_kind(if force {
+                ff::picture::Type::I
+            } else {
+                ff::picture::Type::None
+            });
             // Hand the frame over (its buffers are shared, not copied).
             let frame = std::mem::replace(&mut filtered, ff::frame::Video::empty());
             feed.frames

@@ -1,0 +1,240 @@
+//! Request header parsing the origin needs: byte ranges, entity tags,
+//! content negotiation for gzip; and the manifest token rewriting.
+
+use std::io::Write as _;
+
+use bytes::Bytes;
+use cascade_platform::storage::ByteRange;
+
+/// Longest decimal number accepted in a range (u64::MAX has 20 digits).
+const MAX_DIGITS: usize = 20;
+
+fn number(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() || text.len() > MAX_DIGITS || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Parses a `Range` header. `None` means "serve the whole object": no
+/// header, a unit other than bytes, syntax errors, `last < first`, and
+/// multiple ranges (multipart/byteranges is not supported; RFC 9110 lets a
+/// server ignore Range).
+pub(crate) fn parse_range(value: &str) -> Option<ByteRange> {
+    let (unit, spec) = value.trim().split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    match (first.trim().is_empty(), last.trim().is_empty()) {
+        (true, false) => Some(ByteRange::Suffix(number(last)?)),
+        (false, true) => Some(ByteRange::From(number(first)?)),
+        (false, false) => {
+            let (first, last) = (number(first)?, number(last)?);
+            (first <= last).then_some(ByteRange::Inclusive { first, last })
+        }
+        (true, true) => None,
+    }
+}
+
+fn opaque(tag: &str) -> &str {
+    tag.trim().strip_prefix("W/").unwrap_or(tag.trim())
+}
+
+/// Whether an `If-None-Match` value matches `etag` (weak comparison, as
+/// RFC 9110 section 13.1.2 asks).
+pub(crate) fn none_match(header: &str, etag: &str) -> bool {
+    header
+        .split(',')
+        .any(|candidate| candidate.trim() == "*" || opaque(candidate) == opaque(etag))
+}
+
+/// Whether an `If-Range` value names exactly this representation (strong comparison).
+pub(crate) fn if_range_matches(header: &str, etag: &str) -> bool {
+    let header = header.trim();
+    !header.starts_with("W/") && header == etag
+}
+
+/// Whether `Accept-Encoding` admits gzip (an explicit `gzip` entry wins over `*`).
+pub(crate) fn accepts_gzip(header: &str) -> bool {
+    let mut wildcard = false;
+    for entry in header.split(',') {
+        let mut parts = entry.split(';');
+        let coding = parts.next().unwrap_or_default().trim();
+        let refused = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            return !refused;
+        }
+        if coding == "*" {
+            wildcard = !refused;
+        }
+    }
+    wildcard
+}
+
+/// Gzips a manifest. `None` only if the encoder fails (then serve identity).
+pub(crate) fn gzip(bytes: &[u8]) -> Option<Bytes> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 3 + 64),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(bytes).ok()?;
+    encoder.finish().ok().map(Bytes::from)
+}
+
+/// The entity tag of the gzip-encoded representation of `etag`.
+pub(crate) fn gzip_etag(etag: &str) -> String {
+    format!("\"{}-gzip\"", opaque(etag).trim_matches('"'))
+}
+
+fn with_token(uri: &str, token: &str, separator: &str) -> String {
+    let sep = if uri.contains('?') { separator } else { "?" };
+    format!("{uri}{sep}token={token}")
+}
+
+/// Carries `token` into every URI of an HLS playlist (RFC 8216): URI lines
+/// (variant streams, segments) and `URI="..."` attributes (`EXT-X-MAP`,
+/// `EXT-X-MEDIA`, `EXT-X-I-FRAME-STREAM-INF`, keys).
+pub(crate) fn hls_with_token(text: &str, token: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\r', '\n']);
+        let eol = &line[content.len()..];
+        if content.trim().is_empty() {
+            out.push_str(line);
+        } else if content.starts_with('#') {
+            let mut rest = content;
+            while let Some(at) = rest.find("URI=\"") {
+                let (head, tail) = rest.split_at(at + 5);
+                out.push_str(head);
+                match tail.find('"') {
+                    Some(end) => {
+                        out.push_str(&with_token(&tail[..end], token, "&"));
+                        rest = &tail[end..];
+                    }
+                    None => {
+                        rest = tail;
+                        break;
+                    }
+                }
+            }
+            out.push_str(rest);
+            out.push_str(eol);
+        } else {
+            out.push_str(&with_token(content.trim(), token, "&"));
+            out.push_str(eol);
+        }
+    }
+    out
+}
+
+/// Carries `token` into the URI templates of a DASH MPD (ISO/IEC 23009-1
+/// `SegmentTemplate@initialization` and `@media`).
+pub(crate) fn dash_with_token(text: &str, token: &str) -> String {
+    let mut out = text.to_owned();
+    for attribute in [" initialization=\"", " media=\""] {
+        let mut result = String::with_capacity(out.len() + 64);
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(attribute) {
+            let (head, tail) = rest.split_at(at + attribute.len());
+            result.push_str(head);
+            match tail.find('"') {
+                Some(end) => {
+                    result.push_str(&with_token(&tail[..end], token, "&amp;"));
+                    rest = &tail[end..];
+                }
+                None => {
+                    rest = tail;
+                    break;
+                }
+            }
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(
+            parse_range("bytes=0-99"),
+            Some(ByteRange::Inclusive { first: 0, last: 99 })
+        );
+        assert_eq!(parse_range("bytes=10-"), Some(ByteRange::From(10)));
+        assert_eq!(parse_range("bytes=-5"), Some(ByteRange::Suffix(5)));
+        assert_eq!(
+            parse_range("BYTES = 1-2"),
+            Some(ByteRange::Inclusive { first: 1, last: 2 })
+        );
+        for ignored in [
+            "bytes=5-1",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=-",
+            "bytes=+1-2",
+            "bytes=99999999999999999999-",
+            "bytes=a-b",
+            "bytes",
+            "",
+        ] {
+            assert_eq!(parse_range(ignored), None, "{ignored:?}");
+        }
+    }
+
+    #[test]
+    fn etags_and_encodings() {
+        assert!(none_match("\"a\"", "\"a\""));
+        assert!(none_match("\"x\", W/\"a\"", "\"a\""));
+        assert!(none_match("*", "\"a\""));
+        assert!(!none_match("\"b\"", "\"a\""));
+        assert!(if_range_matches("\"a\"", "\"a\""));
+        assert!(!if_range_matches("W/\"a\"", "\"a\""));
+        assert!(accepts_gzip("gzip, deflate, br"));
+        assert!(accepts_gzip("br;q=1.0, gzip;q=0.8"));
+        assert!(!accepts_gzip("gzip;q=0, *"));
+        assert!(accepts_gzip("*"));
+        assert!(!accepts_gzip("identity"));
+        assert_eq!(gzip_etag("\"12-ab\""), "\"12-ab-gzip\"");
+    }
+
+    #[test]
+    fn hls_rewrite_covers_every_uri() {
+        let master =
+            "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,URI=\"audio/index.m3u8\",GROUP-ID=\"audio\"\n\
+                      #EXT-X-STREAM-INF:BANDWIDTH=1,CODECS=\"avc1.64001f\"\n720p/index.m3u8\n";
+        assert_eq!(
+            hls_with_token(master, "9.abc"),
+            "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,URI=\"audio/index.m3u8?token=9.abc\",GROUP-ID=\"audio\"\n\
+             #EXT-X-STREAM-INF:BANDWIDTH=1,CODECS=\"avc1.64001f\"\n720p/index.m3u8?token=9.abc\n"
+        );
+        let media =
+            "#EXTM3U\r\n#EXT-X-MAP:URI=\"init.mp4\"\r\n#EXTINF:2.0,\r\n1.m4s\r\n\r\n#EXT-X-ENDLIST";
+        assert_eq!(
+            hls_with_token(media, "t"),
+            "#EXTM3U\r\n#EXT-X-MAP:URI=\"init.mp4?token=t\"\r\n#EXTINF:2.0,\r\n1.m4s?token=t\r\n\r\n#EXT-X-ENDLIST"
+        );
+    }
+
+    #[test]
+    fn dash_rewrite_covers_templates() {
+        let mpd =
+            "<SegmentTemplate timescale=\"1\" initialization=\"$RepresentationID$/init.mp4\" \
+                   media=\"$RepresentationID$/$Number$.m4s?x=1\" startNumber=\"1\">";
+        assert_eq!(
+            dash_with_token(mpd, "t"),
+            "<SegmentTemplate timescale=\"1\" initialization=\"$RepresentationID$/init.mp4?token=t\" \
+             media=\"$RepresentationID$/$Number$.m4s?x=1&amp;token=t\" startNumber=\"1\">"
+        );
+    }
+}

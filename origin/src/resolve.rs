@@ -1,0 +1,95 @@
+//! Playback id -> asset, with a short-lived in-memory cache so Postgres is
+//! asked once per playback id every `asset_ttl`, not once per segment.
+//! Concurrent lookups of one id share one query.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use cascade_schemas::{AssetId, AssetState, PlaybackId};
+use deadpool_postgres::Pool;
+
+use crate::error::OriginError;
+use crate::metrics::Metrics;
+use cascade_platform::config::OriginConfig;
+
+/// What the origin needs to know about an asset to serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AssetInfo {
+    pub(crate) id: AssetId,
+    pub(crate) state: AssetState,
+    /// Playback needs a token (`playback_policy = 'signed'`).
+    pub(crate) signed: bool,
+    /// The live version, once one is published.
+    pub(crate) published_version: Option<u32>,
+}
+
+pub(crate) struct Resolver {
+    pool: Pool,
+    cache: moka::future::Cache<PlaybackId, Option<Arc<AssetInfo>>>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+struct LookupFailed;
+
+impl Resolver {
+    pub(crate) fn new(config: &OriginConfig, pool: Pool, metrics: Arc<Metrics>) -> Self {
+        Self {
+            pool,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.asset_ttl)
+                .build(),
+            metrics,
+        }
+    }
+
+    /// The asset behind a playback id; `None` when there is none.
+    pub(crate) async fn resolve(
+        &self,
+        playback_id: &PlaybackId,
+    ) -> Result<Option<Arc<AssetInfo>>, OriginError> {
+        self.cache
+            .try_get_with(playback_id.clone(), self.query(playback_id))
+            .await
+            .map_err(|_: Arc<LookupFailed>| OriginError::DatabaseUnavailable)
+    }
+
+    async fn query(
+        &self,
+        playback_id: &PlaybackId,
+    ) -> Result<Option<Arc<AssetInfo>>, LookupFailed> {
+        self.metrics.asset_lookups.fetch_add(1, Relaxed);
+        let failed = |what: &str, error: &dyn std::fmt::Display| {
+            self.metrics.asset_lookup_errors.fetch_add(1, Relaxed);
+            tracing::warn!(playback_id = %playback_id, error = %error, "asset lookup failed: {what}");
+            LookupFailed
+        };
+        let client = self.pool.get().await.map_err(|e| failed("pool", &e))?;
+        let row = client
+            .query_opt(
+                "SELECT id, playback_policy, state, published_version FROM assets WHERE playback_id = $1",
+                &[&playback_id.as_str()],
+            )
+            .await
+            .map_err(|e| failed("query", &e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let state: String = row.try_get("state").map_err(|e| failed("row", &e))?;
+        let state: AssetState = state.parse().map_err(|e| failed("state", &e))?;
+        let policy: String = row
+            .try_get("playback_policy")
+            .map_err(|e| failed("row", &e))?;
+        let version: Option<i32> = row
+            .try_get("published_version")
+            .map_err(|e| failed("row", &e))?;
+        let id: uuid::Uuid = row.try_get("id").map_err(|e| failed("row", &e))?;
+        Ok(Some(Arc::new(AssetInfo {
+            id: AssetId::from(id),
+            state,
+            signed: policy == "signed",
+            published_version: version.and_then(|v| u32::try_from(v).ok()),
+        })))
+    }
+}

@@ -1,0 +1,340 @@
+//! The memory tier (L1) in front of the object store.
+//!
+//! Objects up to `max_cached_object` are read whole into a byte-bounded
+//! moka cache. Concurrent misses for one key share one storage read (moka's
+//! `try_get_with` runs one loader; the others wait for its result). A
+//! missing object is remembered briefly. Larger objects are remembered only
+//! as "too large" and stream from the store per request. Every storage read
+//! passes the circuit breaker.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cascade_platform::storage::{ByteRange, ObjectBody, StorageError};
+use cascade_platform::ObjectStore;
+use cascade_schemas::{ObjectClass, ObjectKey};
+use moka::notification::RemovalCause;
+use moka::Expiry;
+use sha2::{Digest, Sha256};
+
+use crate::breaker::Breaker;
+use crate::error::OriginError;
+use crate::metrics::Metrics;
+use cascade_platform::config::OriginConfig;
+
+/// A whole object held in memory.
+#[derive(Debug)]
+pub(crate) struct Cached {
+    /// The bytes.
+    pub(crate) bytes: Bytes,
+    /// Strong entity tag, quoted.
+    pub(crate) etag: String,
+}
+
+/// What the tier knows about a key.
+#[derive(Debug, Clone)]
+enum Entry {
+    Found(Arc<Cached>),
+    Missing,
+    TooLarge,
+}
+
+/// What a lookup found.
+pub(crate) enum Lookup {
+    /// The object, from memory.
+    Found(Arc<Cached>),
+    /// The object exists but must be streamed from the store.
+    TooLarge,
+}
+
+/// Why a load failed (shared by every request waiting on it).
+#[derive(Debug)]
+enum LoadError {
+    BreakerOpen(Duration),
+    Failed,
+}
+
+impl From<&LoadError> for OriginError {
+    fn from(e: &LoadError) -> Self {
+        match e {
+            LoadError::BreakerOpen(retry_after) => OriginError::StorageUnavailable {
+                retry_after: *retry_after,
+            },
+            LoadError::Failed => OriginError::StorageUnavailable {
+                retry_after: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+struct TierExpiry {
+    negative: Duration,
+    manifest: Duration,
+}
+
+impl Expiry<ObjectKey, Entry> for TierExpiry {
+    fn expire_after_create(&self, key: &ObjectKey, value: &Entry, _: Instant) -> Option<Duration> {
+        match value {
+            Entry::Missing => Some(self.negative),
+            _ => match key.class() {
+                ObjectClass::HlsPlaylist | ObjectClass::DashManifest => Some(self.manifest),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Per-entry bookkeeping beyond the payload, counted in its weight.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// The memory tier, the store behind it and the breaker guarding the store.
+pub(crate) struct Tier {
+    cache: moka::future::Cache<ObjectKey, Entry>,
+    store: ObjectStore,
+    breaker: Breaker,
+    metrics: Arc<Metrics>,
+    max_object: u64,
+    timeout: Duration,
+}
+
+impl Tier {
+    pub(crate) fn new(config: &OriginConfig, store: ObjectStore, metrics: Arc<Metrics>) -> Self {
+        let listener_metrics = metrics.clone();
+        let cache = moka::future::Cache::builder()
+            .max_capacity(config.cache_capacity.0)
+            .weigher(|key: &ObjectKey, value: &Entry| -> u32 {
+                let payload = match value {
+                    Entry::Found(c) => c.bytes.len(),
+                    Entry::Missing | Entry::TooLarge => 0,
+                };
+                u32::try_from(payload + key.as_str().len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .expire_after(TierExpiry {
+                negative: config.negative_ttl,
+                manifest: config.manifest_ttl,
+            })
+            .eviction_listener(move |_key, _value, cause| match cause {
+                RemovalCause::Size => {
+                    listener_metrics.cache_evictions.fetch_add(1, Relaxed);
+                }
+                RemovalCause::Expired => {
+                    listener_metrics.cache_expirations.fetch_add(1, Relaxed);
+                }
+                _ => {}
+            })
+            .build();
+        Self {
+            cache,
+            store,
+            breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown),
+            metrics,
+            max_object: config.max_cached_object.0,
+            timeout: config.storage_timeout,
+        }
+    }
+
+    /// Finds an object: from memory, else by one (shared) storage read.
+    pub(crate) async fn lookup(&self, key: &ObjectKey) -> Result<Lookup, OriginError> {
+        if let Some(entry) = self.cache.get(key).await {
+            return self.found(entry, true);
+        }
+        self.metrics.cache_misses.fetch_add(1, Relaxed);
+        let loaded = AtomicBool::new(false);
+        let result = self
+            .cache
+            .try_get_with(key.clone(), async {
+                loaded.store(true, Relaxed);
+                self.load(key).await
+            })
+            .await;
+        if !loaded.load(Relaxed) {
+            self.metrics.cache_coalesced.fetch_add(1, Relaxed);
+        }
+        match result {
+            Ok(entry) => self.found(entry, false),
+            Err(e) => Err(OriginError::from(e.as_ref())),
+        }
+    }
+
+    fn found(&self, entry: Entry, hit: bool) -> Result<Lookup, OriginError> {
+        match entry {
+            Entry::Found(object) => {
+                if hit {
+                    self.metrics.cache_hits.fetch_add(1, Relaxed);
+                    self.metrics
+                        .cache_hit_bytes
+                        .fetch_add(object.bytes.len() as u64, Relaxed);
+                }
+                Ok(Lookup::Found(object))
+            }
+            Entry::Missing => {
+                if hit {
+                    self.metrics.cache_negative_hits.fetch_add(1, Relaxed);
+                }
+                Err(OriginError::NotFound)
+            }
+            Entry::TooLarge => {
+                self.metrics.cache_bypasses.fetch_add(1, Relaxed);
+                Ok(Lookup::TooLarge)
+            }
+        }
+    }
+
+    /// Counts a storage read's outcome in the metrics and the breaker.
+    fn record(&self, key: &ObjectKey, started: Instant, error: Option<&StorageError>) {
+        self.metrics
+            .storage_read_duration
+            .observe(started.elapsed());
+        let kind = match error {
+            None => {
+                self.breaker.success();
+                return;
+            }
+            Some(e) if e.is_not_found() => {
+                self.breaker.success();
+                0
+            }
+            Some(StorageError::InvalidRange { .. }) => {
+                self.breaker.success();
+                return;
+            }
+            Some(e) if e.is_retryable() => 1,
+            Some(_) => 2,
+        };
+        self.metrics.storage_errors[kind].fetch_add(1, Relaxed);
+        if kind != 0 {
+            if let Some(e) = error {
+                tracing::warn!(key = %key, error = %e, "storage read failed");
+            }
+            self.fail();
+        }
+    }
+
+    fn fail(&self) {
+        if self.breaker.failure() {
+            self.metrics.breaker_opened.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn admit(&self) -> Result<(), Duration> {
+        self.breaker.admit().inspect_err(|_| {
+            self.metrics.breaker_rejections.fetch_add(1, Relaxed);
+        })
+    }
+
+    async fn load(&self, key: &ObjectKey) -> Result<Entry, LoadError> {
+        self.admit().map_err(LoadError::BreakerOpen)?;
+        self.metrics.storage_reads.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        let read = tokio::time::timeout(self.timeout, async {
+            let body = self.store.get(key, None).await?;
+            if body.meta.size > self.max_object {
+                // Dropping the body closes the read; requests stream instead.
+                return Ok(Entry::TooLarge);
+            }
+            let etag = body.meta.etag.clone();
+            let bytes = body.collect().await?;
+            let etag = etag.unwrap_or_else(|| content_etag(&bytes));
+            Ok::<_, StorageError>(Entry::Found(Arc::new(Cached { bytes, etag })))
+        })
+        .await;
+        match read {
+            Ok(Ok(entry)) => {
+                self.record(key, started, None);
+                if let Entry::Found(object) = &entry {
+                    let n = object.bytes.len() as u64;
+                    self.metrics.storage_read_bytes.fetch_add(n, Relaxed);
+                    self.metrics.cache_inserted_bytes.fetch_add(n, Relaxed);
+                }
+                Ok(entry)
+            }
+            Ok(Err(e)) if e.is_not_found() => {
+                self.record(key, started, Some(&e));
+                Ok(Entry::Missing)
+            }
+            Ok(Err(e)) => {
+                self.record(key, started, Some(&e));
+                Err(LoadError::Failed)
+            }
+            Err(_) => {
+                self.metrics
+                    .storage_read_duration
+                    .observe(started.elapsed());
+                self.metrics.storage_errors[3].fetch_add(1, Relaxed);
+                tracing::warn!(key = %key, timeout_ms = self.timeout.as_millis() as u64, "storage read timed out");
+                self.fail();
+                Err(LoadError::Failed)
+            }
+        }
+    }
+
+    /// Streams an object too large for memory (or part of it) from the store.
+    pub(crate) async fn stream(
+        &self,
+        key: &ObjectKey,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectBody, OriginError> {
+        self.admit()
+            .map_err(|retry_after| OriginError::StorageUnavailable { retry_after })?;
+        self.metrics.storage_reads.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        match tokio::time::timeout(self.timeout, self.store.get(key, range)).await {
+            Ok(Ok(body)) => {
+                self.record(key, started, None);
+                self.metrics
+                    .storage_read_bytes
+                    .fetch_add(body.len(), Relaxed);
+                Ok(body)
+            }
+            Ok(Err(e)) => {
+                self.record(key, started, Some(&e));
+                Err(match e {
+                    StorageError::NotFound { .. } => OriginError::NotFound,
+                    StorageError::InvalidRange { size } => {
+                        OriginError::RangeNotSatisfiable { size }
+                    }
+                    _ => OriginError::StorageUnavailable {
+                        retry_after: Duration::from_secs(1),
+                    },
+                })
+            }
+            Err(_) => {
+                self.metrics
+                    .storage_read_duration
+                    .observe(started.elapsed());
+                self.metrics.storage_errors[3].fetch_add(1, Relaxed);
+                tracing::warn!(key = %key, "storage open timed out");
+                self.fail();
+                Err(OriginError::StorageUnavailable {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+        }
+    }
+
+    /// Applies moka's pending bookkeeping so sizes and counts are current.
+    pub(crate) async fn settle(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    pub(crate) fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    pub(crate) fn breaker_state(&self) -> u8 {
+        self.breaker.state_code()
+    }
+}
+
+/// A strong ETag from the content, for stores that give none.
+fn content_etag(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
