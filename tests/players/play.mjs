@@ -1,0 +1,105 @@
+// Plays a stream with a real player (hls.js or dash.js) in headless
+// Chromium and prints what happened as one JSON line: seconds played, the
+// renditions whose segments the browser fetched, and any fatal error.
+//
+//   node play.mjs --player hls|dash --url <master.m3u8|manifest.mpd> [--seconds 8]
+//
+// The player starts on the lowest rung and is switched to the highest after
+// two seconds of playback, so at least two rungs are fetched. Used by the
+// integration tests (tests/integration/origin.rs).
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((pairs, arg, i, all) => (arg.startsWith('--') ? [...pairs, [arg.slice(2), all[i + 1]]] : pairs), []),
+);
+const player = args.player;
+const url = args.url;
+const seconds = Number(args.seconds ?? 8);
+
+const scripts = {
+  '/hls.js': path.join(here, 'node_modules/hls.js/dist/hls.min.js'),
+  '/dash.js': path.join(here, 'node_modules/dashjs/dist/modern/umd/dash.all.min.js'),
+};
+
+const page = `<!doctype html><html><body>
+<video id="v" muted playsinline width="640" height="360"></video>
+<script src="/${player}.js"></script>
+<script>
+const video = document.getElementById('v');
+window.report = { fatal: null, errors: [] };
+const url = ${JSON.stringify(url)};
+if (${JSON.stringify(player)} === 'hls') {
+  const hls = new Hls({ capLevelToPlayerSize: false, startLevel: 0 });
+  hls.on(Hls.Events.ERROR, (_, d) => {
+    window.report.errors.push(d.details);
+    if (d.fatal) window.report.fatal = d.type + ': ' + d.details;
+  });
+  hls.on(Hls.Events.MANIFEST_PARSED, () => { hls.currentLevel = 0; video.play(); });
+  video.addEventListener('timeupdate', () => {
+    if (video.currentTime > 2 && !window.switched) { window.switched = true; hls.currentLevel = hls.levels.length - 1; }
+  });
+  hls.loadSource(url);
+  hls.attachMedia(video);
+} else {
+  const p = dashjs.MediaPlayer().create();
+  p.updateSettings({ streaming: { abr: { autoSwitchBitrate: { video: false } } } });
+  p.on(dashjs.MediaPlayer.events.ERROR, (e) => { window.report.fatal = JSON.stringify(e.error || e); });
+  p.on(dashjs.MediaPlayer.events.STREAM_INITIALIZED, () => {
+    p.setRepresentationForTypeByIndex('video', 0, true);
+    video.play();
+  });
+  video.addEventListener('timeupdate', () => {
+    if (video.currentTime > 2 && !window.switched) {
+      window.switched = true;
+      const reps = p.getRepresentationsByType('video');
+      p.setRepresentationForTypeByIndex('video', reps.length - 1, true);
+    }
+  });
+  p.initialize(video, url, false);
+}
+</script></body></html>`;
+
+const server = http.createServer((req, res) => {
+  if (scripts[req.url]) {
+    res.writeHead(200, { 'content-type': 'text/javascript' });
+    fs.createReadStream(scripts[req.url]).pipe(res);
+  } else {
+    res.writeHead(200, { 'content-type': 'text/html' });
+    res.end(page);
+  }
+});
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+const pageUrl = `http://127.0.0.1:${server.address().port}/`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required'],
+});
+const renditions = new Set();
+let played = 0;
+let report = { fatal: 'did not start', errors: [] };
+try {
+  const tab = await browser.newPage();
+  tab.on('request', (r) => {
+    const m = r.url().match(/\/play\/[^/]+\/([^/?]+)\/\d+\.m4s/);
+    if (m) renditions.add(m[1]);
+  });
+  await tab.goto(pageUrl);
+  const deadline = Date.now() + (seconds * 4 + 30) * 1000;
+  while (Date.now() < deadline) {
+    [played, report] = await tab.evaluate(() => [document.getElementById('v').currentTime, window.report]);
+    if (report.fatal || played >= seconds) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+} finally {
+  await browser.close();
+  server.close();
+}
+console.log(JSON.stringify({ player, played, renditions: [...renditions].sort(), fatal: report.fatal, errors: report.errors }));
