@@ -91,7 +91,10 @@ fi
 # --- SeaweedFS S3 -----------------------------------------------------------
 # CASCADE_STACK_NO_S3=1 skips it (SeaweedFS binds fixed side ports, so only
 # one instance can run on a machine; stacks that use the local backend need none).
-if [ "${CASCADE_STACK_NO_S3:-}" = "1" ]; then
+no_s3="${CASCADE_STACK_NO_S3:-}"
+# Not a config key: keep it from reaching cascade's strict config loader.
+unset CASCADE_STACK_NO_S3
+if [ "$no_s3" = "1" ]; then
   export CASCADE_DATABASE__URL="postgres://cascade@127.0.0.1:$pg_port/cascade"
   export CASCADE_STORAGE__LOCAL_ROOT="$data/objects"
   export CASCADE_TEST_DATABASE_URL="$db_admin_url"

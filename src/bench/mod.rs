@@ -2,6 +2,7 @@
 //! they are held to, and (where a peer runs here) the ratio to that peer.
 
 mod ladder;
+mod origin;
 mod queue;
 mod upload;
 
@@ -19,6 +20,8 @@ pub enum BenchCommand {
     Ladder(ladder::LadderBenchArgs),
     /// 1 GiB through tus and simple upload into S3, against a direct multipart put.
     Upload(upload::UploadBenchArgs),
+    /// Segments from the origin's memory tier under wrk, against nginx serving the same files.
+    Origin(origin::OriginBenchArgs),
 }
 
 /// Runs one benchmark; exit 1 when a target is missed.
@@ -27,5 +30,6 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<ExitCo
         BenchCommand::Queue(args) => queue::run(args, config).await,
         BenchCommand::Ladder(args) => ladder::run(args, config).await,
         BenchCommand::Upload(args) => upload::run(args, config).await,
+        BenchCommand::Origin(args) => origin::run(args, config).await,
     }
 }

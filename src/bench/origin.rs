@@ -1,0 +1,644 @@
+//! `cascade bench origin`: real CMAF segments of a transcoded fixture served
+//! by Cascade's origin from its memory tier, and in the same run by nginx
+//! from disk, each under wrk on loopback with the server pinned to core 0
+//! and the load to core 1. Prints requests/s, throughput and p99 latency of
+//! both and the ratios. Then 500 concurrent requests for one segment the
+//! origin has not cached yet, counting the storage reads they cost.
+//!
+//! The origin runs as a `cascade serve --roles origin` child so that
+//! `taskset` pins the whole server (runtime threads included) and nothing of
+//! this process (wrk's parser, the import) shares its core.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cascade_platform::config::EncoderChoice;
+use cascade_platform::queue::JobNotifier;
+use cascade_platform::{assets, db, Config, ObjectStore, Queue};
+use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey, PlaybackId, RenditionName};
+use cascade_workers::transcode::encoders::VideoEncoder;
+use cascade_workers::transcode::TranscodeHandler;
+use cascade_workers::{HandlerRegistry, Runner};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+const TARGET_RPS_RATIO: f64 = 1.0;
+const TARGET_STORAGE_READS: u64 = 1;
+const FIXTURE: &str = "landscape_1080p30_stereo.mp4";
+const TOP_RUNG: &str = "1080p";
+/// The segment under load (warmed first).
+const LOADED_SEGMENT: u64 = 1;
+/// A segment of the same rung that nothing requests before the burst.
+const UNCACHED_SEGMENT: u64 = 2;
+const SERVER_CORE: &str = "0";
+const LOAD_CORE: &str = "1";
+const READS_METRIC: &str = "cascade_origin_storage_reads_total";
+
+/// Arguments of `cascade bench origin`.
+#[derive(Debug, Args)]
+pub struct OriginBenchArgs {
+    /// Seconds of load per server.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// Open connections of the load generator.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Alternating load runs per server; medians are compared (loopback
+    /// bandwidth makes single runs noisy).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Concurrent requests for the uncached segment.
+    #[arg(long, default_value_t = 500)]
+    burst: usize,
+}
+
+/// A child process that is killed and reaped however the bench ends.
+struct ChildGuard {
+    name: &'static str,
+    child: Child,
+}
+
+impl ChildGuard {
+    /// Fails if the child already exited (a port clash, a bad config).
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early: {status}", self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChildGuard {
+    /// SIGTERM first: a SIGKILLed nginx master leaves its worker running
+    /// (orphaned, still listening), and the origin drains on SIGTERM. SIGKILL
+    /// only if it has not exited after a grace period.
+    fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill has no memory preconditions; the pid is our
+            // unreaped child, so it cannot name another process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where the peers' binaries are.
+struct Tools {
+    wrk: PathBuf,
+    nginx: PathBuf,
+}
+
+/// What wrk reported for one run.
+#[derive(Debug)]
+struct WrkFigures {
+    requests_per_sec: f64,
+    bytes_per_sec: f64,
+    p99: Duration,
+    /// Non-2xx/3xx responses plus socket errors: a valid run has none.
+    errors: u64,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The tool's path from `PATH`, or from `/usr/sbin` (where Debian puts
+/// nginx, often outside a non-root user's `PATH`).
+fn require_tool(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("`{name}` is not installed: run scripts/deps.sh"))
+}
+
+/// The bench fixture, generated if missing (run from the repository root).
+fn fixture() -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(".data/fixtures");
+    let path = dir.join(FIXTURE);
+    if !path.exists() {
+        let status = Command::new("fixtures/generate.sh")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .context("generating fixtures (run from the repository root)")?;
+        if !status.success() {
+            bail!("fixtures/generate.sh failed");
+        }
+    }
+    Ok(path)
+}
+
+/// Imports the fixture and transcodes it in this process; returns the
+/// asset, its playback id and the published version.
+async fn transcode_fixture(
+    config: &Config,
+    pool: &deadpool_postgres::Pool,
+    store: &ObjectStore,
+    input: &Path,
+) -> anyhow::Result<(AssetId, PlaybackId, u32)> {
+    let queue = Queue::new(pool.clone(), config.queue.clone());
+    let (asset, playback) = cascade_ingest::import_file(&queue, store, input, Some(FIXTURE))
+        .await
+        .context("importing the fixture")?;
+
+    let mut transcode = config.transcode.clone();
+    transcode.encoder = EncoderChoice::Libx264;
+    let handler = TranscodeHandler::new(
+        pool.clone(),
+        store.clone(),
+        transcode,
+        VideoEncoder::Libx264,
+    );
+    let mut queue_config = config.queue.clone();
+    queue_config.concurrency = 1;
+    let stop = CancellationToken::new();
+    let notifier = JobNotifier::start(db::pg_config(&config.database)?, stop.clone());
+    let runner = Runner::new(
+        Queue::new(pool.clone(), queue_config),
+        HandlerRegistry::new().register(job_kind::TRANSCODE, handler),
+        notifier,
+        "bench-origin",
+    );
+    let worker = tokio::spawn(runner.run(stop.clone()));
+
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let outcome = loop {
+        let current = assets::get(pool, asset)
+            .await?
+            .context("the imported asset vanished")?;
+        match current.state {
+            AssetState::Ready => break Ok(current),
+            AssetState::Errored => {
+                break Err(anyhow::anyhow!(
+                    "the transcode failed: {}",
+                    current.error_message.unwrap_or_default()
+                ))
+            }
+            _ if Instant::now() > deadline => {
+                break Err(anyhow::anyhow!("the transcode did not finish in 600 s"))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    stop.cancel();
+    let _ = worker.await;
+    let ready = outcome?;
+    let version = ready
+        .published_version
+        .context("a ready asset without a published version")?;
+    Ok((asset, playback, u32::try_from(version)?))
+}
+
+/// `cascade serve --roles origin` over the same local directory, pinned to
+/// the server core.
+fn start_origin(port: u16, objects: &Path) -> anyhow::Result<ChildGuard> {
+    let child = Command::new("taskset")
+        .args(["-c", SERVER_CORE])
+        .arg(std::env::current_exe()?)
+        .args(["serve", "--roles", "origin"])
+        .env("CASCADE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CASCADE_STORAGE__LOCAL_ROOT", objects)
+        .env("CASCADE_LOG__FILTER", "warn")
+        // Without these the child would read from S3, not the directory the
+        // segments were written to.
+        .env_remove("CASCADE_STORAGE__S3__ENDPOINT")
+        .env_remove("CASCADE_STORAGE__S3__BUCKET")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting cascade serve --roles origin")?;
+    Ok(ChildGuard {
+        name: "the origin",
+        child,
+    })
+}
+
+/// nginx serving `objects` as its document root, pinned to the server core.
+/// Configured as a well-tuned static file server: one worker (one core, like
+/// the origin), sendfile, cached open file descriptors, and keep-alive
+/// without a request cap so neither server pays for reconnects under wrk.
+fn start_nginx(nginx: &Path, port: u16, objects: &Path, dir: &Path) -> anyhow::Result<ChildGuard> {
+    let prefix = dir.display();
+    // As root, workers would otherwise switch to `nobody`, which cannot enter
+    // the 0700 temporary directory holding the segments.
+    // SAFETY: geteuid has no preconditions.
+    let user = if unsafe { libc::geteuid() } == 0 {
+        "user root;"
+    } else {
+        ""
+    };
+    let conf = format!(
+        r#"{user}
+daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache max=1000 inactive=60s;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    types {{ video/iso.segment m4s; video/mp4 mp4; }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"#,
+        root = objects.display(),
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let child = Command::new("taskset")
+        .args(["-c", SERVER_CORE])
+        .arg(nginx)
+        .arg("-p")
+        .arg(dir)
+        // -e: the compiled-in error log under /var/log may not be writable.
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting nginx")?;
+    Ok(ChildGuard {
+        name: "nginx",
+        child,
+    })
+}
+
+/// Waits until `url` answers 200 with the expected body length.
+async fn wait_serving(
+    client: &reqwest::Client,
+    server: &mut ChildGuard,
+    url: &str,
+    expected_len: u64,
+) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        server.check_running()?;
+        if let Ok(response) = client.get(url).send().await {
+            let status = response.status();
+            let body = response.bytes().await?;
+            if status.is_success() && body.len() as u64 == expected_len {
+                return Ok(());
+            }
+            bail!(
+                "{}: GET {url} gave {status} with {} bytes, expected {expected_len}",
+                server.name,
+                body.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{} did not answer {url} within 10 s", server.name)
+}
+
+/// Parses `1.23ms`, `456.78us`, `1.02s`, `2.00m`.
+fn parse_wrk_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+/// Parses `123.45MB` (wrk prints binary multiples) into bytes.
+fn parse_wrk_bytes(text: &str) -> Option<f64> {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "" | "B" => 1.0,
+        "KB" => 1024.0,
+        "MB" => 1024.0 * 1024.0,
+        "GB" => 1024.0 * 1024.0 * 1024.0,
+        "TB" => 1024.0_f64.powi(4),
+        _ => return None,
+    };
+    Some(value * scale)
+}
+
+fn parse_wrk(output: &str) -> anyhow::Result<WrkFigures> {
+    let mut requests_per_sec = None;
+    let mut bytes_per_sec = None;
+    let mut p99 = None;
+    let mut errors = 0;
+    for line in output.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("Requests/sec:") {
+            requests_per_sec = rest.trim().parse().ok();
+        } else if let Some(rest) = line.strip_prefix("Transfer/sec:") {
+            bytes_per_sec = parse_wrk_bytes(rest.trim());
+        } else if let Some(rest) = line.strip_prefix("99%") {
+            p99 = parse_wrk_duration(rest.trim());
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += rest.trim().parse::<u64>().unwrap_or(1);
+        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            errors += rest
+                .split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    Ok(WrkFigures {
+        requests_per_sec: requests_per_sec.context("no Requests/sec in wrk's output")?,
+        bytes_per_sec: bytes_per_sec.context("no Transfer/sec in wrk's output")?,
+        p99: p99.context("no 99% latency in wrk's output")?,
+        errors,
+    })
+}
+
+/// wrk on the load core against `url`.
+async fn load(wrk: &Path, url: &str, args: &OriginBenchArgs) -> anyhow::Result<WrkFigures> {
+    let output = tokio::process::Command::new("taskset")
+        .args(["-c", LOAD_CORE])
+        .arg(wrk)
+        .arg("-t1")
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{}s", args.seconds))
+        .args(["--latency", url])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "wrk failed ({}): {}{}",
+            output.status,
+            text,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let figures = parse_wrk(&text)?;
+    if figures.errors > 0 {
+        bail!(
+            "wrk saw {} failed requests against {url}:\n{text}",
+            figures.errors
+        );
+    }
+    Ok(figures)
+}
+
+/// Per-figure medians of several runs.
+fn median_figures(runs: Vec<WrkFigures>) -> WrkFigures {
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    WrkFigures {
+        requests_per_sec: median(runs.iter().map(|r| r.requests_per_sec).collect()),
+        bytes_per_sec: median(runs.iter().map(|r| r.bytes_per_sec).collect()),
+        p99: Duration::from_secs_f64(median(runs.iter().map(|r| r.p99.as_secs_f64()).collect())),
+        errors: runs.iter().map(|r| r.errors).sum(),
+    }
+}
+
+async fn storage_reads(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|line| {
+            let value = line.strip_prefix(READS_METRIC)?.strip_prefix(' ')?;
+            value.trim().parse::<f64>().ok()
+        })
+        .map(|v| v as u64)
+        .with_context(|| format!("no {READS_METRIC} in /metrics"))
+}
+
+/// `burst` requests for `url` released at once over connections opened
+/// beforehand, so they reach the origin together instead of trickling in
+/// behind TCP handshakes (which would turn coalescing into plain L1 hits).
+async fn burst(
+    client: &reqwest::Client,
+    base: &str,
+    url: &str,
+    count: usize,
+    expected_len: u64,
+) -> anyhow::Result<()> {
+    let open =
+        futures::future::join_all((0..count).map(|_| client.get(format!("{base}/healthz")).send()))
+            .await;
+    for response in open {
+        response.context("opening a connection for the burst")?;
+    }
+    let gate = Arc::new(tokio::sync::Barrier::new(count));
+    let tasks: Vec<_> = (0..count)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.to_owned();
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                gate.wait().await;
+                let response = client.get(&url).send().await?;
+                let status = response.status();
+                let len = response.bytes().await?.len() as u64;
+                anyhow::Ok((status, len))
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (status, len) = task.await??;
+        if !status.is_success() || len != expected_len {
+            bail!("burst request: {status} with {len} bytes, expected {expected_len}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the benchmark.
+pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let tools = Tools {
+        wrk: require_tool("wrk")?,
+        nginx: require_tool("nginx")?,
+    };
+    require_tool("taskset")?;
+    let input = fixture()?;
+    let scratch = tempfile::tempdir()?;
+    let objects = scratch.path().join("objects");
+    let nginx_dir = scratch.path().join("nginx");
+    std::fs::create_dir_all(&nginx_dir)?;
+
+    // The local backend, so nginx can serve the very files the origin reads.
+    let mut config = config;
+    config.storage.s3 = None;
+    config.storage.local_root = objects.clone();
+    let pool = db::pool(&config.database)?;
+    db::migrate(&pool).await.context("migrating the database")?;
+    let store = ObjectStore::from_config(&config.storage).await?;
+
+    println!("bench origin: transcoding {} ...", input.display());
+    let (asset, playback, version) = transcode_fixture(&config, &pool, &store, &input).await?;
+    let rung = RenditionName::new(TOP_RUNG)?;
+    let loaded_key = ObjectKey::media_segment(asset, version, &rung, LOADED_SEGMENT);
+    let uncached_key = ObjectKey::media_segment(asset, version, &rung, UNCACHED_SEGMENT);
+    let loaded_len = std::fs::metadata(objects.join(loaded_key.as_str()))
+        .with_context(|| format!("segment {loaded_key} on disk"))?
+        .len();
+    let uncached_len = std::fs::metadata(objects.join(uncached_key.as_str()))
+        .with_context(|| format!("segment {uncached_key} on disk"))?
+        .len();
+    if loaded_len > config.origin.max_cached_object.0 {
+        bail!("the loaded segment ({loaded_len} B) is over origin.max_cached_object: it would not be served from memory");
+    }
+
+    let client = reqwest::Client::new();
+    let origin_port = free_port()?;
+    let nginx_port = free_port()?;
+    let origin_base = format!("http://127.0.0.1:{origin_port}");
+    let nginx_base = format!("http://127.0.0.1:{nginx_port}");
+    let origin_url = format!("{origin_base}/play/{playback}/{TOP_RUNG}/{LOADED_SEGMENT}.m4s");
+    let uncached_url = format!("{origin_base}/play/{playback}/{TOP_RUNG}/{UNCACHED_SEGMENT}.m4s");
+    let nginx_url = format!("{nginx_base}/{loaded_key}");
+
+    let mut origin = start_origin(origin_port, &objects)?;
+    let mut nginx = start_nginx(&tools.nginx, nginx_port, &objects, &nginx_dir)?;
+    // The first successful GET also fills the origin's memory tier.
+    wait_serving(&client, &mut origin, &origin_url, loaded_len).await?;
+    wait_serving(&client, &mut nginx, &nginx_url, loaded_len).await?;
+    println!(
+        "segment {TOP_RUNG}/{LOADED_SEGMENT}.m4s: {loaded_len} bytes; wrk -t1 -c{} -d{}s, servers on core {SERVER_CORE}, wrk on core {LOAD_CORE}",
+        args.connections, args.seconds
+    );
+
+    // Each server alone on its core while it is measured, in turns.
+    let mut our_runs = Vec::new();
+    let mut their_runs = Vec::new();
+    for run in 1..=args.runs.max(1) {
+        let ours = load(&tools.wrk, &origin_url, &args).await?;
+        origin.check_running()?;
+        let theirs = load(&tools.wrk, &nginx_url, &args).await?;
+        println!(
+            "run {run}: origin {:.0} req/s p99 {:.2} ms; nginx {:.0} req/s p99 {:.2} ms",
+            ours.requests_per_sec,
+            ours.p99.as_secs_f64() * 1e3,
+            theirs.requests_per_sec,
+            theirs.p99.as_secs_f64() * 1e3
+        );
+        our_runs.push(ours);
+        their_runs.push(theirs);
+    }
+    let ours = median_figures(our_runs);
+    let theirs = median_figures(their_runs);
+    drop(nginx);
+
+    let reads_before = storage_reads(&client, &origin_base).await?;
+    burst(
+        &client,
+        &origin_base,
+        &uncached_url,
+        args.burst,
+        uncached_len,
+    )
+    .await?;
+    let burst_reads = storage_reads(&client, &origin_base).await? - reads_before;
+    drop(origin);
+
+    let rps_ratio = ours.requests_per_sec / theirs.requests_per_sec;
+    let throughput_ratio = ours.bytes_per_sec / theirs.bytes_per_sec;
+    let p99_ratio = ours.p99.as_secs_f64() / theirs.p99.as_secs_f64();
+    let mb = |bytes: f64| format!("{:.1} MB/s", bytes / 1e6);
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+    println!("medians of {} alternating runs", args.runs.max(1));
+    println!(
+        "{:<12} {:>14} {:>14} {:>8}",
+        "", "cascade origin", "nginx", "ratio"
+    );
+    println!(
+        "{:<12} {:>14.0} {:>14.0} {:>7.2}x  (target >= {TARGET_RPS_RATIO:.2}x)",
+        "requests/s", ours.requests_per_sec, theirs.requests_per_sec, rps_ratio
+    );
+    println!(
+        "{:<12} {:>14} {:>14} {:>7.2}x",
+        "throughput",
+        mb(ours.bytes_per_sec),
+        mb(theirs.bytes_per_sec),
+        throughput_ratio
+    );
+    println!(
+        "{:<12} {:>14} {:>14} {:>7.2}x  (target <= 1.00x)",
+        "p99 latency",
+        ms(ours.p99),
+        ms(theirs.p99),
+        p99_ratio
+    );
+    println!(
+        "{} concurrent requests for one uncached segment: {burst_reads} storage read(s) (target {TARGET_STORAGE_READS})",
+        args.burst
+    );
+
+    let ok = rps_ratio >= TARGET_RPS_RATIO
+        && ours.p99 <= theirs.p99
+        && burst_reads == TARGET_STORAGE_READS;
+    println!("targets: {}", if ok { "met" } else { "MISSED" });
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_latency_output() {
+        let output = "Running 10s test @ http://127.0.0.1:1/x
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.10ms  512.00us  14.20ms   90.00%
+    Req/Sec    30.12k     1.01k   32.00k    80.00%
+  Latency Distribution
+     50%    2.00ms
+     75%    2.30ms
+     90%    2.70ms
+     99%  850.00us
+  300000 requests in 10.00s, 1.50GB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+Requests/sec:  30000.50
+Transfer/sec:    153.60MB
+";
+        let figures = parse_wrk(output).unwrap();
+        assert_eq!(figures.requests_per_sec, 30000.5);
+        assert_eq!(figures.bytes_per_sec, 153.6 * 1024.0 * 1024.0);
+        assert_eq!(figures.p99, Duration::from_micros(850));
+        assert_eq!(figures.errors, 3);
+    }
+}
