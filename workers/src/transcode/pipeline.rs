@@ -294,6 +294,35 @@ fn open_audio_source(stream: &ff::format::stream::Stream) -> Result<AudioSource,
     })
 }
 
+/// Opens decoders for the best video stream (cover art is a "video" stream
+/// of one picture, not a video) and the best audio stream; at least one.
+fn open_sources(
+    input: &ff::format::context::Input,
+    config: &TranscodeConfig,
+) -> Result<(Option<VideoSource>, Option<AudioSource>), TranscodeError> {
+    let video_stream = input.streams().best(ff::media::Type::Video).filter(|s| {
+        !s.disposition()
+            .contains(ff::format::stream::Disposition::ATTACHED_PIC)
+    });
+    let video = video_stream
+        .as_ref()
+        .map(|s| open_video_source(s, config))
+        .transpose()?;
+    let audio = input
+        .streams()
+        .best(ff::media::Type::Audio)
+        .as_ref()
+        .map(open_audio_source)
+        .transpose()?;
+    if video.is_none() && audio.is_none() {
+        return Err(TranscodeError::input(
+            "no_media_streams",
+            "no video or audio stream found in the file",
+        ));
+    }
+    Ok((video, audio))
+}
+
 /// Output frame rate after the cap, as an exact rational.
 fn output_frame_rate(source: ff::Rational, max: u32) -> ff::Rational {
     if f64::from(source) > f64::from(max) {
@@ -469,27 +498,7 @@ pub fn run(
         },
     )?;
 
-    let video_stream = input.streams().best(ff::media::Type::Video).filter(|s| {
-        // Cover art is a "video" stream of one picture: not a video.
-        !s.disposition()
-            .contains(ff::format::stream::Disposition::ATTACHED_PIC)
-    });
-    let mut video = video_stream
-        .as_ref()
-        .map(|s| open_video_source(s, config))
-        .transpose()?;
-    let mut audio = input
-        .streams()
-        .best(ff::media::Type::Audio)
-        .as_ref()
-        .map(open_audio_source)
-        .transpose()?;
-    if video.is_none() && audio.is_none() {
-        return Err(TranscodeError::input(
-            "no_media_streams",
-            "no video or audio stream found in the file",
-        ));
-    }
+    let (mut video, mut audio) = open_sources(&input, config)?;
 
     // Plan the ladder and open one encoder per rung.
     let segment_duration =
@@ -1059,26 +1068,7 @@ pub fn probe_file(path: &Path, config: &TranscodeConfig) -> Result<ProbeSummary,
     let mut input = ff::format::input(&path).map_err(|e| input_error_for_open(path, e))?;
     let duration =
         (input.duration() > 0).then(|| input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
-    let video_stream = input.streams().best(ff::media::Type::Video).filter(|s| {
-        !s.disposition()
-            .contains(ff::format::stream::Disposition::ATTACHED_PIC)
-    });
-    let mut video = video_stream
-        .as_ref()
-        .map(|s| open_video_source(s, config))
-        .transpose()?;
-    let mut audio = input
-        .streams()
-        .best(ff::media::Type::Audio)
-        .as_ref()
-        .map(open_audio_source)
-        .transpose()?;
-    if video.is_none() && audio.is_none() {
-        return Err(TranscodeError::input(
-            "no_media_streams",
-            "no video or audio stream found in the file",
-        ));
-    }
+    let (mut video, mut audio) = open_sources(&input, config)?;
     let (mut has_video, mut has_audio) = (false, false);
     let mut packet = ff::Packet::empty();
     let mut video_frame = ff::frame::Video::empty();
