@@ -42,6 +42,12 @@ if [ ! -d tests/players/node_modules/playwright-core ]; then
   (cd tests/players && npm ci --no-audit --no-fund --silent)
 fi
 
+# schemathesis: generates API requests from the OpenAPI document in the tests.
+if ! python3 -c 'import schemathesis' 2>/dev/null; then
+  echo "deps: installing schemathesis from PyPI"
+  python3 -m pip install -q --disable-pip-version-check schemathesis
+fi
+
 # tuspy: the tests' tus client (one nobody here wrote).
 if ! python3 -c 'import tusclient' 2>/dev/null; then
   echo "deps: installing tuspy from PyPI"

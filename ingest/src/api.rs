@@ -22,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{require_key, RateLimiter};
 use crate::body::BodyReader;
 use crate::error::ApiError;
+use crate::openapi::{
+    ApiDoc, AssetError, AssetList, AssetView, ErrorBody, PlaybackUrls, RenditionView, SimpleUpload,
+    TusUpload, UploadUrls,
+};
 use crate::{source, tus};
 
 /// Longest title accepted.
@@ -86,6 +90,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/v1/uploads", axum::routing::options(tus::options))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
+        )
         .merge(authenticated)
         // Upload bodies are limited by ingest.max_upload_size as they stream.
         .layer(DefaultBodyLimit::disable())
@@ -97,52 +105,72 @@ pub(crate) fn parse_asset_id(raw: &str) -> Result<AssetId, ApiError> {
 }
 
 /// The asset as the API returns it.
-pub(crate) async fn asset_json(state: &AppState, asset: &assets::Asset) -> Result<Value, ApiError> {
+pub(crate) async fn asset_json(
+    state: &AppState,
+    asset: &assets::Asset,
+) -> Result<AssetView, ApiError> {
     let renditions = match asset.published_version {
         Some(version) => assets::renditions(&state.pool, asset.id, version).await?,
         None => Vec::new(),
     };
-    let playback = (asset.state == AssetState::Ready).then(|| {
-        let base = format!("/play/{}", asset.playback_id);
-        json!({
-            "hls": state.url(&format!("{base}/master.m3u8")),
-            "dash": state.url(&format!("{base}/manifest.mpd")),
-        })
+    let base = format!("/play/{}", asset.playback_id);
+    let playback = (asset.state == AssetState::Ready).then(|| PlaybackUrls {
+        hls: state.url(&format!("{base}/master.m3u8")),
+        dash: state.url(&format!("{base}/manifest.mpd")),
     });
-    let upload = (asset.state == AssetState::Waiting).then(|| {
-        let id_b64 = base64::engine::general_purpose::STANDARD.encode(asset.id.to_string());
-        json!({
-            "simple": { "method": "PUT", "url": state.url(&format!("/v1/assets/{}/source", asset.id)) },
-            "tus": { "url": state.url("/v1/uploads"), "upload_metadata": format!("asset_id {id_b64}") },
-        })
+    let upload = (asset.state == AssetState::Waiting).then(|| UploadUrls {
+        simple: SimpleUpload {
+            method: "PUT".to_owned(),
+            url: state.url(&format!("/v1/assets/{}/source", asset.id)),
+        },
+        tus: TusUpload {
+            url: state.url("/v1/uploads"),
+            upload_metadata: format!(
+                "asset_id {}",
+                base64::engine::general_purpose::STANDARD.encode(asset.id.to_string())
+            ),
+        },
     });
-    let error = asset
-        .error_code
-        .as_ref()
-        .map(|code| json!({ "code": code, "message": asset.error_message }));
-    Ok(json!({
-        "id": asset.id,
-        "playback_id": asset.playback_id,
-        "playback_policy": asset.playback_policy,
-        "state": asset.state,
-        "progress": asset.progress,
-        "title": asset.title,
-        "metadata": asset.metadata,
-        "duration_seconds": asset.duration_seconds,
-        "error": error,
-        "renditions": renditions,
-        "playback": playback,
-        "upload": upload,
-        "created_at": asset.created_at,
-    }))
+    Ok(AssetView {
+        id: asset.id.as_uuid(),
+        playback_id: asset.playback_id.to_string(),
+        playback_policy: asset.playback_policy.clone(),
+        state: asset.state.to_string(),
+        progress: asset.progress,
+        title: asset.title.clone(),
+        metadata: asset.metadata.clone(),
+        duration_seconds: asset.duration_seconds,
+        error: asset.error_code.clone().map(|code| AssetError {
+            code,
+            message: asset.error_message.clone(),
+        }),
+        renditions: renditions.into_iter().map(RenditionView::from).collect(),
+        playback,
+        upload,
+        created_at: asset.created_at,
+    })
 }
 
-#[derive(Debug, Deserialize)]
+/// A new asset.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateAsset {
+pub(crate) struct CreateAsset {
+    /// Title (at most 512 characters).
     title: Option<String>,
+    /// Any JSON object (at most 16 KiB).
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// `public` (default) or `signed`.
     playback_policy: Option<String>,
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
 }
 
 /// Inserts a new `waiting` asset after validating what the creator sent.
@@ -165,6 +193,13 @@ pub(crate) async fn insert_asset(
             format!("metadata must be a JSON object of at most {MAX_METADATA_BYTES} bytes"),
         ));
     }
+    if contains_nul(&metadata) {
+        // Postgres's jsonb cannot store NUL characters.
+        return Err(ApiError::bad_request(
+            "invalid_metadata",
+            "metadata keys and strings may not contain NUL (\\u0000) characters",
+        ));
+    }
     let policy = policy.unwrap_or("public");
     if !matches!(policy, "public" | "signed") {
         return Err(ApiError::bad_request(
@@ -181,7 +216,10 @@ pub(crate) async fn insert_asset(
         .ok_or(ApiError::Internal("asset vanished after insert".to_owned()))
 }
 
-async fn create_asset(
+/// Creates a waiting asset; the response carries its upload targets.
+#[utoipa::path(post, path = "/v1/assets", request_body(content = Option<CreateAsset>, content_type = "application/json"),
+    responses((status = 201, body = AssetView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub(crate) async fn create_asset(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -206,10 +244,13 @@ async fn create_asset(
     Ok((StatusCode::CREATED, Json(asset_json(&state, &asset).await?)).into_response())
 }
 
-async fn get_asset(
+/// One asset: state, progress, error, renditions and playback URLs.
+#[utoipa::path(get, path = "/v1/assets/{id}", params(("id" = String, Path, description = "Asset id")),
+    responses((status = 200, body = AssetView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_asset(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AssetView>, ApiError> {
     let id = parse_asset_id(&id)?;
     let asset = assets::get(&state.pool, id)
         .await?
@@ -217,8 +258,8 @@ async fn get_asset(
     Ok(Json(asset_json(&state, &asset).await?))
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct ListQuery {
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -242,10 +283,13 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, uuid::Uuid), ApiError> 
     ))
 }
 
-async fn list_assets(
+/// Assets, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/assets", params(ListQuery),
+    responses((status = 200, body = AssetList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub(crate) async fn list_assets(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AssetList>, ApiError> {
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -283,10 +327,16 @@ async fn list_assets(
         }
         data.push(asset_json(&state, &asset).await?);
     }
-    Ok(Json(json!({ "data": data, "next_cursor": next })))
+    Ok(Json(AssetList {
+        data,
+        next_cursor: next,
+    }))
 }
 
-async fn delete_asset(
+/// Deletes an asset's objects and rows; deleting again is fine.
+#[utoipa::path(delete, path = "/v1/assets/{id}", params(("id" = String, Path, description = "Asset id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn delete_asset(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -348,7 +398,11 @@ pub(crate) fn declared_length(headers: &HeaderMap, name: &str) -> Result<Option<
 }
 
 /// `PUT /v1/assets/{id}/source`: the whole file in one request.
-async fn put_source(
+#[utoipa::path(put, path = "/v1/assets/{id}/source", params(("id" = String, Path, description = "Asset id")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 202, body = AssetView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn put_source(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,

@@ -16,6 +16,7 @@ mod api;
 pub mod auth;
 mod body;
 pub mod error;
+pub mod openapi;
 mod source;
 mod tus;
 pub mod watch;

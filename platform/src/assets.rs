@@ -95,7 +95,8 @@ impl Asset {
                 .parse()
                 .map_err(|e| DbError::Build(format!("stored asset state: {e}")))?,
             title: row.get("title"),
-            metadata: row.get("metadata"),
+            metadata: serde_json::from_str(row.get::<_, &str>("metadata"))
+                .unwrap_or(serde_json::Value::Null),
             progress: row.get("progress"),
             error_code: row.get("error_code"),
             error_message: row.get("error_message"),
@@ -135,9 +136,11 @@ pub struct RenditionRow {
     pub encoder: String,
 }
 
+// metadata is read as text and parsed here, so a stored value serde_json
+// cannot take as jsonb never turns a read into an error.
 const ASSET_COLUMNS: &str =
-    "id, playback_id, playback_policy, state, title, metadata, progress, error_code, \
-     error_message, duration_seconds, published_version, created_at";
+    "id, playback_id, playback_policy, state, title, metadata::text AS metadata, progress, \
+     error_code, error_message, duration_seconds, published_version, created_at";
 
 /// Inserts a new asset in `waiting` (use the caller's transaction to enqueue with it).
 pub async fn insert(

@@ -643,3 +643,38 @@ async fn expired_uploads_are_cleaned_up() {
     );
     assert_eq!(http(addr, "HEAD", &upload, &[AUTH, TUS], b"").0, 404);
 }
+
+/// schemathesis (PyPI) generates requests from `/v1/openapi.json` and checks
+/// that none gets a 5xx. Bounded: a fixed seed and a few examples per operation.
+#[tokio::test]
+async fn generated_requests_from_the_openapi_document_never_get_a_5xx() {
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let server = start(&db, "ingest", &root, free_port(), &[]);
+    let base = format!("http://{}", server.addr);
+    let (status, _, body) = http(server.addr, "GET", "/v1/openapi.json", &[], b"");
+    assert_eq!(status, 200);
+    let document: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        document["paths"]["/v1/assets/{id}/source"]["put"].is_object(),
+        "the document covers the API"
+    );
+    let out = Command::new("python3")
+        // The console script's entry point, so pip's scripts directory need not be on PATH.
+        .args(["-c", "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'st'; sys.exit(schemathesis())"])
+        .args(["run", &format!("{base}/v1/openapi.json")])
+        .args(["--url", &base, "--checks", "not_a_server_error", "--max-examples", "15", "--seed", "1"])
+        .args(["-H", &format!("Authorization: Bearer {KEY}")])
+        .output()
+        .expect("python3 with schemathesis (scripts/deps.sh installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found failures:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("passed") && !report.contains("Server error"),
+        "{report}"
+    );
+}
