@@ -368,6 +368,26 @@ pub(crate) async fn delete_asset(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The asset `id`, which must still be waiting for its source.
+pub(crate) async fn waiting_asset(
+    state: &AppState,
+    id: AssetId,
+) -> Result<assets::Asset, ApiError> {
+    let asset = assets::get(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("asset"))?;
+    if asset.state != AssetState::Waiting {
+        return Err(ApiError::Conflict {
+            code: "source_already_uploaded",
+            message: format!(
+                "the asset is {}; a source can only be uploaded to a waiting asset",
+                asset.state
+            ),
+        });
+    }
+    Ok(asset)
+}
+
 /// A scratch file for the probe's copy of a source.
 pub(crate) fn scratch_file(state: &AppState) -> Result<tempfile::NamedTempFile, ApiError> {
     let dir = state
@@ -432,18 +452,7 @@ pub(crate) async fn put_source(
             message: "another upload of this asset's source is in progress".to_owned(),
         });
     }
-    let asset = assets::get(&state.pool, id)
-        .await?
-        .ok_or(ApiError::NotFound("asset"))?;
-    if asset.state != AssetState::Waiting {
-        return Err(ApiError::Conflict {
-            code: "source_already_uploaded",
-            message: format!(
-                "the asset is {}; a source can only be uploaded to a waiting asset",
-                asset.state
-            ),
-        });
-    }
+    waiting_asset(&state, id).await?;
     let scratch = scratch_file(&state)?;
     let copy = scratch
         .reopen()

@@ -17,9 +17,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use cascade_platform::assets;
 use cascade_platform::ObjectStore;
-use cascade_schemas::{AssetId, AssetState, ObjectKey};
+use cascade_schemas::{AssetId, ObjectKey};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
@@ -123,18 +122,7 @@ pub async fn create(
     let asset_id = match metadata.get("asset_id").and_then(|v| v.as_str()) {
         Some(raw) => {
             let id: AssetId = raw.parse().map_err(|_| ApiError::NotFound("asset"))?;
-            let asset = assets::get(&state.pool, id)
-                .await?
-                .ok_or(ApiError::NotFound("asset"))?;
-            if asset.state != AssetState::Waiting {
-                return Err(ApiError::Conflict {
-                    code: "source_already_uploaded",
-                    message: format!(
-                        "the asset is {}; a source can only be uploaded to a waiting asset",
-                        asset.state
-                    ),
-                });
-            }
+            api::waiting_asset(&state, id).await?;
             id
         }
         None => {

@@ -259,3 +259,24 @@ pub fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// The repository root (for scripts, fixtures and test clients).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The generated fixtures (fixtures/generate.sh is idempotent and locks
+/// against concurrent callers).
+pub fn fixtures_dir() -> PathBuf {
+    static GENERATE: std::sync::Once = std::sync::Once::new();
+    let dir = repo_root().join(".data/fixtures");
+    GENERATE.call_once(|| {
+        let status = Command::new(repo_root().join("fixtures/generate.sh"))
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run fixtures/generate.sh");
+        assert!(status.success(), "fixtures/generate.sh failed");
+    });
+    dir
+}

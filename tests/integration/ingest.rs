@@ -16,9 +16,7 @@ const AUTH: (&str, &str) = ("Authorization", "Bearer csk_test_bootstrap_key");
 const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".data/fixtures")
-        .join(name)
+    crate::common::fixtures_dir().join(name)
 }
 
 fn sha256_of(path: &Path) -> String {
@@ -59,7 +57,7 @@ fn tuspy(
     file: &Path,
     pause_after: usize,
 ) -> (std::process::Child, impl Iterator<Item = String>) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/tus_upload.py");
+    let script = crate::common::repo_root().join("tests/clients/tus_upload.py");
     let mut command = Command::new("python3");
     command.arg(script).args([
         "--key",

@@ -20,7 +20,7 @@ use cascade_workers::{HandlerRegistry, Runner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{eventually, fresh_db, TestDb};
+use crate::common::{eventually, fixtures_dir, fresh_db, repo_root, TestDb};
 
 const SIGNING_KEY: &str = "test signing key";
 
@@ -122,24 +122,6 @@ async fn get(addr: SocketAddr, target: &str) -> Reply {
 }
 
 // ---------------------------------------------------------------- set-up
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixtures_dir() -> PathBuf {
-    static GENERATE: Once = Once::new();
-    let dir = repo_root().join(".data/fixtures");
-    GENERATE.call_once(|| {
-        let status = Command::new(repo_root().join("fixtures/generate.sh"))
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .status()
-            .expect("run fixtures/generate.sh");
-        assert!(status.success(), "fixtures/generate.sh failed");
-    });
-    dir
-}
 
 async fn local_store() -> (ObjectStore, PathBuf) {
     let root =

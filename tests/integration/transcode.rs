@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Once;
 use std::time::Duration;
 
 use cascade_platform::config::{EncoderChoice, StorageConfig, TranscodeConfig};
@@ -14,27 +13,7 @@ use cascade_workers::transcode::{encoders, TranscodeHandler};
 use cascade_workers::{HandlerRegistry, Runner};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{eventually, fresh_db, CascadeProcess, TestDb};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The generated fixtures (generate.sh is idempotent and locks against
-/// concurrent callers).
-fn fixtures_dir() -> PathBuf {
-    static GENERATE: Once = Once::new();
-    let dir = repo_root().join(".data/fixtures");
-    GENERATE.call_once(|| {
-        let status = Command::new(repo_root().join("fixtures/generate.sh"))
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("run fixtures/generate.sh");
-        assert!(status.success(), "fixtures/generate.sh failed");
-    });
-    dir
-}
+use crate::common::{eventually, fixtures_dir, fresh_db, repo_root, CascadeProcess, TestDb};
 
 fn fixture(name: &str) -> toml::Table {
     let text = std::fs::read_to_string(repo_root().join("fixtures/fixtures.toml")).unwrap();

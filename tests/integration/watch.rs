@@ -9,9 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::common::{eventually, fresh_db, CascadeProcess, TestDb};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".data/fixtures")
-        .join(name)
+    crate::common::fixtures_dir().join(name)
 }
 
 fn sha256(path: &Path) -> String {

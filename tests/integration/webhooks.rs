@@ -109,11 +109,8 @@ async fn signed_events_arrive_even_after_the_receiver_failed_twice() {
         .as_str()
         .unwrap()
         .to_owned();
-    let source = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(".data/fixtures/tiny_320x180_stereo.mp4"),
-    )
-    .unwrap();
+    let source =
+        std::fs::read(crate::common::fixtures_dir().join("tiny_320x180_stereo.mp4")).unwrap();
     assert_eq!(
         http(
             addr,
