@@ -6,6 +6,7 @@ mod bench;
 mod health;
 mod jobs;
 mod keys;
+mod qa;
 mod serve;
 mod telemetry;
 
@@ -50,6 +51,8 @@ enum Command {
         #[command(subcommand)]
         command: jobs::JobsCommand,
     },
+    /// Check a published presentation against its reference media (exit 0 pass, 1 fail, 2 could not run).
+    Qa(qa::QaArgs),
     /// Benchmarks that print figures and ratios against targets.
     Bench {
         #[command(subcommand)]
@@ -109,5 +112,6 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Assets { command } => assets::run(command, &config).await,
         Command::Keys { command } => keys::run(command, &config).await,
         Command::Bench { command } => bench::run(command, config).await,
+        Command::Qa(args) => Ok(qa::run(args, &config).await),
     }
 }

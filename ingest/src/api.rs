@@ -23,8 +23,8 @@ use crate::auth::{require_key, RateLimiter};
 use crate::body::BodyReader;
 use crate::error::ApiError;
 use crate::openapi::{
-    ApiDoc, AssetError, AssetList, AssetView, ErrorBody, PlaybackUrls, RenditionView, SimpleUpload,
-    TusUpload, UploadUrls,
+    ApiDoc, AssetError, AssetList, AssetView, BinaryBody, ErrorBody, PlaybackUrls, RenditionView,
+    SimpleUpload, TusUpload, UploadUrls,
 };
 use crate::{source, tus};
 
@@ -184,6 +184,13 @@ pub(crate) async fn insert_asset(
         return Err(ApiError::bad_request(
             "invalid_title",
             format!("title is longer than {MAX_TITLE_CHARS} characters"),
+        ));
+    }
+    if title.is_some_and(|t| t.contains('\0')) {
+        // Postgres's text cannot store NUL.
+        return Err(ApiError::bad_request(
+            "invalid_title",
+            "title may not contain NUL (\\u0000) characters",
         ));
     }
     let metadata = metadata.unwrap_or_else(|| json!({}));
@@ -419,7 +426,7 @@ pub(crate) fn declared_length(headers: &HeaderMap, name: &str) -> Result<Option<
 
 /// `PUT /v1/assets/{id}/source`: the whole file in one request.
 #[utoipa::path(put, path = "/v1/assets/{id}/source", params(("id" = String, Path, description = "Asset id")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    request_body(content = BinaryBody, content_type = "application/octet-stream"),
     responses((status = 202, body = AssetView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(crate) async fn put_source(

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// Every error body.
@@ -149,6 +150,39 @@ pub struct AssetList {
     pub next_cursor: Option<String>,
 }
 
+/// `Tus-Resumable`: the tus protocol version of a request or response; this
+/// server speaks only 1.0.0 (anything else gets 412).
+#[derive(Debug, ToSchema)]
+pub enum TusResumable {
+    /// tus 1.0.0.
+    #[schema(rename = "1.0.0")]
+    V1_0_0,
+}
+
+/// A request body of raw bytes (a source file, or a tus PATCH).
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct BinaryBody(pub Vec<u8>);
+
+/// Request bodies that may be left out. utoipa marks a body optional only
+/// when its type is an `Option`, which would also make raw bytes nullable.
+struct OptionalBodies;
+
+impl Modify for OptionalBodies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        // tus creation: a body is creation-with-upload, none is plain creation.
+        let creation = openapi
+            .paths
+            .paths
+            .get_mut("/v1/uploads")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|operation| operation.request_body.as_mut());
+        if let Some(RefOr::T(body)) = creation {
+            body.required = Some(Required::False);
+        }
+    }
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -171,9 +205,193 @@ impl Modify for BearerAuth {
         crate::api::get_asset,
         crate::api::delete_asset,
         crate::api::put_source,
+        crate::tus::options,
+        crate::tus::create,
+        crate::tus::head,
+        crate::tus::patch,
+        crate::tus::terminate,
     ),
-    components(schemas(ErrorBody, AssetView, AssetList, crate::api::CreateAsset)),
-    modifiers(&BearerAuth),
+    components(schemas(ErrorBody, AssetView, AssetList, crate::api::CreateAsset, TusResumable)),
+    tags((name = "tus", description = "Resumable uploads, tus 1.0.0 (core, creation, creation-with-upload, termination, checksum, expiration).")),
+    modifiers(&BearerAuth, &OptionalBodies),
     security(("api_key" = []))
 )]
 pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn document() -> Value {
+        serde_json::to_value(ApiDoc::openapi()).expect("the document serializes")
+    }
+
+    fn param<'a>(operation: &'a Value, name: &str) -> &'a Value {
+        operation["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("no parameter {name}"))
+    }
+
+    fn statuses(operation: &Value) -> Vec<&str> {
+        operation["responses"]
+            .as_object()
+            .expect("responses")
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn tus_operations_are_in_the_document_as_routed() {
+        let doc = document();
+        let paths = &doc["paths"];
+        for (path, method, id) in [
+            ("/v1/uploads", "options", "tus_options"),
+            ("/v1/uploads", "post", "tus_create"),
+            ("/v1/uploads/{id}", "head", "tus_head"),
+            ("/v1/uploads/{id}", "patch", "tus_patch"),
+            ("/v1/uploads/{id}", "delete", "tus_terminate"),
+        ] {
+            let operation = &paths[path][method];
+            assert_eq!(operation["operationId"], id, "{method} {path}");
+            assert_eq!(operation["tags"], json!(["tus"]), "{method} {path}");
+            if path.contains("{id}") {
+                let id = param(operation, "id");
+                assert_eq!((&id["in"], &id["required"]), (&json!("path"), &json!(true)));
+            }
+            if method != "options" {
+                let version = param(operation, "Tus-Resumable");
+                assert_eq!(
+                    (&version["in"], &version["required"]),
+                    (&json!("header"), &json!(true))
+                );
+                // The bearer key of the whole document applies.
+                assert!(operation.get("security").is_none(), "{method} {path}");
+            }
+        }
+        assert!(paths["/v1/uploads"]["get"].is_null());
+        assert!(paths["/v1/uploads/{id}"]["get"].is_null());
+        // Discovery needs no key.
+        assert_eq!(paths["/v1/uploads"]["options"]["security"], json!([{}]));
+        assert_eq!(
+            doc["components"]["schemas"]["TusResumable"]["enum"],
+            json!(["1.0.0"])
+        );
+    }
+
+    #[test]
+    fn tus_headers_bodies_and_statuses_match_the_handlers() {
+        let doc = document();
+        let non_negative = json!({"type": "integer", "format": "int64", "minimum": 0});
+
+        let options = &doc["paths"]["/v1/uploads"]["options"];
+        assert_eq!(statuses(options), ["204"]);
+        let headers = &options["responses"]["204"]["headers"];
+        for name in [
+            "Tus-Resumable",
+            "Tus-Version",
+            "Tus-Extension",
+            "Tus-Checksum-Algorithm",
+        ] {
+            assert!(headers[name].is_object(), "{name}");
+        }
+        assert_eq!(headers["Tus-Max-Size"]["schema"], non_negative);
+
+        let create = &doc["paths"]["/v1/uploads"]["post"];
+        let length = param(create, "Upload-Length");
+        assert_eq!(
+            (&length["required"], &length["schema"]),
+            (&json!(true), &non_negative)
+        );
+        assert_eq!(param(create, "Upload-Metadata")["required"], json!(false));
+        assert_eq!(
+            param(create, "Upload-Metadata")["schema"],
+            json!({"type": "string"})
+        );
+        let body = &create["requestBody"];
+        assert_eq!(
+            body["required"],
+            json!(false),
+            "creation-with-upload is optional"
+        );
+        assert!(body["content"]["application/offset+octet-stream"].is_object());
+        assert_eq!(
+            statuses(create),
+            ["201", "400", "401", "404", "408", "409", "412", "413", "429", "460"]
+        );
+        let created = &create["responses"]["201"]["headers"];
+        for name in [
+            "Location",
+            "Tus-Resumable",
+            "Upload-Expires",
+            "Cascade-Asset-Id",
+        ] {
+            assert!(created[name].is_object(), "{name}");
+        }
+        assert_eq!(created["Upload-Offset"]["schema"], non_negative);
+
+        let head = &doc["paths"]["/v1/uploads/{id}"]["head"];
+        assert_eq!(statuses(head), ["200", "401", "404", "412", "429"]);
+        let state = &head["responses"]["200"]["headers"];
+        assert_eq!(state["Upload-Offset"]["schema"], non_negative);
+        assert_eq!(state["Upload-Length"]["schema"], non_negative);
+        assert!(state["Upload-Expires"].is_object() && state["Cache-Control"].is_object());
+        // HEAD responses have no body.
+        assert!(head["responses"]["404"].get("content").is_none());
+
+        let patch = &doc["paths"]["/v1/uploads/{id}"]["patch"];
+        let offset = param(patch, "Upload-Offset");
+        assert_eq!(
+            (&offset["required"], &offset["schema"]),
+            (&json!(true), &non_negative)
+        );
+        assert_eq!(param(patch, "Upload-Checksum")["required"], json!(false));
+        let body = &patch["requestBody"];
+        assert_eq!(body["required"], json!(true));
+        assert_eq!(
+            body["content"]["application/offset+octet-stream"]["schema"]["$ref"],
+            "#/components/schemas/BinaryBody"
+        );
+        assert_eq!(
+            doc["components"]["schemas"]["BinaryBody"]["format"],
+            json!("binary")
+        );
+        assert_eq!(
+            statuses(patch),
+            ["204", "400", "401", "404", "408", "409", "412", "413", "415", "423", "429", "460"]
+        );
+        assert_eq!(
+            patch["responses"]["204"]["headers"]["Upload-Offset"]["schema"],
+            non_negative
+        );
+        assert_eq!(
+            patch["responses"]["460"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorBody"
+        );
+
+        let terminate = &doc["paths"]["/v1/uploads/{id}"]["delete"];
+        assert_eq!(
+            statuses(terminate),
+            ["204", "401", "404", "409", "412", "429"]
+        );
+        assert!(terminate.get("requestBody").is_none());
+        // Every error is the JSON error body, and names the protocol version.
+        for operation in [create, patch, terminate] {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                assert!(response["headers"]["Tus-Resumable"].is_object(), "{status}");
+                if status.starts_with('4') {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{status}"
+                    );
+                }
+            }
+            assert!(operation["responses"]["412"]["headers"]["Tus-Version"].is_object());
+            assert!(operation["responses"]["429"]["headers"]["Retry-After"].is_object());
+        }
+    }
+}

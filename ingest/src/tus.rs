@@ -27,6 +27,7 @@ use tokio_util::io::StreamReader;
 use crate::api::{self, AppState};
 use crate::body::{BodyReader, Hasher};
 use crate::error::ApiError;
+use crate::openapi::{BinaryBody, ErrorBody, TusResumable};
 use crate::source;
 
 const TUS_VERSION: &str = "1.0.0";
@@ -55,7 +56,18 @@ fn parse_upload_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound("upload"))
 }
 
-/// `OPTIONS /v1/uploads`: what this server supports.
+/// `OPTIONS /v1/uploads`: what this server supports (tus discovery; no key needed).
+#[utoipa::path(options, path = "/v1/uploads", tag = "tus", operation_id = "tus_options", security(()),
+    responses(
+        (status = 204, description = "The protocol versions, extensions and limits of this server.",
+            headers(
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Tus-Version" = String, description = "Protocol versions supported: `1.0.0`."),
+                ("Tus-Extension" = String, description = "Extensions supported: `creation,creation-with-upload,termination,checksum,expiration`."),
+                ("Tus-Max-Size" = u64, description = "Largest `Upload-Length` accepted, in bytes (`ingest.max_upload_size`)."),
+                ("Tus-Checksum-Algorithm" = String, description = "Algorithms accepted in `Upload-Checksum`: `sha1,sha256`."),
+            )),
+    ))]
 pub async fn options(State(state): State<Arc<AppState>>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     header(&mut response, "tus-resumable", TUS_VERSION);
@@ -88,12 +100,74 @@ fn parse_metadata(raw: &str) -> Result<serde_json::Map<String, serde_json::Value
                     format!("Upload-Metadata value of {key:?} is not base64 UTF-8"),
                 )
             })?;
+        if decoded.contains('\0') {
+            // Postgres can store NUL neither in text nor in jsonb.
+            return Err(ApiError::bad_request(
+                "invalid_upload_metadata",
+                format!("Upload-Metadata value of {key:?} contains a NUL character"),
+            ));
+        }
         out.insert(key.to_owned(), serde_json::Value::String(decoded));
     }
     Ok(out)
 }
 
 /// `POST /v1/uploads`: creates an upload (and, with a body, stores its first bytes).
+#[utoipa::path(post, path = "/v1/uploads", tag = "tus", operation_id = "tus_create",
+    params(
+        ("Tus-Resumable" = TusResumable, Header, description = "Protocol version; anything but `1.0.0` gets 412."),
+        ("Upload-Length" = u64, Header, description = "Size of the whole upload in bytes, at most `Tus-Max-Size`. \
+            (`Upload-Defer-Length` is not supported: a request carrying it gets 400 `defer_length_unsupported`.)"),
+        ("Upload-Metadata" = Option<String>, Header, nullable = false, description = "Comma-separated `key base64(value)` pairs. \
+            `asset_id`: fill that waiting asset; without it a new asset is created, titled from `title` or `filename`. \
+            Values must be UTF-8 without NUL characters."),
+        ("Upload-Checksum" = Option<String>, Header, nullable = false, description = "With a body: `<algorithm> <base64 digest>` of the body \
+            (`sha1` or `sha256`); 460 when the received bytes differ."),
+    ),
+    request_body(content = BinaryBody, content_type = "application/offset+octet-stream",
+        description = "Optional: the first bytes of the upload (creation-with-upload). \
+            A body with any other `Content-Type` is ignored."),
+    responses(
+        (status = 201, description = "The upload exists; send its bytes to `Location` with PATCH.",
+            headers(
+                ("Location" = String, description = "The upload's URL."),
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Upload-Expires" = String, description = "HTTP-date after which the unfinished upload is removed."),
+                ("Cascade-Asset-Id" = uuid::Uuid, description = "The asset this upload fills."),
+                ("Upload-Offset" = u64, description = "With a body: the bytes stored so far."),
+            )),
+        (status = 400, description = "Malformed request: `invalid_header` (Upload-Length or Content-Length not a non-negative integer), \
+            `missing_upload_length`, `defer_length_unsupported`, \
+            `invalid_upload_metadata` (not ASCII, a value not base64 of UTF-8, or with NUL), \
+            `invalid_title` (over 512 characters), `exceeds_upload_length` (Content-Length over Upload-Length), `invalid_checksum`, `unsupported_checksum_algorithm`, \
+            `body_read_failed`.", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 401, description = "Missing or invalid API key (`unauthorized`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 404, description = "`asset_id` in Upload-Metadata names no asset (`not_found`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 408, description = "The body stopped arriving (`body_timeout`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 409, description = "The asset in `asset_id` is no longer waiting for its source (`source_already_uploaded`).",
+            body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 412, description = "Unsupported protocol version (`unsupported_tus_version`).", body = ErrorBody,
+            headers(
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Tus-Version" = String, description = "Protocol versions supported: `1.0.0`."),
+            )),
+        (status = 413, description = "Upload-Length is over `Tus-Max-Size`, or the body goes past Upload-Length (`too_large`).",
+            body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 429, description = "Rate limit of the key exceeded (`rate_limited`).", body = ErrorBody,
+            headers(
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Retry-After" = u64, description = "Seconds to wait."),
+            )),
+        (status = 460, description = "Checksum Mismatch: the body's digest differs from Upload-Checksum (`checksum_mismatch`).",
+            body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+    ))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -114,10 +188,15 @@ pub async fn create(
     if length > max {
         return Err(ApiError::TooLarge { max });
     }
-    let raw_metadata = headers
-        .get("upload-metadata")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let raw_metadata = match headers.get("upload-metadata") {
+        None => "",
+        Some(v) => v.to_str().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_upload_metadata",
+                "Upload-Metadata must be ASCII: `key base64value` pairs",
+            )
+        })?,
+    };
     let metadata = parse_metadata(raw_metadata)?;
     let asset_id = match metadata.get("asset_id").and_then(|v| v.as_str()) {
         Some(raw) => {
@@ -197,6 +276,38 @@ async fn load(state: &AppState, id: uuid::Uuid) -> Result<UploadRow, ApiError> {
 }
 
 /// `HEAD /v1/uploads/{id}`: the stored offset, where a client resumes.
+///
+/// Responses to HEAD carry no body, errors included.
+#[utoipa::path(head, path = "/v1/uploads/{id}", tag = "tus", operation_id = "tus_head",
+    params(
+        ("id" = String, Path, format = Uuid, description = "Upload id, the last segment of the creation's `Location`."),
+        ("Tus-Resumable" = TusResumable, Header, description = "Protocol version; anything but `1.0.0` gets 412."),
+    ),
+    responses(
+        (status = 200, description = "The upload's state.",
+            headers(
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Upload-Offset" = u64, description = "Bytes stored: where the next PATCH starts."),
+                ("Upload-Length" = u64, description = "Size of the whole upload."),
+                ("Upload-Expires" = String, description = "HTTP-date after which the unfinished upload is removed (absent once complete)."),
+                ("Upload-Metadata" = String, description = "The Upload-Metadata sent at creation, if any."),
+                ("Cache-Control" = String, description = "`no-store`."),
+            )),
+        (status = 401, description = "Missing or invalid API key.",
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 404, description = "No such upload, or it expired unfinished.",
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 412, description = "Unsupported protocol version.",
+            headers(
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Tus-Version" = String, description = "Protocol versions supported: `1.0.0`."),
+            )),
+        (status = 429, description = "Rate limit of the key exceeded.",
+            headers(
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Retry-After" = u64, description = "Seconds to wait."),
+            )),
+    ))]
 pub async fn head(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -223,6 +334,61 @@ pub async fn head(
 }
 
 /// `PATCH /v1/uploads/{id}`: appends bytes at `Upload-Offset`.
+///
+/// The PATCH that completes the upload assembles the source and starts
+/// processing; media that cannot be processed turns the asset `errored`
+/// (see the asset), the PATCH itself still succeeds.
+#[utoipa::path(patch, path = "/v1/uploads/{id}", tag = "tus", operation_id = "tus_patch",
+    params(
+        ("id" = String, Path, format = Uuid, description = "Upload id, the last segment of the creation's `Location`."),
+        ("Tus-Resumable" = TusResumable, Header, description = "Protocol version; anything but `1.0.0` gets 412."),
+        ("Upload-Offset" = u64, Header, description = "Where these bytes start; must equal the stored offset (HEAD), else 409."),
+        ("Upload-Checksum" = Option<String>, Header, nullable = false, description = "`<algorithm> <base64 digest>` of the body \
+            (`sha1` or `sha256`); 460 when the received bytes differ, and they are discarded."),
+    ),
+    request_body(content = BinaryBody, content_type = "application/offset+octet-stream",
+        description = "The bytes from Upload-Offset on; at most what remains of Upload-Length."),
+    responses(
+        (status = 204, description = "The bytes are stored.",
+            headers(
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Upload-Offset" = u64, description = "The new offset."),
+                ("Upload-Expires" = String, description = "HTTP-date after which the unfinished upload is removed (absent once complete)."),
+            )),
+        (status = 400, description = "Malformed request: `invalid_header` (Upload-Offset or Content-Length not a non-negative integer), \
+            `missing_upload_offset`, `exceeds_upload_length` (Content-Length over what remains), `invalid_checksum`, \
+            `unsupported_checksum_algorithm`, `body_read_failed`.", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 401, description = "Missing or invalid API key (`unauthorized`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 404, description = "No such upload, or it expired unfinished (`not_found`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 408, description = "The body stopped arriving (`body_timeout`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 409, description = "Upload-Offset differs from the stored offset (`offset_mismatch`), \
+            or the upload is already complete (`upload_complete`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 412, description = "Unsupported protocol version (`unsupported_tus_version`).", body = ErrorBody,
+            headers(
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Tus-Version" = String, description = "Protocol versions supported: `1.0.0`."),
+            )),
+        (status = 413, description = "The body goes past Upload-Length (`too_large`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 415, description = "Content-Type is not application/offset+octet-stream (`unsupported_media_type`).",
+            body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 423, description = "Another request is writing this upload; retry shortly (`upload_locked`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 429, description = "Rate limit of the key exceeded (`rate_limited`).", body = ErrorBody,
+            headers(
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Retry-After" = u64, description = "Seconds to wait."),
+            )),
+        (status = 460, description = "Checksum Mismatch: the body's digest differs from Upload-Checksum (`checksum_mismatch`).",
+            body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+    ))]
 pub async fn patch(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -255,7 +421,33 @@ pub async fn patch(
     Ok(response)
 }
 
-/// `DELETE /v1/uploads/{id}`: abandons an unfinished upload.
+/// `DELETE /v1/uploads/{id}`: abandons an unfinished upload (termination).
+#[utoipa::path(delete, path = "/v1/uploads/{id}", tag = "tus", operation_id = "tus_terminate",
+    params(
+        ("id" = String, Path, format = Uuid, description = "Upload id, the last segment of the creation's `Location`."),
+        ("Tus-Resumable" = TusResumable, Header, description = "Protocol version; anything but `1.0.0` gets 412."),
+    ),
+    responses(
+        (status = 204, description = "The upload and its stored bytes are gone.",
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 401, description = "Missing or invalid API key (`unauthorized`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 404, description = "No such upload (`not_found`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 409, description = "The upload is complete (or being assembled) and can no longer be terminated \
+            (`upload_complete`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 412, description = "Unsupported protocol version (`unsupported_tus_version`).", body = ErrorBody,
+            headers(
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Tus-Version" = String, description = "Protocol versions supported: `1.0.0`."),
+            )),
+        (status = 429, description = "Rate limit of the key exceeded (`rate_limited`).", body = ErrorBody,
+            headers(
+                ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
+                ("Retry-After" = u64, description = "Seconds to wait."),
+            )),
+    ))]
 pub async fn terminate(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -421,6 +613,8 @@ async fn write_chunk(
         }
         if written == 0 {
             state.store.delete(&part_key).await?;
+            // Nothing to record; the next PATCH must not find the upload locked.
+            release(state, id, lock).await;
             return Ok(offset as u64);
         }
         let client = state.pool.get().await?;
@@ -481,7 +675,8 @@ async fn assemble(state: &AppState, id: uuid::Uuid) -> Result<(), ApiError> {
         .query_opt(
             "UPDATE uploads SET state = 'assembling', locked_until = now() + $3::float8 * interval '1 millisecond', lock_id = $2
              WHERE id = $1 AND \"offset\" = length
-               AND (state = 'receiving' OR (state = 'assembling' AND locked_until < now()))
+               AND (state = 'receiving'
+                    OR (state = 'assembling' AND (locked_until IS NULL OR locked_until < now())))
              RETURNING asset_id, part_keys",
             &[&id, &lock, &lease_ms(state)],
         )
@@ -581,7 +776,8 @@ pub async fn delete_expired(state: &AppState) -> Result<usize, ApiError> {
     let client = state.pool.get().await?;
     let stuck = client
         .query(
-            "SELECT id FROM uploads WHERE state = 'assembling' AND locked_until < now()",
+            "SELECT id FROM uploads WHERE state = 'assembling'
+               AND (locked_until IS NULL OR locked_until < now())",
             &[],
         )
         .await?;

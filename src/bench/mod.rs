@@ -3,6 +3,7 @@
 
 mod ladder;
 mod origin;
+mod qa;
 mod queue;
 mod upload;
 
@@ -22,6 +23,8 @@ pub enum BenchCommand {
     Upload(upload::UploadBenchArgs),
     /// Segments from the origin's memory tier under wrk, against nginx serving the same files.
     Origin(origin::OriginBenchArgs),
+    /// `cascade qa` on a 20 s 1080p five-rung asset, held to 60 s.
+    Qa(qa::QaBenchArgs),
 }
 
 /// Runs one benchmark; exit 1 when a target is missed.
@@ -31,5 +34,6 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<ExitCo
         BenchCommand::Ladder(args) => ladder::run(args, config).await,
         BenchCommand::Upload(args) => upload::run(args, config).await,
         BenchCommand::Origin(args) => origin::run(args, config).await,
+        BenchCommand::Qa(args) => qa::run(args, config).await,
     }
 }

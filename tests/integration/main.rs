@@ -4,6 +4,7 @@
 mod common;
 mod ingest;
 mod origin;
+mod qa;
 mod queue;
 mod storage;
 mod transcode;

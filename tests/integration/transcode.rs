@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{eventually, fixtures_dir, fresh_db, repo_root, CascadeProcess, TestDb};
 
-fn fixture(name: &str) -> toml::Table {
+pub(crate) fn fixture(name: &str) -> toml::Table {
     let text = std::fs::read_to_string(repo_root().join("fixtures/fixtures.toml")).unwrap();
     let all: toml::Table = text.parse().unwrap();
     all["fixtures"][name]
@@ -176,7 +176,7 @@ fn rational(text: &str) -> f64 {
 }
 
 /// Checks one published asset against its fixture's expectations.
-fn verify(version_dir: &Path, source: &Path, fx: &toml::Table) {
+pub(crate) fn verify(version_dir: &Path, source: &Path, fx: &toml::Table) {
     let has_video = fx["has_video"].as_bool().unwrap();
     let has_audio = fx["has_audio"].as_bool().unwrap();
     let master = version_dir.join("master.m3u8");
@@ -401,65 +401,6 @@ fn verify(version_dir: &Path, source: &Path, fx: &toml::Table) {
         assert_eq!(stream["sample_rate"], "48000");
     }
 }
-
-async fn transcode_and_verify(file: &str, name: &str) {
-    let fx = fixture(name);
-    let db = fresh_db().await;
-    let (store, root) = local_store().await;
-    let worker = start_worker(&db, &store);
-    let id = import(&db, &store, file).await;
-    let asset = wait_terminal(&db, id).await;
-    worker.stop().await;
-    assert_eq!(
-        asset.state,
-        AssetState::Ready,
-        "{file}: {:?} {:?}",
-        asset.error_code,
-        asset.error_message
-    );
-    assert_eq!(asset.published_version, Some(1));
-    let duration = asset.duration_seconds.unwrap();
-    let expected = fx["duration_s"].as_float().unwrap();
-    assert!(
-        (duration - expected).abs() < 0.15,
-        "{file}: duration {duration} vs {expected}"
-    );
-    let version_dir = root.join(format!("assets/{id}/v1"));
-    verify(&version_dir, &fixtures_dir().join(file), &fx);
-    let rows = assets::renditions(&db.pool, id, 1).await.unwrap();
-    assert!(rows.iter().all(|r| r.bandwidth > 0 && r.segment_count > 0));
-    assert!(rows
-        .iter()
-        .filter(|r| r.kind == "video")
-        .all(|r| r.encoder == "libx264"));
-}
-
-macro_rules! good_fixture {
-    ($test:ident, $name:literal, $ext:literal) => {
-        #[tokio::test]
-        async fn $test() {
-            transcode_and_verify(concat!($name, ".", $ext), $name).await
-        }
-    };
-}
-
-good_fixture!(
-    landscape_1080p30_with_stereo,
-    "landscape_1080p30_stereo",
-    "mp4"
-);
-good_fixture!(portrait_720x1280, "portrait_720x1280_30fps_stereo", "mp4");
-good_fixture!(sixty_fps, "landscape_720p60_stereo", "mp4");
-good_fixture!(odd_size_between_rungs, "odd_853x479_mpeg4", "mkv");
-good_fixture!(
-    rotated_90_comes_out_upright,
-    "rotated90_1280x720_stereo",
-    "mp4"
-);
-good_fixture!(audio_only, "audio_only_stereo", "m4a");
-good_fixture!(video_only, "video_only_720p30", "mp4");
-good_fixture!(surround_51_downmixed, "surround51_720p30", "mp4");
-good_fixture!(source_below_the_lowest_rung, "tiny_320x180_stereo", "mp4");
 
 #[tokio::test]
 async fn broken_sources_end_errored_with_their_message_and_the_worker_carries_on() {

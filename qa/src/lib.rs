@@ -1,0 +1,483 @@
+//! `cascade qa`: checks what the pipeline published, fetched over HTTP the
+//! way a player does, against the reference media it was made from.
+//!
+//! Reads HLS (RFC 8216, master and media playlists via m3u8-rs) and DASH
+//! (ISO/IEC 23009-1 MPD, SegmentTemplate addressing) presentations of CMAF
+//! tracks (ISO/IEC 23000-19), demuxes and decodes them with the FFmpeg
+//! libraries, and reports structure, timing, quality (PSNR-Y, SSIM-Y; VMAF
+//! when the FFmpeg build has libvmaf) and bitrate checks as a terminal
+//! table, a JSON report (schema in docs/qa.md) and a self-contained HTML page.
+
+pub mod checks;
+pub mod dash;
+pub mod fetch;
+pub mod hls;
+pub mod html;
+pub mod media;
+pub mod presentation;
+pub mod quality;
+pub mod report;
+pub mod table;
+pub mod thresholds;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_platform::config::TranscodeConfig;
+use reqwest::Url;
+
+use crate::fetch::{Fetched, Fetcher};
+use crate::media::{ReferenceMedia, RenditionMedia};
+use crate::presentation::RenditionSpec;
+use crate::report::{
+    Measured, MediaKind, Quality, ReferenceInfo, RenditionReport, Report, SegmentReport, Status,
+    VmafAvailability, SCHEMA_VERSION,
+};
+use crate::thresholds::Thresholds;
+
+/// Why the tool could not run at all (exit status 2), as opposed to a failed check.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CannotRun(pub String);
+
+/// Progress messages for a person watching a long run.
+pub type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Phase(String),
+    Frames {
+        rendition: String,
+        done: u64,
+        total: u64,
+    },
+}
+
+pub struct Options {
+    pub url: String,
+    pub reference: PathBuf,
+    pub thresholds: Thresholds,
+    /// The ladder and rate control the outputs were made with.
+    pub transcode: TranscodeConfig,
+    /// Skip PSNR/SSIM (structure, timing and bitrate only).
+    pub skip_quality: bool,
+    pub request_timeout: Duration,
+}
+
+/// A rendition with everything fetched and measured about it.
+pub struct Analysed {
+    pub spec: RenditionSpec,
+    pub init: Option<Fetched>,
+    pub segments: Vec<SegmentReport>,
+    /// Per-segment box problems (index, problem).
+    pub box_problems: Vec<(usize, String)>,
+    pub media: Result<RenditionMedia, String>,
+    pub quality: Option<Result<Quality, String>>,
+    pub measured: Measured,
+}
+
+pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, CannotRun> {
+    let started = Instant::now();
+    let url = Url::parse(&options.url)
+        .map_err(|e| CannotRun(format!("{:?} is not a URL: {e}", options.url)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(CannotRun(format!(
+            "{url}: only http and https URLs are fetched"
+        )));
+    }
+    progress(Progress::Phase("reading the reference".to_owned()));
+    let reference_path = options.reference.clone();
+    let reference = tokio::task::spawn_blocking(move || media::analyse_reference(&reference_path))
+        .await
+        .map_err(|e| CannotRun(format!("reading the reference: {e}")))?
+        .map_err(CannotRun)?;
+
+    let fetcher = Fetcher::new(options.request_timeout).map_err(CannotRun)?;
+    progress(Progress::Phase(format!("fetching {url}")));
+    let manifest = fetcher.get(&url).await;
+    if manifest.status == 0 {
+        return Err(CannotRun(format!(
+            "cannot reach {url}: {}",
+            manifest.error.unwrap_or_default()
+        )));
+    }
+    if let Some(error) = &manifest.error {
+        return Err(CannotRun(format!("{url}: {error}")));
+    }
+    let mut presentation = if looks_like_mpd(&url, &manifest.body) {
+        dash::load(&url, &manifest.body)
+    } else {
+        hls::load(&fetcher, &url, &manifest.body).await
+    };
+    let format = presentation.format;
+
+    let scratch = tempfile::Builder::new()
+        .prefix("cascade-qa-")
+        .tempdir()
+        .map_err(|e| CannotRun(format!("cannot create a scratch directory: {e}")))?;
+    let mut analysed = Vec::new();
+    let specs = std::mem::take(&mut presentation.renditions);
+    for (i, spec) in specs.into_iter().enumerate() {
+        progress(Progress::Phase(format!(
+            "fetching {} ({} segments)",
+            spec.name,
+            spec.segments.len()
+        )));
+        let file = scratch.path().join(format!("rendition-{i}.mp4"));
+        analysed.push(fetch_and_demux(&fetcher, spec, file).await);
+    }
+
+    let vmaf = VmafAvailability {
+        available: quality::vmaf_available(),
+        note: if quality::vmaf_available() {
+            "VMAF computed with FFmpeg's libvmaf filter (default model)".to_owned()
+        } else {
+            "this FFmpeg build has no libvmaf filter (Debian's FFmpeg is built without it)"
+                .to_owned()
+        },
+    };
+    if !options.skip_quality {
+        if let Some(video) = &reference.video {
+            measure_quality(
+                &options.reference,
+                video,
+                &mut analysed,
+                scratch.path(),
+                &progress,
+            )
+            .await?;
+        }
+    }
+
+    progress(Progress::Phase("checking".to_owned()));
+    let checks = checks::evaluate(&checks::Inputs {
+        presentation: &presentation,
+        renditions: &analysed,
+        reference: &reference,
+        thresholds: &options.thresholds,
+        transcode: &options.transcode,
+        skip_quality: options.skip_quality,
+        vmaf: &vmaf,
+    });
+    let targets = checks::targets(&reference, &options.transcode, &analysed);
+    let mut report = Report {
+        schema_version: SCHEMA_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        url: url.to_string(),
+        format,
+        generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        elapsed_s: 0.0,
+        result: Status::Pass,
+        reference: reference_info(&options.reference, &reference),
+        thresholds: options.thresholds.clone(),
+        vmaf,
+        renditions: analysed
+            .iter()
+            .map(|a| rendition_report(a, targets.get(&a.spec.name).copied()))
+            .collect(),
+        checks: presentation.checks.into_iter().chain(checks).collect(),
+        summary: Default::default(),
+    };
+    report.tally();
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn looks_like_mpd(url: &Url, body: &[u8]) -> bool {
+    if url.path().ends_with(".mpd") {
+        return true;
+    }
+    let head = String::from_utf8_lossy(&body[..body.len().min(1024)]);
+    !head.trim_start().starts_with("#EXTM3U") && head.contains("<MPD")
+}
+
+fn reference_info(path: &Path, reference: &ReferenceMedia) -> ReferenceInfo {
+    let video = reference.video.as_ref();
+    let audio = reference.audio.as_ref();
+    ReferenceInfo {
+        path: path.display().to_string(),
+        width: video.map(|v| v.display_width),
+        height: video.map(|v| v.display_height),
+        frame_rate: video.map(|v| v.frame_rate),
+        frames: video.map(|v| v.frames),
+        duration_s: video
+            .map(|v| v.duration)
+            .or(audio.map(|a| a.duration))
+            .unwrap_or(0.0),
+        video_start_s: video.map(|v| v.start),
+        audio_start_s: audio.map(|a| a.start),
+        audio_duration_s: audio.map(|a| a.duration),
+        rotation: video.map_or(0, |v| v.rotation),
+    }
+}
+
+fn rendition_report(a: &Analysed, target_bitrate: Option<u64>) -> RenditionReport {
+    RenditionReport {
+        name: a.spec.name.clone(),
+        kind: a.spec.kind,
+        playlist_url: a.spec.playlist_url.to_string(),
+        declared: a.spec.declared.clone(),
+        measured: a.measured.clone(),
+        target_bitrate,
+        segments: a.segments.clone(),
+        quality: a.quality.as_ref().and_then(|q| q.as_ref().ok()).cloned(),
+    }
+}
+
+/// Fetches the init segment and every media segment, joins them into one
+/// file and demuxes it.
+async fn fetch_and_demux(fetcher: &Fetcher, spec: RenditionSpec, file: PathBuf) -> Analysed {
+    let init = match &spec.init {
+        Some(url) => Some(fetcher.get(url).await),
+        None => None,
+    };
+    let urls: Vec<Url> = spec.segments.iter().map(|s| s.url.clone()).collect();
+    let fetched = fetcher.get_all(&urls).await;
+
+    let mut joined = Vec::new();
+    if let Some(init) = init.as_ref().filter(|i| i.ok()) {
+        joined.extend_from_slice(&init.body);
+    }
+    let mut ranges = Vec::with_capacity(fetched.len());
+    let mut box_problems = Vec::new();
+    let mut segments = Vec::with_capacity(fetched.len());
+    for (i, (segment, got)) in spec.segments.iter().zip(&fetched).enumerate() {
+        let start = joined.len() as u64;
+        if got.ok() {
+            if let Some(problem) = media::segment_box_problem(&got.body) {
+                box_problems.push((i, problem));
+            }
+            joined.extend_from_slice(&got.body);
+        }
+        ranges.push((start, joined.len() as u64));
+        segments.push(SegmentReport {
+            index: i as u32 + 1,
+            uri: segment.uri.clone(),
+            http_status: got.status,
+            bytes: if got.ok() { got.body.len() as u64 } else { 0 },
+            declared_duration_s: segment.declared_duration_s,
+            error: got.error.clone(),
+            ..SegmentReport::default()
+        });
+    }
+    let media = match std::fs::write(&file, &joined) {
+        Err(e) => Err(format!("cannot write {}: {e}", file.display())),
+        Ok(()) if init.as_ref().is_some_and(Fetched::ok) => {
+            let path = file.clone();
+            tokio::task::spawn_blocking(move || media::analyse_rendition(&path, &ranges))
+                .await
+                .unwrap_or_else(|e| Err(format!("demuxing: {e}")))
+        }
+        Ok(()) => Err("no init segment to read the media with".to_owned()),
+    };
+    drop(joined);
+    if let Ok(media) = &media {
+        fill_segment_measures(&mut segments, media);
+    }
+    let measured = measure(&spec, &segments, media.as_ref().ok());
+    Analysed {
+        spec,
+        init,
+        segments,
+        box_problems,
+        media,
+        quality: None,
+        measured,
+    }
+}
+
+fn fill_segment_measures(segments: &mut [SegmentReport], media: &RenditionMedia) {
+    for (i, segment) in segments.iter_mut().enumerate() {
+        let packets: Vec<_> = media
+            .packets
+            .iter()
+            .filter(|p| p.segment == Some(i))
+            .collect();
+        segment.duration_s = packets.iter().map(|p| p.duration).sum();
+        segment.start_s = packets.iter().filter_map(|p| p.pts).min_by(f64::total_cmp);
+        segment.starts_with_keyframe = packets.first().map(|p| p.key);
+        if segment.declared_duration_s > 0.0 {
+            segment.bitrate =
+                (segment.bytes as f64 * 8.0 / segment.declared_duration_s).round() as u64;
+        }
+    }
+}
+
+fn measure(
+    spec: &RenditionSpec,
+    segments: &[SegmentReport],
+    media: Option<&RenditionMedia>,
+) -> Measured {
+    let total_bytes: u64 = segments.iter().map(|s| s.bytes).sum();
+    let total_duration: f64 = segments.iter().map(|s| s.declared_duration_s).sum();
+    let target = spec.declared.target_duration_s.unwrap_or_else(|| {
+        segments
+            .iter()
+            .map(|s| s.declared_duration_s)
+            .fold(0.0, f64::max)
+    });
+    Measured {
+        codecs: media.and_then(|m| m.codec_string.clone()),
+        width: media.and_then(|m| m.width),
+        height: media.and_then(|m| m.height),
+        frame_rate: media
+            .filter(|_| spec.kind == MediaKind::Video)
+            .and_then(RenditionMedia::frame_rate),
+        frames: media.map_or(0, |m| m.packets.len() as u64),
+        start_s: media.and_then(RenditionMedia::start).unwrap_or(0.0),
+        duration_s: media.map_or(0.0, RenditionMedia::duration),
+        average_bitrate: if total_duration > 0.0 {
+            (total_bytes as f64 * 8.0 / total_duration).round() as u64
+        } else {
+            0
+        },
+        peak_bitrate: peak_bitrate(
+            &segments
+                .iter()
+                .map(|s| (s.bytes, s.declared_duration_s))
+                .collect::<Vec<_>>(),
+            target,
+        ),
+        total_bytes,
+    }
+}
+
+/// RFC 8216bis peak segment bit rate: the highest bit rate of any run of
+/// contiguous segments lasting 0.5x to 1.5x the target duration. Falls back
+/// to the highest single segment when no run qualifies.
+pub fn peak_bitrate(segments: &[(u64, f64)], target_duration: f64) -> u64 {
+    let mut peak: f64 = 0.0;
+    let (low, high) = (0.5 * target_duration, 1.5 * target_duration);
+    for start in 0..segments.len() {
+        let (mut bytes, mut duration) = (0u64, 0.0);
+        for &(b, d) in &segments[start..] {
+            bytes += b;
+            duration += d;
+            if duration > high + 1e-9 {
+                break;
+            }
+            if duration >= low - 1e-9 && duration > 0.0 {
+                peak = peak.max(bytes as f64 * 8.0 / duration);
+            }
+        }
+    }
+    if peak == 0.0 {
+        for &(b, d) in segments {
+            if d > 0.0 {
+                peak = peak.max(b as f64 * 8.0 / d);
+            }
+        }
+    }
+    peak.round() as u64
+}
+
+/// The least @bandwidth that satisfies DASH's delivery model (ISO/IEC
+/// 23009-1 5.3.5.2): at that constant rate, with `min_buffer_s` of it
+/// buffered before playout, every segment has arrived when its playout
+/// starts, whichever segment playout starts from.
+pub fn dash_required_bandwidth(segments: &[(u64, f64)], min_buffer_s: f64) -> u64 {
+    let mut required: f64 = 0.0;
+    for start in 0..segments.len() {
+        let (mut bits, mut played) = (0.0, 0.0);
+        for &(bytes, duration) in &segments[start..] {
+            bits += bytes as f64 * 8.0;
+            let time = min_buffer_s + played;
+            if time > 0.0 {
+                required = required.max(bits / time);
+            }
+            played += duration;
+        }
+    }
+    required.ceil() as u64
+}
+
+async fn measure_quality(
+    reference_path: &Path,
+    video: &media::ReferenceVideo,
+    analysed: &mut [Analysed],
+    scratch: &Path,
+    progress: &ProgressSink,
+) -> Result<(), CannotRun> {
+    let rungs: Vec<(usize, quality::RungSource)> = analysed
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.spec.kind == MediaKind::Video && a.media.is_ok())
+        .map(|(i, a)| {
+            (
+                i,
+                quality::RungSource {
+                    name: a.spec.name.clone(),
+                    path: scratch.join(format!("rendition-{i}.mp4")),
+                },
+            )
+        })
+        .collect();
+    if rungs.is_empty() {
+        return Ok(());
+    }
+    progress(Progress::Phase(format!(
+        "comparing {} renditions with the reference (PSNR-Y, SSIM-Y)",
+        rungs.len()
+    )));
+    let reference_path = reference_path.to_owned();
+    let video = video.clone();
+    let scratch = scratch.to_owned();
+    let sink = progress.clone();
+    let sources: Vec<quality::RungSource> = rungs
+        .iter()
+        .map(|(_, r)| quality::RungSource {
+            name: r.name.clone(),
+            path: r.path.clone(),
+        })
+        .collect();
+    let results = tokio::task::spawn_blocking(move || {
+        let report = move |rendition: &str, done: u64, total: u64| {
+            sink(Progress::Frames {
+                rendition: rendition.to_owned(),
+                done,
+                total,
+            })
+        };
+        quality::measure(&reference_path, &video, &sources, &scratch, &report)
+    })
+    .await
+    .map_err(|e| CannotRun(format!("comparing with the reference: {e}")))?
+    .map_err(|e| CannotRun(format!("cannot decode the reference: {e}")))?;
+    for ((index, _), result) in rungs.iter().zip(results) {
+        analysed[*index].quality = Some(result);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_uses_runs_of_half_to_one_and_a_half_targets() {
+        // Three 4 s segments and a 1 s tail: the tail joins its neighbour.
+        let segments = [
+            (1_000_000, 4.0),
+            (2_000_000, 4.0),
+            (1_000_000, 4.0),
+            (1_000_000, 1.0),
+        ];
+        // Best run: segment 2 alone, 4 Mbit/s; the tail alone (8 Mbit/s) is under 2 s.
+        assert_eq!(peak_bitrate(&segments, 4.0), 4_000_000);
+        // With a 1 s target the tail qualifies on its own.
+        assert_eq!(peak_bitrate(&segments, 1.0), 8_000_000);
+        assert_eq!(peak_bitrate(&[], 4.0), 0);
+    }
+
+    #[test]
+    fn dash_bandwidth_follows_the_buffer_model() {
+        // 4 s segments of 2 Mbit each with a 4 s buffer: 0.5 Mbit/s suffices
+        // from any start (2 Mbit by 4 s, 4 Mbit by 8 s...).
+        let even = [(250_000, 4.0); 5];
+        assert_eq!(dash_required_bandwidth(&even, 4.0), 500_000);
+        // A 6 Mbit segment after a 1 Mbit one, started at the big one: 6 Mbit in 4 s.
+        let spiky = [(125_000, 4.0), (750_000, 4.0)];
+        assert_eq!(dash_required_bandwidth(&spiky, 4.0), 1_500_000);
+    }
+}

@@ -1,0 +1,480 @@
+//! What the fetched media really is: each rendition's init segment and media
+//! segments joined into one fragmented MP4 (ISO/IEC 23000-19 CMAF track) and
+//! read with FFmpeg's demuxer, packet by packet; the reference file likewise.
+
+use std::path::Path;
+
+use ffmpeg_next as ff;
+
+/// One demuxed packet, times in seconds.
+#[derive(Debug, Clone)]
+pub struct PacketInfo {
+    pub pts: Option<f64>,
+    pub dts: Option<f64>,
+    pub duration: f64,
+    pub size: usize,
+    pub key: bool,
+    /// Index of the media segment holding it; `None` for bytes outside any.
+    pub segment: Option<usize>,
+}
+
+/// A rendition as demuxed.
+#[derive(Debug, Clone, Default)]
+pub struct RenditionMedia {
+    pub codec_name: String,
+    /// RFC 6381 string from the sample description (`avc1.64001f`, `mp4a.40.2`).
+    pub codec_string: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub packets: Vec<PacketInfo>,
+    /// Why reading stopped early, if it did.
+    pub read_error: Option<String>,
+}
+
+impl RenditionMedia {
+    /// Earliest presentation time, seconds.
+    pub fn start(&self) -> Option<f64> {
+        self.packets
+            .iter()
+            .filter_map(|p| p.pts)
+            .min_by(f64::total_cmp)
+    }
+
+    /// End of the last packet minus the start, seconds.
+    pub fn duration(&self) -> f64 {
+        let end = self
+            .packets
+            .iter()
+            .filter_map(|p| p.pts.map(|pts| pts + p.duration))
+            .max_by(f64::total_cmp);
+        match (self.start(), end) {
+            (Some(start), Some(end)) => end - start,
+            _ => 0.0,
+        }
+    }
+
+    /// Frames per second from packet count over duration.
+    pub fn frame_rate(&self) -> Option<f64> {
+        let duration = self.duration();
+        (duration > 0.0).then(|| self.packets.len() as f64 / duration)
+    }
+}
+
+fn ensure_init() -> Result<(), String> {
+    static INIT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INIT.get_or_init(|| {
+        ff::init().map_err(|e| format!("cannot initialise FFmpeg: {e}"))?;
+        ff::util::log::set_level(ff::util::log::Level::Fatal);
+        Ok(())
+    })
+    .clone()
+}
+
+fn seconds(ts: i64, time_base: ff::Rational) -> f64 {
+    ts as f64 * f64::from(time_base)
+}
+
+/// Demuxes `path`, the init segment followed by the media segments whose byte
+/// ranges in the file are `segments` (start, end).
+pub fn analyse_rendition(path: &Path, segments: &[(u64, u64)]) -> Result<RenditionMedia, String> {
+    ensure_init()?;
+    let mut input = ff::format::input(path)
+        .map_err(|e| format!("FFmpeg cannot open the init segment and media: {e}"))?;
+    let stream = input
+        .streams()
+        .next()
+        .ok_or("the init segment describes no track")?;
+    let index = stream.index();
+    let time_base = stream.time_base();
+    let parameters = stream.parameters();
+    let mut media = RenditionMedia {
+        codec_name: parameters.id().name().to_owned(),
+        ..RenditionMedia::default()
+    };
+    // SAFETY: the parameters belong to an open stream; extradata/extradata_size
+    // describe a buffer it owns, and width/height/codec_tag are plain fields.
+    let (extradata, tag, width, height) = unsafe {
+        let p = parameters.as_ptr();
+        let data = if (*p).extradata.is_null() || (*p).extradata_size <= 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts((*p).extradata, (*p).extradata_size as usize).to_vec()
+        };
+        (data, (*p).codec_tag, (*p).width, (*p).height)
+    };
+    let tag = String::from_utf8_lossy(&tag.to_le_bytes()).into_owned();
+    media.codec_string = codec_string(parameters.id(), &tag, &extradata);
+    if parameters.medium() == ff::media::Type::Video && width > 0 && height > 0 {
+        media.width = Some(width as u32);
+        media.height = Some(height as u32);
+    }
+    let segment_of = |position: isize| -> Option<usize> {
+        let position = u64::try_from(position).ok()?;
+        segments
+            .iter()
+            .position(|&(start, end)| position >= start && position < end)
+    };
+    let mut errors = 0;
+    loop {
+        let mut packet = ff::Packet::empty();
+        match packet.read(&mut input) {
+            Ok(()) => {}
+            Err(ff::Error::Eof) => break,
+            Err(error) => {
+                media
+                    .read_error
+                    .get_or_insert_with(|| format!("demuxing stopped: {error}"));
+                errors += 1;
+                if errors > 16 {
+                    break;
+                }
+                continue;
+            }
+        }
+        if packet.stream() != index {
+            continue;
+        }
+        media.packets.push(PacketInfo {
+            pts: packet.pts().map(|t| seconds(t, time_base)),
+            dts: packet.dts().map(|t| seconds(t, time_base)),
+            duration: seconds(packet.duration(), time_base),
+            size: packet.size(),
+            key: packet.is_key(),
+            segment: segment_of(packet.position()),
+        });
+    }
+    fill_missing_durations(&mut media.packets);
+    Ok(media)
+}
+
+/// FFmpeg's demuxer leaves fragment sample durations at 0; the decode-time
+/// step to the next packet is the same value. The last packet takes the one
+/// before it.
+fn fill_missing_durations(packets: &mut [PacketInfo]) {
+    for i in 0..packets.len().saturating_sub(1) {
+        if packets[i].duration <= 0.0 {
+            if let (Some(this), Some(next)) = (packets[i].dts, packets[i + 1].dts) {
+                packets[i].duration = (next - this).max(0.0);
+            }
+        }
+    }
+    if let [.., before, last] = packets {
+        if last.duration <= 0.0 {
+            last.duration = before.duration;
+        }
+    }
+}
+
+/// RFC 6381 codec string from the sample entry's decoder configuration.
+pub fn codec_string(id: ff::codec::Id, tag: &str, extradata: &[u8]) -> Option<String> {
+    match id {
+        // AVCDecoderConfigurationRecord: version, profile, compatibility, level.
+        ff::codec::Id::H264 if extradata.len() >= 4 && extradata[0] == 1 => {
+            let entry = if tag == "avc3" { "avc3" } else { "avc1" };
+            Some(format!(
+                "{entry}.{:02x}{:02x}{:02x}",
+                extradata[1], extradata[2], extradata[3]
+            ))
+        }
+        // AudioSpecificConfig: 5-bit object type, 31 escapes to 32 + 6 bits.
+        ff::codec::Id::AAC if !extradata.is_empty() => {
+            let first = extradata[0] >> 3;
+            let object_type = if first == 31 {
+                let escaped = ((u16::from(extradata[0]) & 0x7) << 3)
+                    | u16::from(extradata.get(1).copied().unwrap_or(0) >> 5);
+                32 + escaped
+            } else {
+                u16::from(first)
+            };
+            Some(format!("mp4a.40.{object_type}"))
+        }
+        _ => None,
+    }
+}
+
+/// The reference's video as displayed, and its audio timing.
+#[derive(Debug, Clone, Default)]
+pub struct ReferenceMedia {
+    pub video: Option<ReferenceVideo>,
+    pub audio: Option<ReferenceAudio>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReferenceVideo {
+    pub display_width: u32,
+    pub display_height: u32,
+    /// Clockwise degrees a player turns the stored frame.
+    pub rotation: u32,
+    pub frame_rate: f64,
+    pub frames: u64,
+    pub start: f64,
+    pub duration: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReferenceAudio {
+    pub start: f64,
+    pub duration: f64,
+}
+
+/// Clockwise display rotation from the stream's display matrix.
+pub fn rotation_of(stream: &ff::format::stream::Stream) -> u32 {
+    for side in stream.side_data() {
+        if side.kind() == ff::codec::packet::side_data::Type::DisplayMatrix
+            && side.data().len() >= 36
+        {
+            let mut matrix = [0i32; 9];
+            for (i, chunk) in side.data().chunks_exact(4).take(9).enumerate() {
+                matrix[i] = i32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+            // SAFETY: av_display_rotation_get reads nine i32s from the pointer.
+            let counter_clockwise = unsafe { ff::ffi::av_display_rotation_get(matrix.as_ptr()) };
+            if counter_clockwise.is_nan() {
+                return 0;
+            }
+            let clockwise = (-counter_clockwise).round() as i64;
+            return (((clockwise % 360) + 360) % 360 / 90 * 90) as u32;
+        }
+    }
+    0
+}
+
+struct Span {
+    start: f64,
+    end: f64,
+    count: u64,
+}
+
+impl Span {
+    fn add(&mut self, pts: f64, duration: f64) {
+        self.start = self.start.min(pts);
+        self.end = self.end.max(pts + duration);
+        self.count += 1;
+    }
+}
+
+/// Demuxes the reference once: display size, frame rate, frames, timing.
+pub fn analyse_reference(path: &Path) -> Result<ReferenceMedia, String> {
+    ensure_init()?;
+    let mut input = ff::format::input(path)
+        .map_err(|e| format!("cannot read the reference {}: {e}", path.display()))?;
+    let video = input.streams().best(ff::media::Type::Video).filter(|s| {
+        !s.disposition()
+            .contains(ff::format::stream::Disposition::ATTACHED_PIC)
+    });
+    let audio = input.streams().best(ff::media::Type::Audio);
+    if video.is_none() && audio.is_none() {
+        return Err(format!(
+            "the reference {} has no video or audio stream",
+            path.display()
+        ));
+    }
+    let video_meta = video.map(|stream| {
+        let parameters = stream.parameters();
+        // SAFETY: plain fields of the stream's codec parameters.
+        let (width, height, sar) = unsafe {
+            let p = parameters.as_ptr();
+            (
+                (*p).width.max(0) as u32,
+                (*p).height.max(0) as u32,
+                (*p).sample_aspect_ratio,
+            )
+        };
+        let sar = ff::Rational::from(sar);
+        let display_width =
+            if sar.numerator() > 0 && sar.denominator() > 0 && sar != ff::Rational::new(1, 1) {
+                ((f64::from(width) * f64::from(sar)).round() as u32).max(2)
+            } else {
+                width
+            };
+        let rotation = rotation_of(&stream);
+        let (display_width, display_height) = if rotation % 180 == 90 {
+            (height, display_width)
+        } else {
+            (display_width, height)
+        };
+        let rate = [stream.avg_frame_rate(), stream.rate()]
+            .into_iter()
+            .find(|r| r.numerator() > 0 && r.denominator() > 0)
+            .map(f64::from);
+        (
+            stream.index(),
+            stream.time_base(),
+            display_width,
+            display_height,
+            rotation,
+            rate,
+        )
+    });
+    let audio_meta = audio.map(|s| (s.index(), s.time_base()));
+    let mut video_span = Span {
+        start: f64::MAX,
+        end: f64::MIN,
+        count: 0,
+    };
+    let mut audio_span = Span {
+        start: f64::MAX,
+        end: f64::MIN,
+        count: 0,
+    };
+    for (stream, packet) in input.packets() {
+        let Some(pts) = packet.pts() else { continue };
+        if let Some((index, time_base, ..)) = video_meta {
+            if stream.index() == index {
+                video_span.add(
+                    seconds(pts, time_base),
+                    seconds(packet.duration(), time_base),
+                );
+            }
+        }
+        if let Some((index, time_base)) = audio_meta {
+            if stream.index() == index {
+                audio_span.add(
+                    seconds(pts, time_base),
+                    seconds(packet.duration(), time_base),
+                );
+            }
+        }
+    }
+    let video = match video_meta {
+        Some((_, _, width, height, rotation, rate)) if video_span.count > 0 => {
+            let duration = video_span.end - video_span.start;
+            Some(ReferenceVideo {
+                display_width: width,
+                display_height: height,
+                rotation,
+                frame_rate: rate.unwrap_or(video_span.count as f64 / duration.max(1e-9)),
+                frames: video_span.count,
+                start: video_span.start,
+                duration,
+            })
+        }
+        _ => None,
+    };
+    let audio = (audio_span.count > 0).then_some(ReferenceAudio {
+        start: audio_span.start,
+        duration: audio_span.end - audio_span.start,
+    });
+    if video.is_none() && audio.is_none() {
+        return Err(format!(
+            "the reference {} has no readable packets",
+            path.display()
+        ));
+    }
+    Ok(ReferenceMedia { video, audio })
+}
+
+/// Problems with one media segment's top-level boxes (ISO/IEC 14496-12):
+/// they must tile the segment exactly and include a moof and an mdat.
+pub fn segment_box_problem(bytes: &[u8]) -> Option<String> {
+    let boxes = match top_level_boxes(bytes) {
+        Ok(boxes) => boxes,
+        Err(problem) => return Some(problem),
+    };
+    let has = |name: &[u8; 4]| boxes.iter().any(|(kind, _)| kind == name);
+    if !has(b"moof") {
+        return Some("no moof box".to_owned());
+    }
+    if !has(b"mdat") {
+        return Some("no mdat box".to_owned());
+    }
+    None
+}
+
+/// Problems with an init segment: ftyp and moov, tiling the bytes.
+pub fn init_box_problem(bytes: &[u8]) -> Option<String> {
+    let boxes = match top_level_boxes(bytes) {
+        Ok(boxes) => boxes,
+        Err(problem) => return Some(problem),
+    };
+    if !boxes.iter().any(|(kind, _)| kind == b"moov") {
+        return Some("no moov box".to_owned());
+    }
+    None
+}
+
+/// (type, size) of each top-level box, or why they do not tile the bytes.
+fn top_level_boxes(bytes: &[u8]) -> Result<Vec<([u8; 4], u64)>, String> {
+    let mut boxes = Vec::new();
+    let mut offset = 0u64;
+    let total = bytes.len() as u64;
+    if total == 0 {
+        return Err("empty".to_owned());
+    }
+    while offset < total {
+        let at = offset as usize;
+        let Some(header) = bytes.get(at..at + 8) else {
+            return Err(format!("{} stray bytes at the end", total - offset));
+        };
+        let size32 = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        let kind = [header[4], header[5], header[6], header[7]];
+        let size = match size32 {
+            0 => total - offset,
+            1 => {
+                let Some(large) = bytes.get(at + 8..at + 16) else {
+                    return Err("a 64-bit box size is cut off".to_owned());
+                };
+                let mut be = [0u8; 8];
+                be.copy_from_slice(large);
+                u64::from_be_bytes(be)
+            }
+            n => u64::from(n),
+        };
+        if size < 8 {
+            return Err(format!(
+                "box {:?} declares {size} bytes",
+                String::from_utf8_lossy(&kind)
+            ));
+        }
+        if offset + size > total {
+            return Err(format!(
+                "box {:?} at byte {offset} declares {size} bytes but only {} remain: truncated",
+                String::from_utf8_lossy(&kind),
+                total - offset
+            ));
+        }
+        boxes.push((kind, size));
+        offset += size;
+    }
+    Ok(boxes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bx(kind: &[u8; 4], payload: usize) -> Vec<u8> {
+        let mut out = ((8 + payload) as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend(std::iter::repeat_n(0u8, payload));
+        out
+    }
+
+    #[test]
+    fn segments_must_tile_with_moof_and_mdat() {
+        let mut segment = bx(b"styp", 8);
+        segment.extend(bx(b"moof", 20));
+        segment.extend(bx(b"mdat", 100));
+        assert_eq!(segment_box_problem(&segment), None);
+        let cut = &segment[..segment.len() - 10];
+        assert!(segment_box_problem(cut).unwrap().contains("truncated"));
+        assert!(segment_box_problem(&bx(b"mdat", 4))
+            .unwrap()
+            .contains("moof"));
+        assert!(segment_box_problem(&[]).is_some());
+    }
+
+    #[test]
+    fn codec_strings_from_decoder_configuration() {
+        assert_eq!(
+            codec_string(ff::codec::Id::H264, "avc1", &[1, 0x64, 0x00, 0x1f, 0xff]).as_deref(),
+            Some("avc1.64001f")
+        );
+        // AAC-LC, 48 kHz, stereo: 0x11 0x90.
+        assert_eq!(
+            codec_string(ff::codec::Id::AAC, "mp4a", &[0x11, 0x90]).as_deref(),
+            Some("mp4a.40.2")
+        );
+        assert_eq!(codec_string(ff::codec::Id::H264, "avc1", &[]), None);
+    }
+}

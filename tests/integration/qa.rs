@@ -1,0 +1,479 @@
+//! The whole pipeline over the fixture set: simple upload to the ingest API,
+//! transcode by a worker, publish, playback through the origin, then
+//! `cascade qa` over what the origin serves. Also: damaged outputs are caught
+//! by `cascade qa`, naming the failing check.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{
+    cascade_bin, eventually, fixtures_dir, free_port, fresh_db, http, CascadeProcess, TestDb,
+};
+use crate::transcode::{fixture, verify};
+
+const KEY: &str = "csk_test_qa_key";
+const AUTH: (&str, &str) = ("Authorization", "Bearer csk_test_qa_key");
+
+struct Stack {
+    _process: CascadeProcess,
+    addr: SocketAddr,
+    root: PathBuf,
+}
+
+/// `cascade serve` with every role, objects in a scratch directory.
+fn start_stack(db: &TestDb) -> Stack {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let public = format!("http://{listen}");
+    let root = std::env::temp_dir().join(format!("cascade-qa-{}", uuid::Uuid::new_v4().simple()));
+    let root_text = root.display().to_string();
+    let env = [
+        ("CASCADE_HTTP__LISTEN", listen.as_str()),
+        ("CASCADE_INGEST__PUBLIC_URL", public.as_str()),
+        ("CASCADE_INGEST__BOOTSTRAP_KEY", KEY),
+        ("CASCADE_STORAGE__LOCAL_ROOT", root_text.as_str()),
+        ("CASCADE_TRANSCODE__ENCODER", "libx264"),
+        ("CASCADE_QUEUE__POLL_INTERVAL", "\"300ms\""),
+    ];
+    let process = CascadeProcess::serve(&db.url, "ingest,workers,origin", &env);
+    let addr = process.http.expect("address");
+    Stack {
+        _process: process,
+        addr,
+        root,
+    }
+}
+
+/// Creates an asset and uploads `file` as its source: (asset id, PUT status).
+fn upload(stack: &Stack, file: &Path) -> (String, u16, String) {
+    let (status, _, body) = http(
+        stack.addr,
+        "POST",
+        "/v1/assets",
+        &[AUTH, ("Content-Type", "application/json")],
+        br#"{"title":"qa"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let asset: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = asset["id"].as_str().unwrap().to_owned();
+    let source = std::fs::read(file).unwrap();
+    let (status, _, body) = http(
+        stack.addr,
+        "PUT",
+        &format!("/v1/assets/{id}/source"),
+        &[AUTH],
+        &source,
+    );
+    (id, status, body)
+}
+
+async fn wait_terminal(stack: &Stack, id: &str) -> serde_json::Value {
+    eventually(
+        "the asset to be ready or errored",
+        Duration::from_secs(240),
+        || async {
+            let (_, _, body) = http(stack.addr, "GET", &format!("/v1/assets/{id}"), &[AUTH], b"");
+            let asset: serde_json::Value = serde_json::from_str(&body).ok()?;
+            matches!(asset["state"].as_str(), Some("ready" | "errored")).then_some(asset)
+        },
+    )
+    .await
+}
+
+/// Runs `cascade qa`; returns (exit code, parsed JSON report, stdout).
+pub fn run_qa(url: &str, reference: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let html = dir.path().join("report.html");
+    let out = Command::new(cascade_bin())
+        .arg("qa")
+        .arg(url)
+        .arg("--reference")
+        .arg(reference)
+        .arg("--json")
+        .arg(&json)
+        .arg("--html")
+        .arg(&html)
+        .args(extra)
+        .env("CASCADE_LOG__FILTER", "warn")
+        .output()
+        .expect("run cascade qa");
+    let code = out.status.code().unwrap_or(-1);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = match std::fs::read(&json) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
+        Err(_) => serde_json::Value::Null,
+    };
+    if code != 2 {
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert!(page.contains("<svg"), "the HTML report has plots");
+    }
+    (code, report, format!("{stdout}\n{stderr}"))
+}
+
+fn failed_checks(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_owned(),
+                c["rendition"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn pipeline_and_qa(file: &str, name: &str, dash_too: bool) {
+    let fx = fixture(name);
+    let db = fresh_db().await;
+    let stack = start_stack(&db);
+    let source = fixtures_dir().join(file);
+    let (id, status, body) = upload(&stack, &source);
+    assert_eq!(status, 202, "{file}: {body}");
+    let asset = wait_terminal(&stack, &id).await;
+    assert_eq!(asset["state"], "ready", "{file}: {asset}");
+    let duration = asset["duration_seconds"].as_f64().unwrap_or_default();
+    let expected = fx["duration_s"].as_float().unwrap();
+    assert!(
+        (duration - expected).abs() < 0.15,
+        "{file}: duration {duration} vs {expected}"
+    );
+
+    // Independent tools over the stored outputs.
+    verify(&stack.root.join(format!("assets/{id}/v1")), &source, &fx);
+
+    // `cascade qa` over what the origin serves, as a player fetches it.
+    let mut urls = vec![asset["playback"]["hls"].as_str().unwrap().to_owned()];
+    if dash_too {
+        urls.push(asset["playback"]["dash"].as_str().unwrap().to_owned());
+    }
+    for url in urls {
+        let (code, report, output) = run_qa(&url, &source, &["--quiet"]);
+        assert_eq!(
+            code,
+            0,
+            "{file} {url}: {:?}\n{output}",
+            failed_checks(&report)
+        );
+        assert_eq!(report["result"], "pass");
+        assert_eq!(report["schema_version"], 1);
+        let names: Vec<&str> = report["renditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        for rung in fx["expected_rungs"].as_array().unwrap() {
+            assert!(
+                names.contains(&rung.as_str().unwrap()),
+                "{file}: {rung} in {names:?}"
+            );
+        }
+        assert_eq!(
+            names.contains(&"audio"),
+            fx["has_audio"].as_bool().unwrap(),
+            "{names:?}"
+        );
+        for r in report["renditions"].as_array().unwrap() {
+            if r["kind"] == "video" {
+                let q = &r["quality"];
+                assert!(
+                    q["frames_compared"].as_u64().unwrap() > 0,
+                    "{file}: {}",
+                    r["name"]
+                );
+                assert!(q["psnr_y_mean"].as_f64().unwrap() > 25.0, "{file}: {q}");
+            }
+        }
+    }
+}
+
+macro_rules! pipeline_fixture {
+    ($test:ident, $name:literal, $ext:literal, $dash:literal) => {
+        #[tokio::test]
+        async fn $test() {
+            pipeline_and_qa(concat!($name, ".", $ext), $name, $dash).await
+        }
+    };
+}
+
+pipeline_fixture!(
+    landscape_1080p30_with_stereo,
+    "landscape_1080p30_stereo",
+    "mp4",
+    true
+);
+pipeline_fixture!(
+    portrait_720x1280,
+    "portrait_720x1280_30fps_stereo",
+    "mp4",
+    true
+);
+pipeline_fixture!(sixty_fps, "landscape_720p60_stereo", "mp4", false);
+pipeline_fixture!(odd_size_between_rungs, "odd_853x479_mpeg4", "mkv", false);
+pipeline_fixture!(
+    rotated_90_comes_out_upright,
+    "rotated90_1280x720_stereo",
+    "mp4",
+    false
+);
+pipeline_fixture!(audio_only, "audio_only_stereo", "m4a", true);
+pipeline_fixture!(video_only, "video_only_720p30", "mp4", false);
+pipeline_fixture!(surround_51_downmixed, "surround51_720p30", "mp4", false);
+pipeline_fixture!(
+    source_below_the_lowest_rung,
+    "tiny_320x180_stereo",
+    "mp4",
+    false
+);
+
+#[tokio::test]
+async fn broken_fixtures_uploaded_through_the_api_end_in_their_expected_error() {
+    let db = fresh_db().await;
+    let stack = start_stack(&db);
+    for (name, ext) in [
+        ("truncated_1080p", "mp4"),
+        ("truncated_moov_at_end", "mp4"),
+        ("random_bytes", "mp4"),
+        ("empty", "mp4"),
+        ("text_as_mp4", "mp4"),
+    ] {
+        let fx = fixture(name);
+        let (id, status, body) = upload(&stack, &fixtures_dir().join(format!("{name}.{ext}")));
+        // Refused at upload (probe) or by the worker: either way, errored
+        // with the fixture's code and a message a creator can act on.
+        assert!(matches!(status, 202 | 400 | 422), "{name}: {status} {body}");
+        let asset = wait_terminal(&stack, &id).await;
+        assert_eq!(asset["state"], "errored", "{name}: {asset}");
+        assert_eq!(
+            asset["error"]["code"]
+                .as_str()
+                .or(asset["error_code"].as_str()),
+            fx["expected_error"].as_str(),
+            "{name}: {asset}"
+        );
+        let message = asset["error"]["message"]
+            .as_str()
+            .or(asset["error_message"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let pattern = regex::RegexBuilder::new(fx["message_pattern"].as_str().unwrap())
+            .case_insensitive(true)
+            .build()
+            .unwrap();
+        assert!(pattern.is_match(&message), "{name}: {message:?}");
+    }
+}
+
+/// A static file server on loopback over `dir` (python3's http.server).
+struct StaticServer {
+    child: Child,
+    port: u16,
+}
+
+impl StaticServer {
+    fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "static server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn damaged_outputs_are_caught_with_the_failing_check_named() {
+    let db = fresh_db().await;
+    let stack = start_stack(&db);
+    let source = fixtures_dir().join("landscape_1080p30_stereo.mp4");
+    let (id, status, body) = upload(&stack, &source);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(wait_terminal(&stack, &id).await["state"], "ready");
+    let published = stack.root.join(format!("assets/{id}/v1"));
+    let work = tempfile::tempdir().unwrap();
+
+    // The intact copy passes, so every failure below is the damage's doing.
+    let intact = work.path().join("intact");
+    copy_dir(&published, &intact);
+    let server = StaticServer::start(&intact);
+    let (code, report, output) = run_qa(
+        &server.url("master.m3u8"),
+        &source,
+        &["--quiet", "--skip-quality"],
+    );
+    assert_eq!(code, 0, "{:?}\n{output}", failed_checks(&report));
+    drop(server);
+
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage, &str, &str); 4] = [
+        (
+            "a truncated segment",
+            |dir| {
+                let segment = dir.join("1080p/2.m4s");
+                let bytes = std::fs::read(&segment).unwrap();
+                std::fs::write(&segment, &bytes[..bytes.len() / 2]).unwrap();
+            },
+            "structure.segment_boxes",
+            "1080p",
+        ),
+        (
+            "a removed segment",
+            |dir| std::fs::remove_file(dir.join("720p/1.m4s")).unwrap(),
+            "structure.segments_exist",
+            "720p",
+        ),
+        (
+            "a CODECS string changed",
+            |dir| {
+                let master = dir.join("master.m3u8");
+                let text = std::fs::read_to_string(&master).unwrap();
+                let line = text
+                    .lines()
+                    .find(|l| l.contains("RESOLUTION=854x480"))
+                    .unwrap();
+                let start = line.find("avc1.").unwrap();
+                let changed = line.replace(&line[start..start + 11], "avc1.42e01e");
+                std::fs::write(&master, text.replace(line, &changed)).unwrap();
+            },
+            "structure.codecs",
+            "480p",
+        ),
+        (
+            "a rung re-encoded with misaligned keyframes",
+            |dir| {
+                // Keyframes at 0 and 2.5 s instead of 0 and 4 s: two segments
+                // like the other rungs, but cut at a different time.
+                let rung = dir.join("480p");
+                std::fs::remove_dir_all(&rung).unwrap();
+                std::fs::create_dir_all(&rung).unwrap();
+                let status = Command::new("ffmpeg")
+                    .args(["-nostdin", "-v", "error", "-y", "-i"])
+                    .arg(fixtures_dir().join("landscape_1080p30_stereo.mp4"))
+                    .args([
+                        "-an",
+                        "-vf",
+                        "scale=854:480",
+                        "-c:v",
+                        "libx264",
+                        "-preset",
+                        "veryfast",
+                        "-g",
+                        "300",
+                        "-sc_threshold",
+                        "0",
+                        "-force_key_frames",
+                        "expr:eq(n,0)+eq(n,75)",
+                        "-f",
+                        "hls",
+                        "-hls_time",
+                        "2",
+                        "-hls_playlist_type",
+                        "vod",
+                        "-hls_segment_type",
+                        "fmp4",
+                        "-hls_fmp4_init_filename",
+                        "init.mp4",
+                        "-start_number",
+                        "1",
+                        "-hls_segment_filename",
+                    ])
+                    .arg(rung.join("%d.m4s"))
+                    .arg(rung.join("index.m3u8"))
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "ffmpeg re-encode");
+            },
+            "timing.segment_alignment",
+            "",
+        ),
+    ];
+    for (what, damage, check, rendition) in cases {
+        let dir = work.path().join(check);
+        copy_dir(&published, &dir);
+        damage(&dir);
+        let server = StaticServer::start(&dir);
+        let (code, report, output) = run_qa(
+            &server.url("master.m3u8"),
+            &source,
+            &["--quiet", "--skip-quality"],
+        );
+        assert_eq!(code, 1, "{what}: qa must fail\n{output}");
+        let failed = failed_checks(&report);
+        assert!(
+            failed.contains(&(check.to_owned(), rendition.to_owned())),
+            "{what}: expected {check} [{rendition}] among {failed:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn qa_exits_2_when_it_cannot_run() {
+    let source = fixtures_dir().join("tiny_320x180_stereo.mp4");
+    // Nothing listens on this port.
+    let url = format!("http://127.0.0.1:{}/master.m3u8", free_port());
+    let (code, _, output) = run_qa(&url, &source, &["--quiet"]);
+    assert_eq!(code, 2, "{output}");
+    assert!(output.contains("cannot reach"), "{output}");
+    // An unreadable reference.
+    let dir = tempfile::tempdir().unwrap();
+    let server = StaticServer::start(dir.path());
+    let (code, _, output) = run_qa(
+        &server.url("master.m3u8"),
+        &dir.path().join("missing.mp4"),
+        &["--quiet"],
+    );
+    assert_eq!(code, 2, "{output}");
+    assert!(output.contains("reference"), "{output}");
+    let not_media = fixtures_dir().join("text_as_mp4.mp4");
+    let (code, _, output) = run_qa(&server.url("master.m3u8"), &not_media, &["--quiet"]);
+    assert_eq!(code, 2, "{output}");
+}
