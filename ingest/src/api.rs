@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
@@ -253,7 +254,8 @@ pub(crate) async fn create_asset(
 
 /// One asset: state, progress, error, renditions and playback URLs.
 #[utoipa::path(get, path = "/v1/assets/{id}", params(("id" = String, Path, description = "Asset id")),
-    responses((status = 200, body = AssetView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = AssetView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub(crate) async fn get_asset(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -267,7 +269,11 @@ pub(crate) async fn get_asset(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub(crate) struct ListQuery {
-    limit: Option<i64>,
+    /// Page size, 1 to 100 (default 20). Read as text so a bad value gets
+    /// the API's JSON error rather than the framework's plain-text one.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -292,12 +298,23 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, uuid::Uuid), ApiError> 
 
 /// Assets, newest first, a page at a time.
 #[utoipa::path(get, path = "/v1/assets", params(ListQuery),
-    responses((status = 200, body = AssetList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = AssetList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub(crate) async fn list_assets(
     State(state): State<Arc<AppState>>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<AssetList>, ApiError> {
-    let limit = query.limit.unwrap_or(20);
+    // The framework's own rejection is plain text; the API answers JSON.
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("bad query string: {}", rejection.body_text()),
+        )
+    })?;
+    let limit = match query.limit.as_deref() {
+        None => 20,
+        Some(text) => text.trim().parse::<i64>().unwrap_or(0),
+    };
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request(
             "invalid_limit",
@@ -342,7 +359,8 @@ pub(crate) async fn list_assets(
 
 /// Deletes an asset's objects and rows; deleting again is fine.
 #[utoipa::path(delete, path = "/v1/assets/{id}", params(("id" = String, Path, description = "Asset id")),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub(crate) async fn delete_asset(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -427,8 +445,9 @@ pub(crate) fn declared_length(headers: &HeaderMap, name: &str) -> Result<Option<
 /// `PUT /v1/assets/{id}/source`: the whole file in one request.
 #[utoipa::path(put, path = "/v1/assets/{id}/source", params(("id" = String, Path, description = "Asset id")),
     request_body(content = BinaryBody, content_type = "application/octet-stream"),
-    responses((status = 202, body = AssetView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 202, body = AssetView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 408, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(crate) async fn put_source(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

@@ -737,6 +737,32 @@ fn timing(checks: &mut Checks, inputs: &Inputs) {
         }
     }
 
+    // DASH: the presentation lasts as long as its longest rendition.
+    if let Some(declared) = inputs.presentation.declared_duration_s {
+        let longest = inputs
+            .renditions
+            .iter()
+            .filter_map(|r| {
+                r.media
+                    .as_ref()
+                    .ok()
+                    .map(|m| (m.duration(), frame_duration(r)))
+            })
+            .fold((0.0_f64, 0.0_f64), |(d, f), (dur, frame)| {
+                (d.max(dur), f.max(frame))
+            });
+        if longest.0 > 0.0 {
+            checks.pass_or_fail(
+                "timing.presentation_duration",
+                None,
+                (declared - longest.0).abs() <= longest.1 + 0.001,
+                "MPD@mediaPresentationDuration against the longest rendition, within a frame",
+                format!("{:.3} s", longest.0),
+                format!("{declared:.3} s"),
+            );
+        }
+    }
+
     // Audio/video start offset, relative to the reference's own.
     let audio = audios(inputs).into_iter().find(|a| a.media.is_ok());
     let video = videos.iter().find(|v| v.media.is_ok());

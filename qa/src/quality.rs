@@ -313,12 +313,13 @@ fn comparison_graph(
     )?;
     graph.add(&sink, "out", "")?;
     let (w, h) = (video.display_width, video.display_height);
-    // shortest=1: frames past the end of either input are not compared
-    // against a repeated last frame (frame counts are checked separately).
+    // The frame sync's defaults: past the reference's end, its last frame
+    // stands in (the last rung frame is half a frame past it by design);
+    // extra rung frames are caught by the frame-count check.
     let spec = match vmaf_log {
         None => format!(
             "[dist]scale={w}:{h}:flags={SCALER},format=yuv420p,setsar=1[d];\
-             [ref]split[r1][r2];[d][r1]psnr=shortest=1[p];[p][r2]ssim=shortest=1[out]"
+             [ref]split[r1][r2];[d][r1]psnr[p];[p][r2]ssim[out]"
         ),
         Some(log) => {
             let log = log
@@ -328,8 +329,8 @@ fn comparison_graph(
                 .replace(':', "\\:");
             format!(
                 "[dist]scale={w}:{h}:flags={SCALER},format=yuv420p,setsar=1[d];\
-                 [ref]split=3[r1][r2][r3];[d][r1]psnr=shortest=1[p];[p][r2]ssim=shortest=1[s];\
-                 [s][r3]libvmaf=log_fmt=json:log_path={log}:shortest=1[out]"
+                 [ref]split=3[r1][r2][r3];[d][r1]psnr[p];[p][r2]ssim[s];\
+                 [s][r3]libvmaf=log_fmt=json:log_path={log}[out]"
             )
         }
     };

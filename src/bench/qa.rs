@@ -17,7 +17,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use cascade_packager::{dash, hls, UriLayout};
-use cascade_platform::config::{EncoderChoice, RungConfig};
+use cascade_platform::config::{EncoderChoice, RungConfig, TranscodeConfig};
 use cascade_platform::Config;
 use cascade_qa::thresholds::Thresholds;
 use cascade_qa::{Options, Progress};
@@ -55,7 +55,8 @@ fn bench_fixture() -> anyhow::Result<PathBuf> {
 }
 
 /// Transcodes `input` with the worker's pipeline into `dir`, manifests included.
-async fn make_asset(input: &Path, config: &Config, dir: &Path) -> anyhow::Result<usize> {
+/// The configured ladder with a 360p rung: five rungs for a 1080p source.
+fn five_rung_config(config: &Config) -> TranscodeConfig {
     let mut transcode = config.transcode.clone();
     transcode.encoder = EncoderChoice::Libx264;
     if !transcode.ladder.iter().any(|r| r.short_side == 360) {
@@ -65,6 +66,10 @@ async fn make_asset(input: &Path, config: &Config, dir: &Path) -> anyhow::Result
             bitrate: 700_000,
         });
     }
+    transcode
+}
+
+async fn make_asset(input: &Path, transcode: TranscodeConfig, dir: &Path) -> anyhow::Result<usize> {
     let (events, mut received) = tokio::sync::mpsc::channel(64);
     let pipeline = {
         let input = input.to_owned();
@@ -154,7 +159,8 @@ pub async fn run(args: QaBenchArgs, config: Config) -> anyhow::Result<ExitCode> 
         "bench qa: transcoding {} with a five-rung ladder (not timed)",
         input.display()
     );
-    let count = make_asset(&input, &config, &asset_dir).await?;
+    let transcode = five_rung_config(&config);
+    let count = make_asset(&input, transcode.clone(), &asset_dir).await?;
     let addr = static_server(asset_dir.clone()).await?;
     let url = format!("http://{addr}/master.m3u8");
     println!("bench qa: {count} renditions served at {url}; running cascade qa");
@@ -164,7 +170,7 @@ pub async fn run(args: QaBenchArgs, config: Config) -> anyhow::Result<ExitCode> 
             url,
             reference: input.clone(),
             thresholds: Thresholds::default(),
-            transcode: config.transcode.clone(),
+            transcode,
             skip_quality: false,
             request_timeout: Duration::from_secs(30),
         },

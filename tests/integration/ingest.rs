@@ -333,8 +333,19 @@ async fn bad_requests_get_the_right_status_and_a_json_error() {
     // Postgres stores no NUL in text: refused, not a 500.
     let (status, _, body) = post("/v1/assets", &[AUTH], br#"{"title":"a\u0000b"}"#);
     assert_eq!((status, json_code(&body).as_str()), (400, "invalid_title"));
-    let (status, _, body) = http(addr, "GET", "/v1/assets?limit=0", &[AUTH], b"");
-    assert_eq!((status, json_code(&body).as_str()), (400, "invalid_limit"));
+    for query in [
+        "limit=0",
+        "limit=101",
+        "limit=99999999999999999999",
+        "limit=ten",
+    ] {
+        let (status, _, body) = http(addr, "GET", &format!("/v1/assets?{query}"), &[AUTH], b"");
+        assert_eq!(
+            (status, json_code(&body).as_str()),
+            (400, "invalid_limit"),
+            "{query}"
+        );
+    }
     let (status, _, body) = http(addr, "GET", "/v1/assets?cursor=garbage!", &[AUTH], b"");
     assert_eq!((status, json_code(&body).as_str()), (400, "invalid_cursor"));
 
@@ -715,6 +726,10 @@ async fn generated_requests_from_the_openapi_document_never_get_a_5xx() {
             r#"[checks]
 enabled = false
 not_a_server_error.enabled = true
+
+[[operations]]
+include-operation-id = ["create_asset", "get_asset", "list_assets", "delete_asset", "put_source"]
+{tus_checks}
 
 [[operations]]
 include-operation-id = ["tus_options", "tus_create"]

@@ -194,6 +194,53 @@ async fn pipeline_and_qa(file: &str, name: &str, dash_too: bool) {
     }
 }
 
+#[tokio::test]
+async fn qa_by_asset_id_finds_the_url_and_the_stored_original() {
+    let db = fresh_db().await;
+    let stack = start_stack(&db);
+    let source = fixtures_dir().join("tiny_320x180_stereo.mp4");
+    let (id, status, body) = upload(&stack, &source);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(wait_terminal(&stack, &id).await["state"], "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(cascade_bin())
+        .args([
+            "qa",
+            "--asset",
+            &id,
+            "--manifest",
+            "dash",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--html")
+        .arg(dir.path().join("report.html"))
+        .env("CASCADE_DATABASE__URL", &db.url)
+        .env("CASCADE_STORAGE__LOCAL_ROOT", &stack.root)
+        .env(
+            "CASCADE_INGEST__PUBLIC_URL",
+            format!("http://{}", stack.addr),
+        )
+        .env_remove("CASCADE_STORAGE__S3__ENDPOINT")
+        .env_remove("CASCADE_STORAGE__S3__BUCKET")
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?}\n{}",
+        failed_checks(&report),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["format"], "dash");
+    assert!(report["url"].as_str().unwrap().ends_with("/manifest.mpd"));
+    // The reference was the stored original: same frames as the fixture.
+    assert_eq!(report["reference"]["frames"], 90);
+}
+
 macro_rules! pipeline_fixture {
     ($test:ident, $name:literal, $ext:literal, $dash:literal) => {
         #[tokio::test]
