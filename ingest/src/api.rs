@@ -369,7 +369,7 @@ pub(crate) async fn delete_asset(
     let client = state.pool.get().await?;
     let uploads = client
         .query(
-            "SELECT id FROM uploads WHERE asset_id = $1",
+            "SELECT id, multipart_id FROM uploads WHERE asset_id = $1",
             &[&id.as_uuid()],
         )
         .await?;
@@ -380,6 +380,13 @@ pub(crate) async fn delete_asset(
         .delete_prefix(&ObjectKey::asset_prefix(id))
         .await?;
     for upload in &uploads {
+        // An unfinished tus upload's multipart upload of the source, and its staged pieces.
+        if let Some(upload_id) = upload.get::<_, Option<String>>(1) {
+            state
+                .store
+                .abort_multipart(&ObjectKey::source(id), &upload_id)
+                .await?;
+        }
         state
             .store
             .delete_prefix(&ObjectKey::upload_prefix(upload.get(0)))
@@ -498,7 +505,7 @@ pub(crate) async fn put_source(
         .into_response())
 }
 
-/// Deletes expired, unfinished tus uploads (their parts and rows) every
+/// Deletes expired, unfinished tus uploads (multipart uploads, staged pieces, rows) every
 /// `ingest.cleanup_interval` until `cancel` fires.
 pub fn spawn_cleanup(
     state: Arc<AppState>,

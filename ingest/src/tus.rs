@@ -1,27 +1,34 @@
 //! tus 1.0.0 resumable uploads: core protocol plus creation,
 //! creation-with-upload, termination, checksum (sha1, sha256) and expiration.
 //!
-//! Each PATCH stores its bytes as one part object keyed by the PATCH's lease
-//! id; Postgres holds the ordered part keys, the offset and the lease. A PATCH
-//! takes the lease with a conditional update (a concurrent one gets 423),
-//! renews it while its body streams, and advances the offset only if it still
+//! PATCH bodies go straight into an S3 multipart upload of the asset's
+//! source: a body of known length that makes a part big enough for S3 (5 MiB
+//! with what is staged) or ends the upload is streamed as one part; smaller
+//! or chunked bodies are staged as objects of their own and go into the next
+//! part. Postgres holds the offset, the multipart upload id, the recorded
+//! parts (number, ETag, size), the staged pieces, a part-number counter and
+//! the lease. A PATCH takes the lease with a conditional update (a concurrent
+//! one gets 423), draws fresh part numbers under it, renews it while its
+//! body streams, and records its part and the new offset only if it still
 //! holds the lease at the offset it started from, so a stalled or crashed
-//! writer can never corrupt the upload. The last PATCH assembles the parts
-//! into the asset's source.
+//! writer can never corrupt the upload: its part is never recorded, and
+//! CompleteMultipartUpload leaves it out. The last PATCH completes the
+//! multipart upload (no copy), then fetches the source for the probe.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use cascade_platform::ObjectStore;
+use cascade_platform::storage::{ByteRange, MAX_PART_SIZE, MIN_PART_SIZE};
+use cascade_platform::{ObjectStore, StorageError};
 use cascade_schemas::{AssetId, ObjectKey};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::StreamReader;
 
 use crate::api::{self, AppState};
@@ -230,7 +237,7 @@ pub async fn create(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(OFFSET_CONTENT_TYPE));
     if with_body {
-        offset = Some(write_chunk(&state, id, 0, &headers, body).await?);
+        offset = Some(write_chunk(&state, id, 0, &headers, body).await?.0);
     }
     let mut response = StatusCode::CREATED.into_response();
     header(
@@ -316,7 +323,9 @@ pub async fn head(
     require_version(&headers)?;
     let id = parse_upload_id(&id)?;
     let row = load(&state, id).await?;
-    if row.expired && row.state != "complete" {
+    // `probing`: complete for the client; only the probe is still running.
+    let finished = matches!(row.state.as_str(), "complete" | "probing");
+    if row.expired && !finished {
         return Err(ApiError::NotFound("upload"));
     }
     let mut response = StatusCode::OK.into_response();
@@ -324,7 +333,7 @@ pub async fn head(
     header(&mut response, "upload-offset", &row.offset.to_string());
     header(&mut response, "upload-length", &row.length.to_string());
     header(&mut response, "cache-control", "no-store");
-    if row.state != "complete" {
+    if !finished {
         header(&mut response, "upload-expires", &http_date(row.expires_at));
     }
     if !row.raw_metadata.is_empty() {
@@ -410,13 +419,12 @@ pub async fn patch(
         "missing_upload_offset",
         "Upload-Offset is required",
     ))?;
-    let new_offset = write_chunk(&state, id, offset, &headers, body).await?;
-    let row = load(&state, id).await?;
+    let (new_offset, expires_at) = write_chunk(&state, id, offset, &headers, body).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     header(&mut response, "tus-resumable", TUS_VERSION);
     header(&mut response, "upload-offset", &new_offset.to_string());
-    if row.state != "complete" {
-        header(&mut response, "upload-expires", &http_date(row.expires_at));
+    if let Some(expires_at) = expires_at {
+        header(&mut response, "upload-expires", &http_date(expires_at));
     }
     Ok(response)
 }
@@ -457,28 +465,24 @@ pub async fn terminate(
     let id = parse_upload_id(&id)?;
     let client = state.pool.get().await?;
     let row = client
-        .query_opt("SELECT state FROM uploads WHERE id = $1", &[&id])
-        .await?;
-    match row.map(|r| r.get::<_, String>(0)) {
-        None => return Err(ApiError::NotFound("upload")),
-        Some(s) if s != "receiving" => {
-            return Err(ApiError::Conflict {
-                code: "upload_complete",
-                message: "the upload is complete and can no longer be terminated".to_owned(),
-            })
-        }
-        Some(_) => {}
-    }
-    state
-        .store
-        .delete_prefix(&ObjectKey::upload_prefix(id))
-        .await?;
-    client
-        .execute(
-            "DELETE FROM uploads WHERE id = $1 AND state = 'receiving'",
+        .query_opt(
+            "SELECT state, asset_id, multipart_id FROM uploads WHERE id = $1",
             &[&id],
         )
-        .await?;
+        .await?
+        .ok_or(ApiError::NotFound("upload"))?;
+    drop(client);
+    if row.get::<_, String>(0) != "receiving" {
+        return Err(ApiError::Conflict {
+            code: "upload_complete",
+            message: "the upload is complete and can no longer be terminated".to_owned(),
+        });
+    }
+    let asset = AssetId::from(row.get::<_, uuid::Uuid>(1));
+    let multipart_id: Option<String> = row.get(2);
+    // Bytes first: a failure leaves the row, so a retry finds them again.
+    discard(&state, id, asset, multipart_id.as_deref()).await?;
+    delete_row(&state, id, asset, multipart_id.as_deref()).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     header(&mut response, "tus-resumable", TUS_VERSION);
     Ok(response)
@@ -541,26 +545,93 @@ async fn release(state: &AppState, id: uuid::Uuid, lock: uuid::Uuid) {
     }
 }
 
-/// Stores one PATCH body at `client_offset`; returns the new offset.
+/// Part numbers PATCHes may draw; the ones above are kept for the staged
+/// pieces left over at completion, so those always come last.
+const LAST_PATCH_PART: u32 = 9_000;
+/// First part number of the staged pieces uploaded at completion.
+const FIRST_FINAL_PART: u32 = LAST_PATCH_PART + 1;
+
+/// Sizes of the parts `total` bytes go into: as few as S3's largest part
+/// allows, of nearly equal size (so all are far above the smallest part).
+fn part_sizes(total: u64) -> Vec<u64> {
+    let count = total.div_ceil(MAX_PART_SIZE).max(1);
+    let (base, extra) = (total / count, total % count);
+    (0..count).map(|i| base + u64::from(i < extra)).collect()
+}
+
+/// Maps a storage error met while writing an upload. A multipart upload
+/// that vanished means the upload was terminated meanwhile; a staged piece
+/// that cannot be read back is the store's failure, not the client's body.
+fn storage_error(error: StorageError) -> ApiError {
+    match error {
+        StorageError::NotFound { .. } => ApiError::NotFound("upload"),
+        StorageError::BodyRead(io) => match io.get_ref().map(|inner| inner.is::<StorageError>()) {
+            Some(true) => match io
+                .into_inner()
+                .map(|inner| inner.downcast::<StorageError>())
+            {
+                Some(Ok(inner)) if inner.is_retryable() => ApiError::Unavailable(inner.to_string()),
+                Some(Ok(inner)) => ApiError::Internal(inner.to_string()),
+                _ => ApiError::Internal("reading a staged piece failed".to_owned()),
+            },
+            _ => ApiError::from(StorageError::BodyRead(io)),
+        },
+        other => ApiError::from(other),
+    }
+}
+
+/// Whether the body's digest matches the one the client declared (if any).
+fn checksum_matches(reader: &mut BodyReader, expected: Option<Vec<u8>>) -> bool {
+    match (expected, reader.take_hasher()) {
+        (Some(expected), Some(hasher)) => hasher.finish() == expected,
+        _ => true,
+    }
+}
+
+/// What a PATCH learns when it takes the lease.
+struct Lease {
+    id: uuid::Uuid,
+    lock: uuid::Uuid,
+    asset: AssetId,
+    offset: i64,
+    length: i64,
+    multipart_id: Option<String>,
+    next_part: i32,
+    staged_keys: Vec<String>,
+    /// Bytes received but not in a recorded part: the staged pieces' total.
+    staged_bytes: u64,
+}
+
+/// Bytes in recorded parts, in SQL (`offset` minus this is what is staged).
+const PARTS_TOTAL_SQL: &str = "(SELECT coalesce(sum(s), 0)::bigint FROM unnest(part_sizes) s)";
+
+/// Stores one PATCH body at `client_offset`; returns the new offset, and
+/// when the upload expires unless it is now complete.
+///
+/// A body of known length that fills a part (with what is staged: at least
+/// S3's 5 MiB), or that completes the upload, streams as one part of the
+/// source's multipart upload, preceded by the staged pieces. Others (small,
+/// or chunked) are staged as objects of their own until a part can be made.
 async fn write_chunk(
-    state: &AppState,
+    state: &Arc<AppState>,
     id: uuid::Uuid,
     client_offset: u64,
     headers: &HeaderMap,
     body: Body,
-) -> Result<u64, ApiError> {
+) -> Result<(u64, Option<DateTime<Utc>>), ApiError> {
     let lock = uuid::Uuid::new_v4();
-    let client = state.pool.get().await?;
-    let taken = client
-        .query_opt(
+    let taken = query_opt_unflushed(
+        state,
+        &format!(
             "UPDATE uploads SET locked_until = now() + $3::float8 * interval '1 millisecond', lock_id = $2, updated_at = now()
              WHERE id = $1 AND state = 'receiving' AND expires_at > now()
                AND (locked_until IS NULL OR locked_until < now())
-             RETURNING \"offset\", length, cardinality(part_keys)",
-            &[&id, &lock, &lease_ms(state)],
-        )
-        .await?;
-    drop(client);
+             RETURNING asset_id, \"offset\", length, multipart_id, next_part, staged_keys,
+                       \"offset\" - {PARTS_TOTAL_SQL}, expires_at"
+        ),
+        &[&id, &lock, &lease_ms(state)],
+    )
+    .await?;
     let Some(row) = taken else {
         let row = load(state, id).await?;
         return Err(if row.expired {
@@ -574,7 +645,19 @@ async fn write_chunk(
             ApiError::Locked
         });
     };
-    let (offset, length, parts): (i64, i64, i32) = (row.get(0), row.get(1), row.get(2));
+    let lease = Lease {
+        id,
+        lock,
+        asset: AssetId::from(row.get::<_, uuid::Uuid>(0)),
+        offset: row.get(1),
+        length: row.get(2),
+        multipart_id: row.get(3),
+        next_part: row.get(4),
+        staged_keys: row.get(5),
+        staged_bytes: u64::try_from(row.get::<_, i64>(6)).unwrap_or(0),
+    };
+    let expires_at: DateTime<Utc> = row.get(7);
+    let (offset, length) = (lease.offset, lease.length);
     let result = async {
         if client_offset != offset as u64 {
             return Err(ApiError::Conflict {
@@ -583,7 +666,8 @@ async fn write_chunk(
             });
         }
         let remaining = (length - offset) as u64;
-        if let Some(declared) = api::declared_length(headers, "content-length")? {
+        let declared = api::declared_length(headers, "content-length")?;
+        if let Some(declared) = declared {
             if declared > remaining {
                 return Err(ApiError::bad_request(
                     "exceeds_upload_length",
@@ -598,41 +682,20 @@ async fn write_chunk(
             reader = reader.hash_with(hasher);
             expected = Some(digest);
         }
-        let part_key = ObjectKey::upload_part(id, (parts + 1) as u32, lock);
-        let stored = tokio::select! {
-            stored = state.store.put(&part_key, &mut reader) => stored,
-            never = keep_lease(state, id, lock) => match never {},
-        };
-        stored?;
-        let written = reader.bytes_read();
-        if let (Some(expected), Some(hasher)) = (expected, reader.take_hasher()) {
-            if hasher.finish() != expected {
-                state.store.delete(&part_key).await?;
-                return Err(ApiError::ChecksumMismatch);
+        // A part when the length is known and the part is big enough or the
+        // last, and part numbers remain; otherwise staged.
+        let parts = declared
+            .filter(|&n| n > 0 && (lease.staged_bytes + n >= MIN_PART_SIZE || n == remaining))
+            .map(|n| (n, part_sizes(lease.staged_bytes + n)))
+            .filter(|(_, sizes)| {
+                u32::try_from(lease.next_part).unwrap_or(u32::MAX).saturating_add(sizes.len() as u32 - 1)
+                    <= LAST_PATCH_PART
+            });
+        match parts {
+            Some((body_length, sizes)) => {
+                write_parts(state, &lease, sizes, body_length, &mut reader, expected).await
             }
-        }
-        if written == 0 {
-            state.store.delete(&part_key).await?;
-            // Nothing to record; the next PATCH must not find the upload locked.
-            release(state, id, lock).await;
-            return Ok(offset as u64);
-        }
-        let client = state.pool.get().await?;
-        let advanced = client
-            .query_opt(
-                "UPDATE uploads SET \"offset\" = \"offset\" + $4, part_keys = array_append(part_keys, $5),
-                     locked_until = NULL, lock_id = NULL, updated_at = now()
-                 WHERE id = $1 AND lock_id = $2 AND \"offset\" = $3 RETURNING \"offset\"",
-                &[&id, &lock, &offset, &(written as i64), &part_key.as_str()],
-            )
-            .await?;
-        match advanced {
-            Some(row) => Ok(row.get::<_, i64>(0) as u64),
-            None => {
-                // Our lease lapsed and another request took over: our bytes never count.
-                let _ = state.store.delete(&part_key).await;
-                Err(ApiError::Locked)
-            }
+            None => write_staged(state, &lease, &mut reader, expected).await,
         }
     }
     .await;
@@ -645,12 +708,194 @@ async fn write_chunk(
     };
     if new_offset == length as u64 {
         assemble(state, id).await?;
+        return Ok((new_offset, None));
     }
-    Ok(new_offset)
+    Ok((new_offset, Some(expires_at)))
 }
 
-/// Streams the stored parts, in order, as one reader.
-fn parts_reader(store: ObjectStore, keys: Vec<String>) -> impl AsyncRead + Unpin + Send {
+/// Runs one statement in its own transaction, committed without waiting
+/// for the WAL flush (`synchronous_commit = off`): for updates that may be
+/// lost in a database crash without harm, such as taking a lease or drawing
+/// part numbers (a later synchronous commit, such as recording a part,
+/// flushes them first, since the WAL is written in order).
+async fn query_opt_unflushed(
+    state: &AppState,
+    sql: &str,
+    params: &[&(dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<deadpool_postgres::tokio_postgres::Row>, ApiError> {
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
+    let row = tx.query_opt(sql, params).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// Uploads the staged pieces and the body as parts `sizes` of the source's
+/// multipart upload (creating it if this is the first part), then records
+/// them with the new offset, fenced by the lease.
+async fn write_parts(
+    state: &AppState,
+    lease: &Lease,
+    sizes: Vec<u64>,
+    body_length: u64,
+    reader: &mut BodyReader,
+    expected: Option<Vec<u8>>,
+) -> Result<u64, ApiError> {
+    let key = ObjectKey::source(lease.asset);
+    let created = match &lease.multipart_id {
+        Some(_) => None,
+        None => Some(state.store.create_multipart(&key).await?),
+    };
+    let upload_id = match lease.multipart_id.clone().or_else(|| created.clone()) {
+        Some(upload_id) => upload_id,
+        None => return Err(ApiError::Internal("no multipart upload id".to_owned())),
+    };
+    // Fresh part numbers, drawn under the lease: never handed out twice.
+    let count = sizes.len() as i32;
+    let drawn = async {
+        let sql = "UPDATE uploads SET next_part = next_part + $3, multipart_id = COALESCE(multipart_id, $4), updated_at = now()
+                   WHERE id = $1 AND lock_id = $2 RETURNING next_part - $3, multipart_id";
+        let params: [&(dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync); 4] =
+            [&lease.id, &lease.lock, &count, &upload_id];
+        let row = if created.is_some() {
+            // A new multipart upload id must not be lost (nothing else knows it).
+            let client = state.pool.get().await?;
+            client.query_opt(sql, &params).await?
+        } else {
+            query_opt_unflushed(state, sql, &params).await?
+        };
+        Ok::<_, ApiError>(row.map(|r| (r.get::<_, i32>(0), r.get::<_, Option<String>>(1))))
+    }
+    .await;
+    let first = match drawn {
+        Ok(Some((first, recorded))) if recorded.as_deref() == Some(upload_id.as_str()) => first,
+        other => {
+            if let Some(created) = &created {
+                // Ours was never recorded (lease lost, or the database failed).
+                if let Err(error) = state.store.abort_multipart(&key, created).await {
+                    tracing::warn!(error = %error, "cannot abort an unrecorded multipart upload");
+                }
+            }
+            return Err(match other {
+                Err(e) => e,
+                _ => ApiError::Locked,
+            });
+        }
+    };
+    let first =
+        u32::try_from(first).map_err(|_| ApiError::Internal(format!("part number {first}")))?;
+    let mut staged = staged_reader(state.store.clone(), lease.staged_keys.clone());
+    let mut uploaded = Vec::with_capacity(sizes.len());
+    {
+        let mut combined = (&mut staged).chain(&mut *reader);
+        let upload = async {
+            for (i, size) in sizes.iter().enumerate() {
+                let number = first + i as u32;
+                let etag = state
+                    .store
+                    .upload_part(&key, &upload_id, number, *size, &mut combined)
+                    .await?;
+                uploaded.push((number, etag, *size));
+            }
+            Ok::<_, StorageError>(())
+        };
+        tokio::select! {
+            done = upload => done,
+            never = keep_lease(state, lease.id, lease.lock) => match never {},
+        }
+        .map_err(storage_error)?;
+    }
+    if reader.bytes_read() != body_length {
+        return Err(ApiError::Internal(format!(
+            "the staged pieces of upload {} hold more than the {} bytes recorded",
+            lease.id, lease.staged_bytes
+        )));
+    }
+    // A mismatch leaves the parts unrecorded: CompleteMultipartUpload skips them.
+    if !checksum_matches(reader, expected) {
+        return Err(ApiError::ChecksumMismatch);
+    }
+    let numbers: Vec<i32> = uploaded.iter().map(|(n, _, _)| *n as i32).collect();
+    let etags: Vec<String> = uploaded.iter().map(|(_, e, _)| e.clone()).collect();
+    let part_sizes: Vec<i64> = uploaded.iter().map(|(_, _, s)| *s as i64).collect();
+    let client = state.pool.get().await?;
+    let advanced = client
+        .query_opt(
+            "UPDATE uploads SET \"offset\" = \"offset\" + $4,
+                 part_numbers = part_numbers || $5::integer[], part_etags = part_etags || $6::text[],
+                 part_sizes = part_sizes || $7::bigint[], staged_keys = '{}', staged_sizes = '{}',
+                 locked_until = NULL, lock_id = NULL, updated_at = now()
+             WHERE id = $1 AND lock_id = $2 AND \"offset\" = $3 RETURNING \"offset\"",
+            &[&lease.id, &lease.lock, &lease.offset, &(body_length as i64), &numbers, &etags, &part_sizes],
+        )
+        .await?;
+    drop(client);
+    // Our lease lapsed and another request took over: our parts never count.
+    let Some(row) = advanced else {
+        return Err(ApiError::Locked);
+    };
+    // The staged pieces are in the part now; completion sweeps any left.
+    for key in &lease.staged_keys {
+        if let Err(error) = state
+            .store
+            .delete(&ObjectKey::from_stored(key.clone()))
+            .await
+        {
+            tracing::warn!(error = %error, key, "cannot delete a staged piece");
+        }
+    }
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// Stores the body as a staged piece and records it with the new offset,
+/// fenced by the lease.
+async fn write_staged(
+    state: &AppState,
+    lease: &Lease,
+    reader: &mut BodyReader,
+    expected: Option<Vec<u8>>,
+) -> Result<u64, ApiError> {
+    let seq = lease.staged_keys.len() as u32 + 1;
+    let key = ObjectKey::upload_staged(lease.id, seq, lease.lock);
+    let stored = tokio::select! {
+        stored = state.store.put(&key, reader) => stored,
+        never = keep_lease(state, lease.id, lease.lock) => match never {},
+    };
+    stored?;
+    let written = reader.bytes_read();
+    if !checksum_matches(reader, expected) {
+        state.store.delete(&key).await?;
+        return Err(ApiError::ChecksumMismatch);
+    }
+    if written == 0 {
+        state.store.delete(&key).await?;
+        // Nothing to record; the next PATCH must not find the upload locked.
+        release(state, lease.id, lease.lock).await;
+        return Ok(lease.offset as u64);
+    }
+    let client = state.pool.get().await?;
+    let advanced = client
+        .query_opt(
+            "UPDATE uploads SET \"offset\" = \"offset\" + $4, staged_keys = array_append(staged_keys, $5),
+                 staged_sizes = array_append(staged_sizes, $4), locked_until = NULL, lock_id = NULL, updated_at = now()
+             WHERE id = $1 AND lock_id = $2 AND \"offset\" = $3 RETURNING \"offset\"",
+            &[&lease.id, &lease.lock, &lease.offset, &(written as i64), &key.as_str()],
+        )
+        .await?;
+    match advanced {
+        Some(row) => Ok(row.get::<_, i64>(0) as u64),
+        None => {
+            // Our lease lapsed and another request took over: our bytes never count.
+            let _ = state.store.delete(&key).await;
+            Err(ApiError::Locked)
+        }
+    }
+}
+
+/// Streams the staged pieces, in order, as one reader.
+fn staged_reader(store: ObjectStore, keys: Vec<String>) -> impl AsyncRead + Unpin + Send {
     let chunks = futures::stream::iter(keys)
         .then(move |key| {
             let store = store.clone();
@@ -666,55 +911,286 @@ fn parts_reader(store: ObjectStore, keys: Vec<String>) -> impl AsyncRead + Unpin
     StreamReader::new(Box::pin(chunks))
 }
 
-/// Joins the parts into the asset's source, removes them, and hands the
-/// source on (probe, then transcode). Runs under the upload's lease.
-async fn assemble(state: &AppState, id: uuid::Uuid) -> Result<(), ApiError> {
+/// An upload whose bytes have all arrived, as its assembly sees it.
+struct Assembly {
+    asset: AssetId,
+    length: u64,
+    multipart_id: Option<String>,
+    parts: Vec<(u32, String)>,
+    staged_keys: Vec<String>,
+    staged_bytes: u64,
+}
+
+/// Makes the source object from the recorded parts and any staged pieces
+/// left (as the last parts): CompleteMultipartUpload, so the bytes are not
+/// copied again. Idempotent: if a previous assembly completed the upload
+/// and died before recording it, the source is there with its full size.
+async fn finish_source(state: &AppState, upload: &Assembly) -> Result<(), ApiError> {
+    let key = ObjectKey::source(upload.asset);
+    let Some(upload_id) = &upload.multipart_id else {
+        // Everything was staged (a small upload, or bodies of unknown length).
+        let mut reader = staged_reader(state.store.clone(), upload.staged_keys.clone());
+        let stored = state
+            .store
+            .put(&key, &mut reader)
+            .await
+            .map_err(storage_error)?;
+        if stored != upload.length {
+            return Err(ApiError::Internal(format!(
+                "the staged pieces hold {stored} bytes, not {}",
+                upload.length
+            )));
+        }
+        return Ok(());
+    };
+    let completed = async {
+        let mut parts = upload.parts.clone();
+        if upload.staged_bytes > 0 {
+            let mut reader = staged_reader(state.store.clone(), upload.staged_keys.clone());
+            for (i, size) in part_sizes(upload.staged_bytes).into_iter().enumerate() {
+                let number = FIRST_FINAL_PART + i as u32;
+                let etag = state
+                    .store
+                    .upload_part(&key, upload_id, number, size, &mut reader)
+                    .await?;
+                parts.push((number, etag));
+            }
+        }
+        state
+            .store
+            .complete_multipart(&key, upload_id, &parts)
+            .await
+    }
+    .await;
+    if let Err(error) = completed {
+        match state.store.head(&key).await {
+            Ok(meta) if meta.size == upload.length => {
+                tracing::info!(key = %key, error = %error, "multipart upload already completed");
+            }
+            _ => return Err(ApiError::from(error)),
+        }
+    }
+    Ok(())
+}
+
+/// Bytes per ranged GET when fetching the source for the probe.
+const FETCH_RANGE: u64 = 32 * 1024 * 1024;
+/// Ranged GETs in flight when fetching the source for the probe.
+const FETCH_CONCURRENCY: usize = 4;
+/// Bytes gathered before one positioned write to the scratch file.
+const FETCH_WRITE: usize = 1024 * 1024;
+
+/// Copies `first..=last` of the source into `file` at the same offsets.
+async fn fetch_range(
+    state: &AppState,
+    key: &ObjectKey,
+    file: &Arc<std::fs::File>,
+    first: u64,
+    last: u64,
+) -> Result<u64, ApiError> {
+    let write_at = |buf: Vec<u8>, at: u64| {
+        let file = file.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                file.write_all_at(&buf, at)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("scratch write task: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("scratch file: {e}")))
+        }
+    };
+    let mut body = state
+        .store
+        .get(key, Some(ByteRange::Inclusive { first, last }))
+        .await?;
+    let mut at = first;
+    let mut buf = Vec::with_capacity(FETCH_WRITE);
+    while let Some(chunk) = body.stream.next().await {
+        buf.extend_from_slice(&chunk?);
+        if buf.len() >= FETCH_WRITE {
+            let full = std::mem::replace(&mut buf, Vec::with_capacity(FETCH_WRITE));
+            let len = full.len() as u64;
+            write_at(full, at).await?;
+            at += len;
+        }
+    }
+    if !buf.is_empty() {
+        let len = buf.len() as u64;
+        write_at(buf, at).await?;
+        at += len;
+    }
+    if at != last + 1 {
+        return Err(ApiError::Internal(format!(
+            "the source ended at byte {at}, expected {}",
+            last + 1
+        )));
+    }
+    Ok(at - first)
+}
+
+/// Copies the source (`length` bytes) from the store into `file`, the
+/// probe's local copy, by ranged GETs in parallel; returns the bytes copied.
+async fn fetch_source(
+    state: &AppState,
+    key: &ObjectKey,
+    length: u64,
+    file: std::fs::File,
+) -> Result<u64, ApiError> {
+    let file = Arc::new(file);
+    let ranges: Vec<(u64, u64)> = (0..length.div_ceil(FETCH_RANGE))
+        .map(|i| {
+            let first = i * FETCH_RANGE;
+            (first, (first + FETCH_RANGE).min(length) - 1)
+        })
+        .collect();
+    let copied = futures::stream::iter(ranges)
+        .map(|(first, last)| fetch_range(state, key, &file, first, last))
+        .buffer_unordered(FETCH_CONCURRENCY)
+        .try_fold(0u64, |total, n| async move { Ok(total + n) })
+        .await?;
+    Ok(copied)
+}
+
+/// Completes the source (see [`finish_source`]), removes the staged
+/// pieces, marks the upload complete, and hands the source on: a local
+/// copy for the probe (a GET), then [`source::source_complete`]. Runs under
+/// the upload's lease, in state `assembling`, so a replica that dies midway
+/// leaves it to the sweeper ([`delete_expired`]).
+async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), ApiError> {
     let lock = uuid::Uuid::new_v4();
     let client = state.pool.get().await?;
     let row = client
         .query_opt(
-            "UPDATE uploads SET state = 'assembling', locked_until = now() + $3::float8 * interval '1 millisecond', lock_id = $2
-             WHERE id = $1 AND \"offset\" = length
-               AND (state = 'receiving'
-                    OR (state = 'assembling' AND (locked_until IS NULL OR locked_until < now())))
-             RETURNING asset_id, part_keys",
+            &format!(
+                "UPDATE uploads SET state = 'assembling', locked_until = now() + $3::float8 * interval '1 millisecond', lock_id = $2
+                 WHERE id = $1 AND \"offset\" = length
+                   AND (state = 'receiving'
+                        OR (state = 'assembling' AND (locked_until IS NULL OR locked_until < now())))
+                 RETURNING asset_id, length, multipart_id, part_numbers, part_etags, staged_keys,
+                           \"offset\" - {PARTS_TOTAL_SQL}"
+            ),
             &[&id, &lock, &lease_ms(state)],
         )
         .await?;
     drop(client);
     let Some(row) = row else { return Ok(()) };
-    let asset = AssetId::from(row.get::<_, uuid::Uuid>(0));
-    let keys: Vec<String> = row.get(1);
+    let numbers: Vec<i32> = row.get(3);
+    let etags: Vec<String> = row.get(4);
+    let upload = Assembly {
+        asset: AssetId::from(row.get::<_, uuid::Uuid>(0)),
+        length: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+        multipart_id: row.get(2),
+        parts: numbers.into_iter().map(|n| n as u32).zip(etags).collect(),
+        staged_keys: row.get(5),
+        staged_bytes: u64::try_from(row.get::<_, i64>(6)).unwrap_or(0),
+    };
+    let finished = tokio::select! {
+        finished = finish_source(state, &upload) => finished,
+        never = keep_lease(state, id, lock) => match never {},
+    };
+    if let Err(e) = finished {
+        release(state, id, lock).await;
+        return Err(e);
+    }
+    if let Err(e) = state
+        .store
+        .delete_prefix(&ObjectKey::upload_prefix(id))
+        .await
+    {
+        release(state, id, lock).await;
+        return Err(e.into());
+    }
+    // The bytes are durable: the upload is complete for the client. The
+    // probe runs after the response (state `probing`, under a new lease), so
+    // the final PATCH of a large file never waits on it; a replica that dies
+    // meanwhile leaves it to the sweeper.
+    let handoff_lock = uuid::Uuid::new_v4();
+    let client = state.pool.get().await?;
+    let marked = client
+        .execute(
+            "UPDATE uploads SET state = 'probing', multipart_id = NULL, staged_keys = '{}', staged_sizes = '{}',
+                 part_numbers = '{}', part_etags = '{}', part_sizes = '{}',
+                 locked_until = now() + $4::float8 * interval '1 millisecond', lock_id = $3, updated_at = now()
+             WHERE id = $1 AND lock_id = $2",
+            &[&id, &lock, &handoff_lock, &lease_ms(state)],
+        )
+        .await?;
+    drop(client);
+    if marked == 0 {
+        // Our lease lapsed and another assembly took over; it hands the source on.
+        return Ok(());
+    }
+    let background = Arc::clone(state);
+    let (asset, length) = (upload.asset, upload.length);
+    tokio::spawn(async move {
+        let handed = tokio::select! {
+            handed = hand_off(&background, id, asset, length) => handed,
+            never = keep_lease(&background, id, handoff_lock) => match never {},
+        };
+        finish_hand_off(&background, id, handoff_lock, handed).await;
+    });
+    Ok(())
+}
+
+/// Records the end of a hand-off: `complete`, or the lease released so the
+/// sweeper tries again.
+async fn finish_hand_off(
+    state: &AppState,
+    id: uuid::Uuid,
+    lock: uuid::Uuid,
+    handed: Result<(), ApiError>,
+) {
+    match handed {
+        Ok(()) => {
+            let done = async {
+                state
+                    .pool
+                    .get()
+                    .await?
+                    .execute(
+                        "UPDATE uploads SET state = 'complete', locked_until = NULL, lock_id = NULL, updated_at = now()
+                         WHERE id = $1 AND lock_id = $2",
+                        &[&id, &lock],
+                    )
+                    .await?;
+                Ok::<(), ApiError>(())
+            };
+            if let Err(error) = done.await {
+                tracing::warn!(upload = %id, error = %error, "cannot record the upload's hand-off; the sweeper retries");
+                release(state, id, lock).await;
+            }
+        }
+        Err(error) => {
+            tracing::warn!(upload = %id, error = %error, "cannot hand the upload's source on; the sweeper retries");
+            release(state, id, lock).await;
+        }
+    }
+}
+
+/// A local copy of the completed source (a GET), then the probe and the
+/// asset's next state ([`source::source_complete`]).
+async fn hand_off(
+    state: &AppState,
+    id: uuid::Uuid,
+    asset: AssetId,
+    length: u64,
+) -> Result<(), ApiError> {
+    let source_key = ObjectKey::source(asset);
     let scratch = api::scratch_file(state)?;
     let copy = scratch
         .reopen()
         .map_err(|e| ApiError::Internal(format!("scratch file: {e}")))?;
-    let mut reader = CopyingReader {
-        inner: parts_reader(state.store.clone(), keys),
-        copy,
-    };
-    let source_key = ObjectKey::source(asset);
-    let stored = tokio::select! {
-        stored = state.store.put(&source_key, &mut reader) => stored,
-        never = keep_lease(state, id, lock) => match never {},
-    };
-    if let Err(e) = stored {
-        release(state, id, lock).await;
-        return Err(e.into());
-    }
-    state
-        .store
-        .delete_prefix(&ObjectKey::upload_prefix(id))
-        .await?;
-    let client = state.pool.get().await?;
-    client
-        .execute(
-            "UPDATE uploads SET state = 'complete', part_keys = '{}', locked_until = NULL, lock_id = NULL, updated_at = now()
-             WHERE id = $1 AND lock_id = $2",
-            &[&id, &lock],
-        )
-        .await?;
-    drop(client);
+    let started = Instant::now();
+    let fetched = fetch_source(state, &source_key, length, copy).await?;
+    let elapsed = started.elapsed();
+    tracing::info!(
+        upload = %id,
+        bytes = fetched,
+        elapsed_ms = elapsed.as_millis() as u64,
+        mb_per_s = fetched as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9),
+        "fetched the source for the probe"
+    );
     match source::source_complete(state, asset, scratch.path()).await {
         // The upload itself succeeded; the asset carries the media error.
         Ok(()) | Err(ApiError::Unprocessable { .. }) => Ok(()),
@@ -722,37 +1198,59 @@ async fn assemble(state: &AppState, id: uuid::Uuid) -> Result<(), ApiError> {
     }
 }
 
-/// Copies everything read to a file (the probe's copy).
-struct CopyingReader<R> {
-    inner: R,
-    copy: std::fs::File,
+/// Removes an upload's stored bytes: its multipart upload and its staged
+/// pieces. Idempotent.
+async fn discard(
+    state: &AppState,
+    id: uuid::Uuid,
+    asset: AssetId,
+    multipart_id: Option<&str>,
+) -> Result<(), ApiError> {
+    if let Some(upload_id) = multipart_id {
+        state
+            .store
+            .abort_multipart(&ObjectKey::source(asset), upload_id)
+            .await?;
+    }
+    state
+        .store
+        .delete_prefix(&ObjectKey::upload_prefix(id))
+        .await?;
+    Ok(())
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for CopyingReader<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::io::Write;
-        let before = buf.filled().len();
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
-            std::task::Poll::Ready(Ok(())) => {
-                this.copy.write_all(&buf.filled()[before..])?;
-                std::task::Poll::Ready(Ok(()))
-            }
-            other => other,
+/// Deletes an unfinished upload's row, then aborts a multipart upload a
+/// PATCH recorded after `discard` ran (so none is left behind).
+async fn delete_row(
+    state: &AppState,
+    id: uuid::Uuid,
+    asset: AssetId,
+    discarded: Option<&str>,
+) -> Result<(), ApiError> {
+    let client = state.pool.get().await?;
+    let deleted = client
+        .query_opt(
+            "DELETE FROM uploads WHERE id = $1 AND state = 'receiving' RETURNING multipart_id",
+            &[&id],
+        )
+        .await?;
+    drop(client);
+    if let Some(late) = deleted.and_then(|row| row.get::<_, Option<String>>(0)) {
+        if Some(late.as_str()) != discarded {
+            discard(state, id, asset, Some(&late)).await?;
         }
     }
+    Ok(())
 }
 
-/// Removes expired unfinished uploads; returns how many.
-pub async fn delete_expired(state: &AppState) -> Result<usize, ApiError> {
+/// Removes expired unfinished uploads (their multipart uploads aborted,
+/// their staged pieces deleted); returns how many. Also finishes
+/// assemblies whose replica died.
+pub async fn delete_expired(state: &Arc<AppState>) -> Result<usize, ApiError> {
     let client = state.pool.get().await?;
     let rows = client
         .query(
-            "SELECT id FROM uploads WHERE expires_at < now() AND state = 'receiving'
+            "SELECT id, asset_id, multipart_id FROM uploads WHERE expires_at < now() AND state = 'receiving'
                AND (locked_until IS NULL OR locked_until < now())",
             &[],
         )
@@ -760,17 +1258,10 @@ pub async fn delete_expired(state: &AppState) -> Result<usize, ApiError> {
     drop(client);
     for row in &rows {
         let id: uuid::Uuid = row.get(0);
-        state
-            .store
-            .delete_prefix(&ObjectKey::upload_prefix(id))
-            .await?;
-        let client = state.pool.get().await?;
-        client
-            .execute(
-                "DELETE FROM uploads WHERE id = $1 AND state = 'receiving'",
-                &[&id],
-            )
-            .await?;
+        let asset = AssetId::from(row.get::<_, uuid::Uuid>(1));
+        let multipart_id: Option<String> = row.get(2);
+        discard(state, id, asset, multipart_id.as_deref()).await?;
+        delete_row(state, id, asset, multipart_id.as_deref()).await?;
     }
     // An assembly whose replica died: finish it.
     let client = state.pool.get().await?;
@@ -787,5 +1278,56 @@ pub async fn delete_expired(state: &AppState) -> Result<usize, ApiError> {
             tracing::warn!(error = %error, "cannot finish an interrupted assembly");
         }
     }
+    // A complete upload whose probe never finished (its replica died, or
+    // storage failed): probe it here.
+    let lock = uuid::Uuid::new_v4();
+    let client = state.pool.get().await?;
+    let orphans = client
+        .query(
+            "UPDATE uploads SET locked_until = now() + $2::float8 * interval '1 millisecond', lock_id = $1
+             WHERE state = 'probing' AND (locked_until IS NULL OR locked_until < now())
+             RETURNING id, asset_id, length",
+            &[&lock, &lease_ms(state)],
+        )
+        .await?;
+    drop(client);
+    for row in &orphans {
+        let id: uuid::Uuid = row.get(0);
+        let asset = AssetId::from(row.get::<_, uuid::Uuid>(1));
+        let length = u64::try_from(row.get::<_, i64>(2)).unwrap_or(0);
+        let handed = tokio::select! {
+            handed = hand_off(state, id, asset, length) => handed,
+            never = keep_lease(state, id, lock) => match never {},
+        };
+        finish_hand_off(state, id, lock, handed).await;
+    }
     Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_as_few_and_as_even_as_s3_allows() {
+        assert_eq!(part_sizes(8 << 20), vec![8 << 20]);
+        assert_eq!(part_sizes(MAX_PART_SIZE), vec![MAX_PART_SIZE]);
+        assert_eq!(
+            part_sizes(MAX_PART_SIZE + 1),
+            vec![MAX_PART_SIZE / 2 + 1, MAX_PART_SIZE / 2]
+        );
+        let sizes = part_sizes(3 * MAX_PART_SIZE + 2);
+        assert_eq!(sizes.len(), 4);
+        assert_eq!(sizes.iter().sum::<u64>(), 3 * MAX_PART_SIZE + 2);
+        assert!(sizes
+            .iter()
+            .all(|s| (MIN_PART_SIZE..=MAX_PART_SIZE).contains(s)));
+    }
+
+    // The staged pieces left at completion come after every PATCH part, with
+    // room for 1000 parts of 5 GiB.
+    const _: () = assert!(
+        FIRST_FINAL_PART > LAST_PATCH_PART
+            && cascade_platform::storage::MAX_PART_NUMBER - FIRST_FINAL_PART + 1 == 1000
+    );
 }

@@ -7,7 +7,7 @@
 //! assets/{asset_id}/v{version}/{rendition}/index.m3u8
 //! assets/{asset_id}/v{version}/{rendition}/init.mp4
 //! assets/{asset_id}/v{version}/{rendition}/{seq}.m4s
-//! uploads/{upload_id}/...                          in-progress upload parts
+//! uploads/{upload_id}/staged-...                   staged pieces of in-progress tus uploads
 //! tmp/...                                          scratch, expired by lifecycle rule
 //! ```
 //!
@@ -205,11 +205,12 @@ impl ObjectKey {
         ))
     }
 
-    /// Part `part` of an in-progress upload, written by the request holding
-    /// lease `writer` (so two writers never share a key).
-    pub fn upload_part(upload: uuid::Uuid, part: u32, writer: uuid::Uuid) -> Self {
+    /// Staged piece `seq` of an in-progress tus upload (a body too small
+    /// for a multipart part, or of unknown length), written by the request
+    /// holding lease `writer` (so two writers never share a key).
+    pub fn upload_staged(upload: uuid::Uuid, seq: u32, writer: uuid::Uuid) -> Self {
         Self(format!(
-            "{UPLOADS_PREFIX}{upload}/part-{part:06}-{}",
+            "{UPLOADS_PREFIX}{upload}/staged-{seq:06}-{}",
             writer.simple()
         ))
     }

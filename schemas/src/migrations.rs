@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "watch_folder",
         sql: include_str!("../migrations/0005_watch_folder.sql"),
     },
+    Migration {
+        version: 6,
+        name: "tus_multipart",
+        sql: include_str!("../migrations/0006_tus_multipart.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::common::{eventually, free_port, fresh_db, header, http, CascadeProcess, TestDb};
 
+mod multipart;
+
 const KEY: &str = "csk_test_bootstrap_key";
 const AUTH: (&str, &str) = ("Authorization", "Bearer csk_test_bootstrap_key");
 const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
@@ -86,6 +88,20 @@ fn tuspy(
 /// asset is processing and its transcode job is queued.
 async fn assert_upload_landed(db: &TestDb, root: &Path, original: &Path) {
     let client = db.pool.get().await.unwrap();
+    // The probe runs after the final PATCH's response.
+    crate::common::eventually("the upload's probe", Duration::from_secs(60), || async {
+        let state: String = db
+            .pool
+            .get()
+            .await
+            .ok()?
+            .query_one("SELECT state FROM uploads", &[])
+            .await
+            .ok()?
+            .get(0);
+        (state == "complete").then_some(())
+    })
+    .await;
     let row = client
         .query_one(
             "SELECT asset_id, state, \"offset\", length FROM uploads",
@@ -773,4 +789,69 @@ parameters = {{ "path.id" = "{}" }}
         report.contains("passed") && !report.contains("Server error"),
         "{report}"
     );
+}
+
+/// The final PATCH answers once the bytes are durable; the probe runs after
+/// it. A probe that never finished (its replica died) is redone by the sweeper.
+#[tokio::test]
+async fn a_probe_interrupted_after_the_final_patch_is_finished_by_the_sweeper() {
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let server = start(
+        &db,
+        "ingest",
+        &root,
+        free_port(),
+        &[("CASCADE_INGEST__CLEANUP_INTERVAL", "\"200ms\"")],
+    );
+    let addr = server.addr;
+    let data = std::fs::read(fixture("tiny_320x180_stereo.mp4")).unwrap();
+    let upload = create_upload(addr, data.len());
+    let (status, _, body) = http(
+        addr,
+        "PATCH",
+        &upload,
+        &[
+            AUTH,
+            TUS,
+            ("Upload-Offset", "0"),
+            ("Content-Type", "application/offset+octet-stream"),
+        ],
+        &data,
+    );
+    assert_eq!(status, 204, "{body}");
+    let landed = || async {
+        let client = db.pool.get().await.ok()?;
+        let row = client
+            .query_one(
+                "SELECT u.state, a.state, (SELECT count(*) FROM jobs j WHERE j.payload->>'asset_id' = a.id::text)
+                 FROM uploads u JOIN assets a ON a.id = u.asset_id",
+                &[],
+            )
+            .await
+            .ok()?;
+        let (upload, asset, jobs): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+        (upload == "complete" && asset == "processing" && jobs == 1).then_some(())
+    };
+    eventually("the first probe", Duration::from_secs(30), landed).await;
+    // As if the replica died between the 204 and the probe's end.
+    {
+        let client = db.pool.get().await.unwrap();
+        client
+            .batch_execute(
+                "UPDATE uploads SET state = 'probing', locked_until = now() - interval '1 second';
+                 UPDATE assets SET state = 'waiting', duration_seconds = NULL;
+                 DELETE FROM jobs;",
+            )
+            .await
+            .unwrap();
+    }
+    let (status, headers, _) = http(addr, "HEAD", &upload, &[AUTH, TUS], b"");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "upload-offset"),
+        Some(data.len().to_string().as_str()),
+        "complete for the client while the probe is pending"
+    );
+    eventually("the sweeper's probe", Duration::from_secs(30), landed).await;
 }

@@ -341,6 +341,239 @@ pub async fn missing_objects(store: ObjectStore) {
     store.ping().await.unwrap();
 }
 
+const MIB: usize = 1024 * 1024;
+
+/// Multipart uploads the store has open (S3), or upload directories (local).
+async fn open_multipart_uploads(store: &ObjectStore) -> usize {
+    match store {
+        ObjectStore::S3(s3) => s3
+            .client()
+            .list_multipart_uploads()
+            .bucket(s3.bucket())
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .len(),
+        ObjectStore::Local(local) => {
+            let mut found = 0;
+            let mut dirs = vec![local.root().to_owned()];
+            while let Some(dir) = dirs.pop() {
+                for entry in std::fs::read_dir(&dir).unwrap() {
+                    let entry = entry.unwrap();
+                    if !entry.file_type().unwrap().is_dir() {
+                        continue;
+                    }
+                    if entry.file_name() == ".multipart" {
+                        found += std::fs::read_dir(entry.path()).unwrap().count();
+                    } else {
+                        dirs.push(entry.path());
+                    }
+                }
+            }
+            found
+        }
+    }
+}
+
+pub async fn multipart_upload_joins_listed_parts_in_order(store: ObjectStore) {
+    let asset = AssetId::new();
+    let key = ObjectKey::source(asset);
+    let first = random_bytes(5 * MIB + 17, 11);
+    let second = random_bytes(6 * MIB, 12);
+    let last = random_bytes(1_234, 13);
+    let upload = store.create_multipart(&key).await.unwrap();
+    // Out of order, with gaps in the numbers; one reader feeds two parts.
+    let last_tag = store
+        .upload_part(&key, &upload, 9, last.len() as u64, &mut last.as_slice())
+        .await
+        .unwrap();
+    let joined = [first.as_slice(), second.as_slice()].concat();
+    let mut reader = joined.as_slice();
+    let first_tag = store
+        .upload_part(&key, &upload, 2, first.len() as u64, &mut reader)
+        .await
+        .unwrap();
+    assert_eq!(reader.len(), second.len(), "read no further than the part");
+    // Part 5 uploaded twice: the second replaces the first.
+    let junk = random_bytes(6 * MIB, 14);
+    store
+        .upload_part(&key, &upload, 5, junk.len() as u64, &mut junk.as_slice())
+        .await
+        .unwrap();
+    let second_tag = store
+        .upload_part(&key, &upload, 5, second.len() as u64, &mut reader)
+        .await
+        .unwrap();
+    // A part never listed (a writer whose lease lapsed) is left out.
+    store
+        .upload_part(&key, &upload, 7, junk.len() as u64, &mut junk.as_slice())
+        .await
+        .unwrap();
+    assert!(
+        store.head(&key).await.unwrap_err().is_not_found(),
+        "nothing visible before completion"
+    );
+    assert!(
+        store
+            .list(&ObjectKey::asset_prefix(asset))
+            .await
+            .unwrap()
+            .is_empty(),
+        "parts are not objects"
+    );
+    assert_eq!(open_multipart_uploads(&store).await, 1);
+    let parts = [(2, first_tag), (5, second_tag), (9, last_tag)];
+    store
+        .complete_multipart(&key, &upload, &parts)
+        .await
+        .unwrap();
+    let expected = [first.as_slice(), second.as_slice(), last.as_slice()].concat();
+    assert_eq!(store.head(&key).await.unwrap().size, expected.len() as u64);
+    let back = store
+        .get(&key, None)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(
+        back.as_ref() == expected.as_slice(),
+        "completed object differs"
+    );
+    assert_eq!(open_multipart_uploads(&store).await, 0, "nothing left open");
+    // Completing again: S3 may answer as before, or that the upload is gone
+    // (the local store does); either way the object stays as it was.
+    match store.complete_multipart(&key, &upload, &parts).await {
+        Ok(()) | Err(StorageError::NotFound { .. }) => {}
+        Err(other) => panic!("completing again: {other:?}"),
+    }
+    let back = store
+        .get(&key, None)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(
+        back.as_ref() == expected.as_slice(),
+        "completed object changed"
+    );
+}
+
+pub async fn multipart_upload_refuses_bad_parts(store: ObjectStore) {
+    let key = ObjectKey::source(AssetId::new());
+    let upload = store.create_multipart(&key).await.unwrap();
+    // A body shorter than the declared length.
+    let short = vec![3u8; 1_000];
+    match store
+        .upload_part(&key, &upload, 1, 2_000, &mut short.as_slice())
+        .await
+    {
+        Err(StorageError::BodyRead(_)) => {}
+        other => panic!("expected BodyRead, got {other:?}"),
+    }
+    // A body that fails, like a client that goes away.
+    match store
+        .upload_part(
+            &key,
+            &upload,
+            1,
+            2 * MIB as u64,
+            &mut FailingReader { remaining: MIB },
+        )
+        .await
+    {
+        Err(StorageError::BodyRead(_)) => {}
+        other => panic!("expected BodyRead, got {other:?}"),
+    }
+    for number in [0, 10_001] {
+        let result = store
+            .upload_part(&key, &upload, number, 1, &mut &b"x"[..])
+            .await;
+        assert!(
+            matches!(&result, Err(e) if !e.is_retryable()),
+            "{number}: {result:?}"
+        );
+    }
+    let tag = store
+        .upload_part(&key, &upload, 1, 3, &mut &b"abc"[..])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .complete_multipart(&key, &upload, &[(2, tag.clone()), (1, tag.clone())])
+            .await
+            .is_err(),
+        "descending part numbers are refused"
+    );
+    // An upload that does not exist.
+    let other = ObjectKey::source(AssetId::new());
+    let missing = "0123456789abcdef0123456789abcdef";
+    let result = store
+        .upload_part(&other, missing, 1, 3, &mut &b"abc"[..])
+        .await;
+    assert!(
+        matches!(result, Err(StorageError::NotFound { .. })),
+        "{result:?}"
+    );
+    if matches!(store, ObjectStore::Local(_)) {
+        // What S3 checks and SeaweedFS may not: a small middle part, a wrong ETag.
+        let tag2 = store
+            .upload_part(&key, &upload, 2, 3, &mut &b"def"[..])
+            .await
+            .unwrap();
+        let refused = store
+            .complete_multipart(&key, &upload, &[(1, tag.clone()), (2, tag2)])
+            .await;
+        assert!(
+            matches!(&refused, Err(e) if !e.is_retryable()),
+            "{refused:?}"
+        );
+        let refused = store
+            .complete_multipart(&key, &upload, &[(1, "\"nope\"".to_owned())])
+            .await;
+        assert!(
+            matches!(&refused, Err(e) if !e.is_retryable()),
+            "{refused:?}"
+        );
+    }
+    store.abort_multipart(&key, &upload).await.unwrap();
+    assert!(store.head(&key).await.unwrap_err().is_not_found());
+}
+
+pub async fn aborted_multipart_upload_leaves_nothing(store: ObjectStore) {
+    let asset = AssetId::new();
+    let key = ObjectKey::source(asset);
+    let upload = store.create_multipart(&key).await.unwrap();
+    let data = random_bytes(5 * MIB, 21);
+    let tag = store
+        .upload_part(&key, &upload, 1, data.len() as u64, &mut data.as_slice())
+        .await
+        .unwrap();
+    assert_eq!(open_multipart_uploads(&store).await, 1);
+    store.abort_multipart(&key, &upload).await.unwrap();
+    store.abort_multipart(&key, &upload).await.unwrap();
+    assert_eq!(open_multipart_uploads(&store).await, 0);
+    assert!(store.head(&key).await.unwrap_err().is_not_found());
+    assert!(store
+        .complete_multipart(&key, &upload, &[(1, tag)])
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert!(store
+        .upload_part(&key, &upload, 2, 3, &mut &b"abc"[..])
+        .await
+        .unwrap_err()
+        .is_not_found());
+    if let ObjectStore::Local(local) = &store {
+        assert!(
+            !local.root().join(format!("assets/{asset}")).exists(),
+            "no directory left behind"
+        );
+    }
+}
+
 macro_rules! storage_suite {
     ($backend:ident, $make:path) => {
         mod $backend {
@@ -371,6 +604,18 @@ macro_rules! storage_suite {
             #[tokio::test]
             async fn missing_objects() {
                 super::missing_objects($make().await).await
+            }
+            #[tokio::test]
+            async fn multipart_upload_joins_listed_parts_in_order() {
+                super::multipart_upload_joins_listed_parts_in_order($make().await).await
+            }
+            #[tokio::test]
+            async fn multipart_upload_refuses_bad_parts() {
+                super::multipart_upload_refuses_bad_parts($make().await).await
+            }
+            #[tokio::test]
+            async fn aborted_multipart_upload_leaves_nothing() {
+                super::aborted_multipart_upload_leaves_nothing($make().await).await
             }
         }
     };

@@ -3,6 +3,12 @@
 //! Writes go to a temporary file under `root/.partial/`, are synced, then
 //! renamed into place (or hard-linked, for create-if-absent), so a reader or
 //! a crash never exposes half an object.
+//!
+//! Multipart uploads are emulated: the parts of upload `U` of `dir/name` are
+//! files `dir/.multipart/name.U/NNNNN`; completing concatenates them in
+//! part-number order into a partial file renamed onto the key, aborting
+//! removes the directory. Names starting with `.` are never object keys and
+//! are left out of listings.
 
 use std::io::{ErrorKind, SeekFrom};
 use std::path::{Component, Path, PathBuf};
@@ -19,6 +25,8 @@ use tokio_util::io::ReaderStream;
 use super::{ByteRange, ObjectBody, ObjectMeta, PutOutcome, StorageError};
 
 const PARTIAL_DIR: &str = ".partial";
+/// Directory, next to a key, holding the parts of its multipart uploads.
+const MULTIPART_DIR: &str = ".multipart";
 
 /// Objects in a directory.
 #[derive(Clone, Debug)]
@@ -57,11 +65,12 @@ impl LocalStore {
     /// Maps a key to its file, refusing anything that is not a plain relative path.
     fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
         let relative = Path::new(key);
+        // Names starting with '.' are the store's own (.partial, .multipart).
         let plain = !key.is_empty()
-            && !key.starts_with(PARTIAL_DIR)
-            && relative
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)));
+            && relative.components().all(|c| match c {
+                Component::Normal(name) => !name.to_string_lossy().starts_with('.'),
+                _ => false,
+            });
         if !plain {
             return Err(StorageError::Permanent(format!(
                 "invalid object key {key:?}"
@@ -171,6 +180,198 @@ impl LocalStore {
         }
     }
 
+    /// The directory of multipart upload `upload_id` of `key`.
+    fn multipart_dir(&self, key: &str, upload_id: &str) -> Result<PathBuf, StorageError> {
+        let path = self.path_of(key)?;
+        // Ids are ours (uuids); anything else names no upload (like S3's NoSuchUpload).
+        let id = uuid::Uuid::try_parse(upload_id).map_err(|_| StorageError::NotFound {
+            key: key.to_owned(),
+        })?;
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(StorageError::Permanent(format!(
+                "invalid object key {key:?}"
+            )));
+        };
+        Ok(parent
+            .join(MULTIPART_DIR)
+            .join(format!("{}.{}", name.to_string_lossy(), id.simple())))
+    }
+
+    /// Etag of a stored part: its size and write time (parts are replaced by
+    /// rename, never edited in place).
+    fn part_etag(metadata: &std::fs::Metadata) -> String {
+        let nanos = metadata
+            .modified()
+            .ok()
+            .map(DateTime::<Utc>::from)
+            .and_then(|m| m.timestamp_nanos_opt())
+            .unwrap_or(0);
+        format!("\"{:x}-{:x}\"", metadata.len(), nanos)
+    }
+
+    /// Removes `dir` if empty, then its parents while empty, up to the root.
+    async fn remove_empty_dirs(&self, dir: &Path) {
+        let mut current = Some(dir);
+        while let Some(d) = current {
+            if d == self.root.as_path() || !d.starts_with(self.root.as_path()) {
+                break;
+            }
+            if fs::remove_dir(d).await.is_err() {
+                break;
+            }
+            current = d.parent();
+        }
+    }
+
+    /// See [`super::ObjectStore::create_multipart`].
+    pub async fn create_multipart(&self, key: &ObjectKey) -> Result<String, StorageError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = self.multipart_dir(key.as_str(), &id)?;
+        fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io_error(key.as_str(), e))?;
+        Ok(id)
+    }
+
+    /// See [`super::ObjectStore::upload_part`].
+    pub async fn upload_part(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        part_number: u32,
+        length: u64,
+        body: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<String, StorageError> {
+        let dir = self.multipart_dir(key.as_str(), upload_id)?;
+        if !fs::try_exists(&dir).await.unwrap_or(false) {
+            return Err(StorageError::NotFound {
+                key: key.to_string(),
+            });
+        }
+        let mut limited = (&mut *body).take(length);
+        let (partial, written) = self.write_partial(key.as_str(), &mut limited).await?;
+        if written != length {
+            let _ = fs::remove_file(&partial).await;
+            return Err(StorageError::BodyRead(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                format!("the part's body ended after {written} of {length} bytes"),
+            )));
+        }
+        let target = dir.join(format!("{part_number:05}"));
+        if let Err(e) = fs::rename(&partial, &target).await {
+            let _ = fs::remove_file(&partial).await;
+            // The directory went away: the upload was aborted or completed.
+            return Err(io_error(key.as_str(), e));
+        }
+        let metadata = fs::metadata(&target)
+            .await
+            .map_err(|e| io_error(key.as_str(), e))?;
+        Ok(Self::part_etag(&metadata))
+    }
+
+    /// See [`super::ObjectStore::complete_multipart`]. Checks what S3 checks:
+    /// every listed part exists with its ETag, and all but the last are at
+    /// least [`super::MIN_PART_SIZE`].
+    pub async fn complete_multipart(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<(), StorageError> {
+        let path = self.path_of(key.as_str())?;
+        let dir = self.multipart_dir(key.as_str(), upload_id)?;
+        let mut files = Vec::with_capacity(parts.len());
+        for (i, (number, etag)) in parts.iter().enumerate() {
+            let file = dir.join(format!("{number:05}"));
+            let metadata = match fs::metadata(&file).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == ErrorKind::NotFound && i == 0 => {
+                    // No such upload (completed or aborted), or no such part.
+                    return Err(if fs::try_exists(&dir).await.unwrap_or(false) {
+                        StorageError::Permanent(format!("{key}: part {number} was never uploaded"))
+                    } else {
+                        StorageError::NotFound {
+                            key: key.to_string(),
+                        }
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(StorageError::Permanent(format!(
+                        "{key}: part {number} was never uploaded"
+                    )))
+                }
+                Err(e) => return Err(io_error(key.as_str(), e)),
+            };
+            if Self::part_etag(&metadata) != *etag {
+                return Err(StorageError::Permanent(format!(
+                    "{key}: part {number} has another ETag than {etag}"
+                )));
+            }
+            if i + 1 < parts.len() && metadata.len() < super::MIN_PART_SIZE {
+                return Err(StorageError::Permanent(format!(
+                    "{key}: part {number} is smaller than the minimum part size"
+                )));
+            }
+            files.push(file);
+        }
+        let partial = self.partial_path();
+        let concatenated = {
+            let partial = partial.clone();
+            let key = key.to_string();
+            tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+                // std::io::copy between files uses copy_file_range on Linux.
+                let mut out = std::fs::File::create(&partial).map_err(|e| io_error(&key, e))?;
+                for file in &files {
+                    let mut part = std::fs::File::open(file).map_err(|e| io_error(&key, e))?;
+                    std::io::copy(&mut part, &mut out).map_err(|e| io_error(&key, e))?;
+                }
+                out.sync_all().map_err(|e| io_error(&key, e))
+            })
+            .await
+            .map_err(|e| StorageError::Permanent(format!("concatenation task failed: {e}")))?
+        };
+        let placed = match concatenated {
+            Ok(()) => {
+                self.ensure_parent(key.as_str(), &path).await?;
+                fs::rename(&partial, &path)
+                    .await
+                    .map_err(|e| io_error(key.as_str(), e))
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = placed {
+            let _ = fs::remove_file(&partial).await;
+            return Err(e);
+        }
+        let _ = fs::remove_dir_all(&dir).await;
+        if let Some(multipart) = dir.parent() {
+            self.remove_empty_dirs(multipart).await;
+        }
+        Ok(())
+    }
+
+    /// See [`super::ObjectStore::abort_multipart`].
+    pub async fn abort_multipart(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+    ) -> Result<(), StorageError> {
+        let dir = match self.multipart_dir(key.as_str(), upload_id) {
+            Ok(dir) => dir,
+            Err(StorageError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error(key.as_str(), e)),
+        }
+        if let Some(multipart) = dir.parent() {
+            self.remove_empty_dirs(multipart).await;
+        }
+        Ok(())
+    }
+
     /// See [`super::ObjectStore::get`].
     pub async fn get(
         &self,
@@ -260,12 +461,12 @@ impl LocalStore {
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         dirs.dedup();
         for dir in dirs {
-            let mut current = Some(dir.as_path());
-            while let Some(d) = current {
-                if d == self.root.as_path() || fs::remove_dir(d).await.is_err() {
-                    break;
-                }
-                current = d.parent();
+            self.remove_empty_dirs(&dir).await;
+        }
+        // The prefix's own directory, emptied earlier by single deletes.
+        if let Some(dir) = prefix.strip_suffix('/') {
+            if let Ok(dir) = self.path_of(dir) {
+                self.remove_empty_dirs(&dir).await;
             }
         }
         Ok(objects.len() as u64)
@@ -322,7 +523,8 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
             else {
                 continue;
             };
-            if key.starts_with(PARTIAL_DIR) {
+            // The store's own files (.partial, .multipart), never objects.
+            if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
             let file_type = entry.file_type().map_err(|e| io_error(&key, e))?;

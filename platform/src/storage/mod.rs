@@ -6,7 +6,10 @@
 //!
 //! Both stream: puts read the body in parts (multipart above the threshold),
 //! gets hand back a stream of chunks, so memory stays bounded whatever the
-//! object size. Keys come from [`cascade_schemas::keys`]; content types from
+//! object size. Both also expose multipart uploads directly
+//! ([`ObjectStore::create_multipart`] and the calls after it), for writers
+//! that produce one object over several requests (tus uploads); the local
+//! backend emulates them. Keys come from [`cascade_schemas::keys`]; content types from
 //! the key's [`cascade_schemas::ObjectClass`].
 
 pub mod local;
@@ -171,6 +174,13 @@ pub enum PutOutcome {
     AlreadyExists,
 }
 
+/// Smallest part a multipart upload accepts, except the last (S3's rule).
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// Largest part a multipart upload accepts (S3's rule).
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// Highest part number of a multipart upload (S3's rule; the lowest is 1).
+pub const MAX_PART_NUMBER: u32 = 10_000;
+
 /// Tuning shared by both backends.
 #[derive(Debug, Clone, Copy)]
 pub struct PutTuning {
@@ -303,6 +313,94 @@ impl ObjectStore {
         match self {
             Self::Local(s) => s.delete_prefix(prefix).await,
             Self::S3(s) => s.delete_prefix(prefix).await,
+        }
+    }
+
+    /// Starts a multipart upload of the object at `key`; returns its id.
+    /// Parts are added with [`Self::upload_part`]; nothing is visible at
+    /// `key` until [`Self::complete_multipart`].
+    pub async fn create_multipart(&self, key: &ObjectKey) -> Result<String, StorageError> {
+        match self {
+            Self::Local(s) => s.create_multipart(key).await,
+            Self::S3(s) => s.create_multipart(key).await,
+        }
+    }
+
+    /// Streams exactly `length` bytes of `body` as part `part_number`
+    /// (1..=10000) of the multipart upload `upload_id`; returns the part's
+    /// ETag. Reads no further than `length`, so one reader can feed several
+    /// parts; a body that ends early is a [`StorageError::BodyRead`]. The
+    /// bytes are not buffered beyond a few chunks. Uploading a part number
+    /// again replaces that part. Every part but the last must be at least
+    /// [`MIN_PART_SIZE`] when the upload is completed.
+    pub async fn upload_part(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        part_number: u32,
+        length: u64,
+        body: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<String, StorageError> {
+        if !(1..=MAX_PART_NUMBER).contains(&part_number) {
+            return Err(StorageError::Permanent(format!(
+                "part number {part_number} is outside 1..={MAX_PART_NUMBER}"
+            )));
+        }
+        if length > MAX_PART_SIZE {
+            return Err(StorageError::Permanent(format!(
+                "a part of {length} bytes is over the {MAX_PART_SIZE} bytes allowed"
+            )));
+        }
+        match self {
+            Self::Local(s) => {
+                s.upload_part(key, upload_id, part_number, length, body)
+                    .await
+            }
+            Self::S3(s) => {
+                s.upload_part(key, upload_id, part_number, length, body)
+                    .await
+            }
+        }
+    }
+
+    /// Completes a multipart upload from `parts` (part number, ETag), in
+    /// ascending part-number order: the object at `key` becomes their
+    /// concatenation, at once. Uploaded parts not listed are discarded. An
+    /// upload that no longer exists (aborted, or completed: S3 may also
+    /// answer a repeated completion as the first) is
+    /// [`StorageError::NotFound`].
+    pub async fn complete_multipart(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<(), StorageError> {
+        if parts.is_empty() {
+            return Err(StorageError::Permanent(
+                "a multipart upload needs at least one part".to_owned(),
+            ));
+        }
+        if !parts.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err(StorageError::Permanent(
+                "multipart parts must be in ascending part-number order".to_owned(),
+            ));
+        }
+        match self {
+            Self::Local(s) => s.complete_multipart(key, upload_id, parts).await,
+            Self::S3(s) => s.complete_multipart(key, upload_id, parts).await,
+        }
+    }
+
+    /// Abandons a multipart upload and frees its parts. Idempotent: an
+    /// upload that no longer exists is not an error.
+    pub async fn abort_multipart(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+    ) -> Result<(), StorageError> {
+        match self {
+            Self::Local(s) => s.abort_multipart(key, upload_id).await,
+            Self::S3(s) => s.abort_multipart(key, upload_id).await,
         }
     }
 

@@ -28,7 +28,7 @@ use cascade_schemas::ObjectKey;
 use chrono::{DateTime, Utc};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{read_chunk, ByteRange, ObjectBody, ObjectMeta, PutOutcome, PutTuning, StorageError};
 use crate::config::S3Config;
@@ -36,12 +36,118 @@ use crate::config::S3Config;
 /// DeleteObjects takes at most this many keys.
 const DELETE_BATCH: usize = 1000;
 
+/// Chunk size when feeding a streamed part to the SDK.
+const PART_CHUNK: usize = 256 * 1024;
+/// Chunks queued between the reader and the SDK for a streamed part.
+const PART_QUEUE: usize = 4;
+
 /// A bucket in an S3-compatible store.
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
     bucket: Arc<str>,
     tuning: PutTuning,
+    /// Longest wait for the store while streaming a part: to take the next
+    /// chunk, then to answer once the part is sent (`attempt_timeout`).
+    stall: std::time::Duration,
+    /// Timeouts of streamed part uploads: the connect timeout only, since
+    /// a part moves at its producer's pace (guarded by `stall` instead).
+    streaming_timeouts: TimeoutConfig,
+}
+
+/// The body of a streamed part: chunks from a channel, of a known total
+/// length (so the request carries a Content-Length and no chunked encoding).
+struct ChannelBody {
+    chunks: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    remaining: u64,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        match self.chunks.poll_recv(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
+            std::task::Poll::Ready(Some(Err(e))) => std::task::Poll::Ready(Some(Err(e))),
+            std::task::Poll::Ready(Some(Ok(chunk))) => {
+                self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// How feeding a streamed part ended.
+enum Fed {
+    /// All bytes went to the SDK.
+    All,
+    /// The request stopped taking bytes (it failed; its error says why).
+    RequestGone,
+}
+
+/// Reads exactly `length` bytes of `body` into `chunks`. A read failure or
+/// a body that ends early is also sent down the channel, so the request
+/// fails instead of waiting for bytes that never come.
+async fn feed_part(
+    body: &mut (dyn AsyncRead + Unpin + Send),
+    length: u64,
+    chunks: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    stall: std::time::Duration,
+) -> Result<Fed, StorageError> {
+    let mut limited = (&mut *body).take(length);
+    let mut sent = 0u64;
+    while sent < length {
+        let want = PART_CHUNK.min((length - sent) as usize);
+        let mut buf = bytes::BytesMut::with_capacity(want);
+        // Fill the chunk (request bodies arrive in small frames): fewer,
+        // larger writes to the store's connection.
+        let mut read = Ok(0);
+        while buf.len() < want {
+            read = limited.read_buf(&mut buf).await;
+            if !matches!(read, Ok(n) if n > 0) {
+                break;
+            }
+        }
+        let read = match read {
+            Ok(_) if !buf.is_empty() => Ok(buf.len()),
+            other => other,
+        };
+        let n = match read {
+            Ok(0) => {
+                let short = std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the part's body ended after {sent} of {length} bytes"),
+                );
+                let _ = chunks.try_send(Err(std::io::Error::new(short.kind(), short.to_string())));
+                return Err(StorageError::BodyRead(short));
+            }
+            Ok(n) => n,
+            Err(e) => {
+                let _ = chunks.try_send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                return Err(StorageError::BodyRead(e));
+            }
+        };
+        sent += n as u64;
+        match tokio::time::timeout(stall, chunks.send(Ok(buf.freeze()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Ok(Fed::RequestGone),
+            Err(_) => {
+                return Err(StorageError::Transient(format!(
+                    "the store took no data for {stall:?} while receiving a part"
+                )))
+            }
+        }
+    }
+    Ok(Fed::All)
 }
 
 /// Maps an SDK error to a [`StorageError`] by HTTP status and error code.
@@ -59,9 +165,11 @@ where
         _ => DisplayErrorContext(&err).to_string(),
     };
     match (&err, status, code.as_deref()) {
-        (_, Some(404), _) | (_, _, Some("NoSuchKey" | "NotFound")) => StorageError::NotFound {
-            key: key.to_owned(),
-        },
+        (_, Some(404), _) | (_, _, Some("NoSuchKey" | "NoSuchUpload" | "NotFound")) => {
+            StorageError::NotFound {
+                key: key.to_owned(),
+            }
+        }
         (_, Some(412), _) | (_, _, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
             StorageError::PreconditionFailed {
                 key: key.to_owned(),
@@ -148,6 +256,12 @@ impl S3Store {
             client: Client::from_conf(builder.build()),
             bucket: Arc::from(config.bucket.as_str()),
             tuning,
+            stall: config.attempt_timeout,
+            streaming_timeouts: TimeoutConfig::builder()
+                .connect_timeout(config.connect_timeout)
+                .disable_operation_attempt_timeout()
+                .disable_operation_timeout()
+                .build(),
         };
         store.ensure_bucket(config).await?;
         if config.lifecycle.apply {
@@ -476,6 +590,148 @@ impl S3Store {
             .await
             .map_err(|e| classify(e, key.as_str()))?;
         Ok(written)
+    }
+
+    /// See [`super::ObjectStore::create_multipart`].
+    pub async fn create_multipart(&self, key: &ObjectKey) -> Result<String, StorageError> {
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .content_type(key.class().content_type())
+            .send()
+            .await
+            .map_err(|e| classify(e, key.as_str()))?;
+        upload.upload_id().map(str::to_owned).ok_or_else(|| {
+            StorageError::Permanent("store returned no multipart upload id".to_owned())
+        })
+    }
+
+    /// See [`super::ObjectStore::upload_part`]. The bytes go from `body`
+    /// through a short channel into the request as they arrive; the request
+    /// has no attempt timeout (a part moves at its producer's pace) but
+    /// fails if the store stops taking bytes, or does not answer once they
+    /// are sent, for `attempt_timeout`. Not retried by the SDK (the body
+    /// cannot be replayed); the caller retries the whole part.
+    pub async fn upload_part(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        part_number: u32,
+        length: u64,
+        body: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<String, StorageError> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(PART_QUEUE);
+        let content_length = i64::try_from(length)
+            .map_err(|_| StorageError::Permanent(format!("part length {length} too large")))?;
+        let part_number = i32::try_from(part_number)
+            .map_err(|_| StorageError::Permanent(format!("part number {part_number} too large")))?;
+        let request = self
+            .client
+            .upload_part()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_length(content_length)
+            .body(ByteStream::from_body_1_x(ChannelBody {
+                chunks: receiver,
+                remaining: length,
+            }))
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::default()
+                    .timeout_config(self.streaming_timeouts.clone()),
+            )
+            .send();
+        let mut request = std::pin::pin!(request);
+        let feed = feed_part(body, length, sender, self.stall);
+        let mut feed = std::pin::pin!(feed);
+        let fed = tokio::select! {
+            biased;
+            fed = &mut feed => fed,
+            answered = &mut request => {
+                // The request ended before taking all bytes: it failed.
+                return match answered {
+                    Err(e) => Err(classify(e, key.as_str())),
+                    Ok(_) => Err(StorageError::Permanent(format!(
+                        "the store accepted part {part_number} of {key} before receiving all of it"
+                    ))),
+                };
+            }
+        };
+        // On a read failure the request is dropped here, which closes it.
+        fed?;
+        let answered = tokio::time::timeout(self.stall, request)
+            .await
+            .map_err(|_| {
+                StorageError::Transient(format!(
+                    "no answer for {:?} after sending part {part_number} of {key}",
+                    self.stall
+                ))
+            })?
+            .map_err(|e| classify(e, key.as_str()))?;
+        answered.e_tag().map(str::to_owned).ok_or_else(|| {
+            StorageError::Permanent(format!(
+                "the store returned no ETag for part {part_number} of {key}"
+            ))
+        })
+    }
+
+    /// See [`super::ObjectStore::complete_multipart`].
+    pub async fn complete_multipart(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<(), StorageError> {
+        let mut completed = Vec::with_capacity(parts.len());
+        for (number, etag) in parts {
+            let number = i32::try_from(*number)
+                .map_err(|_| StorageError::Permanent(format!("part number {number} too large")))?;
+            completed.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(etag)
+                    .build(),
+            );
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(e, key.as_str()))?;
+        Ok(())
+    }
+
+    /// See [`super::ObjectStore::abort_multipart`].
+    pub async fn abort_multipart(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+    ) -> Result<(), StorageError> {
+        let aborted = self
+            .client
+            .abort_multipart_upload()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| classify(e, key.as_str()));
+        match aborted {
+            Ok(_) | Err(StorageError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// See [`super::ObjectStore::get`].
