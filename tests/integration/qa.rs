@@ -24,12 +24,16 @@ struct Stack {
 
 /// `cascade serve` with every role, objects in a scratch directory.
 fn start_stack(db: &TestDb) -> Stack {
+    start_stack_with(db, &[])
+}
+
+fn start_stack_with(db: &TestDb, extra: &[(&str, &str)]) -> Stack {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let public = format!("http://{listen}");
     let root = std::env::temp_dir().join(format!("cascade-qa-{}", uuid::Uuid::new_v4().simple()));
     let root_text = root.display().to_string();
-    let env = [
+    let mut env = vec![
         ("CASCADE_HTTP__LISTEN", listen.as_str()),
         ("CASCADE_INGEST__PUBLIC_URL", public.as_str()),
         ("CASCADE_INGEST__BOOTSTRAP_KEY", KEY),
@@ -37,6 +41,7 @@ fn start_stack(db: &TestDb) -> Stack {
         ("CASCADE_TRANSCODE__ENCODER", "libx264"),
         ("CASCADE_QUEUE__POLL_INTERVAL", "\"300ms\""),
     ];
+    env.extend_from_slice(extra);
     let process = CascadeProcess::serve(&db.url, "ingest,workers,origin", &env);
     let addr = process.http.expect("address");
     Stack {
@@ -48,12 +53,16 @@ fn start_stack(db: &TestDb) -> Stack {
 
 /// Creates an asset and uploads `file` as its source: (asset id, PUT status).
 fn upload(stack: &Stack, file: &Path) -> (String, u16, String) {
+    upload_with(stack, file, br#"{"title":"qa"}"#)
+}
+
+fn upload_with(stack: &Stack, file: &Path, asset: &[u8]) -> (String, u16, String) {
     let (status, _, body) = http(
         stack.addr,
         "POST",
         "/v1/assets",
         &[AUTH, ("Content-Type", "application/json")],
-        br#"{"title":"qa"}"#,
+        asset,
     );
     assert_eq!(status, 201, "{body}");
     let asset: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -195,11 +204,12 @@ async fn pipeline_and_qa(file: &str, name: &str, dash_too: bool) {
 }
 
 #[tokio::test]
-async fn qa_by_asset_id_finds_the_url_and_the_stored_original() {
+async fn qa_by_asset_id_finds_the_url_and_the_stored_original_and_signs_for_signed_assets() {
+    const SIGNING_KEY: &str = "qa-test-signing-key";
     let db = fresh_db().await;
-    let stack = start_stack(&db);
+    let stack = start_stack_with(&db, &[("CASCADE_ORIGIN__SIGNING_KEY", SIGNING_KEY)]);
     let source = fixtures_dir().join("tiny_320x180_stereo.mp4");
-    let (id, status, body) = upload(&stack, &source);
+    let (id, status, body) = upload_with(&stack, &source, br#"{"playback_policy":"signed"}"#);
     assert_eq!(status, 202, "{body}");
     assert_eq!(wait_terminal(&stack, &id).await["state"], "ready");
     let dir = tempfile::tempdir().unwrap();
@@ -219,6 +229,7 @@ async fn qa_by_asset_id_finds_the_url_and_the_stored_original() {
         .arg(dir.path().join("report.html"))
         .env("CASCADE_DATABASE__URL", &db.url)
         .env("CASCADE_STORAGE__LOCAL_ROOT", &stack.root)
+        .env("CASCADE_ORIGIN__SIGNING_KEY", SIGNING_KEY)
         .env(
             "CASCADE_INGEST__PUBLIC_URL",
             format!("http://{}", stack.addr),
@@ -236,9 +247,14 @@ async fn qa_by_asset_id_finds_the_url_and_the_stored_original() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(report["format"], "dash");
-    assert!(report["url"].as_str().unwrap().ends_with("/manifest.mpd"));
+    let url = report["url"].as_str().unwrap();
+    assert!(url.contains("/manifest.mpd?token="), "{url}");
     // The reference was the stored original: same frames as the fixture.
     assert_eq!(report["reference"]["frames"], 90);
+    // Without a token the origin refuses it: the shortcut's signing was needed.
+    let bare = url.split('?').next().unwrap();
+    let (code, _, output) = run_qa(bare, &source, &["--quiet"]);
+    assert_eq!(code, 2, "{output}");
 }
 
 macro_rules! pipeline_fixture {
