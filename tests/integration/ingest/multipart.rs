@@ -300,10 +300,15 @@ async fn a_lapsed_patch_cannot_corrupt_the_upload(backend: Backend) {
     )
     .unwrap();
     slow.write_all(&garbage[..3 * MIB]).unwrap();
+    // Held, and its part number drawn (the multipart upload is created
+    // between the two, so holding the lease alone is too early to freeze it).
     eventually("A to hold the upload", Duration::from_secs(10), || async {
         let client = db.pool.get().await.unwrap();
         let held: bool = client
-            .query_one("SELECT lock_id IS NOT NULL FROM uploads", &[])
+            .query_one(
+                "SELECT lock_id IS NOT NULL AND next_part > 1 FROM uploads",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
