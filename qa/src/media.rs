@@ -217,27 +217,9 @@ pub struct ReferenceAudio {
     pub duration: f64,
 }
 
-/// Clockwise display rotation from the stream's display matrix.
-pub fn rotation_of(stream: &ff::format::stream::Stream) -> u32 {
-    for side in stream.side_data() {
-        if side.kind() == ff::codec::packet::side_data::Type::DisplayMatrix
-            && side.data().len() >= 36
-        {
-            let mut matrix = [0i32; 9];
-            for (i, chunk) in side.data().chunks_exact(4).take(9).enumerate() {
-                matrix[i] = i32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-            }
-            // SAFETY: av_display_rotation_get reads nine i32s from the pointer.
-            let counter_clockwise = unsafe { ff::ffi::av_display_rotation_get(matrix.as_ptr()) };
-            if counter_clockwise.is_nan() {
-                return 0;
-            }
-            let clockwise = (-counter_clockwise).round() as i64;
-            return (((clockwise % 360) + 360) % 360 / 90 * 90) as u32;
-        }
-    }
-    0
-}
+/// Clockwise display rotation from the stream's display matrix: the
+/// pipeline's own reading, so QA and transcode agree on what "upright" is.
+pub use cascade_workers::transcode::pipeline::rotation_of;
 
 struct Span {
     start: f64,

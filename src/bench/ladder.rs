@@ -7,15 +7,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cascade_platform::config::{RateControl, TranscodeConfig};
 use cascade_platform::Config;
-use cascade_workers::transcode::encoders::VideoEncoder;
 use cascade_workers::transcode::ladder::{self, PlannedRung};
-use cascade_workers::transcode::pipeline::{self, Event};
 use clap::Args;
 
 const TARGET_WALL_RATIO: f64 = 1.0;
@@ -248,44 +245,7 @@ pub async fn run(args: LadderBenchArgs, config: Config) -> anyhow::Result<ExitCo
         // Cascade: the worker's pipeline, in this process.
         let cpu_before = cpu_seconds(libc::RUSAGE_SELF);
         let started = Instant::now();
-        let (events, mut received) = tokio::sync::mpsc::channel(64);
-        let pipeline = {
-            let input = input.clone();
-            let transcode = transcode.clone();
-            tokio::task::spawn_blocking(move || {
-                pipeline::run(
-                    &input,
-                    &transcode,
-                    VideoEncoder::Libx264,
-                    &events,
-                    &AtomicBool::new(false),
-                )
-            })
-        };
-        while let Some(event) = received.recv().await {
-            match event {
-                Event::Init { rendition, bytes } => {
-                    std::fs::create_dir_all(ours_dir.join(&rendition))?;
-                    std::fs::write(ours_dir.join(&rendition).join("init.mp4"), &bytes)?;
-                }
-                Event::Segment {
-                    rendition,
-                    sequence,
-                    bytes,
-                } => {
-                    std::fs::write(
-                        ours_dir.join(&rendition).join(format!("{sequence}.m4s")),
-                        &bytes,
-                    )?;
-                }
-                Event::Probed { .. } | Event::Progress(_) => {}
-            }
-        }
-        summary = Some(
-            pipeline
-                .await?
-                .map_err(|e| anyhow::anyhow!("cascade transcode failed: {e}"))?,
-        );
+        summary = Some(super::transcode_to_dir(&input, &transcode, &ours_dir).await?);
         ours_walls.push(started.elapsed().as_secs_f64());
         ours_cpus.push(cpu_seconds(libc::RUSAGE_SELF) - cpu_before);
 

@@ -7,7 +7,13 @@ mod qa;
 mod queue;
 mod upload;
 
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use cascade_platform::config::TranscodeConfig;
+use cascade_workers::transcode::encoders::VideoEncoder;
+use cascade_workers::transcode::pipeline::{self, Event};
 
 use cascade_platform::Config;
 use clap::Subcommand;
@@ -25,6 +31,46 @@ pub enum BenchCommand {
     Origin(origin::OriginBenchArgs),
     /// `cascade qa` on a 20 s 1080p five-rung asset, held to 60 s.
     Qa(qa::QaBenchArgs),
+}
+
+/// Runs the worker's transcode pipeline on `input` in this process, writing
+/// each rendition's init and media segments under `dir/{rendition}/`.
+pub(crate) async fn transcode_to_dir(
+    input: &Path,
+    transcode: &TranscodeConfig,
+    dir: &Path,
+) -> anyhow::Result<pipeline::Summary> {
+    let (events, mut received) = tokio::sync::mpsc::channel(64);
+    let pipeline = {
+        let input = input.to_owned();
+        let transcode = transcode.clone();
+        tokio::task::spawn_blocking(move || {
+            pipeline::run(
+                &input,
+                &transcode,
+                VideoEncoder::Libx264,
+                &events,
+                &AtomicBool::new(false),
+            )
+        })
+    };
+    while let Some(event) = received.recv().await {
+        match event {
+            Event::Init { rendition, bytes } => {
+                std::fs::create_dir_all(dir.join(&rendition))?;
+                std::fs::write(dir.join(&rendition).join("init.mp4"), &bytes)?;
+            }
+            Event::Segment {
+                rendition,
+                sequence,
+                bytes,
+            } => std::fs::write(dir.join(&rendition).join(format!("{sequence}.m4s")), &bytes)?,
+            Event::Probed { .. } | Event::Progress(_) => {}
+        }
+    }
+    pipeline
+        .await?
+        .map_err(|e| anyhow::anyhow!("cascade transcode failed: {e}"))
 }
 
 /// Runs one benchmark; exit 1 when a target is missed.

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,8 +20,6 @@ use cascade_platform::config::{EncoderChoice, RungConfig, TranscodeConfig};
 use cascade_platform::Config;
 use cascade_qa::thresholds::Thresholds;
 use cascade_qa::{Options, Progress};
-use cascade_workers::transcode::encoders::VideoEncoder;
-use cascade_workers::transcode::pipeline::{self, Event};
 use clap::Args;
 
 const TARGET_SECONDS: f64 = 60.0;
@@ -70,36 +67,7 @@ fn five_rung_config(config: &Config) -> TranscodeConfig {
 }
 
 async fn make_asset(input: &Path, transcode: TranscodeConfig, dir: &Path) -> anyhow::Result<usize> {
-    let (events, mut received) = tokio::sync::mpsc::channel(64);
-    let pipeline = {
-        let input = input.to_owned();
-        tokio::task::spawn_blocking(move || {
-            pipeline::run(
-                &input,
-                &transcode,
-                VideoEncoder::Libx264,
-                &events,
-                &AtomicBool::new(false),
-            )
-        })
-    };
-    while let Some(event) = received.recv().await {
-        match event {
-            Event::Init { rendition, bytes } => {
-                std::fs::create_dir_all(dir.join(&rendition))?;
-                std::fs::write(dir.join(&rendition).join("init.mp4"), &bytes)?;
-            }
-            Event::Segment {
-                rendition,
-                sequence,
-                bytes,
-            } => std::fs::write(dir.join(&rendition).join(format!("{sequence}.m4s")), &bytes)?,
-            Event::Probed { .. } | Event::Progress(_) => {}
-        }
-    }
-    let summary = pipeline
-        .await?
-        .map_err(|e| anyhow::anyhow!("transcode failed: {e}"))?;
+    let summary = super::transcode_to_dir(input, &transcode, dir).await?;
     let layout = UriLayout::default();
     let renditions: Vec<_> = summary.renditions.iter().map(|(r, _)| r.clone()).collect();
     for rendition in &renditions {

@@ -195,7 +195,7 @@ fn input_error_for_open(path: &Path, error: ff::Error) -> TranscodeError {
 }
 
 /// Clockwise display rotation from the stream's display matrix.
-fn rotation_of(stream: &ff::format::stream::Stream) -> u32 {
+pub fn rotation_of(stream: &ff::format::stream::Stream) -> u32 {
     for side in stream.side_data() {
         if side.kind() == ff::codec::packet::side_data::Type::DisplayMatrix
             && side.data().len() >= 36
