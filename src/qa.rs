@@ -8,12 +8,11 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cascade_platform::storage::CopyError;
 use cascade_platform::{assets, db, Config, ObjectStore};
 use cascade_qa::thresholds::Thresholds;
 use cascade_qa::{CannotRun, Options, Progress, ProgressSink};
 use cascade_schemas::{AssetId, AssetState, ObjectKey};
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 
 /// Which manifest `--asset` checks.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -224,21 +223,16 @@ async fn resolve_asset(
         .tempdir()
         .map_err(|e| CannotRun(format!("scratch directory: {e}")))?;
     let path = scratch.path().join("source");
-    let mut body = store
+    let body = store
         .get(&ObjectKey::source(id), None)
         .await
         .map_err(|e| CannotRun(format!("reading the original of {id}: {e}")))?;
     let mut out = tokio::fs::File::create(&path)
         .await
         .map_err(|e| CannotRun(format!("{}: {e}", path.display())))?;
-    while let Some(chunk) = body.stream.next().await {
-        let chunk = chunk.map_err(|e| CannotRun(format!("reading the original of {id}: {e}")))?;
-        out.write_all(&chunk)
-            .await
-            .map_err(|e| CannotRun(format!("{}: {e}", path.display())))?;
-    }
-    out.flush()
-        .await
-        .map_err(|e| CannotRun(format!("{}: {e}", path.display())))?;
+    body.copy_to(&mut out).await.map_err(|e| match e {
+        CopyError::Read(e) => CannotRun(format!("reading the original of {id}: {e}")),
+        CopyError::Write(e) => CannotRun(format!("{}: {e}", path.display())),
+    })?;
     Ok((url, path, Some(scratch)))
 }

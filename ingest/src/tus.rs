@@ -1124,23 +1124,24 @@ async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), ApiError>
     let background = Arc::clone(state);
     let (asset, length) = (upload.asset, upload.length);
     tokio::spawn(async move {
-        let handed = tokio::select! {
-            handed = hand_off(&background, id, asset, length) => handed,
-            never = keep_lease(&background, id, handoff_lock) => match never {},
-        };
-        finish_hand_off(&background, id, handoff_lock, handed).await;
+        hand_off_under_lease(&background, id, asset, length, handoff_lock).await
     });
     Ok(())
 }
 
-/// Records the end of a hand-off: `complete`, or the lease released so the
-/// sweeper tries again.
-async fn finish_hand_off(
+/// Runs [`hand_off`] while keeping the lease `lock`, then records its end:
+/// `complete`, or the lease released so the sweeper tries again.
+async fn hand_off_under_lease(
     state: &AppState,
     id: uuid::Uuid,
+    asset: AssetId,
+    length: u64,
     lock: uuid::Uuid,
-    handed: Result<(), ApiError>,
 ) {
+    let handed = tokio::select! {
+        handed = hand_off(state, id, asset, length) => handed,
+        never = keep_lease(state, id, lock) => match never {},
+    };
     match handed {
         Ok(()) => {
             let done = async {
@@ -1295,11 +1296,7 @@ pub async fn delete_expired(state: &Arc<AppState>) -> Result<usize, ApiError> {
         let id: uuid::Uuid = row.get(0);
         let asset = AssetId::from(row.get::<_, uuid::Uuid>(1));
         let length = u64::try_from(row.get::<_, i64>(2)).unwrap_or(0);
-        let handed = tokio::select! {
-            handed = hand_off(state, id, asset, length) => handed,
-            never = keep_lease(state, id, lock) => match never {},
-        };
-        finish_hand_off(state, id, lock, handed).await;
+        hand_off_under_lease(state, id, asset, length, lock).await;
     }
     Ok(rows.len())
 }

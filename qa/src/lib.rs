@@ -68,6 +68,8 @@ pub struct Options {
 /// A rendition with everything fetched and measured about it.
 pub struct Analysed {
     pub spec: RenditionSpec,
+    /// The init segment and media segments joined, as demuxed and decoded.
+    pub file: PathBuf,
     pub init: Option<Fetched>,
     pub segments: Vec<SegmentReport>,
     /// Per-segment box problems (index, problem).
@@ -128,9 +130,10 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
         analysed.push(fetch_and_demux(&fetcher, spec, file).await);
     }
 
+    let vmaf_available = quality::vmaf_available();
     let vmaf = VmafAvailability {
-        available: quality::vmaf_available(),
-        note: if quality::vmaf_available() {
+        available: vmaf_available,
+        note: if vmaf_available {
             "VMAF computed with FFmpeg's libvmaf filter (default model)".to_owned()
         } else {
             "this FFmpeg build has no libvmaf filter (Debian's FFmpeg is built without it)"
@@ -144,6 +147,7 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
                 video,
                 &mut analysed,
                 scratch.path(),
+                vmaf_available,
                 &progress,
             )
             .await?;
@@ -278,6 +282,7 @@ async fn fetch_and_demux(fetcher: &Fetcher, spec: RenditionSpec, file: PathBuf) 
     let measured = measure(&spec, &segments, media.as_ref().ok());
     Analysed {
         spec,
+        file,
         init,
         segments,
         box_problems,
@@ -397,40 +402,33 @@ async fn measure_quality(
     video: &media::ReferenceVideo,
     analysed: &mut [Analysed],
     scratch: &Path,
+    vmaf: bool,
     progress: &ProgressSink,
 ) -> Result<(), CannotRun> {
-    let rungs: Vec<(usize, quality::RungSource)> = analysed
+    // Readable video renditions: their index in `analysed`, and their joined file.
+    let (indices, sources): (Vec<usize>, Vec<quality::RungSource>) = analysed
         .iter()
         .enumerate()
         .filter(|(_, a)| a.spec.kind == MediaKind::Video && a.media.is_ok())
         .map(|(i, a)| {
-            (
-                i,
-                quality::RungSource {
-                    name: a.spec.name.clone(),
-                    path: scratch.join(format!("rendition-{i}.mp4")),
-                },
-            )
+            let source = quality::RungSource {
+                name: a.spec.name.clone(),
+                path: a.file.clone(),
+            };
+            (i, source)
         })
-        .collect();
-    if rungs.is_empty() {
+        .unzip();
+    if sources.is_empty() {
         return Ok(());
     }
     progress(Progress::Phase(format!(
         "comparing {} renditions with the reference (PSNR-Y, SSIM-Y)",
-        rungs.len()
+        sources.len()
     )));
     let reference_path = reference_path.to_owned();
     let video = video.clone();
     let scratch = scratch.to_owned();
     let sink = progress.clone();
-    let sources: Vec<quality::RungSource> = rungs
-        .iter()
-        .map(|(_, r)| quality::RungSource {
-            name: r.name.clone(),
-            path: r.path.clone(),
-        })
-        .collect();
     let results = tokio::task::spawn_blocking(move || {
         let report = move |rendition: &str, done: u64, total: u64| {
             sink(Progress::Frames {
@@ -439,13 +437,13 @@ async fn measure_quality(
                 total,
             })
         };
-        quality::measure(&reference_path, &video, &sources, &scratch, &report)
+        quality::measure(&reference_path, &video, &sources, &scratch, vmaf, &report)
     })
     .await
     .map_err(|e| CannotRun(format!("comparing with the reference: {e}")))?
     .map_err(|e| CannotRun(format!("cannot decode the reference: {e}")))?;
-    for ((index, _), result) in rungs.iter().zip(results) {
-        analysed[*index].quality = Some(result);
+    for (index, result) in indices.into_iter().zip(results) {
+        analysed[index].quality = Some(result);
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use cascade_workers::transcode::init_ffmpeg;
 use ffmpeg_next as ff;
 
 /// One demuxed packet, times in seconds.
@@ -60,16 +61,6 @@ impl RenditionMedia {
     }
 }
 
-fn ensure_init() -> Result<(), String> {
-    static INIT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    INIT.get_or_init(|| {
-        ff::init().map_err(|e| format!("cannot initialise FFmpeg: {e}"))?;
-        ff::util::log::set_level(ff::util::log::Level::Fatal);
-        Ok(())
-    })
-    .clone()
-}
-
 fn seconds(ts: i64, time_base: ff::Rational) -> f64 {
     ts as f64 * f64::from(time_base)
 }
@@ -77,7 +68,7 @@ fn seconds(ts: i64, time_base: ff::Rational) -> f64 {
 /// Demuxes `path`, the init segment followed by the media segments whose byte
 /// ranges in the file are `segments` (start, end).
 pub fn analyse_rendition(path: &Path, segments: &[(u64, u64)]) -> Result<RenditionMedia, String> {
-    ensure_init()?;
+    init_ffmpeg();
     let mut input = ff::format::input(path)
         .map_err(|e| format!("FFmpeg cannot open the init segment and media: {e}"))?;
     let stream = input
@@ -237,7 +228,7 @@ impl Span {
 
 /// Demuxes the reference once: display size, frame rate, frames, timing.
 pub fn analyse_reference(path: &Path) -> Result<ReferenceMedia, String> {
-    ensure_init()?;
+    init_ffmpeg();
     let mut input = ff::format::input(path)
         .map_err(|e| format!("cannot read the reference {}: {e}", path.display()))?;
     let video = input.streams().best(ff::media::Type::Video).filter(|s| {

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use cascade_workers::transcode::init_ffmpeg;
 use ffmpeg_next as ff;
 
 use crate::media::{rotation_of, ReferenceVideo};
@@ -36,19 +37,21 @@ pub type Progress = dyn Fn(&str, u64, u64) + Send + Sync;
 
 /// Whether this FFmpeg build has the libvmaf filter.
 pub fn vmaf_available() -> bool {
-    ff::init().is_ok() && ff::filter::find("libvmaf").is_some()
+    init_ffmpeg();
+    ff::filter::find("libvmaf").is_some()
 }
 
 /// Compares every rung with the reference; one result per rung, in order.
+/// With `vmaf` (see [`vmaf_available`]) libvmaf runs too.
 pub fn measure(
     reference: &Path,
     video: &ReferenceVideo,
     rungs: &[RungSource],
     scratch: &Path,
+    vmaf: bool,
     progress: &Progress,
 ) -> Result<Vec<Result<Quality, String>>, String> {
-    ff::init().map_err(|e| format!("cannot initialise FFmpeg: {e}"))?;
-    let vmaf = vmaf_available();
+    init_ffmpeg();
     let mut senders = Vec::new();
     let results = std::thread::scope(|scope| {
         let mut handles = Vec::new();

@@ -202,21 +202,7 @@ fn psnr_y(encoded: &Path, source: &Path, width: u32, height: u32) -> anyhow::Res
 pub async fn run(args: LadderBenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     let input = match args.input {
         Some(path) => path,
-        None => {
-            let dir = PathBuf::from(".data/fixtures");
-            let path = dir.join("bench_1080p30_20s.mp4");
-            if !path.exists() {
-                let status = Command::new("fixtures/generate.sh")
-                    .arg("--bench")
-                    .arg(&dir)
-                    .status()
-                    .context("generating the bench fixture (run from the repository root)")?;
-                if !status.success() {
-                    bail!("fixtures/generate.sh --bench failed");
-                }
-            }
-            path
-        }
+        None => super::bench_fixture()?,
     };
     let (width, height, duration) = probe_size(&input)?;
     let mut transcode = config.transcode.clone();

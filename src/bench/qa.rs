@@ -7,11 +7,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -35,23 +34,6 @@ pub struct QaBenchArgs {
     keep: Option<PathBuf>,
 }
 
-fn bench_fixture() -> anyhow::Result<PathBuf> {
-    let dir = PathBuf::from(".data/fixtures");
-    let path = dir.join("bench_1080p30_20s.mp4");
-    if !path.exists() {
-        let status = Command::new("fixtures/generate.sh")
-            .arg("--bench")
-            .arg(&dir)
-            .status()
-            .context("generating the bench fixture (run from the repository root)")?;
-        if !status.success() {
-            bail!("fixtures/generate.sh --bench failed");
-        }
-    }
-    Ok(path)
-}
-
-/// Transcodes `input` with the worker's pipeline into `dir`, manifests included.
 /// The configured ladder with a 360p rung: five rungs for a 1080p source.
 fn five_rung_config(config: &Config) -> TranscodeConfig {
     let mut transcode = config.transcode.clone();
@@ -118,7 +100,7 @@ async fn static_server(root: PathBuf) -> anyhow::Result<SocketAddr> {
 pub async fn run(args: QaBenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     let input = match args.input {
         Some(path) => path,
-        None => bench_fixture()?,
+        None => super::bench_fixture()?,
     };
     let scratch = tempfile::tempdir()?;
     let asset_dir = scratch.path().join("asset");

@@ -222,7 +222,7 @@ async fn permanent_failures_are_not_retried() {
             .unwrap(),
         FailOutcome::Failed
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Permanent: nothing scheduled for later, so it is not claimable now nor after.
     assert!(queue.claim("w", &kinds("bad"), 1).await.unwrap().is_empty());
     let record = queue.get(id).await.unwrap();
     assert_eq!(record.state, JobState::Failed);
@@ -380,9 +380,18 @@ async fn depth_reports_ready_scheduled_running_and_oldest_age() {
     later.run_at = Some(chrono::Utc::now() + chrono::Duration::hours(1));
     queue.enqueue(&later).await.unwrap();
     queue.claim("w", &kinds("d"), 1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let depth = queue.depth().await.unwrap();
-    let d = depth.iter().find(|d| d.kind == "d").expect("kind d");
+    // The oldest ready job ages as time passes: wait until it is 200 ms old.
+    let d = eventually(
+        "the oldest ready job to be 200 ms old",
+        Duration::from_secs(10),
+        || async {
+            let depth = queue.depth().await.unwrap();
+            depth
+                .into_iter()
+                .find(|d| d.kind == "d" && d.oldest_ready_age_seconds >= 0.2)
+        },
+    )
+    .await;
     assert_eq!((d.ready, d.scheduled, d.running), (2, 1, 1));
     assert!(d.oldest_ready_age_seconds >= 0.2, "{d:?}");
 }
@@ -399,14 +408,18 @@ async fn idle_workers_wake_within_100ms_of_an_enqueue() {
         .expect("listener up");
     let mut worst = Duration::ZERO;
     for _ in 0..5 {
+        let (started, running) = tokio::sync::oneshot::channel();
         let waiter = {
             let notifier = notifier.clone();
             tokio::spawn(async move {
+                let _ = started.send(());
                 notifier.notified().await;
                 Instant::now()
             })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The waiter is parked (or about to be: a wake-up before it parks
+        // leaves a permit, so it is not lost).
+        running.await.unwrap();
         let sent = Instant::now();
         queue
             .enqueue(&NewJob::new("wake", json!({})))

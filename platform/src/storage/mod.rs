@@ -22,7 +22,7 @@ use cascade_schemas::ObjectKey;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::StorageConfig;
 
@@ -122,6 +122,17 @@ pub struct ObjectMeta {
     pub last_modified: Option<DateTime<Utc>>,
 }
 
+/// Why [`ObjectBody::copy_to`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// Reading the object failed.
+    #[error("{0}")]
+    Read(StorageError),
+    /// Writing the copy failed.
+    #[error("{0}")]
+    Write(std::io::Error),
+}
+
 /// A streamed object body.
 pub struct ObjectBody {
     /// The object's metadata (size is the whole object's).
@@ -149,6 +160,22 @@ impl ObjectBody {
             out.extend_from_slice(&chunk?);
         }
         Ok(out.freeze())
+    }
+
+    /// Streams the body into `out` (a scratch file, say) and flushes it;
+    /// returns the bytes written.
+    pub async fn copy_to(
+        mut self,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<u64, CopyError> {
+        let mut written = 0u64;
+        while let Some(chunk) = self.stream.next().await {
+            let chunk = chunk.map_err(CopyError::Read)?;
+            out.write_all(&chunk).await.map_err(CopyError::Write)?;
+            written += chunk.len() as u64;
+        }
+        out.flush().await.map_err(CopyError::Write)?;
+        Ok(written)
     }
 
     /// Number of bytes the stream yields.

@@ -497,7 +497,7 @@ impl S3Store {
     ) -> Result<u64, StorageError> {
         let part_size = self.tuning.part_size;
         let mut in_flight = FuturesOrdered::new();
-        let mut completed = Vec::new();
+        let mut completed: Vec<(u32, String)> = Vec::new();
         let mut written = 0u64;
         let mut part_number = 0i32;
         let mut aborts = Vec::new();
@@ -566,29 +566,15 @@ impl S3Store {
                             return Err(e);
                         }
                     };
-                    completed.push(
-                        CompletedPart::builder()
-                            .part_number(number)
-                            .set_e_tag(output.e_tag().map(str::to_owned))
-                            .build(),
-                    );
+                    completed.push((
+                        number.unsigned_abs(),
+                        output.e_tag().unwrap_or_default().to_owned(),
+                    ));
                 }
                 None => break,
             }
         }
-        self.client
-            .complete_multipart_upload()
-            .bucket(self.bucket.as_ref())
-            .key(key.as_str())
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| classify(e, key.as_str()))?;
+        self.complete_multipart(key, upload_id, &completed).await?;
         Ok(written)
     }
 

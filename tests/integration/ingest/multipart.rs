@@ -317,7 +317,16 @@ async fn a_lapsed_patch_cannot_corrupt_the_upload(backend: Backend) {
     .await;
     // A freezes (its lease stops being renewed) until the lease lapses.
     a.process.signal("STOP");
-    std::thread::sleep(Duration::from_millis(3_000));
+    eventually("A's lease to lapse", Duration::from_secs(30), || async {
+        let client = db.pool.get().await.unwrap();
+        let lapsed: bool = client
+            .query_one("SELECT locked_until < now() FROM uploads", &[])
+            .await
+            .unwrap()
+            .get(0);
+        lapsed.then_some(())
+    })
+    .await;
     // Replica B writes the right bytes at the same offset.
     let (status, new_offset) = patch(b.addr, &upload, 0, &data[..6 * MIB], None);
     assert_eq!((status, new_offset.as_deref()), (204, Some("6291456")));

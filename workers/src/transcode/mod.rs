@@ -27,14 +27,13 @@ use bytes::Bytes;
 use cascade_packager::{dash, hls, MediaKind, UriLayout};
 use cascade_platform::assets::{self, RenditionRow};
 use cascade_platform::config::TranscodeConfig;
-use cascade_platform::storage::StorageError;
+use cascade_platform::storage::{CopyError, StorageError};
 use cascade_platform::ObjectStore;
 use cascade_schemas::{AssetId, AssetState, ObjectKey, RenditionName};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 pub use encoders::VideoEncoder;
@@ -281,7 +280,7 @@ impl Inner {
         asset: AssetId,
         path: &std::path::Path,
     ) -> Result<(), TranscodeError> {
-        let mut body = match self.store.get(&ObjectKey::source(asset), None).await {
+        let body = match self.store.get(&ObjectKey::source(asset), None).await {
             Ok(body) => body,
             Err(StorageError::NotFound { .. }) => {
                 return Err(TranscodeError::input(
@@ -297,16 +296,11 @@ impl Inner {
         let mut file = tokio::fs::File::create(path)
             .await
             .map_err(|e| TranscodeError::internal("staging the source", e))?;
-        while let Some(chunk) = body.stream.next().await {
-            let chunk = chunk.map_err(|e| TranscodeError::internal("reading the source", e))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| TranscodeError::internal("staging the source", e))?;
+        match body.copy_to(&mut file).await {
+            Ok(_) => Ok(()),
+            Err(CopyError::Read(e)) => Err(TranscodeError::internal("reading the source", e)),
+            Err(CopyError::Write(e)) => Err(TranscodeError::internal("staging the source", e)),
         }
-        file.flush()
-            .await
-            .map_err(|e| TranscodeError::internal("staging the source", e))?;
-        Ok(())
     }
 
     /// Writes playlists and manifests (after every segment), then makes the
