@@ -344,7 +344,7 @@ pub async fn missing_objects(store: ObjectStore) {
 const MIB: usize = 1024 * 1024;
 
 /// Multipart uploads the store has open (S3), or upload directories (local).
-async fn open_multipart_uploads(store: &ObjectStore) -> usize {
+pub(crate) async fn open_multipart_uploads(store: &ObjectStore) -> usize {
     match store {
         ObjectStore::S3(s3) => s3
             .client()
@@ -359,8 +359,11 @@ async fn open_multipart_uploads(store: &ObjectStore) -> usize {
             let mut found = 0;
             let mut dirs = vec![local.root().to_owned()];
             while let Some(dir) = dirs.pop() {
-                for entry in std::fs::read_dir(&dir).unwrap() {
-                    let entry = entry.unwrap();
+                // A store nothing was written to has no root directory yet.
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.map(Result::unwrap) {
                     if !entry.file_type().unwrap().is_dir() {
                         continue;
                     }

@@ -69,37 +69,7 @@ impl Backend {
 
     /// Multipart uploads left open in the store.
     async fn open_multipart_uploads(&self) -> usize {
-        match self.store().await {
-            ObjectStore::S3(s3) => s3
-                .client()
-                .list_multipart_uploads()
-                .bucket(s3.bucket())
-                .send()
-                .await
-                .unwrap()
-                .uploads()
-                .len(),
-            ObjectStore::Local(_) => {
-                let mut found = 0;
-                let mut dirs = vec![self.root.clone()];
-                while let Some(dir) = dirs.pop() {
-                    let Ok(entries) = std::fs::read_dir(&dir) else {
-                        continue;
-                    };
-                    for entry in entries.map(Result::unwrap) {
-                        if !entry.file_type().unwrap().is_dir() {
-                            continue;
-                        }
-                        if entry.file_name() == ".multipart" {
-                            found += std::fs::read_dir(entry.path()).unwrap().count();
-                        } else {
-                            dirs.push(entry.path());
-                        }
-                    }
-                }
-                found
-            }
-        }
+        crate::storage::open_multipart_uploads(&self.store().await).await
     }
 
     /// Objects under the upload's prefix (staged pieces).
