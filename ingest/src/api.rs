@@ -420,20 +420,6 @@ pub(crate) async fn waiting_asset(
     Ok(asset)
 }
 
-/// A scratch file for the probe's copy of a source.
-pub(crate) fn scratch_file(state: &AppState) -> Result<tempfile::NamedTempFile, ApiError> {
-    let dir = state
-        .transcode
-        .scratch_dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| ApiError::Internal(format!("scratch dir: {e}")))?;
-    tempfile::Builder::new()
-        .prefix("cascade-upload-")
-        .tempfile_in(dir)
-        .map_err(|e| ApiError::Internal(format!("scratch file: {e}")))
-}
-
 pub(crate) fn declared_length(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
     match headers.get(name) {
         None => Ok(None),
@@ -486,13 +472,9 @@ pub(crate) async fn put_source(
         });
     }
     waiting_asset(&state, id).await?;
-    let scratch = scratch_file(&state)?;
-    let copy = scratch
-        .reopen()
-        .map_err(|e| ApiError::Internal(format!("scratch file: {e}")))?;
-    let mut reader = BodyReader::new(body, max, state.config.body_timeout).copy_to(copy);
-    state.store.put(&ObjectKey::source(id), &mut reader).await?;
-    let result = source::source_complete(&state, id, scratch.path()).await;
+    let mut reader = BodyReader::new(body, max, state.config.body_timeout);
+    let stored = state.store.put(&ObjectKey::source(id), &mut reader).await?;
+    let result = source::source_complete(&state, id, stored).await;
     tx.commit().await?;
     result?;
     let asset = assets::get(&state.pool, id)

@@ -148,12 +148,11 @@ async fn caller_of(state: &AppState, header: Option<&str>) -> Result<Caller, Api
         return Ok(Caller::Bootstrap);
     }
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            "SELECT id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-            &[&hash(token)],
-        )
+    // Every request asks: prepared once per connection, one round trip after.
+    let lookup = client
+        .prepare_cached("SELECT id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
         .await?;
+    let row = client.query_opt(&lookup, &[&hash(token)]).await?;
     row.map(|r| Caller::Key(r.get(0)))
         .ok_or(ApiError::Unauthorized)
 }

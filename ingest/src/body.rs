@@ -1,8 +1,7 @@
-//! Request bodies as bounded streams: a per-chunk timeout, a byte limit, an
-//! optional copy to a local file (for the probe) and an optional checksum,
-//! all while the bytes flow to storage. Memory stays at one chunk.
+//! Request bodies as bounded streams: a per-chunk timeout, a byte limit and
+//! an optional checksum, all while the bytes flow to storage. Memory stays
+//! at one chunk.
 
-use std::io::Write;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -66,7 +65,6 @@ type ChunkStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 /// Reads a request body under the given limits.
 pub struct BodyReader {
     inner: StreamReader<ChunkStream, Bytes>,
-    copy: Option<std::fs::File>,
     hasher: Option<Hasher>,
     read: u64,
 }
@@ -104,16 +102,9 @@ impl BodyReader {
             });
         Self {
             inner: StreamReader::new(Box::pin(guarded) as ChunkStream),
-            copy: None,
             hasher: None,
             read: 0,
         }
-    }
-
-    /// Also writes every byte to `file`.
-    pub fn copy_to(mut self, file: std::fs::File) -> Self {
-        self.copy = Some(file);
-        self
     }
 
     /// Also hashes every byte.
@@ -147,10 +138,6 @@ impl AsyncRead for BodyReader {
                 this.read += new.len() as u64;
                 if let Some(hasher) = this.hasher.as_mut() {
                     hasher.update(new);
-                }
-                if let Some(file) = this.copy.as_mut() {
-                    // Page-cache writes of one chunk; cheap next to the network.
-                    file.write_all(new)?;
                 }
                 Poll::Ready(Ok(()))
             }

@@ -1,30 +1,48 @@
 //! What happens once an asset's source is complete in storage.
 
-use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use cascade_platform::assets;
 use cascade_platform::queue::{self, NewJob};
-use cascade_schemas::{job_kind, AssetId, AssetState};
+use cascade_platform::storage::reader::ObjectReader;
+use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey};
 use cascade_workers::transcode::{pipeline, TranscodeError, TranscodeJob};
 
 use crate::api::AppState;
 use crate::error::ApiError;
 
-/// Probes the local copy of the source at `copy`; refuses media we cannot
-/// process (asset `errored`, 422) or moves the asset to `processing` and
-/// enqueues its transcode in one transaction.
+/// Probes the stored source (`length` bytes) where it lies, reading only
+/// what the demuxer asks for (ranged GETs: the header, the index, the first
+/// packets); refuses media we cannot process (asset `errored`, 422) or
+/// moves the asset to `processing` and enqueues its transcode in one
+/// transaction.
 pub async fn source_complete(
     state: &AppState,
     asset: AssetId,
-    copy: &Path,
+    length: u64,
 ) -> Result<(), ApiError> {
+    let reader = ObjectReader::new(
+        state.store.clone(),
+        ObjectKey::source(asset),
+        length,
+        tokio::runtime::Handle::current(),
+    );
+    let fetched = reader.fetched_counter();
+    let started = Instant::now();
     let probe = {
-        let path = copy.to_owned();
         let config = state.transcode.clone();
-        tokio::task::spawn_blocking(move || pipeline::probe_file(&path, &config))
+        tokio::task::spawn_blocking(move || pipeline::probe_reader(reader, &config))
             .await
             .map_err(|e| ApiError::Internal(format!("probe task: {e}")))?
     };
+    tracing::info!(
+        asset = %asset,
+        bytes = length,
+        read = fetched.load(Ordering::Relaxed),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "probed the source"
+    );
     match probe {
         Err(TranscodeError::Input { code, message }) => {
             assets::set_errored(&state.pool, asset, code, &message).await?;

@@ -16,14 +16,14 @@
 //! multipart upload (no copy), then fetches the source for the probe.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use cascade_platform::storage::{ByteRange, MAX_PART_SIZE, MIN_PART_SIZE};
+use cascade_platform::storage::{MAX_PART_SIZE, MIN_PART_SIZE};
 use cascade_platform::{ObjectStore, StorageError};
 use cascade_schemas::{AssetId, ObjectKey};
 use chrono::{DateTime, Utc};
@@ -713,23 +713,27 @@ async fn write_chunk(
     Ok((new_offset, Some(expires_at)))
 }
 
-/// Runs one statement in its own transaction, committed without waiting
-/// for the WAL flush (`synchronous_commit = off`): for updates that may be
-/// lost in a database crash without harm, such as taking a lease or drawing
-/// part numbers (a later synchronous commit, such as recording a part,
-/// flushes them first, since the WAL is written in order).
+/// Runs one `UPDATE ... RETURNING` committed without waiting for the WAL
+/// flush: for updates that may be lost in a database crash without harm,
+/// such as taking a lease or drawing part numbers (a later synchronous
+/// commit, such as recording a part, flushes them first, since the WAL is
+/// written in order). One round trip: the statement is its own transaction
+/// and sets `synchronous_commit` for it (`set_config(..., true)`), instead of
+/// BEGIN, SET LOCAL and COMMIT around it; the statement is prepared once per
+/// connection.
 async fn query_opt_unflushed(
     state: &AppState,
-    sql: &str,
+    update: &str,
     params: &[&(dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Option<deadpool_postgres::tokio_postgres::Row>, ApiError> {
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    tx.batch_execute("SET LOCAL synchronous_commit = off")
-        .await?;
-    let row = tx.query_opt(sql, params).await?;
-    tx.commit().await?;
-    Ok(row)
+    let sql = format!(
+        "WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true)),
+              changed AS ({update})
+         SELECT changed.* FROM changed, unflushed"
+    );
+    let client = state.pool.get().await?;
+    let statement = client.prepare_cached(&sql).await?;
+    Ok(client.query_opt(&statement, params).await?)
 }
 
 /// Uploads the staged pieces and the body as parts `sizes` of the source's
@@ -821,14 +825,27 @@ async fn write_parts(
     let etags: Vec<String> = uploaded.iter().map(|(_, e, _)| e.clone()).collect();
     let part_sizes: Vec<i64> = uploaded.iter().map(|(_, _, s)| *s as i64).collect();
     let client = state.pool.get().await?;
-    let advanced = client
-        .query_opt(
+    let record = client
+        .prepare_cached(
             "UPDATE uploads SET \"offset\" = \"offset\" + $4,
                  part_numbers = part_numbers || $5::integer[], part_etags = part_etags || $6::text[],
                  part_sizes = part_sizes || $7::bigint[], staged_keys = '{}', staged_sizes = '{}',
                  locked_until = NULL, lock_id = NULL, updated_at = now()
              WHERE id = $1 AND lock_id = $2 AND \"offset\" = $3 RETURNING \"offset\"",
-            &[&lease.id, &lease.lock, &lease.offset, &(body_length as i64), &numbers, &etags, &part_sizes],
+        )
+        .await?;
+    let advanced = client
+        .query_opt(
+            &record,
+            &[
+                &lease.id,
+                &lease.lock,
+                &lease.offset,
+                &(body_length as i64),
+                &numbers,
+                &etags,
+                &part_sizes,
+            ],
         )
         .await?;
     drop(client);
@@ -973,88 +990,9 @@ async fn finish_source(state: &AppState, upload: &Assembly) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Bytes per ranged GET when fetching the source for the probe.
-const FETCH_RANGE: u64 = 32 * 1024 * 1024;
-/// Ranged GETs in flight when fetching the source for the probe.
-const FETCH_CONCURRENCY: usize = 4;
-/// Bytes gathered before one positioned write to the scratch file.
-const FETCH_WRITE: usize = 1024 * 1024;
-
-/// Copies `first..=last` of the source into `file` at the same offsets.
-async fn fetch_range(
-    state: &AppState,
-    key: &ObjectKey,
-    file: &Arc<std::fs::File>,
-    first: u64,
-    last: u64,
-) -> Result<u64, ApiError> {
-    let write_at = |buf: Vec<u8>, at: u64| {
-        let file = file.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                file.write_all_at(&buf, at)
-            })
-            .await
-            .map_err(|e| ApiError::Internal(format!("scratch write task: {e}")))?
-            .map_err(|e| ApiError::Internal(format!("scratch file: {e}")))
-        }
-    };
-    let mut body = state
-        .store
-        .get(key, Some(ByteRange::Inclusive { first, last }))
-        .await?;
-    let mut at = first;
-    let mut buf = Vec::with_capacity(FETCH_WRITE);
-    while let Some(chunk) = body.stream.next().await {
-        buf.extend_from_slice(&chunk?);
-        if buf.len() >= FETCH_WRITE {
-            let full = std::mem::replace(&mut buf, Vec::with_capacity(FETCH_WRITE));
-            let len = full.len() as u64;
-            write_at(full, at).await?;
-            at += len;
-        }
-    }
-    if !buf.is_empty() {
-        let len = buf.len() as u64;
-        write_at(buf, at).await?;
-        at += len;
-    }
-    if at != last + 1 {
-        return Err(ApiError::Internal(format!(
-            "the source ended at byte {at}, expected {}",
-            last + 1
-        )));
-    }
-    Ok(at - first)
-}
-
-/// Copies the source (`length` bytes) from the store into `file`, the
-/// probe's local copy, by ranged GETs in parallel; returns the bytes copied.
-async fn fetch_source(
-    state: &AppState,
-    key: &ObjectKey,
-    length: u64,
-    file: std::fs::File,
-) -> Result<u64, ApiError> {
-    let file = Arc::new(file);
-    let ranges: Vec<(u64, u64)> = (0..length.div_ceil(FETCH_RANGE))
-        .map(|i| {
-            let first = i * FETCH_RANGE;
-            (first, (first + FETCH_RANGE).min(length) - 1)
-        })
-        .collect();
-    let copied = futures::stream::iter(ranges)
-        .map(|(first, last)| fetch_range(state, key, &file, first, last))
-        .buffer_unordered(FETCH_CONCURRENCY)
-        .try_fold(0u64, |total, n| async move { Ok(total + n) })
-        .await?;
-    Ok(copied)
-}
-
 /// Completes the source (see [`finish_source`]), removes the staged
-/// pieces, marks the upload complete, and hands the source on: a local
-/// copy for the probe (a GET), then [`source::source_complete`]. Runs under
+/// pieces, marks the upload complete, and hands the source on to
+/// [`source::source_complete`] (the probe). Runs under
 /// the upload's lease, in state `assembling`, so a replica that dies midway
 /// leaves it to the sweeper ([`delete_expired`]).
 async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), ApiError> {
@@ -1169,30 +1107,16 @@ async fn hand_off_under_lease(
     }
 }
 
-/// A local copy of the completed source (a GET), then the probe and the
-/// asset's next state ([`source::source_complete`]).
+/// The probe of the completed source and the asset's next state
+/// ([`source::source_complete`]).
 async fn hand_off(
     state: &AppState,
     id: uuid::Uuid,
     asset: AssetId,
     length: u64,
 ) -> Result<(), ApiError> {
-    let source_key = ObjectKey::source(asset);
-    let scratch = api::scratch_file(state)?;
-    let copy = scratch
-        .reopen()
-        .map_err(|e| ApiError::Internal(format!("scratch file: {e}")))?;
-    let started = Instant::now();
-    let fetched = fetch_source(state, &source_key, length, copy).await?;
-    let elapsed = started.elapsed();
-    tracing::info!(
-        upload = %id,
-        bytes = fetched,
-        elapsed_ms = elapsed.as_millis() as u64,
-        mb_per_s = fetched as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9),
-        "fetched the source for the probe"
-    );
-    match source::source_complete(state, asset, scratch.path()).await {
+    tracing::debug!(upload = %id, "probing the completed upload");
+    match source::source_complete(state, asset, length).await {
         // The upload itself succeeded; the asset carries the media error.
         Ok(()) | Err(ApiError::Unprocessable { .. }) => Ok(()),
         Err(e) => Err(e),

@@ -2,9 +2,11 @@
 //! ingest API into the S3 store, by tus (8 MiB PATCHes) and by simple
 //! upload, against a real `cascade serve --roles ingest` child process; and
 //! in the same run a direct aws-sdk-s3 multipart put of the same bytes.
-//! Prints MB/s for each (medians of alternating rounds: single runs on a
-//! shared 2-core machine vary by 20%), the ratio to the direct put, and the
-//! ingest process's peak RSS (VmHWM). tus is timed to the final PATCH's 204
+//! Prints MB/s for each and the ratio to the direct put (medians over
+//! rounds; each round runs every method once, in a rotating order, and its
+//! ratios are to that round's direct put, since the store's speed drifts by
+//! 20% on a shared 2-core machine), and the ingest process's peak RSS
+//! (VmHWM). An unmeasured put first lets the store allocate its volumes. tus is timed to the final PATCH's 204
 //! (the bytes are in the store; the probe runs after the response) and, for
 //! the record, to the end of that probe. The data is random, so the probe
 //! refuses it after the transfer (422 / errored): the transfer is measured.
@@ -38,6 +40,127 @@ pub struct UploadBenchArgs {
     /// Alternating rounds of the three; medians are compared.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+}
+
+/// One way of moving the bytes into the store.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Direct,
+    SequentialParts,
+    Tus,
+    Simple,
+}
+
+impl Method {
+    const ALL: [Method; 4] = [
+        Method::Direct,
+        Method::SequentialParts,
+        Method::Tus,
+        Method::Simple,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::Direct => "direct",
+            Method::SequentialParts => "sequential parts",
+            Method::Tus => "tus",
+            Method::Simple => "simple",
+        }
+    }
+}
+
+/// A reported figure (tus gives two: to its 204 and to the probe's end).
+#[derive(Debug, Clone, Copy)]
+enum Figure {
+    Direct,
+    SequentialParts,
+    Tus,
+    TusProbed,
+    Simple,
+}
+
+impl Figure {
+    const ALL: [Figure; 5] = [
+        Figure::Direct,
+        Figure::SequentialParts,
+        Figure::Tus,
+        Figure::TusProbed,
+        Figure::Simple,
+    ];
+
+    fn short(self) -> &'static str {
+        match self {
+            Figure::Direct => "direct",
+            Figure::SequentialParts => "sequential parts",
+            Figure::Tus => "tus",
+            Figure::TusProbed => "tus to the probe's end",
+            Figure::Simple => "simple",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Figure::Direct => "direct S3 multipart put",
+            Figure::SequentialParts => "direct put, sequential parts",
+            Figure::Tus => "tus (to the final PATCH's 204)",
+            Figure::TusProbed => "  tus to the probe's end",
+            Figure::Simple => "simple upload (incl. probe)",
+        }
+    }
+}
+
+/// What every method needs.
+struct Bench<'a> {
+    store: &'a ObjectStore,
+    client: &'a reqwest::Client,
+    base: &'a str,
+    data: &'a Path,
+    size: u64,
+    chunk: u64,
+}
+
+impl Bench<'_> {
+    /// Moves the bytes by `method`; returns seconds per figure.
+    async fn run(&self, method: Method) -> anyhow::Result<Vec<(Figure, f64)>> {
+        let (store, client, base) = (self.store, self.client, self.base);
+        Ok(match method {
+            Method::Direct => {
+                // aws-sdk-s3 multipart, same part size and concurrency as ingest's puts.
+                let key = ObjectKey::scratch(uuid::Uuid::new_v4());
+                let started = Instant::now();
+                let mut file = tokio::fs::File::open(self.data).await?;
+                store.put(&key, &mut file).await?;
+                let seconds = started.elapsed().as_secs_f64();
+                store.delete(&key).await?;
+                vec![(Figure::Direct, seconds)]
+            }
+            Method::SequentialParts => {
+                // The same parts one after another, as tus's one-PATCH-at-a-time
+                // protocol must send them: the floor for tus against this store.
+                let key = ObjectKey::scratch(uuid::Uuid::new_v4());
+                let seconds = serial_parts(store, &key, self.data, self.size, self.chunk).await?;
+                store.delete(&key).await?;
+                vec![(Figure::SequentialParts, seconds)]
+            }
+            Method::Tus => {
+                let chunk = usize::try_from(self.chunk)?;
+                let started = Instant::now();
+                let asset = tus_upload(client, base, self.data, self.size, chunk).await?;
+                let answered = started.elapsed().as_secs_f64();
+                wait_probed(client, base, &asset).await?;
+                let probed = started.elapsed().as_secs_f64();
+                delete_asset(client, base, &asset).await?;
+                vec![(Figure::Tus, answered), (Figure::TusProbed, probed)]
+            }
+            Method::Simple => {
+                let started = Instant::now();
+                let asset = simple_upload(client, base, self.data, self.size).await?;
+                let seconds = started.elapsed().as_secs_f64();
+                delete_asset(client, base, &asset).await?;
+                vec![(Figure::Simple, seconds)]
+            }
+        })
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -298,43 +421,51 @@ pub async fn run(args: UploadBenchArgs, config: Config) -> anyhow::Result<ExitCo
         bail!("the ingest process did not start");
     }
 
+    // One unmeasured put first: the store allocates its volumes on the
+    // first writes, which would otherwise land in whichever upload came first.
+    let warm_up = ObjectKey::scratch(uuid::Uuid::new_v4());
+    store
+        .put(&warm_up, &mut tokio::fs::File::open(&data).await?)
+        .await?;
+    store.delete(&warm_up).await?;
+
     let rounds = args.rounds.max(1);
-    let (mut directs, mut tuses, mut probeds, mut simples, mut serials) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut rates: [Vec<f64>; Figure::ALL.len()] = Default::default();
+    let mut ratios: [Vec<f64>; Figure::ALL.len()] = Default::default();
     let measured = async {
-        for round in 1..=rounds {
-            // Direct put through aws-sdk-s3 (multipart, same part size and concurrency).
-            let key = ObjectKey::scratch(uuid::Uuid::new_v4());
-            let started = Instant::now();
-            let mut file = tokio::fs::File::open(&data).await?;
-            store.put(&key, &mut file).await?;
-            directs.push(mb / started.elapsed().as_secs_f64());
-            store.delete(&key).await?;
-
-            // The same parts one after another, as tus's one-PATCH-at-a-time
-            // protocol must send them: the floor for tus against this store.
-            let key = ObjectKey::scratch(uuid::Uuid::new_v4());
-            serials.push(mb / serial_parts(&store, &key, &data, size, args.chunk.0).await?);
-            store.delete(&key).await?;
-
-            let started = Instant::now();
-            let asset = tus_upload(&client, &base, &data, size, args.chunk.as_usize()).await?;
-            tuses.push(mb / started.elapsed().as_secs_f64());
-            wait_probed(&client, &base, &asset).await?;
-            probeds.push(mb / started.elapsed().as_secs_f64());
-            delete_asset(&client, &base, &asset).await?;
-
-            let started = Instant::now();
-            let asset = simple_upload(&client, &base, &data, size).await?;
-            simples.push(mb / started.elapsed().as_secs_f64());
-            delete_asset(&client, &base, &asset).await?;
+        for round in 0..rounds {
+            // Each round runs every method once, in an order that rotates,
+            // so none always follows the same neighbour; ratios are taken
+            // within the round (the store's speed drifts between rounds).
+            let mut this_round = [0.0; Figure::ALL.len()];
+            for step in 0..Method::ALL.len() {
+                let method = Method::ALL[(round + step) % Method::ALL.len()];
+                let bench = Bench {
+                    store: &store,
+                    client: &client,
+                    base: &base,
+                    data: &data,
+                    size,
+                    chunk: args.chunk.0,
+                };
+                for (figure, seconds) in bench.run(method).await? {
+                    this_round[figure as usize] = mb / seconds;
+                }
+            }
+            let direct = this_round[Figure::Direct as usize];
+            for figure in Figure::ALL {
+                rates[figure as usize].push(this_round[figure as usize]);
+                ratios[figure as usize].push(this_round[figure as usize] / direct);
+            }
             println!(
-                "round {round}/{rounds}: direct {:.1}, sequential parts {:.1}, tus {:.1} ({:.1} to the probe's end), simple {:.1} MB/s",
-                directs[round - 1],
-                serials[round - 1],
-                tuses[round - 1],
-                probeds[round - 1],
-                simples[round - 1]
+                "round {}/{rounds} (from {}): {} MB/s",
+                round + 1,
+                Method::ALL[round % Method::ALL.len()].name(),
+                Figure::ALL
+                    .iter()
+                    .map(|f| format!("{} {:.1}", f.short(), this_round[*f as usize]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         Ok::<(), anyhow::Error>(())
@@ -344,45 +475,27 @@ pub async fn run(args: UploadBenchArgs, config: Config) -> anyhow::Result<ExitCo
     let _ = child.kill();
     let _ = child.wait();
     result?;
-    let direct = median(&mut directs);
-    let tus_rate = median(&mut tuses);
-    let probed_rate = median(&mut probeds);
-    let simple_rate = median(&mut simples);
-    let serial_rate = median(&mut serials);
+    let rate = |f: Figure| median(&mut rates[f as usize].clone());
+    let ratio = |f: Figure| median(&mut ratios[f as usize].clone());
 
-    println!("medians of {rounds} alternating rounds");
+    println!("medians of {rounds} rounds (ratios to the same round's direct put)");
     println!("{:<34} {:>10} {:>8}", "", "MB/s", "ratio");
-    println!(
-        "{:<34} {:>10.1} {:>8}",
-        "direct S3 multipart put", direct, "1.00x"
-    );
-    println!(
-        "{:<34} {:>10.1} {:>7.2}x  (tus's floor: one part at a time)",
-        "direct put, sequential parts",
-        serial_rate,
-        serial_rate / direct
-    );
-    println!(
-        "{:<34} {:>10.1} {:>7.2}x  (target >= {TARGET_RATIO:.2}x)",
-        "tus (to the final PATCH's 204)",
-        tus_rate,
-        tus_rate / direct
-    );
-    println!(
-        "{:<34} {:>10.1} {:>7.2}x",
-        "  tus to the probe's end",
-        probed_rate,
-        probed_rate / direct
-    );
-    println!(
-        "{:<34} {:>10.1} {:>7.2}x  (target >= {TARGET_RATIO:.2}x)",
-        "simple upload (incl. probe)",
-        simple_rate,
-        simple_rate / direct
-    );
+    for figure in Figure::ALL {
+        let note = match figure {
+            Figure::SequentialParts => "  (tus's floor: one part at a time)".to_owned(),
+            Figure::Tus | Figure::Simple => format!("  (target >= {TARGET_RATIO:.2}x)"),
+            Figure::Direct | Figure::TusProbed => String::new(),
+        };
+        println!(
+            "{:<34} {:>10.1} {:>7.2}x{note}",
+            figure.label(),
+            rate(figure),
+            ratio(figure)
+        );
+    }
     println!("ingest peak RSS: {rss:.0} MB (target < {TARGET_RSS_MB:.0} MB)");
-    let ok = tus_rate / direct >= TARGET_RATIO
-        && simple_rate / direct >= TARGET_RATIO
+    let ok = ratio(Figure::Tus) >= TARGET_RATIO
+        && ratio(Figure::Simple) >= TARGET_RATIO
         && rss < TARGET_RSS_MB;
     println!("targets: {}", if ok { "met" } else { "MISSED" });
     Ok(if ok {

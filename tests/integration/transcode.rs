@@ -600,3 +600,74 @@ async fn sources_beyond_the_size_limit_are_refused_with_the_reason() {
         "the original is kept"
     );
 }
+
+/// A reader that counts the bytes it hands out.
+struct CountingReader {
+    file: std::fs::File,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::io::Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for CountingReader {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(to)
+    }
+}
+
+/// The upload probe reads stored sources through custom I/O: it must judge
+/// every fixture exactly as the probe of a local file does (summary, or
+/// error code and message), and read the header and index of a large file,
+/// not its media.
+#[test]
+fn the_probe_over_a_reader_agrees_with_the_file_probe_and_reads_little() {
+    use cascade_workers::transcode::pipeline::{probe_file, probe_reader};
+    let config = TranscodeConfig::default();
+    let dir = fixtures_dir();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.') && n != "SHA256SUMS")
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "fixtures in {}", dir.display());
+    let mut large_checked = false;
+    for path in names {
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reader = CountingReader {
+            file: std::fs::File::open(&path).unwrap(),
+            read: read.clone(),
+        };
+        let by_reader = probe_reader(reader, &config);
+        let by_file = probe_file(&path, &config);
+        assert_eq!(
+            format!("{by_reader:?}"),
+            format!("{by_file:?}"),
+            "{}",
+            path.display()
+        );
+        let size = std::fs::metadata(&path).unwrap().len();
+        let read = read.load(std::sync::atomic::Ordering::Relaxed);
+        if path.file_name().and_then(|n| n.to_str()) == Some("bench_1080p30_20s.mp4") {
+            assert!(by_reader.is_ok());
+            large_checked = true;
+            assert!(
+                read * 10 < size,
+                "probing {} read {read} of {size} bytes",
+                path.display()
+            );
+        }
+    }
+    assert!(large_checked, "the 20 s bench fixture was not found");
+}

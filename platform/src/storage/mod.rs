@@ -9,10 +9,12 @@
 //! object size. Both also expose multipart uploads directly
 //! ([`ObjectStore::create_multipart`] and the calls after it), for writers
 //! that produce one object over several requests (tus uploads); the local
-//! backend emulates them. Keys come from [`cascade_schemas::keys`]; content types from
+//! backend emulates them. [`reader::ObjectReader`] reads parts of an object
+//! synchronously (ranged GETs), for FFmpeg's custom I/O. Keys come from [`cascade_schemas::keys`]; content types from
 //! the key's [`cascade_schemas::ObjectClass`].
 
 pub mod local;
+pub mod reader;
 pub mod s3;
 
 use std::fmt;

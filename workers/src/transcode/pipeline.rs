@@ -172,16 +172,38 @@ fn send(events: &mpsc::Sender<Event>, event: Event) -> Result<(), TranscodeError
 }
 
 fn input_error_for_open(path: &Path, error: ff::Error) -> TranscodeError {
-    let mut head = [0u8; 12];
+    let mut head = [0u8; HEAD_BYTES];
     let read = std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .and_then(|mut f| read_head(&mut f, &mut head))
         .unwrap_or(0);
-    if read == 0 {
+    input_error_for_head(&head[..read], error)
+}
+
+/// Bytes of a file's start that tell why FFmpeg could not open it.
+const HEAD_BYTES: usize = 12;
+
+/// Fills `head` from `reader` as far as it goes; returns the bytes read.
+fn read_head(reader: &mut impl std::io::Read, head: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < head.len() {
+        match reader.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Why a file whose first bytes are `head` could not be opened.
+fn input_error_for_head(head: &[u8], error: ff::Error) -> TranscodeError {
+    if head.is_empty() {
         return TranscodeError::input("empty", "the uploaded file is empty");
     }
     // An MP4/MOV that starts right but cannot be opened lost its index at the
     // end: the classic cut-off upload.
-    if read >= 8 && &head[4..8] == b"ftyp" {
+    if head.len() >= 8 && &head[4..8] == b"ftyp" {
         return TranscodeError::input(
             "truncated",
             "the file is truncated: it is an MP4/MOV whose index (moov) is missing, so the upload was probably cut off",
@@ -1065,7 +1087,87 @@ pub struct ProbeSummary {
 /// few hundred packets.
 pub fn probe_file(path: &Path, config: &TranscodeConfig) -> Result<ProbeSummary, TranscodeError> {
     super::init_ffmpeg();
-    let mut input = ff::format::input(&path).map_err(|e| input_error_for_open(path, e))?;
+    let input = ff::format::input(&path).map_err(|e| input_error_for_open(path, e))?;
+    probe_input(input, config)
+}
+
+/// [`probe_file`] over any seekable reader (through FFmpeg's custom I/O),
+/// such as a stored object read by ranged GETs: the demuxer reads only the
+/// header, the index and the first packets, not the whole file.
+pub fn probe_reader<R>(
+    mut reader: R,
+    config: &TranscodeConfig,
+) -> Result<ProbeSummary, TranscodeError>
+where
+    R: std::io::Read + std::io::Seek + Send + 'static,
+{
+    super::init_ffmpeg();
+    let mut head = [0u8; HEAD_BYTES];
+    let head_len = read_head(&mut reader, &mut head).map_err(read_failure)?;
+    reader
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(read_failure)?;
+    let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let io = ff::format::context::StreamIo::from_read_seek(FailureRecorder {
+        inner: reader,
+        failure: failure.clone(),
+    })
+    .map_err(|e| TranscodeError::Internal(format!("custom I/O for the probe: {e}")))?;
+    let probed = ff::format::input_from_stream(io, None, None)
+        .map_err(|e| input_error_for_head(&head[..head_len], e))
+        .and_then(|input| probe_input(input, config));
+    // FFmpeg sees a failed read as the end of the media; a store that failed
+    // must not make a good upload look damaged.
+    let failed = failure.lock().ok().and_then(|mut f| f.take());
+    match failed {
+        Some(error) => Err(read_failure(error)),
+        None => probed,
+    }
+}
+
+/// A read that failed below FFmpeg (storage, not the media).
+fn read_failure(error: std::io::Error) -> TranscodeError {
+    TranscodeError::Internal(format!("reading the source: {error}"))
+}
+
+/// Keeps the first read error of the reader it wraps, which FFmpeg's custom
+/// I/O reduces to an error code.
+struct FailureRecorder<R> {
+    inner: R,
+    failure: std::sync::Arc<std::sync::Mutex<Option<std::io::Error>>>,
+}
+
+impl<R> FailureRecorder<R> {
+    fn record<T>(&self, result: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(error) = &result {
+            if let Ok(mut first) = self.failure.lock() {
+                if first.is_none() {
+                    *first = Some(std::io::Error::new(error.kind(), error.to_string()));
+                }
+            }
+        }
+        result
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for FailureRecorder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let result = self.inner.read(buf);
+        self.record(result)
+    }
+}
+
+// Seeks only move a position (an invalid one is FFmpeg's to handle).
+impl<R: std::io::Seek> std::io::Seek for FailureRecorder<R> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(to)
+    }
+}
+
+fn probe_input(
+    mut input: ff::format::context::Input,
+    config: &TranscodeConfig,
+) -> Result<ProbeSummary, TranscodeError> {
     let duration =
         (input.duration() > 0).then(|| input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
     let (mut video, mut audio) = open_sources(&input, config)?;
