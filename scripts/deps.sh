@@ -42,6 +42,12 @@ if [ ! -d tests/players/node_modules/playwright-core ]; then
   (cd tests/players && npm ci --no-audit --no-fund --silent)
 fi
 
+# tus-js-client: the tests' second tus client (parallel uploads), from npm.
+if [ ! -d tests/clients/node_modules/tus-js-client ]; then
+  echo "deps: installing client test packages from npm"
+  (cd tests/clients && npm ci --no-audit --no-fund --silent)
+fi
+
 # schemathesis: generates API requests from the OpenAPI document in the tests.
 if ! python3 -c 'import schemathesis' 2>/dev/null; then
   echo "deps: installing schemathesis from PyPI"

@@ -31,6 +31,14 @@ pub enum ApiError {
         /// What conflicts.
         message: String,
     },
+    /// The request is not allowed on this resource, whoever asks.
+    #[error("{message}")]
+    Forbidden {
+        /// Stable code.
+        code: &'static str,
+        /// Why not.
+        message: String,
+    },
     /// Another request is writing this upload right now.
     #[error("another request is writing this upload; retry shortly")]
     Locked,
@@ -89,6 +97,7 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            Self::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             Self::Locked => (StatusCode::LOCKED, "upload_locked"),
             Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),

@@ -1,5 +1,6 @@
 //! tus 1.0.0 resumable uploads: core protocol plus creation,
-//! creation-with-upload, termination, checksum (sha1, sha256) and expiration.
+//! creation-with-upload, termination, checksum (sha1, sha256), expiration
+//! and concatenation (parallel partial uploads; see [`concat`]).
 //!
 //! PATCH bodies go straight into an S3 multipart upload of the asset's
 //! source: a body of known length that makes a part big enough for S3 (5 MiB
@@ -13,7 +14,7 @@
 //! holds the lease at the offset it started from, so a stalled or crashed
 //! writer can never corrupt the upload: its part is never recorded, and
 //! CompleteMultipartUpload leaves it out. The last PATCH completes the
-//! multipart upload (no copy), then fetches the source for the probe.
+//! multipart upload (no copy); the probe runs after its response.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -37,8 +38,11 @@ use crate::error::ApiError;
 use crate::openapi::{BinaryBody, ErrorBody, TusResumable};
 use crate::source;
 
+mod concat;
+
 const TUS_VERSION: &str = "1.0.0";
-const EXTENSIONS: &str = "creation,creation-with-upload,termination,checksum,expiration";
+const EXTENSIONS: &str =
+    "creation,creation-with-upload,termination,checksum,expiration,concatenation";
 const CHECKSUMS: &str = "sha1,sha256";
 const OFFSET_CONTENT_TYPE: &str = "application/offset+octet-stream";
 
@@ -70,7 +74,7 @@ fn parse_upload_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
             headers(
                 ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
                 ("Tus-Version" = String, description = "Protocol versions supported: `1.0.0`."),
-                ("Tus-Extension" = String, description = "Extensions supported: `creation,creation-with-upload,termination,checksum,expiration`."),
+                ("Tus-Extension" = String, description = "Extensions supported: `creation,creation-with-upload,termination,checksum,expiration,concatenation`."),
                 ("Tus-Max-Size" = u64, description = "Largest `Upload-Length` accepted, in bytes (`ingest.max_upload_size`)."),
                 ("Tus-Checksum-Algorithm" = String, description = "Algorithms accepted in `Upload-Checksum`: `sha1,sha256`."),
             )),
@@ -119,12 +123,32 @@ fn parse_metadata(raw: &str) -> Result<serde_json::Map<String, serde_json::Value
     Ok(out)
 }
 
+/// The raw `Upload-Metadata` header (kept to echo on HEAD) and its values.
+fn upload_metadata(
+    headers: &HeaderMap,
+) -> Result<(&str, serde_json::Map<String, serde_json::Value>), ApiError> {
+    let raw = match headers.get("upload-metadata") {
+        None => "",
+        Some(v) => v.to_str().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_upload_metadata",
+                "Upload-Metadata must be ASCII: `key base64value` pairs",
+            )
+        })?,
+    };
+    Ok((raw, parse_metadata(raw)?))
+}
+
 /// `POST /v1/uploads`: creates an upload (and, with a body, stores its first bytes).
 #[utoipa::path(post, path = "/v1/uploads", tag = "tus", operation_id = "tus_create",
     params(
         ("Tus-Resumable" = TusResumable, Header, description = "Protocol version; anything but `1.0.0` gets 412."),
-        ("Upload-Length" = u64, Header, description = "Size of the whole upload in bytes, at most `Tus-Max-Size`. \
+        ("Upload-Length" = Option<u64>, Header, nullable = false, description = "Size of the whole upload in bytes, at most `Tus-Max-Size`; \
+            required but for a final upload (its length is the sum of its partials'). \
             (`Upload-Defer-Length` is not supported: a request carrying it gets 400 `defer_length_unsupported`.)"),
+        ("Upload-Concat" = Option<String>, Header, nullable = false, description = "Concatenation: `partial` creates a piece of a file \
+            (no asset; it waits, complete, for a final upload), `final;<url> <url> ...` creates the upload made of those complete \
+            partial uploads in that order (and its asset), complete at once: its source is assembled in the background and probed."),
         ("Upload-Metadata" = Option<String>, Header, nullable = false, description = "Comma-separated `key base64(value)` pairs. \
             `asset_id`: fill that waiting asset; without it a new asset is created, titled from `title` or `filename`. \
             Values must be UTF-8 without NUL characters."),
@@ -147,7 +171,8 @@ fn parse_metadata(raw: &str) -> Result<serde_json::Map<String, serde_json::Value
             `missing_upload_length`, `defer_length_unsupported`, \
             `invalid_upload_metadata` (not ASCII, a value not base64 of UTF-8, or with NUL), \
             `invalid_title` (over 512 characters), `exceeds_upload_length` (Content-Length over Upload-Length), `invalid_checksum`, `unsupported_checksum_algorithm`, \
-            `body_read_failed`.", body = ErrorBody,
+            `body_read_failed`, `invalid_upload_concat` (Upload-Concat neither `partial` nor `final;` and upload URLs), \
+            `invalid_partial_upload` (a named upload does not exist, expired or is not partial), `partial_upload_incomplete`.", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 401, description = "Missing or invalid API key (`unauthorized`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
@@ -155,7 +180,8 @@ fn parse_metadata(raw: &str) -> Result<serde_json::Map<String, serde_json::Value
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 408, description = "The body stopped arriving (`body_timeout`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
-        (status = 409, description = "The asset in `asset_id` is no longer waiting for its source (`source_already_uploaded`).",
+        (status = 409, description = "The asset in `asset_id` is no longer waiting for its source (`source_already_uploaded`), \
+            or a partial upload named in Upload-Concat belongs to another final upload (`partial_upload_used`).",
             body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 412, description = "Unsupported protocol version (`unsupported_tus_version`).", body = ErrorBody,
@@ -181,6 +207,11 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     require_version(&headers)?;
+    let concat = concat::requested(&headers)?;
+    if let concat::Requested::Final(partials) = concat {
+        return concat::create_final(&state, &headers, partials).await;
+    }
+    let partial = matches!(concat, concat::Requested::Partial);
     if headers.contains_key("upload-defer-length") {
         return Err(ApiError::bad_request(
             "defer_length_unsupported",
@@ -195,38 +226,22 @@ pub async fn create(
     if length > max {
         return Err(ApiError::TooLarge { max });
     }
-    let raw_metadata = match headers.get("upload-metadata") {
-        None => "",
-        Some(v) => v.to_str().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_upload_metadata",
-                "Upload-Metadata must be ASCII: `key base64value` pairs",
-            )
-        })?,
-    };
-    let metadata = parse_metadata(raw_metadata)?;
-    let asset_id = match metadata.get("asset_id").and_then(|v| v.as_str()) {
-        Some(raw) => {
-            let id: AssetId = raw.parse().map_err(|_| ApiError::NotFound("asset"))?;
-            api::waiting_asset(&state, id).await?;
-            id
-        }
-        None => {
-            let title = metadata
-                .get("title")
-                .or_else(|| metadata.get("filename"))
-                .and_then(|v| v.as_str());
-            api::insert_asset(&state, title, None, None).await?.id
-        }
+    let (raw_metadata, metadata) = upload_metadata(&headers)?;
+    // A partial upload is a piece of a file; its final upload makes the asset.
+    let asset_id = if partial {
+        None
+    } else {
+        Some(upload_asset(&state, &metadata).await?)
     };
     let id = uuid::Uuid::new_v4();
     let expiry_ms = state.config.upload_expiry.as_millis() as f64;
     let client = state.pool.get().await?;
     let expires_at: DateTime<Utc> = client
         .query_one(
-            "INSERT INTO uploads (id, asset_id, length, metadata, expires_at)
-             VALUES ($1, $2, $3, $4, now() + $5::float8 * interval '1 millisecond') RETURNING expires_at",
-            &[&id, &asset_id.as_uuid(), &(length as i64), &serde_json::json!({ "raw": raw_metadata, "values": metadata }), &expiry_ms],
+            "INSERT INTO uploads (id, asset_id, length, metadata, expires_at, concat)
+             VALUES ($1, $2, $3, $4, now() + $5::float8 * interval '1 millisecond', $6) RETURNING expires_at",
+            &[&id, &asset_id.map(|a| a.as_uuid()), &(length as i64), &serde_json::json!({ "raw": raw_metadata, "values": metadata }), &expiry_ms,
+              &(if partial { "partial" } else { "none" })],
         )
         .await?
         .get(0);
@@ -247,11 +262,44 @@ pub async fn create(
     );
     header(&mut response, "tus-resumable", TUS_VERSION);
     header(&mut response, "upload-expires", &http_date(expires_at));
-    header(&mut response, "cascade-asset-id", &asset_id.to_string());
+    if let Some(asset_id) = asset_id {
+        header(&mut response, "cascade-asset-id", &asset_id.to_string());
+    }
     if let Some(offset) = offset {
         header(&mut response, "upload-offset", &offset.to_string());
     }
     Ok(response)
+}
+
+/// The asset an upload fills: the waiting one named by `asset_id` in its
+/// metadata, or a new one titled from `title` or `filename`.
+async fn upload_asset(
+    state: &AppState,
+    metadata: &serde_json::Map<String, serde_json::Value>,
+) -> Result<AssetId, ApiError> {
+    match metadata.get("asset_id").and_then(|v| v.as_str()) {
+        Some(raw) => {
+            let id: AssetId = raw.parse().map_err(|_| ApiError::NotFound("asset"))?;
+            api::waiting_asset(state, id).await?;
+            Ok(id)
+        }
+        None => {
+            let title = metadata
+                .get("title")
+                .or_else(|| metadata.get("filename"))
+                .and_then(|v| v.as_str());
+            Ok(api::insert_asset(state, title, None, None).await?.id)
+        }
+    }
+}
+
+/// Where an upload's bytes go: its asset's source, or for a partial upload
+/// (no asset) an object of its own.
+fn destination(id: uuid::Uuid, asset: Option<AssetId>) -> ObjectKey {
+    match asset {
+        Some(asset) => ObjectKey::source(asset),
+        None => ObjectKey::upload_data(id),
+    }
 }
 
 struct UploadRow {
@@ -261,13 +309,16 @@ struct UploadRow {
     raw_metadata: String,
     expires_at: DateTime<Utc>,
     expired: bool,
+    concat: String,
+    partial_ids: Vec<uuid::Uuid>,
 }
 
 async fn load(state: &AppState, id: uuid::Uuid) -> Result<UploadRow, ApiError> {
     let client = state.pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT length, \"offset\", state, metadata->>'raw', expires_at, expires_at < now() FROM uploads WHERE id = $1",
+            "SELECT length, \"offset\", state, metadata->>'raw', expires_at, expires_at < now(), concat, partial_ids
+             FROM uploads WHERE id = $1",
             &[&id],
         )
         .await?
@@ -279,6 +330,8 @@ async fn load(state: &AppState, id: uuid::Uuid) -> Result<UploadRow, ApiError> {
         raw_metadata: row.get::<_, Option<String>>(3).unwrap_or_default(),
         expires_at: row.get(4),
         expired: row.get(5),
+        concat: row.get(6),
+        partial_ids: row.get(7),
     })
 }
 
@@ -298,6 +351,7 @@ async fn load(state: &AppState, id: uuid::Uuid) -> Result<UploadRow, ApiError> {
                 ("Upload-Length" = u64, description = "Size of the whole upload."),
                 ("Upload-Expires" = String, description = "HTTP-date after which the unfinished upload is removed (absent once complete)."),
                 ("Upload-Metadata" = String, description = "The Upload-Metadata sent at creation, if any."),
+                ("Upload-Concat" = String, description = "`partial`, or `final;` and the partial uploads' URLs, for uploads made by concatenation."),
                 ("Cache-Control" = String, description = "`no-store`."),
             )),
         (status = 401, description = "Missing or invalid API key.",
@@ -325,7 +379,9 @@ pub async fn head(
     let row = load(&state, id).await?;
     // `probing`: complete for the client; only the probe is still running.
     let finished = matches!(row.state.as_str(), "complete" | "probing");
-    if row.expired && !finished {
+    // A complete partial still expires unless a final upload takes it.
+    let expires = !finished || row.concat == "partial";
+    if row.expired && expires {
         return Err(ApiError::NotFound("upload"));
     }
     let mut response = StatusCode::OK.into_response();
@@ -333,11 +389,14 @@ pub async fn head(
     header(&mut response, "upload-offset", &row.offset.to_string());
     header(&mut response, "upload-length", &row.length.to_string());
     header(&mut response, "cache-control", "no-store");
-    if !finished {
+    if expires {
         header(&mut response, "upload-expires", &http_date(row.expires_at));
     }
     if !row.raw_metadata.is_empty() {
         header(&mut response, "upload-metadata", &row.raw_metadata);
+    }
+    if let Some(value) = concat::header_value(&state, &row.concat, &row.partial_ids) {
+        header(&mut response, "upload-concat", &value);
     }
     Ok(response)
 }
@@ -369,6 +428,8 @@ pub async fn head(
             `unsupported_checksum_algorithm`, `body_read_failed`.", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 401, description = "Missing or invalid API key (`unauthorized`).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 403, description = "A final upload takes no PATCH: it is made of its partial uploads (`final_upload`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 404, description = "No such upload, or it expired unfinished (`not_found`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
@@ -443,7 +504,8 @@ pub async fn patch(
         (status = 404, description = "No such upload (`not_found`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 409, description = "The upload is complete (or being assembled) and can no longer be terminated \
-            (`upload_complete`).", body = ErrorBody,
+            (`upload_complete`), or it is a partial upload a final upload has taken (`partial_upload_used`). \
+            A complete partial upload no final upload took can be terminated.", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 412, description = "Unsupported protocol version (`unsupported_tus_version`).", body = ErrorBody,
             headers(
@@ -466,23 +528,34 @@ pub async fn terminate(
     let client = state.pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT state, asset_id, multipart_id FROM uploads WHERE id = $1",
+            "SELECT state, asset_id, multipart_id, concat, claimed_by IS NOT NULL FROM uploads WHERE id = $1",
             &[&id],
         )
         .await?
         .ok_or(ApiError::NotFound("upload"))?;
     drop(client);
-    if row.get::<_, String>(0) != "receiving" {
+    let (upload_state, concat, claimed): (String, String, bool) =
+        (row.get(0), row.get(3), row.get(4));
+    if concat == "partial" && upload_state == "complete" {
+        if claimed {
+            return Err(ApiError::Conflict {
+                code: "partial_upload_used",
+                message: "a final upload has taken this partial upload".to_owned(),
+            });
+        }
+        concat::terminate_complete_partial(&state, id).await?;
+    } else if upload_state != "receiving" {
         return Err(ApiError::Conflict {
             code: "upload_complete",
             message: "the upload is complete and can no longer be terminated".to_owned(),
         });
+    } else {
+        let destination = destination(id, row.get::<_, Option<uuid::Uuid>>(1).map(AssetId::from));
+        let multipart_id: Option<String> = row.get(2);
+        // Bytes first: a failure leaves the row, so a retry finds them again.
+        discard(&state, id, &destination, multipart_id.as_deref()).await?;
+        delete_row(&state, id, &destination, multipart_id.as_deref()).await?;
     }
-    let asset = AssetId::from(row.get::<_, uuid::Uuid>(1));
-    let multipart_id: Option<String> = row.get(2);
-    // Bytes first: a failure leaves the row, so a retry finds them again.
-    discard(&state, id, asset, multipart_id.as_deref()).await?;
-    delete_row(&state, id, asset, multipart_id.as_deref()).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     header(&mut response, "tus-resumable", TUS_VERSION);
     Ok(response)
@@ -592,7 +665,8 @@ fn checksum_matches(reader: &mut BodyReader, expected: Option<Vec<u8>>) -> bool 
 struct Lease {
     id: uuid::Uuid,
     lock: uuid::Uuid,
-    asset: AssetId,
+    /// Where the bytes go (see [`destination`]).
+    destination: ObjectKey,
     offset: i64,
     length: i64,
     multipart_id: Option<String>,
@@ -634,7 +708,13 @@ async fn write_chunk(
     .await?;
     let Some(row) = taken else {
         let row = load(state, id).await?;
-        return Err(if row.expired {
+        return Err(if row.concat == "final" {
+            ApiError::Forbidden {
+                code: "final_upload",
+                message: "a final upload is made of its partial uploads and takes no PATCH"
+                    .to_owned(),
+            }
+        } else if row.expired {
             ApiError::NotFound("upload")
         } else if row.state != "receiving" {
             ApiError::Conflict {
@@ -648,7 +728,7 @@ async fn write_chunk(
     let lease = Lease {
         id,
         lock,
-        asset: AssetId::from(row.get::<_, uuid::Uuid>(0)),
+        destination: destination(id, row.get::<_, Option<uuid::Uuid>>(0).map(AssetId::from)),
         offset: row.get(1),
         length: row.get(2),
         multipart_id: row.get(3),
@@ -747,7 +827,7 @@ async fn write_parts(
     reader: &mut BodyReader,
     expected: Option<Vec<u8>>,
 ) -> Result<u64, ApiError> {
-    let key = ObjectKey::source(lease.asset);
+    let key = lease.destination.clone();
     let created = match &lease.multipart_id {
         Some(_) => None,
         None => Some(state.store.create_multipart(&key).await?),
@@ -930,7 +1010,11 @@ fn staged_reader(store: ObjectStore, keys: Vec<String>) -> impl AsyncRead + Unpi
 
 /// An upload whose bytes have all arrived, as its assembly sees it.
 struct Assembly {
-    asset: AssetId,
+    id: uuid::Uuid,
+    /// Where the bytes go (see [`destination`]).
+    destination: ObjectKey,
+    /// A final upload's partials, in order (empty for others).
+    partial_ids: Vec<uuid::Uuid>,
     length: u64,
     multipart_id: Option<String>,
     parts: Vec<(u32, String)>,
@@ -943,7 +1027,7 @@ struct Assembly {
 /// copied again. Idempotent: if a previous assembly completed the upload
 /// and died before recording it, the source is there with its full size.
 async fn finish_source(state: &AppState, upload: &Assembly) -> Result<(), ApiError> {
-    let key = ObjectKey::source(upload.asset);
+    let key = upload.destination.clone();
     let Some(upload_id) = &upload.multipart_id else {
         // Everything was staged (a small upload, or bodies of unknown length).
         let mut reader = staged_reader(state.store.clone(), upload.staged_keys.clone());
@@ -1006,7 +1090,7 @@ async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), ApiError>
                    AND (state = 'receiving'
                         OR (state = 'assembling' AND (locked_until IS NULL OR locked_until < now())))
                  RETURNING asset_id, length, multipart_id, part_numbers, part_etags, staged_keys,
-                           \"offset\" - {PARTS_TOTAL_SQL}"
+                           \"offset\" - {PARTS_TOTAL_SQL}, concat, partial_ids"
             ),
             &[&id, &lock, &lease_ms(state)],
         )
@@ -1015,30 +1099,56 @@ async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), ApiError>
     let Some(row) = row else { return Ok(()) };
     let numbers: Vec<i32> = row.get(3);
     let etags: Vec<String> = row.get(4);
+    let asset = row.get::<_, Option<uuid::Uuid>>(0).map(AssetId::from);
+    let concat: String = row.get(7);
     let upload = Assembly {
-        asset: AssetId::from(row.get::<_, uuid::Uuid>(0)),
+        id,
+        destination: destination(id, asset),
+        partial_ids: row.get(8),
         length: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
         multipart_id: row.get(2),
         parts: numbers.into_iter().map(|n| n as u32).zip(etags).collect(),
         staged_keys: row.get(5),
         staged_bytes: u64::try_from(row.get::<_, i64>(6)).unwrap_or(0),
     };
+    let finished = async {
+        if concat == "final" {
+            concat::finish_final(state, &upload).await
+        } else {
+            finish_source(state, &upload).await?;
+            // A partial's bytes stay (uploads/{id}/data) for its final
+            // upload; only its staged pieces go.
+            let leftovers = match asset {
+                Some(_) => ObjectKey::upload_prefix(id),
+                None => ObjectKey::upload_staged_prefix(id),
+            };
+            state.store.delete_prefix(&leftovers).await?;
+            Ok(())
+        }
+    };
     let finished = tokio::select! {
-        finished = finish_source(state, &upload) => finished,
+        finished = finished => finished,
         never = keep_lease(state, id, lock) => match never {},
     };
     if let Err(e) = finished {
         release(state, id, lock).await;
         return Err(e);
     }
-    if let Err(e) = state
-        .store
-        .delete_prefix(&ObjectKey::upload_prefix(id))
-        .await
-    {
-        release(state, id, lock).await;
-        return Err(e.into());
-    }
+    let Some(asset) = asset else {
+        // A partial upload: complete, waiting for a final upload to take it
+        // (or to expire). Nothing to probe.
+        let client = state.pool.get().await?;
+        client
+            .execute(
+                "UPDATE uploads SET state = 'complete', multipart_id = NULL, staged_keys = '{}', staged_sizes = '{}',
+                     part_numbers = '{}', part_etags = '{}', part_sizes = '{}',
+                     locked_until = NULL, lock_id = NULL, updated_at = now()
+                 WHERE id = $1 AND lock_id = $2",
+                &[&id, &lock],
+            )
+            .await?;
+        return Ok(());
+    };
     // The bytes are durable: the upload is complete for the client. The
     // probe runs after the response (state `probing`, under a new lease), so
     // the final PATCH of a large file never waits on it; a replica that dies
@@ -1060,7 +1170,7 @@ async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), ApiError>
         return Ok(());
     }
     let background = Arc::clone(state);
-    let (asset, length) = (upload.asset, upload.length);
+    let length = upload.length;
     tokio::spawn(async move {
         hand_off_under_lease(&background, id, asset, length, handoff_lock).await
     });
@@ -1128,14 +1238,11 @@ async fn hand_off(
 async fn discard(
     state: &AppState,
     id: uuid::Uuid,
-    asset: AssetId,
+    destination: &ObjectKey,
     multipart_id: Option<&str>,
 ) -> Result<(), ApiError> {
     if let Some(upload_id) = multipart_id {
-        state
-            .store
-            .abort_multipart(&ObjectKey::source(asset), upload_id)
-            .await?;
+        state.store.abort_multipart(destination, upload_id).await?;
     }
     state
         .store
@@ -1149,7 +1256,7 @@ async fn discard(
 async fn delete_row(
     state: &AppState,
     id: uuid::Uuid,
-    asset: AssetId,
+    destination: &ObjectKey,
     discarded: Option<&str>,
 ) -> Result<(), ApiError> {
     let client = state.pool.get().await?;
@@ -1162,7 +1269,7 @@ async fn delete_row(
     drop(client);
     if let Some(late) = deleted.and_then(|row| row.get::<_, Option<String>>(0)) {
         if Some(late.as_str()) != discarded {
-            discard(state, id, asset, Some(&late)).await?;
+            discard(state, id, destination, Some(&late)).await?;
         }
     }
     Ok(())
@@ -1183,11 +1290,12 @@ pub async fn delete_expired(state: &Arc<AppState>) -> Result<usize, ApiError> {
     drop(client);
     for row in &rows {
         let id: uuid::Uuid = row.get(0);
-        let asset = AssetId::from(row.get::<_, uuid::Uuid>(1));
+        let destination = destination(id, row.get::<_, Option<uuid::Uuid>>(1).map(AssetId::from));
         let multipart_id: Option<String> = row.get(2);
-        discard(state, id, asset, multipart_id.as_deref()).await?;
-        delete_row(state, id, asset, multipart_id.as_deref()).await?;
+        discard(state, id, &destination, multipart_id.as_deref()).await?;
+        delete_row(state, id, &destination, multipart_id.as_deref()).await?;
     }
+    let partials = concat::delete_expired_partials(state).await?;
     // An assembly whose replica died: finish it.
     let client = state.pool.get().await?;
     let stuck = client
@@ -1218,11 +1326,14 @@ pub async fn delete_expired(state: &Arc<AppState>) -> Result<usize, ApiError> {
     drop(client);
     for row in &orphans {
         let id: uuid::Uuid = row.get(0);
-        let asset = AssetId::from(row.get::<_, uuid::Uuid>(1));
+        // Only uploads with an asset are ever probed (partials never are).
+        let Some(asset) = row.get::<_, Option<uuid::Uuid>>(1).map(AssetId::from) else {
+            continue;
+        };
         let length = u64::try_from(row.get::<_, i64>(2)).unwrap_or(0);
         hand_off_under_lease(state, id, asset, length, lock).await;
     }
-    Ok(rows.len())
+    Ok(rows.len() + partials)
 }
 
 #[cfg(test)]

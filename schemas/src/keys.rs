@@ -215,6 +215,17 @@ impl ObjectKey {
         ))
     }
 
+    /// The staged pieces of one upload.
+    pub fn upload_staged_prefix(upload: uuid::Uuid) -> String {
+        format!("{UPLOADS_PREFIX}{upload}/staged-")
+    }
+
+    /// The bytes of a partial tus upload (concatenation extension), until a
+    /// final upload copies them into its asset's source.
+    pub fn upload_data(upload: uuid::Uuid) -> Self {
+        Self(format!("{UPLOADS_PREFIX}{upload}/data"))
+    }
+
     /// Everything stored for one upload.
     pub fn upload_prefix(upload: uuid::Uuid) -> String {
         format!("{UPLOADS_PREFIX}{upload}/")
@@ -273,6 +284,22 @@ mod tests {
             ObjectKey::dash_manifest(asset, 1).class().content_type(),
             mime::DASH_MPD
         );
+        let upload = uuid::Uuid::nil();
+        let data = ObjectKey::upload_data(upload);
+        assert_eq!(
+            data.as_str(),
+            "uploads/00000000-0000-0000-0000-000000000000/data"
+        );
+        assert_eq!(data.class(), ObjectClass::Scratch);
+        // A partial's bytes are under its upload prefix (deleted with it),
+        // but not among its staged pieces (deleted when it completes).
+        assert!(data.as_str().starts_with(&ObjectKey::upload_prefix(upload)));
+        assert!(!data
+            .as_str()
+            .starts_with(&ObjectKey::upload_staged_prefix(upload)));
+        assert!(ObjectKey::upload_staged(upload, 1, upload)
+            .as_str()
+            .starts_with(&ObjectKey::upload_staged_prefix(upload)));
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tus_multipart",
         sql: include_str!("../migrations/0006_tus_multipart.sql"),
     },
+    Migration {
+        version: 7,
+        name: "tus_concatenation",
+        sql: include_str!("../migrations/0007_tus_concatenation.sql"),
+    },
 ];
 
 #[cfg(test)]

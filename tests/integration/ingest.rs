@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::common::{eventually, free_port, fresh_db, header, http, CascadeProcess, TestDb};
 
+mod concat;
 mod multipart;
 
 const KEY: &str = "csk_test_bootstrap_key";

@@ -392,6 +392,52 @@ impl ObjectStore {
         }
     }
 
+    /// Copies the whole object at `source` (`length` bytes, at most
+    /// [`MAX_PART_SIZE`]) as part `part_number` of the multipart upload
+    /// `upload_id` of `key`, inside the store (S3 UploadPartCopy: the bytes
+    /// do not pass through this process); returns the part's ETag. The same
+    /// size rules as [`Self::upload_part`] apply at completion.
+    pub async fn upload_part_copy(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        part_number: u32,
+        source: &ObjectKey,
+        length: u64,
+    ) -> Result<String, StorageError> {
+        if !(1..=MAX_PART_NUMBER).contains(&part_number) {
+            return Err(StorageError::Permanent(format!(
+                "part number {part_number} is outside 1..={MAX_PART_NUMBER}"
+            )));
+        }
+        if length > MAX_PART_SIZE {
+            return Err(StorageError::Permanent(format!(
+                "a part of {length} bytes is over the {MAX_PART_SIZE} bytes allowed"
+            )));
+        }
+        match self {
+            Self::Local(s) => {
+                let body = s.get(source, None).await?;
+                if body.meta.size != length {
+                    return Err(StorageError::Permanent(format!(
+                        "{source} holds {} bytes, not {length}",
+                        body.meta.size
+                    )));
+                }
+                let mut reader = tokio_util::io::StreamReader::new(
+                    body.stream
+                        .map(|chunk| chunk.map_err(std::io::Error::other)),
+                );
+                s.upload_part(key, upload_id, part_number, length, &mut reader)
+                    .await
+            }
+            Self::S3(s) => {
+                s.upload_part_copy(key, upload_id, part_number, source, length)
+                    .await
+            }
+        }
+    }
+
     /// Completes a multipart upload from `parts` (part number, ETag), in
     /// ascending part-number order: the object at `key` becomes their
     /// concatenation, at once. Uploaded parts not listed are discarded. An

@@ -50,6 +50,7 @@ pub struct S3Store {
     /// Longest wait for the store while streaming a part: to take the next
     /// chunk, then to answer once the part is sent (`attempt_timeout`).
     stall: std::time::Duration,
+    connect_timeout: std::time::Duration,
     /// Timeouts of streamed part uploads: the connect timeout only, since
     /// a part moves at its producer's pace (guarded by `stall` instead).
     streaming_timeouts: TimeoutConfig,
@@ -257,6 +258,7 @@ impl S3Store {
             bucket: Arc::from(config.bucket.as_str()),
             tuning,
             stall: config.attempt_timeout,
+            connect_timeout: config.connect_timeout,
             streaming_timeouts: TimeoutConfig::builder()
                 .connect_timeout(config.connect_timeout)
                 .disable_operation_attempt_timeout()
@@ -663,6 +665,52 @@ impl S3Store {
                 "the store returned no ETag for part {part_number} of {key}"
             ))
         })
+    }
+
+    /// See [`super::ObjectStore::upload_part_copy`]. The copy happens in the
+    /// store, so its time grows with `length`: the attempt may take the
+    /// configured attempt timeout plus a second per 10 MB.
+    pub async fn upload_part_copy(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        part_number: u32,
+        source: &ObjectKey,
+        length: u64,
+    ) -> Result<String, StorageError> {
+        let part_number = i32::try_from(part_number)
+            .map_err(|_| StorageError::Permanent(format!("part number {part_number} too large")))?;
+        let allowed = self.stall + std::time::Duration::from_secs(length / 10_000_000);
+        let output = self
+            .client
+            .upload_part_copy()
+            .bucket(self.bucket.as_ref())
+            .key(key.as_str())
+            .upload_id(upload_id)
+            .part_number(part_number)
+            // Keys are made by cascade_schemas::keys: URL-safe as they are.
+            .copy_source(format!("{}/{}", self.bucket, source.as_str()))
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::default().timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(self.connect_timeout)
+                        .operation_attempt_timeout(allowed)
+                        .build(),
+                ),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(e, key.as_str()))?;
+        output
+            .copy_part_result()
+            .and_then(|result| result.e_tag())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                StorageError::Permanent(format!(
+                    "the store returned no ETag for copied part {part_number} of {key}"
+                ))
+            })
     }
 
     /// See [`super::ObjectStore::complete_multipart`].

@@ -19,28 +19,28 @@ const MIB: usize = 1024 * 1024;
 const OCTETS: (&str, &str) = ("Content-Type", "application/offset+octet-stream");
 
 /// Where the ingest processes of a test keep their objects.
-struct Backend {
-    root: PathBuf,
+pub(super) struct Backend {
+    pub(super) root: PathBuf,
     /// The test's own bucket, for the S3 backend.
     bucket: Option<String>,
 }
 
 impl Backend {
-    fn local() -> Self {
+    pub(super) fn local() -> Self {
         Self {
             root: scratch_root(),
             bucket: None,
         }
     }
 
-    fn s3() -> Self {
+    pub(super) fn s3() -> Self {
         Self {
             root: scratch_root(),
             bucket: Some(crate::common::s3_config().bucket),
         }
     }
 
-    fn start(&self, db: &TestDb, extra: &[(&str, &str)]) -> Ingest {
+    pub(super) fn start(&self, db: &TestDb, extra: &[(&str, &str)]) -> Ingest {
         let endpoint = std::env::var("CASCADE_TEST_S3_ENDPOINT").unwrap_or_default();
         let mut env: Vec<(&str, &str)> = extra.to_vec();
         if let Some(bucket) = &self.bucket {
@@ -50,7 +50,7 @@ impl Backend {
         start(db, "ingest", &self.root, free_port(), &env)
     }
 
-    async fn store(&self) -> ObjectStore {
+    pub(super) async fn store(&self) -> ObjectStore {
         let config = match &self.bucket {
             Some(bucket) => StorageConfig {
                 s3: Some(cascade_platform::config::S3Config {
@@ -68,7 +68,7 @@ impl Backend {
     }
 
     /// Multipart uploads left open in the store.
-    async fn open_multipart_uploads(&self) -> usize {
+    pub(super) async fn open_multipart_uploads(&self) -> usize {
         crate::storage::open_multipart_uploads(&self.store().await).await
     }
 
@@ -83,7 +83,7 @@ impl Backend {
             .len()
     }
 
-    async fn source_sha256(&self, asset: uuid::Uuid) -> String {
+    pub(super) async fn source_sha256(&self, asset: uuid::Uuid) -> String {
         let body = self
             .store()
             .await

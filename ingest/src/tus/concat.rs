@@ -1,0 +1,492 @@
+//! The tus concatenation extension: a client splits a file, uploads the
+//! pieces in parallel as *partial* uploads (`Upload-Concat: partial`), then
+//! creates the *final* upload (`Upload-Concat: final;<url> <url> ...`) that
+//! names them in order. This is how tus clients go faster than one PATCH at
+//! a time (tus-js-client's `parallelUploads`): an S3 store takes each part
+//! only after it has received all of it, so one stream waits on every part
+//! while several keep the store busy.
+//!
+//! A partial upload is an ordinary upload without an asset: its PATCHes go
+//! into a multipart upload of its own object (`uploads/{id}/data`), and on
+//! completion it waits, still expiring, for a final upload to take it. The
+//! final upload takes (claims) every partial in one transaction, so a
+//! partial serves one final only; it creates the asset and answers at once,
+//! since the bytes are already durable. Its assembly then runs like any
+//! other (state `assembling`, under a lease, finished by the sweeper if the
+//! replica dies): the partials are copied into the asset's source inside
+//! the store (UploadPartCopy, several at a time), or streamed through when
+//! S3's part sizes forbid a copy (a partial under 5 MiB that is not the
+//! last), and deleted. The probe follows as for any upload.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cascade_platform::storage::{MAX_PART_NUMBER, MAX_PART_SIZE, MIN_PART_SIZE};
+use cascade_schemas::ObjectKey;
+use futures::{StreamExt, TryStreamExt};
+
+use super::{header, staged_reader, upload_asset, upload_metadata, Assembly, TUS_VERSION};
+use crate::api::AppState;
+use crate::error::ApiError;
+
+/// Most partial uploads one final upload may name (S3 allows 10,000
+/// parts; a thousand is far more than any client splits a file into).
+const MAX_PARTIALS: usize = 1000;
+/// UploadPartCopy requests in flight while assembling a final upload.
+const COPY_CONCURRENCY: usize = 4;
+
+/// What `Upload-Concat` asks for at creation.
+pub(super) enum Requested {
+    /// An ordinary upload.
+    None,
+    /// A partial upload.
+    Partial,
+    /// A final upload of these partial uploads, in order.
+    Final(Vec<uuid::Uuid>),
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_upload_concat", message)
+}
+
+/// Parses `Upload-Concat`: `partial`, or `final;` and the partial uploads'
+/// URLs (absolute or paths) separated by spaces.
+pub(super) fn requested(headers: &HeaderMap) -> Result<Requested, ApiError> {
+    let Some(raw) = headers.get("upload-concat") else {
+        return Ok(Requested::None);
+    };
+    let raw = raw
+        .to_str()
+        .map_err(|_| invalid("Upload-Concat must be ASCII"))?
+        .trim();
+    if raw == "partial" {
+        return Ok(Requested::Partial);
+    }
+    let Some(list) = raw.strip_prefix("final;") else {
+        return Err(invalid(
+            "Upload-Concat must be `partial` or `final;` followed by the partial uploads' URLs",
+        ));
+    };
+    let urls: Vec<&str> = list.split_whitespace().collect();
+    if urls.is_empty() {
+        return Err(invalid(
+            "a final upload must name at least one partial upload",
+        ));
+    }
+    if urls.len() > MAX_PARTIALS {
+        return Err(invalid(format!(
+            "a final upload may name at most {MAX_PARTIALS} partial uploads"
+        )));
+    }
+    let mut ids = Vec::with_capacity(urls.len());
+    for url in urls {
+        let id = url
+            .rsplit_once("/v1/uploads/")
+            .and_then(|(_, id)| id.trim_end_matches('/').parse::<uuid::Uuid>().ok())
+            .ok_or_else(|| invalid(format!("{url:?} is not an upload URL of this server")))?;
+        if ids.contains(&id) {
+            return Err(invalid(format!("{url:?} is named twice")));
+        }
+        ids.push(id);
+    }
+    Ok(Requested::Final(ids))
+}
+
+/// The `Upload-Concat` a HEAD reports, if the upload takes part in one.
+pub(super) fn header_value(
+    state: &AppState,
+    concat: &str,
+    partial_ids: &[uuid::Uuid],
+) -> Option<String> {
+    match concat {
+        "partial" => Some("partial".to_owned()),
+        "final" => Some(format!(
+            "final;{}",
+            partial_ids
+                .iter()
+                .map(|id| state.url(&format!("/v1/uploads/{id}")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )),
+        _ => None,
+    }
+}
+
+/// The lengths of the partial uploads `ids`, in order, if a final upload
+/// may take them all: each a complete, unexpired partial that no final
+/// upload took yet. Otherwise the reason, naming the upload.
+async fn partial_lengths(state: &AppState, ids: &[uuid::Uuid]) -> Result<Vec<u64>, ApiError> {
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, concat, state, claimed_by IS NOT NULL, expires_at < now(), \"offset\", length
+             FROM uploads WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    drop(client);
+    let mut lengths = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(row) = rows.iter().find(|r| r.get::<_, uuid::Uuid>(0) == *id) else {
+            return Err(ApiError::bad_request(
+                "invalid_partial_upload",
+                format!("upload {id} does not exist"),
+            ));
+        };
+        let (concat, upload_state, claimed, expired): (String, String, bool, bool) =
+            (row.get(1), row.get(2), row.get(3), row.get(4));
+        let (offset, length): (i64, i64) = (row.get(5), row.get(6));
+        if concat != "partial" {
+            return Err(ApiError::bad_request(
+                "invalid_partial_upload",
+                format!("upload {id} is not a partial upload (create those with Upload-Concat: partial)"),
+            ));
+        }
+        if claimed {
+            return Err(ApiError::Conflict {
+                code: "partial_upload_used",
+                message: format!("partial upload {id} belongs to another final upload"),
+            });
+        }
+        if expired {
+            return Err(ApiError::bad_request(
+                "invalid_partial_upload",
+                format!("partial upload {id} expired"),
+            ));
+        }
+        if upload_state != "complete" {
+            return Err(ApiError::bad_request(
+                "partial_upload_incomplete",
+                format!("partial upload {id} is not complete: {offset} of {length} bytes received"),
+            ));
+        }
+        lengths.push(u64::try_from(length).unwrap_or(0));
+    }
+    Ok(lengths)
+}
+
+/// `POST /v1/uploads` with `Upload-Concat: final;...`: takes the partial
+/// uploads, creates the asset and the final upload (complete at once), and
+/// starts its assembly.
+pub(super) async fn create_final(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    partials: Vec<uuid::Uuid>,
+) -> Result<Response, ApiError> {
+    let (raw_metadata, metadata) = upload_metadata(headers)?;
+    // Checked before the asset exists, so a refused request leaves nothing.
+    let length: u64 = partial_lengths(state, &partials).await?.iter().sum();
+    let max = state.config.max_upload_size.0;
+    if length > max {
+        return Err(ApiError::TooLarge { max });
+    }
+    let named_asset = metadata.contains_key("asset_id");
+    let asset = upload_asset(state, &metadata).await?;
+    let id = uuid::Uuid::new_v4();
+    let expiry_ms = state.config.upload_expiry.as_millis() as f64;
+    let created = async {
+        let mut client = state.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO uploads (id, asset_id, length, \"offset\", state, metadata, expires_at, concat, partial_ids)
+             VALUES ($1, $2, $3, $3, 'assembling', $4, now() + $5::float8 * interval '1 millisecond', 'final', $6)",
+            &[&id, &asset.as_uuid(), &(length as i64), &serde_json::json!({ "raw": raw_metadata, "values": metadata }),
+              &expiry_ms, &partials],
+        )
+        .await?;
+        // One statement takes them all, or none: a partial serves one final.
+        let claimed = tx
+            .execute(
+                "UPDATE uploads SET claimed_by = $1, updated_at = now()
+                 WHERE id = ANY($2) AND concat = 'partial' AND state = 'complete'
+                   AND claimed_by IS NULL AND expires_at > now()",
+                &[&id, &partials],
+            )
+            .await?;
+        if claimed as usize != partials.len() {
+            // Another final took one meanwhile (or it expired): say which.
+            drop(tx);
+            partial_lengths(state, &partials).await?;
+            return Err(ApiError::Conflict {
+                code: "partial_upload_used",
+                message: "a partial upload was taken by another request meanwhile".to_owned(),
+            });
+        }
+        tx.commit().await?;
+        Ok::<(), ApiError>(())
+    }
+    .await;
+    if let Err(error) = created {
+        if !named_asset {
+            // The asset made for this request would wait for a source forever.
+            if let Ok(client) = state.pool.get().await {
+                let _ = client
+                    .execute("DELETE FROM assets WHERE id = $1", &[&asset.as_uuid()])
+                    .await;
+            }
+        }
+        return Err(error);
+    }
+    let background = Arc::clone(state);
+    tokio::spawn(async move {
+        if let Err(error) = super::assemble(&background, id).await {
+            tracing::warn!(upload = %id, error = %error, "cannot assemble the final upload; the sweeper retries");
+        }
+    });
+    let mut response = StatusCode::CREATED.into_response();
+    header(
+        &mut response,
+        "location",
+        &state.url(&format!("/v1/uploads/{id}")),
+    );
+    header(&mut response, "tus-resumable", TUS_VERSION);
+    header(&mut response, "cascade-asset-id", &asset.to_string());
+    Ok(response)
+}
+
+/// Whether S3 lets the pieces be copied as parts as they are: every part
+/// at most 5 GiB, and all but the last at least 5 MiB.
+fn copyable(pieces: &[(ObjectKey, u64)]) -> bool {
+    match pieces.split_last() {
+        None => false,
+        Some(((_, last), rest)) => {
+            pieces.len() <= MAX_PART_NUMBER as usize
+                && *last <= MAX_PART_SIZE
+                && rest
+                    .iter()
+                    .all(|(_, n)| (MIN_PART_SIZE..=MAX_PART_SIZE).contains(n))
+        }
+    }
+}
+
+/// Makes a final upload's source from its partials, then deletes them.
+/// Idempotent: a source already there at its full length is kept (a
+/// previous assembly got that far), and deleting is repeatable.
+pub(super) async fn finish_final(state: &AppState, upload: &Assembly) -> Result<(), ApiError> {
+    let key = &upload.destination;
+    let whole = matches!(state.store.head(key).await, Ok(meta) if meta.size == upload.length);
+    if !whole {
+        let client = state.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, length FROM uploads WHERE id = ANY($1) AND claimed_by = $2",
+                &[&upload.partial_ids, &upload.id],
+            )
+            .await?;
+        drop(client);
+        let mut pieces = Vec::with_capacity(upload.partial_ids.len());
+        for partial in &upload.partial_ids {
+            let length = rows
+                .iter()
+                .find(|r| r.get::<_, uuid::Uuid>(0) == *partial)
+                .map(|r| u64::try_from(r.get::<_, i64>(1)).unwrap_or(0))
+                .ok_or_else(|| {
+                    ApiError::Internal(format!(
+                        "partial upload {partial} of final upload {} is gone",
+                        upload.id
+                    ))
+                })?;
+            // Empty partials add nothing (and S3 cannot copy an empty part).
+            if length > 0 {
+                pieces.push((ObjectKey::upload_data(*partial), length));
+            }
+        }
+        let started = std::time::Instant::now();
+        let copied = copyable(&pieces);
+        if copied {
+            copy_parts(state, key, &pieces).await?;
+        } else {
+            let keys = pieces.iter().map(|(k, _)| k.as_str().to_owned()).collect();
+            let mut reader = staged_reader(state.store.clone(), keys);
+            let stored = state
+                .store
+                .put(key, &mut reader)
+                .await
+                .map_err(super::storage_error)?;
+            if stored != upload.length {
+                return Err(ApiError::Internal(format!(
+                    "the partial uploads hold {stored} bytes, not {}",
+                    upload.length
+                )));
+            }
+        }
+        tracing::info!(
+            upload = %upload.id,
+            partials = pieces.len(),
+            bytes = upload.length,
+            how = if copied { "copied in the store" } else { "streamed" },
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "assembled the final upload"
+        );
+    }
+    for partial in &upload.partial_ids {
+        state
+            .store
+            .delete_prefix(&ObjectKey::upload_prefix(*partial))
+            .await?;
+    }
+    state
+        .pool
+        .get()
+        .await?
+        .execute(
+            "DELETE FROM uploads WHERE id = ANY($1) AND claimed_by = $2",
+            &[&upload.partial_ids, &upload.id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// One multipart upload of `key` whose parts are copies of `pieces`, made
+/// by the store, several at a time.
+async fn copy_parts(
+    state: &AppState,
+    key: &ObjectKey,
+    pieces: &[(ObjectKey, u64)],
+) -> Result<(), ApiError> {
+    let upload_id = state.store.create_multipart(key).await?;
+    let copies: Vec<_> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, (source, length))| {
+            let number = i as u32 + 1;
+            let (store, key, upload_id) = (state.store.clone(), key.clone(), upload_id.clone());
+            let (source, length) = (source.clone(), *length);
+            async move {
+                store
+                    .upload_part_copy(&key, &upload_id, number, &source, length)
+                    .await
+                    .map(|etag| (number, etag))
+            }
+        })
+        .collect();
+    let copied = futures::stream::iter(copies)
+        .buffered(COPY_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await;
+    let completed = match copied {
+        Ok(parts) => {
+            state
+                .store
+                .complete_multipart(key, &upload_id, &parts)
+                .await
+        }
+        Err(error) => Err(error),
+    };
+    if let Err(error) = completed {
+        if let Err(abort) = state.store.abort_multipart(key, &upload_id).await {
+            tracing::warn!(key = %key, error = %abort, "cannot abort the copy's multipart upload");
+        }
+        return Err(error.into());
+    }
+    Ok(())
+}
+
+/// Terminates a complete partial upload no final upload took: the row
+/// first, so no final can take it while its bytes go.
+pub(super) async fn terminate_complete_partial(
+    state: &AppState,
+    id: uuid::Uuid,
+) -> Result<(), ApiError> {
+    let deleted = state
+        .pool
+        .get()
+        .await?
+        .execute(
+            "DELETE FROM uploads WHERE id = $1 AND concat = 'partial' AND state = 'complete' AND claimed_by IS NULL",
+            &[&id],
+        )
+        .await?;
+    if deleted == 0 {
+        return Err(ApiError::Conflict {
+            code: "partial_upload_used",
+            message: "a final upload has taken this partial upload".to_owned(),
+        });
+    }
+    state
+        .store
+        .delete_prefix(&ObjectKey::upload_prefix(id))
+        .await?;
+    Ok(())
+}
+
+/// Removes complete partial uploads that expired before any final upload
+/// took them; returns how many. Bytes first (a failure leaves the row for
+/// the next sweep); no final can take them meanwhile, as finals take only
+/// unexpired partials.
+pub(super) async fn delete_expired_partials(state: &AppState) -> Result<usize, ApiError> {
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id FROM uploads WHERE concat = 'partial' AND state = 'complete'
+               AND claimed_by IS NULL AND expires_at < now()",
+            &[],
+        )
+        .await?;
+    drop(client);
+    for row in &rows {
+        let id: uuid::Uuid = row.get(0);
+        state
+            .store
+            .delete_prefix(&ObjectKey::upload_prefix(id))
+            .await?;
+        state
+            .pool
+            .get()
+            .await?
+            .execute(
+                "DELETE FROM uploads WHERE id = $1 AND claimed_by IS NULL AND expires_at < now()",
+                &[&id],
+            )
+            .await?;
+    }
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("upload-concat", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn upload_concat_parses_partial_and_final_lists() {
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        assert!(matches!(requested(&HeaderMap::new()), Ok(Requested::None)));
+        assert!(matches!(
+            requested(&headers("partial")),
+            Ok(Requested::Partial)
+        ));
+        let list = format!("final;https://x.example/base/v1/uploads/{a} /v1/uploads/{b}");
+        match requested(&headers(&list)) {
+            Ok(Requested::Final(ids)) => assert_eq!(ids, vec![a, b]),
+            _ => panic!("final list not parsed"),
+        }
+        for bad in [
+            "final;".to_owned(),
+            "final; ".to_owned(),
+            "full".to_owned(),
+            format!("final;/v1/assets/{a}"),
+            "final;/v1/uploads/not-a-uuid".to_owned(),
+            format!("final;/v1/uploads/{a} /v1/uploads/{a}"),
+        ] {
+            assert!(requested(&headers(&bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn copies_only_what_s3_part_sizes_allow() {
+        let key = |n: u32| ObjectKey::upload_data(uuid::Uuid::from_u128(n.into()));
+        let mib = 1024 * 1024;
+        assert!(copyable(&[(key(1), 8 * mib), (key(2), 1)]));
+        assert!(copyable(&[(key(1), 1)]));
+        assert!(!copyable(&[]));
+        assert!(!copyable(&[(key(1), 4 * mib), (key(2), 8 * mib)]));
+        assert!(!copyable(&[(key(1), MAX_PART_SIZE + 1)]));
+    }
+}
