@@ -1,15 +1,24 @@
 //! `cascade bench upload`: a generated file (1 GiB by default) through the
 //! ingest API into the S3 store, by tus (8 MiB PATCHes) and by simple
 //! upload, against a real `cascade serve --roles ingest` child process; and
-//! in the same run a direct aws-sdk-s3 multipart put of the same bytes.
+//! in the same run a direct aws-sdk-s3 multipart put of the same bytes (the
+//! store's `put`: in-memory parts, signed payloads, `upload_concurrency` in
+//! flight), the peer. For context it also puts the file as streamed parts
+//! (no payload hashing, like ingest's) with as many and with one in flight
+//! (the floor of a client sending one PATCH at a time).
+//!
+//! tus runs two ways: one PATCH at a time, timed to the last PATCH's 204,
+//! and as `--parallel` partial uploads joined by a final upload (the
+//! concatenation extension, as tus-js-client's `parallelUploads`), timed to
+//! the final upload's 201; both are durable then, and both are also timed
+//! to the end of the probe that follows. The data is random, so the probe
+//! refuses it after the transfer (422 / errored): the transfer is measured.
+//!
 //! Prints MB/s for each and the ratio to the direct put (medians over
 //! rounds; each round runs every method once, in a rotating order, and its
 //! ratios are to that round's direct put, since the store's speed drifts by
 //! 20% on a shared 2-core machine), and the ingest process's peak RSS
-//! (VmHWM). An unmeasured put first lets the store allocate its volumes. tus is timed to the final PATCH's 204
-//! (the bytes are in the store; the probe runs after the response) and, for
-//! the record, to the end of that probe. The data is random, so the probe
-//! refuses it after the transfer (422 / errored): the transfer is measured.
+//! (VmHWM). An unmeasured put first lets the store allocate its volumes.
 
 use std::io::Write;
 use std::path::Path;
@@ -21,6 +30,7 @@ use cascade_platform::config::ByteSize;
 use cascade_platform::{Config, ObjectStore};
 use cascade_schemas::ObjectKey;
 use clap::Args;
+use futures::{StreamExt, TryStreamExt};
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -50,6 +60,7 @@ pub struct UploadBenchArgs {
 #[derive(Debug, Clone, Copy)]
 enum Method {
     Direct,
+    DirectStreamed,
     SequentialParts,
     Tus,
     TusParallel,
@@ -57,8 +68,9 @@ enum Method {
 }
 
 impl Method {
-    const ALL: [Method; 5] = [
+    const ALL: [Method; 6] = [
         Method::Direct,
+        Method::DirectStreamed,
         Method::SequentialParts,
         Method::Tus,
         Method::TusParallel,
@@ -68,6 +80,7 @@ impl Method {
     fn name(self) -> &'static str {
         match self {
             Method::Direct => "direct",
+            Method::DirectStreamed => "direct streamed",
             Method::SequentialParts => "sequential parts",
             Method::Tus => "tus",
             Method::TusParallel => "parallel tus",
@@ -80,6 +93,7 @@ impl Method {
 #[derive(Debug, Clone, Copy)]
 enum Figure {
     Direct,
+    DirectStreamed,
     SequentialParts,
     Tus,
     TusProbed,
@@ -89,8 +103,9 @@ enum Figure {
 }
 
 impl Figure {
-    const ALL: [Figure; 7] = [
+    const ALL: [Figure; 8] = [
         Figure::Direct,
+        Figure::DirectStreamed,
         Figure::SequentialParts,
         Figure::Tus,
         Figure::TusProbed,
@@ -102,6 +117,7 @@ impl Figure {
     fn short(self) -> &'static str {
         match self {
             Figure::Direct => "direct",
+            Figure::DirectStreamed => "direct streamed",
             Figure::SequentialParts => "sequential parts",
             Figure::Tus => "tus",
             Figure::TusProbed => "tus to the probe's end",
@@ -114,7 +130,8 @@ impl Figure {
     fn label(self) -> &'static str {
         match self {
             Figure::Direct => "direct S3 multipart put",
-            Figure::SequentialParts => "direct put, sequential parts",
+            Figure::DirectStreamed => "direct put, streamed parts",
+            Figure::SequentialParts => "direct put, streamed, one by one",
             Figure::Tus => "tus, one PATCH at a time (204)",
             Figure::TusProbed => "  to the probe's end",
             Figure::TusParallel => "tus, parallel partials (final 201)",
@@ -133,6 +150,8 @@ struct Bench<'a> {
     size: u64,
     chunk: u64,
     parallel: u64,
+    /// Parts the direct put keeps in flight (`storage.upload_concurrency`).
+    in_flight: usize,
 }
 
 impl Bench<'_> {
@@ -150,11 +169,29 @@ impl Bench<'_> {
                 store.delete(&key).await?;
                 vec![(Figure::Direct, seconds)]
             }
+            Method::DirectStreamed => {
+                // Parts streamed from the file without payload hashing, as
+                // ingest streams PATCH bodies, as many in flight as the
+                // direct put: the store's pace without the SDK's SHA-256.
+                let key = ObjectKey::scratch(uuid::Uuid::new_v4());
+                let seconds = streamed_parts(
+                    store,
+                    &key,
+                    self.data,
+                    self.size,
+                    self.chunk,
+                    self.in_flight,
+                )
+                .await?;
+                store.delete(&key).await?;
+                vec![(Figure::DirectStreamed, seconds)]
+            }
             Method::SequentialParts => {
                 // The same parts one after another, as tus's one-PATCH-at-a-time
                 // protocol must send them: the floor for tus against this store.
                 let key = ObjectKey::scratch(uuid::Uuid::new_v4());
-                let seconds = serial_parts(store, &key, self.data, self.size, self.chunk).await?;
+                let seconds =
+                    streamed_parts(store, &key, self.data, self.size, self.chunk, 1).await?;
                 store.delete(&key).await?;
                 vec![(Figure::SequentialParts, seconds)]
             }
@@ -224,28 +261,39 @@ async fn wait_probed(client: &reqwest::Client, base: &str, asset: &str) -> anyho
     bail!("asset {asset} was not probed within 120 s")
 }
 
-/// A multipart put of `path` in `chunk`-sized parts, one at a time; seconds.
-async fn serial_parts(
+/// A multipart put of `path` in `chunk`-sized parts streamed from the file
+/// (as ingest streams PATCH bodies: no payload hashing), `in_flight` at a
+/// time; seconds.
+async fn streamed_parts(
     store: &ObjectStore,
     key: &ObjectKey,
     path: &Path,
     size: u64,
     chunk: u64,
+    in_flight: usize,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
     let upload = store.create_multipart(key).await?;
-    let mut file = tokio::fs::File::open(path).await?;
-    let mut parts = Vec::new();
-    let mut offset = 0;
-    while offset < size {
-        let length = chunk.min(size - offset);
-        let number = parts.len() as u32 + 1;
-        let etag = store
-            .upload_part(key, &upload, number, length, &mut file)
-            .await?;
-        parts.push((number, etag));
-        offset += length;
-    }
+    let parts: Vec<_> = (0..size.div_ceil(chunk))
+        .map(|i| {
+            let (store, key, upload) = (store.clone(), key.clone(), upload.clone());
+            async move {
+                let start = i * chunk;
+                let mut file = tokio::fs::File::open(path).await?;
+                file.seek(std::io::SeekFrom::Start(start)).await?;
+                let number = u32::try_from(i + 1)?;
+                let length = chunk.min(size - start);
+                let etag = store
+                    .upload_part(&key, &upload, number, length, &mut file)
+                    .await?;
+                Ok::<_, anyhow::Error>((number, etag))
+            }
+        })
+        .collect();
+    let parts: Vec<(u32, String)> = futures::stream::iter(parts)
+        .buffered(in_flight.max(1))
+        .try_collect()
+        .await?;
     store.complete_multipart(key, &upload, &parts).await?;
     Ok(started.elapsed().as_secs_f64())
 }
@@ -553,6 +601,7 @@ pub async fn run(args: UploadBenchArgs, config: Config) -> anyhow::Result<ExitCo
                     size,
                     chunk: args.chunk.0,
                     parallel: args.parallel.max(1),
+                    in_flight: config.storage.upload_concurrency,
                 };
                 for (figure, seconds) in bench.run(method).await? {
                     this_round[figure as usize] = mb / seconds;
@@ -590,6 +639,7 @@ pub async fn run(args: UploadBenchArgs, config: Config) -> anyhow::Result<ExitCo
         let note = match figure {
             Figure::SequentialParts => "  (the floor of tus one PATCH at a time)".to_owned(),
             Figure::TusParallel | Figure::Simple => format!("  (target >= {TARGET_RATIO:.2}x)"),
+            Figure::DirectStreamed => "  (no payload hashing, as ingest's parts)".to_owned(),
             Figure::Direct | Figure::TusProbed | Figure::Tus | Figure::TusParallelProbed => {
                 String::new()
             }

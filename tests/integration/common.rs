@@ -267,6 +267,23 @@ pub fn repo_root() -> PathBuf {
 
 /// The generated fixtures (fixtures/generate.sh is idempotent and locks
 /// against concurrent callers).
+/// The 20 s 1080p30 fixture (about 13 MB), generated on first use: not
+/// part of the default fixture set.
+pub fn bench_fixture() -> PathBuf {
+    static GENERATE: std::sync::Once = std::sync::Once::new();
+    let dir = fixtures_dir();
+    GENERATE.call_once(|| {
+        let status = Command::new(repo_root().join("fixtures/generate.sh"))
+            .arg("--bench")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run fixtures/generate.sh --bench");
+        assert!(status.success(), "fixtures/generate.sh --bench failed");
+    });
+    dir.join("bench_1080p30_20s.mp4")
+}
+
 pub fn fixtures_dir() -> PathBuf {
     static GENERATE: std::sync::Once = std::sync::Once::new();
     let dir = repo_root().join(".data/fixtures");

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -161,20 +160,9 @@ async fn transcoded() -> Published {
     transcoded_file(&fixtures_dir().join("tiny_320x180_stereo.mp4")).await
 }
 
-/// The 20 s 1080p fixture (generated on first use), long enough for players.
+/// The 20 s 1080p fixture, long enough for players.
 fn long_fixture() -> PathBuf {
-    static GENERATE: Once = Once::new();
-    let dir = fixtures_dir();
-    GENERATE.call_once(|| {
-        let status = Command::new(repo_root().join("fixtures/generate.sh"))
-            .arg("--bench")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .status()
-            .expect("run fixtures/generate.sh --bench");
-        assert!(status.success(), "fixtures/generate.sh --bench failed");
-    });
-    dir.join("bench_1080p30_20s.mp4")
+    crate::common::bench_fixture()
 }
 
 /// Imports and really transcodes `path`.

@@ -630,6 +630,7 @@ impl std::io::Seek for CountingReader {
 fn the_probe_over_a_reader_agrees_with_the_file_probe_and_reads_little() {
     use cascade_workers::transcode::pipeline::{probe_file, probe_reader};
     let config = TranscodeConfig::default();
+    let large = crate::common::bench_fixture();
     let dir = fixtures_dir();
     let mut names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -659,7 +660,7 @@ fn the_probe_over_a_reader_agrees_with_the_file_probe_and_reads_little() {
         );
         let size = std::fs::metadata(&path).unwrap().len();
         let read = read.load(std::sync::atomic::Ordering::Relaxed);
-        if path.file_name().and_then(|n| n.to_str()) == Some("bench_1080p30_20s.mp4") {
+        if path == large {
             assert!(by_reader.is_ok());
             large_checked = true;
             assert!(

@@ -92,11 +92,11 @@ async fn count(db: &TestDb, sql: &str) -> i64 {
 /// A real video cut in `cuts`, uploaded as partials, named by a final
 /// upload: the source is the file byte for byte, the probe accepts it, and
 /// the partials are gone (rows, objects, multipart uploads).
-async fn partials_make_the_exact_source(backend: Backend, name: &str, cuts: &[usize]) {
+async fn partials_make_the_exact_source(backend: Backend, file: &std::path::Path, cuts: &[usize]) {
     let db = fresh_db().await;
     let server = backend.start(&db, &[]);
     let addr = server.addr;
-    let data = std::fs::read(fixture(name)).unwrap();
+    let data = std::fs::read(file).unwrap();
     let mut bounds = vec![0];
     bounds.extend_from_slice(cuts);
     bounds.push(data.len());
@@ -193,7 +193,7 @@ async fn partials_make_the_exact_source(backend: Backend, name: &str, cuts: &[us
 async fn partials_are_copied_into_the_exact_source_local() {
     partials_make_the_exact_source(
         Backend::local(),
-        "bench_1080p30_20s.mp4",
+        &crate::common::bench_fixture(),
         &[6 * MIB, 12 * MIB],
     )
     .await
@@ -201,8 +201,12 @@ async fn partials_are_copied_into_the_exact_source_local() {
 
 #[tokio::test]
 async fn partials_are_copied_into_the_exact_source_s3() {
-    partials_make_the_exact_source(Backend::s3(), "bench_1080p30_20s.mp4", &[6 * MIB, 12 * MIB])
-        .await
+    partials_make_the_exact_source(
+        Backend::s3(),
+        &crate::common::bench_fixture(),
+        &[6 * MIB, 12 * MIB],
+    )
+    .await
 }
 
 /// Partials under S3's 5 MiB part minimum: streamed into the source.
@@ -210,7 +214,7 @@ async fn partials_are_copied_into_the_exact_source_s3() {
 async fn small_partials_are_streamed_into_the_exact_source_s3() {
     partials_make_the_exact_source(
         Backend::s3(),
-        "landscape_1080p30_stereo.mp4",
+        &fixture("landscape_1080p30_stereo.mp4"),
         &[100_000, 1_500_000],
     )
     .await
@@ -329,7 +333,7 @@ async fn tus_js_client_parallel_uploads_make_the_exact_source() {
     let db = fresh_db().await;
     let backend = Backend::s3();
     let server = backend.start(&db, &[]);
-    let file = fixture("bench_1080p30_20s.mp4");
+    let file = crate::common::bench_fixture();
     let output = std::process::Command::new("node")
         .arg(crate::common::repo_root().join("tests/clients/tus_parallel.mjs"))
         .args([
