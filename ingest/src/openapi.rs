@@ -301,11 +301,13 @@ mod tests {
         assert_eq!(headers["Tus-Max-Size"]["schema"], non_negative);
 
         let create = &doc["paths"]["/v1/uploads"]["post"];
+        // Not required: a final upload (concatenation) has none.
         let length = param(create, "Upload-Length");
         assert_eq!(
             (&length["required"], &length["schema"]),
-            (&json!(true), &non_negative)
+            (&json!(false), &non_negative)
         );
+        assert_eq!(param(create, "Upload-Concat")["required"], json!(false));
         assert_eq!(param(create, "Upload-Metadata")["required"], json!(false));
         assert_eq!(
             param(create, "Upload-Metadata")["schema"],
@@ -339,6 +341,7 @@ mod tests {
         assert_eq!(state["Upload-Offset"]["schema"], non_negative);
         assert_eq!(state["Upload-Length"]["schema"], non_negative);
         assert!(state["Upload-Expires"].is_object() && state["Cache-Control"].is_object());
+        assert!(state["Upload-Concat"].is_object());
         // HEAD responses have no body.
         assert!(head["responses"]["404"].get("content").is_none());
 
@@ -361,7 +364,10 @@ mod tests {
         );
         assert_eq!(
             statuses(patch),
-            ["204", "400", "401", "404", "408", "409", "412", "413", "415", "423", "429", "460"]
+            [
+                "204", "400", "401", "403", "404", "408", "409", "412", "413", "415", "423", "429",
+                "460"
+            ]
         );
         assert_eq!(
             patch["responses"]["204"]["headers"]["Upload-Offset"]["schema"],
