@@ -123,6 +123,18 @@ fn parse_metadata(raw: &str) -> Result<serde_json::Map<String, serde_json::Value
     Ok(out)
 }
 
+/// A 201 for upload `id`, with its `Location`.
+fn created(state: &AppState, id: uuid::Uuid) -> Response {
+    let mut response = StatusCode::CREATED.into_response();
+    header(
+        &mut response,
+        "location",
+        &state.url(&format!("/v1/uploads/{id}")),
+    );
+    header(&mut response, "tus-resumable", TUS_VERSION);
+    response
+}
+
 /// The raw `Upload-Metadata` header (kept to echo on HEAD) and its values.
 fn upload_metadata(
     headers: &HeaderMap,
@@ -254,13 +266,7 @@ pub async fn create(
     if with_body {
         offset = Some(write_chunk(&state, id, 0, &headers, body).await?.0);
     }
-    let mut response = StatusCode::CREATED.into_response();
-    header(
-        &mut response,
-        "location",
-        &state.url(&format!("/v1/uploads/{id}")),
-    );
-    header(&mut response, "tus-resumable", TUS_VERSION);
+    let mut response = created(&state, id);
     header(&mut response, "upload-expires", &http_date(expires_at));
     if let Some(asset_id) = asset_id {
         header(&mut response, "cascade-asset-id", &asset_id.to_string());

@@ -20,13 +20,13 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use cascade_platform::storage::{MAX_PART_NUMBER, MAX_PART_SIZE, MIN_PART_SIZE};
 use cascade_schemas::ObjectKey;
 use futures::{StreamExt, TryStreamExt};
 
-use super::{header, staged_reader, upload_asset, upload_metadata, Assembly, TUS_VERSION};
+use super::{header, staged_reader, upload_asset, upload_metadata, Assembly};
 use crate::api::AppState;
 use crate::error::ApiError;
 
@@ -234,13 +234,7 @@ pub(super) async fn create_final(
             tracing::warn!(upload = %id, error = %error, "cannot assemble the final upload; the sweeper retries");
         }
     });
-    let mut response = StatusCode::CREATED.into_response();
-    header(
-        &mut response,
-        "location",
-        &state.url(&format!("/v1/uploads/{id}")),
-    );
-    header(&mut response, "tus-resumable", TUS_VERSION);
+    let mut response = super::created(state, id);
     header(&mut response, "cascade-asset-id", &asset.to_string());
     Ok(response)
 }

@@ -370,16 +370,7 @@ impl ObjectStore {
         length: u64,
         body: &mut (dyn AsyncRead + Unpin + Send),
     ) -> Result<String, StorageError> {
-        if !(1..=MAX_PART_NUMBER).contains(&part_number) {
-            return Err(StorageError::Permanent(format!(
-                "part number {part_number} is outside 1..={MAX_PART_NUMBER}"
-            )));
-        }
-        if length > MAX_PART_SIZE {
-            return Err(StorageError::Permanent(format!(
-                "a part of {length} bytes is over the {MAX_PART_SIZE} bytes allowed"
-            )));
-        }
+        check_part(part_number, length)?;
         match self {
             Self::Local(s) => {
                 s.upload_part(key, upload_id, part_number, length, body)
@@ -405,16 +396,7 @@ impl ObjectStore {
         source: &ObjectKey,
         length: u64,
     ) -> Result<String, StorageError> {
-        if !(1..=MAX_PART_NUMBER).contains(&part_number) {
-            return Err(StorageError::Permanent(format!(
-                "part number {part_number} is outside 1..={MAX_PART_NUMBER}"
-            )));
-        }
-        if length > MAX_PART_SIZE {
-            return Err(StorageError::Permanent(format!(
-                "a part of {length} bytes is over the {MAX_PART_SIZE} bytes allowed"
-            )));
-        }
+        check_part(part_number, length)?;
         match self {
             Self::Local(s) => {
                 let body = s.get(source, None).await?;
@@ -489,6 +471,21 @@ impl ObjectStore {
 }
 
 /// Reads from `reader` until `limit` bytes or end of input.
+/// What S3 refuses of any part, checked before a request is sent.
+fn check_part(part_number: u32, length: u64) -> Result<(), StorageError> {
+    if !(1..=MAX_PART_NUMBER).contains(&part_number) {
+        return Err(StorageError::Permanent(format!(
+            "part number {part_number} is outside 1..={MAX_PART_NUMBER}"
+        )));
+    }
+    if length > MAX_PART_SIZE {
+        return Err(StorageError::Permanent(format!(
+            "a part of {length} bytes is over the {MAX_PART_SIZE} bytes allowed"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) async fn read_chunk(
     reader: &mut (dyn AsyncRead + Unpin + Send),
     limit: usize,
