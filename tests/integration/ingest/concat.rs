@@ -381,3 +381,65 @@ async fn only_asset(db: &TestDb) -> uuid::Uuid {
         .unwrap()
         .get(0)
 }
+
+/// A replica that died right after creating a final upload leaves it in
+/// `assembling` with no lease: the sweeper assembles and probes it.
+#[tokio::test]
+async fn the_sweeper_assembles_a_final_upload_whose_replica_died() {
+    let db = fresh_db().await;
+    let backend = Backend::local();
+    let server = backend.start(&db, &[("CASCADE_INGEST__CLEANUP_INTERVAL", "\"200ms\"")]);
+    let file = fixture("landscape_1080p30_stereo.mp4");
+    let data = std::fs::read(&file).unwrap();
+    let cut = data.len() / 3;
+    let partials: Vec<uuid::Uuid> = [&data[..cut], &data[cut..]]
+        .into_iter()
+        .map(|piece| {
+            partial_upload(server.addr, piece)
+                .trim_start_matches("/v1/uploads/")
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let (status, _, body) = http(server.addr, "POST", "/v1/assets", &[AUTH], b"");
+    assert_eq!(status, 201, "{body}");
+    let asset: uuid::Uuid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // What create_final commits before its response.
+    let final_id = uuid::Uuid::new_v4();
+    let client = db.pool.get().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO uploads (id, asset_id, length, \"offset\", state, expires_at, concat, partial_ids)
+             VALUES ($1, $2, $3, $3, 'assembling', now() + interval '1 hour', 'final', $4)",
+            &[&final_id, &asset, &(data.len() as i64), &partials],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE uploads SET claimed_by = $1 WHERE id = ANY($2)",
+            &[&final_id, &partials],
+        )
+        .await
+        .unwrap();
+    let state = eventually(
+        "the sweeper's assembly",
+        Duration::from_secs(30),
+        || async {
+            let (state, error) = asset_state(&db, asset).await;
+            (state != "waiting").then_some((state, error))
+        },
+    )
+    .await;
+    assert_eq!(state.0, "processing", "{state:?}");
+    assert_eq!(backend.source_sha256(asset).await, super::sha256_of(&file));
+    eventually("the partials removed", Duration::from_secs(30), || async {
+        (count(&db, "SELECT count(*) FROM uploads WHERE concat = 'partial'").await == 0)
+            .then_some(())
+    })
+    .await;
+}
