@@ -140,6 +140,11 @@ pub struct StorageConfig {
     /// Parts uploaded at once per object. Memory per upload is bounded by
     /// `part_size * (upload_concurrency + 1)`. Default `4`.
     pub upload_concurrency: usize,
+    /// Local backend: multipart uploads and temporary files untouched this
+    /// long were abandoned by a process that died, and are removed (what
+    /// S3's lifecycle rule does for S3). Default `2days`.
+    #[serde(with = "humantime_serde")]
+    pub local_abandoned_after: Duration,
     /// The S3 backend; absent means the local backend.
     pub s3: Option<S3Config>,
 }
@@ -151,6 +156,7 @@ impl Default for StorageConfig {
             multipart_threshold: ByteSize::mib(16),
             part_size: ByteSize::mib(8),
             upload_concurrency: 4,
+            local_abandoned_after: Duration::from_secs(2 * 24 * 3600),
             s3: None,
         }
     }

@@ -13,6 +13,7 @@
 use std::io::{ErrorKind, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use cascade_schemas::ObjectKey;
@@ -32,6 +33,8 @@ const MULTIPART_DIR: &str = ".multipart";
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     root: Arc<PathBuf>,
+    /// Age at which [`Self::remove_abandoned_now`] takes leftovers.
+    abandoned_after: Duration,
 }
 
 fn io_error(key: &str, e: std::io::Error) -> StorageError {
@@ -54,7 +57,19 @@ impl LocalStore {
             .map_err(|e| io_error(&root.display().to_string(), e))?;
         Ok(Self {
             root: Arc::new(root.to_owned()),
+            abandoned_after: crate::config::StorageConfig::default().local_abandoned_after,
         })
+    }
+
+    /// Sets the age at which leftovers count as abandoned.
+    pub fn abandoning_after(mut self, age: Duration) -> Self {
+        self.abandoned_after = age;
+        self
+    }
+
+    /// [`Self::remove_abandoned`] with the configured age.
+    pub async fn remove_abandoned_now(&self) -> Result<usize, StorageError> {
+        self.remove_abandoned(self.abandoned_after).await
     }
 
     /// The root directory.
@@ -472,6 +487,33 @@ impl LocalStore {
         Ok(objects.len() as u64)
     }
 
+    /// Removes what a process that died left behind: multipart uploads
+    /// (their `.multipart/*` directories) and temporary files (`.partial/`)
+    /// not modified for `older_than`; returns how many. A live multipart
+    /// upload is touched by every part, so only abandoned ones are this old.
+    pub async fn remove_abandoned(&self, older_than: Duration) -> Result<usize, StorageError> {
+        let root = self.root.as_ref().clone();
+        let stale = tokio::task::spawn_blocking(move || abandoned_blocking(&root, older_than))
+            .await
+            .map_err(|e| StorageError::Permanent(format!("sweep task: {e}")))??;
+        for path in &stale {
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(path).await
+            } else {
+                fs::remove_file(path).await
+            };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&path.display().to_string(), e)),
+            }
+            if let Some(parent) = path.parent().filter(|p| p.ends_with(MULTIPART_DIR)) {
+                self.remove_empty_dirs(parent).await;
+            }
+        }
+        Ok(stale.len())
+    }
+
     /// See [`super::ObjectStore::ping`].
     pub async fn ping(&self) -> Result<(), StorageError> {
         let metadata = fs::metadata(self.root.join(PARTIAL_DIR))
@@ -486,6 +528,51 @@ impl LocalStore {
             )))
         }
     }
+}
+
+/// The multipart upload directories and temporary files under `root` not
+/// modified for `older_than`.
+fn abandoned_blocking(root: &Path, older_than: Duration) -> Result<Vec<PathBuf>, StorageError> {
+    let now = std::time::SystemTime::now();
+    let stale = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() >= older_than)
+    };
+    let children = |dir: &Path| -> Result<Vec<std::fs::DirEntry>, StorageError> {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| io_error(&dir.display().to_string(), e)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_error(&dir.display().to_string(), e)),
+        }
+    };
+    let mut out: Vec<PathBuf> = children(&root.join(PARTIAL_DIR))?
+        .into_iter()
+        .map(|e| e.path())
+        .filter(|p| stale(p))
+        .collect();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in children(&dir)? {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name();
+            if name == MULTIPART_DIR {
+                out.extend(
+                    children(&entry.path())?
+                        .into_iter()
+                        .map(|e| e.path())
+                        .filter(|p| stale(p)),
+                );
+            } else if !name.to_string_lossy().starts_with('.') {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
@@ -540,4 +627,59 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cascade_schemas::AssetId;
+
+    #[tokio::test]
+    async fn abandoned_multipart_uploads_and_temporary_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        let kept = ObjectKey::source(AssetId::new());
+        store.put(&kept, &mut &b"an object"[..]).await.unwrap();
+        let key = ObjectKey::source(AssetId::new());
+        let upload = store.create_multipart(&key).await.unwrap();
+        let etag = store
+            .upload_part(&key, &upload, 1, 3, &mut &b"abc"[..])
+            .await
+            .unwrap();
+        let temporary = dir.path().join(PARTIAL_DIR).join("left-by-a-crash");
+        std::fs::write(&temporary, b"half an object").unwrap();
+
+        // Recent ones may still be in use: kept.
+        assert_eq!(
+            store
+                .remove_abandoned(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(temporary.exists());
+        // Old enough (here: any age): the upload and the file go.
+        assert_eq!(store.remove_abandoned(Duration::ZERO).await.unwrap(), 2);
+        assert!(!temporary.exists());
+        let parent = store.path_of(key.as_str()).unwrap();
+        assert!(
+            !parent.parent().unwrap().join(MULTIPART_DIR).exists(),
+            "the emptied .multipart directory is removed too"
+        );
+        assert!(matches!(
+            store.complete_multipart(&key, &upload, &[(1, etag)]).await,
+            Err(StorageError::NotFound { .. })
+        ));
+        // Objects are never touched.
+        assert_eq!(
+            store
+                .get(&kept, None)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap(),
+            Bytes::from_static(b"an object")
+        );
+    }
 }

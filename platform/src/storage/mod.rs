@@ -249,7 +249,9 @@ impl ObjectStore {
                 s3::S3Store::connect(s3, PutTuning::from(config)).await?,
             )),
             None => Ok(Self::Local(
-                local::LocalStore::open(&config.local_root).await?,
+                local::LocalStore::open(&config.local_root)
+                    .await?
+                    .abandoning_after(config.local_abandoned_after),
             )),
         }
     }
@@ -458,6 +460,17 @@ impl ObjectStore {
         match self {
             Self::Local(s) => s.abort_multipart(key, upload_id).await,
             Self::S3(s) => s.abort_multipart(key, upload_id).await,
+        }
+    }
+
+    /// Removes multipart uploads and temporary files that a process which
+    /// died left behind; returns how many. The local backend sweeps its
+    /// directory (`storage.local_abandoned_after`); on S3 the bucket's
+    /// lifecycle rule does this, so there is nothing to do here.
+    pub async fn remove_abandoned(&self) -> Result<usize, StorageError> {
+        match self {
+            Self::Local(s) => s.remove_abandoned_now().await,
+            Self::S3(_) => Ok(0),
         }
     }
 
