@@ -35,14 +35,7 @@ impl Checks {
         status: Status,
         message: impl Into<String>,
     ) -> &mut Check {
-        self.0.push(Check {
-            id: id.to_owned(),
-            rendition: rendition.map(str::to_owned),
-            status,
-            message: message.into(),
-            expected: None,
-            measured: None,
-        });
+        self.0.push(Check::new(id, rendition, status, message));
         let last = self.0.len() - 1;
         &mut self.0[last]
     }

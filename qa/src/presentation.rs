@@ -60,14 +60,7 @@ impl Presentation {
         status: Status,
         message: impl Into<String>,
     ) {
-        self.checks.push(Check {
-            id: id.to_owned(),
-            rendition: rendition.map(str::to_owned),
-            status,
-            message: message.into(),
-            expected: None,
-            measured: None,
-        });
+        self.checks.push(Check::new(id, rendition, status, message));
     }
 }
 

@@ -30,6 +30,25 @@ pub struct Check {
     pub measured: Option<String>,
 }
 
+impl Check {
+    /// A check with no expected or measured value.
+    pub fn new(
+        id: &str,
+        rendition: Option<&str>,
+        status: Status,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.to_owned(),
+            rendition: rendition.map(str::to_owned),
+            status,
+            message: message.into(),
+            expected: None,
+            measured: None,
+        }
+    }
+}
+
 /// HLS or DASH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

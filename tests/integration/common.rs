@@ -82,6 +82,18 @@ where
     }
 }
 
+/// The single bigint a `SELECT count(*) ...` returns.
+pub async fn count(db: &TestDb, sql: &str) -> i64 {
+    db.pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Path of the `cascade` binary under test.
 pub fn cascade_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cascade"))

@@ -680,13 +680,7 @@ async fn expired_uploads_are_cleaned_up() {
         "the expired upload to be removed",
         Duration::from_secs(15),
         || async {
-            let client = db.pool.get().await.unwrap();
-            let n: i64 = client
-                .query_one("SELECT count(*) FROM uploads", &[])
-                .await
-                .unwrap()
-                .get(0);
-            (n == 0).then_some(())
+            (crate::common::count(&db, "SELECT count(*) FROM uploads").await == 0).then_some(())
         },
     )
     .await;

@@ -341,7 +341,7 @@ struct StaticServer {
 }
 
 impl StaticServer {
-    fn start(dir: &Path) -> Self {
+    async fn start(dir: &Path) -> Self {
         let port = free_port();
         let child = Command::new("python3")
             .args([
@@ -357,14 +357,17 @@ impl StaticServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 -m http.server");
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "static server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::common::eventually(
+            "the static server listening",
+            Duration::from_secs(15),
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
         Self { child, port }
     }
 
@@ -407,7 +410,7 @@ async fn damaged_outputs_are_caught_with_the_failing_check_named() {
     // The intact copy passes, so every failure below is the damage's doing.
     let intact = work.path().join("intact");
     copy_dir(&published, &intact);
-    let server = StaticServer::start(&intact);
+    let server = StaticServer::start(&intact).await;
     let (code, report, output) = run_qa(
         &server.url("master.m3u8"),
         &source,
@@ -503,7 +506,7 @@ async fn damaged_outputs_are_caught_with_the_failing_check_named() {
         let dir = work.path().join(check);
         copy_dir(&published, &dir);
         damage(&dir);
-        let server = StaticServer::start(&dir);
+        let server = StaticServer::start(&dir).await;
         let (code, report, output) = run_qa(
             &server.url("master.m3u8"),
             &source,
@@ -528,7 +531,7 @@ async fn qa_exits_2_when_it_cannot_run() {
     assert!(output.contains("cannot reach"), "{output}");
     // An unreadable reference.
     let dir = tempfile::tempdir().unwrap();
-    let server = StaticServer::start(dir.path());
+    let server = StaticServer::start(dir.path()).await;
     let (code, _, output) = run_qa(
         &server.url("master.m3u8"),
         &dir.path().join("missing.mp4"),

@@ -365,6 +365,31 @@ impl LocalStore {
         Ok(())
     }
 
+    /// See [`super::ObjectStore::upload_part_copy`]: the source streamed
+    /// into the part, as a store would copy it.
+    pub async fn upload_part_copy(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        part_number: u32,
+        source: &ObjectKey,
+        length: u64,
+    ) -> Result<String, StorageError> {
+        let body = self.get(source, None).await?;
+        if body.meta.size != length {
+            return Err(StorageError::Permanent(format!(
+                "{source} holds {} bytes, not {length}",
+                body.meta.size
+            )));
+        }
+        let mut reader = tokio_util::io::StreamReader::new(
+            body.stream
+                .map(|chunk| chunk.map_err(std::io::Error::other)),
+        );
+        self.upload_part(key, upload_id, part_number, length, &mut reader)
+            .await
+    }
+
     /// See [`super::ObjectStore::abort_multipart`].
     pub async fn abort_multipart(
         &self,

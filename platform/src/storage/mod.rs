@@ -401,18 +401,7 @@ impl ObjectStore {
         check_part(part_number, length)?;
         match self {
             Self::Local(s) => {
-                let body = s.get(source, None).await?;
-                if body.meta.size != length {
-                    return Err(StorageError::Permanent(format!(
-                        "{source} holds {} bytes, not {length}",
-                        body.meta.size
-                    )));
-                }
-                let mut reader = tokio_util::io::StreamReader::new(
-                    body.stream
-                        .map(|chunk| chunk.map_err(std::io::Error::other)),
-                );
-                s.upload_part(key, upload_id, part_number, length, &mut reader)
+                s.upload_part_copy(key, upload_id, part_number, source, length)
                     .await
             }
             Self::S3(s) => {

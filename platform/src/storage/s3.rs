@@ -456,34 +456,13 @@ impl S3Store {
             self.put_bytes(key, first).await?;
             return Ok(len);
         }
-        let upload = self
-            .client
-            .create_multipart_upload()
-            .bucket(self.bucket.as_ref())
-            .key(key.as_str())
-            .content_type(key.class().content_type())
-            .send()
-            .await
-            .map_err(|e| classify(e, key.as_str()))?;
-        let Some(upload_id) = upload.upload_id().map(str::to_owned) else {
-            return Err(StorageError::Permanent(
-                "store returned no multipart upload id".to_owned(),
-            ));
-        };
+        let upload_id = self.create_multipart(key).await?;
         match self.upload_parts(key, &upload_id, first, body).await {
             Ok(written) => Ok(written),
             Err(error) => {
-                let aborted = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(self.bucket.as_ref())
-                    .key(key.as_str())
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
-                if let Err(abort_error) = aborted {
+                if let Err(abort_error) = self.abort_multipart(key, &upload_id).await {
                     // The lifecycle rule cleans up what this leaves behind.
-                    tracing::warn!(key = %key, error = %DisplayErrorContext(&abort_error), "cannot abort multipart upload");
+                    tracing::warn!(key = %key, error = %abort_error, "cannot abort multipart upload");
                 }
                 Err(error)
             }

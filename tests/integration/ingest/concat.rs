@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::multipart::Backend;
 use super::{fixture, AUTH, TUS};
-use crate::common::{eventually, fresh_db, header, http, TestDb};
+use crate::common::{count, eventually, fresh_db, header, http, TestDb};
 
 const MIB: usize = 1024 * 1024;
 const OCTETS: (&str, &str) = ("Content-Type", "application/offset+octet-stream");
@@ -76,17 +76,6 @@ async fn asset_state(db: &TestDb, asset: uuid::Uuid) -> (String, Option<String>)
         .await
         .unwrap();
     (row.get(0), row.get(1))
-}
-
-async fn count(db: &TestDb, sql: &str) -> i64 {
-    db.pool
-        .get()
-        .await
-        .unwrap()
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// A real video cut in `cuts`, uploaded as partials, named by a final

@@ -365,13 +365,7 @@ async fn termination_and_expiry_leave_no_parts(backend: Backend) {
         "the expired upload to be removed",
         Duration::from_secs(20),
         || async {
-            let client = db.pool.get().await.unwrap();
-            let n: i64 = client
-                .query_one("SELECT count(*) FROM uploads", &[])
-                .await
-                .unwrap()
-                .get(0);
-            (n == 0).then_some(())
+            (crate::common::count(&db, "SELECT count(*) FROM uploads").await == 0).then_some(())
         },
     )
     .await;
