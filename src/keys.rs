@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use cascade_ingest::auth;
-use cascade_platform::{db, Config};
+use cascade_platform::{api_keys, db, environments, Config};
 use clap::Subcommand;
 
 /// Key subcommands.
@@ -13,6 +12,11 @@ pub enum KeysCommand {
     Create {
         /// A name to tell keys apart.
         name: String,
+        /// The environment (tenant) whose assets, uploads and webhook
+        /// endpoints the key reaches; created if it does not exist.
+        /// Default: `ingest.default_environment`.
+        #[arg(long)]
+        environment: Option<String>,
     },
     /// Every key (never the secrets).
     List,
@@ -28,26 +32,30 @@ pub async fn run(command: KeysCommand, config: &Config) -> anyhow::Result<ExitCo
     let pool = db::pool(&config.database)?;
     db::migrate(&pool).await?;
     match command {
-        KeysCommand::Create { name } => {
-            let (key, secret) = auth::create_key(&pool, &name)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("created key {} ({})", key.id, key.name);
+        KeysCommand::Create { name, environment } => {
+            let environment =
+                environment.unwrap_or_else(|| config.ingest.default_environment.clone());
+            environments::validate_name(&environment)?;
+            let client = pool.get().await?;
+            let environment_id = environments::ensure(&client, &environment).await?;
+            let (key, secret) = api_keys::create(&client, &name, environment_id).await?;
+            println!(
+                "created key {} ({}) in environment {}",
+                key.id, key.name, key.environment
+            );
             println!("secret (shown once): {secret}");
         }
         KeysCommand::List => {
             println!(
-                "{:<36}  {:<20} {:<12} {:<20} REVOKED",
-                "ID", "NAME", "PREFIX", "CREATED (UTC)"
+                "{:<36}  {:<20} {:<16} {:<12} {:<20} REVOKED",
+                "ID", "NAME", "ENVIRONMENT", "PREFIX", "CREATED (UTC)"
             );
-            for key in auth::list_keys(&pool)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-            {
+            for key in api_keys::list(&pool.get().await?).await? {
                 println!(
-                    "{:<36}  {:<20} {:<12} {:<20} {}",
+                    "{:<36}  {:<20} {:<16} {:<12} {:<20} {}",
                     key.id,
                     key.name,
+                    key.environment,
                     key.prefix,
                     key.created_at.format("%Y-%m-%d %H:%M:%S"),
                     key.revoked_at
@@ -57,10 +65,7 @@ pub async fn run(command: KeysCommand, config: &Config) -> anyhow::Result<ExitCo
             }
         }
         KeysCommand::Revoke { id } => {
-            if !auth::revoke_key(&pool, id)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-            {
+            if !api_keys::revoke(&pool.get().await?, id).await? {
                 eprintln!("cascade: no active key {id}");
                 return Ok(ExitCode::from(1));
             }

@@ -197,7 +197,7 @@ async fn resolve_asset(
         config.ingest.public_url.trim_end_matches('/'),
         asset.playback_id
     );
-    if asset.playback_policy == "signed" {
+    if asset.playback_policy == cascade_schemas::PlaybackPolicy::Signed {
         let key = config.origin.signing_key.expose();
         if key.is_empty() {
             return Err(CannotRun(

@@ -125,6 +125,10 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
                 job_kind::WEBHOOK,
                 WebhookHandler::new(pool.clone(), config.webhooks.clone())
                     .map_err(anyhow::Error::msg)?,
+            )
+            .register(
+                job_kind::PURGE_ASSET,
+                cascade_workers::purge::PurgeHandler::new(pool.clone(), store.clone()),
             );
         let runner = Runner::new(queue.clone(), handlers, notifier, worker_owner());
         let token = shutdown.clone();
@@ -173,10 +177,15 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     println!("cascade: serving {roles:?} on http://{local} (health: http://{local}/healthz, readiness: http://{local}/readyz)");
     let token = shutdown.clone();
     tasks.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-            .context("http server")
+        // The peer address reaches handlers (the ingest API limits requests
+        // without a valid key per client address).
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+        .context("http server")
     });
 
     let mut first_error = None;

@@ -4,23 +4,24 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
+use cascade_platform::assets::{self, ClaimRefused, NewAsset, SourceClaim};
 use cascade_platform::config::{IngestConfig, TranscodeConfig};
-use cascade_platform::{assets, ObjectStore, Queue};
-use cascade_schemas::{AssetId, AssetState, ObjectKey, PlaybackId};
+use cascade_platform::{ObjectStore, Queue};
+use cascade_schemas::{AssetId, AssetState, EnvironmentId, ObjectKey, PlaybackPolicy};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{require_key, RateLimiter};
+use crate::auth::{require_key, Authenticator, Caller};
 use crate::body::BodyReader;
 use crate::error::ApiError;
 use crate::openapi::{
@@ -46,8 +47,8 @@ pub struct AppState {
     pub config: IngestConfig,
     /// `[transcode]` config (the probe's limits).
     pub transcode: TranscodeConfig,
-    /// Per-key request budgets.
-    pub limiter: RateLimiter,
+    /// Key lookups, their cache and the request budgets.
+    pub auth: Authenticator,
 }
 
 impl AppState {
@@ -63,9 +64,9 @@ impl AppState {
             pool,
             store,
             queue,
+            auth: Authenticator::new(config.key_cache_ttl),
             config,
             transcode,
-            limiter: RateLimiter::default(),
         }
     }
 
@@ -135,7 +136,7 @@ pub(crate) async fn asset_json(
     Ok(AssetView {
         id: asset.id.as_uuid(),
         playback_id: asset.playback_id.to_string(),
-        playback_policy: asset.playback_policy.clone(),
+        playback_policy: asset.playback_policy.to_string(),
         state: asset.state.to_string(),
         progress: asset.progress,
         title: asset.title.clone(),
@@ -174,52 +175,90 @@ fn contains_nul(value: &Value) -> bool {
     }
 }
 
-/// Inserts a new `waiting` asset after validating what the creator sent.
+/// What a creator may set on a new asset, validated.
+pub(crate) struct AssetFields {
+    title: Option<String>,
+    metadata: Value,
+    policy: PlaybackPolicy,
+}
+
+impl AssetFields {
+    /// Validates what the creator sent.
+    pub(crate) fn parse(
+        title: Option<&str>,
+        metadata: Option<Value>,
+        policy: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        if title.is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
+            return Err(ApiError::bad_request(
+                "invalid_title",
+                format!("title is longer than {MAX_TITLE_CHARS} characters"),
+            ));
+        }
+        if title.is_some_and(|t| t.contains('\0')) {
+            // Postgres's text cannot store NUL.
+            return Err(ApiError::bad_request(
+                "invalid_title",
+                "title may not contain NUL (\\u0000) characters",
+            ));
+        }
+        let metadata = metadata.unwrap_or_else(|| json!({}));
+        if !metadata.is_object() || metadata.to_string().len() > MAX_METADATA_BYTES {
+            return Err(ApiError::bad_request(
+                "invalid_metadata",
+                format!("metadata must be a JSON object of at most {MAX_METADATA_BYTES} bytes"),
+            ));
+        }
+        if contains_nul(&metadata) {
+            // Postgres's jsonb cannot store NUL characters.
+            return Err(ApiError::bad_request(
+                "invalid_metadata",
+                "metadata keys and strings may not contain NUL (\\u0000) characters",
+            ));
+        }
+        let policy = match policy {
+            None => PlaybackPolicy::Public,
+            Some(text) => text.parse().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_playback_policy",
+                    "playback_policy must be \"public\" or \"signed\"",
+                )
+            })?,
+        };
+        Ok(Self {
+            title: title.map(str::to_owned),
+            metadata,
+            policy,
+        })
+    }
+
+    /// The row to insert in `environment`, with the source already claimed
+    /// by `claim` if given.
+    pub(crate) fn new_asset(
+        &self,
+        environment: EnvironmentId,
+        claim: Option<SourceClaim>,
+    ) -> NewAsset<'_> {
+        NewAsset {
+            environment,
+            title: self.title.as_deref(),
+            metadata: &self.metadata,
+            policy: self.policy,
+            source_claim: claim,
+        }
+    }
+}
+
+/// Inserts a new `waiting` asset in the caller's environment.
 pub(crate) async fn insert_asset(
     state: &AppState,
-    title: Option<&str>,
-    metadata: Option<Value>,
-    policy: Option<&str>,
+    caller: &Caller,
+    fields: &AssetFields,
 ) -> Result<assets::Asset, ApiError> {
-    if title.is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
-        return Err(ApiError::bad_request(
-            "invalid_title",
-            format!("title is longer than {MAX_TITLE_CHARS} characters"),
-        ));
-    }
-    if title.is_some_and(|t| t.contains('\0')) {
-        // Postgres's text cannot store NUL.
-        return Err(ApiError::bad_request(
-            "invalid_title",
-            "title may not contain NUL (\\u0000) characters",
-        ));
-    }
-    let metadata = metadata.unwrap_or_else(|| json!({}));
-    if !metadata.is_object() || metadata.to_string().len() > MAX_METADATA_BYTES {
-        return Err(ApiError::bad_request(
-            "invalid_metadata",
-            format!("metadata must be a JSON object of at most {MAX_METADATA_BYTES} bytes"),
-        ));
-    }
-    if contains_nul(&metadata) {
-        // Postgres's jsonb cannot store NUL characters.
-        return Err(ApiError::bad_request(
-            "invalid_metadata",
-            "metadata keys and strings may not contain NUL (\\u0000) characters",
-        ));
-    }
-    let policy = policy.unwrap_or("public");
-    if !matches!(policy, "public" | "signed") {
-        return Err(ApiError::bad_request(
-            "invalid_playback_policy",
-            "playback_policy must be \"public\" or \"signed\"",
-        ));
-    }
     let id = AssetId::new();
     let client = state.pool.get().await?;
-    assets::insert(&client, id, &PlaybackId::new(), title, &metadata, policy).await?;
-    drop(client);
-    assets::get(&state.pool, id)
+    assets::insert(&client, id, &fields.new_asset(caller.environment, None)).await?;
+    assets::get_in(&client, caller.environment, id)
         .await?
         .ok_or(ApiError::Internal("asset vanished after insert".to_owned()))
 }
@@ -229,6 +268,7 @@ pub(crate) async fn insert_asset(
     responses((status = 201, body = AssetView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(crate) async fn create_asset(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: CreateAsset = if body.is_empty() {
@@ -242,13 +282,12 @@ pub(crate) async fn create_asset(
             ApiError::bad_request("invalid_json", format!("invalid request body: {e}"))
         })?
     };
-    let asset = insert_asset(
-        &state,
+    let fields = AssetFields::parse(
         request.title.as_deref(),
         request.metadata,
         request.playback_policy.as_deref(),
-    )
-    .await?;
+    )?;
+    let asset = insert_asset(&state, &caller, &fields).await?;
     Ok((StatusCode::CREATED, Json(asset_json(&state, &asset).await?)).into_response())
 }
 
@@ -258,10 +297,11 @@ pub(crate) async fn create_asset(
         (status = 429, body = ErrorBody)))]
 pub(crate) async fn get_asset(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<AssetView>, ApiError> {
     let id = parse_asset_id(&id)?;
-    let asset = assets::get(&state.pool, id)
+    let asset = assets::get_in(&state.pool.get().await?, caller.environment, id)
         .await?
         .ok_or(ApiError::NotFound("asset"))?;
     Ok(Json(asset_json(&state, &asset).await?))
@@ -302,6 +342,7 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, uuid::Uuid), ApiError> 
         (status = 429, body = ErrorBody)))]
 pub(crate) async fn list_assets(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<AssetList>, ApiError> {
     // The framework's own rejection is plain text; the API answers JSON.
@@ -322,34 +363,17 @@ pub(crate) async fn list_assets(
         ));
     }
     let cursor = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let (after_time, after_id) = match cursor {
-        Some((t, id)) => (Some(t), Some(id)),
-        None => (None, None),
+    let page = {
+        let client = state.pool.get().await?;
+        assets::list_in(&client, caller.environment, cursor, limit + 1).await?
     };
-    let client = state.pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT id FROM assets
-             WHERE $1::timestamptz IS NULL OR (created_at, id) < ($1, $2)
-             ORDER BY created_at DESC, id DESC LIMIT $3",
-            &[&after_time, &after_id, &(limit + 1)],
-        )
-        .await?;
-    drop(client);
-    let mut data = Vec::new();
-    let mut next = None;
-    for (i, row) in rows.iter().enumerate() {
-        let id = AssetId::from(row.get::<_, uuid::Uuid>(0));
-        let Some(asset) = assets::get(&state.pool, id).await? else {
-            continue;
-        };
-        if i as i64 == limit {
-            break;
-        }
-        if i as i64 == limit - 1 && rows.len() as i64 > limit {
-            next = Some(encode_cursor(asset.created_at, asset.id));
-        }
-        data.push(asset_json(&state, &asset).await?);
+    let next = (page.len() as i64 > limit)
+        .then(|| page.get(limit as usize - 1))
+        .flatten()
+        .map(|last| encode_cursor(last.created_at, last.id));
+    let mut data = Vec::with_capacity(page.len());
+    for asset in page.iter().take(limit as usize) {
+        data.push(asset_json(&state, asset).await?);
     }
     Ok(Json(AssetList {
         data,
@@ -357,67 +381,52 @@ pub(crate) async fn list_assets(
     }))
 }
 
-/// Deletes an asset's objects and rows; deleting again is fine.
+/// Deletes an asset: at once invisible to the API and players, its jobs
+/// cancelled; its objects are removed now and, by a purge job, again once
+/// no job of the asset can still write (see `assets::delete`). Deleting
+/// again while the purge runs answers 204 too.
 #[utoipa::path(delete, path = "/v1/assets/{id}", params(("id" = String, Path, description = "Asset id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 429, body = ErrorBody)))]
 pub(crate) async fn delete_asset(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_asset_id(&id)?;
-    let client = state.pool.get().await?;
-    let uploads = client
-        .query(
-            "SELECT id, multipart_id FROM uploads WHERE asset_id = $1",
-            &[&id.as_uuid()],
-        )
-        .await?;
-    drop(client);
-    // Objects first: a failure leaves the row, so a retry finds them again.
-    state
-        .store
-        .delete_prefix(&ObjectKey::asset_prefix(id))
-        .await?;
-    for upload in &uploads {
-        // An unfinished tus upload's multipart upload of the source, and its staged pieces.
-        if let Some(upload_id) = upload.get::<_, Option<String>>(1) {
-            state
-                .store
-                .abort_multipart(&ObjectKey::source(id), &upload_id)
-                .await?;
-        }
-        state
-            .store
-            .delete_prefix(&ObjectKey::upload_prefix(upload.get(0)))
-            .await?;
+    let deleted = assets::delete(&state.pool, caller.environment, id, PURGE_MAX_ATTEMPTS).await?;
+    let uploads = match deleted {
+        assets::Deleted::NotFound => return Err(ApiError::NotFound("asset")),
+        assets::Deleted::Already => return Ok(StatusCode::NO_CONTENT),
+        assets::Deleted::Now { uploads } => uploads,
+    };
+    state.queue.wake(cascade_schemas::job_kind::PURGE_ASSET);
+    // Most objects go now; the purge job removes whatever a stopping job or
+    // request still writes, and the row.
+    if let Err(error) = assets::remove_objects(&state.store, id, &uploads).await {
+        tracing::warn!(asset = %id, error = %error, "cannot remove a deleted asset's objects yet; its purge job retries");
     }
-    let client = state.pool.get().await?;
-    client
-        .execute("DELETE FROM assets WHERE id = $1", &[&id.as_uuid()])
-        .await?;
-    // Deleting twice is fine: the second finds nothing and says the same.
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The asset `id`, which must still be waiting for its source.
-pub(crate) async fn waiting_asset(
-    state: &AppState,
-    id: AssetId,
-) -> Result<assets::Asset, ApiError> {
-    let asset = assets::get(&state.pool, id)
-        .await?
-        .ok_or(ApiError::NotFound("asset"))?;
-    if asset.state != AssetState::Waiting {
-        return Err(ApiError::Conflict {
+/// Attempts a purge job gets (backing off) while the asset's jobs stop.
+const PURGE_MAX_ATTEMPTS: i32 = 20;
+
+/// Maps a refused source claim to the API's answer.
+pub(crate) fn claim_refused(refused: ClaimRefused) -> ApiError {
+    match refused {
+        ClaimRefused::NotFound => ApiError::NotFound("asset"),
+        ClaimRefused::HasSource(state) => ApiError::Conflict {
             code: "source_already_uploaded",
             message: format!(
-                "the asset is {}; a source can only be uploaded to a waiting asset",
-                asset.state
+                "the asset is {state}; a source can only be uploaded to a waiting asset"
             ),
-        });
+        },
+        ClaimRefused::Claimed => ApiError::Conflict {
+            code: "upload_in_progress",
+            message: "another upload of this asset's source is in progress".to_owned(),
+        },
     }
-    Ok(asset)
 }
 
 pub(crate) fn declared_length(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
@@ -443,6 +452,7 @@ pub(crate) fn declared_length(headers: &HeaderMap, name: &str) -> Result<Option<
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(crate) async fn put_source(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -454,30 +464,43 @@ pub(crate) async fn put_source(
             return Err(ApiError::TooLarge { max });
         }
     }
-    let mut client = state.pool.get().await?;
-    // One writer per asset: a transaction-scoped advisory lock, released
-    // however the request ends (even if the client goes away).
-    let tx = client.transaction().await?;
-    let locked: bool = tx
-        .query_one(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
-            &[&format!("source:{id}")],
-        )
-        .await?
-        .get(0);
-    if !locked {
-        return Err(ApiError::Conflict {
-            code: "upload_in_progress",
-            message: "another upload of this asset's source is in progress".to_owned(),
-        });
+    // One writer per source: a claim held (and renewed) while the body
+    // streams, with no database connection held meanwhile.
+    let claim = SourceClaim {
+        id: uuid::Uuid::new_v4(),
+        hold: state.config.upload_lock,
+    };
+    {
+        let client = state.pool.get().await?;
+        assets::claim_source(&client, caller.environment, id, claim)
+            .await?
+            .map_err(claim_refused)?;
     }
-    waiting_asset(&state, id).await?;
-    let mut reader = BodyReader::new(body, max, state.config.body_timeout);
-    let stored = state.store.put(&ObjectKey::source(id), &mut reader).await?;
-    let result = source::source_complete(&state, id, stored).await;
-    tx.commit().await?;
-    result?;
-    let asset = assets::get(&state.pool, id)
+    let stored = {
+        let mut reader = BodyReader::new(body, max, state.config.body_timeout);
+        let key = ObjectKey::source(id);
+        tokio::select! {
+            stored = state.store.put(&key, &mut reader) => stored,
+            never = keep_claim(&state, id, claim) => match never {},
+        }
+    };
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(error) => {
+            release_claim(&state, id, claim).await;
+            return Err(error.into());
+        }
+    };
+    if let Err(error) = source::source_complete(&state, id, claim.id, stored).await {
+        if !matches!(
+            error,
+            ApiError::Unprocessable { .. } | ApiError::NotFound(_)
+        ) {
+            release_claim(&state, id, claim).await;
+        }
+        return Err(error);
+    }
+    let asset = assets::get_in(&state.pool.get().await?, caller.environment, id)
         .await?
         .ok_or(ApiError::NotFound("asset"))?;
     Ok((
@@ -485,6 +508,26 @@ pub(crate) async fn put_source(
         Json(asset_json(&state, &asset).await?),
     )
         .into_response())
+}
+
+/// Renews a simple upload's source claim every third of its hold until
+/// dropped (never returns).
+async fn keep_claim(state: &AppState, id: AssetId, claim: SourceClaim) -> std::convert::Infallible {
+    let every = (claim.hold / 3).max(std::time::Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        if let Ok(client) = state.pool.get().await {
+            let _ = assets::renew_source_claim(&client, id, claim).await;
+        }
+    }
+}
+
+async fn release_claim(state: &AppState, id: AssetId, claim: SourceClaim) {
+    if let Ok(client) = state.pool.get().await {
+        if let Err(error) = assets::release_source_claim(&client, id, claim.id).await {
+            tracing::warn!(asset = %id, error = %error, "cannot release a source claim; it lapses by itself");
+        }
+    }
 }
 
 /// How often the local backend's directory is swept for abandoned

@@ -25,9 +25,10 @@ pub use api::{router, spawn_cleanup, AppState};
 
 use std::path::Path;
 
+use cascade_platform::assets::{self, NewAsset, SourceClaim};
 use cascade_platform::queue::{self, NewJob, Queue};
-use cascade_platform::{assets, ObjectStore, StorageError};
-use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey, PlaybackId};
+use cascade_platform::{environments, ObjectStore, StorageError};
+use cascade_schemas::{job_kind, AssetId, EnvironmentId, ObjectKey, PlaybackId, PlaybackPolicy};
 use cascade_workers::transcode::TranscodeJob;
 
 /// Why an import failed.
@@ -50,6 +51,10 @@ pub enum IngestError {
     /// Enqueueing failed.
     #[error(transparent)]
     Queue(#[from] queue::QueueError),
+    /// The asset no longer waits for this import's source (deleted, or
+    /// handed on by an earlier run).
+    #[error("asset {0} no longer waits for this source")]
+    NotWaiting(AssetId),
 }
 
 impl From<deadpool_postgres::tokio_postgres::Error> for IngestError {
@@ -64,35 +69,64 @@ impl From<deadpool_postgres::PoolError> for IngestError {
     }
 }
 
-/// Creates an asset whose source is the file at `path`: the asset row is
-/// written (`waiting`), the file streamed to storage, then in one transaction
-/// the asset turns `processing` and its transcode job is enqueued.
+/// How long an import (the CLI, the watch folder) holds an asset's source
+/// while it copies the file into storage.
+pub const IMPORT_CLAIM_HOLD: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// [`import_file_in`] the environment named `default`.
 pub async fn import_file(
     queue: &Queue,
     store: &ObjectStore,
     path: &Path,
     title: Option<&str>,
 ) -> Result<(AssetId, PlaybackId), IngestError> {
+    let environment = environments::ensure(&queue.pool().get().await?, "default").await?;
+    import_file_in(queue, store, environment, path, title).await
+}
+
+/// Creates an asset of `environment` whose source is the file at `path`:
+/// the asset row is written (`waiting`, its source claimed by the import),
+/// the file streamed to storage, then in one transaction the asset turns
+/// `processing` and its transcode job is enqueued.
+pub async fn import_file_in(
+    queue: &Queue,
+    store: &ObjectStore,
+    environment: EnvironmentId,
+    path: &Path,
+    title: Option<&str>,
+) -> Result<(AssetId, PlaybackId), IngestError> {
     let asset = AssetId::new();
-    let playback = PlaybackId::new();
-    {
+    let playback = {
         let client = queue.pool().get().await?;
         assets::insert(
             &client,
             asset,
-            &playback,
-            title,
-            &serde_json::json!({}),
-            "public",
+            &NewAsset {
+                environment,
+                title,
+                metadata: &serde_json::json!({}),
+                policy: PlaybackPolicy::Public,
+                source_claim: Some(import_claim(asset)),
+            },
         )
-        .await?;
-    }
+        .await?
+    };
     import_into(queue, store, path, asset).await?;
     Ok((asset, playback))
 }
 
-/// Stores the file at `path` as `asset`'s source and queues its transcode.
-/// Idempotent: the source key and the job's idempotency key are fixed.
+/// The source claim of an import into `asset`: the asset's own id, so an
+/// import resumed after a restart (the watch folder) still holds it.
+pub fn import_claim(asset: AssetId) -> SourceClaim {
+    SourceClaim {
+        id: asset.as_uuid(),
+        hold: IMPORT_CLAIM_HOLD,
+    }
+}
+
+/// Stores the file at `path` as `asset`'s source and queues its transcode,
+/// holding the source claim [`import_claim`]. Idempotent: the source key
+/// and the job's idempotency key are fixed.
 pub async fn import_into(
     queue: &Queue,
     store: &ObjectStore,
@@ -117,7 +151,10 @@ pub async fn import_into(
     })?;
     let mut client = queue.pool().get().await?;
     let tx = client.transaction().await?;
-    assets::set_state(&tx, asset, AssetState::Processing).await?;
+    if !assets::start_processing(&tx, asset, import_claim(asset).id, None).await? {
+        // Deleted meanwhile (or already moved on by an earlier run).
+        return Err(IngestError::NotWaiting(asset));
+    }
     queue::enqueue(
         &tx,
         &NewJob::new(job_kind::TRANSCODE, payload).idempotency_key(job.idempotency_key()),

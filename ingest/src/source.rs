@@ -6,7 +6,7 @@ use std::time::Instant;
 use cascade_platform::assets;
 use cascade_platform::queue::{self, NewJob};
 use cascade_platform::storage::reader::ObjectReader;
-use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey};
+use cascade_schemas::{job_kind, AssetId, ObjectKey};
 use cascade_workers::transcode::{pipeline, TranscodeError, TranscodeJob};
 
 use crate::api::AppState;
@@ -16,10 +16,14 @@ use crate::error::ApiError;
 /// what the demuxer asks for (ranged GETs: the header, the index, the first
 /// packets); refuses media we cannot process (asset `errored`, 422) or
 /// moves the asset to `processing` and enqueues its transcode in one
-/// transaction.
+/// transaction. Both transitions are made only by the holder of the
+/// source claim `claim`: if the asset was deleted meanwhile, the source just
+/// written is removed (nothing else would) and the answer is 404; if
+/// another writer took the claim over, 409.
 pub async fn source_complete(
     state: &AppState,
     asset: AssetId,
+    claim: uuid::Uuid,
     length: u64,
 ) -> Result<(), ApiError> {
     let reader = ObjectReader::new(
@@ -45,7 +49,9 @@ pub async fn source_complete(
     );
     match probe {
         Err(TranscodeError::Input { code, message }) => {
-            assets::set_errored(&state.pool, asset, code, &message).await?;
+            if !assets::refuse_source(&state.pool, asset, claim, code, &message).await? {
+                return Err(lost_claim(state, asset).await);
+            }
             Err(ApiError::Unprocessable { code, message })
         }
         Err(other) => Err(ApiError::Internal(format!("probing the source: {other}"))),
@@ -58,12 +64,11 @@ pub async fn source_complete(
                 serde_json::to_value(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
             let mut client = state.pool.get().await?;
             let tx = client.transaction().await?;
-            tx.execute(
-                "UPDATE assets SET duration_seconds = $2, updated_at = now() WHERE id = $1",
-                &[&asset.as_uuid(), &summary.duration],
-            )
-            .await?;
-            assets::set_state(&tx, asset, AssetState::Processing).await?;
+            if !assets::start_processing(&tx, asset, claim, summary.duration).await? {
+                drop(tx);
+                drop(client);
+                return Err(lost_claim(state, asset).await);
+            }
             queue::enqueue(
                 &tx,
                 &NewJob::new(job_kind::TRANSCODE, payload).idempotency_key(job.idempotency_key()),
@@ -74,5 +79,24 @@ pub async fn source_complete(
             state.queue.wake(job_kind::TRANSCODE);
             Ok(())
         }
+    }
+}
+
+/// The answer when the source claim was no longer held at the end: the
+/// asset was deleted (its source, written after the deletion removed the
+/// asset's objects, is removed here) or another writer took over.
+async fn lost_claim(state: &AppState, asset: AssetId) -> ApiError {
+    match assets::get(&state.pool, asset).await {
+        Ok(None) => {
+            if let Err(error) = state.store.delete(&ObjectKey::source(asset)).await {
+                tracing::warn!(asset = %asset, error = %error, "cannot remove the source of a deleted asset");
+            }
+            ApiError::NotFound("asset")
+        }
+        Ok(Some(_)) => ApiError::Conflict {
+            code: "upload_in_progress",
+            message: "another upload of this asset's source took over".to_owned(),
+        },
+        Err(error) => error.into(),
     }
 }

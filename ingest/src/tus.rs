@@ -20,19 +20,21 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use cascade_platform::assets::{self, SourceClaim};
 use cascade_platform::storage::{MAX_PART_SIZE, MIN_PART_SIZE};
 use cascade_platform::{ObjectStore, StorageError};
-use cascade_schemas::{AssetId, ObjectKey};
+use cascade_schemas::{AssetId, EnvironmentId, ObjectKey};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::StreamReader;
 
 use crate::api::{self, AppState};
+use crate::auth::Caller;
 use crate::body::{BodyReader, Hasher};
 use crate::error::ApiError;
 use crate::openapi::{BinaryBody, ErrorBody, TusResumable};
@@ -215,13 +217,14 @@ fn upload_metadata(
     ))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     require_version(&headers)?;
     let concat = concat::requested(&headers)?;
     if let concat::Requested::Final(partials) = concat {
-        return concat::create_final(&state, &headers, partials).await;
+        return concat::create_final(&state, &caller, &headers, partials).await;
     }
     let partial = matches!(concat, concat::Requested::Partial);
     if headers.contains_key("upload-defer-length") {
@@ -239,24 +242,29 @@ pub async fn create(
         return Err(ApiError::TooLarge { max });
     }
     let (raw_metadata, metadata) = upload_metadata(&headers)?;
+    let id = uuid::Uuid::new_v4();
+    let expiry_ms = state.config.upload_expiry.as_millis() as f64;
+    // The asset's source is claimed and the upload recorded together: a
+    // refused claim leaves no upload, a failed insert no claim.
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
     // A partial upload is a piece of a file; its final upload makes the asset.
     let asset_id = if partial {
         None
     } else {
-        Some(upload_asset(&state, &metadata).await?)
+        Some(upload_asset(&tx, &state, &caller, &metadata, id).await?)
     };
-    let id = uuid::Uuid::new_v4();
-    let expiry_ms = state.config.upload_expiry.as_millis() as f64;
-    let client = state.pool.get().await?;
-    let expires_at: DateTime<Utc> = client
+    let expires_at: DateTime<Utc> = tx
         .query_one(
-            "INSERT INTO uploads (id, asset_id, length, metadata, expires_at, concat)
-             VALUES ($1, $2, $3, $4, now() + $5::float8 * interval '1 millisecond', $6) RETURNING expires_at",
-            &[&id, &asset_id.map(|a| a.as_uuid()), &(length as i64), &serde_json::json!({ "raw": raw_metadata, "values": metadata }), &expiry_ms,
+            "INSERT INTO uploads (id, environment_id, asset_id, length, metadata, expires_at, concat)
+             VALUES ($1, $2, $3, $4, $5, now() + $6::float8 * interval '1 millisecond', $7) RETURNING expires_at",
+            &[&id, &caller.environment.as_uuid(), &asset_id.map(|a| a.as_uuid()), &(length as i64),
+              &serde_json::json!({ "raw": raw_metadata, "values": metadata }), &expiry_ms,
               &(if partial { "partial" } else { "none" })],
         )
         .await?
         .get(0);
+    tx.commit().await?;
     drop(client);
     let mut offset = None;
     let with_body = headers
@@ -264,7 +272,11 @@ pub async fn create(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(OFFSET_CONTENT_TYPE));
     if with_body {
-        offset = Some(write_chunk(&state, id, 0, &headers, body).await?.0);
+        offset = Some(
+            write_chunk(&state, caller.environment, id, 0, &headers, body)
+                .await?
+                .0,
+        );
     }
     let mut response = created(&state, id);
     header(&mut response, "upload-expires", &http_date(expires_at));
@@ -277,16 +289,27 @@ pub async fn create(
     Ok(response)
 }
 
-/// The asset an upload fills: the waiting one named by `asset_id` in its
-/// metadata, or a new one titled from `title` or `filename`.
+/// The asset upload `upload` fills, its source claimed by the upload (in
+/// the caller's transaction `tx`): the waiting asset named by `asset_id` in
+/// its metadata, or a new one titled from `title` or `filename`.
 async fn upload_asset(
+    tx: &deadpool_postgres::Transaction<'_>,
     state: &AppState,
+    caller: &Caller,
     metadata: &serde_json::Map<String, serde_json::Value>,
+    upload: uuid::Uuid,
 ) -> Result<AssetId, ApiError> {
+    // The upload holds the source until it expires (or is terminated).
+    let claim = SourceClaim {
+        id: upload,
+        hold: state.config.upload_expiry,
+    };
     match metadata.get("asset_id").and_then(|v| v.as_str()) {
         Some(raw) => {
             let id: AssetId = raw.parse().map_err(|_| ApiError::NotFound("asset"))?;
-            api::waiting_asset(state, id).await?;
+            assets::claim_source(tx, caller.environment, id, claim)
+                .await?
+                .map_err(api::claim_refused)?;
             Ok(id)
         }
         None => {
@@ -294,7 +317,10 @@ async fn upload_asset(
                 .get("title")
                 .or_else(|| metadata.get("filename"))
                 .and_then(|v| v.as_str());
-            Ok(api::insert_asset(state, title, None, None).await?.id)
+            let fields = api::AssetFields::parse(title, None, None)?;
+            let id = AssetId::new();
+            assets::insert(tx, id, &fields.new_asset(caller.environment, Some(claim))).await?;
+            Ok(id)
         }
     }
 }
@@ -319,13 +345,21 @@ struct UploadRow {
     partial_ids: Vec<uuid::Uuid>,
 }
 
-async fn load(state: &AppState, id: uuid::Uuid) -> Result<UploadRow, ApiError> {
+/// Upload `id` of `environment` (another environment's, or one whose
+/// asset was deleted, is not found).
+async fn load(
+    state: &AppState,
+    environment: EnvironmentId,
+    id: uuid::Uuid,
+) -> Result<UploadRow, ApiError> {
     let client = state.pool.get().await?;
     let row = client
         .query_opt(
             "SELECT length, \"offset\", state, metadata->>'raw', expires_at, expires_at < now(), concat, partial_ids
-             FROM uploads WHERE id = $1",
-            &[&id],
+             FROM uploads WHERE id = $1 AND environment_id = $2
+               AND (asset_id IS NULL OR EXISTS (
+                   SELECT 1 FROM assets WHERE assets.id = uploads.asset_id AND assets.deleted_at IS NULL))",
+            &[&id, &environment.as_uuid()],
         )
         .await?
         .ok_or(ApiError::NotFound("upload"))?;
@@ -377,12 +411,13 @@ async fn load(state: &AppState, id: uuid::Uuid) -> Result<UploadRow, ApiError> {
     ))]
 pub async fn head(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_version(&headers)?;
     let id = parse_upload_id(&id)?;
-    let row = load(&state, id).await?;
+    let row = load(&state, caller.environment, id).await?;
     // `probing`: complete for the client; only the probe is still running.
     let finished = matches!(row.state.as_str(), "complete" | "probing");
     // A complete partial still expires unless a final upload takes it.
@@ -467,6 +502,7 @@ pub async fn head(
     ))]
 pub async fn patch(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -486,7 +522,8 @@ pub async fn patch(
         "missing_upload_offset",
         "Upload-Offset is required",
     ))?;
-    let (new_offset, expires_at) = write_chunk(&state, id, offset, &headers, body).await?;
+    let (new_offset, expires_at) =
+        write_chunk(&state, caller.environment, id, offset, &headers, body).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     header(&mut response, "tus-resumable", TUS_VERSION);
     header(&mut response, "upload-offset", &new_offset.to_string());
@@ -526,42 +563,69 @@ pub async fn patch(
     ))]
 pub async fn terminate(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_version(&headers)?;
     let id = parse_upload_id(&id)?;
+    // Termination takes the upload's lease like a PATCH, and only while
+    // bytes are missing: a PATCH in progress makes it 423, and once the last
+    // byte is recorded (the assembly may be starting) it is 409. So it never
+    // races the final PATCH.
+    let lock = uuid::Uuid::new_v4();
     let client = state.pool.get().await?;
-    let row = client
+    let taken = client
         .query_opt(
-            "SELECT state, asset_id, multipart_id, concat, claimed_by IS NOT NULL FROM uploads WHERE id = $1",
-            &[&id],
+            "UPDATE uploads SET locked_until = now() + $4::float8 * interval '1 millisecond', lock_id = $3
+             WHERE id = $1 AND environment_id = $2 AND state = 'receiving' AND \"offset\" < length
+               AND (locked_until IS NULL OR locked_until < now())
+             RETURNING asset_id, multipart_id",
+            &[&id, &caller.environment.as_uuid(), &lock, &lease_ms(&state)],
         )
-        .await?
-        .ok_or(ApiError::NotFound("upload"))?;
-    drop(client);
-    let (upload_state, concat, claimed): (String, String, bool) =
-        (row.get(0), row.get(3), row.get(4));
-    if concat == "partial" && upload_state == "complete" {
-        if claimed {
+        .await?;
+    let Some(taken) = taken else {
+        let row = client
+            .query_opt(
+                "SELECT state, concat, claimed_by IS NOT NULL, \"offset\" < length,
+                        locked_until IS NOT NULL AND locked_until >= now()
+                 FROM uploads WHERE id = $1 AND environment_id = $2",
+                &[&id, &caller.environment.as_uuid()],
+            )
+            .await?
+            .ok_or(ApiError::NotFound("upload"))?;
+        drop(client);
+        let (upload_state, concat, claimed, missing, locked): (String, String, bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if concat == "partial" && upload_state == "complete" {
+            if claimed {
+                return Err(ApiError::Conflict {
+                    code: "partial_upload_used",
+                    message: "a final upload has taken this partial upload".to_owned(),
+                });
+            }
+            concat::terminate_complete_partial(&state, id).await?;
+        } else if upload_state == "receiving" && missing && locked {
+            return Err(ApiError::Locked);
+        } else {
             return Err(ApiError::Conflict {
-                code: "partial_upload_used",
-                message: "a final upload has taken this partial upload".to_owned(),
+                code: "upload_complete",
+                message: "the upload is complete and can no longer be terminated".to_owned(),
             });
         }
-        concat::terminate_complete_partial(&state, id).await?;
-    } else if upload_state != "receiving" {
-        return Err(ApiError::Conflict {
-            code: "upload_complete",
-            message: "the upload is complete and can no longer be terminated".to_owned(),
-        });
-    } else {
-        let destination = destination(id, row.get::<_, Option<uuid::Uuid>>(1).map(AssetId::from));
-        let multipart_id: Option<String> = row.get(2);
-        // Bytes first: a failure leaves the row, so a retry finds them again.
-        discard(&state, id, &destination, multipart_id.as_deref()).await?;
-        delete_row(&state, id, &destination, multipart_id.as_deref()).await?;
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        header(&mut response, "tus-resumable", TUS_VERSION);
+        return Ok(response);
+    };
+    drop(client);
+    let destination = destination(id, taken.get::<_, Option<uuid::Uuid>>(0).map(AssetId::from));
+    let multipart_id: Option<String> = taken.get(1);
+    // Bytes first: a failure leaves the row, so a retry finds them again.
+    if let Err(error) = discard(&state, id, &destination, multipart_id.as_deref()).await {
+        release(&state, id, lock).await;
+        return Err(error);
     }
+    delete_row(&state, id, &destination, multipart_id.as_deref()).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     header(&mut response, "tus-resumable", TUS_VERSION);
     Ok(response)
@@ -694,6 +758,7 @@ const PARTS_TOTAL_SQL: &str = "(SELECT coalesce(sum(s), 0)::bigint FROM unnest(p
 /// or chunked) are staged as objects of their own until a part can be made.
 async fn write_chunk(
     state: &Arc<AppState>,
+    environment: EnvironmentId,
     id: uuid::Uuid,
     client_offset: u64,
     headers: &HeaderMap,
@@ -704,16 +769,18 @@ async fn write_chunk(
         state,
         &format!(
             "UPDATE uploads SET locked_until = now() + $3::float8 * interval '1 millisecond', lock_id = $2, updated_at = now()
-             WHERE id = $1 AND state = 'receiving' AND expires_at > now()
+             WHERE id = $1 AND environment_id = $4 AND state = 'receiving' AND expires_at > now()
                AND (locked_until IS NULL OR locked_until < now())
+               AND (asset_id IS NULL OR EXISTS (
+                   SELECT 1 FROM assets WHERE assets.id = uploads.asset_id AND assets.deleted_at IS NULL))
              RETURNING asset_id, \"offset\", length, multipart_id, next_part, staged_keys,
                        \"offset\" - {PARTS_TOTAL_SQL}, expires_at"
         ),
-        &[&id, &lock, &lease_ms(state)],
+        &[&id, &lock, &lease_ms(state), &environment.as_uuid()],
     )
     .await?;
     let Some(row) = taken else {
-        let row = load(state, id).await?;
+        let row = load(state, environment, id).await?;
         return Err(if row.concat == "final" {
             ApiError::Forbidden {
                 code: "final_upload",
@@ -1101,11 +1168,20 @@ async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), ApiError>
             &[&id, &lock, &lease_ms(state)],
         )
         .await?;
-    drop(client);
     let Some(row) = row else { return Ok(()) };
+    let asset = row.get::<_, Option<uuid::Uuid>>(0).map(AssetId::from);
+    if let Some(asset) = asset {
+        // The source claim lasted until the upload's expiry; the assembly
+        // and probe may run past it, so it starts afresh.
+        let claim = SourceClaim {
+            id,
+            hold: state.config.upload_expiry,
+        };
+        assets::renew_source_claim(&client, asset, claim).await?;
+    }
+    drop(client);
     let numbers: Vec<i32> = row.get(3);
     let etags: Vec<String> = row.get(4);
-    let asset = row.get::<_, Option<uuid::Uuid>>(0).map(AssetId::from);
     let concat: String = row.get(7);
     let upload = Assembly {
         id,
@@ -1232,7 +1308,8 @@ async fn hand_off(
     length: u64,
 ) -> Result<(), ApiError> {
     tracing::debug!(upload = %id, "probing the completed upload");
-    match source::source_complete(state, asset, length).await {
+    // The upload's id is its claim on the asset's source.
+    match source::source_complete(state, asset, id, length).await {
         // The upload itself succeeded; the asset carries the media error.
         Ok(()) | Err(ApiError::Unprocessable { .. }) => Ok(()),
         Err(e) => Err(e),
@@ -1265,13 +1342,22 @@ async fn delete_row(
     destination: &ObjectKey,
     discarded: Option<&str>,
 ) -> Result<(), ApiError> {
-    let client = state.pool.get().await?;
-    let deleted = client
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let deleted = tx
         .query_opt(
-            "DELETE FROM uploads WHERE id = $1 AND state = 'receiving' RETURNING multipart_id",
+            "DELETE FROM uploads WHERE id = $1 AND state = 'receiving' RETURNING multipart_id, asset_id",
             &[&id],
         )
         .await?;
+    // The asset waits for a source again: another upload may claim it.
+    if let Some(asset) = deleted
+        .as_ref()
+        .and_then(|row| row.get::<_, Option<uuid::Uuid>>(1))
+    {
+        assets::release_source_claim(&tx, AssetId::from(asset), id).await?;
+    }
+    tx.commit().await?;
     drop(client);
     if let Some(late) = deleted.and_then(|row| row.get::<_, Option<String>>(0)) {
         if Some(late.as_str()) != discarded {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use cascade_platform::assets;
-use cascade_schemas::{AssetId, PlaybackId};
+use cascade_schemas::{AssetId, PlaybackPolicy};
 use notify::Watcher;
 use tokio_util::sync::CancellationToken;
 
@@ -185,13 +185,19 @@ async fn ingest(state: &AppState, path: &Path, name: &str, file: Seen) -> Result
         .await
         .map_err(|e| e.to_string())?;
     if inserted || existing.is_none() {
+        let environment = crate::auth::default_environment(state)
+            .await
+            .map_err(|e| e.to_string())?;
         assets::insert(
             &client,
             asset,
-            &PlaybackId::new(),
-            Some(name),
-            &serde_json::json!({ "source": "watch_folder" }),
-            "public",
+            &assets::NewAsset {
+                environment,
+                title: Some(name),
+                metadata: &serde_json::json!({ "source": "watch_folder" }),
+                policy: PlaybackPolicy::Public,
+                source_claim: Some(crate::import_claim(asset)),
+            },
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -208,7 +214,14 @@ async fn ingest(state: &AppState, path: &Path, name: &str, file: Seen) -> Result
         .map_err(|e| e.to_string())?
     };
     if let Err(cascade_workers::transcode::TranscodeError::Input { code, message }) = probe {
-        let _ = assets::set_errored(&state.pool, asset, code, &message).await;
+        let _ = assets::refuse_source(
+            &state.pool,
+            asset,
+            crate::import_claim(asset).id,
+            code,
+            &message,
+        )
+        .await;
         return Err(format!("{code}: {message}"));
     }
     crate::import_into(&state.queue, &state.store, path, asset)

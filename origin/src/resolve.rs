@@ -68,7 +68,7 @@ impl Resolver {
         let client = self.pool.get().await.map_err(|e| failed("pool", &e))?;
         let row = client
             .query_opt(
-                "SELECT id, playback_policy, state, published_version FROM assets WHERE playback_id = $1",
+                "SELECT id, playback_policy, state, published_version FROM assets WHERE playback_id = $1 AND deleted_at IS NULL",
                 &[&playback_id.as_str()],
             )
             .await

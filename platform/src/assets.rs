@@ -1,6 +1,17 @@
 //! Asset and rendition rows: what every role reads and writes about assets.
+//!
+//! The state machine (`waiting -> processing -> ready | errored`) is kept
+//! here, in SQL: every transition is a conditional update naming the state
+//! it leaves, so a racing request loses cleanly instead of acting on a stale
+//! read. An asset gets one source: a writer claims it first
+//! ([`claim_source`]); only the claim's holder moves the asset on
+//! ([`start_processing`], [`refuse_source`]). Deleting tombstones the row,
+//! cancels the asset's jobs and queues a purge ([`delete`]); a deleted asset
+//! is invisible everywhere.
 
-use cascade_schemas::{AssetId, AssetState, PlaybackId};
+use std::time::Duration;
+
+use cascade_schemas::{AssetId, AssetState, EnvironmentId, PlaybackId, PlaybackPolicy};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use serde::Serialize;
@@ -23,7 +34,8 @@ pub async fn emit(
     let row = client
         .query_opt(
             "SELECT jsonb_build_object(
-                 'asset_id', id, 'playback_id', playback_id, 'state', state, 'title', title,
+                 'asset_id', id, 'environment_id', environment_id, 'playback_id', playback_id,
+                 'state', state, 'title', title,
                  'duration_seconds', duration_seconds, 'published_version', published_version,
                  'error', CASE WHEN error_code IS NULL THEN NULL
                                ELSE jsonb_build_object('code', error_code, 'message', error_message) END)
@@ -57,10 +69,12 @@ pub async fn emit(
 pub struct Asset {
     /// Id.
     pub id: AssetId,
+    /// The environment it belongs to.
+    pub environment_id: EnvironmentId,
     /// Public playback handle.
     pub playback_id: PlaybackId,
-    /// `public` or `signed`.
-    pub playback_policy: String,
+    /// Who may play it.
+    pub playback_policy: PlaybackPolicy,
     /// Lifecycle state.
     pub state: AssetState,
     /// Creator's title.
@@ -85,12 +99,16 @@ impl Asset {
     fn from_row(row: &Row) -> Result<Self, DbError> {
         let state: String = row.get("state");
         let playback_id: String = row.get("playback_id");
+        let policy: String = row.get("playback_policy");
         Ok(Self {
             id: AssetId::from(row.get::<_, uuid::Uuid>("id")),
+            environment_id: EnvironmentId::from(row.get::<_, uuid::Uuid>("environment_id")),
             playback_id: playback_id
                 .parse()
                 .map_err(|e| DbError::Build(format!("stored playback id: {e}")))?,
-            playback_policy: row.get("playback_policy"),
+            playback_policy: policy
+                .parse()
+                .map_err(|e| DbError::Build(format!("stored playback policy: {e}")))?,
             state: state
                 .parse()
                 .map_err(|e| DbError::Build(format!("stored asset state: {e}")))?,
@@ -139,46 +157,223 @@ pub struct RenditionRow {
 // metadata is read as text and parsed here, so a stored value serde_json
 // cannot take as jsonb never turns a read into an error.
 const ASSET_COLUMNS: &str =
-    "id, playback_id, playback_policy, state, title, metadata::text AS metadata, progress, \
-     error_code, error_message, duration_seconds, published_version, created_at";
+    "id, environment_id, playback_id, playback_policy, state, title, metadata::text AS metadata, \
+     progress, error_code, error_message, duration_seconds, published_version, created_at";
 
-/// Inserts a new asset in `waiting` (use the caller's transaction to enqueue with it).
+/// A writer's claim on an asset's source (see [`claim_source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceClaim {
+    /// Who holds it: an upload id, or a request's own id.
+    pub id: uuid::Uuid,
+    /// How long it holds without renewal (a writer that died lets go after this).
+    pub hold: Duration,
+}
+
+/// A new asset.
+#[derive(Debug, Clone)]
+pub struct NewAsset<'a> {
+    /// The environment it belongs to.
+    pub environment: EnvironmentId,
+    /// Creator's title.
+    pub title: Option<&'a str>,
+    /// Creator's metadata (a JSON object).
+    pub metadata: &'a serde_json::Value,
+    /// Who may play it.
+    pub policy: PlaybackPolicy,
+    /// Created with its source already claimed by this writer.
+    pub source_claim: Option<SourceClaim>,
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_millis() as f64
+}
+
+/// Inserts a new asset `id` in `waiting` (use the caller's transaction to
+/// do more with it) and records its `asset.created` event; returns its
+/// playback id.
 pub async fn insert(
     client: &impl GenericClient,
     id: AssetId,
-    playback_id: &PlaybackId,
-    title: Option<&str>,
-    metadata: &serde_json::Value,
-    policy: &str,
-) -> Result<(), DbError> {
+    new: &NewAsset<'_>,
+) -> Result<PlaybackId, DbError> {
+    let playback_id = PlaybackId::new();
+    let (claim, hold) = match new.source_claim {
+        Some(claim) => (Some(claim.id), Some(millis(claim.hold))),
+        None => (None, None),
+    };
     client
         .execute(
-            "INSERT INTO assets (id, playback_id, title, metadata, playback_policy) VALUES ($1, $2, $3, $4, $5)",
-            &[&id.as_uuid(), &playback_id.as_str(), &title, metadata, &policy],
+            "INSERT INTO assets (id, environment_id, playback_id, title, metadata, playback_policy,
+                                 source_claim, source_claimed_until)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now() + $8::float8 * interval '1 millisecond')",
+            &[
+                &id.as_uuid(),
+                &new.environment.as_uuid(),
+                &playback_id.as_str(),
+                &new.title,
+                new.metadata,
+                &new.policy.as_str(),
+                &claim,
+                &hold,
+            ],
         )
         .await?;
-    emit(client, "asset.created", id).await
+    emit(client, "asset.created", id).await?;
+    Ok(playback_id)
 }
 
-/// Sets the state (and clears any error unless errored).
-pub async fn set_state(
+/// Why a writer could not claim an asset's source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimRefused {
+    /// No such asset in that environment (or it is deleted).
+    NotFound,
+    /// The asset already has its source: it left `waiting`.
+    HasSource(AssetState),
+    /// Another writer (another upload, a simple upload) is writing it.
+    Claimed,
+}
+
+/// Claims the source of waiting asset `id` in `environment` for `claim`:
+/// only one writer at a time, and none once the asset left `waiting`. A
+/// claim whose hold ran out (its writer died) can be taken over.
+pub async fn claim_source(
+    client: &impl GenericClient,
+    environment: EnvironmentId,
+    id: AssetId,
+    claim: SourceClaim,
+) -> Result<Result<(), ClaimRefused>, DbError> {
+    let row = client
+        .query_opt(
+            "WITH target AS (
+                 SELECT id, state, source_claim, source_claimed_until FROM assets
+                 WHERE id = $1 AND environment_id = $2 AND deleted_at IS NULL FOR UPDATE),
+             claimed AS (
+                 UPDATE assets a SET source_claim = $3,
+                        source_claimed_until = now() + $4::float8 * interval '1 millisecond', updated_at = now()
+                 FROM target t
+                 WHERE a.id = t.id AND t.state = 'waiting'
+                   AND (t.source_claim IS NULL OR t.source_claim = $3 OR t.source_claimed_until < now())
+                 RETURNING a.id)
+             SELECT t.state, EXISTS (SELECT 1 FROM claimed) FROM target t",
+            &[&id.as_uuid(), &environment.as_uuid(), &claim.id, &millis(claim.hold)],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(Err(ClaimRefused::NotFound));
+    };
+    if row.get::<_, bool>(1) {
+        return Ok(Ok(()));
+    }
+    let state: String = row.get(0);
+    let state: AssetState = state
+        .parse()
+        .map_err(|e| DbError::Build(format!("stored asset state: {e}")))?;
+    Ok(Err(if state == AssetState::Waiting {
+        ClaimRefused::Claimed
+    } else {
+        ClaimRefused::HasSource(state)
+    }))
+}
+
+/// Extends a held claim; `false` when it is no longer held (taken over, or
+/// the asset moved on or was deleted).
+pub async fn renew_source_claim(
     client: &impl GenericClient,
     id: AssetId,
-    state: AssetState,
+    claim: SourceClaim,
+) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE assets SET source_claimed_until = now() + $3::float8 * interval '1 millisecond'
+             WHERE id = $1 AND source_claim = $2 AND state = 'waiting' AND deleted_at IS NULL",
+            &[&id.as_uuid(), &claim.id, &millis(claim.hold)],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Lets go of a claim (the writer gave up: a terminated upload, a failed
+/// request), so another writer may upload the source.
+pub async fn release_source_claim(
+    client: &impl GenericClient,
+    id: AssetId,
+    claim: uuid::Uuid,
 ) -> Result<(), DbError> {
     client
         .execute(
-            "UPDATE assets SET state = $2, updated_at = now(),
-                 error_code = CASE WHEN $2 = 'errored' THEN error_code END,
-                 error_message = CASE WHEN $2 = 'errored' THEN error_message END
-             WHERE id = $1",
-            &[&id.as_uuid(), &state.as_str()],
+            "UPDATE assets SET source_claim = NULL, source_claimed_until = NULL, updated_at = now()
+             WHERE id = $1 AND source_claim = $2 AND state = 'waiting'",
+            &[&id.as_uuid(), &claim],
         )
         .await?;
     Ok(())
 }
 
-/// Marks the asset errored with a stable code and a creator-readable message.
+/// `waiting -> processing` for the holder of the source claim, recording
+/// the probed duration; `false` when the claim is no longer held (the asset
+/// was deleted, or another writer took over). Use the transaction that
+/// enqueues the transcode.
+pub async fn start_processing(
+    client: &impl GenericClient,
+    id: AssetId,
+    claim: uuid::Uuid,
+    duration: Option<f64>,
+) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE assets SET state = 'processing', duration_seconds = COALESCE($3, duration_seconds),
+                 source_claim = NULL, source_claimed_until = NULL, error_code = NULL, error_message = NULL,
+                 updated_at = now()
+             WHERE id = $1 AND state = 'waiting' AND source_claim = $2 AND deleted_at IS NULL",
+            &[&id.as_uuid(), &claim, &duration],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// `waiting -> errored` for the holder of the source claim: the source it
+/// wrote is not media we can process (the message tells the creator why).
+/// `false` when the claim is no longer held.
+pub async fn refuse_source(
+    pool: &Pool,
+    id: AssetId,
+    claim: uuid::Uuid,
+    code: &str,
+    message: &str,
+) -> Result<bool, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE assets SET state = 'errored', error_code = $3, error_message = $4,
+                 source_claim = NULL, source_claimed_until = NULL, updated_at = now()
+             WHERE id = $1 AND state = 'waiting' AND source_claim = $2 AND deleted_at IS NULL",
+            &[&id.as_uuid(), &claim, &code, &message],
+        )
+        .await?;
+    if n == 1 {
+        emit(&tx, "asset.errored", id).await?;
+    }
+    tx.commit().await?;
+    Ok(n == 1)
+}
+
+/// A transcode (re)starts: `processing` stays, `errored` (an operator's
+/// retry) goes back to `processing`. `false` when the asset is in neither
+/// state (deleted, or already published).
+pub async fn resume_processing(client: &impl GenericClient, id: AssetId) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE assets SET state = 'processing', error_code = NULL, error_message = NULL, updated_at = now()
+             WHERE id = $1 AND state IN ('processing', 'errored') AND deleted_at IS NULL",
+            &[&id.as_uuid()],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// `processing -> errored` (the transcode failed for good) with a stable
+/// code and a creator-readable message.
 pub async fn set_errored(
     pool: &Pool,
     id: AssetId,
@@ -191,7 +386,8 @@ pub async fn set_errored(
     let changed = tx
         .execute(
             "UPDATE assets SET state = 'errored', error_code = $2, error_message = $3, updated_at = now()
-             WHERE id = $1 AND NOT (state = 'errored' AND error_code IS NOT DISTINCT FROM $2)",
+             WHERE id = $1 AND deleted_at IS NULL AND state IN ('processing', 'errored')
+               AND NOT (state = 'errored' AND error_code IS NOT DISTINCT FROM $2)",
             &[&id.as_uuid(), &code, &message],
         )
         .await?;
@@ -221,16 +417,29 @@ pub async fn set_progress(
 }
 
 /// Records a published version's renditions and makes it live: the asset
-/// turns `ready` in the same transaction. Idempotent for a rerun.
+/// turns `ready` in the same transaction (`processing -> ready`; a rerun of
+/// a published version is idempotent). `false`, and nothing recorded, when
+/// the asset is deleted or no longer processing.
 pub async fn publish(
     pool: &Pool,
     id: AssetId,
     version: i32,
     duration: f64,
     renditions: &[RenditionRow],
-) -> Result<(), DbError> {
+) -> Result<bool, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let live = tx
+        .query_opt(
+            "SELECT 1 FROM assets WHERE id = $1 AND deleted_at IS NULL
+               AND (state = 'processing' OR (state = 'ready' AND published_version = $2))
+             FOR UPDATE",
+            &[&id.as_uuid(), &version],
+        )
+        .await?;
+    if live.is_none() {
+        return Ok(false);
+    }
     tx.execute(
         "DELETE FROM renditions WHERE asset_id = $1 AND version = $2",
         &[&id.as_uuid(), &version],
@@ -269,19 +478,244 @@ pub async fn publish(
     .await?;
     emit(&tx, "asset.ready", id).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
-/// One asset.
+/// One asset, whatever its environment (the roles' own view; the API uses
+/// [`get_in`]). Deleted assets are not found.
 pub async fn get(pool: &Pool, id: AssetId) -> Result<Option<Asset>, DbError> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = $1"),
+            &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = $1 AND deleted_at IS NULL"),
             &[&id.as_uuid()],
         )
         .await?;
     row.as_ref().map(Asset::from_row).transpose()
+}
+
+/// One asset of `environment`; another environment's, or a deleted one, is
+/// not found.
+pub async fn get_in(
+    client: &impl GenericClient,
+    environment: EnvironmentId,
+    id: AssetId,
+) -> Result<Option<Asset>, DbError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {ASSET_COLUMNS} FROM assets
+                 WHERE id = $1 AND environment_id = $2 AND deleted_at IS NULL"
+            ),
+            &[&id.as_uuid(), &environment.as_uuid()],
+        )
+        .await?;
+    row.as_ref().map(Asset::from_row).transpose()
+}
+
+/// A page of `environment`'s assets, newest first, after the `(created_at,
+/// id)` of the previous page's last one; at most `limit`.
+pub async fn list_in(
+    client: &impl GenericClient,
+    environment: EnvironmentId,
+    after: Option<(DateTime<Utc>, uuid::Uuid)>,
+    limit: i64,
+) -> Result<Vec<Asset>, DbError> {
+    let (after_time, after_id) = after.unzip();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {ASSET_COLUMNS} FROM assets
+                 WHERE environment_id = $1 AND deleted_at IS NULL
+                   AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+                 ORDER BY created_at DESC, id DESC LIMIT $4"
+            ),
+            &[&environment.as_uuid(), &after_time, &after_id, &limit],
+        )
+        .await?;
+    rows.iter().map(Asset::from_row).collect()
+}
+
+/// What [`delete`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    /// No such asset in that environment.
+    NotFound,
+    /// Tombstoned now: its jobs are cancelled and its purge is queued. The
+    /// unfinished tus uploads' multipart upload ids, for the caller to abort
+    /// at once (the purge does it again).
+    Now {
+        /// `(upload id, multipart upload id)` of every upload of the asset.
+        uploads: Vec<(uuid::Uuid, Option<String>)>,
+    },
+    /// Already deleted, its purge under way.
+    Already,
+}
+
+/// Deletes asset `id` of `environment`: in one transaction the row is
+/// tombstoned (invisible from then on), the asset's queued and running jobs
+/// are cancelled (a running worker stops at its next heartbeat), and a
+/// purge job is queued that removes the objects once no job of the asset
+/// can still write, then its upload and rendition rows.
+pub async fn delete(
+    pool: &Pool,
+    environment: EnvironmentId,
+    id: AssetId,
+    max_attempts: i32,
+) -> Result<Deleted, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT deleted_at IS NOT NULL FROM assets WHERE id = $1 AND environment_id = $2 FOR UPDATE",
+            &[&id.as_uuid(), &environment.as_uuid()],
+        )
+        .await?;
+    match row.map(|r| r.get::<_, bool>(0)) {
+        None => return Ok(Deleted::NotFound),
+        Some(true) => return Ok(Deleted::Already),
+        Some(false) => {}
+    }
+    tx.execute(
+        "UPDATE assets SET deleted_at = now(), source_claim = NULL, source_claimed_until = NULL,
+             updated_at = now()
+         WHERE id = $1",
+        &[&id.as_uuid()],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now(),
+             last_error = 'the asset was deleted'
+         WHERE payload->>'asset_id' = $1 AND payload ? 'asset_id' AND kind <> $2
+           AND state IN ('queued', 'running')",
+        &[&id.to_string(), &cascade_schemas::job_kind::WEBHOOK],
+    )
+    .await?;
+    let uploads = tx
+        .query(
+            "SELECT id, multipart_id FROM uploads WHERE asset_id = $1",
+            &[&id.as_uuid()],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    emit(&tx, "asset.deleted", id).await?;
+    queue::enqueue(
+        &tx,
+        &NewJob::new(
+            cascade_schemas::job_kind::PURGE_ASSET,
+            serde_json::json!({ "asset_id": id }),
+        )
+        .idempotency_key(id.to_string())
+        .max_attempts(max_attempts),
+        max_attempts,
+    )
+    .await
+    .map_err(|e| match e {
+        queue::QueueError::Db(db) => db,
+        other => DbError::Build(other.to_string()),
+    })?;
+    tx.commit().await?;
+    Ok(Deleted::Now { uploads })
+}
+
+/// Whether a job of deleted asset `id` may still write objects: one not
+/// finished, or one whose last lease has not run out (a cancelled worker
+/// stops at its next heartbeat, at the latest when its lease expires).
+pub async fn has_live_jobs(client: &impl GenericClient, id: AssetId) -> Result<bool, DbError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM jobs
+                 WHERE payload->>'asset_id' = $1 AND payload ? 'asset_id' AND kind NOT IN ($2, $3)
+                   AND (state IN ('queued', 'running') OR lease_expires_at > now()))",
+            &[
+                &id.to_string(),
+                &cascade_schemas::job_kind::WEBHOOK,
+                &cascade_schemas::job_kind::PURGE_ASSET,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The uploads of deleted asset `id` (ids and multipart upload ids), for
+/// its purge.
+pub async fn deleted_asset_uploads(
+    client: &impl GenericClient,
+    id: AssetId,
+) -> Result<Option<Vec<(uuid::Uuid, Option<String>)>>, DbError> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM assets WHERE id = $1 AND deleted_at IS NOT NULL",
+            &[&id.as_uuid()],
+        )
+        .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT id, multipart_id FROM uploads WHERE asset_id = $1",
+            &[&id.as_uuid()],
+        )
+        .await?;
+    Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+}
+
+/// Removes what a deleted asset has in storage: its objects, and its
+/// unfinished uploads' multipart uploads and staged pieces (`uploads`: as
+/// [`Deleted::Now`] lists them). Idempotent.
+pub async fn remove_objects(
+    store: &crate::ObjectStore,
+    id: AssetId,
+    uploads: &[(uuid::Uuid, Option<String>)],
+) -> Result<(), crate::StorageError> {
+    use cascade_schemas::ObjectKey;
+    for (upload, multipart_id) in uploads {
+        if let Some(upload_id) = multipart_id {
+            match store
+                .abort_multipart(&ObjectKey::source(id), upload_id)
+                .await
+            {
+                Ok(()) | Err(crate::StorageError::NotFound { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        store
+            .delete_prefix(&ObjectKey::upload_prefix(*upload))
+            .await?;
+    }
+    store.delete_prefix(&ObjectKey::asset_prefix(id)).await?;
+    Ok(())
+}
+
+/// Removes the upload and rendition rows of a deleted asset, once its
+/// objects are gone. The asset's row stays as a tombstone: deleting it
+/// again answers the same, and its playback id is never handed out again
+/// (a CDN may still hold URLs with it).
+pub async fn finish_purge(
+    client: &mut deadpool_postgres::Client,
+    id: AssetId,
+) -> Result<(), DbError> {
+    let tx = client.transaction().await?;
+    let deleted = tx
+        .query_opt(
+            "SELECT 1 FROM assets WHERE id = $1 AND deleted_at IS NOT NULL FOR UPDATE",
+            &[&id.as_uuid()],
+        )
+        .await?;
+    if deleted.is_some() {
+        tx.execute("DELETE FROM uploads WHERE asset_id = $1", &[&id.as_uuid()])
+            .await?;
+        tx.execute(
+            "DELETE FROM renditions WHERE asset_id = $1",
+            &[&id.as_uuid()],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The renditions of one version, by name.

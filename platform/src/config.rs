@@ -386,6 +386,19 @@ pub struct IngestConfig {
     /// An API key accepted besides the keys in the database (local use;
     /// `make run` sets one). Default: none.
     pub bootstrap_key: Secret,
+    /// The environment (tenant) of the bootstrap key, the watch folder and
+    /// `cascade assets import`; created if missing. Rows from before
+    /// environments existed are in `default`. Default `default`.
+    pub default_environment: String,
+    /// How long a valid API key is remembered after a database lookup, so a
+    /// request costs no query; revoking a key takes effect within this.
+    /// Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub key_cache_ttl: Duration,
+    /// Requests per minute per client address that carry no valid key (no
+    /// key, an unknown or a revoked one); past it they get 429 before any
+    /// database query. Default `60`.
+    pub failed_auth_per_minute: u32,
     /// Largest upload accepted; larger declared sizes get 413 before any
     /// byte is read. Default `20GiB`.
     pub max_upload_size: ByteSize,
@@ -418,6 +431,9 @@ impl Default for IngestConfig {
         Self {
             public_url: "http://127.0.0.1:8080".to_owned(),
             bootstrap_key: Secret::default(),
+            default_environment: "default".to_owned(),
+            key_cache_ttl: Duration::from_secs(5),
+            failed_auth_per_minute: 60,
             max_upload_size: ByteSize(20 << 30),
             body_timeout: Duration::from_secs(60),
             upload_expiry: Duration::from_secs(24 * 3600),

@@ -3,14 +3,19 @@
 //! - [`config`]: the one typed configuration tree (TOML plus `CASCADE_*` overrides);
 //! - [`db`]: the Postgres pool and the migration runner;
 //! - [`queue`]: the Postgres job queue (leases, heartbeats, retries, LISTEN/NOTIFY);
-//! - [`storage`]: the object store (S3-compatible or a local directory).
+//! - [`storage`]: the object store (S3-compatible or a local directory);
+//! - the model layer, typed functions over the rows with the state rules
+//!   enforced in their SQL (every transition a conditional update naming the
+//!   state it leaves): [`environments`], [`api_keys`], [`assets`].
 //!
 //! Everything here is I/O at the edges of the system; domain names come from
 //! `cascade_schemas`.
 
+pub mod api_keys;
 pub mod assets;
 pub mod config;
 pub mod db;
+pub mod environments;
 pub mod queue;
 pub mod storage;
 

@@ -416,6 +416,21 @@ impl Queue {
         Ok(n == 1)
     }
 
+    /// Tells the queue this worker no longer runs a job that was cancelled
+    /// under its lease: the lease ends now rather than at its expiry, so
+    /// what waits for the job to stop writing (an asset's purge) goes on.
+    pub async fn stopped(&self, lease: &Lease) -> Result<(), QueueError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE jobs SET lease_expires_at = NULL, updated_at = clock_timestamp()
+                 WHERE id = $1 AND lease_id = $2 AND state = 'cancelled'",
+                &[&lease.job_id.0, &lease.lease_id],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Marks the job succeeded. `false` means the lease was lost and another
     /// run owns the job now (the work is idempotent, so that is harmless).
     pub async fn complete(&self, lease: &Lease) -> Result<bool, QueueError> {

@@ -61,6 +61,42 @@ impl FromStr for AssetId {
     }
 }
 
+/// An environment: the tenant that API keys, assets, uploads and webhook
+/// endpoints belong to. Another environment's ids are never visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EnvironmentId(uuid::Uuid);
+
+impl EnvironmentId {
+    /// A fresh random environment id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    /// The UUID stored in Postgres.
+    pub fn as_uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+}
+
+impl Default for EnvironmentId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<uuid::Uuid> for EnvironmentId {
+    fn from(value: uuid::Uuid) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Display for EnvironmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.as_hyphenated().fmt(f)
+    }
+}
+
 /// The public handle players use. Distinct from [`AssetId`] so playback can
 /// be revoked or re-keyed without touching the asset.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -14,15 +14,17 @@ pub mod migrations;
 pub mod mime;
 pub mod state;
 
-pub use ids::{AssetId, JobId, PlaybackId};
+pub use ids::{AssetId, EnvironmentId, JobId, PlaybackId};
 pub use keys::{ObjectClass, ObjectKey, RenditionName};
-pub use state::{AssetState, JobState};
+pub use state::{AssetState, ConcatKind, JobState, PlaybackPolicy, UploadState};
 
 /// Job kinds known to the system. The queue itself is generic over kind
 /// strings; these are the ones Cascade's roles enqueue and handle.
 pub mod job_kind {
     /// Transcode an asset's source into the ladder and publish it.
     pub const TRANSCODE: &str = "transcode";
+    /// Remove a deleted asset's objects and rows once its jobs have stopped.
+    pub const PURGE_ASSET: &str = "purge_asset";
     /// Deliver one webhook event.
     pub const WEBHOOK: &str = "webhook";
     /// Does nothing (optionally sleeps): queue diagnostics and `cascade bench queue`.

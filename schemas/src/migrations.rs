@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tus_concatenation",
         sql: include_str!("../migrations/0007_tus_concatenation.sql"),
     },
+    Migration {
+        version: 8,
+        name: "tenancy_and_states",
+        sql: include_str!("../migrations/0008_tenancy_and_states.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} state {value:?}")]
 pub struct UnknownState {
-    /// Asset or job.
+    /// Asset, job, upload, ...
     pub kind: &'static str,
     /// The text that did not parse.
     pub value: String,
@@ -85,6 +85,49 @@ text_enum!(
     }
 );
 
+text_enum!(
+    /// Where a tus upload is: `receiving -> assembling -> probing -> complete`.
+    UploadState, "upload", {
+        /// Taking PATCH bodies until the offset reaches the length.
+        Receiving => "receiving",
+        /// All bytes arrived; the source is being made from them (multipart completion, concatenation).
+        Assembling => "assembling",
+        /// The source is durable (the client has its answer); the probe runs.
+        Probing => "probing",
+        /// Done: the source was handed on (or, for a partial upload, waits for a final one).
+        Complete => "complete",
+    }
+);
+
+impl UploadState {
+    /// Complete for the client: every byte is durable.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Self::Probing | Self::Complete)
+    }
+}
+
+text_enum!(
+    /// tus concatenation: what part an upload plays.
+    ConcatKind, "concatenation", {
+        /// An ordinary upload of a whole file.
+        None => "none",
+        /// A piece of a file, waiting for a final upload to take it.
+        Partial => "partial",
+        /// The file made of partial uploads, in order.
+        Final => "final",
+    }
+);
+
+text_enum!(
+    /// Who may play an asset.
+    PlaybackPolicy, "playback policy", {
+        /// Anyone with the playback id.
+        Public => "public",
+        /// Only with a signed token.
+        Signed => "signed",
+    }
+);
+
 impl JobState {
     /// Terminal states are never left without an operator's retry.
     pub fn is_terminal(&self) -> bool {
@@ -106,6 +149,15 @@ mod tests {
         }
         for s in JobState::ALL {
             assert_eq!(s.as_str().parse::<JobState>().ok(), Some(*s));
+        }
+        for s in UploadState::ALL {
+            assert_eq!(s.as_str().parse::<UploadState>().ok(), Some(*s));
+        }
+        for s in ConcatKind::ALL {
+            assert_eq!(s.as_str().parse::<ConcatKind>().ok(), Some(*s));
+        }
+        for s in PlaybackPolicy::ALL {
+            assert_eq!(s.as_str().parse::<PlaybackPolicy>().ok(), Some(*s));
         }
         assert!("done".parse::<JobState>().is_err());
         assert!(JobState::Dead.is_terminal() && !JobState::Queued.is_terminal());

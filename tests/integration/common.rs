@@ -82,6 +82,32 @@ where
     }
 }
 
+/// A new waiting asset in the `default` environment, with `policy`.
+pub async fn insert_asset(
+    db: &TestDb,
+    policy: &str,
+) -> (cascade_schemas::AssetId, cascade_schemas::PlaybackId) {
+    use cascade_platform::{assets, environments};
+    let client = db.pool.get().await.unwrap();
+    let environment = environments::ensure(&client, "default").await.unwrap();
+    let id = cascade_schemas::AssetId::new();
+    let metadata = serde_json::json!({});
+    let playback = assets::insert(
+        &client,
+        id,
+        &assets::NewAsset {
+            environment,
+            title: None,
+            metadata: &metadata,
+            policy: policy.parse().unwrap(),
+            source_claim: None,
+        },
+    )
+    .await
+    .unwrap();
+    (id, playback)
+}
+
 /// The single bigint a `SELECT count(*) ...` returns.
 pub async fn count(db: &TestDb, sql: &str) -> i64 {
     db.pool

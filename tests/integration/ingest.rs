@@ -13,6 +13,7 @@ use crate::common::{eventually, free_port, fresh_db, header, http, CascadeProces
 
 mod concat;
 mod multipart;
+mod trust;
 
 const KEY: &str = "csk_test_bootstrap_key";
 const AUTH: (&str, &str) = ("Authorization", "Bearer csk_test_bootstrap_key");
@@ -835,7 +836,8 @@ async fn a_probe_interrupted_after_the_final_patch_is_finished_by_the_sweeper() 
         client
             .batch_execute(
                 "UPDATE uploads SET state = 'probing', locked_until = now() - interval '1 second';
-                 UPDATE assets SET state = 'waiting', duration_seconds = NULL;
+                 UPDATE assets SET state = 'waiting', duration_seconds = NULL,
+                     source_claim = (SELECT id FROM uploads), source_claimed_until = now() + interval '1 hour';
                  DELETE FROM jobs;",
             )
             .await

@@ -237,17 +237,26 @@ async fn transcoded_file(path: &Path) -> Published {
 /// An asset row published at version 1 with no renditions (objects are put
 /// by the test), in `state`.
 async fn inserted(db: &TestDb, state: AssetState, policy: &str) -> (AssetId, PlaybackId) {
-    let id = AssetId::new();
-    let playback = PlaybackId::new();
+    let (id, playback) = crate::common::insert_asset(db, policy).await;
     let client = db.pool.get().await.unwrap();
-    assets::insert(&client, id, &playback, None, &serde_json::json!({}), policy)
+    client
+        .execute(
+            "UPDATE assets SET state = 'processing' WHERE id = $1",
+            &[&id.as_uuid()],
+        )
         .await
         .unwrap();
     drop(client);
-    assets::publish(&db.pool, id, 1, 1.0, &[]).await.unwrap();
+    assert!(assets::publish(&db.pool, id, 1, 1.0, &[]).await.unwrap());
     if state != AssetState::Ready {
         let client = db.pool.get().await.unwrap();
-        assets::set_state(&client, id, state).await.unwrap();
+        client
+            .execute(
+                "UPDATE assets SET state = $2 WHERE id = $1",
+                &[&id.as_uuid(), &state.as_str()],
+            )
+            .await
+            .unwrap();
     }
     (id, playback)
 }
@@ -613,15 +622,7 @@ async fn origin_answers_bad_requests_with_4xx_json() {
     let db = fresh_db().await;
     let (store, root) = local_store().await;
     let (ready_id, ready) = inserted(&db, AssetState::Ready, "public").await;
-    let (_, waiting_pid) = {
-        let id = AssetId::new();
-        let pid = PlaybackId::new();
-        let client = db.pool.get().await.unwrap();
-        assets::insert(&client, id, &pid, None, &serde_json::json!({}), "public")
-            .await
-            .unwrap();
-        (id, pid)
-    };
+    let (_, waiting_pid) = crate::common::insert_asset(&db, "public").await;
     let addr = serve(OriginState::new(
         OriginConfig::default(),
         db.pool.clone(),

@@ -7,6 +7,7 @@
 //! applies backoff and dead-lettering. FFmpeg types stay inside this crate.
 
 pub mod noop;
+pub mod purge;
 pub mod runner;
 pub mod transcode;
 pub mod webhooks;

@@ -313,9 +313,12 @@ impl Runner {
             match end {
                 RunEnd::Finished(Ok(())) => match completer.complete(lease).await {
                     Ok(true) => tracing::info!(elapsed_ms, "job succeeded"),
-                    Ok(false) => tracing::warn!(
-                        "job finished but its lease was lost; result left to the new holder"
-                    ),
+                    Ok(false) => {
+                        let _ = queue.stopped(&lease).await;
+                        tracing::warn!(
+                            "job finished but its lease was lost; result left to the new holder"
+                        )
+                    }
                     Err(error) => {
                         tracing::warn!(error = %error, "cannot record success; the lease will expire and the job rerun")
                     }
@@ -333,6 +336,7 @@ impl Runner {
                             tracing::warn!(error = %message, "job failed permanently")
                         }
                         Ok(FailOutcome::LeaseLost) => {
+                            let _ = queue.stopped(&lease).await;
                             tracing::warn!(error = %message, "job failed after its lease was lost")
                         }
                         Err(error) => {
@@ -343,6 +347,10 @@ impl Runner {
                 RunEnd::LeaseLost => {
                     job_cancel.cancel();
                     let _ = work.await;
+                    // A cancelled job's lease ends here: nothing of it runs now.
+                    if let Err(error) = queue.stopped(&lease).await {
+                        tracing::warn!(error = %error, "cannot record that the cancelled job stopped; its lease will expire");
+                    }
                     tracing::warn!("lease lost (cancelled or expired); job stopped");
                 }
                 RunEnd::Shutdown => {

@@ -28,6 +28,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::{header, staged_reader, upload_asset, upload_metadata, Assembly};
 use crate::api::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// Most partial uploads one final upload may name (S3 allows 10,000
@@ -116,13 +117,18 @@ pub(super) fn header_value(
 /// The lengths of the partial uploads `ids`, in order, if a final upload
 /// may take them all: each a complete, unexpired partial that no final
 /// upload took yet. Otherwise the reason, naming the upload.
-async fn partial_lengths(state: &AppState, ids: &[uuid::Uuid]) -> Result<Vec<u64>, ApiError> {
+/// Only `caller`'s environment's uploads exist for it.
+async fn partial_lengths(
+    state: &AppState,
+    caller: &Caller,
+    ids: &[uuid::Uuid],
+) -> Result<Vec<u64>, ApiError> {
     let client = state.pool.get().await?;
     let rows = client
         .query(
             "SELECT id, concat, state, claimed_by IS NOT NULL, expires_at < now(), \"offset\", length
-             FROM uploads WHERE id = ANY($1)",
-            &[&ids],
+             FROM uploads WHERE id = ANY($1) AND environment_id = $2",
+            &[&ids, &caller.environment.as_uuid()],
         )
         .await?;
     drop(client);
@@ -171,63 +177,55 @@ async fn partial_lengths(state: &AppState, ids: &[uuid::Uuid]) -> Result<Vec<u64
 /// starts its assembly.
 pub(super) async fn create_final(
     state: &Arc<AppState>,
+    caller: &Caller,
     headers: &HeaderMap,
     partials: Vec<uuid::Uuid>,
 ) -> Result<Response, ApiError> {
     let (raw_metadata, metadata) = upload_metadata(headers)?;
-    // Checked before the asset exists, so a refused request leaves nothing.
-    let length: u64 = partial_lengths(state, &partials).await?.iter().sum();
+    // Checked before anything is written, to name the partial at fault.
+    let length: u64 = partial_lengths(state, caller, &partials)
+        .await?
+        .iter()
+        .sum();
     let max = state.config.max_upload_size.0;
     if length > max {
         return Err(ApiError::TooLarge { max });
     }
-    let named_asset = metadata.contains_key("asset_id");
-    let asset = upload_asset(state, &metadata).await?;
     let id = uuid::Uuid::new_v4();
     let expiry_ms = state.config.upload_expiry.as_millis() as f64;
-    let created = async {
-        let mut client = state.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO uploads (id, asset_id, length, \"offset\", state, metadata, expires_at, concat, partial_ids)
-             VALUES ($1, $2, $3, $3, 'assembling', $4, now() + $5::float8 * interval '1 millisecond', 'final', $6)",
-            &[&id, &asset.as_uuid(), &(length as i64), &serde_json::json!({ "raw": raw_metadata, "values": metadata }),
-              &expiry_ms, &partials],
+    // One transaction: the asset (or its claim), the final upload and the
+    // partials taken, or nothing at all.
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let asset = upload_asset(&tx, state, caller, &metadata, id).await?;
+    tx.execute(
+        "INSERT INTO uploads (id, environment_id, asset_id, length, \"offset\", state, metadata, expires_at, concat, partial_ids)
+         VALUES ($1, $2, $3, $4, $4, 'assembling', $5, now() + $6::float8 * interval '1 millisecond', 'final', $7)",
+        &[&id, &caller.environment.as_uuid(), &asset.as_uuid(), &(length as i64),
+          &serde_json::json!({ "raw": raw_metadata, "values": metadata }), &expiry_ms, &partials],
+    )
+    .await?;
+    // One statement takes them all, or none: a partial serves one final.
+    let claimed = tx
+        .execute(
+            "UPDATE uploads SET claimed_by = $1, updated_at = now()
+             WHERE id = ANY($2) AND environment_id = $3 AND concat = 'partial' AND state = 'complete'
+               AND claimed_by IS NULL AND expires_at > now()",
+            &[&id, &partials, &caller.environment.as_uuid()],
         )
         .await?;
-        // One statement takes them all, or none: a partial serves one final.
-        let claimed = tx
-            .execute(
-                "UPDATE uploads SET claimed_by = $1, updated_at = now()
-                 WHERE id = ANY($2) AND concat = 'partial' AND state = 'complete'
-                   AND claimed_by IS NULL AND expires_at > now()",
-                &[&id, &partials],
-            )
-            .await?;
-        if claimed as usize != partials.len() {
-            // Another final took one meanwhile (or it expired): say which.
-            drop(tx);
-            partial_lengths(state, &partials).await?;
-            return Err(ApiError::Conflict {
-                code: "partial_upload_used",
-                message: "a partial upload was taken by another request meanwhile".to_owned(),
-            });
-        }
-        tx.commit().await?;
-        Ok::<(), ApiError>(())
+    if claimed as usize != partials.len() {
+        // Another final took one meanwhile (or it expired): say which.
+        drop(tx);
+        drop(client);
+        partial_lengths(state, caller, &partials).await?;
+        return Err(ApiError::Conflict {
+            code: "partial_upload_used",
+            message: "a partial upload was taken by another request meanwhile".to_owned(),
+        });
     }
-    .await;
-    if let Err(error) = created {
-        if !named_asset {
-            // The asset made for this request would wait for a source forever.
-            if let Ok(client) = state.pool.get().await {
-                let _ = client
-                    .execute("DELETE FROM assets WHERE id = $1", &[&asset.as_uuid()])
-                    .await;
-            }
-        }
-        return Err(error);
-    }
+    tx.commit().await?;
+    drop(client);
     let background = Arc::clone(state);
     tokio::spawn(async move {
         if let Err(error) = super::assemble(&background, id).await {

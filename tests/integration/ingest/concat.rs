@@ -402,9 +402,17 @@ async fn the_sweeper_assembles_a_final_upload_whose_replica_died() {
     let client = db.pool.get().await.unwrap();
     client
         .execute(
-            "INSERT INTO uploads (id, asset_id, length, \"offset\", state, expires_at, concat, partial_ids)
-             VALUES ($1, $2, $3, $3, 'assembling', now() + interval '1 hour', 'final', $4)",
+            "INSERT INTO uploads (id, environment_id, asset_id, length, \"offset\", state, expires_at, concat, partial_ids)
+             VALUES ($1, (SELECT environment_id FROM assets WHERE id = $2), $2, $3, $3, 'assembling',
+                     now() + interval '1 hour', 'final', $4)",
             &[&final_id, &asset, &(data.len() as i64), &partials],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE assets SET source_claim = $1, source_claimed_until = now() + interval '1 hour' WHERE id = $2",
+            &[&final_id, &asset],
         )
         .await
         .unwrap();

@@ -131,9 +131,14 @@ impl Inner {
         }
         {
             let client = self.pool.get().await.map_err(|e| db_error("database", e))?;
-            assets::set_state(&client, job.asset_id, AssetState::Processing)
+            let resumed = assets::resume_processing(&client, job.asset_id)
                 .await
                 .map_err(|e| db_error("marking the asset processing", e))?;
+            if !resumed {
+                // Deleted, or published meanwhile: nothing to do.
+                tracing::info!(asset_id = %job.asset_id, "asset is not processing; skipping transcode");
+                return Ok(());
+            }
         }
         match self.run_pipeline(&job, &ctx).await {
             Ok(()) => Ok(()),
@@ -388,7 +393,7 @@ impl Inner {
                 }
             })
             .collect();
-        assets::publish(
+        let published = assets::publish(
             &self.pool,
             job.asset_id,
             job.version as i32,
@@ -397,6 +402,11 @@ impl Inner {
         )
         .await
         .map_err(|e| TranscodeError::internal("recording the renditions", e))?;
+        if !published {
+            // Deleted while transcoding: its purge removes what was written.
+            tracing::info!(asset_id = %job.asset_id, "asset deleted while transcoding; not published");
+            return Ok(());
+        }
         tracing::info!(asset_id = %job.asset_id, version = job.version, renditions = rows.len(),
             duration = summary.duration, "asset ready");
         Ok(())
