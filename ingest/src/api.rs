@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
-use cascade_platform::config::{IngestConfig, TranscodeConfig};
+use cascade_platform::config::{IngestConfig, PlaybackConfig, TranscodeConfig};
 use cascade_platform::{assets, ObjectStore, Queue};
 use cascade_schemas::{AssetId, AssetState, ObjectKey, PlaybackId};
 use chrono::{DateTime, Utc};
@@ -46,6 +46,9 @@ pub struct AppState {
     pub config: IngestConfig,
     /// `[transcode]` config (the probe's limits).
     pub transcode: TranscodeConfig,
+    /// `[playback]` config: the keys and lifetimes of minted playback
+    /// tokens. No keys unless [`AppState::with_playback`] sets them.
+    pub playback: PlaybackConfig,
     /// Per-key request budgets.
     pub limiter: RateLimiter,
 }
@@ -65,8 +68,15 @@ impl AppState {
             queue,
             config,
             transcode,
+            playback: PlaybackConfig::default(),
             limiter: RateLimiter::default(),
         }
+    }
+
+    /// The `[playback]` config (signing keys, token lifetimes).
+    pub fn with_playback(mut self, playback: PlaybackConfig) -> Self {
+        self.playback = playback;
+        self
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -81,6 +91,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/assets", post(create_asset).get(list_assets))
         .route("/v1/assets/{id}", get(get_asset).delete(delete_asset))
         .route("/v1/assets/{id}/source", put(put_source))
+        .route(
+            "/v1/assets/{id}/playback_tokens",
+            post(crate::playback_tokens::create),
+        )
         .route("/v1/uploads", post(tus::create))
         .route(
             "/v1/uploads/{id}",
