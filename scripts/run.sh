@@ -11,6 +11,11 @@ export CASCADE_INGEST__PUBLIC_URL="${CASCADE_INGEST__PUBLIC_URL:-http://$CASCADE
 key_file="$(dirname "$CASCADE_STORAGE__LOCAL_ROOT")/bootstrap-key"
 [ -s "$key_file" ] || python3 -c 'import secrets; print("csk_local_" + secrets.token_urlsafe(24))' >"$key_file"
 export CASCADE_INGEST__BOOTSTRAP_KEY="${CASCADE_INGEST__BOOTSTRAP_KEY:-$(cat "$key_file")}"
+# A local playback signing key (`[playback] signing_keys`, id `local`), so
+# signed assets play; kept across runs so minted tokens stay valid.
+signing_file="$(dirname "$CASCADE_STORAGE__LOCAL_ROOT")/playback-signing-key"
+[ -s "$signing_file" ] || python3 -c 'import secrets; print("local:" + secrets.token_urlsafe(32))' >"$signing_file"
+export CASCADE_PLAYBACK__SIGNING_KEYS="${CASCADE_PLAYBACK__SIGNING_KEYS:-$(cat "$signing_file")}"
 echo "run: database $CASCADE_DATABASE__URL"
 echo "run: S3 endpoint $CASCADE_STORAGE__S3__ENDPOINT (bucket $CASCADE_STORAGE__S3__BUCKET)"
 echo "run: operator commands in another shell need these variables; see docs/configuration.md"

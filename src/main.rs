@@ -9,6 +9,7 @@ mod keys;
 mod qa;
 mod serve;
 mod telemetry;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: keys::KeysCommand,
+    },
+    /// Mint signed playback tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: tokens::TokensCommand,
     },
     /// Inspect and steer the job queue.
     Jobs {
@@ -111,6 +117,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Jobs { command } => jobs::run(command, &config).await,
         Command::Assets { command } => assets::run(command, &config).await,
         Command::Keys { command } => keys::run(command, &config).await,
+        Command::Tokens { command } => tokens::run(command, &config).await,
         Command::Bench { command } => bench::run(command, config).await,
         Command::Qa(args) => Ok(qa::run(args, &config).await),
     }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cascade_platform::playback_token::{self, MintError};
 use cascade_platform::storage::CopyError;
 use cascade_platform::{assets, db, Config, ObjectStore};
 use cascade_qa::thresholds::Thresholds;
@@ -198,18 +199,23 @@ async fn resolve_asset(
         asset.playback_id
     );
     if asset.playback_policy == cascade_schemas::PlaybackPolicy::Signed {
-        let key = config.origin.signing_key.expose();
-        if key.is_empty() {
-            return Err(CannotRun(
-                "the asset is signed and origin.signing_key is not set".to_owned(),
-            ));
-        }
-        let expiry = SystemTime::now()
+        // Signed with the current (first) key, for playback.default_token_ttl.
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            + 3600;
-        let token = cascade_origin::sign(key.as_bytes(), &asset.playback_id, expiry);
-        url.push_str(&format!("?token={token}"));
+            .map_or(0, |d| d.as_secs());
+        let minted = playback_token::mint(
+            &config.playback,
+            &asset.playback_id,
+            config.playback.default_token_ttl,
+            now,
+        )
+        .map_err(|e| match e {
+            MintError::NoSigningKey => {
+                CannotRun("the asset is signed and playback.signing_keys is empty".to_owned())
+            }
+            e @ MintError::InvalidTtl { .. } => CannotRun(format!("signing the URL: {e}")),
+        })?;
+        url.push_str(&format!("?token={}", minted.token));
     }
     if let Some(reference) = reference {
         return Ok((url, reference, None));

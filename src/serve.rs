@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use anyhow::Context;
 use axum::Router;
+use cascade_platform::playback_token::Keyring;
 use cascade_platform::queue::JobNotifier;
 use cascade_platform::{db, Config, ObjectStore, Queue};
 use cascade_schemas::job_kind;
@@ -143,13 +144,18 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         store: store.clone(),
     }));
     if roles.contains(&Role::Ingest) {
-        let state = std::sync::Arc::new(cascade_ingest::AppState::new(
-            pool.clone(),
-            store.clone(),
-            queue.clone(),
-            config.ingest.clone(),
-            config.transcode.clone(),
-        ));
+        let state = std::sync::Arc::new(
+            cascade_ingest::AppState::new(
+                pool.clone(),
+                store.clone(),
+                queue.clone(),
+                config.ingest.clone(),
+                config.transcode.clone(),
+            )
+            .with_playback(config.playback.clone()),
+        );
+        cascade_platform::environments::validate_name(&config.ingest.default_environment)
+            .context("ingest.default_environment")?;
         let cleanup = cascade_ingest::spawn_cleanup(state.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _ = cleanup.await;
@@ -165,8 +171,12 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         app = app.merge(cascade_ingest::router(state));
     }
     if roles.contains(&Role::Origin) {
-        let origin =
-            cascade_origin::OriginState::new(config.origin.clone(), pool.clone(), store.clone());
+        let origin = cascade_origin::OriginState::new(
+            config.origin.clone(),
+            Keyring::from_config(&config.playback),
+            pool.clone(),
+            store.clone(),
+        );
         app = app.merge(cascade_origin::router(origin));
     }
     let listener = tokio::net::TcpListener::bind(config.http.listen)

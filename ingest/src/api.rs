@@ -12,7 +12,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
 use cascade_platform::assets::{self, ClaimRefused, NewAsset, SourceClaim};
-use cascade_platform::config::{IngestConfig, TranscodeConfig};
+use cascade_platform::config::{IngestConfig, PlaybackConfig, TranscodeConfig};
 use cascade_platform::{ObjectStore, Queue};
 use cascade_schemas::{AssetId, AssetState, EnvironmentId, ObjectKey, PlaybackPolicy};
 use chrono::{DateTime, Utc};
@@ -47,6 +47,9 @@ pub struct AppState {
     pub config: IngestConfig,
     /// `[transcode]` config (the probe's limits).
     pub transcode: TranscodeConfig,
+    /// `[playback]` config: the keys and lifetimes of minted playback
+    /// tokens. No keys unless [`AppState::with_playback`] sets them.
+    pub playback: PlaybackConfig,
     /// Key lookups, their cache and the request budgets.
     pub auth: Authenticator,
 }
@@ -67,7 +70,22 @@ impl AppState {
             auth: Authenticator::new(config.key_cache_ttl),
             config,
             transcode,
+            playback: PlaybackConfig::default(),
         }
+    }
+
+    /// The environment of the bootstrap key, the watch folder and imports
+    /// (`ingest.default_environment`), resolved by the caller; otherwise it
+    /// is looked up (and created) at first use.
+    pub fn with_default_environment(self, environment: EnvironmentId) -> Self {
+        let _ = self.auth.bootstrap_environment.set(environment);
+        self
+    }
+
+    /// The `[playback]` config (signing keys, token lifetimes).
+    pub fn with_playback(mut self, playback: PlaybackConfig) -> Self {
+        self.playback = playback;
+        self
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -82,6 +100,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/assets", post(create_asset).get(list_assets))
         .route("/v1/assets/{id}", get(get_asset).delete(delete_asset))
         .route("/v1/assets/{id}/source", put(put_source))
+        .route(
+            "/v1/assets/{id}/playback_tokens",
+            post(crate::playback_tokens::create),
+        )
         .route("/v1/uploads", post(tus::create))
         .route(
             "/v1/uploads/{id}",

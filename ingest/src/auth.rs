@@ -112,7 +112,7 @@ pub struct Authenticator {
     /// Valid keys by secret hash, briefly.
     cache: moka::sync::Cache<[u8; 32], (uuid::Uuid, EnvironmentId)>,
     /// The bootstrap key's environment, resolved once.
-    bootstrap_environment: tokio::sync::OnceCell<EnvironmentId>,
+    pub(crate) bootstrap_environment: tokio::sync::OnceCell<EnvironmentId>,
 }
 
 impl Authenticator {

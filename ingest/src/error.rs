@@ -48,6 +48,12 @@ pub enum ApiError {
         /// The limit in bytes.
         max: u64,
     },
+    /// A small JSON request body is over its limit.
+    #[error("the request body is larger than the {max} bytes allowed")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        max: u64,
+    },
     /// The media is not something we can process.
     #[error("{message}")]
     Unprocessable {
@@ -77,6 +83,15 @@ pub enum ApiError {
     /// A dependency is down; retrying later may work.
     #[error("temporarily unavailable")]
     Unavailable(String),
+    /// The deployment lacks the configuration this request needs; an
+    /// operator must add it (retrying will not help until then).
+    #[error("{message}")]
+    NotConfigured {
+        /// Stable code.
+        code: &'static str,
+        /// What is missing.
+        message: String,
+    },
     /// A bug or an unexpected failure.
     #[error("internal error")]
     Internal(String),
@@ -99,7 +114,9 @@ impl ApiError {
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             Self::Locked => (StatusCode::LOCKED, "upload_locked"),
-            Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::TooLarge { .. } | Self::BodyTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            }
             Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             // 460 is tus's "Checksum Mismatch".
             Self::ChecksumMismatch => (
@@ -113,6 +130,7 @@ impl ApiError {
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::NotConfigured { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

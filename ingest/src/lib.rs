@@ -17,6 +17,7 @@ pub mod auth;
 mod body;
 pub mod error;
 pub mod openapi;
+pub mod playback_tokens;
 mod source;
 mod tus;
 pub mod watch;

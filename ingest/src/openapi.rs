@@ -198,20 +198,22 @@ impl Modify for BearerAuth {
 /// The document.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Cascade API", description = "Assets, uploads (simple and tus 1.0.0) and playback URLs."),
+    info(title = "Cascade API", description = "Assets, uploads (simple and tus 1.0.0), playback URLs and signed playback tokens."),
     paths(
         crate::api::create_asset,
         crate::api::list_assets,
         crate::api::get_asset,
         crate::api::delete_asset,
         crate::api::put_source,
+        crate::playback_tokens::create,
         crate::tus::options,
         crate::tus::create,
         crate::tus::head,
         crate::tus::patch,
         crate::tus::terminate,
     ),
-    components(schemas(ErrorBody, AssetView, AssetList, crate::api::CreateAsset, TusResumable)),
+    components(schemas(ErrorBody, AssetView, AssetList, crate::api::CreateAsset, TusResumable,
+        crate::playback_tokens::CreatePlaybackToken, crate::playback_tokens::PlaybackTokenView)),
     tags((name = "tus", description = "Resumable uploads, tus 1.0.0 (core, creation, creation-with-upload, termination, checksum, expiration).")),
     modifiers(&BearerAuth, &OptionalBodies),
     security(("api_key" = []))
@@ -280,6 +282,39 @@ mod tests {
             doc["components"]["schemas"]["TusResumable"]["enum"],
             json!(["1.0.0"])
         );
+    }
+
+    #[test]
+    fn playback_tokens_are_documented_as_answered() {
+        let doc = document();
+        let operation = &doc["paths"]["/v1/assets/{id}/playback_tokens"]["post"];
+        assert_eq!(operation["operationId"], "create_playback_token");
+        assert_eq!(
+            statuses(operation),
+            ["201", "400", "401", "404", "408", "409", "413", "429", "503"]
+        );
+        assert_eq!(
+            operation["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/PlaybackTokenView"
+        );
+        for (status, response) in operation["responses"].as_object().unwrap() {
+            if status != "201" {
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{status}"
+                );
+            }
+        }
+        assert_ne!(operation["requestBody"]["required"], json!(true));
+        let view = &doc["components"]["schemas"]["PlaybackTokenView"];
+        assert_eq!(
+            view["required"],
+            json!(["token", "key_id", "expires_at", "playback"])
+        );
+        assert_eq!(view["properties"]["expires_at"]["format"], "date-time");
+        let request = &doc["components"]["schemas"]["CreatePlaybackToken"];
+        assert_eq!(request["properties"]["ttl_seconds"]["minimum"], json!(1));
     }
 
     #[test]

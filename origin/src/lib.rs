@@ -32,10 +32,11 @@
 //!   (`Vary: Accept-Encoding`); CORS; `Surrogate-Key` and `Cache-Tag:
 //!   asset-<asset_id>` on every response about an asset, so a CDN can purge it.
 //! - **Cache-Control**: see [`cache_control`]'s table.
-//! - **Signed playback**: assets with the `signed` policy need `?token=` (see
-//!   [`token`]) on every object; manifests are rewritten so each URI in them
-//!   carries the token. Such responses are `private`: shared caches never
-//!   store them.
+//! - **Signed playback**: assets with the `signed` policy need `?token=` on
+//!   every object, checked against the [`Keyring`] of `playback.signing_keys`
+//!   (format and rotation: [`cascade_platform::playback_token`]); manifests
+//!   are rewritten so each URI in them carries the token. Such responses are
+//!   `private`: shared caches never store them.
 
 mod breaker;
 mod error;
@@ -43,7 +44,6 @@ mod http;
 mod metrics;
 mod resolve;
 mod tier;
-pub mod token;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -56,12 +56,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use cascade_platform::playback_token::{Keyring, TokenError};
 use cascade_platform::ObjectStore;
 use cascade_schemas::{AssetId, AssetState, ObjectClass, ObjectKey, PlaybackId, RenditionName};
 use deadpool_postgres::Pool;
 
 pub use crate::error::OriginError;
-pub use crate::token::sign;
 pub use cascade_platform::config::OriginConfig;
 
 use crate::metrics::{class_index, Gauges, Metrics, CLASS_METRICS, CLASS_OTHER};
@@ -97,14 +97,15 @@ struct Inner {
     tier: Tier,
     metrics: Arc<Metrics>,
     cors: Cors,
-    signing_key: Vec<u8>,
+    keyring: Keyring,
     manifest_cache_control: HeaderValue,
     max_header_bytes: usize,
 }
 
 impl OriginState {
-    /// Builds the origin over the shared pool and object store.
-    pub fn new(config: OriginConfig, pool: Pool, store: ObjectStore) -> Self {
+    /// Builds the origin over the shared pool and object store; `keyring`
+    /// verifies playback tokens (`Keyring::from_config(&config.playback)`).
+    pub fn new(config: OriginConfig, keyring: Keyring, pool: Pool, store: ObjectStore) -> Self {
         let metrics = Arc::new(Metrics::new());
         let manifest_cache_control = HeaderValue::from_str(&format!(
             "public, max-age={}, s-maxage={}",
@@ -112,15 +113,15 @@ impl OriginState {
             config.manifest_s_maxage.as_secs()
         ))
         .unwrap_or(HeaderValue::from_static("public, max-age=60"));
-        if config.signing_key.is_empty() {
-            tracing::info!("origin.signing_key is empty: assets with the signed policy get 403");
+        if keyring.is_empty() {
+            tracing::info!("playback.signing_keys is empty: assets with the signed policy get 403");
         }
         Self {
             inner: Arc::new(Inner {
                 resolver: Resolver::new(&config, pool, metrics.clone()),
                 tier: Tier::new(&config, store, metrics.clone()),
                 cors: Cors::new(&config.cors_allowed_origins),
-                signing_key: config.signing_key.expose().as_bytes().to_vec(),
+                keyring,
                 manifest_cache_control,
                 max_header_bytes: config.max_header_bytes.as_usize(),
                 metrics,
@@ -377,12 +378,15 @@ async fn serve_object(
     *asset_out = Some(asset.id);
     let token = if asset.signed {
         let token = ask.token.as_deref().ok_or(OriginError::TokenRequired)?;
-        token::verify(&inner.signing_key, &playback_id, token, now_unix()).map_err(
-            |e| match e {
-                token::TokenError::Expired => OriginError::TokenExpired,
-                _ => OriginError::TokenInvalid,
-            },
-        )?;
+        inner
+            .keyring
+            .verify(&playback_id, token, now_unix())
+            .map_err(|e| match e {
+                TokenError::Expired => OriginError::TokenExpired,
+                TokenError::Malformed | TokenError::UnknownKey | TokenError::BadSignature => {
+                    OriginError::TokenInvalid
+                }
+            })?;
         Some(token)
     } else {
         None
@@ -665,7 +669,7 @@ mod tests {
         .unwrap();
         let pool = cascade_platform::db::pool(&cascade_platform::config::DatabaseConfig::default())
             .unwrap();
-        let state = OriginState::new(OriginConfig::default(), pool, store);
+        let state = OriginState::new(OriginConfig::default(), Keyring::default(), pool, store);
         (router(state), dir)
     }
 

@@ -79,6 +79,9 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// The playback origin.
     pub origin: OriginConfig,
+    /// Signed playback: the keys of playback tokens and their lifetimes
+    /// (read by ingest, which mints tokens, and the origin, which checks them).
+    pub playback: PlaybackConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -286,8 +289,8 @@ impl Default for QueueConfig {
     }
 }
 
-/// The playback origin: memory tier, storage protection, caching headers,
-/// CORS and signed playback.
+/// The playback origin: memory tier, storage protection, caching headers
+/// and CORS (its signing keys are in [`PlaybackConfig`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OriginConfig {
@@ -327,9 +330,6 @@ pub struct OriginConfig {
     pub max_header_bytes: ByteSize,
     /// Origins browsers may play from (CORS); `"*"` allows any. Default `["*"]`.
     pub cors_allowed_origins: Vec<String>,
-    /// HMAC-SHA256 key of signed playback tokens. Default empty: assets with
-    /// the `signed` policy are refused (403) until a key is set.
-    pub signing_key: Secret,
 }
 
 impl Default for OriginConfig {
@@ -347,9 +347,94 @@ impl Default for OriginConfig {
             manifest_s_maxage: Duration::from_secs(86_400),
             max_header_bytes: ByteSize(16 * 1024),
             cors_allowed_origins: vec!["*".to_owned()],
-            signing_key: Secret::default(),
         }
     }
+}
+
+/// Signed playback tokens (`crate::playback_token`): the keys that sign and
+/// verify them, and how long minted tokens live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaybackConfig {
+    /// HMAC-SHA256 keys of playback tokens, newest first: the first signs
+    /// new tokens, every one verifies. To rotate, put a new key first and
+    /// keep the old one until the tokens it signed have expired
+    /// (`max_token_ttl`), then remove it. In TOML an array of `{ id, secret }`;
+    /// as a string (handy in the environment) `"id:secret,id:secret"`. Ids are
+    /// 1-32 of `A-Z a-z 0-9 _ -`, unique; secrets at least 16 bytes. Default:
+    /// none (assets with the `signed` policy get 403, and minting answers 503).
+    #[serde(deserialize_with = "signing_keys")]
+    pub signing_keys: Vec<SigningKeyConfig>,
+    /// Longest lifetime a minted token may have. Default `1day`.
+    #[serde(with = "humantime_serde")]
+    pub max_token_ttl: Duration,
+    /// Lifetime of a minted token when none is asked for; at most
+    /// `max_token_ttl`. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub default_token_ttl: Duration,
+}
+
+impl Default for PlaybackConfig {
+    fn default() -> Self {
+        Self {
+            signing_keys: Vec::new(),
+            max_token_ttl: Duration::from_secs(24 * 3600),
+            default_token_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Shortest signing secret accepted, in bytes.
+pub const MIN_SIGNING_SECRET_BYTES: usize = 16;
+
+/// One playback signing key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// Key id, carried in every token it signs: 1-32 of `A-Z a-z 0-9 _ -`.
+    pub id: crate::playback_token::KeyId,
+    /// HMAC-SHA256 secret, at least 16 bytes (32 random bytes recommended).
+    pub secret: Secret,
+}
+
+/// `playback.signing_keys`: an array of `{ id, secret }` tables, or the
+/// string `"id:secret,id:secret"` (an empty string is no keys).
+fn signing_keys<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<SigningKeyConfig>, D::Error> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<SigningKeyConfig>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of { id, secret } tables or a string \"id:secret,id:secret\"")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            text.split(',')
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty())
+                .enumerate()
+                .map(|(i, pair)| {
+                    let (id, secret) = pair.split_once(':').ok_or_else(|| {
+                        E::custom(format!(
+                            "key {}: expected `id:secret` pairs separated by commas",
+                            i + 1
+                        ))
+                    })?;
+                    Ok(SigningKeyConfig {
+                        id: id.parse().map_err(E::custom)?,
+                        secret: Secret::new(secret),
+                    })
+                })
+                .collect()
+        }
+    }
+    deserializer.deserialize_any(Keys)
 }
 
 /// Webhook endpoints.
@@ -622,9 +707,16 @@ impl Config {
         }
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let mut message = e.inner().to_string();
+                if message.contains("unknown field `signing_key`") {
+                    message = format!(
+                        "{}\n(playback signing keys moved to `playback.signing_keys`: docs/configuration.md)",
+                        message.trim_end()
+                    );
+                }
                 ConfigError::Invalid {
                     key: e.path().to_string(),
-                    message: e.inner().to_string(),
+                    message,
                 }
             })?;
         config.validate()?;
@@ -702,6 +794,44 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        self.validate_playback()
+    }
+
+    fn validate_playback(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            message,
+        };
+        let p = &self.playback;
+        for (i, key) in p.signing_keys.iter().enumerate() {
+            if key.secret.expose().len() < MIN_SIGNING_SECRET_BYTES {
+                return Err(invalid(
+                    "playback.signing_keys",
+                    format!(
+                        "key {:?}: the secret must be at least {MIN_SIGNING_SECRET_BYTES} bytes",
+                        key.id.as_str()
+                    ),
+                ));
+            }
+            if p.signing_keys[..i].iter().any(|k| k.id == key.id) {
+                return Err(invalid(
+                    "playback.signing_keys",
+                    format!("key id {:?} is listed twice", key.id.as_str()),
+                ));
+            }
+        }
+        if p.max_token_ttl < Duration::from_secs(1) {
+            return Err(invalid(
+                "playback.max_token_ttl",
+                "must be at least 1s".to_owned(),
+            ));
+        }
+        if p.default_token_ttl < Duration::from_secs(1) || p.default_token_ttl > p.max_token_ttl {
+            return Err(invalid(
+                "playback.default_token_ttl",
+                "must be between 1s and playback.max_token_ttl".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -999,14 +1129,145 @@ mod tests {
 
     #[test]
     fn origin_units_and_unknown_keys() {
-        let parsed: OriginConfig = toml::from_str(
-            "cache_capacity = \"64MiB\"\nnegative_ttl = \"500ms\"\nsigning_key = \"k\"",
-        )
-        .unwrap();
+        let parsed: OriginConfig =
+            toml::from_str("cache_capacity = \"64MiB\"\nnegative_ttl = \"500ms\"").unwrap();
         assert_eq!(parsed.cache_capacity, ByteSize::mib(64));
         assert_eq!(parsed.negative_ttl, Duration::from_millis(500));
-        assert_eq!(parsed.signing_key.expose(), "k");
         let err = toml::from_str::<OriginConfig>("cache_size = 1").unwrap_err();
         assert!(err.to_string().contains("cache_size"), "{err}");
+    }
+
+    fn key_ids(config: &Config) -> Vec<&str> {
+        config
+            .playback
+            .signing_keys
+            .iter()
+            .map(|k| k.id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn playback_default_parses_and_round_trips() {
+        let config = Config::load(None, Vec::new()).unwrap();
+        assert!(config.playback.signing_keys.is_empty());
+        assert_eq!(config.playback.max_token_ttl, Duration::from_secs(86_400));
+        assert_eq!(config.playback.default_token_ttl, Duration::from_secs(3600));
+        let text = toml::to_string(&PlaybackConfig::default()).unwrap();
+        let back: PlaybackConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back.max_token_ttl, Duration::from_secs(86_400));
+        let err = toml::from_str::<PlaybackConfig>("signing_key = \"k\"").unwrap_err();
+        assert!(err.to_string().contains("signing_key"), "{err}");
+    }
+
+    #[test]
+    fn playback_keys_from_toml_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cascade.toml");
+        std::fs::write(
+            &path,
+            "[playback]\nmax_token_ttl = \"2h\"\ndefault_token_ttl = \"10m\"\nsigning_keys = [\n  { id = \"k2\", secret = \"second secret of 16+\" },\n  { id = \"k1\", secret = \"first secret of 16+\" },\n]\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(key_ids(&config), ["k2", "k1"]);
+        assert_eq!(
+            config.playback.signing_keys[0].secret.expose(),
+            "second secret of 16+"
+        );
+        assert_eq!(config.playback.max_token_ttl, Duration::from_secs(7200));
+        assert_eq!(config.playback.default_token_ttl, Duration::from_secs(600));
+        // Secrets never show; the rendered config still parses.
+        let rendered = config.to_redacted_toml();
+        assert!(!rendered.contains("secret of 16+"), "{rendered}");
+        assert!(rendered.contains("id = \"k2\""), "{rendered}");
+        assert!(!format!("{config:?}").contains("secret of 16+"));
+        let back: Config = toml::from_str(&rendered).unwrap();
+        assert_eq!(key_ids(&back), ["k2", "k1"]);
+        // Unknown keys inside a key table are named.
+        std::fs::write(
+            &path,
+            "[[playback.signing_keys]]\nid = \"k1\"\nsecrett = \"x\"\n",
+        )
+        .unwrap();
+        let text = Config::load(Some(&path), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("secrett"), "{text}");
+    }
+
+    #[test]
+    fn playback_keys_from_the_environment() {
+        // The compact form.
+        let config = Config::load(
+            None,
+            env(&[(
+                "CASCADE_PLAYBACK__SIGNING_KEYS",
+                "k2:second secret of 16+, k1:first:secret:with:colons",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(key_ids(&config), ["k2", "k1"]);
+        assert_eq!(
+            config.playback.signing_keys[1].secret.expose(),
+            "first:secret:with:colons"
+        );
+        assert!(!config.to_redacted_toml().contains("second secret"));
+        // A TOML array, as any variable may be.
+        let config = Config::load(
+            None,
+            env(&[
+                (
+                    "CASCADE_PLAYBACK__SIGNING_KEYS",
+                    r#"[{ id = "k3", secret = "a,secret,with,commas" }]"#,
+                ),
+                ("CASCADE_PLAYBACK__MAX_TOKEN_TTL", "30m"),
+                ("CASCADE_PLAYBACK__DEFAULT_TOKEN_TTL", "5m"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(key_ids(&config), ["k3"]);
+        assert_eq!(
+            config.playback.signing_keys[0].secret.expose(),
+            "a,secret,with,commas"
+        );
+        assert_eq!(config.playback.max_token_ttl, Duration::from_secs(1800));
+        // An empty string is no keys.
+        let config = Config::load(None, env(&[("CASCADE_PLAYBACK__SIGNING_KEYS", "")])).unwrap();
+        assert!(config.playback.signing_keys.is_empty());
+    }
+
+    #[test]
+    fn playback_bad_keys_and_ttls_are_named() {
+        for (var, value, needle) in [
+            ("CASCADE_PLAYBACK__SIGNING_KEYS", "k1", "id:secret"),
+            (
+                "CASCADE_PLAYBACK__SIGNING_KEYS",
+                "k.1:long enough secret",
+                "k.1",
+            ),
+            ("CASCADE_PLAYBACK__SIGNING_KEYS", "k1:short", "16 bytes"),
+            (
+                "CASCADE_PLAYBACK__SIGNING_KEYS",
+                "k1:long enough secret,k1:another long secret",
+                "twice",
+            ),
+            ("CASCADE_PLAYBACK__MAX_TOKEN_TTL", "0s", "max_token_ttl"),
+            (
+                "CASCADE_PLAYBACK__DEFAULT_TOKEN_TTL",
+                "2days",
+                "default_token_ttl",
+            ),
+        ] {
+            let text = Config::load(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains("playback"), "{var}={value}: {text}");
+            assert!(text.contains(needle), "{var}={value}: {text}");
+        }
+        // The old single key points at its replacement.
+        let text = Config::load(None, env(&[("CASCADE_ORIGIN__SIGNING_KEY", "k")]))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("playback.signing_keys"), "{text}");
     }
 }

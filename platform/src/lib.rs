@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the one typed configuration tree (TOML plus `CASCADE_*` overrides);
 //! - [`db`]: the Postgres pool and the migration runner;
+//! - [`playback_token`]: signed playback tokens (minted by ingest, checked by the origin);
 //! - [`queue`]: the Postgres job queue (leases, heartbeats, retries, LISTEN/NOTIFY);
 //! - [`storage`]: the object store (S3-compatible or a local directory);
 //! - the model layer, typed functions over the rows with the state rules
@@ -16,6 +17,7 @@ pub mod assets;
 pub mod config;
 pub mod db;
 pub mod environments;
+pub mod playback_token;
 pub mod queue;
 pub mod storage;
 

@@ -711,6 +711,7 @@ async fn generated_requests_from_the_openapi_document_never_get_a_5xx() {
         ("/v1/assets/{id}", "get"),
         ("/v1/assets/{id}", "delete"),
         ("/v1/assets/{id}/source", "put"),
+        ("/v1/assets/{id}/playback_tokens", "post"),
         ("/v1/uploads", "options"),
         ("/v1/uploads", "post"),
         ("/v1/uploads/{id}", "head"),
@@ -740,7 +741,7 @@ enabled = false
 not_a_server_error.enabled = true
 
 [[operations]]
-include-operation-id = ["create_asset", "get_asset", "list_assets", "delete_asset", "put_source"]
+include-operation-id = ["create_asset", "get_asset", "list_assets", "delete_asset", "put_source", "create_playback_token"]
 {tus_checks}
 
 [[operations]]

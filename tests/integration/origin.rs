@@ -10,7 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cascade_origin::{router, OriginConfig, OriginState};
-use cascade_platform::config::{EncoderChoice, Secret, StorageConfig, TranscodeConfig};
+use cascade_platform::config::{
+    EncoderChoice, IngestConfig, PlaybackConfig, Secret, SigningKeyConfig, StorageConfig,
+    TranscodeConfig,
+};
+use cascade_platform::playback_token::Keyring;
 use cascade_platform::queue::JobNotifier;
 use cascade_platform::{assets, db, ObjectStore, Queue};
 use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey, PlaybackId, RenditionName};
@@ -22,6 +26,20 @@ use tokio_util::sync::CancellationToken;
 use crate::common::{eventually, fixtures_dir, fresh_db, repo_root, TestDb};
 
 const SIGNING_KEY: &str = "test signing key";
+
+/// `[playback]` with these `(id, secret)` signing keys, the first signing.
+fn playback_keys(keys: &[(&str, &str)]) -> PlaybackConfig {
+    PlaybackConfig {
+        signing_keys: keys
+            .iter()
+            .map(|(id, secret)| SigningKeyConfig {
+                id: id.parse().unwrap(),
+                secret: Secret::new(*secret),
+            })
+            .collect(),
+        ..PlaybackConfig::default()
+    }
+}
 
 // ---------------------------------------------------------------- HTTP client
 
@@ -74,13 +92,28 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 
 /// Sends one request on a fresh connection and reads the whole response.
 async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
+    request_with_body(addr, method, target, headers, b"").await
+}
+
+/// [`request`] with a body (and its `Content-Length` when not empty).
+async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.expect("write");
+    stream.write_all(body).await.expect("write the body");
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await
@@ -147,7 +180,29 @@ struct Published {
 
 impl Published {
     fn origin(&self, config: OriginConfig) -> OriginState {
-        OriginState::new(config, self.db.pool.clone(), self.store.clone())
+        self.origin_with_keys(config, &PlaybackConfig::default())
+    }
+
+    /// An origin verifying tokens with `playback`'s signing keys.
+    fn origin_with_keys(&self, config: OriginConfig, playback: &PlaybackConfig) -> OriginState {
+        OriginState::new(
+            config,
+            Keyring::from_config(playback),
+            self.db.pool.clone(),
+            self.store.clone(),
+        )
+    }
+
+    /// Makes the asset's playback policy `signed`.
+    async fn make_signed(&self) {
+        let client = self.db.pool.get().await.unwrap();
+        client
+            .execute(
+                "UPDATE assets SET playback_policy = 'signed' WHERE id = $1",
+                &[&self.asset.as_uuid()],
+            )
+            .await
+            .unwrap();
     }
 
     fn url(&self, rest: &str) -> String {
@@ -625,6 +680,7 @@ async fn origin_answers_bad_requests_with_4xx_json() {
     let (_, waiting_pid) = crate::common::insert_asset(&db, "public").await;
     let addr = serve(OriginState::new(
         OriginConfig::default(),
+        Keyring::default(),
         db.pool.clone(),
         store.clone(),
     ))
@@ -738,30 +794,25 @@ async fn origin_answers_bad_requests_with_4xx_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_signed_playback_needs_a_valid_token_and_carries_it() {
     let p = transcoded().await;
-    {
-        let client = p.db.pool.get().await.unwrap();
-        client
-            .execute(
-                "UPDATE assets SET playback_policy = 'signed' WHERE id = $1",
-                &[&p.asset.as_uuid()],
-            )
-            .await
-            .unwrap();
-    }
-    let config = OriginConfig {
-        signing_key: Secret::new(SIGNING_KEY),
-        ..OriginConfig::default()
-    };
-    let addr = serve(p.origin(config)).await;
+    p.make_signed().await;
+    let playback = playback_keys(&[("k1", SIGNING_KEY)]);
+    let addr = serve(p.origin_with_keys(OriginConfig::default(), &playback)).await;
     let rendition = first_rendition(&p).to_owned();
-    let token = cascade_origin::sign(SIGNING_KEY.as_bytes(), &p.playback, now_unix() + 600);
+    let keys = Keyring::from_config(&playback);
+    let token = keys.sign(&p.playback, now_unix() + 600).unwrap();
 
     // Without, with a wrong one, with an expired one: 403 JSON.
-    let expired = cascade_origin::sign(SIGNING_KEY.as_bytes(), &p.playback, now_unix() - 1);
-    let other = cascade_origin::sign(b"another key", &p.playback, now_unix() + 600);
+    let expired = keys.sign(&p.playback, now_unix() - 1).unwrap();
+    let other = Keyring::from_config(&playback_keys(&[("k1", "another key, 16 bytes")]))
+        .sign(&p.playback, now_unix() + 600)
+        .unwrap();
+    let unknown = Keyring::from_config(&playback_keys(&[("k9", SIGNING_KEY)]))
+        .sign(&p.playback, now_unix() + 600)
+        .unwrap();
     for (query, code) in [
         (String::new(), "token_required"),
         (format!("?token={other}"), "token_invalid"),
+        (format!("?token={unknown}"), "token_invalid"),
         ("?token=garbage".to_owned(), "token_invalid"),
         (format!("?token={expired}"), "token_expired"),
     ] {
@@ -836,6 +887,190 @@ async fn origin_signed_playback_needs_a_valid_token_and_carries_it() {
     let _ = std::fs::remove_dir_all(&p.root);
 }
 
+/// Serves the creators' API (`cascade_ingest::router`) on 127.0.0.1:0 over
+/// `p`'s database and store, minting with `playback`'s keys; the playback
+/// URLs it returns point at `origin`.
+async fn serve_api(p: &Published, origin: SocketAddr, playback: &PlaybackConfig) -> SocketAddr {
+    let state = cascade_ingest::AppState::new(
+        p.db.pool.clone(),
+        p.store.clone(),
+        Queue::new(p.db.pool.clone(), p.db.config.queue.clone()),
+        IngestConfig {
+            public_url: format!("http://{origin}"),
+            ..IngestConfig::default()
+        },
+        TranscodeConfig::default(),
+    )
+    .with_playback(playback.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let app = cascade_ingest::router(std::sync::Arc::new(state));
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// `POST /v1/assets/{asset}/playback_tokens` with `body`, authenticated with `api_key`.
+async fn mint_through_api(api: SocketAddr, api_key: &str, asset: AssetId, body: &str) -> Reply {
+    let auth = format!("Bearer {api_key}");
+    request_with_body(
+        api,
+        "POST",
+        &format!("/v1/assets/{asset}/playback_tokens"),
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// A 201 from the minting API: the token, its key id, its lifetime left in
+/// seconds, and the HLS and DASH URLs.
+fn minted(reply: &Reply) -> (String, String, i64, String, String) {
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let value: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let text = |field: &serde_json::Value| {
+        field
+            .as_str()
+            .unwrap_or_else(|| panic!("{value}"))
+            .to_owned()
+    };
+    let expires_at = chrono::DateTime::parse_from_rfc3339(&text(&value["expires_at"]))
+        .unwrap_or_else(|e| panic!("expires_at is not RFC 3339 ({e}): {value}"));
+    (
+        text(&value["token"]),
+        text(&value["key_id"]),
+        expires_at.timestamp() - now_unix() as i64,
+        text(&value["playback"]["hls"]),
+        text(&value["playback"]["dash"]),
+    )
+}
+
+/// The path and query of `url`, which must be on `origin`.
+fn target_on(origin: SocketAddr, url: &str) -> String {
+    url.strip_prefix(&format!("http://{origin}"))
+        .unwrap_or_else(|| panic!("{url} is not on {origin}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_plays_tokens_minted_by_the_api_across_a_key_rotation() {
+    const OLD: (&str, &str) = ("k1", "the first signing secret");
+    const NEW: (&str, &str) = ("k2", "the second signing secret");
+    let p = transcoded().await;
+    p.make_signed().await;
+    let rendition = first_rendition(&p).to_owned();
+    let api_key = {
+        // A key of the environment the imported asset is in.
+        let client = p.db.pool.get().await.unwrap();
+        let environment = cascade_platform::environments::ensure(&client, "default")
+            .await
+            .unwrap();
+        cascade_platform::api_keys::create(&client, "origin-test", environment)
+            .await
+            .unwrap()
+            .1
+    };
+
+    // Before the rotation: k1 alone signs and verifies.
+    let before = playback_keys(&[OLD]);
+    let origin = serve(p.origin_with_keys(OriginConfig::default(), &before)).await;
+    let api = serve_api(&p, origin, &before).await;
+    let reply = mint_through_api(api, &api_key, p.asset, r#"{"ttl_seconds": 600}"#).await;
+    let (old_token, key_id, lifetime, hls, dash) = minted(&reply);
+    assert_eq!(key_id, "k1");
+    assert!(old_token.starts_with("k1."), "{old_token}");
+    assert!((590..=600).contains(&lifetime), "{lifetime}");
+    assert_eq!(
+        hls,
+        format!("http://{origin}{}?token={old_token}", p.url("master.m3u8"))
+    );
+    assert_eq!(
+        dash,
+        format!("http://{origin}{}?token={old_token}", p.url("manifest.mpd"))
+    );
+    // The URLs the API returned play through the origin, token carried along.
+    let master = get(origin, &target_on(origin, &hls)).await;
+    assert_eq!(master.status, 200, "{}", master.text());
+    assert!(
+        master
+            .text()
+            .contains(&format!("index.m3u8?token={old_token}")),
+        "{}",
+        master.text()
+    );
+    let mpd = get(origin, &target_on(origin, &dash)).await;
+    assert_eq!(mpd.status, 200, "{}", mpd.text());
+    ffmpeg_decodes(&hls).await;
+    // No body: the default lifetime (1 hour).
+    let (_, _, lifetime, _, _) = minted(&mint_through_api(api, &api_key, p.asset, "").await);
+    assert!((3590..=3600).contains(&lifetime), "{lifetime}");
+
+    // Refusals, each with its stable code.
+    for body in [r#"{"ttl_seconds": 0}"#, r#"{"ttl_seconds": 86401}"#] {
+        let r = mint_through_api(api, &api_key, p.asset, body).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert_eq!(r.code(), "invalid_ttl", "{body}");
+    }
+    let r = mint_through_api(api, &api_key, p.asset, r#"{"ttl_seconds": "1h"}"#).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_json".to_owned()));
+    let r = mint_through_api(api, &api_key, AssetId::new(), "").await;
+    assert_eq!((r.status, r.code()), (404, "not_found".to_owned()));
+    let (public, _) = inserted(&p.db, AssetState::Ready, "public").await;
+    let r = mint_through_api(api, &api_key, public, "").await;
+    assert_eq!((r.status, r.code()), (409, "not_signed".to_owned()));
+    let r = mint_through_api(api, "csk_not_a_key", p.asset, "").await;
+    assert_eq!((r.status, r.code()), (401, "unauthorized".to_owned()));
+    let unconfigured = serve_api(&p, origin, &PlaybackConfig::default()).await;
+    let r = mint_through_api(unconfigured, &api_key, p.asset, "").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "signing_not_configured".to_owned())
+    );
+
+    // Rotation, step 1 (the services restarted with the new config): the
+    // new key first, the old one kept. Old tokens still play; new ones are
+    // signed with k2.
+    let during = playback_keys(&[NEW, OLD]);
+    let origin = serve(p.origin_with_keys(OriginConfig::default(), &during)).await;
+    let api = serve_api(&p, origin, &during).await;
+    for path in [
+        "master.m3u8".to_owned(),
+        "manifest.mpd".to_owned(),
+        format!("{rendition}/1.m4s"),
+    ] {
+        let r = get(origin, &format!("{}?token={old_token}", p.url(&path))).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    let reply = mint_through_api(api, &api_key, p.asset, r#"{"ttl_seconds": 600}"#).await;
+    let (new_token, key_id, _, hls, _) = minted(&reply);
+    assert_eq!(key_id, "k2");
+    assert!(new_token.starts_with("k2."), "{new_token}");
+    assert_eq!(get(origin, &target_on(origin, &hls)).await.status, 200);
+
+    // Step 2: the old key removed. Its tokens get the origin's 403; the new
+    // key's tokens play.
+    let after = playback_keys(&[NEW]);
+    let origin = serve(p.origin_with_keys(OriginConfig::default(), &after)).await;
+    for path in [
+        "master.m3u8".to_owned(),
+        "manifest.mpd".to_owned(),
+        format!("{rendition}/1.m4s"),
+    ] {
+        let r = get(origin, &format!("{}?token={old_token}", p.url(&path))).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert_eq!(r.code(), "token_invalid", "{path}");
+        assert_eq!(r.header("cache-control"), Some("private, no-store"));
+        let r = get(origin, &format!("{}?token={new_token}", p.url(&path))).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    let _ = std::fs::remove_dir_all(&p.root);
+}
+
 /// `ffmpeg -i <url> -map 0 -f null -` succeeds with no error output, and reads every stream.
 async fn ffmpeg_decodes(url: &str) {
     // Async: the origin under test runs on this runtime.
@@ -871,7 +1106,7 @@ async fn origin_serves_cached_objects_while_storage_fails_and_breaks_the_circuit
         breaker_cooldown: Duration::from_millis(500),
         ..OriginConfig::default()
     };
-    let state = OriginState::new(config, db.pool.clone(), store);
+    let state = OriginState::new(config, Keyring::default(), db.pool.clone(), store);
     let addr = serve(state.clone()).await;
     let cached = format!("/play/{playback}/720p/1.m4s");
     let uncached = format!("/play/{playback}/720p/2.m4s");

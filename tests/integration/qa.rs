@@ -205,9 +205,10 @@ async fn pipeline_and_qa(file: &str, name: &str, dash_too: bool) {
 
 #[tokio::test]
 async fn qa_by_asset_id_finds_the_url_and_the_stored_original_and_signs_for_signed_assets() {
-    const SIGNING_KEY: &str = "qa-test-signing-key";
+    // `[playback] signing_keys` in the environment's compact form.
+    const SIGNING_KEYS: &str = "qa:qa-test-signing-key";
     let db = fresh_db().await;
-    let stack = start_stack_with(&db, &[("CASCADE_ORIGIN__SIGNING_KEY", SIGNING_KEY)]);
+    let stack = start_stack_with(&db, &[("CASCADE_PLAYBACK__SIGNING_KEYS", SIGNING_KEYS)]);
     let source = fixtures_dir().join("tiny_320x180_stereo.mp4");
     let (id, status, body) = upload_with(&stack, &source, br#"{"playback_policy":"signed"}"#);
     assert_eq!(status, 202, "{body}");
@@ -229,7 +230,7 @@ async fn qa_by_asset_id_finds_the_url_and_the_stored_original_and_signs_for_sign
         .arg(dir.path().join("report.html"))
         .env("CASCADE_DATABASE__URL", &db.url)
         .env("CASCADE_STORAGE__LOCAL_ROOT", &stack.root)
-        .env("CASCADE_ORIGIN__SIGNING_KEY", SIGNING_KEY)
+        .env("CASCADE_PLAYBACK__SIGNING_KEYS", SIGNING_KEYS)
         .env(
             "CASCADE_INGEST__PUBLIC_URL",
             format!("http://{}", stack.addr),
