@@ -152,7 +152,8 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
                 config.ingest.clone(),
                 config.transcode.clone(),
             )
-            .with_playback(config.playback.clone()),
+            .with_playback(config.playback.clone())
+            .with_webhooks(config.webhooks.clone()),
         );
         cascade_platform::environments::validate_name(&config.ingest.default_environment)
             .context("ingest.default_environment")?;

@@ -12,7 +12,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
 use cascade_platform::assets::{self, ClaimRefused, NewAsset, SourceClaim};
-use cascade_platform::config::{IngestConfig, PlaybackConfig, TranscodeConfig};
+use cascade_platform::config::{IngestConfig, PlaybackConfig, TranscodeConfig, WebhooksConfig};
 use cascade_platform::{ObjectStore, Queue};
 use cascade_schemas::{AssetId, AssetState, EnvironmentId, ObjectKey, PlaybackPolicy};
 use chrono::{DateTime, Utc};
@@ -28,7 +28,7 @@ use crate::openapi::{
     ApiDoc, AssetError, AssetList, AssetView, BinaryBody, ErrorBody, PlaybackUrls, RenditionView,
     SimpleUpload, TusUpload, UploadUrls,
 };
-use crate::{source, tus};
+use crate::{source, tus, webhook_endpoints};
 
 /// Longest title accepted.
 const MAX_TITLE_CHARS: usize = 512;
@@ -50,6 +50,8 @@ pub struct AppState {
     /// `[playback]` config: the keys and lifetimes of minted playback
     /// tokens. No keys unless [`AppState::with_playback`] sets them.
     pub playback: PlaybackConfig,
+    /// `[webhooks]` config (whether creators may register private targets).
+    pub webhooks: WebhooksConfig,
     /// Key lookups, their cache and the request budgets.
     pub auth: Authenticator,
 }
@@ -71,6 +73,7 @@ impl AppState {
             config,
             transcode,
             playback: PlaybackConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 
@@ -79,6 +82,12 @@ impl AppState {
     /// is looked up (and created) at first use.
     pub fn with_default_environment(self, environment: EnvironmentId) -> Self {
         let _ = self.auth.bootstrap_environment.set(environment);
+        self
+    }
+
+    /// The `[webhooks]` config.
+    pub fn with_webhooks(mut self, webhooks: WebhooksConfig) -> Self {
+        self.webhooks = webhooks;
         self
     }
 
@@ -103,6 +112,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/assets/{id}/playback_tokens",
             post(crate::playback_tokens::create),
+        )
+        .route(
+            "/v1/webhook_endpoints",
+            post(webhook_endpoints::create)
+                .get(webhook_endpoints::list)
+                .layer(DefaultBodyLimit::max(webhook_endpoints::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/v1/webhook_endpoints/{id}",
+            get(webhook_endpoints::get).delete(webhook_endpoints::delete),
         )
         .route("/v1/uploads", post(tus::create))
         .route(

@@ -21,6 +21,7 @@ pub mod playback_tokens;
 mod source;
 mod tus;
 pub mod watch;
+mod webhook_endpoints;
 
 pub use api::{router, spawn_cleanup, AppState};
 

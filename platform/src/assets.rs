@@ -751,3 +751,16 @@ pub async fn renditions(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    /// jsonb gives numbers back in full: -1.7976931348623157e308 comes back
+    /// as a 309-digit integer, which must parse to the same finite number
+    /// (serde_json's `float_roundtrip`), not fail and lose the metadata.
+    #[test]
+    fn stored_metadata_numbers_read_back() {
+        let stored = format!("{{\"a\": -17976931348623157{}}}", "0".repeat(292));
+        let value: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        assert_eq!(value["a"].as_f64(), Some(-f64::MAX));
+    }
+}

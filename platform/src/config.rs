@@ -446,6 +446,12 @@ pub struct WebhooksConfig {
     /// Timeout of one delivery. Default `10s`.
     #[serde(with = "humantime_serde::option")]
     pub timeout: Option<Duration>,
+    /// Whether endpoints registered through the API may be on this machine
+    /// or a private network (loopback, RFC 1918, link-local, ...). Off, such
+    /// URLs are refused at registration and such addresses at delivery
+    /// (server-side request forgery). Static `endpoints` are the operator's
+    /// and always allowed. Default `false`.
+    pub allow_private_targets: bool,
 }
 
 /// One webhook receiver.

@@ -52,6 +52,8 @@ CREATE TABLE webhook_endpoints (
     url             TEXT        NOT NULL,
     -- HMAC-SHA256 key of the `Cascade-Signature` header, shown once.
     secret          TEXT        NOT NULL,
+    -- Event types sent there; empty means all.
+    events          TEXT[]      NOT NULL DEFAULT '{}',
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 

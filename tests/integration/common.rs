@@ -82,6 +82,31 @@ where
     }
 }
 
+/// `cascade keys create NAME --environment ENV`: the printed secret.
+pub fn create_key(db: &TestDb, name: &str, environment: &str) -> String {
+    let output = Command::new(cascade_bin())
+        .args(["keys", "create", name, "--environment", environment])
+        .env("CASCADE_DATABASE__URL", &db.url)
+        .output()
+        .expect("cascade keys create");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("in environment {environment}")),
+        "{stdout}"
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("secret (shown once): "))
+        .expect("the secret")
+        .trim()
+        .to_owned()
+}
+
 /// A new waiting asset in the `default` environment, with `policy`.
 pub async fn insert_asset(
     db: &TestDb,

@@ -717,6 +717,10 @@ async fn generated_requests_from_the_openapi_document_never_get_a_5xx() {
         ("/v1/uploads/{id}", "head"),
         ("/v1/uploads/{id}", "patch"),
         ("/v1/uploads/{id}", "delete"),
+        ("/v1/webhook_endpoints", "post"),
+        ("/v1/webhook_endpoints", "get"),
+        ("/v1/webhook_endpoints/{id}", "get"),
+        ("/v1/webhook_endpoints/{id}", "delete"),
     ] {
         assert!(
             document["paths"][path][method].is_object(),
@@ -741,7 +745,8 @@ enabled = false
 not_a_server_error.enabled = true
 
 [[operations]]
-include-operation-id = ["create_asset", "get_asset", "list_assets", "delete_asset", "put_source", "create_playback_token"]
+include-operation-id = ["create_asset", "get_asset", "list_assets", "delete_asset", "put_source", "create_playback_token",
+    "create_webhook_endpoint", "list_webhook_endpoints", "get_webhook_endpoint", "delete_webhook_endpoint"]
 {tus_checks}
 
 [[operations]]

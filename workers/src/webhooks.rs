@@ -1,5 +1,11 @@
-//! The `webhook` job: delivers one asset event to every configured endpoint
-//! that subscribes to it, as a JSON POST signed with HMAC-SHA256.
+//! The `webhook` job: delivers one asset event to every endpoint that
+//! subscribes to it, as a JSON POST signed with HMAC-SHA256: the operator's
+//! static endpoints (config) and the endpoints the asset's environment
+//! registered through the API. Requests to the latter go only to public
+//! addresses (unless `webhooks.allow_private_targets`): their names are
+//! resolved by a resolver that drops loopback, private and link-local
+//! addresses, so a name that resolves there (DNS rebinding included) is
+//! never reached; redirects are never followed.
 //!
 //! `Cascade-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`
 //! lets receivers check both origin and freshness (reject old `t` to stop
@@ -10,7 +16,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cascade_platform::config::{WebhookEndpoint, WebhooksConfig};
+use cascade_platform::config::WebhooksConfig;
+use cascade_platform::{outbound, webhook_endpoints};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -28,7 +35,37 @@ pub struct WebhookHandler {
 struct Inner {
     pool: Pool,
     config: WebhooksConfig,
+    /// For the operator's endpoints.
     client: reqwest::Client,
+    /// For creators' endpoints: public addresses only.
+    guarded: reqwest::Client,
+}
+
+/// Where one delivery goes.
+struct Target {
+    url: String,
+    secret: String,
+    /// Registered by a creator: public addresses only.
+    guarded: bool,
+}
+
+/// Resolves names like the system does, then keeps only public addresses.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|addr| outbound::is_public(addr.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// The signature header value for `body` sent at `timestamp`.
@@ -49,16 +86,29 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 impl WebhookHandler {
     /// A handler delivering to `config.endpoints`.
     pub fn new(pool: Pool, config: WebhooksConfig) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout.unwrap_or(Duration::from_secs(10)))
-            .user_agent("cascade-webhooks/1")
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(config.timeout.unwrap_or(Duration::from_secs(10)))
+                .user_agent("cascade-webhooks/1")
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        let client = builder()
             .build()
             .map_err(|e| format!("building the webhook HTTP client: {e}"))?;
+        let guarded = if config.allow_private_targets {
+            client.clone()
+        } else {
+            builder()
+                .dns_resolver(PublicOnly)
+                .build()
+                .map_err(|e| format!("building the webhook HTTP client: {e}"))?
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 config,
                 client,
+                guarded,
             }),
         })
     }
@@ -90,17 +140,16 @@ impl Inner {
             .and_then(|s| s.parse().ok());
         let body = serde_json::to_vec(event)
             .map_err(|e| JobError::Permanent(format!("encoding the event: {e}")))?;
+        let environment: Option<uuid::Uuid> = event
+            .pointer("/data/environment_id")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse().ok());
         let mut failures = Vec::new();
-        for endpoint in self
-            .config
-            .endpoints
-            .iter()
-            .filter(|e| e.events.is_empty() || e.events.contains(&event_type))
-        {
-            if self.delivered(event_id, endpoint).await? {
+        for endpoint in self.targets(environment, &event_type).await? {
+            if self.delivered(event_id, &endpoint).await? {
                 continue;
             }
-            let outcome = self.post(endpoint, &event_type, event_id, &body).await;
+            let outcome = self.post(&endpoint, &event_type, event_id, &body).await;
             let (status, error) = match &outcome {
                 Ok(status) if (200..300).contains(status) => (Some(*status), None),
                 Ok(status) => (Some(*status), Some(format!("HTTP {status}"))),
@@ -108,7 +157,7 @@ impl Inner {
             };
             self.record(
                 event_id,
-                endpoint,
+                &endpoint,
                 &event_type,
                 asset_id,
                 status,
@@ -129,23 +178,72 @@ impl Inner {
         }
     }
 
+    /// The endpoints subscribed to `event_type`: the static ones, and those
+    /// of the event's environment.
+    async fn targets(
+        &self,
+        environment: Option<uuid::Uuid>,
+        event_type: &str,
+    ) -> Result<Vec<Target>, JobError> {
+        let wants = |events: &[String]| events.is_empty() || events.iter().any(|e| e == event_type);
+        let mut targets: Vec<Target> = self
+            .config
+            .endpoints
+            .iter()
+            .filter(|e| wants(&e.events))
+            .map(|e| Target {
+                url: e.url.clone(),
+                secret: e.secret.expose().to_owned(),
+                guarded: false,
+            })
+            .collect();
+        if let Some(environment) = environment {
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| JobError::Retryable(e.to_string()))?;
+            let registered = webhook_endpoints::list(&client, environment.into())
+                .await
+                .map_err(|e| JobError::Retryable(e.to_string()))?;
+            targets.extend(
+                registered
+                    .into_iter()
+                    .filter(|e| wants(&e.events))
+                    .map(|e| Target {
+                        url: e.url,
+                        secret: e.secret,
+                        guarded: true,
+                    }),
+            );
+        }
+        Ok(targets)
+    }
+
     async fn post(
         &self,
-        endpoint: &WebhookEndpoint,
+        endpoint: &Target,
         event_type: &str,
         event_id: uuid::Uuid,
         body: &[u8],
     ) -> Result<u16, String> {
+        let client = if endpoint.guarded {
+            // Literal addresses never reach the resolver: checked here.
+            outbound::check_url(&endpoint.url, self.config.allow_private_targets)
+                .map_err(|e| e.to_string())?;
+            &self.guarded
+        } else {
+            &self.client
+        };
         let timestamp = chrono::Utc::now().timestamp();
-        let response = self
-            .client
+        let response = client
             .post(&endpoint.url)
             .header("content-type", "application/json")
             .header("cascade-event", event_type)
             .header("cascade-event-id", event_id.to_string())
             .header(
                 "cascade-signature",
-                signature(endpoint.secret.expose().as_bytes(), timestamp, body),
+                signature(endpoint.secret.as_bytes(), timestamp, body),
             )
             .body(body.to_vec())
             .send()
@@ -154,11 +252,7 @@ impl Inner {
         Ok(response.status().as_u16())
     }
 
-    async fn delivered(
-        &self,
-        event_id: uuid::Uuid,
-        endpoint: &WebhookEndpoint,
-    ) -> Result<bool, JobError> {
+    async fn delivered(&self, event_id: uuid::Uuid, endpoint: &Target) -> Result<bool, JobError> {
         let client = self
             .pool
             .get()
@@ -177,7 +271,7 @@ impl Inner {
     async fn record(
         &self,
         event_id: uuid::Uuid,
-        endpoint: &WebhookEndpoint,
+        endpoint: &Target,
         event_type: &str,
         asset_id: Option<uuid::Uuid>,
         status: Option<u16>,

@@ -4,39 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::{fixture, scratch_root, sha256_of, start, AUTH, TUS};
-use crate::common::{cascade_bin, count, eventually, free_port, fresh_db, header, http, TestDb};
+use crate::common::{count, create_key, eventually, free_port, fresh_db, header, http, TestDb};
 
 /// Races per scenario (the issue asks for at least 20).
 const ROUNDS: usize = 20;
-
-/// `cascade keys create NAME --environment ENV`: the printed secret.
-fn create_key(db: &TestDb, name: &str, environment: &str) -> String {
-    let output = Command::new(cascade_bin())
-        .args(["keys", "create", name, "--environment", environment])
-        .env("CASCADE_DATABASE__URL", &db.url)
-        .output()
-        .expect("cascade keys create");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains(&format!("in environment {environment}")),
-        "{stdout}"
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("secret (shown once): "))
-        .expect("the secret")
-        .trim()
-        .to_owned()
-}
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
