@@ -229,8 +229,13 @@ async fn resolve_asset(
         .tempdir()
         .map_err(|e| CannotRun(format!("scratch directory: {e}")))?;
     let path = scratch.path().join("source");
+    // The source the published version was made from.
+    let version = asset
+        .published_version
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(1);
     let body = store
-        .get(&ObjectKey::source(id), None)
+        .get(&ObjectKey::source_version(id, version), None)
         .await
         .map_err(|e| CannotRun(format!("reading the original of {id}: {e}")))?;
     let mut out = tokio::fs::File::create(&path)

@@ -28,7 +28,8 @@ use crate::openapi::{
     ApiDoc, AssetError, AssetList, AssetView, BinaryBody, ErrorBody, PlaybackUrls, RenditionView,
     SimpleUpload, TusUpload, UploadUrls,
 };
-use crate::{source, tus, webhook_endpoints};
+use crate::source::{self, SourceOf};
+use crate::{tus, webhook_endpoints};
 
 /// Longest title accepted.
 const MAX_TITLE_CHARS: usize = 512;
@@ -109,6 +110,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/assets", post(create_asset).get(list_assets))
         .route("/v1/assets/{id}", get(get_asset).delete(delete_asset))
         .route("/v1/assets/{id}/source", put(put_source))
+        .route("/v1/assets/{id}/replacement", put(put_replacement))
         .route(
             "/v1/assets/{id}/playback_tokens",
             post(crate::playback_tokens::create),
@@ -157,7 +159,8 @@ pub(crate) async fn asset_json(
         None => Vec::new(),
     };
     let base = format!("/play/{}", asset.playback_id);
-    let playback = (asset.state == AssetState::Ready).then(|| PlaybackUrls {
+    // A published version plays, also while a replacement is processing.
+    let playback = asset.published_version.is_some().then(|| PlaybackUrls {
         hls: state.url(&format!("{base}/master.m3u8")),
         dash: state.url(&format!("{base}/manifest.mpd")),
     });
@@ -499,8 +502,43 @@ pub(crate) async fn put_source(
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_asset_id(&id)?;
+    simple_upload(&state, &caller, id, false, &headers, body).await
+}
+
+/// `PUT /v1/assets/{id}/replacement`: a new source for a ready (or
+/// errored) asset, in one request. It makes the next output version; the
+/// published one keeps playing until the new one is published.
+#[utoipa::path(put, path = "/v1/assets/{id}/replacement", params(("id" = String, Path, description = "Asset id")),
+    request_body(content = BinaryBody, content_type = "application/octet-stream"),
+    responses((status = 202, body = AssetView, description = "Stored and probed: the asset is `processing` its next version."),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 408, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`replacement_not_allowed` (the asset is waiting for its first source, or processing), `upload_in_progress`."),
+        (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "Not media we can process; the asset is unchanged."),
+        (status = 429, body = ErrorBody)))]
+pub(crate) async fn put_replacement(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = parse_asset_id(&id)?;
+    simple_upload(&state, &caller, id, true, &headers, body).await
+}
+
+/// A simple upload of asset `id`'s first source, or of a `replacement`.
+async fn simple_upload(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: AssetId,
+    replacement: bool,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let max = state.config.max_upload_size.0;
-    if let Some(length) = declared_length(&headers, "content-length")? {
+    if let Some(length) = declared_length(headers, "content-length")? {
         if length > max {
             return Err(ApiError::TooLarge { max });
         }
@@ -511,44 +549,62 @@ pub(crate) async fn put_source(
         id: uuid::Uuid::new_v4(),
         hold: state.config.upload_lock,
     };
-    {
+    let of = {
         let client = state.pool.get().await?;
-        assets::claim_source(&client, caller.environment, id, claim)
-            .await?
-            .map_err(claim_refused)?;
-    }
+        if replacement {
+            let version = assets::claim_replacement(&client, caller.environment, id, claim)
+                .await?
+                .map_err(replacement_refused)?;
+            SourceOf::Replacement(version)
+        } else {
+            assets::claim_source(&client, caller.environment, id, claim)
+                .await?
+                .map_err(claim_refused)?;
+            SourceOf::First
+        }
+    };
     let stored = {
         let mut reader = BodyReader::new(body, max, state.config.body_timeout);
-        let key = ObjectKey::source(id);
+        let key = ObjectKey::source_version(id, of.version());
         tokio::select! {
             stored = state.store.put(&key, &mut reader) => stored,
-            never = keep_claim(&state, id, claim) => match never {},
+            never = keep_claim(state, id, claim) => match never {},
         }
     };
     let stored = match stored {
         Ok(stored) => stored,
         Err(error) => {
-            release_claim(&state, id, claim).await;
+            release_claim(state, id, claim).await;
             return Err(error.into());
         }
     };
-    if let Err(error) = source::source_complete(&state, id, claim.id, stored).await {
+    if let Err(error) = source::source_complete(state, id, claim.id, of, stored).await {
         if !matches!(
             error,
             ApiError::Unprocessable { .. } | ApiError::NotFound(_)
         ) {
-            release_claim(&state, id, claim).await;
+            release_claim(state, id, claim).await;
         }
         return Err(error);
     }
     let asset = assets::get_in(&state.pool.get().await?, caller.environment, id)
         .await?
         .ok_or(ApiError::NotFound("asset"))?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(asset_json(&state, &asset).await?),
-    )
-        .into_response())
+    Ok((StatusCode::ACCEPTED, Json(asset_json(state, &asset).await?)).into_response())
+}
+
+/// Maps a refused replacement claim to the API's answer.
+fn replacement_refused(refused: ClaimRefused) -> ApiError {
+    match refused {
+        ClaimRefused::HasSource(state) => ApiError::Conflict {
+            code: "replacement_not_allowed",
+            message: format!(
+                "the asset is {state}: a replacement needs a ready or errored asset \
+                 (upload a waiting asset's first source with PUT /v1/assets/{{id}}/source)"
+            ),
+        },
+        other => claim_refused(other),
+    }
 }
 
 /// Renews a simple upload's source claim every third of its hold until

@@ -205,6 +205,7 @@ impl Modify for BearerAuth {
         crate::api::get_asset,
         crate::api::delete_asset,
         crate::api::put_source,
+        crate::api::put_replacement,
         crate::playback_tokens::create,
         crate::tus::options,
         crate::tus::create,

@@ -12,6 +12,27 @@ use cascade_workers::transcode::{pipeline, TranscodeError, TranscodeJob};
 use crate::api::AppState;
 use crate::error::ApiError;
 
+/// Which source is complete: the first one, or a replacement making output
+/// version `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceOf {
+    /// The asset's first source (`waiting -> processing | errored`).
+    First,
+    /// A replacement (`ready | errored -> processing`; a refused one leaves
+    /// the asset as it was).
+    Replacement(u32),
+}
+
+impl SourceOf {
+    /// The output version this source makes.
+    pub fn version(&self) -> u32 {
+        match self {
+            Self::First => 1,
+            Self::Replacement(version) => *version,
+        }
+    }
+}
+
 /// Probes the stored source (`length` bytes) where it lies, reading only
 /// what the demuxer asks for (ranged GETs: the header, the index, the first
 /// packets); refuses media we cannot process (asset `errored`, 422) or
@@ -24,11 +45,13 @@ pub async fn source_complete(
     state: &AppState,
     asset: AssetId,
     claim: uuid::Uuid,
+    of: SourceOf,
     length: u64,
 ) -> Result<(), ApiError> {
+    let key = ObjectKey::source_version(asset, of.version());
     let reader = ObjectReader::new(
         state.store.clone(),
-        ObjectKey::source(asset),
+        key.clone(),
         length,
         tokio::runtime::Handle::current(),
     );
@@ -48,26 +71,44 @@ pub async fn source_complete(
         "probed the source"
     );
     match probe {
-        Err(TranscodeError::Input { code, message }) => {
+        Err(TranscodeError::Input { code, message }) if of == SourceOf::First => {
             if !assets::refuse_source(&state.pool, asset, claim, code, &message).await? {
-                return Err(lost_claim(state, asset).await);
+                return Err(lost_claim(state, asset, &key).await);
             }
+            Err(ApiError::Unprocessable { code, message })
+        }
+        Err(TranscodeError::Input { code, message }) => {
+            // A refused replacement leaves the asset as it was (its
+            // published version keeps playing): only the new source goes.
+            if let Err(error) = state.store.delete(&key).await {
+                tracing::warn!(asset = %asset, error = %error, "cannot remove a refused replacement source");
+            }
+            let client = state.pool.get().await?;
+            assets::release_source_claim(&client, asset, claim).await?;
             Err(ApiError::Unprocessable { code, message })
         }
         Err(other) => Err(ApiError::Internal(format!("probing the source: {other}"))),
         Ok(summary) => {
             let job = TranscodeJob {
                 asset_id: asset,
-                version: 1,
+                version: of.version(),
             };
             let payload =
                 serde_json::to_value(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
             let mut client = state.pool.get().await?;
             let tx = client.transaction().await?;
-            if !assets::start_processing(&tx, asset, claim, summary.duration).await? {
+            let started = match of {
+                SourceOf::First => {
+                    assets::start_processing(&tx, asset, claim, summary.duration).await?
+                }
+                SourceOf::Replacement(version) => {
+                    assets::start_replacement(&tx, asset, claim, version, summary.duration).await?
+                }
+            };
+            if !started {
                 drop(tx);
                 drop(client);
-                return Err(lost_claim(state, asset).await);
+                return Err(lost_claim(state, asset, &key).await);
             }
             queue::enqueue(
                 &tx,
@@ -85,10 +126,10 @@ pub async fn source_complete(
 /// The answer when the source claim was no longer held at the end: the
 /// asset was deleted (its source, written after the deletion removed the
 /// asset's objects, is removed here) or another writer took over.
-async fn lost_claim(state: &AppState, asset: AssetId) -> ApiError {
+async fn lost_claim(state: &AppState, asset: AssetId, key: &ObjectKey) -> ApiError {
     match assets::get(&state.pool, asset).await {
         Ok(None) => {
-            if let Err(error) = state.store.delete(&ObjectKey::source(asset)).await {
+            if let Err(error) = state.store.delete(key).await {
                 tracing::warn!(asset = %asset, error = %error, "cannot remove the source of a deleted asset");
             }
             ApiError::NotFound("asset")

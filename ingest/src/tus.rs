@@ -1309,7 +1309,7 @@ async fn hand_off(
 ) -> Result<(), ApiError> {
     tracing::debug!(upload = %id, "probing the completed upload");
     // The upload's id is its claim on the asset's source.
-    match source::source_complete(state, asset, id, length).await {
+    match source::source_complete(state, asset, id, source::SourceOf::First, length).await {
         // The upload itself succeeded; the asset carries the media error.
         Ok(()) | Err(ApiError::Unprocessable { .. }) => Ok(()),
         Err(e) => Err(e),

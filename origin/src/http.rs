@@ -93,15 +93,44 @@ pub(crate) fn gzip_etag(etag: &str) -> String {
     format!("\"{}-gzip\"", opaque(etag).trim_matches('"'))
 }
 
-fn with_token(uri: &str, token: &str, separator: &str) -> String {
-    let sep = if uri.contains('?') { separator } else { "?" };
-    format!("{uri}{sep}token={token}")
+/// How the origin rewrites the URIs of a manifest it serves.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Rewrite<'a> {
+    /// Put before every relative URI: `v{n}/` on the top-level manifests,
+    /// so the media they name are addressed by version and a replaced
+    /// asset's new segments never share a URL (cached as immutable) with
+    /// the old ones.
+    pub prefix: Option<&'a str>,
+    /// Signed playback: `token=` appended to every URI.
+    pub token: Option<&'a str>,
 }
 
-/// Carries `token` into every URI of an HLS playlist (RFC 8216): URI lines
-/// (variant streams, segments) and `URI="..."` attributes (`EXT-X-MAP`,
+impl Rewrite<'_> {
+    /// Whether the text changes at all.
+    pub fn is_noop(&self) -> bool {
+        self.prefix.is_none() && self.token.is_none()
+    }
+
+    fn uri(&self, uri: &str, separator: &str) -> String {
+        let relative = !uri.contains("://") && !uri.starts_with('/');
+        let mut out = String::with_capacity(uri.len() + 64);
+        if let (Some(prefix), true) = (self.prefix, relative) {
+            out.push_str(prefix);
+        }
+        out.push_str(uri);
+        if let Some(token) = self.token {
+            out.push_str(if uri.contains('?') { separator } else { "?" });
+            out.push_str("token=");
+            out.push_str(token);
+        }
+        out
+    }
+}
+
+/// Rewrites every URI of an HLS playlist (RFC 8216): URI lines (variant
+/// streams, segments) and `URI="..."` attributes (`EXT-X-MAP`,
 /// `EXT-X-MEDIA`, `EXT-X-I-FRAME-STREAM-INF`, keys).
-pub(crate) fn hls_with_token(text: &str, token: &str) -> String {
+pub(crate) fn hls_rewrite(text: &str, rewrite: Rewrite<'_>) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 4);
     for line in text.split_inclusive('\n') {
         let content = line.trim_end_matches(['\r', '\n']);
@@ -115,7 +144,7 @@ pub(crate) fn hls_with_token(text: &str, token: &str) -> String {
                 out.push_str(head);
                 match tail.find('"') {
                     Some(end) => {
-                        out.push_str(&with_token(&tail[..end], token, "&"));
+                        out.push_str(&rewrite.uri(&tail[..end], "&"));
                         rest = &tail[end..];
                     }
                     None => {
@@ -127,16 +156,16 @@ pub(crate) fn hls_with_token(text: &str, token: &str) -> String {
             out.push_str(rest);
             out.push_str(eol);
         } else {
-            out.push_str(&with_token(content.trim(), token, "&"));
+            out.push_str(&rewrite.uri(content.trim(), "&"));
             out.push_str(eol);
         }
     }
     out
 }
 
-/// Carries `token` into the URI templates of a DASH MPD (ISO/IEC 23009-1
-/// `SegmentTemplate@initialization` and `@media`).
-pub(crate) fn dash_with_token(text: &str, token: &str) -> String {
+/// Rewrites the segment template URIs of an MPD (ISO/IEC 23009-1
+/// `SegmentTemplate@initialization` and `@media`; `&` escaped for XML).
+pub(crate) fn dash_rewrite(text: &str, rewrite: Rewrite<'_>) -> String {
     let mut out = text.to_owned();
     for attribute in [" initialization=\"", " media=\""] {
         let mut result = String::with_capacity(out.len() + 64);
@@ -146,7 +175,7 @@ pub(crate) fn dash_with_token(text: &str, token: &str) -> String {
             result.push_str(head);
             match tail.find('"') {
                 Some(end) => {
-                    result.push_str(&with_token(&tail[..end], token, "&amp;"));
+                    result.push_str(&rewrite.uri(&tail[..end], "&amp;"));
                     rest = &tail[end..];
                 }
                 None => {
@@ -214,14 +243,14 @@ mod tests {
             "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,URI=\"audio/index.m3u8\",GROUP-ID=\"audio\"\n\
                       #EXT-X-STREAM-INF:BANDWIDTH=1,CODECS=\"avc1.64001f\"\n720p/index.m3u8\n";
         assert_eq!(
-            hls_with_token(master, "9.abc"),
+            hls_rewrite(master, Rewrite { prefix: None, token: Some("9.abc") }),
             "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,URI=\"audio/index.m3u8?token=9.abc\",GROUP-ID=\"audio\"\n\
              #EXT-X-STREAM-INF:BANDWIDTH=1,CODECS=\"avc1.64001f\"\n720p/index.m3u8?token=9.abc\n"
         );
         let media =
             "#EXTM3U\r\n#EXT-X-MAP:URI=\"init.mp4\"\r\n#EXTINF:2.0,\r\n1.m4s\r\n\r\n#EXT-X-ENDLIST";
         assert_eq!(
-            hls_with_token(media, "t"),
+            hls_rewrite(media, Rewrite { prefix: None, token: Some("t") }),
             "#EXTM3U\r\n#EXT-X-MAP:URI=\"init.mp4?token=t\"\r\n#EXTINF:2.0,\r\n1.m4s?token=t\r\n\r\n#EXT-X-ENDLIST"
         );
     }
@@ -232,9 +261,26 @@ mod tests {
             "<SegmentTemplate timescale=\"1\" initialization=\"$RepresentationID$/init.mp4\" \
                    media=\"$RepresentationID$/$Number$.m4s?x=1\" startNumber=\"1\">";
         assert_eq!(
-            dash_with_token(mpd, "t"),
+            dash_rewrite(mpd, Rewrite { prefix: None, token: Some("t") }),
             "<SegmentTemplate timescale=\"1\" initialization=\"$RepresentationID$/init.mp4?token=t\" \
              media=\"$RepresentationID$/$Number$.m4s?x=1&amp;token=t\" startNumber=\"1\">"
         );
+        assert_eq!(
+            dash_rewrite(mpd, Rewrite { prefix: Some("v2/"), token: Some("t") }),
+            "<SegmentTemplate timescale=\"1\" initialization=\"v2/$RepresentationID$/init.mp4?token=t\" \
+             media=\"v2/$RepresentationID$/$Number$.m4s?x=1&amp;token=t\" startNumber=\"1\">"
+        );
+    }
+
+    #[test]
+    fn top_level_uris_gain_the_version() {
+        let master = "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,URI=\"audio/index.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\n\
+                      720p/index.m3u8\n#EXT-X-STREAM-INF:BANDWIDTH=2\nhttps://elsewhere/x.m3u8\n";
+        assert_eq!(
+            hls_rewrite(master, Rewrite { prefix: Some("v3/"), token: None }),
+            "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,URI=\"v3/audio/index.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=1\n\
+             v3/720p/index.m3u8\n#EXT-X-STREAM-INF:BANDWIDTH=2\nhttps://elsewhere/x.m3u8\n"
+        );
+        assert!(Rewrite::default().is_noop());
     }
 }

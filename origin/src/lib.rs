@@ -291,18 +291,36 @@ async fn play(
         return OriginError::NotFound.into_response();
     }
     match parts.as_slice() {
-        [playback_id, file] => serve(&state, &ask, playback_id, Target::top_level(file)).await,
+        [playback_id, file] => {
+            serve(&state, &ask, playback_id, None, Target::top_level(file)).await
+        }
+        // What the top-level manifests name: media of one version.
+        [playback_id, version, rendition, file] => match parse_version(version) {
+            Some(version) => {
+                let target = Target::in_rendition(rendition, file);
+                serve(&state, &ask, playback_id, Some(version), target).await
+            }
+            None => OriginError::NotFound.into_response(),
+        },
+        // Unversioned media URLs (manifests served before versions were in
+        // URLs): the published version.
         [playback_id, rendition, file] => {
-            serve(
-                &state,
-                &ask,
-                playback_id,
-                Target::in_rendition(rendition, file),
-            )
-            .await
+            let target = Target::in_rendition(rendition, file);
+            serve(&state, &ask, playback_id, None, target).await
         }
         _ => OriginError::NotFound.into_response(),
     }
+}
+
+/// `v{n}` (canonical digits, n >= 1) as a version number.
+fn parse_version(part: &str) -> Option<u32> {
+    let digits = part.strip_prefix('v')?;
+    let version: u32 = digits
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| digits.parse().ok())
+        .flatten()?;
+    (version >= 1 && version.to_string() == digits).then_some(version)
 }
 
 async fn unknown() -> Response {
@@ -330,6 +348,7 @@ async fn serve(
     state: &OriginState,
     ask: &Ask,
     playback_id: &str,
+    pinned: Option<u32>,
     target: Option<Target>,
 ) -> Response {
     let class = target
@@ -337,7 +356,8 @@ async fn serve(
         .map(|t| class_index(t.class()))
         .unwrap_or(CLASS_OTHER);
     let mut asset = None;
-    let mut response = match serve_object(state, ask, playback_id, target, &mut asset).await {
+    let mut response = match serve_object(state, ask, playback_id, pinned, target, &mut asset).await
+    {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -364,6 +384,7 @@ async fn serve_object(
     state: &OriginState,
     ask: &Ask,
     playback_id: &str,
+    pinned: Option<u32>,
     target: Option<Target>,
     asset_out: &mut Option<AssetId>,
 ) -> Result<Response, OriginError> {
@@ -391,7 +412,22 @@ async fn serve_object(
     } else {
         None
     };
-    let version = asset.published_version.ok_or(OriginError::AssetNotReady)?;
+    let published = asset.published_version.ok_or(OriginError::AssetNotReady)?;
+    // Media of the published version or an earlier one (a manifest cached
+    // before a replacement still plays); never of one not published yet.
+    let version = match pinned {
+        Some(version) if version <= published => version,
+        Some(_) => return Err(OriginError::NotFound),
+        None => published,
+    };
+    let prefix = match (&target, pinned) {
+        (Target::Master | Target::Mpd, None) => Some(format!("v{version}/")),
+        _ => None,
+    };
+    let rewrite = http::Rewrite {
+        prefix: prefix.as_deref(),
+        token,
+    };
     let class = target.class();
     let cache_control = cache_control(
         class,
@@ -401,7 +437,7 @@ async fn serve_object(
     );
     let key = target.key(asset.id, version);
     match inner.tier.lookup(&key).await? {
-        Lookup::Found(object) => from_memory(ask, class, &object, token, cache_control),
+        Lookup::Found(object) => from_memory(ask, class, &object, rewrite, cache_control),
         Lookup::TooLarge => streamed(state, ask, class, &key, cache_control).await,
     }
 }
@@ -452,19 +488,25 @@ fn from_memory(
     ask: &Ask,
     class: ObjectClass,
     object: &Cached,
-    token: Option<&str>,
+    rewrite: http::Rewrite<'_>,
     cache_control: HeaderValue,
 ) -> Result<Response, OriginError> {
-    let (mut body, mut etag): (Bytes, Option<String>) = match (token, class) {
-        (Some(token), ObjectClass::HlsPlaylist) => {
+    // The version prefix is a function of the stored object (one per
+    // version), so its ETag still names the bytes; a token makes a
+    // manifest per-viewer, with no ETag.
+    let manifest = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
+    let etag = (!manifest || rewrite.token.is_none()).then(|| object.etag.clone());
+    let (mut body, mut etag): (Bytes, Option<String>) = match class {
+        _ if rewrite.is_noop() => (object.bytes.clone(), etag),
+        ObjectClass::HlsPlaylist => {
             let text = String::from_utf8_lossy(&object.bytes);
-            (http::hls_with_token(&text, token).into(), None)
+            (http::hls_rewrite(&text, rewrite).into(), etag)
         }
-        (Some(token), ObjectClass::DashManifest) => {
+        ObjectClass::DashManifest => {
             let text = String::from_utf8_lossy(&object.bytes);
-            (http::dash_with_token(&text, token).into(), None)
+            (http::dash_rewrite(&text, rewrite).into(), etag)
         }
-        _ => (object.bytes.clone(), Some(object.etag.clone())),
+        _ => (object.bytes.clone(), etag),
     };
     let mut headers = base_headers(class, cache_control);
     let mut range = ask.header(header::RANGE).and_then(http::parse_range);
@@ -727,6 +769,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cascade_origin_asset_lookups_total 0\n"));
+    }
+
+    #[test]
+    fn versions_parse_strictly() {
+        assert_eq!(parse_version("v1"), Some(1));
+        assert_eq!(parse_version("v12"), Some(12));
+        for bad in ["v0", "v01", "v", "1", "vx", "v-1", "V1", "v99999999999"] {
+            assert_eq!(parse_version(bad), None, "{bad}");
+        }
     }
 
     #[test]

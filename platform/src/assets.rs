@@ -91,6 +91,9 @@ pub struct Asset {
     pub duration_seconds: Option<f64>,
     /// Live version of the outputs.
     pub published_version: Option<i32>,
+    /// The output version the current source makes (a replacement in
+    /// progress is one above the published version).
+    pub source_version: i32,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
@@ -120,6 +123,7 @@ impl Asset {
             error_message: row.get("error_message"),
             duration_seconds: row.get("duration_seconds"),
             published_version: row.get("published_version"),
+            source_version: row.get("source_version"),
             created_at: row.get("created_at"),
         })
     }
@@ -158,7 +162,8 @@ pub struct RenditionRow {
 // cannot take as jsonb never turns a read into an error.
 const ASSET_COLUMNS: &str =
     "id, environment_id, playback_id, playback_policy, state, title, metadata::text AS metadata, \
-     progress, error_code, error_message, duration_seconds, published_version, created_at";
+     progress, error_code, error_message, duration_seconds, published_version, source_version, \
+     created_at";
 
 /// A writer's claim on an asset's source (see [`claim_source`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,7 +290,8 @@ pub async fn renew_source_claim(
     let n = client
         .execute(
             "UPDATE assets SET source_claimed_until = now() + $3::float8 * interval '1 millisecond'
-             WHERE id = $1 AND source_claim = $2 AND state = 'waiting' AND deleted_at IS NULL",
+             WHERE id = $1 AND source_claim = $2 AND state IN ('waiting', 'ready', 'errored')
+               AND deleted_at IS NULL",
             &[&id.as_uuid(), &claim.id, &millis(claim.hold)],
         )
         .await?;
@@ -302,11 +308,83 @@ pub async fn release_source_claim(
     client
         .execute(
             "UPDATE assets SET source_claim = NULL, source_claimed_until = NULL, updated_at = now()
-             WHERE id = $1 AND source_claim = $2 AND state = 'waiting'",
+             WHERE id = $1 AND source_claim = $2 AND state IN ('waiting', 'ready', 'errored')",
             &[&id.as_uuid(), &claim],
         )
         .await?;
     Ok(())
+}
+
+/// Claims asset `id` of `environment` for a replacement source: only a
+/// `ready` or `errored` asset (a waiting one takes its first source through
+/// [`claim_source`]; a processing one must finish first), and only one
+/// writer at a time. Returns the output version the replacement will make.
+pub async fn claim_replacement(
+    client: &impl GenericClient,
+    environment: EnvironmentId,
+    id: AssetId,
+    claim: SourceClaim,
+) -> Result<Result<u32, ClaimRefused>, DbError> {
+    let row = client
+        .query_opt(
+            "WITH target AS (
+                 SELECT id, state, source_version FROM assets
+                 WHERE id = $1 AND environment_id = $2 AND deleted_at IS NULL FOR UPDATE),
+             claimed AS (
+                 UPDATE assets a SET source_claim = $3,
+                        source_claimed_until = now() + $4::float8 * interval '1 millisecond', updated_at = now()
+                 FROM target t
+                 WHERE a.id = t.id AND t.state IN ('ready', 'errored')
+                   AND (a.source_claim IS NULL OR a.source_claim = $3 OR a.source_claimed_until < now())
+                 RETURNING a.id)
+             SELECT t.state, EXISTS (SELECT 1 FROM claimed), t.source_version + 1 FROM target t",
+            &[&id.as_uuid(), &environment.as_uuid(), &claim.id, &millis(claim.hold)],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(Err(ClaimRefused::NotFound));
+    };
+    let state: String = row.get(0);
+    let state: AssetState = state
+        .parse()
+        .map_err(|e| DbError::Build(format!("stored asset state: {e}")))?;
+    if row.get::<_, bool>(1) {
+        let version = u32::try_from(row.get::<_, i32>(2))
+            .map_err(|e| DbError::Build(format!("stored source version: {e}")))?;
+        return Ok(Ok(version));
+    }
+    Ok(Err(
+        if matches!(state, AssetState::Ready | AssetState::Errored) {
+            ClaimRefused::Claimed
+        } else {
+            ClaimRefused::HasSource(state)
+        },
+    ))
+}
+
+/// `ready | errored -> processing` for the holder of a replacement claim:
+/// the new source (output version `version`) is complete and probed. The
+/// published version stays playable until the new one is published.
+/// `false` when the claim is no longer held.
+pub async fn start_replacement(
+    client: &impl GenericClient,
+    id: AssetId,
+    claim: uuid::Uuid,
+    version: u32,
+    duration: Option<f64>,
+) -> Result<bool, DbError> {
+    let version = i32::try_from(version).map_err(|e| DbError::Build(format!("version: {e}")))?;
+    let n = client
+        .execute(
+            "UPDATE assets SET state = 'processing', source_version = $3, progress = 0,
+                 duration_seconds = COALESCE($4, duration_seconds),
+                 source_claim = NULL, source_claimed_until = NULL, error_code = NULL, error_message = NULL,
+                 updated_at = now()
+             WHERE id = $1 AND state IN ('ready', 'errored') AND source_claim = $2 AND deleted_at IS NULL",
+            &[&id.as_uuid(), &claim, &version, &duration],
+        )
+        .await?;
+    Ok(n == 1)
 }
 
 /// `waiting -> processing` for the holder of the source claim, recording

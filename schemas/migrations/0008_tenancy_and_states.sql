@@ -27,13 +27,18 @@ CREATE INDEX assets_by_environment ON assets (environment_id, created_at DESC, i
 
 -- One source per asset. Whoever writes it (a tus upload, a simple upload,
 -- the watch folder, an import) first claims it with a conditional update on
--- a waiting asset; a claim ends when the asset leaves `waiting` (the source
--- is complete) or is released (terminated upload, failed request) or runs
+-- a waiting asset (or, for an explicit replacement, a ready or errored
+-- one); a claim ends when the source is complete (the asset moves to
+-- `processing`) or is released (terminated upload, failed request) or runs
 -- out (`source_claimed_until`: a writer that died). Every other writer is
 -- refused, so two paths never write one asset's source.
 ALTER TABLE assets
     ADD COLUMN source_claim         UUID,
     ADD COLUMN source_claimed_until TIMESTAMPTZ,
+    -- The output version the current source makes (1 for the first source;
+    -- a replacement asked for through the API makes the next one, written
+    -- beside it, so segments a CDN holds as immutable are never rewritten).
+    ADD COLUMN source_version       INTEGER     NOT NULL DEFAULT 1 CHECK (source_version >= 1),
     -- Deleted: invisible to the API and the origin; its jobs are cancelled
     -- and a purge job removes its objects and then the row, once no job of
     -- the asset can still write.

@@ -145,9 +145,21 @@ impl ObjectKey {
         ObjectClass::of_key(&self.0)
     }
 
-    /// The creator's original.
+    /// The creator's original (the first source; see [`Self::source_version`]).
     pub fn source(asset: AssetId) -> Self {
         Self(format!("{ASSETS_PREFIX}{asset}/source"))
+    }
+
+    /// The source of output version `version`: the first at
+    /// [`Self::source`], a replacement's beside the outputs it makes
+    /// (`v{n}/source`), so a replacement never overwrites the source that
+    /// published outputs came from.
+    pub fn source_version(asset: AssetId, version: u32) -> Self {
+        if version <= 1 {
+            Self::source(asset)
+        } else {
+            Self(format!("{}source", Self::version_prefix(asset, version)))
+        }
     }
 
     /// Everything belonging to an asset (for listing and deletion).
@@ -272,6 +284,13 @@ mod tests {
             "assets/8d7c5bde-1d0e-4c43-9d59-0e5f6c2b7a10/v2/master.m3u8"
         );
         assert_eq!(ObjectKey::source(asset).class(), ObjectClass::Source);
+        assert_eq!(
+            ObjectKey::source_version(asset, 1),
+            ObjectKey::source(asset)
+        );
+        let replaced = ObjectKey::source_version(asset, 2);
+        assert_eq!(replaced.as_str(), format!("assets/{asset}/v2/source"));
+        assert_eq!(replaced.class(), ObjectClass::Source);
         assert_eq!(
             ObjectKey::init_segment(asset, 1, &r).class(),
             ObjectClass::InitSegment

@@ -401,6 +401,21 @@ async fn origin_serves_a_transcoded_asset_with_http_semantics() {
             .collect()
             .await
             .unwrap();
+        // The top-level manifests name their media by version (`v1/...`).
+        let stored = match path.as_str() {
+            "master.m3u8" => {
+                Bytes::from(versioned_hls(&String::from_utf8_lossy(&stored), p.version))
+            }
+            "manifest.mpd" => Bytes::from(
+                String::from_utf8_lossy(&stored)
+                    .replace(
+                        " initialization=\"",
+                        &format!(" initialization=\"v{}/", p.version),
+                    )
+                    .replace(" media=\"", &format!(" media=\"v{}/", p.version)),
+            ),
+            _ => stored,
+        };
         assert_eq!(
             Bytes::from(r.body.clone()),
             stored,
@@ -415,8 +430,14 @@ async fn origin_serves_a_transcoded_asset_with_http_semantics() {
     // The served master names the media playlists the origin serves.
     let master = get(addr, &p.url("master.m3u8")).await.text();
     assert!(
-        master.contains(&format!("{rendition}/index.m3u8")),
+        master.contains(&format!("v{}/{rendition}/index.m3u8", p.version)),
         "{master}"
+    );
+    let versioned = get(addr, &p.url(&format!("v{}/{rendition}/1.m4s", p.version))).await;
+    assert_eq!(versioned.status, 200);
+    assert_eq!(
+        versioned.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
     );
 
     // Strong ETag and If-None-Match.
@@ -560,6 +581,23 @@ async fn origin_serves_a_transcoded_asset_with_http_semantics() {
     assert!(metric(&text, "cascade_origin_cache_size_bytes") > 0.0);
     assert!(text.contains("cascade_origin_request_duration_seconds_bucket{le=\"+Inf\"}"));
     assert!(text.contains("cascade_origin_storage_read_duration_seconds_count"));
+}
+
+/// A stored master playlist as the origin serves it: every URI under `v{version}/`.
+fn versioned_hls(text: &str, version: u32) -> String {
+    text.lines()
+        .map(|line| {
+            if line.starts_with('#') {
+                line.replace("URI=\"", &format!("URI=\"v{version}/"))
+            } else if line.is_empty() {
+                String::new()
+            } else {
+                format!("v{version}/{line}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + if text.ends_with('\n') { "\n" } else { "" }
 }
 
 fn stored_key(p: &Published, path: &str) -> ObjectKey {

@@ -88,7 +88,7 @@ let report = { fatal: 'did not start', errors: [] };
 try {
   const tab = await browser.newPage();
   tab.on('request', (r) => {
-    const m = r.url().match(/\/play\/[^/]+\/([^/?]+)\/\d+\.m4s/);
+    const m = r.url().match(/\/play\/[^/]+\/(?:v\d+\/)?([^/?]+)\/\d+\.m4s/);
     if (m) renditions.add(m[1]);
   });
   await tab.goto(pageUrl);

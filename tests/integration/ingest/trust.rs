@@ -580,3 +580,147 @@ async fn deleting_an_asset_stops_its_work_and_leaves_no_object() {
     );
     assert_eq!(count(&db, "SELECT count(*) FROM uploads").await, 0);
 }
+
+fn origin_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let (status, _, body) = crate::common::http_bytes(addr, "GET", path, &[], b"");
+    (status, body)
+}
+
+/// The first media segment URL a master playlist leads to, as a path.
+fn first_segment(addr: SocketAddr, playback: &str) -> String {
+    let (status, master) = origin_get(addr, &format!("/play/{playback}/master.m3u8"));
+    assert_eq!(status, 200);
+    let master = String::from_utf8(master).unwrap();
+    let media = master
+        .lines()
+        .find(|l| !l.starts_with('#') && l.ends_with(".m3u8"))
+        .unwrap_or_else(|| panic!("no variant in {master}"))
+        .to_owned();
+    let (status, playlist) = origin_get(addr, &format!("/play/{playback}/{media}"));
+    assert_eq!(status, 200, "{media}");
+    let playlist = String::from_utf8(playlist).unwrap();
+    let segment = playlist.lines().find(|l| l.ends_with(".m4s")).unwrap();
+    let dir = media.rsplit_once('/').map(|(d, _)| d).unwrap_or_default();
+    format!("/play/{playback}/{dir}/{segment}")
+}
+
+#[tokio::test]
+async fn a_replacement_makes_a_new_version_while_the_old_one_keeps_playing() {
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let server = start(
+        &db,
+        "ingest,workers,origin",
+        &root,
+        free_port(),
+        &[("CASCADE_QUEUE__POLL_INTERVAL", "\"200ms\"")],
+    );
+    let addr = server.addr;
+    let asset = new_asset(addr, AUTH);
+    let path = format!("/v1/assets/{asset}");
+    // No replacement before there is a first source.
+    let first = std::fs::read(fixture("rotated90_1280x720_stereo.mp4")).unwrap();
+    let (status, _, body) = http(addr, "PUT", &format!("{path}/replacement"), &[AUTH], &first);
+    assert_eq!(
+        (status, json(&body)["code"].as_str().unwrap()),
+        (409, "replacement_not_allowed"),
+        "{body}"
+    );
+    assert_eq!(
+        http(addr, "PUT", &format!("{path}/source"), &[AUTH], &first).0,
+        202
+    );
+    let ready = |want: i64| {
+        let db = &db;
+        let asset = asset.clone();
+        async move {
+            eventually("the asset ready", Duration::from_secs(120), || async {
+                let row = db
+                    .pool
+                    .get()
+                    .await
+                    .ok()?
+                    .query_one(
+                        "SELECT state, published_version FROM assets WHERE id = $1::text::uuid",
+                        &[&asset],
+                    )
+                    .await
+                    .ok()?;
+                let (state, version): (String, Option<i32>) = (row.get(0), row.get(1));
+                (state == "ready" && version == Some(want as i32)).then_some(())
+            })
+            .await
+        }
+    };
+    ready(1).await;
+    let (_, _, view) = http(addr, "GET", &path, &[AUTH], b"");
+    let playback = json(&view)["playback_id"].as_str().unwrap().to_owned();
+    let old_segment = first_segment(addr, &playback);
+    assert!(
+        old_segment.contains("/v1/"),
+        "media are addressed by version: {old_segment}"
+    );
+    let (status, old_bytes) = origin_get(addr, &old_segment);
+    assert_eq!(status, 200);
+    // A second first source is refused; a replacement is the explicit way.
+    let (status, _, body) = http(addr, "PUT", &format!("{path}/source"), &[AUTH], &first);
+    assert_eq!(
+        (status, json(&body)["code"].as_str().unwrap()),
+        (409, "source_already_uploaded")
+    );
+    let second = std::fs::read(fixture("landscape_720p60_stereo.mp4")).unwrap();
+    let (status, _, body) = http(
+        addr,
+        "PUT",
+        &format!("{path}/replacement"),
+        &[AUTH],
+        &second,
+    );
+    assert_eq!(status, 202, "{body}");
+    let view = json(&body);
+    assert_eq!(view["state"], "processing");
+    assert!(
+        view["playback"].is_object(),
+        "the published version still plays: {view}"
+    );
+    ready(2).await;
+    let new_segment = first_segment(addr, &playback);
+    assert!(new_segment.contains("/v2/"), "{new_segment}");
+    let (status, new_bytes) = origin_get(addr, &new_segment);
+    assert_eq!(status, 200);
+    assert_ne!(new_bytes, old_bytes, "the new version's media are new");
+    // The old version's URLs (cached by CDNs as immutable) still give the
+    // same bytes: nothing was overwritten.
+    assert_eq!(origin_get(addr, &old_segment), (200, old_bytes));
+    assert_eq!(
+        sha256_of(&root.join(format!("assets/{asset}/source"))),
+        sha256_of(&fixture("rotated90_1280x720_stereo.mp4"))
+    );
+    assert_eq!(
+        sha256_of(&root.join(format!("assets/{asset}/v2/source"))),
+        sha256_of(&fixture("landscape_720p60_stereo.mp4"))
+    );
+    // A version not published is not served.
+    assert_eq!(
+        origin_get(addr, &new_segment.replace("/v2/", "/v3/")).0,
+        404
+    );
+    // A refused replacement leaves the asset as it was.
+    let (status, _, body) = http(
+        addr,
+        "PUT",
+        &format!("{path}/replacement"),
+        &[AUTH],
+        b"not media at all",
+    );
+    assert_eq!(status, 422, "{body}");
+    let (_, _, view) = http(addr, "GET", &path, &[AUTH], b"");
+    let view = json(&view);
+    assert_eq!(
+        (view["state"].as_str(), view["error"].is_null()),
+        (Some("ready"), true),
+        "{view}"
+    );
+    assert!(!root.join(format!("assets/{asset}/v3/source")).exists());
+    assert_eq!(first_segment(addr, &playback), new_segment);
+}

@@ -186,7 +186,8 @@ impl Inner {
             .tempdir_in(&scratch_root)
             .map_err(|e| TranscodeError::internal("creating a scratch directory", e))?;
         let source_path = scratch.path().join("source");
-        self.stage_source(job.asset_id, &source_path).await?;
+        self.stage_source(job.asset_id, job.version, &source_path)
+            .await?;
 
         let (events, mut received) = mpsc::channel::<pipeline::Event>(16);
         let cancel = Arc::new(AtomicBool::new(false));
@@ -280,12 +281,18 @@ impl Inner {
             .map_err(|e| e.to_string())
     }
 
+    /// Copies the source of output version `version` to `path`.
     async fn stage_source(
         &self,
         asset: AssetId,
+        version: u32,
         path: &std::path::Path,
     ) -> Result<(), TranscodeError> {
-        let body = match self.store.get(&ObjectKey::source(asset), None).await {
+        let body = match self
+            .store
+            .get(&ObjectKey::source_version(asset, version), None)
+            .await
+        {
             Ok(body) => body,
             Err(StorageError::NotFound { .. }) => {
                 return Err(TranscodeError::input(
