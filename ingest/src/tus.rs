@@ -26,8 +26,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use cascade_platform::assets::{self, SourceClaim};
 use cascade_platform::storage::{MAX_PART_SIZE, MIN_PART_SIZE};
+use cascade_platform::uploads::{self, NewUpload, RecordedPart, UploadStatus};
 use cascade_platform::{ObjectStore, StorageError};
-use cascade_schemas::{AssetId, EnvironmentId, ObjectKey};
+use cascade_schemas::{AssetId, ConcatKind, EnvironmentId, ObjectKey, UploadState};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -243,7 +244,6 @@ pub async fn create(
     }
     let (raw_metadata, metadata) = upload_metadata(&headers)?;
     let id = uuid::Uuid::new_v4();
-    let expiry_ms = state.config.upload_expiry.as_millis() as f64;
     // The asset's source is claimed and the upload recorded together: a
     // refused claim leaves no upload, a failed insert no claim.
     let mut client = state.pool.get().await?;
@@ -254,16 +254,23 @@ pub async fn create(
     } else {
         Some(upload_asset(&tx, &state, &caller, &metadata, id).await?)
     };
-    let expires_at: DateTime<Utc> = tx
-        .query_one(
-            "INSERT INTO uploads (id, environment_id, asset_id, length, metadata, expires_at, concat)
-             VALUES ($1, $2, $3, $4, $5, now() + $6::float8 * interval '1 millisecond', $7) RETURNING expires_at",
-            &[&id, &caller.environment.as_uuid(), &asset_id.map(|a| a.as_uuid()), &(length as i64),
-              &serde_json::json!({ "raw": raw_metadata, "values": metadata }), &expiry_ms,
-              &(if partial { "partial" } else { "none" })],
-        )
-        .await?
-        .get(0);
+    let expires_at = uploads::insert(
+        &tx,
+        &NewUpload {
+            id,
+            environment: caller.environment,
+            asset: asset_id,
+            length,
+            metadata: &serde_json::json!({ "raw": raw_metadata, "values": metadata }),
+            expiry: state.config.upload_expiry,
+            concat: if partial {
+                ConcatKind::Partial
+            } else {
+                ConcatKind::None
+            },
+        },
+    )
+    .await?;
     tx.commit().await?;
     drop(client);
     let mut offset = None;
@@ -334,45 +341,17 @@ fn destination(id: uuid::Uuid, asset: Option<AssetId>) -> ObjectKey {
     }
 }
 
-struct UploadRow {
-    length: i64,
-    offset: i64,
-    state: String,
-    raw_metadata: String,
-    expires_at: DateTime<Utc>,
-    expired: bool,
-    concat: String,
-    partial_ids: Vec<uuid::Uuid>,
-}
-
 /// Upload `id` of `environment` (another environment's, or one whose
 /// asset was deleted, is not found).
 async fn load(
     state: &AppState,
     environment: EnvironmentId,
     id: uuid::Uuid,
-) -> Result<UploadRow, ApiError> {
+) -> Result<UploadStatus, ApiError> {
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            "SELECT length, \"offset\", state, metadata->>'raw', expires_at, expires_at < now(), concat, partial_ids
-             FROM uploads WHERE id = $1 AND environment_id = $2
-               AND (asset_id IS NULL OR EXISTS (
-                   SELECT 1 FROM assets WHERE assets.id = uploads.asset_id AND assets.deleted_at IS NULL))",
-            &[&id, &environment.as_uuid()],
-        )
+    uploads::status_in(&client, environment, id)
         .await?
-        .ok_or(ApiError::NotFound("upload"))?;
-    Ok(UploadRow {
-        length: row.get(0),
-        offset: row.get(1),
-        state: row.get(2),
-        raw_metadata: row.get::<_, Option<String>>(3).unwrap_or_default(),
-        expires_at: row.get(4),
-        expired: row.get(5),
-        concat: row.get(6),
-        partial_ids: row.get(7),
-    })
+        .ok_or(ApiError::NotFound("upload"))
 }
 
 /// `HEAD /v1/uploads/{id}`: the stored offset, where a client resumes.
@@ -419,9 +398,9 @@ pub async fn head(
     let id = parse_upload_id(&id)?;
     let row = load(&state, caller.environment, id).await?;
     // `probing`: complete for the client; only the probe is still running.
-    let finished = matches!(row.state.as_str(), "complete" | "probing");
+    let finished = row.state.is_finished();
     // A complete partial still expires unless a final upload takes it.
-    let expires = !finished || row.concat == "partial";
+    let expires = !finished || row.concat == ConcatKind::Partial;
     if row.expired && expires {
         return Err(ApiError::NotFound("upload"));
     }
@@ -436,7 +415,7 @@ pub async fn head(
     if !row.raw_metadata.is_empty() {
         header(&mut response, "upload-metadata", &row.raw_metadata);
     }
-    if let Some(value) = concat::header_value(&state, &row.concat, &row.partial_ids) {
+    if let Some(value) = concat::header_value(&state, row.concat, &row.partial_ids) {
         header(&mut response, "upload-concat", &value);
     }
     Ok(response)
@@ -575,37 +554,28 @@ pub async fn terminate(
     // races the final PATCH.
     let lock = uuid::Uuid::new_v4();
     let client = state.pool.get().await?;
-    let taken = client
-        .query_opt(
-            "UPDATE uploads SET locked_until = now() + $4::float8 * interval '1 millisecond', lock_id = $3
-             WHERE id = $1 AND environment_id = $2 AND state = 'receiving' AND \"offset\" < length
-               AND (locked_until IS NULL OR locked_until < now())
-             RETURNING asset_id, multipart_id",
-            &[&id, &caller.environment.as_uuid(), &lock, &lease_ms(&state)],
-        )
-        .await?;
-    let Some(taken) = taken else {
-        let row = client
-            .query_opt(
-                "SELECT state, concat, claimed_by IS NOT NULL, \"offset\" < length,
-                        locked_until IS NOT NULL AND locked_until >= now()
-                 FROM uploads WHERE id = $1 AND environment_id = $2",
-                &[&id, &caller.environment.as_uuid()],
-            )
+    let taken = uploads::take_termination_lease(
+        &client,
+        caller.environment,
+        id,
+        lock,
+        state.config.upload_lock,
+    )
+    .await?;
+    let Some((asset, multipart_id)) = taken else {
+        let view = uploads::termination_view(&client, caller.environment, id)
             .await?
             .ok_or(ApiError::NotFound("upload"))?;
         drop(client);
-        let (upload_state, concat, claimed, missing, locked): (String, String, bool, bool, bool) =
-            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-        if concat == "partial" && upload_state == "complete" {
-            if claimed {
+        if view.concat == ConcatKind::Partial && view.state == UploadState::Complete {
+            if view.claimed {
                 return Err(ApiError::Conflict {
                     code: "partial_upload_used",
                     message: "a final upload has taken this partial upload".to_owned(),
                 });
             }
             concat::terminate_complete_partial(&state, id).await?;
-        } else if upload_state == "receiving" && missing && locked {
+        } else if view.state == UploadState::Receiving && view.missing && view.locked {
             return Err(ApiError::Locked);
         } else {
             return Err(ApiError::Conflict {
@@ -618,8 +588,7 @@ pub async fn terminate(
         return Ok(response);
     };
     drop(client);
-    let destination = destination(id, taken.get::<_, Option<uuid::Uuid>>(0).map(AssetId::from));
-    let multipart_id: Option<String> = taken.get(1);
+    let destination = destination(id, asset);
     // Bytes first: a failure leaves the row, so a retry finds them again.
     if let Err(error) = discard(&state, id, &destination, multipart_id.as_deref()).await {
         release(&state, id, lock).await;
@@ -655,10 +624,6 @@ fn checksum(headers: &HeaderMap) -> Result<Option<(Hasher, Vec<u8>)>, ApiError> 
     Ok(Some((hasher, expected)))
 }
 
-fn lease_ms(state: &AppState) -> f64 {
-    state.config.upload_lock.as_millis() as f64
-}
-
 /// Renews the lease every third of its length until dropped (never returns).
 async fn keep_lease(
     state: &AppState,
@@ -669,22 +634,14 @@ async fn keep_lease(
     loop {
         tokio::time::sleep(every).await;
         if let Ok(client) = state.pool.get().await {
-            let _ = client
-                .execute(
-                    "UPDATE uploads SET locked_until = now() + $3::float8 * interval '1 millisecond'
-                     WHERE id = $1 AND lock_id = $2",
-                    &[&id, &lock, &lease_ms(state)],
-                )
-                .await;
+            let _ = uploads::renew_lease(&client, id, lock, state.config.upload_lock).await;
         }
     }
 }
 
 async fn release(state: &AppState, id: uuid::Uuid, lock: uuid::Uuid) {
     if let Ok(client) = state.pool.get().await {
-        let _ = client
-            .execute("UPDATE uploads SET locked_until = NULL, lock_id = NULL WHERE id = $1 AND lock_id = $2", &[&id, &lock])
-            .await;
+        let _ = uploads::release_lease(&client, id, lock).await;
     }
 }
 
@@ -737,17 +694,14 @@ struct Lease {
     lock: uuid::Uuid,
     /// Where the bytes go (see [`destination`]).
     destination: ObjectKey,
-    offset: i64,
-    length: i64,
+    offset: u64,
+    length: u64,
     multipart_id: Option<String>,
     next_part: i32,
     staged_keys: Vec<String>,
     /// Bytes received but not in a recorded part: the staged pieces' total.
     staged_bytes: u64,
 }
-
-/// Bytes in recorded parts, in SQL (`offset` minus this is what is staged).
-const PARTS_TOTAL_SQL: &str = "(SELECT coalesce(sum(s), 0)::bigint FROM unnest(part_sizes) s)";
 
 /// Stores one PATCH body at `client_offset`; returns the new offset, and
 /// when the upload expires unless it is now complete.
@@ -765,23 +719,13 @@ async fn write_chunk(
     body: Body,
 ) -> Result<(u64, Option<DateTime<Utc>>), ApiError> {
     let lock = uuid::Uuid::new_v4();
-    let taken = query_opt_unflushed(
-        state,
-        &format!(
-            "UPDATE uploads SET locked_until = now() + $3::float8 * interval '1 millisecond', lock_id = $2, updated_at = now()
-             WHERE id = $1 AND environment_id = $4 AND state = 'receiving' AND expires_at > now()
-               AND (locked_until IS NULL OR locked_until < now())
-               AND (asset_id IS NULL OR EXISTS (
-                   SELECT 1 FROM assets WHERE assets.id = uploads.asset_id AND assets.deleted_at IS NULL))
-             RETURNING asset_id, \"offset\", length, multipart_id, next_part, staged_keys,
-                       \"offset\" - {PARTS_TOTAL_SQL}, expires_at"
-        ),
-        &[&id, &lock, &lease_ms(state), &environment.as_uuid()],
-    )
-    .await?;
-    let Some(row) = taken else {
+    let taken = {
+        let client = state.pool.get().await?;
+        uploads::take_write_lease(&client, environment, id, lock, state.config.upload_lock).await?
+    };
+    let Some(taken) = taken else {
         let row = load(state, environment, id).await?;
-        return Err(if row.concat == "final" {
+        return Err(if row.concat == ConcatKind::Final {
             ApiError::Forbidden {
                 code: "final_upload",
                 message: "a final upload is made of its partial uploads and takes no PATCH"
@@ -789,7 +733,7 @@ async fn write_chunk(
             }
         } else if row.expired {
             ApiError::NotFound("upload")
-        } else if row.state != "receiving" {
+        } else if row.state != UploadState::Receiving {
             ApiError::Conflict {
                 code: "upload_complete",
                 message: "the upload is already complete".to_owned(),
@@ -801,24 +745,24 @@ async fn write_chunk(
     let lease = Lease {
         id,
         lock,
-        destination: destination(id, row.get::<_, Option<uuid::Uuid>>(0).map(AssetId::from)),
-        offset: row.get(1),
-        length: row.get(2),
-        multipart_id: row.get(3),
-        next_part: row.get(4),
-        staged_keys: row.get(5),
-        staged_bytes: u64::try_from(row.get::<_, i64>(6)).unwrap_or(0),
+        destination: destination(id, taken.asset),
+        offset: taken.offset,
+        length: taken.length,
+        multipart_id: taken.multipart_id,
+        next_part: taken.next_part,
+        staged_keys: taken.staged_keys,
+        staged_bytes: taken.staged_bytes,
     };
-    let expires_at: DateTime<Utc> = row.get(7);
+    let expires_at = taken.expires_at;
     let (offset, length) = (lease.offset, lease.length);
     let result = async {
-        if client_offset != offset as u64 {
+        if client_offset != offset {
             return Err(ApiError::Conflict {
                 code: "offset_mismatch",
                 message: format!("Upload-Offset {client_offset} does not match the stored offset {offset}"),
             });
         }
-        let remaining = (length - offset) as u64;
+        let remaining = length - offset;
         let declared = api::declared_length(headers, "content-length")?;
         if let Some(declared) = declared {
             if declared > remaining {
@@ -859,34 +803,11 @@ async fn write_chunk(
             return Err(e);
         }
     };
-    if new_offset == length as u64 {
+    if new_offset == length {
         assemble(state, id).await?;
         return Ok((new_offset, None));
     }
     Ok((new_offset, Some(expires_at)))
-}
-
-/// Runs one `UPDATE ... RETURNING` committed without waiting for the WAL
-/// flush: for updates that may be lost in a database crash without harm,
-/// such as taking a lease or drawing part numbers (a later synchronous
-/// commit, such as recording a part, flushes them first, since the WAL is
-/// written in order). One round trip: the statement is its own transaction
-/// and sets `synchronous_commit` for it (`set_config(..., true)`), instead of
-/// BEGIN, SET LOCAL and COMMIT around it; the statement is prepared once per
-/// connection.
-async fn query_opt_unflushed(
-    state: &AppState,
-    update: &str,
-    params: &[&(dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync)],
-) -> Result<Option<deadpool_postgres::tokio_postgres::Row>, ApiError> {
-    let sql = format!(
-        "WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true)),
-              changed AS ({update})
-         SELECT changed.* FROM changed, unflushed"
-    );
-    let client = state.pool.get().await?;
-    let statement = client.prepare_cached(&sql).await?;
-    Ok(client.query_opt(&statement, params).await?)
 }
 
 /// Uploads the staged pieces and the body as parts `sizes` of the source's
@@ -912,18 +833,12 @@ async fn write_parts(
     // Fresh part numbers, drawn under the lease: never handed out twice.
     let count = sizes.len() as i32;
     let drawn = async {
-        let sql = "UPDATE uploads SET next_part = next_part + $3, multipart_id = COALESCE(multipart_id, $4), updated_at = now()
-                   WHERE id = $1 AND lock_id = $2 RETURNING next_part - $3, multipart_id";
-        let params: [&(dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync); 4] =
-            [&lease.id, &lease.lock, &count, &upload_id];
-        let row = if created.is_some() {
-            // A new multipart upload id must not be lost (nothing else knows it).
-            let client = state.pool.get().await?;
-            client.query_opt(sql, &params).await?
-        } else {
-            query_opt_unflushed(state, sql, &params).await?
-        };
-        Ok::<_, ApiError>(row.map(|r| (r.get::<_, i32>(0), r.get::<_, Option<String>>(1))))
+        let client = state.pool.get().await?;
+        // A new multipart upload id must not be lost (nothing else knows it).
+        let durable = created.is_some();
+        Ok::<_, ApiError>(
+            uploads::draw_parts(&client, lease.id, lease.lock, count, &upload_id, durable).await?,
+        )
     }
     .await;
     let first = match drawn {
@@ -954,7 +869,11 @@ async fn write_parts(
                     .store
                     .upload_part(&key, &upload_id, number, *size, &mut combined)
                     .await?;
-                uploaded.push((number, etag, *size));
+                uploaded.push(RecordedPart {
+                    number,
+                    etag,
+                    size: *size,
+                });
             }
             Ok::<_, StorageError>(())
         };
@@ -974,36 +893,19 @@ async fn write_parts(
     if !checksum_matches(reader, expected) {
         return Err(ApiError::ChecksumMismatch);
     }
-    let numbers: Vec<i32> = uploaded.iter().map(|(n, _, _)| *n as i32).collect();
-    let etags: Vec<String> = uploaded.iter().map(|(_, e, _)| e.clone()).collect();
-    let part_sizes: Vec<i64> = uploaded.iter().map(|(_, _, s)| *s as i64).collect();
     let client = state.pool.get().await?;
-    let record = client
-        .prepare_cached(
-            "UPDATE uploads SET \"offset\" = \"offset\" + $4,
-                 part_numbers = part_numbers || $5::integer[], part_etags = part_etags || $6::text[],
-                 part_sizes = part_sizes || $7::bigint[], staged_keys = '{}', staged_sizes = '{}',
-                 locked_until = NULL, lock_id = NULL, updated_at = now()
-             WHERE id = $1 AND lock_id = $2 AND \"offset\" = $3 RETURNING \"offset\"",
-        )
-        .await?;
-    let advanced = client
-        .query_opt(
-            &record,
-            &[
-                &lease.id,
-                &lease.lock,
-                &lease.offset,
-                &(body_length as i64),
-                &numbers,
-                &etags,
-                &part_sizes,
-            ],
-        )
-        .await?;
+    let advanced = uploads::record_parts(
+        &client,
+        lease.id,
+        lease.lock,
+        lease.offset,
+        body_length,
+        &uploaded,
+    )
+    .await?;
     drop(client);
     // Our lease lapsed and another request took over: our parts never count.
-    let Some(row) = advanced else {
+    let Some(new_offset) = advanced else {
         return Err(ApiError::Locked);
     };
     // The staged pieces are in the part now; completion sweeps any left.
@@ -1016,7 +918,7 @@ async fn write_parts(
             tracing::warn!(error = %error, key, "cannot delete a staged piece");
         }
     }
-    Ok(row.get::<_, i64>(0) as u64)
+    Ok(new_offset)
 }
 
 /// Stores the body as a staged piece and records it with the new offset,
@@ -1043,19 +945,20 @@ async fn write_staged(
         state.store.delete(&key).await?;
         // Nothing to record; the next PATCH must not find the upload locked.
         release(state, lease.id, lease.lock).await;
-        return Ok(lease.offset as u64);
+        return Ok(lease.offset);
     }
     let client = state.pool.get().await?;
-    let advanced = client
-        .query_opt(
-            "UPDATE uploads SET \"offset\" = \"offset\" + $4, staged_keys = array_append(staged_keys, $5),
-                 staged_sizes = array_append(staged_sizes, $4), locked_until = NULL, lock_id = NULL, updated_at = now()
-             WHERE id = $1 AND lock_id = $2 AND \"offset\" = $3 RETURNING \"offset\"",
-            &[&lease.id, &lease.lock, &lease.offset, &(written as i64), &key.as_str()],
-        )
-        .await?;
+    let advanced = uploads::record_staged(
+        &client,
+        lease.id,
+        lease.lock,
+        lease.offset,
+        written,
+        key.as_str(),
+    )
+    .await?;
     match advanced {
-        Some(row) => Ok(row.get::<_, i64>(0) as u64),
+        Some(new_offset) => Ok(new_offset),
         None => {
             // Our lease lapsed and another request took over: our bytes never count.
             let _ = state.store.delete(&key).await;
@@ -1154,47 +1057,34 @@ async fn finish_source(state: &AppState, upload: &Assembly) -> Result<(), ApiErr
 /// leaves it to the sweeper ([`delete_expired`]).
 async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), ApiError> {
     let lock = uuid::Uuid::new_v4();
-    let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!(
-                "UPDATE uploads SET state = 'assembling', locked_until = now() + $3::float8 * interval '1 millisecond', lock_id = $2
-                 WHERE id = $1 AND \"offset\" = length
-                   AND (state = 'receiving'
-                        OR (state = 'assembling' AND (locked_until IS NULL OR locked_until < now())))
-                 RETURNING asset_id, length, multipart_id, part_numbers, part_etags, staged_keys,
-                           \"offset\" - {PARTS_TOTAL_SQL}, concat, partial_ids"
-            ),
-            &[&id, &lock, &lease_ms(state)],
-        )
-        .await?;
-    let Some(row) = row else { return Ok(()) };
-    let asset = row.get::<_, Option<uuid::Uuid>>(0).map(AssetId::from);
-    if let Some(asset) = asset {
+    let row = {
+        let client = state.pool.get().await?;
         // The source claim lasted until the upload's expiry; the assembly
         // and probe may run past it, so it starts afresh.
-        let claim = SourceClaim {
+        uploads::begin_assembly(
+            &client,
             id,
-            hold: state.config.upload_expiry,
-        };
-        assets::renew_source_claim(&client, asset, claim).await?;
-    }
-    drop(client);
-    let numbers: Vec<i32> = row.get(3);
-    let etags: Vec<String> = row.get(4);
-    let concat: String = row.get(7);
+            lock,
+            state.config.upload_lock,
+            state.config.upload_expiry,
+        )
+        .await?
+    };
+    let Some(row) = row else { return Ok(()) };
+    let asset = row.asset;
+    let concat = row.concat;
     let upload = Assembly {
         id,
         destination: destination(id, asset),
-        partial_ids: row.get(8),
-        length: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
-        multipart_id: row.get(2),
-        parts: numbers.into_iter().map(|n| n as u32).zip(etags).collect(),
-        staged_keys: row.get(5),
-        staged_bytes: u64::try_from(row.get::<_, i64>(6)).unwrap_or(0),
+        partial_ids: row.partial_ids,
+        length: row.length,
+        multipart_id: row.multipart_id,
+        parts: row.parts,
+        staged_keys: row.staged_keys,
+        staged_bytes: row.staged_bytes,
     };
     let finished = async {
-        if concat == "final" {
+        if concat == ConcatKind::Final {
             concat::finish_final(state, &upload).await
         } else {
             finish_source(state, &upload).await?;
@@ -1220,15 +1110,7 @@ async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), ApiError>
         // A partial upload: complete, waiting for a final upload to take it
         // (or to expire). Nothing to probe.
         let client = state.pool.get().await?;
-        client
-            .execute(
-                "UPDATE uploads SET state = 'complete', multipart_id = NULL, staged_keys = '{}', staged_sizes = '{}',
-                     part_numbers = '{}', part_etags = '{}', part_sizes = '{}',
-                     locked_until = NULL, lock_id = NULL, updated_at = now()
-                 WHERE id = $1 AND lock_id = $2",
-                &[&id, &lock],
-            )
-            .await?;
+        uploads::complete_partial(&client, id, lock).await?;
         return Ok(());
     };
     // The bytes are durable: the upload is complete for the client. The
@@ -1237,17 +1119,10 @@ async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), ApiError>
     // meanwhile leaves it to the sweeper.
     let handoff_lock = uuid::Uuid::new_v4();
     let client = state.pool.get().await?;
-    let marked = client
-        .execute(
-            "UPDATE uploads SET state = 'probing', multipart_id = NULL, staged_keys = '{}', staged_sizes = '{}',
-                 part_numbers = '{}', part_etags = '{}', part_sizes = '{}',
-                 locked_until = now() + $4::float8 * interval '1 millisecond', lock_id = $3, updated_at = now()
-             WHERE id = $1 AND lock_id = $2",
-            &[&id, &lock, &handoff_lock, &lease_ms(state)],
-        )
-        .await?;
+    let marked =
+        uploads::begin_probe(&client, id, lock, handoff_lock, state.config.upload_lock).await?;
     drop(client);
-    if marked == 0 {
+    if !marked {
         // Our lease lapsed and another assembly took over; it hands the source on.
         return Ok(());
     }
@@ -1275,16 +1150,8 @@ async fn hand_off_under_lease(
     match handed {
         Ok(()) => {
             let done = async {
-                state
-                    .pool
-                    .get()
-                    .await?
-                    .execute(
-                        "UPDATE uploads SET state = 'complete', locked_until = NULL, lock_id = NULL, updated_at = now()
-                         WHERE id = $1 AND lock_id = $2",
-                        &[&id, &lock],
-                    )
-                    .await?;
+                let client = state.pool.get().await?;
+                uploads::complete(&client, id, lock).await?;
                 Ok::<(), ApiError>(())
             };
             if let Err(error) = done.await {
@@ -1343,23 +1210,9 @@ async fn delete_row(
     discarded: Option<&str>,
 ) -> Result<(), ApiError> {
     let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    let deleted = tx
-        .query_opt(
-            "DELETE FROM uploads WHERE id = $1 AND state = 'receiving' RETURNING multipart_id, asset_id",
-            &[&id],
-        )
-        .await?;
-    // The asset waits for a source again: another upload may claim it.
-    if let Some(asset) = deleted
-        .as_ref()
-        .and_then(|row| row.get::<_, Option<uuid::Uuid>>(1))
-    {
-        assets::release_source_claim(&tx, AssetId::from(asset), id).await?;
-    }
-    tx.commit().await?;
+    let deleted = uploads::delete_unfinished(&mut client, id).await?;
     drop(client);
-    if let Some(late) = deleted.and_then(|row| row.get::<_, Option<String>>(0)) {
+    if let Some(late) = deleted.flatten() {
         if Some(late.as_str()) != discarded {
             discard(state, id, destination, Some(&late)).await?;
         }
@@ -1371,58 +1224,30 @@ async fn delete_row(
 /// their staged pieces deleted); returns how many. Also finishes
 /// assemblies whose replica died.
 pub async fn delete_expired(state: &Arc<AppState>) -> Result<usize, ApiError> {
-    let client = state.pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT id, asset_id, multipart_id FROM uploads WHERE expires_at < now() AND state = 'receiving'
-               AND (locked_until IS NULL OR locked_until < now())",
-            &[],
-        )
-        .await?;
-    drop(client);
-    for row in &rows {
-        let id: uuid::Uuid = row.get(0);
-        let destination = destination(id, row.get::<_, Option<uuid::Uuid>>(1).map(AssetId::from));
-        let multipart_id: Option<String> = row.get(2);
+    let rows = uploads::expired_unfinished(&state.pool.get().await?).await?;
+    for (id, asset, multipart_id) in &rows {
+        let (id, multipart_id) = (*id, multipart_id.clone());
+        let destination = destination(id, *asset);
         discard(state, id, &destination, multipart_id.as_deref()).await?;
         delete_row(state, id, &destination, multipart_id.as_deref()).await?;
     }
     let partials = concat::delete_expired_partials(state).await?;
     // An assembly whose replica died: finish it.
-    let client = state.pool.get().await?;
-    let stuck = client
-        .query(
-            "SELECT id FROM uploads WHERE state = 'assembling'
-               AND (locked_until IS NULL OR locked_until < now())",
-            &[],
-        )
-        .await?;
-    drop(client);
-    for row in &stuck {
-        if let Err(error) = assemble(state, row.get(0)).await {
+    let stuck = uploads::stalled_assemblies(&state.pool.get().await?).await?;
+    for id in stuck {
+        if let Err(error) = assemble(state, id).await {
             tracing::warn!(error = %error, "cannot finish an interrupted assembly");
         }
     }
     // A complete upload whose probe never finished (its replica died, or
     // storage failed): probe it here.
     let lock = uuid::Uuid::new_v4();
-    let client = state.pool.get().await?;
-    let orphans = client
-        .query(
-            "UPDATE uploads SET locked_until = now() + $2::float8 * interval '1 millisecond', lock_id = $1
-             WHERE state = 'probing' AND (locked_until IS NULL OR locked_until < now())
-             RETURNING id, asset_id, length",
-            &[&lock, &lease_ms(state)],
-        )
-        .await?;
-    drop(client);
-    for row in &orphans {
-        let id: uuid::Uuid = row.get(0);
+    let orphans =
+        uploads::take_stalled_probes(&state.pool.get().await?, lock, state.config.upload_lock)
+            .await?;
+    for (id, asset, length) in orphans {
         // Only uploads with an asset are ever probed (partials never are).
-        let Some(asset) = row.get::<_, Option<uuid::Uuid>>(1).map(AssetId::from) else {
-            continue;
-        };
-        let length = u64::try_from(row.get::<_, i64>(2)).unwrap_or(0);
+        let Some(asset) = asset else { continue };
         hand_off_under_lease(state, id, asset, length, lock).await;
     }
     Ok(rows.len() + partials)

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use cascade_platform::assets;
+use cascade_platform::watch_files::{self, WatchState, WatchedFile};
 use cascade_schemas::{AssetId, PlaybackPolicy};
 use notify::Watcher;
 use tokio_util::sync::CancellationToken;
@@ -147,13 +148,21 @@ async fn take(state: &AppState, dir: &Path, path: &Path, name: &str, file: Seen)
     } else {
         tracing::info!(file = name, "watched file ingested");
     }
+    let ended = if sub == DONE {
+        WatchState::Done
+    } else {
+        WatchState::Failed
+    };
     if let Ok(client) = state.pool.get().await {
-        let _ = client
-            .execute(
-                "UPDATE watch_files SET state = $4 WHERE name = $1 AND size = $2 AND mtime_ns = $3",
-                &[&name, &(file.size as i64), &file.mtime_ns, &sub],
-            )
-            .await;
+        let _ = watch_files::finish(&client, watched(name, file), ended).await;
+    }
+}
+
+fn watched(name: &str, file: Seen) -> WatchedFile<'_> {
+    WatchedFile {
+        name,
+        size: file.size,
+        mtime_ns: file.mtime_ns,
     }
 }
 
@@ -161,24 +170,11 @@ async fn ingest(state: &AppState, path: &Path, name: &str, file: Seen) -> Result
     let client = state.pool.get().await.map_err(|e| e.to_string())?;
     let candidate = AssetId::new();
     // Claim first: a restart finds the claim instead of ingesting again.
-    let claim = client
-        .query_one(
-            "INSERT INTO watch_files (name, size, mtime_ns, asset_id) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name, size, mtime_ns) DO UPDATE SET name = EXCLUDED.name
-             RETURNING asset_id, state, (xmax = 0) AS inserted",
-            &[
-                &name,
-                &(file.size as i64),
-                &file.mtime_ns,
-                &candidate.as_uuid(),
-            ],
-        )
+    let claim = watch_files::claim(&client, watched(name, file), candidate)
         .await
         .map_err(|e| e.to_string())?;
-    let asset = AssetId::from(claim.get::<_, uuid::Uuid>(0));
-    let claim_state: String = claim.get(1);
-    let inserted: bool = claim.get(2);
-    if claim_state != "ingesting" {
+    let (asset, inserted) = (claim.asset, claim.new);
+    if claim.state != WatchState::Ingesting {
         return Ok(()); // Already done before a restart; only the move was left.
     }
     let existing = assets::get(&state.pool, asset)

@@ -7,7 +7,7 @@
 //! - [`storage`]: the object store (S3-compatible or a local directory);
 //! - the model layer, typed functions over the rows with the state rules
 //!   enforced in their SQL (every transition a conditional update naming the
-//!   state it leaves): [`environments`], [`api_keys`], [`assets`], [`webhook_endpoints`].
+//!   state it leaves): [`environments`], [`api_keys`], [`assets`], [`uploads`], [`watch_files`], [`webhook_endpoints`].
 //!
 //! Everything here is I/O at the edges of the system; domain names come from
 //! `cascade_schemas`.
@@ -21,6 +21,8 @@ pub mod outbound;
 pub mod playback_token;
 pub mod queue;
 pub mod storage;
+pub mod uploads;
+pub mod watch_files;
 pub mod webhook_endpoints;
 
 pub use config::Config;

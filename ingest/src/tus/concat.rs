@@ -23,7 +23,8 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use cascade_platform::storage::{MAX_PART_NUMBER, MAX_PART_SIZE, MIN_PART_SIZE};
-use cascade_schemas::ObjectKey;
+use cascade_platform::uploads;
+use cascade_schemas::{ConcatKind, ObjectKey, UploadState};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{header, staged_reader, upload_asset, upload_metadata, Assembly};
@@ -97,12 +98,12 @@ pub(super) fn requested(headers: &HeaderMap) -> Result<Requested, ApiError> {
 /// The `Upload-Concat` a HEAD reports, if the upload takes part in one.
 pub(super) fn header_value(
     state: &AppState,
-    concat: &str,
+    concat: ConcatKind,
     partial_ids: &[uuid::Uuid],
 ) -> Option<String> {
     match concat {
-        "partial" => Some("partial".to_owned()),
-        "final" => Some(format!(
+        ConcatKind::Partial => Some("partial".to_owned()),
+        ConcatKind::Final => Some(format!(
             "final;{}",
             partial_ids
                 .iter()
@@ -110,7 +111,7 @@ pub(super) fn header_value(
                 .collect::<Vec<_>>()
                 .join(" ")
         )),
-        _ => None,
+        ConcatKind::None => None,
     }
 }
 
@@ -123,51 +124,41 @@ async fn partial_lengths(
     caller: &Caller,
     ids: &[uuid::Uuid],
 ) -> Result<Vec<u64>, ApiError> {
-    let client = state.pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT id, concat, state, claimed_by IS NOT NULL, expires_at < now(), \"offset\", length
-             FROM uploads WHERE id = ANY($1) AND environment_id = $2",
-            &[&ids, &caller.environment.as_uuid()],
-        )
-        .await?;
-    drop(client);
+    let rows = uploads::partials_in(&state.pool.get().await?, caller.environment, ids).await?;
     let mut lengths = Vec::with_capacity(ids.len());
     for id in ids {
-        let Some(row) = rows.iter().find(|r| r.get::<_, uuid::Uuid>(0) == *id) else {
+        let Some(row) = rows.iter().find(|r| r.id == *id) else {
             return Err(ApiError::bad_request(
                 "invalid_partial_upload",
                 format!("upload {id} does not exist"),
             ));
         };
-        let (concat, upload_state, claimed, expired): (String, String, bool, bool) =
-            (row.get(1), row.get(2), row.get(3), row.get(4));
-        let (offset, length): (i64, i64) = (row.get(5), row.get(6));
-        if concat != "partial" {
+        let (offset, length) = (row.offset, row.length);
+        if row.concat != ConcatKind::Partial {
             return Err(ApiError::bad_request(
                 "invalid_partial_upload",
                 format!("upload {id} is not a partial upload (create those with Upload-Concat: partial)"),
             ));
         }
-        if claimed {
+        if row.claimed {
             return Err(ApiError::Conflict {
                 code: "partial_upload_used",
                 message: format!("partial upload {id} belongs to another final upload"),
             });
         }
-        if expired {
+        if row.expired {
             return Err(ApiError::bad_request(
                 "invalid_partial_upload",
                 format!("partial upload {id} expired"),
             ));
         }
-        if upload_state != "complete" {
+        if row.state != UploadState::Complete {
             return Err(ApiError::bad_request(
                 "partial_upload_incomplete",
                 format!("partial upload {id} is not complete: {offset} of {length} bytes received"),
             ));
         }
-        lengths.push(u64::try_from(length).unwrap_or(0));
+        lengths.push(length);
     }
     Ok(lengths)
 }
@@ -192,29 +183,25 @@ pub(super) async fn create_final(
         return Err(ApiError::TooLarge { max });
     }
     let id = uuid::Uuid::new_v4();
-    let expiry_ms = state.config.upload_expiry.as_millis() as f64;
     // One transaction: the asset (or its claim), the final upload and the
     // partials taken, or nothing at all.
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     let asset = upload_asset(&tx, state, caller, &metadata, id).await?;
-    tx.execute(
-        "INSERT INTO uploads (id, environment_id, asset_id, length, \"offset\", state, metadata, expires_at, concat, partial_ids)
-         VALUES ($1, $2, $3, $4, $4, 'assembling', $5, now() + $6::float8 * interval '1 millisecond', 'final', $7)",
-        &[&id, &caller.environment.as_uuid(), &asset.as_uuid(), &(length as i64),
-          &serde_json::json!({ "raw": raw_metadata, "values": metadata }), &expiry_ms, &partials],
+    let taken = uploads::insert_final(
+        &tx,
+        &uploads::NewFinal {
+            id,
+            environment: caller.environment,
+            asset,
+            length,
+            metadata: &serde_json::json!({ "raw": raw_metadata, "values": metadata }),
+            expiry: state.config.upload_expiry,
+            partials: &partials,
+        },
     )
     .await?;
-    // One statement takes them all, or none: a partial serves one final.
-    let claimed = tx
-        .execute(
-            "UPDATE uploads SET claimed_by = $1, updated_at = now()
-             WHERE id = ANY($2) AND environment_id = $3 AND concat = 'partial' AND state = 'complete'
-               AND claimed_by IS NULL AND expires_at > now()",
-            &[&id, &partials, &caller.environment.as_uuid()],
-        )
-        .await?;
-    if claimed as usize != partials.len() {
+    if !taken {
         // Another final took one meanwhile (or it expired): say which.
         drop(tx);
         drop(client);
@@ -259,20 +246,15 @@ pub(super) async fn finish_final(state: &AppState, upload: &Assembly) -> Result<
     let key = &upload.destination;
     let whole = matches!(state.store.head(key).await, Ok(meta) if meta.size == upload.length);
     if !whole {
-        let client = state.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT id, length FROM uploads WHERE id = ANY($1) AND claimed_by = $2",
-                &[&upload.partial_ids, &upload.id],
-            )
-            .await?;
-        drop(client);
+        let taken =
+            uploads::taken_partials(&state.pool.get().await?, upload.id, &upload.partial_ids)
+                .await?;
         let mut pieces = Vec::with_capacity(upload.partial_ids.len());
         for partial in &upload.partial_ids {
-            let length = rows
+            let length = taken
                 .iter()
-                .find(|r| r.get::<_, uuid::Uuid>(0) == *partial)
-                .map(|r| u64::try_from(r.get::<_, i64>(1)).unwrap_or(0))
+                .find(|(id, _)| id == partial)
+                .map(|(_, length)| *length)
                 .ok_or_else(|| {
                     ApiError::Internal(format!(
                         "partial upload {partial} of final upload {} is gone",
@@ -318,14 +300,7 @@ pub(super) async fn finish_final(state: &AppState, upload: &Assembly) -> Result<
             .delete_prefix(&ObjectKey::upload_prefix(*partial))
             .await?;
     }
-    state
-        .pool
-        .get()
-        .await?
-        .execute(
-            "DELETE FROM uploads WHERE id = ANY($1) AND claimed_by = $2",
-            &[&upload.partial_ids, &upload.id],
-        )
+    uploads::delete_taken_partials(&state.pool.get().await?, upload.id, &upload.partial_ids)
         .await?;
     Ok(())
 }
@@ -381,16 +356,7 @@ pub(super) async fn terminate_complete_partial(
     state: &AppState,
     id: uuid::Uuid,
 ) -> Result<(), ApiError> {
-    let deleted = state
-        .pool
-        .get()
-        .await?
-        .execute(
-            "DELETE FROM uploads WHERE id = $1 AND concat = 'partial' AND state = 'complete' AND claimed_by IS NULL",
-            &[&id],
-        )
-        .await?;
-    if deleted == 0 {
+    if !uploads::delete_untaken_partial(&state.pool.get().await?, id).await? {
         return Err(ApiError::Conflict {
             code: "partial_upload_used",
             message: "a final upload has taken this partial upload".to_owned(),
@@ -408,32 +374,15 @@ pub(super) async fn terminate_complete_partial(
 /// the next sweep); no final can take them meanwhile, as finals take only
 /// unexpired partials.
 pub(super) async fn delete_expired_partials(state: &AppState) -> Result<usize, ApiError> {
-    let client = state.pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT id FROM uploads WHERE concat = 'partial' AND state = 'complete'
-               AND claimed_by IS NULL AND expires_at < now()",
-            &[],
-        )
-        .await?;
-    drop(client);
-    for row in &rows {
-        let id: uuid::Uuid = row.get(0);
+    let expired = uploads::expired_partials(&state.pool.get().await?).await?;
+    for id in &expired {
         state
             .store
-            .delete_prefix(&ObjectKey::upload_prefix(id))
+            .delete_prefix(&ObjectKey::upload_prefix(*id))
             .await?;
-        state
-            .pool
-            .get()
-            .await?
-            .execute(
-                "DELETE FROM uploads WHERE id = $1 AND claimed_by IS NULL AND expires_at < now()",
-                &[&id],
-            )
-            .await?;
+        uploads::delete_expired_partial(&state.pool.get().await?, *id).await?;
     }
-    Ok(rows.len())
+    Ok(expired.len())
 }
 
 #[cfg(test)]
