@@ -115,6 +115,7 @@ pub(crate) struct Metrics {
     pub(crate) breaker_opened: AtomicU64,
     pub(crate) asset_lookups: AtomicU64,
     pub(crate) asset_lookup_errors: AtomicU64,
+    pub(crate) asset_lookup_stale: AtomicU64,
 }
 
 /// Values read from elsewhere at render time.
@@ -146,6 +147,7 @@ impl Metrics {
             breaker_opened: AtomicU64::new(0),
             asset_lookups: AtomicU64::new(0),
             asset_lookup_errors: AtomicU64::new(0),
+            asset_lookup_stale: AtomicU64::new(0),
         }
     }
 
@@ -190,7 +192,7 @@ impl Metrics {
             "cascade_origin_request_duration_seconds",
             "Time to answer a request (until the response head; bodies stream after).",
         );
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "cascade_origin_cache_hits_total",
                 "Requests answered from the memory tier.",
@@ -265,6 +267,11 @@ impl Metrics {
                 "cascade_origin_asset_lookup_errors_total",
                 "Playback id lookups that failed.",
                 &self.asset_lookup_errors,
+            ),
+            (
+                "cascade_origin_asset_lookup_stale_total",
+                "Failed playback id lookups answered from the last known asset (stale-if-error).",
+                &self.asset_lookup_stale,
             ),
         ];
         for (name, help, counter) in counters {

@@ -1,6 +1,8 @@
 //! Playback id -> asset, with a short-lived in-memory cache so Postgres is
 //! asked once per playback id every `asset_ttl`, not once per segment.
-//! Concurrent lookups of one id share one query.
+//! Concurrent lookups of one id share one query. When Postgres cannot
+//! answer, the last answer (kept `asset_stale_ttl`) is used instead
+//! (stale-if-error), so playback outlives a database outage.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ pub(crate) struct AssetInfo {
 pub(crate) struct Resolver {
     pool: Pool,
     cache: moka::future::Cache<PlaybackId, Option<Arc<AssetInfo>>>,
+    /// Every answer Postgres gave, for `asset_stale_ttl`.
+    last_known: moka::future::Cache<PlaybackId, Option<Arc<AssetInfo>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -40,6 +44,10 @@ impl Resolver {
                 .max_capacity(100_000)
                 .time_to_live(config.asset_ttl)
                 .build(),
+            last_known: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.asset_stale_ttl)
+                .build(),
             metrics,
         }
     }
@@ -49,10 +57,20 @@ impl Resolver {
         &self,
         playback_id: &PlaybackId,
     ) -> Result<Option<Arc<AssetInfo>>, OriginError> {
-        self.cache
+        match self
+            .cache
             .try_get_with(playback_id.clone(), self.query(playback_id))
             .await
-            .map_err(|_: Arc<LookupFailed>| OriginError::DatabaseUnavailable)
+        {
+            Ok(found) => Ok(found),
+            Err(_) => match self.last_known.get(playback_id).await {
+                Some(found) => {
+                    self.metrics.asset_lookup_stale.fetch_add(1, Relaxed);
+                    Ok(found)
+                }
+                None => Err(OriginError::DatabaseUnavailable),
+            },
+        }
     }
 
     async fn query(
@@ -74,6 +92,7 @@ impl Resolver {
             .await
             .map_err(|e| failed("query", &e))?;
         let Some(row) = row else {
+            self.last_known.insert(playback_id.clone(), None).await;
             return Ok(None);
         };
         let state: String = row.try_get("state").map_err(|e| failed("row", &e))?;
@@ -85,11 +104,15 @@ impl Resolver {
             .try_get("published_version")
             .map_err(|e| failed("row", &e))?;
         let id: uuid::Uuid = row.try_get("id").map_err(|e| failed("row", &e))?;
-        Ok(Some(Arc::new(AssetInfo {
+        let found = Some(Arc::new(AssetInfo {
             id: AssetId::from(id),
             state,
             signed: policy == "signed",
             published_version: version.and_then(|v| u32::try_from(v).ok()),
-        })))
+        }));
+        self.last_known
+            .insert(playback_id.clone(), found.clone())
+            .await;
+        Ok(found)
     }
 }

@@ -310,6 +310,12 @@ pub struct OriginConfig {
     /// version) is reused before Postgres is asked again. Default `3s`.
     #[serde(with = "humantime_serde")]
     pub asset_ttl: Duration,
+    /// While Postgres cannot be asked, a playback id resolved within this
+    /// long is still served from the last answer (stale-if-error), so a
+    /// database outage does not stop playback of what is cached or stored.
+    /// Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub asset_stale_ttl: Duration,
     /// Time limit of one storage read (a whole object into memory). Default `10s`.
     #[serde(with = "humantime_serde")]
     pub storage_timeout: Duration,
@@ -340,6 +346,7 @@ impl Default for OriginConfig {
             negative_ttl: Duration::from_secs(2),
             manifest_ttl: Duration::from_secs(60),
             asset_ttl: Duration::from_secs(3),
+            asset_stale_ttl: Duration::from_secs(3600),
             storage_timeout: Duration::from_secs(10),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(5),
