@@ -17,7 +17,7 @@
 //! stored, and a simple upload whose lease lapsed (its replica died, or it
 //! stalled) is fenced: the claim moved on, so it can no longer move the
 //! asset on ([`crate::assets::start_processing`] names the claim). When the
-//! asset takes its source, [`source_arrived`] marks the direct upload
+//! asset takes its source, `source_arrived` marks the direct upload
 //! `complete` in the same transaction.
 //!
 //! States are stored, but read through [`EFFECTIVE_STATE`]: a URL past its
@@ -245,48 +245,62 @@ pub enum StartRefused {
 
 /// A direct upload row locked for a transition.
 struct Locked {
+    id: DirectUploadId,
     asset: AssetId,
     /// Who holds the asset's source claim: the direct upload (its id) or a
     /// simple upload (its lease id).
     holder: uuid::Uuid,
-    /// What a reader sees.
+    /// What a reader sees ([`EFFECTIVE_STATE`]).
     state: DirectUploadState,
+    /// What is stored.
+    stored: DirectUploadState,
     protocol: Option<DirectUploadProtocol>,
     /// Milliseconds until `expires_at` (negative once past).
     remaining_ms: f64,
 }
 
 /// Locks direct upload `id` (of `environment`, if given) in the caller's
-/// transaction.
+/// transaction: its asset's row first, then its own, the order of every
+/// transaction that changes both (an asset's deletion, its source's
+/// arrival), so none deadlocks with another.
 async fn lock(
     tx: &impl GenericClient,
     id: DirectUploadId,
     environment: Option<EnvironmentId>,
 ) -> Result<Option<Locked>, DbError> {
-    let row = tx
+    let asset = tx
         .query_opt(
-            "SELECT d.asset_id, COALESCE(d.lease_id, d.id), d.state, d.protocol,
-                    d.expires_at <= now(), d.leased_until IS NOT NULL AND d.leased_until >= now(),
-                    EXTRACT(EPOCH FROM (d.expires_at - now()))::float8 * 1000
-             FROM direct_uploads d
-             WHERE d.id = $1 AND ($2::uuid IS NULL OR d.environment_id = $2)
-             FOR UPDATE",
+            "SELECT asset_id FROM direct_uploads WHERE id = $1 AND ($2::uuid IS NULL OR environment_id = $2)",
             &[&id.as_uuid(), &environment.map(|e| e.as_uuid())],
         )
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    let stored: String = row.get(2);
+    let Some(asset) = asset.map(|row| row.get::<_, uuid::Uuid>(0)) else {
+        return Ok(None);
+    };
+    tx.query("SELECT 1 FROM assets WHERE id = $1 FOR UPDATE", &[&asset])
+        .await?;
+    let row = tx
+        .query_one(
+            "SELECT COALESCE(d.lease_id, d.id), d.state, d.protocol,
+                    d.expires_at <= now(), d.leased_until IS NOT NULL AND d.leased_until >= now(),
+                    NOT EXISTS (SELECT 1 FROM uploads u WHERE u.id = d.id),
+                    EXTRACT(EPOCH FROM (d.expires_at - now()))::float8 * 1000
+             FROM direct_uploads d WHERE d.id = $1
+             FOR UPDATE OF d",
+            &[&id.as_uuid()],
+        )
+        .await?;
+    let stored: String = row.get(1);
     let stored: DirectUploadState = stored
         .parse()
         .map_err(|e| DbError::Build(format!("stored direct upload state: {e}")))?;
     let protocol = row
-        .get::<_, Option<String>>(3)
+        .get::<_, Option<String>>(2)
         .map(|p| p.parse::<DirectUploadProtocol>())
         .transpose()
         .map_err(|e| DbError::Build(format!("stored direct upload protocol: {e}")))?;
-    let (expired, leased): (bool, bool) = (row.get(4), row.get(5));
-    // As EFFECTIVE_STATE reads it; a tus upload's absence does not matter
-    // here: a URL that started one never starts another.
+    let (expired, leased, no_tus_upload): (bool, bool, bool) = (row.get(3), row.get(4), row.get(5));
+    // As EFFECTIVE_STATE reads it.
     let state = match (stored, protocol) {
         (DirectUploadState::Waiting, _) if expired => DirectUploadState::Expired,
         (DirectUploadState::Uploading, Some(DirectUploadProtocol::Simple)) if !leased => {
@@ -296,12 +310,17 @@ async fn lock(
                 DirectUploadState::Waiting
             }
         }
+        (DirectUploadState::Uploading, Some(DirectUploadProtocol::Tus)) if no_tus_upload => {
+            DirectUploadState::Expired
+        }
         (state, _) => state,
     };
     Ok(Some(Locked {
-        asset: AssetId::from(row.get::<_, uuid::Uuid>(0)),
-        holder: row.get(1),
+        id,
+        asset: AssetId::from(asset),
+        holder: row.get(0),
         state,
+        stored,
         protocol,
         remaining_ms: row.get(6),
     }))
@@ -425,6 +444,7 @@ pub async fn renew_simple(
 
 /// A simple upload failed before the asset took its source: the URL is
 /// `waiting` again (until it expires) and holds the claim once more.
+/// Nothing changes if the lease was lost meanwhile.
 pub async fn abandon_simple(
     pool: &Pool,
     id: DirectUploadId,
@@ -432,28 +452,24 @@ pub async fn abandon_simple(
 ) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let row = tx
-        .query_opt(
-            "UPDATE direct_uploads SET state = 'waiting', protocol = NULL, lease_id = NULL,
-                 leased_until = NULL, updated_at = now()
-             WHERE id = $1 AND lease_id = $2 AND state = 'uploading'
-             RETURNING asset_id, EXTRACT(EPOCH FROM (expires_at - now()))::float8 * 1000",
-            &[&id.as_uuid(), &lease],
-        )
-        .await?;
-    if let Some(row) = row {
-        let claim = SourceClaim {
-            id: id.as_uuid(),
-            hold: Duration::from_millis(row.get::<_, f64>(1).max(0.0) as u64),
-        };
-        assets::hand_over_source_claim(
-            &tx,
-            AssetId::from(row.get::<_, uuid::Uuid>(0)),
-            lease,
-            claim,
-        )
-        .await?;
+    let Some(locked) = lock(&tx, id, None).await? else {
+        return Ok(());
+    };
+    if locked.stored != DirectUploadState::Uploading || locked.holder != lease {
+        return Ok(());
     }
+    tx.execute(
+        "UPDATE direct_uploads SET state = 'waiting', protocol = NULL, lease_id = NULL,
+             leased_until = NULL, updated_at = now()
+         WHERE id = $1",
+        &[&id.as_uuid()],
+    )
+    .await?;
+    let claim = SourceClaim {
+        id: id.as_uuid(),
+        hold: locked.hold_at_least(Duration::ZERO),
+    };
+    assets::hand_over_source_claim(&tx, locked.asset, lease, claim).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -559,31 +575,40 @@ pub(crate) async fn cancel_for_asset(
 /// releases what they still hold of their asset's source claim; returns
 /// how many.
 pub async fn expire(pool: &Pool) -> Result<usize, DbError> {
-    let client = pool.get().await?;
-    let rows = client
+    let mut client = pool.get().await?;
+    let candidates = client
         .query(
             &format!(
-                "WITH gone AS (
-                     SELECT d.id, d.asset_id, COALESCE(d.lease_id, d.id) AS holder FROM direct_uploads d
-                     WHERE d.state IN ('waiting', 'uploading') AND ({EFFECTIVE_STATE}) = 'expired'
-                     FOR UPDATE SKIP LOCKED)
-                 UPDATE direct_uploads SET state = 'expired', lease_id = NULL, leased_until = NULL,
-                     updated_at = now()
-                 FROM gone WHERE direct_uploads.id = gone.id
-                 RETURNING gone.asset_id, gone.holder"
+                "SELECT d.id FROM direct_uploads d
+                 WHERE d.state IN ('waiting', 'uploading') AND ({EFFECTIVE_STATE}) = 'expired'"
             ),
             &[],
         )
         .await?;
-    for row in &rows {
-        assets::release_source_claim(
-            &client,
-            AssetId::from(row.get::<_, uuid::Uuid>(0)),
-            row.get(1),
+    let mut expired = 0;
+    for row in &candidates {
+        let tx = client.transaction().await?;
+        let Some(locked) =
+            lock(&tx, DirectUploadId::from(row.get::<_, uuid::Uuid>(0)), None).await?
+        else {
+            continue;
+        };
+        // Checked again under the lock: an upload may have started meanwhile.
+        if locked.state != DirectUploadState::Expired || locked.stored.is_closed() {
+            continue;
+        }
+        tx.execute(
+            "UPDATE direct_uploads SET state = 'expired', lease_id = NULL, leased_until = NULL,
+                 updated_at = now()
+             WHERE id = $1",
+            &[&locked.id.as_uuid()],
         )
         .await?;
+        assets::release_source_claim(&tx, locked.asset, locked.holder).await?;
+        tx.commit().await?;
+        expired += 1;
     }
-    Ok(rows.len())
+    Ok(expired)
 }
 
 #[cfg(test)]

@@ -645,6 +645,53 @@ async fn a_simple_put_through_a_direct_upload_url_lands_and_a_cut_off_one_can_be
     );
 }
 
+/// A replica that dies in the middle of a PUT through the URL holds it only
+/// until its lease lapses (`ingest.upload_lock`, 5 s here): then the URL
+/// takes the file again, through another replica.
+#[tokio::test]
+async fn a_put_whose_replica_died_can_be_retried_once_its_lease_lapses() {
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let lock = [("CASCADE_INGEST__UPLOAD_LOCK", "\"5s\"")];
+    let first = start(&db, "ingest", &root, free_port(), &lock);
+    let second = start(&db, "ingest", &root, free_port(), &lock);
+    let data = std::fs::read(fixture("tiny_320x180_stereo.mp4")).unwrap();
+    let (view, url) = create_direct(first.addr, AUTH, json!({"cors_origin": APP}));
+    let id = view["id"].as_str().unwrap().to_owned();
+    let mut cut = std::net::TcpStream::connect(first.addr).unwrap();
+    write!(
+        cut,
+        "PUT {url} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        first.addr,
+        data.len()
+    )
+    .unwrap();
+    cut.write_all(&data[..1000]).unwrap();
+    eventually(
+        "the PUT to hold the URL",
+        Duration::from_secs(10),
+        || async { (stored_state(&db, &id).await.0 == "uploading").then_some(()) },
+    )
+    .await;
+    first.process.signal("KILL");
+    drop(first);
+    // Held while the lease runs; then the URL reads waiting and takes the file.
+    let (status, _, body) = http(second.addr, "PUT", &url, &[], &data);
+    assert_eq!((status, code(&body).as_str()), (409, "upload_in_progress"));
+    let (status, body) = eventually("the lease to lapse", Duration::from_secs(20), || async {
+        let (status, _, body) = http(second.addr, "PUT", &url, &[], &data);
+        (status != 409).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let asset = view["asset_id"].as_str().unwrap();
+    assert_eq!(asset_state(second.addr, asset)["state"], "processing");
+    assert_eq!(
+        sha256_of(&root.join(format!("assets/{asset}/source"))),
+        sha256_of(&fixture("tiny_320x180_stereo.mp4"))
+    );
+}
+
 /// The browser case the feature is for: a page on another origin (a second
 /// loopback port) uploads with tus-js-client in headless Chromium through
 /// the direct upload URL, with real CORS; the asset is then transcoded and
