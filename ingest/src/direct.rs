@@ -97,6 +97,11 @@ pub struct CreateDirectUpload {
     /// The web origin that will upload (`https://app.example`): browsers get
     /// CORS grants for it alone, and requests from other origins are refused.
     /// `*` only where `ingest.direct_uploads.allow_any_origin` is set.
+    #[schema(
+        pattern = r"^(\*|[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|[Hh][Tt][Tt][Pp][Ss]?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?)$",
+        example = "https://app.example",
+        max_length = 2048
+    )]
     pub cors_origin: String,
     /// Largest file accepted, in bytes: 1 to `ingest.max_upload_size`
     /// (the default).

@@ -122,7 +122,6 @@ pub(crate) async fn options(Extension(grant): Extension<Grant>) -> Response {
         ("X-HTTP-Method-Override" = Option<String>, Header, nullable = false, description = "`PATCH` or `DELETE`: the request is that \
             method's (for clients that cannot send them, tus-js-client's `overridePatchMethod`)."),
         ("Upload-Offset" = Option<u64>, Header, nullable = false, description = "With `X-HTTP-Method-Override: PATCH`: as for PATCH."),
-        ("Origin" = Option<String>, Header, nullable = false, description = "Sent by browsers; anything but the URL's `cors_origin` gets 403."),
     ),
     request_body(content = BinaryBody, content_type = "application/offset+octet-stream",
         description = "Optional: the first bytes (creation-with-upload), or with `X-HTTP-Method-Override: PATCH` the PATCH body."),
@@ -227,7 +226,6 @@ pub(crate) async fn tus_create(
         ("id" = String, Path, format = Uuid, description = "Direct upload id."),
         ("secret" = String, Path, description = "The URL's secret."),
         ("Tus-Resumable" = TusResumable, Header, description = "Protocol version; anything but `1.0.0` gets 412."),
-        ("Origin" = Option<String>, Header, nullable = false, description = "Sent by browsers; anything but the URL's `cors_origin` gets 403."),
     ),
     responses(
         (status = 200, description = "The upload's state.",
@@ -277,7 +275,6 @@ pub(crate) async fn tus_head(
         ("Upload-Offset" = u64, Header, description = "Where these bytes start; must equal the stored offset (HEAD), else 409."),
         ("Upload-Checksum" = Option<String>, Header, nullable = false, description = "`<algorithm> <base64 digest>` of the body \
             (`sha1` or `sha256`); 460 when the received bytes differ, and they are discarded."),
-        ("Origin" = Option<String>, Header, nullable = false, description = "Sent by browsers; anything but the URL's `cors_origin` gets 403."),
     ),
     request_body(content = BinaryBody, content_type = "application/offset+octet-stream",
         description = "The bytes from Upload-Offset on; at most what remains of Upload-Length."),
@@ -341,7 +338,6 @@ pub(crate) async fn tus_patch(
         ("id" = String, Path, format = Uuid, description = "Direct upload id."),
         ("secret" = String, Path, description = "The URL's secret."),
         ("Tus-Resumable" = TusResumable, Header, description = "Protocol version; anything but `1.0.0` gets 412."),
-        ("Origin" = Option<String>, Header, nullable = false, description = "Sent by browsers; anything but the URL's `cors_origin` gets 403."),
     ),
     responses(
         (status = 204, description = "The upload and its stored bytes are gone; the URL is cancelled.",
@@ -404,7 +400,6 @@ pub(crate) async fn tus_terminate(
     params(
         ("id" = String, Path, format = Uuid, description = "Direct upload id."),
         ("secret" = String, Path, description = "The URL's secret."),
-        ("Origin" = Option<String>, Header, nullable = false, description = "Sent by browsers; anything but the URL's `cors_origin` gets 403."),
     ),
     request_body(content = BinaryBody, content_type = "application/octet-stream",
         description = "The file, at most the URL's `max_size` (Content-Length or chunked)."),
