@@ -140,6 +140,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|| async { Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
         )
         .merge(authenticated)
+        .merge(crate::direct::router(state.clone()))
         // Upload bodies are limited by ingest.max_upload_size as they stream.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -662,6 +663,9 @@ pub fn spawn_cleanup(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(uploads = n, "deleted expired uploads"),
                 Err(error) => tracing::warn!(error = %error, "cannot clean up expired uploads"),
+            }
+            if let Err(error) = crate::direct::expire(&state).await {
+                tracing::warn!(error = %error, "cannot expire direct upload URLs");
             }
         }
     })

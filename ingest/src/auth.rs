@@ -42,6 +42,10 @@ pub enum KeyRef {
     Key(uuid::Uuid),
     /// The bootstrap key from config.
     Bootstrap,
+    /// No key: the secret of a direct upload URL (`crate::direct`), which
+    /// acts in its direct upload's environment and may only upload its
+    /// asset's source.
+    DirectUpload(cascade_schemas::DirectUploadId),
 }
 
 /// Token buckets by some key: `capacity` per minute, refilled continuously.
@@ -105,10 +109,10 @@ impl<K: std::hash::Hash + Eq + Copy> Buckets<K> {
 
 /// What authentication keeps between requests (per process).
 pub struct Authenticator {
-    /// Request budgets per key.
-    per_key: Buckets<KeyRef>,
-    /// Budgets of requests without a valid key, per client address.
-    failures: Buckets<IpAddr>,
+    /// Request budgets per key (and per direct upload URL).
+    pub(crate) per_key: Buckets<KeyRef>,
+    /// Budgets of requests without a valid key (or URL secret), per client address.
+    pub(crate) failures: Buckets<IpAddr>,
     /// Valid keys by secret hash, briefly.
     cache: moka::sync::Cache<[u8; 32], (uuid::Uuid, EnvironmentId)>,
     /// The bootstrap key's environment, resolved once.
@@ -179,7 +183,7 @@ async fn caller_of(state: &AppState, token: &str) -> Result<Option<Caller>, ApiE
 /// The client's address: the peer of the connection (a deployment behind a
 /// load balancer limits there too). Requests served without a socket (tests
 /// through `oneshot`) share one bucket.
-fn client_address(request: &Request) -> IpAddr {
+pub(crate) fn client_address(request: &Request) -> IpAddr {
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

@@ -39,6 +39,15 @@ pub enum ApiError {
         /// Why not.
         message: String,
     },
+    /// The resource existed and is gone for good (an expired or cancelled
+    /// upload URL); unlike 404, retrying with the same URL never helps.
+    #[error("{message}")]
+    Gone {
+        /// Stable code.
+        code: &'static str,
+        /// Why.
+        message: String,
+    },
     /// Another request is writing this upload right now.
     #[error("another request is writing this upload; retry shortly")]
     Locked,
@@ -113,6 +122,7 @@ impl ApiError {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
+            Self::Gone { code, .. } => (StatusCode::GONE, code),
             Self::Locked => (StatusCode::LOCKED, "upload_locked"),
             Self::TooLarge { .. } | Self::BodyTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "too_large")

@@ -1,7 +1,8 @@
 //! The creators' ingest API (axum, under `/v1`, JSON): assets, simple
 //! uploads and tus 1.0.0 resumable uploads (core protocol plus the
 //! creation, creation-with-upload, termination, checksum and expiration
-//! extensions).
+//! extensions), and direct uploads: one-time upload URLs a browser uses
+//! without an API key (`direct`).
 //!
 //! Uploads stream: bodies go to storage in bounded parts (never whole in
 //! memory) and, for the probe, to a scratch file. tus state (offset, parts,
@@ -15,6 +16,7 @@
 mod api;
 pub mod auth;
 mod body;
+mod direct;
 pub mod error;
 pub mod openapi;
 pub mod playback_tokens;

@@ -180,6 +180,16 @@ impl Modify for OptionalBodies {
         if let Some(RefOr::T(body)) = creation {
             body.required = Some(Required::False);
         }
+        // The same at a direct upload URL.
+        let direct = openapi
+            .paths
+            .paths
+            .get_mut("/v1/direct_uploads/{id}/{secret}")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|operation| operation.request_body.as_mut());
+        if let Some(RefOr::T(body)) = direct {
+            body.required = Some(Required::False);
+        }
     }
 }
 
@@ -198,7 +208,7 @@ impl Modify for BearerAuth {
 /// The document.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Cascade API", description = "Assets, uploads (simple and tus 1.0.0), playback URLs and signed playback tokens."),
+    info(title = "Cascade API", description = "Assets, uploads (simple and tus 1.0.0), direct upload URLs for browsers, playback URLs and signed playback tokens."),
     paths(
         crate::api::create_asset,
         crate::api::list_assets,
@@ -216,13 +226,25 @@ impl Modify for BearerAuth {
         crate::webhook_endpoints::list,
         crate::webhook_endpoints::get,
         crate::webhook_endpoints::delete,
+        crate::direct::create,
+        crate::direct::get_one,
+        crate::direct::cancel,
+        crate::direct::url::options,
+        crate::direct::url::tus_create,
+        crate::direct::url::tus_head,
+        crate::direct::url::tus_patch,
+        crate::direct::url::tus_terminate,
+        crate::direct::url::simple,
     ),
     components(schemas(ErrorBody, AssetView, AssetList, crate::api::CreateAsset, TusResumable,
         crate::playback_tokens::CreatePlaybackToken, crate::playback_tokens::PlaybackTokenView,
         crate::webhook_endpoints::CreateWebhookEndpoint, crate::webhook_endpoints::WebhookEndpointView,
-        crate::webhook_endpoints::WebhookEndpointList)),
+        crate::webhook_endpoints::WebhookEndpointList,
+        crate::direct::CreateDirectUpload, crate::direct::NewAssetSettings, crate::direct::DirectUploadView)),
     tags((name = "webhooks", description = "Where an environment's asset events are POSTed."),
-        (name = "tus", description = "Resumable uploads, tus 1.0.0 (core, creation, creation-with-upload, termination, checksum, expiration).")),
+        (name = "tus", description = "Resumable uploads, tus 1.0.0 (core, creation, creation-with-upload, termination, checksum, expiration)."),
+        (name = "direct uploads", description = "One-time upload URLs for browsers: created with an API key, used without one \
+            (tus 1.0.0 or one PUT), CORS for one web origin.")),
     modifiers(&BearerAuth, &OptionalBodies),
     security(("api_key" = []))
 )]
@@ -323,6 +345,134 @@ mod tests {
         assert_eq!(view["properties"]["expires_at"]["format"], "date-time");
         let request = &doc["components"]["schemas"]["CreatePlaybackToken"];
         assert_eq!(request["properties"]["ttl_seconds"]["minimum"], json!(1));
+    }
+
+    #[test]
+    fn direct_upload_operations_are_documented_as_answered() {
+        let doc = document();
+        let paths = &doc["paths"];
+        let url = "/v1/direct_uploads/{id}/{secret}";
+        for (path, method, id, codes) in [
+            (
+                "/v1/direct_uploads",
+                "post",
+                "create_direct_upload",
+                &["201", "400", "401", "408", "413", "429"][..],
+            ),
+            (
+                "/v1/direct_uploads/{id}",
+                "get",
+                "get_direct_upload",
+                &["200", "401", "404", "429"][..],
+            ),
+            (
+                "/v1/direct_uploads/{id}/cancel",
+                "put",
+                "cancel_direct_upload",
+                &["200", "401", "404", "409", "429"][..],
+            ),
+            (
+                url,
+                "options",
+                "direct_upload_options",
+                &["204", "403", "404", "410", "429"][..],
+            ),
+            (
+                url,
+                "post",
+                "direct_upload_tus_create",
+                &[
+                    "201", "204", "400", "403", "404", "408", "409", "410", "412", "413", "415",
+                    "423", "429", "460",
+                ][..],
+            ),
+            (
+                url,
+                "head",
+                "direct_upload_tus_head",
+                &["200", "403", "404", "410", "412", "429"][..],
+            ),
+            (
+                url,
+                "patch",
+                "direct_upload_tus_patch",
+                &[
+                    "204", "400", "403", "404", "408", "409", "410", "412", "413", "415", "423",
+                    "429", "460",
+                ][..],
+            ),
+            (
+                url,
+                "delete",
+                "direct_upload_tus_terminate",
+                &["204", "403", "404", "409", "410", "412", "423", "429"][..],
+            ),
+            (
+                url,
+                "put",
+                "direct_upload_put",
+                &[
+                    "202", "400", "403", "404", "408", "409", "410", "413", "422", "429",
+                ][..],
+            ),
+        ] {
+            let operation = &paths[path][method];
+            assert_eq!(operation["operationId"], id, "{method} {path}");
+            assert_eq!(
+                operation["tags"],
+                json!(["direct uploads"]),
+                "{method} {path}"
+            );
+            assert_eq!(statuses(operation), codes, "{method} {path}");
+            if path == url {
+                // The URL's secret is the credential: no API key.
+                assert_eq!(operation["security"], json!([{}]), "{method} {path}");
+                for name in ["id", "secret"] {
+                    let p = param(operation, name);
+                    assert_eq!((&p["in"], &p["required"]), (&json!("path"), &json!(true)));
+                }
+            } else {
+                assert!(operation.get("security").is_none(), "{method} {path}");
+            }
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if status.starts_with('4') && method != "head" {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            paths[url]["post"]["requestBody"]["required"],
+            json!(false),
+            "creation-with-upload is optional"
+        );
+        assert_eq!(
+            param(&paths[url]["patch"], "Upload-Offset")["required"],
+            json!(true)
+        );
+        let view = &doc["components"]["schemas"]["DirectUploadView"];
+        assert_eq!(
+            view["required"],
+            json!([
+                "id",
+                "status",
+                "asset_id",
+                "cors_origin",
+                "max_size",
+                "expires_at",
+                "created_at"
+            ])
+        );
+        let request = &doc["components"]["schemas"]["CreateDirectUpload"];
+        assert_eq!(request["required"], json!(["cors_origin"]));
+        assert_eq!(
+            paths["/v1/direct_uploads"]["post"]["responses"]["201"]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/DirectUploadView"
+        );
     }
 
     #[test]

@@ -222,6 +222,21 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    create_upload(state, caller, None, headers, body).await
+}
+
+/// [`create`]; with `direct`, the one upload a direct upload URL allows
+/// (`crate::direct`): its id is the direct upload's, and it fills the
+/// direct upload's asset, whose source claim it takes over. The caller
+/// refuses concatenation and sizes over the URL's limit, and answers with
+/// the URL as `Location`.
+pub(crate) async fn create_upload(
+    state: Arc<AppState>,
+    caller: Caller,
+    direct: Option<&crate::direct::Grant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     require_version(&headers)?;
     let concat = concat::requested(&headers)?;
     if let concat::Requested::Final(partials) = concat {
@@ -243,16 +258,16 @@ pub async fn create(
         return Err(ApiError::TooLarge { max });
     }
     let (raw_metadata, metadata) = upload_metadata(&headers)?;
-    let id = uuid::Uuid::new_v4();
+    let id = direct.map_or_else(uuid::Uuid::new_v4, |grant| grant.id.as_uuid());
     // The asset's source is claimed and the upload recorded together: a
     // refused claim leaves no upload, a failed insert no claim.
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     // A partial upload is a piece of a file; its final upload makes the asset.
-    let asset_id = if partial {
-        None
-    } else {
-        Some(upload_asset(&tx, &state, &caller, &metadata, id).await?)
+    let asset_id = match direct {
+        _ if partial => None,
+        Some(grant) => Some(crate::direct::start_tus(&tx, &state, grant).await?),
+        None => Some(upload_asset(&tx, &state, &caller, &metadata, id).await?),
     };
     let expires_at = uploads::insert(
         &tx,

@@ -5,9 +5,11 @@
 //! it leaves, so a racing request loses cleanly instead of acting on a stale
 //! read. An asset gets one source: a writer claims it first
 //! ([`claim_source`]); only the claim's holder moves the asset on
-//! ([`start_processing`], [`refuse_source`]). Deleting tombstones the row,
-//! cancels the asset's jobs and queues a purge ([`delete`]); a deleted asset
-//! is invisible everywhere.
+//! ([`start_processing`], [`refuse_source`]); a writer may hand its claim
+//! on to the next ([`hand_over_source_claim`]: a direct upload URL to the
+//! upload made through it). Deleting tombstones the row, cancels the
+//! asset's jobs and upload URLs and queues a purge ([`delete`]); a deleted
+//! asset is invisible everywhere.
 
 use std::time::Duration;
 
@@ -280,6 +282,28 @@ pub async fn claim_source(
     }))
 }
 
+/// Moves the claim on waiting asset `id`'s source from holder `from` to
+/// `to` (whether or not `from`'s hold ran out): a writer hands the source
+/// on to the next (a direct upload to the upload made through its URL);
+/// `false` when `from` no longer holds it (the asset moved on, was deleted,
+/// or another writer took over).
+pub async fn hand_over_source_claim(
+    client: &impl GenericClient,
+    id: AssetId,
+    from: uuid::Uuid,
+    to: SourceClaim,
+) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE assets SET source_claim = $3,
+                 source_claimed_until = now() + $4::float8 * interval '1 millisecond', updated_at = now()
+             WHERE id = $1 AND source_claim = $2 AND state = 'waiting' AND deleted_at IS NULL",
+            &[&id.as_uuid(), &from, &to.id, &millis(to.hold)],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
 /// Extends a held claim; `false` when it is no longer held (taken over, or
 /// the asset moved on or was deleted).
 pub async fn renew_source_claim(
@@ -390,7 +414,8 @@ pub async fn start_replacement(
 /// `waiting -> processing` for the holder of the source claim, recording
 /// the probed duration; `false` when the claim is no longer held (the asset
 /// was deleted, or another writer took over). Use the transaction that
-/// enqueues the transcode.
+/// enqueues the transcode. A direct upload that wrote the source is
+/// `complete` with it.
 pub async fn start_processing(
     client: &impl GenericClient,
     id: AssetId,
@@ -406,12 +431,16 @@ pub async fn start_processing(
             &[&id.as_uuid(), &claim, &duration],
         )
         .await?;
+    if n == 1 {
+        crate::direct_uploads::source_arrived(client, id, claim).await?;
+    }
     Ok(n == 1)
 }
 
 /// `waiting -> errored` for the holder of the source claim: the source it
 /// wrote is not media we can process (the message tells the creator why).
-/// `false` when the claim is no longer held.
+/// `false` when the claim is no longer held. A direct upload that wrote
+/// the source is `complete` with it (the upload itself worked).
 pub async fn refuse_source(
     pool: &Pool,
     id: AssetId,
@@ -430,6 +459,7 @@ pub async fn refuse_source(
         )
         .await?;
     if n == 1 {
+        crate::direct_uploads::source_arrived(&tx, id, claim).await?;
         emit(&tx, "asset.errored", id).await?;
     }
     tx.commit().await?;
@@ -678,6 +708,8 @@ pub async fn delete(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    // Its upload URLs die with it.
+    crate::direct_uploads::cancel_for_asset(&tx, id).await?;
     emit(&tx, "asset.deleted", id).await?;
     queue::enqueue(
         &tx,

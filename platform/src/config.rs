@@ -522,6 +522,36 @@ pub struct IngestConfig {
     /// the body streams); a crashed replica's hold lapses after this. Default `20s`.
     #[serde(with = "humantime_serde")]
     pub upload_lock: Duration,
+    /// Direct uploads: one-time upload URLs for browsers.
+    pub direct_uploads: DirectUploadsConfig,
+}
+
+/// Direct uploads (`POST /v1/direct_uploads`): one-time upload URLs an API
+/// key holder hands to a browser.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectUploadsConfig {
+    /// How long a URL can start its upload when the request names no
+    /// `expires_in_seconds`. At most `max_expiry`. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub default_expiry: Duration,
+    /// Longest `expires_in_seconds` accepted. Default `1day`.
+    #[serde(with = "humantime_serde")]
+    pub max_expiry: Duration,
+    /// Whether `cors_origin` may be `"*"`: then any web page that learns a
+    /// URL may upload with it from a browser. Default `false` (an exact
+    /// origin is required).
+    pub allow_any_origin: bool,
+}
+
+impl Default for DirectUploadsConfig {
+    fn default() -> Self {
+        Self {
+            default_expiry: Duration::from_secs(3600),
+            max_expiry: Duration::from_secs(24 * 3600),
+            allow_any_origin: false,
+        }
+    }
 }
 
 impl Default for IngestConfig {
@@ -538,6 +568,7 @@ impl Default for IngestConfig {
             cleanup_interval: Duration::from_secs(60),
             rate_limit_per_minute: 1200,
             upload_lock: Duration::from_secs(20),
+            direct_uploads: DirectUploadsConfig::default(),
             watch_dir: None,
             watch_settle: Duration::from_secs(2),
         }
@@ -807,6 +838,21 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        let direct = &self.ingest.direct_uploads;
+        if direct.max_expiry < Duration::from_secs(1) {
+            return Err(invalid(
+                "ingest.direct_uploads.max_expiry",
+                "must be at least 1s",
+            ));
+        }
+        if direct.default_expiry < Duration::from_secs(1)
+            || direct.default_expiry > direct.max_expiry
+        {
+            return Err(invalid(
+                "ingest.direct_uploads.default_expiry",
+                "must be between 1s and ingest.direct_uploads.max_expiry",
+            ));
         }
         self.validate_playback()
     }
@@ -1148,6 +1194,50 @@ mod tests {
         assert_eq!(parsed.negative_ttl, Duration::from_millis(500));
         let err = toml::from_str::<OriginConfig>("cache_size = 1").unwrap_err();
         assert!(err.to_string().contains("cache_size"), "{err}");
+    }
+
+    #[test]
+    fn direct_upload_defaults_env_forms_and_bounds() {
+        let config = Config::load(None, Vec::new()).unwrap();
+        let direct = &config.ingest.direct_uploads;
+        assert_eq!(direct.default_expiry, Duration::from_secs(3600));
+        assert_eq!(direct.max_expiry, Duration::from_secs(86_400));
+        assert!(!direct.allow_any_origin);
+        let config = Config::load(
+            None,
+            env(&[
+                ("CASCADE_INGEST__DIRECT_UPLOADS__DEFAULT_EXPIRY", "10m"),
+                ("CASCADE_INGEST__DIRECT_UPLOADS__MAX_EXPIRY", "2h"),
+                ("CASCADE_INGEST__DIRECT_UPLOADS__ALLOW_ANY_ORIGIN", "true"),
+            ]),
+        )
+        .unwrap();
+        let direct = &config.ingest.direct_uploads;
+        assert_eq!(
+            (
+                direct.default_expiry,
+                direct.max_expiry,
+                direct.allow_any_origin
+            ),
+            (Duration::from_secs(600), Duration::from_secs(7200), true)
+        );
+        let text = Config::load(
+            None,
+            env(&[("CASCADE_INGEST__DIRECT_UPLOADS__DEFAULT_EXPIRY", "2days")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("ingest.direct_uploads.default_expiry"),
+            "{text}"
+        );
+        let text = Config::load(
+            None,
+            env(&[("CASCADE_INGEST__DIRECT_UPLOADS__MAX_EXPIRIES", "1h")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("max_expiries"), "{text}");
     }
 
     fn key_ids(config: &Config) -> Vec<&str> {

@@ -7,7 +7,8 @@
 //! - [`storage`]: the object store (S3-compatible or a local directory);
 //! - the model layer, typed functions over the rows with the state rules
 //!   enforced in their SQL (every transition a conditional update naming the
-//!   state it leaves): [`environments`], [`api_keys`], [`assets`], [`uploads`], [`watch_files`], [`webhook_endpoints`].
+//!   state it leaves): [`environments`], [`api_keys`], [`assets`], [`uploads`],
+//!   [`watch_files`], [`webhook_endpoints`], [`direct_uploads`].
 //!
 //! Everything here is I/O at the edges of the system; domain names come from
 //! `cascade_schemas`.
@@ -16,6 +17,7 @@ pub mod api_keys;
 pub mod assets;
 pub mod config;
 pub mod db;
+pub mod direct_uploads;
 pub mod environments;
 pub mod outbound;
 pub mod playback_token;

@@ -97,6 +97,52 @@ impl fmt::Display for EnvironmentId {
     }
 }
 
+/// A direct upload: a one-time upload URL for a browser, filling one asset.
+/// The tus upload made through it has the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DirectUploadId(uuid::Uuid);
+
+impl DirectUploadId {
+    /// A fresh random direct upload id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    /// The UUID stored in Postgres.
+    pub fn as_uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+}
+
+impl Default for DirectUploadId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<uuid::Uuid> for DirectUploadId {
+    fn from(value: uuid::Uuid) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Display for DirectUploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.as_hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for DirectUploadId {
+    type Err = InvalidId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self).map_err(|_| InvalidId {
+            kind: "direct upload id",
+            expected: "a UUID",
+        })
+    }
+}
+
 /// The public handle players use. Distinct from [`AssetId`] so playback can
 /// be revoked or re-keyed without touching the asset.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -213,6 +259,9 @@ mod tests {
         let a = AssetId::new();
         assert_eq!(a.to_string().parse::<AssetId>(), Ok(a));
         assert!("not-a-uuid".parse::<AssetId>().is_err());
+        let d = DirectUploadId::new();
+        assert_eq!(d.to_string().parse::<DirectUploadId>(), Ok(d));
+        assert!("../x".parse::<DirectUploadId>().is_err());
         assert_eq!("42".parse::<JobId>(), Ok(JobId(42)));
         assert!("-1".parse::<JobId>().is_err());
         assert!("1e3".parse::<JobId>().is_err());

@@ -1,7 +1,8 @@
 //! Cascade's shared vocabulary, the bottom layer every other crate points at.
 //!
-//! - [`ids`]: typed identifiers (asset, playback, job) parsed from text once;
-//! - [`state`]: asset and job states and their allowed spellings in SQL and JSON;
+//! - [`ids`]: typed identifiers (asset, playback, job, direct upload) parsed from text once;
+//! - [`state`]: asset, job, upload and direct upload states and their allowed
+//!   spellings in SQL and JSON;
 //! - [`keys`]: the one object-key layout of the object store (no other crate
 //!   formats keys) and [`mime`]: the content type of every object class;
 //! - [`migrations`]: the SQL migrations, embedded in order.
@@ -14,9 +15,12 @@ pub mod migrations;
 pub mod mime;
 pub mod state;
 
-pub use ids::{AssetId, EnvironmentId, JobId, PlaybackId};
+pub use ids::{AssetId, DirectUploadId, EnvironmentId, JobId, PlaybackId};
 pub use keys::{ObjectClass, ObjectKey, RenditionName};
-pub use state::{AssetState, ConcatKind, JobState, PlaybackPolicy, UploadState};
+pub use state::{
+    AssetState, ConcatKind, DirectUploadProtocol, DirectUploadState, JobState, PlaybackPolicy,
+    UploadState,
+};
 
 /// Job kinds known to the system. The queue itself is generic over kind
 /// strings; these are the ones Cascade's roles enqueue and handle.

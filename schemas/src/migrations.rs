@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tenancy_and_states",
         sql: include_str!("../migrations/0008_tenancy_and_states.sql"),
     },
+    Migration {
+        version: 9,
+        name: "direct_uploads",
+        sql: include_str!("../migrations/0009_direct_uploads.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -119,6 +119,47 @@ text_enum!(
 );
 
 text_enum!(
+    /// Where a direct upload (a one-time upload URL) is:
+    /// `waiting -> uploading -> complete`; `waiting -> cancelled | expired`.
+    /// A simple upload that fails goes back to `waiting` (the URL may be
+    /// tried again); a tus upload through the URL that is terminated or
+    /// expires unfinished ends it (`cancelled`, `expired`).
+    DirectUploadState, "direct upload", {
+        /// The URL can start one upload until it expires.
+        Waiting => "waiting",
+        /// An upload through the URL was started (a tus upload created, or
+        /// a simple upload streaming); the URL starts no other.
+        Uploading => "uploading",
+        /// The asset has its source (it is processing, or errored if the
+        /// file was not media we can process).
+        Complete => "complete",
+        /// Cancelled through the API before any upload, or its tus upload
+        /// was terminated through the URL; the URL is dead.
+        Cancelled => "cancelled",
+        /// The URL expired before an upload started, or its tus upload
+        /// expired unfinished; the URL is dead.
+        Expired => "expired",
+    }
+);
+
+impl DirectUploadState {
+    /// The URL is dead for good: it refuses every request.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Self::Cancelled | Self::Expired)
+    }
+}
+
+text_enum!(
+    /// How a direct upload's source is sent once it is `uploading`.
+    DirectUploadProtocol, "direct upload protocol", {
+        /// tus 1.0.0 at the URL (the tus upload's id is the direct upload's).
+        Tus => "tus",
+        /// One `PUT` of the whole file.
+        Simple => "simple",
+    }
+);
+
+text_enum!(
     /// Who may play an asset.
     PlaybackPolicy, "playback policy", {
         /// Anyone with the playback id.
@@ -156,6 +197,13 @@ mod tests {
         for s in ConcatKind::ALL {
             assert_eq!(s.as_str().parse::<ConcatKind>().ok(), Some(*s));
         }
+        for s in DirectUploadState::ALL {
+            assert_eq!(s.as_str().parse::<DirectUploadState>().ok(), Some(*s));
+        }
+        for s in DirectUploadProtocol::ALL {
+            assert_eq!(s.as_str().parse::<DirectUploadProtocol>().ok(), Some(*s));
+        }
+        assert!(DirectUploadState::Expired.is_closed() && !DirectUploadState::Complete.is_closed());
         for s in PlaybackPolicy::ALL {
             assert_eq!(s.as_str().parse::<PlaybackPolicy>().ok(), Some(*s));
         }

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::common::{eventually, free_port, fresh_db, header, http, CascadeProcess, TestDb};
 
 mod concat;
+mod direct;
 mod multipart;
 mod trust;
 
@@ -721,6 +722,15 @@ async fn generated_requests_from_the_openapi_document_never_get_a_5xx() {
         ("/v1/webhook_endpoints", "get"),
         ("/v1/webhook_endpoints/{id}", "get"),
         ("/v1/webhook_endpoints/{id}", "delete"),
+        ("/v1/direct_uploads", "post"),
+        ("/v1/direct_uploads/{id}", "get"),
+        ("/v1/direct_uploads/{id}/cancel", "put"),
+        ("/v1/direct_uploads/{id}/{secret}", "options"),
+        ("/v1/direct_uploads/{id}/{secret}", "post"),
+        ("/v1/direct_uploads/{id}/{secret}", "put"),
+        ("/v1/direct_uploads/{id}/{secret}", "head"),
+        ("/v1/direct_uploads/{id}/{secret}", "patch"),
+        ("/v1/direct_uploads/{id}/{secret}", "delete"),
     ] {
         assert!(
             document["paths"][path][method].is_object(),
@@ -732,6 +742,22 @@ async fn generated_requests_from_the_openapi_document_never_get_a_5xx() {
     let patched = create_upload(server.addr, 100);
     let terminated = create_upload(server.addr, 100);
     let upload_id = |path: &str| path.trim_start_matches("/v1/uploads/").to_owned();
+    // And a real direct upload URL for the operations at such a URL.
+    let (status, _, body) = http(
+        server.addr,
+        "POST",
+        "/v1/direct_uploads",
+        &[AUTH, ("Content-Type", "application/json")],
+        br#"{"cors_origin": "https://app.example"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let direct: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let direct_id = direct["id"].as_str().unwrap().to_owned();
+    let direct_secret = direct["url"]
+        .as_str()
+        .and_then(|url| url.rsplit('/').next())
+        .unwrap()
+        .to_owned();
     let tus_checks = "checks = { not_a_server_error = { enabled = true }, \
         status_code_conformance = { enabled = true }, content_type_conformance = { enabled = true }, \
         response_headers_conformance = { enabled = true }, response_schema_conformance = { enabled = true } }";
@@ -746,7 +772,14 @@ not_a_server_error.enabled = true
 
 [[operations]]
 include-operation-id = ["create_asset", "get_asset", "list_assets", "delete_asset", "put_source", "create_playback_token",
-    "create_webhook_endpoint", "list_webhook_endpoints", "get_webhook_endpoint", "delete_webhook_endpoint"]
+    "create_webhook_endpoint", "list_webhook_endpoints", "get_webhook_endpoint", "delete_webhook_endpoint",
+    "create_direct_upload", "get_direct_upload", "cancel_direct_upload"]
+{tus_checks}
+
+[[operations]]
+include-operation-id = ["direct_upload_options", "direct_upload_tus_create", "direct_upload_tus_head",
+    "direct_upload_tus_patch", "direct_upload_tus_terminate", "direct_upload_put"]
+parameters = {{ "path.id" = "{direct_id}", "path.secret" = "{direct_secret}" }}
 {tus_checks}
 
 [[operations]]
