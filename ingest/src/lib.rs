@@ -16,6 +16,7 @@ mod api;
 pub mod auth;
 mod body;
 pub mod error;
+pub mod limits;
 pub mod openapi;
 pub mod playback_tokens;
 mod source;
