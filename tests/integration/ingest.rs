@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::common::{eventually, free_port, fresh_db, header, http, CascadeProcess, TestDb};
 
 mod concat;
+mod limits;
 mod multipart;
 mod trust;
 

@@ -14,7 +14,7 @@ use crate::common::{cascade_bin, count, eventually, free_port, fresh_db, header,
 const ROUNDS: usize = 20;
 
 /// `cascade keys create NAME --environment ENV`: the printed secret.
-fn create_key(db: &TestDb, name: &str, environment: &str) -> String {
+pub(super) fn create_key(db: &TestDb, name: &str, environment: &str) -> String {
     let output = Command::new(cascade_bin())
         .args(["keys", "create", name, "--environment", environment])
         .env("CASCADE_DATABASE__URL", &db.url)
