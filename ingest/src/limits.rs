@@ -162,16 +162,19 @@ where
                 waited: Duration::ZERO,
                 window_bytes: 0,
             });
-            let grace_end = clock.started + pace.grace;
-            let deadline = clock.started + pace.deadline;
+            let grace_end = after(clock.started, pace.grace);
+            let deadline = after(clock.started, pace.deadline);
             loop {
                 let wait_start = Instant::now();
-                let stall_at = wait_start + pace.stall;
+                let stall_at = after(wait_start, pace.stall);
                 // Waiting counts towards the window from the grace's end on.
                 let counted_from = grace_end.max(wait_start);
                 let mut wake = deadline.min(stall_at);
                 if rated {
-                    wake = wake.min(counted_from + pace.window.saturating_sub(clock.waited));
+                    wake = wake.min(after(
+                        counted_from,
+                        pace.window.saturating_sub(clock.waited),
+                    ));
                 }
                 let next = tokio::time::timeout_at(wake, chunks.next()).await;
                 let now = Instant::now();
@@ -218,6 +221,15 @@ where
             }
         },
     )
+}
+
+/// `duration` after `instant`, or a century after it if that overflows
+/// (however long a configured duration is).
+fn after(instant: Instant, duration: Duration) -> Instant {
+    instant
+        .checked_add(duration)
+        .or_else(|| instant.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(instant)
 }
 
 /// Whether a `Content-Type` names JSON (`application/json` or `*/*+json`).
