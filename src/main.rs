@@ -4,6 +4,7 @@
 mod assets;
 mod bench;
 mod health;
+mod http_server;
 mod jobs;
 mod keys;
 mod qa;

@@ -23,7 +23,7 @@ use clap::Args;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::health;
+use crate::{health, http_server};
 
 /// A part of Cascade that `serve` can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -187,16 +187,13 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     tracing::info!(roles = ?roles, address = %local, "listening");
     println!("cascade: serving {roles:?} on http://{local} (health: http://{local}/healthz, readiness: http://{local}/readyz)");
     let token = shutdown.clone();
+    let http = config.http.clone();
     tasks.spawn(async move {
         // The peer address reaches handlers (the ingest API limits requests
-        // without a valid key per client address).
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
-        .context("http server")
+        // without a valid key per client address); slow headers are cut off.
+        http_server::serve(listener, app, &http, token)
+            .await
+            .context("http server")
     });
 
     let mut first_error = None;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{require_key, Authenticator, Caller};
 use crate::body::BodyReader;
 use crate::error::ApiError;
+use crate::limits::{self, Limits};
 use crate::openapi::{
     ApiDoc, AssetError, AssetList, AssetView, BinaryBody, ErrorBody, PlaybackUrls, RenditionView,
     SimpleUpload, TusUpload, UploadUrls,
@@ -35,6 +36,9 @@ use crate::{tus, webhook_endpoints};
 const MAX_TITLE_CHARS: usize = 512;
 /// Largest metadata object accepted, serialized.
 const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Largest `POST /v1/assets` body: the title and metadata at their limits,
+/// escaped and spaced out generously.
+pub(crate) const MAX_CREATE_BODY_BYTES: usize = 64 * 1024;
 
 /// What the handlers share.
 pub struct AppState {
@@ -55,6 +59,8 @@ pub struct AppState {
     pub webhooks: WebhooksConfig,
     /// Key lookups, their cache and the request budgets.
     pub auth: Authenticator,
+    /// Body pace and size limits, and the uploads in progress.
+    pub limits: Limits,
 }
 
 impl AppState {
@@ -71,6 +77,7 @@ impl AppState {
             store,
             queue,
             auth: Authenticator::new(config.key_cache_ttl),
+            limits: Limits::from_config(&config),
             config,
             transcode,
             playback: PlaybackConfig::default(),
@@ -106,25 +113,11 @@ impl AppState {
 /// The ingest routes (`/v1/...`), authenticated with API keys. tus's
 /// `OPTIONS /v1/uploads` (discovery) needs no key.
 pub fn router(state: Arc<AppState>) -> Router {
-    let authenticated = Router::new()
-        .route("/v1/assets", post(create_asset).get(list_assets))
-        .route("/v1/assets/{id}", get(get_asset).delete(delete_asset))
+    // Requests carrying an upload's bytes hold one of the key's and the
+    // process's upload slots (crate::limits).
+    let uploads = Router::new()
         .route("/v1/assets/{id}/source", put(put_source))
         .route("/v1/assets/{id}/replacement", put(put_replacement))
-        .route(
-            "/v1/assets/{id}/playback_tokens",
-            post(crate::playback_tokens::create),
-        )
-        .route(
-            "/v1/webhook_endpoints",
-            post(webhook_endpoints::create)
-                .get(webhook_endpoints::list)
-                .layer(DefaultBodyLimit::max(webhook_endpoints::MAX_BODY_BYTES)),
-        )
-        .route(
-            "/v1/webhook_endpoints/{id}",
-            get(webhook_endpoints::get).delete(webhook_endpoints::delete),
-        )
         .route("/v1/uploads", post(tus::create))
         .route(
             "/v1/uploads/{id}",
@@ -132,6 +125,26 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .patch(tus::patch)
                 .delete(tus::terminate),
         )
+        .route_layer(from_fn_with_state(
+            state.limits.slots.clone(),
+            limits::upload_slot,
+        ));
+    let authenticated = Router::new()
+        .route("/v1/assets", post(create_asset).get(list_assets))
+        .route("/v1/assets/{id}", get(get_asset).delete(delete_asset))
+        .route(
+            "/v1/assets/{id}/playback_tokens",
+            post(crate::playback_tokens::create),
+        )
+        .route(
+            "/v1/webhook_endpoints",
+            post(webhook_endpoints::create).get(webhook_endpoints::list),
+        )
+        .route(
+            "/v1/webhook_endpoints/{id}",
+            get(webhook_endpoints::get).delete(webhook_endpoints::delete),
+        )
+        .merge(uploads)
         .layer(from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/v1/uploads", axum::routing::options(tus::options))
@@ -141,8 +154,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(authenticated)
         .merge(crate::direct::router(state.clone()))
-        // Upload bodies are limited by ingest.max_upload_size as they stream.
-        .layer(DefaultBodyLimit::disable())
+        // Every handler reads its body itself, under its own limits (uploads:
+        // ingest.max_upload_size and the pace, as they stream; JSON: a few
+        // KiB, crate::limits::read_json_body). This only bounds any
+        // extractor that buffers a body (`Bytes`, `Json`), should one appear.
+        .layer(DefaultBodyLimit::max(MAX_CREATE_BODY_BYTES))
         .with_state(state)
 }
 
@@ -309,14 +325,25 @@ pub(crate) async fn insert_asset(
 }
 
 /// Creates a waiting asset; the response carries its upload targets.
-#[utoipa::path(post, path = "/v1/assets", request_body(content = Option<CreateAsset>, content_type = "application/json"),
-    responses((status = 201, body = AssetView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/assets",
+    request_body(content = Option<CreateAsset>, content_type = "application/json", description = "Optional; at most 64 KiB."),
+    responses((status = 201, body = AssetView),
+        (status = 400, body = ErrorBody, description = "`invalid_json` (malformed, unknown fields, nested deeper than 128), \
+            `invalid_title`, `invalid_metadata`, `invalid_playback_policy`, `invalid_header`, `body_read_failed`."),
+        (status = 401, body = ErrorBody),
+        (status = 408, body = ErrorBody, description = "`body_timeout`: the body did not arrive within `ingest.json_body_deadline`."),
+        (status = 413, body = ErrorBody, description = "`too_large`: the body is over 64 KiB."),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: a body with a Content-Type other than JSON."),
+        (status = 429, body = ErrorBody)))]
 pub(crate) async fn create_asset(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let request: CreateAsset = if body.is_empty() {
+    let deadline = state.limits.json_deadline;
+    let body = limits::read_json_body(&headers, body, MAX_CREATE_BODY_BYTES, deadline).await?;
+    let request: CreateAsset = if body.iter().all(u8::is_ascii_whitespace) {
         CreateAsset {
             title: None,
             metadata: None,
@@ -493,8 +520,14 @@ pub(crate) fn declared_length(headers: &HeaderMap, name: &str) -> Result<Option<
 #[utoipa::path(put, path = "/v1/assets/{id}/source", params(("id" = String, Path, description = "Asset id")),
     request_body(content = BinaryBody, content_type = "application/octet-stream"),
     responses((status = 202, body = AssetView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 408, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 408, body = ErrorBody, description = "`body_timeout`: the body stalled for `ingest.body_timeout`, came slower \
+            than `ingest.body_min_rate`, or took longer than `ingest.body_deadline`; the asset waits for its source again."),
+        (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "`rate_limited`, or `too_many_uploads`: the key (`ingest.max_uploads_per_key`) \
+            or the server (`ingest.max_uploads`) has as many uploads in progress as it takes; refused before the body is read, \
+            with Retry-After.")))]
 pub(crate) async fn put_source(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -565,7 +598,7 @@ async fn simple_upload(
         }
     };
     let stored = {
-        let mut reader = BodyReader::new(body, max, state.config.body_timeout);
+        let mut reader = BodyReader::new(body, max, state.limits.pace);
         let key = ObjectKey::source_version(id, of.version());
         tokio::select! {
             stored = state.store.put(&key, &mut reader) => stored,

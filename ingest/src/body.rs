@@ -1,10 +1,9 @@
-//! Request bodies as bounded streams: a per-chunk timeout, a byte limit and
-//! an optional checksum, all while the bytes flow to storage. Memory stays
-//! at one chunk.
+//! Request bodies as bounded streams: a pace (per-chunk timeout, minimum
+//! rate, deadline: [`crate::limits::paced`]), a byte limit and an optional
+//! checksum, all while the bytes flow to storage. Memory stays at one chunk.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -13,6 +12,8 @@ use sha1::Digest;
 use tokio::io::AsyncRead;
 use tokio_util::io::StreamReader;
 
+use crate::limits::{paced, BodyTimedOut, Pace};
+
 /// Marker inside the I/O error raised when a body exceeds its limit.
 #[derive(Debug, thiserror::Error)]
 #[error("body exceeds {max} bytes")]
@@ -20,11 +21,6 @@ pub struct BodyTooLarge {
     /// The limit.
     pub max: u64,
 }
-
-/// Marker inside the I/O error raised when a body stalls.
-#[derive(Debug, thiserror::Error)]
-#[error("no body data for {0:?}")]
-pub struct BodyStalled(pub Duration);
 
 /// A checksum being computed over the body.
 pub enum Hasher {
@@ -70,36 +66,18 @@ pub struct BodyReader {
 }
 
 impl BodyReader {
-    /// `limit`: most bytes accepted; `stall`: longest wait for the next chunk.
-    pub fn new(body: Body, limit: u64, stall: Duration) -> Self {
+    /// `limit`: most bytes accepted; `pace`: how fast they must come (from
+    /// the first read on).
+    pub fn new(body: Body, limit: u64, pace: Pace) -> Self {
         let mut total = 0u64;
-        let chunks = body.into_data_stream();
-        let guarded =
-            futures::stream::unfold((chunks, false), move |(mut chunks, done)| async move {
-                if done {
-                    return None;
-                }
-                match tokio::time::timeout(stall, chunks.next()).await {
-                    Err(_) => Some((
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            BodyStalled(stall),
-                        )),
-                        (chunks, true),
-                    )),
-                    Ok(None) => None,
-                    Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), (chunks, true))),
-                    Ok(Some(Ok(bytes))) => Some((Ok(bytes), (chunks, false))),
-                }
-            })
-            .map(move |chunk| {
-                let chunk = chunk?;
-                total += chunk.len() as u64;
-                if total > limit {
-                    return Err(std::io::Error::other(BodyTooLarge { max: limit }));
-                }
-                Ok(chunk)
-            });
+        let guarded = paced(body.into_data_stream(), pace).map(move |chunk| {
+            let chunk = chunk?;
+            total += chunk.len() as u64;
+            if total > limit {
+                return Err(std::io::Error::other(BodyTooLarge { max: limit }));
+            }
+            Ok(chunk)
+        });
         Self {
             inner: StreamReader::new(Box::pin(guarded) as ChunkStream),
             hasher: None,
@@ -152,8 +130,8 @@ pub fn classify(error: &std::io::Error) -> Option<crate::error::ApiError> {
     if let Some(too_large) = inner.downcast_ref::<BodyTooLarge>() {
         return Some(crate::error::ApiError::TooLarge { max: too_large.max });
     }
-    if inner.downcast_ref::<BodyStalled>().is_some() {
-        return Some(crate::error::ApiError::BodyTimeout);
+    if let Some(timed_out) = inner.downcast_ref::<BodyTimedOut>() {
+        return Some(crate::error::ApiError::BodyTimeout(timed_out.to_string()));
     }
     None
 }

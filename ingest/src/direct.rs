@@ -37,11 +37,10 @@ use cascade_platform::direct_uploads::{
 };
 use cascade_schemas::{AssetId, DirectUploadId};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::{declared_length, AppState, AssetFields};
+use crate::api::{AppState, AssetFields};
 use crate::auth::{require_key, Caller};
 use crate::error::ApiError;
 use crate::openapi::ErrorBody;
@@ -245,31 +244,16 @@ fn validate(state: &AppState, body: &[u8]) -> Result<Validated, ApiError> {
 }
 
 /// The whole body, at most [`MAX_BODY_BYTES`] (413 above, before reading
-/// when the declared length is over), within `ingest.body_timeout`.
+/// when the declared length is over), within `ingest.json_body_deadline`.
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
-    let too_large = ApiError::BodyTooLarge {
-        max: MAX_BODY_BYTES as u64,
-    };
-    if declared_length(headers, "content-length")?.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large);
-    }
-    let read = async move {
-        let mut stream = body.into_data_stream();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|_| {
-                ApiError::bad_request("body_read_failed", "reading the request body failed")
-            })?;
-            if bytes.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(too_large);
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
-    };
-    tokio::time::timeout(state.config.body_timeout, read)
-        .await
-        .map_err(|_| ApiError::BodyTimeout)?
+    let bytes = crate::limits::read_json_body(
+        headers,
+        body,
+        MAX_BODY_BYTES,
+        state.config.json_body_deadline,
+    )
+    .await?;
+    Ok(bytes.to_vec())
 }
 
 fn no_store(mut response: Response) -> Response {

@@ -86,9 +86,18 @@ pub enum ApiError {
         /// Seconds to wait.
         retry_after: u64,
     },
-    /// The client stopped sending the body in time.
-    #[error("the request body stopped arriving")]
-    BodyTimeout,
+    /// The body did not arrive in time: it stalled, came too slowly, or
+    /// took longer than its deadline (the reason, for humans).
+    #[error("the request body {0}")]
+    BodyTimeout(String),
+    /// The key, or the process, has as many uploads in progress as it may.
+    #[error("{message}")]
+    TooManyUploads {
+        /// Which limit, for humans.
+        message: String,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
     /// A dependency is down; retrying later may work.
     #[error("temporarily unavailable")]
     Unavailable(String),
@@ -138,7 +147,8 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            Self::TooManyUploads { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_uploads"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::NotConfigured { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -161,7 +171,7 @@ impl IntoResponse for ApiError {
             .into_response();
         let headers = response.headers_mut();
         match self {
-            Self::RateLimited { retry_after } => {
+            Self::RateLimited { retry_after } | Self::TooManyUploads { retry_after, .. } => {
                 if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
                     headers.insert("retry-after", v);
                 }

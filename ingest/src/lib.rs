@@ -18,6 +18,7 @@ pub mod auth;
 mod body;
 mod direct;
 pub mod error;
+pub mod limits;
 pub mod openapi;
 pub mod playback_tokens;
 mod source;

@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(operation["operationId"], "create_playback_token");
         assert_eq!(
             statuses(operation),
-            ["201", "400", "401", "404", "408", "409", "413", "429", "503"]
+            ["201", "400", "401", "404", "408", "409", "413", "415", "429", "503"]
         );
         assert_eq!(
             operation["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
@@ -473,6 +473,31 @@ mod tests {
                 ["schema"]["$ref"],
             "#/components/schemas/DirectUploadView"
         );
+    }
+
+    #[test]
+    fn body_limits_are_documented() {
+        let doc = document();
+        let create = &doc["paths"]["/v1/assets"]["post"];
+        assert_eq!(
+            statuses(create),
+            ["201", "400", "401", "408", "413", "415", "429"]
+        );
+        let put = &doc["paths"]["/v1/assets/{id}/source"]["put"];
+        assert_eq!(
+            statuses(put),
+            ["202", "400", "401", "404", "408", "409", "413", "422", "429"]
+        );
+        for (operation, status, needle) in [
+            (create, "413", "64 KiB"),
+            (put, "408", "body_min_rate"),
+            (put, "429", "too_many_uploads"),
+        ] {
+            let description = operation["responses"][status]["description"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(description.contains(needle), "{status}: {description}");
+        }
     }
 
     #[test]

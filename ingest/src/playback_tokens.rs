@@ -19,10 +19,9 @@ use cascade_platform::assets;
 use cascade_platform::playback_token::{self, MintError};
 use cascade_schemas::{AssetId, PlaybackId};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{declared_length, parse_asset_id, AppState};
+use crate::api::{parse_asset_id, AppState};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::openapi::{ErrorBody, PlaybackUrls};
@@ -79,9 +78,10 @@ pub fn signed_playback_urls(
         (status = 400, body = ErrorBody, description = "`invalid_json`, or `invalid_ttl`: `ttl_seconds` out of range."),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "No such asset."),
-        (status = 408, body = ErrorBody, description = "The body stopped arriving."),
+        (status = 408, body = ErrorBody, description = "The body did not arrive within `ingest.json_body_deadline`."),
         (status = 409, body = ErrorBody, description = "`not_signed`: the asset's playback policy is public; its URLs need no token."),
         (status = 413, body = ErrorBody, description = "The body is over 4 KiB."),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: a body with a Content-Type other than JSON."),
         (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "`signing_not_configured`: no playback signing key is configured; or a dependency is down."),
     ))]
@@ -93,7 +93,8 @@ pub(crate) async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_asset_id(&id)?;
-    let body = read_small_body(&state, &headers, body).await?;
+    let deadline = state.limits.json_deadline;
+    let body = crate::limits::read_json_body(&headers, body, MAX_BODY_BYTES, deadline).await?;
     let request = parse_request(&body)?;
     let ttl = playback_token::token_ttl(
         &state.playback,
@@ -161,38 +162,6 @@ fn mint_error(error: MintError) -> ApiError {
             message: "no playback signing key is configured on this deployment".to_owned(),
         },
     }
-}
-
-/// The whole body, at most [`MAX_BODY_BYTES`] (413 above, before reading
-/// when the declared length is over), within `ingest.body_timeout`.
-async fn read_small_body(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Vec<u8>, ApiError> {
-    let too_large = ApiError::BodyTooLarge {
-        max: MAX_BODY_BYTES as u64,
-    };
-    if declared_length(headers, "content-length")?.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large);
-    }
-    let read = async move {
-        let mut stream = body.into_data_stream();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|_| {
-                ApiError::bad_request("body_read_failed", "reading the request body failed")
-            })?;
-            if bytes.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(too_large);
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
-    };
-    tokio::time::timeout(state.config.body_timeout, read)
-        .await
-        .map_err(|_| ApiError::BodyTimeout)?
 }
 
 fn now_unix() -> u64 {

@@ -47,7 +47,7 @@ const TUS_VERSION: &str = "1.0.0";
 const EXTENSIONS: &str =
     "creation,creation-with-upload,termination,checksum,expiration,concatenation";
 const CHECKSUMS: &str = "sha1,sha256";
-const OFFSET_CONTENT_TYPE: &str = "application/offset+octet-stream";
+pub(crate) const OFFSET_CONTENT_TYPE: &str = "application/offset+octet-stream";
 
 fn require_version(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get("tus-resumable").and_then(|v| v.to_str().ok()) {
@@ -193,7 +193,8 @@ fn upload_metadata(
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 404, description = "`asset_id` in Upload-Metadata names no asset (`not_found`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
-        (status = 408, description = "The body stopped arriving (`body_timeout`).", body = ErrorBody,
+        (status = 408, description = "The body stalled for `ingest.body_timeout`, came slower than `ingest.body_min_rate`, \
+            or took longer than `ingest.body_deadline` (`body_timeout`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 409, description = "The asset in `asset_id` is no longer waiting for its source (`source_already_uploaded`), \
             or a partial upload named in Upload-Concat belongs to another final upload (`partial_upload_used`).",
@@ -207,7 +208,9 @@ fn upload_metadata(
         (status = 413, description = "Upload-Length is over `Tus-Max-Size`, or the body goes past Upload-Length (`too_large`).",
             body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
-        (status = 429, description = "Rate limit of the key exceeded (`rate_limited`).", body = ErrorBody,
+        (status = 429, description = "Rate limit of the key exceeded (`rate_limited`), or, with a body, the key \
+            (`ingest.max_uploads_per_key`) or the server (`ingest.max_uploads`) has as many uploads in progress as it takes \
+            (`too_many_uploads`, before the body is read).", body = ErrorBody,
             headers(
                 ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
                 ("Retry-After" = u64, description = "Seconds to wait."),
@@ -468,7 +471,8 @@ pub async fn head(
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 404, description = "No such upload, or it expired unfinished (`not_found`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
-        (status = 408, description = "The body stopped arriving (`body_timeout`).", body = ErrorBody,
+        (status = 408, description = "The body stalled for `ingest.body_timeout`, came slower than `ingest.body_min_rate`, \
+            or took longer than `ingest.body_deadline` (`body_timeout`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 409, description = "Upload-Offset differs from the stored offset (`offset_mismatch`), \
             or the upload is already complete (`upload_complete`).", body = ErrorBody,
@@ -478,14 +482,16 @@ pub async fn head(
                 ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
                 ("Tus-Version" = String, description = "Protocol versions supported: `1.0.0`."),
             )),
-        (status = 413, description = "The body goes past Upload-Length (`too_large`).", body = ErrorBody,
+        (status = 413, description = "The body goes past Upload-Length, or its Content-Length is over `Tus-Max-Size` (`too_large`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 415, description = "Content-Type is not application/offset+octet-stream (`unsupported_media_type`).",
             body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 423, description = "Another request is writing this upload; retry shortly (`upload_locked`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
-        (status = 429, description = "Rate limit of the key exceeded (`rate_limited`).", body = ErrorBody,
+        (status = 429, description = "Rate limit of the key exceeded (`rate_limited`), or, with a body, the key \
+            (`ingest.max_uploads_per_key`) or the server (`ingest.max_uploads`) has as many uploads in progress as it takes \
+            (`too_many_uploads`, before the body is read).", body = ErrorBody,
             headers(
                 ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
                 ("Retry-After" = u64, description = "Seconds to wait."),
@@ -516,6 +522,11 @@ pub async fn patch(
         "missing_upload_offset",
         "Upload-Offset is required",
     ))?;
+    // No upload takes more than this: refused before the upload is looked up.
+    let max = state.config.max_upload_size.0;
+    if api::declared_length(&headers, "content-length")?.is_some_and(|n| n > max) {
+        return Err(ApiError::TooLarge { max });
+    }
     let (new_offset, expires_at) =
         write_chunk(&state, caller.environment, id, offset, &headers, body).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -788,7 +799,7 @@ async fn write_chunk(
             }
         }
         let expected_checksum = checksum(headers)?;
-        let mut reader = BodyReader::new(body, remaining, state.config.body_timeout);
+        let mut reader = BodyReader::new(body, remaining, state.limits.pace);
         let mut expected = None;
         if let Some((hasher, digest)) = expected_checksum {
             reader = reader.hash_with(hasher);

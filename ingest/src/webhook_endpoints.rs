@@ -6,10 +6,9 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cascade_platform::{outbound, webhook_endpoints};
@@ -79,24 +78,6 @@ fn view(endpoint: webhook_endpoints::WebhookEndpoint, with_secret: bool) -> Webh
     }
 }
 
-/// A small JSON body (refused past [`MAX_BODY_BYTES`] with the API's JSON 413).
-pub(crate) fn small_json<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(_)
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-        {
-            ApiError::TooLarge {
-                max: MAX_BODY_BYTES as u64,
-            }
-        }
-        _ => ApiError::bad_request("body_read_failed", "reading the request body failed"),
-    })?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))
-}
-
 fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::NotFound("webhook endpoint"))
@@ -111,15 +92,22 @@ fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
         (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_url` (not public http(s), credentials in it, too long), `invalid_events`."),
         (status = 401, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "`too_many_endpoints`: the environment has 20 already."),
+        (status = 408, body = ErrorBody, description = "`body_timeout`: the body did not arrive within `ingest.json_body_deadline`."),
         (status = 413, body = ErrorBody, description = "The body is over 16 KiB."),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: a body with a Content-Type other than JSON."),
         (status = 429, body = ErrorBody),
     ))]
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let request: CreateWebhookEndpoint = small_json(body)?;
+    let body =
+        crate::limits::read_json_body(&headers, body, MAX_BODY_BYTES, state.limits.json_deadline)
+            .await?;
+    let request: CreateWebhookEndpoint = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))?;
     let url = outbound::check_url(request.url.trim(), state.webhooks.allow_private_targets)
         .map_err(|e| ApiError::bad_request("invalid_url", e.to_string()))?;
     if let Some(unknown) = request

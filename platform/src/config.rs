@@ -92,12 +92,20 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address to listen on. Default `127.0.0.1:8080`; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// A connection must send a request's whole header block within this
+    /// (counted from when the server starts waiting for it), or it is
+    /// closed; this is also how long an idle keep-alive connection is kept.
+    /// Behind a load balancer that reuses connections, keep it above the
+    /// balancer's idle timeout. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -115,6 +123,11 @@ pub struct DatabaseConfig {
     pub connect_timeout: Duration,
     /// Apply pending migrations when `cascade serve` starts. Default `true`.
     pub migrate_on_start: bool,
+    /// Longest time one statement may run on a pooled connection before
+    /// Postgres cancels it (its `statement_timeout`, set when the connection
+    /// opens); `0s` means no limit. Migrations run without it. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -124,6 +137,7 @@ impl Default for DatabaseConfig {
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
             migrate_on_start: true,
+            statement_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -503,6 +517,36 @@ pub struct IngestConfig {
     /// An upload request whose body sends nothing for this long is cut off. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// Slowest an upload body may arrive, in bytes per second, averaged
+    /// over each `body_rate_window` spent waiting for the client once
+    /// `body_rate_grace` has passed (time the server itself is not reading,
+    /// its store being slow, does not count); a slower body is cut off
+    /// (408). `0` turns the check off. Default `1KiB`.
+    pub body_min_rate: ByteSize,
+    /// The window `body_min_rate` is averaged over (time spent waiting for
+    /// the client). Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub body_rate_window: Duration,
+    /// How long an upload body may start slower than `body_min_rate`.
+    /// Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub body_rate_grace: Duration,
+    /// Longest one upload request's body may take, however steadily it
+    /// flows (408 past it). Larger files on slow links go by tus, a PATCH
+    /// at a time. Default `6h`.
+    #[serde(with = "humantime_serde")]
+    pub body_deadline: Duration,
+    /// A JSON request body (`POST /v1/assets`, playback tokens) must
+    /// arrive whole within this (408 otherwise). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub json_body_deadline: Duration,
+    /// Uploads one process receives at once (simple uploads, tus PATCHes
+    /// and creations with a body); more get 429 `too_many_uploads` before
+    /// their body is read. Default `64`.
+    pub max_uploads: usize,
+    /// Uploads one API key may send at once to one process; more get 429
+    /// `too_many_uploads` before their body is read. Default `16`.
+    pub max_uploads_per_key: usize,
     /// Unfinished tus uploads are deleted this long after their creation. Default `24h`.
     #[serde(with = "humantime_serde")]
     pub upload_expiry: Duration,
@@ -564,6 +608,13 @@ impl Default for IngestConfig {
             failed_auth_per_minute: 60,
             max_upload_size: ByteSize(20 << 30),
             body_timeout: Duration::from_secs(60),
+            body_min_rate: ByteSize(1024),
+            body_rate_window: Duration::from_secs(30),
+            body_rate_grace: Duration::from_secs(30),
+            body_deadline: Duration::from_secs(6 * 3600),
+            json_body_deadline: Duration::from_secs(10),
+            max_uploads: 64,
+            max_uploads_per_key: 16,
             upload_expiry: Duration::from_secs(24 * 3600),
             cleanup_interval: Duration::from_secs(60),
             rate_limit_per_minute: 1200,
@@ -854,7 +905,41 @@ impl Config {
                 "must be between 1s and ingest.direct_uploads.max_expiry",
             ));
         }
+        if self.http.header_read_timeout.is_zero() {
+            return Err(invalid("http.header_read_timeout", "must be more than 0s"));
+        }
+        self.validate_ingest()?;
         self.validate_playback()
+    }
+
+    fn validate_ingest(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        let i = &self.ingest;
+        for (key, value) in [
+            ("ingest.body_timeout", i.body_timeout),
+            ("ingest.body_deadline", i.body_deadline),
+            ("ingest.json_body_deadline", i.json_body_deadline),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be more than 0s"));
+            }
+        }
+        if i.body_min_rate.0 > 0 && i.body_rate_window.is_zero() {
+            return Err(invalid(
+                "ingest.body_rate_window",
+                "must be more than 0s while ingest.body_min_rate is set",
+            ));
+        }
+        if i.max_uploads == 0 {
+            return Err(invalid("ingest.max_uploads", "must be at least 1"));
+        }
+        if i.max_uploads_per_key == 0 {
+            return Err(invalid("ingest.max_uploads_per_key", "must be at least 1"));
+        }
+        Ok(())
     }
 
     fn validate_playback(&self) -> Result<(), ConfigError> {
@@ -1078,6 +1163,96 @@ mod tests {
         let rendered = config.to_redacted_toml();
         let reparsed: Config = toml::from_str(&rendered).unwrap();
         assert_eq!(reparsed.storage.part_size, config.storage.part_size);
+        // The resource limits, as documented.
+        assert_eq!(config.http.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.database.statement_timeout, Duration::from_secs(30));
+        let ingest = &config.ingest;
+        assert_eq!(ingest.body_min_rate, ByteSize(1024));
+        assert_eq!(ingest.body_rate_window, Duration::from_secs(30));
+        assert_eq!(ingest.body_rate_grace, Duration::from_secs(30));
+        assert_eq!(ingest.body_deadline, Duration::from_secs(6 * 3600));
+        assert_eq!(ingest.json_body_deadline, Duration::from_secs(10));
+        assert_eq!((ingest.max_uploads, ingest.max_uploads_per_key), (64, 16));
+        assert_eq!(
+            reparsed.ingest.body_deadline, ingest.body_deadline,
+            "{rendered}"
+        );
+        assert_eq!(reparsed.ingest.body_min_rate, ingest.body_min_rate);
+        assert_eq!(
+            reparsed.http.header_read_timeout,
+            config.http.header_read_timeout
+        );
+        assert_eq!(
+            reparsed.database.statement_timeout,
+            config.database.statement_timeout
+        );
+    }
+
+    #[test]
+    fn limits_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cascade.toml");
+        std::fs::write(
+            &path,
+            "[http]\nheader_read_timeout = \"5s\"\n[database]\nstatement_timeout = \"0s\"\n\
+             [ingest]\nbody_min_rate = \"4KiB\"\nbody_rate_window = \"10s\"\nbody_deadline = \"1h\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            env(&[
+                ("CASCADE_INGEST__MAX_UPLOADS", "8"),
+                ("CASCADE_INGEST__MAX_UPLOADS_PER_KEY", "2"),
+                ("CASCADE_INGEST__BODY_RATE_GRACE", "2s"),
+                ("CASCADE_INGEST__JSON_BODY_DEADLINE", "500ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.http.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(config.database.statement_timeout, Duration::ZERO);
+        let ingest = &config.ingest;
+        assert_eq!(ingest.body_min_rate, ByteSize(4096));
+        assert_eq!(ingest.body_rate_window, Duration::from_secs(10));
+        assert_eq!(ingest.body_rate_grace, Duration::from_secs(2));
+        assert_eq!(ingest.body_deadline, Duration::from_secs(3600));
+        assert_eq!(ingest.json_body_deadline, Duration::from_millis(500));
+        assert_eq!((ingest.max_uploads, ingest.max_uploads_per_key), (8, 2));
+        // A rate of 0 turns the check off, whatever the window.
+        let config = Config::load(
+            None,
+            env(&[
+                ("CASCADE_INGEST__BODY_MIN_RATE", "0"),
+                ("CASCADE_INGEST__BODY_RATE_WINDOW", "0s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.ingest.body_min_rate, ByteSize(0));
+    }
+
+    #[test]
+    fn limits_that_would_refuse_everything_are_rejected() {
+        for (var, value) in [
+            ("CASCADE_HTTP__HEADER_READ_TIMEOUT", "0s"),
+            ("CASCADE_INGEST__BODY_TIMEOUT", "0s"),
+            ("CASCADE_INGEST__BODY_DEADLINE", "0s"),
+            ("CASCADE_INGEST__JSON_BODY_DEADLINE", "0s"),
+            ("CASCADE_INGEST__BODY_RATE_WINDOW", "0s"),
+            ("CASCADE_INGEST__MAX_UPLOADS", "0"),
+            ("CASCADE_INGEST__MAX_UPLOADS_PER_KEY", "0"),
+        ] {
+            let text = Config::load(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            let key = var
+                .trim_start_matches("CASCADE_")
+                .replace("__", ".")
+                .to_ascii_lowercase();
+            assert!(text.contains(&key), "{var}={value}: {text}");
+        }
+        let text = Config::load(None, env(&[("CASCADE_INGEST__BODY_MIN_RATE", "fast")]))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("ingest.body_min_rate"), "{text}");
     }
 
     #[test]

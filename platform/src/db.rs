@@ -47,6 +47,18 @@ pub fn pg_config(config: &DatabaseConfig) -> Result<tokio_postgres::Config, DbEr
     if pg.get_application_name().is_none() {
         pg.application_name("cascade");
     }
+    // Set at connection start-up (the `options` startup parameter), so every
+    // statement on every pooled connection has it without a round trip; any
+    // options already in the URL are kept.
+    let timeout = format!(
+        "-c statement_timeout={}",
+        config.statement_timeout.as_millis()
+    );
+    let options = match pg.get_options() {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing} {timeout}"),
+        _ => timeout,
+    };
+    pg.options(options);
     Ok(pg)
 }
 
@@ -74,6 +86,9 @@ pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
 /// one apply while the others wait, then find nothing left to do.
 pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
     let mut client = pool.get().await?;
+    // Waiting for another process's migrations, and a migration itself, may
+    // take longer than `database.statement_timeout`: none applies here.
+    client.batch_execute("SET statement_timeout = 0").await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
@@ -81,8 +96,11 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
         .await;
+    // Back to the connection's own value (the startup option) for its next user.
+    let reset = client.batch_execute("RESET statement_timeout").await;
     let applied = result?;
     unlocked?;
+    reset?;
     Ok(applied)
 }
 
@@ -136,4 +154,39 @@ pub async fn ping(pool: &Pool) -> Result<(), DbError> {
     let client = pool.get().await?;
     client.simple_query("SELECT 1").await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Secret;
+
+    fn config(url: &str, timeout: Duration) -> DatabaseConfig {
+        DatabaseConfig {
+            url: Secret::new(url),
+            statement_timeout: timeout,
+            ..DatabaseConfig::default()
+        }
+    }
+
+    #[test]
+    fn connections_start_with_the_statement_timeout() {
+        let pg = pg_config(&config("postgres://u@h/db", Duration::from_secs(30))).unwrap();
+        assert_eq!(pg.get_options(), Some("-c statement_timeout=30000"));
+        // 0 is Postgres's "no limit".
+        let pg = pg_config(&config("postgres://u@h/db", Duration::ZERO)).unwrap();
+        assert_eq!(pg.get_options(), Some("-c statement_timeout=0"));
+        // Options of the URL are kept; the configured timeout comes last, so it wins.
+        let pg = pg_config(&config(
+            "postgres://u@h/db?options=-c%20search_path%3Dmedia",
+            Duration::from_millis(1500),
+        ))
+        .unwrap();
+        assert_eq!(
+            pg.get_options(),
+            Some("-c search_path=media -c statement_timeout=1500")
+        );
+    }
 }

@@ -13,6 +13,7 @@ use crate::common::{eventually, free_port, fresh_db, header, http, CascadeProces
 
 mod concat;
 mod direct;
+mod limits;
 mod multipart;
 mod trust;
 

@@ -472,7 +472,7 @@ pub(crate) async fn simple(
 
 /// Streams the body into the asset's source; returns its length.
 async fn store(state: &AppState, asset: AssetId, body: Body, max: u64) -> Result<u64, ApiError> {
-    let mut reader = BodyReader::new(body, max, state.config.body_timeout);
+    let mut reader = BodyReader::new(body, max, state.limits.pace);
     Ok(state
         .store
         .put(&ObjectKey::source(asset), &mut reader)
