@@ -40,10 +40,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::{AppState, AssetFields};
+use crate::asset_api::AssetFields;
 use crate::auth::{require_key, Caller};
 use crate::error::ApiError;
 use crate::openapi::ErrorBody;
+use crate::state::AppState;
 pub(crate) use gate::Grant;
 
 /// Largest creation request body accepted (the asset's metadata is at most 16 KiB).

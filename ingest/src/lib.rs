@@ -13,20 +13,27 @@
 //! creator, anything else moves it to `processing` and enqueues its
 //! transcode job in the same transaction.
 
-mod api;
+mod asset_api;
 pub mod auth;
 mod body;
+mod cleanup;
 mod direct;
 pub mod error;
 pub mod limits;
 pub mod openapi;
 pub mod playback_tokens;
+mod request;
+mod routes;
+mod simple_upload;
 mod source;
+mod state;
 mod tus;
 pub mod watch;
 mod webhook_endpoints;
 
-pub use api::{router, spawn_cleanup, AppState};
+pub use cleanup::spawn_cleanup;
+pub use routes::router;
+pub use state::AppState;
 
 use std::path::Path;
 

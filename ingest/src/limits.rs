@@ -34,9 +34,9 @@ use cascade_platform::config::IngestConfig;
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
-use crate::api::declared_length;
 use crate::auth::{Caller, KeyRef};
 use crate::error::ApiError;
+use crate::request::declared_length;
 
 /// Seconds a client refused for too many uploads is asked to wait.
 pub const UPLOAD_RETRY_AFTER_SECS: u64 = 5;

@@ -21,10 +21,11 @@ use cascade_schemas::{AssetId, PlaybackId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{parse_asset_id, AppState};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::openapi::{ErrorBody, PlaybackUrls};
+use crate::request::parse_asset_id;
+use crate::state::AppState;
 
 /// Largest request body accepted (it holds one optional number).
 pub const MAX_BODY_BYTES: usize = 4 * 1024;

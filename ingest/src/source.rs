@@ -9,8 +9,8 @@ use cascade_platform::storage::reader::ObjectReader;
 use cascade_schemas::{job_kind, AssetId, ObjectKey};
 use cascade_workers::transcode::{pipeline, TranscodeError, TranscodeJob};
 
-use crate::api::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Which source is complete: the first one, or a replacement making output
 /// version `n`.

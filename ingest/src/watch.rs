@@ -19,7 +19,7 @@ use cascade_schemas::{AssetId, PlaybackPolicy};
 use notify::Watcher;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 const DONE: &str = "done";
 const FAILED: &str = "failed";

@@ -23,9 +23,9 @@ use cascade_schemas::{DirectUploadId, DirectUploadProtocol, DirectUploadState};
 use subtle::ConstantTimeEq;
 
 use super::cors;
-use crate::api::AppState;
 use crate::auth::{client_address, Caller, KeyRef};
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// What a request through a direct upload URL may do, as the URL's row
 /// read when the request arrived (transitions re-check it under a lock).

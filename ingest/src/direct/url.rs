@@ -16,11 +16,12 @@ use cascade_platform::direct_uploads;
 use cascade_schemas::{AssetId, DirectUploadId, DirectUploadState, ObjectKey};
 
 use super::{start_refused, DirectUploadView, Grant};
-use crate::api::{declared_length, AppState};
 use crate::auth::Caller;
 use crate::body::BodyReader;
 use crate::error::ApiError;
 use crate::openapi::{BinaryBody, ErrorBody, TusResumable};
+use crate::request::declared_length;
+use crate::state::AppState;
 use crate::{source, tus};
 
 /// tus extensions at a direct upload URL: one upload, so no concatenation.

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use cascade_platform::uploads;
 use cascade_schemas::{AssetId, ConcatKind, ObjectKey};
 
-use crate::api::AppState;
 use crate::error::ApiError;
 use crate::source;
+use crate::state::AppState;
 
 use super::*;
 

@@ -28,9 +28,9 @@ use cascade_schemas::{ConcatKind, ObjectKey, UploadState};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{header, staged_reader, upload_asset, upload_metadata, Assembly};
-use crate::api::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Most partial uploads one final upload may name (S3 allows 10,000
 /// parts; a thousand is far more than any client splits a file into).

@@ -11,11 +11,13 @@ use cascade_platform::assets::{self, SourceClaim};
 use cascade_platform::uploads::{self, NewUpload};
 use cascade_schemas::{AssetId, ConcatKind, UploadState};
 
-use crate::api::{self, AppState};
+use crate::asset_api;
 use crate::auth::Caller;
 use crate::body::Hasher;
 use crate::error::ApiError;
 use crate::openapi::{BinaryBody, ErrorBody, TusResumable};
+use crate::request;
+use crate::state::AppState;
 
 use super::*;
 
@@ -143,10 +145,9 @@ pub(crate) async fn create_upload(
             "Upload-Defer-Length is not supported; send Upload-Length",
         ));
     }
-    let length = api::declared_length(&headers, "upload-length")?.ok_or(ApiError::bad_request(
-        "missing_upload_length",
-        "Upload-Length is required",
-    ))?;
+    let length = request::declared_length(&headers, "upload-length")?.ok_or(
+        ApiError::bad_request("missing_upload_length", "Upload-Length is required"),
+    )?;
     let max = state.config.max_upload_size.0;
     if length > max {
         return Err(ApiError::TooLarge { max });
@@ -225,7 +226,7 @@ pub(super) async fn upload_asset(
             let id: AssetId = raw.parse().map_err(|_| ApiError::NotFound("asset"))?;
             assets::claim_source(tx, caller.environment, id, claim)
                 .await?
-                .map_err(api::claim_refused)?;
+                .map_err(asset_api::claim_refused)?;
             Ok(id)
         }
         None => {
@@ -233,7 +234,7 @@ pub(super) async fn upload_asset(
                 .get("title")
                 .or_else(|| metadata.get("filename"))
                 .and_then(|v| v.as_str());
-            let fields = api::AssetFields::parse(title, None, None)?;
+            let fields = asset_api::AssetFields::parse(title, None, None)?;
             let id = AssetId::new();
             assets::insert(tx, id, &fields.new_asset(caller.environment, Some(claim))).await?;
             Ok(id)
@@ -387,13 +388,12 @@ pub async fn patch(
             "PATCH bodies must be application/offset+octet-stream",
         ));
     }
-    let offset = api::declared_length(&headers, "upload-offset")?.ok_or(ApiError::bad_request(
-        "missing_upload_offset",
-        "Upload-Offset is required",
-    ))?;
+    let offset = request::declared_length(&headers, "upload-offset")?.ok_or(
+        ApiError::bad_request("missing_upload_offset", "Upload-Offset is required"),
+    )?;
     // No upload takes more than this: refused before the upload is looked up.
     let max = state.config.max_upload_size.0;
-    if api::declared_length(&headers, "content-length")?.is_some_and(|n| n > max) {
+    if request::declared_length(&headers, "content-length")?.is_some_and(|n| n > max) {
         return Err(ApiError::TooLarge { max });
     }
     let (new_offset, expires_at) =

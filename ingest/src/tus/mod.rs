@@ -30,8 +30,8 @@ use cascade_platform::uploads::{self, UploadStatus};
 use cascade_schemas::{AssetId, EnvironmentId, ObjectKey};
 use chrono::{DateTime, Utc};
 
-use crate::api::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 mod assembly;
 mod concat;

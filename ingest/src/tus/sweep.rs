@@ -6,8 +6,8 @@ use std::sync::Arc;
 use cascade_platform::uploads;
 use cascade_schemas::ObjectKey;
 
-use crate::api::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 use super::*;
 

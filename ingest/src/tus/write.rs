@@ -16,9 +16,10 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::StreamReader;
 
-use crate::api::{self, AppState};
 use crate::body::BodyReader;
 use crate::error::ApiError;
+use crate::request;
+use crate::state::AppState;
 
 use super::*;
 
@@ -161,7 +162,7 @@ pub(super) async fn write_chunk(
             });
         }
         let remaining = length - offset;
-        let declared = api::declared_length(headers, "content-length")?;
+        let declared = request::declared_length(headers, "content-length")?;
         if let Some(declared) = declared {
             if declared > remaining {
                 return Err(ApiError::bad_request(

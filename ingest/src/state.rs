@@ -1,0 +1,79 @@
+//! What the ingest handlers share: clients, config and the authenticator.
+
+use cascade_platform::config::{IngestConfig, PlaybackConfig, TranscodeConfig, WebhooksConfig};
+use cascade_platform::{ObjectStore, Queue};
+use cascade_schemas::EnvironmentId;
+use deadpool_postgres::Pool;
+
+use crate::auth::Authenticator;
+use crate::limits::Limits;
+
+/// What the handlers share.
+pub struct AppState {
+    /// Postgres.
+    pub pool: Pool,
+    /// Object store.
+    pub store: ObjectStore,
+    /// Job queue.
+    pub queue: Queue,
+    /// `[ingest]` config.
+    pub config: IngestConfig,
+    /// `[transcode]` config (the probe's limits).
+    pub transcode: TranscodeConfig,
+    /// `[playback]` config: the keys and lifetimes of minted playback
+    /// tokens. No keys unless [`AppState::with_playback`] sets them.
+    pub playback: PlaybackConfig,
+    /// `[webhooks]` config (whether creators may register private targets).
+    pub webhooks: WebhooksConfig,
+    /// Key lookups, their cache and the request budgets.
+    pub auth: Authenticator,
+    /// Body pace and size limits, and the uploads in progress.
+    pub limits: Limits,
+}
+
+impl AppState {
+    /// State for the routes.
+    pub fn new(
+        pool: Pool,
+        store: ObjectStore,
+        queue: Queue,
+        config: IngestConfig,
+        transcode: TranscodeConfig,
+    ) -> Self {
+        Self {
+            pool,
+            store,
+            queue,
+            auth: Authenticator::new(config.key_cache_ttl),
+            limits: Limits::from_config(&config),
+            config,
+            transcode,
+            playback: PlaybackConfig::default(),
+            webhooks: WebhooksConfig::default(),
+        }
+    }
+
+    /// The environment of the bootstrap key, the watch folder and imports
+    /// (`ingest.default_environment`), resolved by the caller; otherwise it
+    /// is looked up (and created) at first use.
+    pub fn with_default_environment(self, environment: EnvironmentId) -> Self {
+        let _ = self.auth.bootstrap_environment.set(environment);
+        self
+    }
+
+    /// The `[webhooks]` config.
+    pub fn with_webhooks(mut self, webhooks: WebhooksConfig) -> Self {
+        self.webhooks = webhooks;
+        self
+    }
+
+    /// The `[playback]` config (signing keys, token lifetimes).
+    pub fn with_playback(mut self, playback: PlaybackConfig) -> Self {
+        self.playback = playback;
+        self
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.public_url.trim_end_matches('/'))
+    }
+}
