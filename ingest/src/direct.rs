@@ -68,6 +68,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
                 .delete(url::tus_terminate)
                 .options(url::options),
         )
+        // Bodies hold an upload slot of the URL's and of the process (the
+        // gate, outside, puts the URL's caller on the request first).
+        .route_layer(from_fn_with_state(
+            state.limits.slots.clone(),
+            crate::limits::upload_slot,
+        ))
         .route_layer(from_fn_with_state(state, gate::gate));
     keyed.merge(by_secret)
 }

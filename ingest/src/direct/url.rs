@@ -168,7 +168,7 @@ pub(crate) async fn options(Extension(grant): Extension<Grant>) -> Response {
             body = ErrorBody, headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 423, description = "Override PATCH or DELETE: another request is writing the upload (`upload_locked`).",
             body = ErrorBody, headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
-        (status = 429, description = "Too many requests (`rate_limited`).", body = ErrorBody,
+        (status = 429, description = "Too many requests (`rate_limited`), or, with a body, as many uploads in progress as the server takes (`too_many_uploads`).", body = ErrorBody,
             headers(
                 ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
                 ("Retry-After" = u64, description = "Seconds to wait."),
@@ -312,7 +312,7 @@ pub(crate) async fn tus_head(
             body = ErrorBody, headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 423, description = "Another request is writing this upload; retry shortly (`upload_locked`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
-        (status = 429, description = "Too many requests (`rate_limited`).", body = ErrorBody,
+        (status = 429, description = "Too many requests (`rate_limited`), or, with a body, as many uploads in progress as the server takes (`too_many_uploads`).", body = ErrorBody,
             headers(
                 ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
                 ("Retry-After" = u64, description = "Seconds to wait."),
@@ -361,7 +361,7 @@ pub(crate) async fn tus_patch(
             )),
         (status = 423, description = "A PATCH is writing the upload; retry shortly (`upload_locked`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
-        (status = 429, description = "Too many requests (`rate_limited`).", body = ErrorBody,
+        (status = 429, description = "Too many requests (`rate_limited`), or, with a body, as many uploads in progress as the server takes (`too_many_uploads`).", body = ErrorBody,
             headers(
                 ("Tus-Resumable" = TusResumable, description = "The protocol version of the response."),
                 ("Retry-After" = u64, description = "Seconds to wait."),
@@ -416,7 +416,7 @@ pub(crate) async fn tus_terminate(
         (status = 410, body = ErrorBody, description = "The URL expired or was cancelled (`upload_url_expired`)."),
         (status = 413, body = ErrorBody, description = "The file is over the URL's `max_size` (`too_large`)."),
         (status = 422, body = ErrorBody, description = "The file is not media we can process (the asset is `errored` with the reason; the URL is `complete`)."),
-        (status = 429, body = ErrorBody, description = "Too many requests (`rate_limited`).",
+        (status = 429, body = ErrorBody, description = "Too many requests (`rate_limited`), or as many uploads in progress as the server takes (`too_many_uploads`).",
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ))]
 pub(crate) async fn simple(

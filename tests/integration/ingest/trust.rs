@@ -144,6 +144,13 @@ async fn environments_isolate_every_endpoint_and_keys_are_cached_briefly() {
         &data,
     );
     assert_eq!(status, 404, "{body}");
+    for (method, path) in [
+        ("PUT", format!("{asset_path}/replacement")),
+        ("POST", format!("{asset_path}/playback_tokens")),
+    ] {
+        let (status, _, body) = http(addr, method, &path, &[other], b"");
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
     let (status, _, body) = http(addr, "GET", "/v1/assets?limit=100", &[other], b"");
     assert_eq!(status, 200);
     assert!(json(&body)["data"].as_array().unwrap().is_empty(), "{body}");
