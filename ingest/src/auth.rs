@@ -135,16 +135,15 @@ impl Authenticator {
 }
 
 /// The environment of the bootstrap key, the watch folder and imports.
-pub async fn default_environment(state: &AppState) -> Result<EnvironmentId, ApiError> {
+pub async fn default_environment(
+    state: &AppState,
+) -> Result<EnvironmentId, cascade_platform::db::DbError> {
     state
         .auth
         .bootstrap_environment
         .get_or_try_init(|| async {
             let client = state.pool.get().await?;
-            Ok::<_, ApiError>(
-                cascade_platform::environments::ensure(&client, &state.config.default_environment)
-                    .await?,
-            )
+            cascade_platform::environments::ensure(&client, &state.config.default_environment).await
         })
         .await
         .copied()

@@ -30,6 +30,7 @@ mod state;
 mod tus;
 pub mod watch;
 mod webhook_endpoints;
+pub mod work;
 
 pub use cleanup::spawn_cleanup;
 pub use routes::router;

@@ -20,6 +20,7 @@ use notify::Watcher;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
+use crate::work::WorkError;
 
 const DONE: &str = "done";
 const FAILED: &str = "failed";
@@ -131,7 +132,7 @@ async fn take(state: &AppState, dir: &Path, path: &Path, name: &str, file: Seen)
     let outcome = ingest(state, path, name, file).await;
     let (sub, reason) = match &outcome {
         Ok(()) => (DONE, None),
-        Err(reason) => (FAILED, Some(reason.clone())),
+        Err(reason) => (FAILED, Some(reason.to_string())),
     };
     let target = dir.join(sub).join(name);
     if let Err(error) = tokio::fs::rename(path, &target).await {
@@ -166,24 +167,18 @@ fn watched(name: &str, file: Seen) -> WatchedFile<'_> {
     }
 }
 
-async fn ingest(state: &AppState, path: &Path, name: &str, file: Seen) -> Result<(), String> {
-    let client = state.pool.get().await.map_err(|e| e.to_string())?;
+async fn ingest(state: &AppState, path: &Path, name: &str, file: Seen) -> Result<(), WorkError> {
+    let client = state.pool.get().await?;
     let candidate = AssetId::new();
     // Claim first: a restart finds the claim instead of ingesting again.
-    let claim = watch_files::claim(&client, watched(name, file), candidate)
-        .await
-        .map_err(|e| e.to_string())?;
+    let claim = watch_files::claim(&client, watched(name, file), candidate).await?;
     let (asset, inserted) = (claim.asset, claim.new);
     if claim.state != WatchState::Ingesting {
         return Ok(()); // Already done before a restart; only the move was left.
     }
-    let existing = assets::get(&state.pool, asset)
-        .await
-        .map_err(|e| e.to_string())?;
+    let existing = assets::get(&state.pool, asset).await?;
     if inserted || existing.is_none() {
-        let environment = crate::auth::default_environment(state)
-            .await
-            .map_err(|e| e.to_string())?;
+        let environment = crate::auth::default_environment(state).await?;
         assets::insert(
             &client,
             asset,
@@ -195,8 +190,7 @@ async fn ingest(state: &AppState, path: &Path, name: &str, file: Seen) -> Result
                 source_claim: Some(crate::import_claim(asset)),
             },
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     }
     drop(client);
     // Keep a creator-readable reason when the file is not media.
@@ -207,7 +201,7 @@ async fn ingest(state: &AppState, path: &Path, name: &str, file: Seen) -> Result
             cascade_workers::transcode::pipeline::probe_file(&path, &config)
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| WorkError::Task(e.to_string()))?
     };
     if let Err(cascade_workers::transcode::TranscodeError::Input { code, message }) = probe {
         let _ = assets::refuse_source(
@@ -218,9 +212,7 @@ async fn ingest(state: &AppState, path: &Path, name: &str, file: Seen) -> Result
             &message,
         )
         .await;
-        return Err(format!("{code}: {message}"));
+        return Err(WorkError::Refused { code, message });
     }
-    crate::import_into(&state.queue, &state.store, path, asset)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(crate::import_into(&state.queue, &state.store, path, asset).await?)
 }

@@ -10,6 +10,7 @@ use cascade_schemas::{AssetId, ConcatKind, ObjectKey};
 use crate::error::ApiError;
 use crate::source;
 use crate::state::AppState;
+use crate::work::WorkError;
 
 use super::*;
 
@@ -31,18 +32,14 @@ pub(super) struct Assembly {
 /// left (as the last parts): CompleteMultipartUpload, so the bytes are not
 /// copied again. Idempotent: if a previous assembly completed the upload
 /// and died before recording it, the source is there with its full size.
-async fn finish_source(state: &AppState, upload: &Assembly) -> Result<(), ApiError> {
+async fn finish_source(state: &AppState, upload: &Assembly) -> Result<(), WorkError> {
     let key = upload.destination.clone();
     let Some(upload_id) = &upload.multipart_id else {
         // Everything was staged (a small upload, or bodies of unknown length).
         let mut reader = staged_reader(state.store.clone(), upload.staged_keys.clone());
-        let stored = state
-            .store
-            .put(&key, &mut reader)
-            .await
-            .map_err(storage_error)?;
+        let stored = state.store.put(&key, &mut reader).await?;
         if stored != upload.length {
-            return Err(ApiError::Internal(format!(
+            return Err(WorkError::Inconsistent(format!(
                 "the staged pieces hold {stored} bytes, not {}",
                 upload.length
             )));
@@ -73,7 +70,7 @@ async fn finish_source(state: &AppState, upload: &Assembly) -> Result<(), ApiErr
             Ok(meta) if meta.size == upload.length => {
                 tracing::info!(key = %key, error = %error, "multipart upload already completed");
             }
-            _ => return Err(ApiError::from(error)),
+            _ => return Err(error.into()),
         }
     }
     Ok(())
@@ -84,7 +81,7 @@ async fn finish_source(state: &AppState, upload: &Assembly) -> Result<(), ApiErr
 /// [`source::source_complete`] (the probe). Runs under
 /// the upload's lease, in state `assembling`, so a replica that dies midway
 /// leaves it to the sweeper ([`delete_expired`]).
-pub(super) async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), ApiError> {
+pub(super) async fn assemble(state: &Arc<AppState>, id: uuid::Uuid) -> Result<(), WorkError> {
     let lock = uuid::Uuid::new_v4();
     let row = {
         let client = state.pool.get().await?;
@@ -181,7 +178,7 @@ pub(super) async fn hand_off_under_lease(
             let done = async {
                 let client = state.pool.get().await?;
                 uploads::complete(&client, id, lock).await?;
-                Ok::<(), ApiError>(())
+                Ok::<(), WorkError>(())
             };
             if let Err(error) = done.await {
                 tracing::warn!(upload = %id, error = %error, "cannot record the upload's hand-off; the sweeper retries");
@@ -202,12 +199,12 @@ async fn hand_off(
     id: uuid::Uuid,
     asset: AssetId,
     length: u64,
-) -> Result<(), ApiError> {
+) -> Result<(), WorkError> {
     tracing::debug!(upload = %id, "probing the completed upload");
     // The upload's id is its claim on the asset's source.
     match source::source_complete(state, asset, id, source::SourceOf::First, length).await {
         // The upload itself succeeded; the asset carries the media error.
         Ok(()) | Err(ApiError::Unprocessable { .. }) => Ok(()),
-        Err(e) => Err(e),
+        Err(e) => Err(WorkError::Probe(e.to_string())),
     }
 }

@@ -31,6 +31,7 @@ use super::{header, staged_reader, upload_asset, upload_metadata, Assembly};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::work::WorkError;
 
 /// Most partial uploads one final upload may name (S3 allows 10,000
 /// parts; a thousand is far more than any client splits a file into).
@@ -242,7 +243,7 @@ fn copyable(pieces: &[(ObjectKey, u64)]) -> bool {
 /// Makes a final upload's source from its partials, then deletes them.
 /// Idempotent: a source already there at its full length is kept (a
 /// previous assembly got that far), and deleting is repeatable.
-pub(super) async fn finish_final(state: &AppState, upload: &Assembly) -> Result<(), ApiError> {
+pub(super) async fn finish_final(state: &AppState, upload: &Assembly) -> Result<(), WorkError> {
     let key = &upload.destination;
     let whole = matches!(state.store.head(key).await, Ok(meta) if meta.size == upload.length);
     if !whole {
@@ -256,7 +257,7 @@ pub(super) async fn finish_final(state: &AppState, upload: &Assembly) -> Result<
                 .find(|(id, _)| id == partial)
                 .map(|(_, length)| *length)
                 .ok_or_else(|| {
-                    ApiError::Internal(format!(
+                    WorkError::Inconsistent(format!(
                         "partial upload {partial} of final upload {} is gone",
                         upload.id
                     ))
@@ -273,13 +274,9 @@ pub(super) async fn finish_final(state: &AppState, upload: &Assembly) -> Result<
         } else {
             let keys = pieces.iter().map(|(k, _)| k.as_str().to_owned()).collect();
             let mut reader = staged_reader(state.store.clone(), keys);
-            let stored = state
-                .store
-                .put(key, &mut reader)
-                .await
-                .map_err(super::storage_error)?;
+            let stored = state.store.put(key, &mut reader).await?;
             if stored != upload.length {
-                return Err(ApiError::Internal(format!(
+                return Err(WorkError::Inconsistent(format!(
                     "the partial uploads hold {stored} bytes, not {}",
                     upload.length
                 )));
@@ -311,7 +308,7 @@ async fn copy_parts(
     state: &AppState,
     key: &ObjectKey,
     pieces: &[(ObjectKey, u64)],
-) -> Result<(), ApiError> {
+) -> Result<(), WorkError> {
     let upload_id = state.store.create_multipart(key).await?;
     let copies: Vec<_> = pieces
         .iter()
@@ -373,7 +370,7 @@ pub(super) async fn terminate_complete_partial(
 /// took them; returns how many. Bytes first (a failure leaves the row for
 /// the next sweep); no final can take them meanwhile, as finals take only
 /// unexpired partials.
-pub(super) async fn delete_expired_partials(state: &AppState) -> Result<usize, ApiError> {
+pub(super) async fn delete_expired_partials(state: &AppState) -> Result<usize, WorkError> {
     let expired = uploads::expired_partials(&state.pool.get().await?).await?;
     for id in &expired {
         state

@@ -487,7 +487,7 @@ pub async fn terminate(
     // Bytes first: a failure leaves the row, so a retry finds them again.
     if let Err(error) = discard(&state, id, &destination, multipart_id.as_deref()).await {
         release(&state, id, lock).await;
-        return Err(error);
+        return Err(error.into());
     }
     delete_row(&state, id, &destination, multipart_id.as_deref()).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();

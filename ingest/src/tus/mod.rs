@@ -42,9 +42,7 @@ mod write;
 use assembly::{assemble, hand_off_under_lease, Assembly};
 use handlers::{checksum, upload_asset};
 use sweep::{delete_row, discard};
-use write::{
-    keep_lease, part_sizes, release, staged_reader, storage_error, write_chunk, FIRST_FINAL_PART,
-};
+use write::{keep_lease, part_sizes, release, staged_reader, write_chunk, FIRST_FINAL_PART};
 
 pub(crate) use handlers::create_upload;
 pub use handlers::{create, head, options, patch, terminate};

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use cascade_platform::uploads;
 use cascade_schemas::ObjectKey;
 
-use crate::error::ApiError;
 use crate::state::AppState;
+use crate::work::WorkError;
 
 use super::*;
 
@@ -18,7 +18,7 @@ pub(super) async fn discard(
     id: uuid::Uuid,
     destination: &ObjectKey,
     multipart_id: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<(), WorkError> {
     if let Some(upload_id) = multipart_id {
         state.store.abort_multipart(destination, upload_id).await?;
     }
@@ -36,7 +36,7 @@ pub(super) async fn delete_row(
     id: uuid::Uuid,
     destination: &ObjectKey,
     discarded: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<(), WorkError> {
     let mut client = state.pool.get().await?;
     let deleted = uploads::delete_unfinished(&mut client, id).await?;
     drop(client);
@@ -51,7 +51,7 @@ pub(super) async fn delete_row(
 /// Removes expired unfinished uploads (their multipart uploads aborted,
 /// their staged pieces deleted); returns how many. Also finishes
 /// assemblies whose replica died.
-pub async fn delete_expired(state: &Arc<AppState>) -> Result<usize, ApiError> {
+pub async fn delete_expired(state: &Arc<AppState>) -> Result<usize, WorkError> {
     let rows = uploads::expired_unfinished(&state.pool.get().await?).await?;
     for (id, asset, multipart_id) in &rows {
         let (id, multipart_id) = (*id, multipart_id.clone());
