@@ -1493,8 +1493,16 @@ async fn origin_keeps_serving_resolved_assets_through_a_database_outage() {
     // Past the lookup's freshness: the origin must ask Postgres again, fails,
     // and answers from the last known asset: the cached master, and a segment
     // it never read before (from storage).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let master = get(addr, &p.url("master.m3u8")).await;
+    let master = crate::common::eventually(
+        "a lookup answered from the last known asset",
+        Duration::from_secs(10),
+        || async {
+            let master = get(addr, &p.url("master.m3u8")).await;
+            let text = get(addr, "/metrics").await.text();
+            (metric(&text, "cascade_origin_asset_lookup_stale_total") >= 1.0).then_some(master)
+        },
+    )
+    .await;
     assert_eq!(master.status, 200, "{}", master.text());
     let segment = get(addr, &p.url(&format!("v{}/{rendition}/1.m4s", p.version))).await;
     assert_eq!(segment.status, 200, "{}", segment.text());
