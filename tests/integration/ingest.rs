@@ -53,6 +53,41 @@ fn start(db: &TestDb, roles: &str, root: &Path, port: u16, extra: &[(&str, &str)
     Ingest { process, addr }
 }
 
+/// A JSON response body (panics with the body when it is not JSON).
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+/// Base64 of `text`, as tus Upload-Metadata values are.
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// A new waiting asset made with `auth`, as the API returns it.
+fn created_asset(addr: SocketAddr, auth: (&str, &str)) -> serde_json::Value {
+    let (status, _, body) = http(addr, "POST", "/v1/assets", &[auth], b"");
+    assert_eq!(status, 201, "{body}");
+    json(&body)
+}
+
+/// Asset `id`'s stored state and the writer holding its source claim.
+async fn asset_claim(db: &TestDb, id: &str) -> (String, Option<uuid::Uuid>) {
+    let id: uuid::Uuid = id.parse().unwrap();
+    let row = db
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT state, source_claim FROM assets WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 fn scratch_root() -> PathBuf {
     std::env::temp_dir().join(format!("cascade-ingest-{}", uuid::Uuid::new_v4().simple()))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{fixture, scratch_root, sha256_of, start, AUTH, TUS};
+use super::{b64, fixture, json, scratch_root, sha256_of, start, AUTH, TUS};
 use crate::common::create_key;
 use crate::common::{eventually, free_port, fresh_db, header, http, repo_root, TestDb};
 
@@ -19,12 +19,8 @@ const FROM_ELSEWHERE: (&str, &str) = ("Origin", "http://evil.example.test");
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 const OCTETS: (&str, &str) = ("Content-Type", "application/offset+octet-stream");
 
-fn json_of(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
-}
-
 fn code(body: &str) -> String {
-    let value = json_of(body);
+    let value = json(body);
     assert!(value["message"].is_string(), "{body}");
     value["code"].as_str().unwrap_or_default().to_owned()
 }
@@ -40,7 +36,7 @@ fn create_direct(addr: SocketAddr, auth: (&str, &str), request: Value) -> (Value
     );
     assert_eq!(status, 201, "{body}");
     assert_eq!(header(&headers, "cache-control"), Some("no-store"));
-    let view = json_of(&body);
+    let view = json(&body);
     let url = view["url"].as_str().expect("the URL, once").to_owned();
     let path = url[url.find("/v1/direct_uploads/").expect("the URL's path")..].to_owned();
     (view, path)
@@ -60,7 +56,7 @@ fn get_direct(addr: SocketAddr, auth: (&str, &str), id: &str) -> (u16, Value) {
 fn asset_state(addr: SocketAddr, asset: &str) -> Value {
     let (status, _, body) = http(addr, "GET", &format!("/v1/assets/{asset}"), &[AUTH], b"");
     assert_eq!(status, 200, "{body}");
-    json_of(&body)
+    json(&body)
 }
 
 /// The same URL with one character of its secret changed.
@@ -134,7 +130,7 @@ async fn a_tus_upload_through_a_direct_upload_url_needs_no_key_and_is_one_time()
     );
     assert_eq!((status, code(&body).as_str()), (409, "upload_in_progress"));
     let length = data.len().to_string();
-    let metadata = format!("asset_id {}", base64(&asset));
+    let metadata = format!("asset_id {}", b64(&asset));
     let (status, _, body) = http(
         addr,
         "POST",
@@ -350,11 +346,6 @@ async fn a_tus_upload_through_a_direct_upload_url_needs_no_key_and_is_one_time()
     assert_eq!(header(&headers, "access-control-allow-origin"), None);
 }
 
-fn base64(text: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
-
 #[tokio::test]
 async fn direct_upload_urls_expire_are_cancelled_limited_and_kept_to_their_environment() {
     let db = fresh_db().await;
@@ -425,7 +416,7 @@ async fn direct_upload_urls_expire_are_cancelled_limited_and_kept_to_their_envir
             b"",
         );
         assert_eq!(status, 200, "{body}");
-        assert_eq!(json_of(&body)["status"], "cancelled");
+        assert_eq!(json(&body)["status"], "cancelled");
     }
     let (status, _, body) = http(
         addr,
@@ -618,7 +609,7 @@ async fn a_simple_put_through_a_direct_upload_url_lands_and_a_cut_off_one_can_be
     let (status, headers, body) = http(addr, "PUT", &url, &[FROM_APP], &data);
     assert_eq!(status, 202, "{body}");
     assert_eq!(header(&headers, "access-control-allow-origin"), Some(APP));
-    let receipt = json_of(&body);
+    let receipt = json(&body);
     assert_eq!(
         (&receipt["status"], &receipt["asset_id"]),
         (&json!("complete"), &json!(asset))
@@ -728,7 +719,7 @@ async fn a_page_on_another_origin_uploads_with_tus_js_client_and_the_video_plays
     let url = view["url"].as_str().unwrap();
     writeln!(page.stdin.as_mut().unwrap(), "{url}").unwrap();
     let result = lines
-        .find_map(|l| l.strip_prefix("RESULT ").map(json_of))
+        .find_map(|l| l.strip_prefix("RESULT ").map(json))
         .expect("the page's result");
     assert!(page.wait().unwrap().success());
     assert_eq!(result["origin"], json!(origin), "{result}");
@@ -777,7 +768,7 @@ async fn a_page_on_another_origin_uploads_with_tus_js_client_and_the_video_plays
         "{stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = json_of(stdout.trim().lines().last().unwrap_or(""));
+    let report = json(stdout.trim().lines().last().unwrap_or(""));
     assert!(report["fatal"].is_null(), "{report}");
     assert!(report["played"].as_f64().unwrap_or(0.0) >= 2.0, "{report}");
 }

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{create_upload, fixture, json_code, scratch_root, start, AUTH, TUS};
+use super::{
+    asset_claim, create_upload, created_asset, fixture, json, json_code, scratch_root, start, AUTH,
+    TUS,
+};
 use crate::common::create_key;
 use crate::common::{eventually, free_port, fresh_db, header, http, parse_response, TestDb};
 
@@ -68,15 +71,9 @@ fn patch_head(addr: SocketAddr, upload: &str, auth: (&str, &str), length: u64) -
     )
 }
 
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
 /// A new waiting asset: (id, playback id).
 fn new_asset(addr: SocketAddr, auth: (&str, &str)) -> (String, String) {
-    let (status, _, body) = http(addr, "POST", "/v1/assets", &[auth], b"");
-    assert_eq!(status, 201, "{body}");
-    let asset = json(&body);
+    let asset = created_asset(addr, auth);
     (
         asset["id"].as_str().unwrap().to_owned(),
         asset["playback_id"].as_str().unwrap().to_owned(),
@@ -85,19 +82,8 @@ fn new_asset(addr: SocketAddr, auth: (&str, &str)) -> (String, String) {
 
 /// The asset's state and whether an upload holds its source.
 async fn asset_row(db: &TestDb, id: &str) -> (String, bool) {
-    let id: uuid::Uuid = id.parse().unwrap();
-    let row = db
-        .pool
-        .get()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT state, source_claim IS NOT NULL FROM assets WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
+    let (state, claim) = asset_claim(db, id).await;
+    (state, claim.is_some())
 }
 
 /// The resident set of process `pid`, in KiB.

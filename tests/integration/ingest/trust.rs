@@ -6,25 +6,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{fixture, scratch_root, sha256_of, start, AUTH, TUS};
-use crate::common::{count, create_key, eventually, free_port, fresh_db, header, http, TestDb};
+use super::{
+    asset_claim, b64, created_asset, fixture, json, scratch_root, sha256_of, start, AUTH, TUS,
+};
+use crate::common::{count, create_key, eventually, free_port, fresh_db, header, http};
 
 /// Races per scenario (the issue asks for at least 20).
 const ROUNDS: usize = 20;
 
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
 fn new_asset(addr: SocketAddr, auth: (&str, &str)) -> String {
-    let (status, _, body) = http(addr, "POST", "/v1/assets", &[auth], b"");
-    assert_eq!(status, 201, "{body}");
-    json(&body)["id"].as_str().unwrap().to_owned()
-}
-
-fn b64(text: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(text)
+    created_asset(addr, auth)["id"].as_str().unwrap().to_owned()
 }
 
 /// A tus creation: (status, upload path, body).
@@ -84,22 +75,6 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
-}
-
-async fn asset_row(db: &TestDb, id: &str) -> (String, Option<uuid::Uuid>) {
-    let id: uuid::Uuid = id.parse().unwrap();
-    let row = db
-        .pool
-        .get()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT state, source_claim FROM assets WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
 }
 
 #[tokio::test]
@@ -396,7 +371,7 @@ async fn an_asset_gets_one_source_whichever_paths_race_for_it() {
         };
         let id = asset.clone();
         eventually("the winner's probe", Duration::from_secs(30), || async {
-            (asset_row(&db, &id).await.0 == "processing").then_some(())
+            (asset_claim(&db, &id).await.0 == "processing").then_some(())
         })
         .await;
         assert_eq!(
@@ -448,7 +423,7 @@ async fn termination_races_the_final_patch_cleanly() {
                 completed += 1;
                 let id = asset.to_string();
                 eventually("the probe", Duration::from_secs(30), || async {
-                    (asset_row(&db, &id).await.0 == "processing").then_some(())
+                    (asset_claim(&db, &id).await.0 == "processing").then_some(())
                 })
                 .await;
                 assert_eq!(
@@ -467,7 +442,7 @@ async fn termination_races_the_final_patch_cleanly() {
                     0
                 );
                 // The asset waits for a source again, with nothing stored.
-                let (state, claim) = asset_row(&db, &asset.to_string()).await;
+                let (state, claim) = asset_claim(&db, &asset.to_string()).await;
                 assert_eq!((state.as_str(), claim), ("waiting", None), "round {round}");
                 assert!(
                     files_under(&root.join(format!("assets/{asset}"))).is_empty(),
