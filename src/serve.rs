@@ -30,7 +30,7 @@ use crate::{health, http_server};
 pub enum Role {
     /// The creators' API and uploads.
     Ingest,
-    /// Job runners (transcode, webhooks).
+    /// Job runners (transcode, webhooks, purges, broadcast endings).
     Workers,
     /// The playback origin.
     Origin,
@@ -130,6 +130,10 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             .register(
                 job_kind::PURGE_ASSET,
                 cascade_workers::purge::PurgeHandler::new(pool.clone(), store.clone()),
+            )
+            .register(
+                job_kind::FINISH_BROADCAST,
+                cascade_workers::live::finish::FinishHandler::new(pool.clone(), store.clone()),
             );
         let runner = Runner::new(queue.clone(), handlers, notifier, worker_owner());
         let token = shutdown.clone();
@@ -153,8 +157,36 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
                 config.transcode.clone(),
             )
             .with_playback(config.playback.clone())
-            .with_webhooks(config.webhooks.clone()),
+            .with_webhooks(config.webhooks.clone())
+            .with_live(config.live.clone()),
         );
+        if config.live.rtmp_listen.is_some() {
+            let encoder = tokio::task::spawn_blocking({
+                let choice = config.transcode.encoder;
+                move || transcode::encoders::resolve(choice).0
+            })
+            .await
+            .context("probing encoders")?;
+            let live = std::sync::Arc::new(cascade_workers::live::LiveContext {
+                pool: pool.clone(),
+                store: store.clone(),
+                transcode: config.live.transcode(&config.transcode),
+                config: config.live.clone(),
+                encoder,
+            });
+            let node = config.live.node_name.clone().unwrap_or_else(worker_owner);
+            let rtmp = cascade_ingest::rtmp::start(state.clone(), live, node, shutdown.clone())
+                .await
+                .with_context(|| {
+                    format!("binding live.rtmp_listen {:?}", config.live.rtmp_listen)
+                })?;
+            if let Some(rtmp) = rtmp {
+                tasks.spawn(async move {
+                    let _ = rtmp.await;
+                    Ok(())
+                });
+            }
+        }
         cascade_platform::environments::validate_name(&config.ingest.default_environment)
             .context("ingest.default_environment")?;
         let cleanup = cascade_ingest::spawn_cleanup(state.clone(), shutdown.clone());

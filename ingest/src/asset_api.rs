@@ -11,7 +11,6 @@ use axum::Json;
 use base64::Engine;
 use cascade_platform::assets::{self, ClaimRefused, NewAsset, SourceClaim};
 use cascade_schemas::{AssetId, AssetState, EnvironmentId, PlaybackPolicy};
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -22,7 +21,7 @@ use crate::openapi::{
     AssetError, AssetList, AssetView, ErrorBody, PlaybackUrls, RenditionView, SimpleUpload,
     TusUpload, UploadUrls,
 };
-use crate::request::parse_asset_id;
+use crate::request::{encode_cursor, page_request, parse_asset_id, ListQuery};
 use crate::state::AppState;
 
 /// Longest title accepted.
@@ -246,35 +245,6 @@ pub(crate) async fn get_asset(
     Ok(Json(asset_json(&state, &asset).await?))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub(crate) struct ListQuery {
-    /// Page size, 1 to 100 (default 20). Read as text so a bad value gets
-    /// the API's JSON error rather than the framework's plain-text one.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
-    limit: Option<String>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
-fn encode_cursor(created_at: DateTime<Utc>, id: AssetId) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("{}|{id}", created_at.timestamp_micros()))
-}
-
-fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, uuid::Uuid), ApiError> {
-    let invalid = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| invalid())?;
-    let text = String::from_utf8(raw).map_err(|_| invalid())?;
-    let (micros, id) = text.split_once('|').ok_or_else(invalid)?;
-    let micros: i64 = micros.parse().map_err(|_| invalid())?;
-    Ok((
-        DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?,
-        id.parse().map_err(|_| invalid())?,
-    ))
-}
-
 /// Assets, newest first, a page at a time.
 #[utoipa::path(get, path = "/v1/assets", params(ListQuery),
     responses((status = 200, body = AssetList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -284,24 +254,7 @@ pub(crate) async fn list_assets(
     Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<AssetList>, ApiError> {
-    // The framework's own rejection is plain text; the API answers JSON.
-    let Query(query) = query.map_err(|rejection| {
-        ApiError::bad_request(
-            "invalid_query",
-            format!("bad query string: {}", rejection.body_text()),
-        )
-    })?;
-    let limit = match query.limit.as_deref() {
-        None => 20,
-        Some(text) => text.trim().parse::<i64>().unwrap_or(0),
-    };
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be between 1 and 100",
-        ));
-    }
-    let cursor = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let (limit, cursor) = page_request(query)?;
     let page = {
         let client = state.pool.get().await?;
         assets::list_in(&client, caller.environment, cursor, limit + 1).await?
@@ -309,7 +262,7 @@ pub(crate) async fn list_assets(
     let next = (page.len() as i64 > limit)
         .then(|| page.get(limit as usize - 1))
         .flatten()
-        .map(|last| encode_cursor(last.created_at, last.id));
+        .map(|last| encode_cursor(last.created_at, last.id.as_uuid()));
     let mut data = Vec::with_capacity(page.len());
     for asset in page.iter().take(limit as usize) {
         data.push(asset_json(&state, asset).await?);

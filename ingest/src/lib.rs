@@ -2,7 +2,8 @@
 //! uploads and tus 1.0.0 resumable uploads (core protocol plus the
 //! creation, creation-with-upload, termination, checksum and expiration
 //! extensions), and direct uploads: one-time upload URLs a browser uses
-//! without an API key (`direct`).
+//! without an API key (`direct`); live streams (`/v1/live_streams`) and the
+//! RTMP server publishers go live on ([`rtmp`]).
 //!
 //! Uploads stream: bodies go to storage in bounded parts (never whole in
 //! memory) and, for the probe, to a scratch file. tus state (offset, parts,
@@ -20,10 +21,12 @@ mod cleanup;
 mod direct;
 pub mod error;
 pub mod limits;
+mod live_api;
 pub mod openapi;
 pub mod playback_tokens;
 mod request;
 mod routes;
+pub mod rtmp;
 mod simple_upload;
 mod source;
 mod state;

@@ -13,7 +13,7 @@ use crate::limits;
 use crate::openapi::ApiDoc;
 use crate::simple_upload::{put_replacement, put_source};
 use crate::state::AppState;
-use crate::{tus, webhook_endpoints};
+use crate::{live_api, tus, webhook_endpoints};
 
 /// The ingest routes (`/v1/...`), authenticated with API keys. tus's
 /// `OPTIONS /v1/uploads` (discovery) needs no key.
@@ -41,6 +41,20 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/assets/{id}/playback_tokens",
             post(crate::playback_tokens::create),
         )
+        .route(
+            "/v1/live_streams",
+            post(live_api::create).get(live_api::list),
+        )
+        .route(
+            "/v1/live_streams/{id}",
+            get(live_api::get).delete(live_api::delete),
+        )
+        .route(
+            "/v1/live_streams/{id}/reset_stream_key",
+            post(live_api::reset_stream_key),
+        )
+        .route("/v1/live_streams/{id}/disable", post(live_api::disable))
+        .route("/v1/live_streams/{id}/enable", post(live_api::enable))
         .route(
             "/v1/webhook_endpoints",
             post(webhook_endpoints::create).get(webhook_endpoints::list),

@@ -1,6 +1,8 @@
 //! What the ingest handlers share: clients, config and the authenticator.
 
-use cascade_platform::config::{IngestConfig, PlaybackConfig, TranscodeConfig, WebhooksConfig};
+use cascade_platform::config::{
+    IngestConfig, LiveConfig, PlaybackConfig, TranscodeConfig, WebhooksConfig,
+};
 use cascade_platform::{ObjectStore, Queue};
 use cascade_schemas::EnvironmentId;
 use deadpool_postgres::Pool;
@@ -25,6 +27,10 @@ pub struct AppState {
     pub playback: PlaybackConfig,
     /// `[webhooks]` config (whether creators may register private targets).
     pub webhooks: WebhooksConfig,
+    /// `[live]` config (reconnect window default, the RTMP URL).
+    pub live: LiveConfig,
+    /// The RTMP listener's bound address, once it listens.
+    pub rtmp_bound: std::sync::OnceLock<std::net::SocketAddr>,
     /// Key lookups, their cache and the request budgets.
     pub auth: Authenticator,
     /// Body pace and size limits, and the uploads in progress.
@@ -50,6 +56,8 @@ impl AppState {
             transcode,
             playback: PlaybackConfig::default(),
             webhooks: WebhooksConfig::default(),
+            live: LiveConfig::default(),
+            rtmp_bound: std::sync::OnceLock::new(),
         }
     }
 
@@ -71,6 +79,34 @@ impl AppState {
     pub fn with_playback(mut self, playback: PlaybackConfig) -> Self {
         self.playback = playback;
         self
+    }
+
+    /// The `[live]` config.
+    pub fn with_live(mut self, live: LiveConfig) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// The RTMP URL creators publish to.
+    pub(crate) fn rtmp_url(&self) -> String {
+        if let Some(url) = &self.live.public_rtmp_url {
+            return url.clone();
+        }
+        let port = self
+            .rtmp_bound
+            .get()
+            .map(|a| a.port())
+            .or(self.live.rtmp_listen.map(|a| a.port()))
+            .unwrap_or(1935);
+        let host = self
+            .config
+            .public_url
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split(['/', ':']).next())
+            .filter(|host| !host.is_empty())
+            .unwrap_or("localhost");
+        format!("rtmp://{host}:{port}/live")
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -30,6 +30,10 @@ pub const EVENT_TYPES: &[&str] = &[
     "asset.ready",
     "asset.errored",
     "asset.deleted",
+    "live_stream.active",
+    "live_stream.disconnected",
+    "live_stream.idle",
+    "live_stream.recording.ready",
 ];
 
 /// A new endpoint.
@@ -39,7 +43,9 @@ pub struct CreateWebhookEndpoint {
     /// Public `http://` or `https://` URL that receives the events.
     url: String,
     /// Event types to send (`asset.created`, `asset.ready`, `asset.errored`,
-    /// `asset.deleted`); absent or empty means all.
+    /// `asset.deleted`, `live_stream.active`, `live_stream.disconnected`,
+    /// `live_stream.idle`, `live_stream.recording.ready`); absent or empty
+    /// means all.
     #[serde(default)]
     events: Vec<String>,
 }

@@ -17,6 +17,14 @@ pub enum OriginError {
     /// The asset exists but no version of it is published yet.
     #[error("asset not ready")]
     AssetNotReady,
+    /// A live object not (yet) there: a segment about to be written, or a
+    /// manifest before the first segments. Never cached, so no CDN keeps
+    /// telling players a segment is missing once it exists.
+    #[error("live object not found")]
+    LiveNotYet,
+    /// The live stream has no broadcast under way.
+    #[error("stream idle")]
+    StreamIdle,
     /// A signed asset was asked for without a token.
     #[error("token required")]
     TokenRequired,
@@ -53,7 +61,9 @@ impl OriginError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotFound | Self::AssetNotReady => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::AssetNotReady | Self::LiveNotYet | Self::StreamIdle => {
+                StatusCode::NOT_FOUND
+            }
             Self::TokenRequired | Self::TokenInvalid | Self::TokenExpired => StatusCode::FORBIDDEN,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -69,6 +79,8 @@ impl OriginError {
         match self {
             Self::NotFound => "not_found",
             Self::AssetNotReady => "asset_not_ready",
+            Self::LiveNotYet => "not_found",
+            Self::StreamIdle => "stream_idle",
             Self::TokenRequired => "token_required",
             Self::TokenInvalid => "token_invalid",
             Self::TokenExpired => "token_expired",
@@ -85,6 +97,8 @@ impl OriginError {
         match self {
             Self::NotFound => "no such playback object",
             Self::AssetNotReady => "the asset is still being processed; try again shortly",
+            Self::LiveNotYet => "no such live object (yet)",
+            Self::StreamIdle => "the live stream is idle: nothing is being broadcast",
             Self::TokenRequired => "this asset needs a playback token (?token=)",
             Self::TokenInvalid => "the playback token is not valid for this asset",
             Self::TokenExpired => "the playback token has expired",
@@ -104,6 +118,9 @@ impl OriginError {
     pub fn cache_control(&self) -> &'static str {
         match self {
             Self::NotFound | Self::AssetNotReady => "public, max-age=2",
+            // Idle now, live in a moment: players polling an idle stream
+            // learn of its start within a second.
+            Self::StreamIdle => "public, max-age=1",
             Self::TokenRequired | Self::TokenInvalid | Self::TokenExpired => "private, no-store",
             _ => "no-store",
         }

@@ -65,7 +65,7 @@ pub use crate::error::OriginError;
 pub use cascade_platform::config::OriginConfig;
 
 use crate::metrics::{class_index, Gauges, Metrics, CLASS_METRICS, CLASS_OTHER};
-use crate::resolve::Resolver;
+use crate::resolve::{LiveInfo, Playable, Resolver};
 use crate::tier::{Cached, Lookup, Tier};
 
 /// `Surrogate-Key` (Fastly, nginx purge modules) and `Cache-Tag` (Cloudflare, Akamai).
@@ -99,6 +99,7 @@ struct Inner {
     cors: Cors,
     keyring: Keyring,
     manifest_cache_control: HeaderValue,
+    live_manifest_cache_control: HeaderValue,
     max_header_bytes: usize,
 }
 
@@ -113,6 +114,10 @@ impl OriginState {
             config.manifest_s_maxage.as_secs()
         ))
         .unwrap_or(HeaderValue::from_static("public, max-age=60"));
+        let live_age = config.live_manifest_max_age.as_secs().max(1);
+        let live_manifest_cache_control =
+            HeaderValue::from_str(&format!("public, max-age={live_age}, s-maxage={live_age}"))
+                .unwrap_or(HeaderValue::from_static("public, max-age=1"));
         if keyring.is_empty() {
             tracing::info!("playback.signing_keys is empty: assets with the signed policy get 403");
         }
@@ -123,6 +128,7 @@ impl OriginState {
                 cors: Cors::new(&config.cors_allowed_origins),
                 keyring,
                 manifest_cache_control,
+                live_manifest_cache_control,
                 max_header_bytes: config.max_header_bytes.as_usize(),
                 metrics,
             }),
@@ -294,11 +300,12 @@ async fn play(
         [playback_id, file] => {
             serve(&state, &ask, playback_id, None, Target::top_level(file)).await
         }
-        // What the top-level manifests name: media of one version.
-        [playback_id, version, rendition, file] => match parse_version(version) {
-            Some(version) => {
+        // What the top-level manifests name: media of one version (or of
+        // one publish session of a live stream).
+        [playback_id, pin, rendition, file] => match parse_pin(pin) {
+            Some(pin) => {
                 let target = Target::in_rendition(rendition, file);
-                serve(&state, &ask, playback_id, Some(version), target).await
+                serve(&state, &ask, playback_id, Some(pin), target).await
             }
             None => OriginError::NotFound.into_response(),
         },
@@ -312,15 +319,39 @@ async fn play(
     }
 }
 
-/// `v{n}` (canonical digits, n >= 1) as a version number.
+/// Which media a four-part URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pin {
+    /// `v{n}`: an asset's output version.
+    Version(u32),
+    /// `s{n}`: a live stream's publish session.
+    Session(u32),
+}
+
+/// `v{n}` or `s{n}` (canonical digits, n >= 1).
+fn parse_pin(part: &str) -> Option<Pin> {
+    let number = |digits: &str| -> Option<u32> {
+        let n: u32 = digits
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| digits.parse().ok())
+            .flatten()?;
+        (n >= 1 && n.to_string() == digits).then_some(n)
+    };
+    match part.split_at_checked(1)? {
+        ("v", digits) => number(digits).map(Pin::Version),
+        ("s", digits) => number(digits).map(Pin::Session),
+        _ => None,
+    }
+}
+
+/// `v{n}` as a version number.
+#[cfg(test)]
 fn parse_version(part: &str) -> Option<u32> {
-    let digits = part.strip_prefix('v')?;
-    let version: u32 = digits
-        .bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| digits.parse().ok())
-        .flatten()?;
-    (version >= 1 && version.to_string() == digits).then_some(version)
+    match parse_pin(part)? {
+        Pin::Version(version) => Some(version),
+        Pin::Session(_) => None,
+    }
 }
 
 async fn unknown() -> Response {
@@ -348,21 +379,21 @@ async fn serve(
     state: &OriginState,
     ask: &Ask,
     playback_id: &str,
-    pinned: Option<u32>,
+    pinned: Option<Pin>,
     target: Option<Target>,
 ) -> Response {
     let class = target
         .as_ref()
         .map(|t| class_index(t.class()))
         .unwrap_or(CLASS_OTHER);
-    let mut asset = None;
-    let mut response = match serve_object(state, ask, playback_id, pinned, target, &mut asset).await
-    {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    };
-    if let Some(id) = asset {
-        if let Ok(value) = HeaderValue::from_str(&format!("asset-{id}")) {
+    let mut surrogate = None;
+    let mut response =
+        match serve_object(state, ask, playback_id, pinned, target, &mut surrogate).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        };
+    if let Some(key) = surrogate {
+        if let Ok(value) = HeaderValue::from_str(&key) {
             response
                 .headers_mut()
                 .insert(SURROGATE_KEY.clone(), value.clone());
@@ -380,43 +411,60 @@ fn now_unix() -> u64 {
         .unwrap_or_default()
 }
 
+/// Checks the request's playback token when `signed`; the token to carry
+/// into rewritten manifests.
+fn check_token<'a>(
+    inner: &Inner,
+    ask: &'a Ask,
+    playback_id: &PlaybackId,
+    signed: bool,
+) -> Result<Option<&'a str>, OriginError> {
+    if !signed {
+        return Ok(None);
+    }
+    let token = ask.token.as_deref().ok_or(OriginError::TokenRequired)?;
+    inner
+        .keyring
+        .verify(playback_id, token, now_unix())
+        .map_err(|e| match e {
+            TokenError::Expired => OriginError::TokenExpired,
+            TokenError::Malformed | TokenError::UnknownKey | TokenError::BadSignature => {
+                OriginError::TokenInvalid
+            }
+        })?;
+    Ok(Some(token))
+}
+
 async fn serve_object(
     state: &OriginState,
     ask: &Ask,
     playback_id: &str,
-    pinned: Option<u32>,
+    pinned: Option<Pin>,
     target: Option<Target>,
-    asset_out: &mut Option<AssetId>,
+    surrogate: &mut Option<String>,
 ) -> Result<Response, OriginError> {
     let playback_id: PlaybackId = playback_id.parse().map_err(|_| OriginError::NotFound)?;
     let target = target.ok_or(OriginError::NotFound)?;
     let inner = &state.inner;
-    let asset = inner
+    let playable = inner
         .resolver
         .resolve(&playback_id)
         .await?
         .ok_or(OriginError::NotFound)?;
-    *asset_out = Some(asset.id);
-    let token = if asset.signed {
-        let token = ask.token.as_deref().ok_or(OriginError::TokenRequired)?;
-        inner
-            .keyring
-            .verify(&playback_id, token, now_unix())
-            .map_err(|e| match e {
-                TokenError::Expired => OriginError::TokenExpired,
-                TokenError::Malformed | TokenError::UnknownKey | TokenError::BadSignature => {
-                    OriginError::TokenInvalid
-                }
-            })?;
-        Some(token)
-    } else {
-        None
+    let asset = match playable.as_ref() {
+        Playable::Asset(asset) => asset,
+        Playable::Live(live) => {
+            *surrogate = Some(format!("live-{}", live.id));
+            return serve_live(state, ask, &playback_id, live, pinned, target).await;
+        }
     };
+    *surrogate = Some(format!("asset-{}", asset.id));
+    let token = check_token(inner, ask, &playback_id, asset.signed)?;
     let published = asset.published_version.ok_or(OriginError::AssetNotReady)?;
     // Media of the published version or an earlier one (a manifest cached
     // before a replacement still plays); never of one not published yet.
     let version = match pinned {
-        Some(version) if version <= published => version,
+        Some(Pin::Version(version)) if version <= published => version,
         Some(_) => return Err(OriginError::NotFound),
         None => published,
     };
@@ -439,6 +487,53 @@ async fn serve_object(
     match inner.tier.lookup(&key).await? {
         Lookup::Found(object) => from_memory(ask, class, &object, rewrite, cache_control),
         Lookup::TooLarge => streamed(state, ask, class, &key, cache_control).await,
+    }
+}
+
+/// A live stream's object. Manifests exist only while a broadcast is under
+/// way and are cached half a segment at most; segments are immutable
+/// (their numbers are never reused on a stream); a missing live object is
+/// never cached, since it may be about to exist.
+async fn serve_live(
+    state: &OriginState,
+    ask: &Ask,
+    playback_id: &PlaybackId,
+    live: &LiveInfo,
+    pinned: Option<Pin>,
+    target: Target,
+) -> Result<Response, OriginError> {
+    let inner = &state.inner;
+    let token = check_token(inner, ask, playback_id, live.signed)?;
+    let key = match (&target, pinned) {
+        (Target::Master, None) => ObjectKey::live_master(live.id),
+        (Target::Mpd, None) => ObjectKey::live_manifest(live.id),
+        (Target::MediaPlaylist(r), None) => ObjectKey::live_media_playlist(live.id, r),
+        (Target::Init(r), Some(Pin::Session(n))) => ObjectKey::live_init_segment(live.id, n, r),
+        (Target::Segment(r, seq), Some(Pin::Session(n))) => {
+            ObjectKey::live_media_segment(live.id, n, r, *seq)
+        }
+        _ => return Err(OriginError::NotFound),
+    };
+    let class = target.class();
+    let manifest = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
+    if manifest && !live.on_air {
+        return Err(OriginError::StreamIdle);
+    }
+    let cache_control = match (live.signed, manifest) {
+        (true, true) => SIGNED_MANIFEST,
+        (true, false) => SIGNED_IMMUTABLE,
+        (false, true) => inner.live_manifest_cache_control.clone(),
+        (false, false) => IMMUTABLE,
+    };
+    let rewrite = http::Rewrite {
+        prefix: None,
+        token,
+    };
+    match inner.tier.lookup(&key).await {
+        Ok(Lookup::Found(object)) => from_memory(ask, class, &object, rewrite, cache_control),
+        Ok(Lookup::TooLarge) => streamed(state, ask, class, &key, cache_control).await,
+        Err(OriginError::NotFound) => Err(OriginError::LiveNotYet),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Playback id -> asset, with a short-lived in-memory cache so Postgres is
-//! asked once per playback id every `asset_ttl`, not once per segment.
+//! Playback id -> asset or live stream, with a short-lived in-memory cache
+//! so Postgres is asked once per playback id every `asset_ttl`, not once
+//! per segment.
 //! Concurrent lookups of one id share one query. When Postgres cannot
 //! answer, the last answer (kept `asset_stale_ttl`) is used instead
 //! (stale-if-error), so playback outlives a database outage.
@@ -7,7 +8,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use cascade_schemas::{AssetId, AssetState, PlaybackId};
+use cascade_schemas::{AssetId, AssetState, LiveStreamId, PlaybackId};
 use deadpool_postgres::Pool;
 
 use crate::error::OriginError;
@@ -25,11 +26,28 @@ pub(crate) struct AssetInfo {
     pub(crate) published_version: Option<u32>,
 }
 
+/// What the origin needs to know about a live stream to serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LiveInfo {
+    pub(crate) id: LiveStreamId,
+    /// Playback needs a token.
+    pub(crate) signed: bool,
+    /// A broadcast is under way: its manifests are served.
+    pub(crate) on_air: bool,
+}
+
+/// What a playback id names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Playable {
+    Asset(AssetInfo),
+    Live(LiveInfo),
+}
+
 pub(crate) struct Resolver {
     pool: Pool,
-    cache: moka::future::Cache<PlaybackId, Option<Arc<AssetInfo>>>,
+    cache: moka::future::Cache<PlaybackId, Option<Arc<Playable>>>,
     /// Every answer Postgres gave, for `asset_stale_ttl`.
-    last_known: moka::future::Cache<PlaybackId, Option<Arc<AssetInfo>>>,
+    last_known: moka::future::Cache<PlaybackId, Option<Arc<Playable>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -52,11 +70,11 @@ impl Resolver {
         }
     }
 
-    /// The asset behind a playback id; `None` when there is none.
+    /// The asset or live stream behind a playback id; `None` when there is none.
     pub(crate) async fn resolve(
         &self,
         playback_id: &PlaybackId,
-    ) -> Result<Option<Arc<AssetInfo>>, OriginError> {
+    ) -> Result<Option<Arc<Playable>>, OriginError> {
         match self
             .cache
             .try_get_with(playback_id.clone(), self.query(playback_id))
@@ -73,10 +91,7 @@ impl Resolver {
         }
     }
 
-    async fn query(
-        &self,
-        playback_id: &PlaybackId,
-    ) -> Result<Option<Arc<AssetInfo>>, LookupFailed> {
+    async fn query(&self, playback_id: &PlaybackId) -> Result<Option<Arc<Playable>>, LookupFailed> {
         self.metrics.asset_lookups.fetch_add(1, Relaxed);
         let failed = |what: &str, error: &dyn std::fmt::Display| {
             self.metrics.asset_lookup_errors.fetch_add(1, Relaxed);
@@ -84,9 +99,15 @@ impl Resolver {
             LookupFailed
         };
         let client = self.pool.get().await.map_err(|e| failed("pool", &e))?;
+        // Assets and live streams draw playback ids from one random space.
         let row = client
             .query_opt(
-                "SELECT id, playback_policy, state, published_version FROM assets WHERE playback_id = $1 AND deleted_at IS NULL",
+                "SELECT false AS live, id, playback_policy, state, published_version, false AS on_air
+                 FROM assets WHERE playback_id = $1 AND deleted_at IS NULL
+                 UNION ALL
+                 SELECT true, id, playback_policy, state, NULL, broadcast_id IS NOT NULL
+                 FROM live_streams WHERE playback_id = $1 AND deleted_at IS NULL
+                 LIMIT 1",
                 &[&playback_id.as_str()],
             )
             .await
@@ -95,21 +116,31 @@ impl Resolver {
             self.last_known.insert(playback_id.clone(), None).await;
             return Ok(None);
         };
-        let state: String = row.try_get("state").map_err(|e| failed("row", &e))?;
-        let state: AssetState = state.parse().map_err(|e| failed("state", &e))?;
         let policy: String = row
             .try_get("playback_policy")
             .map_err(|e| failed("row", &e))?;
-        let version: Option<i32> = row
-            .try_get("published_version")
-            .map_err(|e| failed("row", &e))?;
         let id: uuid::Uuid = row.try_get("id").map_err(|e| failed("row", &e))?;
-        let found = Some(Arc::new(AssetInfo {
-            id: AssetId::from(id),
-            state,
-            signed: policy == "signed",
-            published_version: version.and_then(|v| u32::try_from(v).ok()),
-        }));
+        let live: bool = row.try_get("live").map_err(|e| failed("row", &e))?;
+        let playable = if live {
+            Playable::Live(LiveInfo {
+                id: LiveStreamId::from(id),
+                signed: policy == "signed",
+                on_air: row.try_get("on_air").map_err(|e| failed("row", &e))?,
+            })
+        } else {
+            let state: String = row.try_get("state").map_err(|e| failed("row", &e))?;
+            let state: AssetState = state.parse().map_err(|e| failed("state", &e))?;
+            let version: Option<i32> = row
+                .try_get("published_version")
+                .map_err(|e| failed("row", &e))?;
+            Playable::Asset(AssetInfo {
+                id: AssetId::from(id),
+                state,
+                signed: policy == "signed",
+                published_version: version.and_then(|v| u32::try_from(v).ok()),
+            })
+        };
+        let found = Some(Arc::new(playable));
         self.last_known
             .insert(playback_id.clone(), found.clone())
             .await;

@@ -72,16 +72,22 @@ impl From<&LoadError> for OriginError {
 struct TierExpiry {
     negative: Duration,
     manifest: Duration,
+    /// Live manifests change every segment, and live segments appear while
+    /// players ask for them: both are remembered only this long.
+    live: Duration,
 }
 
 impl Expiry<ObjectKey, Entry> for TierExpiry {
     fn expire_after_create(&self, key: &ObjectKey, value: &Entry, _: Instant) -> Option<Duration> {
-        match value {
-            Entry::Missing => Some(self.negative),
-            _ => match key.class() {
-                ObjectClass::HlsPlaylist | ObjectClass::DashManifest => Some(self.manifest),
-                _ => None,
-            },
+        let manifest = matches!(
+            key.class(),
+            ObjectClass::HlsPlaylist | ObjectClass::DashManifest
+        );
+        match (value, key.is_live(), manifest) {
+            (Entry::Missing, true, _) | (_, true, true) => Some(self.live),
+            (Entry::Missing, false, _) => Some(self.negative),
+            (_, false, true) => Some(self.manifest),
+            _ => None,
         }
     }
 }
@@ -114,6 +120,7 @@ impl Tier {
             .expire_after(TierExpiry {
                 negative: config.negative_ttl,
                 manifest: config.manifest_ttl,
+                live: config.live_cache_ttl,
             })
             .eviction_listener(move |_key, _value, cause| match cause {
                 RemovalCause::Size => {

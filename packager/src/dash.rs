@@ -1,4 +1,5 @@
-//! Static DASH MPDs (ISO/IEC 23009-1) for CMAF renditions.
+//! Static DASH MPDs (ISO/IEC 23009-1) for CMAF renditions, and dynamic
+//! ones for live presentations ([`render_live_mpd`]).
 //!
 //! One Period, one video AdaptationSet and one audio AdaptationSet, with
 //! `SegmentTemplate` + `SegmentTimeline` addressing. Representations are
@@ -76,18 +77,24 @@ pub fn render_mpd(renditions: &[Rendition], layout: &UriLayout) -> Result<String
     );
     let mut adaptation_set_id = 0;
     if !videos.is_empty() {
-        write_video_set(&mut xml, adaptation_set_id, &videos, layout);
+        write_video_set(&mut xml, adaptation_set_id, &videos, layout, 0.0);
         adaptation_set_id += 1;
     }
     if !audios.is_empty() {
-        write_audio_set(&mut xml, adaptation_set_id, &audios, layout);
+        write_audio_set(&mut xml, adaptation_set_id, &audios, layout, 0.0);
     }
     xml.close(1, "Period");
     xml.close(0, "MPD");
     Ok(xml.text)
 }
 
-fn write_video_set(xml: &mut Xml, id: u32, videos: &[(&Rendition, u64)], layout: &UriLayout) {
+fn write_video_set(
+    xml: &mut Xml,
+    id: u32,
+    videos: &[(&Rendition, u64)],
+    layout: &UriLayout,
+    media_offset: f64,
+) {
     let mut max_width = 0;
     let mut max_height = 0;
     let mut max_frame_rate: Option<Rational> = None;
@@ -118,7 +125,7 @@ fn write_video_set(xml: &mut Xml, id: u32, videos: &[(&Rendition, u64)], layout:
     xml.open(2, "AdaptationSet", &attributes);
     let shared = shared_timeline(videos);
     if shared {
-        write_segment_template(xml, 3, videos[0].0, layout);
+        write_segment_template(xml, 3, videos[0].0, layout, media_offset);
     }
     for (video, bandwidth) in videos {
         let mut attributes = vec![
@@ -141,14 +148,20 @@ fn write_video_set(xml: &mut Xml, id: u32, videos: &[(&Rendition, u64)], layout:
             xml.empty(3, "Representation", &attributes);
         } else {
             xml.open(3, "Representation", &attributes);
-            write_segment_template(xml, 4, video, layout);
+            write_segment_template(xml, 4, video, layout, media_offset);
             xml.close(3, "Representation");
         }
     }
     xml.close(2, "AdaptationSet");
 }
 
-fn write_audio_set(xml: &mut Xml, id: u32, audios: &[(&Rendition, u64)], layout: &UriLayout) {
+fn write_audio_set(
+    xml: &mut Xml,
+    id: u32,
+    audios: &[(&Rendition, u64)],
+    layout: &UriLayout,
+    media_offset: f64,
+) {
     xml.open(
         2,
         "AdaptationSet",
@@ -163,7 +176,7 @@ fn write_audio_set(xml: &mut Xml, id: u32, audios: &[(&Rendition, u64)], layout:
     );
     let shared = shared_timeline(audios);
     if shared {
-        write_segment_template(xml, 3, audios[0].0, layout);
+        write_segment_template(xml, 3, audios[0].0, layout, media_offset);
     }
     for (audio, bandwidth) in audios {
         let mut attributes = vec![
@@ -192,11 +205,167 @@ fn write_audio_set(xml: &mut Xml, id: u32, audios: &[(&Rendition, u64)], layout:
             );
         }
         if !shared {
-            write_segment_template(xml, 4, audio, layout);
+            write_segment_template(xml, 4, audio, layout, media_offset);
         }
         xml.close(3, "Representation");
     }
     xml.close(2, "AdaptationSet");
+}
+
+/// One Period of a live presentation: a publish session's renditions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivePeriod {
+    /// `Period@id` (stable while the Period is listed).
+    pub id: String,
+    /// Milliseconds from `availabilityStartTime` to the session's first frame.
+    pub start_millis: u64,
+    /// Media time (seconds) of the session's first frame: the timeline of a
+    /// broadcast runs on across its sessions.
+    pub media_offset: f64,
+    /// Where its files are, relative to the MPD (`BaseURL`, ending in `/`).
+    pub base_url: String,
+    /// Renditions with the segments of this Period still in the window, and
+    /// each one's declared `@bandwidth`.
+    pub renditions: Vec<(Rendition, u64)>,
+}
+
+/// A dynamic MPD (ISO/IEC 23009-1 5.4, `type="dynamic"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveMpd {
+    /// `availabilityStartTime`: the wall clock media time 0 stands for.
+    pub availability_start: chrono::DateTime<chrono::Utc>,
+    /// `publishTime`: when this version was written; also the `UTCTiming`
+    /// clock (`urn:mpeg:dash:utc:direct:2014`), late by at most the MPD's
+    /// age, which only makes players ask later, never too early.
+    pub publish_time: chrono::DateTime<chrono::Utc>,
+    /// `minimumUpdatePeriod`, in milliseconds.
+    pub minimum_update_period_millis: u64,
+    /// `timeShiftBufferDepth` (the DVR window), in milliseconds.
+    pub time_shift_buffer_millis: u64,
+    /// `suggestedPresentationDelay`, in milliseconds.
+    pub suggested_delay_millis: u64,
+    /// `minBufferTime`, in milliseconds.
+    pub min_buffer_millis: u64,
+    /// Periods, oldest first.
+    pub periods: Vec<LivePeriod>,
+    /// The broadcast ended: no more updates, `mediaPresentationDuration` set.
+    pub ended: bool,
+}
+
+/// Renders a dynamic MPD: one Period per publish session in the window,
+/// each with its own `BaseURL` and `presentationTimeOffset`, addressed
+/// by `SegmentTemplate` + `SegmentTimeline` as the static MPD is.
+pub fn render_live_mpd(mpd: &LiveMpd, layout: &UriLayout) -> Result<String> {
+    layout.validate()?;
+    if mpd
+        .periods
+        .iter()
+        .all(|period| period.renditions.is_empty())
+    {
+        return Err(Error::NothingToDescribe("no renditions for the MPD"));
+    }
+    let time =
+        |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut attributes = vec![
+        ("xmlns", "urn:mpeg:dash:schema:mpd:2011".to_owned()),
+        ("profiles", PROFILES.to_owned()),
+        ("type", "dynamic".to_owned()),
+        ("availabilityStartTime", time(&mpd.availability_start)),
+        ("publishTime", time(&mpd.publish_time)),
+        (
+            "timeShiftBufferDepth",
+            xs_duration(mpd.time_shift_buffer_millis),
+        ),
+        ("minBufferTime", xs_duration(mpd.min_buffer_millis)),
+        (
+            "suggestedPresentationDelay",
+            xs_duration(mpd.suggested_delay_millis),
+        ),
+    ];
+    if mpd.ended {
+        let end = mpd
+            .periods
+            .iter()
+            .flat_map(|period| {
+                period.renditions.iter().map(move |(rendition, _)| {
+                    let media_end = rendition.end() as f64 / f64::from(rendition.timescale.max(1));
+                    period.start_millis as f64 / 1000.0 + (media_end - period.media_offset)
+                })
+            })
+            .fold(0.0f64, f64::max);
+        attributes.push((
+            "mediaPresentationDuration",
+            xs_duration((end * 1000.0).ceil() as u64),
+        ));
+    } else {
+        attributes.push((
+            "minimumUpdatePeriod",
+            xs_duration(mpd.minimum_update_period_millis),
+        ));
+    }
+    let mut xml = Xml::default();
+    xml.line(0, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    xml.open(0, "MPD", &attributes);
+    for period in &mpd.periods {
+        if period.renditions.is_empty() {
+            continue;
+        }
+        for (rendition, _) in &period.renditions {
+            rendition.validate()?;
+        }
+        xml.open(
+            1,
+            "Period",
+            &[
+                ("id", period.id.clone()),
+                ("start", xs_duration(period.start_millis)),
+            ],
+        );
+        xml.line(
+            2,
+            &format!("<BaseURL>{}</BaseURL>", escape_attribute(&period.base_url)),
+        );
+        let mut sorted: Vec<(&Rendition, u64)> = period
+            .renditions
+            .iter()
+            .map(|(rendition, bandwidth)| (rendition, *bandwidth))
+            .collect();
+        sorted.sort_by_key(|(_, bandwidth)| *bandwidth);
+        let (videos, audios): (Vec<_>, Vec<_>) = sorted
+            .into_iter()
+            .partition(|(rendition, _)| rendition.is_video());
+        let mut adaptation_set_id = 0;
+        if !videos.is_empty() {
+            write_video_set(
+                &mut xml,
+                adaptation_set_id,
+                &videos,
+                layout,
+                period.media_offset,
+            );
+            adaptation_set_id += 1;
+        }
+        if !audios.is_empty() {
+            write_audio_set(
+                &mut xml,
+                adaptation_set_id,
+                &audios,
+                layout,
+                period.media_offset,
+            );
+        }
+        xml.close(1, "Period");
+    }
+    xml.empty(
+        1,
+        "UTCTiming",
+        &[
+            ("schemeIdUri", "urn:mpeg:dash:utc:direct:2014".to_owned()),
+            ("value", time(&mpd.publish_time)),
+        ],
+    );
+    xml.close(0, "MPD");
+    Ok(xml.text)
 }
 
 /// Whether all renditions share timescale, numbering and segment times.
@@ -216,23 +385,32 @@ fn shared_timeline(renditions: &[(&Rendition, u64)]) -> bool {
         .all(|(other, _)| other.timescale == first.timescale && times(other) == first_times)
 }
 
-fn write_segment_template(xml: &mut Xml, depth: usize, rendition: &Rendition, layout: &UriLayout) {
-    xml.open(
-        depth,
-        "SegmentTemplate",
-        &[
-            ("timescale", rendition.timescale.to_string()),
-            (
-                "initialization",
-                format!("$RepresentationID$/{}", layout.init_segment),
-            ),
-            (
-                "media",
-                format!("$RepresentationID$/{}", layout.media_segment),
-            ),
-            ("startNumber", rendition.first_sequence_number().to_string()),
-        ],
-    );
+/// `media_offset`: media time (seconds) at the Period's start, written as
+/// `presentationTimeOffset` in the rendition's timescale.
+fn write_segment_template(
+    xml: &mut Xml,
+    depth: usize,
+    rendition: &Rendition,
+    layout: &UriLayout,
+    media_offset: f64,
+) {
+    let mut attributes = vec![
+        ("timescale", rendition.timescale.to_string()),
+        (
+            "initialization",
+            format!("$RepresentationID$/{}", layout.init_segment),
+        ),
+        (
+            "media",
+            format!("$RepresentationID$/{}", layout.media_segment),
+        ),
+        ("startNumber", rendition.first_sequence_number().to_string()),
+    ];
+    let offset_ticks = (media_offset * f64::from(rendition.timescale)).round() as u64;
+    if offset_ticks > 0 {
+        attributes.push(("presentationTimeOffset", offset_ticks.to_string()));
+    }
+    xml.open(depth, "SegmentTemplate", &attributes);
     xml.open(depth + 1, "SegmentTimeline", &[]);
     for run in timeline_runs(&rendition.segments) {
         let mut attributes = Vec::with_capacity(3);
@@ -413,6 +591,94 @@ mod tests {
         assert_eq!(xs_duration(10_010), "PT10.01S");
         assert_eq!(xs_duration(3_723_500), "PT1H2M3.5S");
         assert_eq!(millis_ceil(1001, 30000), 34);
+    }
+
+    fn live_rendition(
+        name: &str,
+        video: bool,
+        timescale: u32,
+        first: u64,
+        count: u64,
+    ) -> Rendition {
+        let duration = 2 * u64::from(timescale);
+        Rendition {
+            name: name.to_owned(),
+            kind: if video {
+                MediaKind::Video {
+                    width: 1280,
+                    height: 720,
+                    frame_rate: Rational::new(30, 1).unwrap(),
+                }
+            } else {
+                MediaKind::Audio {
+                    sample_rate: 48_000,
+                    channels: 2,
+                }
+            },
+            codecs: if video { "avc1.64001f" } else { "mp4a.40.2" }.to_owned(),
+            timescale,
+            segments: (first..first + count)
+                .map(|n| segment(n, n * duration, duration))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn live_mpd_has_a_period_per_session() {
+        let at = |seconds| chrono::DateTime::from_timestamp(seconds, 0).unwrap();
+        let mut mpd = LiveMpd {
+            availability_start: at(1_700_000_000),
+            publish_time: at(1_700_000_030),
+            minimum_update_period_millis: 2000,
+            time_shift_buffer_millis: 300_000,
+            suggested_delay_millis: 6000,
+            min_buffer_millis: 2000,
+            periods: vec![
+                LivePeriod {
+                    id: "1".to_owned(),
+                    start_millis: 0,
+                    media_offset: 0.0,
+                    base_url: "s1/".to_owned(),
+                    renditions: vec![
+                        (live_rendition("720p", true, 90_000, 1, 5), 2_750_000),
+                        (live_rendition("audio", false, 48_000, 1, 5), 140_000),
+                    ],
+                },
+                LivePeriod {
+                    id: "2".to_owned(),
+                    // Came back 5 s after its media ended (at 12 s).
+                    start_millis: 17_000,
+                    media_offset: 12.0,
+                    base_url: "s2/".to_owned(),
+                    renditions: vec![(live_rendition("720p", true, 90_000, 6, 2), 2_750_000)],
+                },
+            ],
+            ended: false,
+        };
+        let text = render_live_mpd(&mpd, &UriLayout::default()).unwrap();
+        for expected in [
+            r#"type="dynamic""#,
+            r#"availabilityStartTime="2023-11-14T22:13:20.000Z""#,
+            r#"minimumUpdatePeriod="PT2S""#,
+            r#"timeShiftBufferDepth="PT5M0S""#,
+            r#"<Period id="2" start="PT17S">"#,
+            "<BaseURL>s2/</BaseURL>",
+            r#"presentationTimeOffset="1080000""#,
+            r#"startNumber="6""#,
+            r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:direct:2014" value="2023-11-14T22:13:50.000Z"/>"#,
+        ] {
+            assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
+        // The first Period has no offset to state.
+        assert_eq!(text.matches("presentationTimeOffset").count(), 1);
+        mpd.ended = true;
+        let ended = render_live_mpd(&mpd, &UriLayout::default()).unwrap();
+        // Period 2 ends at 17 s + (16 s - 12 s) of media.
+        assert!(
+            ended.contains(r#"mediaPresentationDuration="PT21S""#),
+            "{ended}"
+        );
+        assert!(!ended.contains("minimumUpdatePeriod"));
     }
 
     #[test]

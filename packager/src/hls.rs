@@ -9,8 +9,16 @@
 //! [`render_master_playlist`] lists video rungs in ascending `BANDWIDTH`
 //! order, so players that start with the first variant start cheap and
 //! climb.
+//!
+//! [`LivePlaylist`] is a live media playlist (RFC 8216 section 6.2.2): a
+//! sliding window whose `EXT-X-MEDIA-SEQUENCE` and
+//! `EXT-X-DISCONTINUITY-SEQUENCE` count what slid out, with
+//! `EXT-X-PROGRAM-DATE-TIME` on every segment and a new `EXT-X-MAP` after
+//! each discontinuity (a reconnecting publisher's session has its own init
+//! segments).
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use m3u8_rs::{
     AlternativeMedia, AlternativeMediaType, Map, MasterPlaylist, MediaPlaylist, MediaPlaylistType,
@@ -169,20 +177,42 @@ impl Playlist {
 /// rendition that plays together. Without video, each audio rendition is
 /// its own variant.
 pub fn render_master_playlist(renditions: &[Rendition], layout: &UriLayout) -> Result<String> {
+    let measured: Vec<(Rendition, Bitrates)> = renditions
+        .iter()
+        .map(|rendition| (rendition.clone(), rendition.bitrates()))
+        .collect();
+    render_declared_master_playlist(&measured, layout)
+}
+
+/// [`render_master_playlist`] with each rendition's bitrates given rather
+/// than measured from its segments (a live presentation, whose segments
+/// are still to come, declares what its encoders are capped at).
+pub fn render_declared_master_playlist(
+    renditions: &[(Rendition, Bitrates)],
+    layout: &UriLayout,
+) -> Result<String> {
+    let bitrates_of = |rendition: &Rendition| {
+        renditions
+            .iter()
+            .find(|(r, _)| std::ptr::eq(r, rendition))
+            .map(|(_, b)| *b)
+            .unwrap_or_default()
+    };
+    let renditions: Vec<&Rendition> = renditions.iter().map(|(r, _)| r).collect();
     layout.validate()?;
     if renditions.is_empty() {
         return Err(Error::NothingToDescribe(
             "no renditions for the master playlist",
         ));
     }
-    for rendition in renditions {
+    for rendition in &renditions {
         rendition.validate()?;
     }
     let playlist_uri =
         |rendition: &Rendition| format!("{}/{}", rendition.name, layout.media_playlist);
 
     let (videos, audios): (Vec<&Rendition>, Vec<&Rendition>) = renditions
-        .iter()
+        .into_iter()
         .partition(|rendition| rendition.is_video());
 
     let mut master = MasterPlaylist {
@@ -193,7 +223,7 @@ pub fn render_master_playlist(renditions: &[Rendition], layout: &UriLayout) -> R
 
     if videos.is_empty() {
         for audio in audios {
-            let bitrates = audio.bitrates();
+            let bitrates = bitrates_of(audio);
             master.variants.push(VariantStream {
                 uri: playlist_uri(audio),
                 bandwidth: bitrates.peak,
@@ -208,7 +238,7 @@ pub fn render_master_playlist(renditions: &[Rendition], layout: &UriLayout) -> R
     let mut audio_bitrates = Bitrates::default();
     let mut audio_codecs: Vec<&str> = Vec::new();
     for (index, audio) in audios.iter().enumerate() {
-        let bitrates = audio.bitrates();
+        let bitrates = bitrates_of(audio);
         audio_bitrates.peak = audio_bitrates.peak.max(bitrates.peak);
         audio_bitrates.average = audio_bitrates.average.max(bitrates.average);
         if !audio_codecs.contains(&audio.codecs.as_str()) {
@@ -233,7 +263,7 @@ pub fn render_master_playlist(renditions: &[Rendition], layout: &UriLayout) -> R
     let mut variants: Vec<VariantStream> = videos
         .iter()
         .map(|video| {
-            let bitrates = video.bitrates();
+            let bitrates = bitrates_of(video);
             let mut codecs = vec![video.codecs.as_str()];
             codecs.extend(&audio_codecs);
             let (resolution, frame_rate) = match video.kind {
@@ -270,6 +300,112 @@ pub fn render_master_playlist(renditions: &[Rendition], layout: &UriLayout) -> R
     variants.sort_by_key(|variant| (variant.bandwidth, variant.average_bandwidth));
     master.variants = variants;
     Ok(write_text(|buffer| master.write_to(buffer)))
+}
+
+/// One segment of a [`LivePlaylist`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSegment {
+    /// Number, timing and size.
+    pub info: SegmentInfo,
+    /// Its URI, relative to the playlist.
+    pub uri: String,
+    /// Its init segment's URI, relative to the playlist.
+    pub init_uri: String,
+    /// Wall clock of its first frame at ingest (`EXT-X-PROGRAM-DATE-TIME`).
+    pub program_time: chrono::DateTime<chrono::Utc>,
+    /// The first segment after a break in the timeline or the encoding
+    /// (a publisher's reconnect).
+    pub discontinuity: bool,
+}
+
+/// A live media playlist: the newest segments of a growing presentation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivePlaylist {
+    /// Ticks per second of the segments' timing.
+    pub timescale: u32,
+    /// The configured segment duration, rounded up to whole seconds: the
+    /// `EXT-X-TARGETDURATION` (it must not change while the stream is live,
+    /// so it only grows if a segment is longer).
+    pub target_duration: u64,
+    /// Discontinuities before the first listed segment.
+    pub discontinuity_sequence: u64,
+    /// The window, oldest first, with consecutive numbers.
+    pub segments: Vec<LiveSegment>,
+    /// The broadcast ended: `EXT-X-ENDLIST`, players stop reloading.
+    pub ended: bool,
+}
+
+impl LivePlaylist {
+    /// `EXT-X-TARGETDURATION`: the configured one, or more if a listed
+    /// segment rounds to more (RFC 8216 4.3.3.1 rounds to the nearest
+    /// integer from protocol version 6).
+    pub fn target_duration(&self) -> u64 {
+        let longest = self
+            .segments
+            .iter()
+            .map(|segment| ticks_to_seconds(segment.info.duration, self.timescale).round() as u64)
+            .max()
+            .unwrap_or(0);
+        self.target_duration.max(longest).max(1)
+    }
+
+    /// The playlist text. Tags are written by hand rather than through
+    /// `m3u8_rs`, which puts `EXT-X-MAP` before `EXT-X-DISCONTINUITY`:
+    /// players (hls.js) that count discontinuities as they read would give
+    /// the new init segment to the old discontinuity.
+    pub fn render(&self) -> Result<String> {
+        if self.timescale == 0 {
+            return Err(Error::InvalidParameter(
+                "playlist timescale must be non-zero",
+            ));
+        }
+        for pair in self.segments.windows(2) {
+            check_consecutive(pair[0].info.sequence_number + 1, &[pair[1].info])?;
+        }
+        let mut text = String::new();
+        let media_sequence = self
+            .segments
+            .first()
+            .map_or(0, |segment| segment.info.sequence_number);
+        let _ = write!(
+            text,
+            "#EXTM3U\n#EXT-X-VERSION:{PROTOCOL_VERSION}\n#EXT-X-INDEPENDENT-SEGMENTS\n\
+             #EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:{media_sequence}\n",
+            self.target_duration()
+        );
+        if self.discontinuity_sequence > 0 {
+            let _ = writeln!(
+                text,
+                "#EXT-X-DISCONTINUITY-SEQUENCE:{}",
+                self.discontinuity_sequence
+            );
+        }
+        let mut current_init: Option<&str> = None;
+        for (index, segment) in self.segments.iter().enumerate() {
+            // A discontinuity as the first line would be one already
+            // counted by the discontinuity sequence.
+            if segment.discontinuity && index > 0 {
+                text.push_str("#EXT-X-DISCONTINUITY\n");
+            }
+            if current_init != Some(segment.init_uri.as_str()) {
+                let _ = writeln!(text, "#EXT-X-MAP:URI=\"{}\"", segment.init_uri);
+                current_init = Some(&segment.init_uri);
+            }
+            let _ = writeln!(
+                text,
+                "#EXT-X-PROGRAM-DATE-TIME:{}",
+                segment
+                    .program_time
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            );
+            let seconds = ticks_to_seconds(segment.info.duration, self.timescale);
+            let _ = writeln!(text, "#EXTINF:{:.5},\n{}", seconds, segment.uri);
+        }
+        if self.ended {
+            text.push_str("#EXT-X-ENDLIST\n");
+        }
+        Ok(text)
+    }
 }
 
 fn write_text(write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> String {
@@ -315,6 +451,69 @@ mod tests {
                 got: 3
             })
         );
+    }
+
+    fn live_segment(sequence: u64, session: u32, discontinuity: bool) -> LiveSegment {
+        LiveSegment {
+            info: segment(sequence, sequence * 180_000, 180_000),
+            uri: format!("../s{session}/720p/{sequence}.m4s"),
+            init_uri: format!("../s{session}/720p/init.mp4"),
+            program_time: chrono::DateTime::from_timestamp(1_700_000_000 + sequence as i64 * 2, 0)
+                .unwrap(),
+            discontinuity,
+        }
+    }
+
+    #[test]
+    fn live_playlist_marks_reconnects_and_parses() {
+        let playlist = LivePlaylist {
+            timescale: 90_000,
+            target_duration: 2,
+            discontinuity_sequence: 1,
+            segments: vec![
+                live_segment(7, 2, true),
+                live_segment(8, 2, false),
+                live_segment(9, 3, true),
+            ],
+            ended: false,
+        };
+        let text = playlist.render().unwrap();
+        assert_eq!(
+            text,
+            "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-TARGETDURATION:2\n\
+             #EXT-X-MEDIA-SEQUENCE:7\n#EXT-X-DISCONTINUITY-SEQUENCE:1\n\
+             #EXT-X-MAP:URI=\"../s2/720p/init.mp4\"\n#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:34.000Z\n\
+             #EXTINF:2.00000,\n../s2/720p/7.m4s\n\
+             #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:36.000Z\n#EXTINF:2.00000,\n../s2/720p/8.m4s\n\
+             #EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"../s3/720p/init.mp4\"\n\
+             #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:38.000Z\n#EXTINF:2.00000,\n../s3/720p/9.m4s\n"
+        );
+        let parsed = m3u8_rs::parse_media_playlist_res(text.as_bytes()).unwrap();
+        assert_eq!(parsed.media_sequence, 7);
+        assert_eq!(parsed.discontinuity_sequence, 1);
+        assert!(parsed.segments[2].discontinuity && !parsed.end_list);
+        let mut ended = playlist.clone();
+        ended.ended = true;
+        assert!(ended.render().unwrap().ends_with("#EXT-X-ENDLIST\n"));
+        let mut gap = playlist;
+        gap.segments[1].info.sequence_number = 10;
+        assert!(gap.render().is_err());
+    }
+
+    #[test]
+    fn live_target_duration_grows_with_a_long_segment() {
+        let mut playlist = LivePlaylist {
+            timescale: 90_000,
+            target_duration: 2,
+            discontinuity_sequence: 0,
+            segments: vec![live_segment(1, 1, false)],
+            ended: false,
+        };
+        // 2.033 s (one frame late) rounds to 2.
+        playlist.segments[0].info.duration = 183_000;
+        assert_eq!(playlist.target_duration(), 2);
+        playlist.segments[0].info.duration = 270_000;
+        assert_eq!(playlist.target_duration(), 3);
     }
 
     #[test]

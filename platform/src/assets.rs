@@ -46,7 +46,17 @@ pub async fn emit(
         )
         .await?;
     let Some(row) = row else { return Ok(()) };
-    let data: serde_json::Value = row.get(0);
+    enqueue_event(client, event_type, row.get(0)).await
+}
+
+/// Queues webhook event `event_type` with `data` (which names its
+/// `environment_id`, so the environment's endpoints get it) in the caller's
+/// transaction.
+pub async fn enqueue_event(
+    client: &impl GenericClient,
+    event_type: &str,
+    data: serde_json::Value,
+) -> Result<(), DbError> {
     let event = serde_json::json!({
         "id": uuid::Uuid::new_v4(),
         "type": event_type,
@@ -227,6 +237,49 @@ pub async fn insert(
         .await?;
     emit(client, "asset.created", id).await?;
     Ok(playback_id)
+}
+
+/// The asset recording part `recorded_from` of a broadcast of live stream
+/// `stream`: created in `processing` (its segments exist already; no
+/// source, no transcode) unless an earlier attempt created it. Returns its
+/// id and whether it is still to be published.
+pub async fn insert_recording(
+    client: &impl GenericClient,
+    environment: EnvironmentId,
+    policy: PlaybackPolicy,
+    stream: cascade_schemas::LiveStreamId,
+    recorded_from: &str,
+    title: &str,
+) -> Result<(AssetId, bool), DbError> {
+    let id = AssetId::new();
+    let inserted = client
+        .query_opt(
+            "INSERT INTO assets (id, environment_id, playback_id, title, playback_policy, state,
+                 live_stream_id, recorded_from)
+             VALUES ($1, $2, $3, $4, $5, 'processing', $6, $7)
+             ON CONFLICT (recorded_from) DO NOTHING RETURNING id",
+            &[
+                &id.as_uuid(),
+                &environment.as_uuid(),
+                &PlaybackId::new().as_str(),
+                &title,
+                &policy.as_str(),
+                &stream.as_uuid(),
+                &recorded_from,
+            ],
+        )
+        .await?;
+    if inserted.is_some() {
+        emit(client, "asset.created", id).await?;
+        return Ok((id, true));
+    }
+    let row = client
+        .query_one(
+            "SELECT id, state = 'processing' AND deleted_at IS NULL FROM assets WHERE recorded_from = $1",
+            &[&recorded_from],
+        )
+        .await?;
+    Ok((AssetId::from(row.get::<_, uuid::Uuid>(0)), row.get(1)))
 }
 
 /// Why a writer could not claim an asset's source.

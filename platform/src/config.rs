@@ -75,6 +75,8 @@ pub struct Config {
     pub transcode: TranscodeConfig,
     /// The creators' API and uploads.
     pub ingest: IngestConfig,
+    /// Live streams: the RTMP listener, the live ladder and packaging.
+    pub live: LiveConfig,
     /// Where asset events are delivered.
     pub webhooks: WebhooksConfig,
     /// The playback origin.
@@ -346,6 +348,15 @@ pub struct OriginConfig {
     /// `Surrogate-Key`). Default `1day`.
     #[serde(with = "humantime_serde")]
     pub manifest_s_maxage: Duration,
+    /// `max-age` (and `s-maxage`) of live manifests: at most half a segment,
+    /// so no CDN serves a live playlist staler than that. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub live_manifest_max_age: Duration,
+    /// How long the memory tier keeps a live manifest, or the absence of a
+    /// live segment (a segment about to exist must not look missing for
+    /// long). Default `250ms`.
+    #[serde(with = "humantime_serde")]
+    pub live_cache_ttl: Duration,
     /// Requests whose headers add up to more than this get 431. Default `16KiB`.
     pub max_header_bytes: ByteSize,
     /// Origins browsers may play from (CORS); `"*"` allows any. Default `["*"]`.
@@ -366,6 +377,8 @@ impl Default for OriginConfig {
             breaker_cooldown: Duration::from_secs(5),
             manifest_max_age: Duration::from_secs(60),
             manifest_s_maxage: Duration::from_secs(86_400),
+            live_manifest_max_age: Duration::from_secs(1),
+            live_cache_ttl: Duration::from_millis(250),
             max_header_bytes: ByteSize(16 * 1024),
             cors_allowed_origins: vec!["*".to_owned()],
         }
@@ -486,6 +499,128 @@ pub struct WebhookEndpoint {
     /// Event types sent here (`asset.created`, `asset.ready`, `asset.errored`); empty means all.
     #[serde(default)]
     pub events: Vec<String>,
+}
+
+/// Live streams: the RTMP listener of the ingest role, the live ladder and
+/// the live packaging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// RTMP listener of the ingest role (port 0: any free port). Default
+    /// `0.0.0.0:1935`.
+    pub rtmp_listen: Option<SocketAddr>,
+    /// The RTMP URL creators are given (OBS's "Server"). Default:
+    /// `rtmp://{host of ingest.public_url}:{port of rtmp_listen}/live`.
+    pub public_rtmp_url: Option<String>,
+    /// This replica's name in a stream's `publisher_node`. Default: the host name.
+    pub node_name: Option<String>,
+    /// Video rungs of the live ladder (never above the source). Default:
+    /// 720p 2.5 Mbit/s, 480p 1.2 Mbit/s, 240p 0.4 Mbit/s.
+    pub ladder: Vec<RungConfig>,
+    /// Target segment duration (and keyframe interval). Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub segment_duration: Duration,
+    /// How far back the live playlists reach (the DVR window). Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// x264 preset of the live ladder. Default `veryfast`.
+    pub preset: String,
+    /// B-frames (each adds a frame of delay). Default `2`.
+    pub b_frames: u32,
+    /// Frames the encoder looks ahead (delay). Default `10`.
+    pub lookahead_frames: u32,
+    /// AAC bitrate of the live audio rendition, bit/s. Default `128000`.
+    pub audio_bitrate: u64,
+    /// Publishers this replica accepts at once; more are refused. Default `4`.
+    pub max_streams: usize,
+    /// Input bitrate above which a publisher is disconnected, bit/s
+    /// (measured over 10 s). Default `20000000`.
+    pub max_input_bitrate: u64,
+    /// Largest input width; wider sources are refused. Default `1920`.
+    pub max_width: u32,
+    /// Largest input height. Default `1080`.
+    pub max_height: u32,
+    /// Largest RTMP message (one video frame) accepted, bytes. Default `8MiB`.
+    pub max_message_size: ByteSize,
+    /// A connection must finish the RTMP handshake and start publishing
+    /// within this. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A publisher that sends nothing for this long is disconnected. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a replica's hold on a stream lasts without renewal (a dead
+    /// replica's streams are free again after it). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub publisher_lease: Duration,
+    /// Reconnect window of new streams when the API does not say. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub default_reconnect_window: Duration,
+    /// How often ended broadcasts and dead publishers are looked for. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        let rung = |name: &str, short_side: u32, bitrate: u64| RungConfig {
+            name: name.to_owned(),
+            short_side,
+            bitrate,
+        };
+        Self {
+            rtmp_listen: Some(SocketAddr::from(([0, 0, 0, 0], 1935))),
+            public_rtmp_url: None,
+            node_name: None,
+            ladder: vec![
+                rung("720p", 720, 2_500_000),
+                rung("480p", 480, 1_200_000),
+                rung("240p", 240, 400_000),
+            ],
+            segment_duration: Duration::from_secs(2),
+            window: Duration::from_secs(300),
+            preset: "veryfast".to_owned(),
+            b_frames: 2,
+            lookahead_frames: 10,
+            audio_bitrate: 128_000,
+            max_streams: 4,
+            max_input_bitrate: 20_000_000,
+            max_width: 1920,
+            max_height: 1080,
+            max_message_size: ByteSize::mib(8),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            publisher_lease: Duration::from_secs(10),
+            default_reconnect_window: Duration::from_secs(60),
+            sweep_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl LiveConfig {
+    /// The transcode settings of the live ladder, from `base` (encoder
+    /// choice, rate control, limits) with the live ladder, segment length,
+    /// keyframe interval, preset and B-frames.
+    pub fn transcode(&self, base: &TranscodeConfig) -> TranscodeConfig {
+        TranscodeConfig {
+            ladder: self.ladder.clone(),
+            segment_duration: self.segment_duration,
+            gop: self.segment_duration,
+            preset: self.preset.clone(),
+            b_frames: self.b_frames,
+            audio_bitrate: self.audio_bitrate,
+            max_frame_rate: base.max_frame_rate.min(60),
+            lookahead_frames: Some(self.lookahead_frames),
+            live: true,
+            ..base.clone()
+        }
+    }
+
+    /// Segments in the sliding window.
+    pub fn window_segments(&self) -> i64 {
+        let segment = self.segment_duration.as_secs_f64().max(0.001);
+        ((self.window.as_secs_f64() / segment).ceil() as i64).max(3)
+    }
 }
 
 /// The creators' API and uploads.
@@ -663,6 +798,14 @@ pub struct TranscodeConfig {
     /// How often progress is written to the asset. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub progress_interval: Duration,
+    /// Frames the encoder may look ahead (`None`: the preset's). Set by
+    /// [`LiveConfig::transcode`], where every frame of lookahead is delay.
+    #[serde(skip)]
+    pub lookahead_frames: Option<u32>,
+    /// Encode for live delivery: a one-second VBV buffer (VOD's is two), so
+    /// segment sizes stay close to the declared bandwidth.
+    #[serde(skip)]
+    pub live: bool,
 }
 
 impl Default for TranscodeConfig {
@@ -692,6 +835,8 @@ impl Default for TranscodeConfig {
             max_dimension: 8192,
             scratch_dir: None,
             progress_interval: Duration::from_secs(1),
+            lookahead_frames: None,
+            live: false,
         }
     }
 }
@@ -909,7 +1054,67 @@ impl Config {
             return Err(invalid("http.header_read_timeout", "must be more than 0s"));
         }
         self.validate_ingest()?;
+        self.validate_live()?;
         self.validate_playback()
+    }
+
+    fn validate_live(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        let l = &self.live;
+        if l.segment_duration < Duration::from_millis(500)
+            || l.segment_duration.subsec_millis() % 100 != 0
+        {
+            return Err(invalid(
+                "live.segment_duration",
+                "must be at least 500ms, in whole tenths of a second",
+            ));
+        }
+        if l.window < l.segment_duration * 3 {
+            return Err(invalid("live.window", "must hold at least 3 segments"));
+        }
+        if l.ladder.is_empty()
+            || l.ladder.iter().any(|r| {
+                r.short_side < 16
+                    || r.short_side % 2 != 0
+                    || r.bitrate == 0
+                    || cascade_schemas::RenditionName::new(r.name.clone()).is_err()
+                    || r.name == "audio"
+            })
+        {
+            return Err(invalid(
+                "live.ladder",
+                "needs at least one rung, each named with 1-32 of a-z, 0-9, '_' and '-' (not \"audio\"), with an even short_side >= 16 and a bitrate",
+            ));
+        }
+        if l.max_streams == 0 {
+            return Err(invalid("live.max_streams", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("live.handshake_timeout", l.handshake_timeout),
+            ("live.idle_timeout", l.idle_timeout),
+            ("live.publisher_lease", l.publisher_lease),
+            ("live.sweep_interval", l.sweep_interval),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be more than 0s"));
+            }
+        }
+        if l.publisher_lease < Duration::from_secs(2) {
+            return Err(invalid("live.publisher_lease", "must be at least 2s"));
+        }
+        if l.default_reconnect_window > Duration::from_secs(1800) {
+            return Err(invalid(
+                "live.default_reconnect_window",
+                "must be at most 30m",
+            ));
+        }
+        if l.max_message_size.0 < 64 * 1024 {
+            return Err(invalid("live.max_message_size", "must be at least 64KiB"));
+        }
+        Ok(())
     }
 
     fn validate_ingest(&self) -> Result<(), ConfigError> {

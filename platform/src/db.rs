@@ -21,11 +21,20 @@ pub enum DbError {
     #[error("database unavailable: {0}")]
     Unavailable(#[from] deadpool_postgres::PoolError),
     /// A statement failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     /// The pool could not be built.
     #[error("cannot build database pool: {0}")]
     Build(String),
+}
+
+/// The server's message when there is one (tokio-postgres's own text is
+/// only "db error"), so logs say what went wrong.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 impl DbError {

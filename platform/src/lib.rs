@@ -8,7 +8,7 @@
 //! - the model layer, typed functions over the rows with the state rules
 //!   enforced in their SQL (every transition a conditional update naming the
 //!   state it leaves): [`environments`], [`api_keys`], [`assets`], [`uploads`],
-//!   [`watch_files`], [`webhook_endpoints`], [`direct_uploads`].
+//!   [`watch_files`], [`webhook_endpoints`], [`direct_uploads`], [`live_streams`].
 //!
 //! Everything here is I/O at the edges of the system; domain names come from
 //! `cascade_schemas`.
@@ -19,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod direct_uploads;
 pub mod environments;
+pub mod live_streams;
 pub mod outbound;
 pub mod playback_token;
 pub mod queue;

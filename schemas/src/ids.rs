@@ -143,6 +143,52 @@ impl FromStr for DirectUploadId {
     }
 }
 
+/// A live stream: a stream key publishers send to, a playback id players
+/// watch, and the broadcasts recorded from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LiveStreamId(uuid::Uuid);
+
+impl LiveStreamId {
+    /// A fresh random live stream id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    /// The UUID stored in Postgres.
+    pub fn as_uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+}
+
+impl Default for LiveStreamId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<uuid::Uuid> for LiveStreamId {
+    fn from(value: uuid::Uuid) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Display for LiveStreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.as_hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for LiveStreamId {
+    type Err = InvalidId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self).map_err(|_| InvalidId {
+            kind: "live stream id",
+            expected: "a UUID",
+        })
+    }
+}
+
 /// The public handle players use. Distinct from [`AssetId`] so playback can
 /// be revoked or re-keyed without touching the asset.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -7,6 +7,11 @@
 //! assets/{asset_id}/v{version}/{rendition}/index.m3u8
 //! assets/{asset_id}/v{version}/{rendition}/init.mp4
 //! assets/{asset_id}/v{version}/{rendition}/{seq}.m4s
+//! live/{stream_id}/master.m3u8                     live HLS master playlist (per broadcast)
+//! live/{stream_id}/manifest.mpd                    dynamic DASH MPD (rewritten per segment)
+//! live/{stream_id}/{rendition}/index.m3u8          sliding-window media playlist
+//! live/{stream_id}/s{session}/{rendition}/init.mp4 init segment of one publish session
+//! live/{stream_id}/s{session}/{rendition}/{seq}.m4s media segments (seq never reused per stream)
 //! uploads/{upload_id}/staged-...                   staged pieces of in-progress tus uploads
 //! tmp/...                                          scratch, expired by lifecycle rule
 //! ```
@@ -18,11 +23,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::AssetId;
+use crate::ids::{AssetId, LiveStreamId};
 use crate::mime;
 
 /// Prefix of every asset's objects.
 pub const ASSETS_PREFIX: &str = "assets/";
+/// Prefix of every live stream's objects.
+pub const LIVE_PREFIX: &str = "live/";
 /// Prefix of in-progress upload data.
 pub const UPLOADS_PREFIX: &str = "uploads/";
 /// Prefix of scratch objects that a lifecycle rule expires.
@@ -217,6 +224,67 @@ impl ObjectKey {
         ))
     }
 
+    /// Everything of one live stream.
+    pub fn live_prefix(stream: LiveStreamId) -> String {
+        format!("{LIVE_PREFIX}{stream}/")
+    }
+
+    /// Everything of one publish session of a live stream.
+    pub fn live_session_prefix(stream: LiveStreamId, session: u32) -> String {
+        format!("{LIVE_PREFIX}{stream}/s{session}/")
+    }
+
+    /// A live stream's HLS master playlist.
+    pub fn live_master(stream: LiveStreamId) -> Self {
+        Self(format!("{}master.m3u8", Self::live_prefix(stream)))
+    }
+
+    /// A live stream's dynamic DASH MPD.
+    pub fn live_manifest(stream: LiveStreamId) -> Self {
+        Self(format!("{}manifest.mpd", Self::live_prefix(stream)))
+    }
+
+    /// A live rendition's sliding-window media playlist.
+    pub fn live_media_playlist(stream: LiveStreamId, rendition: &RenditionName) -> Self {
+        Self(format!(
+            "{}{rendition}/index.m3u8",
+            Self::live_prefix(stream)
+        ))
+    }
+
+    /// A live rendition's init segment in publish session `session`
+    /// (a reconnecting publisher may change codecs, so each has its own).
+    pub fn live_init_segment(
+        stream: LiveStreamId,
+        session: u32,
+        rendition: &RenditionName,
+    ) -> Self {
+        Self(format!(
+            "{}{rendition}/init.mp4",
+            Self::live_session_prefix(stream, session)
+        ))
+    }
+
+    /// A live rendition's media segment `seq` (never reused on a stream,
+    /// so CDNs may cache it forever).
+    pub fn live_media_segment(
+        stream: LiveStreamId,
+        session: u32,
+        rendition: &RenditionName,
+        seq: u64,
+    ) -> Self {
+        Self(format!(
+            "{}{rendition}/{seq}.m4s",
+            Self::live_session_prefix(stream, session)
+        ))
+    }
+
+    /// Whether this key belongs to a live stream (its manifests change
+    /// every segment; its segments appear while players ask for them).
+    pub fn is_live(&self) -> bool {
+        self.0.starts_with(LIVE_PREFIX)
+    }
+
     /// Staged piece `seq` of an in-progress tus upload (a body too small
     /// for a multipart part, or of unknown length), written by the request
     /// holding lease `writer` (so two writers never share a key).
@@ -319,6 +387,35 @@ mod tests {
         assert!(ObjectKey::upload_staged(upload, 1, upload)
             .as_str()
             .starts_with(&ObjectKey::upload_staged_prefix(upload)));
+    }
+
+    #[test]
+    fn live_layout_is_stable() {
+        let stream: LiveStreamId = "8d7c5bde-1d0e-4c43-9d59-0e5f6c2b7a10".parse().unwrap();
+        let r = RenditionName::new("720p").unwrap();
+        let segment = ObjectKey::live_media_segment(stream, 3, &r, 41);
+        assert_eq!(
+            segment.as_str(),
+            "live/8d7c5bde-1d0e-4c43-9d59-0e5f6c2b7a10/s3/720p/41.m4s"
+        );
+        assert_eq!(segment.class(), ObjectClass::MediaSegment);
+        assert!(segment.is_live());
+        assert!(segment
+            .as_str()
+            .starts_with(&ObjectKey::live_session_prefix(stream, 3)));
+        assert_eq!(
+            ObjectKey::live_init_segment(stream, 3, &r).class(),
+            ObjectClass::InitSegment
+        );
+        assert_eq!(
+            ObjectKey::live_media_playlist(stream, &r).as_str(),
+            "live/8d7c5bde-1d0e-4c43-9d59-0e5f6c2b7a10/720p/index.m3u8"
+        );
+        assert_eq!(
+            ObjectKey::live_manifest(stream).class(),
+            ObjectClass::DashManifest
+        );
+        assert!(!ObjectKey::hls_master(AssetId::new(), 1).is_live());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Cascade's shared vocabulary, the bottom layer every other crate points at.
 //!
-//! - [`ids`]: typed identifiers (asset, playback, job, direct upload) parsed from text once;
-//! - [`state`]: asset, job, upload and direct upload states and their allowed
+//! - [`ids`]: typed identifiers (asset, playback, job, direct upload, live stream) parsed from text once;
+//! - [`state`]: asset, job, upload, direct upload and live stream states and their allowed
 //!   spellings in SQL and JSON;
 //! - [`keys`]: the one object-key layout of the object store (no other crate
 //!   formats keys) and [`mime`]: the content type of every object class;
@@ -15,11 +15,11 @@ pub mod migrations;
 pub mod mime;
 pub mod state;
 
-pub use ids::{AssetId, DirectUploadId, EnvironmentId, JobId, PlaybackId};
+pub use ids::{AssetId, DirectUploadId, EnvironmentId, JobId, LiveStreamId, PlaybackId};
 pub use keys::{ObjectClass, ObjectKey, RenditionName};
 pub use state::{
-    AssetState, ConcatKind, DirectUploadProtocol, DirectUploadState, JobState, PlaybackPolicy,
-    UploadState,
+    AssetState, ConcatKind, DirectUploadProtocol, DirectUploadState, JobState, LiveStreamState,
+    PlaybackPolicy, UploadState,
 };
 
 /// Job kinds known to the system. The queue itself is generic over kind
@@ -29,6 +29,9 @@ pub mod job_kind {
     pub const TRANSCODE: &str = "transcode";
     /// Remove a deleted asset's objects and rows once its jobs have stopped.
     pub const PURGE_ASSET: &str = "purge_asset";
+    /// An ended live broadcast: record its segments as a VOD asset, or
+    /// remove them when the stream does not record.
+    pub const FINISH_BROADCAST: &str = "finish_broadcast";
     /// Deliver one webhook event.
     pub const WEBHOOK: &str = "webhook";
     /// Does nothing (optionally sleeps): queue diagnostics and `cascade bench queue`.

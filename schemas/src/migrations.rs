@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "direct_uploads",
         sql: include_str!("../migrations/0009_direct_uploads.sql"),
     },
+    Migration {
+        version: 10,
+        name: "live_streams",
+        sql: include_str!("../migrations/0010_live_streams.sql"),
+    },
 ];
 
 #[cfg(test)]

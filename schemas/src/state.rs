@@ -169,6 +169,18 @@ text_enum!(
     }
 );
 
+text_enum!(
+    /// A live stream's state.
+    LiveStreamState, "live stream state", {
+        /// No publisher: waiting for one to connect with the stream key.
+        Idle => "idle",
+        /// A publisher is connected and the ladder is being published.
+        Active => "active",
+        /// Refuses publishers until enabled again.
+        Disabled => "disabled",
+    }
+);
+
 impl JobState {
     /// Terminal states are never left without an operator's retry.
     pub fn is_terminal(&self) -> bool {
@@ -202,6 +214,9 @@ mod tests {
         }
         for s in DirectUploadProtocol::ALL {
             assert_eq!(s.as_str().parse::<DirectUploadProtocol>().ok(), Some(*s));
+        }
+        for s in LiveStreamState::ALL {
+            assert_eq!(s.as_str().parse::<LiveStreamState>().ok(), Some(*s));
         }
         assert!(DirectUploadState::Expired.is_closed() && !DirectUploadState::Complete.is_closed());
         for s in PlaybackPolicy::ALL {

@@ -75,7 +75,9 @@ pub(crate) async fn transcode_to_dir(
     };
     while let Some(event) = received.recv().await {
         match event {
-            Event::Init { rendition, bytes } => {
+            Event::Init {
+                rendition, bytes, ..
+            } => {
                 std::fs::create_dir_all(dir.join(&rendition))?;
                 std::fs::write(dir.join(&rendition).join("init.mp4"), &bytes)?;
             }
@@ -83,8 +85,9 @@ pub(crate) async fn transcode_to_dir(
                 rendition,
                 sequence,
                 bytes,
+                ..
             } => std::fs::write(dir.join(&rendition).join(format!("{sequence}.m4s")), &bytes)?,
-            Event::Probed { .. } | Event::Progress(_) => {}
+            Event::Probed { .. } | Event::Progress(_) | Event::Source(_) => {}
         }
     }
     pipeline

@@ -1,11 +1,14 @@
-//! Cascade's workers: the job runner that executes queued jobs, and (next)
-//! the transcoder that turns an asset's source into a CMAF ladder.
+//! Cascade's workers: the job runner that executes queued jobs, the
+//! transcoder that turns an asset's source into a CMAF ladder, and the live
+//! ladder of RTMP streams (run by the ingest process holding the
+//! connection, see [`live`]).
 //!
 //! The runner claims jobs from the Postgres queue (`cascade_platform::queue`),
 //! keeps each lease alive with heartbeats while its handler runs, and reports
 //! the outcome. A handler says whether a failure is worth retrying; the queue
 //! applies backoff and dead-lettering. FFmpeg types stay inside this crate.
 
+pub mod live;
 pub mod noop;
 pub mod purge;
 pub mod runner;

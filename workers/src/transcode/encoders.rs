@@ -165,6 +165,9 @@ pub fn open_video(
         RateControl::Vbr => (Some(bitrate), bitrate * 3 / 2, bitrate * 2),
         RateControl::Cbr => (Some(bitrate), bitrate, bitrate),
     };
+    // Live: one second of buffer, so no segment strays far above the
+    // bandwidth the master playlist declares before it is measured.
+    let buffer = if config.live { max } else { buffer };
     if let Some(target) = target {
         video.set_bit_rate(target);
     }
@@ -197,9 +200,13 @@ pub fn open_video(
             options.set(
                 "x264-params",
                 &format!(
-                    "keyint={}:min-keyint={}:scenecut=0:open-gop=0:b-pyramid=none",
+                    "keyint={}:min-keyint={}:scenecut=0:open-gop=0:b-pyramid=none{}",
                     settings.gop_frames * 2,
-                    settings.gop_frames
+                    settings.gop_frames,
+                    config
+                        .lookahead_frames
+                        .map(|frames| format!(":rc-lookahead={frames}"))
+                        .unwrap_or_default()
                 ),
             );
             options.set("forced-idr", "1");

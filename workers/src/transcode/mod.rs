@@ -222,6 +222,7 @@ impl Inner {
                         .await
                         .map_err(|e| e.to_string())
                 }
+                pipeline::Event::Source(_) => Ok(()),
                 pipeline::Event::Progress(seconds) => {
                     let percent = duration
                         .map(|d| (seconds / d * 100.0) as f32)
@@ -231,7 +232,9 @@ impl Inner {
                         .await
                         .map_err(|e| e.to_string())
                 }
-                pipeline::Event::Init { rendition, bytes } => match RenditionName::new(rendition) {
+                pipeline::Event::Init {
+                    rendition, bytes, ..
+                } => match RenditionName::new(rendition) {
                     Ok(name) => {
                         self.put(
                             ObjectKey::init_segment(job.asset_id, job.version, &name),
@@ -245,6 +248,7 @@ impl Inner {
                     rendition,
                     sequence,
                     bytes,
+                    ..
                 } => match RenditionName::new(rendition) {
                     Ok(name) => {
                         self.put(

@@ -43,6 +43,8 @@ pub enum Event {
     Init {
         /// Rendition name.
         rendition: String,
+        /// The track it describes (codecs, size, timescale).
+        track: Track,
         /// The bytes.
         bytes: Bytes,
     },
@@ -52,11 +54,48 @@ pub enum Event {
         rendition: String,
         /// Sequence number (the file name).
         sequence: u64,
+        /// Its timing and size.
+        info: packager::SegmentInfo,
         /// The bytes.
         bytes: Bytes,
     },
     /// Seconds of the source transcoded so far.
     Progress(f64),
+    /// What the source carries (sent once, before any init segment).
+    Source(SourceInfo),
+}
+
+/// The streams a source carries, as its decoders see them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SourceInfo {
+    /// The video stream, if any.
+    pub video: Option<VideoInfo>,
+    /// The audio stream, if any.
+    pub audio: Option<AudioInfo>,
+}
+
+/// A source's video stream.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VideoInfo {
+    /// FFmpeg's codec name (`h264`, `hevc`, ...).
+    pub codec: String,
+    /// Displayed width.
+    pub width: u32,
+    /// Displayed height.
+    pub height: u32,
+    /// Frames per second.
+    pub frame_rate: f64,
+}
+
+/// A source's audio stream.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AudioInfo {
+    /// FFmpeg's codec name (`aac`, `mp3`, ...).
+    pub codec: String,
+    /// Samples per second.
+    pub sample_rate: u32,
+    /// Channels.
+    pub channels: u16,
 }
 
 /// What a successful run produced.
@@ -428,7 +467,8 @@ fn build_video_graph(
     Ok(graph)
 }
 
-fn build_audio_graph(source: &AudioSource) -> Result<ff::filter::Graph, ff::Error> {
+/// `start`: seconds the output starts at (a live session's timeline offset).
+fn build_audio_graph(source: &AudioSource, start: f64) -> Result<ff::filter::Graph, ff::Error> {
     let mut graph = ff::filter::Graph::new();
     let decoder = &source.decoder;
     let layout = if decoder.channel_layout().bits() == 0 {
@@ -455,9 +495,10 @@ fn build_audio_graph(source: &AudioSource) -> Result<ff::filter::Graph, ff::Erro
         "",
     )?;
     // Resample to 48 kHz, downmix to stereo, and keep audio on the same clock
-    // as the video: async pads or trims so the output starts at 0.
+    // as the video: async pads or trims so the output starts at `start`.
+    let first_pts = (start * f64::from(AUDIO_RATE)).round() as i64;
     let spec = format!(
-        "aresample={AUDIO_RATE}:async=1:first_pts=0,aformat=sample_fmts=fltp:sample_rates={AUDIO_RATE}:channel_layouts=stereo"
+        "aresample={AUDIO_RATE}:async=1:first_pts={first_pts},aformat=sample_fmts=fltp:sample_rates={AUDIO_RATE}:channel_layouts=stereo"
     );
     graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
     graph.validate()?;
@@ -510,7 +551,21 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> Result<Summary, TranscodeError> {
     super::init_ffmpeg();
-    let mut input = ff::format::input(&path).map_err(|e| input_error_for_open(path, e))?;
+    let input = ff::format::input(&path).map_err(|e| input_error_for_open(path, e))?;
+    run_input(input, config, video_encoder, events, cancel, 0.0)
+}
+
+/// Runs the transcode of an opened input (a file, or a live stream read
+/// through custom I/O). Output timestamps start at `timeline_offset`
+/// seconds (a live broadcast's later sessions continue its timeline).
+pub fn run_input(
+    mut input: ff::format::context::Input,
+    config: &TranscodeConfig,
+    video_encoder: VideoEncoder,
+    events: &mpsc::Sender<Event>,
+    cancel: &AtomicBool,
+    timeline_offset: f64,
+) -> Result<Summary, TranscodeError> {
     let container_duration =
         (input.duration() > 0).then(|| input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
     send(
@@ -521,6 +576,22 @@ pub fn run(
     )?;
 
     let (mut video, mut audio) = open_sources(&input, config)?;
+    send(
+        events,
+        Event::Source(SourceInfo {
+            video: video.as_ref().map(|v| VideoInfo {
+                codec: v.decoder.id().name().to_owned(),
+                width: v.display_width,
+                height: v.display_height,
+                frame_rate: f64::from(v.frame_rate),
+            }),
+            audio: audio.as_ref().map(|a| AudioInfo {
+                codec: a.decoder.id().name().to_owned(),
+                sample_rate: a.decoder.rate(),
+                channels: a.decoder.channels(),
+            }),
+        }),
+    )?;
 
     // Plan the ladder and open one encoder per rung.
     let segment_duration =
@@ -588,6 +659,7 @@ pub fn run(
                 events,
                 Event::Init {
                     rendition: rung.name.clone(),
+                    track: segmenter.track().clone(),
                     bytes: segmenter.init_segment(),
                 },
             )?;
@@ -610,7 +682,7 @@ pub fn run(
     let mut audio_out = None;
     if let Some(source) = &audio {
         audio_graph = Some(
-            build_audio_graph(source)
+            build_audio_graph(source, timeline_offset)
                 .map_err(|e| TranscodeError::internal("building the audio filter graph", e))?,
         );
         let encoder = encoders::open_audio(config.audio_bitrate)
@@ -623,6 +695,7 @@ pub fn run(
             events,
             Event::Init {
                 rendition: AUDIO_RENDITION.to_owned(),
+                track: segmenter.track().clone(),
                 bytes: segmenter.init_segment(),
             },
         )?;
@@ -651,7 +724,7 @@ pub fn run(
     };
     let gop_seconds = config.gop.as_secs_f64();
     let mut state = LoopState {
-        next_keyframe: 0.0,
+        next_keyframe: timeline_offset,
         decoded_end: 0.0,
         video_frames: 0,
         audio_frames: 0,
@@ -659,6 +732,7 @@ pub fn run(
         progress_every: config.progress_interval,
         origin_seconds,
         gop_seconds,
+        timeline_offset,
     };
 
     // Each rung encodes and packages in its own thread; this thread decodes,
@@ -829,11 +903,13 @@ fn emit_segment(
     events: &mpsc::Sender<Event>,
 ) -> Result<(), TranscodeError> {
     let sequence = segment.sequence_number();
+    let info = segment.info();
     send(
         events,
         Event::Segment {
             rendition: rendition.to_owned(),
             sequence,
+            info,
             bytes: segment.into_data(),
         },
     )
@@ -848,6 +924,8 @@ struct LoopState {
     progress_every: Duration,
     origin_seconds: f64,
     gop_seconds: f64,
+    /// Seconds added to every output timestamp.
+    timeline_offset: f64,
 }
 
 impl LoopState {
@@ -874,6 +952,7 @@ fn drain_video(
 ) -> Result<(), TranscodeError> {
     let mut frame = ff::frame::Video::empty();
     let origin = (state.origin_seconds / f64::from(source.time_base)).round() as i64;
+    let offset = (state.timeline_offset / f64::from(source.time_base)).round() as i64;
     while source.decoder.receive_frame(&mut frame).is_ok() {
         let Some(ts) = frame.timestamp().or(frame.pts()) else {
             continue;
@@ -882,7 +961,7 @@ fn drain_video(
         if pts < 0 {
             continue; // Before the start (edit list pre-roll).
         }
-        frame.set_pts(Some(pts));
+        frame.set_pts(Some(pts + offset));
         state.video_frames += 1;
         let seconds = pts as f64 * f64::from(source.time_base);
         state.progress(
@@ -991,11 +1070,12 @@ fn drain_audio(
 ) -> Result<(), TranscodeError> {
     let mut frame = ff::frame::Audio::empty();
     let origin = (state.origin_seconds / f64::from(source.time_base)).round() as i64;
+    let offset = (state.timeline_offset / f64::from(source.time_base)).round() as i64;
     while source.decoder.receive_frame(&mut frame).is_ok() {
         let Some(ts) = frame.timestamp().or(frame.pts()) else {
             continue;
         };
-        frame.set_pts(Some(ts - origin));
+        frame.set_pts(Some(ts - origin + offset));
         if frame.channel_layout().bits() == 0 {
             frame.set_channel_layout(ff::ChannelLayout::default(i32::from(frame.channels())));
         }

@@ -1,0 +1,320 @@
+//! `finish_broadcast` jobs: a broadcast ended (its reconnect window ran
+//! out, or the stream was disabled or deleted).
+//!
+//! With recording on, its segments become a VOD asset without a second
+//! encode: each rendition's segments are copied, renumbered from 1, under
+//! the asset's version 1, and the VOD manifests (`EXT-X-ENDLIST`, static
+//! MPD) are rendered from their rows. Sessions whose init segments are
+//! byte-identical (a publisher that reconnected with the same settings)
+//! form one asset; a reconnect that changed the encoding starts another,
+//! since a VOD rendition has one init segment. Then, recorded or not, the
+//! broadcast's live objects and rows go. Idempotent: assets are keyed by
+//! `recorded_from`, copies overwrite, and removal tolerates what is gone.
+
+use bytes::Bytes;
+use cascade_packager::{dash, hls, MediaKind, Rendition, SegmentInfo, UriLayout};
+use cascade_platform::assets::{self, RenditionRow};
+use cascade_platform::live_streams::{self, SegmentRow, SessionRow};
+use cascade_platform::{ObjectStore, StorageError};
+use cascade_schemas::{LiveStreamId, ObjectKey, RenditionName};
+use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
+
+use super::manifests;
+use crate::runner::{JobContext, JobError, JobHandler};
+
+/// Payload of a `finish_broadcast` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinishJob {
+    /// The stream.
+    pub live_stream_id: LiveStreamId,
+    /// The broadcast that ended.
+    pub broadcast_id: uuid::Uuid,
+    /// Record it as a VOD asset.
+    pub record: bool,
+}
+
+/// Handler for [`cascade_schemas::job_kind::FINISH_BROADCAST`].
+#[derive(Clone)]
+pub struct FinishHandler {
+    pool: Pool,
+    store: ObjectStore,
+}
+
+fn retry(what: &str, error: &dyn std::fmt::Display) -> JobError {
+    JobError::Retryable(format!("{what}: {error}"))
+}
+
+impl FinishHandler {
+    /// Finishes broadcasts through `pool` and `store`.
+    pub fn new(pool: Pool, store: ObjectStore) -> Self {
+        Self { pool, store }
+    }
+
+    async fn finish(&self, job: FinishJob) -> Result<(), JobError> {
+        let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
+        let Some(stream) = live_streams::get_any(&client, job.live_stream_id)
+            .await
+            .map_err(|e| retry("loading the stream", &e))?
+        else {
+            return Ok(()); // Gone with its rows.
+        };
+        let sessions = live_streams::broadcast_sessions(&client, job.broadcast_id)
+            .await
+            .map_err(|e| retry("loading the sessions", &e))?;
+        let segments = live_streams::broadcast_segments(&client, job.broadcast_id)
+            .await
+            .map_err(|e| retry("loading the segments", &e))?;
+        drop(client);
+        if job.record && !segments.is_empty() {
+            for group in self.groups(job.live_stream_id, &sessions).await? {
+                self.record(&stream, &job, &group, &segments).await?;
+            }
+        }
+        for session in &sessions {
+            self.store
+                .delete_prefix(&ObjectKey::live_session_prefix(
+                    job.live_stream_id,
+                    session.session,
+                ))
+                .await
+                .map_err(|e| retry("removing the broadcast's segments", &e))?;
+        }
+        let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
+        live_streams::forget_broadcast(&client, job.broadcast_id)
+            .await
+            .map_err(|e| retry("forgetting the broadcast", &e))?;
+        tracing::info!(live_stream_id = %job.live_stream_id, broadcast_id = %job.broadcast_id,
+            recorded = job.record, "broadcast finished");
+        Ok(())
+    }
+
+    /// Runs of consecutive sessions with the same renditions and
+    /// byte-identical init segments.
+    async fn groups(
+        &self,
+        stream: LiveStreamId,
+        sessions: &[SessionRow],
+    ) -> Result<Vec<Vec<SessionRow>>, JobError> {
+        let mut groups: Vec<(Vec<Bytes>, Vec<SessionRow>)> = Vec::new();
+        for session in sessions {
+            let mut inits = Vec::new();
+            for rendition in &session.renditions {
+                let name = RenditionName::new(rendition.name.clone())
+                    .map_err(|e| JobError::Permanent(format!("stored rendition name: {e}")))?;
+                let key = ObjectKey::live_init_segment(stream, session.session, &name);
+                inits.push(self.read(&key).await?.unwrap_or_default());
+            }
+            match groups.last_mut() {
+                Some((first_inits, members)) if *first_inits == inits => {
+                    members.push(session.clone())
+                }
+                _ => groups.push((inits, vec![session.clone()])),
+            }
+        }
+        Ok(groups.into_iter().map(|(_, members)| members).collect())
+    }
+
+    async fn read(&self, key: &ObjectKey) -> Result<Option<Bytes>, JobError> {
+        match self.store.get(key, None).await {
+            Ok(body) => body
+                .collect()
+                .await
+                .map(Some)
+                .map_err(|e| retry(&format!("reading {key}"), &e)),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(retry(&format!("reading {key}"), &e)),
+        }
+    }
+
+    /// Records one group of sessions as an asset.
+    async fn record(
+        &self,
+        stream: &live_streams::LiveStream,
+        job: &FinishJob,
+        group: &[SessionRow],
+        segments: &[SegmentRow],
+    ) -> Result<(), JobError> {
+        let Some(first) = group.first() else {
+            return Ok(());
+        };
+        let sessions: Vec<u32> = group.iter().map(|s| s.session).collect();
+        let recorded_from = format!("{}:{}", job.broadcast_id, first.session);
+        let title = format!(
+            "Live recording {}",
+            first.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
+        let (asset, to_publish) = assets::insert_recording(
+            &client,
+            stream.environment_id,
+            stream.playback_policy,
+            stream.id,
+            &recorded_from,
+            &title,
+        )
+        .await
+        .map_err(|e| retry("creating the recording's asset", &e))?;
+        drop(client);
+        if !to_publish {
+            return Ok(()); // Published by an earlier attempt, or deleted since.
+        }
+        let layout = UriLayout::default();
+        let mut renditions = Vec::new();
+        for described in &first.renditions {
+            let name = RenditionName::new(described.name.clone())
+                .map_err(|e| JobError::Permanent(format!("stored rendition name: {e}")))?;
+            let rows: Vec<&SegmentRow> = segments
+                .iter()
+                .filter(|row| row.rendition == described.name && sessions.contains(&row.session))
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let init_key = ObjectKey::live_init_segment(stream.id, first.session, &name);
+            let init = self
+                .read(&init_key)
+                .await?
+                .ok_or_else(|| JobError::Permanent(format!("{init_key} is missing")))?;
+            self.put(&ObjectKey::init_segment(asset, 1, &name), init)
+                .await?;
+            let mut infos = Vec::with_capacity(rows.len());
+            for row in rows {
+                let from =
+                    ObjectKey::live_media_segment(stream.id, row.session, &name, row.sequence);
+                let Some(bytes) = self.read(&from).await? else {
+                    // Removed behind the window before recording was
+                    // turned on: the recording starts after it.
+                    continue;
+                };
+                // Numbered from 1 without gaps, as VOD playlists require.
+                let number = infos.len() as u64 + 1;
+                self.put(&ObjectKey::media_segment(asset, 1, &name, number), bytes)
+                    .await?;
+                infos.push(SegmentInfo {
+                    sequence_number: number,
+                    start: row.start,
+                    duration: row.duration,
+                    size: row.size,
+                });
+            }
+            if !infos.is_empty() {
+                renditions.push(manifests::rendition(described, infos));
+            }
+        }
+        if renditions.is_empty() {
+            return Ok(());
+        }
+        for rendition in &renditions {
+            let name = RenditionName::new(rendition.name.clone())
+                .map_err(|e| JobError::Permanent(format!("rendition name: {e}")))?;
+            let playlist = hls::Playlist::for_rendition(rendition, &layout)
+                .map_err(|e| JobError::Permanent(format!("rendering a playlist: {e}")))?;
+            self.put(
+                &ObjectKey::media_playlist(asset, 1, &name),
+                Bytes::from(playlist.render()),
+            )
+            .await?;
+        }
+        let mpd = dash::render_mpd(&renditions, &layout)
+            .map_err(|e| JobError::Permanent(format!("rendering the MPD: {e}")))?;
+        self.put(&ObjectKey::dash_manifest(asset, 1), Bytes::from(mpd))
+            .await?;
+        let master = hls::render_master_playlist(&renditions, &layout)
+            .map_err(|e| JobError::Permanent(format!("rendering the master playlist: {e}")))?;
+        self.put(&ObjectKey::hls_master(asset, 1), Bytes::from(master))
+            .await?;
+        let duration = renditions
+            .iter()
+            .map(|r| {
+                let start = r.segments.first().map_or(0, |s| s.start);
+                (r.end() - start) as f64 / f64::from(r.timescale.max(1))
+            })
+            .fold(0.0, f64::max);
+        let rows: Vec<RenditionRow> = renditions.iter().map(rendition_row).collect();
+        let published = assets::publish(&self.pool, asset, 1, duration, &rows)
+            .await
+            .map_err(|e| retry("publishing the recording", &e))?;
+        if published {
+            let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
+            live_streams::emit_with(
+                &client,
+                "live_stream.recording.ready",
+                stream.id,
+                serde_json::json!({
+                    "asset_id": asset,
+                    "broadcast_id": job.broadcast_id,
+                }),
+            )
+            .await
+            .map_err(|e| retry("recording the webhook", &e))?;
+            tracing::info!(live_stream_id = %stream.id, asset_id = %asset, "broadcast recorded");
+        }
+        Ok(())
+    }
+
+    async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<(), JobError> {
+        self.store
+            .put_bytes(key, bytes)
+            .await
+            .map_err(|e| retry(&format!("storing {key}"), &e))
+    }
+}
+
+fn rendition_row(rendition: &Rendition) -> RenditionRow {
+    let bitrates = rendition.bitrates();
+    let (kind, width, height, frame_rate, channels, sample_rate) = match rendition.kind {
+        MediaKind::Video {
+            width,
+            height,
+            frame_rate,
+        } => (
+            "video",
+            Some(width as i32),
+            Some(height as i32),
+            Some(frame_rate.to_string()),
+            None,
+            None,
+        ),
+        MediaKind::Audio {
+            sample_rate,
+            channels,
+        } => (
+            "audio",
+            None,
+            None,
+            None,
+            Some(i32::from(channels)),
+            Some(sample_rate as i32),
+        ),
+    };
+    RenditionRow {
+        name: rendition.name.clone(),
+        kind: kind.to_owned(),
+        codecs: rendition.codecs.clone(),
+        width,
+        height,
+        frame_rate,
+        channels,
+        sample_rate,
+        bandwidth: bitrates.peak as i64,
+        average_bandwidth: bitrates.average as i64,
+        segment_count: rendition.segments.len() as i32,
+        encoder: if rendition.is_video() { "live" } else { "aac" }.to_owned(),
+    }
+}
+
+impl JobHandler for FinishHandler {
+    fn run(&self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
+        let handler = self.clone();
+        async move {
+            let job: FinishJob = serde_json::from_value(ctx.payload.clone()).map_err(|e| {
+                JobError::Permanent(format!("invalid finish_broadcast payload: {e}"))
+            })?;
+            handler.finish(job).await
+        }
+        .boxed()
+    }
+}

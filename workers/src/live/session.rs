@@ -1,0 +1,640 @@
+//! One publish session: FLV bytes in; the live ladder (decode once, every
+//! rung's keyframes forced on one absolute grid) out to storage; segment
+//! rows recorded and the manifests re-rendered after every aligned set of
+//! segments; the publisher lease renewed with what the ingest measures.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cascade_packager::{Rendition, SegmentInfo};
+use cascade_platform::config::{LiveConfig, TranscodeConfig};
+use cascade_platform::live_streams::{self, Publish, SegmentRow, SessionRendition, SessionRow};
+use cascade_platform::ObjectStore;
+use cascade_schemas::{ObjectKey, RenditionName};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio::sync::mpsc;
+
+use super::manifests::{self, Broadcast, Window};
+use super::{input, LiveError};
+use crate::transcode::pipeline::{self, Event, SourceInfo};
+use crate::transcode::{TranscodeError, VideoEncoder};
+
+/// Video codecs a live input may carry (what RTMP publishers send,
+/// including enhanced RTMP); anything else is refused at once.
+const LIVE_VIDEO_CODECS: [&str; 3] = ["h264", "hevc", "av1"];
+/// Audio codecs a live input may carry.
+const LIVE_AUDIO_CODECS: [&str; 3] = ["aac", "mp3", "opus"];
+
+/// What every session of a replica shares.
+pub struct LiveContext {
+    /// Postgres.
+    pub pool: Pool,
+    /// Where segments and manifests go.
+    pub store: ObjectStore,
+    /// Live settings.
+    pub config: LiveConfig,
+    /// The live ladder's transcode settings ([`LiveConfig::transcode`]).
+    pub transcode: TranscodeConfig,
+    /// The H.264 encoder (hardware when present).
+    pub encoder: VideoEncoder,
+}
+
+/// Counters the connection keeps for the session.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Media bytes received.
+    pub bytes: AtomicU64,
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The publisher stopped sending (or disconnected); the final segments
+    /// are published and the reconnect window runs.
+    PublisherLeft,
+    /// The input was refused (codec, size): recorded on the stream.
+    Refused {
+        /// Stable code.
+        code: String,
+        /// Creator-readable reason.
+        message: String,
+    },
+    /// The stream was disabled, deleted or taken over.
+    LostStream,
+    /// Something on our side failed.
+    Failed(String),
+}
+
+/// One session's inputs.
+pub struct SessionInput {
+    /// The granted publish.
+    pub publish: Publish,
+    /// This publisher's id (the lease holder).
+    pub publisher: uuid::Uuid,
+    /// FLV bytes: the header, then one tag per chunk.
+    pub flv: mpsc::Receiver<Bytes>,
+    /// Counted by the connection.
+    pub stats: Arc<IngestStats>,
+}
+
+/// Segments of one number from the renditions that have cut it.
+struct PendingSet {
+    rows: Vec<SegmentRow>,
+}
+
+struct Driver<'a> {
+    ctx: &'a LiveContext,
+    publish: Publish,
+    publisher: uuid::Uuid,
+    media_offset: f64,
+    first_media: Arc<OnceLock<DateTime<Utc>>>,
+    renditions: Vec<SessionRendition>,
+    source: Option<SourceInfo>,
+    pending: BTreeMap<u64, PendingSet>,
+    first_segments: BTreeMap<String, SegmentInfo>,
+    session_recorded: bool,
+    /// Media seconds encoded (for the lag behind real time).
+    encoded_seconds: f64,
+    stats: Arc<IngestStats>,
+    bitrate: BitrateMeter,
+}
+
+/// Input bitrate over the last ten seconds.
+struct BitrateMeter {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl BitrateMeter {
+    fn sample(&mut self, total: u64) -> u64 {
+        let now = Instant::now();
+        self.samples.push_back((now, total));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > Duration::from_secs(10))
+        {
+            self.samples.pop_front();
+        }
+        match (self.samples.front(), self.samples.back()) {
+            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
+                let seconds = t1.duration_since(*t0).as_secs_f64();
+                ((b1 - b0) as f64 * 8.0 / seconds) as u64
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// Runs one publish session to its end.
+pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
+    let SessionInput {
+        publish,
+        publisher,
+        flv,
+        stats,
+    } = session;
+    let media_offset = if publish.continues {
+        match ctx.pool.get().await {
+            Ok(client) => match live_streams::media_end(&client, publish.broadcast).await {
+                Ok(end) => end,
+                Err(e) => return SessionEnd::Failed(format!("reading the broadcast: {e}")),
+            },
+            Err(e) => return SessionEnd::Failed(format!("database: {e}")),
+        }
+    } else {
+        0.0
+    };
+    let first_media = Arc::new(OnceLock::new());
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (events, mut received) = mpsc::channel::<Event>(32);
+    let pipeline = {
+        let transcode = ctx.transcode.clone();
+        let encoder = ctx.encoder;
+        let cancel = cancel.clone();
+        let reader = input::ChannelReader::new(flv, first_media.clone());
+        tokio::task::spawn_blocking(move || {
+            let input = input::open(reader)?;
+            pipeline::run_input(input, &transcode, encoder, &events, &cancel, media_offset)
+        })
+    };
+    let mut driver = Driver {
+        ctx: &ctx,
+        publish: publish.clone(),
+        publisher,
+        media_offset,
+        first_media,
+        renditions: Vec::new(),
+        source: None,
+        pending: BTreeMap::new(),
+        first_segments: BTreeMap::new(),
+        session_recorded: false,
+        encoded_seconds: 0.0,
+        stats,
+        bitrate: BitrateMeter {
+            samples: Default::default(),
+        },
+    };
+    let renew_every = ctx.config.publisher_lease / 3;
+    let mut renew = tokio::time::interval(renew_every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop: Option<SessionEnd> = None;
+    loop {
+        tokio::select! {
+            event = received.recv() => {
+                let Some(event) = event else { break };
+                if stop.is_some() {
+                    continue; // Drain so the pipeline sees the cancel and ends.
+                }
+                if let Err(end) = driver.on_event(event).await {
+                    cancel.store(true, Ordering::Relaxed);
+                    stop = Some(end);
+                }
+            }
+            _ = renew.tick(), if stop.is_none() => {
+                if let Err(end) = driver.renew().await {
+                    cancel.store(true, Ordering::Relaxed);
+                    stop = Some(end);
+                }
+            }
+        }
+    }
+    let outcome = match pipeline.await {
+        Ok(Ok(_)) => None,
+        Ok(Err(TranscodeError::Input { code, message })) => Some(SessionEnd::Refused {
+            code: code.to_owned(),
+            message,
+        }),
+        Ok(Err(TranscodeError::Cancelled)) => None,
+        Ok(Err(TranscodeError::Internal(message))) => Some(SessionEnd::Failed(message)),
+        Err(e) => Some(SessionEnd::Failed(format!(
+            "the live pipeline panicked: {e}"
+        ))),
+    };
+    let end = match (stop, outcome) {
+        (Some(end), _) => end,
+        (None, Some(end)) => end,
+        (None, None) => match driver.flush_all().await {
+            Ok(()) => SessionEnd::PublisherLeft,
+            Err(end) => end,
+        },
+    };
+    if let SessionEnd::Refused { code, message } = &end {
+        if let Ok(client) = ctx.pool.get().await {
+            let _ = live_streams::record_refusal(&client, publish.stream, code, message).await;
+        }
+    }
+    end
+}
+
+impl Driver<'_> {
+    fn window(&self) -> Window {
+        Window {
+            segments: self.ctx.config.window_segments(),
+            segment_duration: self.ctx.config.segment_duration,
+        }
+    }
+
+    fn broadcast(&self) -> Broadcast {
+        Broadcast {
+            stream: self.publish.stream,
+            id: self.publish.broadcast,
+            started_at: self.publish.broadcast_started_at,
+        }
+    }
+
+    /// What the stream object shows about the ingest.
+    fn ingest_view(&mut self) -> serde_json::Value {
+        let bitrate = self
+            .bitrate
+            .sample(self.stats.bytes.load(Ordering::Relaxed));
+        let lag = self.first_media.get().map(|start| {
+            let wall = (Utc::now() - *start).num_milliseconds() as f64 / 1000.0;
+            (wall - (self.encoded_seconds - self.media_offset)).max(0.0)
+        });
+        serde_json::json!({
+            "session": self.publish.session,
+            "started_at": self.first_media.get(),
+            "video": self.source.as_ref().and_then(|s| s.video.clone()),
+            "audio": self.source.as_ref().and_then(|s| s.audio.clone()),
+            "bitrate": bitrate,
+            "renditions": self.renditions.iter().map(|r| &r.name).collect::<Vec<_>>(),
+            "encoder": self.ctx.encoder.ffmpeg_name(),
+            // Seconds between the newest frame received and the newest
+            // encoded: growing means the ladder does not keep up.
+            "lag_seconds": lag.map(|l| (l * 10.0).round() / 10.0),
+        })
+    }
+
+    async fn renew(&mut self) -> Result<(), SessionEnd> {
+        let view = self.ingest_view();
+        let max = self.ctx.config.max_input_bitrate;
+        if let Some(bitrate) = view["bitrate"].as_u64().filter(|b| *b > max) {
+            return Err(SessionEnd::Refused {
+                code: "input_bitrate_too_high".to_owned(),
+                message: format!(
+                    "the stream sends {:.1} Mbit/s; at most {:.1} Mbit/s is accepted",
+                    bitrate as f64 / 1e6,
+                    max as f64 / 1e6
+                ),
+            });
+        }
+        let client = match self.ctx.pool.get().await {
+            Ok(client) => client,
+            // A short outage: the lease outlasts a few missed renewals.
+            Err(e) => {
+                tracing::warn!(error = %e, "live: cannot renew the publisher lease");
+                return Ok(());
+            }
+        };
+        match live_streams::renew_publisher(
+            &client,
+            self.publish.stream,
+            self.publisher,
+            self.ctx.config.publisher_lease,
+            &view,
+        )
+        .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SessionEnd::LostStream),
+            Err(e) => {
+                tracing::warn!(error = %e, "live: cannot renew the publisher lease");
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: Event) -> Result<(), SessionEnd> {
+        match event {
+            Event::Source(source) => self.on_source(source),
+            Event::Probed { .. } => Ok(()),
+            Event::Progress(seconds) => {
+                self.encoded_seconds = self.encoded_seconds.max(seconds + self.media_offset);
+                Ok(())
+            }
+            Event::Init {
+                rendition,
+                track,
+                bytes,
+            } => {
+                let name = rendition_name(&rendition)?;
+                let described = Rendition::from_track(rendition.clone(), &track, Vec::new());
+                let bandwidth = self.declared_bandwidth(&rendition);
+                self.renditions.push(describe(&described, bandwidth));
+                self.put(
+                    ObjectKey::live_init_segment(self.publish.stream, self.publish.session, &name),
+                    bytes,
+                )
+                .await
+            }
+            Event::Segment {
+                rendition,
+                sequence,
+                info,
+                bytes,
+            } => {
+                let name = rendition_name(&rendition)?;
+                let global = self.publish.first_sequence + sequence.saturating_sub(1);
+                self.put(
+                    ObjectKey::live_media_segment(
+                        self.publish.stream,
+                        self.publish.session,
+                        &name,
+                        global,
+                    ),
+                    bytes,
+                )
+                .await?;
+                let Some(described) = self.renditions.iter().find(|r| r.name == rendition) else {
+                    return Err(SessionEnd::Failed(format!(
+                        "a segment of {rendition} came before its init segment"
+                    )));
+                };
+                let timescale = described.timescale.max(1);
+                let start_seconds = info.start as f64 / f64::from(timescale);
+                let wall_start = self.first_media.get().copied().unwrap_or_else(Utc::now);
+                let program_time = wall_start
+                    + chrono::Duration::milliseconds(
+                        ((start_seconds - self.media_offset) * 1000.0).round() as i64,
+                    );
+                self.encoded_seconds = self
+                    .encoded_seconds
+                    .max(start_seconds + info.duration as f64 / f64::from(timescale));
+                self.first_segments
+                    .entry(rendition.clone())
+                    .or_insert(SegmentInfo {
+                        sequence_number: global,
+                        ..info
+                    });
+                let row = SegmentRow {
+                    rendition,
+                    sequence: global,
+                    session: self.publish.session,
+                    start: info.start,
+                    duration: info.duration.max(1),
+                    timescale,
+                    size: info.size,
+                    program_time,
+                    discontinuity: self.publish.continues && sequence == 1,
+                };
+                self.pending
+                    .entry(global)
+                    .or_insert_with(|| PendingSet { rows: Vec::new() })
+                    .rows
+                    .push(row);
+                self.flush_complete().await
+            }
+        }
+    }
+
+    fn on_source(&mut self, source: SourceInfo) -> Result<(), SessionEnd> {
+        let refuse = |code: &str, message: String| {
+            Err(SessionEnd::Refused {
+                code: code.to_owned(),
+                message,
+            })
+        };
+        if let Some(video) = &source.video {
+            if !LIVE_VIDEO_CODECS.contains(&video.codec.as_str()) {
+                return refuse(
+                    "unsupported_codec",
+                    format!(
+                        "live video must be H.264, HEVC or AV1; the stream sends {}",
+                        video.codec
+                    ),
+                );
+            }
+            let (max_w, max_h) = (self.ctx.config.max_width, self.ctx.config.max_height);
+            // Portrait sources are measured by their long and short sides.
+            let (long, short) = (video.width.max(video.height), video.width.min(video.height));
+            if long > max_w.max(max_h) || short > max_w.min(max_h) {
+                return refuse(
+                    "input_too_large",
+                    format!(
+                        "the stream is {}x{}; at most {max_w}x{max_h} is accepted",
+                        video.width, video.height
+                    ),
+                );
+            }
+        } else {
+            return refuse(
+                "no_video",
+                "the stream sends no video; live streams need video".to_owned(),
+            );
+        }
+        if let Some(audio) = &source.audio {
+            if !LIVE_AUDIO_CODECS.contains(&audio.codec.as_str()) {
+                return refuse(
+                    "unsupported_codec",
+                    format!(
+                        "live audio must be AAC, MP3 or Opus; the stream sends {}",
+                        audio.codec
+                    ),
+                );
+            }
+        }
+        self.source = Some(source);
+        Ok(())
+    }
+
+    /// The bitrate a rendition's playlists declare: the rung's cap plus
+    /// container overhead (audio: its bitrate plus overhead).
+    fn declared_bandwidth(&self, rendition: &str) -> u64 {
+        let base = self
+            .ctx
+            .transcode
+            .ladder
+            .iter()
+            .find(|rung| rung.name == rendition)
+            .map(|rung| rung.bitrate)
+            .unwrap_or(self.ctx.transcode.audio_bitrate);
+        base + base / 10
+    }
+
+    async fn put(&self, key: ObjectKey, bytes: Bytes) -> Result<(), SessionEnd> {
+        self.ctx
+            .store
+            .put_bytes(&key, bytes)
+            .await
+            .map_err(|e| SessionEnd::Failed(format!("storing {key}: {e}")))
+    }
+
+    /// Publishes every set all renditions have cut, and any older set a
+    /// rendition skipped (a newer complete set proves it is not coming).
+    async fn flush_complete(&mut self) -> Result<(), SessionEnd> {
+        let expected = self.renditions.len();
+        let Some(newest_complete) = self
+            .pending
+            .iter()
+            .rev()
+            .find(|(_, set)| set.rows.len() >= expected)
+            .map(|(seq, _)| *seq)
+        else {
+            return Ok(());
+        };
+        let ready: Vec<u64> = self
+            .pending
+            .range(..=newest_complete)
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut rows = Vec::new();
+        for seq in ready {
+            if let Some(set) = self.pending.remove(&seq) {
+                rows.extend(set.rows);
+            }
+        }
+        self.publish_rows(rows).await
+    }
+
+    /// At the end: whatever the renditions cut last.
+    async fn flush_all(&mut self) -> Result<(), SessionEnd> {
+        let rows: Vec<SegmentRow> = std::mem::take(&mut self.pending)
+            .into_values()
+            .flat_map(|set| set.rows)
+            .collect();
+        self.publish_rows(rows).await
+    }
+
+    async fn publish_rows(&mut self, rows: Vec<SegmentRow>) -> Result<(), SessionEnd> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let client = self
+            .ctx
+            .pool
+            .get()
+            .await
+            .map_err(|e| SessionEnd::Failed(format!("database: {e}")))?;
+        let failed =
+            |what: &str, e: &dyn std::fmt::Display| SessionEnd::Failed(format!("{what}: {e}"));
+        if !self.session_recorded {
+            let started_at = self.first_media.get().copied().unwrap_or_else(Utc::now);
+            live_streams::record_session(
+                &client,
+                &self.publish,
+                &self.renditions,
+                started_at,
+                self.media_offset,
+            )
+            .await
+            .map_err(|e| failed("recording the session", &e))?;
+        }
+        let held = live_streams::record_segments(&client, &self.publish, self.publisher, &rows)
+            .await
+            .map_err(|e| failed("recording segments", &e))?;
+        if !held {
+            return Err(SessionEnd::LostStream);
+        }
+        manifests::publish(
+            &client,
+            &self.ctx.store,
+            &self.broadcast(),
+            self.window(),
+            false,
+        )
+        .await
+        .map_err(|e| failed("publishing the live manifests", &e))?;
+        if !self.session_recorded {
+            // The master playlist names media playlists that now exist.
+            let session = SessionRow {
+                session: self.publish.session,
+                renditions: self.renditions.clone(),
+                started_at: Utc::now(),
+                media_offset: self.media_offset,
+            };
+            let master = manifests::master_playlist(&session, &self.first_segments)
+                .map_err(|e| failed("rendering the master playlist", &e))?;
+            self.put(ObjectKey::live_master(self.publish.stream), master.into())
+                .await?;
+            self.session_recorded = true;
+        }
+        if !self.publish.recording {
+            self.remove_behind_window(&client).await;
+        }
+        Ok(())
+    }
+
+    /// Without recording, segments that slid out of the window (plus a
+    /// margin for players and caches still fetching them) are removed.
+    async fn remove_behind_window(&self, client: &deadpool_postgres::Object) {
+        let keep = self.ctx.config.window_segments() + 3;
+        let Ok(behind) =
+            live_streams::segments_behind_window(client, self.publish.broadcast, keep).await
+        else {
+            return;
+        };
+        let mut removed = Vec::new();
+        for row in behind {
+            let Ok(name) = RenditionName::new(row.rendition.clone()) else {
+                continue;
+            };
+            let key = ObjectKey::live_media_segment(
+                self.publish.stream,
+                row.session,
+                &name,
+                row.sequence,
+            );
+            if self.ctx.store.delete(&key).await.is_ok() {
+                removed.push(row);
+            }
+        }
+        if let Err(e) = live_streams::forget_segments(client, self.publish.stream, &removed).await {
+            tracing::warn!(error = %e, "live: cannot forget removed segments");
+        }
+    }
+}
+
+fn rendition_name(name: &str) -> Result<RenditionName, SessionEnd> {
+    RenditionName::new(name.to_owned())
+        .map_err(|e| SessionEnd::Failed(format!("rendition name: {e}")))
+}
+
+fn describe(rendition: &Rendition, bandwidth: u64) -> SessionRendition {
+    use cascade_packager::MediaKind;
+    let (kind, width, height, frame_rate, sample_rate, channels) = match rendition.kind {
+        MediaKind::Video {
+            width,
+            height,
+            frame_rate,
+        } => (
+            "video",
+            Some(width),
+            Some(height),
+            Some(frame_rate.to_string()),
+            None,
+            None,
+        ),
+        MediaKind::Audio {
+            sample_rate,
+            channels,
+        } => ("audio", None, None, None, Some(sample_rate), Some(channels)),
+    };
+    SessionRendition {
+        name: rendition.name.clone(),
+        kind: kind.to_owned(),
+        codecs: rendition.codecs.clone(),
+        bandwidth,
+        width,
+        height,
+        frame_rate,
+        sample_rate,
+        channels,
+        timescale: rendition.timescale,
+    }
+}
+
+impl From<cascade_platform::db::DbError> for LiveError {
+    fn from(e: cascade_platform::db::DbError) -> Self {
+        Self::Database(e.to_string())
+    }
+}
+
+impl From<cascade_platform::StorageError> for LiveError {
+    fn from(e: cascade_platform::StorageError) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
