@@ -6,6 +6,7 @@ cargo build --bin cascade
 bin="${CARGO_TARGET_DIR:-target}/debug/cascade"
 export CASCADE_LOG__FORMAT="${CASCADE_LOG__FORMAT:-text}"
 export CASCADE_HTTP__LISTEN="${CASCADE_HTTP__LISTEN:-127.0.0.1:8080}"
+export CASCADE_LIVE__RTMP_LISTEN="${CASCADE_LIVE__RTMP_LISTEN:-127.0.0.1:1935}"
 export CASCADE_INGEST__PUBLIC_URL="${CASCADE_INGEST__PUBLIC_URL:-http://$CASCADE_HTTP__LISTEN}"
 # A local API key, kept across runs in the data directory.
 key_file="$(dirname "$CASCADE_STORAGE__LOCAL_ROOT")/bootstrap-key"

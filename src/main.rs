@@ -7,6 +7,7 @@ mod health;
 mod http_server;
 mod jobs;
 mod keys;
+mod live;
 mod qa;
 mod serve;
 mod telemetry;
@@ -42,6 +43,11 @@ enum Command {
     Assets {
         #[command(subcommand)]
         command: assets::AssetsCommand,
+    },
+    /// Manage live streams.
+    Live {
+        #[command(subcommand)]
+        command: live::LiveCommand,
     },
     /// Manage API keys.
     Keys {
@@ -118,6 +124,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Jobs { command } => jobs::run(command, &config).await,
         Command::Assets { command } => assets::run(command, &config).await,
         Command::Keys { command } => keys::run(command, &config).await,
+        Command::Live { command } => live::run(command, &config).await,
         Command::Tokens { command } => tokens::run(command, &config).await,
         Command::Bench { command } => bench::run(command, config).await,
         Command::Qa(args) => Ok(qa::run(args, &config).await),

@@ -540,15 +540,10 @@ pub struct LiveConfig {
     pub max_width: u32,
     /// Largest input height. Default `1080`.
     pub max_height: u32,
-    /// Largest RTMP message (one video frame) accepted, bytes. Default `8MiB`.
-    pub max_message_size: ByteSize,
     /// A connection must finish the RTMP handshake and start publishing
     /// within this. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
-    /// A publisher that sends nothing for this long is disconnected. Default `10s`.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
     /// How long a replica's hold on a stream lasts without renewal (a dead
     /// replica's streams are free again after it). Default `10s`.
     #[serde(with = "humantime_serde")]
@@ -587,9 +582,7 @@ impl Default for LiveConfig {
             max_input_bitrate: 20_000_000,
             max_width: 1920,
             max_height: 1080,
-            max_message_size: ByteSize::mib(8),
             handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(10),
             publisher_lease: Duration::from_secs(10),
             default_reconnect_window: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(2),
@@ -1094,7 +1087,6 @@ impl Config {
         }
         for (key, value) in [
             ("live.handshake_timeout", l.handshake_timeout),
-            ("live.idle_timeout", l.idle_timeout),
             ("live.publisher_lease", l.publisher_lease),
             ("live.sweep_interval", l.sweep_interval),
         ] {
@@ -1110,9 +1102,6 @@ impl Config {
                 "live.default_reconnect_window",
                 "must be at most 30m",
             ));
-        }
-        if l.max_message_size.0 < 64 * 1024 {
-            return Err(invalid("live.max_message_size", "must be at least 64KiB"));
         }
         Ok(())
     }

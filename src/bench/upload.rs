@@ -552,6 +552,7 @@ pub async fn run(args: UploadBenchArgs, config: Config) -> anyhow::Result<ExitCo
     let mut child = Command::new(std::env::current_exe()?)
         .args(["serve", "--roles", "ingest"])
         .env("CASCADE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CASCADE_LIVE__RTMP_LISTEN", "127.0.0.1:0")
         .env("CASCADE_INGEST__PUBLIC_URL", &base)
         .env("CASCADE_INGEST__BOOTSTRAP_KEY", KEY)
         .env("CASCADE_INGEST__MAX_UPLOAD_SIZE", format!("{}", size * 2))

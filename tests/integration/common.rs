@@ -154,6 +154,8 @@ pub fn cascade_bin() -> PathBuf {
 pub struct CascadeProcess {
     pub child: Child,
     pub http: Option<SocketAddr>,
+    /// The RTMP listener, when the ingest role runs one.
+    pub rtmp: Option<SocketAddr>,
 }
 
 impl CascadeProcess {
@@ -165,6 +167,7 @@ impl CascadeProcess {
             .args(["serve", "--roles", roles])
             .env("CASCADE_DATABASE__URL", db_url)
             .env("CASCADE_HTTP__LISTEN", "127.0.0.1:0")
+            .env("CASCADE_LIVE__RTMP_LISTEN", "127.0.0.1:0")
             .env("CASCADE_LOG__FORMAT", "json")
             // Warnings and errors only: enough to debug a failure, quiet otherwise.
             .env("CASCADE_LOG__FILTER", "warn")
@@ -184,9 +187,14 @@ impl CascadeProcess {
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut http = None;
+        let mut rtmp = None;
         while Instant::now() < deadline {
             match lines.next() {
                 Some(Ok(line)) => {
+                    if let Some(rest) = line.split("rtmp listening on rtmp://").nth(1) {
+                        rtmp = rest.split('/').next().and_then(|a| a.parse().ok());
+                        continue;
+                    }
                     if let Some(rest) = line.split("http://").nth(1) {
                         let addr = rest.split_whitespace().next().unwrap_or_default();
                         http = addr.parse().ok();
@@ -199,7 +207,7 @@ impl CascadeProcess {
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         assert!(http.is_some(), "cascade serve did not report its address");
-        Self { child, http }
+        Self { child, http, rtmp }
     }
 
     /// Sends a signal to the process.

@@ -41,6 +41,7 @@ fn start(db: &TestDb, roles: &str, root: &Path, port: u16, extra: &[(&str, &str)
     let root = root.display().to_string();
     let mut env: Vec<(&str, &str)> = vec![
         ("CASCADE_HTTP__LISTEN", &listen),
+        ("CASCADE_LIVE__RTMP_LISTEN", "127.0.0.1:0"),
         ("CASCADE_INGEST__PUBLIC_URL", &public),
         ("CASCADE_INGEST__BOOTSTRAP_KEY", KEY),
         ("CASCADE_STORAGE__LOCAL_ROOT", &root),
@@ -758,6 +759,13 @@ async fn generated_requests_from_the_openapi_document_never_get_a_5xx() {
         ("/v1/webhook_endpoints", "get"),
         ("/v1/webhook_endpoints/{id}", "get"),
         ("/v1/webhook_endpoints/{id}", "delete"),
+        ("/v1/live_streams", "post"),
+        ("/v1/live_streams", "get"),
+        ("/v1/live_streams/{id}", "get"),
+        ("/v1/live_streams/{id}", "delete"),
+        ("/v1/live_streams/{id}/reset_stream_key", "post"),
+        ("/v1/live_streams/{id}/disable", "post"),
+        ("/v1/live_streams/{id}/enable", "post"),
         ("/v1/direct_uploads", "post"),
         ("/v1/direct_uploads/{id}", "get"),
         ("/v1/direct_uploads/{id}/cancel", "put"),
@@ -794,6 +802,16 @@ async fn generated_requests_from_the_openapi_document_never_get_a_5xx() {
         .and_then(|url| url.rsplit('/').next())
         .unwrap()
         .to_owned();
+    // And a real live stream for the operations on /v1/live_streams/{id}.
+    let (status, _, body) = http(
+        server.addr,
+        "POST",
+        "/v1/live_streams",
+        &[AUTH, ("Content-Type", "application/json")],
+        b"{}",
+    );
+    assert_eq!(status, 201, "{body}");
+    let live_id = json(&body)["id"].as_str().unwrap().to_owned();
     let tus_checks = "checks = { not_a_server_error = { enabled = true }, \
         status_code_conformance = { enabled = true }, content_type_conformance = { enabled = true }, \
         response_headers_conformance = { enabled = true }, response_schema_conformance = { enabled = true } }";
@@ -809,7 +827,13 @@ not_a_server_error.enabled = true
 [[operations]]
 include-operation-id = ["create_asset", "get_asset", "list_assets", "delete_asset", "put_source", "create_playback_token",
     "create_webhook_endpoint", "list_webhook_endpoints", "get_webhook_endpoint", "delete_webhook_endpoint",
-    "create_direct_upload", "get_direct_upload", "cancel_direct_upload"]
+    "create_direct_upload", "get_direct_upload", "cancel_direct_upload", "create_live_stream", "list_live_streams"]
+{tus_checks}
+
+[[operations]]
+include-operation-id = ["get_live_stream", "reset_stream_key", "disable_live_stream", "enable_live_stream",
+    "delete_live_stream"]
+parameters = {{ "path.id" = "{live_id}" }}
 {tus_checks}
 
 [[operations]]

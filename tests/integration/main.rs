@@ -3,6 +3,7 @@
 
 mod common;
 mod ingest;
+mod live;
 mod origin;
 mod qa;
 mod queue;

@@ -35,6 +35,7 @@ fn start_stack_with(db: &TestDb, extra: &[(&str, &str)]) -> Stack {
     let root_text = root.display().to_string();
     let mut env = vec![
         ("CASCADE_HTTP__LISTEN", listen.as_str()),
+        ("CASCADE_LIVE__RTMP_LISTEN", "127.0.0.1:0"),
         ("CASCADE_INGEST__PUBLIC_URL", public.as_str()),
         ("CASCADE_INGEST__BOOTSTRAP_KEY", KEY),
         ("CASCADE_STORAGE__LOCAL_ROOT", root_text.as_str()),

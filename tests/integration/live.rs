@@ -1,0 +1,697 @@
+//! Live streams end to end: ffmpeg publishes over RTMP in real time to
+//! `cascade serve`, which transcodes the live ladder and serves live HLS
+//! and DASH through its origin; hostile and refused publishers; reconnects;
+//! the death of the process holding a stream; recording to a VOD asset.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{
+    create_key, eventually, fixtures_dir, fresh_db, header, http, http_bytes, CascadeProcess,
+    TestDb,
+};
+
+/// A 12 s 720p30 H.264 + AAC file with a keyframe every 2 s: published with
+/// `-c copy`, so the publisher costs no encoding.
+fn live_fixture() -> PathBuf {
+    static GENERATE: std::sync::Once = std::sync::Once::new();
+    let path = fixtures_dir().join("live_720p30_12s.mp4");
+    GENERATE.call_once(|| {
+        if path.exists() {
+            return;
+        }
+        let partial = path.with_extension("partial.mp4");
+        let status = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y"])
+            .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args([
+                "-t", "12", "-c:v", "libx264", "-preset", "veryfast", "-g", "60",
+            ])
+            .args([
+                "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-b:a", "128k",
+            ])
+            .arg(&partial)
+            .status()
+            .expect("ffmpeg");
+        assert!(status.success(), "generating the live fixture failed");
+        std::fs::rename(&partial, &path).unwrap();
+    });
+    path
+}
+
+/// ffmpeg publishing `file` in real time (`-re`) to `url`, `extra` output
+/// options before the URL (default: copy the streams).
+fn publish(file: &Path, url: &str, extra: &[&str]) -> Child {
+    let mut command = Command::new("ffmpeg");
+    command
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+        .arg(file);
+    if extra.is_empty() {
+        command.args(["-c", "copy"]);
+    } else {
+        command.args(extra);
+    }
+    command
+        .args(["-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg")
+}
+
+/// Waits for `child` to exit within `limit`; its exit status.
+fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the publisher did not stop within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Live {
+    process: CascadeProcess,
+    http: SocketAddr,
+    rtmp: SocketAddr,
+}
+
+/// `cascade serve` with `roles`, RTMP on a free loopback port, a live
+/// ladder that keeps up on a shared 2-core machine, short timers.
+fn serve(db: &TestDb, roles: &str, root: &Path) -> Live {
+    let root = root.display().to_string();
+    let process = CascadeProcess::serve(
+        &db.url,
+        roles,
+        &[
+            ("CASCADE_STORAGE__LOCAL_ROOT", &root),
+            ("CASCADE_TRANSCODE__ENCODER", "libx264"),
+            ("CASCADE_LIVE__PRESET", "ultrafast"),
+            ("CASCADE_LIVE__WINDOW", "30s"),
+            ("CASCADE_LIVE__HANDSHAKE_TIMEOUT", "2s"),
+            ("CASCADE_LIVE__PUBLISHER_LEASE", "3s"),
+            ("CASCADE_LIVE__SWEEP_INTERVAL", "500ms"),
+            ("CASCADE_QUEUE__POLL_INTERVAL", "200ms"),
+        ],
+    );
+    let http = process.http.expect("http address");
+    let rtmp = process.rtmp.expect("rtmp address");
+    Live {
+        process,
+        http,
+        rtmp,
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+/// A new live stream: (id, stream key, playback id).
+fn create_stream(addr: SocketAddr, key: &str, body: &str) -> (String, String, String) {
+    let auth = format!("Bearer {key}");
+    let (status, _, text) = http(
+        addr,
+        "POST",
+        "/v1/live_streams",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 201, "{text}");
+    let stream = json(&text);
+    assert_eq!(stream["state"], "idle");
+    (
+        stream["id"].as_str().unwrap().to_owned(),
+        stream["rtmp"]["stream_key"].as_str().unwrap().to_owned(),
+        stream["playback_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn get_stream(addr: SocketAddr, key: &str, id: &str) -> serde_json::Value {
+    let auth = format!("Bearer {key}");
+    let (status, _, text) = http(
+        addr,
+        "GET",
+        &format!("/v1/live_streams/{id}"),
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(status, 200, "{text}");
+    json(&text)
+}
+
+/// A connection that sends `bytes` and then waits: how long until the
+/// server closes it (`None`: still open after `limit`).
+fn closed_within(rtmp: SocketAddr, bytes: &[u8], limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(rtmp).expect("connect to rtmp");
+    let _ = stream.write_all(bytes);
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buffer = [0u8; 4096];
+    while started.elapsed() < limit {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+/// The media playlist of `rendition` through the origin, once it lists
+/// at least `segments` segments.
+async fn playlist_with(
+    addr: SocketAddr,
+    playback: &str,
+    rendition: &str,
+    segments: usize,
+) -> String {
+    let path = format!("/play/{playback}/{rendition}/index.m3u8");
+    eventually(
+        &format!("{rendition} listing {segments} segments"),
+        Duration::from_secs(40),
+        || {
+            let path = path.clone();
+            async move {
+                let (status, _, body) = http(addr, "GET", &path, &[], b"");
+                (status == 200 && body.matches("#EXTINF").count() >= segments).then_some(body)
+            }
+        },
+    )
+    .await
+}
+
+/// A live stream published by ffmpeg plays through the origin (HLS with
+/// program date-times and short-lived caching, dynamic DASH, immutable
+/// segments), is shown on the API, and is read by ffmpeg; garbage, a
+/// silent connection, a wrong key, a second publisher and an unsupported
+/// codec are refused meanwhile without disturbing it; when the publisher
+/// is gone for good the stream turns idle and the broadcast becomes a
+/// ready asset that `cascade qa` passes against the published file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_stream_plays_live_refuses_intruders_and_records() {
+    let fixture = live_fixture();
+    let db = fresh_db().await;
+    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    let live = serve(&db, "ingest,workers,origin", &root);
+    let key = create_key(&db, "live", "default");
+    let (id, stream_key, playback) = create_stream(live.http, &key, r#"{"reconnect_window": 2}"#);
+    let rtmp_url = format!("rtmp://{}/live", live.rtmp);
+
+    let mut publisher = publish(&fixture, &format!("{rtmp_url}/{stream_key}"), &[]);
+    let master = eventually(
+        "the live master playlist",
+        Duration::from_secs(30),
+        || async {
+            let (status, headers, body) = http(
+                live.http,
+                "GET",
+                &format!("/play/{playback}/master.m3u8"),
+                &[],
+                b"",
+            );
+            (status == 200).then_some((headers, body))
+        },
+    )
+    .await;
+    assert_eq!(
+        header(&master.0, "cache-control"),
+        Some("public, max-age=1, s-maxage=1")
+    );
+    for rung in [
+        "720p/index.m3u8",
+        "480p/index.m3u8",
+        "240p/index.m3u8",
+        "audio/index.m3u8",
+    ] {
+        assert!(master.1.contains(rung), "{rung} missing: {}", master.1);
+    }
+    assert!(
+        master.1.contains("RESOLUTION=1280x720") && master.1.contains(",mp4a.40.2\""),
+        "{}",
+        master.1
+    );
+
+    // Intruders while the stream runs.
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    assert!(
+        closed_within(live.rtmp, &garbage, Duration::from_secs(6)).is_some(),
+        "garbage on the RTMP port is answered by closing the connection"
+    );
+    let silent = closed_within(live.rtmp, b"", Duration::from_secs(8));
+    assert!(
+        silent.is_some_and(|d| d <= Duration::from_secs(5)),
+        "a silent connection closes after the handshake timeout: {silent:?}"
+    );
+    let mut wrong = publish(&fixture, &format!("{rtmp_url}/lsk_{}", "x".repeat(32)), &[]);
+    assert!(
+        !exit_within(&mut wrong, Duration::from_secs(15)).success(),
+        "a wrong key is refused"
+    );
+    let mut second = publish(&fixture, &format!("{rtmp_url}/{stream_key}"), &[]);
+    assert!(
+        !exit_within(&mut second, Duration::from_secs(15)).success(),
+        "a second publisher is refused"
+    );
+    let stream = get_stream(live.http, &key, &id);
+    assert_eq!(
+        stream["last_refusal"]["code"], "already_publishing",
+        "{stream}"
+    );
+    assert_eq!(stream["state"], "active", "{stream}");
+    assert_eq!(stream["connected"], true, "{stream}");
+    assert_eq!(stream["ingest"]["video"]["width"], 1280, "{stream}");
+    assert_eq!(stream["ingest"]["video"]["codec"], "h264", "{stream}");
+    assert!(
+        stream
+            .get("rtmp")
+            .and_then(|r| r.get("stream_key"))
+            .is_none(),
+        "the key is not shown again"
+    );
+
+    // The first publisher is undisturbed: its playlists keep growing.
+    let media = playlist_with(live.http, &playback, "720p", 3).await;
+    assert!(media.contains("#EXT-X-TARGETDURATION:2"), "{media}");
+    assert!(media.contains("#EXT-X-PROGRAM-DATE-TIME:"), "{media}");
+    assert!(!media.contains("#EXT-X-ENDLIST"), "{media}");
+    let segment = media
+        .lines()
+        .find(|l| l.ends_with(".m4s"))
+        .unwrap()
+        .trim_start_matches("../")
+        .to_owned();
+    let (status, headers, bytes) = http_bytes(
+        live.http,
+        "GET",
+        &format!("/play/{playback}/{segment}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert!(bytes.windows(4).any(|w| w == b"moof"), "a CMAF fragment");
+    // A segment that does not exist yet is a 404 nobody caches.
+    let (status, headers, _) = http(
+        live.http,
+        "GET",
+        &format!("/play/{playback}/s1/720p/999999.m4s"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 404);
+    assert_eq!(header(&headers, "cache-control"), Some("no-store"));
+    let (status, _, mpd) = http(
+        live.http,
+        "GET",
+        &format!("/play/{playback}/manifest.mpd"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200);
+    for expected in [
+        "type=\"dynamic\"",
+        "availabilityStartTime=",
+        "minimumUpdatePeriod=\"PT2S\"",
+        "timeShiftBufferDepth=",
+        "<UTCTiming",
+        "<SegmentTimeline>",
+    ] {
+        assert!(mpd.contains(expected), "{expected} missing from {mpd}");
+    }
+    // ffmpeg reads the live HLS as a player would.
+    let read = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(format!("http://{}/play/{playback}/master.m3u8", live.http))
+        .args(["-t", "3", "-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        read.status.success(),
+        "ffmpeg reads the live HLS: {}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+
+    // Gone for good: idle after the 2 s reconnect window, then recorded.
+    assert!(exit_within(&mut publisher, Duration::from_secs(30)).success());
+    let asset_id = eventually("the recording", Duration::from_secs(40), || async {
+        let stream = get_stream(live.http, &key, &id);
+        (stream["state"] == "idle")
+            .then(|| stream["recorded_assets"][0].as_str().map(str::to_owned))
+            .flatten()
+    })
+    .await;
+    let (status, _, body) = http(
+        live.http,
+        "GET",
+        &format!("/play/{playback}/master.m3u8"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 404);
+    assert_eq!(json(&body)["code"], "stream_idle");
+    let auth = format!("Bearer {key}");
+    let asset = eventually("the recorded asset ready", Duration::from_secs(30), || {
+        let (auth, asset_id) = (auth.clone(), asset_id.clone());
+        async move {
+            let (_, _, body) = http(
+                live.http,
+                "GET",
+                &format!("/v1/assets/{asset_id}"),
+                &[("Authorization", &auth)],
+                b"",
+            );
+            let asset = json(&body);
+            (asset["state"] == "ready").then_some(asset)
+        }
+    })
+    .await;
+    let duration = asset["duration_seconds"].as_f64().unwrap();
+    assert!(
+        (duration - 12.0).abs() < 1.0,
+        "the recording lasts the broadcast: {asset}"
+    );
+    let live_config = root.join("qa-live.toml");
+    std::fs::write(
+        &live_config,
+        "[transcode]\nladder = [\n  { name = \"720p\", short_side = 720, bitrate = 2500000 },\n  \
+         { name = \"480p\", short_side = 480, bitrate = 1200000 },\n  { name = \"240p\", short_side = 240, bitrate = 400000 },\n]\n",
+    )
+    .unwrap();
+    let hls = asset["playback"]["hls"].as_str().unwrap().to_owned();
+    let hls = hls.replacen(
+        &hls[..hls.find("/play/").unwrap()],
+        &format!("http://{}", live.http),
+        1,
+    );
+    let (code, _, output) = crate::qa::run_qa(
+        &hls,
+        &fixture,
+        &["--config", live_config.to_str().unwrap(), "--quiet"],
+    );
+    assert_eq!(code, 0, "cascade qa passes on the recording:\n{output}");
+    // Every step of the broadcast was announced through the webhook queue.
+    let client = db.pool.get().await.unwrap();
+    let events: Vec<String> = client
+        .query(
+            "SELECT payload->>'type' FROM jobs WHERE kind = 'webhook' AND payload->'data'->>'live_stream_id' = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for event in [
+        "live_stream.active",
+        "live_stream.disconnected",
+        "live_stream.idle",
+        "live_stream.recording.ready",
+    ] {
+        assert!(
+            events.iter().any(|e| e == event),
+            "{event} missing from {events:?}"
+        );
+    }
+    drop(client);
+    // The live segments went with the broadcast.
+    let left: Vec<_> = walk(&root.join("live"));
+    assert!(
+        left.iter().all(|p| !p.to_string_lossy().ends_with(".m4s")),
+        "{left:?}"
+    );
+
+    // An input the live ladder does not take is refused and recorded.
+    let (other, other_key, _) = create_stream(live.http, &key, "{}");
+    let mut flv1 = publish(
+        &fixture,
+        &format!("{rtmp_url}/{other_key}"),
+        &["-c:v", "flv1", "-c:a", "copy"],
+    );
+    let _ = exit_within(&mut flv1, Duration::from_secs(30));
+    let stream = eventually(
+        "the refusal on the stream",
+        Duration::from_secs(10),
+        || async {
+            let stream = get_stream(live.http, &key, &other);
+            stream["last_refusal"].is_object().then_some(stream)
+        },
+    )
+    .await;
+    assert_eq!(
+        stream["last_refusal"]["code"], "unsupported_codec",
+        "{stream}"
+    );
+    drop(live);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// A publisher that drops and comes back within the reconnect window
+/// continues the broadcast (a discontinuity in HLS, a new Period in DASH,
+/// numbers running on); a process holding a stream that is SIGKILLed lets
+/// go of it within the lease, its segments stay playable through another
+/// process, and the key publishes again there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
+    let fixture = live_fixture();
+    let db = fresh_db().await;
+    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    let mut first = serve(&db, "ingest,workers,origin", &root);
+    let key = create_key(&db, "live", "default");
+    let (id, stream_key, playback) = create_stream(first.http, &key, r#"{"reconnect_window": 60}"#);
+    let url = format!("rtmp://{}/live/{stream_key}", first.rtmp);
+
+    let mut publisher = publish(&fixture, &url, &[]);
+    playlist_with(first.http, &playback, "720p", 2).await;
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    eventually(
+        "the publisher seen gone",
+        Duration::from_secs(15),
+        || async {
+            let stream = get_stream(first.http, &key, &id);
+            (stream["connected"] == false && stream["state"] == "active").then_some(())
+        },
+    )
+    .await;
+    let before = http(
+        first.http,
+        "GET",
+        &format!("/play/{playback}/720p/index.m3u8"),
+        &[],
+        b"",
+    )
+    .2;
+    let last_before: u64 = before
+        .lines()
+        .filter(|l| l.ends_with(".m4s"))
+        .filter_map(|l| l.rsplit('/').next()?.trim_end_matches(".m4s").parse().ok())
+        .max()
+        .unwrap();
+
+    let mut publisher = publish(&fixture, &url, &[]);
+    let media = eventually(
+        "the discontinuity after the reconnect",
+        Duration::from_secs(40),
+        || async {
+            let (_, _, body) = http(
+                first.http,
+                "GET",
+                &format!("/play/{playback}/720p/index.m3u8"),
+                &[],
+                b"",
+            );
+            (body.contains("#EXT-X-DISCONTINUITY") && body.contains("../s2/720p/")).then_some(body)
+        },
+    )
+    .await;
+    let numbers: Vec<u64> = media
+        .lines()
+        .filter(|l| l.ends_with(".m4s"))
+        .filter_map(|l| l.rsplit('/').next()?.trim_end_matches(".m4s").parse().ok())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "numbers run on: {media}"
+    );
+    assert!(
+        numbers.contains(&(last_before + 1)),
+        "the new session continues at {}: {media}",
+        last_before + 1
+    );
+    assert!(
+        media.contains("#EXT-X-MAP:URI=\"../s2/720p/init.mp4\""),
+        "{media}"
+    );
+    let (_, _, mpd) = http(
+        first.http,
+        "GET",
+        &format!("/play/{playback}/manifest.mpd"),
+        &[],
+        b"",
+    );
+    assert!(
+        mpd.contains("<Period id=\"1\"") && mpd.contains("<Period id=\"2\""),
+        "{mpd}"
+    );
+    assert!(
+        mpd.contains("<BaseURL>s2/</BaseURL>") && mpd.contains("presentationTimeOffset="),
+        "{mpd}"
+    );
+    let stream = get_stream(first.http, &key, &id);
+    assert_eq!(stream["ingest"]["session"], 2, "{stream}");
+
+    // The holder dies with the publisher connected.
+    first.process.signal("KILL");
+    let _ = first.process.wait_exit(Duration::from_secs(5));
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    let second = serve(&db, "ingest,workers,origin", &root);
+    eventually(
+        "the dead holder's stream let go",
+        Duration::from_secs(15),
+        || async {
+            let stream = get_stream(second.http, &key, &id);
+            (stream["connected"] == false).then_some(())
+        },
+    )
+    .await;
+    let (_, _, media) = http(
+        second.http,
+        "GET",
+        &format!("/play/{playback}/720p/index.m3u8"),
+        &[],
+        b"",
+    );
+    let segment = media
+        .lines()
+        .rfind(|l| l.ends_with(".m4s"))
+        .unwrap()
+        .trim_start_matches("../")
+        .to_owned();
+    let (status, _, _) = http_bytes(
+        second.http,
+        "GET",
+        &format!("/play/{playback}/{segment}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200, "published segments stay playable");
+    let url = format!("rtmp://{}/live/{stream_key}", second.rtmp);
+    let mut publisher = publish(&fixture, &url, &[]);
+    let stream = eventually(
+        "a new publish on another process",
+        Duration::from_secs(30),
+        || async {
+            let stream = get_stream(second.http, &key, &id);
+            (stream["connected"] == true && stream["ingest"]["session"] == 3).then_some(stream)
+        },
+    )
+    .await;
+    assert_eq!(stream["state"], "active");
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    drop(second);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `cascade live create|list|show|reset-key`: an operator's view of live
+/// streams, with the key printed once and replaced on reset.
+#[tokio::test]
+async fn operators_manage_live_streams_from_the_cli() {
+    let db = fresh_db().await;
+    let cli = |args: &[&str]| {
+        let out = Command::new(crate::common::cascade_bin())
+            .args(args)
+            .env("CASCADE_DATABASE__URL", &db.url)
+            .env("CASCADE_LOG__FILTER", "warn")
+            .output()
+            .expect("cascade");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, created) = cli(&[
+        "live",
+        "create",
+        "--environment",
+        "studio",
+        "--reconnect-window",
+        "30",
+    ]);
+    assert_eq!(code, Some(0), "{created}");
+    let id = created.split_whitespace().nth(3).unwrap().to_owned();
+    let key = created
+        .lines()
+        .find_map(|l| l.strip_prefix("stream key (shown once): "))
+        .unwrap()
+        .to_owned();
+    assert!(key.starts_with("lsk_"), "{created}");
+    let (code, list) = cli(&["live", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(list.contains(&id) && list.contains("idle"), "{list}");
+    let (code, shown) = cli(&["live", "show", &id]);
+    assert_eq!(code, Some(0));
+    let shown = json(&shown);
+    assert_eq!(shown["reconnect_window"], 30);
+    assert!(
+        !shown.to_string().contains(&key),
+        "the key is never shown again"
+    );
+    let (code, reset) = cli(&["live", "reset-key", &id]);
+    assert_eq!(code, Some(0));
+    let new_key = reset
+        .lines()
+        .find_map(|l| l.strip_prefix("stream key (shown once): "))
+        .unwrap();
+    assert_ne!(new_key, key);
+    let client = db.pool.get().await.unwrap();
+    use cascade_platform::live_streams;
+    assert!(live_streams::find_by_key(&client, &key)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(live_streams::find_by_key(&client, new_key)
+        .await
+        .unwrap()
+        .is_some());
+    let (code, _) = cli(&["live", "show", &uuid::Uuid::new_v4().to_string()]);
+    assert_eq!(code, Some(1));
+}
