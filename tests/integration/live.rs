@@ -10,9 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    create_key, eventually, fixtures_dir, fresh_db, header, http, http_bytes, CascadeProcess,
-    TestDb,
+    create_key, eventually, fixtures_dir, fresh_db, header, http, http_bytes, repo_root,
+    CascadeProcess, TestDb,
 };
+use crate::origin::{nginx_available, start_cdn};
 
 /// A 12 s 720p30 H.264 + AAC file with a keyframe every 2 s: published with
 /// `-c copy`, so the publisher costs no encoding.
@@ -46,9 +47,15 @@ fn live_fixture() -> PathBuf {
 /// ffmpeg publishing `file` in real time (`-re`) to `url`, `extra` output
 /// options before the URL (default: copy the streams).
 fn publish(file: &Path, url: &str, extra: &[&str]) -> Child {
+    publish_looped(file, url, 0, extra)
+}
+
+/// [`publish`], `file` played `1 + loops` times over.
+fn publish_looped(file: &Path, url: &str, loops: u32, extra: &[&str]) -> Child {
     let mut command = Command::new("ffmpeg");
     command
-        .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-stream_loop", &loops.to_string(), "-i"])
         .arg(file);
     if extra.is_empty() {
         command.args(["-c", "copy"]);
@@ -65,17 +72,24 @@ fn publish(file: &Path, url: &str, extra: &[&str]) -> Child {
 
 /// Waits for `child` to exit within `limit`; its exit status.
 fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
+    let pid = child.id();
+    let (done, exited) = std::sync::mpsc::channel();
+    // A watchdog kills the child at the deadline; waiting is a plain wait.
+    std::thread::spawn(move || {
+        if exited.recv_timeout(limit).is_err() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the publisher did not stop within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
+    let started = Instant::now();
+    let status = child.wait().expect("wait for the publisher");
+    let _ = done.send(());
+    assert!(
+        started.elapsed() < limit,
+        "the publisher did not stop within {limit:?}"
+    );
+    status
 }
 
 struct Live {
@@ -694,4 +708,85 @@ async fn operators_manage_live_streams_from_the_cli() {
         .is_some());
     let (code, _) = cli(&["live", "show", &uuid::Uuid::new_v4().to_string()]);
     assert_eq!(code, Some(1));
+}
+
+/// hls.js and dash.js in headless Chromium play the live stream through the
+/// nginx CDN for 20 s each, at once, with no fatal error, switching from the
+/// lowest rung to the highest; hls.js reports its latency behind the wall
+/// clock of ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_players_play_the_live_stream_through_the_cdn() {
+    assert!(nginx_available(), "nginx is needed (Debian package nginx)");
+    let fixture = live_fixture();
+    let db = fresh_db().await;
+    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    let live = serve(&db, "ingest,workers,origin", &root);
+    let key = create_key(&db, "live", "default");
+    let (_, stream_key, playback) = create_stream(live.http, &key, r#"{"recording": false}"#);
+    // 48 s of media: startup, then 20 s of play for each player.
+    let mut publisher = publish_looped(
+        &fixture,
+        &format!("rtmp://{}/live/{stream_key}", live.rtmp),
+        3,
+        &[],
+    );
+    playlist_with(live.http, &playback, "720p", 3).await;
+    let cdn = start_cdn(live.http).await;
+    let players = ["hls", "dash"].map(|player| {
+        let manifest = if player == "hls" {
+            "master.m3u8"
+        } else {
+            "manifest.mpd"
+        };
+        let url = format!("http://{}/play/{playback}/{manifest}", cdn.addr);
+        tokio::process::Command::new("node")
+            .arg(repo_root().join("tests/players/play.mjs"))
+            .args([
+                "--player",
+                player,
+                "--url",
+                &url,
+                "--seconds",
+                "20",
+                "--live",
+                "1",
+            ])
+            .output()
+    });
+    let [hls, dash] = players;
+    let (hls, dash) = tokio::join!(hls, dash);
+    for (player, out) in [("hls", hls), ("dash", dash)] {
+        let out = out.expect("node (tests/players: npm ci)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{player}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+                .unwrap_or_else(|_| panic!("{player}: no report in {stdout:?}"));
+        assert!(
+            report["fatal"].is_null(),
+            "{player}: {report}\nnginx: {}",
+            cdn.log()
+        );
+        assert!(
+            report["played"].as_f64().unwrap_or(0.0) >= 20.0,
+            "{player}: {report}"
+        );
+        let video_rungs = report["renditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r.as_str() != Some("audio"))
+            .count();
+        assert!(video_rungs >= 2, "{player} switched rungs: {report}");
+        println!("{player} live: {report}");
+    }
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    drop(cdn);
+    drop(live);
+    let _ = std::fs::remove_dir_all(&root);
 }

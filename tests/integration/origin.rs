@@ -1213,9 +1213,9 @@ async fn origin_serves_cached_objects_while_storage_fails_and_breaks_the_circuit
 // ---------------------------------------------------------------- nginx as the CDN
 
 /// nginx running `infra/cdn/nginx.conf` in a temporary prefix, killed on drop.
-struct Cdn {
+pub(crate) struct Cdn {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -1239,7 +1239,7 @@ impl Drop for Cdn {
 
 impl Cdn {
     /// nginx's error log so far.
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default()
     }
 }
@@ -1249,7 +1249,7 @@ fn free_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-async fn start_cdn(origin: SocketAddr) -> Cdn {
+pub(crate) async fn start_cdn(origin: SocketAddr) -> Cdn {
     let dir = tempfile::tempdir().unwrap();
     let template = std::fs::read_to_string(repo_root().join("infra/cdn/nginx.conf")).unwrap();
     // nginx needs the port up front; a just-freed ephemeral port is the
@@ -1307,7 +1307,7 @@ async fn count(state: &OriginState, class: &str, status: &str) -> f64 {
     )
 }
 
-fn nginx_available() -> bool {
+pub(crate) fn nginx_available() -> bool {
     Path::new("/usr/sbin/nginx").exists()
 }
 

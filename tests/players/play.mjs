@@ -2,11 +2,15 @@
 // Chromium and prints what happened as one JSON line: seconds played, the
 // renditions whose segments the browser fetched, and any fatal error.
 //
-//   node play.mjs --player hls|dash --url <master.m3u8|manifest.mpd> [--seconds 8]
+//   node play.mjs --player hls|dash --url <master.m3u8|manifest.mpd> [--seconds 8] [--live 1]
 //
 // The player starts on the lowest rung and is switched to the highest after
-// two seconds of playback, so at least two rungs are fetched. Used by the
-// integration tests (tests/integration/origin.rs).
+// two seconds of playback, so at least two rungs are fetched. With --live,
+// playback starts at the live edge and "seconds played" counts from the
+// first frame shown, not from the presentation's start; the report adds
+// the latency (wall clock minus the program date-time of the frame on
+// screen, hls.js). Used by the integration tests
+// (tests/integration/origin.rs, tests/integration/live.rs).
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -20,6 +24,7 @@ const args = Object.fromEntries(
 const player = args.player;
 const url = args.url;
 const seconds = Number(args.seconds ?? 8);
+const live = Boolean(Number(args.live ?? 0));
 
 const scripts = {
   '/hls.js': path.join(here, 'node_modules/hls.js/dist/hls.min.js'),
@@ -31,8 +36,14 @@ const page = `<!doctype html><html><body>
 <script src="/${player}.js"></script>
 <script>
 const video = document.getElementById('v');
-window.report = { fatal: null, errors: [] };
+window.report = { fatal: null, errors: [], start: null, latency: null };
 const url = ${JSON.stringify(url)};
+// Seconds shown since the first frame (live starts at the edge, not at 0).
+const played = () => {
+  if (window.report.start === null && video.currentTime > 0) window.report.start = video.currentTime;
+  return window.report.start === null ? 0 : video.currentTime - window.report.start;
+};
+window.played = played;
 if (${JSON.stringify(player)} === 'hls') {
   const hls = new Hls({ capLevelToPlayerSize: false, startLevel: 0 });
   hls.on(Hls.Events.ERROR, (_, d) => {
@@ -41,7 +52,8 @@ if (${JSON.stringify(player)} === 'hls') {
   });
   hls.on(Hls.Events.MANIFEST_PARSED, () => { hls.currentLevel = 0; video.play(); });
   video.addEventListener('timeupdate', () => {
-    if (video.currentTime > 2 && !window.switched) { window.switched = true; hls.currentLevel = hls.levels.length - 1; }
+    if (played() > 2 && !window.switched) { window.switched = true; hls.currentLevel = hls.levels.length - 1; }
+    if (hls.playingDate) window.report.latency = (Date.now() - hls.playingDate.getTime()) / 1000;
   });
   hls.loadSource(url);
   hls.attachMedia(video);
@@ -54,7 +66,7 @@ if (${JSON.stringify(player)} === 'hls') {
     video.play();
   });
   video.addEventListener('timeupdate', () => {
-    if (video.currentTime > 2 && !window.switched) {
+    if (played() > 2 && !window.switched) {
       window.switched = true;
       const reps = p.getRepresentationsByType('video');
       p.setRepresentationForTypeByIndex('video', reps.length - 1, true);
@@ -88,13 +100,13 @@ let report = { fatal: 'did not start', errors: [] };
 try {
   const tab = await browser.newPage();
   tab.on('request', (r) => {
-    const m = r.url().match(/\/play\/[^/]+\/(?:v\d+\/)?([^/?]+)\/\d+\.m4s/);
+    const m = r.url().match(/\/play\/[^/]+\/(?:[vs]\d+\/)?([^/?]+)\/\d+\.m4s/);
     if (m) renditions.add(m[1]);
   });
   await tab.goto(pageUrl);
   const deadline = Date.now() + (seconds * 4 + 30) * 1000;
   while (Date.now() < deadline) {
-    [played, report] = await tab.evaluate(() => [document.getElementById('v').currentTime, window.report]);
+    [played, report] = await tab.evaluate(() => [window.played(), window.report]);
     if (report.fatal || played >= seconds) break;
     await new Promise((r) => setTimeout(r, 250));
   }
@@ -102,4 +114,5 @@ try {
   await browser.close();
   server.close();
 }
-console.log(JSON.stringify({ player, played, renditions: [...renditions].sort(), fatal: report.fatal, errors: report.errors }));
+console.log(JSON.stringify({ player, live, played, renditions: [...renditions].sort(), fatal: report.fatal,
+  errors: report.errors, latency: report.latency }));
