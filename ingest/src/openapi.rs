@@ -229,6 +229,7 @@ impl Modify for BearerAuth {
         crate::live_api::reset_stream_key,
         crate::live_api::disable,
         crate::live_api::enable,
+        crate::playback_tokens::create_for_live_stream,
         crate::webhook_endpoints::create,
         crate::webhook_endpoints::list,
         crate::webhook_endpoints::get,

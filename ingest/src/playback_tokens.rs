@@ -1,5 +1,7 @@
-//! `POST /v1/assets/{id}/playback_tokens`: a signed playback token for an
-//! asset with the `signed` policy, and its playback URLs carrying it.
+//! `POST /v1/assets/{id}/playback_tokens` and
+//! `POST /v1/live_streams/{id}/playback_tokens`: a signed playback token for
+//! an asset or live stream with the `signed` policy, and its playback URLs
+//! carrying it.
 //!
 //! The token is minted by `cascade_platform::playback_token::mint` with the
 //! first key of `playback.signing_keys` (the origin verifies it with any of
@@ -94,28 +96,88 @@ pub(crate) async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_asset_id(&id)?;
+    let ttl = read_ttl(&state, &headers, body).await?;
+    let asset = find_asset(&state, &caller, id).await?;
+    respond(
+        &state,
+        ttl,
+        &asset.playback_id,
+        asset.playback_policy,
+        "asset",
+    )
+}
+
+/// A signed playback token for a live stream with the `signed` policy.
+#[utoipa::path(post, path = "/v1/live_streams/{id}/playback_tokens", tag = "live", operation_id = "create_live_playback_token",
+    params(("id" = String, Path, format = Uuid, description = "Live stream id")),
+    request_body(content = Option<CreatePlaybackToken>, content_type = "application/json",
+        description = "Optional; at most 4 KiB."),
+    responses(
+        (status = 201, body = PlaybackTokenView, description = "The token, its key id and expiry, and the signed playback URLs."),
+        (status = 400, body = ErrorBody, description = "`invalid_json`, or `invalid_ttl`: `ttl_seconds` out of range."),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "No such live stream."),
+        (status = 408, body = ErrorBody, description = "The body did not arrive within `ingest.json_body_deadline`."),
+        (status = 409, body = ErrorBody, description = "`not_signed`: the stream's playback policy is public; its URLs need no token."),
+        (status = 413, body = ErrorBody, description = "The body is over 4 KiB."),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: a body with a Content-Type other than JSON."),
+        (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`signing_not_configured`: no playback signing key is configured; or a dependency is down."),
+    ))]
+pub(crate) async fn create_for_live_stream(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = crate::request::parse_live_stream_id(&id)?;
+    let ttl = read_ttl(&state, &headers, body).await?;
+    let stream =
+        cascade_platform::live_streams::get_in(&state.pool.get().await?, caller.environment, id)
+            .await?
+            .ok_or(ApiError::NotFound("live stream"))?;
+    respond(
+        &state,
+        ttl,
+        &stream.playback_id,
+        stream.playback_policy,
+        "live stream",
+    )
+}
+
+/// The request's token lifetime, checked against the config.
+async fn read_ttl(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Duration, ApiError> {
     let deadline = state.limits.json_deadline;
-    let body = crate::limits::read_json_body(&headers, body, MAX_BODY_BYTES, deadline).await?;
+    let body = crate::limits::read_json_body(headers, body, MAX_BODY_BYTES, deadline).await?;
     let request = parse_request(&body)?;
-    let ttl = playback_token::token_ttl(
+    playback_token::token_ttl(
         &state.playback,
         request.ttl_seconds.map(Duration::from_secs),
     )
-    .map_err(mint_error)?;
-    let asset = find_asset(&state, &caller, id).await?;
-    if asset.playback_policy != cascade_schemas::PlaybackPolicy::Signed {
+    .map_err(mint_error)
+}
+
+/// Mints the token for `playback_id` (of a `what` with `policy`).
+fn respond(
+    state: &AppState,
+    ttl: Duration,
+    playback_id: &PlaybackId,
+    policy: cascade_schemas::PlaybackPolicy,
+    what: &str,
+) -> Result<Response, ApiError> {
+    if policy != cascade_schemas::PlaybackPolicy::Signed {
         return Err(ApiError::Conflict {
             code: "not_signed",
             message: format!(
-                "the asset's playback policy is {}: its playback URLs need no token",
-                asset.playback_policy
+                "the {what}'s playback policy is {policy}: its playback URLs need no token"
             ),
         });
     }
-    let minted = playback_token::mint(&state.playback, &asset.playback_id, ttl, now_unix())
-        .map_err(mint_error)?;
+    let minted =
+        playback_token::mint(&state.playback, playback_id, ttl, now_unix()).map_err(mint_error)?;
     let view = PlaybackTokenView {
-        playback: signed_playback_urls(&state.config.public_url, &asset.playback_id, &minted.token),
+        playback: signed_playback_urls(&state.config.public_url, playback_id, &minted.token),
         token: minted.token,
         key_id: minted.key_id.to_string(),
         expires_at: minted.expires_at,
@@ -127,9 +189,6 @@ pub(crate) async fn create(
     Ok(response)
 }
 
-/// The asset a token is asked for. One place to scope the lookup (by the
-/// caller's environment, once there are several).
-/// The caller's asset `id` (another environment's is not found).
 async fn find_asset(
     state: &AppState,
     caller: &Caller,

@@ -56,6 +56,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/live_streams/{id}/disable", post(live_api::disable))
         .route("/v1/live_streams/{id}/enable", post(live_api::enable))
         .route(
+            "/v1/live_streams/{id}/playback_tokens",
+            post(crate::playback_tokens::create_for_live_stream),
+        )
+        .route(
             "/v1/webhook_endpoints",
             post(webhook_endpoints::create).get(webhook_endpoints::list),
         )

@@ -525,9 +525,11 @@ pub struct LiveConfig {
     pub window: Duration,
     /// x264 preset of the live ladder. Default `veryfast`.
     pub preset: String,
-    /// B-frames (each adds a frame of delay). Default `2`.
+    /// B-frames (each adds a frame of delay, and their placement more).
+    /// Default `0`.
     pub b_frames: u32,
-    /// Frames the encoder looks ahead (delay). Default `10`.
+    /// Frames the encoder looks ahead: each is delay before a segment can
+    /// close (x264's macroblock tree needs some). Default `0`.
     pub lookahead_frames: u32,
     /// AAC bitrate of the live audio rendition, bit/s. Default `128000`.
     pub audio_bitrate: u64,
@@ -575,8 +577,8 @@ impl Default for LiveConfig {
             segment_duration: Duration::from_secs(2),
             window: Duration::from_secs(300),
             preset: "veryfast".to_owned(),
-            b_frames: 2,
-            lookahead_frames: 10,
+            b_frames: 0,
+            lookahead_frames: 0,
             audio_bitrate: 128_000,
             max_streams: 4,
             max_input_bitrate: 20_000_000,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use super::median;
 use anyhow::{bail, Context};
 use cascade_platform::config::{RateControl, TranscodeConfig};
 use cascade_platform::Config;
@@ -31,11 +32,6 @@ pub struct LadderBenchArgs {
     /// Alternating runs of each; medians are compared (the machine is noisy).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn cpu_seconds(who: i32) -> f64 {

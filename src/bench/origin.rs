@@ -56,14 +56,14 @@ pub struct OriginBenchArgs {
 }
 
 /// A child process that is killed and reaped however the bench ends.
-struct ChildGuard {
-    name: &'static str,
-    child: Child,
+pub(crate) struct ChildGuard {
+    pub(crate) name: &'static str,
+    pub(crate) child: Child,
 }
 
 impl ChildGuard {
     /// Fails if the child already exited (a port clash, a bad config).
-    fn check_running(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited early: {status}", self.name);
         }
@@ -109,14 +109,14 @@ struct WrkFigures {
     errors: u64,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
 
 /// The tool's path from `PATH`, or from `/usr/sbin` (where Debian puts
 /// nginx, often outside a non-root user's `PATH`).
-fn require_tool(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn require_tool(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin")])

@@ -25,6 +25,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
+use super::{median, peak_rss_mb};
 use anyhow::{bail, Context};
 use cascade_platform::config::ByteSize;
 use cascade_platform::{Config, ObjectStore};
@@ -236,11 +237,6 @@ impl Bench<'_> {
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Waits until the asset has left `waiting` (its source probed).
 async fn wait_probed(client: &reqwest::Client, base: &str, asset: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + std::time::Duration::from_secs(120);
@@ -308,23 +304,6 @@ async fn delete_asset(client: &reqwest::Client, base: &str, asset: &str) -> anyh
         bail!("deleting asset {asset}: {}", response.status());
     }
     Ok(())
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_owned)
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 fn generate(path: &Path, size: u64) -> anyhow::Result<()> {

@@ -766,6 +766,7 @@ async fn generated_requests_from_the_openapi_document_never_get_a_5xx() {
         ("/v1/live_streams/{id}/reset_stream_key", "post"),
         ("/v1/live_streams/{id}/disable", "post"),
         ("/v1/live_streams/{id}/enable", "post"),
+        ("/v1/live_streams/{id}/playback_tokens", "post"),
         ("/v1/direct_uploads", "post"),
         ("/v1/direct_uploads/{id}", "get"),
         ("/v1/direct_uploads/{id}/cancel", "put"),
@@ -832,7 +833,7 @@ include-operation-id = ["create_asset", "get_asset", "list_assets", "delete_asse
 
 [[operations]]
 include-operation-id = ["get_live_stream", "reset_stream_key", "disable_live_stream", "enable_live_stream",
-    "delete_live_stream"]
+    "create_live_playback_token", "delete_live_stream"]
 parameters = {{ "path.id" = "{live_id}" }}
 {tus_checks}
 

@@ -114,6 +114,10 @@ fn serve(db: &TestDb, roles: &str, root: &Path) -> Live {
             ("CASCADE_LIVE__PUBLISHER_LEASE", "3s"),
             ("CASCADE_LIVE__SWEEP_INTERVAL", "500ms"),
             ("CASCADE_QUEUE__POLL_INTERVAL", "200ms"),
+            (
+                "CASCADE_PLAYBACK__SIGNING_KEYS",
+                "live:a-signing-secret-of-32-bytes-xx",
+            ),
         ],
     );
     let http = process.http.expect("http address");
@@ -787,6 +791,80 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
     let _ = publisher.kill();
     let _ = publisher.wait();
     drop(cdn);
+    drop(live);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A signed live stream plays only with a token minted for it: manifests
+/// and segments without one are refused, and the manifests served with one
+/// carry it on every URI they name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_live_streams_play_with_a_token_only() {
+    let fixture = live_fixture();
+    let db = fresh_db().await;
+    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    let live = serve(&db, "ingest,workers,origin", &root);
+    let key = create_key(&db, "live", "default");
+    let (id, stream_key, playback) = create_stream(
+        live.http,
+        &key,
+        r#"{"playback_policy": "signed", "recording": false}"#,
+    );
+    let auth = format!("Bearer {key}");
+    let (status, _, body) = http(
+        live.http,
+        "POST",
+        &format!("/v1/live_streams/{id}/playback_tokens"),
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"ttl_seconds": 600}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let token = json(&body)["token"].as_str().unwrap().to_owned();
+    let mut publisher = publish(
+        &fixture,
+        &format!("rtmp://{}/live/{stream_key}", live.rtmp),
+        &[],
+    );
+    let media = eventually("the signed playlist", Duration::from_secs(30), || async {
+        let (status, _, body) = http(
+            live.http,
+            "GET",
+            &format!("/play/{playback}/720p/index.m3u8?token={token}"),
+            &[],
+            b"",
+        );
+        (status == 200 && body.contains(".m4s")).then_some(body)
+    })
+    .await;
+    let segment = media.lines().find(|l| l.contains(".m4s")).unwrap();
+    assert!(segment.ends_with(&format!("?token={token}")), "{media}");
+    assert!(
+        media.contains(&format!("init.mp4?token={token}")),
+        "{media}"
+    );
+    let path = format!("/play/{playback}/{}", segment.trim_start_matches("../"));
+    let (status, headers, _) = http_bytes(live.http, "GET", &path, &[], b"");
+    assert_eq!(status, 200, "{path}");
+    assert!(header(&headers, "cache-control").is_some_and(|c| c.starts_with("private")));
+    let unsigned = path.split('?').next().unwrap();
+    let (status, _, body) = http(live.http, "GET", unsigned, &[], b"");
+    assert_eq!(
+        (status, json(&body)["code"].as_str()),
+        (403, Some("token_required"))
+    );
+    let (status, _, body) = http(
+        live.http,
+        "GET",
+        &format!("/play/{playback}/master.m3u8?token=live.1.AAAA"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 403, "{body}");
+    let _ = publisher.kill();
+    let _ = publisher.wait();
     drop(live);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -288,8 +288,14 @@ fn open_video_source(
     let codec_name = stream.parameters().id().name().to_owned();
     let mut context = ff::codec::context::Context::from_parameters(stream.parameters())
         .map_err(|e| TranscodeError::internal("reading video parameters", e))?;
+    // Frame threads each hold a frame back: fine for files, delay for live
+    // (where one 720p/1080p decode thread keeps up with ease).
     context.set_threading(ff::codec::threading::Config {
-        kind: ff::codec::threading::Type::Frame,
+        kind: if config.live {
+            ff::codec::threading::Type::Slice
+        } else {
+            ff::codec::threading::Type::Frame
+        },
         count: 0,
         ..Default::default()
     });

@@ -1,0 +1,627 @@
+//! `cascade bench live`: a minute of 720p30 (H.264 + AAC, copied, so the
+//! publisher costs nothing) published by ffmpeg in real time over RTMP into
+//! a `cascade serve` child (default live ladder) behind the nginx CDN of
+//! `infra/cdn/nginx.conf`; then, in the same run, the `ffmpeg` CLI doing the
+//! same ladder from the same input in real time and writing HLS.
+//!
+//! Prints, and holds to targets (exit 1 when one is missed):
+//! - CPU seconds per minute of live, Cascade's process against the CLI's
+//!   (target: ratio <= 1.0);
+//! - availability latency: from a segment's first frame reaching ingest
+//!   (its `EXT-X-PROGRAM-DATE-TIME`) to the segment being fetchable through
+//!   the CDN, median and max (target: <= one segment + 0.5 s); and, for
+//!   information, until the CDN's cached playlist lists it;
+//! - whether Cascade kept real time: the latency of the last quarter of
+//!   segments is not above the first quarter's by more than half a segment;
+//! - hls.js's latency in headless Chromium (wall clock minus the program
+//!   date-time of the frame on screen), for information, played after the
+//!   measured minute so the browser is not in Cascade's CPU figure;
+//! - Cascade's peak RSS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cascade_platform::Config;
+use cascade_workers::transcode::ladder;
+use chrono::{DateTime, Utc};
+use clap::Args;
+
+use super::origin::{free_port, require_tool, ChildGuard};
+use super::{median, peak_rss_mb};
+
+const KEY: &str = "csk_bench_live_key_0123456789abcdefghijklmnop";
+/// Cascade's CPU per minute of live over the CLI's.
+const TARGET_CPU_RATIO: f64 = 1.0;
+/// Added to the segment duration for the availability latency target.
+const TARGET_LATENCY_SLACK: f64 = 0.5;
+
+/// Arguments of `cascade bench live`.
+#[derive(Debug, Args)]
+pub struct LiveBenchArgs {
+    /// Seconds of live media measured.
+    #[arg(long, default_value_t = 60)]
+    seconds: u32,
+    /// Also play the stream with hls.js in headless Chromium for its latency
+    /// (needs `tests/players` installed: scripts/deps.sh).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    player: bool,
+}
+
+/// The 720p30 source (12 s, looped), generated if missing.
+fn fixture() -> anyhow::Result<PathBuf> {
+    let path = PathBuf::from(".data/fixtures/live_720p30_12s.mp4");
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(".data/fixtures")?;
+    let partial = path.with_extension("partial.mp4");
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-t", "12", "-c:v", "libx264", "-preset", "veryfast", "-g", "60",
+        ])
+        .args([
+            "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-b:a", "128k",
+        ])
+        .arg(&partial)
+        .status()
+        .context("running ffmpeg to make the live fixture")?;
+    if !status.success() {
+        bail!("ffmpeg could not make the live fixture");
+    }
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, all threads.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf has no memory preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces).
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// Waits for `child` and returns its CPU seconds (from wait4's rusage).
+fn wait_cpu_seconds(child: &std::process::Child) -> anyhow::Result<f64> {
+    let pid = libc::pid_t::try_from(child.id())?;
+    let mut status = 0;
+    // SAFETY: wait4 fills the status and rusage it is given; the pid is our
+    // unreaped child.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::wait4(pid, &mut status, 0, &mut usage) != pid {
+            bail!("waiting for the ffmpeg CLI failed");
+        }
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
+/// nginx as the CDN in front of `origin`, from infra/cdn/nginx.conf.
+fn start_cdn(origin: u16, dir: &Path) -> anyhow::Result<(ChildGuard, u16)> {
+    let template = std::fs::read_to_string("infra/cdn/nginx.conf")
+        .context("reading infra/cdn/nginx.conf (run from the repository root)")?;
+    let port = free_port()?;
+    // SAFETY: geteuid has no preconditions.
+    let user = if unsafe { libc::geteuid() } == 0 {
+        "root"
+    } else {
+        "nobody"
+    };
+    let conf = template
+        .replace("{{USER}}", user)
+        .replace("{{LISTEN}}", &format!("127.0.0.1:{port}"))
+        .replace("{{ORIGIN}}", &format!("127.0.0.1:{origin}"))
+        .replace("{{CACHE_DIR}}", &dir.join("cache").display().to_string());
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let child = Command::new(require_tool("nginx")?)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx")?;
+    Ok((
+        ChildGuard {
+            name: "nginx",
+            child,
+        },
+        port,
+    ))
+}
+
+async fn wait_http(
+    client: &reqwest::Client,
+    url: &str,
+    guard: &mut ChildGuard,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        guard.check_running()?;
+        if client.get(url).send().await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{} did not answer {url} within 30 s", guard.name)
+}
+
+/// When segments became available.
+struct Seen {
+    /// The segment's first frame's arrival at ingest.
+    program_time: DateTime<Utc>,
+    /// When the segment could be fetched through the CDN.
+    fetchable_at: DateTime<Utc>,
+    /// When the CDN's playlist listed it.
+    listed_at: DateTime<Utc>,
+}
+
+/// Watches the CDN's 720p playlist until `until`. Once a segment is
+/// listed, the next one's URL (same session, next number) is asked for
+/// every 25 ms through the CDN (a missing live segment is never cached)
+/// until it answers 200: that is when it became fetchable. Its first
+/// frame's arrival is the listed one's program date-time plus duration.
+async fn watch_availability(
+    client: &reqwest::Client,
+    playlist: &str,
+    until: Instant,
+) -> anyhow::Result<Vec<Seen>> {
+    let base = playlist
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(playlist);
+    let mut seen: Vec<Seen> = Vec::new();
+    // The next segment: (uri, arrival of its first frame, fetchable at).
+    let mut next: Option<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = None;
+    let mut last_playlist_poll: Option<Instant> = None;
+    while Instant::now() < until {
+        if let Some((uri, _, fetchable @ None)) = next.as_mut() {
+            let response = client.get(format!("{base}/{uri}")).send().await?;
+            if response.status().is_success() {
+                let _ = response.bytes().await?;
+                *fetchable = Some(Utc::now());
+            }
+        }
+        if last_playlist_poll.is_none_or(|at| at.elapsed() >= Duration::from_millis(100)) {
+            last_playlist_poll = Some(Instant::now());
+            let response = client.get(playlist).send().await?;
+            if response.status().is_success() {
+                let text = response.text().await.unwrap_or_default();
+                let listed = listed_segments(&text);
+                if let Some((uri, first_frame, fetchable)) = next.take() {
+                    match (listed.iter().any(|(u, ..)| *u == uri), fetchable) {
+                        (true, Some(fetchable_at)) => seen.push(Seen {
+                            program_time: first_frame,
+                            fetchable_at,
+                            listed_at: Utc::now(),
+                        }),
+                        _ => next = Some((uri, first_frame, fetchable)),
+                    }
+                }
+                if next.is_none() {
+                    if let Some((uri, time, duration)) = listed.last() {
+                        let (dir, file) = uri.rsplit_once('/').unwrap_or(("", uri));
+                        if let Ok(number) = file.trim_end_matches(".m4s").parse::<u64>() {
+                            let following = format!("{dir}/{}.m4s", number + 1);
+                            let arrival =
+                                *time + chrono::Duration::milliseconds((duration * 1000.0) as i64);
+                            next = Some((following, arrival, None));
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(seen)
+}
+
+/// A media playlist's segments: (uri, program date-time, duration in s).
+fn listed_segments(text: &str) -> Vec<(String, DateTime<Utc>, f64)> {
+    let mut listed = Vec::new();
+    let mut program_time = None;
+    let mut duration = 0.0;
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+            program_time = DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|t| t.with_timezone(&Utc));
+        } else if let Some(d) = line.strip_prefix("#EXTINF:") {
+            duration = d.trim_end_matches(',').parse::<f64>().unwrap_or(0.0);
+        } else if line.ends_with(".m4s") {
+            if let Some(time) = program_time {
+                listed.push((line.to_owned(), time, duration));
+            }
+        }
+    }
+    listed
+}
+
+/// The ffmpeg CLI doing the live ladder from `input` in real time for
+/// `seconds`, writing fMP4 HLS into `out`.
+fn cli_command(
+    input: &Path,
+    seconds: u32,
+    rungs: &[ladder::PlannedRung],
+    config: &Config,
+    out: &Path,
+) -> Command {
+    let live = &config.live;
+    let gop = live.segment_duration.as_secs_f64();
+    let gop_frames = (gop * 30.0).round() as u32;
+    let mut command = Command::new("ffmpeg");
+    command
+        .args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-stream_loop",
+            "-1",
+            "-i",
+        ])
+        .arg(input)
+        .args(["-t", &seconds.to_string()]);
+    let labels: String = (0..rungs.len()).map(|i| format!("[s{i}]")).collect();
+    let mut graph = format!("[0:v]split={}{labels}", rungs.len());
+    for (i, r) in rungs.iter().enumerate() {
+        graph.push_str(&format!(
+            ";[s{i}]scale={}:{}:flags=bicubic,setsar=1,format=yuv420p[v{i}]",
+            r.width, r.height
+        ));
+    }
+    command.args(["-filter_complex", &graph]);
+    for i in 0..rungs.len() {
+        command.args(["-map", &format!("[v{i}]")]);
+    }
+    command.args(["-map", "0:a"]);
+    command.args([
+        "-c:v",
+        "libx264",
+        "-preset",
+        &live.preset,
+        "-crf",
+        &config.transcode.crf.to_string(),
+    ]);
+    command.args(["-bf", &live.b_frames.to_string()]);
+    command.args([
+        "-x264-params",
+        &format!(
+            "keyint={}:min-keyint={gop_frames}:scenecut=0:open-gop=0:b-pyramid=none:rc-lookahead={}",
+            gop_frames * 2,
+            live.lookahead_frames
+        ),
+    ]);
+    command.args(["-force_key_frames", &format!("expr:gte(t,n_forced*{gop})")]);
+    for (i, r) in rungs.iter().enumerate() {
+        command.args([&format!("-maxrate:v:{i}"), &r.bitrate.to_string()]);
+        command.args([&format!("-bufsize:v:{i}"), &r.bitrate.to_string()]);
+        let profile = if r.width.min(r.height) > 480 {
+            "high"
+        } else {
+            "main"
+        };
+        command.args([&format!("-profile:v:{i}"), profile]);
+    }
+    command.args([
+        "-c:a",
+        "aac",
+        "-b:a",
+        &live.audio_bitrate.to_string(),
+        "-ac",
+        "2",
+        "-ar",
+        "48000",
+    ]);
+    let streams: Vec<String> = (0..rungs.len())
+        .map(|i| format!("v:{i},agroup:aud"))
+        .chain(["a:0,agroup:aud".to_owned()])
+        .collect();
+    command
+        .args([
+            "-f",
+            "hls",
+            "-hls_time",
+            &gop.to_string(),
+            "-hls_segment_type",
+            "fmp4",
+        ])
+        .args(["-hls_list_size", &live.window_segments().to_string()])
+        .args(["-var_stream_map", &streams.join(" ")])
+        .args(["-master_pl_name", "master.m3u8"])
+        .arg(out.join("%v/index.m3u8"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// hls.js in headless Chromium on `url` for 20 s: its report.
+async fn play_hls(url: &str) -> anyhow::Result<serde_json::Value> {
+    let out = tokio::process::Command::new("node")
+        .arg("tests/players/play.mjs")
+        .args([
+            "--player",
+            "hls",
+            "--url",
+            url,
+            "--seconds",
+            "20",
+            "--live",
+            "1",
+        ])
+        .output()
+        .await
+        .context("node tests/players/play.mjs (scripts/deps.sh installs it)")?;
+    let last = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_default();
+    Ok(serde_json::from_slice(last).unwrap_or(serde_json::Value::Null))
+}
+
+/// Runs the benchmark.
+pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let input = fixture()?;
+    require_tool("nginx")?;
+    let seconds = args.seconds.max(20);
+    let segment = config.live.segment_duration.as_secs_f64();
+    let dir = tempfile::tempdir()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    println!(
+        "bench live: {seconds} s of 720p30 published in real time; ladder {:?}",
+        config
+            .live
+            .ladder
+            .iter()
+            .map(|r| &r.name)
+            .collect::<Vec<_>>()
+    );
+
+    // Cascade, every role, in a process of its own (its CPU and memory are its own).
+    let http_port = free_port()?;
+    let base = format!("http://127.0.0.1:{http_port}");
+    let mut serve = Command::new(std::env::current_exe()?);
+    serve
+        .args(["serve"])
+        .env("CASCADE_HTTP__LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("CASCADE_LIVE__RTMP_LISTEN", "127.0.0.1:0")
+        .env("CASCADE_INGEST__PUBLIC_URL", &base)
+        .env("CASCADE_INGEST__BOOTSTRAP_KEY", KEY)
+        .env("CASCADE_LOG__FILTER", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if config.storage.s3.is_none() {
+        serve.env("CASCADE_STORAGE__LOCAL_ROOT", dir.path().join("objects"));
+    }
+    let mut cascade = ChildGuard {
+        name: "cascade serve",
+        child: serve.spawn().context("starting cascade serve")?,
+    };
+    let stdout = cascade.child.stdout.take().context("cascade's stdout")?;
+    let rtmp = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let found = lines.by_ref().map_while(Result::ok).find_map(|line| {
+            line.split("rtmp listening on ")
+                .nth(1)
+                .map(|url| url.trim().to_owned())
+        });
+        std::thread::spawn(move || for _ in lines {});
+        found
+    })
+    .await?
+    .context("cascade serve did not report its RTMP listener")?;
+    wait_http(&client, &format!("{base}/healthz"), &mut cascade).await?;
+    let (mut cdn, cdn_port) = start_cdn(http_port, dir.path())?;
+    wait_http(
+        &client,
+        &format!("http://127.0.0.1:{cdn_port}/play/"),
+        &mut cdn,
+    )
+    .await?;
+
+    let response = client
+        .post(format!("{base}/v1/live_streams"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(r#"{"recording": false}"#)
+        .send()
+        .await?
+        .error_for_status()?;
+    let created: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+    let stream_id = created["id"].as_str().context("stream id")?.to_owned();
+    let key = created["rtmp"]["stream_key"]
+        .as_str()
+        .context("stream key")?;
+    let playback = created["playback_id"].as_str().context("playback id")?;
+
+    let mut publisher = ChildGuard {
+        name: "ffmpeg publisher",
+        child: Command::new("ffmpeg")
+            .args([
+                "-nostdin",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-stream_loop",
+                "-1",
+                "-i",
+            ])
+            .arg(&input)
+            .args(["-t", &(seconds + 45).to_string(), "-c", "copy", "-f", "flv"])
+            .arg(format!("{rtmp}/{key}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the ffmpeg publisher")?,
+    };
+    let playlist = format!("http://127.0.0.1:{cdn_port}/play/{playback}/720p/index.m3u8");
+    let started = Instant::now();
+    while client
+        .get(&playlist)
+        .send()
+        .await
+        .map(|r| !r.status().is_success())
+        .unwrap_or(true)
+    {
+        publisher.check_running()?;
+        cascade.check_running()?;
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the live playlist did not appear within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cpu_start = process_cpu_seconds(cascade.child.id());
+    let measure_start = Instant::now();
+    let until = measure_start + Duration::from_secs(u64::from(seconds));
+    let lags = async {
+        let mut lags = Vec::new();
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Ok(response) = client
+                .get(format!("{base}/v1/live_streams/{stream_id}"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+            {
+                let body = response.bytes().await.unwrap_or_default();
+                if let Ok(stream) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    if let Some(lag) = stream["ingest"]["lag_seconds"].as_f64() {
+                        lags.push(lag);
+                    }
+                }
+            }
+        }
+        lags
+    };
+    let (seen, lags) = tokio::join!(watch_availability(&client, &playlist, until), lags);
+    let seen = seen?;
+    let cascade_cpu = process_cpu_seconds(cascade.child.id()) - cpu_start;
+    let measured = measure_start.elapsed().as_secs_f64();
+    // hls.js after the measured minute, so Chromium's decoding and the
+    // player's requests are not in Cascade's CPU figure.
+    let player = if args.player {
+        play_hls(&format!(
+            "http://127.0.0.1:{cdn_port}/play/{playback}/master.m3u8"
+        ))
+        .await
+    } else {
+        Ok(serde_json::Value::Null)
+    };
+    let rss = peak_rss_mb(cascade.child.id());
+    drop(publisher);
+    drop(cdn);
+    drop(cascade);
+
+    // The ffmpeg CLI doing the same ladder, alone on the machine.
+    let plan = ladder::plan(1280, 720, &config.live.ladder);
+    let cli_out = dir.path().join("cli");
+    std::fs::create_dir_all(&cli_out)?;
+    let cli = cli_command(&input, seconds, &plan, &config, &cli_out)
+        .spawn()
+        .context("starting the ffmpeg CLI")?;
+    let cli_started = Instant::now();
+    let cli_cpu = wait_cpu_seconds(&cli)?;
+    let cli_wall = cli_started.elapsed().as_secs_f64();
+
+    let per_minute = |cpu: f64, wall: f64| cpu / wall * 60.0;
+    let ours = per_minute(cascade_cpu, measured);
+    let theirs = per_minute(cli_cpu, cli_wall);
+    let ratio = ours / theirs;
+    let mut latencies: Vec<f64> = seen
+        .iter()
+        .map(|s| (s.fetchable_at - s.program_time).num_milliseconds() as f64 / 1000.0)
+        .collect();
+    let mut listed: Vec<f64> = seen
+        .iter()
+        .map(|s| (s.listed_at - s.program_time).num_milliseconds() as f64 / 1000.0)
+        .collect();
+    let listed_median = if listed.is_empty() {
+        f64::NAN
+    } else {
+        median(&mut listed)
+    };
+    if latencies.len() < 4 {
+        bail!(
+            "only {} segments were seen through the CDN",
+            latencies.len()
+        );
+    }
+    let quarter = latencies.len() / 4;
+    let first = median(&mut latencies[..quarter.max(1)].to_vec());
+    let last = median(&mut latencies[latencies.len() - quarter.max(1)..].to_vec());
+    let max = latencies.iter().copied().fold(0.0, f64::max);
+    let spread = {
+        let mut sorted = latencies.clone();
+        sorted.sort_by(f64::total_cmp);
+        (sorted[0], sorted[sorted.len() - 1])
+    };
+    let median_latency = median(&mut latencies);
+    let latency_target = segment + TARGET_LATENCY_SLACK;
+    let kept_up = last - first <= segment / 2.0;
+
+    println!(
+        "{:<44} {:>10} {:>10} {:>8}",
+        "", "cascade", "ffmpeg", "ratio"
+    );
+    println!(
+        "{:<44} {:>10.1} {:>10.1} {:>7.2}x  (target <= {TARGET_CPU_RATIO:.2}x)",
+        "CPU seconds per minute of live", ours, theirs, ratio
+    );
+    println!(
+        "availability latency (first frame at ingest to fetchable at the CDN), {} segments: median {median_latency:.2} s, max {max:.2} s, range {:.2}-{:.2} s (target <= {latency_target:.1} s)",
+        seen.len(),
+        spread.0,
+        spread.1
+    );
+    println!(
+        "listed in the CDN's playlist (cached up to origin.live_manifest_max_age): median {listed_median:.2} s"
+    );
+    println!(
+        "kept real time: {} (latency first quarter {first:.2} s, last quarter {last:.2} s; ingest lag samples {:?})",
+        if kept_up { "yes" } else { "NO" },
+        lags
+    );
+    match player {
+        Ok(serde_json::Value::Null) => {}
+        Ok(report) => println!(
+            "hls.js latency behind ingest (wall clock minus the program date-time on screen): {} s (played {} s, fatal: {})",
+            report["latency"], report["played"], report["fatal"]
+        ),
+        Err(e) => println!("hls.js: not run ({e:#})"),
+    }
+    println!("cascade peak RSS: {rss:.0} MB");
+    let ok = ratio <= TARGET_CPU_RATIO
+        && median_latency <= latency_target
+        && max <= latency_target
+        && kept_up;
+    println!("targets: {}", if ok { "met" } else { "MISSED" });
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
