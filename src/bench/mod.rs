@@ -115,7 +115,10 @@ pub(crate) async fn transcode_to_dir(
                 bytes,
                 ..
             } => std::fs::write(dir.join(&rendition).join(format!("{sequence}.m4s")), &bytes)?,
-            Event::Probed { .. } | Event::Progress(_) | Event::Source(_) => {}
+            Event::Probed { .. }
+            | Event::Progress(_)
+            | Event::Source(_)
+            | Event::Degraded { .. } => {}
         }
     }
     pipeline

@@ -101,25 +101,28 @@ struct Live {
 /// `cascade serve` with `roles`, RTMP on a free loopback port, a live
 /// ladder that keeps up on a shared 2-core machine, short timers.
 fn serve(db: &TestDb, roles: &str, root: &Path) -> Live {
+    serve_with(db, roles, root, &[])
+}
+
+/// [`serve`] with more (or overriding) settings.
+fn serve_with(db: &TestDb, roles: &str, root: &Path, extra: &[(&str, &str)]) -> Live {
     let root = root.display().to_string();
-    let process = CascadeProcess::serve(
-        &db.url,
-        roles,
-        &[
-            ("CASCADE_STORAGE__LOCAL_ROOT", &root),
-            ("CASCADE_TRANSCODE__ENCODER", "libx264"),
-            ("CASCADE_LIVE__PRESET", "ultrafast"),
-            ("CASCADE_LIVE__WINDOW", "30s"),
-            ("CASCADE_LIVE__HANDSHAKE_TIMEOUT", "2s"),
-            ("CASCADE_LIVE__PUBLISHER_LEASE", "3s"),
-            ("CASCADE_LIVE__SWEEP_INTERVAL", "500ms"),
-            ("CASCADE_QUEUE__POLL_INTERVAL", "200ms"),
-            (
-                "CASCADE_PLAYBACK__SIGNING_KEYS",
-                "live:a-signing-secret-of-32-bytes-xx",
-            ),
-        ],
-    );
+    let mut env: Vec<(&str, &str)> = vec![
+        ("CASCADE_STORAGE__LOCAL_ROOT", &root),
+        ("CASCADE_TRANSCODE__ENCODER", "libx264"),
+        ("CASCADE_LIVE__PRESET", "ultrafast"),
+        ("CASCADE_LIVE__WINDOW", "30s"),
+        ("CASCADE_LIVE__HANDSHAKE_TIMEOUT", "2s"),
+        ("CASCADE_LIVE__PUBLISHER_LEASE", "3s"),
+        ("CASCADE_LIVE__SWEEP_INTERVAL", "500ms"),
+        ("CASCADE_QUEUE__POLL_INTERVAL", "200ms"),
+        (
+            "CASCADE_PLAYBACK__SIGNING_KEYS",
+            "live:a-signing-secret-of-32-bytes-xx",
+        ),
+    ];
+    env.extend_from_slice(extra);
+    let process = CascadeProcess::serve(&db.url, roles, &env);
     let http = process.http.expect("http address");
     let rtmp = process.rtmp.expect("rtmp address");
     Live {
@@ -863,6 +866,47 @@ async fn signed_live_streams_play_with_a_token_only() {
         b"",
     );
     assert_eq!(status, 403, "{body}");
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    drop(live);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A ladder that cannot keep up (x264's slowest preset on this machine)
+/// degrades in steps instead of falling ever further behind, says so on the
+/// stream object, and keeps publishing segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ladder_that_falls_behind_degrades_visibly() {
+    let fixture = live_fixture();
+    let db = fresh_db().await;
+    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    let live = serve_with(
+        &db,
+        "ingest,workers,origin",
+        &root,
+        &[("CASCADE_LIVE__PRESET", "veryslow")],
+    );
+    let key = create_key(&db, "live", "default");
+    let (id, stream_key, playback) = create_stream(live.http, &key, r#"{"recording": false}"#);
+    let mut publisher = publish(
+        &fixture,
+        &format!("rtmp://{}/live/{stream_key}", live.rtmp),
+        &[],
+    );
+    let stream = eventually("the ladder degraded", Duration::from_secs(20), || async {
+        let stream = get_stream(live.http, &key, &id);
+        let degraded = stream["ingest"]["degraded"]
+            .as_str()
+            .unwrap_or("none")
+            .to_owned();
+        (degraded != "none").then_some(stream)
+    })
+    .await;
+    assert!(
+        stream["ingest"]["lag_seconds"].as_f64().unwrap_or(0.0) > 0.0,
+        "{stream}"
+    );
+    playlist_with(live.http, &playback, "720p", 1).await;
     let _ = publisher.kill();
     let _ = publisher.wait();
     drop(live);

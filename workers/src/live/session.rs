@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::manifests::{self, Broadcast, Window};
 use super::{input, LiveError};
+use crate::transcode::pacer::{Degradation, Pacer};
 use crate::transcode::pipeline::{self, Event, SourceInfo};
 use crate::transcode::{TranscodeError, VideoEncoder};
 
@@ -99,6 +100,8 @@ struct Driver<'a> {
     session_recorded: bool,
     /// Media seconds encoded (for the lag behind real time).
     encoded_seconds: f64,
+    /// The ladder's degradation step, and the lag that set it.
+    degradation: (Degradation, f64),
     stats: Arc<IngestStats>,
     bitrate: BitrateMeter,
 }
@@ -156,9 +159,18 @@ pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
         let encoder = ctx.encoder;
         let cancel = cancel.clone();
         let reader = input::ChannelReader::new(flv, first_media.clone());
+        let pacer = Pacer::new(ctx.config.segment_duration);
         tokio::task::spawn_blocking(move || {
             let input = input::open(reader)?;
-            pipeline::run_input(input, &transcode, encoder, &events, &cancel, media_offset)
+            pipeline::run_input(
+                input,
+                &transcode,
+                encoder,
+                &events,
+                &cancel,
+                media_offset,
+                Some(pacer),
+            )
         })
     };
     let mut driver = Driver {
@@ -173,6 +185,7 @@ pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
         first_segments: BTreeMap::new(),
         session_recorded: false,
         encoded_seconds: 0.0,
+        degradation: (Degradation::None, 0.0),
         stats,
         bitrate: BitrateMeter {
             samples: Default::default(),
@@ -266,6 +279,8 @@ impl Driver<'_> {
             // Seconds between the newest frame received and the newest
             // encoded: growing means the ladder does not keep up.
             "lag_seconds": lag.map(|l| (l * 10.0).round() / 10.0),
+            // How the ladder is degraded to keep up (`none` when it is not).
+            "degraded": self.degradation.0.as_str(),
         })
     }
 
@@ -312,6 +327,17 @@ impl Driver<'_> {
         match event {
             Event::Source(source) => self.on_source(source),
             Event::Probed { .. } => Ok(()),
+            Event::Degraded { level, lag } => {
+                if level > self.degradation.0 {
+                    tracing::warn!(live_stream_id = %self.publish.stream, lag_seconds = lag,
+                        degraded = level.as_str(), "live: the ladder falls behind real time; degraded");
+                } else {
+                    tracing::info!(live_stream_id = %self.publish.stream, lag_seconds = lag,
+                        degraded = level.as_str(), "live: the ladder keeps up again");
+                }
+                self.degradation = (level, lag);
+                Ok(())
+            }
             Event::Progress(seconds) => {
                 self.encoded_seconds = self.encoded_seconds.max(seconds + self.media_offset);
                 Ok(())

@@ -18,6 +18,7 @@ pub mod encoders;
 pub mod error;
 pub mod hw;
 pub mod ladder;
+pub mod pacer;
 pub mod pipeline;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -222,7 +223,7 @@ impl Inner {
                         .await
                         .map_err(|e| e.to_string())
                 }
-                pipeline::Event::Source(_) => Ok(()),
+                pipeline::Event::Source(_) | pipeline::Event::Degraded { .. } => Ok(()),
                 pipeline::Event::Progress(seconds) => {
                     let percent = duration
                         .map(|d| (seconds / d * 100.0) as f32)

@@ -21,6 +21,7 @@ use super::encoders::{self, EncodeSettings, VideoEncoder};
 use super::error::TranscodeError;
 use super::hw::VaapiUpload;
 use super::ladder::{self, PlannedRung};
+use super::pacer::{Degradation, Pacer};
 
 /// Timescale of video tracks (the MPEG 90 kHz clock: exact for 24, 25, 30, 50, 60 and NTSC rates).
 const VIDEO_TIMESCALE: i32 = 90_000;
@@ -63,6 +64,14 @@ pub enum Event {
     Progress(f64),
     /// What the source carries (sent once, before any init segment).
     Source(SourceInfo),
+    /// A live ladder changed its degradation step (it fell behind the media
+    /// received, or caught up again).
+    Degraded {
+        /// The new step.
+        level: Degradation,
+        /// Seconds the decoded media trailed the media received.
+        lag: f64,
+    },
 }
 
 /// The streams a source carries, as its decoders see them.
@@ -558,12 +567,14 @@ pub fn run(
 ) -> Result<Summary, TranscodeError> {
     super::init_ffmpeg();
     let input = ff::format::input(&path).map_err(|e| input_error_for_open(path, e))?;
-    run_input(input, config, video_encoder, events, cancel, 0.0)
+    run_input(input, config, video_encoder, events, cancel, 0.0, None)
 }
 
 /// Runs the transcode of an opened input (a file, or a live stream read
 /// through custom I/O). Output timestamps start at `timeline_offset`
-/// seconds (a live broadcast's later sessions continue its timeline).
+/// seconds (a live broadcast's later sessions continue its timeline). A
+/// live input brings a `pacer`, which degrades the ladder when it falls
+/// behind the media received.
 pub fn run_input(
     mut input: ff::format::context::Input,
     config: &TranscodeConfig,
@@ -571,6 +582,7 @@ pub fn run_input(
     events: &mpsc::Sender<Event>,
     cancel: &AtomicBool,
     timeline_offset: f64,
+    pacer: Option<Pacer>,
 ) -> Result<Summary, TranscodeError> {
     let container_duration =
         (input.duration() > 0).then(|| input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
@@ -739,6 +751,8 @@ pub fn run_input(
         origin_seconds,
         gop_seconds,
         timeline_offset,
+        pacer,
+        frame_index: 0,
     };
 
     // Each rung encodes and packages in its own thread; this thread decodes,
@@ -932,6 +946,10 @@ struct LoopState {
     gop_seconds: f64,
     /// Seconds added to every output timestamp.
     timeline_offset: f64,
+    /// Live only: the real-time keeper.
+    pacer: Option<Pacer>,
+    /// Frames handed to the rungs so far (which are odd, for halving).
+    frame_index: u64,
 }
 
 impl LoopState {
@@ -970,6 +988,12 @@ fn drain_video(
         frame.set_pts(Some(pts + offset));
         state.video_frames += 1;
         let seconds = pts as f64 * f64::from(source.time_base);
+        if let Some(pacer) = state.pacer.as_mut() {
+            if let Some(level) = pacer.observe(seconds, Instant::now()) {
+                let lag = pacer.lag;
+                send(events, Event::Degraded { level, lag })?;
+            }
+        }
         state.progress(
             seconds + 1.0 / f64::from(source.frame_rate).max(1.0),
             events,
@@ -994,8 +1018,10 @@ fn pull_video(
     state: &mut LoopState,
 ) -> Result<(), TranscodeError> {
     // All rungs get the same frames, so the keyframe decision is made per
-    // frame on the first rung and applied to all.
-    let mut decisions: Vec<bool> = Vec::new();
+    // frame on the first rung and applied to all; so is a live ladder's
+    // frame dropping (never a keyframe).
+    let mut decisions: Vec<(bool, bool)> = Vec::new();
+    let level = state.pacer.as_ref().map_or(Degradation::None, Pacer::level);
     for (i, feed) in feeds.iter().enumerate() {
         let mut n = 0usize;
         let mut filtered = ff::frame::Video::empty();
@@ -1013,10 +1039,14 @@ fn pull_video(
                         state.next_keyframe += state.gop_seconds;
                     }
                 }
-                decisions.push(force);
+                state.frame_index += 1;
+                decisions.push((force, state.frame_index % 2 == 1));
             }
-            let force = decisions.get(n).copied().unwrap_or(false);
+            let (force, odd) = decisions.get(n).copied().unwrap_or((false, false));
             n += 1;
+            if odd && !force && level.halves(i) {
+                continue; // Degraded: this rung encodes every other frame.
+            }
             filtered.set_kind(if force {
                 ff::picture::Type::I
             } else {
