@@ -107,7 +107,13 @@ s3_port="$(free_port)"
 export AWS_ACCESS_KEY_ID="cascade-local"
 export AWS_SECRET_ACCESS_KEY="cascade-local-secret"
 mkdir -p "$data/weed"
+# Every test bucket is a SeaweedFS collection with volumes of its own. Left
+# to itself, `weed mini` sizes volumes and counts the slots from the free
+# disk, and on a fuller disk the test run ran out of slots ("No writable
+# volumes"). Small volumes and a fixed slot count (volumes are sparse files,
+# not preallocated) make the stack independent of the free space.
 "$weed_bin" mini -dir="$data/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$s3_port" \
+  -master.volumeSizeLimitMB=64 -volume.max=2000 \
   -admin.ui=false -webdav=false >"$logs/weed.log" 2>&1 &
 echo $! >"$data/weed.pid"
 s3_ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$s3_port/")" != "000" ]; }

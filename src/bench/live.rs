@@ -155,12 +155,13 @@ async fn wait_http(
     guard: &mut ChildGuard,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut every = tokio::time::interval(Duration::from_millis(100));
     while Instant::now() < deadline {
+        every.tick().await;
         guard.check_running()?;
         if client.get(url).send().await.is_ok() {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("{} did not answer {url} within 30 s", guard.name)
 }
@@ -193,7 +194,9 @@ async fn watch_availability(
     // The next segment: (uri, arrival of its first frame, fetchable at).
     let mut next: Option<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = None;
     let mut last_playlist_poll: Option<Instant> = None;
+    let mut every = tokio::time::interval(Duration::from_millis(25));
     while Instant::now() < until {
+        every.tick().await;
         if let Some((uri, _, fetchable @ None)) = next.as_mut() {
             let response = client.get(format!("{base}/{uri}")).send().await?;
             if response.status().is_success() {
@@ -230,7 +233,6 @@ async fn watch_availability(
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     Ok(seen)
 }
@@ -479,6 +481,7 @@ pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode
             .context("starting the ffmpeg publisher")?,
     };
     let playlist = format!("http://127.0.0.1:{cdn_port}/play/{playback}/720p/index.m3u8");
+    let mut every = tokio::time::interval(Duration::from_millis(50));
     let started = Instant::now();
     while client
         .get(&playlist)
@@ -492,15 +495,17 @@ pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode
         if started.elapsed() > Duration::from_secs(30) {
             bail!("the live playlist did not appear within 30 s");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        every.tick().await;
     }
     let cpu_start = process_cpu_seconds(cascade.child.id());
     let measure_start = Instant::now();
     let until = measure_start + Duration::from_secs(u64::from(seconds));
     let lags = async {
         let mut lags = Vec::new();
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        every.tick().await;
         while Instant::now() < until {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            every.tick().await;
             if let Ok(response) = client
                 .get(format!("{base}/v1/live_streams/{stream_id}"))
                 .bearer_auth(KEY)
