@@ -912,3 +912,76 @@ async fn a_ladder_that_falls_behind_degrades_visibly() {
     drop(live);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A process takes at most `live.max_streams` publishers (the next is
+/// refused with `capacity`, recorded on its stream), and inputs above
+/// `live.max_width` x `live.max_height` are refused (`input_too_large`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_beyond_the_limits_are_refused() {
+    let fixture = live_fixture();
+    let db = fresh_db().await;
+    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    let live = serve_with(
+        &db,
+        "ingest,workers,origin",
+        &root,
+        &[
+            ("CASCADE_LIVE__MAX_STREAMS", "1"),
+            ("CASCADE_LIVE__MAX_WIDTH", "640"),
+            ("CASCADE_LIVE__MAX_HEIGHT", "360"),
+        ],
+    );
+    let key = create_key(&db, "live", "default");
+    let (small, small_key, _) = create_stream(live.http, &key, r#"{"recording": false}"#);
+    let (big, big_key, _) = create_stream(live.http, &key, r#"{"recording": false}"#);
+    let rtmp = format!("rtmp://{}/live", live.rtmp);
+    // 640x360 fits, and takes the one slot.
+    let mut fits = publish(
+        &fixture,
+        &format!("{rtmp}/{small_key}"),
+        &[
+            "-vf",
+            "scale=640:360",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "60",
+            "-c:a",
+            "copy",
+        ],
+    );
+    eventually(
+        "the small stream connected",
+        Duration::from_secs(20),
+        || async { (get_stream(live.http, &key, &small)["connected"] == true).then_some(()) },
+    )
+    .await;
+    let mut refused = publish(&fixture, &format!("{rtmp}/{big_key}"), &[]);
+    assert!(!exit_within(&mut refused, Duration::from_secs(15)).success());
+    let stream = get_stream(live.http, &key, &big);
+    assert_eq!(stream["last_refusal"]["code"], "capacity", "{stream}");
+    let _ = fits.kill();
+    let _ = fits.wait();
+    // The slot is free again: now the size decides.
+    eventually("the slot freed", Duration::from_secs(20), || async {
+        (get_stream(live.http, &key, &small)["connected"] == false).then_some(())
+    })
+    .await;
+    let mut too_large = publish(&fixture, &format!("{rtmp}/{big_key}"), &[]);
+    let _ = exit_within(&mut too_large, Duration::from_secs(30));
+    let stream = eventually("the size refusal", Duration::from_secs(10), || async {
+        let stream = get_stream(live.http, &key, &big);
+        (stream["last_refusal"]["code"] == "input_too_large").then_some(stream)
+    })
+    .await;
+    assert!(
+        stream["last_refusal"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1280x720")),
+        "{stream}"
+    );
+    drop(live);
+    let _ = std::fs::remove_dir_all(&root);
+}
