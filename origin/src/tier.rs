@@ -84,7 +84,11 @@ impl Expiry<ObjectKey, Entry> for TierExpiry {
             ObjectClass::HlsPlaylist | ObjectClass::DashManifest
         );
         match (value, key.is_live(), manifest) {
-            (Entry::Missing, true, _) | (_, true, true) => Some(self.live),
+            // A live object that is missing now may be stored a moment
+            // later: remembering its absence would delay it for everyone.
+            // (Concurrent misses still share one storage read.)
+            (Entry::Missing, true, _) => Some(Duration::ZERO),
+            (_, true, true) => Some(self.live),
             (Entry::Missing, false, _) => Some(self.negative),
             (_, false, true) => Some(self.manifest),
             _ => None,

@@ -352,9 +352,9 @@ pub struct OriginConfig {
     /// so no CDN serves a live playlist staler than that. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub live_manifest_max_age: Duration,
-    /// How long the memory tier keeps a live manifest, or the absence of a
-    /// live segment (a segment about to exist must not look missing for
-    /// long). Default `250ms`.
+    /// How long the memory tier keeps a live manifest (the absence of a live
+    /// object is not kept at all: a segment about to exist must not look
+    /// missing). Default `250ms`.
     #[serde(with = "humantime_serde")]
     pub live_cache_ttl: Duration,
     /// Requests whose headers add up to more than this get 431. Default `16KiB`.

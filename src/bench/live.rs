@@ -40,9 +40,14 @@ const TARGET_LATENCY_SLACK: f64 = 0.5;
 /// Arguments of `cascade bench live`.
 #[derive(Debug, Args)]
 pub struct LiveBenchArgs {
-    /// Seconds of live media measured.
+    /// Seconds of live media measured per round.
     #[arg(long, default_value_t = 60)]
     seconds: u32,
+    /// Rounds, each a minute of Cascade then a minute of the CLI; the CPU
+    /// ratio is the median of the rounds' ratios (the machine's speed drifts
+    /// between minutes).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Also play the stream with hls.js in headless Chromium for its latency
     /// (needs `tests/players` installed: scripts/deps.sh).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -178,14 +183,18 @@ struct Seen {
 
 /// Watches the CDN's 720p playlist until `until`. Once a segment is
 /// listed, the next one's URL (same session, next number) is asked for
-/// every 25 ms through the CDN (a missing live segment is never cached)
-/// until it answers 200: that is when it became fetchable. Its first
+/// every 25 ms through the CDN (a missing live segment is never cached),
+/// from 100 ms before its last frame can have arrived, until it answers
+/// 200: that is when it became fetchable. Its first
 /// frame's arrival is the listed one's program date-time plus duration.
 async fn watch_availability(
     client: &reqwest::Client,
     playlist: &str,
+    segment: Duration,
     until: Instant,
 ) -> anyhow::Result<Vec<Seen>> {
+    let segment = chrono::Duration::from_std(segment)?;
+    let not_before = chrono::Duration::milliseconds(100);
     let base = playlist
         .rsplit_once('/')
         .map(|(b, _)| b)
@@ -197,7 +206,10 @@ async fn watch_availability(
     let mut every = tokio::time::interval(Duration::from_millis(25));
     while Instant::now() < until {
         every.tick().await;
-        if let Some((uri, _, fetchable @ None)) = next.as_mut() {
+        // A segment cannot exist before its last frame arrived: asking
+        // earlier would only load the origin (and Cascade's CPU figure).
+        let due = |arrival: &DateTime<Utc>| Utc::now() + not_before >= *arrival + segment;
+        if let Some((uri, _, fetchable @ None)) = next.as_mut().filter(|(_, a, _)| due(a)) {
             let response = client.get(format!("{base}/{uri}")).send().await?;
             if response.status().is_success() {
                 let _ = response.bytes().await?;
@@ -210,6 +222,7 @@ async fn watch_availability(
             if response.status().is_success() {
                 let text = response.text().await.unwrap_or_default();
                 let listed = listed_segments(&text);
+
                 if let Some((uri, first_frame, fetchable)) = next.take() {
                     match (listed.iter().any(|(u, ..)| *u == uri), fetchable) {
                         (true, Some(fetchable_at)) => seen.push(Seen {
@@ -217,6 +230,11 @@ async fn watch_availability(
                             fetchable_at,
                             listed_at: Utc::now(),
                         }),
+                        // Its number came under another path (a new
+                        // session after a reconnect): not timed.
+                        _ if listed
+                            .last()
+                            .is_some_and(|(u, ..)| segment_number(u) >= segment_number(&uri)) => {}
                         _ => next = Some((uri, first_frame, fetchable)),
                     }
                 }
@@ -235,6 +253,11 @@ async fn watch_availability(
         }
     }
     Ok(seen)
+}
+
+/// The number in a segment URI (`../s2/720p/41.m4s`: 41).
+fn segment_number(uri: &str) -> Option<u64> {
+    uri.rsplit('/').next()?.strip_suffix(".m4s")?.parse().ok()
 }
 
 /// A media playlist's segments: (uri, program date-time, duration in s).
@@ -309,7 +332,7 @@ fn cli_command(
     command.args([
         "-x264-params",
         &format!(
-            "keyint={}:min-keyint={gop_frames}:scenecut=0:open-gop=0:b-pyramid=none:rc-lookahead={}",
+            "keyint={}:min-keyint={gop_frames}:scenecut=0:open-gop=0:b-pyramid=none:rc-lookahead={}:sliced-threads=1",
             gop_frames * 2,
             live.lookahead_frames
         ),
@@ -460,102 +483,109 @@ pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode
         .context("stream key")?;
     let playback = created["playback_id"].as_str().context("playback id")?;
 
-    let mut publisher = ChildGuard {
-        name: "ffmpeg publisher",
-        child: Command::new("ffmpeg")
-            .args([
-                "-nostdin",
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-re",
-                "-stream_loop",
-                "-1",
-                "-i",
-            ])
-            .arg(&input)
-            .args(["-t", &(seconds + 45).to_string(), "-c", "copy", "-f", "flv"])
-            .arg(format!("{rtmp}/{key}"))
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the ffmpeg publisher")?,
-    };
     let playlist = format!("http://127.0.0.1:{cdn_port}/play/{playback}/720p/index.m3u8");
-    let mut every = tokio::time::interval(Duration::from_millis(50));
-    let started = Instant::now();
-    while client
-        .get(&playlist)
-        .send()
-        .await
-        .map(|r| !r.status().is_success())
-        .unwrap_or(true)
-    {
-        publisher.check_running()?;
-        cascade.check_running()?;
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the live playlist did not appear within 30 s");
-        }
-        every.tick().await;
-    }
-    let cpu_start = process_cpu_seconds(cascade.child.id());
-    let measure_start = Instant::now();
-    let until = measure_start + Duration::from_secs(u64::from(seconds));
-    let lags = async {
-        let mut lags = Vec::new();
-        let mut every = tokio::time::interval(Duration::from_secs(5));
-        every.tick().await;
-        while Instant::now() < until {
+    let plan = ladder::plan(1280, 720, &config.live.ladder);
+    let cli_out = dir.path().join("cli");
+    std::fs::create_dir_all(&cli_out)?;
+    let rounds = args.rounds.max(1);
+    let mut ratios = Vec::new();
+    let (mut ours_all, mut theirs_all) = (Vec::new(), Vec::new());
+    let mut seen = Vec::new();
+    let mut lags = Vec::new();
+    let mut player = Ok(serde_json::Value::Null);
+    for round in 1..=rounds {
+        // A minute of live into Cascade (a reconnect continues the broadcast)...
+        let publisher = publish(&input, &format!("{rtmp}/{key}"), seconds + 45)?;
+        let mut publisher = ChildGuard {
+            name: "ffmpeg publisher",
+            child: publisher,
+        };
+        let mut every = tokio::time::interval(Duration::from_millis(50));
+        let started = Instant::now();
+        let first_seen = seen.len();
+        loop {
             every.tick().await;
-            if let Ok(response) = client
+            publisher.check_running()?;
+            cascade.check_running()?;
+            let connected = client
                 .get(format!("{base}/v1/live_streams/{stream_id}"))
                 .bearer_auth(KEY)
                 .send()
                 .await
-            {
-                let body = response.bytes().await.unwrap_or_default();
-                if let Ok(stream) = serde_json::from_slice::<serde_json::Value>(&body) {
-                    if let Some(lag) = stream["ingest"]["lag_seconds"].as_f64() {
-                        lags.push(lag);
-                    }
-                }
+                .ok();
+            let body = match connected {
+                Some(response) => response.bytes().await.unwrap_or_default(),
+                None => Default::default(),
+            };
+            let stream: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            let ready = stream["connected"] == true
+                && stream["ingest"]["session"].as_u64() == Some(round as u64)
+                && client
+                    .get(&playlist)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the live stream did not start within 30 s");
             }
         }
-        lags
-    };
-    let (seen, lags) = tokio::join!(watch_availability(&client, &playlist, until), lags);
-    let seen = seen?;
-    let cascade_cpu = process_cpu_seconds(cascade.child.id()) - cpu_start;
-    let measured = measure_start.elapsed().as_secs_f64();
-    // hls.js after the measured minute, so Chromium's decoding and the
-    // player's requests are not in Cascade's CPU figure.
-    let player = if args.player {
-        play_hls(&format!(
-            "http://127.0.0.1:{cdn_port}/play/{playback}/master.m3u8"
-        ))
-        .await
-    } else {
-        Ok(serde_json::Value::Null)
-    };
+        let cpu_start = process_cpu_seconds(cascade.child.id());
+        let measure_start = Instant::now();
+        let until = measure_start + Duration::from_secs(u64::from(seconds));
+        let (round_seen, round_lags) = tokio::join!(
+            watch_availability(&client, &playlist, config.live.segment_duration, until),
+            ingest_lags(&client, &base, &stream_id, until)
+        );
+        seen.extend(round_seen?);
+        lags.extend(round_lags);
+        let cascade_cpu = process_cpu_seconds(cascade.child.id()) - cpu_start;
+        let measured = measure_start.elapsed().as_secs_f64();
+        if round == 1 && args.player {
+            // After the measured minute, so Chromium's decoding and the
+            // player's requests are not in Cascade's CPU figure.
+            player = play_hls(&format!(
+                "http://127.0.0.1:{cdn_port}/play/{playback}/master.m3u8"
+            ))
+            .await;
+        }
+        drop(publisher);
+
+        // ...then the ffmpeg CLI doing the same ladder, alone on the machine.
+        let cli = cli_command(&input, seconds, &plan, &config, &cli_out)
+            .spawn()
+            .context("starting the ffmpeg CLI")?;
+        let cli_started = Instant::now();
+        let cli_cpu = wait_cpu_seconds(&cli)?;
+        let cli_wall = cli_started.elapsed().as_secs_f64();
+        let per_minute = |cpu: f64, wall: f64| cpu / wall * 60.0;
+        let (ours, theirs) = (
+            per_minute(cascade_cpu, measured),
+            per_minute(cli_cpu, cli_wall),
+        );
+        println!(
+            "round {round}/{rounds}: CPU per minute cascade {ours:.1} s, ffmpeg {theirs:.1} s ({:.2}x); {} segments timed",
+            ours / theirs,
+            seen.len() - first_seen
+        );
+        ours_all.push(ours);
+        theirs_all.push(theirs);
+        ratios.push(ours / theirs);
+    }
     let rss = peak_rss_mb(cascade.child.id());
-    drop(publisher);
     drop(cdn);
     drop(cascade);
 
-    // The ffmpeg CLI doing the same ladder, alone on the machine.
-    let plan = ladder::plan(1280, 720, &config.live.ladder);
-    let cli_out = dir.path().join("cli");
-    std::fs::create_dir_all(&cli_out)?;
-    let cli = cli_command(&input, seconds, &plan, &config, &cli_out)
-        .spawn()
-        .context("starting the ffmpeg CLI")?;
-    let cli_started = Instant::now();
-    let cli_cpu = wait_cpu_seconds(&cli)?;
-    let cli_wall = cli_started.elapsed().as_secs_f64();
-
-    let per_minute = |cpu: f64, wall: f64| cpu / wall * 60.0;
-    let ours = per_minute(cascade_cpu, measured);
-    let theirs = per_minute(cli_cpu, cli_wall);
-    let ratio = ours / theirs;
+    let ratio = median(&mut ratios.clone());
+    let ours = median(&mut ours_all);
+    let theirs = median(&mut theirs_all);
+    let ratio_range = (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
     let mut latencies: Vec<f64> = seen
         .iter()
         .map(|s| (s.fetchable_at - s.program_time).num_milliseconds() as f64 / 1000.0)
@@ -579,28 +609,23 @@ pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode
     let first = median(&mut latencies[..quarter.max(1)].to_vec());
     let last = median(&mut latencies[latencies.len() - quarter.max(1)..].to_vec());
     let max = latencies.iter().copied().fold(0.0, f64::max);
-    let spread = {
-        let mut sorted = latencies.clone();
-        sorted.sort_by(f64::total_cmp);
-        (sorted[0], sorted[sorted.len() - 1])
-    };
+    let min = latencies.iter().copied().fold(f64::INFINITY, f64::min);
     let median_latency = median(&mut latencies);
     let latency_target = segment + TARGET_LATENCY_SLACK;
     let kept_up = last - first <= segment / 2.0;
 
+    println!("medians of {rounds} rounds");
     println!(
         "{:<44} {:>10} {:>10} {:>8}",
         "", "cascade", "ffmpeg", "ratio"
     );
     println!(
-        "{:<44} {:>10.1} {:>10.1} {:>7.2}x  (target <= {TARGET_CPU_RATIO:.2}x)",
-        "CPU seconds per minute of live", ours, theirs, ratio
+        "{:<44} {:>10.1} {:>10.1} {:>7.2}x  (rounds {:.2}-{:.2}x; target <= {TARGET_CPU_RATIO:.2}x)",
+        "CPU seconds per minute of live", ours, theirs, ratio, ratio_range.0, ratio_range.1
     );
     println!(
-        "availability latency (first frame at ingest to fetchable at the CDN), {} segments: median {median_latency:.2} s, max {max:.2} s, range {:.2}-{:.2} s (target <= {latency_target:.1} s)",
+        "availability latency (first frame at ingest to fetchable at the CDN), {} segments: median {median_latency:.2} s, max {max:.2} s, range {min:.2}-{max:.2} s (target <= {latency_target:.1} s)",
         seen.len(),
-        spread.0,
-        spread.1
     );
     println!(
         "listed in the CDN's playlist (cached up to origin.live_manifest_max_age): median {listed_median:.2} s"
@@ -629,4 +654,46 @@ pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode
     } else {
         ExitCode::from(1)
     })
+}
+
+/// ffmpeg publishing `input` (looped, copied) in real time to `url` for
+/// `seconds`.
+fn publish(input: &Path, url: &str, seconds: u32) -> anyhow::Result<std::process::Child> {
+    Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-stream_loop", "-1", "-i"])
+        .arg(input)
+        .args(["-t", &seconds.to_string(), "-c", "copy", "-f", "flv", url])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the ffmpeg publisher")
+}
+
+/// The stream's `ingest.lag_seconds` every 5 s until `until`.
+async fn ingest_lags(
+    client: &reqwest::Client,
+    base: &str,
+    stream_id: &str,
+    until: Instant,
+) -> Vec<f64> {
+    let mut lags = Vec::new();
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.tick().await;
+    while Instant::now() < until {
+        every.tick().await;
+        if let Ok(response) = client
+            .get(format!("{base}/v1/live_streams/{stream_id}"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+        {
+            let body = response.bytes().await.unwrap_or_default();
+            if let Ok(stream) = serde_json::from_slice::<serde_json::Value>(&body) {
+                if let Some(lag) = stream["ingest"]["lag_seconds"].as_f64() {
+                    lags.push(lag);
+                }
+            }
+        }
+    }
+    lags
 }

@@ -82,9 +82,12 @@ pub struct SessionInput {
     pub stats: Arc<IngestStats>,
 }
 
-/// Segments of one number from the renditions that have cut it.
+/// Segments of one number from the renditions that have cut it, and their
+/// uploads (running side by side, so a rendition's segment is not stored
+/// after the others' puts in turn).
 struct PendingSet {
     rows: Vec<SegmentRow>,
+    puts: Vec<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
 struct Driver<'a> {
@@ -365,16 +368,19 @@ impl Driver<'_> {
             } => {
                 let name = rendition_name(&rendition)?;
                 let global = self.publish.first_sequence + sequence.saturating_sub(1);
-                self.put(
-                    ObjectKey::live_media_segment(
-                        self.publish.stream,
-                        self.publish.session,
-                        &name,
-                        global,
-                    ),
-                    bytes,
-                )
-                .await?;
+                let key = ObjectKey::live_media_segment(
+                    self.publish.stream,
+                    self.publish.session,
+                    &name,
+                    global,
+                );
+                let store = self.ctx.store.clone();
+                let put = tokio::spawn(async move {
+                    store
+                        .put_bytes(&key, bytes)
+                        .await
+                        .map_err(|e| format!("storing {key}: {e}"))
+                });
                 let Some(described) = self.renditions.iter().find(|r| r.name == rendition) else {
                     return Err(SessionEnd::Failed(format!(
                         "a segment of {rendition} came before its init segment"
@@ -407,11 +413,12 @@ impl Driver<'_> {
                     program_time,
                     discontinuity: self.publish.continues && sequence == 1,
                 };
-                self.pending
-                    .entry(global)
-                    .or_insert_with(|| PendingSet { rows: Vec::new() })
-                    .rows
-                    .push(row);
+                let set = self.pending.entry(global).or_insert_with(|| PendingSet {
+                    rows: Vec::new(),
+                    puts: Vec::new(),
+                });
+                set.rows.push(row);
+                set.puts.push(put);
                 self.flush_complete().await
             }
         }
@@ -507,22 +514,39 @@ impl Driver<'_> {
             .range(..=newest_complete)
             .map(|(seq, _)| *seq)
             .collect();
-        let mut rows = Vec::new();
+        let mut sets = Vec::new();
         for seq in ready {
             if let Some(set) = self.pending.remove(&seq) {
-                rows.extend(set.rows);
+                sets.push(set);
             }
+        }
+        self.publish_sets(sets).await
+    }
+
+    /// Waits for the sets' segments to be stored, then publishes them.
+    async fn publish_sets(&mut self, sets: Vec<PendingSet>) -> Result<(), SessionEnd> {
+        let mut rows = Vec::new();
+        for set in sets {
+            for put in set.puts {
+                match put.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(message)) => return Err(SessionEnd::Failed(message)),
+                    Err(e) => {
+                        return Err(SessionEnd::Failed(format!(
+                            "a segment upload panicked: {e}"
+                        )))
+                    }
+                }
+            }
+            rows.extend(set.rows);
         }
         self.publish_rows(rows).await
     }
 
     /// At the end: whatever the renditions cut last.
     async fn flush_all(&mut self) -> Result<(), SessionEnd> {
-        let rows: Vec<SegmentRow> = std::mem::take(&mut self.pending)
-            .into_values()
-            .flat_map(|set| set.rows)
-            .collect();
-        self.publish_rows(rows).await
+        let sets: Vec<PendingSet> = std::mem::take(&mut self.pending).into_values().collect();
+        self.publish_sets(sets).await
     }
 
     async fn publish_rows(&mut self, rows: Vec<SegmentRow>) -> Result<(), SessionEnd> {

@@ -207,6 +207,10 @@ pub fn open_video(
                         .lookahead_frames
                         .map(|frames| format!(":rc-lookahead={frames}"))
                         .unwrap_or_default()
+                        // Live: threads split each frame (slices) instead of
+                        // working on several frames at once, each of which
+                        // would be a frame of delay before a segment closes.
+                        + if config.live { ":sliced-threads=1" } else { "" }
                 ),
             );
             options.set("forced-idr", "1");
