@@ -12,7 +12,7 @@
 //! `recorded_from`, copies overwrite, and removal tolerates what is gone.
 
 use bytes::Bytes;
-use cascade_packager::{dash, hls, MediaKind, Rendition, SegmentInfo, UriLayout};
+use cascade_packager::{dash, hls, SegmentInfo, UriLayout};
 use cascade_platform::assets::{self, RenditionRow};
 use cascade_platform::live_streams::{self, SegmentRow, SessionRow};
 use cascade_platform::{ObjectStore, StorageError};
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::manifests;
 use crate::runner::{JobContext, JobError, JobHandler};
+use crate::transcode::rendition_row;
 
 /// Payload of a `finish_broadcast` job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -233,7 +234,10 @@ impl FinishHandler {
                 (r.end() - start) as f64 / f64::from(r.timescale.max(1))
             })
             .fold(0.0, f64::max);
-        let rows: Vec<RenditionRow> = renditions.iter().map(rendition_row).collect();
+        let rows: Vec<RenditionRow> = renditions
+            .iter()
+            .map(|r| rendition_row(r, if r.is_video() { "live" } else { "aac" }))
+            .collect();
         let published = assets::publish(&self.pool, asset, 1, duration, &rows)
             .await
             .map_err(|e| retry("publishing the recording", &e))?;
@@ -260,49 +264,6 @@ impl FinishHandler {
             .put_bytes(key, bytes)
             .await
             .map_err(|e| retry(&format!("storing {key}"), &e))
-    }
-}
-
-fn rendition_row(rendition: &Rendition) -> RenditionRow {
-    let bitrates = rendition.bitrates();
-    let (kind, width, height, frame_rate, channels, sample_rate) = match rendition.kind {
-        MediaKind::Video {
-            width,
-            height,
-            frame_rate,
-        } => (
-            "video",
-            Some(width as i32),
-            Some(height as i32),
-            Some(frame_rate.to_string()),
-            None,
-            None,
-        ),
-        MediaKind::Audio {
-            sample_rate,
-            channels,
-        } => (
-            "audio",
-            None,
-            None,
-            None,
-            Some(i32::from(channels)),
-            Some(sample_rate as i32),
-        ),
-    };
-    RenditionRow {
-        name: rendition.name.clone(),
-        kind: kind.to_owned(),
-        codecs: rendition.codecs.clone(),
-        width,
-        height,
-        frame_rate,
-        channels,
-        sample_rate,
-        bandwidth: bitrates.peak as i64,
-        average_bandwidth: bitrates.average as i64,
-        segment_count: rendition.segments.len() as i32,
-        encoder: if rendition.is_video() { "live" } else { "aac" }.to_owned(),
     }
 }
 

@@ -361,49 +361,7 @@ impl Inner {
         let rows: Vec<RenditionRow> = summary
             .renditions
             .iter()
-            .map(|(rendition, encoder)| {
-                let bitrates = rendition.bitrates();
-                let (kind, width, height, frame_rate, channels, sample_rate) = match rendition.kind
-                {
-                    MediaKind::Video {
-                        width,
-                        height,
-                        frame_rate,
-                    } => (
-                        "video",
-                        Some(width as i32),
-                        Some(height as i32),
-                        Some(frame_rate.to_string()),
-                        None,
-                        None,
-                    ),
-                    MediaKind::Audio {
-                        sample_rate,
-                        channels,
-                    } => (
-                        "audio",
-                        None,
-                        None,
-                        None,
-                        Some(i32::from(channels)),
-                        Some(sample_rate as i32),
-                    ),
-                };
-                RenditionRow {
-                    name: rendition.name.clone(),
-                    kind: kind.to_owned(),
-                    codecs: rendition.codecs.clone(),
-                    width,
-                    height,
-                    frame_rate,
-                    channels,
-                    sample_rate,
-                    bandwidth: bitrates.peak as i64,
-                    average_bandwidth: bitrates.average as i64,
-                    segment_count: rendition.segments.len() as i32,
-                    encoder: encoder.clone(),
-                }
-            })
+            .map(|(rendition, encoder)| rendition_row(rendition, encoder))
             .collect();
         let published = assets::publish(
             &self.pool,
@@ -422,5 +380,50 @@ impl Inner {
         tracing::info!(asset_id = %job.asset_id, version = job.version, renditions = rows.len(),
             duration = summary.duration, "asset ready");
         Ok(())
+    }
+}
+
+/// The row recorded for a published rendition: what it is, its measured
+/// bitrates and segment count, and the encoder that made it.
+pub fn rendition_row(rendition: &cascade_packager::Rendition, encoder: &str) -> RenditionRow {
+    let bitrates = rendition.bitrates();
+    let (kind, width, height, frame_rate, channels, sample_rate) = match rendition.kind {
+        MediaKind::Video {
+            width,
+            height,
+            frame_rate,
+        } => (
+            "video",
+            Some(width as i32),
+            Some(height as i32),
+            Some(frame_rate.to_string()),
+            None,
+            None,
+        ),
+        MediaKind::Audio {
+            sample_rate,
+            channels,
+        } => (
+            "audio",
+            None,
+            None,
+            None,
+            Some(i32::from(channels)),
+            Some(sample_rate as i32),
+        ),
+    };
+    RenditionRow {
+        name: rendition.name.clone(),
+        kind: kind.to_owned(),
+        codecs: rendition.codecs.clone(),
+        width,
+        height,
+        frame_rate,
+        channels,
+        sample_rate,
+        bandwidth: bitrates.peak as i64,
+        average_bandwidth: bitrates.average as i64,
+        segment_count: rendition.segments.len() as i32,
+        encoder: encoder.to_owned(),
     }
 }
