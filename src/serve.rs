@@ -167,12 +167,38 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             })
             .await
             .context("probing encoders")?;
+            // The relay: origins fetch the parts of low-latency streams here.
+            let edges = std::sync::Arc::new(cascade_workers::live::edge::Edges::new());
+            let relay_listener = tokio::net::TcpListener::bind(config.live.relay_listen)
+                .await
+                .with_context(|| {
+                    format!("binding live.relay_listen {}", config.live.relay_listen)
+                })?;
+            let relay_bound = relay_listener.local_addr()?;
+            let relay_url = config
+                .live
+                .relay_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{relay_bound}"));
+            tracing::info!(address = %relay_bound, "live relay: listening");
+            {
+                let router = cascade_ingest::relay::router(edges.clone());
+                let token = shutdown.clone();
+                tasks.spawn(async move {
+                    axum::serve(relay_listener, router)
+                        .with_graceful_shutdown(async move { token.cancelled().await })
+                        .await
+                        .context("live relay")
+                });
+            }
             let live = std::sync::Arc::new(cascade_workers::live::LiveContext {
                 pool: pool.clone(),
                 store: store.clone(),
                 transcode: config.live.transcode(&config.transcode),
                 config: config.live.clone(),
                 encoder,
+                edges,
+                relay_url: Some(relay_url),
             });
             let node = config.live.node_name.clone().unwrap_or_else(worker_owner);
             let rtmp = cascade_ingest::rtmp::start(state.clone(), live, node, shutdown.clone())

@@ -24,6 +24,7 @@ pub mod limits;
 mod live_api;
 pub mod openapi;
 pub mod playback_tokens;
+pub mod relay;
 mod request;
 mod routes;
 pub mod rtmp;

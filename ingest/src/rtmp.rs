@@ -262,6 +262,7 @@ impl Publisher {
             stream.id,
             publisher,
             &self.server.node,
+            live.relay_url.as_deref(),
             live.config.publisher_lease,
             live_streams::FINISH_MAX_ATTEMPTS,
         )

@@ -55,6 +55,13 @@ pub enum OriginError {
     /// Postgres could not be asked about the playback id.
     #[error("database unavailable")]
     DatabaseUnavailable,
+    /// An LL-HLS delivery directive is malformed or asks too far ahead
+    /// (draft-pantos-hls-rfc8216bis 6.2.5.2).
+    #[error("invalid HLS delivery directive: {0}")]
+    HlsDirectiveInvalid(String),
+    /// A blocking request's part did not appear within three target durations.
+    #[error("part not ready")]
+    PartNotReady,
 }
 
 impl OriginError {
@@ -68,9 +75,10 @@ impl OriginError {
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::StorageUnavailable { .. } | Self::DatabaseUnavailable => {
+            Self::StorageUnavailable { .. } | Self::DatabaseUnavailable | Self::PartNotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::HlsDirectiveInvalid(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -89,6 +97,8 @@ impl OriginError {
             Self::HeadersTooLarge => "headers_too_large",
             Self::StorageUnavailable { .. } => "storage_unavailable",
             Self::DatabaseUnavailable => "database_unavailable",
+            Self::HlsDirectiveInvalid(_) => "invalid_hls_directive",
+            Self::PartNotReady => "part_not_ready",
         }
     }
 
@@ -109,6 +119,10 @@ impl OriginError {
             Self::DatabaseUnavailable => {
                 "the origin cannot look up assets right now; retry shortly"
             }
+            Self::HlsDirectiveInvalid(_) => {
+                "_HLS_msn / _HLS_part are malformed or too far past the live edge"
+            }
+            Self::PartNotReady => "the requested part did not appear in time; reload the playlist",
         }
     }
 

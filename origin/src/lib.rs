@@ -42,6 +42,7 @@ mod breaker;
 mod error;
 mod http;
 mod metrics;
+mod relay;
 mod resolve;
 mod tier;
 
@@ -101,6 +102,7 @@ struct Inner {
     manifest_cache_control: HeaderValue,
     live_manifest_cache_control: HeaderValue,
     max_header_bytes: usize,
+    relay: relay::RelayClient,
 }
 
 impl OriginState {
@@ -130,6 +132,7 @@ impl OriginState {
                 manifest_cache_control,
                 live_manifest_cache_control,
                 max_header_bytes: config.max_header_bytes.as_usize(),
+                relay: relay::RelayClient::new(),
                 metrics,
             }),
         }
@@ -199,6 +202,8 @@ enum Target {
     MediaPlaylist(RenditionName),
     Init(RenditionName),
     Segment(RenditionName, u64),
+    /// A partial segment of a low-latency live stream (`{msn}.{part}.m4s`).
+    Part(RenditionName, u64, u32),
 }
 
 impl Target {
@@ -216,26 +221,38 @@ impl Target {
             "index.m3u8" => Some(Self::MediaPlaylist(rendition)),
             "init.mp4" => Some(Self::Init(rendition)),
             _ => {
-                let digits = file.strip_suffix(".m4s")?;
-                let seq: u64 = digits
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-                    .then(|| digits.parse().ok())
-                    .flatten()?;
-                // One spelling per segment ("007.m4s" is not "7.m4s"): no cache aliases.
-                (seq.to_string() == digits).then_some(Self::Segment(rendition, seq))
+                // One spelling per object ("007.m4s" is not "7.m4s"): no cache aliases.
+                let canonical = |digits: &str| -> Option<u64> {
+                    let n: u64 = digits
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                        .then(|| digits.parse().ok())
+                        .flatten()?;
+                    (n.to_string() == digits).then_some(n)
+                };
+                let name = file.strip_suffix(".m4s")?;
+                match name.split_once('.') {
+                    None => Some(Self::Segment(rendition, canonical(name)?)),
+                    Some((msn, part)) => Some(Self::Part(
+                        rendition,
+                        canonical(msn)?,
+                        u32::try_from(canonical(part)?).ok()?,
+                    )),
+                }
             }
         }
     }
 
-    fn key(&self, asset: AssetId, version: u32) -> ObjectKey {
-        match self {
+    /// The object of an asset's version (parts are live-only: none).
+    fn key(&self, asset: AssetId, version: u32) -> Option<ObjectKey> {
+        Some(match self {
             Self::Master => ObjectKey::hls_master(asset, version),
             Self::Mpd => ObjectKey::dash_manifest(asset, version),
             Self::MediaPlaylist(r) => ObjectKey::media_playlist(asset, version, r),
             Self::Init(r) => ObjectKey::init_segment(asset, version, r),
             Self::Segment(r, seq) => ObjectKey::media_segment(asset, version, r, *seq),
-        }
+            Self::Part(..) => return None,
+        })
     }
 
     fn class(&self) -> ObjectClass {
@@ -243,7 +260,7 @@ impl Target {
             Self::Master | Self::MediaPlaylist(_) => ObjectClass::HlsPlaylist,
             Self::Mpd => ObjectClass::DashManifest,
             Self::Init(_) => ObjectClass::InitSegment,
-            Self::Segment(..) => ObjectClass::MediaSegment,
+            Self::Segment(..) | Self::Part(..) => ObjectClass::MediaSegment,
         }
     }
 }
@@ -257,6 +274,8 @@ struct Ask {
     head: bool,
     headers: HeaderMap,
     token: Option<String>,
+    /// The raw query (LL-HLS delivery directives ride in it).
+    query: Option<String>,
 }
 
 impl Ask {
@@ -269,6 +288,7 @@ impl Ask {
             head: method == Method::HEAD,
             headers,
             token,
+            query: uri.query().map(str::to_owned),
         }
     }
 
@@ -483,7 +503,7 @@ async fn serve_object(
         asset.signed,
         &inner.manifest_cache_control,
     );
-    let key = target.key(asset.id, version);
+    let key = target.key(asset.id, version).ok_or(OriginError::NotFound)?;
     match inner.tier.lookup(&key).await? {
         Lookup::Found(object) => from_memory(ask, class, &object, rewrite, cache_control),
         Lookup::TooLarge => streamed(state, ask, class, &key, cache_control).await,
@@ -504,16 +524,6 @@ async fn serve_live(
 ) -> Result<Response, OriginError> {
     let inner = &state.inner;
     let token = check_token(inner, ask, playback_id, live.signed)?;
-    let key = match (&target, pinned) {
-        (Target::Master, None) => ObjectKey::live_master(live.id),
-        (Target::Mpd, None) => ObjectKey::live_manifest(live.id),
-        (Target::MediaPlaylist(r), None) => ObjectKey::live_media_playlist(live.id, r),
-        (Target::Init(r), Some(Pin::Session(n))) => ObjectKey::live_init_segment(live.id, n, r),
-        (Target::Segment(r, seq), Some(Pin::Session(n))) => {
-            ObjectKey::live_media_segment(live.id, n, r, *seq)
-        }
-        _ => return Err(OriginError::NotFound),
-    };
     let class = target.class();
     let manifest = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
     if manifest && !live.on_air {
@@ -529,10 +539,61 @@ async fn serve_live(
         prefix: None,
         token,
     };
+    // Low latency: what is newer than the store comes from the relay.
+    let relay = live.relay.as_deref().filter(|_| live.low_latency);
+    let from_relay = |path: String, query: Option<String>| async move {
+        match relay {
+            Some(relay) => inner.relay.get(relay, &path, query.as_deref()).await,
+            None => relay::RelayAnswer::NotHere,
+        }
+    };
+    let key = match (&target, pinned) {
+        (Target::Master, None) => ObjectKey::live_master(live.id),
+        (Target::Mpd, None) => ObjectKey::live_manifest(live.id),
+        (Target::MediaPlaylist(r), None) => {
+            let directives = relay::directives(ask.query.as_deref());
+            match from_relay(format!("{}/{r}/index.m3u8", live.id), Some(directives)).await {
+                relay::RelayAnswer::Found(object) => {
+                    return from_memory(ask, class, &object, rewrite, cache_control)
+                }
+                relay::RelayAnswer::BadRequest(why) => {
+                    return Err(OriginError::HlsDirectiveInvalid(why))
+                }
+                relay::RelayAnswer::Timeout => return Err(OriginError::PartNotReady),
+                relay::RelayAnswer::NotHere => ObjectKey::live_media_playlist(live.id, r),
+            }
+        }
+        (Target::Init(r), Some(Pin::Session(n))) => ObjectKey::live_init_segment(live.id, n, r),
+        (Target::Segment(r, seq), Some(Pin::Session(n))) => {
+            ObjectKey::live_media_segment(live.id, n, r, *seq)
+        }
+        (Target::Part(r, msn, part), Some(Pin::Session(n))) => {
+            // Parts live only at the edge.
+            return match from_relay(format!("{}/s{n}/{r}/{msn}.{part}.m4s", live.id), None).await {
+                relay::RelayAnswer::Found(object) => {
+                    from_memory(ask, class, &object, rewrite, cache_control)
+                }
+                relay::RelayAnswer::Timeout => Err(OriginError::PartNotReady),
+                _ => Err(OriginError::LiveNotYet),
+            };
+        }
+        _ => return Err(OriginError::NotFound),
+    };
     match inner.tier.lookup(&key).await {
         Ok(Lookup::Found(object)) => from_memory(ask, class, &object, rewrite, cache_control),
         Ok(Lookup::TooLarge) => streamed(state, ask, class, &key, cache_control).await,
-        Err(OriginError::NotFound) => Err(OriginError::LiveNotYet),
+        Err(OriginError::NotFound) => match (&target, pinned) {
+            // A segment the edge completed may not be stored yet.
+            (Target::Segment(r, seq), Some(Pin::Session(n))) if relay.is_some() => {
+                match from_relay(format!("{}/s{n}/{r}/{seq}.m4s", live.id), None).await {
+                    relay::RelayAnswer::Found(object) => {
+                        from_memory(ask, class, &object, rewrite, cache_control)
+                    }
+                    _ => Err(OriginError::LiveNotYet),
+                }
+            }
+            _ => Err(OriginError::LiveNotYet),
+        },
         Err(e) => Err(e),
     }
 }

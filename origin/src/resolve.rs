@@ -34,6 +34,10 @@ pub(crate) struct LiveInfo {
     pub(crate) signed: bool,
     /// A broadcast is under way: its manifests are served.
     pub(crate) on_air: bool,
+    /// Low latency: playlists and parts come from the relay.
+    pub(crate) low_latency: bool,
+    /// The relay of the replica cutting the stream, while one is.
+    pub(crate) relay: Option<String>,
 }
 
 /// What a playback id names.
@@ -102,10 +106,12 @@ impl Resolver {
         // Assets and live streams draw playback ids from one random space.
         let row = client
             .query_opt(
-                "SELECT false AS live, id, playback_policy, state, published_version, false AS on_air
+                "SELECT false AS live, id, playback_policy, state, published_version, false AS on_air,
+                     false AS low_latency, NULL::text AS relay
                  FROM assets WHERE playback_id = $1 AND deleted_at IS NULL
                  UNION ALL
-                 SELECT true, id, playback_policy, state, NULL, broadcast_id IS NOT NULL
+                 SELECT true, id, playback_policy, state, NULL, broadcast_id IS NOT NULL,
+                     latency_mode = 'low', publisher_relay
                  FROM live_streams WHERE playback_id = $1 AND deleted_at IS NULL
                  LIMIT 1",
                 &[&playback_id.as_str()],
@@ -126,6 +132,8 @@ impl Resolver {
                 id: LiveStreamId::from(id),
                 signed: policy == "signed",
                 on_air: row.try_get("on_air").map_err(|e| failed("row", &e))?,
+                low_latency: row.try_get("low_latency").map_err(|e| failed("row", &e))?,
+                relay: row.try_get("relay").map_err(|e| failed("row", &e))?,
             })
         } else {
             let state: String = row.try_get("state").map_err(|e| failed("row", &e))?;

@@ -16,6 +16,14 @@
 //! `EXT-X-PROGRAM-DATE-TIME` on every segment and a new `EXT-X-MAP` after
 //! each discontinuity (a reconnecting publisher's session has its own init
 //! segments).
+//!
+//! With [`LowLatency`] set, a [`LivePlaylist`] is a Low-Latency HLS
+//! playlist (draft-pantos-hls-rfc8216bis, sections 4.4.3.7-4.4.5.2 and
+//! 6.2.5): `EXT-X-SERVER-CONTROL` (blocking reload, delta updates),
+//! `EXT-X-PART-INF`, `EXT-X-PART` for the segments of the last three
+//! target durations and for the segment being cut, `EXT-X-PRELOAD-HINT`
+//! for the next part, `EXT-X-RENDITION-REPORT` for the other renditions,
+//! and, when asked, a delta update (`EXT-X-SKIP`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -316,7 +324,73 @@ pub struct LiveSegment {
     /// The first segment after a break in the timeline or the encoding
     /// (a publisher's reconnect).
     pub discontinuity: bool,
+    /// Its partial segments (low latency), oldest first; listed only while
+    /// the segment is within three target durations of the end.
+    pub parts: Vec<LivePart>,
 }
+
+/// A partial segment (`EXT-X-PART`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivePart {
+    /// Duration in the playlist's timescale.
+    pub duration: u64,
+    /// Its URI, relative to the playlist.
+    pub uri: String,
+    /// Starts with a sync sample (`INDEPENDENT=YES`).
+    pub independent: bool,
+}
+
+/// The segment being cut, as far as its parts go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenLiveSegment {
+    /// Its init segment's URI.
+    pub init_uri: String,
+    /// Wall clock of its first frame.
+    pub program_time: chrono::DateTime<chrono::Utc>,
+    /// The first segment of a new session.
+    pub discontinuity: bool,
+    /// Parts published so far (may be none yet).
+    pub parts: Vec<LivePart>,
+}
+
+/// `EXT-X-RENDITION-REPORT`: where another rendition's playlist stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenditionReport {
+    /// The other rendition's media playlist, relative to this one.
+    pub uri: String,
+    /// Its last media sequence number.
+    pub last_msn: u64,
+    /// Its last part index in that segment.
+    pub last_part: Option<u32>,
+}
+
+/// What makes a [`LivePlaylist`] a Low-Latency HLS playlist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LowLatency {
+    /// `PART-TARGET`, in seconds: no part is longer.
+    pub part_target: f64,
+    /// The segment being cut (after the last complete one).
+    pub open: Option<OpenLiveSegment>,
+    /// The URI of the next part (`EXT-X-PRELOAD-HINT`).
+    pub preload_hint: Option<String>,
+    /// The other renditions.
+    pub rendition_reports: Vec<RenditionReport>,
+    /// Render a delta update (`_HLS_skip=YES`): segments older than
+    /// `CAN-SKIP-UNTIL` are replaced by `EXT-X-SKIP`.
+    pub skip: bool,
+}
+
+impl LowLatency {
+    /// `PART-HOLD-BACK`: three part targets, what the spec recommends.
+    pub fn part_hold_back(&self) -> f64 {
+        3.0 * self.part_target
+    }
+}
+
+/// `CAN-SKIP-UNTIL` in target durations (the spec's minimum is six).
+const SKIP_TARGET_DURATIONS: u64 = 6;
+/// Parts are listed for segments this many target durations from the end.
+const PART_TARGET_DURATIONS: u64 = 3;
 
 /// A live media playlist: the newest segments of a growing presentation.
 #[derive(Debug, Clone, PartialEq)]
@@ -333,6 +407,8 @@ pub struct LivePlaylist {
     pub segments: Vec<LiveSegment>,
     /// The broadcast ended: `EXT-X-ENDLIST`, players stop reloading.
     pub ended: bool,
+    /// Low-Latency HLS: parts, blocking reloads, delta updates.
+    pub low_latency: Option<LowLatency>,
 }
 
 impl LivePlaylist {
@@ -367,12 +443,30 @@ impl LivePlaylist {
             .segments
             .first()
             .map_or(0, |segment| segment.info.sequence_number);
+        let target = self.target_duration();
+        let low_latency = self.low_latency.as_ref();
+        // EXT-X-SKIP needs version 9; LL playlists declare it whole or delta.
+        let version = if low_latency.is_some() {
+            9
+        } else {
+            PROTOCOL_VERSION
+        };
         let _ = write!(
             text,
-            "#EXTM3U\n#EXT-X-VERSION:{PROTOCOL_VERSION}\n#EXT-X-INDEPENDENT-SEGMENTS\n\
-             #EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:{media_sequence}\n",
-            self.target_duration()
+            "#EXTM3U\n#EXT-X-VERSION:{version}\n#EXT-X-INDEPENDENT-SEGMENTS\n\
+             #EXT-X-TARGETDURATION:{target}\n"
         );
+        if let Some(ll) = low_latency {
+            let _ = write!(
+                text,
+                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL={:.1},PART-HOLD-BACK={:.3}\n\
+                 #EXT-X-PART-INF:PART-TARGET={:.3}\n",
+                (SKIP_TARGET_DURATIONS * target) as f64,
+                ll.part_hold_back(),
+                ll.part_target
+            );
+        }
+        let _ = writeln!(text, "#EXT-X-MEDIA-SEQUENCE:{media_sequence}");
         if self.discontinuity_sequence > 0 {
             let _ = writeln!(
                 text,
@@ -380,31 +474,151 @@ impl LivePlaylist {
                 self.discontinuity_sequence
             );
         }
+        let skipped = match low_latency {
+            Some(ll) if ll.skip && !self.ended => self.skippable(SKIP_TARGET_DURATIONS * target),
+            _ => 0,
+        };
+        if skipped > 0 {
+            let _ = writeln!(text, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
+        }
+        // Parts are listed for the segments that end within three target
+        // durations of the playlist's end.
+        let parts_from = match low_latency {
+            Some(_) => self.newest_spanning(PART_TARGET_DURATIONS * target),
+            None => self.segments.len(),
+        };
         let mut current_init: Option<&str> = None;
-        for (index, segment) in self.segments.iter().enumerate() {
+        for (index, segment) in self.segments.iter().enumerate().skip(skipped) {
             // A discontinuity as the first line would be one already
             // counted by the discontinuity sequence.
             if segment.discontinuity && index > 0 {
                 text.push_str("#EXT-X-DISCONTINUITY\n");
             }
-            if current_init != Some(segment.init_uri.as_str()) {
-                let _ = writeln!(text, "#EXT-X-MAP:URI=\"{}\"", segment.init_uri);
-                current_init = Some(&segment.init_uri);
-            }
-            let _ = writeln!(
-                text,
-                "#EXT-X-PROGRAM-DATE-TIME:{}",
-                segment
-                    .program_time
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            self.segment_head(
+                &mut text,
+                &mut current_init,
+                &segment.init_uri,
+                segment.program_time,
             );
+            if index >= parts_from {
+                self.write_parts(&mut text, &segment.parts);
+            }
             let seconds = ticks_to_seconds(segment.info.duration, self.timescale);
             let _ = writeln!(text, "#EXTINF:{:.5},\n{}", seconds, segment.uri);
         }
         if self.ended {
             text.push_str("#EXT-X-ENDLIST\n");
+        } else if let Some(ll) = low_latency {
+            if let Some(open) = &ll.open {
+                if open.discontinuity && !self.segments.is_empty() {
+                    text.push_str("#EXT-X-DISCONTINUITY\n");
+                }
+                if !open.parts.is_empty() || ll.preload_hint.is_some() {
+                    self.segment_head(
+                        &mut text,
+                        &mut current_init,
+                        &open.init_uri,
+                        open.program_time,
+                    );
+                }
+                self.write_parts(&mut text, &open.parts);
+            }
+            if let Some(hint) = &ll.preload_hint {
+                let _ = writeln!(text, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{hint}\"");
+            }
+        }
+        if let Some(ll) = low_latency {
+            for report in &ll.rendition_reports {
+                let _ = write!(
+                    text,
+                    "#EXT-X-RENDITION-REPORT:URI=\"{}\",LAST-MSN={}",
+                    report.uri, report.last_msn
+                );
+                if let Some(part) = report.last_part {
+                    let _ = write!(text, ",LAST-PART={part}");
+                }
+                text.push('\n');
+            }
         }
         Ok(text)
+    }
+
+    /// `EXT-X-MAP` when the init segment changes, then the wall clock.
+    fn segment_head<'a>(
+        &self,
+        text: &mut String,
+        current_init: &mut Option<&'a str>,
+        init_uri: &'a str,
+        program_time: chrono::DateTime<chrono::Utc>,
+    ) {
+        if *current_init != Some(init_uri) {
+            let _ = writeln!(text, "#EXT-X-MAP:URI=\"{init_uri}\"");
+            *current_init = Some(init_uri);
+        }
+        let _ = writeln!(
+            text,
+            "#EXT-X-PROGRAM-DATE-TIME:{}",
+            program_time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+    }
+
+    fn write_parts(&self, text: &mut String, parts: &[LivePart]) {
+        for part in parts {
+            let seconds = ticks_to_seconds(part.duration, self.timescale);
+            let _ = write!(
+                text,
+                "#EXT-X-PART:DURATION={seconds:.5},URI=\"{}\"",
+                part.uri
+            );
+            if part.independent {
+                text.push_str(",INDEPENDENT=YES");
+            }
+            text.push('\n');
+        }
+    }
+
+    /// Index of the oldest segment among the newest ones that together
+    /// (with the open segment's parts) reach `seconds` back from the end.
+    fn newest_spanning(&self, seconds: u64) -> usize {
+        let limit = u128::from(seconds) * u128::from(self.timescale);
+        let mut span: u128 = self
+            .low_latency
+            .as_ref()
+            .and_then(|ll| ll.open.as_ref())
+            .map(|open| open.parts.iter().map(|p| u128::from(p.duration)).sum())
+            .unwrap_or(0);
+        let mut index = self.segments.len();
+        while index > 0 && span < limit {
+            index -= 1;
+            span += u128::from(self.segments[index].info.duration);
+        }
+        index
+    }
+
+    /// Leading segments a delta update may skip: those that end at or
+    /// before the skip boundary, `seconds` before the end of the playlist
+    /// (RFC 8216bis 6.2.5.1). The last segment is always listed.
+    fn skippable(&self, seconds: u64) -> usize {
+        let limit = u128::from(seconds) * u128::from(self.timescale);
+        let mut remaining: u128 = self
+            .segments
+            .iter()
+            .map(|segment| u128::from(segment.info.duration))
+            .sum();
+        let mut skipped = 0;
+        for segment in self
+            .segments
+            .iter()
+            .take(self.segments.len().saturating_sub(1))
+        {
+            let after = remaining - u128::from(segment.info.duration);
+            if after < limit {
+                break;
+            }
+            remaining = after;
+            skipped += 1;
+        }
+        skipped
     }
 }
 
@@ -461,6 +675,7 @@ mod tests {
             program_time: chrono::DateTime::from_timestamp(1_700_000_000 + sequence as i64 * 2, 0)
                 .unwrap(),
             discontinuity,
+            parts: Vec::new(),
         }
     }
 
@@ -476,6 +691,7 @@ mod tests {
                 live_segment(9, 3, true),
             ],
             ended: false,
+            low_latency: None,
         };
         let text = playlist.render().unwrap();
         assert_eq!(
@@ -500,6 +716,106 @@ mod tests {
         assert!(gap.render().is_err());
     }
 
+    fn parts(sequence: u64, count: u32) -> Vec<LivePart> {
+        (0..count)
+            .map(|index| LivePart {
+                duration: 30_000,
+                uri: format!("../s1/720p/{sequence}.{index}.m4s"),
+                independent: index == 0,
+            })
+            .collect()
+    }
+
+    fn low_latency_playlist(skip: bool) -> LivePlaylist {
+        let mut segments: Vec<LiveSegment> =
+            (1..=8).map(|seq| live_segment(seq, 1, false)).collect();
+        for segment in &mut segments {
+            segment.parts = parts(segment.info.sequence_number, 6);
+        }
+        LivePlaylist {
+            timescale: 90_000,
+            target_duration: 2,
+            discontinuity_sequence: 0,
+            segments,
+            ended: false,
+            low_latency: Some(LowLatency {
+                part_target: 1.0 / 3.0,
+                open: Some(OpenLiveSegment {
+                    init_uri: "../s1/720p/init.mp4".to_owned(),
+                    program_time: chrono::DateTime::from_timestamp(1_700_000_018, 0).unwrap(),
+                    discontinuity: false,
+                    parts: parts(9, 2),
+                }),
+                preload_hint: Some("../s1/720p/9.2.m4s".to_owned()),
+                rendition_reports: vec![RenditionReport {
+                    uri: "../480p/index.m3u8".to_owned(),
+                    last_msn: 9,
+                    last_part: Some(1),
+                }],
+                skip,
+            }),
+        }
+    }
+
+    #[test]
+    fn low_latency_playlist_lists_recent_parts_hints_and_reports() {
+        let text = low_latency_playlist(false).render().unwrap();
+        let head =
+            "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-TARGETDURATION:2\n\
+             #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL=12.0,PART-HOLD-BACK=1.000\n\
+             #EXT-X-PART-INF:PART-TARGET=0.333\n#EXT-X-MEDIA-SEQUENCE:1\n\
+             #EXT-X-MAP:URI=\"../s1/720p/init.mp4\"\n";
+        assert!(text.starts_with(head), "{text}");
+        // Parts for the segments of the last three target durations (6 s,
+        // counting the open segment's 0.67 s): segments 6, 7 and 8.
+        let with_parts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("#EXT-X-PART:") && l.contains(".0.m4s"))
+            .collect();
+        assert_eq!(with_parts.len(), 4, "{text}");
+        assert!(with_parts[0].contains("/6.0.m4s") && with_parts[3].contains("/9.0.m4s"));
+        let tail = "#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:36.000Z\n\
+             #EXT-X-PART:DURATION=0.33333,URI=\"../s1/720p/8.0.m4s\",INDEPENDENT=YES\n\
+             #EXT-X-PART:DURATION=0.33333,URI=\"../s1/720p/8.1.m4s\"\n\
+             #EXT-X-PART:DURATION=0.33333,URI=\"../s1/720p/8.2.m4s\"\n\
+             #EXT-X-PART:DURATION=0.33333,URI=\"../s1/720p/8.3.m4s\"\n\
+             #EXT-X-PART:DURATION=0.33333,URI=\"../s1/720p/8.4.m4s\"\n\
+             #EXT-X-PART:DURATION=0.33333,URI=\"../s1/720p/8.5.m4s\"\n\
+             #EXTINF:2.00000,\n../s1/720p/8.m4s\n\
+             #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:38.000Z\n\
+             #EXT-X-PART:DURATION=0.33333,URI=\"../s1/720p/9.0.m4s\",INDEPENDENT=YES\n\
+             #EXT-X-PART:DURATION=0.33333,URI=\"../s1/720p/9.1.m4s\"\n\
+             #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"../s1/720p/9.2.m4s\"\n\
+             #EXT-X-RENDITION-REPORT:URI=\"../480p/index.m3u8\",LAST-MSN=9,LAST-PART=1\n";
+        assert!(text.ends_with(tail), "{text}");
+        // Players without LL support read the same playlist.
+        let parsed = m3u8_rs::parse_media_playlist_res(text.as_bytes()).unwrap();
+        assert_eq!(parsed.segments.len(), 8);
+        // Ended: no hint, no open parts.
+        let mut ended = low_latency_playlist(false);
+        ended.ended = true;
+        let text = ended.render().unwrap();
+        assert!(text.contains("#EXT-X-ENDLIST\n") && !text.contains("PRELOAD-HINT"));
+        assert!(!text.contains("/9.0.m4s"));
+    }
+
+    #[test]
+    fn delta_update_skips_what_lies_before_the_skip_boundary() {
+        // Eight segments of 2 s; CAN-SKIP-UNTIL is 12 s: segments 1 and 2
+        // end at or before 16 - 12 = 4 s and are skipped.
+        let text = low_latency_playlist(true).render().unwrap();
+        assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:1\n#EXT-X-SKIP:SKIPPED-SEGMENTS=2\n#EXT-X-MAP:URI=\"../s1/720p/init.mp4\"\n#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:26.000Z\n#EXTINF"), "{text}");
+        assert!(!text.contains("/1.m4s") && !text.contains("/2.m4s") && text.contains("/3.m4s"));
+        // The delta update ends as the whole playlist does.
+        let full = low_latency_playlist(false).render().unwrap();
+        let from = |t: &str| t[t.find("../s1/720p/3.m4s").unwrap()..].to_owned();
+        assert_eq!(from(&text), from(&full));
+        // A short playlist has nothing to skip.
+        let mut short = low_latency_playlist(true);
+        short.segments.truncate(5);
+        assert!(!short.render().unwrap().contains("EXT-X-SKIP"));
+    }
+
     #[test]
     fn live_target_duration_grows_with_a_long_segment() {
         let mut playlist = LivePlaylist {
@@ -508,6 +824,7 @@ mod tests {
             discontinuity_sequence: 0,
             segments: vec![live_segment(1, 1, false)],
             ended: false,
+            low_latency: None,
         };
         // 2.033 s (one frame late) rounds to 2.
         playlist.segments[0].info.duration = 183_000;

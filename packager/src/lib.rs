@@ -45,6 +45,6 @@ pub use aac::AudioSpecificConfig;
 pub use avc::{AvcConfig, SpsInfo};
 pub use error::{Error, Result};
 pub use manifest::{Bitrates, MediaKind, Rendition, UriLayout};
-pub use segmenter::{MediaSegment, Sample, SegmentInfo, Segmenter, FIRST_SEQUENCE_NUMBER};
+pub use segmenter::{MediaSegment, Part, Sample, SegmentInfo, Segmenter, FIRST_SEQUENCE_NUMBER};
 pub use time::Rational;
 pub use track::{AudioTrack, Track, VideoTrack};

@@ -142,6 +142,25 @@ impl MediaSegment {
     }
 }
 
+/// A partial segment (LL-HLS `EXT-X-PART`, a CMAF chunk): one `moof` +
+/// `mdat` fragment of an open segment. A segment cut into parts is the
+/// concatenation of its parts, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Number of the segment it belongs to.
+    pub sequence_number: u64,
+    /// Its index in that segment, from 0.
+    pub index: u32,
+    /// `tfdt`, in the track timescale.
+    pub start: u64,
+    /// Duration in the track timescale.
+    pub duration: u64,
+    /// Whether it starts with a sync sample (`INDEPENDENT=YES`).
+    pub independent: bool,
+    /// The fragment bytes.
+    pub data: Bytes,
+}
+
 #[derive(Debug)]
 struct PendingSample {
     pts: i64,
@@ -155,8 +174,29 @@ struct PendingSample {
 struct OpenSegment {
     /// Index `k` of the boundary `k * target_duration` that closes this segment.
     closing_boundary: i128,
+    /// Samples of the open fragment (the whole segment, or its open part).
     samples: Vec<PendingSample>,
     payload: Vec<u8>,
+    /// Parts closed so far (part mode).
+    parts: Vec<Part>,
+    /// Where the next part's decode timeline starts (part mode).
+    next_decode_time: Option<i128>,
+    /// Samples in the closed parts (part mode).
+    parted_samples: usize,
+}
+
+/// Cutting segments into parts.
+#[derive(Debug)]
+struct PartMode {
+    /// Longest part, in ticks.
+    target_ticks: u64,
+    /// Number of the next `moof` (`mfhd` counts fragments, not segments).
+    next_fragment_number: u32,
+    /// Parts closed and not yet taken.
+    ready: Vec<Part>,
+    /// The longest sample seen: the next may be as long (timestamps in
+    /// whole milliseconds make 30 fps frames 33 or 34 ms).
+    longest_sample: u32,
 }
 
 /// Turns one track's samples, pushed in decode order, into media segments.
@@ -167,6 +207,7 @@ pub struct Segmenter {
     next_sequence_number: u32,
     last_dts: Option<i64>,
     open: Option<OpenSegment>,
+    parts: Option<PartMode>,
 }
 
 impl Segmenter {
@@ -178,7 +219,42 @@ impl Segmenter {
             next_sequence_number: FIRST_SEQUENCE_NUMBER,
             last_dts: None,
             open: None,
+            parts: None,
         }
+    }
+
+    /// A segmenter that also cuts every segment into parts of at most
+    /// `part_target` seconds (LL-HLS partial segments, CMAF chunks).
+    ///
+    /// A part closes as soon as its next sample would take it past the
+    /// target, so no part is longer than the target and, but for the last
+    /// of a segment, none is shorter than the target less one sample. The
+    /// segments are cut as by [`new`](Self::new), and each is the
+    /// concatenation of its parts.
+    pub fn with_parts(track: Track, target_duration: Rational, part_target: Rational) -> Self {
+        let target_ticks = u64::try_from(
+            i128::from(part_target.numerator()) * i128::from(track.timescale())
+                / i128::from(part_target.denominator().max(1)),
+        )
+        .unwrap_or(u64::MAX)
+        .max(1);
+        let mut segmenter = Self::new(track, target_duration);
+        segmenter.parts = Some(PartMode {
+            target_ticks,
+            next_fragment_number: FIRST_SEQUENCE_NUMBER,
+            ready: Vec::new(),
+            longest_sample: 0,
+        });
+        segmenter
+    }
+
+    /// The parts closed since the last call, oldest first (part mode; a
+    /// segment's parts come out no later than the segment).
+    pub fn take_parts(&mut self) -> Vec<Part> {
+        self.parts
+            .as_mut()
+            .map(|mode| std::mem::take(&mut mode.ready))
+            .unwrap_or_default()
     }
 
     /// The track being segmented.
@@ -254,16 +330,83 @@ impl Segmenter {
                     closing_boundary: self.boundary_after(sample.pts),
                     samples: vec![pending],
                     payload: data,
+                    parts: Vec::new(),
+                    next_decode_time: None,
+                    parted_samples: 0,
                 });
             }
         }
         self.last_dts = Some(sample.dts);
+        if let Some(mode) = self.parts.as_mut() {
+            mode.longest_sample = mode.longest_sample.max(sample.duration);
+        }
+        if self.part_is_full() {
+            self.close_part(None)?;
+        }
         Ok(closed)
+    }
+
+    /// Part mode: whether one more sample, as long as the longest seen,
+    /// would take the open part past its target.
+    fn part_is_full(&self) -> bool {
+        let (Some(mode), Some(open)) = (&self.parts, &self.open) else {
+            return false;
+        };
+        let (Some(first), Some(last)) = (open.samples.first(), open.samples.last()) else {
+            return false;
+        };
+        let next = mode.longest_sample.max(last.duration);
+        let span = i128::from(last.dts) + i128::from(last.duration) + i128::from(next)
+            - i128::from(first.dts);
+        last.duration > 0 && span > i128::from(mode.target_ticks)
+    }
+
+    /// Part mode: turns the open fragment into the segment's next part.
+    fn close_part(&mut self, next_dts: Option<i64>) -> Result<()> {
+        let (Some(mode), Some(open)) = (self.parts.as_mut(), self.open.as_mut()) else {
+            return Ok(());
+        };
+        if open.samples.is_empty() {
+            return Ok(());
+        }
+        let Some(earliest_pts) = open.samples.iter().map(|sample| sample.pts).min() else {
+            return Ok(());
+        };
+        let base = open.next_decode_time.unwrap_or(i128::from(earliest_pts));
+        let samples = std::mem::take(&mut open.samples);
+        let payload = std::mem::take(&mut open.payload);
+        let (data, duration) = fragment(
+            mode.next_fragment_number,
+            base,
+            &samples,
+            &payload,
+            next_dts,
+        )?;
+        mode.next_fragment_number = mode.next_fragment_number.saturating_add(1);
+        open.next_decode_time = Some(base + i128::from(duration));
+        open.parted_samples += samples.len();
+        let part = Part {
+            sequence_number: u64::from(self.next_sequence_number),
+            index: u32::try_from(open.parts.len()).unwrap_or(u32::MAX),
+            start: u64::try_from(base).map_err(|_| Error::TimestampOutOfRange(earliest_pts))?,
+            duration,
+            independent: samples.first().is_some_and(|sample| sample.sync),
+            data: Bytes::from(data),
+        };
+        mode.ready.push(part.clone());
+        open.parts.push(part);
+        Ok(())
     }
 
     /// Closes the last segment; its final sample lasts its own `duration`.
     pub fn finish(mut self) -> Result<Option<MediaSegment>> {
         self.close(None)
+    }
+
+    /// [`finish`](Self::finish), with the parts not taken yet (part mode).
+    pub fn finish_with_parts(mut self) -> Result<(Option<MediaSegment>, Vec<Part>)> {
+        let last = self.close(None)?;
+        Ok((last, self.take_parts()))
     }
 
     fn normalise(&self, sample: &Sample) -> Result<Vec<u8>> {
@@ -305,6 +448,9 @@ impl Segmenter {
     /// Turns the open segment into a fragment. `next_dts` is the decode time
     /// of the sample that follows (None at the end of the stream).
     fn close(&mut self, next_dts: Option<i64>) -> Result<Option<MediaSegment>> {
+        if self.parts.is_some() {
+            return self.close_parted(next_dts);
+        }
         let Some(open) = self.open.take() else {
             return Ok(None);
         };
@@ -313,45 +459,14 @@ impl Segmenter {
         };
         // pts was checked non-negative on push.
         let base_decode_time = earliest_pts as u64;
-
-        let mut entries = Vec::with_capacity(open.samples.len());
-        let mut decode_time = i128::from(earliest_pts);
-        let mut previous_delta: Option<u32> = None;
-        for (index, sample) in open.samples.iter().enumerate() {
-            let following_dts = open
-                .samples
-                .get(index + 1)
-                .map(|next| next.dts)
-                .or(next_dts);
-            let duration = match following_dts {
-                Some(dts) => u32::try_from(i128::from(dts) - i128::from(sample.dts))
-                    .map_err(|_| Error::TimestampOutOfRange(dts))?,
-                // The very last sample of the stream: trust its own duration,
-                // or repeat the previous spacing if it has none.
-                None if sample.duration > 0 => sample.duration,
-                None => previous_delta.unwrap_or(0),
-            };
-            let offset = i128::from(sample.pts) - decode_time;
-            let composition_offset =
-                i32::try_from(offset).map_err(|_| Error::TimestampOutOfRange(sample.pts))?;
-            entries.push(TrunEntry {
-                duration,
-                size: sample.size,
-                flags: if sample.sync {
-                    SYNC_SAMPLE_FLAGS
-                } else {
-                    NON_SYNC_SAMPLE_FLAGS
-                },
-                composition_offset,
-            });
-            decode_time += i128::from(duration);
-            previous_delta = Some(duration);
-        }
-        let duration = entries.iter().map(|entry| u64::from(entry.duration)).sum();
-
         let sequence_number = self.next_sequence_number;
-        let data =
-            boxes::write_fragment(sequence_number, base_decode_time, &entries, &open.payload)?;
+        let (data, duration) = fragment(
+            sequence_number,
+            i128::from(earliest_pts),
+            &open.samples,
+            &open.payload,
+            next_dts,
+        )?;
         self.next_sequence_number = sequence_number.saturating_add(1);
         Ok(Some(MediaSegment {
             info: SegmentInfo {
@@ -361,8 +476,85 @@ impl Segmenter {
                 size: data.len() as u64,
             },
             timescale: self.track.timescale(),
-            sample_count: entries.len(),
+            sample_count: open.samples.len(),
             data: Bytes::from(data),
         }))
     }
+
+    /// Part mode: closes the open part, then the segment made of its parts.
+    fn close_parted(&mut self, next_dts: Option<i64>) -> Result<Option<MediaSegment>> {
+        self.close_part(next_dts)?;
+        let Some(open) = self.open.take() else {
+            return Ok(None);
+        };
+        let Some(first) = open.parts.first() else {
+            return Ok(None);
+        };
+        let start = first.start;
+        let duration = open.parts.iter().map(|part| part.duration).sum();
+        let size: usize = open.parts.iter().map(|part| part.data.len()).sum();
+        let mut data = Vec::with_capacity(size);
+        for part in &open.parts {
+            data.extend_from_slice(&part.data);
+        }
+        let sample_count = open.parted_samples;
+        let sequence_number = self.next_sequence_number;
+        self.next_sequence_number = sequence_number.saturating_add(1);
+        Ok(Some(MediaSegment {
+            info: SegmentInfo {
+                sequence_number: u64::from(sequence_number),
+                start,
+                duration,
+                size: data.len() as u64,
+            },
+            timescale: self.track.timescale(),
+            sample_count,
+            data: Bytes::from(data),
+        }))
+    }
+}
+
+/// Writes one `moof` + `mdat` fragment of `samples` whose decode timeline
+/// starts at `base`; returns it with its duration. `next_dts` is the decode
+/// time of the sample that follows (None at the end of the stream).
+fn fragment(
+    fragment_number: u32,
+    base: i128,
+    samples: &[PendingSample],
+    payload: &[u8],
+    next_dts: Option<i64>,
+) -> Result<(Vec<u8>, u64)> {
+    let mut entries = Vec::with_capacity(samples.len());
+    let mut decode_time = base;
+    let mut previous_delta: Option<u32> = None;
+    for (index, sample) in samples.iter().enumerate() {
+        let following_dts = samples.get(index + 1).map(|next| next.dts).or(next_dts);
+        let duration = match following_dts {
+            Some(dts) => u32::try_from(i128::from(dts) - i128::from(sample.dts))
+                .map_err(|_| Error::TimestampOutOfRange(dts))?,
+            // The last sample of a part or of the stream: trust its own
+            // duration, or repeat the previous spacing if it has none.
+            None if sample.duration > 0 => sample.duration,
+            None => previous_delta.unwrap_or(0),
+        };
+        let offset = i128::from(sample.pts) - decode_time;
+        let composition_offset =
+            i32::try_from(offset).map_err(|_| Error::TimestampOutOfRange(sample.pts))?;
+        entries.push(TrunEntry {
+            duration,
+            size: sample.size,
+            flags: if sample.sync {
+                SYNC_SAMPLE_FLAGS
+            } else {
+                NON_SYNC_SAMPLE_FLAGS
+            },
+            composition_offset,
+        });
+        decode_time += i128::from(duration);
+        previous_delta = Some(duration);
+    }
+    let duration = entries.iter().map(|entry| u64::from(entry.duration)).sum();
+    let base = u64::try_from(base).map_err(|_| Error::TimestampOutOfRange(0))?;
+    let data = boxes::write_fragment(fragment_number, base, &entries, payload)?;
+    Ok((data, duration))
 }

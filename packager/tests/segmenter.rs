@@ -257,3 +257,139 @@ fn tracks_reject_garbage_and_mismatched_configs() {
         Err(Error::AudioConfigMismatch { .. })
     ));
 }
+
+fn run_parted(
+    track: Track,
+    target: Rational,
+    part: Rational,
+    samples: Vec<Sample>,
+) -> (Vec<MediaSegment>, Vec<cascade_packager::Part>) {
+    let mut segmenter = Segmenter::with_parts(track, target, part);
+    let mut segments = Vec::new();
+    let mut parts = Vec::new();
+    for sample in samples {
+        let closed = segmenter.push(sample).unwrap();
+        parts.extend(segmenter.take_parts());
+        segments.extend(closed);
+    }
+    let (last, last_parts) = segmenter.finish_with_parts().unwrap();
+    segments.extend(last);
+    parts.extend(last_parts);
+    (segments, parts)
+}
+
+#[test]
+fn parts_tile_their_segment_and_never_exceed_the_part_target() {
+    // 30 fps at 90 kHz for 6 s, keyframes every 2 s; parts of at most 1/3 s.
+    let part_target = Rational::new(1, 3).unwrap();
+    let samples = stream(180, &[0, 60, 120], 3000, 30);
+    let whole = run(
+        video_track(90_000),
+        Rational::integer(2).unwrap(),
+        samples.clone(),
+    );
+    let (segments, parts) = run_parted(
+        video_track(90_000),
+        Rational::integer(2).unwrap(),
+        part_target,
+        samples,
+    );
+    // The same cuts as without parts.
+    assert_eq!(boundaries(&segments), boundaries(&whole));
+    for segment in &segments {
+        let own: Vec<_> = parts
+            .iter()
+            .filter(|p| p.sequence_number == segment.sequence_number())
+            .collect();
+        // Ten frames make exactly 1/3 s; an eleventh would pass it.
+        let frames: Vec<u64> = own.iter().map(|p| p.duration / 3000).collect();
+        assert_eq!(frames, vec![10; 6], "{frames:?}");
+        let indices: Vec<u32> = own.iter().map(|p| p.index).collect();
+        assert_eq!(indices, (0..6).collect::<Vec<u32>>());
+        // Only the first part of a segment starts with the keyframe.
+        let independent: Vec<bool> = own.iter().map(|p| p.independent).collect();
+        assert_eq!(independent, [true, false, false, false, false, false]);
+        // Each part's decode time runs on from the previous one's end.
+        let mut at = segment.start();
+        for part in &own {
+            assert_eq!(part.start, at);
+            assert_eq!(
+                parse_fragment(&part.data).base_media_decode_time,
+                part.start
+            );
+            at += part.duration;
+        }
+        assert_eq!(at, segment.start() + segment.duration());
+        // The segment is its parts, byte for byte.
+        let joined: Vec<u8> = own.iter().flat_map(|p| p.data.iter().copied()).collect();
+        assert_eq!(segment.data().as_ref(), joined.as_slice());
+        assert_eq!(segment.size(), joined.len() as u64);
+        assert_eq!(segment.sample_count(), 60);
+    }
+    // `mfhd` numbers every fragment in order.
+    let numbers: Vec<u32> = parts
+        .iter()
+        .map(|p| parse_fragment(&p.data).sequence_number)
+        .collect();
+    assert_eq!(numbers, (1..=18).collect::<Vec<u32>>());
+}
+
+#[test]
+fn audio_parts_stay_within_the_target() {
+    // AAC frames of 1024 samples at 48 kHz: 15 frames (0.32 s) per part.
+    let samples: Vec<Sample> = (0..300)
+        .map(|index| Sample {
+            pts: index * 1024,
+            dts: index * 1024,
+            duration: 1024,
+            keyframe: true,
+            data: Bytes::from(vec![0x21, 0x10, index as u8, 0x04]),
+        })
+        .collect();
+    let (segments, parts) = run_parted(
+        audio_track(),
+        Rational::integer(2).unwrap(),
+        Rational::new(1, 3).unwrap(),
+        samples,
+    );
+    assert!(parts.iter().all(|p| p.duration <= 16_000 && p.independent));
+    let first: Vec<_> = parts.iter().filter(|p| p.sequence_number == 1).collect();
+    assert!(first[..first.len() - 1]
+        .iter()
+        .all(|p| p.duration == 15 * 1024));
+    let total: u64 = parts.iter().map(|p| p.duration).sum();
+    assert_eq!(total, segments.iter().map(|s| s.duration()).sum::<u64>());
+    assert_eq!(total, 300 * 1024);
+}
+
+#[test]
+fn millisecond_timestamps_never_make_a_part_too_long() {
+    // 30 fps as FLV carries it: frames of 33 or 34 ms (at 90 kHz, 2970 or
+    // 3060 ticks); parts of at most 333 ms (29970 ticks).
+    let mut at = 0i64;
+    let samples: Vec<Sample> = (0..120)
+        .map(|index| {
+            let duration = if index % 3 == 2 { 3060 } else { 2970 };
+            let sample = Sample {
+                pts: at,
+                dts: at,
+                duration,
+                keyframe: index % 60 == 0,
+                data: access_unit(index % 60 == 0, 30, index as u32),
+            };
+            at += i64::from(duration);
+            sample
+        })
+        .collect();
+    let (_, parts) = run_parted(
+        video_track(90_000),
+        Rational::integer(2).unwrap(),
+        Rational::new(333, 1000).unwrap(),
+        samples,
+    );
+    assert!(
+        parts.iter().all(|p| p.duration <= 29_970),
+        "{:?}",
+        parts.iter().map(|p| p.duration).collect::<Vec<_>>()
+    );
+}

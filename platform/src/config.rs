@@ -531,6 +531,17 @@ pub struct LiveConfig {
     /// Frames the encoder looks ahead: each is delay before a segment can
     /// close (x264's macroblock tree needs some). Default `0`.
     pub lookahead_frames: u32,
+    /// Longest part of low-latency streams (`EXT-X-PART-INF:PART-TARGET`,
+    /// a CMAF chunk). Default `333ms`.
+    #[serde(with = "humantime_serde")]
+    pub part_duration: Duration,
+    /// Where the relay listens: origins fetch the parts and low-latency
+    /// playlists of the streams this replica cuts from it. Internal only
+    /// (no tokens are checked there). Default `127.0.0.1:0`.
+    pub relay_listen: SocketAddr,
+    /// The relay URL origins are given (recorded on each stream this
+    /// replica publishes). Default: `http://` and the bound address.
+    pub relay_url: Option<String>,
     /// AAC bitrate of the live audio rendition, bit/s. Default `128000`.
     pub audio_bitrate: u64,
     /// Publishers this replica accepts at once; more are refused. Default `4`.
@@ -579,6 +590,9 @@ impl Default for LiveConfig {
             preset: "veryfast".to_owned(),
             b_frames: 0,
             lookahead_frames: 0,
+            part_duration: Duration::from_millis(333),
+            relay_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            relay_url: None,
             audio_bitrate: 128_000,
             max_streams: 4,
             max_input_bitrate: 20_000_000,
@@ -801,6 +815,10 @@ pub struct TranscodeConfig {
     /// segment sizes stay close to the declared bandwidth.
     #[serde(skip)]
     pub live: bool,
+    /// Cut segments into parts of at most this long (low-latency live);
+    /// set per stream by the live session.
+    #[serde(skip)]
+    pub part_duration: Option<Duration>,
 }
 
 impl Default for TranscodeConfig {
@@ -832,6 +850,7 @@ impl Default for TranscodeConfig {
             progress_interval: Duration::from_secs(1),
             lookahead_frames: None,
             live: false,
+            part_duration: None,
         }
     }
 }
@@ -1069,6 +1088,13 @@ impl Config {
         }
         if l.window < l.segment_duration * 3 {
             return Err(invalid("live.window", "must hold at least 3 segments"));
+        }
+        if l.part_duration < Duration::from_millis(100) || l.part_duration * 2 > l.segment_duration
+        {
+            return Err(invalid(
+                "live.part_duration",
+                "must be at least 100ms and at most half of live.segment_duration",
+            ));
         }
         if l.ladder.is_empty()
             || l.ladder.iter().any(|r| {

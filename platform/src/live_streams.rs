@@ -378,6 +378,8 @@ pub struct Publish {
     pub continues: bool,
     /// Whether the broadcast is recorded.
     pub recording: bool,
+    /// Low latency: segments are cut into parts, served from the relay.
+    pub low_latency: bool,
 }
 
 /// Why a publish was refused.
@@ -401,6 +403,7 @@ pub async fn claim_publisher(
     id: LiveStreamId,
     publisher: uuid::Uuid,
     node: &str,
+    relay: Option<&str>,
     lease: Duration,
     max_attempts: i32,
 ) -> Result<Result<Publish, PublishRefused>, DbError> {
@@ -439,16 +442,17 @@ pub async fn claim_publisher(
                  broadcast_id = CASE WHEN $5 THEN broadcast_id ELSE gen_random_uuid() END,
                  broadcast_started_at = CASE WHEN $5 THEN broadcast_started_at ELSE now() END,
                  disconnected_at = NULL, ingest = NULL, next_session = next_session + 1,
-                 updated_at = now()
+                 publisher_relay = $6, updated_at = now()
              WHERE id = $1
              RETURNING broadcast_id, broadcast_started_at, next_session - 1 AS session,
-                 next_sequence, recording",
+                 next_sequence, recording, latency_mode",
             &[
                 &id.as_uuid(),
                 &publisher,
                 &node,
                 &lease.as_secs_f64(),
                 &continues,
+                &relay,
             ],
         )
         .await?;
@@ -460,6 +464,7 @@ pub async fn claim_publisher(
         first_sequence: u64::try_from(row.get::<_, i64>("next_sequence")).unwrap_or(1),
         continues,
         recording: row.get("recording"),
+        low_latency: row.get::<_, String>("latency_mode") == LatencyMode::Low.as_str(),
     };
     if !continues {
         emit(&tx, "live_stream.active", id).await?;
@@ -507,7 +512,8 @@ pub async fn release_publisher(
     let row = tx
         .query_opt(
             "UPDATE live_streams SET publisher_id = NULL, publisher_node = NULL,
-                 publisher_until = NULL, disconnected_at = now(), updated_at = now()
+                 publisher_relay = NULL, publisher_until = NULL, disconnected_at = now(),
+                 updated_at = now()
              WHERE id = $1 AND publisher_id = $2
              RETURNING reconnect_window, broadcast_id",
             &[&id.as_uuid(), &publisher],
@@ -537,7 +543,7 @@ async fn end_broadcast_in(
         .query_opt(
             "UPDATE live_streams SET
                  state = CASE WHEN state = 'disabled' THEN 'disabled' ELSE 'idle' END,
-                 publisher_id = NULL, publisher_node = NULL, publisher_until = NULL,
+                 publisher_id = NULL, publisher_node = NULL, publisher_relay = NULL, publisher_until = NULL,
                  broadcast_id = NULL, broadcast_started_at = NULL, disconnected_at = NULL,
                  ingest = NULL, updated_at = now()
              WHERE id = $1 AND broadcast_id = $2
@@ -584,7 +590,8 @@ pub async fn end_idle_broadcasts(pool: &Pool, max_attempts: i32) -> Result<usize
     let orphaned = client
         .query(
             "UPDATE live_streams SET publisher_id = NULL, publisher_node = NULL,
-                 disconnected_at = publisher_until, publisher_until = NULL, updated_at = now()
+                 publisher_relay = NULL, disconnected_at = publisher_until,
+                 publisher_until = NULL, updated_at = now()
              WHERE state = 'active' AND publisher_id IS NOT NULL AND publisher_until < now()
              RETURNING id",
             &[],

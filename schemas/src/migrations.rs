@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "live_streams",
         sql: include_str!("../migrations/0010_live_streams.sql"),
     },
+    Migration {
+        version: 11,
+        name: "live_relay",
+        sql: include_str!("../migrations/0011_live_relay.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -118,7 +118,8 @@ pub(crate) async fn transcode_to_dir(
             Event::Probed { .. }
             | Event::Progress(_)
             | Event::Source(_)
-            | Event::Degraded { .. } => {}
+            | Event::Degraded { .. }
+            | Event::Part { .. } => {}
         }
     }
     pipeline

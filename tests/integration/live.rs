@@ -17,7 +17,7 @@ use crate::origin::{nginx_available, start_cdn};
 
 /// A 12 s 720p30 H.264 + AAC file with a keyframe every 2 s: published with
 /// `-c copy`, so the publisher costs no encoding.
-fn live_fixture() -> PathBuf {
+pub(crate) fn live_fixture() -> PathBuf {
     static GENERATE: std::sync::Once = std::sync::Once::new();
     let path = fixtures_dir().join("live_720p30_12s.mp4");
     GENERATE.call_once(|| {
@@ -51,7 +51,7 @@ fn publish(file: &Path, url: &str, extra: &[&str]) -> Child {
 }
 
 /// [`publish`], `file` played `1 + loops` times over.
-fn publish_looped(file: &Path, url: &str, loops: u32, extra: &[&str]) -> Child {
+pub(crate) fn publish_looped(file: &Path, url: &str, loops: u32, extra: &[&str]) -> Child {
     let mut command = Command::new("ffmpeg");
     command
         .args(["-hide_banner", "-loglevel", "error", "-re"])
@@ -92,10 +92,10 @@ fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     status
 }
 
-struct Live {
-    process: CascadeProcess,
-    http: SocketAddr,
-    rtmp: SocketAddr,
+pub(crate) struct Live {
+    pub(crate) process: CascadeProcess,
+    pub(crate) http: SocketAddr,
+    pub(crate) rtmp: SocketAddr,
 }
 
 /// `cascade serve` with `roles`, RTMP on a free loopback port, a live
@@ -105,7 +105,7 @@ fn serve(db: &TestDb, roles: &str, root: &Path) -> Live {
 }
 
 /// [`serve`] with more (or overriding) settings.
-fn serve_with(db: &TestDb, roles: &str, root: &Path, extra: &[(&str, &str)]) -> Live {
+pub(crate) fn serve_with(db: &TestDb, roles: &str, root: &Path, extra: &[(&str, &str)]) -> Live {
     let root = root.display().to_string();
     let mut env: Vec<(&str, &str)> = vec![
         ("CASCADE_STORAGE__LOCAL_ROOT", &root),
@@ -132,12 +132,12 @@ fn serve_with(db: &TestDb, roles: &str, root: &Path, extra: &[(&str, &str)]) -> 
     }
 }
 
-fn json(body: &str) -> serde_json::Value {
+pub(crate) fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
 }
 
 /// A new live stream: (id, stream key, playback id).
-fn create_stream(addr: SocketAddr, key: &str, body: &str) -> (String, String, String) {
+pub(crate) fn create_stream(addr: SocketAddr, key: &str, body: &str) -> (String, String, String) {
     let auth = format!("Bearer {key}");
     let (status, _, text) = http(
         addr,
@@ -159,7 +159,7 @@ fn create_stream(addr: SocketAddr, key: &str, body: &str) -> (String, String, St
     )
 }
 
-fn get_stream(addr: SocketAddr, key: &str, id: &str) -> serde_json::Value {
+pub(crate) fn get_stream(addr: SocketAddr, key: &str, id: &str) -> serde_json::Value {
     let auth = format!("Bearer {key}");
     let (status, _, text) = http(
         addr,
@@ -197,7 +197,7 @@ fn closed_within(rtmp: SocketAddr, bytes: &[u8], limit: Duration) -> Option<Dura
 
 /// The media playlist of `rendition` through the origin, once it lists
 /// at least `segments` segments.
-async fn playlist_with(
+pub(crate) async fn playlist_with(
     addr: SocketAddr,
     playback: &str,
     rendition: &str,
@@ -798,9 +798,11 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// A signed live stream plays only with a token minted for it: manifests
-/// and segments without one are refused, and the manifests served with one
-/// carry it on every URI they name.
+/// A signed live stream (low latency, so its playlists come from the
+/// relay) plays only with a token minted for it: manifests, segments and
+/// parts without one are refused, and the playlists served with one carry
+/// it on every URI they name (segments, init, parts, the preload hint,
+/// rendition reports), blocking reloads included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_live_streams_play_with_a_token_only() {
     let fixture = live_fixture();
@@ -811,7 +813,7 @@ async fn signed_live_streams_play_with_a_token_only() {
     let (id, stream_key, playback) = create_stream(
         live.http,
         &key,
-        r#"{"playback_policy": "signed", "recording": false}"#,
+        r#"{"playback_policy": "signed", "recording": false, "latency_mode": "low"}"#,
     );
     let auth = format!("Bearer {key}");
     let (status, _, body) = http(
@@ -839,10 +841,68 @@ async fn signed_live_streams_play_with_a_token_only() {
             &[],
             b"",
         );
-        (status == 200 && body.contains(".m4s")).then_some(body)
+        (status == 200 && body.contains("#EXTINF") && body.contains("#EXT-X-PART:")).then_some(body)
     })
     .await;
-    let segment = media.lines().find(|l| l.contains(".m4s")).unwrap();
+    for uri in media
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .chain(
+            media
+                .split("URI=\"")
+                .skip(1)
+                .map(|rest| rest.split('"').next().unwrap()),
+        )
+    {
+        assert!(
+            uri.ends_with(&format!("?token={token}")),
+            "{uri} in {media}"
+        );
+    }
+    assert!(media.contains("#EXT-X-PRELOAD-HINT") && media.contains("#EXT-X-RENDITION-REPORT"));
+    // A blocking reload keeps the token, and so does the part it names.
+    let hint = media
+        .split("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let (status, _, bytes) = http_bytes(
+        live.http,
+        "GET",
+        &format!("/play/{playback}/{}", hint.trim_start_matches("../")),
+        &[],
+        b"",
+    );
+    assert_eq!((status, &bytes[4..8]), (200, &b"moof"[..]), "{hint}");
+    let (status, _, _) = http(
+        live.http,
+        "GET",
+        &format!(
+            "/play/{playback}/{}",
+            hint.trim_start_matches("../").split('?').next().unwrap()
+        ),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 403, "a part without the token");
+    let msn = media.lines().filter(|l| l.starts_with("#EXTINF")).count();
+    let (status, _, blocked) = http(
+        live.http,
+        "GET",
+        &format!("/play/{playback}/720p/index.m3u8?_HLS_msn={msn}&token={token}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200, "{blocked}");
+    assert!(
+        blocked.contains(&format!(".m4s?token={token}")),
+        "{blocked}"
+    );
+    let segment = media
+        .lines()
+        .find(|l| !l.starts_with('#') && l.contains(".m4s"))
+        .unwrap();
     assert!(segment.ends_with(&format!("?token={token}")), "{media}");
     assert!(
         media.contains(&format!("init.mp4?token={token}")),

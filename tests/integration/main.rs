@@ -4,6 +4,7 @@
 mod common;
 mod ingest;
 mod live;
+mod live_low_latency;
 mod origin;
 mod qa;
 mod queue;

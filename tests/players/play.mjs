@@ -9,7 +9,7 @@
 // playback starts at the live edge and "seconds played" counts from the
 // first frame shown, not from the presentation's start; the report adds
 // the latency (wall clock minus the program date-time of the frame on
-// screen, hls.js). Used by the integration tests
+// screen, hls.js) and whether hls.js read LL-HLS parts. Used by the integration tests
 // (tests/integration/origin.rs, tests/integration/live.rs).
 import http from 'node:http';
 import fs from 'node:fs';
@@ -36,7 +36,7 @@ const page = `<!doctype html><html><body>
 <script src="/${player}.js"></script>
 <script>
 const video = document.getElementById('v');
-window.report = { fatal: null, errors: [], start: null, latency: null };
+window.report = { fatal: null, errors: [], start: null, latency: null, lowLatency: false };
 const url = ${JSON.stringify(url)};
 // Seconds shown since the first frame (live starts at the edge, not at 0).
 const played = () => {
@@ -51,6 +51,10 @@ if (${JSON.stringify(player)} === 'hls') {
     if (d.fatal) window.report.fatal = d.type + ': ' + d.details;
   });
   hls.on(Hls.Events.MANIFEST_PARSED, () => { hls.currentLevel = 0; video.play(); });
+  // LL-HLS: the playlist lists parts (hls.js then loads parts and blocks on reloads).
+  hls.on(Hls.Events.LEVEL_LOADED, (_, d) => {
+    if (d.details.partList && d.details.partList.length) window.report.lowLatency = true;
+  });
   video.addEventListener('timeupdate', () => {
     if (played() > 2 && !window.switched) { window.switched = true; hls.currentLevel = hls.levels.length - 1; }
     if (hls.playingDate) window.report.latency = (Date.now() - hls.playingDate.getTime()) / 1000;
@@ -100,7 +104,7 @@ let report = { fatal: 'did not start', errors: [] };
 try {
   const tab = await browser.newPage();
   tab.on('request', (r) => {
-    const m = r.url().match(/\/play\/[^/]+\/(?:[vs]\d+\/)?([^/?]+)\/\d+\.m4s/);
+    const m = r.url().match(/\/play\/[^/]+\/(?:[vs]\d+\/)?([^/?]+)\/\d+(?:\.\d+)?\.m4s/);
     if (m) renditions.add(m[1]);
   });
   await tab.goto(pageUrl);
@@ -115,4 +119,4 @@ try {
   server.close();
 }
 console.log(JSON.stringify({ player, live, played, renditions: [...renditions].sort(), fatal: report.fatal,
-  errors: report.errors, latency: report.latency }));
+  errors: report.errors, latency: report.latency, low_latency: report.lowLatency ?? false }));

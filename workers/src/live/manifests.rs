@@ -116,14 +116,16 @@ pub fn master_playlist(
 
 /// Renders and stores every rendition's media playlist and the MPD of
 /// `broadcast` from its rows; `ended` closes them (`EXT-X-ENDLIST`, no
-/// more MPD updates).
+/// more MPD updates). Returns the media playlists it stored, by rendition
+/// (the window a low-latency edge adds its parts to).
 pub async fn publish(
     client: &impl GenericClient,
     store: &ObjectStore,
     broadcast: &Broadcast,
     window: Window,
     ended: bool,
-) -> Result<(), LiveError> {
+) -> Result<BTreeMap<String, hls::LivePlaylist>, LiveError> {
+    let mut stored = BTreeMap::new();
     let sessions = live_streams::broadcast_sessions(client, broadcast.id).await?;
     let rows = live_streams::window(client, broadcast.id, window.segments).await?;
     let mut by_rendition: BTreeMap<String, Vec<(SegmentRow, i64)>> = BTreeMap::new();
@@ -155,9 +157,11 @@ pub async fn publish(
                     init_uri: format!("../s{}/{name}/init.mp4", row.session),
                     program_time: row.program_time,
                     discontinuity: row.discontinuity,
+                    parts: Vec::new(),
                 })
                 .collect(),
             ended,
+            low_latency: None,
         };
         let text = playlist
             .render()
@@ -168,6 +172,7 @@ pub async fn publish(
                 text.into(),
             )
             .await?;
+        stored.insert(name.clone(), playlist);
     }
 
     let periods = sessions
@@ -200,7 +205,7 @@ pub async fn publish(
         })
         .collect::<Vec<_>>();
     if periods.is_empty() {
-        return Ok(());
+        return Ok(stored);
     }
     let segment_millis = window.segment_duration.as_millis() as u64;
     let mpd = packager::dash::LiveMpd {
@@ -219,7 +224,7 @@ pub async fn publish(
     store
         .put_bytes(&ObjectKey::live_manifest(broadcast.stream), text.into())
         .await?;
-    Ok(())
+    Ok(stored)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! (`transcode::pipeline::run_input`), with the live ladder's settings, so
 //! live and VOD outputs line up the same way across rungs.
 
+pub mod edge;
 pub mod finish;
 pub mod flv;
 pub mod input;

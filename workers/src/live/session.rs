@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
 
+use super::edge::{EdgeSettings, Edges, StreamEdge};
 use super::manifests::{self, Broadcast, Window};
 use super::{input, LiveError};
 use crate::transcode::pacer::{Degradation, Pacer};
@@ -42,6 +43,10 @@ pub struct LiveContext {
     pub transcode: TranscodeConfig,
     /// The H.264 encoder (hardware when present).
     pub encoder: VideoEncoder,
+    /// The parts of this replica's low-latency streams.
+    pub edges: Arc<Edges>,
+    /// Where origins reach [`edges`](Self::edges) (the relay), when it runs.
+    pub relay_url: Option<String>,
 }
 
 /// Counters the connection keeps for the session.
@@ -107,6 +112,8 @@ struct Driver<'a> {
     degradation: (Degradation, f64),
     stats: Arc<IngestStats>,
     bitrate: BitrateMeter,
+    /// The parts of a low-latency stream.
+    edge: Option<Arc<StreamEdge>>,
 }
 
 /// Input bitrate over the last ten seconds.
@@ -157,8 +164,21 @@ pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
     let first_media = Arc::new(OnceLock::new());
     let cancel = Arc::new(AtomicBool::new(false));
     let (events, mut received) = mpsc::channel::<Event>(32);
+    let edge = publish.low_latency.then(|| {
+        ctx.edges.open(
+            publish.stream,
+            EdgeSettings {
+                session: publish.session,
+                part_target: ctx.config.part_duration,
+                segment_duration: ctx.config.segment_duration,
+            },
+        )
+    });
     let pipeline = {
-        let transcode = ctx.transcode.clone();
+        let mut transcode = ctx.transcode.clone();
+        if edge.is_some() {
+            transcode.part_duration = Some(ctx.config.part_duration);
+        }
         let encoder = ctx.encoder;
         let cancel = cancel.clone();
         let reader = input::ChannelReader::new(flv, first_media.clone());
@@ -193,6 +213,7 @@ pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
         bitrate: BitrateMeter {
             samples: Default::default(),
         },
+        edge: edge.clone(),
     };
     let renew_every = ctx.config.publisher_lease / 3;
     let mut renew = tokio::time::interval(renew_every);
@@ -238,6 +259,18 @@ pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
             Err(end) => end,
         },
     };
+    if let Some(edge) = edge {
+        // Requests held for parts get the playlist as it stands; parts stay
+        // fetchable for as long as a request may be held, then go.
+        edge.finish(false);
+        let edges = ctx.edges.clone();
+        let stream = publish.stream;
+        let linger = edge.settings().hold_limit();
+        tokio::spawn(async move {
+            tokio::time::sleep(linger).await;
+            edges.remove(stream, &edge);
+        });
+    }
     if let SessionEnd::Refused { code, message } = &end {
         if let Ok(client) = ctx.pool.get().await {
             let _ = live_streams::record_refusal(&client, publish.stream, code, message).await;
@@ -354,11 +387,39 @@ impl Driver<'_> {
                 let described = Rendition::from_track(rendition.clone(), &track, Vec::new());
                 let bandwidth = self.declared_bandwidth(&rendition);
                 self.renditions.push(describe(&described, bandwidth));
+                if let Some(edge) = &self.edge {
+                    edge.add_rendition(&rendition, described.timescale);
+                }
                 self.put(
                     ObjectKey::live_init_segment(self.publish.stream, self.publish.session, &name),
                     bytes,
                 )
                 .await
+            }
+            Event::Part {
+                rendition,
+                mut part,
+            } => {
+                let Some(edge) = &self.edge else {
+                    return Ok(());
+                };
+                let local = part.sequence_number;
+                part.sequence_number = self.publish.first_sequence + local.saturating_sub(1);
+                let timescale = self
+                    .renditions
+                    .iter()
+                    .find(|r| r.name == rendition)
+                    .map_or(1, |r| r.timescale.max(1));
+                let program_time = self.program_time(part.start as f64 / f64::from(timescale));
+                let sequence = part.sequence_number;
+                edge.push_part(
+                    &rendition,
+                    sequence,
+                    program_time,
+                    self.publish.continues && local == 1,
+                    part,
+                );
+                Ok(())
             }
             Event::Segment {
                 rendition,
@@ -368,6 +429,9 @@ impl Driver<'_> {
             } => {
                 let name = rendition_name(&rendition)?;
                 let global = self.publish.first_sequence + sequence.saturating_sub(1);
+                if let Some(edge) = &self.edge {
+                    edge.complete_segment(&rendition, global, info);
+                }
                 let key = ObjectKey::live_media_segment(
                     self.publish.stream,
                     self.publish.session,
@@ -388,11 +452,7 @@ impl Driver<'_> {
                 };
                 let timescale = described.timescale.max(1);
                 let start_seconds = info.start as f64 / f64::from(timescale);
-                let wall_start = self.first_media.get().copied().unwrap_or_else(Utc::now);
-                let program_time = wall_start
-                    + chrono::Duration::milliseconds(
-                        ((start_seconds - self.media_offset) * 1000.0).round() as i64,
-                    );
+                let program_time = self.program_time(start_seconds);
                 self.encoded_seconds = self
                     .encoded_seconds
                     .max(start_seconds + info.duration as f64 / f64::from(timescale));
@@ -472,6 +532,13 @@ impl Driver<'_> {
         }
         self.source = Some(source);
         Ok(())
+    }
+
+    /// Wall clock at ingest of media time `seconds`.
+    fn program_time(&self, seconds: f64) -> DateTime<Utc> {
+        let wall_start = self.first_media.get().copied().unwrap_or_else(Utc::now);
+        wall_start
+            + chrono::Duration::milliseconds(((seconds - self.media_offset) * 1000.0).round() as i64)
     }
 
     /// The bitrate a rendition's playlists declare: the rung's cap plus
@@ -579,7 +646,7 @@ impl Driver<'_> {
         if !held {
             return Err(SessionEnd::LostStream);
         }
-        manifests::publish(
+        let stored = manifests::publish(
             &client,
             &self.ctx.store,
             &self.broadcast(),
@@ -588,6 +655,9 @@ impl Driver<'_> {
         )
         .await
         .map_err(|e| failed("publishing the live manifests", &e))?;
+        if let Some(edge) = &self.edge {
+            edge.set_stored(stored);
+        }
         if !self.session_recorded {
             // The master playlist names media playlists that now exist.
             let session = SessionRow {

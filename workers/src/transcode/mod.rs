@@ -223,7 +223,9 @@ impl Inner {
                         .await
                         .map_err(|e| e.to_string())
                 }
-                pipeline::Event::Source(_) | pipeline::Event::Degraded { .. } => Ok(()),
+                pipeline::Event::Source(_)
+                | pipeline::Event::Degraded { .. }
+                | pipeline::Event::Part { .. } => Ok(()),
                 pipeline::Event::Progress(seconds) => {
                     let percent = duration
                         .map(|d| (seconds / d * 100.0) as f32)

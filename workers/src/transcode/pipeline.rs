@@ -60,6 +60,14 @@ pub enum Event {
         /// The bytes.
         bytes: Bytes,
     },
+    /// A part of the segment being cut (low-latency live only); the
+    /// segment itself follows as [`Event::Segment`], its parts' bytes joined.
+    Part {
+        /// Rendition name.
+        rendition: String,
+        /// The part (its `sequence_number` is the segment's file name).
+        part: packager::Part,
+    },
     /// Seconds of the source transcoded so far.
     Progress(f64),
     /// What the source carries (sent once, before any init segment).
@@ -188,18 +196,24 @@ impl VideoRung {
         receive_video_packets(&mut self, events)?;
         if let Some(mut last) = self.pending.take() {
             last.duration = self.frame_ticks.max(1);
-            if let Some(segment) = self
+            let closed = self
                 .segmenter
                 .push(last)
-                .map_err(|e| packager_error("packaging video", e))?
-            {
+                .map_err(|e| packager_error("packaging video", e))?;
+            emit_parts(&self.plan.name, self.segmenter.take_parts(), events)?;
+            if let Some(segment) = closed {
                 self.infos.push(segment.info());
                 emit_segment(&self.plan.name, segment, events)?;
             }
         }
         let track = self.segmenter.track().clone();
         let mut infos = std::mem::take(&mut self.infos);
-        collect_last(&mut infos, self.segmenter.finish(), &self.plan.name, events)?;
+        collect_last(
+            &mut infos,
+            self.segmenter.finish_with_parts(),
+            &self.plan.name,
+            events,
+        )?;
         Ok(Rendition::from_track(self.plan.name.clone(), &track, infos))
     }
 }
@@ -615,6 +629,9 @@ pub fn run_input(
     let segment_duration =
         packager::Rational::new(config.segment_duration.as_millis() as u64, 1000)
             .map_err(|e| packager_error("segment duration", e))?;
+    let part_duration = config
+        .part_duration
+        .and_then(|part| packager::Rational::new(part.as_millis().max(1) as u64, 1000).ok());
     let mut rungs: Vec<VideoRung> = Vec::new();
     let mut graph = None;
     if let Some(source) = &video {
@@ -672,7 +689,7 @@ pub fn run_input(
                 frame_rate,
             )
             .map_err(|e| packager_error("describing the video track", e))?;
-            let segmenter = Segmenter::new(Track::Video(track), segment_duration);
+            let segmenter = new_segmenter(Track::Video(track), segment_duration, part_duration);
             send(
                 events,
                 Event::Init {
@@ -708,7 +725,7 @@ pub fn run_input(
         let (asc, priming) = audio_extradata(&encoder);
         let track = AudioTrack::new(&asc, AUDIO_RATE as u32, 2)
             .map_err(|e| packager_error("describing the audio track", e))?;
-        let segmenter = Segmenter::new(Track::Audio(track), segment_duration);
+        let segmenter = new_segmenter(Track::Audio(track), segment_duration, part_duration);
         send(
             events,
             Event::Init {
@@ -892,7 +909,12 @@ pub fn run_input(
         receive_audio_packets(&mut out, events)?;
         let track = out.segmenter.track().clone();
         let mut infos = std::mem::take(&mut out.infos);
-        collect_last(&mut infos, out.segmenter.finish(), AUDIO_RENDITION, events)?;
+        collect_last(
+            &mut infos,
+            out.segmenter.finish_with_parts(),
+            AUDIO_RENDITION,
+            events,
+        )?;
         let rendition = Rendition::from_track(AUDIO_RENDITION, &track, infos);
         duration = duration.max(rendition.end() as f64 / f64::from(AUDIO_RATE));
         renditions.push((rendition, "aac".to_owned()));
@@ -903,14 +925,45 @@ pub fn run_input(
     })
 }
 
-/// Emits the segment `finish()` returned, if any, and records it.
+/// A segmenter, cutting parts too when `part_duration` is set.
+fn new_segmenter(
+    track: Track,
+    segment_duration: packager::Rational,
+    part_duration: Option<packager::Rational>,
+) -> Segmenter {
+    match part_duration {
+        Some(part) => Segmenter::with_parts(track, segment_duration, part),
+        None => Segmenter::new(track, segment_duration),
+    }
+}
+
+fn emit_parts(
+    rendition: &str,
+    parts: Vec<packager::Part>,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), TranscodeError> {
+    for part in parts {
+        send(
+            events,
+            Event::Part {
+                rendition: rendition.to_owned(),
+                part,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Emits what `finish_with_parts()` returned, if anything, and records it.
 fn collect_last(
     infos: &mut Vec<packager::SegmentInfo>,
-    last: packager::Result<Option<packager::MediaSegment>>,
+    last: packager::Result<(Option<packager::MediaSegment>, Vec<packager::Part>)>,
     rendition: &str,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), TranscodeError> {
-    if let Some(segment) = last.map_err(|e| packager_error("finishing segments", e))? {
+    let (last, parts) = last.map_err(|e| packager_error("finishing segments", e))?;
+    emit_parts(rendition, parts, events)?;
+    if let Some(segment) = last {
         infos.push(segment.info());
         emit_segment(rendition, segment, events)?;
     }
@@ -1084,11 +1137,12 @@ fn receive_video_packets(
             previous.duration = u32::try_from(dts - previous.dts)
                 .unwrap_or(rung.frame_ticks)
                 .max(1);
-            if let Some(segment) = rung
+            let closed = rung
                 .segmenter
                 .push(previous)
-                .map_err(|e| packager_error("packaging video", e))?
-            {
+                .map_err(|e| packager_error("packaging video", e))?;
+            emit_parts(&rung.plan.name, rung.segmenter.take_parts(), events)?;
+            if let Some(segment) = closed {
                 rung.infos.push(segment.info());
                 emit_segment(&rung.plan.name, segment, events)?;
             }
@@ -1175,11 +1229,12 @@ fn receive_audio_packets(
             keyframe: true,
             data: Bytes::copy_from_slice(data),
         };
-        if let Some(segment) = out
+        let closed = out
             .segmenter
             .push(sample)
-            .map_err(|e| packager_error("packaging audio", e))?
-        {
+            .map_err(|e| packager_error("packaging audio", e))?;
+        emit_parts(AUDIO_RENDITION, out.segmenter.take_parts(), events)?;
+        if let Some(segment) = closed {
             out.infos.push(segment.info());
             emit_segment(AUDIO_RENDITION, segment, events)?;
         }
