@@ -24,6 +24,12 @@ use axum::Router;
 use cascade_schemas::LiveStreamId;
 use cascade_workers::live::edge::{EdgeError, Edges, PlaylistRequest, StreamEdge};
 
+/// When the newest part of a playlist was cut (Unix microseconds): how
+/// long a blocking reload took after its part existed is measured from it
+/// (`cascade bench live --low-latency`). Origins pass it on.
+pub static PART_CUT_AT: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("cascade-part-cut-at");
+
 /// The relay's routes.
 pub fn router(edges: Arc<Edges>) -> Router {
     Router::new()
@@ -85,14 +91,25 @@ async fn playlist(
         return error(EdgeError::NotFound);
     };
     match edge.playlist(&rendition, request).await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/vnd.apple.mpegurl"),
-            )],
-            text,
-        )
-            .into_response(),
+        Ok((text, newest_part_at)) => {
+            let mut response = (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/vnd.apple.mpegurl"),
+                )],
+                text,
+            )
+                .into_response();
+            if let Some(micros) = newest_part_at
+                .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|since| since.as_micros() as u64)
+            {
+                response
+                    .headers_mut()
+                    .insert(PART_CUT_AT.clone(), HeaderValue::from(micros));
+            }
+            response
+        }
         Err(e) => error(e),
     }
 }

@@ -553,8 +553,15 @@ async fn serve_live(
         (Target::MediaPlaylist(r), None) => {
             let directives = relay::directives(ask.query.as_deref());
             match from_relay(format!("{}/{r}/index.m3u8", live.id), Some(directives)).await {
-                relay::RelayAnswer::Found(object) => {
-                    return from_memory(ask, class, &object, rewrite, cache_control)
+                relay::RelayAnswer::Found(relayed) => {
+                    let mut response =
+                        from_memory(ask, class, &relayed.object, rewrite, cache_control)?;
+                    if let Some(cut_at) = relayed.cut_at {
+                        response
+                            .headers_mut()
+                            .insert(relay::PART_CUT_AT.clone(), cut_at);
+                    }
+                    return Ok(response);
                 }
                 relay::RelayAnswer::BadRequest(why) => {
                     return Err(OriginError::HlsDirectiveInvalid(why))
@@ -570,8 +577,8 @@ async fn serve_live(
         (Target::Part(r, msn, part), Some(Pin::Session(n))) => {
             // Parts live only at the edge.
             return match from_relay(format!("{}/s{n}/{r}/{msn}.{part}.m4s", live.id), None).await {
-                relay::RelayAnswer::Found(object) => {
-                    from_memory(ask, class, &object, rewrite, cache_control)
+                relay::RelayAnswer::Found(relayed) => {
+                    from_memory(ask, class, &relayed.object, rewrite, cache_control)
                 }
                 relay::RelayAnswer::Timeout => Err(OriginError::PartNotReady),
                 _ => Err(OriginError::LiveNotYet),
@@ -586,8 +593,8 @@ async fn serve_live(
             // A segment the edge completed may not be stored yet.
             (Target::Segment(r, seq), Some(Pin::Session(n))) if relay.is_some() => {
                 match from_relay(format!("{}/s{n}/{r}/{seq}.m4s", live.id), None).await {
-                    relay::RelayAnswer::Found(object) => {
-                        from_memory(ask, class, &object, rewrite, cache_control)
+                    relay::RelayAnswer::Found(relayed) => {
+                        from_memory(ask, class, &relayed.object, rewrite, cache_control)
                     }
                     _ => Err(OriginError::LiveNotYet),
                 }

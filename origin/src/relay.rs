@@ -4,6 +4,12 @@
 //! asked over keep-alive connections; when it cannot answer (the stream
 //! moved or ended, the replica is gone), the origin serves what the object
 //! store holds instead.
+//!
+//! Identical requests are collapsed: concurrent players asking for the same
+//! part or the same blocking reload share one relay request, and the answer
+//! is kept briefly (parts and segments, immutable, for ten seconds; a
+//! playlist for a quarter of a second), so the relay sees about one request
+//! per object however many players and CDN nodes ask.
 
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
@@ -13,11 +19,24 @@ use reqwest::StatusCode;
 
 use crate::tier::Cached;
 
+/// The header naming when the newest part of a relayed playlist was cut.
+pub(crate) static PART_CUT_AT: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("cascade-part-cut-at");
+
+/// An object the relay sent.
+#[derive(Debug, Clone)]
+pub(crate) struct Relayed {
+    /// Its bytes.
+    pub(crate) object: Cached,
+    /// `cascade-part-cut-at`, passed on to clients.
+    pub(crate) cut_at: Option<axum::http::HeaderValue>,
+}
+
 /// What the relay said.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum RelayAnswer {
     /// The object.
-    Found(Cached),
+    Found(Relayed),
     /// The request is malformed or too far ahead (400).
     BadRequest(String),
     /// The part did not come in time (503).
@@ -28,6 +47,10 @@ pub(crate) enum RelayAnswer {
 
 pub(crate) struct RelayClient {
     http: reqwest::Client,
+    /// Parts and segments by URL.
+    media: moka::future::Cache<String, Relayed>,
+    /// Playlists by URL (with their delivery directives).
+    playlists: moka::future::Cache<String, Relayed>,
 }
 
 impl RelayClient {
@@ -40,17 +63,49 @@ impl RelayClient {
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();
-        Self { http }
+        Self {
+            http,
+            media: moka::future::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(Duration::from_secs(10))
+                .build(),
+            playlists: moka::future::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(Duration::from_millis(250))
+                .build(),
+        }
     }
 
-    /// `GET {relay}/relay/{path}`, with `query` when given.
+    /// `GET {relay}/relay/{path}`, with `query` when given; collapsed with
+    /// identical requests in flight, and answered from the last answer
+    /// while it is fresh.
     pub(crate) async fn get(&self, relay: &str, path: &str, query: Option<&str>) -> RelayAnswer {
         let mut url = format!("{}/relay/{path}", relay.trim_end_matches('/'));
         if let Some(query) = query.filter(|q| !q.is_empty()) {
             url.push('?');
             url.push_str(query);
         }
-        let response = match self.http.get(&url).send().await {
+        let cache = if path.ends_with(".m3u8") {
+            &self.playlists
+        } else {
+            &self.media
+        };
+        let fetched = cache
+            .try_get_with(url.clone(), async {
+                match self.fetch(&url).await {
+                    RelayAnswer::Found(object) => Ok(object),
+                    other => Err(other),
+                }
+            })
+            .await;
+        match fetched {
+            Ok(object) => RelayAnswer::Found(object),
+            Err(answer) => (*answer).clone(),
+        }
+    }
+
+    async fn fetch(&self, url: &str) -> RelayAnswer {
+        let response = match self.http.get(url).send().await {
             Ok(response) => response,
             Err(e) => {
                 tracing::debug!(error = %e, url, "live relay unreachable");
@@ -58,13 +113,17 @@ impl RelayClient {
             }
         };
         let status = response.status();
+        let cut_at = response.headers().get(&PART_CUT_AT).cloned();
         let Ok(bytes) = response.bytes().await else {
             return RelayAnswer::NotHere;
         };
         match status {
-            StatusCode::OK => RelayAnswer::Found(Cached {
-                etag: etag(&bytes),
-                bytes,
+            StatusCode::OK => RelayAnswer::Found(Relayed {
+                object: Cached {
+                    etag: etag(&bytes),
+                    bytes,
+                },
+                cut_at,
             }),
             StatusCode::BAD_REQUEST => {
                 RelayAnswer::BadRequest(String::from_utf8_lossy(&bytes).into_owned())

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use cascade_platform::config::OriginConfig;
 
 /// A whole object held in memory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Cached {
     /// The bytes.
     pub(crate) bytes: Bytes,

@@ -31,7 +31,7 @@ use clap::Args;
 use super::origin::{free_port, require_tool, ChildGuard};
 use super::{median, peak_rss_mb};
 
-const KEY: &str = "csk_bench_live_key_0123456789abcdefghijklmnop";
+pub(super) const KEY: &str = "csk_bench_live_key_0123456789abcdefghijklmnop";
 /// Cascade's CPU per minute of live over the CLI's.
 const TARGET_CPU_RATIO: f64 = 1.0;
 /// Added to the segment duration for the availability latency target.
@@ -52,10 +52,22 @@ pub struct LiveBenchArgs {
     /// (needs `tests/players` installed: scripts/deps.sh).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     player: bool,
+    /// Measure a low-latency stream instead: glass-to-glass latency in
+    /// hls.js (LL mode) through the CDN, how long blocking reloads take
+    /// after their part exists, and origin CPU for 100 LL-HLS players.
+    #[arg(long)]
+    pub(super) low_latency: bool,
+}
+
+impl LiveBenchArgs {
+    /// Seconds measured.
+    pub(super) fn seconds(&self) -> u32 {
+        self.seconds.max(20)
+    }
 }
 
 /// The 720p30 source (12 s, looped), generated if missing.
-fn fixture() -> anyhow::Result<PathBuf> {
+pub(super) fn fixture() -> anyhow::Result<PathBuf> {
     let path = PathBuf::from(".data/fixtures/live_720p30_12s.mp4");
     if path.exists() {
         return Ok(path);
@@ -83,7 +95,7 @@ fn fixture() -> anyhow::Result<PathBuf> {
 }
 
 /// CPU seconds (user + system) process `pid` has used so far, all threads.
-fn process_cpu_seconds(pid: u32) -> f64 {
+pub(super) fn process_cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no memory preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -117,7 +129,7 @@ fn wait_cpu_seconds(child: &std::process::Child) -> anyhow::Result<f64> {
 }
 
 /// nginx as the CDN in front of `origin`, from infra/cdn/nginx.conf.
-fn start_cdn(origin: u16, dir: &Path) -> anyhow::Result<(ChildGuard, u16)> {
+pub(super) fn start_cdn(origin: u16, dir: &Path) -> anyhow::Result<(ChildGuard, u16)> {
     let template = std::fs::read_to_string("infra/cdn/nginx.conf")
         .context("reading infra/cdn/nginx.conf (run from the repository root)")?;
     let port = free_port()?;
@@ -154,7 +166,7 @@ fn start_cdn(origin: u16, dir: &Path) -> anyhow::Result<(ChildGuard, u16)> {
     ))
 }
 
-async fn wait_http(
+pub(super) async fn wait_http(
     client: &reqwest::Client,
     url: &str,
     guard: &mut ChildGuard,
@@ -407,6 +419,9 @@ async fn play_hls(url: &str) -> anyhow::Result<serde_json::Value> {
 
 /// Runs the benchmark.
 pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode> {
+    if args.low_latency {
+        return super::live_low_latency::run(&args, config).await;
+    }
     let input = fixture()?;
     require_tool("nginx")?;
     let seconds = args.seconds.max(20);
@@ -658,7 +673,11 @@ pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode
 
 /// ffmpeg publishing `input` (looped, copied) in real time to `url` for
 /// `seconds`.
-fn publish(input: &Path, url: &str, seconds: u32) -> anyhow::Result<std::process::Child> {
+pub(super) fn publish(
+    input: &Path,
+    url: &str,
+    seconds: u32,
+) -> anyhow::Result<std::process::Child> {
     Command::new("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-re"])
         .args(["-stream_loop", "-1", "-i"])

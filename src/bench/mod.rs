@@ -3,6 +3,7 @@
 
 mod ladder;
 mod live;
+mod live_low_latency;
 mod origin;
 mod qa;
 mod queue;

@@ -378,15 +378,24 @@ async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() 
 
     // The stream ends: a request held for a part that will never come is
     // answered with the final playlist (no preload hint: nothing follows).
+    // A fresh state (a blocking answer is never an older cached one), then
+    // a part far enough into the next segment that only a stream going on
+    // for another two seconds would cut it.
     let (_, now) = get(origin_addr, &media);
-    let (msn, _) = last_part(&read_ll(&now));
+    let (msn, part) = last_part(&read_ll(&now));
+    let (status, now) = get(
+        origin_addr,
+        &format!("{media}?_HLS_msn={msn}&_HLS_part={}", part + 1),
+    );
+    assert_eq!(status, 200, "{now}");
+    let (open, _) = last_part(&read_ll(&now));
     let waiting = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let answer = get(
             origin_addr,
             &format!(
-                "/play/{playback}/720p/index.m3u8?_HLS_msn={}&_HLS_part=0",
-                msn + 1
+                "/play/{playback}/720p/index.m3u8?_HLS_msn={}&_HLS_part=5",
+                open + 1
             ),
         );
         (answer, started.elapsed())

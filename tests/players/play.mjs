@@ -2,14 +2,15 @@
 // Chromium and prints what happened as one JSON line: seconds played, the
 // renditions whose segments the browser fetched, and any fatal error.
 //
-//   node play.mjs --player hls|dash --url <master.m3u8|manifest.mpd> [--seconds 8] [--live 1]
+//   node play.mjs --player hls|dash --url <master.m3u8|manifest.mpd> [--seconds 8] [--live 1] [--samples 1]
 //
 // The player starts on the lowest rung and is switched to the highest after
 // two seconds of playback, so at least two rungs are fetched. With --live,
 // playback starts at the live edge and "seconds played" counts from the
 // first frame shown, not from the presentation's start; the report adds
 // the latency (wall clock minus the program date-time of the frame on
-// screen, hls.js) and whether hls.js read LL-HLS parts. Used by the integration tests
+// screen, hls.js) and whether hls.js read LL-HLS parts; --samples adds
+// every latency reading after the first 5 s. Used by the integration tests
 // (tests/integration/origin.rs, tests/integration/live.rs).
 import http from 'node:http';
 import fs from 'node:fs';
@@ -25,6 +26,7 @@ const player = args.player;
 const url = args.url;
 const seconds = Number(args.seconds ?? 8);
 const live = Boolean(Number(args.live ?? 0));
+const samples = Boolean(Number(args.samples ?? 0));
 
 const scripts = {
   '/hls.js': path.join(here, 'node_modules/hls.js/dist/hls.min.js'),
@@ -36,7 +38,7 @@ const page = `<!doctype html><html><body>
 <script src="/${player}.js"></script>
 <script>
 const video = document.getElementById('v');
-window.report = { fatal: null, errors: [], start: null, latency: null, lowLatency: false };
+window.report = { fatal: null, errors: [], start: null, latency: null, lowLatency: false, latencies: [] };
 const url = ${JSON.stringify(url)};
 // Seconds shown since the first frame (live starts at the edge, not at 0).
 const played = () => {
@@ -57,7 +59,11 @@ if (${JSON.stringify(player)} === 'hls') {
   });
   video.addEventListener('timeupdate', () => {
     if (played() > 2 && !window.switched) { window.switched = true; hls.currentLevel = hls.levels.length - 1; }
-    if (hls.playingDate) window.report.latency = (Date.now() - hls.playingDate.getTime()) / 1000;
+    if (hls.playingDate) {
+      window.report.latency = (Date.now() - hls.playingDate.getTime()) / 1000;
+      // Samples after the first 5 s of playback (the start settles first).
+      if (played() > 5) window.report.latencies.push(window.report.latency);
+    }
   });
   hls.loadSource(url);
   hls.attachMedia(video);
@@ -119,4 +125,5 @@ try {
   server.close();
 }
 console.log(JSON.stringify({ player, live, played, renditions: [...renditions].sort(), fatal: report.fatal,
-  errors: report.errors, latency: report.latency, low_latency: report.lowLatency ?? false }));
+  errors: report.errors, latency: report.latency, low_latency: report.lowLatency ?? false,
+  ...(samples ? { latencies: report.latencies } : {}) }));

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cascade_packager::hls::{
@@ -113,6 +113,8 @@ struct EdgeState {
     finished: bool,
     /// The broadcast is over too (`EXT-X-ENDLIST`).
     ended: bool,
+    /// When the newest part was pushed.
+    newest_part_at: Option<SystemTime>,
 }
 
 struct RenditionEdge {
@@ -213,6 +215,7 @@ impl StreamEdge {
             if let Some(open) = edge.open.as_mut() {
                 open.parts.push(part);
             }
+            state.newest_part_at = Some(SystemTime::now());
         });
     }
 
@@ -251,12 +254,14 @@ impl StreamEdge {
     }
 
     /// The LL-HLS media playlist of `rendition`, once it holds what
-    /// `request` asks for (or at once without `_HLS_msn`).
+    /// `request` asks for (or at once without `_HLS_msn`), and when the
+    /// newest part in it was cut (how long a blocking reload took after
+    /// its part existed is measured from there).
     pub async fn playlist(
         &self,
         rendition: &str,
         request: PlaylistRequest,
-    ) -> Result<String, EdgeError> {
+    ) -> Result<(String, Option<SystemTime>), EdgeError> {
         if request.part.is_some() && request.msn.is_none() {
             return Err(EdgeError::BadRequest("_HLS_part needs _HLS_msn"));
         }
@@ -281,8 +286,10 @@ impl StreamEdge {
             }
         }
         let state = receiver.borrow();
-        self.render(&state, rendition, request.skip)
-            .ok_or(EdgeError::NotFound)
+        let text = self
+            .render(&state, rendition, request.skip)
+            .ok_or(EdgeError::NotFound)?;
+        Ok((text, state.newest_part_at))
     }
 
     /// Part `index` of segment `sequence`, waiting for it when it is the
@@ -577,7 +584,7 @@ mod tests {
         );
         cut(&edge, 1, 2, true);
         cut(&edge, 2, 1, false);
-        let now = edge
+        let (now, _) = edge
             .playlist("720p", PlaylistRequest::default())
             .await
             .unwrap();
@@ -608,8 +615,9 @@ mod tests {
         assert!(!waiting.is_finished());
         cut(&edge, 2, 0, false);
         edge.push_part("720p", 2, Utc::now(), false, part(2, 1));
-        let text = waiting.await.unwrap().unwrap();
+        let (text, cut_at) = waiting.await.unwrap().unwrap();
         assert!(text.contains("/2.1.m4s\"\n"), "{text}");
+        assert!(cut_at.is_some());
         // Too far ahead: 400; without msn: 400.
         let far = PlaylistRequest {
             msn: Some(9),
@@ -643,7 +651,7 @@ mod tests {
         let waiting = tokio::spawn(async move { edge3.playlist("720p", later).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
         edge.finish(true);
-        let last = waiting.await.unwrap().unwrap();
+        let (last, _) = waiting.await.unwrap().unwrap();
         assert!(last.ends_with("#EXT-X-ENDLIST\n"), "{last}");
         edges.remove(stream, &edge);
         assert!(edges.get(stream).is_none());
