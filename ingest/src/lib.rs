@@ -3,7 +3,9 @@
 //! creation, creation-with-upload, termination, checksum and expiration
 //! extensions), and direct uploads: one-time upload URLs a browser uses
 //! without an API key (`direct`); live streams (`/v1/live_streams`) and the
-//! RTMP server publishers go live on ([`rtmp`]).
+//! RTMP server publishers go live on ([`rtmp`]); the relay origins reach
+//! the parts of low-latency streams through ([`relay`], LL-HLS as in
+//! draft-pantos-hls-rfc8216bis).
 //!
 //! Uploads stream: bodies go to storage in bounded parts (never whole in
 //! memory) and, for the probe, to a scratch file. tus state (offset, parts,

@@ -9,8 +9,9 @@
 //!   the LL-HLS media playlist (400, 503 or 404 as the edge says);
 //! - `GET /relay/{stream}/s{session}/{rendition}/{msn}.{part}.m4s`: a part,
 //!   held until it is cut;
-//! - `GET /relay/{stream}/s{session}/{rendition}/{msn}.m4s`: a complete
-//!   segment still in memory (it may not be stored yet).
+//! - `GET /relay/{stream}/s{session}/{rendition}/{msn}.m4s`: a segment in
+//!   memory, being cut or next, sent part by part as the parts are cut
+//!   (chunked transfer: low-latency DASH).
 //!
 //! 404 means "not here": the origin falls back to the object store.
 
@@ -137,9 +138,22 @@ async fn media(
             };
             edge.part(&rendition, msn, part).await
         }
-        None => number(name)
-            .and_then(|msn| edge.segment(&rendition, msn))
-            .ok_or(EdgeError::NotFound),
+        // A segment: its parts as they are cut (chunked transfer).
+        None => {
+            let Some(parts) = number(name).and_then(|msn| edge.segment_parts(&rendition, msn))
+            else {
+                return error(EdgeError::NotFound);
+            };
+            let body = axum::body::Body::from_stream(futures::StreamExt::map(
+                parts,
+                Ok::<_, std::convert::Infallible>,
+            ));
+            return (
+                [(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"))],
+                body,
+            )
+                .into_response();
+        }
     };
     match bytes {
         Ok(bytes) => (

@@ -190,9 +190,39 @@ pub(crate) fn dash_rewrite(text: &str, rewrite: Rewrite<'_>) -> String {
     out
 }
 
+/// Sets the `urn:mpeg:dash:utc:direct:2014` `UTCTiming` value of an MPD to
+/// the current time (ISO 8601, milliseconds).
+pub(crate) fn utc_timing_now(text: &str) -> String {
+    const SCHEME: &str = "schemeIdUri=\"urn:mpeg:dash:utc:direct:2014\" value=\"";
+    let Some(at) = text.find(SCHEME) else {
+        return text.to_owned();
+    };
+    let value_start = at + SCHEME.len();
+    let Some(length) = text[value_start..].find('"') else {
+        return text.to_owned();
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    format!(
+        "{}{now}{}",
+        &text[..value_start],
+        &text[value_start + length..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_timing_says_now() {
+        let mpd = "<MPD>\n  <UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:direct:2014\" value=\"2020-01-01T00:00:00.000Z\"/>\n</MPD>\n";
+        let fresh = utc_timing_now(mpd);
+        assert!(
+            !fresh.contains("2020-01-01") && fresh.ends_with("\"/>\n</MPD>\n"),
+            "{fresh}"
+        );
+        assert_eq!(utc_timing_now("<MPD/>"), "<MPD/>");
+    }
 
     #[test]
     fn ranges() {

@@ -10,7 +10,13 @@
 //! | `/play/{playback_id}/{rendition}/index.m3u8` | HLS media playlist (RFC 8216 section 4.3.3) |
 //! | `/play/{playback_id}/{rendition}/init.mp4` | CMAF init segment (`EXT-X-MAP`, DASH initialization) |
 //! | `/play/{playback_id}/{rendition}/{seq}.m4s` | CMAF media segment |
+//! | `/play/{playback_id}/s{session}/{rendition}/{msn}.{part}.m4s` | a live stream's partial segment (LL-HLS `EXT-X-PART`) |
 //! | `/metrics` | Prometheus text |
+//!
+//! Low-latency live streams (draft-pantos-hls-rfc8216bis, low-latency DASH):
+//! media playlists (with `_HLS_msn` / `_HLS_part` / `_HLS_skip`), parts and
+//! segments not stored yet come from the relay of the process cutting the
+//! stream (`relay`), which holds blocking requests until their part exists.
 //!
 //! Path parts are parsed into [`PlaybackId`], [`RenditionName`] and a
 //! canonical `u64` first; object keys are built only through
@@ -82,6 +88,12 @@ const SIGNED_MANIFEST: HeaderValue = HeaderValue::from_static("private, no-store
 /// Segments of signed assets: the browser may keep them, shared caches may not.
 const SIGNED_IMMUTABLE: HeaderValue =
     HeaderValue::from_static("private, max-age=31536000, immutable");
+
+/// Low-latency MPDs: their UTCTiming is the time of the response.
+const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
+/// A segment sent as it is cut: a cut-short copy must never be kept (the
+/// stored segment, served once it exists, is immutable).
+const IN_PROGRESS: HeaderValue = HeaderValue::from_static("no-store");
 
 /// Headers browser players need to read.
 const EXPOSED: HeaderValue =
@@ -587,22 +599,54 @@ async fn serve_live(
         _ => return Err(OriginError::NotFound),
     };
     match inner.tier.lookup(&key).await {
+        Ok(Lookup::Found(object)) if live.low_latency && matches!(target, Target::Mpd) => {
+            // Low-latency DASH players set their clock from UTCTiming: it
+            // says now, not when the MPD was written, and it is not cached.
+            let text = http::utc_timing_now(&String::from_utf8_lossy(&object.bytes));
+            let fresh = Cached {
+                etag: format!("\"utc-{}\"", now_unix()),
+                bytes: text.into(),
+            };
+            from_memory(ask, class, &fresh, rewrite, NO_CACHE)
+        }
         Ok(Lookup::Found(object)) => from_memory(ask, class, &object, rewrite, cache_control),
         Ok(Lookup::TooLarge) => streamed(state, ask, class, &key, cache_control).await,
         Err(OriginError::NotFound) => match (&target, pinned) {
-            // A segment the edge completed may not be stored yet.
-            (Target::Segment(r, seq), Some(Pin::Session(n))) if relay.is_some() => {
-                match from_relay(format!("{}/s{n}/{r}/{seq}.m4s", live.id), None).await {
-                    relay::RelayAnswer::Found(relayed) => {
-                        from_memory(ask, class, &relayed.object, rewrite, cache_control)
-                    }
-                    _ => Err(OriginError::LiveNotYet),
+            // Not stored yet: complete at the edge, or being cut there (sent
+            // chunk by chunk as its parts come: low-latency DASH).
+            (Target::Segment(r, seq), Some(Pin::Session(n))) => {
+                let path = format!("{}/s{n}/{r}/{seq}.m4s", live.id);
+                match relay {
+                    Some(relay) => match inner.relay.stream(relay, &path).await {
+                        Some(response) => Ok(chunked(ask, class, response)),
+                        None => Err(OriginError::LiveNotYet),
+                    },
+                    None => Err(OriginError::LiveNotYet),
                 }
             }
             _ => Err(OriginError::LiveNotYet),
         },
         Err(e) => Err(e),
     }
+}
+
+/// A segment streamed from the relay as it is cut: chunked, unbuffered by
+/// CDNs that honour `X-Accel-Buffering` (nginx), never stored.
+fn chunked(ask: &Ask, class: ObjectClass, response: reqwest::Response) -> Response {
+    let mut headers = base_headers(class, IN_PROGRESS);
+    headers.remove(header::ACCEPT_RANGES);
+    headers.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    let body = if ask.head {
+        Body::empty()
+    } else {
+        Body::from_stream(response.bytes_stream())
+    };
+    let mut out = Response::new(body);
+    *out.headers_mut() = headers;
+    out
 }
 
 fn base_headers(class: ObjectClass, cache_control: HeaderValue) -> HeaderMap {

@@ -104,6 +104,14 @@ impl RelayClient {
         }
     }
 
+    /// `GET {relay}/relay/{path}` as a stream (a segment sent part by part
+    /// as it is cut); `None` unless the relay answers 200.
+    pub(crate) async fn stream(&self, relay: &str, path: &str) -> Option<reqwest::Response> {
+        let url = format!("{}/relay/{path}", relay.trim_end_matches('/'));
+        let response = self.http.get(&url).send().await.ok()?;
+        (response.status() == StatusCode::OK).then_some(response)
+    }
+
     async fn fetch(&self, url: &str) -> RelayAnswer {
         let response = match self.http.get(url).send().await {
             Ok(response) => response,

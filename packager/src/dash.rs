@@ -77,15 +77,37 @@ pub fn render_mpd(renditions: &[Rendition], layout: &UriLayout) -> Result<String
     );
     let mut adaptation_set_id = 0;
     if !videos.is_empty() {
-        write_video_set(&mut xml, adaptation_set_id, &videos, layout, 0.0);
+        write_video_set(
+            &mut xml,
+            adaptation_set_id,
+            &videos,
+            layout,
+            Timing::default(),
+        );
         adaptation_set_id += 1;
     }
     if !audios.is_empty() {
-        write_audio_set(&mut xml, adaptation_set_id, &audios, layout, 0.0);
+        write_audio_set(
+            &mut xml,
+            adaptation_set_id,
+            &audios,
+            layout,
+            Timing::default(),
+        );
     }
     xml.close(1, "Period");
     xml.close(0, "MPD");
     Ok(xml.text)
+}
+
+/// How a `SegmentTemplate` places its segments in time.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timing {
+    /// Media time (seconds) at the Period's start (`presentationTimeOffset`).
+    media_offset: f64,
+    /// Low latency: `availabilityTimeOffset` (seconds a segment may be
+    /// requested before it is complete), with `availabilityTimeComplete="false"`.
+    availability_time_offset: Option<f64>,
 }
 
 fn write_video_set(
@@ -93,7 +115,7 @@ fn write_video_set(
     id: u32,
     videos: &[(&Rendition, u64)],
     layout: &UriLayout,
-    media_offset: f64,
+    timing: Timing,
 ) {
     let mut max_width = 0;
     let mut max_height = 0;
@@ -125,7 +147,7 @@ fn write_video_set(
     xml.open(2, "AdaptationSet", &attributes);
     let shared = shared_timeline(videos);
     if shared {
-        write_segment_template(xml, 3, videos[0].0, layout, media_offset);
+        write_segment_template(xml, 3, videos[0].0, layout, timing);
     }
     for (video, bandwidth) in videos {
         let mut attributes = vec![
@@ -148,7 +170,7 @@ fn write_video_set(
             xml.empty(3, "Representation", &attributes);
         } else {
             xml.open(3, "Representation", &attributes);
-            write_segment_template(xml, 4, video, layout, media_offset);
+            write_segment_template(xml, 4, video, layout, timing);
             xml.close(3, "Representation");
         }
     }
@@ -160,7 +182,7 @@ fn write_audio_set(
     id: u32,
     audios: &[(&Rendition, u64)],
     layout: &UriLayout,
-    media_offset: f64,
+    timing: Timing,
 ) {
     xml.open(
         2,
@@ -176,7 +198,7 @@ fn write_audio_set(
     );
     let shared = shared_timeline(audios);
     if shared {
-        write_segment_template(xml, 3, audios[0].0, layout, media_offset);
+        write_segment_template(xml, 3, audios[0].0, layout, timing);
     }
     for (audio, bandwidth) in audios {
         let mut attributes = vec![
@@ -205,7 +227,7 @@ fn write_audio_set(
             );
         }
         if !shared {
-            write_segment_template(xml, 4, audio, layout, media_offset);
+            write_segment_template(xml, 4, audio, layout, timing);
         }
         xml.close(3, "Representation");
     }
@@ -250,6 +272,25 @@ pub struct LiveMpd {
     pub periods: Vec<LivePeriod>,
     /// The broadcast ended: no more updates, `mediaPresentationDuration` set.
     pub ended: bool,
+    /// Low-latency DASH (chunked CMAF): segments requested before they are
+    /// complete, and the latency players aim at.
+    pub low_latency: Option<DashLowLatency>,
+}
+
+/// What makes a [`LiveMpd`] low latency (DASH-IF IOP low-latency modes):
+/// `availabilityTimeOffset` with `availabilityTimeComplete="false"` on the
+/// segment templates, and a `ServiceDescription` with latency targets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DashLowLatency {
+    /// Seconds before its end a segment may be requested (the segment
+    /// duration less one chunk: it is sent as it is cut).
+    pub availability_time_offset: f64,
+    /// `Latency@target`, `@min`, `@max` in milliseconds.
+    pub target_latency_millis: u64,
+    /// `Latency@min`.
+    pub min_latency_millis: u64,
+    /// `Latency@max`.
+    pub max_latency_millis: u64,
 }
 
 /// Renders a dynamic MPD: one Period per publish session in the window,
@@ -306,6 +347,25 @@ pub fn render_live_mpd(mpd: &LiveMpd, layout: &UriLayout) -> Result<String> {
     let mut xml = Xml::default();
     xml.line(0, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
     xml.open(0, "MPD", &attributes);
+    if let Some(ll) = &mpd.low_latency {
+        xml.open(1, "ServiceDescription", &[("id", "0".to_owned())]);
+        xml.empty(
+            2,
+            "Latency",
+            &[
+                ("referenceId", "0".to_owned()),
+                ("target", ll.target_latency_millis.to_string()),
+                ("min", ll.min_latency_millis.to_string()),
+                ("max", ll.max_latency_millis.to_string()),
+            ],
+        );
+        xml.empty(
+            2,
+            "PlaybackRate",
+            &[("min", "0.96".to_owned()), ("max", "1.04".to_owned())],
+        );
+        xml.close(1, "ServiceDescription");
+    }
     for period in &mpd.periods {
         if period.renditions.is_empty() {
             continue;
@@ -334,25 +394,17 @@ pub fn render_live_mpd(mpd: &LiveMpd, layout: &UriLayout) -> Result<String> {
         let (videos, audios): (Vec<_>, Vec<_>) = sorted
             .into_iter()
             .partition(|(rendition, _)| rendition.is_video());
+        let timing = Timing {
+            media_offset: period.media_offset,
+            availability_time_offset: mpd.low_latency.map(|ll| ll.availability_time_offset),
+        };
         let mut adaptation_set_id = 0;
         if !videos.is_empty() {
-            write_video_set(
-                &mut xml,
-                adaptation_set_id,
-                &videos,
-                layout,
-                period.media_offset,
-            );
+            write_video_set(&mut xml, adaptation_set_id, &videos, layout, timing);
             adaptation_set_id += 1;
         }
         if !audios.is_empty() {
-            write_audio_set(
-                &mut xml,
-                adaptation_set_id,
-                &audios,
-                layout,
-                period.media_offset,
-            );
+            write_audio_set(&mut xml, adaptation_set_id, &audios, layout, timing);
         }
         xml.close(1, "Period");
     }
@@ -392,8 +444,9 @@ fn write_segment_template(
     depth: usize,
     rendition: &Rendition,
     layout: &UriLayout,
-    media_offset: f64,
+    timing: Timing,
 ) {
+    let media_offset = timing.media_offset;
     let mut attributes = vec![
         ("timescale", rendition.timescale.to_string()),
         (
@@ -409,6 +462,10 @@ fn write_segment_template(
     let offset_ticks = (media_offset * f64::from(rendition.timescale)).round() as u64;
     if offset_ticks > 0 {
         attributes.push(("presentationTimeOffset", offset_ticks.to_string()));
+    }
+    if let Some(offset) = timing.availability_time_offset {
+        attributes.push(("availabilityTimeOffset", format!("{offset:.3}")));
+        attributes.push(("availabilityTimeComplete", "false".to_owned()));
     }
     xml.open(depth, "SegmentTemplate", &attributes);
     xml.open(depth + 1, "SegmentTimeline", &[]);
@@ -654,6 +711,7 @@ mod tests {
                 },
             ],
             ended: false,
+            low_latency: None,
         };
         let text = render_live_mpd(&mpd, &UriLayout::default()).unwrap();
         for expected in [
@@ -679,6 +737,26 @@ mod tests {
             "{ended}"
         );
         assert!(!ended.contains("minimumUpdatePeriod"));
+        // Low latency: chunks may be fetched before the segment completes,
+        // and the service says what latency to aim at.
+        mpd.ended = false;
+        mpd.low_latency = Some(DashLowLatency {
+            availability_time_offset: 1.667,
+            target_latency_millis: 3000,
+            min_latency_millis: 1000,
+            max_latency_millis: 6000,
+        });
+        let low = render_live_mpd(&mpd, &UriLayout::default()).unwrap();
+        assert!(
+            low.contains("  <ServiceDescription id=\"0\">\n    <Latency referenceId=\"0\" target=\"3000\" min=\"1000\" max=\"6000\"/>\n    <PlaybackRate min=\"0.96\" max=\"1.04\"/>\n  </ServiceDescription>\n  <Period id=\"1\""),
+            "{low}"
+        );
+        assert_eq!(
+            low.matches(r#"availabilityTimeOffset="1.667" availabilityTimeComplete="false""#)
+                .count(),
+            low.matches("<SegmentTemplate").count(),
+            "{low}"
+        );
     }
 
     #[test]

@@ -7,11 +7,16 @@
 //! - ISO/IEC 23000-19 (CMAF) track files: a CMAF header (`ftyp` + `moov`,
 //!   see ISO/IEC 14496-12) per track, and one `moof` + `mdat` fragment per
 //!   segment, with `tfdt` at each segment's earliest presentation time and
-//!   signed composition offsets instead of an edit list;
+//!   signed composition offsets instead of an edit list; for low-latency
+//!   live, segments cut into parts (CMAF chunks, LL-HLS partial segments),
+//!   a segment being its parts joined ([`Segmenter::with_parts`]);
 //! - ISO/IEC 14496-15 `avcC` for H.264 (from `avcC` or Annex B extradata)
 //!   and ISO/IEC 14496-1/-3 `esds` for AAC;
-//! - RFC 8216 HLS media and master playlists (through `m3u8_rs`);
-//! - ISO/IEC 23009-1 DASH static MPDs with `SegmentTimeline`.
+//! - RFC 8216 HLS media and master playlists (through `m3u8_rs`), live
+//!   playlists, and Low-Latency HLS playlists (draft-pantos-hls-rfc8216bis:
+//!   parts, preload hints, rendition reports, delta updates);
+//! - ISO/IEC 23009-1 DASH static and dynamic MPDs with `SegmentTimeline`,
+//!   low-latency ones with `availabilityTimeOffset` and `ServiceDescription`.
 //!
 //! # Flow
 //!

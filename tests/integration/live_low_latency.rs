@@ -312,36 +312,89 @@ async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() 
     assert_eq!(status, 200);
     assert_eq!(whole, joined, "segment {segment_msn} is its parts");
 
-    // hls.js in low-latency mode through the CDN for 30 s.
-    let cdn = start_cdn(origin_addr).await;
-    let url = format!("http://{}/play/{playback}/master.m3u8", cdn.addr);
-    let out = tokio::process::Command::new("node")
-        .arg(repo_root().join("tests/players/play.mjs"))
-        .args([
-            "--player",
-            "hls",
-            "--url",
-            &url,
-            "--seconds",
-            "30",
-            "--live",
-            "1",
-        ])
-        .output()
-        .await
-        .expect("node (tests/players: npm ci)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Low-latency DASH: the MPD says so, and the segment being cut is
+    // served as it is cut (and is the stored segment once complete).
+    let (status, mpd) = get(origin_addr, &format!("/play/{playback}/manifest.mpd"));
+    assert_eq!(status, 200, "{mpd}");
     assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
+        mpd.contains("availabilityTimeComplete=\"false\"")
+            && mpd.contains("availabilityTimeOffset=\"1.667\"")
+            && mpd.contains("<ServiceDescription id=\"0\">"),
+        "{mpd}"
     );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
-            .unwrap_or_else(|_| panic!("no report in {stdout:?}"));
-    println!("hls.js low latency: {report}");
-    assert!(report["fatal"].is_null(), "{report}\nnginx: {}", cdn.log());
-    assert!(report["played"].as_f64().unwrap_or(0.0) >= 30.0, "{report}");
+    let (_, now) = get(origin_addr, &media);
+    let last_complete = read_ll(&now).segments.last().expect("a segment").0;
+    let cutting = format!("/play/{playback}/{session_dir}/{}.m4s", last_complete + 1);
+    let started = Instant::now();
+    let (status, headers, streamed) = http_bytes(origin_addr, "GET", &cutting, &[], b"");
+    assert_eq!(status, 200, "{cutting}");
+    assert_eq!(
+        header(&headers, "cache-control"),
+        Some("no-store"),
+        "{headers:?}"
+    );
+    assert!(
+        started.elapsed() > Duration::from_millis(500),
+        "sent as it was cut"
+    );
+    let stored = eventually(
+        "the streamed segment stored",
+        Duration::from_secs(10),
+        || {
+            let cutting = cutting.clone();
+            async move {
+                let (status, headers, bytes) = http_bytes(origin_addr, "GET", &cutting, &[], b"");
+                (status == 200 && header(&headers, "cache-control") != Some("no-store"))
+                    .then_some(bytes)
+            }
+        },
+    )
+    .await;
+    assert_eq!(streamed, stored, "the chunks are the stored segment");
+
+    // hls.js and dash.js in low-latency mode through the CDN for 30 s.
+    let cdn = start_cdn(origin_addr).await;
+    let play = |player: &str, manifest: &str| {
+        let url = format!("http://{}/play/{playback}/{manifest}", cdn.addr);
+        tokio::process::Command::new("node")
+            .arg(repo_root().join("tests/players/play.mjs"))
+            .args(["--player", player, "--url", &url])
+            .args(["--seconds", "30", "--live", "1"])
+            .output()
+    };
+    let (hls, dash) = tokio::join!(play("hls", "master.m3u8"), play("dash", "manifest.mpd"));
+    let report_of = |player: &str, out: std::io::Result<std::process::Output>| {
+        let out = out.expect("node (tests/players: npm ci)");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{player}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+                .unwrap_or_else(|_| panic!("{player}: no report in {stdout:?}"));
+        println!("{player} low latency: {report}");
+        assert!(
+            report["fatal"].is_null(),
+            "{player}: {report}\nnginx: {}",
+            cdn.log()
+        );
+        assert!(
+            report["played"].as_f64().unwrap_or(0.0) >= 30.0,
+            "{player}: {report}"
+        );
+        report
+    };
+    let dash = report_of("dash.js", dash);
+    let dash_latency = dash["latency"]
+        .as_f64()
+        .expect("dash.js reports its latency");
+    assert!(
+        dash_latency < 5.0,
+        "dash.js live latency {dash_latency} s: {dash}"
+    );
+    let report = report_of("hls.js", hls);
     assert!(
         report["low_latency"] == true,
         "hls.js read the parts: {report}"

@@ -76,6 +76,12 @@ if (${JSON.stringify(player)} === 'hls') {
     video.play();
   });
   video.addEventListener('timeupdate', () => {
+    // dash.js's live latency, against the clock UTCTiming gave it.
+    const latency = p.getCurrentLiveLatency ? p.getCurrentLiveLatency() : NaN;
+    if (${JSON.stringify(live)} && Number.isFinite(latency) && latency > 0) {
+      window.report.latency = latency;
+      if (played() > 5) window.report.latencies.push(latency);
+    }
     if (played() > 2 && !window.switched) {
       window.switched = true;
       const reps = p.getRepresentationsByType('video');

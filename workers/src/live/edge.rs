@@ -324,20 +324,49 @@ impl StreamEdge {
         found
     }
 
-    /// A complete segment still in memory (it may not be stored yet).
-    pub fn segment(&self, rendition: &str, sequence: u64) -> Option<Bytes> {
-        let state = self.state.borrow();
-        let segment = state
-            .renditions
-            .get(rendition)?
-            .recent
-            .iter()
-            .find(|segment| segment.sequence == sequence)?;
-        let mut data = Vec::with_capacity(segment.parts.iter().map(|p| p.data.len()).sum());
-        for part in &segment.parts {
-            data.extend_from_slice(&part.data);
+    /// Segment `sequence` of `rendition` as its parts, each yielded as soon
+    /// as it is cut: a low-latency DASH player fetches the segment being
+    /// cut (or the next) and receives it chunk by chunk. `None` when the
+    /// segment is not in memory, being cut, or next.
+    pub fn segment_parts(
+        self: &Arc<Self>,
+        rendition: &str,
+        sequence: u64,
+    ) -> Option<impl futures::Stream<Item = Bytes> + Send + 'static> {
+        {
+            let state = self.state.borrow();
+            let edge = state.renditions.get(rendition)?;
+            let complete = edge.recent.iter().any(|s| s.sequence == sequence);
+            let open = edge.open.as_ref().map(|open| open.sequence);
+            let last = rendition_edge(&state, rendition)?
+                .last_complete
+                .unwrap_or(0);
+            if !complete && open != Some(sequence) && sequence != last + 1 {
+                return None;
+            }
         }
-        Some(Bytes::from(data))
+        let receiver = self.state.subscribe();
+        let hold = self.settings.hold_limit();
+        let rendition = rendition.to_owned();
+        Some(futures::stream::unfold(
+            (receiver, 0u32),
+            move |(mut receiver, index)| {
+                let rendition = rendition.clone();
+                async move {
+                    let wait = receiver.wait_for(|state| {
+                        state.finished
+                            || find_part(state, &rendition, sequence, index).is_some()
+                            || segment_closed_before(state, &rendition, sequence, index)
+                    });
+                    let part = match tokio::time::timeout(hold, wait).await {
+                        Ok(Ok(state)) => find_part(&state, &rendition, sequence, index)
+                            .map(|part| part.data.clone()),
+                        _ => None,
+                    };
+                    part.map(|bytes| (bytes, (receiver, index + 1)))
+                }
+            },
+        ))
     }
 
     fn render(&self, state: &EdgeState, rendition: &str, skip: bool) -> Option<String> {
@@ -678,5 +707,34 @@ mod tests {
         cut(&edge, 2, 1, false);
         assert_eq!(hinted.await.unwrap().unwrap(), Bytes::from_static(b"2.0"));
         assert_eq!(edge.part("720p", 7, 0).await, Err(EdgeError::NotFound));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_segment_being_cut_streams_its_parts_as_they_come() {
+        use futures::StreamExt;
+        let edge = Edges::new().open(LiveStreamId::new(), settings());
+        edge.add_rendition("720p", 90_000);
+        cut(&edge, 1, 2, true);
+        // Complete: its parts at once, then the end.
+        let whole: Vec<Bytes> = edge.segment_parts("720p", 1).unwrap().collect().await;
+        assert_eq!(
+            whole,
+            [Bytes::from_static(b"1.0"), Bytes::from_static(b"1.1")]
+        );
+        // Next: each part when cut, the end when the segment completes.
+        let mut next = Box::pin(edge.segment_parts("720p", 2).unwrap());
+        let edge2 = edge.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cut(&edge2, 2, 1, false);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            edge2.push_part("720p", 2, Utc::now(), false, part(2, 1));
+            edge2.complete_segment("720p", 2, info(2));
+        });
+        assert_eq!(next.next().await, Some(Bytes::from_static(b"2.0")));
+        assert_eq!(next.next().await, Some(Bytes::from_static(b"2.1")));
+        assert_eq!(next.next().await, None);
+        // Far ahead or long gone: not here.
+        assert!(edge.segment_parts("720p", 9).is_none());
     }
 }

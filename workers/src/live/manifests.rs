@@ -35,6 +35,9 @@ pub struct Window {
     pub segments: i64,
     /// Target segment duration.
     pub segment_duration: Duration,
+    /// Low latency: the part (chunk) duration; the MPD then announces the
+    /// segment being cut, to be fetched as it is cut.
+    pub part_duration: Option<Duration>,
 }
 
 /// A session rendition as the packager describes it, with `segments`.
@@ -87,6 +90,21 @@ fn contiguous_tail(rows: &[(SegmentRow, i64)]) -> &[(SegmentRow, i64)] {
         rows
     } else {
         &rows[start..]
+    }
+}
+
+/// The segment after `last`, as the keyframe grid places it: it ends at
+/// the next multiple of `segment_duration` (the live ladder forces its
+/// keyframes there), so the MPD can announce it before it is cut.
+fn next_on_grid(last: &SegmentInfo, timescale: u32, segment_duration: Duration) -> SegmentInfo {
+    let grid = (segment_duration.as_millis() as u64 * u64::from(timescale) / 1000).max(1);
+    let start = last.start + last.duration;
+    let end = (start / grid + 1) * grid;
+    SegmentInfo {
+        sequence_number: last.sequence_number + 1,
+        start,
+        duration: end - start,
+        size: 0,
     }
 }
 
@@ -183,11 +201,23 @@ pub async fn publish(
                 .iter()
                 .filter_map(|described| {
                     let rows = by_rendition.get(&described.name)?;
-                    let segments: Vec<SegmentInfo> = contiguous_tail(rows)
+                    let mut segments: Vec<SegmentInfo> = contiguous_tail(rows)
                         .iter()
                         .filter(|(row, _)| row.session == session.session)
                         .map(|(row, _)| info(row))
                         .collect();
+                    if window.part_duration.is_some()
+                        && !ended
+                        && sessions
+                            .last()
+                            .is_some_and(|newest| newest.session == session.session)
+                    {
+                        if let Some(next) = segments.last().map(|last| {
+                            next_on_grid(last, described.timescale, window.segment_duration)
+                        }) {
+                            segments.push(next);
+                        }
+                    }
                     (!segments.is_empty())
                         .then(|| (rendition(described, segments), described.bandwidth))
                 })
@@ -218,6 +248,17 @@ pub async fn publish(
         min_buffer_millis: segment_millis,
         periods,
         ended,
+        low_latency: window.part_duration.map(|part| {
+            let part_millis = part.as_millis() as u64;
+            packager::dash::DashLowLatency {
+                availability_time_offset: (segment_millis.saturating_sub(part_millis)) as f64
+                    / 1000.0,
+                // A segment and a bit behind the edge: chunks arrive as cut.
+                target_latency_millis: segment_millis + 1000,
+                min_latency_millis: segment_millis / 2,
+                max_latency_millis: segment_millis * 3,
+            }
+        }),
     };
     let text = packager::dash::render_live_mpd(&mpd, &UriLayout::default())
         .map_err(|e| LiveError::Internal(format!("rendering the live MPD: {e}")))?;
@@ -246,6 +287,30 @@ mod tests {
             },
             0,
         )
+    }
+
+    #[test]
+    fn the_segment_being_cut_ends_on_the_keyframe_grid() {
+        let last = SegmentInfo {
+            sequence_number: 7,
+            start: 180_000 * 6,
+            duration: 180_000,
+            size: 10,
+        };
+        let next = next_on_grid(&last, 90_000, Duration::from_secs(2));
+        assert_eq!(
+            (next.sequence_number, next.start, next.duration),
+            (8, 180_000 * 7, 180_000)
+        );
+        // After a short first segment of a session, the next one fills up
+        // to the grid.
+        let short = SegmentInfo {
+            start: 1_000,
+            duration: 100_000,
+            ..last
+        };
+        let next = next_on_grid(&short, 90_000, Duration::from_secs(2));
+        assert_eq!((next.start, next.duration), (101_000, 79_000));
     }
 
     #[test]

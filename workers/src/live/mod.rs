@@ -1,13 +1,16 @@
 //! Live: the ladder of a stream an RTMP publisher sends, transcoded in the
 //! process that holds the connection, packaged as CMAF (ISO/IEC 23000-19)
 //! and published as live HLS (RFC 8216 6.2.2, sliding window) and dynamic
-//! DASH (ISO/IEC 23009-1 5.4); and the end of a broadcast (recorded as a
-//! VOD asset, or removed).
+//! DASH (ISO/IEC 23009-1 5.4), or for low-latency streams Low-Latency HLS
+//! (draft-pantos-hls-rfc8216bis) and low-latency DASH; and the end of a
+//! broadcast (recorded as a VOD asset, or removed).
 //!
 //! - [`flv`]: the FLV framing of what RTMP carries (the pipeline's input);
 //! - [`input`]: that byte stream read by FFmpeg through custom I/O;
 //! - [`session`]: one publish session, from bytes to published segments;
 //! - [`manifests`]: the manifests, rendered from the broadcast's rows;
+//! - [`edge`]: the parts of low-latency streams and their LL-HLS playlists,
+//!   held in memory, with blocking reloads (served through the relay);
 //! - [`finish`]: the `finish_broadcast` job.
 //!
 //! The decoder, filter graph, encoders and segmenter are the VOD pipeline's

@@ -284,6 +284,7 @@ impl Driver<'_> {
         Window {
             segments: self.ctx.config.window_segments(),
             segment_duration: self.ctx.config.segment_duration,
+            part_duration: self.edge.as_ref().map(|_| self.ctx.config.part_duration),
         }
     }
 
