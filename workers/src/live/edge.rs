@@ -695,10 +695,6 @@ mod tests {
             edge.part("720p", 1, 1).await.unwrap(),
             Bytes::from_static(b"1.1")
         );
-        assert_eq!(
-            edge.segment("720p", 1).unwrap(),
-            Bytes::from_static(b"1.01.1")
-        );
         // Past the last part of a complete segment: never.
         assert_eq!(edge.part("720p", 1, 2).await, Err(EdgeError::NotFound));
         let edge2 = edge.clone();
