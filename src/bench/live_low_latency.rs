@@ -298,7 +298,9 @@ pub async fn run(args: &LiveBenchArgs, config: Config) -> anyhow::Result<ExitCod
     let cdn_play = format!("http://127.0.0.1:{cdn_port}/play/{playback}");
     let media = format!("{cdn_play}/720p/index.m3u8");
     let started = Instant::now();
+    let mut every = tokio::time::interval(Duration::from_millis(200));
     loop {
+        every.tick().await;
         publisher.check_running()?;
         live.check_running()?;
         origin.check_running()?;
@@ -312,7 +314,6 @@ pub async fn run(args: &LiveBenchArgs, config: Config) -> anyhow::Result<ExitCod
         if started.elapsed() > Duration::from_secs(40) {
             bail!("the low-latency stream did not start within 40 s");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // The player and the blocking-reload probe, side by side.

@@ -63,6 +63,17 @@ pub fn s3_config() -> S3Config {
     }
 }
 
+/// Held by the tests that need the machine's cores to themselves: a live
+/// ladder with players in Chromium, or a ladder overloaded on purpose.
+/// Tests run two at a time; two of these at once on two shared cores
+/// would measure the machine, not Cascade.
+static CORES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until no other core-heavy test runs; hold the guard to the end.
+pub async fn exclusive_cores() -> tokio::sync::MutexGuard<'static, ()> {
+    CORES.lock().await
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` at the deadline.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where

@@ -723,6 +723,7 @@ async fn operators_manage_live_streams_from_the_cli() {
 /// clock of ingest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_players_play_the_live_stream_through_the_cdn() {
+    let _cores = crate::common::exclusive_cores().await;
     assert!(nginx_available(), "nginx is needed (Debian package nginx)");
     let fixture = live_fixture();
     let db = fresh_db().await;
@@ -937,6 +938,7 @@ async fn signed_live_streams_play_with_a_token_only() {
 /// stream object, and keeps publishing segments.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ladder_that_falls_behind_degrades_visibly() {
+    let _cores = crate::common::exclusive_cores().await;
     let fixture = live_fixture();
     let db = fresh_db().await;
     let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));

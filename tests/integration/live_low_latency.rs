@@ -204,6 +204,7 @@ fn last_part(p: &LlPlaylist) -> (u64, u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() {
+    let _cores = crate::common::exclusive_cores().await;
     assert!(nginx_available(), "nginx is needed (Debian package nginx)");
     let fixture = live_fixture();
     let db = fresh_db().await;
@@ -222,11 +223,11 @@ async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() 
         &key,
         r#"{"recording": false, "latency_mode": "low", "reconnect_window": 0}"#,
     );
-    // 48 s of media.
+    // 96 s of media: the checks, then two players for 30 s each.
     let mut publisher = publish_looped(
         &fixture,
         &format!("rtmp://{}/live/{stream_key}", live.rtmp),
-        3,
+        7,
         &[],
     );
     let media = format!("/play/{playback}/720p/index.m3u8");
@@ -359,10 +360,13 @@ async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() 
         tokio::process::Command::new("node")
             .arg(repo_root().join("tests/players/play.mjs"))
             .args(["--player", player, "--url", &url])
-            .args(["--seconds", "30", "--live", "1"])
+            .args(["--seconds", "30", "--live", "1", "--samples", "1"])
             .output()
     };
-    let (hls, dash) = tokio::join!(play("hls", "master.m3u8"), play("dash", "manifest.mpd"));
+    // One after the other: two browsers at once beside the ladder (and the
+    // other tests) is more than a shared 2-core machine gives.
+    let hls = play("hls", "master.m3u8").await;
+    let dash = play("dash", "manifest.mpd").await;
     let report_of = |player: &str, out: std::io::Result<std::process::Output>| {
         let out = out.expect("node (tests/players: npm ci)");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -384,24 +388,29 @@ async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() 
             report["played"].as_f64().unwrap_or(0.0) >= 30.0,
             "{player}: {report}"
         );
-        report
+        // The median of the latency samples: a stall on a busy machine
+        // shows in some of them, not in the median.
+        let mut samples: Vec<f64> = report["latencies"]
+            .as_array()
+            .map(|all| all.iter().filter_map(|v| v.as_f64()).collect())
+            .unwrap_or_default();
+        samples.sort_by(f64::total_cmp);
+        let median = samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN);
+        (report, median)
     };
-    let dash = report_of("dash.js", dash);
-    let dash_latency = dash["latency"]
-        .as_f64()
-        .expect("dash.js reports its latency");
+    // The 2 s target is `cascade bench live --low-latency`'s; with a debug
+    // build on a shared 2-core machine running other tests, the medians
+    // are bounded loosely here.
+    let (dash, dash_latency) = report_of("dash.js", dash);
     assert!(
         dash_latency < 5.0,
         "dash.js live latency {dash_latency} s: {dash}"
     );
-    let report = report_of("hls.js", hls);
+    let (report, latency) = report_of("hls.js", hls);
     assert!(
         report["low_latency"] == true,
         "hls.js read the parts: {report}"
     );
-    let latency = report["latency"].as_f64().expect("a latency");
-    // The 2 s target is `cascade bench live --low-latency`'s; on a shared
-    // 2-core machine with a debug build this bounds it loosely.
     assert!(latency < 5.0, "glass to glass {latency} s: {report}");
     let rungs = report["renditions"].as_array().unwrap();
     assert!(
@@ -453,7 +462,9 @@ async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() 
         );
         (answer, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Whether the request is held when the publisher goes or arrives just
+    // after, the answer is the playlist as it stands (the relay keeps a
+    // finished stream's edge for as long as a request may be held).
     let _ = publisher.kill();
     let _ = publisher.wait();
     let ((status, final_text), held) = waiting.await.unwrap();

@@ -1421,6 +1421,7 @@ async fn origin_behind_nginx_cdn_caches_segments_and_plays() {
 /// highest).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_players_in_chromium_play_through_the_cdn_and_switch_rungs() {
+    let _cores = crate::common::exclusive_cores().await;
     assert!(nginx_available(), "nginx is needed (Debian package nginx)");
     let p = transcoded_file(&long_fixture()).await;
     let state = p.origin(OriginConfig::default());

@@ -47,7 +47,10 @@ const played = () => {
 };
 window.played = played;
 if (${JSON.stringify(player)} === 'hls') {
-  const hls = new Hls({ capLevelToPlayerSize: false, startLevel: 0 });
+  // Live: speed up to 1.5x to get back to the target latency after a stall
+  // (hls.js's default is never to catch up), as low-latency players are set.
+  const hls = new Hls({ capLevelToPlayerSize: false, startLevel: 0,
+    ...(${JSON.stringify(live)} ? { maxLiveSyncPlaybackRate: 1.5 } : {}) });
   hls.on(Hls.Events.ERROR, (_, d) => {
     window.report.errors.push(d.details);
     if (d.fatal) window.report.fatal = d.type + ': ' + d.details;
