@@ -1,8 +1,12 @@
 //! `cascade bench live`: a minute of 720p30 (H.264 + AAC, copied, so the
 //! publisher costs nothing) published by ffmpeg in real time over RTMP into
-//! a `cascade serve` child (default live ladder) behind the nginx CDN of
+//! a `cascade serve --roles ingest,workers` child (default live ladder),
+//! served by a second child (`--roles origin`) behind the nginx CDN of
 //! `infra/cdn/nginx.conf`; then, in the same run, the `ffmpeg` CLI doing the
-//! same ladder from the same input in real time and writing HLS.
+//! same ladder from the same input in real time and writing HLS. The CPU
+//! compared is the live process's: decoding, the ladder, packaging,
+//! storage writes and rows, as the CLI decodes, encodes and writes files;
+//! serving players is the origin's, as in production.
 //!
 //! Prints, and holds to targets (exit 1 when one is missed):
 //! - CPU seconds per minute of live, Cascade's process against the CLI's
@@ -392,6 +396,36 @@ fn cli_command(
     command
 }
 
+/// `cascade serve --roles {roles}` on `port`, objects under `objects` when
+/// the stack has no S3, the bench's API key bootstrapped.
+pub(super) fn spawn_serve(
+    roles: &str,
+    port: u16,
+    objects: &Path,
+    config: &Config,
+) -> anyhow::Result<ChildGuard> {
+    let mut serve = Command::new(std::env::current_exe()?);
+    serve
+        .args(["serve", "--roles", roles])
+        .env("CASCADE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CASCADE_LIVE__RTMP_LISTEN", "127.0.0.1:0")
+        .env(
+            "CASCADE_INGEST__PUBLIC_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("CASCADE_INGEST__BOOTSTRAP_KEY", KEY)
+        .env("CASCADE_LOG__FILTER", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if config.storage.s3.is_none() {
+        serve.env("CASCADE_STORAGE__LOCAL_ROOT", objects);
+    }
+    Ok(ChildGuard {
+        name: "cascade serve",
+        child: serve.spawn().context("starting cascade serve")?,
+    })
+}
+
 /// hls.js in headless Chromium on `url` for 20 s: its report.
 async fn play_hls(url: &str) -> anyhow::Result<serde_json::Value> {
     let out = tokio::process::Command::new("node")
@@ -440,26 +474,13 @@ pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode
             .collect::<Vec<_>>()
     );
 
-    // Cascade, every role, in a process of its own (its CPU and memory are its own).
+    // The live process (ingest and the ladder) in a process of its own, so
+    // its CPU and memory are the ladder's; the origin that serves the CDN
+    // (and this bench's polling) is another process, as in production.
     let http_port = free_port()?;
     let base = format!("http://127.0.0.1:{http_port}");
-    let mut serve = Command::new(std::env::current_exe()?);
-    serve
-        .args(["serve"])
-        .env("CASCADE_HTTP__LISTEN", format!("127.0.0.1:{http_port}"))
-        .env("CASCADE_LIVE__RTMP_LISTEN", "127.0.0.1:0")
-        .env("CASCADE_INGEST__PUBLIC_URL", &base)
-        .env("CASCADE_INGEST__BOOTSTRAP_KEY", KEY)
-        .env("CASCADE_LOG__FILTER", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if config.storage.s3.is_none() {
-        serve.env("CASCADE_STORAGE__LOCAL_ROOT", dir.path().join("objects"));
-    }
-    let mut cascade = ChildGuard {
-        name: "cascade serve",
-        child: serve.spawn().context("starting cascade serve")?,
-    };
+    let objects = dir.path().join("objects");
+    let mut cascade = spawn_serve("ingest,workers", http_port, &objects, &config)?;
     let stdout = cascade.child.stdout.take().context("cascade's stdout")?;
     let rtmp = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
@@ -475,7 +496,21 @@ pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode
     .await?
     .context("cascade serve did not report its RTMP listener")?;
     wait_http(&client, &format!("{base}/healthz"), &mut cascade).await?;
-    let (mut cdn, cdn_port) = start_cdn(http_port, dir.path())?;
+    let origin_port = free_port()?;
+    let mut origin = spawn_serve("origin", origin_port, &objects, &config)?;
+    if let Some(stdout) = origin.child.stdout.take() {
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for _ in std::io::BufReader::new(stdout).lines() {}
+        });
+    }
+    wait_http(
+        &client,
+        &format!("http://127.0.0.1:{origin_port}/healthz"),
+        &mut origin,
+    )
+    .await?;
+    let (mut cdn, cdn_port) = start_cdn(origin_port, dir.path())?;
     wait_http(
         &client,
         &format!("http://127.0.0.1:{cdn_port}/play/"),
@@ -522,6 +557,7 @@ pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode
             every.tick().await;
             publisher.check_running()?;
             cascade.check_running()?;
+            origin.check_running()?;
             let connected = client
                 .get(format!("{base}/v1/live_streams/{stream_id}"))
                 .bearer_auth(KEY)

@@ -16,7 +16,7 @@
 //! - origin CPU for 100 simulated LL-HLS players (blocking reloads and
 //!   part fetches straight at the origin, no CDN in front), for information.
 
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,7 +25,7 @@ use anyhow::{bail, Context};
 use cascade_platform::Config;
 
 use super::live::{
-    fixture, process_cpu_seconds, publish, start_cdn, wait_http, LiveBenchArgs, KEY,
+    fixture, process_cpu_seconds, publish, spawn_serve, start_cdn, wait_http, LiveBenchArgs, KEY,
 };
 use super::median;
 use super::origin::{free_port, require_tool, ChildGuard};
@@ -189,34 +189,6 @@ async fn play_hls(url: &str, seconds: u32) -> anyhow::Result<serde_json::Value> 
         .rfind(|l| !l.is_empty())
         .unwrap_or_default();
     Ok(serde_json::from_slice(last).unwrap_or(serde_json::Value::Null))
-}
-
-fn spawn_serve(
-    roles: &str,
-    port: u16,
-    objects: &std::path::Path,
-    config: &Config,
-) -> anyhow::Result<ChildGuard> {
-    let mut serve = Command::new(std::env::current_exe()?);
-    serve
-        .args(["serve", "--roles", roles])
-        .env("CASCADE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("CASCADE_LIVE__RTMP_LISTEN", "127.0.0.1:0")
-        .env(
-            "CASCADE_INGEST__PUBLIC_URL",
-            format!("http://127.0.0.1:{port}"),
-        )
-        .env("CASCADE_INGEST__BOOTSTRAP_KEY", KEY)
-        .env("CASCADE_LOG__FILTER", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if config.storage.s3.is_none() {
-        serve.env("CASCADE_STORAGE__LOCAL_ROOT", objects);
-    }
-    Ok(ChildGuard {
-        name: "cascade serve",
-        child: serve.spawn().context("starting cascade serve")?,
-    })
 }
 
 /// Runs the benchmark.
