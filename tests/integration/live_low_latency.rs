@@ -1,11 +1,11 @@
 //! Low-latency live end to end: ffmpeg publishes a `latency_mode: low`
-//! stream to one `cascade serve` process (ingest and the live ladder); a
-//! second process, origin only, serves it, reaching the parts through the
+//! stream to one `cascade serve` process (ingest and the live ladder); two
+//! more processes, origin only, serve it, reaching the parts through the
 //! first one's relay. Playlists are checked against the LL-HLS rules of
 //! draft-pantos-hls-rfc8216bis by a reader written from the spec text (not
 //! from Cascade's writer); blocking reloads, preload hints and delta
-//! updates are exercised over HTTP; hls.js in low-latency mode plays it
-//! through the nginx CDN.
+//! updates are exercised over HTTP; hls.js and dash.js in low-latency mode
+//! play it through the nginx CDN.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -217,6 +217,13 @@ async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() 
         &[("CASCADE_STORAGE__LOCAL_ROOT", root_text.as_str())],
     );
     let origin_addr = origin.http.expect("origin address");
+    // A second origin replica: both reach the same relay.
+    let replica = CascadeProcess::serve(
+        &db.url,
+        "origin",
+        &[("CASCADE_STORAGE__LOCAL_ROOT", root_text.as_str())],
+    );
+    let replica_addr = replica.http.expect("replica address");
     let key = create_key(&db, "live", "default");
     let (id, stream_key, playback) = create_stream(
         live.http,
@@ -260,6 +267,19 @@ async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() 
     assert!(last_part(&after) > (msn, part), "{blocked}");
     assert!(waited < Duration::from_secs(2), "held {waited:?}");
     assert!(ll_violations(&blocked).is_empty(), "{blocked}");
+    // Both replicas, held for the same next part at once, answer with it.
+    let next = last_part(&after);
+    let ask = |addr: SocketAddr| {
+        let path = format!("{media}?_HLS_msn={}&_HLS_part={}", next.0, next.1 + 1);
+        tokio::task::spawn_blocking(move || get(addr, &path))
+    };
+    let (first, second) = tokio::join!(ask(origin_addr), ask(replica_addr));
+    let ((s1, t1), (s2, t2)) = (first.unwrap(), second.unwrap());
+    assert_eq!((s1, s2), (200, 200), "{t1}\n{t2}");
+    assert!(
+        last_part(&read_ll(&t1)) > next && last_part(&read_ll(&t2)) > next,
+        "{t1}\n{t2}"
+    );
     // Far ahead: 400; a part index without a segment number: 400.
     let (status, body) = get(origin_addr, &format!("{media}?_HLS_msn={}", msn + 10));
     assert_eq!(status, 400, "{body}");
@@ -476,6 +496,7 @@ async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() 
     );
     let _ = id;
     drop(cdn);
+    drop(replica);
     drop(origin);
     drop(live);
     let _ = std::fs::remove_dir_all(&root);
