@@ -230,11 +230,13 @@ async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() 
         &key,
         r#"{"recording": false, "latency_mode": "low", "reconnect_window": 0}"#,
     );
-    // 96 s of media: the checks, then two players for 30 s each.
+    // Up to 156 s of media (the checks, then two players for 30 s each,
+    // each with its start-up, on a machine as slow as CI's); the test ends
+    // the stream itself.
     let mut publisher = publish_looped(
         &fixture,
         &format!("rtmp://{}/live/{stream_key}", live.rtmp),
-        7,
+        12,
         &[],
     );
     let media = format!("/play/{playback}/720p/index.m3u8");
