@@ -426,6 +426,79 @@ pub(super) fn spawn_serve(
     })
 }
 
+/// The processes a live bench runs: the live process (ingest and the
+/// ladder), an origin of its own, and the nginx CDN in front of it.
+pub(super) struct LiveStack {
+    /// `cascade serve --roles ingest,workers`.
+    pub(super) live: ChildGuard,
+    /// Its API, `http://127.0.0.1:{port}`.
+    pub(super) base: String,
+    /// Its RTMP URL (`rtmp://.../live`).
+    pub(super) rtmp: String,
+    /// `cascade serve --roles origin`.
+    pub(super) origin: ChildGuard,
+    /// The origin, `http://127.0.0.1:{port}`.
+    pub(super) origin_base: String,
+    /// nginx.
+    pub(super) cdn: ChildGuard,
+    /// nginx's port.
+    pub(super) cdn_port: u16,
+}
+
+/// Starts a [`LiveStack`] with objects under `dir` (when the stack has no
+/// S3) and waits until every process answers.
+pub(super) async fn start_live_stack(
+    client: &reqwest::Client,
+    config: &Config,
+    dir: &Path,
+) -> anyhow::Result<LiveStack> {
+    let objects = dir.join("objects");
+    let live_port = free_port()?;
+    let mut live = spawn_serve("ingest,workers", live_port, &objects, config)?;
+    let stdout = live.child.stdout.take().context("cascade's stdout")?;
+    let rtmp = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let found = lines.by_ref().map_while(Result::ok).find_map(|line| {
+            line.split("rtmp listening on ")
+                .nth(1)
+                .map(|url| url.trim().to_owned())
+        });
+        std::thread::spawn(move || for _ in lines {});
+        found
+    })
+    .await?
+    .context("cascade serve did not report its RTMP listener")?;
+    let base = format!("http://127.0.0.1:{live_port}");
+    wait_http(client, &format!("{base}/healthz"), &mut live).await?;
+    let origin_port = free_port()?;
+    let mut origin = spawn_serve("origin", origin_port, &objects, config)?;
+    if let Some(stdout) = origin.child.stdout.take() {
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for _ in std::io::BufReader::new(stdout).lines() {}
+        });
+    }
+    let origin_base = format!("http://127.0.0.1:{origin_port}");
+    wait_http(client, &format!("{origin_base}/healthz"), &mut origin).await?;
+    let (mut cdn, cdn_port) = start_cdn(origin_port, dir)?;
+    wait_http(
+        client,
+        &format!("http://127.0.0.1:{cdn_port}/play/"),
+        &mut cdn,
+    )
+    .await?;
+    Ok(LiveStack {
+        live,
+        base,
+        rtmp,
+        origin,
+        origin_base,
+        cdn,
+        cdn_port,
+    })
+}
+
 /// hls.js in headless Chromium on `url` for 20 s: its report.
 async fn play_hls(url: &str) -> anyhow::Result<serde_json::Value> {
     let out = tokio::process::Command::new("node")
@@ -477,46 +550,15 @@ pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode
     // The live process (ingest and the ladder) in a process of its own, so
     // its CPU and memory are the ladder's; the origin that serves the CDN
     // (and this bench's polling) is another process, as in production.
-    let http_port = free_port()?;
-    let base = format!("http://127.0.0.1:{http_port}");
-    let objects = dir.path().join("objects");
-    let mut cascade = spawn_serve("ingest,workers", http_port, &objects, &config)?;
-    let stdout = cascade.child.stdout.take().context("cascade's stdout")?;
-    let rtmp = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let found = lines.by_ref().map_while(Result::ok).find_map(|line| {
-            line.split("rtmp listening on ")
-                .nth(1)
-                .map(|url| url.trim().to_owned())
-        });
-        std::thread::spawn(move || for _ in lines {});
-        found
-    })
-    .await?
-    .context("cascade serve did not report its RTMP listener")?;
-    wait_http(&client, &format!("{base}/healthz"), &mut cascade).await?;
-    let origin_port = free_port()?;
-    let mut origin = spawn_serve("origin", origin_port, &objects, &config)?;
-    if let Some(stdout) = origin.child.stdout.take() {
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for _ in std::io::BufReader::new(stdout).lines() {}
-        });
-    }
-    wait_http(
-        &client,
-        &format!("http://127.0.0.1:{origin_port}/healthz"),
-        &mut origin,
-    )
-    .await?;
-    let (mut cdn, cdn_port) = start_cdn(origin_port, dir.path())?;
-    wait_http(
-        &client,
-        &format!("http://127.0.0.1:{cdn_port}/play/"),
-        &mut cdn,
-    )
-    .await?;
+    let LiveStack {
+        live: mut cascade,
+        base,
+        rtmp,
+        mut origin,
+        cdn,
+        cdn_port,
+        ..
+    } = start_live_stack(&client, &config, dir.path()).await?;
 
     let response = client
         .post(format!("{base}/v1/live_streams"))

@@ -25,10 +25,10 @@ use anyhow::{bail, Context};
 use cascade_platform::Config;
 
 use super::live::{
-    fixture, process_cpu_seconds, publish, spawn_serve, start_cdn, wait_http, LiveBenchArgs, KEY,
+    fixture, process_cpu_seconds, publish, start_live_stack, LiveBenchArgs, LiveStack, KEY,
 };
 use super::median;
-use super::origin::{free_port, require_tool, ChildGuard};
+use super::origin::{require_tool, ChildGuard};
 
 /// Glass-to-glass latency targets, seconds.
 const TARGET_MEDIAN: f64 = 2.0;
@@ -198,7 +198,6 @@ pub async fn run(args: &LiveBenchArgs, config: Config) -> anyhow::Result<ExitCod
     require_tool("node")?;
     let seconds = args.seconds();
     let dir = tempfile::tempdir()?;
-    let objects = dir.path().join("objects");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()?;
@@ -208,42 +207,16 @@ pub async fn run(args: &LiveBenchArgs, config: Config) -> anyhow::Result<ExitCod
         config.live.part_duration
     );
 
-    // The live process (ingest + ladder) and an origin of its own.
-    let live_port = free_port()?;
-    let mut live = spawn_serve("ingest,workers", live_port, &objects, &config)?;
-    let stdout = live.child.stdout.take().context("cascade's stdout")?;
-    let rtmp = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let found = lines.by_ref().map_while(Result::ok).find_map(|line| {
-            line.split("rtmp listening on ")
-                .nth(1)
-                .map(|url| url.trim().to_owned())
-        });
-        std::thread::spawn(move || for _ in lines {});
-        found
-    })
-    .await?
-    .context("cascade serve did not report its RTMP listener")?;
-    let live_base = format!("http://127.0.0.1:{live_port}");
-    wait_http(&client, &format!("{live_base}/healthz"), &mut live).await?;
-    let origin_port = free_port()?;
-    let mut origin = spawn_serve("origin", origin_port, &objects, &config)?;
-    if let Some(stdout) = origin.child.stdout.take() {
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for _ in std::io::BufReader::new(stdout).lines() {}
-        });
-    }
-    let origin_base = format!("http://127.0.0.1:{origin_port}");
-    wait_http(&client, &format!("{origin_base}/healthz"), &mut origin).await?;
-    let (mut cdn, cdn_port) = start_cdn(origin_port, dir.path())?;
-    wait_http(
-        &client,
-        &format!("http://127.0.0.1:{cdn_port}/play/"),
-        &mut cdn,
-    )
-    .await?;
+    // The live process (ingest + ladder), an origin of its own, the CDN.
+    let LiveStack {
+        mut live,
+        base: live_base,
+        rtmp,
+        mut origin,
+        origin_base,
+        cdn: _cdn,
+        cdn_port,
+    } = start_live_stack(&client, &config, dir.path()).await?;
 
     let response = client
         .post(format!("{live_base}/v1/live_streams"))
