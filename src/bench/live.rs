@@ -499,20 +499,18 @@ pub(super) async fn start_live_stack(
     })
 }
 
-/// hls.js in headless Chromium on `url` for 20 s: its report.
-async fn play_hls(url: &str) -> anyhow::Result<serde_json::Value> {
+/// hls.js in headless Chromium on `url` for `seconds`, at the live edge:
+/// its report (with every latency sample when `samples`).
+pub(super) async fn play_hls(
+    url: &str,
+    seconds: u32,
+    samples: bool,
+) -> anyhow::Result<serde_json::Value> {
     let out = tokio::process::Command::new("node")
         .arg("tests/players/play.mjs")
-        .args([
-            "--player",
-            "hls",
-            "--url",
-            url,
-            "--seconds",
-            "20",
-            "--live",
-            "1",
-        ])
+        .args(["--player", "hls", "--url", url, "--live", "1"])
+        .args(["--seconds", &seconds.to_string()])
+        .args(["--samples", if samples { "1" } else { "0" }])
         .output()
         .await
         .context("node tests/players/play.mjs (scripts/deps.sh installs it)")?;
@@ -640,9 +638,11 @@ pub async fn run(args: LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode
         if round == 1 && args.player {
             // After the measured minute, so Chromium's decoding and the
             // player's requests are not in Cascade's CPU figure.
-            player = play_hls(&format!(
-                "http://127.0.0.1:{cdn_port}/play/{playback}/master.m3u8"
-            ))
+            player = play_hls(
+                &format!("http://127.0.0.1:{cdn_port}/play/{playback}/master.m3u8"),
+                20,
+                false,
+            )
             .await;
         }
         drop(publisher);

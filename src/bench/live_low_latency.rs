@@ -25,7 +25,8 @@ use anyhow::{bail, Context};
 use cascade_platform::Config;
 
 use super::live::{
-    fixture, process_cpu_seconds, publish, start_live_stack, LiveBenchArgs, LiveStack, KEY,
+    fixture, play_hls, process_cpu_seconds, publish, start_live_stack, LiveBenchArgs, LiveStack,
+    KEY,
 };
 use super::median;
 use super::origin::{require_tool, ChildGuard};
@@ -165,32 +166,6 @@ async fn simulated_player(
     }
 }
 
-/// hls.js in headless Chromium for `seconds` with latency samples.
-async fn play_hls(url: &str, seconds: u32) -> anyhow::Result<serde_json::Value> {
-    let out = tokio::process::Command::new("node")
-        .arg("tests/players/play.mjs")
-        .args([
-            "--player",
-            "hls",
-            "--url",
-            url,
-            "--live",
-            "1",
-            "--samples",
-            "1",
-        ])
-        .args(["--seconds", &seconds.to_string()])
-        .output()
-        .await
-        .context("node tests/players/play.mjs (scripts/deps.sh installs it)")?;
-    let last = out
-        .stdout
-        .split(|b| *b == b'\n')
-        .rfind(|l| !l.is_empty())
-        .unwrap_or_default();
-    Ok(serde_json::from_slice(last).unwrap_or(serde_json::Value::Null))
-}
-
 /// Runs the benchmark.
 pub async fn run(args: &LiveBenchArgs, config: Config) -> anyhow::Result<ExitCode> {
     let input = fixture()?;
@@ -265,7 +240,7 @@ pub async fn run(args: &LiveBenchArgs, config: Config) -> anyhow::Result<ExitCod
     let until = Instant::now() + Duration::from_secs(u64::from(seconds) + 8);
     let master = format!("{cdn_play}/master.m3u8");
     let (player, delays) = tokio::join!(
-        play_hls(&master, seconds),
+        play_hls(&master, seconds, true),
         probe_blocking_reloads(&client, &media, until)
     );
     let player = player?;

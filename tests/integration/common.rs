@@ -74,6 +74,23 @@ pub async fn exclusive_cores() -> tokio::sync::MutexGuard<'static, ()> {
     CORES.lock().await
 }
 
+/// The JSON report `tests/players/play.mjs` printed for `player` (its last
+/// line), once the run itself succeeded.
+pub fn player_report(
+    player: &str,
+    out: std::io::Result<std::process::Output>,
+) -> serde_json::Value {
+    let out = out.expect("node (tests/players: npm ci)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{player}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| panic!("{player}: no report in {stdout:?}"))
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` at the deadline.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where

@@ -764,16 +764,7 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
     let [hls, dash] = players;
     let (hls, dash) = tokio::join!(hls, dash);
     for (player, out) in [("hls", hls), ("dash", dash)] {
-        let out = out.expect("node (tests/players: npm ci)");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{player}: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: serde_json::Value =
-            serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
-                .unwrap_or_else(|_| panic!("{player}: no report in {stdout:?}"));
+        let report = crate::common::player_report(player, out);
         assert!(
             report["fatal"].is_null(),
             "{player}: {report}\nnginx: {}",

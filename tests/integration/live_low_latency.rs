@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    create_key, eventually, fresh_db, header, http, http_bytes, repo_root, CascadeProcess,
+    create_key, eventually, fresh_db, header, http, http_bytes, player_report, repo_root,
+    CascadeProcess,
 };
 use crate::live::{create_stream, json, live_fixture, publish_looped, serve_with};
 use crate::origin::{nginx_available, start_cdn};
@@ -390,16 +391,7 @@ async fn low_latency_streams_block_reloads_and_play_in_hls_js_through_the_cdn() 
     let hls = play("hls", "master.m3u8").await;
     let dash = play("dash", "manifest.mpd").await;
     let report_of = |player: &str, out: std::io::Result<std::process::Output>| {
-        let out = out.expect("node (tests/players: npm ci)");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{player}: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: serde_json::Value =
-            serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
-                .unwrap_or_else(|_| panic!("{player}: no report in {stdout:?}"));
+        let report = player_report(player, out);
         println!("{player} low latency: {report}");
         assert!(
             report["fatal"].is_null(),

@@ -1433,17 +1433,8 @@ async fn real_players_in_chromium_play_through_the_cdn_and_switch_rungs() {
             .arg(repo_root().join("tests/players/play.mjs"))
             .args(["--player", player, "--url", &url, "--seconds", "8"])
             .output()
-            .await
-            .expect("node (tests/players: npm ci)");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{player}: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: serde_json::Value =
-            serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
-                .unwrap_or_else(|_| panic!("{player}: no report in {stdout:?}"));
+            .await;
+        let report = crate::common::player_report(player, out);
         assert!(report["fatal"].is_null(), "{player}: {report}");
         assert!(
             report["played"].as_f64().unwrap_or(0.0) >= 8.0,
