@@ -580,17 +580,20 @@ async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
         media.contains("#EXT-X-MAP:URI=\"../s2/720p/init.mp4\""),
         "{media}"
     );
-    let (_, _, mpd) = http(
-        first.http,
-        "GET",
-        &format!("/play/{playback}/manifest.mpd"),
-        &[],
-        b"",
-    );
-    assert!(
-        mpd.contains("<Period id=\"1\"") && mpd.contains("<Period id=\"2\""),
-        "{mpd}"
-    );
+    // The MPD is written after the media playlists (and the origin may hold
+    // the previous one for its short live TTL), so it gains Period 2 a
+    // moment after the HLS discontinuity shows.
+    let mpd = eventually("the second Period", Duration::from_secs(15), || async {
+        let (_, _, mpd) = http(
+            first.http,
+            "GET",
+            &format!("/play/{playback}/manifest.mpd"),
+            &[],
+            b"",
+        );
+        (mpd.contains("<Period id=\"1\"") && mpd.contains("<Period id=\"2\"")).then_some(mpd)
+    })
+    .await;
     assert!(
         mpd.contains("<BaseURL>s2/</BaseURL>") && mpd.contains("presentationTimeOffset="),
         "{mpd}"
