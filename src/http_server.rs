@@ -9,11 +9,16 @@
 //! waiting for it (so an idle keep-alive connection is closed after it too).
 //! Bodies are paced by the handlers that read them (ingest's
 //! `limits::paced`).
+//!
+//! With the origin role, each request first meets the origin's front cache
+//! ([`cascade_origin::Front`]), which answers repeated plain fetches of
+//! public objects without routing.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use cascade_origin::{Front, Fronted};
 use cascade_platform::config::HttpConfig;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -34,6 +39,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     config: &HttpConfig,
+    front: Option<Front>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
@@ -70,6 +76,7 @@ pub async fn serve(
             Ok(service) => service,
             Err(never) => match never {},
         };
+        let service = Fronted::new(service, front.clone());
         let connection = builder
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
@@ -143,7 +150,7 @@ mod tests {
         };
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let task = tokio::spawn(async move { serve(listener, app, &config, token).await });
+        let task = tokio::spawn(async move { serve(listener, app, &config, None, token).await });
         Server {
             addr,
             shutdown,

@@ -229,6 +229,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         }
         app = app.merge(cascade_ingest::router(state));
     }
+    let mut front = None;
     if roles.contains(&Role::Origin) {
         let origin = cascade_origin::OriginState::new(
             config.origin.clone(),
@@ -236,6 +237,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             pool.clone(),
             store.clone(),
         );
+        front = Some(origin.front());
         app = app.merge(cascade_origin::router(origin));
     }
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -249,7 +251,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     tasks.spawn(async move {
         // The peer address reaches handlers (the ingest API limits requests
         // without a valid key per client address); slow headers are cut off.
-        http_server::serve(listener, app, &http, token)
+        http_server::serve(listener, app, &http, front, token)
             .await
             .context("http server")
     });

@@ -46,6 +46,7 @@
 
 mod breaker;
 mod error;
+mod front;
 mod http;
 mod metrics;
 mod relay;
@@ -69,6 +70,7 @@ use cascade_schemas::{AssetId, AssetState, ObjectClass, ObjectKey, PlaybackId, R
 use deadpool_postgres::Pool;
 
 pub use crate::error::OriginError;
+pub use crate::front::{Answer, Front, FrontKey, Fronted, FRONT_TTL};
 pub use cascade_platform::config::OriginConfig;
 
 use crate::metrics::{class_index, Gauges, Metrics, CLASS_METRICS, CLASS_OTHER};
@@ -115,6 +117,7 @@ struct Inner {
     live_manifest_cache_control: HeaderValue,
     max_header_bytes: usize,
     relay: relay::RelayClient,
+    front: Front,
 }
 
 impl OriginState {
@@ -145,6 +148,12 @@ impl OriginState {
                 live_manifest_cache_control,
                 max_header_bytes: config.max_header_bytes.as_usize(),
                 relay: relay::RelayClient::new(),
+                front: Front::new(
+                    config.front_cache_bytes.as_usize(),
+                    config.asset_ttl,
+                    config.max_header_bytes.as_usize(),
+                    metrics.clone(),
+                ),
                 metrics,
             }),
         }
@@ -159,6 +168,11 @@ impl OriginState {
             cache_entries: tier.entry_count(),
             breaker_state: tier.breaker_state(),
         })
+    }
+
+    /// The front cache, which the HTTP server asks before routing.
+    pub fn front(&self) -> Front {
+        self.inner.front.clone()
     }
 
     /// Reads sent to the object store so far (benchmarks print it).
@@ -517,7 +531,20 @@ async fn serve_object(
     );
     let key = target.key(asset.id, version).ok_or(OriginError::NotFound)?;
     match inner.tier.lookup(&key).await? {
-        Lookup::Found(object) => from_memory(ask, class, &object, rewrite, cache_control),
+        Lookup::Found(object) => {
+            let mut response = from_memory(ask, class, &object, rewrite, cache_control)?;
+            // Public (a token would be in the query, which the front never
+            // keeps) and of a version: the front may reuse the answer.
+            if !asset.signed {
+                if let Some(body) = response.extensions_mut().remove::<WholeBody>() {
+                    response.extensions_mut().insert(front::Reusable {
+                        body: body.0,
+                        class: class_index(class),
+                    });
+                }
+            }
+            Ok(response)
+        }
         Lookup::TooLarge => streamed(state, ask, class, &key, cache_control).await,
     }
 }
@@ -764,9 +791,20 @@ fn from_memory(
                 ask.head,
             ))
         }
-        None => Ok(finish(StatusCode::OK, headers, body.into(), size, ask.head)),
+        None => {
+            let whole = (!ask.head).then(|| WholeBody(body.clone()));
+            let mut response = finish(StatusCode::OK, headers, body.into(), size, ask.head);
+            if let Some(whole) = whole {
+                response.extensions_mut().insert(whole);
+            }
+            Ok(response)
+        }
     }
 }
+
+/// The body of a whole-object `200` from memory, for the front to keep.
+#[derive(Clone)]
+struct WholeBody(Bytes);
 
 /// Objects too large for memory: streamed from the store, ranges passed
 /// through. `If-Range` is not evaluated here: with it, the whole object is sent.

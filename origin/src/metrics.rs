@@ -99,6 +99,7 @@ pub(crate) struct Metrics {
     requests: [[AtomicU64; STATUSES.len()]; CLASSES.len()],
     pub(crate) request_duration: Histogram,
     pub(crate) cache_hits: AtomicU64,
+    pub(crate) front_hits: AtomicU64,
     pub(crate) cache_negative_hits: AtomicU64,
     pub(crate) cache_misses: AtomicU64,
     pub(crate) cache_coalesced: AtomicU64,
@@ -131,6 +132,7 @@ impl Metrics {
             requests: [const { [const { AtomicU64::new(0) }; STATUSES.len()] }; CLASSES.len()],
             request_duration: Histogram::new(),
             cache_hits: AtomicU64::new(0),
+            front_hits: AtomicU64::new(0),
             cache_negative_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             cache_coalesced: AtomicU64::new(0),
@@ -192,11 +194,16 @@ impl Metrics {
             "cascade_origin_request_duration_seconds",
             "Time to answer a request (until the response head; bodies stream after).",
         );
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 17] = [
             (
                 "cascade_origin_cache_hits_total",
-                "Requests answered from the memory tier.",
+                "Requests answered from the memory tier (front cache included).",
                 &self.cache_hits,
+            ),
+            (
+                "cascade_origin_front_hits_total",
+                "Requests answered from the front cache, before routing.",
+                &self.front_hits,
             ),
             (
                 "cascade_origin_cache_negative_hits_total",

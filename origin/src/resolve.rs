@@ -1,12 +1,17 @@
 //! Playback id -> asset or live stream, with a short-lived in-memory cache
 //! so Postgres is asked once per playback id every `asset_ttl`, not once
 //! per segment.
-//! Concurrent lookups of one id share one query. When Postgres cannot
-//! answer, the last answer (kept `asset_stale_ttl`) is used instead
-//! (stale-if-error), so playback outlives a database outage.
+//! Concurrent lookups of one id share one query. An id asked for within
+//! twice `asset_ttl` of its last answer gets that answer at once while one
+//! background query refreshes it (stale-while-revalidate), so a busy
+//! playback id never makes requests wait on Postgres; an id idle for longer
+//! waits for a fresh answer. When Postgres cannot answer, the last answer
+//! (kept `asset_stale_ttl`) is used instead (stale-if-error), so playback
+//! outlives a database outage.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cascade_schemas::{AssetId, AssetState, LiveStreamId, PlaybackId};
 use deadpool_postgres::Pool;
@@ -47,30 +52,60 @@ pub(crate) enum Playable {
     Live(LiveInfo),
 }
 
+/// Resolves playback ids. Cheap to clone.
+#[derive(Clone)]
 pub(crate) struct Resolver {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     pool: Pool,
-    cache: moka::future::Cache<PlaybackId, Option<Arc<Playable>>>,
+    /// Answers younger than `ttl`; also what concurrent queries share.
+    fresh: moka::future::Cache<PlaybackId, Option<Arc<Playable>>>,
     /// Every answer Postgres gave, for `asset_stale_ttl`.
-    last_known: moka::future::Cache<PlaybackId, Option<Arc<Playable>>>,
+    last_known: moka::future::Cache<PlaybackId, Arc<Known>>,
+    ttl: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// An answer Postgres gave, and when.
+struct Known {
+    playable: Option<Arc<Playable>>,
+    at: Instant,
+    /// A background refresh of it is under way.
+    refreshing: AtomicBool,
 }
 
 #[derive(Debug)]
 struct LookupFailed;
 
+/// The one query behind every lookup (prepared once per connection).
+const LOOKUP: &str =
+    "SELECT false AS live, id, playback_policy, state, published_version, false AS on_air,
+         false AS low_latency, NULL::text AS relay
+     FROM assets WHERE playback_id = $1 AND deleted_at IS NULL
+     UNION ALL
+     SELECT true, id, playback_policy, state, NULL, broadcast_id IS NOT NULL,
+         latency_mode = 'low', publisher_relay
+     FROM live_streams WHERE playback_id = $1 AND deleted_at IS NULL
+     LIMIT 1";
+
 impl Resolver {
     pub(crate) fn new(config: &OriginConfig, pool: Pool, metrics: Arc<Metrics>) -> Self {
         Self {
-            pool,
-            cache: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(config.asset_ttl)
-                .build(),
-            last_known: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(config.asset_stale_ttl)
-                .build(),
-            metrics,
+            shared: Arc::new(Shared {
+                pool,
+                fresh: moka::future::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(config.asset_ttl)
+                    .build(),
+                last_known: moka::future::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(config.asset_stale_ttl)
+                    .build(),
+                ttl: config.asset_ttl,
+                metrics,
+            }),
         }
     }
 
@@ -79,20 +114,58 @@ impl Resolver {
         &self,
         playback_id: &PlaybackId,
     ) -> Result<Option<Arc<Playable>>, OriginError> {
-        match self
-            .cache
-            .try_get_with(playback_id.clone(), self.query(playback_id))
-            .await
-        {
+        let shared = &self.shared;
+        if let Some(found) = shared.fresh.get(playback_id).await {
+            return Ok(found);
+        }
+        let known = shared.last_known.get(playback_id).await;
+        if let Some(known) = &known {
+            if known.at.elapsed() < shared.ttl * 2 {
+                if !known.refreshing.swap(true, Relaxed) {
+                    let resolver = self.clone();
+                    let playback_id = playback_id.clone();
+                    let known = known.clone();
+                    tokio::spawn(async move {
+                        if resolver.ask(&playback_id).await.is_err() {
+                            // A later request tries again.
+                            known.refreshing.store(false, Relaxed);
+                        }
+                    });
+                }
+                return Ok(known.playable.clone());
+            }
+        }
+        match self.ask(playback_id).await {
             Ok(found) => Ok(found),
-            Err(_) => match self.last_known.get(playback_id).await {
-                Some(found) => {
-                    self.metrics.asset_lookup_stale.fetch_add(1, Relaxed);
-                    Ok(found)
+            Err(()) => match known {
+                Some(known) => {
+                    shared.metrics.asset_lookup_stale.fetch_add(1, Relaxed);
+                    Ok(known.playable.clone())
                 }
                 None => Err(OriginError::DatabaseUnavailable),
             },
         }
+    }
+
+    /// Asks Postgres, sharing the query with concurrent askers of the same id.
+    async fn ask(&self, playback_id: &PlaybackId) -> Result<Option<Arc<Playable>>, ()> {
+        let shared = &self.shared;
+        shared
+            .fresh
+            .try_get_with(playback_id.clone(), shared.query(playback_id))
+            .await
+            .map_err(|_| ())
+    }
+}
+
+impl Shared {
+    async fn remember(&self, playback_id: &PlaybackId, playable: Option<Arc<Playable>>) {
+        let known = Arc::new(Known {
+            playable,
+            at: Instant::now(),
+            refreshing: AtomicBool::new(false),
+        });
+        self.last_known.insert(playback_id.clone(), known).await;
     }
 
     async fn query(&self, playback_id: &PlaybackId) -> Result<Option<Arc<Playable>>, LookupFailed> {
@@ -104,22 +177,16 @@ impl Resolver {
         };
         let client = self.pool.get().await.map_err(|e| failed("pool", &e))?;
         // Assets and live streams draw playback ids from one random space.
+        let statement = client
+            .prepare_cached(LOOKUP)
+            .await
+            .map_err(|e| failed("prepare", &e))?;
         let row = client
-            .query_opt(
-                "SELECT false AS live, id, playback_policy, state, published_version, false AS on_air,
-                     false AS low_latency, NULL::text AS relay
-                 FROM assets WHERE playback_id = $1 AND deleted_at IS NULL
-                 UNION ALL
-                 SELECT true, id, playback_policy, state, NULL, broadcast_id IS NOT NULL,
-                     latency_mode = 'low', publisher_relay
-                 FROM live_streams WHERE playback_id = $1 AND deleted_at IS NULL
-                 LIMIT 1",
-                &[&playback_id.as_str()],
-            )
+            .query_opt(&statement, &[&playback_id.as_str()])
             .await
             .map_err(|e| failed("query", &e))?;
         let Some(row) = row else {
-            self.last_known.insert(playback_id.clone(), None).await;
+            self.remember(playback_id, None).await;
             return Ok(None);
         };
         let policy: String = row
@@ -149,9 +216,7 @@ impl Resolver {
             })
         };
         let found = Some(Arc::new(playable));
-        self.last_known
-            .insert(playback_id.clone(), found.clone())
-            .await;
+        self.remember(playback_id, found.clone()).await;
         Ok(found)
     }
 }

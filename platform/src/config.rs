@@ -361,6 +361,11 @@ pub struct OriginConfig {
     pub max_header_bytes: ByteSize,
     /// Origins browsers may play from (CORS); `"*"` allows any. Default `["*"]`.
     pub cors_allowed_origins: Vec<String>,
+    /// Bound of the front cache: finished answers to plain `GET`s of public
+    /// objects, reused for up to a second before routing (the bodies are
+    /// shared with the memory tier, so this is mostly an upper bound on what
+    /// it keeps alive after eviction). `0` turns it off. Default `64MiB`.
+    pub front_cache_bytes: ByteSize,
 }
 
 impl Default for OriginConfig {
@@ -381,6 +386,7 @@ impl Default for OriginConfig {
             live_cache_ttl: Duration::from_millis(250),
             max_header_bytes: ByteSize(16 * 1024),
             cors_allowed_origins: vec!["*".to_owned()],
+            front_cache_bytes: ByteSize::mib(64),
         }
     }
 }

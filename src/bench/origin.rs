@@ -39,6 +39,8 @@ const UNCACHED_SEGMENT: u64 = 2;
 const PART_SIZE: u64 = 100_000;
 const SERVER_CORE: &str = "0";
 const LOAD_CORE: &str = "1";
+/// A load core this busy means wrk, not the server, set the pace.
+const LOAD_BOUND: f64 = 0.9;
 const READS_METRIC: &str = "cascade_origin_storage_reads_total";
 
 /// Arguments of `cascade bench origin`.
@@ -111,6 +113,43 @@ struct WrkFigures {
     p99: Duration,
     /// Non-2xx/3xx responses plus socket errors: a valid run has none.
     errors: u64,
+    /// Busy share of the server's core during the run (0..1).
+    server_busy: f64,
+    /// Busy share of the load generator's core: near 1, the run measured
+    /// wrk, not the server.
+    load_busy: f64,
+}
+
+impl WrkFigures {
+    /// Server-core time per request, in microseconds.
+    fn server_micros_per_request(&self) -> f64 {
+        self.server_busy * 1e6 / self.requests_per_sec.max(1.0)
+    }
+}
+
+/// `(busy, total)` jiffies of one core, from `/proc/stat`.
+fn core_jiffies(core: &str) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&format!("cpu{core}")))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Busy share of `core` between two `core_jiffies` samples.
+fn busy_between(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
+    match (before, after) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
+        _ => f64::NAN,
+    }
 }
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
@@ -380,11 +419,15 @@ fn parse_wrk(output: &str) -> anyhow::Result<WrkFigures> {
         bytes_per_sec: bytes_per_sec.context("no Transfer/sec in wrk's output")?,
         p99: p99.context("no 99% latency in wrk's output")?,
         errors,
+        server_busy: f64::NAN,
+        load_busy: f64::NAN,
     })
 }
 
 /// wrk on the load core against `url`.
 async fn load(wrk: &Path, url: &str, args: &OriginBenchArgs) -> anyhow::Result<WrkFigures> {
+    let server_before = core_jiffies(SERVER_CORE);
+    let load_before = core_jiffies(LOAD_CORE);
     let output = tokio::process::Command::new("taskset")
         .args(["-c", LOAD_CORE])
         .arg(wrk)
@@ -405,7 +448,9 @@ async fn load(wrk: &Path, url: &str, args: &OriginBenchArgs) -> anyhow::Result<W
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let figures = parse_wrk(&text)?;
+    let mut figures = parse_wrk(&text)?;
+    figures.server_busy = busy_between(server_before, core_jiffies(SERVER_CORE));
+    figures.load_busy = busy_between(load_before, core_jiffies(LOAD_CORE));
     if figures.errors > 0 {
         bail!(
             "wrk saw {} failed requests against {url}:\n{text}",
@@ -426,6 +471,8 @@ fn median_figures(runs: Vec<WrkFigures>) -> WrkFigures {
         bytes_per_sec: median(runs.iter().map(|r| r.bytes_per_sec).collect()),
         p99: Duration::from_secs_f64(median(runs.iter().map(|r| r.p99.as_secs_f64()).collect())),
         errors: runs.iter().map(|r| r.errors).sum(),
+        server_busy: median(runs.iter().map(|r| r.server_busy).collect()),
+        load_busy: median(runs.iter().map(|r| r.load_busy).collect()),
     }
 }
 
@@ -570,11 +617,15 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
             origin.check_running()?;
             let theirs = load(&tools.wrk, &nginx_url, &args).await?;
             println!(
-                "{label} ({len} B) run {run}: origin {:.0} req/s p99 {:.2} ms; nginx {:.0} req/s p99 {:.2} ms",
+                "{label} ({len} B) run {run}: origin {:.0} req/s p99 {:.2} ms (cores: server {:.0}%, wrk {:.0}%); nginx {:.0} req/s p99 {:.2} ms (server {:.0}%, wrk {:.0}%)",
                 ours.requests_per_sec,
                 ours.p99.as_secs_f64() * 1e3,
+                ours.server_busy * 100.0,
+                ours.load_busy * 100.0,
                 theirs.requests_per_sec,
-                theirs.p99.as_secs_f64() * 1e3
+                theirs.p99.as_secs_f64() * 1e3,
+                theirs.server_busy * 100.0,
+                theirs.load_busy * 100.0,
             );
             our_runs.push(ours);
             their_runs.push(theirs);
@@ -603,7 +654,7 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
     let mb = |bytes: f64| format!("{:.1} MB/s", bytes / 1e6);
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
     println!(
-        "{:<22} {:>12} {:>12} {:>7}   {:>10} {:>10} {:>7}   {:>11}",
+        "{:<22} {:>12} {:>12} {:>7}   {:>10} {:>10} {:>7}   {:>11}   {:>14} {:>14}",
         "object (medians)",
         "origin rps",
         "nginx rps",
@@ -611,11 +662,13 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
         "origin p99",
         "nginx p99",
         "ratio",
-        "origin MB/s"
+        "origin MB/s",
+        "origin us/req",
+        "nginx us/req"
     );
     for (label, len, ours, theirs, met) in &table {
         println!(
-            "{:<22} {:>12.0} {:>12.0} {:>6.2}x   {:>10} {:>10} {:>6.2}x   {:>11}  {}",
+            "{:<22} {:>12.0} {:>12.0} {:>6.2}x   {:>10} {:>10} {:>6.2}x   {:>11}   {:>14.2} {:>14.2}  {}",
             format!("{label} ({} KB)", len / 1000),
             ours.requests_per_sec,
             theirs.requests_per_sec,
@@ -624,10 +677,19 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
             ms(theirs.p99),
             ours.p99.as_secs_f64() / theirs.p99.as_secs_f64(),
             mb(ours.bytes_per_sec),
+            ours.server_micros_per_request(),
+            theirs.server_micros_per_request(),
             if *met { "met" } else { "MISSED" }
         );
+        if theirs.load_busy >= LOAD_BOUND {
+            println!(
+                "  {label}: wrk's core was {:.0}% busy during nginx's runs: nginx's figure is the load generator's ceiling",
+                theirs.load_busy * 100.0
+            );
+        }
     }
     println!("targets at every size: requests/s >= {TARGET_RPS_RATIO:.2}x nginx's, p99 <= nginx's");
+    println!("us/req: server-core time per request (the core's busy share over requests/s)");
     println!(
         "{} concurrent requests for one uncached segment: {burst_reads} storage read(s) (target {TARGET_STORAGE_READS})",
         args.burst

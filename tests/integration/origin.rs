@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cascade_origin::{router, OriginConfig, OriginState};
+use cascade_origin::{router, OriginConfig, OriginState, FRONT_TTL};
 use cascade_platform::config::{
     EncoderChoice, IngestConfig, PlaybackConfig, Secret, SigningKeyConfig, StorageConfig,
     TranscodeConfig,
@@ -316,12 +316,19 @@ async fn inserted(db: &TestDb, state: AssetState, policy: &str) -> (AssetId, Pla
     (id, playback)
 }
 
-/// Serves `state`'s router on 127.0.0.1:0.
+/// Serves `state`'s router behind its front cache (as `cascade serve`
+/// does) on 127.0.0.1:0.
 async fn serve(state: OriginState) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let front = state.front();
+    let service = cascade_origin::Fronted::new(router(state), Some(front));
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router(state)).await;
+        let _ = axum::serve(
+            listener,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service(service),
+        )
+        .await;
     });
     addr
 }
@@ -1510,4 +1517,155 @@ async fn origin_keeps_serving_resolved_assets_through_a_database_outage() {
         metric(&text, "cascade_origin_asset_lookup_stale_total") >= 2.0,
         "{text}"
     );
+}
+
+/// The front cache answers repeated plain GETs (and HEADs) of public
+/// objects with exactly what the full path answered, keeps conditional and
+/// ranged requests and other encodings apart, and lets go of an asset once
+/// it stops resolving as it was (here: made signed) within `asset_ttl` plus
+/// its own second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_front_cache_repeats_plain_answers_only() {
+    let p = transcoded().await;
+    let state = p.origin(OriginConfig {
+        asset_ttl: Duration::from_millis(500),
+        ..OriginConfig::default()
+    });
+    let addr = serve(state).await;
+    let front_hits = || async {
+        metric(
+            &get(addr, "/metrics").await.text(),
+            "cascade_origin_front_hits_total",
+        )
+    };
+    let without_date = |reply: &Reply| -> Vec<(String, String)> {
+        let mut headers: Vec<_> = reply
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("date"))
+            .cloned()
+            .collect();
+        headers.sort();
+        headers
+    };
+    let rendition = first_rendition(&p).to_owned();
+    for path in [
+        "master.m3u8".to_owned(),
+        format!("{rendition}/index.m3u8"),
+        format!("v{}/{rendition}/1.m4s", p.version),
+    ] {
+        let url = p.url(&path);
+        let before = front_hits().await;
+        let full = get(addr, &url).await;
+        assert_eq!(full.status, 200, "{path}: {}", full.text());
+        let again = get(addr, &url).await;
+        assert_eq!(
+            front_hits().await,
+            before + 1.0,
+            "{path}: answered by the front"
+        );
+        assert_eq!(again.status, 200, "{path}");
+        assert_eq!(again.body, full.body, "{path}");
+        assert_eq!(without_date(&again), without_date(&full), "{path}");
+
+        // HEAD: the same head, no body.
+        let head = request(addr, "HEAD", &url, &[]).await;
+        assert_eq!(head.status, 200, "{path}");
+        assert!(head.body.is_empty(), "{path}");
+        assert_eq!(head.header("content-length"), full.header("content-length"));
+
+        // Ranged and conditional requests take the full path.
+        let hits = front_hits().await;
+        let ranged = request(addr, "GET", &url, &[("range", "bytes=0-9")]).await;
+        assert_eq!(ranged.status, 206, "{path}");
+        assert_eq!(ranged.body, full.body[..10], "{path}");
+        let etag = full.header("etag").unwrap();
+        let conditional = request(addr, "GET", &url, &[("if-none-match", etag)]).await;
+        assert_eq!(conditional.status, 304, "{path}");
+        assert_eq!(front_hits().await, hits, "{path}: not from the front");
+    }
+
+    // Another encoding is another answer: gzip is kept beside the plain one.
+    let url = p.url(&format!("{rendition}/index.m3u8"));
+    let plain = get(addr, &url).await;
+    let gzip = [("accept-encoding", "gzip")];
+    let zipped = request(addr, "GET", &url, &gzip).await;
+    let zipped_again = request(addr, "GET", &url, &gzip).await;
+    assert_eq!(zipped_again.header("content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&zipped_again.body), plain.body);
+    assert_eq!(zipped_again.body, zipped.body);
+    let plain_again = get(addr, &url).await;
+    assert_eq!(plain_again.header("content-encoding"), None);
+    assert_eq!(plain_again.body, plain.body);
+
+    // Signed from now on: within asset_ttl and the front's second, a plain
+    // GET is refused, and stays refused.
+    p.make_signed().await;
+    let changed_at = std::time::Instant::now();
+    eventually("the front to let go", Duration::from_secs(5), || async {
+        (get(addr, &url).await.status == 403).then_some(())
+    })
+    .await;
+    assert!(
+        changed_at.elapsed()
+            < Duration::from_millis(500) * 2 + FRONT_TTL + Duration::from_millis(500),
+        "{:?}",
+        changed_at.elapsed()
+    );
+    let hits = front_hits().await;
+    assert_eq!(get(addr, &url).await.status, 403);
+    assert_eq!(front_hits().await, hits, "a refusal is never kept");
+}
+
+/// A playback id asked for again soon after its lookup went stale gets the
+/// last answer at once while one background query refreshes it: a slow
+/// database never holds up playback of a busy asset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_refreshes_busy_lookups_in_the_background() {
+    let p = transcoded().await;
+    let ttl = Duration::from_secs(1);
+    let addr = serve(p.origin(OriginConfig {
+        asset_ttl: ttl,
+        ..OriginConfig::default()
+    }))
+    .await;
+    let url = p.url(&format!("{}/index.m3u8", first_rendition(&p)));
+    // Ranged: past the front cache, so every request resolves.
+    let ranged = [("range", "bytes=0-9")];
+    assert_eq!(request(addr, "GET", &url, &ranged).await.status, 206);
+    let resolved_at = std::time::Instant::now();
+    // Lookups of the asset now wait for this transaction's lock.
+    let mut blocker = p.db.pool.get().await.unwrap();
+    let transaction = blocker.transaction().await.unwrap();
+    transaction
+        .batch_execute("LOCK TABLE assets IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let lookups = || async {
+        let text = get(addr, "/metrics").await.text();
+        metric(&text, "cascade_origin_asset_lookups_total")
+    };
+    let lookups_before = lookups().await;
+    tokio::time::sleep_until((resolved_at + ttl + Duration::from_millis(100)).into()).await;
+    let started = std::time::Instant::now();
+    let stale = request(addr, "GET", &url, &ranged).await;
+    assert_eq!(stale.status, 206, "{}", stale.text());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "a busy asset's lookup waited on the database: {:?}",
+        started.elapsed()
+    );
+    // One refresh went out (and waits for the lock).
+    eventually("the background refresh", Duration::from_secs(5), || async {
+        (lookups().await == lookups_before + 1.0).then_some(())
+    })
+    .await;
+    let again = request(addr, "GET", &url, &ranged).await;
+    assert_eq!(again.status, 206);
+    assert_eq!(
+        lookups().await,
+        lookups_before + 1.0,
+        "one refresh at a time"
+    );
+    transaction.rollback().await.unwrap();
 }
