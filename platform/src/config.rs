@@ -806,8 +806,14 @@ pub struct TranscodeConfig {
     pub max_frame_rate: u32,
     /// AAC bitrate of the shared audio rendition, bit/s. Default `128000`.
     pub audio_bitrate: u64,
-    /// Sources wider or taller than this are refused. Default `8192`.
+    /// Sources wider or taller than this are refused (coded and displayed,
+    /// after the sample aspect ratio). Default `8192`.
     pub max_dimension: u32,
+    /// Sources longer than this are refused: when the file says so at
+    /// upload, and while decoding when its timestamps run past it (a file
+    /// that lies about its length). Default `12h`.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
     /// Where sources are staged while transcoding. Default: the system temp dir.
     pub scratch_dir: Option<PathBuf>,
     /// How often progress is written to the asset. Default `1s`.
@@ -852,6 +858,7 @@ impl Default for TranscodeConfig {
             max_frame_rate: 60,
             audio_bitrate: 128_000,
             max_dimension: 8192,
+            max_duration: Duration::from_secs(12 * 3600),
             scratch_dir: None,
             progress_interval: Duration::from_secs(1),
             lookahead_frames: None,

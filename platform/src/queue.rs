@@ -191,6 +191,23 @@ pub struct Lease {
     pub lease_id: uuid::Uuid,
 }
 
+/// A job whose lease expired, as [`Queue::reap_expired`] left it.
+#[derive(Debug, Clone)]
+pub struct Reaped {
+    /// The job.
+    pub id: JobId,
+    /// Its kind.
+    pub kind: String,
+    /// Out of attempts: given up (`dead`), not queued again.
+    pub dead: bool,
+    /// Handler input.
+    pub payload: serde_json::Value,
+    /// Attempts spent, the reclaimed one included.
+    pub attempts: i32,
+    /// When it may run again (when queued).
+    pub run_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// A job handed to a worker.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -540,9 +557,14 @@ impl Queue {
         Ok(n == 1)
     }
 
-    /// Returns jobs whose lease expired (their worker died or hung) to the
-    /// queue, or to `dead` when that was their last attempt. Returns how many.
-    pub async fn reap_expired(&self) -> Result<u64, QueueError> {
+    /// Returns jobs of `kinds` whose lease expired (their worker died or
+    /// hung) to the queue after the same backoff as a retryable failure, or
+    /// to `dead` when that was their last attempt: a source that crashes
+    /// or hangs every worker that takes it is retried slower and slower,
+    /// then given up, instead of taking down worker after worker at once.
+    /// Only runners of a kind reap it, so the one reaping can also act on a
+    /// job given up ([`Reaped::dead`]).
+    pub async fn reap_expired(&self, kinds: &[String]) -> Result<Vec<Reaped>, QueueError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -550,30 +572,47 @@ impl Queue {
                      state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
                      finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
                      last_error = 'lease expired: the worker stopped heartbeating (crashed, killed or hung)',
-                     run_at = now(), updated_at = now(),
+                     run_at = CASE WHEN attempts >= max_attempts THEN run_at
+                                   ELSE now() + make_interval(secs => LEAST(
+                                       $2::float8 * power(2, LEAST(attempts - 1, 30)), $3::float8)
+                                       * (0.5 + random() * 0.5)) END,
+                     updated_at = now(),
                      lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL
                  WHERE id IN (
-                     SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < now()
+                     SELECT id FROM jobs
+                     WHERE state = 'running' AND lease_expires_at < now() AND kind = ANY($1)
                      FOR UPDATE SKIP LOCKED
                  )
-                 RETURNING id, kind, state",
-                &[],
+                 RETURNING id, kind, state, payload, attempts, run_at",
+                &[
+                    &kinds,
+                    &self.config.retry_base.as_secs_f64(),
+                    &self.config.retry_max.as_secs_f64(),
+                ],
             )
             .await?;
-        for row in &rows {
+        let reaped: Vec<Reaped> = rows
+            .iter()
+            .map(|row| Reaped {
+                id: JobId(row.get(0)),
+                kind: row.get(1),
+                dead: row.get::<_, &str>(2) == "dead",
+                payload: row.get(3),
+                attempts: row.get(4),
+                run_at: row.get(5),
+            })
+            .collect();
+        for job in &reaped {
             tracing::warn!(
-                job_id = row.get::<_, i64>(0),
-                kind = row.get::<_, &str>(1),
-                state = row.get::<_, &str>(2),
+                job_id = job.id.0,
+                kind = %job.kind,
+                attempts = job.attempts,
+                dead = job.dead,
+                retry_at = %job.run_at,
                 "reclaimed job with expired lease"
             );
         }
-        if rows.iter().any(|r| r.get::<_, &str>(2) == "queued") {
-            client
-                .execute("SELECT pg_notify($1, 'reaped')", &[&CHANNEL])
-                .await?;
-        }
-        Ok(rows.len() as u64)
+        Ok(reaped)
     }
 
     /// Cancels a queued or running job. A running job's worker notices at its

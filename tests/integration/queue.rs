@@ -304,7 +304,13 @@ async fn idempotency_key_refuses_duplicates_and_enqueue_joins_the_callers_transa
 #[tokio::test]
 async fn expired_leases_are_reclaimed_and_the_old_holder_is_fenced_off() {
     let db = fresh_db().await;
-    let queue = Queue::new(db.pool.clone(), fast_config());
+    let queue = Queue::new(
+        db.pool.clone(),
+        QueueConfig {
+            retry_base: Duration::from_secs(1),
+            ..fast_config()
+        },
+    );
     let id = queue
         .enqueue(&NewJob::new("slow", json!({})))
         .await
@@ -316,22 +322,38 @@ async fn expired_leases_are_reclaimed_and_the_old_holder_is_fenced_off() {
         .unwrap()
         .pop()
         .unwrap();
-    // Before expiry nothing is reaped.
-    assert_eq!(queue.reap_expired().await.unwrap(), 0);
+    // Before expiry nothing is reaped, and only runners of the kind reap it.
+    assert!(queue.reap_expired(&kinds("slow")).await.unwrap().is_empty());
     let reaped = eventually("the lease to expire", Duration::from_secs(5), || async {
-        match queue.reap_expired().await.unwrap() {
-            0 => None,
-            n => Some(n),
-        }
+        assert!(queue
+            .reap_expired(&kinds("other"))
+            .await
+            .unwrap()
+            .is_empty());
+        let reaped = queue.reap_expired(&kinds("slow")).await.unwrap();
+        (!reaped.is_empty()).then_some(reaped)
     })
     .await;
-    assert_eq!(reaped, 1);
-    let second = queue
-        .claim("live-worker", &kinds("slow"), 1)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert!(!reaped[0].dead);
+    assert_eq!(reaped[0].attempts, 1);
+    // Reclaimed after the retry backoff (a crashing source is not rerun at once).
+    assert!(
+        queue
+            .claim("live-worker", &kinds("slow"), 1)
+            .await
+            .unwrap()
+            .is_empty(),
+        "backing off"
+    );
+    let second = eventually("the backoff to pass", Duration::from_secs(5), || async {
+        queue
+            .claim("live-worker", &kinds("slow"), 1)
+            .await
+            .unwrap()
+            .pop()
+    })
+    .await;
     assert_eq!(second.lease.job_id, id);
     assert_eq!(second.attempt, 2);
     assert_ne!(second.lease.lease_id, first.lease.lease_id);

@@ -672,3 +672,168 @@ fn the_probe_over_a_reader_agrees_with_the_file_probe_and_reads_little() {
     }
     assert!(large_checked, "the 20 s bench fixture was not found");
 }
+
+/// A source whose worker stops heartbeating on every attempt (it crashed,
+/// was killed or hung: here the "worker" claims the job and goes silent)
+/// is reclaimed after a backoff, not at once, and after its last attempt
+/// the asset is quarantined: errored with a clear reason, not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_kills_every_worker_is_quarantined_after_backoff() {
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    let id = import(&db, &store, "tiny_320x180_stereo.mp4").await;
+    let client = db.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE jobs SET max_attempts = 2 WHERE kind = $1",
+            &[&job_kind::TRANSCODE],
+        )
+        .await
+        .unwrap();
+    let mut config = db.config.queue.clone();
+    config.lease = Duration::from_millis(500);
+    config.retry_base = Duration::from_secs(1);
+    let queue = Queue::new(db.pool.clone(), config);
+    let stop = CancellationToken::new();
+    let handler = TranscodeHandler::new(
+        db.pool.clone(),
+        store.clone(),
+        TranscodeConfig::default(),
+        encoders::VideoEncoder::Libx264,
+    );
+    // Only reaps (through `reap_once`): the claims below are the doomed workers'.
+    let reaper = Runner::new(
+        queue.clone(),
+        HandlerRegistry::new().register(job_kind::TRANSCODE, handler),
+        JobNotifier::start(db::pg_config(&db.config.database).unwrap(), stop.clone()),
+        "reaper",
+    );
+    let kinds = vec![job_kind::TRANSCODE.to_owned()];
+    for attempt in 1..=2 {
+        let claimed = eventually(
+            "the job to be claimable",
+            Duration::from_secs(10),
+            || async { queue.claim("doomed", &kinds, 1).await.unwrap().pop() },
+        )
+        .await;
+        assert_eq!(claimed.attempt, attempt);
+        eventually("the lease to expire", Duration::from_secs(10), || async {
+            (reaper.reap_once().await.unwrap() == 1).then_some(())
+        })
+        .await;
+        if attempt == 1 {
+            // Backing off: not claimable at once.
+            assert!(queue.claim("doomed", &kinds, 1).await.unwrap().is_empty());
+            let asset = assets::get(&db.pool, id).await.unwrap().unwrap();
+            assert_eq!(asset.state, AssetState::Processing);
+        }
+    }
+    let asset = assets::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(asset.state, AssetState::Errored);
+    assert_eq!(asset.error_code.as_deref(), Some("source_quarantined"));
+    let message = asset.error_message.unwrap_or_default();
+    assert!(
+        message.contains("quarantined") && message.contains("2 attempts"),
+        "{message}"
+    );
+    let state: String = client
+        .query_one(
+            "SELECT state FROM jobs WHERE kind = $1",
+            &[&job_kind::TRANSCODE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "dead");
+    // Nothing left to claim.
+    assert!(queue.claim("doomed", &kinds, 1).await.unwrap().is_empty());
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// Uploads are untrusted: a playlist or script that would make FFmpeg open
+/// other files (or URLs) is refused by name before anything it names is
+/// read, by the file probe, the probe over a stored object and the worker
+/// alike; a source longer than `transcode.max_duration` is refused at the
+/// probe (declared length) and while decoding (timestamps).
+#[test]
+fn untrusted_playlists_and_scripts_are_refused_before_they_open_anything() {
+    use cascade_workers::transcode::pipeline::{probe_file, probe_reader, run as transcode_file};
+    use cascade_workers::transcode::TranscodeError;
+    let dir = tempfile::tempdir().unwrap();
+    // A real MPEG-TS segment the playlist and script point at.
+    let segment = dir.path().join("seg.ts");
+    let (ok, _, err) = run(Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=160x120:rate=25:duration=1",
+        ])
+        .args(["-c:v", "libx264", "-f", "mpegts"])
+        .arg(&segment));
+    assert!(ok, "{err}");
+    let config = TranscodeConfig::default();
+    assert!(
+        probe_file(&segment, &config).is_ok(),
+        "MPEG-TS itself is accepted"
+    );
+    fn code<T: std::fmt::Debug>(result: Result<T, TranscodeError>) -> (&'static str, String) {
+        match result {
+            Err(TranscodeError::Input { code, message }) => (code, message),
+            other => panic!("expected an input error, got {other:?}"),
+        }
+    }
+
+    let playlist = dir.path().join("evil.m3u8");
+    std::fs::write(
+        &playlist,
+        format!(
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:1.0,\n{}\n#EXT-X-ENDLIST\n",
+            segment.display()
+        ),
+    )
+    .unwrap();
+    let script = dir.path().join("evil.ffconcat");
+    std::fs::write(&script, "ffconcat version 1.0\nfile 'seg.ts'\n").unwrap();
+    for (path, what) in [(&playlist, "HLS playlist"), (&script, "concat script")] {
+        let (by_file, message) = code(probe_file(path, &config));
+        assert_eq!(by_file, "unsupported_container", "{message}");
+        assert!(message.contains(what), "{message}");
+        let bytes = std::fs::read(path).unwrap();
+        let (by_reader, _) = code(probe_reader(std::io::Cursor::new(bytes), &config));
+        assert_eq!(by_reader, "unsupported_container");
+        let (events, _received) = tokio::sync::mpsc::channel(1024);
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let outcome = transcode_file(
+            path,
+            &config,
+            encoders::VideoEncoder::Libx264,
+            &events,
+            &cancel,
+        );
+        assert_eq!(code(outcome.map(|_| ())).0, "unsupported_container");
+    }
+
+    // Too long: the 6 s fixture against a 2 s limit.
+    let long = fixtures_dir().join("landscape_1080p30_stereo.mp4");
+    let short_limit = TranscodeConfig {
+        max_duration: Duration::from_secs(2),
+        ladder: TranscodeConfig::default().ladder.split_off(4),
+        ..TranscodeConfig::default()
+    };
+    let (probed, message) = code(probe_file(&long, &short_limit));
+    assert_eq!(probed, "source_too_long", "{message}");
+    let (events, _received) = tokio::sync::mpsc::channel(4096);
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let outcome = transcode_file(
+        &long,
+        &short_limit,
+        encoders::VideoEncoder::Libx264,
+        &events,
+        &cancel,
+    );
+    assert_eq!(code(outcome.map(|_| ())).0, "source_too_long");
+}

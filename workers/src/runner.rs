@@ -57,6 +57,34 @@ pub struct JobContext {
 pub trait JobHandler: Send + Sync + 'static {
     /// Runs one job to completion or failure.
     fn run(&self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>>;
+
+    /// Told once a job of this kind is out of attempts (`dead`): what it
+    /// was working on can be marked failed for whoever waits on it. Not
+    /// called for permanent failures, which the handler reported itself.
+    fn gave_up(&self, job: GaveUp) -> BoxFuture<'static, ()> {
+        let _ = job;
+        Box::pin(async {})
+    }
+}
+
+/// A job given up after its last attempt.
+#[derive(Debug, Clone)]
+pub struct GaveUp {
+    /// Handler input.
+    pub payload: serde_json::Value,
+    /// Attempts spent.
+    pub attempts: i32,
+    /// Why the last attempt ended.
+    pub cause: GaveUpCause,
+}
+
+/// How a given-up job's last attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GaveUpCause {
+    /// Its worker stopped heartbeating (crashed, was killed, or hung).
+    LeaseExpired,
+    /// The handler failed (or panicked) with this message.
+    Failed(String),
 }
 
 /// Handlers by job kind.
@@ -190,10 +218,8 @@ impl Runner {
         while !shutdown.is_cancelled() {
             if last_reap.elapsed() >= config.reap_interval {
                 last_reap = Instant::now();
-                match self.queue.reap_expired().await {
-                    Ok(0) => {}
-                    Ok(_) => may_have_work = true,
-                    Err(error) => tracing::warn!(error = %error, "cannot reap expired leases"),
+                if let Err(error) = self.reap_once().await {
+                    tracing::warn!(error = %error, "cannot reap expired leases");
                 }
             }
             let free = concurrency.saturating_sub(running.len());
@@ -255,6 +281,25 @@ impl Runner {
         tracing::info!(owner = %self.owner, "worker stopped");
     }
 
+    /// Reclaims this runner's kinds of jobs whose lease expired, and tells
+    /// their handlers about those given up. Returns how many were reclaimed.
+    pub async fn reap_once(&self) -> Result<usize, cascade_platform::queue::QueueError> {
+        let reaped = self.queue.reap_expired(&self.handlers.kinds()).await?;
+        for job in reaped.iter().filter(|job| job.dead) {
+            tracing::error!(job_id = %job.id, kind = %job.kind, attempts = job.attempts, "job given up: its worker stopped heartbeating on every attempt");
+            if let Some(handler) = self.handlers.handlers.get(&job.kind) {
+                handler
+                    .gave_up(GaveUp {
+                        payload: job.payload.clone(),
+                        attempts: job.attempts,
+                        cause: GaveUpCause::LeaseExpired,
+                    })
+                    .await;
+            }
+        }
+        Ok(reaped.len())
+    }
+
     fn spawn_job(
         &self,
         running: &mut JoinSet<()>,
@@ -277,6 +322,7 @@ impl Runner {
         let job_future = async move {
             let lease = job.lease;
             let job_cancel = stop.child_token();
+            let payload_copy = job.payload.clone();
             let ctx = JobContext {
                 lease,
                 payload: job.payload,
@@ -325,7 +371,17 @@ impl Runner {
                 },
                 RunEnd::Finished(Err(job_error)) => {
                     let message = job_error.to_string();
-                    match queue.fail(&lease, &message, job_error.is_retryable()).await {
+                    let outcome = queue.fail(&lease, &message, job_error.is_retryable()).await;
+                    if let Ok(FailOutcome::Dead) = outcome {
+                        handler
+                            .gave_up(GaveUp {
+                                payload: payload_copy,
+                                attempts: job.attempt,
+                                cause: GaveUpCause::Failed(message.clone()),
+                            })
+                            .await;
+                    }
+                    match outcome {
                         Ok(FailOutcome::Retrying(at)) => {
                             tracing::warn!(error = %message, retry_at = %at, "job failed; will retry")
                         }

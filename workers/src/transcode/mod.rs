@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 pub use encoders::VideoEncoder;
 pub use error::TranscodeError;
 
-use crate::runner::{JobContext, JobError, JobHandler};
+use crate::runner::{GaveUp, GaveUpCause, JobContext, JobError, JobHandler};
 
 /// Initialises the FFmpeg libraries once and quiets their logging (errors
 /// reach us as return values).
@@ -105,7 +105,49 @@ impl JobHandler for TranscodeHandler {
         let inner = self.inner.clone();
         async move { inner.transcode(ctx).await }.boxed()
     }
+
+    /// The asset of a transcode given up turns `errored`: a source that
+    /// crashed or hung its worker on every attempt is quarantined (no
+    /// automatic retry), so it cannot take down worker after worker.
+    fn gave_up(&self, job: GaveUp) -> BoxFuture<'static, ()> {
+        let pool = self.inner.pool.clone();
+        async move {
+            let Ok(payload) = serde_json::from_value::<TranscodeJob>(job.payload) else {
+                return;
+            };
+            let (code, message) = match job.cause {
+                GaveUpCause::LeaseExpired => (
+                    QUARANTINED,
+                    format!(
+                        "processing this source stopped the worker on each of its {} attempts \
+                         (it crashed, ran out of memory or hung), so it is quarantined and not \
+                         retried automatically; the original is kept",
+                        job.attempts
+                    ),
+                ),
+                GaveUpCause::Failed(_) => (
+                    "internal",
+                    "processing failed on our side; the original is kept and can be retried"
+                        .to_owned(),
+                ),
+            };
+            // A failure the handler already reported (its own error) stays.
+            let processing = matches!(
+                assets::get(&pool, payload.asset_id).await,
+                Ok(Some(asset)) if asset.state == AssetState::Processing
+            );
+            if processing || code == QUARANTINED {
+                if let Err(error) = assets::set_errored(&pool, payload.asset_id, code, &message).await {
+                    tracing::warn!(asset_id = %payload.asset_id, error = %error, "cannot mark a given-up asset errored");
+                }
+            }
+        }
+        .boxed()
+    }
 }
+
+/// The error code of an asset whose source was quarantined.
+pub const QUARANTINED: &str = "source_quarantined";
 
 fn db_error(context: &str, error: impl std::fmt::Display) -> JobError {
     JobError::Retryable(format!("{context}: {error}"))

@@ -233,6 +233,34 @@ fn send(events: &mpsc::Sender<Event>, event: Event) -> Result<(), TranscodeError
         .map_err(|_| TranscodeError::Internal("the uploader stopped".to_owned()))
 }
 
+/// Containers a source may come in. Everything else is refused before the
+/// demuxer runs: playlists and scripts that make FFmpeg open other files or
+/// URLs (`hls`, `dash`, `concat`, `image2` sequences, `tee`...), and the long
+/// tail of rarely used demuxers, which is where parsing bugs live.
+pub const ACCEPTED_CONTAINERS: &str = "mov,matroska,webm,avi,flv,mpegts,mpeg,mxf,ogg,wav,w64,\
+mp3,aac,flac,asf,dv,aiff,caf,ivf,h264,hevc,m4v,mpegvideo,gif";
+
+/// Options for opening untrusted media: the container allow-list, and no
+/// protocol but the local file (for a stored object read through custom
+/// I/O, none at all), so nothing inside an upload can make FFmpeg reach the
+/// network or another file.
+fn untrusted_input_options(local_file: bool) -> ff::Dictionary<'static> {
+    let mut options = ff::Dictionary::new();
+    options.set("format_whitelist", ACCEPTED_CONTAINERS);
+    // "none" names no protocol: with custom I/O FFmpeg needs none.
+    options.set(
+        "protocol_whitelist",
+        if local_file { "file" } else { "none" },
+    );
+    options
+}
+
+/// Opens a staged source file as untrusted media.
+fn open_untrusted(path: &Path) -> Result<ff::format::context::Input, TranscodeError> {
+    ff::format::input_with_dictionary(&path, untrusted_input_options(true))
+        .map_err(|e| input_error_for_open(path, e))
+}
+
 fn input_error_for_open(path: &Path, error: ff::Error) -> TranscodeError {
     let mut head = [0u8; HEAD_BYTES];
     let read = std::fs::File::open(path)
@@ -262,6 +290,24 @@ fn read_head(reader: &mut impl std::io::Read, head: &mut [u8]) -> std::io::Resul
 fn input_error_for_head(head: &[u8], error: ff::Error) -> TranscodeError {
     if head.is_empty() {
         return TranscodeError::input("empty", "the uploaded file is empty");
+    }
+    // The container allow-list refused what FFmpeg recognised.
+    if matches!(error, ff::Error::Other { errno } if errno == ff::util::error::EINVAL) {
+        let what = if head.starts_with(b"#EXTM3U") {
+            "an HLS playlist"
+        } else if head.starts_with(b"ffconcat") {
+            "an FFmpeg concat script"
+        } else if head.starts_with(b"<?xml") || head.starts_with(b"<MPD") {
+            "an XML document (a DASH manifest?)"
+        } else {
+            "in a format we do not accept"
+        };
+        return TranscodeError::input(
+            "unsupported_container",
+            format!(
+                "the file is {what}; upload the video file itself (MP4, MOV, MKV, WebM, AVI, MPEG-TS, MXF, ...)"
+            ),
+        );
     }
     // An MP4/MOV that starts right but cannot be opened lost its index at the
     // end: the classic cut-off upload.
@@ -347,6 +393,15 @@ fn open_video_source(
         } else {
             width
         };
+    if display_width > config.max_dimension {
+        return Err(TranscodeError::input(
+            "unsupported_dimensions",
+            format!(
+                "the video displays {display_width}x{height} (its pixels are not square); supported sizes are up to {0}x{0}",
+                config.max_dimension
+            ),
+        ));
+    }
     let (display_width, display_height) = if rotation % 180 == 90 {
         (height, display_width)
     } else {
@@ -580,7 +635,7 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> Result<Summary, TranscodeError> {
     super::init_ffmpeg();
-    let input = ff::format::input(&path).map_err(|e| input_error_for_open(path, e))?;
+    let input = open_untrusted(path)?;
     run_input(input, config, video_encoder, events, cancel, 0.0, None)
 }
 
@@ -768,6 +823,7 @@ pub fn run_input(
         origin_seconds,
         gop_seconds,
         timeline_offset,
+        max_seconds: pacer.is_none().then_some(config.max_duration.as_secs_f64()),
         pacer,
         frame_index: 0,
     };
@@ -1003,6 +1059,8 @@ struct LoopState {
     pacer: Option<Pacer>,
     /// Frames handed to the rungs so far (which are odd, for halving).
     frame_index: u64,
+    /// Files only: media time past which the source is refused.
+    max_seconds: Option<f64>,
 }
 
 impl LoopState {
@@ -1012,12 +1070,27 @@ impl LoopState {
         events: &mpsc::Sender<Event>,
     ) -> Result<(), TranscodeError> {
         self.decoded_end = self.decoded_end.max(seconds);
+        if let Some(max) = self.max_seconds.filter(|max| self.decoded_end > *max) {
+            return Err(too_long(max));
+        }
         if self.last_progress.elapsed() >= self.progress_every {
             self.last_progress = Instant::now();
             send(events, Event::Progress(self.decoded_end))?;
         }
         Ok(())
     }
+}
+
+/// A source longer than `transcode.max_duration` (`max` seconds).
+fn too_long(max: f64) -> TranscodeError {
+    TranscodeError::input(
+        "source_too_long",
+        format!(
+            "the video is longer than the {}h {:02}m we accept",
+            max as u64 / 3600,
+            max as u64 % 3600 / 60
+        ),
+    )
 }
 
 fn drain_video(
@@ -1258,7 +1331,7 @@ pub struct ProbeSummary {
 /// few hundred packets.
 pub fn probe_file(path: &Path, config: &TranscodeConfig) -> Result<ProbeSummary, TranscodeError> {
     super::init_ffmpeg();
-    let input = ff::format::input(&path).map_err(|e| input_error_for_open(path, e))?;
+    let input = open_untrusted(path)?;
     probe_input(input, config)
 }
 
@@ -1284,7 +1357,7 @@ where
         failure: failure.clone(),
     })
     .map_err(|e| TranscodeError::Internal(format!("custom I/O for the probe: {e}")))?;
-    let probed = ff::format::input_from_stream(io, None, None)
+    let probed = ff::format::input_from_stream(io, None, Some(untrusted_input_options(false)))
         .map_err(|e| input_error_for_head(&head[..head_len], e))
         .and_then(|input| probe_input(input, config));
     // FFmpeg sees a failed read as the end of the media; a store that failed
@@ -1341,6 +1414,10 @@ fn probe_input(
 ) -> Result<ProbeSummary, TranscodeError> {
     let duration =
         (input.duration() > 0).then(|| input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
+    let max = config.max_duration.as_secs_f64();
+    if duration.is_some_and(|d| d > max) {
+        return Err(too_long(max));
+    }
     let (mut video, mut audio) = open_sources(&input, config)?;
     let (mut has_video, mut has_audio) = (false, false);
     let mut packet = ff::Packet::empty();
