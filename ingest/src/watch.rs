@@ -80,8 +80,9 @@ pub fn spawn(
         tracing::info!(dir = %dir.display(), "watching folder");
         let settle = state.config.watch_settle;
         let mut pending: HashMap<PathBuf, (Seen, tokio::time::Instant)> = HashMap::new();
+        let mut retries = Retries::default();
         loop {
-            scan(&state, &dir, settle, &mut pending).await;
+            scan(&state, &dir, settle, &mut pending, &mut retries).await;
             // Wake on a change, or after `settle` to re-check growing files.
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -92,11 +93,23 @@ pub fn spawn(
     })
 }
 
+/// Files whose ingest hit a transient error (database or storage down):
+/// left in the folder and tried again after a backoff (from the settle
+/// time, doubling up to [`MAX_RETRY_DELAY`]), never moved to `failed/`.
+#[derive(Default)]
+struct Retries {
+    after: HashMap<PathBuf, (tokio::time::Instant, Duration)>,
+}
+
+/// Longest wait between tries of a file hit by a transient error.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
 async fn scan(
     state: &AppState,
     dir: &Path,
     settle: Duration,
     pending: &mut HashMap<PathBuf, (Seen, tokio::time::Instant)>,
+    retries: &mut Retries,
 ) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -114,9 +127,19 @@ async fn scan(
         present.push(path.clone());
         match pending.get(&path) {
             Some((previous, since)) if *previous == current => {
-                if now.duration_since(*since) >= settle {
+                let waiting = retries.after.get(&path).is_some_and(|(at, _)| now < *at);
+                if now.duration_since(*since) >= settle && !waiting {
                     pending.remove(&path);
-                    take(state, dir, &path, &name, current).await;
+                    if take(state, dir, &path, &name, current).await {
+                        retries.after.remove(&path);
+                    } else {
+                        let delay = retries
+                            .after
+                            .get(&path)
+                            .map_or(settle.max(Duration::from_secs(1)), |(_, d)| *d * 2)
+                            .min(MAX_RETRY_DELAY);
+                        retries.after.insert(path.clone(), (now + delay, delay));
+                    }
                 }
             }
             _ => {
@@ -125,19 +148,26 @@ async fn scan(
         }
     }
     pending.retain(|path, _| present.contains(path));
+    retries.after.retain(|path, _| present.contains(path));
 }
 
 /// Claims and ingests one settled file, then moves it out of the way.
-async fn take(state: &AppState, dir: &Path, path: &Path, name: &str, file: Seen) {
+/// Returns `false` when a transient error left it in the folder, to be
+/// tried again.
+async fn take(state: &AppState, dir: &Path, path: &Path, name: &str, file: Seen) -> bool {
     let outcome = ingest(state, path, name, file).await;
     let (sub, reason) = match &outcome {
         Ok(()) => (DONE, None),
+        Err(error) if error.is_transient() => {
+            tracing::warn!(file = name, error = %error, "watched file hit a transient error; will try again");
+            return false;
+        }
         Err(reason) => (FAILED, Some(reason.to_string())),
     };
     let target = dir.join(sub).join(name);
     if let Err(error) = tokio::fs::rename(path, &target).await {
         tracing::error!(error = %error, file = name, "cannot move a watched file");
-        return;
+        return true;
     }
     if let Some(reason) = reason {
         tracing::warn!(file = name, reason = %reason, "watched file failed");
@@ -157,6 +187,7 @@ async fn take(state: &AppState, dir: &Path, path: &Path, name: &str, file: Seen)
     if let Ok(client) = state.pool.get().await {
         let _ = watch_files::finish(&client, watched(name, file), ended).await;
     }
+    true
 }
 
 fn watched(name: &str, file: Seen) -> WatchedFile<'_> {

@@ -42,6 +42,25 @@ pub enum WorkError {
     Task(String),
 }
 
+impl WorkError {
+    /// Whether the same work may succeed later (the database or the store
+    /// was unavailable), as opposed to a verdict on the file.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Db(e) => e.is_retryable(),
+            Self::Storage(e) => e.is_retryable(),
+            Self::Import(IngestError::Db(e)) => e.is_retryable(),
+            Self::Import(IngestError::Storage(e)) => e.is_retryable(),
+            Self::Import(IngestError::Queue(cascade_platform::queue::QueueError::Db(e))) => {
+                e.is_retryable()
+            }
+            Self::Probe(_) => true,
+            // A probe that died (a panic) says something about the file.
+            Self::Task(_) | Self::Inconsistent(_) | Self::Refused { .. } | Self::Import(_) => false,
+        }
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for WorkError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         Self::Db(DbError::Unavailable(e))

@@ -287,6 +287,13 @@ pub struct QueueConfig {
     /// leases are released back to the queue. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long a database outage may last without costing running jobs
+    /// anything: workers keep working, retry their final writes and renew
+    /// their leases when it is back, and reap no lease until the database
+    /// has been reachable again for a whole lease. Longer outages lose no
+    /// job either (the job is reclaimed and rerun). Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub outage_grace: Duration,
 }
 
 impl Default for QueueConfig {
@@ -301,6 +308,7 @@ impl Default for QueueConfig {
             max_attempts: 5,
             concurrency: 2,
             shutdown_grace: Duration::from_secs(30),
+            outage_grace: Duration::from_secs(600),
         }
     }
 }

@@ -42,7 +42,16 @@ impl DbError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Unavailable(_) => true,
-            Self::Query(e) => e.is_closed() || e.code().is_none(),
+            // No SQLSTATE: the connection broke. Classes 08 (connection
+            // exception) and 57 (operator intervention: shutdown, restart,
+            // a terminated backend) are outages, not bad SQL.
+            Self::Query(e) => {
+                e.is_closed()
+                    || e.code().is_none_or(|code| {
+                        let code = code.code();
+                        code.starts_with("08") || code.starts_with("57")
+                    })
+            }
             Self::InvalidUrl(_) | Self::Build(_) => false,
         }
     }

@@ -110,6 +110,35 @@ where
     }
 }
 
+/// Runs `sql` on the test cluster's admin database.
+pub async fn admin_sql(sql: &str) {
+    let url = std::env::var("CASCADE_TEST_DATABASE_URL").expect("CASCADE_TEST_DATABASE_URL");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    tokio::spawn(connection);
+    client.batch_execute(sql).await.expect(sql);
+}
+
+/// Starts (`true`) or ends a database outage for `db` alone: no new
+/// connections, and every open one cut (as a Postgres restart does to its
+/// clients), without touching the other tests' databases.
+pub async fn database_outage(db: &TestDb, down: bool) {
+    let database = db.url.rsplit('/').next().unwrap().to_owned();
+    if down {
+        admin_sql(&format!(
+            "ALTER DATABASE {database} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}';"
+        ))
+        .await;
+    } else {
+        admin_sql(&format!(
+            "ALTER DATABASE {database} ALLOW_CONNECTIONS true;"
+        ))
+        .await;
+    }
+}
+
 /// `cascade keys create NAME --environment ENV`: the printed secret.
 pub fn create_key(db: &TestDb, name: &str, environment: &str) -> String {
     let output = Command::new(cascade_bin())

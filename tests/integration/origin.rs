@@ -1462,16 +1462,6 @@ async fn real_players_in_chromium_play_through_the_cdn_and_switch_rungs() {
     drop(cdn);
 }
 
-/// Runs `sql` on the test cluster's admin database.
-async fn admin(sql: &str) {
-    let url = std::env::var("CASCADE_TEST_DATABASE_URL").expect("CASCADE_TEST_DATABASE_URL");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("admin connection");
-    tokio::spawn(connection);
-    client.batch_execute(sql).await.expect(sql);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_keeps_serving_resolved_assets_through_a_database_outage() {
     let p = transcoded().await;
@@ -1482,13 +1472,8 @@ async fn origin_keeps_serving_resolved_assets_through_a_database_outage() {
     .await;
     let rendition = first_rendition(&p).to_owned();
     assert_eq!(get(addr, &p.url("master.m3u8")).await.status, 200);
-    let database = p.db.url.rsplit('/').next().unwrap().to_owned();
     // The outage: no new connections, every open one cut.
-    admin(&format!(
-        "ALTER DATABASE {database} ALLOW_CONNECTIONS false;
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}';"
-    ))
-    .await;
+    crate::common::database_outage(&p.db, true).await;
     // Past the lookup's freshness: the origin must ask Postgres again, fails,
     // and answers from the last known asset: the cached master, and a segment
     // it never read before (from storage).
@@ -1508,10 +1493,7 @@ async fn origin_keeps_serving_resolved_assets_through_a_database_outage() {
     // A playback id never resolved cannot be known: 503, not 404.
     let unknown = get(addr, &format!("/play/{}/master.m3u8", PlaybackId::new())).await;
     assert_eq!(unknown.status, 503, "{}", unknown.text());
-    admin(&format!(
-        "ALTER DATABASE {database} ALLOW_CONNECTIONS true;"
-    ))
-    .await;
+    crate::common::database_outage(&p.db, false).await;
     let text = get(addr, "/metrics").await.text();
     assert!(
         metric(&text, "cascade_origin_asset_lookup_stale_total") >= 2.0,

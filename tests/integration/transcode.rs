@@ -51,6 +51,16 @@ fn start_worker_with(db: &TestDb, store: &ObjectStore, transcode: TranscodeConfi
     let mut config = db.config.queue.clone();
     config.concurrency = 1;
     config.poll_interval = Duration::from_millis(200);
+    start_worker_queue(db, store, transcode, config, "test")
+}
+
+fn start_worker_queue(
+    db: &TestDb,
+    store: &ObjectStore,
+    transcode: TranscodeConfig,
+    config: cascade_platform::config::QueueConfig,
+    owner: &str,
+) -> Worker {
     let queue = Queue::new(db.pool.clone(), config);
     let stop = CancellationToken::new();
     let notifier = JobNotifier::start(db::pg_config(&db.config.database).unwrap(), stop.clone());
@@ -64,7 +74,7 @@ fn start_worker_with(db: &TestDb, store: &ObjectStore, transcode: TranscodeConfi
         queue,
         HandlerRegistry::new().register(job_kind::TRANSCODE, handler),
         notifier,
-        "test",
+        owner,
     );
     let handle = tokio::spawn(runner.run(stop.clone()));
     Worker { stop, handle }
@@ -836,4 +846,58 @@ fn untrusted_playlists_and_scripts_are_refused_before_they_open_anything() {
         &cancel,
     );
     assert_eq!(code(outcome.map(|_| ())).0, "source_too_long");
+}
+
+/// A database outage longer than the lease in the middle of a transcode
+/// (every connection cut, none accepted, as in a Postgres restart): the
+/// worker keeps encoding, renews its lease once the database is back, and
+/// publishes; the other worker does not reap the job meanwhile. One
+/// attempt, no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_mid_transcode_costs_no_attempt() {
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    let id = import(&db, &store, "landscape_1080p30_stereo.mp4").await;
+    let mut config = db.config.queue.clone();
+    config.concurrency = 1;
+    config.poll_interval = Duration::from_millis(200);
+    config.lease = Duration::from_secs(2);
+    config.heartbeat = Duration::from_millis(500);
+    config.reap_interval = Duration::from_millis(200);
+    let lease = config.lease;
+    // Two workers, as two processes: one runs the job, the other could reap it.
+    let workers = [
+        start_worker_queue(&db, &store, TranscodeConfig::default(), config.clone(), "a"),
+        start_worker_queue(&db, &store, TranscodeConfig::default(), config, "b"),
+    ];
+    eventually(
+        "the transcode under way",
+        Duration::from_secs(60),
+        || async {
+            let asset = assets::get(&db.pool, id).await.unwrap().unwrap();
+            (asset.state == AssetState::Processing && asset.progress > 0.0).then_some(())
+        },
+    )
+    .await;
+    crate::common::database_outage(&db, true).await;
+    let outage = lease * 2;
+    tokio::time::sleep(outage).await;
+    crate::common::database_outage(&db, false).await;
+
+    let asset = wait_terminal(&db, id).await;
+    assert_eq!(asset.state, AssetState::Ready, "{:?}", asset.error_message);
+    let client = db.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT attempts, state FROM jobs WHERE kind = $1",
+            &[&job_kind::TRANSCODE],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(1), "succeeded");
+    assert_eq!(row.get::<_, i32>(0), 1, "the outage cost an attempt");
+    for worker in workers {
+        worker.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(root);
 }

@@ -144,3 +144,43 @@ async fn dropped_files_are_ingested_once_they_stop_growing_and_only_once() {
         "resumed into the claimed asset"
     );
 }
+
+/// A file dropped while the database is down is not failed: it stays in
+/// the folder and is ingested once the database is back.
+#[tokio::test]
+async fn files_dropped_during_a_database_outage_wait_and_are_ingested_after() {
+    let db = fresh_db().await;
+    let base =
+        std::env::temp_dir().join(format!("cascade-watch-{}", uuid::Uuid::new_v4().simple()));
+    let (watch, root) = (base.join("in"), base.join("objects"));
+    std::fs::create_dir_all(&watch).unwrap();
+    let _server = serve(&db, &watch, &root);
+    // The process is up (its first scan done) before the outage.
+    eventually(
+        "the watch folder's subfolders",
+        Duration::from_secs(30),
+        || async { watch.join("failed").exists().then_some(()) },
+    )
+    .await;
+    crate::common::database_outage(&db, true).await;
+    std::fs::copy(fixture("tiny_320x180_stereo.mp4"), watch.join("during.mp4")).unwrap();
+    // Settled (700 ms) and tried more than once meanwhile.
+    let outage = Duration::from_millis(700) * 5;
+    tokio::time::sleep(outage).await;
+    assert!(watch.join("during.mp4").exists(), "left in the folder");
+    assert!(
+        !watch.join("failed/during.mp4").exists(),
+        "not failed for an outage"
+    );
+    crate::common::database_outage(&db, false).await;
+    eventually(
+        "during.mp4 to be ingested after the outage",
+        Duration::from_secs(30),
+        || async { watch.join("done/during.mp4").exists().then_some(()) },
+    )
+    .await;
+    let assets = asset_titles(&db).await;
+    assert_eq!(assets.len(), 1, "{assets:?}");
+    assert_eq!(assets[0].1, "during.mp4");
+    let _ = std::fs::remove_dir_all(&base);
+}

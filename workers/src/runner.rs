@@ -50,6 +50,71 @@ pub struct JobContext {
     pub max_attempts: i32,
     /// Fires when the job must stop: lease lost, cancelled, or shutdown.
     pub cancel: CancellationToken,
+    /// How long a database outage is waited out (`queue.outage_grace`):
+    /// handlers retry their database writes this long before failing.
+    pub outage_grace: Duration,
+}
+
+/// When this process last failed to reach the database. A lease that
+/// expired while the database was unreachable says nothing about its
+/// holder (it could not renew either), so leases are reaped only once the
+/// database has answered for a whole lease since.
+#[derive(Default)]
+struct DbTrouble {
+    since_start_ms: std::sync::atomic::AtomicU64,
+    started: std::sync::OnceLock<Instant>,
+}
+
+impl DbTrouble {
+    fn base(&self) -> Instant {
+        *self.started.get_or_init(Instant::now)
+    }
+
+    /// Records a failed database call now.
+    fn note(&self) {
+        let ms = self.base().elapsed().as_millis() as u64 + 1;
+        self.since_start_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// No failure recorded within the last `span`.
+    fn quiet_for(&self, span: Duration) -> bool {
+        let last = self
+            .since_start_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        last == 0 || self.base().elapsed() >= Duration::from_millis(last) + span
+    }
+}
+
+/// Retries `call` while it fails, for up to `grace`, backing off from 250 ms
+/// to 5 s and recording each failure in `trouble`.
+async fn through_outage<T, E, F, Fut>(
+    grace: Duration,
+    trouble: &DbTrouble,
+    mut call: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = Instant::now() + grace;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(error) if Instant::now() + backoff < deadline => {
+                trouble.note();
+                tracing::warn!(error = %error, retry_in = ?backoff, "database unavailable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                trouble.note();
+                return Err(error);
+            }
+        }
+    }
 }
 
 /// Runs jobs of one kind. Work must be idempotent: a job may run more than
@@ -171,6 +236,7 @@ pub struct Runner {
     handlers: HandlerRegistry,
     notifier: JobNotifier,
     owner: String,
+    trouble: Arc<DbTrouble>,
 }
 
 /// How a job's run ended, as seen by the runner.
@@ -194,6 +260,7 @@ impl Runner {
             handlers,
             notifier,
             owner: owner.into(),
+            trouble: Arc::default(),
         }
     }
 
@@ -219,6 +286,7 @@ impl Runner {
             if last_reap.elapsed() >= config.reap_interval {
                 last_reap = Instant::now();
                 if let Err(error) = self.reap_once().await {
+                    self.trouble.note();
                     tracing::warn!(error = %error, "cannot reap expired leases");
                 }
             }
@@ -242,6 +310,7 @@ impl Runner {
                         }
                     }
                     Err(error) => {
+                        self.trouble.note();
                         tracing::warn!(error = %error, "cannot claim jobs; backing off");
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
@@ -283,7 +352,12 @@ impl Runner {
 
     /// Reclaims this runner's kinds of jobs whose lease expired, and tells
     /// their handlers about those given up. Returns how many were reclaimed.
+    /// Nothing is reaped until the database has been reachable from here
+    /// for a whole lease (their holders could not renew while it was not).
     pub async fn reap_once(&self) -> Result<usize, cascade_platform::queue::QueueError> {
+        if !self.trouble.quiet_for(self.queue.config().lease) {
+            return Ok(0);
+        }
         let reaped = self.queue.reap_expired(&self.handlers.kinds()).await?;
         for job in reaped.iter().filter(|job| job.dead) {
             tracing::error!(job_id = %job.id, kind = %job.kind, attempts = job.attempts, "job given up: its worker stopped heartbeating on every attempt");
@@ -318,6 +392,8 @@ impl Runner {
         };
         let queue = self.queue.clone();
         let heartbeat_every = queue.config().heartbeat;
+        let outage_grace = queue.config().outage_grace;
+        let trouble = self.trouble.clone();
         let span = tracing::info_span!("job", job_id = %job.lease.job_id, kind = %job.kind, attempt = job.attempt);
         let job_future = async move {
             let lease = job.lease;
@@ -329,6 +405,7 @@ impl Runner {
                 attempt: job.attempt,
                 max_attempts: job.max_attempts,
                 cancel: job_cancel.clone(),
+                outage_grace,
             };
             let started = Instant::now();
             let mut work = tokio::spawn(handler.run(ctx));
@@ -350,28 +427,39 @@ impl Runner {
                     _ = heartbeat.tick() => match queue.heartbeat(&lease).await {
                         Ok(true) => {}
                         Ok(false) => break RunEnd::LeaseLost,
-                        // A missed heartbeat is fine while the lease lasts.
-                        Err(error) => tracing::warn!(error = %error, "heartbeat failed"),
+                        // The job keeps going through a database outage; the
+                        // lease is renewed once the database is back (nobody
+                        // reaps it before: see `DbTrouble`).
+                        Err(error) => {
+                            trouble.note();
+                            tracing::warn!(error = %error, "heartbeat failed");
+                        }
                     },
                 }
             };
             let elapsed_ms = started.elapsed().as_millis() as u64;
             match end {
-                RunEnd::Finished(Ok(())) => match completer.complete(lease).await {
-                    Ok(true) => tracing::info!(elapsed_ms, "job succeeded"),
-                    Ok(false) => {
-                        let _ = queue.stopped(&lease).await;
-                        tracing::warn!(
+                RunEnd::Finished(Ok(())) => {
+                    match through_outage(outage_grace, &trouble, || completer.complete(lease)).await
+                    {
+                        Ok(true) => tracing::info!(elapsed_ms, "job succeeded"),
+                        Ok(false) => {
+                            let _ = queue.stopped(&lease).await;
+                            tracing::warn!(
                             "job finished but its lease was lost; result left to the new holder"
                         )
+                        }
+                        Err(error) => {
+                            tracing::warn!(error = %error, "cannot record success; the lease will expire and the job rerun")
+                        }
                     }
-                    Err(error) => {
-                        tracing::warn!(error = %error, "cannot record success; the lease will expire and the job rerun")
-                    }
-                },
+                }
                 RunEnd::Finished(Err(job_error)) => {
                     let message = job_error.to_string();
-                    let outcome = queue.fail(&lease, &message, job_error.is_retryable()).await;
+                    let outcome = through_outage(outage_grace, &trouble, || {
+                        queue.fail(&lease, &message, job_error.is_retryable())
+                    })
+                    .await;
                     if let Ok(FailOutcome::Dead) = outcome {
                         handler
                             .gave_up(GaveUp {

@@ -259,11 +259,15 @@ impl Inner {
                 continue; // Drain so the pipeline sees the failure and stops.
             }
             let result = match event {
+                // Progress is for display: a database outage must not stop
+                // the encode (it is written again at the next tick).
                 pipeline::Event::Probed { duration: d } => {
                     duration = d;
-                    assets::set_progress(&self.pool, job.asset_id, 0.0, d)
-                        .await
-                        .map_err(|e| e.to_string())
+                    if let Err(error) = assets::set_progress(&self.pool, job.asset_id, 0.0, d).await
+                    {
+                        tracing::warn!(error = %error, "cannot record the source duration");
+                    }
+                    Ok(())
                 }
                 pipeline::Event::Source(_)
                 | pipeline::Event::Degraded { .. }
@@ -273,9 +277,12 @@ impl Inner {
                         .map(|d| (seconds / d * 100.0) as f32)
                         .unwrap_or(0.0)
                         .min(99.0);
-                    assets::set_progress(&self.pool, job.asset_id, percent, None)
-                        .await
-                        .map_err(|e| e.to_string())
+                    if let Err(error) =
+                        assets::set_progress(&self.pool, job.asset_id, percent, None).await
+                    {
+                        tracing::debug!(error = %error, "cannot record progress");
+                    }
+                    Ok(())
                 }
                 pipeline::Event::Init {
                     rendition, bytes, ..
@@ -320,7 +327,7 @@ impl Inner {
         }
         let summary = summary?;
         drop(scratch);
-        self.publish(job, summary).await
+        self.publish(job, summary, ctx).await
     }
 
     async fn put(&self, key: ObjectKey, bytes: Bytes) -> Result<(), String> {
@@ -370,6 +377,7 @@ impl Inner {
         &self,
         job: &TranscodeJob,
         summary: pipeline::Summary,
+        ctx: &JobContext,
     ) -> Result<(), TranscodeError> {
         let layout = UriLayout::default();
         let renditions: Vec<_> = summary.renditions.iter().map(|(r, _)| r.clone()).collect();
@@ -407,15 +415,38 @@ impl Inner {
             .iter()
             .map(|(rendition, encoder)| rendition_row(rendition, encoder))
             .collect();
-        let published = assets::publish(
-            &self.pool,
-            job.asset_id,
-            job.version as i32,
-            summary.duration,
-            &rows,
-        )
-        .await
-        .map_err(|e| TranscodeError::internal("recording the renditions", e))?;
+        // The encode is done: a database outage now is waited out (up to
+        // `queue.outage_grace`, while the lease holds) rather than thrown away.
+        let deadline = std::time::Instant::now() + ctx.outage_grace;
+        let mut backoff = std::time::Duration::from_millis(250);
+        let published = loop {
+            match assets::publish(
+                &self.pool,
+                job.asset_id,
+                job.version as i32,
+                summary.duration,
+                &rows,
+            )
+            .await
+            {
+                Ok(published) => break published,
+                Err(error)
+                    if error.is_retryable()
+                        && std::time::Instant::now() + backoff < deadline
+                        && !ctx.cancel.is_cancelled() =>
+                {
+                    tracing::warn!(error = %error, retry_in = ?backoff, "cannot publish yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = ctx.cancel.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(error) => {
+                    return Err(TranscodeError::internal("recording the renditions", error))
+                }
+            }
+        };
         if !published {
             // Deleted while transcoding: its purge removes what was written.
             tracing::info!(asset_id = %job.asset_id, "asset deleted while transcoding; not published");
