@@ -47,6 +47,8 @@
 mod breaker;
 mod error;
 mod front;
+#[cfg(test)]
+mod fuzz;
 mod http;
 mod metrics;
 mod relay;

@@ -40,6 +40,8 @@ pub mod avc;
 mod boxes;
 pub mod dash;
 mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod hls;
 mod manifest;
 pub mod segmenter;

@@ -817,6 +817,11 @@ pub struct TranscodeConfig {
     /// Sources wider or taller than this are refused (coded and displayed,
     /// after the sample aspect ratio). Default `8192`.
     pub max_dimension: u32,
+    /// Deinterlace interlaced sources (bwdif, field order from the stream)
+    /// so the ladder does not publish combed frames. Off publishes
+    /// interlaced material as it is (only for sources known to be
+    /// mis-flagged). Default `true`.
+    pub deinterlace: bool,
     /// Sources longer than this are refused: when the file says so at
     /// upload, and while decoding when its timestamps run past it (a file
     /// that lies about its length). Default `12h`.
@@ -866,6 +871,7 @@ impl Default for TranscodeConfig {
             max_frame_rate: 60,
             audio_bitrate: 128_000,
             max_dimension: 8192,
+            deinterlace: true,
             max_duration: Duration::from_secs(12 * 3600),
             scratch_dir: None,
             progress_interval: Duration::from_secs(1),

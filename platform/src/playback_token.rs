@@ -656,3 +656,61 @@ mod tests {
         );
     }
 }
+
+/// Property tests: a token is untrusted input.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ring() -> Keyring {
+        Keyring::new([
+            ("k1".parse().unwrap(), b"0123456789abcdef0123".to_vec()),
+            ("default".parse().unwrap(), b"fedcba9876543210fedc".to_vec()),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever is sent as a token, verification answers (and, without
+        /// the secret, never says yes).
+        #[test]
+        fn arbitrary_tokens_are_refused_without_panic(token in prop_oneof![
+            any::<String>(),
+            "[A-Za-z0-9_-]{0,40}\\.[0-9]{0,25}\\.[A-Za-z0-9_-]{0,60}",
+            "[0-9]{0,25}\\.[A-Za-z0-9_=+/-]{0,60}",
+        ]) {
+            let playback = PlaybackId::new();
+            prop_assert!(ring().verify(&playback, &token, 1_000).is_err());
+        }
+
+        /// A signed token verifies until it expires; any one-byte change
+        /// to it is refused.
+        #[test]
+        fn signed_tokens_verify_and_altered_ones_do_not(
+            expiry in 1u64..4_000_000_000,
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let ring = ring();
+            let playback = PlaybackId::new();
+            let token = ring.sign(&playback, expiry).unwrap();
+            prop_assert!(ring.verify(&playback, &token, expiry - 1).is_ok());
+            prop_assert!(ring.verify(&playback, &token, expiry + 1).is_err());
+            let mut altered = token.clone().into_bytes();
+            let i = at.index(altered.len());
+            if altered[i] != byte {
+                altered[i] = byte;
+                let altered = String::from_utf8_lossy(&altered).into_owned();
+                prop_assert!(ring.verify(&playback, &altered, expiry - 1).is_err(), "{} -> {}", token, altered);
+            }
+        }
+
+        #[test]
+        fn key_ids_parse_without_panic(text in any::<String>()) {
+            let _ = text.parse::<KeyId>();
+        }
+    }
+}

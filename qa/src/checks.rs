@@ -876,6 +876,34 @@ fn quality(checks: &mut Checks, inputs: &Inputs) {
             );
         }
     }
+    for (name, q) in &measured {
+        if q.idet_frames == 0 {
+            continue;
+        }
+        let fraction = q.combed_frames as f64 / q.idet_frames as f64;
+        let baseline = if q.reference_idet_frames > 0 {
+            q.reference_combed_frames as f64 / q.reference_idet_frames as f64
+        } else {
+            0.0
+        };
+        checks.pass_or_fail(
+            "quality.combing",
+            Some(name),
+            fraction - baseline <= t.max_combed_fraction,
+            "frames that look interlaced beyond the (deinterlaced) reference: combing",
+            format!(
+                "<= {:.0} points over the reference",
+                t.max_combed_fraction * 100.0
+            ),
+            format!(
+                "{:.1}% ({} of {} frames; reference {:.1}%, FFmpeg idet)",
+                fraction * 100.0,
+                q.combed_frames,
+                q.idet_frames,
+                baseline * 100.0
+            ),
+        );
+    }
     for pair in measured.windows(2) {
         let ((high, qh), (low, ql)) = (pair[0], pair[1]);
         let step = qh.psnr_y_mean - ql.psnr_y_mean;

@@ -11,6 +11,8 @@
 pub mod checks;
 pub mod dash;
 pub mod fetch;
+#[cfg(test)]
+mod fuzz;
 pub mod hls;
 pub mod html;
 pub mod media;

@@ -71,7 +71,18 @@ pub fn measure(
                     .unwrap_or_else(|_| Err("the comparison thread panicked".to_owned()))
             })
             .collect();
-        fed.map(|()| results)
+        fed.map(|reference_idet| {
+            results
+                .into_iter()
+                .map(|result| {
+                    result.map(|mut quality| {
+                        quality.reference_combed_frames = reference_idet.interlaced();
+                        quality.reference_idet_frames = reference_idet.judged();
+                        quality
+                    })
+                })
+                .collect()
+        })
     })?;
     Ok(results)
 }
@@ -82,6 +93,8 @@ struct FrameReader {
     decoder: ff::decoder::Video,
     stream: usize,
     time_base: ff::Rational,
+    /// `bwdif`'s parity for an interlaced stream (`tff` / `bff`).
+    interlaced: Option<&'static str>,
     draining: bool,
     done: bool,
 }
@@ -98,6 +111,18 @@ impl FrameReader {
         .ok_or_else(|| format!("{} has no video stream", path.display()))?;
         let rotation = rotation_of(&stream);
         let (index, time_base) = (stream.index(), stream.time_base());
+        // SAFETY: the parameters belong to an open stream; field_order is a
+        // plain field of the struct they point at.
+        let order = unsafe { (*stream.parameters().as_ptr()).field_order };
+        let interlaced = match ff::codec::field_order::FieldOrder::from(order) {
+            ff::codec::field_order::FieldOrder::TT | ff::codec::field_order::FieldOrder::BT => {
+                Some("tff")
+            }
+            ff::codec::field_order::FieldOrder::BB | ff::codec::field_order::FieldOrder::TB => {
+                Some("bff")
+            }
+            _ => None,
+        };
         let mut context = ff::codec::context::Context::from_parameters(stream.parameters())
             .map_err(|e| format!("cannot read the video parameters: {e}"))?;
         context.set_threading(ff::codec::threading::Config {
@@ -115,6 +140,7 @@ impl FrameReader {
                 decoder,
                 stream: index,
                 time_base,
+                interlaced,
                 draining: false,
                 done: false,
             },
@@ -208,15 +234,20 @@ fn feed_reference(
     path: &Path,
     video: &ReferenceVideo,
     senders: &mut [Option<mpsc::SyncSender<ff::frame::Video>>],
-) -> Result<(), String> {
+) -> Result<IdetCounts, String> {
     let (mut reader, rotation) = FrameReader::open(path, true, 0)?;
+    let interlaced = reader.interlaced;
     let mut graph: Option<ff::filter::Graph> = None;
     let mut first: Option<i64> = None;
     let mut count: i64 = 0;
+    let mut idet = IdetCounts::default();
     let frame_us = (1e6 / video.frame_rate.max(1.0)).round() as i64;
     let mut out = ff::frame::Video::empty();
     let mut deliver =
         |out: &mut ff::frame::Video, senders: &mut [Option<mpsc::SyncSender<ff::frame::Video>>]| {
+            if let Some(counts) = IdetCounts::read(out) {
+                idet = counts;
+            }
             let ts = out.pts().unwrap_or(count * frame_us);
             let start = *first.get_or_insert(ts);
             out.set_pts(Some(ts - start));
@@ -235,7 +266,7 @@ fn feed_reference(
         frame.set_pts(micros);
         if graph.is_none() {
             graph = Some(
-                reference_graph(&frame, rotation, video)
+                reference_graph(&frame, rotation, interlaced, video)
                     .map_err(|e| format!("reference filter graph: {e}"))?,
             );
         }
@@ -264,12 +295,17 @@ fn feed_reference(
     if count == 0 {
         return Err("the reference video decoded to no frames".to_owned());
     }
-    Ok(())
+    Ok(idet)
 }
 
+/// The reference as a viewer should see it: deinterlaced (as the pipeline
+/// does, so an interlaced source is compared like for like), then `idet`
+/// (the baseline for the combing check: synthetic or detailed progressive
+/// content can look interlaced to it), upright, at its display size.
 fn reference_graph(
     frame: &ff::frame::Video,
     rotation: u32,
+    interlaced: Option<&str>,
     video: &ReferenceVideo,
 ) -> Result<ff::filter::Graph, ff::Error> {
     let mut graph = ff::filter::Graph::new();
@@ -278,6 +314,14 @@ fn reference_graph(
     graph.add(&buffer, "in", &buffer_args(frame, "1/1000000"))?;
     graph.add(&sink, "out", "")?;
     let mut chain = Vec::new();
+    if let Some(parity) = interlaced {
+        // bwdif counts time in fields (half the input's time base): back to
+        // microseconds, which the rest of qa assumes.
+        chain.push(format!(
+            "bwdif=mode=send_frame:parity={parity}:deint=all,settb=1/1000000"
+        ));
+    }
+    chain.push("idet".to_owned());
     match rotation {
         90 => chain.push("transpose=clock".to_owned()),
         180 => chain.push("hflip,vflip".to_owned()),
@@ -320,8 +364,9 @@ fn comparison_graph(
     // stands in (the last rung frame is half a frame past it by design);
     // extra rung frames are caught by the frame-count check.
     let spec = match vmaf_log {
+        // idet at the rung's own size: scaling blurs the field structure.
         None => format!(
-            "[dist]scale={w}:{h}:flags={SCALER},format=yuv420p,setsar=1[d];\
+            "[dist]idet,scale={w}:{h}:flags={SCALER},format=yuv420p,setsar=1[d];\
              [ref]split[r1][r2];[d][r1]psnr[p];[p][r2]ssim[out]"
         ),
         Some(log) => {
@@ -331,7 +376,7 @@ fn comparison_graph(
                 .replace('\\', "/")
                 .replace(':', "\\:");
             format!(
-                "[dist]scale={w}:{h}:flags={SCALER},format=yuv420p,setsar=1[d];\
+                "[dist]idet,scale={w}:{h}:flags={SCALER},format=yuv420p,setsar=1[d];\
                  [ref]split=3[r1][r2][r3];[d][r1]psnr[p];[p][r2]ssim[s];\
                  [s][r3]libvmaf=log_fmt=json:log_path={log}[out]"
             )
@@ -364,20 +409,53 @@ fn compare_rung(
     vmaf_log: Option<PathBuf>,
     progress: &Progress,
 ) -> Result<Quality, String> {
-    let (psnr, ssim) = compare_frames(rung, video, references, vmaf_log.as_deref(), progress)?;
+    let (psnr, ssim, idet) =
+        compare_frames(rung, video, references, vmaf_log.as_deref(), progress)?;
     // The graph is gone by now: libvmaf writes its log when it is freed.
     let vmaf_mean = vmaf_log.as_deref().and_then(read_vmaf);
-    Ok(summarise(psnr, ssim, vmaf_mean))
+    let mut quality = summarise(psnr, ssim, vmaf_mean);
+    quality.combed_frames = idet.interlaced();
+    quality.idet_frames = idet.judged();
+    Ok(quality)
 }
 
-/// Per-frame PSNR-Y and SSIM-Y of one rung.
+/// `idet`'s running multi-frame counts, as the last frame carries them.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdetCounts {
+    tff: u64,
+    bff: u64,
+    progressive: u64,
+    undetermined: u64,
+}
+
+impl IdetCounts {
+    fn read(frame: &ff::frame::Video) -> Option<Self> {
+        let count = |key: &str| metadata_value(frame, &[key]).map(|v| v.max(0.0) as u64);
+        Some(Self {
+            tff: count("lavfi.idet.multiple.tff")?,
+            bff: count("lavfi.idet.multiple.bff")?,
+            progressive: count("lavfi.idet.multiple.progressive")?,
+            undetermined: count("lavfi.idet.multiple.undetermined").unwrap_or(0),
+        })
+    }
+
+    fn interlaced(&self) -> u64 {
+        self.tff + self.bff
+    }
+
+    fn judged(&self) -> u64 {
+        self.tff + self.bff + self.progressive + self.undetermined
+    }
+}
+
+/// Per-frame PSNR-Y and SSIM-Y of one rung, and its interlace detection.
 fn compare_frames(
     rung: &RungSource,
     video: &ReferenceVideo,
     references: mpsc::Receiver<ff::frame::Video>,
     vmaf_log: Option<&Path>,
     progress: &Progress,
-) -> Result<(Vec<f64>, Vec<f64>), String> {
+) -> Result<(Vec<f64>, Vec<f64>, IdetCounts), String> {
     let (mut reader, _) = FrameReader::open(&rung.path, false, 1)?;
     let expected = video.frames;
     let frame_us = (1e6 / video.frame_rate.max(1.0)).round() as i64;
@@ -398,9 +476,13 @@ fn compare_frames(
     let mut sink = graph.get("out").ok_or("no output")?;
     let mut psnr = Vec::new();
     let mut ssim = Vec::new();
+    let mut idet = IdetCounts::default();
     let mut out = ff::frame::Video::empty();
     let mut collect = |sink: &mut ff::filter::Context, out: &mut ff::frame::Video| {
         while sink.sink().frame(out).is_ok() {
+            if let Some(counts) = IdetCounts::read(out) {
+                idet = counts;
+            }
             let p = metadata_value(out, &["lavfi.psnr.psnr.y", "lavfi.psnr.psnr.Y"]);
             let s = metadata_value(out, &["lavfi.ssim.Y", "lavfi.ssim.y"]);
             if let (Some(p), Some(s)) = (p, s) {
@@ -473,7 +555,7 @@ fn compare_frames(
             rung.name
         ));
     }
-    Ok((psnr, ssim))
+    Ok((psnr, ssim, idet))
 }
 
 fn read_vmaf(log: &Path) -> Option<f64> {
@@ -509,6 +591,10 @@ pub fn summarise(psnr: Vec<f64>, ssim: Vec<f64>, vmaf_mean: Option<f64>) -> Qual
         ssim_y_mean: mean(&ssim),
         ssim_y_low1: low1(&ssim),
         vmaf_mean,
+        combed_frames: 0,
+        idet_frames: 0,
+        reference_combed_frames: 0,
+        reference_idet_frames: 0,
         psnr_y: psnr,
         ssim_y: ssim,
     }

@@ -154,6 +154,19 @@ pub struct Quality {
     pub ssim_y_mean: f64,
     pub ssim_y_low1: f64,
     pub vmaf_mean: Option<f64>,
+    /// Frames FFmpeg's `idet` (multi-frame detection) judged interlaced
+    /// (combing), and all it judged.
+    #[serde(default)]
+    pub combed_frames: u64,
+    #[serde(default)]
+    pub idet_frames: u64,
+    /// The same for the reference (deinterlaced when interlaced): the
+    /// baseline, since detailed or synthetic progressive content can look
+    /// interlaced to `idet` too.
+    #[serde(default)]
+    pub reference_combed_frames: u64,
+    #[serde(default)]
+    pub reference_idet_frames: u64,
     /// Per compared frame, in presentation order (PSNR capped at 100 dB).
     pub psnr_y: Vec<f64>,
     pub ssim_y: Vec<f64>,

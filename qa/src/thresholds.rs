@@ -39,6 +39,10 @@ pub struct Thresholds {
     /// Frames per rung may differ from the reference's (after frame-rate
     /// capping) by this many.
     pub frame_count_tolerance: u64,
+    /// Largest share of a rung's frames FFmpeg's `idet` may call interlaced
+    /// beyond the share it calls interlaced in the (deinterlaced) reference:
+    /// an interlaced source published without deinterlacing shows combing.
+    pub max_combed_fraction: f64,
 }
 
 impl Default for Thresholds {
@@ -57,6 +61,7 @@ impl Default for Thresholds {
             max_av_offset_ms: 45.0,
             audio_duration_tolerance_ms: 50.0,
             frame_count_tolerance: 0,
+            max_combed_fraction: 0.1,
         }
     }
 }

@@ -199,6 +199,8 @@ async fn pipeline_and_qa(file: &str, name: &str, dash_too: bool) {
                     r["name"]
                 );
                 assert!(q["psnr_y_mean"].as_f64().unwrap() > 25.0, "{file}: {q}");
+                // The combing check ran on every rung (idet judged frames).
+                assert!(q["idet_frames"].as_u64().unwrap() > 0, "{file}: {q}");
             }
         }
     }
@@ -291,6 +293,18 @@ pipeline_fixture!(
 pipeline_fixture!(audio_only, "audio_only_stereo", "m4a", true);
 pipeline_fixture!(video_only, "video_only_720p30", "mp4", false);
 pipeline_fixture!(surround_51_downmixed, "surround51_720p30", "mp4", false);
+pipeline_fixture!(
+    interlaced_top_field_first_comes_out_progressive,
+    "interlaced_576i25_tff",
+    "mp4",
+    false
+);
+pipeline_fixture!(
+    interlaced_bottom_field_first_comes_out_progressive,
+    "interlaced_576i25_bff",
+    "mp4",
+    false
+);
 pipeline_fixture!(
     source_below_the_lowest_rung,
     "tiny_320x180_stereo",
@@ -521,6 +535,30 @@ async fn damaged_outputs_are_caught_with_the_failing_check_named() {
             "{what}: expected {check} [{rendition}] among {failed:?}"
         );
     }
+}
+
+/// An interlaced source published without deinterlacing (the operator
+/// switch off) is caught by `cascade qa`'s combing check on the rung at the
+/// source's size, with the check named.
+#[tokio::test]
+async fn combed_outputs_fail_the_combing_check() {
+    let db = fresh_db().await;
+    let stack = start_stack_with(&db, &[("CASCADE_TRANSCODE__DEINTERLACE", "false")]);
+    let source = fixtures_dir().join("interlaced_576i25_tff.mp4");
+    let (id, status, body) = upload(&stack, &source);
+    assert_eq!(status, 202, "{body}");
+    let asset = wait_terminal(&stack, &id).await;
+    assert_eq!(asset["state"], "ready", "{asset}");
+    let url = asset["playback"]["hls"].as_str().unwrap();
+    let (code, report, output) = run_qa(url, &source, &["--quiet"]);
+    assert_eq!(code, 1, "{output}");
+    let failed = failed_checks(&report);
+    assert!(
+        failed
+            .iter()
+            .any(|(check, rendition)| check == "quality.combing" && rendition == "576p"),
+        "{failed:?}"
+    );
 }
 
 #[tokio::test]

@@ -35,6 +35,8 @@ use crate::state::AppState;
 
 mod assembly;
 mod concat;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod handlers;
 mod sweep;
 mod write;

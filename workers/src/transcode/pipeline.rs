@@ -134,6 +134,36 @@ struct VideoSource {
     frame_rate: ff::Rational,
     display_width: u32,
     display_height: u32,
+    /// Interlaced source: which field is shown first (deinterlaced before
+    /// anything else, or every rung would publish combed frames).
+    interlaced: Option<FieldParity>,
+}
+
+/// The field a player shows first, for the deinterlacer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldParity {
+    TopFirst,
+    BottomFirst,
+}
+
+impl FieldParity {
+    /// From the stream's field order (`AVCodecParameters.field_order`):
+    /// `TT` and `BT` show the top field first, `BB` and `TB` the bottom one.
+    fn of(stream: &ff::format::stream::Stream) -> Option<Self> {
+        // SAFETY: the parameters belong to an open stream; field_order is a
+        // plain field of the struct they point at.
+        let order = unsafe { (*stream.parameters().as_ptr()).field_order };
+        match ff::codec::field_order::FieldOrder::from(order) {
+            ff::codec::field_order::FieldOrder::TT | ff::codec::field_order::FieldOrder::BT => {
+                Some(Self::TopFirst)
+            }
+            ff::codec::field_order::FieldOrder::BB | ff::codec::field_order::FieldOrder::TB => {
+                Some(Self::BottomFirst)
+            }
+            ff::codec::field_order::FieldOrder::Progressive
+            | ff::codec::field_order::FieldOrder::Unknown => None,
+        }
+    }
 }
 
 struct AudioSource {
@@ -419,6 +449,7 @@ fn open_video_source(
         frame_rate,
         display_width,
         display_height,
+        interlaced: FieldParity::of(stream).filter(|_| config.deinterlace),
     })
 }
 
@@ -515,6 +546,18 @@ fn build_video_graph(
         )?;
     }
     let mut chain = Vec::new();
+    // bwdif (motion adaptive, built on yadif and w3fdif): one progressive
+    // frame per interlaced frame, so the frame rate and the keyframe grid
+    // stay as the source declares them.
+    match source.interlaced {
+        Some(FieldParity::TopFirst) => {
+            chain.push("bwdif=mode=send_frame:parity=tff:deint=all".to_owned())
+        }
+        Some(FieldParity::BottomFirst) => {
+            chain.push("bwdif=mode=send_frame:parity=bff:deint=all".to_owned())
+        }
+        None => {}
+    }
     match source.rotation {
         90 => chain.push("transpose=clock".to_owned()),
         180 => chain.push("hflip,vflip".to_owned()),
