@@ -63,6 +63,54 @@ pub fn s3_config() -> S3Config {
     }
 }
 
+/// A TCP forwarder on loopback that a test can cut: while down, every open
+/// connection is closed and new ones are closed as soon as accepted (what a
+/// client sees of a store or database that went away). Stops with the test.
+pub struct FaultProxy {
+    pub addr: std::net::SocketAddr,
+    down: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Forwards 127.0.0.1:(free port) to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (down, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // Dropped: closed at once.
+                }
+                let mut cut = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.wait_for(|down| *down) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, down, task }
+    }
+
+    /// Cuts (`true`) or restores the connection.
+    pub fn set_down(&self, down: bool) {
+        let _ = self.down.send(down);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.set_down(true);
+        self.task.abort();
+    }
+}
+
 /// Held by the tests that need the machine's cores to themselves: a live
 /// ladder with players in Chromium, or a ladder overloaded on purpose.
 /// Tests run two at a time; two of these at once on two shared cores

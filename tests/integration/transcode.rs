@@ -901,3 +901,164 @@ async fn a_database_outage_mid_transcode_costs_no_attempt() {
     }
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// The object store goes away in the middle of a transcode (every
+/// connection cut, new ones refused) and comes back: the worker holds the
+/// encode while its writes fail, retries them, and publishes a complete
+/// ladder on the first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_outage_mid_transcode_pauses_it_and_costs_no_attempt() {
+    let db = fresh_db().await;
+    let mut s3 = crate::common::s3_config();
+    let target: std::net::SocketAddr = s3
+        .endpoint
+        .as_deref()
+        .and_then(|e| e.strip_prefix("http://"))
+        .and_then(|a| a.trim_end_matches('/').parse().ok())
+        .expect("an http://host:port S3 endpoint");
+    let proxy = crate::common::FaultProxy::start(target).await;
+    s3.endpoint = Some(format!("http://{}", proxy.addr));
+    s3.attempt_timeout = Duration::from_secs(2);
+    let store = ObjectStore::from_config(&StorageConfig {
+        s3: Some(s3),
+        ..StorageConfig::default()
+    })
+    .await
+    .unwrap();
+    let id = import(&db, &store, "landscape_1080p30_stereo.mp4").await;
+    let mut config = db.config.queue.clone();
+    config.concurrency = 1;
+    config.poll_interval = Duration::from_millis(200);
+    let worker = start_worker_queue(&db, &store, TranscodeConfig::default(), config, "w");
+    eventually(
+        "the transcode under way",
+        Duration::from_secs(60),
+        || async {
+            let asset = assets::get(&db.pool, id).await.unwrap().unwrap();
+            (asset.progress > 0.0).then_some(())
+        },
+    )
+    .await;
+    proxy.set_down(true);
+    let outage = Duration::from_secs(3);
+    tokio::time::sleep(outage).await;
+    proxy.set_down(false);
+
+    let asset = wait_terminal(&db, id).await;
+    assert_eq!(asset.state, AssetState::Ready, "{:?}", asset.error_message);
+    let client = db.pool.get().await.unwrap();
+    let attempts: i32 = client
+        .query_one(
+            "SELECT attempts FROM jobs WHERE kind = $1",
+            &[&job_kind::TRANSCODE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1, "the outage cost an attempt");
+    // Every segment each media playlist names is stored, whole.
+    let version = asset.published_version.unwrap() as u32;
+    for rendition in assets::renditions(&db.pool, id, version as i32)
+        .await
+        .unwrap()
+    {
+        let name = cascade_schemas::RenditionName::new(rendition.name.clone()).unwrap();
+        let playlist = store
+            .get(
+                &cascade_schemas::ObjectKey::media_playlist(id, version, &name),
+                None,
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&playlist).into_owned();
+        let segments: Vec<u64> = text
+            .lines()
+            .filter(|l| l.ends_with(".m4s"))
+            .filter_map(|l| l.trim_end_matches(".m4s").rsplit('/').next()?.parse().ok())
+            .collect();
+        assert!(!segments.is_empty(), "{text}");
+        for sequence in segments {
+            let key = cascade_schemas::ObjectKey::media_segment(id, version, &name, sequence);
+            let stored = store.get(&key, None).await.unwrap();
+            assert!(stored.meta.size > 0, "{key}");
+        }
+    }
+    worker.stop().await;
+}
+
+/// A source whose resolution changes mid-stream (MPEG-TS allows it: a
+/// broadcast switching from 640x360 to 320x240): the ladder planned from
+/// the start keeps its sizes, every frame of both parts is encoded into it,
+/// and each rung decodes to the whole duration.
+#[test]
+fn a_resolution_change_mid_stream_is_scaled_into_the_planned_ladder() {
+    use cascade_workers::transcode::pipeline::{run as transcode_file, Event};
+    let dir = tempfile::tempdir().unwrap();
+    let part = |name: &str, size: &str| {
+        let path = dir.path().join(name);
+        let (ok, _, err) = run(Command::new("ffmpeg")
+            .args(["-v", "error", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc2=size={size}:rate=25:duration=2"))
+            .args(["-c:v", "libx264", "-g", "25", "-f", "mpegts"])
+            .arg(&path));
+        assert!(ok, "{err}");
+        path
+    };
+    let (first, second) = (part("a.ts", "640x360"), part("b.ts", "320x240"));
+    let joined = dir.path().join("joined.ts");
+    let (ok, _, err) = run(Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(format!("concat:{}|{}", first.display(), second.display()))
+        .args(["-c", "copy"])
+        .arg(&joined));
+    assert!(ok, "{err}");
+
+    let (events, mut received) = tokio::sync::mpsc::channel(64);
+    let collector = std::thread::spawn(move || {
+        let mut outputs: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+        while let Some(event) = received.blocking_recv() {
+            match event {
+                Event::Init { rendition, bytes, .. } => {
+                    outputs.entry(rendition).or_default().splice(0..0, bytes);
+                }
+                Event::Segment { rendition, bytes, .. } => {
+                    outputs.entry(rendition).or_default().extend(bytes);
+                }
+                _ => {}
+            }
+        }
+        outputs
+    });
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let summary = transcode_file(
+        &joined,
+        &TranscodeConfig::default(),
+        encoders::VideoEncoder::Libx264,
+        &events,
+        &cancel,
+    )
+    .expect("the transcode");
+    drop(events);
+    let outputs = collector.join().unwrap();
+    assert!((summary.duration - 4.0).abs() < 0.2, "{}", summary.duration);
+    let names: Vec<&str> = summary.renditions.iter().map(|(r, _)| r.name.as_str()).collect();
+    assert_eq!(names, ["360p", "240p"]);
+    for (name, size) in [("360p", "640x360"), ("240p", "426x240")] {
+        let path = dir.path().join(format!("{name}.mp4"));
+        std::fs::write(&path, &outputs[name]).unwrap();
+        let probe = ffprobe_json(
+            &["-count_frames", "-show_entries", "stream=width,height,nb_read_frames"],
+            &path,
+        );
+        let stream = &probe["streams"][0];
+        assert_eq!(
+            format!("{}x{}", stream["width"], stream["height"]),
+            size,
+            "{name}: {probe}"
+        );
+        assert_eq!(stream["nb_read_frames"], "100", "{name}: {probe}");
+    }
+}

@@ -288,9 +288,10 @@ impl Inner {
                     rendition, bytes, ..
                 } => match RenditionName::new(rendition) {
                     Ok(name) => {
-                        self.put(
+                        self.put_patiently(
                             ObjectKey::init_segment(job.asset_id, job.version, &name),
                             bytes,
+                            ctx,
                         )
                         .await
                     }
@@ -303,9 +304,10 @@ impl Inner {
                     ..
                 } => match RenditionName::new(rendition) {
                     Ok(name) => {
-                        self.put(
+                        self.put_patiently(
                             ObjectKey::media_segment(job.asset_id, job.version, &name, sequence),
                             bytes,
+                            ctx,
                         )
                         .await
                     }
@@ -330,11 +332,36 @@ impl Inner {
         self.publish(job, summary, ctx).await
     }
 
-    async fn put(&self, key: ObjectKey, bytes: Bytes) -> Result<(), String> {
-        self.store
-            .put_bytes(&key, bytes)
-            .await
-            .map_err(|e| e.to_string())
+    /// Stores one output through a storage outage: a transient failure is
+    /// retried with backoff for up to `queue.outage_grace` while the job
+    /// holds its lease, so an outage pauses the encode (the bounded channel
+    /// holds the pipeline back) instead of throwing it away.
+    async fn put_patiently(
+        &self,
+        key: ObjectKey,
+        bytes: Bytes,
+        ctx: &JobContext,
+    ) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + ctx.outage_grace;
+        let mut backoff = std::time::Duration::from_millis(250);
+        loop {
+            match self.store.put_bytes(&key, bytes.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(error)
+                    if error.is_retryable()
+                        && std::time::Instant::now() + backoff < deadline
+                        && !ctx.cancel.is_cancelled() =>
+                {
+                    tracing::warn!(key = %key, error = %error, retry_in = ?backoff, "storage unavailable; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = ctx.cancel.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+        }
     }
 
     /// Copies the source of output version `version` to `path`.
@@ -386,9 +413,10 @@ impl Inner {
                 .map_err(|e| TranscodeError::internal("rendering a media playlist", e))?;
             let name = RenditionName::new(rendition.name.clone())
                 .map_err(|e| TranscodeError::internal("rendition name", e))?;
-            self.put(
+            self.put_patiently(
                 ObjectKey::media_playlist(job.asset_id, job.version, &name),
                 Bytes::from(playlist.render()),
+                ctx,
             )
             .await
             .map_err(TranscodeError::Internal)?;
@@ -397,15 +425,17 @@ impl Inner {
             .map_err(|e| TranscodeError::internal("rendering the master playlist", e))?;
         let mpd = dash::render_mpd(&renditions, &layout)
             .map_err(|e| TranscodeError::internal("rendering the MPD", e))?;
-        self.put(
+        self.put_patiently(
             ObjectKey::dash_manifest(job.asset_id, job.version),
             Bytes::from(mpd),
+            ctx,
         )
         .await
         .map_err(TranscodeError::Internal)?;
-        self.put(
+        self.put_patiently(
             ObjectKey::hls_master(job.asset_id, job.version),
             Bytes::from(master),
+            ctx,
         )
         .await
         .map_err(TranscodeError::Internal)?;
