@@ -1021,10 +1021,14 @@ fn a_resolution_change_mid_stream_is_scaled_into_the_planned_ladder() {
         let mut outputs: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
         while let Some(event) = received.blocking_recv() {
             match event {
-                Event::Init { rendition, bytes, .. } => {
+                Event::Init {
+                    rendition, bytes, ..
+                } => {
                     outputs.entry(rendition).or_default().splice(0..0, bytes);
                 }
-                Event::Segment { rendition, bytes, .. } => {
+                Event::Segment {
+                    rendition, bytes, ..
+                } => {
                     outputs.entry(rendition).or_default().extend(bytes);
                 }
                 _ => {}
@@ -1044,13 +1048,21 @@ fn a_resolution_change_mid_stream_is_scaled_into_the_planned_ladder() {
     drop(events);
     let outputs = collector.join().unwrap();
     assert!((summary.duration - 4.0).abs() < 0.2, "{}", summary.duration);
-    let names: Vec<&str> = summary.renditions.iter().map(|(r, _)| r.name.as_str()).collect();
+    let names: Vec<&str> = summary
+        .renditions
+        .iter()
+        .map(|(r, _)| r.name.as_str())
+        .collect();
     assert_eq!(names, ["360p", "240p"]);
     for (name, size) in [("360p", "640x360"), ("240p", "426x240")] {
         let path = dir.path().join(format!("{name}.mp4"));
         std::fs::write(&path, &outputs[name]).unwrap();
         let probe = ffprobe_json(
-            &["-count_frames", "-show_entries", "stream=width,height,nb_read_frames"],
+            &[
+                "-count_frames",
+                "-show_entries",
+                "stream=width,height,nb_read_frames",
+            ],
             &path,
         );
         let stream = &probe["streams"][0];

@@ -392,3 +392,82 @@ async fn termination_and_expiry_leave_no_parts_local() {
 async fn termination_and_expiry_leave_no_parts_s3() {
     termination_and_expiry_leave_no_parts(Backend::s3()).await
 }
+
+/// The object store goes away in the middle of a tus upload (S3 through a
+/// proxy the test cuts): the PATCHes that meet the outage fail with a
+/// retryable error and record nothing past what is stored, the client
+/// (tuspy, retrying once a second) carries on, and once the store is back
+/// the upload completes with a byte-identical source. (Multi-threaded: the
+/// proxy runs in this runtime while the test blocks on the client.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_outage_mid_upload_is_retried_to_a_whole_source() {
+    let db = fresh_db().await;
+    let backend = Backend::s3();
+    let target: SocketAddr = std::env::var("CASCADE_TEST_S3_ENDPOINT")
+        .unwrap()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = crate::common::FaultProxy::start(target).await;
+    let endpoint = format!("http://{}", proxy.addr);
+    let bucket = backend.bucket.clone().unwrap();
+    let ingest = start(
+        &db,
+        "ingest",
+        &backend.root,
+        free_port(),
+        &[
+            ("CASCADE_STORAGE__S3__ENDPOINT", &endpoint),
+            ("CASCADE_STORAGE__S3__BUCKET", &bucket),
+        ],
+    );
+    let file = super::fixture("landscape_1080p30_stereo.mp4");
+    let (mut child, mut lines) = super::tuspy(&[ingest.addr], &file, 3);
+    assert!(lines.by_ref().any(|l| l == "PAUSED"), "paused mid-upload");
+    proxy.set_down(true);
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let outage = Duration::from_secs(3);
+    tokio::time::sleep(outage).await;
+    let client = db.pool.get().await.unwrap();
+    let row = client
+        .query_one("SELECT \"offset\", length FROM uploads", &[])
+        .await
+        .unwrap();
+    let (offset, length): (i64, i64) = (row.get(0), row.get(1));
+    assert!(
+        offset < length,
+        "nothing recorded past what the store holds: {offset} of {length}"
+    );
+    proxy.set_down(false);
+    assert!(lines.any(|l| l.starts_with("DONE")), "upload finished");
+    assert!(child.wait().unwrap().success());
+
+    eventually("the upload complete", Duration::from_secs(60), || async {
+        let row = client
+            .query_one("SELECT state, asset_id FROM uploads", &[])
+            .await
+            .ok()?;
+        (row.get::<_, &str>(0) == "complete").then(|| row.get::<_, uuid::Uuid>(1))
+    })
+    .await;
+    let asset: uuid::Uuid = client
+        .query_one("SELECT asset_id FROM uploads", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let stored = backend
+        .store()
+        .await
+        .get(&ObjectKey::source(AssetId::from(asset)), None)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        hex::encode(Sha256::digest(&stored)),
+        hex::encode(Sha256::digest(std::fs::read(&file).unwrap())),
+        "the stored source is byte-identical"
+    );
+}
