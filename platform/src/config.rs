@@ -827,7 +827,8 @@ pub struct TranscodeConfig {
     /// that lies about its length). Default `12h`.
     #[serde(with = "humantime_serde")]
     pub max_duration: Duration,
-    /// Where sources are staged while transcoding. Default: the system temp dir.
+    /// Not used any more (sources are decoded straight from storage); still
+    /// accepted so existing configuration files load.
     pub scratch_dir: Option<PathBuf>,
     /// How often progress is written to the asset. Default `1s`.
     #[serde(with = "humantime_serde")]

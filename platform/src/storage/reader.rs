@@ -3,9 +3,12 @@
 //!
 //! For libraries that read files synchronously but need only parts of a
 //! large object: FFmpeg's demuxers, through custom I/O, probing an upload
-//! read its header and index (a few MiB), not the whole source. Nothing is
-//! copied to local disk, so an ingest replica needs no scratch space sized
-//! for the largest upload.
+//! read its header and index (a few MiB), not the whole source, and a
+//! transcode decodes straight from storage. Nothing is copied to local disk,
+//! so neither an ingest replica nor a worker needs scratch space sized for
+//! the largest upload. Reading on from one block to the next fetches the
+//! block after in the background (read-ahead), so a sequential reader such
+//! as a decoder rarely waits on a GET.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -36,6 +39,18 @@ pub struct ObjectReader {
     /// `(first byte, bytes)`, most recently used last.
     cache: VecDeque<(u64, Bytes)>,
     fetched: Arc<AtomicU64>,
+    /// The next block, being fetched: `(first byte, fetch)`.
+    ahead: Option<(u64, tokio::task::JoinHandle<io::Result<Bytes>>)>,
+    /// How long a transiently failing GET is retried (storage outages).
+    patience: std::time::Duration,
+}
+
+impl Drop for ObjectReader {
+    fn drop(&mut self) {
+        if let Some((_, fetch)) = self.ahead.take() {
+            fetch.abort();
+        }
+    }
 }
 
 impl ObjectReader {
@@ -54,6 +69,62 @@ impl ObjectReader {
             runtime,
             cache: VecDeque::with_capacity(CACHED_BLOCKS),
             fetched: Arc::new(AtomicU64::new(0)),
+            ahead: None,
+            patience: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Retries a GET that fails transiently, with backoff, for up to
+    /// `patience` (a reader that decodes a whole source waits out a storage
+    /// outage instead of failing the job). Default: no retry.
+    pub fn with_patience(mut self, patience: std::time::Duration) -> Self {
+        self.patience = patience;
+        self
+    }
+
+    /// Fetches the block starting at `start`.
+    fn fetch(
+        &self,
+        start: u64,
+    ) -> impl std::future::Future<Output = io::Result<Bytes>> + Send + 'static {
+        let last = (start + READ_BLOCK).min(self.length) - 1;
+        let wanted = last - start + 1;
+        let (store, key) = (self.store.clone(), self.key.clone());
+        let fetched = Arc::clone(&self.fetched);
+        let patience = self.patience;
+        async move {
+            let deadline = std::time::Instant::now() + patience;
+            let mut backoff = std::time::Duration::from_millis(250);
+            let bytes = loop {
+                let range = Some(ByteRange::Inclusive { first: start, last });
+                let got = match store.get(&key, range).await {
+                    Ok(body) => body.collect().await,
+                    Err(error) => Err(error),
+                };
+                match got {
+                    Ok(bytes) => break bytes,
+                    Err(error)
+                        if error.is_retryable()
+                            && std::time::Instant::now() + backoff < deadline =>
+                    {
+                        tracing::warn!(key = %key, error = %error, retry_in = ?backoff, "storage unavailable; retrying a read");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    }
+                    Err(error) => return Err(io::Error::other(error)),
+                }
+            };
+            if bytes.len() as u64 != wanted {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{key} returned {} bytes for bytes {start}-{last}",
+                        bytes.len()
+                    ),
+                ));
+            }
+            fetched.fetch_add(wanted, Ordering::Relaxed);
+            Ok(bytes)
         }
     }
 
@@ -77,30 +148,31 @@ impl ObjectReader {
                 self.cache.push_back(entry);
             }
         } else {
-            let last = (start + READ_BLOCK).min(self.length) - 1;
-            let wanted = last - start + 1;
-            let (store, key) = (self.store.clone(), self.key.clone());
-            let bytes = self
-                .runtime
-                .block_on(async move {
-                    store
-                        .get(&key, Some(ByteRange::Inclusive { first: start, last }))
-                        .await?
-                        .collect()
-                        .await
-                })
-                .map_err(io::Error::other)?;
-            if bytes.len() as u64 != wanted {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "{} returned {} bytes for bytes {start}-{last}",
-                        self.key,
-                        bytes.len()
-                    ),
-                ));
+            let bytes = match self.ahead.take() {
+                Some((first, fetch)) if first == start => {
+                    self.runtime.block_on(fetch).map_err(io::Error::other)??
+                }
+                other => {
+                    if let Some((_, stale)) = other {
+                        stale.abort();
+                    }
+                    self.runtime.block_on(self.fetch(start))?
+                }
+            };
+            // Reading on from the previous block: fetch the next one now, on
+            // a runtime whose workers run it meanwhile (a current-thread
+            // runtime runs tasks only while its own thread drives it).
+            let next = start + READ_BLOCK;
+            let sequential = start >= READ_BLOCK
+                && self
+                    .cache
+                    .iter()
+                    .any(|(first, _)| *first == start - READ_BLOCK);
+            let background =
+                self.runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+            if sequential && background && next < self.length {
+                self.ahead = Some((next, self.runtime.spawn(self.fetch(next))));
             }
-            self.fetched.fetch_add(wanted, Ordering::Relaxed);
             if self.cache.len() == CACHED_BLOCKS {
                 self.cache.pop_front();
             }
@@ -203,6 +275,48 @@ mod tests {
         assert_eq!(past, 0);
         // Four blocks touched, each fetched once.
         assert_eq!(fetched, data.len() as u64);
+    }
+
+    /// A decoder's pattern: one pass from start to end. On a multi-thread
+    /// runtime the next block is fetched ahead; every byte arrives once and
+    /// in order, and nothing past the end is asked for.
+    #[test]
+    fn a_sequential_read_fetches_ahead_and_each_block_once() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = pattern(4 * READ_BLOCK as usize + 777);
+        let key = ObjectKey::scratch(uuid::Uuid::new_v4());
+        let store = runtime.block_on(async {
+            let store = ObjectStore::Local(LocalStore::open(dir.path()).await.unwrap());
+            store
+                .put_bytes(&key, Bytes::from(data.clone()))
+                .await
+                .unwrap();
+            store
+        });
+        let handle = runtime.handle().clone();
+        let length = data.len() as u64;
+        let (read, fetched) = std::thread::spawn(move || {
+            let mut reader = ObjectReader::new(store, key, length, handle);
+            let mut read = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = reader.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                read.extend_from_slice(&buf[..n]);
+            }
+            (read, reader.bytes_fetched())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(read, data);
+        assert_eq!(fetched, length);
     }
 
     #[test]

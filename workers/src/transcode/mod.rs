@@ -28,7 +28,8 @@ use bytes::Bytes;
 use cascade_packager::{dash, hls, MediaKind, UriLayout};
 use cascade_platform::assets::{self, RenditionRow};
 use cascade_platform::config::TranscodeConfig;
-use cascade_platform::storage::{CopyError, StorageError};
+use cascade_platform::storage::reader::ObjectReader;
+use cascade_platform::storage::StorageError;
 use cascade_platform::ObjectStore;
 use cascade_schemas::{AssetId, AssetState, ObjectKey, RenditionName};
 use deadpool_postgres::Pool;
@@ -216,31 +217,37 @@ impl Inner {
         job: &TranscodeJob,
         ctx: &JobContext,
     ) -> Result<(), TranscodeError> {
-        let scratch_root = self
-            .config
-            .scratch_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
-        tokio::fs::create_dir_all(&scratch_root)
-            .await
-            .map_err(|e| TranscodeError::internal("creating the scratch directory", e))?;
-        let scratch = tempfile::Builder::new()
-            .prefix("cascade-transcode-")
-            .tempdir_in(&scratch_root)
-            .map_err(|e| TranscodeError::internal("creating a scratch directory", e))?;
-        let source_path = scratch.path().join("source");
-        self.stage_source(job.asset_id, job.version, &source_path)
-            .await?;
-
+        let key = ObjectKey::source_version(job.asset_id, job.version);
+        let meta = match self.store.head(&key).await {
+            Ok(meta) => meta,
+            Err(StorageError::NotFound { .. }) => {
+                return Err(TranscodeError::input(
+                    "no_source",
+                    "no source file was uploaded for this asset",
+                ))
+            }
+            Err(e) => return Err(TranscodeError::internal("reading the source", e)),
+        };
+        if meta.size == 0 {
+            return Err(TranscodeError::input("empty", "the uploaded file is empty"));
+        }
+        // Decoded straight from storage by ranged reads: no scratch copy, so
+        // encoding starts at once and no worker disk can fill up.
+        let reader = ObjectReader::new(
+            self.store.clone(),
+            key,
+            meta.size,
+            tokio::runtime::Handle::current(),
+        )
+        .with_patience(ctx.outage_grace);
         let (events, mut received) = mpsc::channel::<pipeline::Event>(16);
         let cancel = Arc::new(AtomicBool::new(false));
         let pipeline = {
             let config = self.config.clone();
             let encoder = self.encoder;
             let cancel = cancel.clone();
-            let path = source_path.clone();
             tokio::task::spawn_blocking(move || {
-                pipeline::run(&path, &config, encoder, &events, &cancel)
+                pipeline::run_reader(reader, &config, encoder, &events, &cancel)
             })
         };
         // Upload what the pipeline produces while it runs.
@@ -328,7 +335,6 @@ impl Inner {
             )));
         }
         let summary = summary?;
-        drop(scratch);
         self.publish(job, summary, ctx).await
     }
 
@@ -361,40 +367,6 @@ impl Inner {
                 }
                 Err(error) => return Err(error.to_string()),
             }
-        }
-    }
-
-    /// Copies the source of output version `version` to `path`.
-    async fn stage_source(
-        &self,
-        asset: AssetId,
-        version: u32,
-        path: &std::path::Path,
-    ) -> Result<(), TranscodeError> {
-        let body = match self
-            .store
-            .get(&ObjectKey::source_version(asset, version), None)
-            .await
-        {
-            Ok(body) => body,
-            Err(StorageError::NotFound { .. }) => {
-                return Err(TranscodeError::input(
-                    "no_source",
-                    "no source file was uploaded for this asset",
-                ))
-            }
-            Err(e) => return Err(TranscodeError::internal("reading the source", e)),
-        };
-        if body.meta.size == 0 {
-            return Err(TranscodeError::input("empty", "the uploaded file is empty"));
-        }
-        let mut file = tokio::fs::File::create(path)
-            .await
-            .map_err(|e| TranscodeError::internal("staging the source", e))?;
-        match body.copy_to(&mut file).await {
-            Ok(_) => Ok(()),
-            Err(CopyError::Read(e)) => Err(TranscodeError::internal("reading the source", e)),
-            Err(CopyError::Write(e)) => Err(TranscodeError::internal("staging the source", e)),
         }
     }
 

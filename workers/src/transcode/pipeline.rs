@@ -682,6 +682,43 @@ pub fn run(
     run_input(input, config, video_encoder, events, cancel, 0.0, None)
 }
 
+/// [`run`] over any seekable reader (through FFmpeg's custom I/O), such as
+/// a stored source read by ranged GETs: the transcode decodes straight from
+/// storage, with no copy to local disk first.
+pub fn run_reader<R>(
+    mut reader: R,
+    config: &TranscodeConfig,
+    video_encoder: VideoEncoder,
+    events: &mpsc::Sender<Event>,
+    cancel: &AtomicBool,
+) -> Result<Summary, TranscodeError>
+where
+    R: std::io::Read + std::io::Seek + Send + 'static,
+{
+    super::init_ffmpeg();
+    let mut head = [0u8; HEAD_BYTES];
+    let head_len = read_head(&mut reader, &mut head).map_err(read_failure)?;
+    reader
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(read_failure)?;
+    let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let io = ff::format::context::StreamIo::from_read_seek(FailureRecorder {
+        inner: reader,
+        failure: failure.clone(),
+    })
+    .map_err(|e| TranscodeError::Internal(format!("custom I/O for the source: {e}")))?;
+    let result = ff::format::input_from_stream(io, None, Some(untrusted_input_options(false)))
+        .map_err(|e| input_error_for_head(&head[..head_len], e))
+        .and_then(|input| run_input(input, config, video_encoder, events, cancel, 0.0, None));
+    // A failed read looks like the end of the media to FFmpeg: storage
+    // trouble must not pass for a truncated source (or a short output).
+    let failed = failure.lock().ok().and_then(|mut f| f.take());
+    match failed {
+        Some(error) => Err(read_failure(error)),
+        None => result,
+    }
+}
+
 /// Runs the transcode of an opened input (a file, or a live stream read
 /// through custom I/O). Output timestamps start at `timeline_offset`
 /// seconds (a live broadcast's later sessions continue its timeline). A
