@@ -827,6 +827,15 @@ pub struct TranscodeConfig {
     /// that lies about its length). Default `12h`.
     #[serde(with = "humantime_serde")]
     pub max_duration: Duration,
+    /// A source that decodes slower than this many seconds of media per
+    /// second of work, once `min_speed_after` has passed, is refused
+    /// (`decode_too_slow`): crafted media can make a decoder crawl. Even a
+    /// 4K ladder on two cores runs above 0.1. `0` turns the check off.
+    /// Default `0.01`.
+    pub min_speed: f64,
+    /// How long a transcode runs before `min_speed` is checked. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub min_speed_after: Duration,
     /// Not used any more (sources are decoded straight from storage); still
     /// accepted so existing configuration files load.
     pub scratch_dir: Option<PathBuf>,
@@ -874,6 +883,8 @@ impl Default for TranscodeConfig {
             max_dimension: 8192,
             deinterlace: true,
             max_duration: Duration::from_secs(12 * 3600),
+            min_speed: 0.01,
+            min_speed_after: Duration::from_secs(60),
             scratch_dir: None,
             progress_interval: Duration::from_secs(1),
             lookahead_frames: None,

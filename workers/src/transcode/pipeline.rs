@@ -904,6 +904,9 @@ pub fn run_input(
         gop_seconds,
         timeline_offset,
         max_seconds: pacer.is_none().then_some(config.max_duration.as_secs_f64()),
+        started: Instant::now(),
+        min_speed: (pacer.is_none() && config.min_speed > 0.0)
+            .then_some((config.min_speed, config.min_speed_after)),
         pacer,
         frame_index: 0,
     };
@@ -936,6 +939,8 @@ pub fn run_input(
                 if cancel.load(Ordering::Relaxed) {
                     return Err(TranscodeError::Cancelled);
                 }
+                // Also when no frame comes out at all.
+                state.check_speed()?;
                 match packet.read(&mut input) {
                     Ok(()) => {}
                     Err(ff::Error::Eof) => break,
@@ -1141,9 +1146,30 @@ struct LoopState {
     frame_index: u64,
     /// Files only: media time past which the source is refused.
     max_seconds: Option<f64>,
+    started: Instant,
+    /// Files only: `(media seconds per second, checked after)`.
+    min_speed: Option<(f64, Duration)>,
 }
 
 impl LoopState {
+    /// Refuses a source that decodes slower than `transcode.min_speed`.
+    fn check_speed(&self) -> Result<(), TranscodeError> {
+        if let Some((speed, after)) = self.min_speed {
+            let elapsed = self.started.elapsed();
+            if elapsed >= after && self.decoded_end < elapsed.as_secs_f64() * speed {
+                return Err(TranscodeError::input(
+                    "decode_too_slow",
+                    format!(
+                        "the video decodes far too slowly ({:.1} s of it in {:.0} s of work); it may be damaged or crafted to stall decoders",
+                        self.decoded_end,
+                        elapsed.as_secs_f64()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn progress(
         &mut self,
         seconds: f64,
@@ -1153,6 +1179,7 @@ impl LoopState {
         if let Some(max) = self.max_seconds.filter(|max| self.decoded_end > *max) {
             return Err(too_long(max));
         }
+        self.check_speed()?;
         if self.last_progress.elapsed() >= self.progress_every {
             self.last_progress = Instant::now();
             send(events, Event::Progress(self.decoded_end))?;
