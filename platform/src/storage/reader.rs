@@ -227,23 +227,32 @@ mod tests {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
     }
 
+    /// `data` stored in a local store of its own (kept while the directory is).
+    fn stored(
+        runtime: &tokio::runtime::Runtime,
+        data: &[u8],
+    ) -> (tempfile::TempDir, ObjectStore, ObjectKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ObjectKey::scratch(uuid::Uuid::new_v4());
+        let store = runtime.block_on(async {
+            let store = ObjectStore::Local(LocalStore::open(dir.path()).await.unwrap());
+            store
+                .put_bytes(&key, Bytes::copy_from_slice(data))
+                .await
+                .unwrap();
+            store
+        });
+        (dir, store, key)
+    }
+
     #[test]
     fn reads_and_seeks_across_blocks_fetching_only_what_is_read() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
         let data = pattern(3 * READ_BLOCK as usize + 1000);
-        let key = ObjectKey::scratch(uuid::Uuid::new_v4());
-        let store = runtime.block_on(async {
-            let store = ObjectStore::Local(LocalStore::open(dir.path()).await.unwrap());
-            store
-                .put_bytes(&key, Bytes::from(data.clone()))
-                .await
-                .unwrap();
-            store
-        });
+        let (_dir, store, key) = stored(&runtime, &data);
         let handle = runtime.handle().clone();
         // Blocking reads, as from spawn_blocking: off the runtime's thread.
         let (fetched, tail, across, end, past) = std::thread::spawn(move || {
@@ -287,17 +296,8 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
         let data = pattern(4 * READ_BLOCK as usize + 777);
-        let key = ObjectKey::scratch(uuid::Uuid::new_v4());
-        let store = runtime.block_on(async {
-            let store = ObjectStore::Local(LocalStore::open(dir.path()).await.unwrap());
-            store
-                .put_bytes(&key, Bytes::from(data.clone()))
-                .await
-                .unwrap();
-            store
-        });
+        let (_dir, store, key) = stored(&runtime, &data);
         let handle = runtime.handle().clone();
         let length = data.len() as u64;
         let (read, fetched) = std::thread::spawn(move || {

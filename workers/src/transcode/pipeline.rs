@@ -686,12 +686,28 @@ pub fn run(
 /// a stored source read by ranged GETs: the transcode decodes straight from
 /// storage, with no copy to local disk first.
 pub fn run_reader<R>(
-    mut reader: R,
+    reader: R,
     config: &TranscodeConfig,
     video_encoder: VideoEncoder,
     events: &mpsc::Sender<Event>,
     cancel: &AtomicBool,
 ) -> Result<Summary, TranscodeError>
+where
+    R: std::io::Read + std::io::Seek + Send + 'static,
+{
+    with_untrusted_reader(reader, |input| {
+        run_input(input, config, video_encoder, events, cancel, 0.0, None)
+    })
+}
+
+/// Opens `reader` as untrusted media through FFmpeg's custom I/O and hands
+/// the input to `work`. FFmpeg sees a failed read as the end of the media,
+/// so a read that failed below it (storage trouble) is reported as such,
+/// never as a damaged or truncated source.
+fn with_untrusted_reader<R, T>(
+    mut reader: R,
+    work: impl FnOnce(ff::format::context::Input) -> Result<T, TranscodeError>,
+) -> Result<T, TranscodeError>
 where
     R: std::io::Read + std::io::Seek + Send + 'static,
 {
@@ -709,9 +725,7 @@ where
     .map_err(|e| TranscodeError::Internal(format!("custom I/O for the source: {e}")))?;
     let result = ff::format::input_from_stream(io, None, Some(untrusted_input_options(false)))
         .map_err(|e| input_error_for_head(&head[..head_len], e))
-        .and_then(|input| run_input(input, config, video_encoder, events, cancel, 0.0, None));
-    // A failed read looks like the end of the media to FFmpeg: storage
-    // trouble must not pass for a truncated source (or a short output).
+        .and_then(work);
     let failed = failure.lock().ok().and_then(|mut f| f.take());
     match failed {
         Some(error) => Err(read_failure(error)),
@@ -1445,35 +1459,11 @@ pub fn probe_file(path: &Path, config: &TranscodeConfig) -> Result<ProbeSummary,
 /// [`probe_file`] over any seekable reader (through FFmpeg's custom I/O),
 /// such as a stored object read by ranged GETs: the demuxer reads only the
 /// header, the index and the first packets, not the whole file.
-pub fn probe_reader<R>(
-    mut reader: R,
-    config: &TranscodeConfig,
-) -> Result<ProbeSummary, TranscodeError>
+pub fn probe_reader<R>(reader: R, config: &TranscodeConfig) -> Result<ProbeSummary, TranscodeError>
 where
     R: std::io::Read + std::io::Seek + Send + 'static,
 {
-    super::init_ffmpeg();
-    let mut head = [0u8; HEAD_BYTES];
-    let head_len = read_head(&mut reader, &mut head).map_err(read_failure)?;
-    reader
-        .seek(std::io::SeekFrom::Start(0))
-        .map_err(read_failure)?;
-    let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let io = ff::format::context::StreamIo::from_read_seek(FailureRecorder {
-        inner: reader,
-        failure: failure.clone(),
-    })
-    .map_err(|e| TranscodeError::Internal(format!("custom I/O for the probe: {e}")))?;
-    let probed = ff::format::input_from_stream(io, None, Some(untrusted_input_options(false)))
-        .map_err(|e| input_error_for_head(&head[..head_len], e))
-        .and_then(|input| probe_input(input, config));
-    // FFmpeg sees a failed read as the end of the media; a store that failed
-    // must not make a good upload look damaged.
-    let failed = failure.lock().ok().and_then(|mut f| f.take());
-    match failed {
-        Some(error) => Err(read_failure(error)),
-        None => probed,
-    }
+    with_untrusted_reader(reader, |input| probe_input(input, config))
 }
 
 /// A read that failed below FFmpeg (storage, not the media).
