@@ -833,6 +833,10 @@ pub struct TranscodeConfig {
     /// 4K ladder on two cores runs above 0.1. `0` turns the check off.
     /// Default `0.01`.
     pub min_speed: f64,
+    /// Sources with more video frames than this are refused
+    /// (`too_many_frames`): a crafted stream can pack an absurd frame rate
+    /// into a short duration. Default: 12 hours at 240 frames/s.
+    pub max_source_frames: u64,
     /// How long a transcode runs before `min_speed` is checked. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub min_speed_after: Duration,
@@ -884,6 +888,7 @@ impl Default for TranscodeConfig {
             deinterlace: true,
             max_duration: Duration::from_secs(12 * 3600),
             min_speed: 0.01,
+            max_source_frames: 12 * 3600 * 240,
             min_speed_after: Duration::from_secs(60),
             scratch_dir: None,
             progress_interval: Duration::from_secs(1),

@@ -766,7 +766,8 @@ async fn a_source_that_kills_every_worker_is_quarantined_after_backoff() {
 /// read, by the file probe, the probe over a stored object and the worker
 /// alike; a source longer than `transcode.max_duration` is refused at the
 /// probe (declared length) and while decoding (timestamps); one that
-/// decodes slower than `transcode.min_speed` is refused too.
+/// decodes slower than `transcode.min_speed`, or has more frames than
+/// `transcode.max_source_frames`, is refused too.
 #[test]
 fn untrusted_playlists_and_scripts_are_refused_before_they_open_anything() {
     use cascade_workers::transcode::pipeline::{probe_file, probe_reader, run as transcode_file};

@@ -919,6 +919,7 @@ pub fn run_input(
         timeline_offset,
         max_seconds: pacer.is_none().then_some(config.max_duration.as_secs_f64()),
         started: Instant::now(),
+        max_frames: pacer.is_none().then_some(config.max_source_frames),
         min_speed: (pacer.is_none() && config.min_speed > 0.0)
             .then_some((config.min_speed, config.min_speed_after)),
         pacer,
@@ -1161,6 +1162,8 @@ struct LoopState {
     /// Files only: media time past which the source is refused.
     max_seconds: Option<f64>,
     started: Instant,
+    /// Files only: video frames past which the source is refused.
+    max_frames: Option<u64>,
     /// Files only: `(media seconds per second, checked after)`.
     min_speed: Option<(f64, Duration)>,
 }
@@ -1234,6 +1237,12 @@ fn drain_video(
         }
         frame.set_pts(Some(pts + offset));
         state.video_frames += 1;
+        if let Some(max) = state.max_frames.filter(|max| state.video_frames > *max) {
+            return Err(TranscodeError::input(
+                "too_many_frames",
+                format!("the video has more than the {max} frames we accept"),
+            ));
+        }
         let seconds = pts as f64 * f64::from(source.time_base);
         if let Some(pacer) = state.pacer.as_mut() {
             if let Some(level) = pacer.observe(seconds, Instant::now()) {
