@@ -69,6 +69,8 @@ pub fn s3_config() -> S3Config {
 pub struct FaultProxy {
     pub addr: std::net::SocketAddr,
     down: tokio::sync::watch::Sender<bool>,
+    /// Connections cut or refused while down: the client met the outage.
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -78,10 +80,14 @@ impl FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (down, watch) = tokio::sync::watch::channel(false);
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = refused.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if *watch.borrow() {
-                    continue; // Dropped: closed at once.
+                    // Dropped: closed at once.
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
                 }
                 let mut cut = watch.clone();
                 tokio::spawn(async move {
@@ -95,7 +101,26 @@ impl FaultProxy {
                 });
             }
         });
-        Self { addr, down, task }
+        Self {
+            addr,
+            down,
+            refused,
+            task,
+        }
+    }
+
+    /// Connections refused while down so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (up to `limit`) until clients have been refused `n` times
+    /// since the outage began: they met it and tried again.
+    pub async fn wait_refused(&self, n: usize, limit: Duration) {
+        eventually("clients to meet the outage", limit, || async {
+            (self.refused() >= n).then_some(())
+        })
+        .await;
     }
 
     /// Cuts (`true`) or restores the connection.

@@ -1628,7 +1628,10 @@ async fn origin_refreshes_busy_lookups_in_the_background() {
         metric(&text, "cascade_origin_asset_lookups_total")
     };
     let lookups_before = lookups().await;
-    tokio::time::sleep_until((resolved_at + ttl + Duration::from_millis(100)).into()).await;
+    eventually("the lookup to go stale", ttl * 2, || async {
+        (resolved_at.elapsed() > ttl + Duration::from_millis(100)).then_some(())
+    })
+    .await;
     let started = std::time::Instant::now();
     let stale = request(addr, "GET", &url, &ranged).await;
     assert_eq!(stale.status, 206, "{}", stale.text());

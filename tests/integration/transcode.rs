@@ -881,9 +881,23 @@ async fn a_database_outage_mid_transcode_costs_no_attempt() {
         },
     )
     .await;
+    let client = db.pool.get().await.unwrap();
+    let expires: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "SELECT lease_expires_at FROM jobs WHERE kind = $1",
+            &[&job_kind::TRANSCODE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
     crate::common::database_outage(&db, true).await;
-    let outage = lease * 2;
-    tokio::time::sleep(outage).await;
+    // Down until the lease has run out by another lease: unrenewed, it is
+    // one any reaper would take.
+    eventually("the lease to run out", lease * 4, || async {
+        (chrono::Utc::now() > expires + chrono::TimeDelta::from_std(lease).unwrap()).then_some(())
+    })
+    .await;
     crate::common::database_outage(&db, false).await;
 
     let asset = wait_terminal(&db, id).await;
@@ -942,8 +956,8 @@ async fn a_storage_outage_mid_transcode_pauses_it_and_costs_no_attempt() {
     )
     .await;
     proxy.set_down(true);
-    let outage = Duration::from_secs(3);
-    tokio::time::sleep(outage).await;
+    // The worker's writes met the outage and were retried (refused twice).
+    proxy.wait_refused(2, Duration::from_secs(30)).await;
     proxy.set_down(false);
 
     let asset = wait_terminal(&db, id).await;

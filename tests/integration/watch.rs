@@ -17,10 +17,14 @@ fn sha256(path: &Path) -> String {
 }
 
 fn serve(db: &TestDb, watch: &Path, root: &Path) -> CascadeProcess {
+    serve_url(&db.url, watch, root)
+}
+
+fn serve_url(db_url: &str, watch: &Path, root: &Path) -> CascadeProcess {
     let watch = watch.display().to_string();
     let root = root.display().to_string();
     CascadeProcess::serve(
-        &db.url,
+        db_url,
         "ingest",
         &[
             ("CASCADE_INGEST__WATCH_DIR", &watch),
@@ -146,15 +150,24 @@ async fn dropped_files_are_ingested_once_they_stop_growing_and_only_once() {
 }
 
 /// A file dropped while the database is down is not failed: it stays in
-/// the folder and is ingested once the database is back.
-#[tokio::test]
+/// the folder and is ingested once the database is back. (The database is
+/// reached through a proxy the test cuts; multi-threaded, so the proxy runs
+/// while the test blocks on the child process.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_dropped_during_a_database_outage_wait_and_are_ingested_after() {
     let db = fresh_db().await;
     let base =
         std::env::temp_dir().join(format!("cascade-watch-{}", uuid::Uuid::new_v4().simple()));
     let (watch, root) = (base.join("in"), base.join("objects"));
     std::fs::create_dir_all(&watch).unwrap();
-    let _server = serve(&db, &watch, &root);
+    let (host_port, database) = db
+        .url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .unwrap();
+    let proxy = crate::common::FaultProxy::start(host_port.parse().unwrap()).await;
+    let url = format!("postgres://cascade@{}/{database}", proxy.addr);
+    let _server = serve_url(&url, &watch, &root);
     // The process is up (its first scan done) before the outage.
     eventually(
         "the watch folder's subfolders",
@@ -162,17 +175,23 @@ async fn files_dropped_during_a_database_outage_wait_and_are_ingested_after() {
         || async { watch.join("failed").exists().then_some(()) },
     )
     .await;
-    crate::common::database_outage(&db, true).await;
+    proxy.set_down(true);
+    let dropped = std::time::Instant::now();
     std::fs::copy(fixture("tiny_320x180_stereo.mp4"), watch.join("during.mp4")).unwrap();
-    // Settled (700 ms) and tried more than once meanwhile.
-    let outage = Duration::from_millis(700) * 5;
-    tokio::time::sleep(outage).await;
+    // Settled (700 ms) and tried more than once, each try refused.
+    let settle = Duration::from_millis(700);
+    eventually(
+        "the file tried during the outage",
+        Duration::from_secs(30),
+        || async { (proxy.refused() >= 3 && dropped.elapsed() > settle * 3).then_some(()) },
+    )
+    .await;
     assert!(watch.join("during.mp4").exists(), "left in the folder");
     assert!(
         !watch.join("failed/during.mp4").exists(),
         "not failed for an outage"
     );
-    crate::common::database_outage(&db, false).await;
+    proxy.set_down(false);
     eventually(
         "during.mp4 to be ingested after the outage",
         Duration::from_secs(30),

@@ -427,8 +427,8 @@ async fn a_storage_outage_mid_upload_is_retried_to_a_whole_source() {
     assert!(lines.by_ref().any(|l| l == "PAUSED"), "paused mid-upload");
     proxy.set_down(true);
     child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-    let outage = Duration::from_secs(3);
-    tokio::time::sleep(outage).await;
+    // The PATCHes met the outage and tuspy tried again.
+    proxy.wait_refused(2, Duration::from_secs(30)).await;
     let client = db.pool.get().await.unwrap();
     let row = client
         .query_one("SELECT \"offset\", length FROM uploads", &[])
