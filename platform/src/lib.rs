@@ -20,6 +20,7 @@ pub mod db;
 pub mod direct_uploads;
 pub mod environments;
 pub mod live_streams;
+pub mod outage;
 pub mod outbound;
 pub mod playback_token;
 pub mod queue;

@@ -86,35 +86,29 @@ impl DbTrouble {
     }
 }
 
-/// Retries `call` while it fails, for up to `grace`, backing off from 250 ms
-/// to 5 s and recording each failure in `trouble`.
-async fn through_outage<T, E, F, Fut>(
-    grace: Duration,
-    trouble: &DbTrouble,
-    mut call: F,
-) -> Result<T, E>
+/// Retries `call` while it fails (the database is unreachable), for up to
+/// `grace`, recording each failure in `trouble`.
+async fn through_outage<T, E, F, Fut>(grace: Duration, trouble: &DbTrouble, call: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
-    let deadline = Instant::now() + grace;
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(error) if Instant::now() + backoff < deadline => {
-                trouble.note();
-                tracing::warn!(error = %error, retry_in = ?backoff, "database unavailable; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(error) => {
-                trouble.note();
-                return Err(error);
-            }
-        }
+    let result = cascade_platform::outage::retry(
+        grace,
+        None,
+        |_| true,
+        |error, retry_in| {
+            trouble.note();
+            tracing::warn!(error = %error, retry_in = ?retry_in, "database unavailable; retrying");
+        },
+        call,
+    )
+    .await;
+    if result.is_err() {
+        trouble.note();
     }
+    result
 }
 
 /// Runs jobs of one kind. Work must be idempotent: a job may run more than

@@ -93,27 +93,20 @@ impl ObjectReader {
         let fetched = Arc::clone(&self.fetched);
         let patience = self.patience;
         async move {
-            let deadline = std::time::Instant::now() + patience;
-            let mut backoff = std::time::Duration::from_millis(250);
-            let bytes = loop {
-                let range = Some(ByteRange::Inclusive { first: start, last });
-                let got = match store.get(&key, range).await {
-                    Ok(body) => body.collect().await,
-                    Err(error) => Err(error),
-                };
-                match got {
-                    Ok(bytes) => break bytes,
-                    Err(error)
-                        if error.is_retryable()
-                            && std::time::Instant::now() + backoff < deadline =>
-                    {
-                        tracing::warn!(key = %key, error = %error, retry_in = ?backoff, "storage unavailable; retrying a read");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                    }
-                    Err(error) => return Err(io::Error::other(error)),
-                }
-            };
+            let range = Some(ByteRange::Inclusive { first: start, last });
+            let bytes = crate::outage::retry(
+                patience,
+                None,
+                super::StorageError::is_retryable,
+                |error, retry_in| {
+                    tracing::warn!(key = %key, error = %error, retry_in = ?retry_in, "storage unavailable; retrying a read");
+                },
+                || async {
+                    store.get(&key, range).await?.collect().await
+                },
+            )
+            .await
+            .map_err(io::Error::other)?;
             if bytes.len() as u64 != wanted {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

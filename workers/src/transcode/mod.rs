@@ -348,26 +348,17 @@ impl Inner {
         bytes: Bytes,
         ctx: &JobContext,
     ) -> Result<(), String> {
-        let deadline = std::time::Instant::now() + ctx.outage_grace;
-        let mut backoff = std::time::Duration::from_millis(250);
-        loop {
-            match self.store.put_bytes(&key, bytes.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(error)
-                    if error.is_retryable()
-                        && std::time::Instant::now() + backoff < deadline
-                        && !ctx.cancel.is_cancelled() =>
-                {
-                    tracing::warn!(key = %key, error = %error, retry_in = ?backoff, "storage unavailable; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = ctx.cancel.cancelled() => {}
-                    }
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                }
-                Err(error) => return Err(error.to_string()),
-            }
-        }
+        cascade_platform::outage::retry(
+            ctx.outage_grace,
+            Some(&ctx.cancel),
+            StorageError::is_retryable,
+            |error, retry_in| {
+                tracing::warn!(key = %key, error = %error, retry_in = ?retry_in, "storage unavailable; retrying");
+            },
+            || self.store.put_bytes(&key, bytes.clone()),
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 
     /// Writes playlists and manifests (after every segment), then makes the
@@ -419,36 +410,25 @@ impl Inner {
             .collect();
         // The encode is done: a database outage now is waited out (up to
         // `queue.outage_grace`, while the lease holds) rather than thrown away.
-        let deadline = std::time::Instant::now() + ctx.outage_grace;
-        let mut backoff = std::time::Duration::from_millis(250);
-        let published = loop {
-            match assets::publish(
-                &self.pool,
-                job.asset_id,
-                job.version as i32,
-                summary.duration,
-                &rows,
-            )
-            .await
-            {
-                Ok(published) => break published,
-                Err(error)
-                    if error.is_retryable()
-                        && std::time::Instant::now() + backoff < deadline
-                        && !ctx.cancel.is_cancelled() =>
-                {
-                    tracing::warn!(error = %error, retry_in = ?backoff, "cannot publish yet; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = ctx.cancel.cancelled() => {}
-                    }
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                }
-                Err(error) => {
-                    return Err(TranscodeError::internal("recording the renditions", error))
-                }
-            }
-        };
+        let published = cascade_platform::outage::retry(
+            ctx.outage_grace,
+            Some(&ctx.cancel),
+            cascade_platform::db::DbError::is_retryable,
+            |error, retry_in| {
+                tracing::warn!(error = %error, retry_in = ?retry_in, "cannot publish yet; retrying");
+            },
+            || {
+                assets::publish(
+                    &self.pool,
+                    job.asset_id,
+                    job.version as i32,
+                    summary.duration,
+                    &rows,
+                )
+            },
+        )
+        .await
+        .map_err(|e| TranscodeError::internal("recording the renditions", e))?;
         if !published {
             // Deleted while transcoding: its purge removes what was written.
             tracing::info!(asset_id = %job.asset_id, "asset deleted while transcoding; not published");
