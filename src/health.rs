@@ -1,16 +1,21 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (its dependencies
-//! answer: 503 naming the failing one otherwise).
+//! `GET /healthz` (the process answers), `GET /readyz` (its dependencies
+//! answer: 503 naming the failing one otherwise; 503 `draining` once the
+//! process is shutting down) and `GET /metrics` (every role's metrics, when
+//! `metrics.enabled`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use cascade_platform::metrics::Registry;
 use cascade_platform::{db, ObjectStore};
 use deadpool_postgres::Pool;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 /// How long one dependency check may take before it counts as failing.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -22,20 +27,53 @@ pub struct Dependencies {
     pub pool: Pool,
     /// The object store.
     pub store: ObjectStore,
+    /// Fired when the process starts shutting down.
+    pub draining: CancellationToken,
 }
 
-/// The health routes.
-pub fn router(deps: Dependencies) -> Router {
-    Router::new()
+/// The health routes, and `/metrics` over `registry` when given.
+pub fn router(deps: Dependencies, registry: Option<Arc<Registry>>) -> Router {
+    let mut router = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(readyz))
-        .with_state(deps)
+        .with_state(deps);
+    if let Some(registry) = registry {
+        router = router.route("/metrics", get(move || metrics(registry.clone())));
+    }
+    router
+}
+
+async fn metrics(registry: Arc<Registry>) -> Response {
+    let text = cascade_platform::metrics::render(&registry);
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                cascade_platform::metrics::CONTENT_TYPE,
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    )
+        .into_response()
 }
 
 async fn readyz(State(deps): State<Dependencies>) -> Response {
+    if deps.draining.is_cancelled() {
+        // A load balancer stops sending here while in-flight work finishes.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "draining",
+                "code": "draining",
+                "message": "shutting down: finishing in-flight requests and jobs",
+            })),
+        )
+            .into_response();
+    }
     let (database, storage) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, db::ping(&deps.pool)),
         tokio::time::timeout(CHECK_TIMEOUT, deps.store.ping()),

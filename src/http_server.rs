@@ -147,6 +147,7 @@ mod tests {
         let config = HttpConfig {
             listen: addr,
             header_read_timeout,
+            ..HttpConfig::default()
         };
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();

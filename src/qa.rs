@@ -31,7 +31,7 @@ pub struct QaArgs {
     /// The media file the outputs were made from.
     #[arg(long, required_unless_present = "asset")]
     reference: Option<PathBuf>,
-    /// Asset id: its playback URL (from ingest.public_url; signed when the
+    /// Asset id: its playback URL (from playback.public_url, else ingest.public_url; signed when the
     /// asset is) and, without --reference, its stored original.
     #[arg(long, conflicts_with = "url")]
     asset: Option<AssetId>,
@@ -195,7 +195,7 @@ async fn resolve_asset(
     };
     let mut url = format!(
         "{}/play/{}/{file}",
-        config.ingest.public_url.trim_end_matches('/'),
+        config.playback.base_url(&config.ingest.public_url),
         asset.playback_id
     );
     if asset.playback_policy == cascade_schemas::PlaybackPolicy::Signed {

@@ -11,10 +11,13 @@ use std::str::FromStr;
 
 use anyhow::Context;
 use axum::Router;
+use cascade_platform::metrics::Registry;
 use cascade_platform::playback_token::Keyring;
 use cascade_platform::queue::JobNotifier;
+use cascade_platform::queue_metrics::QueueGauges;
 use cascade_platform::{db, Config, ObjectStore, Queue};
 use cascade_schemas::job_kind;
+use cascade_workers::metrics::WorkerMetrics;
 use cascade_workers::noop::NoopHandler;
 use cascade_workers::transcode::{self, TranscodeHandler};
 use cascade_workers::webhooks::WebhookHandler;
@@ -84,8 +87,30 @@ fn worker_owner() -> String {
 /// Runs until a signal arrives and everything has stopped.
 pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     let roles: BTreeSet<Role> = args.roles.into_iter().collect();
+    // `shutdown` stops the roles at the signal; the HTTP listener stops
+    // `http.drain_delay` later (`listener_stop`), /readyz answering 503
+    // meanwhile so load balancers stop sending first.
     let shutdown = CancellationToken::new();
     shutdown_on_signals(shutdown.clone())?;
+    let listener_stop = CancellationToken::new();
+    {
+        let (signalled, stop, delay) = (
+            shutdown.clone(),
+            listener_stop.clone(),
+            config.http.drain_delay,
+        );
+        tokio::spawn(async move {
+            signalled.cancelled().await;
+            if !delay.is_zero() {
+                tracing::info!(drain_delay = ?delay, "draining: /readyz answers 503 before the listener closes");
+                tokio::time::sleep(delay).await;
+            }
+            stop.cancel();
+        });
+    }
+    let mut registry = Registry::default();
+    cascade_platform::metrics::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
+    cascade_platform::metrics::register_process(&mut registry);
 
     let pool = db::pool(&config.database)?;
     if config.database.migrate_on_start {
@@ -101,6 +126,19 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     let queue = Queue::new(pool.clone(), config.queue.clone());
 
     let mut tasks = JoinSet::new();
+    let worker_metrics = WorkerMetrics::default();
+    if config.metrics.enabled {
+        let gauges = QueueGauges::register(&mut registry);
+        let (queue, every, token) = (
+            queue.clone(),
+            config.metrics.queue_sample_interval,
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            gauges.run(queue, every, token).await;
+            Ok(())
+        });
+    }
     if roles.contains(&Role::Workers) {
         let notifier = JobNotifier::start(db::pg_config(&config.database)?, shutdown.clone());
         let (encoder, unavailable) = tokio::task::spawn_blocking({
@@ -118,14 +156,16 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             store.clone(),
             config.transcode.clone(),
             encoder,
-        );
+        )
+        .with_metrics(worker_metrics.clone());
         let handlers = HandlerRegistry::new()
             .register(job_kind::NOOP, NoopHandler)
             .register(job_kind::TRANSCODE, transcode)
             .register(
                 job_kind::WEBHOOK,
                 WebhookHandler::new(pool.clone(), config.webhooks.clone())
-                    .map_err(anyhow::Error::msg)?,
+                    .map_err(anyhow::Error::msg)?
+                    .with_metrics(worker_metrics.clone()),
             )
             .register(
                 job_kind::PURGE_ASSET,
@@ -135,7 +175,9 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
                 job_kind::FINISH_BROADCAST,
                 cascade_workers::live::finish::FinishHandler::new(pool.clone(), store.clone()),
             );
-        let runner = Runner::new(queue.clone(), handlers, notifier, worker_owner());
+        let runner = Runner::new(queue.clone(), handlers, notifier, worker_owner())
+            .with_metrics(worker_metrics.clone());
+        worker_metrics.register(&mut registry);
         let token = shutdown.clone();
         tasks.spawn(async move {
             runner.run(token).await;
@@ -143,10 +185,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         });
     }
 
-    let mut app = Router::new().merge(health::router(health::Dependencies {
-        pool: pool.clone(),
-        store: store.clone(),
-    }));
+    let mut app = Router::new();
     if roles.contains(&Role::Ingest) {
         let state = std::sync::Arc::new(
             cascade_ingest::AppState::new(
@@ -227,6 +266,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
                 Ok(())
             });
         }
+        state.metrics.register(&mut registry);
         app = app.merge(cascade_ingest::router(state));
     }
     let mut front = None;
@@ -238,15 +278,29 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             store.clone(),
         );
         front = Some(origin.front());
+        origin.record_request_metrics(config.metrics.enabled);
+        origin.register_metrics(&mut registry);
         app = app.merge(cascade_origin::router(origin));
     }
+    let registry = config
+        .metrics
+        .enabled
+        .then(|| std::sync::Arc::new(registry));
+    app = app.merge(health::router(
+        health::Dependencies {
+            pool: pool.clone(),
+            store: store.clone(),
+            draining: shutdown.clone(),
+        },
+        registry,
+    ));
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(roles = ?roles, address = %local, "listening");
     println!("cascade: serving {roles:?} on http://{local} (health: http://{local}/healthz, readiness: http://{local}/readyz)");
-    let token = shutdown.clone();
+    let token = listener_stop.clone();
     let http = config.http.clone();
     tasks.spawn(async move {
         // The peer address reaches handlers (the ingest API limits requests

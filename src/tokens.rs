@@ -53,8 +53,11 @@ pub async fn run(command: TokensCommand, config: &Config) -> anyhow::Result<Exit
                 .map_or(0, |d| d.as_secs());
             let minted = playback_token::mint(&config.playback, &asset.playback_id, ttl, now)
                 .map_err(explain)?;
-            let urls =
-                signed_playback_urls(&config.ingest.public_url, &asset.playback_id, &minted.token);
+            let urls = signed_playback_urls(
+                config.playback.base_url(&config.ingest.public_url),
+                &asset.playback_id,
+                &minted.token,
+            );
             println!("token       {}", minted.token);
             println!("key id      {}", minted.key_id);
             println!(

@@ -44,8 +44,8 @@ pub(crate) async fn asset_json(
     let base = format!("/play/{}", asset.playback_id);
     // A published version plays, also while a replacement is processing.
     let playback = asset.published_version.is_some().then(|| PlaybackUrls {
-        hls: state.url(&format!("{base}/master.m3u8")),
-        dash: state.url(&format!("{base}/manifest.mpd")),
+        hls: state.playback_url(&format!("{base}/master.m3u8")),
+        dash: state.playback_url(&format!("{base}/manifest.mpd")),
     });
     let upload = (asset.state == AssetState::Waiting).then(|| UploadUrls {
         simple: SimpleUpload {

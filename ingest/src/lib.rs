@@ -24,6 +24,7 @@ mod direct;
 pub mod error;
 pub mod limits;
 mod live_api;
+pub mod metrics;
 pub mod openapi;
 pub mod playback_tokens;
 pub mod relay;

@@ -129,8 +129,8 @@ async fn view(
         playback_id: stream.playback_id.to_string(),
         playback_policy: stream.playback_policy.as_str().to_owned(),
         playback: PlaybackUrls {
-            hls: state.url(&format!("{base}/master.m3u8")),
-            dash: state.url(&format!("{base}/manifest.mpd")),
+            hls: state.playback_url(&format!("{base}/master.m3u8")),
+            dash: state.playback_url(&format!("{base}/manifest.mpd")),
         },
         latency_mode: match stream.latency_mode {
             LatencyMode::Standard => "standard",

@@ -177,7 +177,11 @@ fn respond(
     let minted =
         playback_token::mint(&state.playback, playback_id, ttl, now_unix()).map_err(mint_error)?;
     let view = PlaybackTokenView {
-        playback: signed_playback_urls(&state.config.public_url, playback_id, &minted.token),
+        playback: signed_playback_urls(
+            state.playback.base_url(&state.config.public_url),
+            playback_id,
+            &minted.token,
+        ),
         token: minted.token,
         key_id: minted.key_id.to_string(),
         expires_at: minted.expires_at,

@@ -82,5 +82,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         // KiB, crate::limits::read_json_body). This only bounds any
         // extractor that buffers a body (`Bytes`, `Json`), should one appear.
         .layer(DefaultBodyLimit::max(MAX_CREATE_BODY_BYTES))
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::metrics::record_request,
+        ))
         .with_state(state)
 }

@@ -45,17 +45,23 @@ pub struct RtmpServer {
     node: String,
     publishers: Arc<Semaphore>,
     handshakes: Arc<Semaphore>,
+    metrics: crate::metrics::IngestMetrics,
 }
 
 impl RtmpServer {
     /// A server running sessions in `live`, naming itself `node` on the
     /// streams it holds.
-    pub fn new(live: Arc<LiveContext>, node: String) -> Self {
+    pub fn new(
+        live: Arc<LiveContext>,
+        node: String,
+        metrics: crate::metrics::IngestMetrics,
+    ) -> Self {
         let max_streams = live.config.max_streams;
         Self {
             live,
             node,
             publishers: Arc::new(Semaphore::new(max_streams)),
+            metrics,
             // Connections not yet publishing: a bounded pool, so a flood of
             // idle sockets cannot exhaust file descriptors or memory.
             handshakes: Arc::new(Semaphore::new(max_streams * 4 + 16)),
@@ -85,7 +91,7 @@ pub async fn start(
     let _ = state.rtmp_bound.set(bound);
     tracing::info!(address = %bound, "rtmp: listening");
     println!("cascade: rtmp listening on rtmp://{bound}/live");
-    let server = Arc::new(RtmpServer::new(live.clone(), node));
+    let server = Arc::new(RtmpServer::new(live.clone(), node, state.metrics.clone()));
     let sweeper = {
         let shutdown = shutdown.clone();
         let state = state.clone();
@@ -301,8 +307,10 @@ impl Publisher {
             stats: stats.clone(),
         };
         let peer = self.peer;
+        let publishing = self.server.metrics.rtmp_publishing();
         tokio::spawn(async move {
             let end = session::run(live.clone(), input).await;
+            drop(publishing);
             match &end {
                 SessionEnd::PublisherLeft => {
                     tracing::info!(peer = %peer, live_stream_id = %publish.stream, "rtmp: publisher left")

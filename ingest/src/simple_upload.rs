@@ -14,6 +14,7 @@ use crate::asset_api::{asset_json, claim_refused};
 use crate::auth::Caller;
 use crate::body::BodyReader;
 use crate::error::ApiError;
+use crate::metrics::Protocol;
 use crate::openapi::{AssetView, BinaryBody, ErrorBody};
 use crate::request::{declared_length, parse_asset_id};
 use crate::source::{self, SourceOf};
@@ -100,6 +101,7 @@ async fn simple_upload(
             SourceOf::First
         }
     };
+    state.metrics.upload_started(Protocol::Simple);
     let stored = {
         let mut reader = BodyReader::new(body, max, state.limits.pace);
         let key = ObjectKey::source_version(id, of.version());
@@ -111,10 +113,13 @@ async fn simple_upload(
     let stored = match stored {
         Ok(stored) => stored,
         Err(error) => {
+            state.metrics.upload_failed(Protocol::Simple);
             release_claim(state, id, claim).await;
             return Err(error.into());
         }
     };
+    state.metrics.received(Protocol::Simple, stored);
+    state.metrics.upload_finished(Protocol::Simple);
     if let Err(error) = source::source_complete(state, id, claim.id, of, stored).await {
         if !matches!(
             error,

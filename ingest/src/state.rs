@@ -35,6 +35,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Body pace and size limits, and the uploads in progress.
     pub limits: Limits,
+    /// Request, upload and RTMP metrics (`cascade serve` registers them).
+    pub metrics: crate::metrics::IngestMetrics,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
             webhooks: WebhooksConfig::default(),
             live: LiveConfig::default(),
             rtmp_bound: std::sync::OnceLock::new(),
+            metrics: crate::metrics::IngestMetrics::default(),
         }
     }
 
@@ -111,5 +114,11 @@ impl AppState {
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.config.public_url.trim_end_matches('/'))
+    }
+
+    /// A playback URL: under `playback.public_url` (the CDN's) when set,
+    /// else under the API's own public URL.
+    pub(crate) fn playback_url(&self, path: &str) -> String {
+        format!("{}{path}", self.playback.base_url(&self.config.public_url))
     }
 }

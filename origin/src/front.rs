@@ -187,14 +187,13 @@ impl Front {
             }));
         };
         let metrics = &inner.metrics;
-        metrics.cache_hits.fetch_add(1, Relaxed);
-        metrics
-            .cache_hit_bytes
-            .fetch_add(body.len() as u64, Relaxed);
-        metrics.front_hits.fetch_add(1, Relaxed);
+        metrics.cache_hits.inc();
+        metrics.cache_hit_bytes.inc_by(body.len() as u64);
+        metrics.front_hits.inc();
         let mut response = Response::new(if head { Body::empty() } else { body.into() });
         *response.headers_mut() = headers;
-        metrics.request(class, StatusCode::OK.as_u16(), started.elapsed());
+        let method = if head { Method::HEAD } else { Method::GET };
+        metrics.request(class, &method, StatusCode::OK.as_u16(), started.elapsed());
         Answer::Served(response)
     }
 

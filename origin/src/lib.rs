@@ -66,6 +66,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use cascade_platform::metrics::{ComputedGauge, Registry};
 use cascade_platform::playback_token::{Keyring, TokenError};
 use cascade_platform::ObjectStore;
 use cascade_schemas::{AssetId, AssetState, ObjectClass, ObjectKey, PlaybackId, RenditionName};
@@ -75,7 +76,7 @@ pub use crate::error::OriginError;
 pub use crate::front::{Answer, Front, FrontKey, Fronted, FRONT_TTL};
 pub use cascade_platform::config::OriginConfig;
 
-use crate::metrics::{class_index, Gauges, Metrics, CLASS_METRICS, CLASS_OTHER};
+use crate::metrics::{class_index, Gauges, Metrics, CLASS_OTHER};
 use crate::resolve::{LiveInfo, Playable, Resolver};
 use crate::tier::{Cached, Lookup, Tier};
 
@@ -161,15 +162,38 @@ impl OriginState {
         }
     }
 
-    /// The `/metrics` text (Prometheus exposition format 0.0.4).
+    /// Registers the origin's metrics into the process's registry (the
+    /// gauges read the memory tier and the breaker at each scrape).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let (size, entries, breaker) = (self.clone(), self.clone(), self.clone());
+        self.inner.metrics.register(
+            registry,
+            Gauges {
+                cache_bytes: ComputedGauge::new(move || {
+                    i64::try_from(size.inner.tier.weighted_size()).unwrap_or(i64::MAX)
+                }),
+                cache_entries: ComputedGauge::new(move || {
+                    i64::try_from(entries.inner.tier.entry_count()).unwrap_or(i64::MAX)
+                }),
+                breaker_state: ComputedGauge::new(move || {
+                    i64::from(breaker.inner.tier.breaker_state())
+                }),
+            },
+        );
+    }
+
+    /// Turns the per-request metrics off (`metrics.enabled = false`) or on.
+    pub fn record_request_metrics(&self, on: bool) {
+        self.inner.metrics.set_recording(on);
+    }
+
+    /// This origin's metrics alone, as OpenMetrics text, with the memory
+    /// tier's bookkeeping settled first (tests and benchmarks read this).
     pub async fn metrics_text(&self) -> String {
-        let tier = &self.inner.tier;
-        tier.settle().await;
-        self.inner.metrics.render(&Gauges {
-            cache_bytes: tier.weighted_size(),
-            cache_entries: tier.entry_count(),
-            breaker_state: tier.breaker_state(),
-        })
+        self.inner.tier.settle().await;
+        let mut registry = Registry::default();
+        self.register_metrics(&mut registry);
+        cascade_platform::metrics::render(&registry)
     }
 
     /// The front cache, which the HTTP server asks before routing.
@@ -183,12 +207,12 @@ impl OriginState {
     }
 }
 
-/// The origin's routes: playback objects under `/play/` and `/metrics`.
+/// The origin's routes: playback objects under `/play/` (`cascade serve`
+/// serves `/metrics` for every role).
 pub fn router(state: OriginState) -> Router {
     Router::new()
         .route("/play/{*path}", get(play))
         .route("/play/", get(unknown))
-        .route("/metrics", get(metrics_route))
         .method_not_allowed_fallback(not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
@@ -408,19 +432,6 @@ async fn unknown() -> Response {
 
 async fn not_allowed() -> Response {
     OriginError::MethodNotAllowed.into_response()
-}
-
-async fn metrics_route(State(state): State<OriginState>) -> Response {
-    let mut response = state.metrics_text().await.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, NOT_READY);
-    response.extensions_mut().insert(ClassLabel(CLASS_METRICS));
-    response
 }
 
 async fn serve(
@@ -915,6 +926,7 @@ impl Cors {
 /// Around every origin route: CORS (preflights answered here) and request metrics.
 async fn edge(State(state): State<OriginState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let method = request.method().clone();
     let origin = request.headers().get(header::ORIGIN).cloned();
     let cors = &state.inner.cors;
     let header_bytes: usize = request
@@ -934,10 +946,12 @@ async fn edge(State(state): State<OriginState>, request: Request, next: Next) ->
         .extensions()
         .get::<ClassLabel>()
         .map_or(CLASS_OTHER, |c| c.0);
-    state
-        .inner
-        .metrics
-        .request(class, response.status().as_u16(), started.elapsed());
+    state.inner.metrics.request(
+        class,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -948,7 +962,7 @@ mod tests {
 
     /// A router over a pool that never connects: only requests that are
     /// refused before the asset lookup can be answered.
-    async fn offline_router() -> (Router, tempfile::TempDir) {
+    async fn offline_router() -> (Router, OriginState, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = ObjectStore::from_config(&cascade_platform::config::StorageConfig {
             local_root: dir.path().to_owned(),
@@ -959,7 +973,7 @@ mod tests {
         let pool = cascade_platform::db::pool(&cascade_platform::config::DatabaseConfig::default())
             .unwrap();
         let state = OriginState::new(OriginConfig::default(), Keyring::default(), pool, store);
-        (router(state), dir)
+        (router(state.clone()), state, dir)
     }
 
     async fn call(router: &Router, method: Method, path: &str) -> Response {
@@ -974,7 +988,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_malformed_paths_before_any_lookup() {
-        let (router, _dir) = offline_router().await;
+        let (router, state, _dir) = offline_router().await;
         for path in [
             "/play/",
             "/play/x",
@@ -1003,16 +1017,13 @@ mod tests {
             .to_str()
             .unwrap()
             .contains("Range"));
-        let metrics = call(&router, Method::GET, "/metrics").await;
-        assert_eq!(metrics.status(), StatusCode::OK);
-        let body = axum::body::to_bytes(metrics.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let text = String::from_utf8(body.to_vec()).unwrap();
+        let text = state.metrics_text().await;
         assert!(
-            text.contains("cascade_origin_requests_total{class=\"other\",status=\"404\"} 9\n")
-                && text
-                    .contains("cascade_origin_requests_total{class=\"other\",status=\"405\"} 1\n"),
+            text.contains(
+                "cascade_origin_requests_total{route=\"other\",method=\"GET\",status=\"404\"} 9\n"
+            ) && text.contains(
+                "cascade_origin_requests_total{route=\"other\",method=\"POST\",status=\"405\"} 1\n"
+            ),
             "{text}"
         );
         assert!(text.contains("cascade_origin_asset_lookups_total 0\n"));

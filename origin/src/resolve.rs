@@ -139,7 +139,7 @@ impl Resolver {
             Ok(found) => Ok(found),
             Err(()) => match known {
                 Some(known) => {
-                    shared.metrics.asset_lookup_stale.fetch_add(1, Relaxed);
+                    shared.metrics.asset_lookup_stale.inc();
                     Ok(known.playable.clone())
                 }
                 None => Err(OriginError::DatabaseUnavailable),
@@ -169,9 +169,9 @@ impl Shared {
     }
 
     async fn query(&self, playback_id: &PlaybackId) -> Result<Option<Arc<Playable>>, LookupFailed> {
-        self.metrics.asset_lookups.fetch_add(1, Relaxed);
+        self.metrics.asset_lookups.inc();
         let failed = |what: &str, error: &dyn std::fmt::Display| {
-            self.metrics.asset_lookup_errors.fetch_add(1, Relaxed);
+            self.metrics.asset_lookup_errors.inc();
             tracing::warn!(playback_id = %playback_id, error = %error, "asset lookup failed: {what}");
             LookupFailed
         };

@@ -128,10 +128,10 @@ impl Tier {
             })
             .eviction_listener(move |_key, _value, cause| match cause {
                 RemovalCause::Size => {
-                    listener_metrics.cache_evictions.fetch_add(1, Relaxed);
+                    listener_metrics.cache_evictions.inc();
                 }
                 RemovalCause::Expired => {
-                    listener_metrics.cache_expirations.fetch_add(1, Relaxed);
+                    listener_metrics.cache_expirations.inc();
                 }
                 _ => {}
             })
@@ -151,7 +151,7 @@ impl Tier {
         if let Some(entry) = self.cache.get(key).await {
             return self.found(entry, true);
         }
-        self.metrics.cache_misses.fetch_add(1, Relaxed);
+        self.metrics.cache_misses.inc();
         let loaded = AtomicBool::new(false);
         let result = self
             .cache
@@ -161,7 +161,7 @@ impl Tier {
             })
             .await;
         if !loaded.load(Relaxed) {
-            self.metrics.cache_coalesced.fetch_add(1, Relaxed);
+            self.metrics.cache_coalesced.inc();
         }
         match result {
             Ok(entry) => self.found(entry, false),
@@ -173,21 +173,21 @@ impl Tier {
         match entry {
             Entry::Found(object) => {
                 if hit {
-                    self.metrics.cache_hits.fetch_add(1, Relaxed);
+                    self.metrics.cache_hits.inc();
                     self.metrics
                         .cache_hit_bytes
-                        .fetch_add(object.bytes.len() as u64, Relaxed);
+                        .inc_by(object.bytes.len() as u64);
                 }
                 Ok(Lookup::Found(object))
             }
             Entry::Missing => {
                 if hit {
-                    self.metrics.cache_negative_hits.fetch_add(1, Relaxed);
+                    self.metrics.cache_negative_hits.inc();
                 }
                 Err(OriginError::NotFound)
             }
             Entry::TooLarge => {
-                self.metrics.cache_bypasses.fetch_add(1, Relaxed);
+                self.metrics.cache_bypasses.inc();
                 Ok(Lookup::TooLarge)
             }
         }
@@ -197,7 +197,7 @@ impl Tier {
     fn record(&self, key: &ObjectKey, started: Instant, error: Option<&StorageError>) {
         self.metrics
             .storage_read_duration
-            .observe(started.elapsed());
+            .observe_duration(started.elapsed());
         let kind = match error {
             None => {
                 self.breaker.success();
@@ -214,7 +214,7 @@ impl Tier {
             Some(e) if e.is_retryable() => 1,
             Some(_) => 2,
         };
-        self.metrics.storage_errors[kind].fetch_add(1, Relaxed);
+        self.metrics.storage_errors[kind].inc();
         if kind != 0 {
             if let Some(e) = error {
                 tracing::warn!(key = %key, error = %e, "storage read failed");
@@ -225,19 +225,19 @@ impl Tier {
 
     fn fail(&self) {
         if self.breaker.failure() {
-            self.metrics.breaker_opened.fetch_add(1, Relaxed);
+            self.metrics.breaker_opened.inc();
         }
     }
 
     fn admit(&self) -> Result<(), Duration> {
         self.breaker.admit().inspect_err(|_| {
-            self.metrics.breaker_rejections.fetch_add(1, Relaxed);
+            self.metrics.breaker_rejections.inc();
         })
     }
 
     async fn load(&self, key: &ObjectKey) -> Result<Entry, LoadError> {
         self.admit().map_err(LoadError::BreakerOpen)?;
-        self.metrics.storage_reads.fetch_add(1, Relaxed);
+        self.metrics.storage_reads.inc();
         let started = Instant::now();
         let read = tokio::time::timeout(self.timeout, async {
             let body = self.store.get(key, None).await?;
@@ -256,8 +256,8 @@ impl Tier {
                 self.record(key, started, None);
                 if let Entry::Found(object) = &entry {
                     let n = object.bytes.len() as u64;
-                    self.metrics.storage_read_bytes.fetch_add(n, Relaxed);
-                    self.metrics.cache_inserted_bytes.fetch_add(n, Relaxed);
+                    self.metrics.storage_read_bytes.inc_by(n);
+                    self.metrics.cache_inserted_bytes.inc_by(n);
                 }
                 Ok(entry)
             }
@@ -272,8 +272,8 @@ impl Tier {
             Err(_) => {
                 self.metrics
                     .storage_read_duration
-                    .observe(started.elapsed());
-                self.metrics.storage_errors[3].fetch_add(1, Relaxed);
+                    .observe_duration(started.elapsed());
+                self.metrics.storage_errors[3].inc();
                 tracing::warn!(key = %key, timeout_ms = self.timeout.as_millis() as u64, "storage read timed out");
                 self.fail();
                 Err(LoadError::Failed)
@@ -289,14 +289,12 @@ impl Tier {
     ) -> Result<ObjectBody, OriginError> {
         self.admit()
             .map_err(|retry_after| OriginError::StorageUnavailable { retry_after })?;
-        self.metrics.storage_reads.fetch_add(1, Relaxed);
+        self.metrics.storage_reads.inc();
         let started = Instant::now();
         match tokio::time::timeout(self.timeout, self.store.get(key, range)).await {
             Ok(Ok(body)) => {
                 self.record(key, started, None);
-                self.metrics
-                    .storage_read_bytes
-                    .fetch_add(body.len(), Relaxed);
+                self.metrics.storage_read_bytes.inc_by(body.len());
                 Ok(body)
             }
             Ok(Err(e)) => {
@@ -314,8 +312,8 @@ impl Tier {
             Err(_) => {
                 self.metrics
                     .storage_read_duration
-                    .observe(started.elapsed());
-                self.metrics.storage_errors[3].fetch_add(1, Relaxed);
+                    .observe_duration(started.elapsed());
+                self.metrics.storage_errors[3].inc();
                 tracing::warn!(key = %key, "storage open timed out");
                 self.fail();
                 Err(OriginError::StorageUnavailable {

@@ -86,6 +86,8 @@ pub struct Config {
     pub playback: PlaybackConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Prometheus metrics (`/metrics` on the HTTP listener).
+    pub metrics: MetricsConfig,
 }
 
 /// The HTTP listener.
@@ -101,6 +103,14 @@ pub struct HttpConfig {
     /// balancer's idle timeout. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// On SIGTERM, how long the listener keeps serving while `/readyz`
+    /// answers 503 (`draining`), so a load balancer stops sending before the
+    /// listener closes; in-flight requests then finish. Set it to the
+    /// balancer's readiness period times its failure threshold (Kubernetes:
+    /// `periodSeconds` x `failureThreshold`). Jobs and RTMP sessions start
+    /// stopping at once. Default `0s`.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
 }
 
 impl Default for HttpConfig {
@@ -108,6 +118,7 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             header_read_timeout: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -404,6 +415,11 @@ impl Default for OriginConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlaybackConfig {
+    /// Base URL players reach the origin at (usually the CDN's), for the
+    /// playback URLs the API, `cascade tokens` and `cascade qa --asset`
+    /// return. Default: none, meaning `ingest.public_url` (one listener
+    /// serving both).
+    pub public_url: Option<String>,
     /// HMAC-SHA256 keys of playback tokens, newest first: the first signs
     /// new tokens, every one verifies. To rotate, put a new key first and
     /// keep the old one until the tokens it signed have expired
@@ -425,10 +441,23 @@ pub struct PlaybackConfig {
 impl Default for PlaybackConfig {
     fn default() -> Self {
         Self {
+            public_url: None,
             signing_keys: Vec::new(),
             max_token_ttl: Duration::from_secs(24 * 3600),
             default_token_ttl: Duration::from_secs(3600),
         }
+    }
+}
+
+impl PlaybackConfig {
+    /// The base URL of playback URLs: `public_url`, else `api_public_url`
+    /// (the ingest's), without a trailing slash.
+    pub fn base_url<'a>(&'a self, api_public_url: &'a str) -> &'a str {
+        self.public_url
+            .as_deref()
+            .filter(|url| !url.trim().is_empty())
+            .unwrap_or(api_public_url)
+            .trim_end_matches('/')
     }
 }
 
@@ -954,6 +983,30 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Auto,
             filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` and record request metrics. Off, requests cost no
+    /// metric updates (what `cascade bench origin` compares against).
+    /// Default `true`.
+    pub enabled: bool,
+    /// How often each process reads the queue's depth from Postgres for the
+    /// `cascade_queue_*` gauges (one small query, never per scrape).
+    /// Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub queue_sample_interval: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            queue_sample_interval: Duration::from_secs(5),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! - [`db`]: the Postgres pool and the migration runner;
 //! - [`playback_token`]: signed playback tokens (minted by ingest, checked by the origin);
 //! - [`queue`]: the Postgres job queue (leases, heartbeats, retries, LISTEN/NOTIFY);
+//!   [`queue_metrics`] samples its depth for Prometheus;
+//! - [`metrics`]: Prometheus metrics (the registry every role registers into);
 //! - [`storage`]: the object store (S3-compatible or a local directory);
 //! - the model layer, typed functions over the rows with the state rules
 //!   enforced in their SQL (every transition a conditional update naming the
@@ -20,10 +22,12 @@ pub mod db;
 pub mod direct_uploads;
 pub mod environments;
 pub mod live_streams;
+pub mod metrics;
 pub mod outage;
 pub mod outbound;
 pub mod playback_token;
 pub mod queue;
+pub mod queue_metrics;
 pub mod storage;
 pub mod uploads;
 pub mod watch_files;

@@ -221,6 +221,10 @@ pub struct ClaimedJob {
     pub attempt: i32,
     /// Attempts allowed in all.
     pub max_attempts: i32,
+    /// Time since the job was enqueued (earlier attempts included).
+    pub since_created: Duration,
+    /// Time this attempt waited runnable in the queue (since `run_at`).
+    pub waited: Duration,
 }
 
 /// How a failure report ended.
@@ -400,7 +404,9 @@ impl Queue {
                      lease_id = gen_random_uuid(), lease_expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond',
                      started_at = clock_timestamp(), updated_at = clock_timestamp()
                  FROM next WHERE j.id = next.id
-                 RETURNING j.id, j.lease_id, j.kind, j.payload, j.attempts, j.max_attempts").await?,
+                 RETURNING j.id, j.lease_id, j.kind, j.payload, j.attempts, j.max_attempts,
+                           EXTRACT(EPOCH FROM clock_timestamp() - j.created_at)::float8,
+                           EXTRACT(EPOCH FROM clock_timestamp() - j.run_at)::float8").await?,
                 &[&kinds, &limit, &owner, &lease],
             )
             .await?;
@@ -415,6 +421,8 @@ impl Queue {
                 payload: row.get(3),
                 attempt: row.get(4),
                 max_attempts: row.get(5),
+                since_created: Duration::from_secs_f64(row.get::<_, f64>(6).max(0.0)),
+                waited: Duration::from_secs_f64(row.get::<_, f64>(7).max(0.0)),
             })
             .collect())
     }
@@ -736,6 +744,18 @@ impl Queue {
                 oldest_ready_age_seconds: r.get(4),
             })
             .collect())
+    }
+
+    /// Dead jobs (out of attempts, kept for an operator) per kind.
+    pub async fn dead_counts(&self) -> Result<Vec<(String, i64)>, QueueError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT kind, count(*) FROM jobs WHERE state = 'dead' GROUP BY kind ORDER BY kind",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
 

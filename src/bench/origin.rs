@@ -5,7 +5,9 @@
 //! playlist (~2 KB), a part-sized segment (~100 KB, the rung nearest that)
 //! and a 1080p segment (~1.6 MB). Prints requests/s, throughput and p99
 //! latency of both and the ratios per object. Then 500 concurrent requests for one segment the
-//! origin has not cached yet, counting the storage reads they cost.
+//! origin has not cached yet, counting the storage reads they cost. Last,
+//! what metrics cost: an origin with metrics on, scraped by Prometheus every
+//! second, against one with `metrics.enabled = false`, on the playlist.
 //!
 //! The origin runs as a `cascade serve --roles origin` child so that
 //! `taskset` pins the whole server (runtime threads included) and nothing of
@@ -42,6 +44,9 @@ const LOAD_CORE: &str = "1";
 /// A load core this busy means wrk, not the server, set the pace.
 const LOAD_BOUND: f64 = 0.9;
 const READS_METRIC: &str = "cascade_origin_storage_reads_total";
+/// Requests/s with metrics on (scraped by Prometheus every second) over the
+/// same with metrics off: what instrumentation may cost.
+const TARGET_METRICS_RATIO: f64 = 0.97;
 
 /// Arguments of `cascade bench origin`.
 #[derive(Debug, Args)]
@@ -249,10 +254,16 @@ async fn transcode_fixture(
 /// `cascade serve --roles origin` over the same local directory, pinned to
 /// the server core.
 fn start_origin(port: u16, objects: &Path) -> anyhow::Result<ChildGuard> {
+    start_origin_with(port, objects, true)
+}
+
+/// [`start_origin`], with metrics on or off (`metrics.enabled`).
+fn start_origin_with(port: u16, objects: &Path, metrics: bool) -> anyhow::Result<ChildGuard> {
     let child = Command::new("taskset")
         .args(["-c", SERVER_CORE])
         .arg(std::env::current_exe()?)
         .args(["serve", "--roles", "origin"])
+        .env("CASCADE_METRICS__ENABLED", metrics.to_string())
         .env("CASCADE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("CASCADE_STORAGE__LOCAL_ROOT", objects)
         .env("CASCADE_LOG__FILTER", "warn")
@@ -651,6 +662,19 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
     let burst_reads = storage_reads(&client, &origin_base).await? - reads_before;
     drop(origin);
 
+    let (playlist_label, playlist_key, playlist_path) = &subjects[0];
+    let playlist_len = std::fs::metadata(objects.join(playlist_key.as_str()))?.len();
+    let cost = metrics_cost(
+        &tools,
+        &args,
+        &client,
+        &objects,
+        &format!("/play/{playback}/{playlist_path}"),
+        playlist_len,
+        scratch.path(),
+    )
+    .await?;
+
     let mb = |bytes: f64| format!("{:.1} MB/s", bytes / 1e6);
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
     println!(
@@ -695,12 +719,132 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
         args.burst
     );
 
-    let ok = all_met && burst_reads == TARGET_STORAGE_READS;
+    println!(
+        "metrics cost ({playlist_label}, {playlist_len} B): metrics on and scraped by Prometheus every 1 s {:.0} req/s ({:.2} us/req), off {:.0} req/s ({:.2} us/req): {:.3}x (target >= {TARGET_METRICS_RATIO:.2}x) {}",
+        cost.on.requests_per_sec,
+        cost.on.server_micros_per_request(),
+        cost.off.requests_per_sec,
+        cost.off.server_micros_per_request(),
+        cost.ratio(),
+        if cost.met() { "met" } else { "MISSED" }
+    );
+    if cost.off.load_busy >= LOAD_BOUND {
+        println!(
+            "  wrk's core was {:.0}% busy: the server-core time per request (us/req) is the finer measure of the cost",
+            cost.off.load_busy * 100.0
+        );
+    }
+    let ok = all_met && burst_reads == TARGET_STORAGE_READS && cost.met();
     println!("targets: {}", if ok { "met" } else { "MISSED" });
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// Medians with metrics on and off.
+struct MetricsCost {
+    on: WrkFigures,
+    off: WrkFigures,
+}
+
+impl MetricsCost {
+    fn ratio(&self) -> f64 {
+        self.on.requests_per_sec / self.off.requests_per_sec.max(1.0)
+    }
+
+    fn met(&self) -> bool {
+        self.ratio() >= TARGET_METRICS_RATIO
+    }
+}
+
+/// One origin with metrics on, scraped by a real Prometheus (Debian's)
+/// every second, against one with `metrics.enabled = false`, under the same
+/// load in alternating runs.
+async fn metrics_cost(
+    tools: &Tools,
+    args: &OriginBenchArgs,
+    client: &reqwest::Client,
+    objects: &Path,
+    path: &str,
+    len: u64,
+    scratch: &Path,
+) -> anyhow::Result<MetricsCost> {
+    let prometheus = require_tool("prometheus")?;
+    let (on_port, off_port, prometheus_port) = (free_port()?, free_port()?, free_port()?);
+    let on_url = format!("http://127.0.0.1:{on_port}{path}");
+    let off_url = format!("http://127.0.0.1:{off_port}{path}");
+    let dir = scratch.join("prometheus");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\n\
+             scrape_configs:\n  - job_name: origin\n    \
+             static_configs: [{{ targets: [\"127.0.0.1:{on_port}\"] }}]\n"
+        ),
+    )?;
+    let mut on = start_origin_with(on_port, objects, true)?;
+    let mut off = start_origin_with(off_port, objects, false)?;
+    wait_serving(client, &mut on, &on_url, len).await?;
+    wait_serving(client, &mut off, &off_url, len).await?;
+    // With the load generator: the scraper is the operator's, not the origin's.
+    let mut scraper = ChildGuard {
+        name: "prometheus",
+        child: Command::new("taskset")
+            .args(["-c", LOAD_CORE])
+            .arg(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+            .arg("--log.level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting prometheus")?,
+    };
+    // Measure only once Prometheus scrapes the origin.
+    let up = format!("http://127.0.0.1:{prometheus_port}/api/v1/query?query=up");
+    let mut scraping = false;
+    for _ in 0..100 {
+        scraper.check_running()?;
+        if let Ok(response) = client.get(&up).send().await {
+            if response.text().await.is_ok_and(|t| t.contains("\"1\"]")) {
+                scraping = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !scraping {
+        bail!("prometheus did not scrape the origin within 10 s");
+    }
+    let mut on_runs = Vec::new();
+    let mut off_runs = Vec::new();
+    for run in 1..=args.runs.max(1) {
+        let with = load(&tools.wrk, &on_url, args).await?;
+        on.check_running()?;
+        let without = load(&tools.wrk, &off_url, args).await?;
+        off.check_running()?;
+        println!(
+            "metrics cost run {run}: on {:.0} req/s ({:.2} us/req), off {:.0} req/s ({:.2} us/req)",
+            with.requests_per_sec,
+            with.server_micros_per_request(),
+            without.requests_per_sec,
+            without.server_micros_per_request()
+        );
+        on_runs.push(with);
+        off_runs.push(without);
+    }
+    scraper.check_running()?;
+    Ok(MetricsCost {
+        on: median_figures(on_runs),
+        off: median_figures(off_runs),
     })
 }
 

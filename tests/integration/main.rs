@@ -5,6 +5,7 @@ mod common;
 mod ingest;
 mod live;
 mod live_low_latency;
+mod operations;
 mod origin;
 mod qa;
 mod queue;

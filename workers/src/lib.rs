@@ -9,6 +9,7 @@
 //! applies backoff and dead-lettering. FFmpeg types stay inside this crate.
 
 pub mod live;
+pub mod metrics;
 pub mod noop;
 pub mod purge;
 pub mod runner;

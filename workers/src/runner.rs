@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cascade_platform::queue::{ClaimedJob, FailOutcome, JobNotifier, Lease, Queue};
+
+use crate::metrics::{JobOutcome, WorkerMetrics};
 use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +55,9 @@ pub struct JobContext {
     /// How long a database outage is waited out (`queue.outage_grace`):
     /// handlers retry their database writes this long before failing.
     pub outage_grace: Duration,
+    /// When the job was enqueued (earlier attempts included), as the
+    /// instant this attempt would have started had it been enqueued now.
+    pub enqueued: Instant,
 }
 
 /// When this process last failed to reach the database. A lease that
@@ -231,6 +236,7 @@ pub struct Runner {
     notifier: JobNotifier,
     owner: String,
     trouble: Arc<DbTrouble>,
+    metrics: WorkerMetrics,
 }
 
 /// How a job's run ended, as seen by the runner.
@@ -255,7 +261,15 @@ impl Runner {
             notifier,
             owner: owner.into(),
             trouble: Arc::default(),
+            metrics: WorkerMetrics::default(),
         }
+    }
+
+    /// Records job metrics into `metrics` (shared with the handlers and
+    /// registered by `cascade serve`).
+    pub fn with_metrics(mut self, metrics: WorkerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until `shutdown` fires, then drains as described in the module docs.
@@ -353,6 +367,14 @@ impl Runner {
             return Ok(0);
         }
         let reaped = self.queue.reap_expired(&self.handlers.kinds()).await?;
+        for job in &reaped {
+            let outcome = if job.dead {
+                JobOutcome::Dead
+            } else {
+                JobOutcome::Reaped
+            };
+            self.metrics.finished(&job.kind, outcome, None);
+        }
         for job in reaped.iter().filter(|job| job.dead) {
             tracing::error!(job_id = %job.id, kind = %job.kind, attempts = job.attempts, "job given up: its worker stopped heartbeating on every attempt");
             if let Some(handler) = self.handlers.handlers.get(&job.kind) {
@@ -388,6 +410,12 @@ impl Runner {
         let heartbeat_every = queue.config().heartbeat;
         let outage_grace = queue.config().outage_grace;
         let trouble = self.trouble.clone();
+        let metrics = self.metrics.clone();
+        let kind = job.kind.clone();
+        let running_guard = metrics.claimed(&kind, job.waited);
+        let enqueued = Instant::now()
+            .checked_sub(job.since_created)
+            .unwrap_or_else(Instant::now);
         let span = tracing::info_span!("job", job_id = %job.lease.job_id, kind = %job.kind, attempt = job.attempt);
         let job_future = async move {
             let lease = job.lease;
@@ -400,6 +428,7 @@ impl Runner {
                 max_attempts: job.max_attempts,
                 cancel: job_cancel.clone(),
                 outage_grace,
+                enqueued,
             };
             let started = Instant::now();
             let mut work = tokio::spawn(handler.run(ctx));
@@ -431,20 +460,26 @@ impl Runner {
                     },
                 }
             };
-            let elapsed_ms = started.elapsed().as_millis() as u64;
-            match end {
+            let ran = started.elapsed();
+            let elapsed_ms = ran.as_millis() as u64;
+            let outcome = match end {
                 RunEnd::Finished(Ok(())) => {
                     match through_outage(outage_grace, &trouble, || completer.complete(lease)).await
                     {
-                        Ok(true) => tracing::info!(elapsed_ms, "job succeeded"),
+                        Ok(true) => {
+                            tracing::info!(elapsed_ms, "job succeeded");
+                            JobOutcome::Succeeded
+                        }
                         Ok(false) => {
                             let _ = queue.stopped(&lease).await;
                             tracing::warn!(
-                            "job finished but its lease was lost; result left to the new holder"
-                        )
+                                "job finished but its lease was lost; result left to the new holder"
+                            );
+                            JobOutcome::LeaseLost
                         }
                         Err(error) => {
-                            tracing::warn!(error = %error, "cannot record success; the lease will expire and the job rerun")
+                            tracing::warn!(error = %error, "cannot record success; the lease will expire and the job rerun");
+                            JobOutcome::LeaseLost
                         }
                     }
                 }
@@ -465,20 +500,25 @@ impl Runner {
                     }
                     match outcome {
                         Ok(FailOutcome::Retrying(at)) => {
-                            tracing::warn!(error = %message, retry_at = %at, "job failed; will retry")
+                            tracing::warn!(error = %message, retry_at = %at, "job failed; will retry");
+                            JobOutcome::Retrying
                         }
                         Ok(FailOutcome::Dead) => {
-                            tracing::error!(error = %message, "job failed; out of attempts")
+                            tracing::error!(error = %message, "job failed; out of attempts");
+                            JobOutcome::Dead
                         }
                         Ok(FailOutcome::Failed) => {
-                            tracing::warn!(error = %message, "job failed permanently")
+                            tracing::warn!(error = %message, "job failed permanently");
+                            JobOutcome::Failed
                         }
                         Ok(FailOutcome::LeaseLost) => {
                             let _ = queue.stopped(&lease).await;
-                            tracing::warn!(error = %message, "job failed after its lease was lost")
+                            tracing::warn!(error = %message, "job failed after its lease was lost");
+                            JobOutcome::LeaseLost
                         }
                         Err(error) => {
-                            tracing::warn!(error = %error, "cannot record failure; the lease will expire")
+                            tracing::warn!(error = %error, "cannot record failure; the lease will expire");
+                            JobOutcome::LeaseLost
                         }
                     }
                 }
@@ -490,6 +530,7 @@ impl Runner {
                         tracing::warn!(error = %error, "cannot record that the cancelled job stopped; its lease will expire");
                     }
                     tracing::warn!("lease lost (cancelled or expired); job stopped");
+                    JobOutcome::LeaseLost
                 }
                 RunEnd::Shutdown => {
                     job_cancel.cancel();
@@ -500,8 +541,11 @@ impl Runner {
                             tracing::warn!(error = %error, "cannot release lease; it will expire")
                         }
                     }
+                    JobOutcome::Released
                 }
-            }
+            };
+            metrics.finished(&kind, outcome, Some(ran));
+            drop(running_guard);
         };
         running.spawn(job_future.instrument(span));
     }

@@ -39,6 +39,7 @@ struct Inner {
     client: reqwest::Client,
     /// For creators' endpoints: public addresses only.
     guarded: reqwest::Client,
+    metrics: crate::metrics::WorkerMetrics,
 }
 
 /// Where one delivery goes.
@@ -109,8 +110,23 @@ impl WebhookHandler {
                 config,
                 client,
                 guarded,
+                metrics: crate::metrics::WorkerMetrics::default(),
             }),
         })
+    }
+
+    /// Records delivery metrics into `metrics` (shared with the runner).
+    pub fn with_metrics(self, metrics: crate::metrics::WorkerMetrics) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                pool: inner.pool.clone(),
+                config: inner.config.clone(),
+                client: inner.client.clone(),
+                guarded: inner.guarded.clone(),
+                metrics,
+            }),
+        }
     }
 }
 
@@ -149,7 +165,10 @@ impl Inner {
             if self.delivered(event_id, &endpoint).await? {
                 continue;
             }
+            let started = std::time::Instant::now();
             let outcome = self.post(&endpoint, &event_type, event_id, &body).await;
+            self.metrics
+                .delivery(outcome.as_ref().ok().copied(), started.elapsed());
             let (status, error) = match &outcome {
                 Ok(status) if (200..300).contains(status) => (Some(*status), None),
                 Ok(status) => (Some(*status), Some(format!("HTTP {status}"))),

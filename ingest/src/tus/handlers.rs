@@ -15,6 +15,7 @@ use crate::asset_api;
 use crate::auth::Caller;
 use crate::body::Hasher;
 use crate::error::ApiError;
+use crate::metrics::Protocol;
 use crate::openapi::{BinaryBody, ErrorBody, TusResumable};
 use crate::request;
 use crate::state::AppState;
@@ -203,6 +204,7 @@ pub(crate) async fn create_upload(
     if let Some(offset) = offset {
         header(&mut response, "upload-offset", &offset.to_string());
     }
+    state.metrics.upload_started(Protocol::Tus);
     Ok(response)
 }
 
@@ -396,8 +398,10 @@ pub async fn patch(
     if request::declared_length(&headers, "content-length")?.is_some_and(|n| n > max) {
         return Err(ApiError::TooLarge { max });
     }
-    let (new_offset, expires_at) =
-        write_chunk(&state, caller.environment, id, offset, &headers, body).await?;
+    let started = std::time::Instant::now();
+    let written = write_chunk(&state, caller.environment, id, offset, &headers, body).await;
+    state.metrics.tus_patch(started);
+    let (new_offset, expires_at) = written?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     header(&mut response, "tus-resumable", TUS_VERSION);
     header(&mut response, "upload-offset", &new_offset.to_string());
@@ -490,6 +494,7 @@ pub async fn terminate(
         return Err(error.into());
     }
     delete_row(&state, id, &destination, multipart_id.as_deref()).await?;
+    state.metrics.upload_failed(Protocol::Tus);
     let mut response = StatusCode::NO_CONTENT.into_response();
     header(&mut response, "tus-resumable", TUS_VERSION);
     Ok(response)

@@ -18,6 +18,7 @@ use tokio_util::io::StreamReader;
 
 use crate::body::BodyReader;
 use crate::error::ApiError;
+use crate::metrics::Protocol;
 use crate::request;
 use crate::state::AppState;
 
@@ -202,7 +203,11 @@ pub(super) async fn write_chunk(
             return Err(e);
         }
     };
+    state
+        .metrics
+        .received(Protocol::Tus, new_offset.saturating_sub(client_offset));
     if new_offset == length {
+        state.metrics.upload_finished(Protocol::Tus);
         assemble(state, id).await?;
         return Ok((new_offset, None));
     }

@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 pub use encoders::VideoEncoder;
 pub use error::TranscodeError;
 
+use crate::metrics::WorkerMetrics;
 use crate::runner::{GaveUp, GaveUpCause, JobContext, JobError, JobHandler};
 
 /// Initialises the FFmpeg libraries once and quiets their logging (errors
@@ -80,6 +81,7 @@ struct Inner {
     store: ObjectStore,
     config: TranscodeConfig,
     encoder: VideoEncoder,
+    metrics: WorkerMetrics,
 }
 
 impl TranscodeHandler {
@@ -96,6 +98,21 @@ impl TranscodeHandler {
                 store,
                 config,
                 encoder,
+                metrics: WorkerMetrics::default(),
+            }),
+        }
+    }
+
+    /// Records transcode metrics into `metrics` (shared with the runner).
+    pub fn with_metrics(self, metrics: WorkerMetrics) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                pool: inner.pool.clone(),
+                store: inner.store.clone(),
+                config: inner.config.clone(),
+                encoder: inner.encoder,
+                metrics,
             }),
         }
     }
@@ -187,6 +204,7 @@ impl Inner {
         match self.run_pipeline(&job, &ctx).await {
             Ok(()) => Ok(()),
             Err(TranscodeError::Input { code, message }) => {
+                self.metrics.transcode_ended("refused");
                 tracing::info!(asset_id = %job.asset_id, code, message = %message, "source refused");
                 assets::set_errored(&self.pool, job.asset_id, code, &message)
                     .await
@@ -197,6 +215,7 @@ impl Inner {
                 Err(JobError::Retryable("transcode cancelled".to_owned()))
             }
             Err(TranscodeError::Internal(message)) => {
+                self.metrics.transcode_ended("failed");
                 if ctx.attempt >= ctx.max_attempts {
                     // Out of retries: tell the creator something went wrong on our side.
                     let _ = assets::set_errored(
@@ -348,6 +367,7 @@ impl Inner {
         bytes: Bytes,
         ctx: &JobContext,
     ) -> Result<(), String> {
+        let length = bytes.len() as u64;
         cascade_platform::outage::retry(
             ctx.outage_grace,
             Some(&ctx.cancel),
@@ -358,7 +378,9 @@ impl Inner {
             || self.store.put_bytes(&key, bytes.clone()),
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        self.metrics.wrote(length);
+        Ok(())
     }
 
     /// Writes playlists and manifests (after every segment), then makes the
@@ -436,6 +458,17 @@ impl Inner {
         }
         tracing::info!(asset_id = %job.asset_id, version = job.version, renditions = rows.len(),
             duration = summary.duration, "asset ready");
+        self.metrics.transcode_ended("ready");
+        self.metrics.ready(ctx.enqueued.elapsed());
+        for (rung, busy) in &summary.rung_busy {
+            let encoder = summary
+                .renditions
+                .iter()
+                .find(|(rendition, _)| rendition.name == *rung)
+                .map_or("unknown", |(_, encoder)| encoder.as_str());
+            self.metrics
+                .rung_encoded(rung, encoder, summary.duration, *busy);
+        }
         Ok(())
     }
 }

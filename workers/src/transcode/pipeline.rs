@@ -122,6 +122,9 @@ pub struct Summary {
     pub renditions: Vec<(Rendition, String)>,
     /// Duration of the output in seconds.
     pub duration: f64,
+    /// Per video rung: the time its encoder thread spent encoding and
+    /// packaging (not waiting for frames), for the encode-speed metric.
+    pub rung_busy: Vec<(String, Duration)>,
 }
 
 /// Probed facts about the source's video stream.
@@ -940,12 +943,19 @@ pub fn run_input(
                 time_base: rung.time_base,
                 frames,
             });
-            workers.push(scope.spawn(move || -> Result<Rendition, TranscodeError> {
-                while let Ok(frame) = received.recv() {
-                    rung.encode(&frame, events)?;
-                }
-                rung.finish(events)
-            }));
+            workers.push(
+                scope.spawn(move || -> Result<(Rendition, Duration), TranscodeError> {
+                    let mut busy = Duration::ZERO;
+                    while let Ok(frame) = received.recv() {
+                        let started = Instant::now();
+                        rung.encode(&frame, events)?;
+                        busy += started.elapsed();
+                    }
+                    let started = Instant::now();
+                    let rendition = rung.finish(events)?;
+                    Ok((rendition, busy + started.elapsed()))
+                }),
+            );
         }
         let decoded = (|| -> Result<Option<ff::Error>, TranscodeError> {
             let mut packet = ff::Packet::empty();
@@ -1012,7 +1022,7 @@ pub fn run_input(
         let mut rung_error = None;
         for worker in workers {
             match worker.join() {
-                Ok(Ok(rendition)) => video_renditions.push(rendition),
+                Ok(Ok(done)) => video_renditions.push(done),
                 Ok(Err(e)) => {
                     rung_error.get_or_insert(e);
                 }
@@ -1053,9 +1063,11 @@ pub fn run_input(
     }
 
     let mut renditions = Vec::new();
+    let mut rung_busy = Vec::new();
     let mut duration = 0.0f64;
-    for rendition in video_renditions {
+    for (rendition, busy) in video_renditions {
         duration = duration.max(rendition.end() as f64 / f64::from(VIDEO_TIMESCALE));
+        rung_busy.push((rendition.name.to_string(), busy));
         renditions.push((rendition, video_encoder.ffmpeg_name().to_owned()));
     }
     if let Some(mut out) = audio_out {
@@ -1078,6 +1090,7 @@ pub fn run_input(
     Ok(Summary {
         renditions,
         duration,
+        rung_busy,
     })
 }
 
