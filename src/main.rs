@@ -12,6 +12,7 @@ mod qa;
 mod serve;
 mod telemetry;
 mod tokens;
+mod traces;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,7 +87,6 @@ fn main() -> ExitCode {
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
-    telemetry::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,14 +97,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    let telemetry = telemetry::init(&config.log, &config.traces, runtime.handle());
+    let code = match runtime.block_on(run(cli.command, config)) {
         Ok(code) => code,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "cascade failed");
             eprintln!("cascade: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last spans go out while the runtime still runs their requests.
+    runtime
+        .block_on(async { tokio::task::spawn_blocking(move || telemetry.shutdown()).await })
+        .unwrap_or_default();
+    code
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {

@@ -13,6 +13,7 @@ use cascade_platform::metrics::{
     method_label, Counter, Family, Gauge, Histogram, HttpMetrics, Registry, Unit, REQUEST_SECONDS,
 };
 use prometheus_client::encoding::EncodeLabelSet;
+use tracing::Instrument;
 
 use crate::state::AppState;
 
@@ -184,7 +185,22 @@ impl Drop for PublisherGuard {
     }
 }
 
-/// Around every API route: counts the request by its route template.
+/// The request id header: taken from the client (a load balancer or CDN
+/// usually sets it) when it is a sane token, else made here; returned on
+/// every response and carried by the request's log lines and span.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The request id of `headers`, if the client sent a usable one: 1-128
+/// visible ASCII characters, so logs cannot be forged or flooded through it.
+pub fn client_request_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(REQUEST_ID)?.to_str().ok()?;
+    (!value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| value.to_owned())
+}
+
+/// Around every API route: a request id (returned as `x-request-id`), a
+/// span carrying it, the request counted by its route template, and one
+/// structured access-log line (target `cascade::access`, level info).
 pub(crate) async fn record_request(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -196,12 +212,39 @@ pub(crate) async fn record_request(
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = method_label(request.method().as_str());
-    let response = next.run(request).await;
-    state.metrics.http.record(
-        &route,
+    let request_id = client_request_id(request.headers())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "http.request",
+        http.method = method,
+        http.route = %route,
+        request_id = %request_id,
+    );
+    // A caller's trace (W3C traceparent) continues here.
+    cascade_platform::tracecontext::set_parent(
+        &span,
+        request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let mut response = next.run(request).instrument(span).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state.metrics.http.record(&route, method, status, elapsed);
+    if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    tracing::info!(
+        target: "cascade::access",
+        request_id = %request_id,
         method,
-        response.status().as_u16(),
-        started.elapsed(),
+        route = %route,
+        path = %path,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1e3,
+        "request"
     );
     response
 }

@@ -41,6 +41,7 @@ impl SourceOf {
 /// source claim `claim`: if the asset was deleted meanwhile, the source just
 /// written is removed (nothing else would) and the answer is 404; if
 /// another writer took the claim over, 409.
+#[tracing::instrument(name = "source.complete", skip_all, fields(asset = %asset, bytes = length))]
 pub async fn source_complete(
     state: &AppState,
     asset: AssetId,

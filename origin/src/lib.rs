@@ -928,6 +928,11 @@ async fn edge(State(state): State<OriginState>, request: Request, next: Next) ->
     let started = Instant::now();
     let method = request.method().clone();
     let origin = request.headers().get(header::ORIGIN).cloned();
+    // A CDN's or load balancer's request id is echoed (players send none,
+    // and making one per request is work a cache hit should not do).
+    let request_id = request.headers().get(REQUEST_ID).cloned();
+    let path = tracing::enabled!(target: "cascade::access", tracing::Level::DEBUG)
+        .then(|| request.uri().path().to_owned());
     let cors = &state.inner.cors;
     let header_bytes: usize = request
         .headers()
@@ -946,14 +951,28 @@ async fn edge(State(state): State<OriginState>, request: Request, next: Next) ->
         .extensions()
         .get::<ClassLabel>()
         .map_or(CLASS_OTHER, |c| c.0);
-    state.inner.metrics.request(
-        class,
-        &method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state.inner.metrics.request(class, &method, status, elapsed);
+    if let Some(path) = path {
+        tracing::debug!(
+            target: "cascade::access",
+            request_id = request_id.as_ref().and_then(|v| v.to_str().ok()),
+            method = %method,
+            path = %path,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            "playback request"
+        );
+    }
+    if let Some(id) = request_id.filter(|v| v.len() <= 128) {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
     response
 }
+
+/// The request id header a CDN or load balancer may set.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[cfg(test)]
 mod tests {

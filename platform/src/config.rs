@@ -88,6 +88,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Prometheus metrics (`/metrics` on the HTTP listener).
     pub metrics: MetricsConfig,
+    /// Distributed traces (OpenTelemetry, exported as OTLP over HTTP).
+    pub traces: TracesConfig,
 }
 
 /// The HTTP listener.
@@ -1011,6 +1013,38 @@ impl Default for MetricsConfig {
     }
 }
 
+/// Distributed traces: spans of API requests, jobs (continued from the
+/// request that enqueued them), transcode rungs and webhook deliveries,
+/// exported over OTLP/HTTP with JSON encoding (what the OpenTelemetry
+/// Collector, Jaeger and Tempo accept on port 4318).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// The collector's traces URL, e.g. `http://otel-collector:4318/v1/traces`.
+    /// Default: none (tracing off: spans stay in the logs only).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans. Default `cascade`.
+    pub service_name: String,
+    /// Share of traces kept (0 to 1), decided where a trace starts and
+    /// followed by its children. Default `1.0`.
+    pub sample_ratio: f64,
+    /// Longest wait for one export; spans of a failed export are dropped
+    /// (traces never hold up the pipeline). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "cascade".to_owned(),
+            sample_ratio: 1.0,
+            export_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -1094,6 +1128,17 @@ impl Config {
         }
         if self.storage.upload_concurrency == 0 {
             return Err(invalid("storage.upload_concurrency", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.traces.sample_ratio) {
+            return Err(invalid("traces.sample_ratio", "must be between 0 and 1"));
+        }
+        if let Some(endpoint) = &self.traces.otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(invalid(
+                    "traces.otlp_endpoint",
+                    "must be an http:// or https:// URL (OTLP over HTTP)",
+                ));
+            }
         }
         if self.queue.heartbeat >= self.queue.lease {
             return Err(invalid(

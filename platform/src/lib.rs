@@ -6,6 +6,7 @@
 //! - [`queue`]: the Postgres job queue (leases, heartbeats, retries, LISTEN/NOTIFY);
 //!   [`queue_metrics`] samples its depth for Prometheus;
 //! - [`metrics`]: Prometheus metrics (the registry every role registers into);
+//! - [`tracecontext`]: W3C trace context carried from API requests to jobs;
 //! - [`storage`]: the object store (S3-compatible or a local directory);
 //! - the model layer, typed functions over the rows with the state rules
 //!   enforced in their SQL (every transition a conditional update naming the
@@ -29,6 +30,7 @@ pub mod playback_token;
 pub mod queue;
 pub mod queue_metrics;
 pub mod storage;
+pub mod tracecontext;
 pub mod uploads;
 pub mod watch_files;
 pub mod webhook_endpoints;

@@ -150,8 +150,8 @@ pub async fn enqueue(
     let max_attempts = job.max_attempts.unwrap_or(default_max_attempts).max(1);
     let statement = client
         .prepare_cached(
-            "INSERT INTO jobs (kind, payload, priority, run_at, max_attempts, idempotency_key)
-             VALUES ($1, $2, $3, COALESCE($4, now()), $5, $6)
+            "INSERT INTO jobs (kind, payload, priority, run_at, max_attempts, idempotency_key, trace_context)
+             VALUES ($1, $2, $3, COALESCE($4, now()), $5, $6, $7)
              ON CONFLICT (kind, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
         )
@@ -166,6 +166,8 @@ pub async fn enqueue(
                 &job.run_at,
                 &max_attempts,
                 &job.idempotency_key,
+                // The enqueuer's trace, continued by the worker.
+                &crate::tracecontext::current_traceparent(),
             ],
         )
         .await?;
@@ -225,6 +227,8 @@ pub struct ClaimedJob {
     pub since_created: Duration,
     /// Time this attempt waited runnable in the queue (since `run_at`).
     pub waited: Duration,
+    /// The W3C traceparent of the enqueuer's span, if it was traced.
+    pub trace_context: Option<String>,
 }
 
 /// How a failure report ended.
@@ -406,7 +410,8 @@ impl Queue {
                  FROM next WHERE j.id = next.id
                  RETURNING j.id, j.lease_id, j.kind, j.payload, j.attempts, j.max_attempts,
                            EXTRACT(EPOCH FROM clock_timestamp() - j.created_at)::float8,
-                           EXTRACT(EPOCH FROM clock_timestamp() - j.run_at)::float8").await?,
+                           EXTRACT(EPOCH FROM clock_timestamp() - j.run_at)::float8,
+                           j.trace_context").await?,
                 &[&kinds, &limit, &owner, &lease],
             )
             .await?;
@@ -423,6 +428,7 @@ impl Queue {
                 max_attempts: row.get(5),
                 since_created: Duration::from_secs_f64(row.get::<_, f64>(6).max(0.0)),
                 waited: Duration::from_secs_f64(row.get::<_, f64>(7).max(0.0)),
+                trace_context: row.get(8),
             })
             .collect())
     }

@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "live_relay",
         sql: include_str!("../migrations/0011_live_relay.sql"),
     },
+    Migration {
+        version: 12,
+        name: "job_trace_context",
+        sql: include_str!("../migrations/0012_job_trace_context.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -227,7 +227,13 @@ async fn prometheus_scrapes_every_role_and_the_dashboard_and_alerts_read_real_se
     };
     for _ in 0..3 {
         let path = format!("/play/{playback_id}/{segment}");
-        assert_eq!(http(addr, "GET", &path, &[], b"").0, 200);
+        let (status, headers, _) = http(addr, "GET", &path, &[("X-Request-Id", "cdn-7")], b"");
+        assert_eq!(status, 200);
+        // A CDN's request id comes back, for its logs and ours.
+        assert_eq!(
+            crate::common::header(&headers, "x-request-id"),
+            Some("cdn-7")
+        );
     }
 
     // Prometheus has scraped what happened, and rates have two samples.
@@ -352,4 +358,164 @@ fn sigterm_drains_readiness_before_the_listener_closes() {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
         "the listener is closed"
     );
+}
+
+/// The spans an OTLP/JSON receiver got, flattened.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A stand-in OpenTelemetry Collector: OTLP over HTTP, JSON encoding.
+async fn collector() -> (String, Received) {
+    let received: Received = Default::default();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post({
+            let received = received.clone();
+            move |body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    let mut spans = received.lock().unwrap();
+                    for resource in request["resourceSpans"].as_array().unwrap() {
+                        assert_eq!(
+                            resource["resource"]["attributes"][0]["value"]["stringValue"],
+                            "cascade-test"
+                        );
+                        for scope in resource["scopeSpans"].as_array().unwrap() {
+                            spans.extend(scope["spans"].as_array().unwrap().iter().cloned());
+                        }
+                    }
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_follows_an_upload_through_the_queue_transcode_and_webhook() {
+    let (otlp, received) = collector().await;
+    let hook_app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async { axum::http::StatusCode::NO_CONTENT }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook_app).await });
+
+    let db = fresh_db().await;
+    let root = tempfile::tempdir().unwrap();
+    let root_text = root.path().display().to_string();
+    let endpoints = format!("[{{ url = \"{hook}\", secret = \"operations-webhook-secret\" }}]");
+    let stack = CascadeProcess::serve(
+        &db.url,
+        "ingest,workers,origin",
+        &[
+            ("CASCADE_INGEST__BOOTSTRAP_KEY", KEY),
+            ("CASCADE_STORAGE__LOCAL_ROOT", &root_text),
+            ("CASCADE_WEBHOOKS__ENDPOINTS", &endpoints),
+            ("CASCADE_TRANSCODE__ENCODER", "libx264"),
+            ("CASCADE_QUEUE__POLL_INTERVAL", "\"300ms\""),
+            ("CASCADE_TRACES__OTLP_ENDPOINT", &otlp),
+            ("CASCADE_TRACES__SERVICE_NAME", "cascade-test"),
+            // The SDK's batch delay: export quickly.
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    );
+    let addr = stack.http.unwrap();
+
+    // The client's own trace and request id.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let traceparent = format!("00-{trace_id}-{client_span}-01");
+    let (status, headers, body) = http(
+        addr,
+        "POST",
+        "/v1/assets",
+        &[AUTH, ("X-Request-Id", "client-chosen-id-1")],
+        b"",
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        crate::common::header(&headers, "x-request-id"),
+        Some("client-chosen-id-1")
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let source = std::fs::read(fixtures_dir().join("tiny_320x180_stereo.mp4")).unwrap();
+    let (status, headers, body) = http(
+        addr,
+        "PUT",
+        &format!("/v1/assets/{id}/source"),
+        &[AUTH, ("traceparent", &traceparent)],
+        &source,
+    );
+    assert_eq!(status, 202, "{body}");
+    let made_up = crate::common::header(&headers, "x-request-id").unwrap();
+    assert_eq!(made_up.len(), 32, "a request id is made when none is sent");
+
+    // upload -> probe -> queue -> transcode (rungs) -> publish -> webhook,
+    // all in the client's trace.
+    let wanted = [
+        "http.request",
+        "source.complete",
+        "job",
+        "transcode",
+        "decode_and_encode",
+        "encode_rung",
+        "publish",
+        "webhook.post",
+    ];
+    let spans = eventually(
+        "the whole trace at the collector",
+        Duration::from_secs(120),
+        || async {
+            let spans: Vec<serde_json::Value> = received
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s["traceId"] == trace_id)
+                .cloned()
+                .collect();
+            let jobs: Vec<String> = spans
+                .iter()
+                .filter(|s| s["name"] == "job")
+                .filter_map(|s| {
+                    s["attributes"]
+                        .as_array()?
+                        .iter()
+                        .find(|a| a["key"] == "kind")
+                        .and_then(|a| a["value"]["stringValue"].as_str().map(str::to_owned))
+                })
+                .collect();
+            let complete = wanted
+                .iter()
+                .all(|name| spans.iter().any(|s| s["name"] == *name))
+                && jobs.iter().any(|k| k == "transcode")
+                && jobs.iter().any(|k| k == "webhook");
+            complete.then_some(spans)
+        },
+    )
+    .await;
+    // One tree: every span's parent is in the trace, or is the client's span.
+    let ids: Vec<&str> = spans
+        .iter()
+        .map(|s| s["spanId"].as_str().unwrap())
+        .collect();
+    for span in &spans {
+        let parent = span["parentSpanId"].as_str().unwrap();
+        assert!(
+            parent == client_span || ids.contains(&parent),
+            "span {} has a parent outside the trace: {span}",
+            span["name"]
+        );
+    }
+    let rungs = spans.iter().filter(|s| s["name"] == "encode_rung").count();
+    assert!(rungs >= 1, "a span per rung");
+    drop(stack);
 }

@@ -416,7 +416,16 @@ impl Runner {
         let enqueued = Instant::now()
             .checked_sub(job.since_created)
             .unwrap_or_else(Instant::now);
-        let span = tracing::info_span!("job", job_id = %job.lease.job_id, kind = %job.kind, attempt = job.attempt);
+        let span = tracing::info_span!(
+            "job",
+            job_id = %job.lease.job_id,
+            kind = %job.kind,
+            attempt = job.attempt,
+            queue_wait_ms = job.waited.as_millis() as u64,
+        );
+        // The trace of whatever enqueued the job (an API request, the job
+        // before it) continues here.
+        cascade_platform::tracecontext::set_parent(&span, job.trace_context.as_deref());
         let job_future = async move {
             let lease = job.lease;
             let job_cancel = stop.child_token();
@@ -431,7 +440,7 @@ impl Runner {
                 enqueued,
             };
             let started = Instant::now();
-            let mut work = tokio::spawn(handler.run(ctx));
+            let mut work = tokio::spawn(handler.run(ctx).in_current_span());
             let mut heartbeat = tokio::time::interval_at(
                 tokio::time::Instant::now() + heartbeat_every,
                 heartbeat_every,

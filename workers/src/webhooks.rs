@@ -23,6 +23,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use tracing::Instrument;
 
 use crate::runner::{JobContext, JobError, JobHandler};
 
@@ -166,7 +167,10 @@ impl Inner {
                 continue;
             }
             let started = std::time::Instant::now();
-            let outcome = self.post(&endpoint, &event_type, event_id, &body).await;
+            let outcome = self
+                .post(&endpoint, &event_type, event_id, &body)
+                .instrument(tracing::info_span!("webhook.post", event_type = %event_type))
+                .await;
             self.metrics
                 .delivery(outcome.as_ref().ok().copied(), started.elapsed());
             let (status, error) = match &outcome {

@@ -231,6 +231,7 @@ impl Inner {
         }
     }
 
+    #[tracing::instrument(name = "transcode", skip_all, fields(asset = %job.asset_id, version = job.version))]
     async fn run_pipeline(
         &self,
         job: &TranscodeJob,
@@ -265,7 +266,9 @@ impl Inner {
             let config = self.config.clone();
             let encoder = self.encoder;
             let cancel = cancel.clone();
+            let span = tracing::info_span!("decode_and_encode");
             tokio::task::spawn_blocking(move || {
+                let _entered = span.enter();
                 pipeline::run_reader(reader, &config, encoder, &events, &cancel)
             })
         };
@@ -385,6 +388,7 @@ impl Inner {
 
     /// Writes playlists and manifests (after every segment), then makes the
     /// version live.
+    #[tracing::instrument(name = "publish", skip_all, fields(asset = %job.asset_id, version = job.version))]
     async fn publish(
         &self,
         job: &TranscodeJob,

@@ -935,7 +935,9 @@ pub fn run_input(
     let decoded = std::thread::scope(|scope| -> Result<Option<ff::Error>, TranscodeError> {
         let mut feeds = Vec::new();
         let mut workers = Vec::new();
+        let parent = tracing::Span::current();
         for mut rung in rungs.drain(..) {
+            let span = tracing::info_span!(parent: &parent, "encode_rung", rung = %rung.plan.name);
             let (frames, received) =
                 std::sync::mpsc::sync_channel::<ff::frame::Video>(FRAMES_IN_FLIGHT);
             feeds.push(Feed {
@@ -945,6 +947,7 @@ pub fn run_input(
             });
             workers.push(
                 scope.spawn(move || -> Result<(Rendition, Duration), TranscodeError> {
+                    let _entered = span.enter();
                     let mut busy = Duration::ZERO;
                     while let Ok(frame) = received.recv() {
                         let started = Instant::now();
