@@ -720,12 +720,14 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
     );
 
     println!(
-        "metrics cost ({playlist_label}, {playlist_len} B): metrics on and scraped by Prometheus every 1 s {:.0} req/s ({:.2} us/req), off {:.0} req/s ({:.2} us/req): {:.3}x (target >= {TARGET_METRICS_RATIO:.2}x) {}",
+        "metrics cost ({playlist_label}, {playlist_len} B): metrics on and scraped by Prometheus every 1 s {:.0} req/s ({:.2} us/req), off {:.0} req/s ({:.2} us/req): median {:.3}x, runs {:.3}x-{:.3}x (target >= {TARGET_METRICS_RATIO:.2}x) {}",
         cost.on.requests_per_sec,
         cost.on.server_micros_per_request(),
         cost.off.requests_per_sec,
         cost.off.server_micros_per_request(),
         cost.ratio(),
+        cost.spread().0,
+        cost.spread().1,
         if cost.met() { "met" } else { "MISSED" }
     );
     if cost.off.load_busy >= LOAD_BOUND {
@@ -743,15 +745,31 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
     })
 }
 
-/// Medians with metrics on and off.
+/// Medians with metrics on and off, and each run's ratio.
 struct MetricsCost {
     on: WrkFigures,
     off: WrkFigures,
+    run_ratios: Vec<f64>,
 }
 
 impl MetricsCost {
     fn ratio(&self) -> f64 {
         self.on.requests_per_sec / self.off.requests_per_sec.max(1.0)
+    }
+
+    /// The lowest and highest per-run ratio.
+    fn spread(&self) -> (f64, f64) {
+        let low = self
+            .run_ratios
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let high = self
+            .run_ratios
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        (low, high)
     }
 
     fn met(&self) -> bool {
@@ -826,6 +844,7 @@ async fn metrics_cost(
     }
     let mut on_runs = Vec::new();
     let mut off_runs = Vec::new();
+    let mut run_ratios = Vec::new();
     for run in 1..=args.runs.max(1) {
         let with = load(&tools.wrk, &on_url, args).await?;
         on.check_running()?;
@@ -838,6 +857,7 @@ async fn metrics_cost(
             without.requests_per_sec,
             without.server_micros_per_request()
         );
+        run_ratios.push(with.requests_per_sec / without.requests_per_sec.max(1.0));
         on_runs.push(with);
         off_runs.push(without);
     }
@@ -845,6 +865,7 @@ async fn metrics_cost(
     Ok(MetricsCost {
         on: median_figures(on_runs),
         off: median_figures(off_runs),
+        run_ratios,
     })
 }
 
