@@ -4,6 +4,7 @@
 mod ladder;
 mod live;
 mod live_low_latency;
+mod memory;
 mod origin;
 mod qa;
 mod queue;
@@ -37,6 +38,8 @@ pub enum BenchCommand {
     /// A minute of 720p30 published over RTMP through the live ladder and
     /// the CDN, against the ffmpeg CLI doing the same ladder live.
     Live(live::LiveBenchArgs),
+    /// A worker's peak memory for a 1-minute and a 10-minute 720p30 source.
+    Memory(memory::MemoryBenchArgs),
 }
 
 /// The middle value (upper middle for an even count).
@@ -137,5 +140,6 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<ExitCo
         BenchCommand::Live(args) => live::run(args, config).await,
         BenchCommand::Origin(args) => origin::run(args, config).await,
         BenchCommand::Qa(args) => qa::run(args, config).await,
+        BenchCommand::Memory(args) => memory::run(args, config).await,
     }
 }

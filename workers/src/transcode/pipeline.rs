@@ -969,7 +969,7 @@ pub fn run_input(
                 }
                 // Also when no frame comes out at all.
                 state.check_speed()?;
-                match packet.read(&mut input) {
+                match read_packet(&mut input, &mut packet) {
                     Ok(()) => {}
                     Err(ff::Error::Eof) => break,
                     Err(e) => {
@@ -1095,6 +1095,18 @@ pub fn run_input(
         duration,
         rung_busy,
     })
+}
+
+/// Reads the next packet into `packet`, releasing the one it held first:
+/// `av_read_frame` overwrites a packet without unreferencing its buffer, so
+/// reusing one packet unreleased would keep every packet of the source
+/// alive (memory growing with the source's length).
+fn read_packet(
+    input: &mut ff::format::context::Input,
+    packet: &mut ff::Packet,
+) -> Result<(), ff::Error> {
+    *packet = ff::Packet::empty();
+    packet.read(input)
 }
 
 /// A segmenter, cutting parts too when `part_duration` is set.
@@ -1549,7 +1561,7 @@ fn probe_input(
         if (video.is_none() || has_video) && (audio.is_none() || has_audio) {
             break;
         }
-        if packet.read(&mut input).is_err() {
+        if read_packet(&mut input, &mut packet).is_err() {
             break;
         }
         if let Some(source) = video.as_mut().filter(|s| s.index == packet.stream()) {
@@ -1582,4 +1594,58 @@ fn probe_input(
         has_video,
         has_audio,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ff::codec::packet::{Mut, Ref};
+
+    /// The number of references to `packet`'s buffer.
+    fn references(packet: &ff::Packet) -> i32 {
+        // SAFETY: the packet is valid; its buffer pointer is null or a live AVBufferRef.
+        unsafe {
+            let buf = (*packet.as_ptr()).buf;
+            if buf.is_null() {
+                0
+            } else {
+                ff::ffi::av_buffer_get_ref_count(buf)
+            }
+        }
+    }
+
+    #[test]
+    fn reading_the_next_packet_releases_the_previous_one() {
+        ff::init().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("source.mp4");
+        let status = std::process::Command::new("ffmpeg")
+            .args([
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=64x64:rate=10",
+            ])
+            .args(["-t", "1", "-c:v", "libx264", "-preset", "ultrafast"])
+            .arg(&path)
+            .status()
+            .expect("the ffmpeg CLI (scripts/deps.sh installs it)");
+        assert!(status.success());
+        let mut input = ff::format::input(&path).unwrap();
+        let mut packet = ff::Packet::empty();
+        read_packet(&mut input, &mut packet).unwrap();
+        // Someone else (a decoder, say) holds the first packet's buffer too.
+        let mut held = ff::Packet::empty();
+        // SAFETY: both packets are valid; av_packet_ref adds a reference.
+        let referenced = unsafe { ff::ffi::av_packet_ref(held.as_mut_ptr(), packet.as_ptr()) };
+        assert_eq!(referenced, 0);
+        assert_eq!(references(&held), 2);
+        read_packet(&mut input, &mut packet).unwrap();
+        // The reader let go of it: the other holder's reference is the last,
+        // so the buffer is freed when it goes (reading into the same packet
+        // without releasing it first would leak every packet of the source).
+        assert_eq!(references(&held), 1);
+    }
 }

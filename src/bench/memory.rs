@@ -1,0 +1,149 @@
+//! `cascade bench memory`: a worker's peak memory must not grow with the
+//! source's length. Transcodes a 1-minute and a 10-minute 720p30 source
+//! (generated with the ffmpeg CLI, cached under `.data/fixtures`), each by
+//! its own `cascade serve --roles workers` child over local storage, and
+//! prints each child's peak RSS (VmHWM) and their ratio (target: within
+//! 10 %).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cascade_platform::{assets, db, Config, ObjectStore, Queue};
+use cascade_schemas::AssetState;
+use clap::Args;
+
+use super::origin::ChildGuard;
+use super::peak_rss_mb;
+
+/// The long source's peak over the short one's may be at most this.
+const TARGET_RATIO: f64 = 1.10;
+
+/// Arguments of `cascade bench memory`.
+#[derive(Debug, Args)]
+pub struct MemoryBenchArgs {
+    /// Length of the short source, seconds.
+    #[arg(long, default_value_t = 60)]
+    short: u32,
+    /// Length of the long source, seconds.
+    #[arg(long, default_value_t = 600)]
+    long: u32,
+}
+
+/// A 720p30 source of `seconds` with a tone, made once.
+fn source(seconds: u32) -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(".data/fixtures");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("bench_memory_720p30_{seconds}s.mp4"));
+    if path.exists() {
+        return Ok(path);
+    }
+    println!("bench memory: generating {} ...", path.display());
+    let partial = dir.join(format!("bench_memory_720p30_{seconds}s.part.mp4"));
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string()])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "3M",
+            "-g",
+            "60",
+        ])
+        .args(["-c:a", "aac", "-shortest"])
+        .arg(&partial)
+        .status()
+        .context("running the ffmpeg CLI (scripts/deps.sh installs it)")?;
+    if !status.success() {
+        bail!("ffmpeg could not generate {}", path.display());
+    }
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
+/// Transcodes `input` with a fresh worker child; returns (peak RSS MB, seconds).
+async fn measure(config: &Config, input: &Path) -> anyhow::Result<(f64, f64)> {
+    let scratch = tempfile::tempdir()?;
+    let objects = scratch.path().join("objects");
+    let mut storage = config.storage.clone();
+    storage.s3 = None;
+    storage.local_root = objects.clone();
+    let store = ObjectStore::from_config(&storage).await?;
+    let pool = db::pool(&config.database)?;
+    db::migrate(&pool).await?;
+    let mut worker = ChildGuard {
+        name: "the worker",
+        child: Command::new(std::env::current_exe()?)
+            .args(["serve", "--roles", "workers"])
+            .env("CASCADE_HTTP__LISTEN", "127.0.0.1:0")
+            .env("CASCADE_STORAGE__LOCAL_ROOT", &objects)
+            .env("CASCADE_TRANSCODE__ENCODER", "libx264")
+            .env("CASCADE_LOG__FILTER", "warn")
+            .env_remove("CASCADE_STORAGE__S3__ENDPOINT")
+            .env_remove("CASCADE_STORAGE__S3__BUCKET")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting cascade serve --roles workers")?,
+    };
+    let queue = Queue::new(pool.clone(), config.queue.clone());
+    let started = Instant::now();
+    let (asset, _) = cascade_ingest::import_file(&queue, &store, input, Some("bench memory"))
+        .await
+        .context("importing the source")?;
+    loop {
+        worker.check_running()?;
+        let current = assets::get(&pool, asset)
+            .await?
+            .context("the imported asset vanished")?;
+        match current.state {
+            AssetState::Ready => break,
+            AssetState::Errored => bail!(
+                "the transcode failed: {}",
+                current.error_message.unwrap_or_default()
+            ),
+            _ if started.elapsed() > Duration::from_secs(3600) => {
+                bail!("the transcode did not finish within an hour")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    let peak = peak_rss_mb(worker.child.id());
+    drop(worker);
+    Ok((peak, took))
+}
+
+/// Runs the benchmark.
+pub async fn run(args: MemoryBenchArgs, config: Config) -> anyhow::Result<ExitCode> {
+    let short = source(args.short)?;
+    let long = source(args.long)?;
+    let (short_peak, short_took) = measure(&config, &short).await?;
+    println!(
+        "{} s source: worker peak RSS {short_peak:.0} MB (transcoded in {short_took:.1} s)",
+        args.short
+    );
+    let (long_peak, long_took) = measure(&config, &long).await?;
+    println!(
+        "{} s source: worker peak RSS {long_peak:.0} MB (transcoded in {long_took:.1} s)",
+        args.long
+    );
+    let ratio = long_peak / short_peak;
+    let met = ratio <= TARGET_RATIO;
+    println!(
+        "peak RSS {} s / {} s: {ratio:.3}x (target <= {TARGET_RATIO:.2}x) {}",
+        args.long,
+        args.short,
+        if met { "met" } else { "MISSED" }
+    );
+    Ok(if met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
