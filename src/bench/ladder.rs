@@ -135,9 +135,10 @@ fn cli_args(
             config.b_frames.to_string(),
             "-x264-params".to_owned(),
             format!(
-                "keyint={}:min-keyint={}:scenecut=0:open-gop=0:b-pyramid=none",
+                "keyint={}:min-keyint={}:scenecut=0:open-gop=0:b-pyramid=none:vbv-init={}",
                 gop_frames * 2,
-                gop_frames
+                gop_frames,
+                cascade_workers::transcode::encoders::VBV_INITIAL_FULLNESS
             ),
             "-force_key_frames".to_owned(),
             format!("expr:gte(t,n_forced*{gop})"),

@@ -348,9 +348,10 @@ fn cli_command(
     command.args([
         "-x264-params",
         &format!(
-            "keyint={}:min-keyint={gop_frames}:scenecut=0:open-gop=0:b-pyramid=none:rc-lookahead={}:sliced-threads=1",
+            "keyint={}:min-keyint={gop_frames}:scenecut=0:open-gop=0:b-pyramid=none:rc-lookahead={}:sliced-threads=1:vbv-init={}",
             gop_frames * 2,
-            live.lookahead_frames
+            live.lookahead_frames,
+            cascade_workers::transcode::encoders::VBV_INITIAL_FULLNESS
         ),
     ]);
     command.args(["-force_key_frames", &format!("expr:gte(t,n_forced*{gop})")]);

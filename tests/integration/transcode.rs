@@ -1090,3 +1090,54 @@ fn a_resolution_change_mid_stream_is_scaled_into_the_planned_ladder() {
         assert_eq!(stream["nb_read_frames"], "100", "{name}: {probe}");
     }
 }
+
+#[test]
+fn short_and_long_sources_keep_every_rung_under_its_cap() {
+    use cascade_workers::transcode::pipeline::run as transcode_file;
+    let dir = tempfile::tempdir().unwrap();
+    let config = TranscodeConfig::default();
+    // Noise every frame: content that wants far more bits than any cap.
+    for seconds in [3, 10] {
+        let source = dir.path().join(format!("hard_{seconds}s.mp4"));
+        let (ok, _, err) = run(Command::new("ffmpeg")
+            .args(["-v", "error", "-f", "lavfi", "-i"])
+            .arg(format!(
+                "testsrc2=size=1280x720:rate=30:duration={seconds},noise=alls=25:allf=t"
+            ))
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-qp", "12"])
+            .arg(&source));
+        assert!(ok, "{err}");
+        let (events, mut received) = tokio::sync::mpsc::channel(64);
+        let drain = std::thread::spawn(move || while received.blocking_recv().is_some() {});
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let summary = transcode_file(
+            &source,
+            &config,
+            encoders::VideoEncoder::Libx264,
+            &events,
+            &cancel,
+        )
+        .expect("the transcode");
+        drop(events);
+        drain.join().unwrap();
+        for (rendition, _) in summary.renditions.iter().filter(|(r, _)| r.name != "audio") {
+            let cap = config
+                .ladder
+                .iter()
+                .find(|rung| rung.name == rendition.name)
+                .map(|rung| rung.bitrate)
+                .unwrap();
+            let average = rendition.bitrates().average;
+            eprintln!(
+                "{seconds} s source, {}: average {average} bit/s, cap {cap} ({:.2}x)",
+                rendition.name,
+                average as f64 / cap as f64
+            );
+            assert!(
+                average <= cap,
+                "{seconds} s source: {} averages {average} bit/s, over its cap of {cap}",
+                rendition.name
+            );
+        }
+    }
+}

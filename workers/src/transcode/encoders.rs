@@ -10,6 +10,10 @@ use std::fmt;
 use cascade_platform::config::{EncoderChoice, RateControl, TranscodeConfig};
 use ffmpeg_next as ff;
 
+/// x264's initial VBV buffer fullness (`vbv-init`), as a share of the
+/// buffer (the benchmarks give the ffmpeg CLI the same).
+pub const VBV_INITIAL_FULLNESS: f64 = 0.3;
+
 /// An H.264 encoder Cascade knows how to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoEncoder {
@@ -160,6 +164,13 @@ pub fn open_video(
     video.set_max_b_frames(config.b_frames as usize);
     video.set_flags(ff::codec::Flags::GLOBAL_HEADER);
     let bitrate = settings.bitrate as usize;
+    // VBV: the decoder's buffer fills at `max` and holds `buffer` bits. x264
+    // starts it 90 % full by default, which lets the first seconds spend
+    // that much beyond the cap: a 3 s clip averaged 1.26x its rung's cap.
+    // Starting it 30 % full keeps every rung's average over the asset under
+    // its cap, short clips included (0.85x for 3 s, 0.96x for 10 s of
+    // content that wants far more bits; half full still gave 1.01x), at a
+    // cost in quality within 0.1 dB PSNR on such a clip.
     let (target, max, buffer) = match config.rate_control {
         RateControl::CappedCrf => (None, bitrate, bitrate * 2),
         RateControl::Vbr => (Some(bitrate), bitrate * 3 / 2, bitrate * 2),
@@ -200,9 +211,10 @@ pub fn open_video(
             options.set(
                 "x264-params",
                 &format!(
-                    "keyint={}:min-keyint={}:scenecut=0:open-gop=0:b-pyramid=none{}",
+                    "keyint={}:min-keyint={}:scenecut=0:open-gop=0:b-pyramid=none:vbv-init={}{}",
                     settings.gop_frames * 2,
                     settings.gop_frames,
+                    VBV_INITIAL_FULLNESS,
                     config
                         .lookahead_frames
                         .map(|frames| format!(":rc-lookahead={frames}"))
