@@ -642,6 +642,58 @@ async fn s3_lifecycle_rules_are_applied_at_start_up() {
 }
 
 #[tokio::test]
+async fn s3_start_up_keeps_the_operators_lifecycle_rules() {
+    let config = tuned(StorageConfig {
+        s3: Some(crate::common::s3_config()),
+        ..StorageConfig::default()
+    });
+    let store = ObjectStore::from_config(&config).await.unwrap();
+    let ObjectStore::S3(s3) = &store else {
+        unreachable!()
+    };
+    // The operator's own rule, put beside Cascade's.
+    s3.put_expiration_rule("operator-archive-expiry", "archive/", 365)
+        .await
+        .unwrap();
+    // Start-up again (a restart, another replica): Cascade's rules are
+    // written again, the operator's stays, nothing is duplicated.
+    for _ in 0..2 {
+        let again = ObjectStore::from_config(&config).await.unwrap();
+        let ObjectStore::S3(s3) = &again else {
+            unreachable!()
+        };
+        let mut ids = s3.lifecycle_rule_ids().await.unwrap();
+        ids.sort();
+        assert_eq!(
+            ids,
+            vec![
+                "cascade-abort-incomplete-multipart",
+                "cascade-expire-tmp",
+                "operator-archive-expiry"
+            ]
+        );
+    }
+    // A rule Cascade no longer configures goes; the operator's stays.
+    let mut without_tmp = config.clone();
+    if let Some(s3) = without_tmp.s3.as_mut() {
+        s3.lifecycle.expire_tmp_days = None;
+    }
+    let again = ObjectStore::from_config(&without_tmp).await.unwrap();
+    let ObjectStore::S3(s3) = &again else {
+        unreachable!()
+    };
+    let mut ids = s3.lifecycle_rule_ids().await.unwrap();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            "cascade-abort-incomplete-multipart",
+            "operator-archive-expiry"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn s3_with_wrong_credentials_fails_with_a_permanent_error() {
     let mut config = crate::common::s3_config();
     config.secret_access_key = cascade_platform::config::Secret::new("wrong");

@@ -33,6 +33,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::{read_chunk, ByteRange, ObjectBody, ObjectMeta, PutOutcome, PutTuning, StorageError};
 use crate::config::S3Config;
 
+/// Lifecycle rule ids starting with this are Cascade's own (replaced at
+/// start-up); every other rule on the bucket is the operator's and is kept.
+pub const OWN_RULE_PREFIX: &str = "cascade-";
+
 /// DeleteObjects takes at most this many keys.
 const DELETE_BATCH: usize = 1000;
 
@@ -313,7 +317,8 @@ impl S3Store {
         }
     }
 
-    /// Applies the configured lifecycle rules. A store that refuses them
+    /// Applies the configured lifecycle rules, merged into the bucket's
+    /// (see [`Self::merge_lifecycle_rules`]). A store that refuses them
     /// (some S3-compatible stores implement only part of the API) gets a
     /// warning with its answer; start-up goes on.
     async fn apply_lifecycle(&self, config: &S3Config) {
@@ -348,42 +353,109 @@ impl S3Store {
         }
         let rules: Result<Vec<_>, _> = rules.into_iter().collect();
         let rules = match rules {
-            Ok(rules) if !rules.is_empty() => rules,
-            Ok(_) => return,
+            Ok(rules) => rules,
             Err(error) => {
                 tracing::warn!(error = %error, "cannot build lifecycle rules; none applied");
                 return;
             }
         };
         let count = rules.len();
-        let lifecycle = match BucketLifecycleConfiguration::builder()
-            .set_rules(Some(rules))
-            .build()
-        {
-            Ok(l) => l,
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot build lifecycle configuration; none applied");
-                return;
-            }
-        };
         match self
+            .merge_lifecycle_rules(rules, |id| id.starts_with(OWN_RULE_PREFIX))
+            .await
+        {
+            Ok(kept) => tracing::info!(
+                bucket = %self.bucket,
+                rules = count,
+                operator_rules = kept,
+                "applied bucket lifecycle rules, keeping the bucket's other rules"
+            ),
+            Err(error) => tracing::warn!(
+                bucket = %self.bucket,
+                error = %error,
+                "the store refused the bucket lifecycle rules; continuing without them"
+            ),
+        }
+    }
+
+    /// Writes the bucket's lifecycle configuration as the rules it has,
+    /// minus those `replaced` names (by id) and those `rules` carry ids of,
+    /// plus `rules`: read, merge by rule id, write, so rules an operator put
+    /// on the bucket survive. Returns how many of the bucket's rules were
+    /// kept. (S3 has no conditional write for lifecycle configurations: two
+    /// writers at once can lose one's change; Cascade writes at start-up.)
+    pub async fn merge_lifecycle_rules(
+        &self,
+        rules: Vec<LifecycleRule>,
+        replaced: impl Fn(&str) -> bool,
+    ) -> Result<usize, StorageError> {
+        let existing = match self
             .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(self.bucket.as_ref())
+            .send()
+            .await
+        {
+            Ok(out) => out.rules().to_vec(),
+            // A bucket without a configuration answers this.
+            Err(error) if error.code() == Some("NoSuchLifecycleConfiguration") => Vec::new(),
+            Err(error) => return Err(classify(error, &self.bucket)),
+        };
+        let new_ids: Vec<&str> = rules.iter().filter_map(|r| r.id()).collect();
+        let kept: Vec<LifecycleRule> = existing
+            .into_iter()
+            .filter(|rule| {
+                rule.id()
+                    .is_none_or(|id| !replaced(id) && !new_ids.contains(&id))
+            })
+            .collect();
+        let kept_count = kept.len();
+        let merged: Vec<LifecycleRule> = kept.into_iter().chain(rules).collect();
+        if merged.is_empty() {
+            self.client
+                .delete_bucket_lifecycle()
+                .bucket(self.bucket.as_ref())
+                .send()
+                .await
+                .map_err(|e| classify(e, &self.bucket))?;
+            return Ok(0);
+        }
+        let lifecycle = BucketLifecycleConfiguration::builder()
+            .set_rules(Some(merged))
+            .build()
+            .map_err(|e| StorageError::Permanent(format!("lifecycle configuration: {e}")))?;
+        self.client
             .put_bucket_lifecycle_configuration()
             .bucket(self.bucket.as_ref())
             .lifecycle_configuration(lifecycle)
             .send()
             .await
-        {
-            Ok(_) => {
-                tracing::info!(bucket = %self.bucket, rules = count, "applied bucket lifecycle rules")
-            }
-            Err(error) => tracing::warn!(
-                bucket = %self.bucket,
-                code = error.code().unwrap_or("unknown"),
-                error = %DisplayErrorContext(&error),
-                "the store refused the bucket lifecycle rules; continuing without them"
-            ),
-        }
+            .map_err(|e| classify(e, &self.bucket))?;
+        Ok(kept_count)
+    }
+
+    /// Adds (or replaces, by id) one rule expiring objects under `prefix`
+    /// after `days`, keeping the bucket's other rules: what an operator's
+    /// tooling would do, and what the tests use to play the operator.
+    pub async fn put_expiration_rule(
+        &self,
+        id: &str,
+        prefix: &str,
+        days: u32,
+    ) -> Result<(), StorageError> {
+        let rule = LifecycleRule::builder()
+            .id(id)
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix(prefix).build())
+            .expiration(
+                LifecycleExpiration::builder()
+                    .days(i32::try_from(days).unwrap_or(i32::MAX))
+                    .build(),
+            )
+            .build()
+            .map_err(|e| StorageError::Permanent(format!("lifecycle rule: {e}")))?;
+        self.merge_lifecycle_rules(vec![rule], |_| false).await?;
+        Ok(())
     }
 
     /// The lifecycle rule ids the bucket has (tests, diagnostics).
