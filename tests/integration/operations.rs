@@ -140,9 +140,17 @@ fn infra(path: &str) -> PathBuf {
     repo_root().join("infra").join(path)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_every_role_and_the_dashboard_and_alerts_read_real_series() {
-    // A webhook receiver, so deliveries are measured.
+/// `cascade serve` with every role over local storage, delivering webhooks
+/// to a receiver of its own; `extra` adds or overrides settings.
+struct Stack {
+    process: CascadeProcess,
+    addr: SocketAddr,
+    _root: tempfile::TempDir,
+    _db: crate::common::TestDb,
+}
+
+async fn start_stack(extra: &[(&str, &str)]) -> Stack {
+    // A webhook receiver, so deliveries happen (and are measured, traced).
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(|| async { axum::http::StatusCode::NO_CONTENT }),
@@ -155,21 +163,33 @@ async fn prometheus_scrapes_every_role_and_the_dashboard_and_alerts_read_real_se
     let root = tempfile::tempdir().unwrap();
     let root_text = root.path().display().to_string();
     let endpoints = format!("[{{ url = \"{hook}\", secret = \"operations-webhook-secret\" }}]");
-    let stack = CascadeProcess::serve(
-        &db.url,
-        "ingest,workers,origin",
-        &[
-            ("CASCADE_INGEST__BOOTSTRAP_KEY", KEY),
-            ("CASCADE_STORAGE__LOCAL_ROOT", &root_text),
-            ("CASCADE_WEBHOOKS__ENDPOINTS", &endpoints),
-            ("CASCADE_TRANSCODE__ENCODER", "libx264"),
-            ("CASCADE_QUEUE__POLL_INTERVAL", "\"300ms\""),
-            ("CASCADE_METRICS__QUEUE_SAMPLE_INTERVAL", "\"1s\""),
-            ("CASCADE_INGEST__PUBLIC_URL", "https://api.test"),
-            ("CASCADE_PLAYBACK__PUBLIC_URL", "https://cdn.test/"),
-        ],
-    );
-    let addr = stack.http.unwrap();
+    let mut env = vec![
+        ("CASCADE_INGEST__BOOTSTRAP_KEY", KEY),
+        ("CASCADE_STORAGE__LOCAL_ROOT", root_text.as_str()),
+        ("CASCADE_WEBHOOKS__ENDPOINTS", endpoints.as_str()),
+        ("CASCADE_TRANSCODE__ENCODER", "libx264"),
+        ("CASCADE_QUEUE__POLL_INTERVAL", "\"300ms\""),
+    ];
+    env.extend_from_slice(extra);
+    let process = CascadeProcess::serve(&db.url, "ingest,workers,origin", &env);
+    let addr = process.http.unwrap();
+    Stack {
+        process,
+        addr,
+        _root: root,
+        _db: db,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_every_role_and_the_dashboard_and_alerts_read_real_series() {
+    let stack = start_stack(&[
+        ("CASCADE_METRICS__QUEUE_SAMPLE_INTERVAL", "\"1s\""),
+        ("CASCADE_INGEST__PUBLIC_URL", "https://api.test"),
+        ("CASCADE_PLAYBACK__PUBLIC_URL", "https://cdn.test/"),
+    ])
+    .await;
+    let addr = stack.addr;
     let prometheus = Prometheus::start(addr, &infra("prometheus/alerts.yml")).await;
 
     // A fixture through the pipeline: simple upload, transcode, webhook,
@@ -323,7 +343,7 @@ async fn prometheus_scrapes_every_role_and_the_dashboard_and_alerts_read_real_se
             assert!(!family.ends_with("_total"), "counter family {family}");
         }
     }
-    drop(stack);
+    drop(stack.process);
 }
 
 #[test]
@@ -398,34 +418,14 @@ async fn collector() -> (String, Received) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_follows_an_upload_through_the_queue_transcode_and_webhook() {
     let (otlp, received) = collector().await;
-    let hook_app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(|| async { axum::http::StatusCode::NO_CONTENT }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook_app).await });
-
-    let db = fresh_db().await;
-    let root = tempfile::tempdir().unwrap();
-    let root_text = root.path().display().to_string();
-    let endpoints = format!("[{{ url = \"{hook}\", secret = \"operations-webhook-secret\" }}]");
-    let stack = CascadeProcess::serve(
-        &db.url,
-        "ingest,workers,origin",
-        &[
-            ("CASCADE_INGEST__BOOTSTRAP_KEY", KEY),
-            ("CASCADE_STORAGE__LOCAL_ROOT", &root_text),
-            ("CASCADE_WEBHOOKS__ENDPOINTS", &endpoints),
-            ("CASCADE_TRANSCODE__ENCODER", "libx264"),
-            ("CASCADE_QUEUE__POLL_INTERVAL", "\"300ms\""),
-            ("CASCADE_TRACES__OTLP_ENDPOINT", &otlp),
-            ("CASCADE_TRACES__SERVICE_NAME", "cascade-test"),
-            // The SDK's batch delay: export quickly.
-            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-        ],
-    );
-    let addr = stack.http.unwrap();
+    let stack = start_stack(&[
+        ("CASCADE_TRACES__OTLP_ENDPOINT", otlp.as_str()),
+        ("CASCADE_TRACES__SERVICE_NAME", "cascade-test"),
+        // The SDK's batch delay: export quickly.
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ])
+    .await;
+    let addr = stack.addr;
 
     // The client's own trace and request id.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -517,5 +517,5 @@ async fn one_trace_follows_an_upload_through_the_queue_transcode_and_webhook() {
     }
     let rungs = spans.iter().filter(|s| s["name"] == "encode_rung").count();
     assert!(rungs >= 1, "a span per rung");
-    drop(stack);
+    drop(stack.process);
 }

@@ -641,6 +641,17 @@ async fn s3_lifecycle_rules_are_applied_at_start_up() {
     );
 }
 
+/// Starts an S3 store with `config` and lists its bucket's lifecycle rule ids.
+async fn rule_ids_after_start_up(config: &StorageConfig) -> Vec<String> {
+    let store = ObjectStore::from_config(config).await.unwrap();
+    let ObjectStore::S3(s3) = &store else {
+        unreachable!()
+    };
+    let mut ids = s3.lifecycle_rule_ids().await.unwrap();
+    ids.sort();
+    ids
+}
+
 #[tokio::test]
 async fn s3_start_up_keeps_the_operators_lifecycle_rules() {
     let config = tuned(StorageConfig {
@@ -658,14 +669,8 @@ async fn s3_start_up_keeps_the_operators_lifecycle_rules() {
     // Start-up again (a restart, another replica): Cascade's rules are
     // written again, the operator's stays, nothing is duplicated.
     for _ in 0..2 {
-        let again = ObjectStore::from_config(&config).await.unwrap();
-        let ObjectStore::S3(s3) = &again else {
-            unreachable!()
-        };
-        let mut ids = s3.lifecycle_rule_ids().await.unwrap();
-        ids.sort();
         assert_eq!(
-            ids,
+            rule_ids_after_start_up(&config).await,
             vec![
                 "cascade-abort-incomplete-multipart",
                 "cascade-expire-tmp",
@@ -678,14 +683,8 @@ async fn s3_start_up_keeps_the_operators_lifecycle_rules() {
     if let Some(s3) = without_tmp.s3.as_mut() {
         s3.lifecycle.expire_tmp_days = None;
     }
-    let again = ObjectStore::from_config(&without_tmp).await.unwrap();
-    let ObjectStore::S3(s3) = &again else {
-        unreachable!()
-    };
-    let mut ids = s3.lifecycle_rule_ids().await.unwrap();
-    ids.sort();
     assert_eq!(
-        ids,
+        rule_ids_after_start_up(&without_tmp).await,
         vec![
             "cascade-abort-incomplete-multipart",
             "operator-archive-expiry"
