@@ -1,5 +1,6 @@
 //! `GET /healthz` (the process answers), `GET /readyz` (its dependencies
-//! answer: 503 naming the failing one otherwise; 503 `draining` once the
+//! answer: 503 naming the failing one otherwise, except for an origin-only
+//! process, which stays ready and says `degraded`; 503 `draining` once the
 //! process is shutting down) and `GET /metrics` (every role's metrics, when
 //! `metrics.enabled`).
 
@@ -29,6 +30,12 @@ pub struct Dependencies {
     pub store: ObjectStore,
     /// Fired when the process starts shutting down.
     pub draining: CancellationToken,
+    /// Whether this process's roles can do nothing without Postgres and
+    /// the object store (ingest, workers). An origin alone serves what it
+    /// has through their outages (resolved assets, cached objects), so a
+    /// failing dependency does not make it unready: taking every origin
+    /// out of its load balancer at once would stop playback entirely.
+    pub dependencies_required: bool,
 }
 
 /// The health routes, and `/metrics` over `registry` when given.
@@ -93,6 +100,7 @@ async fn readyz(State(deps): State<Dependencies>) -> Response {
         .filter(|(_, e)| e.is_some())
         .map(|(name, _)| *name)
         .collect();
+    let degraded = !failing.is_empty() && !deps.dependencies_required;
     for (name, error) in [("database", &database), ("storage", &storage)] {
         if let Some(error) = error {
             // Details go to the log; clients get the dependency's name.
@@ -101,10 +109,17 @@ async fn readyz(State(deps): State<Dependencies>) -> Response {
     }
     let status = |e: &Option<String>| if e.is_some() { "unavailable" } else { "ok" };
     let body = json!({
-        "status": if failing.is_empty() { "ready" } else { "unavailable" },
+        "status": if failing.is_empty() {
+            "ready"
+        } else if degraded {
+            // Serving from what it has; the checks say what is missing.
+            "degraded"
+        } else {
+            "unavailable"
+        },
         "checks": { "database": status(&database), "storage": status(&storage) },
     });
-    if failing.is_empty() {
+    if failing.is_empty() || degraded {
         (StatusCode::OK, Json(body)).into_response()
     } else {
         let mut body = body;

@@ -291,6 +291,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             pool: pool.clone(),
             store: store.clone(),
             draining: shutdown.clone(),
+            dependencies_required: roles.contains(&Role::Ingest) || roles.contains(&Role::Workers),
         },
         registry,
     ));

@@ -519,3 +519,37 @@ async fn one_trace_follows_an_upload_through_the_queue_transcode_and_webhook() {
     assert!(rungs >= 1, "a span per rung");
     drop(stack.process);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_stays_ready_through_a_database_outage_and_ingest_does_not() {
+    let db = fresh_db().await;
+    let origin = CascadeProcess::serve(&db.url, "origin", &[]);
+    let ingest = CascadeProcess::serve(&db.url, "ingest", &[]);
+    let (origin_addr, ingest_addr) = (origin.http.unwrap(), ingest.http.unwrap());
+    assert_eq!(http_get(origin_addr, "/readyz").0, 200);
+    assert_eq!(http_get(ingest_addr, "/readyz").0, 200);
+    crate::common::database_outage(&db, true).await;
+    // The API cannot work without Postgres: out of its load balancer.
+    let body = eventually(
+        "ingest to turn unready",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = http_get(ingest_addr, "/readyz");
+            (status == 503).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("\"database\":\"unavailable\""), "{body}");
+    // The origin serves what it has: ready, and saying what is missing.
+    let (status, body) = http_get(origin_addr, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":\"degraded\""), "{body}");
+    assert!(body.contains("\"database\":\"unavailable\""), "{body}");
+    crate::common::database_outage(&db, false).await;
+    eventually(
+        "ingest to be ready again",
+        Duration::from_secs(30),
+        || async { (http_get(ingest_addr, "/readyz").0 == 200).then_some(()) },
+    )
+    .await;
+}
