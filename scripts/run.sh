@@ -22,6 +22,7 @@ echo "run: S3 endpoint $CASCADE_STORAGE__S3__ENDPOINT (bucket $CASCADE_STORAGE__
 echo "run: operator commands in another shell need these variables; see docs/configuration.md"
 echo "run: API key: $CASCADE_INGEST__BOOTSTRAP_KEY"
 echo "run: try: curl -H \"Authorization: Bearer \$KEY\" -X POST $CASCADE_INGEST__PUBLIC_URL/v1/assets"
+echo "run: health, readiness and metrics: http://$CASCADE_HTTP__LISTEN/healthz, /readyz, /metrics"
 echo "run: stop with Ctrl-C"
 "$bin" migrate
 exec "$bin" serve
