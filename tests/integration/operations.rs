@@ -553,3 +553,54 @@ async fn an_origin_stays_ready_through_a_database_outage_and_ingest_does_not() {
     )
     .await;
 }
+
+#[test]
+fn api_requests_write_a_json_access_log_line_with_their_request_id() {
+    let db = tokio::runtime::Runtime::new().unwrap().block_on(fresh_db());
+    let mut child = Command::new(crate::common::cascade_bin())
+        .args(["serve", "--roles", "ingest"])
+        .env("CASCADE_DATABASE__URL", &db.url)
+        .env("CASCADE_HTTP__LISTEN", "127.0.0.1:0")
+        .env("CASCADE_LIVE__RTMP_LISTEN", "127.0.0.1:0")
+        .env("CASCADE_LOG__FORMAT", "json")
+        .env("CASCADE_LOG__FILTER", "warn,cascade::access=info")
+        .env("CASCADE_INGEST__BOOTSTRAP_KEY", KEY)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = std::io::BufRead::lines(stdout).map_while(Result::ok);
+    let addr: SocketAddr = lines
+        .find_map(|line| {
+            let rest = line.split("serving").nth(1)?.split("http://").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .expect("the listening address");
+    // Keep draining stdout so the child never writes to a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let (status, _, _) = http(
+        addr,
+        "POST",
+        "/v1/assets",
+        &[AUTH, ("X-Request-Id", "access-log-probe")],
+        b"",
+    );
+    assert_eq!(status, 201);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["target"] == "cascade::access")
+        .unwrap_or_else(|| panic!("no access log line in:\n{stderr}"));
+    assert_eq!(line["request_id"], "access-log-probe", "{line}");
+    assert_eq!(line["route"], "/v1/assets", "{line}");
+    assert_eq!(line["method"], "POST", "{line}");
+    assert_eq!(line["status"], 201, "{line}");
+    assert!(line["duration_ms"].as_f64().is_some(), "{line}");
+}

@@ -109,13 +109,15 @@ async fn healthz_and_readyz_report_dependencies() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"ready\""), "{body}");
 
-    // A process whose database is gone: alive, but not ready, naming the database.
+    // A worker whose database is gone: alive, but not ready, naming the
+    // database. (An origin alone stays ready, degraded: see
+    // operations::an_origin_stays_ready_through_a_database_outage_and_ingest_does_not.)
     let dead_db = "postgres://cascade@127.0.0.1:9/nowhere";
     let env = [
         ("CASCADE_DATABASE__MIGRATE_ON_START", "false"),
         ("CASCADE_DATABASE__CONNECT_TIMEOUT", "\"500ms\""),
     ];
-    let broken = CascadeProcess::serve(dead_db, "origin", &env);
+    let broken = CascadeProcess::serve(dead_db, "workers", &env);
     let addr = broken.http.unwrap();
     assert_eq!(http_get(addr, "/healthz").0, 200);
     let (status, body) = http_get(addr, "/readyz");
