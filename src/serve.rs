@@ -127,7 +127,10 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
 
     let mut tasks = JoinSet::new();
     let worker_metrics = WorkerMetrics::default();
-    if config.metrics.enabled {
+    // The processes that use the queue sample it; origins do not add load
+    // on Postgres for figures they have no part in.
+    let uses_queue = roles.contains(&Role::Ingest) || roles.contains(&Role::Workers);
+    if config.metrics.enabled && uses_queue {
         let gauges = QueueGauges::register(&mut registry);
         let (queue, every, token) = (
             queue.clone(),
@@ -291,7 +294,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             pool: pool.clone(),
             store: store.clone(),
             draining: shutdown.clone(),
-            dependencies_required: roles.contains(&Role::Ingest) || roles.contains(&Role::Workers),
+            dependencies_required: uses_queue,
         },
         registry,
     ));

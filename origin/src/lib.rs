@@ -11,7 +11,6 @@
 //! | `/play/{playback_id}/{rendition}/init.mp4` | CMAF init segment (`EXT-X-MAP`, DASH initialization) |
 //! | `/play/{playback_id}/{rendition}/{seq}.m4s` | CMAF media segment |
 //! | `/play/{playback_id}/s{session}/{rendition}/{msn}.{part}.m4s` | a live stream's partial segment (LL-HLS `EXT-X-PART`) |
-//! | `/metrics` | Prometheus text |
 //!
 //! Low-latency live streams (draft-pantos-hls-rfc8216bis, low-latency DASH):
 //! media playlists (with `_HLS_msn` / `_HLS_part` / `_HLS_skip`), parts and

@@ -1,9 +1,10 @@
 //! The queue's depth as Prometheus gauges, sampled from Postgres on an
 //! interval (never per scrape, so a scraper cannot load the database).
 //!
-//! Every `cascade serve` process samples, whatever its roles: workers may be
-//! scaled to zero by the very number they would report. Dashboards and alerts
-//! therefore aggregate with `max by (kind)` across instances. KEDA reads the
+//! Every `cascade serve` process with the ingest or workers role samples:
+//! workers may be scaled to zero by the very number they would report, and
+//! ingest is always up. Dashboards and alerts therefore aggregate with
+//! `max by (kind)` across instances. KEDA reads the
 //! same figures straight from Postgres (see `infra/k8s/workers.yaml`).
 
 use std::time::Duration;
@@ -14,16 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Family, FloatGauge, Gauge, Registry, Unit};
 use crate::Queue;
-
-/// Kinds whose gauges exist (at 0) before any job of theirs is seen, so
-/// dashboards and alerts always have a series to read.
-const KNOWN_KINDS: [&str; 5] = [
-    job_kind::TRANSCODE,
-    job_kind::WEBHOOK,
-    job_kind::PURGE_ASSET,
-    job_kind::FINISH_BROADCAST,
-    job_kind::NOOP,
-];
 
 /// A job kind label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,7 +52,8 @@ impl QueueGauges {
     /// New gauges, every known kind at 0, registered into `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let gauges = Self::default();
-        for kind in KNOWN_KINDS {
+        // Every known kind at 0, so dashboards and alerts always have a series.
+        for kind in job_kind::ALL {
             gauges.set(kind, 0, 0, 0, 0.0);
             gauges.set_dead(kind, 0);
         }
@@ -119,7 +111,7 @@ impl QueueGauges {
         let dead = queue.dead_counts().await?;
         // Kinds not in the answer have no queued or running job: zero them,
         // or a drained queue would keep reporting its last depth.
-        let mut seen: Vec<String> = KNOWN_KINDS.iter().map(|k| (*k).to_owned()).collect();
+        let mut seen: Vec<String> = job_kind::ALL.iter().map(|k| (*k).to_owned()).collect();
         for row in &depth {
             if !seen.contains(&row.kind) {
                 seen.push(row.kind.clone());

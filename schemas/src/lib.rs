@@ -36,4 +36,7 @@ pub mod job_kind {
     pub const WEBHOOK: &str = "webhook";
     /// Does nothing (optionally sleeps): queue diagnostics and `cascade bench queue`.
     pub const NOOP: &str = "noop";
+
+    /// Every kind above (metrics keep a series for each from the start).
+    pub const ALL: [&str; 5] = [TRANSCODE, PURGE_ASSET, FINISH_BROADCAST, WEBHOOK, NOOP];
 }

@@ -10,8 +10,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cascade_platform::{assets, db, Config, ObjectStore, Queue};
-use cascade_schemas::AssetState;
+use cascade_platform::{db, Config, ObjectStore, Queue};
 use clap::Args;
 
 use super::origin::ChildGuard;
@@ -96,23 +95,10 @@ async fn measure(config: &Config, input: &Path) -> anyhow::Result<(f64, f64)> {
     let (asset, _) = cascade_ingest::import_file(&queue, &store, input, Some("bench memory"))
         .await
         .context("importing the source")?;
-    loop {
-        worker.check_running()?;
-        let current = assets::get(&pool, asset)
-            .await?
-            .context("the imported asset vanished")?;
-        match current.state {
-            AssetState::Ready => break,
-            AssetState::Errored => bail!(
-                "the transcode failed: {}",
-                current.error_message.unwrap_or_default()
-            ),
-            _ if started.elapsed() > Duration::from_secs(3600) => {
-                bail!("the transcode did not finish within an hour")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
+    super::wait_until_ready(&pool, asset, Duration::from_secs(3600), || {
+        worker.check_running()
+    })
+    .await?;
     let took = started.elapsed().as_secs_f64();
     let peak = peak_rss_mb(worker.child.id());
     drop(worker);

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cascade_platform::config::EncoderChoice;
 use cascade_platform::queue::JobNotifier;
-use cascade_platform::{assets, db, Config, ObjectStore, Queue};
-use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey, PlaybackId, RenditionName};
+use cascade_platform::{db, Config, ObjectStore, Queue};
+use cascade_schemas::{job_kind, AssetId, ObjectKey, PlaybackId, RenditionName};
 use cascade_workers::transcode::encoders::VideoEncoder;
 use cascade_workers::transcode::TranscodeHandler;
 use cascade_workers::{HandlerRegistry, Runner};
@@ -223,25 +223,7 @@ async fn transcode_fixture(
     );
     let worker = tokio::spawn(runner.run(stop.clone()));
 
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let outcome = loop {
-        let current = assets::get(pool, asset)
-            .await?
-            .context("the imported asset vanished")?;
-        match current.state {
-            AssetState::Ready => break Ok(current),
-            AssetState::Errored => {
-                break Err(anyhow::anyhow!(
-                    "the transcode failed: {}",
-                    current.error_message.unwrap_or_default()
-                ))
-            }
-            _ if Instant::now() > deadline => {
-                break Err(anyhow::anyhow!("the transcode did not finish in 600 s"))
-            }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    };
+    let outcome = super::wait_until_ready(pool, asset, Duration::from_secs(600), || Ok(())).await;
     stop.cancel();
     let _ = worker.await;
     let ready = outcome?;

@@ -74,15 +74,6 @@ struct ResultLabels {
     result: &'static str,
 }
 
-/// Kinds whose series exist before their first job.
-const KINDS: [&str; 5] = [
-    job_kind::TRANSCODE,
-    job_kind::WEBHOOK,
-    job_kind::PURGE_ASSET,
-    job_kind::FINISH_BROADCAST,
-    job_kind::NOOP,
-];
-
 /// Webhook delivery results.
 const DELIVERY_RESULTS: [&str; 3] = ["delivered", "rejected", "unreachable"];
 
@@ -121,7 +112,7 @@ impl Default for WorkerMetrics {
             delivery_duration: Histogram::new(JOB_SECONDS),
         };
         // Series an alert or a rate reads exist from the start at 0.
-        for kind in KINDS {
+        for kind in job_kind::ALL {
             let labels = KindLabels::of(kind);
             drop(metrics.claimed.get_or_create(&labels));
             drop(metrics.running.get_or_create(&labels));
