@@ -46,6 +46,7 @@ async fn show(
         None => Vec::new(),
     };
     let mut value = serde_json::to_value(&asset)?;
+    value["playable"] = asset.served_version().is_some().into();
     value["renditions"] = serde_json::to_value(renditions)?;
     Ok(Some(value))
 }

@@ -42,8 +42,10 @@ pub(crate) async fn asset_json(
         None => Vec::new(),
     };
     let base = format!("/play/{}", asset.playback_id);
-    // A published version plays, also while a replacement is processing.
-    let playback = asset.published_version.is_some().then(|| PlaybackUrls {
+    // A published version plays, also while a replacement is processing;
+    // before one is, the growing first version plays (progressive publish).
+    let playable = asset.served_version().is_some();
+    let playback = playable.then(|| PlaybackUrls {
         hls: state.playback_url(&format!("{base}/master.m3u8")),
         dash: state.playback_url(&format!("{base}/manifest.mpd")),
     });
@@ -65,6 +67,7 @@ pub(crate) async fn asset_json(
         playback_id: asset.playback_id.to_string(),
         playback_policy: asset.playback_policy.to_string(),
         state: asset.state.to_string(),
+        playable,
         progress: asset.progress,
         title: asset.title.clone(),
         metadata: asset.metadata.clone(),

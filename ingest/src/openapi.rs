@@ -120,6 +120,11 @@ pub struct AssetView {
     pub playback_policy: String,
     /// `waiting`, `processing`, `ready` or `errored`.
     pub state: String,
+    /// Players can start: the asset is ready, or (progressive publish) its
+    /// first segments are out while the rest is still processing. The HLS
+    /// URL then serves growing playlists (`EXT-X-PLAYLIST-TYPE:EVENT`,
+    /// `EXT-X-ENDLIST` once ready); the DASH MPD appears when it is ready.
+    pub playable: bool,
     /// Percent transcoded.
     pub progress: f32,
     /// Title.
@@ -133,7 +138,7 @@ pub struct AssetView {
     pub error: Option<AssetError>,
     /// Published renditions.
     pub renditions: Vec<RenditionView>,
-    /// Playback URLs, once ready.
+    /// Playback URLs, once playable.
     pub playback: Option<PlaybackUrls>,
     /// Upload targets, while waiting.
     pub upload: Option<UploadUrls>,

@@ -27,6 +27,7 @@ pub const MAX_ENDPOINTS: usize = 20;
 /// Event types an endpoint may subscribe to.
 pub const EVENT_TYPES: &[&str] = &[
     "asset.created",
+    "asset.playable",
     "asset.ready",
     "asset.errored",
     "asset.deleted",
@@ -42,7 +43,7 @@ pub const EVENT_TYPES: &[&str] = &[
 pub struct CreateWebhookEndpoint {
     /// Public `http://` or `https://` URL that receives the events.
     url: String,
-    /// Event types to send (`asset.created`, `asset.ready`, `asset.errored`,
+    /// Event types to send (`asset.created`, `asset.playable`, `asset.ready`, `asset.errored`,
     /// `asset.deleted`, `live_stream.active`, `live_stream.disconnected`,
     /// `live_stream.idle`, `live_stream.recording.ready`); absent or empty
     /// means all.

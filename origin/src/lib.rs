@@ -27,8 +27,12 @@
 //!   store. A circuit breaker guards the store; an L1 hit is served whatever
 //!   the store's state (stale-if-error), a miss while the store fails is a
 //!   fast 503 with `Retry-After`.
-//! - **Assets**: playback id -> (asset, state, policy, published version)
-//!   from Postgres, reused for `asset_ttl`. No published version: 404
+//! - **Assets**: playback id -> (asset, state, policy, published version,
+//!   growing version) from Postgres, reused for `asset_ttl`. A new asset
+//!   plays while it grows (progressive publish): its HLS playlists are
+//!   served short-lived (they change under their key, so the memory tier
+//!   keeps them only `live_cache_ttl`), its segments immutable; its DASH
+//!   MPD comes once it is ready. Nothing published or growing: 404
 //!   `asset_not_ready`.
 //! - **HTTP** (GET, HEAD, OPTIONS): `Content-Type` by object class; strong
 //!   `ETag` and `If-None-Match` (304); single byte ranges (206, 416 with
@@ -217,12 +221,27 @@ pub fn router(state: OriginState) -> Router {
         .with_state(state)
 }
 
+/// What an asset's request is answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presentation {
+    /// The published version of a `ready` asset.
+    Ready,
+    /// The first version while it is still being transcoded (progressive
+    /// publish): its playlists grow, its segments never change.
+    Growing,
+    /// A published version while a replacement processes, or of an
+    /// errored asset.
+    NotReady,
+}
+
 /// The `Cache-Control` of a successful response:
 ///
 /// | asset | object | Cache-Control |
 /// | --- | --- | --- |
 /// | public, ready | init and media segments | `public, max-age=31536000, immutable` |
 /// | public, ready | manifests | `public, max-age=60, s-maxage=86400` (configurable; purge by `Surrogate-Key`) |
+/// | public, growing (progressive publish) | init and media segments | `public, max-age=31536000, immutable` |
+/// | public, growing | playlists | `public, max-age=1, s-maxage=1` (`live_manifest_max_age`: they grow) |
 /// | public, not ready (a version is published, a new one is processing, or it errored) | anything | `no-store` |
 /// | signed | manifests (token-rewritten) | `private, no-store` |
 /// | signed | segments | `private, max-age=31536000, immutable` |
@@ -231,17 +250,19 @@ pub fn router(state: OriginState) -> Router {
 /// `no-store` for the rest (see [`OriginError::cache_control`]).
 pub fn cache_control(
     class: ObjectClass,
-    ready: bool,
+    presentation: Presentation,
     signed: bool,
     manifest_public: &HeaderValue,
+    manifest_growing: &HeaderValue,
 ) -> HeaderValue {
     let manifest = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
-    match (signed, ready, manifest) {
+    match (signed, presentation, manifest) {
         (true, _, true) => SIGNED_MANIFEST,
         (true, _, false) => SIGNED_IMMUTABLE,
-        (false, false, _) => NOT_READY,
-        (false, true, true) => manifest_public.clone(),
-        (false, true, false) => IMMUTABLE,
+        (false, Presentation::NotReady, _) => NOT_READY,
+        (false, Presentation::Ready, true) => manifest_public.clone(),
+        (false, Presentation::Growing, true) => manifest_growing.clone(),
+        (false, Presentation::Ready | Presentation::Growing, false) => IMMUTABLE,
     }
 }
 
@@ -518,7 +539,12 @@ async fn serve_object(
     };
     *surrogate = Some(format!("asset-{}", asset.id));
     let token = check_token(inner, ask, &playback_id, asset.signed)?;
-    let published = asset.published_version.ok_or(OriginError::AssetNotReady)?;
+    let (published, presentation) = match (asset.published_version, asset.growing_version) {
+        (Some(version), _) if asset.state == AssetState::Ready => (version, Presentation::Ready),
+        (Some(version), _) => (version, Presentation::NotReady),
+        (None, Some(version)) => (version, Presentation::Growing),
+        (None, None) => return Err(OriginError::AssetNotReady),
+    };
     // Media of the published version or an earlier one (a manifest cached
     // before a replacement still plays); never of one not published yet.
     let version = match pinned {
@@ -537,17 +563,31 @@ async fn serve_object(
     let class = target.class();
     let cache_control = cache_control(
         class,
-        asset.state == AssetState::Ready,
+        presentation,
         asset.signed,
         &inner.manifest_cache_control,
+        &inner.live_manifest_cache_control,
     );
+    // The DASH MPD of a growing version is written once it is complete.
+    if presentation == Presentation::Growing && matches!(target, Target::Mpd) && pinned.is_none() {
+        return Err(OriginError::AssetNotReady);
+    }
     let key = target.key(asset.id, version).ok_or(OriginError::NotFound)?;
-    match inner.tier.lookup(&key).await? {
+    let manifest = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
+    // A growing playlist changes under the same key: kept for moments only.
+    let lookup = if presentation == Presentation::Growing && manifest {
+        inner.tier.lookup_changing(&key).await?
+    } else {
+        inner.tier.lookup(&key).await?
+    };
+    match lookup {
         Lookup::Found(object) => {
             let mut response = from_memory(ask, class, &object, rewrite, cache_control)?;
             // Public (a token would be in the query, which the front never
-            // keeps) and of a version: the front may reuse the answer.
-            if !asset.signed {
+            // keeps) and of a version: the front may reuse the answer, but
+            // for a growing playlist (the CDN's second is staleness enough).
+            let growing_playlist = presentation == Presentation::Growing && manifest;
+            if !asset.signed && !growing_playlist {
                 if let Some(body) = response.extensions_mut().remove::<WholeBody>() {
                     response.extensions_mut().insert(front::Reusable {
                         body: body.0,
@@ -1095,13 +1135,18 @@ mod tests {
     #[test]
     fn cache_control_table() {
         let m = HeaderValue::from_static("public, max-age=60, s-maxage=86400");
-        let cc = |class, ready, signed| cache_control(class, ready, signed, &m);
-        assert_eq!(cc(ObjectClass::MediaSegment, true, false), IMMUTABLE);
-        assert_eq!(cc(ObjectClass::InitSegment, true, false), IMMUTABLE);
-        assert_eq!(cc(ObjectClass::HlsPlaylist, true, false), m);
-        assert_eq!(cc(ObjectClass::DashManifest, false, false), NOT_READY);
-        assert_eq!(cc(ObjectClass::MediaSegment, false, false), NOT_READY);
-        assert_eq!(cc(ObjectClass::HlsPlaylist, true, true), SIGNED_MANIFEST);
-        assert_eq!(cc(ObjectClass::MediaSegment, true, true), SIGNED_IMMUTABLE);
+        let g = HeaderValue::from_static("public, max-age=1, s-maxage=1");
+        let cc = |class, presentation, signed| cache_control(class, presentation, signed, &m, &g);
+        use Presentation::{Growing, NotReady, Ready};
+        assert_eq!(cc(ObjectClass::MediaSegment, Ready, false), IMMUTABLE);
+        assert_eq!(cc(ObjectClass::InitSegment, Ready, false), IMMUTABLE);
+        assert_eq!(cc(ObjectClass::HlsPlaylist, Ready, false), m);
+        assert_eq!(cc(ObjectClass::HlsPlaylist, Growing, false), g);
+        assert_eq!(cc(ObjectClass::MediaSegment, Growing, false), IMMUTABLE);
+        assert_eq!(cc(ObjectClass::DashManifest, NotReady, false), NOT_READY);
+        assert_eq!(cc(ObjectClass::MediaSegment, NotReady, false), NOT_READY);
+        assert_eq!(cc(ObjectClass::HlsPlaylist, Ready, true), SIGNED_MANIFEST);
+        assert_eq!(cc(ObjectClass::HlsPlaylist, Growing, true), SIGNED_MANIFEST);
+        assert_eq!(cc(ObjectClass::MediaSegment, Ready, true), SIGNED_IMMUTABLE);
     }
 }

@@ -29,6 +29,9 @@ pub(crate) struct AssetInfo {
     pub(crate) signed: bool,
     /// The live version, once one is published.
     pub(crate) published_version: Option<u32>,
+    /// The first version while it grows (progressive publish): playable
+    /// before it is published.
+    pub(crate) growing_version: Option<u32>,
 }
 
 /// What the origin needs to know about a live stream to serve it.
@@ -81,11 +84,11 @@ struct LookupFailed;
 
 /// The one query behind every lookup (prepared once per connection).
 const LOOKUP: &str =
-    "SELECT false AS live, id, playback_policy, state, published_version, false AS on_air,
-         false AS low_latency, NULL::text AS relay
+    "SELECT false AS live, id, playback_policy, state, published_version, playable_version,
+         false AS on_air, false AS low_latency, NULL::text AS relay
      FROM assets WHERE playback_id = $1 AND deleted_at IS NULL
      UNION ALL
-     SELECT true, id, playback_policy, state, NULL, broadcast_id IS NOT NULL,
+     SELECT true, id, playback_policy, state, NULL, NULL, broadcast_id IS NOT NULL,
          latency_mode = 'low', publisher_relay
      FROM live_streams WHERE playback_id = $1 AND deleted_at IS NULL
      LIMIT 1";
@@ -205,14 +208,22 @@ impl Shared {
         } else {
             let state: String = row.try_get("state").map_err(|e| failed("row", &e))?;
             let state: AssetState = state.parse().map_err(|e| failed("state", &e))?;
-            let version: Option<i32> = row
-                .try_get("published_version")
-                .map_err(|e| failed("row", &e))?;
+            let version = |column: &str| -> Result<Option<u32>, LookupFailed> {
+                let value: Option<i32> = row.try_get(column).map_err(|e| failed("row", &e))?;
+                Ok(value.and_then(|v| u32::try_from(v).ok()))
+            };
+            let published_version = version("published_version")?;
+            // Only a new asset's first version plays while it grows.
+            let growing_version = match (state, published_version) {
+                (AssetState::Processing, None) => version("playable_version")?,
+                _ => None,
+            };
             Playable::Asset(AssetInfo {
                 id: AssetId::from(id),
                 state,
                 signed: policy == "signed",
-                published_version: version.and_then(|v| u32::try_from(v).ok()),
+                published_version,
+                growing_version,
             })
         };
         let found = Some(Arc::new(playable));

@@ -99,9 +99,39 @@ impl Expiry<ObjectKey, Entry> for TierExpiry {
 /// Per-entry bookkeeping beyond the payload, counted in its weight.
 const ENTRY_OVERHEAD: usize = 96;
 
+/// Expiry of objects that change under their key (a growing asset's
+/// playlists): kept `ttl`, a miss not at all (it may be stored a moment later).
+struct ChangingExpiry {
+    ttl: Duration,
+}
+
+impl Expiry<ObjectKey, Entry> for ChangingExpiry {
+    fn expire_after_create(&self, _: &ObjectKey, value: &Entry, _: Instant) -> Option<Duration> {
+        match value {
+            Entry::Missing => Some(Duration::ZERO),
+            _ => Some(self.ttl),
+        }
+    }
+}
+
+/// Bytes the cache of changing objects may hold (playlists of a few KB).
+const CHANGING_CAPACITY: u64 = 16 * 1024 * 1024;
+
+/// An entry's weight in bytes.
+fn weight(key: &ObjectKey, value: &Entry) -> u32 {
+    let payload = match value {
+        Entry::Found(c) => c.bytes.len(),
+        Entry::Missing | Entry::TooLarge => 0,
+    };
+    u32::try_from(payload + key.as_str().len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+}
+
 /// The memory tier, the store behind it and the breaker guarding the store.
 pub(crate) struct Tier {
     cache: moka::future::Cache<ObjectKey, Entry>,
+    /// Objects that change under their key, kept only `live_cache_ttl`
+    /// (apart from `cache`, whose manifests stay `manifest_ttl`).
+    changing: moka::future::Cache<ObjectKey, Entry>,
     store: ObjectStore,
     breaker: Breaker,
     metrics: Arc<Metrics>,
@@ -114,13 +144,7 @@ impl Tier {
         let listener_metrics = metrics.clone();
         let cache = moka::future::Cache::builder()
             .max_capacity(config.cache_capacity.0)
-            .weigher(|key: &ObjectKey, value: &Entry| -> u32 {
-                let payload = match value {
-                    Entry::Found(c) => c.bytes.len(),
-                    Entry::Missing | Entry::TooLarge => 0,
-                };
-                u32::try_from(payload + key.as_str().len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-            })
+            .weigher(weight)
             .expire_after(TierExpiry {
                 negative: config.negative_ttl,
                 manifest: config.manifest_ttl,
@@ -136,8 +160,16 @@ impl Tier {
                 _ => {}
             })
             .build();
+        let changing = moka::future::Cache::builder()
+            .max_capacity(CHANGING_CAPACITY)
+            .weigher(weight)
+            .expire_after(ChangingExpiry {
+                ttl: config.live_cache_ttl,
+            })
+            .build();
         Self {
             cache,
+            changing,
             store,
             breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown),
             metrics,
@@ -148,13 +180,27 @@ impl Tier {
 
     /// Finds an object: from memory, else by one (shared) storage read.
     pub(crate) async fn lookup(&self, key: &ObjectKey) -> Result<Lookup, OriginError> {
-        if let Some(entry) = self.cache.get(key).await {
+        self.lookup_in(&self.cache, key).await
+    }
+
+    /// Finds an object that changes under its key (a growing asset's
+    /// playlist): remembered only `live_cache_ttl`, so concurrent requests
+    /// still share one storage read but nobody gets a stale copy for longer.
+    pub(crate) async fn lookup_changing(&self, key: &ObjectKey) -> Result<Lookup, OriginError> {
+        self.lookup_in(&self.changing, key).await
+    }
+
+    async fn lookup_in(
+        &self,
+        cache: &moka::future::Cache<ObjectKey, Entry>,
+        key: &ObjectKey,
+    ) -> Result<Lookup, OriginError> {
+        if let Some(entry) = cache.get(key).await {
             return self.found(entry, true);
         }
         self.metrics.cache_misses.inc();
         let loaded = AtomicBool::new(false);
-        let result = self
-            .cache
+        let result = cache
             .try_get_with(key.clone(), async {
                 loaded.store(true, Relaxed);
                 self.load(key).await

@@ -30,7 +30,7 @@ use std::fmt::Write as _;
 
 use m3u8_rs::{
     AlternativeMedia, AlternativeMediaType, Map, MasterPlaylist, MediaPlaylist, MediaPlaylistType,
-    MediaSegment, QuotedOrUnquoted, Resolution, VariantStream,
+    MediaSegment, QuotedOrUnquoted, Resolution, Start, VariantStream,
 };
 
 use crate::error::{Error, Result};
@@ -50,8 +50,10 @@ pub const AUDIO_GROUP_ID: &str = "audio";
 pub enum PlaylistType {
     /// Complete on-demand presentation: `EXT-X-PLAYLIST-TYPE:VOD` and `EXT-X-ENDLIST`.
     Vod,
-    /// Live presentation that only grows: `EXT-X-PLAYLIST-TYPE:EVENT`, and
-    /// `EXT-X-ENDLIST` only once [`Playlist::end`] is called.
+    /// Presentation that only grows: `EXT-X-PLAYLIST-TYPE:EVENT`,
+    /// `EXT-X-START:TIME-OFFSET=0` (players start at the beginning, not at
+    /// the live edge), and `EXT-X-ENDLIST` only once [`Playlist::end`] is
+    /// called.
     Event,
 }
 
@@ -63,6 +65,9 @@ pub struct Playlist {
     init_uri: String,
     segments: Vec<(SegmentInfo, String)>,
     ended: bool,
+    /// Declared target duration: the playlist's is never below it, so a
+    /// growing playlist keeps one target duration as segments come.
+    target_at_least: u64,
 }
 
 impl Playlist {
@@ -84,7 +89,33 @@ impl Playlist {
             init_uri: init_uri.into(),
             segments: Vec::new(),
             ended: playlist_type == PlaylistType::Vod,
+            target_at_least: 1,
         })
+    }
+
+    /// The playlist of a rendition still being transcoded (progressive
+    /// publish): EVENT, starting at the beginning, the segments stored so
+    /// far, and a target duration of at least `target_duration` seconds
+    /// whatever segments come later (RFC 8216 section 6.2.1: it must not
+    /// change). [`Playlist::end`] makes it the final playlist: the same
+    /// lines, `EXT-X-ENDLIST` appended (an EVENT playlist only grows).
+    pub fn growing(
+        rendition: &Rendition,
+        layout: &UriLayout,
+        target_duration: u64,
+    ) -> Result<Self> {
+        layout.validate()?;
+        rendition.validate()?;
+        let mut playlist = Self::new(
+            PlaylistType::Event,
+            rendition.timescale,
+            layout.init_segment.clone(),
+        )?;
+        playlist.target_at_least = target_duration.max(1);
+        for segment in &rendition.segments {
+            playlist.push(*segment, layout.media_segment_name(segment.sequence_number))?;
+        }
+        Ok(playlist)
     }
 
     /// The complete VOD playlist of a rendition, named by `layout`.
@@ -118,7 +149,8 @@ impl Playlist {
     }
 
     /// `EXT-X-TARGETDURATION`: the longest segment rounded up to whole seconds
-    /// (at least 1), so no `EXTINF` exceeds it however a player rounds.
+    /// (at least 1, and at least a declared target), so no `EXTINF`
+    /// exceeds it however a player rounds.
     pub fn target_duration(&self) -> u64 {
         let longest = self
             .segments
@@ -126,7 +158,7 @@ impl Playlist {
             .map(|(segment, _)| segment.duration)
             .max()
             .unwrap_or(0);
-        ceil_seconds(longest, self.timescale).max(1)
+        ceil_seconds(longest, self.timescale).max(self.target_at_least)
     }
 
     /// `EXT-X-MEDIA-SEQUENCE`: the first listed segment's sequence number.
@@ -167,6 +199,11 @@ impl Playlist {
                 PlaylistType::Event => MediaPlaylistType::Event,
             }),
             independent_segments: true,
+            start: (self.playlist_type == PlaylistType::Event).then(|| Start {
+                time_offset: 0.0,
+                precise: None,
+                other_attributes: HashMap::new(),
+            }),
             ..MediaPlaylist::default()
         }
     }
@@ -841,10 +878,44 @@ mod tests {
         assert_eq!(
             live,
             "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-TARGETDURATION:2\n\
-             #EXT-X-MEDIA-SEQUENCE:5\n#EXT-X-PLAYLIST-TYPE:EVENT\n#EXT-X-MAP:URI=\"init.mp4\"\n\
-             #EXTINF:2,\n5.m4s\n"
+             #EXT-X-MEDIA-SEQUENCE:5\n#EXT-X-PLAYLIST-TYPE:EVENT\n#EXT-X-START:TIME-OFFSET=0\n\
+             #EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2,\n5.m4s\n"
         );
         playlist.end();
         assert_eq!(playlist.render(), format!("{live}#EXT-X-ENDLIST\n"));
+    }
+
+    #[test]
+    fn a_growing_playlist_only_ever_appends() {
+        let mut rendition = Rendition {
+            name: "720p".to_owned(),
+            kind: MediaKind::Video {
+                width: 1280,
+                height: 720,
+                frame_rate: crate::time::Rational::new(30, 1).unwrap(),
+            },
+            codecs: "avc1.64001f".to_owned(),
+            timescale: 1000,
+            segments: vec![segment(1, 0, 4000)],
+        };
+        let layout = UriLayout::default();
+        // Declared 5 s: a later segment one frame over 4 s must not change it.
+        let first = Playlist::growing(&rendition, &layout, 5).unwrap().render();
+        assert_eq!(
+            first,
+            "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-TARGETDURATION:5\n\
+             #EXT-X-MEDIA-SEQUENCE:1\n#EXT-X-PLAYLIST-TYPE:EVENT\n#EXT-X-START:TIME-OFFSET=0\n\
+             #EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:4,\n1.m4s\n"
+        );
+        rendition.segments.push(segment(2, 4000, 4033));
+        rendition.segments.push(segment(3, 8033, 1500));
+        let more = Playlist::growing(&rendition, &layout, 5).unwrap().render();
+        assert_eq!(
+            more,
+            format!("{first}#EXTINF:4.033,\n2.m4s\n#EXTINF:1.5,\n3.m4s\n")
+        );
+        let mut last = Playlist::growing(&rendition, &layout, 5).unwrap();
+        last.end();
+        assert_eq!(last.render(), format!("{more}#EXT-X-ENDLIST\n"));
     }
 }

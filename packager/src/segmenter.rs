@@ -9,6 +9,11 @@
 //! timestamps of sync samples, so independently encoded rungs whose
 //! keyframes were forced at the same times are cut at the same places.
 //!
+//! A short start ([`Segmenter::with_short_start`]) adds one boundary before
+//! the first multiple of the target: the first segment is cut there (a
+//! keyframe of the same grid), so the first playable segment exists
+//! sooner; every later boundary is unchanged.
+//!
 //! # Timing
 //!
 //! Each fragment's `tfdt` is the earliest presentation time of its samples.
@@ -174,6 +179,8 @@ struct PendingSample {
 struct OpenSegment {
     /// Index `k` of the boundary `k * target_duration` that closes this segment.
     closing_boundary: i128,
+    /// Closed at the short start's boundary instead (ticks).
+    closing_early: Option<i64>,
     /// Samples of the open fragment (the whole segment, or its open part).
     samples: Vec<PendingSample>,
     payload: Vec<u8>,
@@ -204,6 +211,8 @@ struct PartMode {
 pub struct Segmenter {
     track: Track,
     target_duration: Rational,
+    /// The short start's boundary, in ticks.
+    first_boundary: Option<i64>,
     next_sequence_number: u32,
     last_dts: Option<i64>,
     open: Option<OpenSegment>,
@@ -216,11 +225,29 @@ impl Segmenter {
         Self {
             track,
             target_duration,
+            first_boundary: None,
             next_sequence_number: FIRST_SEQUENCE_NUMBER,
             last_dts: None,
             open: None,
             parts: None,
         }
+    }
+
+    /// Also cuts at `first_boundary` seconds, before the first multiple of
+    /// the target duration, so the first segment is shorter (it must be a
+    /// keyframe time of every rung, e.g. one GOP). Ignored unless it lies
+    /// strictly between 0 and the target duration.
+    pub fn with_short_start(mut self, first_boundary: Rational) -> Self {
+        let ticks = i128::from(first_boundary.numerator()) * i128::from(self.track.timescale())
+            / i128::from(first_boundary.denominator().max(1));
+        let before_target = i128::from(first_boundary.numerator())
+            * i128::from(self.target_duration.denominator())
+            < i128::from(self.target_duration.numerator())
+                * i128::from(first_boundary.denominator());
+        self.first_boundary = i64::try_from(ticks)
+            .ok()
+            .filter(|ticks| *ticks > 0 && before_target);
+        self
     }
 
     /// A segmenter that also cuts every segment into parts of at most
@@ -304,7 +331,12 @@ impl Segmenter {
             u32::try_from(data.len()).map_err(|_| Error::SegmentTooLarge(data.len() as u64))?;
 
         let closes = match &self.open {
-            Some(open) => sync && self.boundary_reached(sample.pts, open.closing_boundary),
+            Some(open) => {
+                sync && match open.closing_early {
+                    Some(ticks) => sample.pts >= ticks,
+                    None => self.boundary_reached(sample.pts, open.closing_boundary),
+                }
+            }
             None => false,
         };
         let closed = if closes {
@@ -328,6 +360,7 @@ impl Segmenter {
             None => {
                 self.open = Some(OpenSegment {
                     closing_boundary: self.boundary_after(sample.pts),
+                    closing_early: self.first_boundary.filter(|ticks| sample.pts < *ticks),
                     samples: vec![pending],
                     payload: data,
                     parts: Vec::new(),

@@ -82,6 +82,37 @@ fn rungs_with_aligned_keyframes_get_identical_boundaries() {
 }
 
 #[test]
+fn a_short_start_cuts_once_early_and_keeps_every_later_boundary() {
+    // 30 fps at 90 kHz for 13 s, keyframes every 2 s; target 4 s, first cut at 2 s.
+    let keyframes: Vec<usize> = (0..390).step_by(60).collect();
+    let cut = |short_start: Option<u64>| {
+        let mut segmenter = Segmenter::new(video_track(90_000), Rational::integer(4).unwrap());
+        if let Some(first) = short_start {
+            segmenter = segmenter.with_short_start(Rational::integer(first).unwrap());
+        }
+        let mut segments = Vec::new();
+        for sample in stream(390, &keyframes, 3000, 1) {
+            segments.extend(segmenter.push(sample).unwrap());
+        }
+        segments.extend(segmenter.finish().unwrap());
+        boundaries(&segments)
+    };
+    assert_eq!(
+        cut(Some(2)),
+        [
+            (1, 0, 180_000),
+            (2, 180_000, 180_000),
+            (3, 360_000, 360_000),
+            (4, 720_000, 360_000),
+            (5, 1_080_000, 90_000),
+        ]
+    );
+    // At or past the target it changes nothing.
+    assert_eq!(cut(Some(4)), cut(None));
+    assert_eq!(cut(None)[0], (1, 0, 360_000));
+}
+
+#[test]
 fn late_keyframe_cuts_after_the_boundary_and_next_boundary_follows_it() {
     // Target 2 s, keyframes at 0, 2.2 s, 3.9 s, 4.5 s and 6 s.
     let keyframes = [0, 66, 117, 135, 180];

@@ -39,6 +39,7 @@ pub async fn emit(
                  'asset_id', id, 'environment_id', environment_id, 'playback_id', playback_id,
                  'state', state, 'title', title,
                  'duration_seconds', duration_seconds, 'published_version', published_version,
+                 'playable_version', playable_version,
                  'error', CASE WHEN error_code IS NULL THEN NULL
                                ELSE jsonb_build_object('code', error_code, 'message', error_message) END)
              FROM assets WHERE id = $1",
@@ -103,6 +104,9 @@ pub struct Asset {
     pub duration_seconds: Option<f64>,
     /// Live version of the outputs.
     pub published_version: Option<i32>,
+    /// The version being transcoded whose first segments already play
+    /// (progressive publish), until a version is published.
+    pub playable_version: Option<i32>,
     /// The output version the current source makes (a replacement in
     /// progress is one above the published version).
     pub source_version: i32,
@@ -111,6 +115,21 @@ pub struct Asset {
 }
 
 impl Asset {
+    /// The version players get: the published one, else, while the first
+    /// version is still processing, the one growing (progressive publish).
+    pub fn served_version(&self) -> Option<i32> {
+        self.published_version.or(self.growing_version())
+    }
+
+    /// The version that plays while it is still being transcoded: only
+    /// before any version is published (a replacement plays once ready).
+    pub fn growing_version(&self) -> Option<i32> {
+        match (self.state, self.published_version) {
+            (AssetState::Processing, None) => self.playable_version,
+            _ => None,
+        }
+    }
+
     fn from_row(row: &Row) -> Result<Self, DbError> {
         let state: String = row.get("state");
         let playback_id: String = row.get("playback_id");
@@ -135,6 +154,7 @@ impl Asset {
             error_message: row.get("error_message"),
             duration_seconds: row.get("duration_seconds"),
             published_version: row.get("published_version"),
+            playable_version: row.get("playable_version"),
             source_version: row.get("source_version"),
             created_at: row.get("created_at"),
         })
@@ -174,7 +194,8 @@ pub struct RenditionRow {
 // cannot take as jsonb never turns a read into an error.
 const ASSET_COLUMNS: &str =
     "id, environment_id, playback_id, playback_policy, state, title, metadata::text AS metadata, \
-     progress, error_code, error_message, duration_seconds, published_version, source_version, \
+     progress, error_code, error_message, duration_seconds, published_version, playable_version, \
+     source_version, \
      created_at";
 
 /// A writer's claim on an asset's source (see [`claim_source`]).
@@ -454,7 +475,7 @@ pub async fn start_replacement(
     let n = client
         .execute(
             "UPDATE assets SET state = 'processing', source_version = $3, progress = 0,
-                 duration_seconds = COALESCE($4, duration_seconds),
+                 playable_version = NULL, duration_seconds = COALESCE($4, duration_seconds),
                  source_claim = NULL, source_claimed_until = NULL, error_code = NULL, error_message = NULL,
                  updated_at = now()
              WHERE id = $1 AND state IN ('ready', 'errored') AND source_claim = $2 AND deleted_at IS NULL",
@@ -632,6 +653,7 @@ pub async fn publish(
     }
     tx.execute(
         "UPDATE assets SET state = 'ready', progress = 100, published_version = $2, duration_seconds = $3,
+             playable_version = NULL,
              error_code = NULL, error_message = NULL, updated_at = now()
          WHERE id = $1",
         &[&id.as_uuid(), &version, &duration],
@@ -640,6 +662,29 @@ pub async fn publish(
     emit(&tx, "asset.ready", id).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Makes the growing presentation of `version` playable (progressive
+/// publish: its first segments and playlists are stored) and queues
+/// `asset.playable`. Only while the asset is processing that version and
+/// has none published; `false` otherwise, or when it already was.
+pub async fn mark_playable(pool: &Pool, id: AssetId, version: i32) -> Result<bool, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let changed = tx
+        .execute(
+            "UPDATE assets SET playable_version = $2, updated_at = now()
+             WHERE id = $1 AND deleted_at IS NULL AND state = 'processing'
+               AND published_version IS NULL AND source_version = $2
+               AND playable_version IS DISTINCT FROM $2",
+            &[&id.as_uuid(), &version],
+        )
+        .await?;
+    if changed == 1 {
+        emit(&tx, "asset.playable", id).await?;
+    }
+    tx.commit().await?;
+    Ok(changed == 1)
 }
 
 /// One asset, whatever its environment (the roles' own view; the API uses

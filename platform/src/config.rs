@@ -541,7 +541,7 @@ pub struct WebhookEndpoint {
     pub url: String,
     /// Key of the HMAC-SHA256 signature in `Cascade-Signature`.
     pub secret: Secret,
-    /// Event types sent here (`asset.created`, `asset.ready`, `asset.errored`); empty means all.
+    /// Event types sent here (`asset.created`, `asset.playable`, `asset.ready`, `asset.errored`, ...); empty means all.
     #[serde(default)]
     pub events: Vec<String>,
 }
@@ -666,6 +666,8 @@ impl LiveConfig {
             max_frame_rate: base.max_frame_rate.min(60),
             lookahead_frames: Some(self.lookahead_frames),
             live: true,
+            // Every live segment is as long as the next: no short start.
+            first_segment_duration: self.segment_duration,
             ..base.clone()
         }
     }
@@ -830,6 +832,13 @@ pub struct TranscodeConfig {
     /// (closed GOPs, no scene-cut keyframes). Default `2s`.
     #[serde(with = "humantime_serde")]
     pub gop: Duration,
+    /// The first segment's length: shorter than `segment_duration` (a
+    /// multiple of `gop`), so the first playable segment of every rung
+    /// exists sooner and players of a growing asset reload sooner; later
+    /// segments keep the `segment_duration` grid. Equal to
+    /// `segment_duration`: no short start. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub first_segment_duration: Duration,
     /// H.264 encoder: `auto` probes the hardware encoders once at worker start
     /// and falls back to `libx264`. Default `auto`.
     pub encoder: EncoderChoice,
@@ -877,6 +886,11 @@ pub struct TranscodeConfig {
     /// How often progress is written to the asset. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub progress_interval: Duration,
+    /// Progressive publish: a new asset plays as soon as every rendition
+    /// has stored its first segment (growing HLS playlists, `playable:
+    /// true`, `asset.playable`), while the rest is still encoding. Off, an
+    /// asset plays only once ready. Default `true`.
+    pub progressive_publish: bool,
     /// Frames the encoder may look ahead (`None`: the preset's). Set by
     /// [`LiveConfig::transcode`], where every frame of lookahead is delay.
     #[serde(skip)]
@@ -908,6 +922,7 @@ impl Default for TranscodeConfig {
             ],
             segment_duration: Duration::from_secs(4),
             gop: Duration::from_secs(2),
+            first_segment_duration: Duration::from_secs(2),
             encoder: EncoderChoice::Auto,
             preset: "veryfast".to_owned(),
             rate_control: RateControl::CappedCrf,
@@ -923,6 +938,7 @@ impl Default for TranscodeConfig {
             min_speed_after: Duration::from_secs(60),
             scratch_dir: None,
             progress_interval: Duration::from_secs(1),
+            progressive_publish: true,
             lookahead_frames: None,
             live: false,
             part_duration: None,
@@ -1160,6 +1176,15 @@ impl Config {
             return Err(invalid(
                 "transcode.segment_duration",
                 "must be a whole multiple of transcode.gop",
+            ));
+        }
+        if t.first_segment_duration < t.gop
+            || t.first_segment_duration > t.segment_duration
+            || t.first_segment_duration.as_millis() % t.gop.as_millis() != 0
+        {
+            return Err(invalid(
+                "transcode.first_segment_duration",
+                "must be a whole multiple of transcode.gop, at most transcode.segment_duration",
             ));
         }
         if t.ladder.is_empty()

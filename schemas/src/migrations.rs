@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "job_trace_context",
         sql: include_str!("../migrations/0012_job_trace_context.sql"),
     },
+    Migration {
+        version: 13,
+        name: "progressive_publish",
+        sql: include_str!("../migrations/0013_progressive_publish.sql"),
+    },
 ];
 
 #[cfg(test)]

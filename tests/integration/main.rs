@@ -7,6 +7,7 @@ mod live;
 mod live_low_latency;
 mod operations;
 mod origin;
+mod progressive;
 mod qa;
 mod queue;
 mod storage;

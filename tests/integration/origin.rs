@@ -45,26 +45,26 @@ fn playback_keys(keys: &[(&str, &str)]) -> PlaybackConfig {
 
 /// One HTTP response.
 #[derive(Debug)]
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
     /// The JSON error body's `code`.
-    fn code(&self) -> String {
+    pub(crate) fn code(&self) -> String {
         let value: serde_json::Value = serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {:?}", self.text()));
         assert!(value["message"].is_string(), "{value}");
@@ -149,13 +149,13 @@ async fn request_with_body(
     reply
 }
 
-async fn get(addr: SocketAddr, target: &str) -> Reply {
+pub(crate) async fn get(addr: SocketAddr, target: &str) -> Reply {
     request(addr, "GET", target, &[]).await
 }
 
 // ---------------------------------------------------------------- set-up
 
-async fn local_store() -> (ObjectStore, PathBuf) {
+pub(crate) async fn local_store() -> (ObjectStore, PathBuf) {
     let root =
         std::env::temp_dir().join(format!("cascade-origin-{}", uuid::Uuid::new_v4().simple()));
     let store = ObjectStore::from_config(&StorageConfig {
@@ -318,7 +318,7 @@ async fn inserted(db: &TestDb, state: AssetState, policy: &str) -> (AssetId, Pla
 
 /// Serves `state`'s router behind its front cache (as `cascade serve`
 /// does) on 127.0.0.1:0.
-async fn serve(state: OriginState) -> SocketAddr {
+pub(crate) async fn serve(state: OriginState) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let front = state.front();

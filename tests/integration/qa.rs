@@ -94,6 +94,16 @@ async fn wait_terminal(stack: &Stack, id: &str) -> serde_json::Value {
 
 /// Runs `cascade qa`; returns (exit code, parsed JSON report, stdout).
 pub fn run_qa(url: &str, reference: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    run_qa_with(url, reference, extra, &[])
+}
+
+/// [`run_qa`] with these environment variables (e.g. `CASCADE_CONFIG`).
+pub fn run_qa_with(
+    url: &str,
+    reference: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let html = dir.path().join("report.html");
@@ -107,6 +117,7 @@ pub fn run_qa(url: &str, reference: &Path, extra: &[&str]) -> (i32, serde_json::
         .arg("--html")
         .arg(&html)
         .args(extra)
+        .envs(env.iter().copied())
         .env("CASCADE_LOG__FILTER", "warn")
         .output()
         .expect("run cascade qa");

@@ -139,12 +139,14 @@ async fn signed_events_arrive_even_after_the_receiver_failed_twice() {
         422
     );
 
-    // Wait for all four events; on timeout, say what arrived and how the jobs stand.
+    // Wait for all five events (the tiny fixture plays after its first 2 s
+    // segment, before it is ready: asset.playable); on timeout, say what
+    // arrived and how the jobs stand.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let done = {
             let s = state.lock().unwrap();
-            s.events.iter().filter(|e| *e == "asset.created").count() == 2 && s.events.len() >= 4
+            s.events.iter().filter(|e| *e == "asset.created").count() == 2 && s.events.len() >= 5
         };
         if done || std::time::Instant::now() > deadline {
             break;
@@ -174,7 +176,7 @@ async fn signed_events_arrive_even_after_the_receiver_failed_twice() {
             .collect();
         let s = state.lock().unwrap();
         assert!(
-            s.events.len() >= 4,
+            s.events.len() >= 5,
             "received {:?} after {} requests; jobs: {jobs:#?}",
             s.events,
             s.requests
@@ -188,6 +190,7 @@ async fn signed_events_arrive_even_after_the_receiver_failed_twice() {
             "asset.created",
             "asset.created",
             "asset.errored",
+            "asset.playable",
             "asset.ready"
         ]
     );
@@ -198,13 +201,13 @@ async fn signed_events_arrive_even_after_the_receiver_failed_twice() {
         .query("SELECT attempts, last_status, delivered_at IS NOT NULL FROM webhook_deliveries ORDER BY created_at", &[])
         .await
         .unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 5);
     assert!(
         rows.iter().all(|r| r.get::<_, bool>(2)),
         "all delivered in the end"
     );
     let attempts: i32 = rows.iter().map(|r| r.get::<_, i32>(0)).sum();
-    assert_eq!(attempts, 6, "two failures retried, four successes");
+    assert_eq!(attempts, 7, "two failures retried, five successes");
 }
 
 /// What a receiver got: `(event type, signature header, body)` each.

@@ -1,6 +1,8 @@
 // Plays a stream with a real player (hls.js or dash.js) in headless
 // Chromium and prints what happened as one JSON line: seconds played, the
-// renditions whose segments the browser fetched, and any fatal error.
+// renditions whose segments the browser fetched, any fatal error, the
+// longest stall after the first frame, and (hls.js) whether the playlists
+// grew while it played (a live playlist that later gained EXT-X-ENDLIST).
 //
 //   node play.mjs --player hls|dash --url <master.m3u8|manifest.mpd> [--seconds 8] [--live 1] [--samples 1]
 //
@@ -38,7 +40,23 @@ const page = `<!doctype html><html><body>
 <script src="/${player}.js"></script>
 <script>
 const video = document.getElementById('v');
-window.report = { fatal: null, errors: [], start: null, latency: null, lowLatency: false, latencies: [] };
+window.report = { fatal: null, errors: [], start: null, latency: null, lowLatency: false, latencies: [],
+  longestStall: 0, stalls: [], grew: false, endedList: false };
+// Stalls after the first frame: 'waiting' until 'playing' again.
+let stalledAt = null;
+let stalledFrom = 0;
+video.addEventListener('waiting', () => {
+  if (window.report.start !== null) { stalledAt = performance.now(); stalledFrom = video.currentTime; }
+});
+video.addEventListener('playing', () => {
+  if (stalledAt !== null) {
+    const seconds = (performance.now() - stalledAt) / 1000;
+    window.report.longestStall = Math.max(window.report.longestStall, seconds);
+    window.report.stalls.push([stalledFrom, seconds]);
+    stalledAt = null;
+  }
+});
+window.stall = () => stalledAt === null ? 0 : (performance.now() - stalledAt) / 1000;
 const url = ${JSON.stringify(url)};
 // Seconds shown since the first frame (live starts at the edge, not at 0).
 const played = () => {
@@ -59,9 +77,14 @@ if (${JSON.stringify(player)} === 'hls') {
   // LL-HLS: the playlist lists parts (hls.js then loads parts and blocks on reloads).
   hls.on(Hls.Events.LEVEL_LOADED, (_, d) => {
     if (d.details.partList && d.details.partList.length) window.report.lowLatency = true;
+    // A growing presentation (progressive publish): live until EXT-X-ENDLIST.
+    if (d.details.live) window.report.grew = true;
+    else if (window.report.grew) window.report.endedList = true;
   });
   video.addEventListener('timeupdate', () => {
-    if (played() > 2 && !window.switched) { window.switched = true; hls.currentLevel = hls.levels.length - 1; }
+    // nextLevel: from the next segment on, as ABR switches (currentLevel
+    // would flush the buffer and stall by design).
+    if (played() > 2 && !window.switched) { window.switched = true; hls.nextLevel = hls.levels.length - 1; }
     if (hls.playingDate) {
       window.report.latency = (Date.now() - hls.playingDate.getTime()) / 1000;
       // Samples after the first 5 s of playback (the start settles first).
@@ -126,6 +149,8 @@ try {
   const deadline = Date.now() + (seconds * 4 + 30) * 1000;
   while (Date.now() < deadline) {
     [played, report] = await tab.evaluate(() => [window.played(), window.report]);
+    // A stall still under way counts too.
+    report.longestStall = Math.max(report.longestStall ?? 0, await tab.evaluate(() => window.stall()));
     if (report.fatal || played >= seconds) break;
     await new Promise((r) => setTimeout(r, 250));
   }
@@ -135,4 +160,7 @@ try {
 }
 console.log(JSON.stringify({ player, live, played, renditions: [...renditions].sort(), fatal: report.fatal,
   errors: report.errors, latency: report.latency, low_latency: report.lowLatency ?? false,
+  first_frame_at: report.start, longest_stall: report.longestStall ?? 0, stalls: report.stalls ?? [],
+  grew: report.grew ?? false,
+  ended_list: report.endedList ?? false,
   ...(samples ? { latencies: report.latencies } : {}) }));

@@ -91,6 +91,7 @@ pub struct WorkerMetrics {
     encode_speed: HistogramFamily<RungLabels>,
     transcodes: Family<ResultLabels, Counter>,
     time_to_ready: Histogram,
+    time_to_playable: Histogram,
     output_bytes: Counter,
     deliveries: Family<ResultLabels, Counter>,
     delivery_duration: Histogram,
@@ -107,6 +108,7 @@ impl Default for WorkerMetrics {
             encode_speed: Family::new_with_constructor(|| Histogram::new(SPEED_RATIOS)),
             transcodes: Family::default(),
             time_to_ready: Histogram::new(JOB_SECONDS),
+            time_to_playable: Histogram::new(JOB_SECONDS),
             output_bytes: Counter::default(),
             deliveries: Family::default(),
             delivery_duration: Histogram::new(JOB_SECONDS),
@@ -183,6 +185,13 @@ impl WorkerMetrics {
             self.time_to_ready.clone(),
         );
         registry.register_with_unit(
+            "cascade_transcode_time_to_playable",
+            "From the transcode job's enqueue to the asset playable (progressive publish: its \
+             first segments and growing playlists stored)",
+            Unit::Seconds,
+            self.time_to_playable.clone(),
+        );
+        registry.register_with_unit(
             "cascade_transcode_output",
             "Bytes of segments, playlists and manifests written by transcodes",
             Unit::Bytes,
@@ -254,6 +263,11 @@ impl WorkerMetrics {
         self.transcodes
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// An asset turned playable `since_source` after its transcode was enqueued.
+    pub(crate) fn playable(&self, since_source: Duration) {
+        self.time_to_playable.observe_duration(since_source);
     }
 
     /// An asset turned ready `since_source` after its transcode was enqueued.

@@ -383,6 +383,7 @@ impl Driver<'_> {
                 rendition,
                 track,
                 bytes,
+                ..
             } => {
                 let name = rendition_name(&rendition)?;
                 let described = Rendition::from_track(rendition.clone(), &track, Vec::new());

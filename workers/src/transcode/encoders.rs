@@ -14,6 +14,47 @@ use ffmpeg_next as ff;
 /// buffer (the benchmarks give the ffmpeg CLI the same).
 pub const VBV_INITIAL_FULLNESS: f64 = 0.3;
 
+/// The rate control of a rung: the average asked for (none for capped
+/// CRF), the VBV max rate and the VBV buffer, in bits (per second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VbvModel {
+    /// Average bit rate asked for (`None`: quality-driven, capped).
+    pub target: Option<usize>,
+    /// VBV max rate: the rate the decoder's buffer fills at.
+    pub max: usize,
+    /// VBV buffer size.
+    pub buffer: usize,
+}
+
+impl VbvModel {
+    /// The settings a rung of `bitrate` gets under `config`.
+    pub fn of(config: &TranscodeConfig, bitrate: usize) -> Self {
+        let (target, max, buffer) = match config.rate_control {
+            RateControl::CappedCrf => (None, bitrate, bitrate * 2),
+            RateControl::Vbr => (Some(bitrate), bitrate * 3 / 2, bitrate * 2),
+            RateControl::Cbr => (Some(bitrate), bitrate, bitrate),
+        };
+        // Live: one second of buffer, so no segment strays far above the
+        // bandwidth the master playlist declares before it is measured.
+        let buffer = if config.live { max } else { buffer };
+        Self {
+            target,
+            max,
+            buffer,
+        }
+    }
+
+    /// The highest bit rate any stretch of at least `shortest_seconds` can
+    /// have: the buffer fills at `max`, so such a stretch holds at most
+    /// `max * d + buffer` bits. This is what a master playlist declares for
+    /// a rung before its segments are measured (progressive publish), so
+    /// its `BANDWIDTH` never understates the finished rung's peak.
+    pub fn peak_bound(&self, shortest_seconds: f64) -> u64 {
+        let shortest = shortest_seconds.max(0.5);
+        (self.max as f64 + self.buffer as f64 / shortest).ceil() as u64
+    }
+}
+
 /// An H.264 encoder Cascade knows how to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoEncoder {
@@ -171,14 +212,11 @@ pub fn open_video(
     // its cap, short clips included (0.85x for 3 s, 0.96x for 10 s of
     // content that wants far more bits; half full still gave 1.01x), at a
     // cost in quality within 0.1 dB PSNR on such a clip.
-    let (target, max, buffer) = match config.rate_control {
-        RateControl::CappedCrf => (None, bitrate, bitrate * 2),
-        RateControl::Vbr => (Some(bitrate), bitrate * 3 / 2, bitrate * 2),
-        RateControl::Cbr => (Some(bitrate), bitrate, bitrate),
-    };
-    // Live: one second of buffer, so no segment strays far above the
-    // bandwidth the master playlist declares before it is measured.
-    let buffer = if config.live { max } else { buffer };
+    let VbvModel {
+        target,
+        max,
+        buffer,
+    } = VbvModel::of(config, bitrate);
     if let Some(target) = target {
         video.set_bit_rate(target);
     }

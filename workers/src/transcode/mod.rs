@@ -5,10 +5,14 @@
 //! 2. Run [`pipeline::run`] on a blocking thread: probe, decode once, scale
 //!    and encode every rung, package CMAF (ISO/IEC 23000-19) segments.
 //! 3. Upload init and media segments as they are cut (bounded channel, so
-//!    memory stays flat), then the HLS media playlists (RFC 8216), and last
+//!    memory stays flat). A new asset plays while it grows
+//!    ([`progressive`]): once every rendition has a segment stored, growing
+//!    HLS playlists and a declared master are written and the asset is
+//!    marked playable.
+//! 4. After the last segment: the HLS media playlists (RFC 8216), and last
 //!    the master playlist and the DASH MPD (ISO/IEC 23009-1): a reader never
 //!    sees a manifest naming a missing segment.
-//! 4. Record the renditions and turn the asset `ready` in one transaction.
+//! 5. Record the renditions and turn the asset `ready` in one transaction.
 //!
 //! Keys are deterministic (`assets/{id}/v{version}/...`), so a rerun after a
 //! crash overwrites the same objects and ends with one correct result. Bad
@@ -20,6 +24,7 @@ pub mod hw;
 pub mod ladder;
 pub mod pacer;
 pub mod pipeline;
+pub mod progressive;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
@@ -201,7 +206,14 @@ impl Inner {
                 return Ok(());
             }
         }
-        match self.run_pipeline(&job, &ctx).await {
+        let mode = if !self.config.progressive_publish || asset.published_version.is_some() {
+            progressive::Mode::Off
+        } else if asset.playable_version == Some(job.version as i32) {
+            progressive::Mode::Resumed
+        } else {
+            progressive::Mode::Growing
+        };
+        match self.run_pipeline(&job, &ctx, mode).await {
             Ok(()) => Ok(()),
             Err(TranscodeError::Input { code, message }) => {
                 self.metrics.transcode_ended("refused");
@@ -236,6 +248,7 @@ impl Inner {
         &self,
         job: &TranscodeJob,
         ctx: &JobContext,
+        mode: progressive::Mode,
     ) -> Result<(), TranscodeError> {
         let key = ObjectKey::source_version(job.asset_id, job.version);
         let meta = match self.store.head(&key).await {
@@ -273,6 +286,8 @@ impl Inner {
             })
         };
         // Upload what the pipeline produces while it runs.
+        let mut growing = progressive::Progressive::new(mode, self.config.segment_duration);
+        let mut marked_playable = false;
         let mut duration = None;
         let mut upload_error = None;
         loop {
@@ -314,9 +329,13 @@ impl Inner {
                     Ok(())
                 }
                 pipeline::Event::Init {
-                    rendition, bytes, ..
-                } => match RenditionName::new(rendition) {
+                    rendition,
+                    bytes,
+                    track,
+                    declared,
+                } => match RenditionName::new(rendition.clone()) {
                     Ok(name) => {
+                        growing.add_rendition(&rendition, &track, declared);
                         self.put_patiently(
                             ObjectKey::init_segment(job.asset_id, job.version, &name),
                             bytes,
@@ -330,15 +349,29 @@ impl Inner {
                     rendition,
                     sequence,
                     bytes,
-                    ..
-                } => match RenditionName::new(rendition) {
+                    info,
+                } => match RenditionName::new(rendition.clone()) {
                     Ok(name) => {
-                        self.put_patiently(
-                            ObjectKey::media_segment(job.asset_id, job.version, &name, sequence),
-                            bytes,
-                            ctx,
-                        )
-                        .await
+                        let stored = self
+                            .put_patiently(
+                                ObjectKey::media_segment(
+                                    job.asset_id,
+                                    job.version,
+                                    &name,
+                                    sequence,
+                                ),
+                                bytes,
+                                ctx,
+                            )
+                            .await;
+                        match stored {
+                            Ok(()) => {
+                                growing.segment_stored(&rendition, info);
+                                self.publish_growing(job, ctx, &mut growing, &mut marked_playable)
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
                     Err(e) => Err(e.to_string()),
                 },
@@ -357,7 +390,59 @@ impl Inner {
             )));
         }
         let summary = summary?;
-        self.publish(job, summary, ctx).await
+        self.publish(job, summary, &growing, ctx).await
+    }
+
+    /// Progressive publish: stores what the growing presentation has due
+    /// (media playlists, then, the first time, the master) and marks the
+    /// asset playable. A database that cannot be reached now is asked
+    /// again at the next segment; the encode goes on.
+    async fn publish_growing(
+        &self,
+        job: &TranscodeJob,
+        ctx: &JobContext,
+        growing: &mut progressive::Progressive,
+        marked_playable: &mut bool,
+    ) -> Result<(), String> {
+        let update = growing
+            .due()
+            .map_err(|e| format!("rendering growing playlists: {e}"))?;
+        if let Some(update) = update {
+            for (rendition, text) in update.media_playlists {
+                let name = RenditionName::new(rendition).map_err(|e| e.to_string())?;
+                self.put_patiently(
+                    ObjectKey::media_playlist(job.asset_id, job.version, &name),
+                    Bytes::from(text),
+                    ctx,
+                )
+                .await?;
+            }
+            if let Some(master) = update.master {
+                self.put_patiently(
+                    ObjectKey::hls_master(job.asset_id, job.version),
+                    Bytes::from(master),
+                    ctx,
+                )
+                .await?;
+            }
+        }
+        if growing.is_playable() && !*marked_playable {
+            match assets::mark_playable(&self.pool, job.asset_id, job.version as i32).await {
+                Ok(changed) => {
+                    *marked_playable = true;
+                    if changed {
+                        tracing::info!(asset_id = %job.asset_id, version = job.version,
+                            "asset playable while transcoding");
+                        self.metrics.playable(ctx.enqueued.elapsed());
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(asset_id = %job.asset_id, error = %error,
+                        "cannot mark the asset playable yet");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Stores one output through a storage outage: a transient failure is
@@ -393,12 +478,14 @@ impl Inner {
         &self,
         job: &TranscodeJob,
         summary: pipeline::Summary,
+        growing: &progressive::Progressive,
         ctx: &JobContext,
     ) -> Result<(), TranscodeError> {
         let layout = UriLayout::default();
         let renditions: Vec<_> = summary.renditions.iter().map(|(r, _)| r.clone()).collect();
         for rendition in &renditions {
-            let playlist = hls::Playlist::for_rendition(rendition, &layout)
+            let playlist = growing
+                .final_playlist(rendition, &layout)
                 .map_err(|e| TranscodeError::internal("rendering a media playlist", e))?;
             let name = RenditionName::new(rendition.name.clone())
                 .map_err(|e| TranscodeError::internal("rendition name", e))?;

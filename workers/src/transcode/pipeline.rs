@@ -46,6 +46,11 @@ pub enum Event {
         rendition: String,
         /// The track it describes (codecs, size, timescale).
         track: Track,
+        /// Upper bounds of its peak segment bit rate (RFC 8216 `BANDWIDTH`)
+        /// and its average, from its rate control, container overhead
+        /// included: what a master playlist declares before the segments
+        /// are measured.
+        declared: packager::Bitrates,
         /// The bytes.
         bytes: Bytes,
     },
@@ -784,6 +789,11 @@ pub fn run_input(
     let part_duration = config
         .part_duration
         .and_then(|part| packager::Rational::new(part.as_millis().max(1) as u64, 1000).ok());
+    let first_segment = (config.first_segment_duration < config.segment_duration)
+        .then(|| {
+            packager::Rational::new(config.first_segment_duration.as_millis() as u64, 1000).ok()
+        })
+        .flatten();
     let mut rungs: Vec<VideoRung> = Vec::new();
     let mut graph = None;
     if let Some(source) = &video {
@@ -841,12 +851,18 @@ pub fn run_input(
                 frame_rate,
             )
             .map_err(|e| packager_error("describing the video track", e))?;
-            let segmenter = new_segmenter(Track::Video(track), segment_duration, part_duration);
+            let segmenter = new_segmenter(
+                Track::Video(track),
+                segment_duration,
+                first_segment,
+                part_duration,
+            );
             send(
                 events,
                 Event::Init {
                     rendition: rung.name.clone(),
                     track: segmenter.track().clone(),
+                    declared: declared_video(config, rung.bitrate),
                     bytes: segmenter.init_segment(),
                 },
             )?;
@@ -877,12 +893,22 @@ pub fn run_input(
         let (asc, priming) = audio_extradata(&encoder);
         let track = AudioTrack::new(&asc, AUDIO_RATE as u32, 2)
             .map_err(|e| packager_error("describing the audio track", e))?;
-        let segmenter = new_segmenter(Track::Audio(track), segment_duration, part_duration);
+        let segmenter = new_segmenter(
+            Track::Audio(track),
+            segment_duration,
+            first_segment,
+            part_duration,
+        );
         send(
             events,
             Event::Init {
                 rendition: AUDIO_RENDITION.to_owned(),
                 track: segmenter.track().clone(),
+                // FFmpeg's AAC encoder holds its average, not a strict cap.
+                declared: packager::Bitrates {
+                    peak: with_overhead(config.audio_bitrate * 5 / 4),
+                    average: with_overhead(config.audio_bitrate * 21 / 20),
+                },
                 bytes: segmenter.init_segment(),
             },
         )?;
@@ -1109,15 +1135,41 @@ fn read_packet(
     packet.read(input)
 }
 
-/// A segmenter, cutting parts too when `part_duration` is set.
+/// What a video rung of `bitrate` declares before it is measured: the
+/// peak its VBV allows over the shortest stretch a peak is measured on
+/// (half the target duration, `Bitrates::measure`, RFC 8216 section
+/// 4.3.4.2; the target is never below the segment duration rounded up),
+/// and its max rate as the average.
+fn declared_video(config: &TranscodeConfig, bitrate: u64) -> packager::Bitrates {
+    let vbv = encoders::VbvModel::of(config, bitrate as usize);
+    let shortest_run = config.segment_duration.as_secs_f64().ceil() / 2.0;
+    packager::Bitrates {
+        peak: with_overhead(vbv.peak_bound(shortest_run)),
+        average: with_overhead(vbv.max as u64),
+    }
+}
+
+/// `bits_per_second` plus what CMAF adds: a `moof` per segment and a
+/// `trun` entry per sample (a few kbit/s at 60 frames per second).
+fn with_overhead(bits_per_second: u64) -> u64 {
+    bits_per_second + bits_per_second / 50 + 16_000
+}
+
+/// A segmenter, cutting parts too when `part_duration` is set, and the
+/// first segment short when `first_segment` is.
 fn new_segmenter(
     track: Track,
     segment_duration: packager::Rational,
+    first_segment: Option<packager::Rational>,
     part_duration: Option<packager::Rational>,
 ) -> Segmenter {
-    match part_duration {
+    let segmenter = match part_duration {
         Some(part) => Segmenter::with_parts(track, segment_duration, part),
         None => Segmenter::new(track, segment_duration),
+    };
+    match first_segment {
+        Some(first) => segmenter.with_short_start(first),
+        None => segmenter,
     }
 }
 

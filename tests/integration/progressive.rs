@@ -1,0 +1,257 @@
+//! Progressive publish (issue #16): a new asset plays while it is still
+//! being transcoded, through the real CDN config, in hls.js in Chromium,
+//! and ends as a complete presentation that `cascade qa` passes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cascade_origin::OriginConfig;
+use cascade_platform::config::{EncoderChoice, PlaybackConfig, RungConfig, TranscodeConfig};
+use cascade_platform::playback_token::Keyring;
+use cascade_platform::queue::JobNotifier;
+use cascade_platform::{assets, db, Queue};
+use cascade_schemas::{job_kind, AssetState};
+use cascade_workers::transcode::{encoders, TranscodeHandler};
+use cascade_workers::{HandlerRegistry, Runner};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{bench_fixture, eventually, fresh_db, repo_root};
+use crate::origin::{get, local_store, nginx_available, serve, start_cdn};
+use crate::qa::run_qa_with;
+use crate::transcode::attribute;
+
+/// `(BANDWIDTH, CODECS, RESOLUTION)` of each variant, by its URI.
+fn variants(master: &str) -> HashMap<String, (u64, String, String)> {
+    let lines: Vec<&str> = master.lines().collect();
+    lines
+        .windows(2)
+        .filter_map(|w| {
+            let attributes = w[0].strip_prefix("#EXT-X-STREAM-INF:")?;
+            Some((
+                w[1].to_owned(),
+                (
+                    attribute(attributes, "BANDWIDTH").parse().unwrap(),
+                    attribute(attributes, "CODECS").to_owned(),
+                    attribute(attributes, "RESOLUTION").to_owned(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// The 20 s 1080p fixture, uploaded and transcoded (two rungs and audio)
+/// by a worker while hls.js plays it through nginx: the asset turns
+/// playable (and says so) while processing; its playlists grow (EVENT, no
+/// ENDLIST, short-lived at the CDN) and only ever append; its segments are
+/// immutable from the first; the growing master declares every rung with
+/// the final codecs and a BANDWIDTH no lower than the measured one; the
+/// player starts at the beginning, plays to the end without a stall over a
+/// second; the finished asset passes `cascade qa`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_cdn() {
+    let _cores = crate::common::exclusive_cores().await;
+    assert!(nginx_available(), "nginx is needed (Debian package nginx)");
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    let origin = serve(cascade_origin::OriginState::new(
+        OriginConfig::default(),
+        Keyring::from_config(&PlaybackConfig::default()),
+        db.pool.clone(),
+        store.clone(),
+    ))
+    .await;
+    let cdn = start_cdn(origin).await;
+
+    let source = bench_fixture();
+    let queue = Queue::new(db.pool.clone(), db.config.queue.clone());
+    let (asset, _) = cascade_ingest::import_file(&queue, &store, &source, Some("growing"))
+        .await
+        .unwrap();
+    let mut queue_config = db.config.queue.clone();
+    queue_config.concurrency = 1;
+    queue_config.poll_interval = Duration::from_millis(50);
+    let stop = CancellationToken::new();
+    let notifier = JobNotifier::start(db::pg_config(&db.config.database).unwrap(), stop.clone());
+    // Two rungs, so that the encode outruns playback on two cores shared
+    // with the browser (a worker and a player do not share a machine).
+    let ladder = vec![
+        RungConfig {
+            name: "720p".to_owned(),
+            short_side: 720,
+            bitrate: 2_000_000,
+        },
+        RungConfig {
+            name: "240p".to_owned(),
+            short_side: 240,
+            bitrate: 500_000,
+        },
+    ];
+    let handler = TranscodeHandler::new(
+        db.pool.clone(),
+        store.clone(),
+        TranscodeConfig {
+            encoder: EncoderChoice::Libx264,
+            ladder: ladder.clone(),
+            ..TranscodeConfig::default()
+        },
+        encoders::VideoEncoder::Libx264,
+    );
+    let runner = Runner::new(
+        Queue::new(db.pool.clone(), queue_config),
+        HandlerRegistry::new().register(job_kind::TRANSCODE, handler),
+        notifier,
+        "progressive-test",
+    );
+    let worker = tokio::spawn(runner.run(stop.clone()));
+
+    let playable = eventually("the asset playable", Duration::from_secs(120), || async {
+        let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
+        assert_ne!(a.state, AssetState::Errored, "{:?}", a.error_message);
+        a.served_version().is_some().then_some(a)
+    })
+    .await;
+    assert_eq!(
+        playable.state,
+        AssetState::Processing,
+        "playable before it is ready"
+    );
+    let base = format!("/play/{}", playable.playback_id);
+    let master_url = format!("http://{}{base}/master.m3u8", cdn.addr);
+    let player = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/players/play.mjs"))
+        .args(["--player", "hls", "--url", &master_url, "--seconds", "19"])
+        .output();
+    let player = tokio::spawn(player);
+
+    // What a CDN gets while it grows.
+    let master = get(cdn.addr, &format!("{base}/master.m3u8")).await;
+    assert_eq!(master.status, 200, "{}", master.text());
+    assert_eq!(
+        master.header("cache-control"),
+        Some("public, max-age=1, s-maxage=1")
+    );
+    let growing_master = master.text();
+    let growing_variants = variants(&growing_master);
+    assert_eq!(
+        growing_variants.len(),
+        2,
+        "the whole ladder: {growing_master}"
+    );
+    let first_variant = growing_variants.keys().min().unwrap().clone();
+    let media_url = format!("{base}/{first_variant}");
+    let media = get(cdn.addr, &media_url).await;
+    assert_eq!(media.status, 200, "{}", media.text());
+    assert_eq!(
+        media.header("cache-control"),
+        Some("public, max-age=1, s-maxage=1")
+    );
+    let growing_media = media.text();
+    assert!(
+        growing_media.contains("#EXT-X-PLAYLIST-TYPE:EVENT\n")
+            && growing_media.contains("#EXT-X-START:TIME-OFFSET=0\n")
+            && !growing_media.contains("#EXT-X-ENDLIST"),
+        "{growing_media}"
+    );
+    let segment_dir = first_variant.rsplit_once('/').unwrap().0;
+    let segment = get(cdn.addr, &format!("{base}/{segment_dir}/1.m4s")).await;
+    assert_eq!(segment.status, 200);
+    assert_eq!(
+        segment.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    let mpd = get(cdn.addr, &format!("{base}/manifest.mpd")).await;
+    assert_eq!(mpd.status, 404);
+    assert_eq!(mpd.code(), "asset_not_ready");
+    assert_eq!(
+        crate::common::count(
+            &db,
+            "SELECT count(*) FROM jobs WHERE kind = 'webhook' AND payload->>'type' = 'asset.playable'"
+        )
+        .await,
+        1,
+        "asset.playable is queued once"
+    );
+
+    let ready = eventually("the asset ready", Duration::from_secs(240), || async {
+        let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
+        assert_ne!(a.state, AssetState::Errored, "{:?}", a.error_message);
+        (a.state == AssetState::Ready).then_some(a)
+    })
+    .await;
+    stop.cancel();
+    let _ = worker.await;
+    assert_eq!(ready.playable_version, None);
+
+    // The finished presentation, from the origin itself (the CDN may still
+    // hold the growing copy for its second), once it has looked the asset
+    // up again (`asset_ttl`; it is served meanwhile, as growing).
+    let final_media = eventually(
+        "the origin to serve it as ready",
+        Duration::from_secs(10),
+        || async {
+            let reply = get(origin, &media_url).await;
+            (reply.header("cache-control") == Some("public, max-age=60, s-maxage=86400"))
+                .then_some(reply.text())
+        },
+    )
+    .await;
+    let final_master = get(origin, &format!("{base}/master.m3u8")).await.text();
+    for (uri, (bandwidth, codecs, resolution)) in variants(&final_master) {
+        let (declared, declared_codecs, declared_resolution) = &growing_variants[&uri];
+        assert!(
+            *declared >= bandwidth,
+            "{uri}: declared {declared} while growing, measured {bandwidth}"
+        );
+        assert_eq!(
+            (declared_codecs, declared_resolution),
+            (&codecs, &resolution),
+            "{uri}"
+        );
+    }
+    assert!(
+        final_media.starts_with(&growing_media) && final_media.ends_with("#EXT-X-ENDLIST\n"),
+        "an EVENT playlist only appends:\n{growing_media}\n---\n{final_media}"
+    );
+
+    let report = crate::common::player_report("hls", player.await.unwrap());
+    assert!(report["fatal"].is_null(), "{report}");
+    assert!(
+        report["played"].as_f64().unwrap_or(0.0) >= 19.0,
+        "played to the end: {report}"
+    );
+    assert!(
+        report["first_frame_at"].as_f64().unwrap_or(f64::MAX) < 0.5,
+        "started at the beginning: {report}"
+    );
+    assert!(
+        report["longest_stall"].as_f64().unwrap_or(f64::MAX) <= 1.0,
+        "no stall over a second: {report}"
+    );
+    assert!(
+        report["grew"] == true && report["ended_list"] == true,
+        "hls.js saw the playlists grow and end: {report}"
+    );
+
+    // QA against the ladder the worker used.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let rungs: String = ladder
+        .iter()
+        .map(|r| {
+            format!(
+                "[[transcode.ladder]]\nname = \"{}\"\nshort_side = {}\nbitrate = {}\n",
+                r.name, r.short_side, r.bitrate
+            )
+        })
+        .collect();
+    std::fs::write(config.path(), rungs).unwrap();
+    let config_path = config.path().display().to_string();
+    let (code, qa, out) = run_qa_with(
+        &master_url,
+        &source,
+        &["--skip-quality"],
+        &[("CASCADE_CONFIG", &config_path)],
+    );
+    assert_eq!(code, 0, "cascade qa on the finished asset: {out}\n{qa}");
+    drop(cdn);
+    let _ = std::fs::remove_dir_all(&root);
+}
