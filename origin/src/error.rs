@@ -131,7 +131,11 @@ impl OriginError {
     /// for assets still processing); everything else is not stored.
     pub fn cache_control(&self) -> &'static str {
         match self {
-            Self::NotFound | Self::AssetNotReady => "public, max-age=2",
+            Self::NotFound => "public, max-age=2",
+            // Not playable yet, playable in a moment (progressive publish):
+            // players polling for it learn at once (the origin answers
+            // such polls from a lookup at most `PENDING_TTL` old).
+            Self::AssetNotReady => "no-store",
             // Idle now, live in a moment: players polling an idle stream
             // learn of its start within a second.
             Self::StreamIdle => "public, max-age=1",

@@ -7,7 +7,10 @@
 //! playback id never makes requests wait on Postgres; an id idle for longer
 //! waits for a fresh answer. When Postgres cannot answer, the last answer
 //! (kept `asset_stale_ttl`) is used instead (stale-if-error), so playback
-//! outlives a database outage.
+//! outlives a database outage. An asset with nothing to play yet (it may
+//! turn playable any moment, progressive publish) is asked again after
+//! [`PENDING_TTL`], never answered stale while it refreshes, so players
+//! polling for it start within that of its first segments.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -48,11 +51,48 @@ pub(crate) struct LiveInfo {
     pub(crate) relay: Option<String>,
 }
 
+/// How long an answer naming an asset with nothing to play yet is reused.
+pub(crate) const PENDING_TTL: Duration = Duration::from_millis(200);
+
 /// What a playback id names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Playable {
     Asset(AssetInfo),
     Live(LiveInfo),
+}
+
+impl Playable {
+    /// An asset with nothing to play yet, which may turn playable any moment.
+    fn is_pending(&self) -> bool {
+        matches!(self, Playable::Asset(asset)
+            if asset.published_version.is_none()
+                && asset.growing_version.is_none()
+                && matches!(asset.state, AssetState::Waiting | AssetState::Processing))
+    }
+}
+
+fn is_pending(playable: &Option<Arc<Playable>>) -> bool {
+    playable.as_deref().is_some_and(Playable::is_pending)
+}
+
+/// Expiry of fresh answers: `ttl`, or [`PENDING_TTL`] for a pending asset.
+struct FreshExpiry {
+    ttl: Duration,
+}
+
+impl moka::Expiry<PlaybackId, Option<Arc<Playable>>> for FreshExpiry {
+    fn expire_after_create(
+        &self,
+        _: &PlaybackId,
+        value: &Option<Arc<Playable>>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(if is_pending(value) {
+            PENDING_TTL.min(self.ttl)
+        } else {
+            self.ttl
+        })
+    }
 }
 
 /// Resolves playback ids. Cheap to clone.
@@ -100,7 +140,9 @@ impl Resolver {
                 pool,
                 fresh: moka::future::Cache::builder()
                     .max_capacity(100_000)
-                    .time_to_live(config.asset_ttl)
+                    .expire_after(FreshExpiry {
+                        ttl: config.asset_ttl,
+                    })
                     .build(),
                 last_known: moka::future::Cache::builder()
                     .max_capacity(100_000)
@@ -123,7 +165,7 @@ impl Resolver {
         }
         let known = shared.last_known.get(playback_id).await;
         if let Some(known) = &known {
-            if known.at.elapsed() < shared.ttl * 2 {
+            if known.at.elapsed() < shared.ttl * 2 && !is_pending(&known.playable) {
                 if !known.refreshing.swap(true, Relaxed) {
                     let resolver = self.clone();
                     let playback_id = playback_id.clone();

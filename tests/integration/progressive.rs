@@ -67,6 +67,17 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_c
     let (asset, _) = cascade_ingest::import_file(&queue, &store, &source, Some("growing"))
         .await
         .unwrap();
+    // Not playable yet: players polling for it are not held off by a cache.
+    let pending_playback = assets::get(&db.pool, asset)
+        .await
+        .unwrap()
+        .unwrap()
+        .playback_id;
+    let pending = get(origin, &format!("/play/{pending_playback}/master.m3u8")).await;
+    assert_eq!(pending.status, 404);
+    assert_eq!(pending.code(), "asset_not_ready");
+    assert_eq!(pending.header("cache-control"), Some("no-store"));
+
     let mut queue_config = db.config.queue.clone();
     queue_config.concurrency = 1;
     queue_config.poll_interval = Duration::from_millis(50);
@@ -116,6 +127,16 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_c
         "playable before it is ready"
     );
     let base = format!("/play/{}", playable.playback_id);
+    // The origin, which looked it up while pending, serves it at once.
+    let marked = std::time::Instant::now();
+    eventually("the origin to serve it", Duration::from_secs(1), || async {
+        (get(origin, &format!("{base}/master.m3u8")).await.status == 200).then_some(())
+    })
+    .await;
+    println!(
+        "served {:?} after the asset was marked playable",
+        marked.elapsed()
+    );
     let master_url = format!("http://{}{base}/master.m3u8", cdn.addr);
     let player = tokio::process::Command::new("node")
         .arg(repo_root().join("tests/players/play.mjs"))
