@@ -52,7 +52,7 @@ pub(crate) struct LiveInfo {
 }
 
 /// How long an answer naming an asset with nothing to play yet is reused.
-pub(crate) const PENDING_TTL: Duration = Duration::from_millis(200);
+pub(crate) const PENDING_TTL: Duration = Duration::from_millis(100);
 
 /// What a playback id names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,10 +9,11 @@
 //! timestamps of sync samples, so independently encoded rungs whose
 //! keyframes were forced at the same times are cut at the same places.
 //!
-//! A short start ([`Segmenter::with_short_start`]) adds one boundary before
-//! the first multiple of the target: the first segment is cut there (a
-//! keyframe of the same grid), so the first playable segment exists
-//! sooner; every later boundary is unchanged.
+//! A short start ([`Segmenter::with_short_start`]) adds boundaries before
+//! the first multiple of the target, doubling from the first (1, 2 s
+//! before a 4 s target): the first playable segment exists sooner, and
+//! each next one takes no longer to make than the media already there
+//! takes to play; every later boundary is unchanged.
 //!
 //! # Timing
 //!
@@ -179,7 +180,7 @@ struct PendingSample {
 struct OpenSegment {
     /// Index `k` of the boundary `k * target_duration` that closes this segment.
     closing_boundary: i128,
-    /// Closed at the short start's boundary instead (ticks).
+    /// Closed at a short start's boundary instead (ticks).
     closing_early: Option<i64>,
     /// Samples of the open fragment (the whole segment, or its open part).
     samples: Vec<PendingSample>,
@@ -211,8 +212,8 @@ struct PartMode {
 pub struct Segmenter {
     track: Track,
     target_duration: Rational,
-    /// The short start's boundary, in ticks.
-    first_boundary: Option<i64>,
+    /// The short start's boundaries, in ticks, ascending.
+    early_boundaries: Vec<i64>,
     next_sequence_number: u32,
     last_dts: Option<i64>,
     open: Option<OpenSegment>,
@@ -225,7 +226,7 @@ impl Segmenter {
         Self {
             track,
             target_duration,
-            first_boundary: None,
+            early_boundaries: Vec::new(),
             next_sequence_number: FIRST_SEQUENCE_NUMBER,
             last_dts: None,
             open: None,
@@ -233,20 +234,23 @@ impl Segmenter {
         }
     }
 
-    /// Also cuts at `first_boundary` seconds, before the first multiple of
-    /// the target duration, so the first segment is shorter (it must be a
-    /// keyframe time of every rung, e.g. one GOP). Ignored unless it lies
-    /// strictly between 0 and the target duration.
-    pub fn with_short_start(mut self, first_boundary: Rational) -> Self {
-        let ticks = i128::from(first_boundary.numerator()) * i128::from(self.track.timescale())
-            / i128::from(first_boundary.denominator().max(1));
-        let before_target = i128::from(first_boundary.numerator())
-            * i128::from(self.target_duration.denominator())
-            < i128::from(self.target_duration.numerator())
-                * i128::from(first_boundary.denominator());
-        self.first_boundary = i64::try_from(ticks)
-            .ok()
-            .filter(|ticks| *ticks > 0 && before_target);
+    /// Also cuts at `first`, `2 * first`, `4 * first`, ... seconds while
+    /// that is before the target duration, so the first segments are
+    /// shorter (each must be a keyframe time of every rung). Nothing
+    /// changes when `first` is not strictly between 0 and the target.
+    pub fn with_short_start(mut self, first: Rational) -> Self {
+        let target_ticks =
+            self.boundary_unit() / i128::from(self.target_duration.denominator().max(1));
+        let mut ticks = i128::from(first.numerator()) * i128::from(self.track.timescale())
+            / i128::from(first.denominator().max(1));
+        self.early_boundaries.clear();
+        while ticks > 0 && ticks < target_ticks {
+            match i64::try_from(ticks) {
+                Ok(boundary) => self.early_boundaries.push(boundary),
+                Err(_) => break,
+            }
+            ticks *= 2;
+        }
         self
     }
 
@@ -360,7 +364,11 @@ impl Segmenter {
             None => {
                 self.open = Some(OpenSegment {
                     closing_boundary: self.boundary_after(sample.pts),
-                    closing_early: self.first_boundary.filter(|ticks| sample.pts < *ticks),
+                    closing_early: self
+                        .early_boundaries
+                        .iter()
+                        .copied()
+                        .find(|ticks| sample.pts < *ticks),
                     samples: vec![pending],
                     payload: data,
                     parts: Vec::new(),

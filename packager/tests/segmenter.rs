@@ -83,8 +83,8 @@ fn rungs_with_aligned_keyframes_get_identical_boundaries() {
 
 #[test]
 fn a_short_start_cuts_once_early_and_keeps_every_later_boundary() {
-    // 30 fps at 90 kHz for 13 s, keyframes every 2 s; target 4 s, first cut at 2 s.
-    let keyframes: Vec<usize> = (0..390).step_by(60).collect();
+    // 30 fps at 90 kHz for 13 s, keyframes every second; target 4 s, first cut at 2 s.
+    let keyframes: Vec<usize> = (0..390).step_by(30).collect();
     let cut = |short_start: Option<u64>| {
         let mut segmenter = Segmenter::new(video_track(90_000), Rational::integer(4).unwrap());
         if let Some(first) = short_start {
@@ -105,6 +105,16 @@ fn a_short_start_cuts_once_early_and_keeps_every_later_boundary() {
             (3, 360_000, 360_000),
             (4, 720_000, 360_000),
             (5, 1_080_000, 90_000),
+        ]
+    );
+    // From 1 s it doubles up to the target: 1, 2, then every 4 s.
+    assert_eq!(
+        cut(Some(1))[..4],
+        [
+            (1, 0, 90_000),
+            (2, 90_000, 90_000),
+            (3, 180_000, 180_000),
+            (4, 360_000, 360_000),
         ]
     );
     // At or past the target it changes nothing.

@@ -832,11 +832,13 @@ pub struct TranscodeConfig {
     /// (closed GOPs, no scene-cut keyframes). Default `2s`.
     #[serde(with = "humantime_serde")]
     pub gop: Duration,
-    /// The first segment's length: shorter than `segment_duration` (a
-    /// multiple of `gop`), so the first playable segment of every rung
-    /// exists sooner and players of a growing asset reload sooner; later
-    /// segments keep the `segment_duration` grid. Equal to
-    /// `segment_duration`: no short start. Default `2s`.
+    /// The first segment's length: shorter than `segment_duration`, so the
+    /// first playable segment of every rung exists sooner (time to
+    /// playable). The next boundaries double from it until they meet the
+    /// `segment_duration` grid (0.5, 1, 2 s, then every 4 s), so each next
+    /// segment is made before the ones before it have played; keyframes
+    /// are forced at these boundaries too. Equal to `segment_duration`: no
+    /// short start. Default `500ms`.
     #[serde(with = "humantime_serde")]
     pub first_segment_duration: Duration,
     /// H.264 encoder: `auto` probes the hardware encoders once at worker start
@@ -922,7 +924,7 @@ impl Default for TranscodeConfig {
             ],
             segment_duration: Duration::from_secs(4),
             gop: Duration::from_secs(2),
-            first_segment_duration: Duration::from_secs(2),
+            first_segment_duration: Duration::from_millis(500),
             encoder: EncoderChoice::Auto,
             preset: "veryfast".to_owned(),
             rate_control: RateControl::CappedCrf,
@@ -1178,13 +1180,12 @@ impl Config {
                 "must be a whole multiple of transcode.gop",
             ));
         }
-        if t.first_segment_duration < t.gop
+        if t.first_segment_duration.as_millis() == 0
             || t.first_segment_duration > t.segment_duration
-            || t.first_segment_duration.as_millis() % t.gop.as_millis() != 0
         {
             return Err(invalid(
                 "transcode.first_segment_duration",
-                "must be a whole multiple of transcode.gop, at most transcode.segment_duration",
+                "must be at least 1ms and at most transcode.segment_duration",
             ));
         }
         if t.ladder.is_empty()

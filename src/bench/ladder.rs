@@ -34,7 +34,7 @@ pub struct LadderBenchArgs {
     runs: usize,
 }
 
-fn cpu_seconds(who: i32) -> f64 {
+pub(super) fn cpu_seconds(who: i32) -> f64 {
     // SAFETY: getrusage fills the struct it is given.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -69,7 +69,7 @@ fn probe_size(input: &Path) -> anyhow::Result<(u32, u32, f64)> {
 }
 
 /// The CLI arguments equivalent to what the pipeline does.
-fn cli_args(
+pub(super) fn cli_args(
     input: &Path,
     rungs: &[PlannedRung],
     config: &TranscodeConfig,

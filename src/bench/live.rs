@@ -405,6 +405,40 @@ pub(super) fn spawn_serve(
     objects: &Path,
     config: &Config,
 ) -> anyhow::Result<ChildGuard> {
+    let mut serve = serve_command(roles, port, objects, config, "warn")?;
+    serve.stderr(Stdio::inherit());
+    Ok(ChildGuard {
+        name: "cascade serve",
+        child: serve.spawn().context("starting cascade serve")?,
+    })
+}
+
+/// [`spawn_serve`] logging what `log_filter` lets through, its log (JSON
+/// lines) on a pipe for the caller to read (`child.stderr`).
+pub(super) fn spawn_serve_logging(
+    roles: &str,
+    port: u16,
+    objects: &Path,
+    config: &Config,
+    log_filter: &str,
+) -> anyhow::Result<ChildGuard> {
+    let mut serve = serve_command(roles, port, objects, config, log_filter)?;
+    serve.stderr(Stdio::piped());
+    Ok(ChildGuard {
+        name: "cascade serve",
+        child: serve.spawn().context("starting cascade serve")?,
+    })
+}
+
+/// `cascade serve --roles {roles}` on `port`, objects under `objects` when
+/// the stack has no S3, stdout piped.
+fn serve_command(
+    roles: &str,
+    port: u16,
+    objects: &Path,
+    config: &Config,
+    log_filter: &str,
+) -> anyhow::Result<Command> {
     let mut serve = Command::new(std::env::current_exe()?);
     serve
         .args(["serve", "--roles", roles])
@@ -415,16 +449,12 @@ pub(super) fn spawn_serve(
             format!("http://127.0.0.1:{port}"),
         )
         .env("CASCADE_INGEST__BOOTSTRAP_KEY", KEY)
-        .env("CASCADE_LOG__FILTER", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .env("CASCADE_LOG__FILTER", log_filter)
+        .stdout(Stdio::piped());
     if config.storage.s3.is_none() {
         serve.env("CASCADE_STORAGE__LOCAL_ROOT", objects);
     }
-    Ok(ChildGuard {
-        name: "cascade serve",
-        child: serve.spawn().context("starting cascade serve")?,
-    })
+    Ok(serve)
 }
 
 /// The processes a live bench runs: the live process (ingest and the

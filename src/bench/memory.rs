@@ -5,11 +5,11 @@
 //! prints each child's peak RSS (VmHWM) and their ratio (target: within
 //! 10 %).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use cascade_platform::{db, Config, ObjectStore, Queue};
 use clap::Args;
 
@@ -28,42 +28,6 @@ pub struct MemoryBenchArgs {
     /// Length of the long source, seconds.
     #[arg(long, default_value_t = 600)]
     long: u32,
-}
-
-/// A 720p30 source of `seconds` with a tone, made once.
-fn source(seconds: u32) -> anyhow::Result<PathBuf> {
-    let dir = PathBuf::from(".data/fixtures");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("bench_memory_720p30_{seconds}s.mp4"));
-    if path.exists() {
-        return Ok(path);
-    }
-    println!("bench memory: generating {} ...", path.display());
-    let partial = dir.join(format!("bench_memory_720p30_{seconds}s.part.mp4"));
-    let status = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args(["-t", &seconds.to_string()])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            "3M",
-            "-g",
-            "60",
-        ])
-        .args(["-c:a", "aac", "-shortest"])
-        .arg(&partial)
-        .status()
-        .context("running the ffmpeg CLI (scripts/deps.sh installs it)")?;
-    if !status.success() {
-        bail!("ffmpeg could not generate {}", path.display());
-    }
-    std::fs::rename(&partial, &path)?;
-    Ok(path)
 }
 
 /// Transcodes `input` with a fresh worker child; returns (peak RSS MB, seconds).
@@ -107,8 +71,8 @@ async fn measure(config: &Config, input: &Path) -> anyhow::Result<(f64, f64)> {
 
 /// Runs the benchmark.
 pub async fn run(args: MemoryBenchArgs, config: Config) -> anyhow::Result<ExitCode> {
-    let short = source(args.short)?;
-    let long = source(args.long)?;
+    let short = super::synthetic_source(1280, 720, args.short)?;
+    let long = super::synthetic_source(1280, 720, args.long)?;
     let (short_peak, short_took) = measure(&config, &short).await?;
     println!(
         "{} s source: worker peak RSS {short_peak:.0} MB (transcoded in {short_took:.1} s)",

@@ -8,6 +8,7 @@ mod memory;
 mod origin;
 mod qa;
 mod queue;
+mod ttp;
 mod upload;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,9 @@ pub enum BenchCommand {
     Live(live::LiveBenchArgs),
     /// A worker's peak memory for a 1-minute and a 10-minute 720p30 source.
     Memory(memory::MemoryBenchArgs),
+    /// Time to playable (hls.js's first frame through the CDN) and to ready
+    /// after a tus upload of a 60 s 1080p30 source, against the ffmpeg CLI.
+    Ttp(ttp::TtpBenchArgs),
 }
 
 /// The middle value (upper middle for an even count).
@@ -114,6 +118,46 @@ pub(crate) fn bench_fixture() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A synthetic 30 fps source (`testsrc2` with a tone) of `width` x
+/// `height` and `seconds`, made once with the ffmpeg CLI and kept under
+/// `.data/fixtures`.
+pub(crate) fn synthetic_source(width: u32, height: u32, seconds: u32) -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(".data/fixtures");
+    std::fs::create_dir_all(&dir)?;
+    let name = format!("bench_{width}x{height}p30_{seconds}s");
+    let path = dir.join(format!("{name}.mp4"));
+    if path.exists() {
+        return Ok(path);
+    }
+    println!("bench: generating {} ...", path.display());
+    let partial = dir.join(format!("{name}.part.mp4"));
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size={width}x{height}:rate=30"),
+        ])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "60"])
+        // About 3 bits per pixel per second: 6 Mbit/s at 1080p, 2.8 at 720p.
+        .args([
+            "-b:v",
+            &(u64::from(width) * u64::from(height) * 3).to_string(),
+        ])
+        .args(["-c:a", "aac", "-shortest"])
+        .arg(&partial)
+        .status()
+        .context("running the ffmpeg CLI (scripts/deps.sh installs it)")?;
+    if !status.success() {
+        anyhow::bail!("ffmpeg could not generate {}", path.display());
+    }
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
 /// Runs the worker's transcode pipeline on `input` in this process, writing
 /// each rendition's init and media segments under `dir/{rendition}/`.
 pub(crate) async fn transcode_to_dir(
@@ -171,5 +215,6 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<ExitCo
         BenchCommand::Origin(args) => origin::run(args, config).await,
         BenchCommand::Qa(args) => qa::run(args, config).await,
         BenchCommand::Memory(args) => memory::run(args, config).await,
+        BenchCommand::Ttp(args) => ttp::run(args, config).await,
     }
 }

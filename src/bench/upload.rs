@@ -324,15 +324,16 @@ fn generate(path: &Path, size: u64) -> anyhow::Result<()> {
 /// Creates a tus upload of `length` bytes (with `concat` as its
 /// Upload-Concat, if any); returns its Location and, unless partial, its
 /// asset id.
-async fn tus_create(
+pub(super) async fn tus_create(
     client: &reqwest::Client,
     base: &str,
+    key: &str,
     length: u64,
     concat: Option<&str>,
 ) -> anyhow::Result<(String, Option<String>)> {
     let mut request = client
         .post(format!("{base}/v1/uploads"))
-        .bearer_auth(KEY)
+        .bearer_auth(key)
         .header("tus-resumable", "1.0.0");
     match concat {
         Some(concat) if concat.starts_with("final;") => {
@@ -364,9 +365,10 @@ async fn tus_create(
 /// `location`, `chunk` bytes at a time. Like an efficient client, it reads
 /// the next chunk from disk while the current PATCH is in flight, so the
 /// client's own reads are not timed as the server's.
-async fn tus_send(
+pub(super) async fn tus_send(
     client: &reqwest::Client,
     location: &str,
+    key: &str,
     file: &mut tokio::fs::File,
     length: u64,
     chunk: usize,
@@ -382,7 +384,7 @@ async fn tus_send(
         let sent = body.len() as u64;
         let request = client
             .patch(location)
-            .bearer_auth(KEY)
+            .bearer_auth(key)
             .header("tus-resumable", "1.0.0")
             .header("upload-offset", offset.to_string())
             .header("content-type", "application/offset+octet-stream")
@@ -415,9 +417,9 @@ async fn tus_upload(
     size: u64,
     chunk: usize,
 ) -> anyhow::Result<String> {
-    let (location, asset) = tus_create(client, base, size, None).await?;
+    let (location, asset) = tus_create(client, base, KEY, size, None).await?;
     let mut file = tokio::fs::File::open(path).await?;
-    tus_send(client, &location, &mut file, size, chunk).await?;
+    tus_send(client, &location, KEY, &mut file, size, chunk).await?;
     asset.context("no Cascade-Asset-Id")
 }
 
@@ -447,15 +449,15 @@ async fn tus_parallel_upload(
     let chunk = usize::try_from(chunk)?;
     let partials =
         futures::future::try_join_all(ranges.into_iter().map(|(start, length)| async move {
-            let (location, _) = tus_create(client, base, length, Some("partial")).await?;
+            let (location, _) = tus_create(client, base, KEY, length, Some("partial")).await?;
             let mut file = tokio::fs::File::open(path).await?;
             file.seek(std::io::SeekFrom::Start(start)).await?;
-            tus_send(client, &location, &mut file, length, chunk).await?;
+            tus_send(client, &location, KEY, &mut file, length, chunk).await?;
             Ok::<_, anyhow::Error>(location)
         }))
         .await?;
     let concat = format!("final;{}", partials.join(" "));
-    let (_, asset) = tus_create(client, base, size, Some(&concat)).await?;
+    let (_, asset) = tus_create(client, base, KEY, size, Some(&concat)).await?;
     asset.context("no Cascade-Asset-Id")
 }
 

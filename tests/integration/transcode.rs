@@ -294,14 +294,16 @@ pub(crate) fn verify(version_dir: &Path, source: &Path, fx: &toml::Table) {
             let average: u64 = attribute(attributes, "AVERAGE-BANDWIDTH").parse().unwrap();
             assert!(peak >= average && average > 0, "{rung}: {peak} {average}");
 
-            // Segment durations: a 2 s first segment (the short start, one
-            // GOP), then the 4 s target, but for the last.
+            // Segment durations: the short start cuts at 0.5, 1 and 2 s,
+            // then the grid runs every 4 s: 0.5, 0.5, 1, 2, then 4 s, but
+            // for the last.
             let durations = extinf(&playlist);
             let (last, full) = durations.split_last().unwrap();
+            let expected = |i: usize| [0.5, 0.5, 1.0, 2.0].get(i).copied().unwrap_or(4.0);
             assert!(
                 full.iter()
                     .enumerate()
-                    .all(|(i, d)| (d - if i == 0 { 2.0 } else { 4.0 }).abs() < frame),
+                    .all(|(i, d)| (d - expected(i)).abs() < frame),
                 "{rung}: {durations:?}"
             );
             assert!(*last <= 4.0 + frame, "{rung}: {durations:?}");

@@ -4,7 +4,7 @@
 // longest stall after the first frame, and (hls.js) whether the playlists
 // grew while it played (a live playlist that later gained EXT-X-ENDLIST).
 //
-//   node play.mjs --player hls|dash --url <master.m3u8|manifest.mpd> [--seconds 8] [--live 1] [--samples 1]
+//   node play.mjs --player hls|dash --url <master.m3u8|manifest.mpd> [--seconds 8] [--live 1] [--samples 1] [--poll 1]
 //
 // The player starts on the lowest rung and is switched to the highest after
 // two seconds of playback, so at least two rungs are fetched. With --live,
@@ -12,7 +12,12 @@
 // first frame shown, not from the presentation's start; the report adds
 // the latency (wall clock minus the program date-time of the frame on
 // screen, hls.js) and whether hls.js read LL-HLS parts; --samples adds
-// every latency reading after the first 5 s. Used by the integration tests
+// every latency reading after the first 5 s. With --poll, the page asks for
+// the URL every 50 ms until it answers 200 and only then starts the player
+// (an asset that is not playable yet); node prints "ready" once the page
+// polls, and the report adds the wall clock (ms since the epoch) of that
+// first 200 and of the first frame presented (time to playable, cascade
+// bench ttp). Used by the integration tests
 // (tests/integration/origin.rs, tests/integration/live.rs).
 import http from 'node:http';
 import fs from 'node:fs';
@@ -29,6 +34,7 @@ const url = args.url;
 const seconds = Number(args.seconds ?? 8);
 const live = Boolean(Number(args.live ?? 0));
 const samples = Boolean(Number(args.samples ?? 0));
+const poll = Boolean(Number(args.poll ?? 0));
 
 const scripts = {
   '/hls.js': path.join(here, 'node_modules/hls.js/dist/hls.min.js'),
@@ -64,6 +70,8 @@ const played = () => {
   return window.report.start === null ? 0 : video.currentTime - window.report.start;
 };
 window.played = played;
+video.requestVideoFrameCallback(() => { window.report.firstFrameEpochMs = Date.now(); });
+const start = () => {
 if (${JSON.stringify(player)} === 'hls') {
   // Live: speed up to 1.5x to get back to the target latency after a stall
   // (hls.js's default is never to catch up), as low-latency players are set.
@@ -82,9 +90,14 @@ if (${JSON.stringify(player)} === 'hls') {
     else if (window.report.grew) window.report.endedList = true;
   });
   video.addEventListener('timeupdate', () => {
-    // nextLevel: from the next segment on, as ABR switches (currentLevel
-    // would flush the buffer and stall by design).
-    if (played() > 2 && !window.switched) { window.switched = true; hls.nextLevel = hls.levels.length - 1; }
+    // On demand, nextLevel: from the next segment on, as ABR switches
+    // (currentLevel flushes the buffer and stalls by design). Live keeps
+    // currentLevel: the flush reloads at the live edge.
+    if (played() > 2 && !window.switched) {
+      window.switched = true;
+      if (${JSON.stringify(live)}) hls.currentLevel = hls.levels.length - 1;
+      else hls.nextLevel = hls.levels.length - 1;
+    }
     if (hls.playingDate) {
       window.report.latency = (Date.now() - hls.playingDate.getTime()) / 1000;
       // Samples after the first 5 s of playback (the start settles first).
@@ -116,6 +129,22 @@ if (${JSON.stringify(player)} === 'hls') {
   });
   p.initialize(video, url, false);
 }
+};
+if (${JSON.stringify(poll)}) {
+  (async () => {
+    for (;;) {
+      try {
+        const r = await fetch(url, { cache: 'no-store' });
+        if (r.ok) break;
+      } catch (e) { /* not up yet */ }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    window.report.manifestEpochMs = Date.now();
+    start();
+  })();
+} else {
+  start();
+}
 </script></body></html>`;
 
 const server = http.createServer((req, res) => {
@@ -146,7 +175,9 @@ try {
     if (m) renditions.add(m[1]);
   });
   await tab.goto(pageUrl);
-  const deadline = Date.now() + (seconds * 4 + 30) * 1000;
+  if (poll) console.log('ready');
+  // Polling waits for the asset to be playable first.
+  const deadline = Date.now() + (seconds * 4 + (poll ? 300 : 30)) * 1000;
   while (Date.now() < deadline) {
     [played, report] = await tab.evaluate(() => [window.played(), window.report]);
     // A stall still under way counts too.
@@ -161,6 +192,7 @@ try {
 console.log(JSON.stringify({ player, live, played, renditions: [...renditions].sort(), fatal: report.fatal,
   errors: report.errors, latency: report.latency, low_latency: report.lowLatency ?? false,
   first_frame_at: report.start, longest_stall: report.longestStall ?? 0, stalls: report.stalls ?? [],
-  grew: report.grew ?? false,
+  grew: report.grew ?? false, manifest_epoch_ms: report.manifestEpochMs ?? null,
+  first_frame_epoch_ms: report.firstFrameEpochMs ?? null,
   ended_list: report.endedList ?? false,
   ...(samples ? { latencies: report.latencies } : {}) }));

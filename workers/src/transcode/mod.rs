@@ -287,6 +287,7 @@ impl Inner {
         };
         // Upload what the pipeline produces while it runs.
         let mut growing = progressive::Progressive::new(mode, self.config.segment_duration);
+        let mut milestones = Milestones::new();
         let mut marked_playable = false;
         let mut duration = None;
         let mut upload_error = None;
@@ -306,6 +307,9 @@ impl Inner {
                 // Progress is for display: a database outage must not stop
                 // the encode (it is written again at the next tick).
                 pipeline::Event::Probed { duration: d } => {
+                    milestones
+                        .probed
+                        .get_or_insert(milestones.started.elapsed());
                     duration = d;
                     if let Err(error) = assets::set_progress(&self.pool, job.asset_id, 0.0, d).await
                     {
@@ -335,6 +339,9 @@ impl Inner {
                     declared,
                 } => match RenditionName::new(rendition.clone()) {
                     Ok(name) => {
+                        milestones
+                            .encoding
+                            .get_or_insert(milestones.started.elapsed());
                         growing.add_rendition(&rendition, &track, declared);
                         self.put_patiently(
                             ObjectKey::init_segment(job.asset_id, job.version, &name),
@@ -366,9 +373,18 @@ impl Inner {
                             .await;
                         match stored {
                             Ok(()) => {
+                                milestones
+                                    .first_segment
+                                    .get_or_insert(milestones.started.elapsed());
                                 growing.segment_stored(&rendition, info);
-                                self.publish_growing(job, ctx, &mut growing, &mut marked_playable)
-                                    .await
+                                self.publish_growing(
+                                    job,
+                                    ctx,
+                                    &mut growing,
+                                    &milestones,
+                                    &mut marked_playable,
+                                )
+                                .await
                             }
                             Err(e) => Err(e),
                         }
@@ -402,21 +418,24 @@ impl Inner {
         job: &TranscodeJob,
         ctx: &JobContext,
         growing: &mut progressive::Progressive,
+        milestones: &Milestones,
         marked_playable: &mut bool,
     ) -> Result<(), String> {
         let update = growing
             .due()
             .map_err(|e| format!("rendering growing playlists: {e}"))?;
         if let Some(update) = update {
+            // Side by side: the first set is on the way to playable.
+            let mut puts = Vec::new();
             for (rendition, text) in update.media_playlists {
                 let name = RenditionName::new(rendition).map_err(|e| e.to_string())?;
-                self.put_patiently(
+                puts.push(self.put_patiently(
                     ObjectKey::media_playlist(job.asset_id, job.version, &name),
                     Bytes::from(text),
                     ctx,
-                )
-                .await?;
+                ));
             }
+            futures::future::try_join_all(puts).await?;
             if let Some(master) = update.master {
                 self.put_patiently(
                     ObjectKey::hls_master(job.asset_id, job.version),
@@ -431,7 +450,14 @@ impl Inner {
                 Ok(changed) => {
                     *marked_playable = true;
                     if changed {
+                        // The steps to playable, for `cascade bench ttp` and operators.
+                        let ms =
+                            |d: Option<std::time::Duration>| d.map_or(-1, |d| d.as_millis() as i64);
                         tracing::info!(asset_id = %job.asset_id, version = job.version,
+                            probed_ms = ms(milestones.probed),
+                            encoding_ms = ms(milestones.encoding),
+                            first_segment_ms = ms(milestones.first_segment),
+                            playable_ms = milestones.started.elapsed().as_millis() as i64,
                             "asset playable while transcoding");
                         self.metrics.playable(ctx.enqueued.elapsed());
                     }
@@ -483,20 +509,22 @@ impl Inner {
     ) -> Result<(), TranscodeError> {
         let layout = UriLayout::default();
         let renditions: Vec<_> = summary.renditions.iter().map(|(r, _)| r.clone()).collect();
+        let mut puts = Vec::new();
         for rendition in &renditions {
             let playlist = growing
                 .final_playlist(rendition, &layout)
                 .map_err(|e| TranscodeError::internal("rendering a media playlist", e))?;
             let name = RenditionName::new(rendition.name.clone())
                 .map_err(|e| TranscodeError::internal("rendition name", e))?;
-            self.put_patiently(
+            puts.push(self.put_patiently(
                 ObjectKey::media_playlist(job.asset_id, job.version, &name),
                 Bytes::from(playlist.render()),
                 ctx,
-            )
+            ));
+        }
+        futures::future::try_join_all(puts)
             .await
             .map_err(TranscodeError::Internal)?;
-        }
         let master = hls::render_master_playlist(&renditions, &layout)
             .map_err(|e| TranscodeError::internal("rendering the master playlist", e))?;
         let mpd = dash::render_mpd(&renditions, &layout)
@@ -561,6 +589,28 @@ impl Inner {
                 .rung_encoded(rung, encoder, summary.duration, *busy);
         }
         Ok(())
+    }
+}
+
+/// When the steps towards playable happened, since the transcode began.
+struct Milestones {
+    started: std::time::Instant,
+    /// The source was opened and probed.
+    probed: Option<std::time::Duration>,
+    /// The encoders were open (the first init segment).
+    encoding: Option<std::time::Duration>,
+    /// The first media segment was stored.
+    first_segment: Option<std::time::Duration>,
+}
+
+impl Milestones {
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            probed: None,
+            encoding: None,
+            first_segment: None,
+        }
     }
 }
 

@@ -938,6 +938,10 @@ pub fn run_input(
     let gop_seconds = config.gop.as_secs_f64();
     let mut state = LoopState {
         next_keyframe: timeline_offset,
+        early_keyframes: short_start_boundaries(config)
+            .into_iter()
+            .map(|seconds| seconds + timeline_offset)
+            .collect(),
         decoded_end: 0.0,
         video_frames: 0,
         audio_frames: 0,
@@ -1135,6 +1139,20 @@ fn read_packet(
     packet.read(input)
 }
 
+/// The short start's boundaries (`transcode.first_segment_duration`
+/// doubling while under the segment duration), in seconds of the output
+/// timeline; the segmenter cuts there (`Segmenter::with_short_start`).
+fn short_start_boundaries(config: &TranscodeConfig) -> Vec<f64> {
+    let segment = config.segment_duration.as_secs_f64();
+    let mut boundaries = Vec::new();
+    let mut at = config.first_segment_duration.as_secs_f64();
+    while at > 0.0 && at < segment - 1e-9 {
+        boundaries.push(at);
+        at *= 2.0;
+    }
+    boundaries
+}
+
 /// What a video rung of `bitrate` declares before it is measured: the
 /// peak its VBV allows over the shortest stretch a peak is measured on
 /// (half the target duration, `Bitrates::measure`, RFC 8216 section
@@ -1226,6 +1244,9 @@ fn emit_segment(
 
 struct LoopState {
     next_keyframe: f64,
+    /// The short start's boundaries off the GOP grid, ascending (seconds):
+    /// keyframes are forced there too.
+    early_keyframes: Vec<f64>,
     decoded_end: f64,
     video_frames: u64,
     audio_frames: u64,
@@ -1368,9 +1389,17 @@ fn pull_video(
             let pts = filtered.pts().unwrap_or(0);
             let seconds = pts as f64 * f64::from(feed.time_base);
             if i == 0 {
-                // Force an IDR on the first frame at or after each GOP boundary.
-                let force = seconds + 1e-6 >= state.next_keyframe;
-                if force {
+                // Force an IDR on the first frame at or after each GOP
+                // boundary, and each boundary of the short start.
+                let early = state
+                    .early_keyframes
+                    .first()
+                    .is_some_and(|at| seconds + 1e-6 >= *at);
+                if early {
+                    state.early_keyframes.retain(|at| *at > seconds + 1e-6);
+                }
+                let force = early || seconds + 1e-6 >= state.next_keyframe;
+                if seconds + 1e-6 >= state.next_keyframe {
                     while state.next_keyframe <= seconds + 1e-6 {
                         state.next_keyframe += state.gop_seconds;
                     }
