@@ -104,26 +104,26 @@ impl Playlist {
         layout: &UriLayout,
         target_duration: u64,
     ) -> Result<Self> {
-        layout.validate()?;
-        rendition.validate()?;
-        let mut playlist = Self::new(
-            PlaylistType::Event,
-            rendition.timescale,
-            layout.init_segment.clone(),
-        )?;
+        let mut playlist = Self::of_rendition(rendition, layout, PlaylistType::Event)?;
         playlist.target_at_least = target_duration.max(1);
-        for segment in &rendition.segments {
-            playlist.push(*segment, layout.media_segment_name(segment.sequence_number))?;
-        }
         Ok(playlist)
     }
 
     /// The complete VOD playlist of a rendition, named by `layout`.
     pub fn for_rendition(rendition: &Rendition, layout: &UriLayout) -> Result<Self> {
+        Self::of_rendition(rendition, layout, PlaylistType::Vod)
+    }
+
+    /// A playlist of `playlist_type` listing `rendition`'s segments.
+    fn of_rendition(
+        rendition: &Rendition,
+        layout: &UriLayout,
+        playlist_type: PlaylistType,
+    ) -> Result<Self> {
         layout.validate()?;
         rendition.validate()?;
         let mut playlist = Self::new(
-            PlaylistType::Vod,
+            playlist_type,
             rendition.timescale,
             layout.init_segment.clone(),
         )?;

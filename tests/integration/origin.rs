@@ -15,13 +15,9 @@ use cascade_platform::config::{
     TranscodeConfig,
 };
 use cascade_platform::playback_token::Keyring;
-use cascade_platform::queue::JobNotifier;
-use cascade_platform::{assets, db, ObjectStore, Queue};
-use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey, PlaybackId, RenditionName};
-use cascade_workers::transcode::{encoders, TranscodeHandler};
-use cascade_workers::{HandlerRegistry, Runner};
+use cascade_platform::{assets, ObjectStore, Queue};
+use cascade_schemas::{AssetId, AssetState, ObjectKey, PlaybackId, RenditionName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::common::{eventually, fixtures_dir, fresh_db, repo_root, TestDb};
 
@@ -236,24 +232,16 @@ async fn transcoded_file(path: &Path) -> Published {
     let mut queue_config = db.config.queue.clone();
     queue_config.concurrency = 1;
     queue_config.poll_interval = Duration::from_millis(200);
-    let stop = CancellationToken::new();
-    let notifier = JobNotifier::start(db::pg_config(&db.config.database).unwrap(), stop.clone());
-    let handler = TranscodeHandler::new(
-        db.pool.clone(),
-        store.clone(),
+    let worker = crate::transcode::start_worker_queue(
+        &db,
+        &store,
         TranscodeConfig {
             encoder: EncoderChoice::Libx264,
             ..TranscodeConfig::default()
         },
-        encoders::VideoEncoder::Libx264,
-    );
-    let runner = Runner::new(
-        Queue::new(db.pool.clone(), queue_config),
-        HandlerRegistry::new().register(job_kind::TRANSCODE, handler),
-        notifier,
+        queue_config,
         "origin-test",
     );
-    let worker = tokio::spawn(runner.run(stop.clone()));
     let row = eventually(
         "the asset to be ready",
         Duration::from_secs(240),
@@ -269,8 +257,7 @@ async fn transcoded_file(path: &Path) -> Published {
         },
     )
     .await;
-    stop.cancel();
-    let _ = worker.await;
+    worker.stop().await;
     let version = row.published_version.unwrap() as u32;
     let renditions = assets::renditions(&db.pool, asset, version as i32)
         .await

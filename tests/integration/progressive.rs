@@ -8,17 +8,13 @@ use std::time::Duration;
 use cascade_origin::OriginConfig;
 use cascade_platform::config::{EncoderChoice, PlaybackConfig, RungConfig, TranscodeConfig};
 use cascade_platform::playback_token::Keyring;
-use cascade_platform::queue::JobNotifier;
-use cascade_platform::{assets, db, Queue};
-use cascade_schemas::{job_kind, AssetState};
-use cascade_workers::transcode::{encoders, TranscodeHandler};
-use cascade_workers::{HandlerRegistry, Runner};
-use tokio_util::sync::CancellationToken;
+use cascade_platform::{assets, Queue};
+use cascade_schemas::AssetState;
 
 use crate::common::{bench_fixture, eventually, fresh_db, repo_root};
 use crate::origin::{get, local_store, nginx_available, serve, start_cdn};
 use crate::qa::run_qa_with;
-use crate::transcode::attribute;
+use crate::transcode::{attribute, start_worker_queue};
 
 /// `(BANDWIDTH, CODECS, RESOLUTION)` of each variant, by its URI.
 fn variants(master: &str) -> HashMap<String, (u64, String, String)> {
@@ -81,8 +77,6 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_c
     let mut queue_config = db.config.queue.clone();
     queue_config.concurrency = 1;
     queue_config.poll_interval = Duration::from_millis(50);
-    let stop = CancellationToken::new();
-    let notifier = JobNotifier::start(db::pg_config(&db.config.database).unwrap(), stop.clone());
     // Two rungs, so that the encode outruns playback on two cores shared
     // with the browser (a worker and a player do not share a machine).
     let ladder = vec![
@@ -97,23 +91,17 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_c
             bitrate: 500_000,
         },
     ];
-    let handler = TranscodeHandler::new(
-        db.pool.clone(),
-        store.clone(),
+    let worker = start_worker_queue(
+        &db,
+        &store,
         TranscodeConfig {
             encoder: EncoderChoice::Libx264,
             ladder: ladder.clone(),
             ..TranscodeConfig::default()
         },
-        encoders::VideoEncoder::Libx264,
-    );
-    let runner = Runner::new(
-        Queue::new(db.pool.clone(), queue_config),
-        HandlerRegistry::new().register(job_kind::TRANSCODE, handler),
-        notifier,
+        queue_config,
         "progressive-test",
     );
-    let worker = tokio::spawn(runner.run(stop.clone()));
 
     let playable = eventually("the asset playable", Duration::from_secs(120), || async {
         let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
@@ -199,8 +187,7 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_c
         (a.state == AssetState::Ready).then_some(a)
     })
     .await;
-    stop.cancel();
-    let _ = worker.await;
+    worker.stop().await;
     assert_eq!(ready.playable_version, None);
 
     // The finished presentation, from the origin itself (the CDN may still

@@ -24,13 +24,14 @@ pub(crate) fn fixture(name: &str) -> toml::Table {
         .clone()
 }
 
-struct Worker {
+/// An in-process transcode worker (a runner of `transcode` jobs).
+pub(crate) struct Worker {
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
 }
 
 impl Worker {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.cancel();
         let _ = self.handle.await;
     }
@@ -54,7 +55,7 @@ fn start_worker_with(db: &TestDb, store: &ObjectStore, transcode: TranscodeConfi
     start_worker_queue(db, store, transcode, config, "test")
 }
 
-fn start_worker_queue(
+pub(crate) fn start_worker_queue(
     db: &TestDb,
     store: &ObjectStore,
     transcode: TranscodeConfig,
