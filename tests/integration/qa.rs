@@ -446,6 +446,60 @@ async fn damaged_outputs_are_caught_with_the_failing_check_named() {
     assert_eq!(code, 0, "{:?}\n{output}", failed_checks(&report));
     drop(server);
 
+    // Audio that spends far less than its target (as a tone or speech
+    // does) is no fault: the audio rendition re-encoded at 48 kbit/s by
+    // the ffmpeg CLI (fMP4 HLS, same names) passes its bitrate check. The
+    // master, still declaring the old audio in AVERAGE-BANDWIDTH, is
+    // caught for that alone.
+    let lean = work.path().join("lean_audio");
+    copy_dir(&published, &lean);
+    let audio = lean.join("audio");
+    std::fs::remove_dir_all(&audio).unwrap();
+    std::fs::create_dir_all(&audio).unwrap();
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-i"])
+        .arg(&source)
+        .args([
+            "-vn", "-c:a", "aac", "-b:a", "48k", "-ac", "2", "-ar", "48000",
+        ])
+        .args(["-f", "hls", "-hls_time", "2", "-hls_playlist_type", "vod"])
+        .args([
+            "-hls_segment_type",
+            "fmp4",
+            "-hls_fmp4_init_filename",
+            "init.mp4",
+        ])
+        .args(["-start_number", "1", "-hls_segment_filename"])
+        .arg(audio.join("%d.m4s"))
+        .arg(audio.join("index.m3u8"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "ffmpeg audio re-encode");
+    let server = StaticServer::start(&lean).await;
+    let (code, report, output) = run_qa(
+        &server.url("master.m3u8"),
+        &source,
+        &["--quiet", "--skip-quality"],
+    );
+    let failed = failed_checks(&report);
+    assert!(
+        code == 1
+            && !failed.is_empty()
+            && failed
+                .iter()
+                .all(|(check, _)| check == "structure.average_bandwidth"),
+        "{failed:?}\n{output}"
+    );
+    let audio_average = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "bitrate.average" && c["rendition"] == "audio")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(audio_average["status"], "pass", "{audio_average}");
+    drop(server);
+
     type Damage = fn(&Path);
     let cases: [(&str, Damage, &str, &str); 4] = [
         (
