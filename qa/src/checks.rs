@@ -14,6 +14,8 @@ use crate::Analysed;
 
 pub struct Inputs<'a> {
     pub presentation: &'a Presentation,
+    /// Integrated loudness of the reference and the audio renditions.
+    pub loudness: &'a crate::loudness::Loudness,
     pub renditions: &'a [Analysed],
     pub reference: &'a ReferenceMedia,
     pub thresholds: &'a Thresholds,
@@ -114,7 +116,54 @@ pub fn evaluate(inputs: &Inputs) -> Vec<Check> {
         quality(&mut checks, inputs);
     }
     bitrate(&mut checks, inputs, &targets);
+    audio(&mut checks, inputs);
     checks.0
+}
+
+/// Audio judged by what a listener hears: its integrated loudness against
+/// the reference's (a gain or downmix mistake, a silent or clipped track).
+fn audio(checks: &mut Checks, inputs: &Inputs) {
+    let tolerance = inputs.thresholds.max_audio_loudness_difference_lu;
+    for (name, measured) in &inputs.loudness.renditions {
+        let name = Some(name.as_str());
+        match (&inputs.loudness.reference, measured) {
+            (None, _) => {
+                checks.add(
+                    "audio.loudness",
+                    name,
+                    Status::Skip,
+                    "the reference has no audio",
+                );
+            }
+            (Some(Err(error)), _) => {
+                checks.add(
+                    "audio.loudness",
+                    name,
+                    Status::Skip,
+                    format!("the reference's loudness: {error}"),
+                );
+            }
+            (Some(Ok(reference)), Err(error)) => checks.pass_or_fail(
+                "audio.loudness",
+                name,
+                false,
+                format!("cannot measure the loudness: {error}"),
+                format!("{reference:.1} LUFS +- {tolerance:.1} LU"),
+                "-",
+            ),
+            (Some(Ok(reference)), Ok(lufs)) => {
+                let difference = lufs - reference;
+                checks.pass_or_fail(
+                    "audio.loudness",
+                    name,
+                    difference.abs() <= tolerance,
+                    "integrated loudness (EBU R 128) against the reference's",
+                    format!("{reference:.1} LUFS +- {tolerance:.1} LU"),
+                    format!("{lufs:.1} LUFS ({difference:+.1} LU)"),
+                );
+            }
+        }
+    }
 }
 
 fn videos<'a>(inputs: &'a Inputs) -> Vec<&'a Analysed> {
@@ -964,7 +1013,7 @@ fn bitrate(checks: &mut Checks, inputs: &Inputs, targets: &HashMap<String, u64>)
         // Spending less than the target is no fault where the encoder
         // spends what the content needs: capped CRF video, and audio (an
         // AAC encoder spends far less on a tone or speech than on music;
-        // audio is judged by its duration and its offset to the video).
+        // audio is judged by its loudness, duration and offset to the video).
         let audio = r.spec.kind == MediaKind::Audio;
         let undershoot_ok = audio
             || (inputs.transcode.rate_control == RateControl::CappedCrf

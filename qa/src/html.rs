@@ -20,7 +20,7 @@ const DASH_ATTRIBUTE: &str = " stroke-dasharray=\"6 4\"";
 /// Shown for absent or non-finite values.
 const NONE: &str = "–";
 /// Check id prefixes, in the order a reader wants them.
-const CHECK_GROUPS: [&str; 4] = ["structure", "timing", "quality", "bitrate"];
+const CHECK_GROUPS: [&str; 5] = ["structure", "timing", "quality", "audio", "bitrate"];
 /// Per-frame lines are thinned to this many points: more adds bytes, not detail.
 const MAX_LINE_POINTS: usize = 1000;
 

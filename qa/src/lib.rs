@@ -15,6 +15,7 @@ pub mod fetch;
 mod fuzz;
 pub mod hls;
 pub mod html;
+pub mod loudness;
 pub mod media;
 pub mod presentation;
 pub mod quality;
@@ -156,8 +157,14 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
         }
     }
 
+    progress(Progress::Phase("measuring loudness".to_owned()));
+    let loudness = measure_loudness(&options.reference, reference.audio.is_some(), &analysed)
+        .await
+        .map_err(CannotRun)?;
+
     progress(Progress::Phase("checking".to_owned()));
     let checks = checks::evaluate(&checks::Inputs {
+        loudness: &loudness,
         presentation: &presentation,
         renditions: &analysed,
         reference: &reference,
@@ -188,6 +195,30 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
     report.tally();
     report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Integrated loudness of the reference (when it has audio) and of every
+/// audio rendition that could be read, on a blocking thread.
+async fn measure_loudness(
+    reference: &std::path::Path,
+    reference_has_audio: bool,
+    analysed: &[Analysed],
+) -> Result<loudness::Loudness, String> {
+    let reference = reference.to_owned();
+    let audio: Vec<(String, std::path::PathBuf)> = analysed
+        .iter()
+        .filter(|a| a.spec.kind == report::MediaKind::Audio && a.media.is_ok())
+        .map(|a| (a.spec.name.clone(), a.file.clone()))
+        .collect();
+    tokio::task::spawn_blocking(move || loudness::Loudness {
+        reference: reference_has_audio.then(|| loudness::integrated_lufs(&reference)),
+        renditions: audio
+            .into_iter()
+            .map(|(name, file)| (name, loudness::integrated_lufs(&file)))
+            .collect(),
+    })
+    .await
+    .map_err(|e| format!("measuring loudness: {e}"))
 }
 
 fn looks_like_mpd(url: &Url, body: &[u8]) -> bool {

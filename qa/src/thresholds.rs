@@ -43,6 +43,10 @@ pub struct Thresholds {
     /// beyond the share it calls interlaced in the (deinterlaced) reference:
     /// an interlaced source published without deinterlacing shows combing.
     pub max_combed_fraction: f64,
+    /// An audio rendition's integrated loudness (EBU R 128) may differ from
+    /// the reference's by this much, LU: AAC at the ladder's rate stays
+    /// within a few tenths; a gain or downmix mistake does not.
+    pub max_audio_loudness_difference_lu: f64,
 }
 
 impl Default for Thresholds {
@@ -62,6 +66,7 @@ impl Default for Thresholds {
             audio_duration_tolerance_ms: 50.0,
             frame_count_tolerance: 0,
             max_combed_fraction: 0.1,
+            max_audio_loudness_difference_lu: 1.0,
         }
     }
 }

@@ -410,6 +410,33 @@ impl Drop for StaticServer {
     }
 }
 
+/// Replaces the `audio` rendition of the published copy in `dir` with the
+/// ffmpeg CLI's AAC of the fixture (fMP4 HLS, the same file names), with
+/// `extra` output options.
+fn reencode_audio(dir: &Path, extra: &[&str]) {
+    let audio = dir.join("audio");
+    std::fs::remove_dir_all(&audio).unwrap();
+    std::fs::create_dir_all(&audio).unwrap();
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-i"])
+        .arg(fixtures_dir().join("landscape_1080p30_stereo.mp4"))
+        .args(["-vn", "-c:a", "aac", "-ac", "2", "-ar", "48000"])
+        .args(extra)
+        .args(["-f", "hls", "-hls_time", "2", "-hls_playlist_type", "vod"])
+        .args([
+            "-hls_segment_type",
+            "fmp4",
+            "-hls_fmp4_init_filename",
+            "init.mp4",
+        ])
+        .args(["-start_number", "1", "-hls_segment_filename"])
+        .arg(audio.join("%d.m4s"))
+        .arg(audio.join("index.m3u8"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "ffmpeg audio re-encode");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -453,28 +480,7 @@ async fn damaged_outputs_are_caught_with_the_failing_check_named() {
     // caught for that alone.
     let lean = work.path().join("lean_audio");
     copy_dir(&published, &lean);
-    let audio = lean.join("audio");
-    std::fs::remove_dir_all(&audio).unwrap();
-    std::fs::create_dir_all(&audio).unwrap();
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-i"])
-        .arg(&source)
-        .args([
-            "-vn", "-c:a", "aac", "-b:a", "48k", "-ac", "2", "-ar", "48000",
-        ])
-        .args(["-f", "hls", "-hls_time", "2", "-hls_playlist_type", "vod"])
-        .args([
-            "-hls_segment_type",
-            "fmp4",
-            "-hls_fmp4_init_filename",
-            "init.mp4",
-        ])
-        .args(["-start_number", "1", "-hls_segment_filename"])
-        .arg(audio.join("%d.m4s"))
-        .arg(audio.join("index.m3u8"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "ffmpeg audio re-encode");
+    reencode_audio(&lean, &["-b:a", "48k"]);
     let server = StaticServer::start(&lean).await;
     let (code, report, output) = run_qa(
         &server.url("master.m3u8"),
@@ -501,7 +507,13 @@ async fn damaged_outputs_are_caught_with_the_failing_check_named() {
     drop(server);
 
     type Damage = fn(&Path);
-    let cases: [(&str, Damage, &str, &str); 4] = [
+    let cases: [(&str, Damage, &str, &str); 5] = [
+        (
+            "audio at a quarter of its amplitude (-12 dB)",
+            |dir| reencode_audio(dir, &["-af", "volume=0.25"]),
+            "audio.loudness",
+            "audio",
+        ),
         (
             "a truncated segment",
             |dir| {

@@ -1,0 +1,143 @@
+//! Integrated loudness (ITU-R BS.1770 as EBU R 128 applies it, FFmpeg's
+//! `ebur128` filter) of a file's audio: how `cascade qa` judges an audio
+//! rendition against its reference, rather than by the bits it spent (an
+//! AAC encoder rightly spends far less on a tone or speech than on music).
+
+use std::path::Path;
+
+use ffmpeg_next as ff;
+
+/// What was measured: the reference's loudness (none without audio) and
+/// each audio rendition's, by name.
+#[derive(Debug, Default)]
+pub struct Loudness {
+    pub reference: Option<Result<f64, String>>,
+    pub renditions: Vec<(String, Result<f64, String>)>,
+}
+
+/// The `ebur128` filter's running integrated loudness, on each frame it outputs.
+const INTEGRATED: &str = "lavfi.r128.I";
+
+/// Integrated loudness of the best audio stream of `path`, in LUFS.
+pub fn integrated_lufs(path: &Path) -> Result<f64, String> {
+    let mut input =
+        ff::format::input(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let stream = input
+        .streams()
+        .best(ff::media::Type::Audio)
+        .ok_or_else(|| format!("{} has no audio stream", path.display()))?;
+    let index = stream.index();
+    let time_base = stream.time_base();
+    let mut decoder = ff::codec::context::Context::from_parameters(stream.parameters())
+        .and_then(|context| context.decoder().audio())
+        .map_err(|e| format!("cannot decode the audio of {}: {e}", path.display()))?;
+    let mut meter = Meter {
+        graph: None,
+        time_base,
+        lufs: None,
+    };
+    let mut decoded = ff::frame::Audio::empty();
+    for (stream, packet) in input.packets() {
+        if stream.index() != index || decoder.send_packet(&packet).is_err() {
+            continue;
+        }
+        while decoder.receive_frame(&mut decoded).is_ok() {
+            meter.add(&decoded)?;
+        }
+    }
+    if decoder.send_eof().is_ok() {
+        while decoder.receive_frame(&mut decoded).is_ok() {
+            meter.add(&decoded)?;
+        }
+    }
+    meter.finish()
+}
+
+/// The `ebur128` filter graph, built on the first decoded frame (its
+/// format, rate and layout), and the last integrated loudness it gave.
+struct Meter {
+    graph: Option<ff::filter::Graph>,
+    time_base: ff::Rational,
+    lufs: Option<f64>,
+}
+
+impl Meter {
+    fn add(&mut self, frame: &ff::frame::Audio) -> Result<(), String> {
+        if self.graph.is_none() {
+            self.graph = Some(graph_for(frame, self.time_base).map_err(|e| e.to_string())?);
+        }
+        if let Some(mut source) = self.graph.as_mut().and_then(|g| g.get("in")) {
+            source
+                .source()
+                .add(frame)
+                .map_err(|e| format!("loudness filter: {e}"))?;
+        }
+        self.drain();
+        Ok(())
+    }
+
+    fn drain(&mut self) {
+        let Some(graph) = self.graph.as_mut() else {
+            return;
+        };
+        let mut filtered = ff::frame::Audio::empty();
+        while let Some(mut sink) = graph.get("out") {
+            if sink.sink().frame(&mut filtered).is_err() {
+                break;
+            }
+            if let Some(value) = filtered
+                .metadata()
+                .get(INTEGRATED)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+            {
+                self.lufs = Some(value);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<f64, String> {
+        if let Some(mut source) = self.graph.as_mut().and_then(|g| g.get("in")) {
+            let _ = source.source().flush();
+        }
+        self.drain();
+        self.lufs
+            .filter(|lufs| lufs.is_finite())
+            .ok_or_else(|| "no loudness measured (no audio decoded)".to_owned())
+    }
+}
+
+fn graph_for(
+    frame: &ff::frame::Audio,
+    time_base: ff::Rational,
+) -> Result<ff::filter::Graph, ff::Error> {
+    let mut graph = ff::filter::Graph::new();
+    let layout = if frame.channel_layout().bits() == 0 {
+        ff::ChannelLayout::default(i32::from(frame.channels()))
+    } else {
+        frame.channel_layout()
+    };
+    let args = format!(
+        "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
+        time_base.numerator(),
+        time_base.denominator(),
+        frame.rate(),
+        frame.format().name(),
+        layout.bits()
+    );
+    graph.add(
+        &ff::filter::find("abuffer").ok_or(ff::Error::FilterNotFound)?,
+        "in",
+        &args,
+    )?;
+    graph.add(
+        &ff::filter::find("abuffersink").ok_or(ff::Error::FilterNotFound)?,
+        "out",
+        "",
+    )?;
+    graph
+        .output("in", 0)?
+        .input("out", 0)?
+        .parse("ebur128=metadata=1")?;
+    graph.validate()?;
+    Ok(graph)
+}
