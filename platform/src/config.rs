@@ -905,6 +905,24 @@ pub struct TranscodeConfig {
     /// set per stream by the live session.
     #[serde(skip)]
     pub part_duration: Option<Duration>,
+    /// Encode exactly these rungs instead of planning the ladder from the
+    /// source: a live broadcast's reconnect keeps the rungs players are
+    /// on, whatever the new source's size (set by the live session).
+    #[serde(skip)]
+    pub kept_rungs: Option<Vec<KeptRung>>,
+}
+
+/// A rung encoded as it was before (see [`TranscodeConfig::kept_rungs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptRung {
+    /// Rendition name.
+    pub name: String,
+    /// Output width.
+    pub width: u32,
+    /// Output height.
+    pub height: u32,
+    /// Target bitrate, bit/s.
+    pub bitrate: u64,
 }
 
 impl Default for TranscodeConfig {
@@ -944,6 +962,7 @@ impl Default for TranscodeConfig {
             lookahead_frames: None,
             live: false,
             part_duration: None,
+            kept_rungs: None,
         }
     }
 }

@@ -546,7 +546,32 @@ async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
         .max()
         .unwrap();
 
-    let mut publisher = publish(&fixture, &url, &[]);
+    let (_, _, master_before) = http(
+        first.http,
+        "GET",
+        &format!("/play/{playback}/master.m3u8"),
+        &[],
+        b"",
+    );
+    // The encoder comes back with another picture: 640x480 (4:3), below
+    // the 720p rung. The broadcast keeps its rungs, so players on any of
+    // them play on; the picture is fitted into each, not stretched.
+    let mut publisher = publish(
+        &fixture,
+        &url,
+        &[
+            "-vf",
+            "scale=640:480",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "60",
+            "-c:a",
+            "copy",
+        ],
+    );
     let media = eventually(
         "the discontinuity after the reconnect",
         Duration::from_secs(40),
@@ -579,6 +604,46 @@ async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
     assert!(
         media.contains("#EXT-X-MAP:URI=\"../s2/720p/init.mp4\""),
         "{media}"
+    );
+    let (status, _, init) = http_bytes(
+        first.http,
+        "GET",
+        &format!("/play/{playback}/s2/720p/init.mp4"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200);
+    let init_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(init_file.path(), &init).unwrap();
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["stream=width,height", "-of", "csv=p=0"])
+        .arg(init_file.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&probe.stdout).trim(),
+        "1280,720",
+        "the 720p rung stays 1280x720 after the reconnect"
+    );
+    let (_, _, master_after) = http(
+        first.http,
+        "GET",
+        &format!("/play/{playback}/master.m3u8"),
+        &[],
+        b"",
+    );
+    let variants = |master: &str| -> Vec<String> {
+        master
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        variants(&master_after),
+        variants(&master_before),
+        "the same rungs before and after:\n{master_before}\n{master_after}"
     );
     // The MPD is written after the media playlists (and the origin may hold
     // the previous one for its short live TTL), so it gains Period 2 a

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cascade_packager::{Rendition, SegmentInfo};
-use cascade_platform::config::{LiveConfig, TranscodeConfig};
+use cascade_platform::config::{KeptRung, LiveConfig, TranscodeConfig};
 use cascade_platform::live_streams::{self, Publish, SegmentRow, SessionRendition, SessionRow};
 use cascade_platform::ObjectStore;
 use cascade_schemas::{ObjectKey, RenditionName};
@@ -150,16 +150,28 @@ pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
         flv,
         stats,
     } = session;
-    let media_offset = if publish.continues {
-        match ctx.pool.get().await {
-            Ok(client) => match live_streams::media_end(&client, publish.broadcast).await {
-                Ok(end) => end,
-                Err(e) => return SessionEnd::Failed(format!("reading the broadcast: {e}")),
-            },
+    // A reconnect continues the broadcast: its timeline, and its rungs (the
+    // players are on them), whatever size the new source has.
+    let (media_offset, kept_rungs) = if publish.continues {
+        let client = match ctx.pool.get().await {
+            Ok(client) => client,
             Err(e) => return SessionEnd::Failed(format!("database: {e}")),
-        }
+        };
+        let end = match live_streams::media_end(&client, publish.broadcast).await {
+            Ok(end) => end,
+            Err(e) => return SessionEnd::Failed(format!("reading the broadcast: {e}")),
+        };
+        let sessions = match live_streams::broadcast_sessions(&client, publish.broadcast).await {
+            Ok(sessions) => sessions,
+            Err(e) => return SessionEnd::Failed(format!("reading the broadcast: {e}")),
+        };
+        let kept = sessions
+            .last()
+            .map(|last| kept_rungs(&last.renditions, &ctx.transcode))
+            .filter(|kept| !kept.is_empty());
+        (end, kept)
     } else {
-        0.0
+        (0.0, None)
     };
     let first_media = Arc::new(OnceLock::new());
     let cancel = Arc::new(AtomicBool::new(false));
@@ -176,6 +188,7 @@ pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
     });
     let pipeline = {
         let mut transcode = ctx.transcode.clone();
+        transcode.kept_rungs = kept_rungs;
         if edge.is_some() {
             transcode.part_duration = Some(ctx.config.part_duration);
         }
@@ -713,6 +726,30 @@ impl Driver<'_> {
 fn rendition_name(name: &str) -> Result<RenditionName, SessionEnd> {
     RenditionName::new(name.to_owned())
         .map_err(|e| SessionEnd::Failed(format!("rendition name: {e}")))
+}
+
+/// The video rungs a broadcast's session encoded, to encode again after a
+/// reconnect: their sizes as they were, their bitrates from the ladder (or,
+/// for a rung no longer configured, from the bandwidth it declared, which
+/// is its cap plus 10 %).
+fn kept_rungs(renditions: &[SessionRendition], transcode: &TranscodeConfig) -> Vec<KeptRung> {
+    renditions
+        .iter()
+        .filter_map(|rendition| {
+            let (width, height) = (rendition.width?, rendition.height?);
+            let bitrate = transcode
+                .ladder
+                .iter()
+                .find(|rung| rung.name == rendition.name)
+                .map_or(rendition.bandwidth * 10 / 11, |rung| rung.bitrate);
+            Some(KeptRung {
+                name: rendition.name.clone(),
+                width,
+                height,
+                bitrate,
+            })
+        })
+        .collect()
 }
 
 fn describe(rendition: &Rendition, bandwidth: u64) -> SessionRendition {

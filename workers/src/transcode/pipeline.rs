@@ -522,6 +522,7 @@ fn build_video_graph(
     out_rate: ff::Rational,
     capped: bool,
     formats: &[ff::format::Pixel],
+    letterbox: bool,
 ) -> Result<ff::filter::Graph, ff::Error> {
     let mut graph = ff::filter::Graph::new();
     let decoder = &source.decoder;
@@ -588,10 +589,18 @@ fn build_video_graph(
         let name = unsafe { std::ffi::CStr::from_ptr(ff::ffi::av_get_pix_fmt_name(format)) }
             .to_string_lossy()
             .into_owned();
-        spec.push_str(&format!(
-            ";[s{i}]scale={}:{}:flags=bicubic,setsar=1,format={name}[out{i}]",
-            rung.width, rung.height
-        ));
+        // Kept rungs (a reconnect with another picture size): the new
+        // picture fits inside, centred, so nothing is stretched.
+        let fit = if letterbox {
+            format!(
+                "scale={w}:{h}:force_original_aspect_ratio=decrease:force_divisible_by=2:flags=bicubic,pad={w}:{h}:-1:-1",
+                w = rung.width,
+                h = rung.height
+            )
+        } else {
+            format!("scale={}:{}:flags=bicubic", rung.width, rung.height)
+        };
+        spec.push_str(&format!(";[s{i}]{fit},setsar=1,format={name}[out{i}]"));
     }
     let mut parser = graph.output("in", 0)?;
     for i in 0..rungs.len() {
@@ -797,7 +806,18 @@ pub fn run_input(
     let mut rungs: Vec<VideoRung> = Vec::new();
     let mut graph = None;
     if let Some(source) = &video {
-        let plan = ladder::plan(source.display_width, source.display_height, &config.ladder);
+        let plan = match &config.kept_rungs {
+            Some(kept) => kept
+                .iter()
+                .map(|rung| PlannedRung {
+                    name: rung.name.clone(),
+                    width: rung.width,
+                    height: rung.height,
+                    bitrate: rung.bitrate,
+                })
+                .collect(),
+            None => ladder::plan(source.display_width, source.display_height, &config.ladder),
+        };
         if plan.is_empty() {
             return Err(TranscodeError::input(
                 "unsupported_dimensions",
@@ -808,7 +828,8 @@ pub fn run_input(
         let capped = out_rate != source.frame_rate;
         let formats: Vec<ff::format::Pixel> =
             plan.iter().map(|_| video_encoder.input_format()).collect();
-        let mut built = build_video_graph(source, &plan, out_rate, capped, &formats)
+        let letterbox = config.kept_rungs.is_some();
+        let mut built = build_video_graph(source, &plan, out_rate, capped, &formats, letterbox)
             .map_err(|e| TranscodeError::internal("building the video filter graph", e))?;
         let gop_frames = ((config.gop.as_secs_f64() * f64::from(out_rate)).round() as u32).max(1);
         for (i, rung) in plan.into_iter().enumerate() {
