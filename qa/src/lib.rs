@@ -210,12 +210,8 @@ async fn measure_loudness(
         .filter(|a| a.spec.kind == report::MediaKind::Audio && a.media.is_ok())
         .map(|a| (a.spec.name.clone(), a.file.clone()))
         .collect();
-    tokio::task::spawn_blocking(move || loudness::Loudness {
-        reference: reference_has_audio.then(|| loudness::integrated_lufs(&reference)),
-        renditions: audio
-            .into_iter()
-            .map(|(name, file)| (name, loudness::integrated_lufs(&file)))
-            .collect(),
+    tokio::task::spawn_blocking(move || {
+        loudness::Loudness::measure(reference_has_audio.then_some(reference.as_path()), &audio)
     })
     .await
     .map_err(|e| format!("measuring loudness: {e}"))

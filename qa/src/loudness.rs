@@ -15,11 +15,45 @@ pub struct Loudness {
     pub renditions: Vec<(String, Result<f64, String>)>,
 }
 
+impl Loudness {
+    /// Measures each audio rendition `(name, file)`, then the reference
+    /// (when it has audio) downmixed to the renditions' channels.
+    pub fn measure(reference: Option<&Path>, renditions: &[(String, std::path::PathBuf)]) -> Self {
+        let measured: Vec<(String, Result<Measured, String>)> = renditions
+            .iter()
+            .map(|(name, file)| (name.clone(), integrated_lufs(file, None)))
+            .collect();
+        let channels = measured
+            .iter()
+            .filter_map(|(_, m)| m.as_ref().ok().map(|m| m.channels))
+            .max();
+        Self {
+            reference: reference.map(|path| integrated_lufs(path, channels).map(|m| m.lufs)),
+            renditions: measured
+                .into_iter()
+                .map(|(name, m)| (name, m.map(|m| m.lufs)))
+                .collect(),
+        }
+    }
+}
+
 /// The `ebur128` filter's running integrated loudness, on each frame it outputs.
 const INTEGRATED: &str = "lavfi.r128.I";
 
-/// Integrated loudness of the best audio stream of `path`, in LUFS.
-pub fn integrated_lufs(path: &Path) -> Result<f64, String> {
+/// A file's audio as measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured {
+    /// Integrated loudness, LUFS.
+    pub lufs: f64,
+    /// Channels decoded.
+    pub channels: u16,
+}
+
+/// Integrated loudness of the best audio stream of `path`, in LUFS, first
+/// downmixed to `downmix` channels when it has more (a reference in 5.1
+/// against a stereo rendition: like against like, as FFmpeg's default
+/// downmix, which the transcoder uses, makes it).
+pub fn integrated_lufs(path: &Path, downmix: Option<u16>) -> Result<Measured, String> {
     let mut input =
         ff::format::input(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let stream = input
@@ -34,6 +68,8 @@ pub fn integrated_lufs(path: &Path) -> Result<f64, String> {
     let mut meter = Meter {
         graph: None,
         time_base,
+        downmix,
+        channels: 0,
         lufs: None,
     };
     let mut decoded = ff::frame::Audio::empty();
@@ -58,13 +94,18 @@ pub fn integrated_lufs(path: &Path) -> Result<f64, String> {
 struct Meter {
     graph: Option<ff::filter::Graph>,
     time_base: ff::Rational,
+    downmix: Option<u16>,
+    channels: u16,
     lufs: Option<f64>,
 }
 
 impl Meter {
     fn add(&mut self, frame: &ff::frame::Audio) -> Result<(), String> {
         if self.graph.is_none() {
-            self.graph = Some(graph_for(frame, self.time_base).map_err(|e| e.to_string())?);
+            self.channels = frame.channels();
+            let downmix = self.downmix.filter(|to| *to < frame.channels());
+            self.graph =
+                Some(graph_for(frame, self.time_base, downmix).map_err(|e| e.to_string())?);
         }
         if let Some(mut source) = self.graph.as_mut().and_then(|g| g.get("in")) {
             source
@@ -95,20 +136,26 @@ impl Meter {
         }
     }
 
-    fn finish(mut self) -> Result<f64, String> {
+    fn finish(mut self) -> Result<Measured, String> {
         if let Some(mut source) = self.graph.as_mut().and_then(|g| g.get("in")) {
             let _ = source.source().flush();
         }
         self.drain();
-        self.lufs
+        let lufs = self
+            .lufs
             .filter(|lufs| lufs.is_finite())
-            .ok_or_else(|| "no loudness measured (no audio decoded)".to_owned())
+            .ok_or_else(|| "no loudness measured (no audio decoded)".to_owned())?;
+        Ok(Measured {
+            lufs,
+            channels: self.channels,
+        })
     }
 }
 
 fn graph_for(
     frame: &ff::frame::Audio,
     time_base: ff::Rational,
+    downmix: Option<u16>,
 ) -> Result<ff::filter::Graph, ff::Error> {
     let mut graph = ff::filter::Graph::new();
     let layout = if frame.channel_layout().bits() == 0 {
@@ -134,10 +181,14 @@ fn graph_for(
         "out",
         "",
     )?;
-    graph
-        .output("in", 0)?
-        .input("out", 0)?
-        .parse("ebur128=metadata=1")?;
+    let spec = match downmix {
+        Some(channels) => format!(
+            "aformat=channel_layouts=0x{:x},ebur128=metadata=1",
+            ff::ChannelLayout::default(i32::from(channels)).bits()
+        ),
+        None => "ebur128=metadata=1".to_owned(),
+    };
+    graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
     graph.validate()?;
     Ok(graph)
 }
