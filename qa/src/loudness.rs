@@ -1,18 +1,20 @@
 //! Integrated loudness (ITU-R BS.1770 as EBU R 128 applies it, FFmpeg's
-//! `ebur128` filter) of a file's audio: how `cascade qa` judges an audio
-//! rendition against its reference, rather than by the bits it spent (an
-//! AAC encoder rightly spends far less on a tone or speech than on music).
+//! `ebur128` filter), channels and sample rate of a file's audio: how
+//! `cascade qa` judges an audio rendition against its reference, rather
+//! than by the bits it spent (an AAC encoder rightly spends far less on a
+//! tone or speech than on music).
 
 use std::path::Path;
 
 use ffmpeg_next as ff;
 
-/// What was measured: the reference's loudness (none without audio) and
-/// each audio rendition's, by name.
+/// What was measured: the reference's audio (none without audio; its
+/// loudness downmixed to the renditions' channels) and each audio
+/// rendition's, by name.
 #[derive(Debug, Default)]
 pub struct Loudness {
-    pub reference: Option<Result<f64, String>>,
-    pub renditions: Vec<(String, Result<f64, String>)>,
+    pub reference: Option<Result<Measured, String>>,
+    pub renditions: Vec<(String, Result<Measured, String>)>,
 }
 
 impl Loudness {
@@ -28,11 +30,8 @@ impl Loudness {
             .filter_map(|(_, m)| m.as_ref().ok().map(|m| m.channels))
             .max();
         Self {
-            reference: reference.map(|path| integrated_lufs(path, channels).map(|m| m.lufs)),
-            renditions: measured
-                .into_iter()
-                .map(|(name, m)| (name, m.map(|m| m.lufs)))
-                .collect(),
+            reference: reference.map(|path| integrated_lufs(path, channels)),
+            renditions: measured,
         }
     }
 }
@@ -45,8 +44,10 @@ const INTEGRATED: &str = "lavfi.r128.I";
 pub struct Measured {
     /// Integrated loudness, LUFS.
     pub lufs: f64,
-    /// Channels decoded.
+    /// Channels decoded (before any downmix).
     pub channels: u16,
+    /// Samples per second decoded.
+    pub sample_rate: u32,
 }
 
 /// Integrated loudness of the best audio stream of `path`, in LUFS, first
@@ -70,6 +71,7 @@ pub fn integrated_lufs(path: &Path, downmix: Option<u16>) -> Result<Measured, St
         time_base,
         downmix,
         channels: 0,
+        sample_rate: 0,
         lufs: None,
     };
     let mut decoded = ff::frame::Audio::empty();
@@ -96,6 +98,7 @@ struct Meter {
     time_base: ff::Rational,
     downmix: Option<u16>,
     channels: u16,
+    sample_rate: u32,
     lufs: Option<f64>,
 }
 
@@ -103,6 +106,7 @@ impl Meter {
     fn add(&mut self, frame: &ff::frame::Audio) -> Result<(), String> {
         if self.graph.is_none() {
             self.channels = frame.channels();
+            self.sample_rate = frame.rate();
             let downmix = self.downmix.filter(|to| *to < frame.channels());
             self.graph =
                 Some(graph_for(frame, self.time_base, downmix).map_err(|e| e.to_string())?);
@@ -148,6 +152,7 @@ impl Meter {
         Ok(Measured {
             lufs,
             channels: self.channels,
+            sample_rate: self.sample_rate,
         })
     }
 }

@@ -507,7 +507,13 @@ async fn damaged_outputs_are_caught_with_the_failing_check_named() {
     drop(server);
 
     type Damage = fn(&Path);
-    let cases: [(&str, Damage, &str, &str); 5] = [
+    let cases: [(&str, Damage, &str, &str); 6] = [
+        (
+            "audio made mono at 22.05 kHz from a stereo 48 kHz source",
+            |dir| reencode_audio(dir, &["-ac", "1", "-ar", "22050"]),
+            "audio.format",
+            "audio",
+        ),
         (
             "audio at a quarter of its amplitude (-12 dB)",
             |dir| reencode_audio(dir, &["-af", "volume=0.25"]),
