@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use cascade_workers::transcode::pipeline::{audio_filter_graph, AudioInput};
 use ffmpeg_next as ff;
 
 /// What was measured: the reference's audio (none without audio; its
@@ -162,30 +163,6 @@ fn graph_for(
     time_base: ff::Rational,
     downmix: Option<u16>,
 ) -> Result<ff::filter::Graph, ff::Error> {
-    let mut graph = ff::filter::Graph::new();
-    let layout = if frame.channel_layout().bits() == 0 {
-        ff::ChannelLayout::default(i32::from(frame.channels()))
-    } else {
-        frame.channel_layout()
-    };
-    let args = format!(
-        "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
-        time_base.numerator(),
-        time_base.denominator(),
-        frame.rate(),
-        frame.format().name(),
-        layout.bits()
-    );
-    graph.add(
-        &ff::filter::find("abuffer").ok_or(ff::Error::FilterNotFound)?,
-        "in",
-        &args,
-    )?;
-    graph.add(
-        &ff::filter::find("abuffersink").ok_or(ff::Error::FilterNotFound)?,
-        "out",
-        "",
-    )?;
     let spec = match downmix {
         Some(channels) => format!(
             "aformat=channel_layouts=0x{:x},ebur128=metadata=1",
@@ -193,7 +170,14 @@ fn graph_for(
         ),
         None => "ebur128=metadata=1".to_owned(),
     };
-    graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
-    graph.validate()?;
-    Ok(graph)
+    audio_filter_graph(
+        AudioInput {
+            time_base,
+            rate: frame.rate(),
+            format: frame.format(),
+            layout: frame.channel_layout(),
+            channels: frame.channels(),
+        },
+        &spec,
+    )
 }

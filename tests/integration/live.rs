@@ -44,6 +44,22 @@ pub(crate) fn live_fixture() -> PathBuf {
     path
 }
 
+/// Output options re-encoding the video through `filter` (a size), audio copied.
+fn reencoded_at(filter: &str) -> [&str; 10] {
+    [
+        "-vf",
+        filter,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "60",
+        "-c:a",
+        "copy",
+    ]
+}
+
 /// ffmpeg publishing `file` in real time (`-re`) to `url`, `extra` output
 /// options before the URL (default: copy the streams).
 fn publish(file: &Path, url: &str, extra: &[&str]) -> Child {
@@ -556,22 +572,7 @@ async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
     // The encoder comes back with another picture: 640x480 (4:3), below
     // the 720p rung. The broadcast keeps its rungs, so players on any of
     // them play on; the picture is fitted into each, not stretched.
-    let mut publisher = publish(
-        &fixture,
-        &url,
-        &[
-            "-vf",
-            "scale=640:480",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "60",
-            "-c:a",
-            "copy",
-        ],
-    );
+    let mut publisher = publish(&fixture, &url, &reencoded_at("scale=640:480"));
     let media = eventually(
         "the discontinuity after the reconnect",
         Duration::from_secs(40),
@@ -1060,18 +1061,7 @@ async fn publishers_beyond_the_limits_are_refused() {
     let mut fits = publish(
         &fixture,
         &format!("{rtmp}/{small_key}"),
-        &[
-            "-vf",
-            "scale=640:360",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "60",
-            "-c:a",
-            "copy",
-        ],
+        &reencoded_at("scale=640:360"),
     );
     eventually(
         "the small stream connected",

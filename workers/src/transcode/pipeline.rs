@@ -612,20 +612,36 @@ fn build_video_graph(
 }
 
 /// `start`: seconds the output starts at (a live session's timeline offset).
-fn build_audio_graph(source: &AudioSource, start: f64) -> Result<ff::filter::Graph, ff::Error> {
+/// What an audio filter graph's input (`abuffer`) receives.
+#[derive(Debug, Clone, Copy)]
+pub struct AudioInput {
+    /// Time base of the frames' timestamps.
+    pub time_base: ff::Rational,
+    /// Samples per second.
+    pub rate: u32,
+    /// Sample format.
+    pub format: ff::format::Sample,
+    /// Channel layout (0 bits: unknown, then the default for `channels`).
+    pub layout: ff::ChannelLayout,
+    /// Channels.
+    pub channels: u16,
+}
+
+/// An audio filter graph `in` (`abuffer`) -> `spec` -> `out`
+/// (`abuffersink`), validated.
+pub fn audio_filter_graph(input: AudioInput, spec: &str) -> Result<ff::filter::Graph, ff::Error> {
     let mut graph = ff::filter::Graph::new();
-    let decoder = &source.decoder;
-    let layout = if decoder.channel_layout().bits() == 0 {
-        ff::ChannelLayout::default(i32::from(decoder.channels()))
+    let layout = if input.layout.bits() == 0 {
+        ff::ChannelLayout::default(i32::from(input.channels))
     } else {
-        decoder.channel_layout()
+        input.layout
     };
     let args = format!(
         "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
-        source.time_base.numerator(),
-        source.time_base.denominator(),
-        decoder.rate(),
-        decoder.format().name(),
+        input.time_base.numerator(),
+        input.time_base.denominator(),
+        input.rate,
+        input.format.name(),
         layout.bits()
     );
     graph.add(
@@ -638,14 +654,29 @@ fn build_audio_graph(source: &AudioSource, start: f64) -> Result<ff::filter::Gra
         "out",
         "",
     )?;
+    graph.output("in", 0)?.input("out", 0)?.parse(spec)?;
+    graph.validate()?;
+    Ok(graph)
+}
+
+fn build_audio_graph(source: &AudioSource, start: f64) -> Result<ff::filter::Graph, ff::Error> {
+    let decoder = &source.decoder;
     // Resample to 48 kHz, downmix to stereo, and keep audio on the same clock
     // as the video: async pads or trims so the output starts at `start`.
     let first_pts = (start * f64::from(AUDIO_RATE)).round() as i64;
     let spec = format!(
         "aresample={AUDIO_RATE}:async=1:first_pts={first_pts},aformat=sample_fmts=fltp:sample_rates={AUDIO_RATE}:channel_layouts=stereo"
     );
-    graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
-    graph.validate()?;
+    let mut graph = audio_filter_graph(
+        AudioInput {
+            time_base: source.time_base,
+            rate: decoder.rate(),
+            format: decoder.format(),
+            layout: decoder.channel_layout(),
+            channels: decoder.channels(),
+        },
+        &spec,
+    )?;
     if let Some(mut sink) = graph.get("out") {
         sink.sink().set_frame_size(AAC_FRAME);
     }
