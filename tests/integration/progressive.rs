@@ -263,3 +263,51 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_c
     drop(cdn);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Only a new asset's first version grows in public, once: a replacement
+/// (a version is published) plays when it is ready, and `asset.playable`
+/// is queued once per version.
+#[tokio::test]
+async fn only_a_first_version_is_marked_playable_and_only_once() {
+    let db = fresh_db().await;
+    let (id, _) = crate::common::insert_asset(&db, "public").await;
+    let client = db.pool.get().await.unwrap();
+    let set = |sql: &'static str| {
+        let client = &client;
+        async move { client.execute(sql, &[&id.as_uuid()]).await.unwrap() }
+    };
+    let playable_events = || async {
+        crate::common::count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM jobs WHERE kind = 'webhook' \
+                 AND payload->>'type' = 'asset.playable' AND payload->'data'->>'asset_id' = '{id}'"
+            ),
+        )
+        .await
+    };
+
+    // A replacement: version 1 published, version 2 processing.
+    set("UPDATE assets SET state = 'processing', published_version = 1, source_version = 2 WHERE id = $1")
+        .await;
+    assert!(!assets::mark_playable(&db.pool, id, 2).await.unwrap());
+    let asset = assets::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(
+        (asset.playable_version, asset.served_version()),
+        (None, Some(1))
+    );
+
+    // A first version: playable once, for the version being made only.
+    set("UPDATE assets SET published_version = NULL, source_version = 1 WHERE id = $1").await;
+    assert!(!assets::mark_playable(&db.pool, id, 2).await.unwrap());
+    assert!(assets::mark_playable(&db.pool, id, 1).await.unwrap());
+    assert!(!assets::mark_playable(&db.pool, id, 1).await.unwrap());
+    assert_eq!(playable_events().await, 1);
+    let asset = assets::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(asset.served_version(), Some(1));
+
+    // Errored: nothing is served while growing.
+    set("UPDATE assets SET state = 'errored' WHERE id = $1").await;
+    let asset = assets::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(asset.served_version(), None);
+}
