@@ -255,11 +255,8 @@ impl Shared {
                 Ok(value.and_then(|v| u32::try_from(v).ok()))
             };
             let published_version = version("published_version")?;
-            // Only a new asset's first version plays while it grows.
-            let growing_version = match (state, published_version) {
-                (AssetState::Processing, None) => version("playable_version")?,
-                _ => None,
-            };
+            let growing_version =
+                state.growing_version(published_version, version("playable_version")?);
             Playable::Asset(AssetInfo {
                 id: AssetId::from(id),
                 state,

@@ -124,10 +124,8 @@ impl Asset {
     /// The version that plays while it is still being transcoded: only
     /// before any version is published (a replacement plays once ready).
     pub fn growing_version(&self) -> Option<i32> {
-        match (self.state, self.published_version) {
-            (AssetState::Processing, None) => self.playable_version,
-            _ => None,
-        }
+        self.state
+            .growing_version(self.published_version, self.playable_version)
     }
 
     fn from_row(row: &Row) -> Result<Self, DbError> {

@@ -67,6 +67,18 @@ text_enum!(
     }
 );
 
+impl AssetState {
+    /// The version that plays while it is still being transcoded
+    /// (progressive publish): the `playable` one, only while processing an
+    /// asset's first version (a replacement plays once it is ready).
+    pub fn growing_version<T>(self, published: Option<T>, playable: Option<T>) -> Option<T> {
+        match (self, published) {
+            (AssetState::Processing, None) => playable,
+            _ => None,
+        }
+    }
+}
+
 text_enum!(
     /// Where a job is in the queue.
     JobState, "job", {

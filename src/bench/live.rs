@@ -504,12 +504,7 @@ pub(super) async fn start_live_stack(
     wait_http(client, &format!("{base}/healthz"), &mut live).await?;
     let origin_port = free_port()?;
     let mut origin = spawn_serve("origin", origin_port, &objects, config)?;
-    if let Some(stdout) = origin.child.stdout.take() {
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for _ in std::io::BufReader::new(stdout).lines() {}
-        });
-    }
+    origin.drain_stdout();
     let origin_base = format!("http://127.0.0.1:{origin_port}");
     wait_http(client, &format!("{origin_base}/healthz"), &mut origin).await?;
     let (mut cdn, cdn_port) = start_cdn(origin_port, dir)?;

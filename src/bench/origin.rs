@@ -73,6 +73,17 @@ pub(crate) struct ChildGuard {
 }
 
 impl ChildGuard {
+    /// Reads and drops the child's stdout (if piped), so it never blocks
+    /// on a full pipe.
+    pub(crate) fn drain_stdout(&mut self) {
+        if let Some(stdout) = self.child.stdout.take() {
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for _ in std::io::BufReader::new(stdout).lines() {}
+            });
+        }
+    }
+
     /// Fails if the child already exited (a port clash, a bad config).
     pub(crate) fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {

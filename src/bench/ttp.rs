@@ -80,7 +80,7 @@ type StepsByAsset = Arc<Mutex<HashMap<String, WorkerSteps>>>;
 /// Reads the worker's JSON log lines (stderr), keeping each asset's steps
 /// to playable.
 fn collect_worker_steps(guard: &mut ChildGuard) -> StepsByAsset {
-    drain_stdout(guard);
+    guard.drain_stdout();
     let steps: StepsByAsset = Arc::default();
     if let Some(stdout) = guard.child.stderr.take() {
         let steps = steps.clone();
@@ -155,16 +155,6 @@ fn renice(pid: u32, niceness: i32) {
             // thread of our own child.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, niceness) };
         }
-    }
-}
-
-/// Drains a child's stdout so it never blocks on a full pipe.
-fn drain_stdout(guard: &mut ChildGuard) {
-    if let Some(stdout) = guard.child.stdout.take() {
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for _ in std::io::BufReader::new(stdout).lines() {}
-        });
     }
 }
 
@@ -342,7 +332,7 @@ pub async fn run(args: TtpBenchArgs, config: Config) -> anyhow::Result<ExitCode>
     // CPU is the transcode's), the CDN in front of the origin.
     let port = free_port()?;
     let mut front = spawn_serve("ingest,origin", port, &objects, &config)?;
-    drain_stdout(&mut front);
+    front.drain_stdout();
     let base = format!("http://127.0.0.1:{port}");
     wait_http(&client, &format!("{base}/healthz"), &mut front).await?;
     let worker_port = free_port()?;

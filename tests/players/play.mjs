@@ -132,12 +132,18 @@ if (${JSON.stringify(player)} === 'hls') {
 };
 if (${JSON.stringify(poll)}) {
   (async () => {
-    for (;;) {
+    // Until it answers 200, within the run's deadline (node's own is longer).
+    const deadline = Date.now() + 300000;
+    let playable = false;
+    while (!playable && Date.now() < deadline) {
       try {
-        const r = await fetch(url, { cache: 'no-store' });
-        if (r.ok) break;
+        playable = (await fetch(url, { cache: 'no-store' })).ok;
       } catch (e) { /* not up yet */ }
-      await new Promise((r) => setTimeout(r, 50));
+      if (!playable) await new Promise((r) => setTimeout(r, 50));
+    }
+    if (!playable) {
+      window.report.fatal = 'never playable: ' + url;
+      return;
     }
     window.report.manifestEpochMs = Date.now();
     start();
