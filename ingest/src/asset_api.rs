@@ -276,10 +276,11 @@ pub(crate) async fn list_assets(
     }))
 }
 
-/// Deletes an asset: at once invisible to the API and players, its jobs
-/// cancelled; its objects are removed now and, by a purge job, again once
-/// no job of the asset can still write (see `assets::delete`). Deleting
-/// again while the purge runs answers 204 too.
+/// Deletes an asset: at once invisible to the API and players (origins
+/// are told), its jobs cancelled; a purge job purges the CDN of it and
+/// removes its objects once no job of the asset can still write (see
+/// `assets::delete` and `cascade_workers::purge`). Deleting again while
+/// the purge runs answers 204 too.
 #[utoipa::path(delete, path = "/v1/assets/{id}", params(("id" = String, Path, description = "Asset id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 429, body = ErrorBody)))]
@@ -290,17 +291,15 @@ pub(crate) async fn delete_asset(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_asset_id(&id)?;
     let deleted = assets::delete(&state.pool, caller.environment, id, PURGE_MAX_ATTEMPTS).await?;
-    let uploads = match deleted {
+    match deleted {
         assets::Deleted::NotFound => return Err(ApiError::NotFound("asset")),
         assets::Deleted::Already => return Ok(StatusCode::NO_CONTENT),
-        assets::Deleted::Now { uploads } => uploads,
-    };
-    state.queue.wake(cascade_schemas::job_kind::PURGE_ASSET);
-    // Most objects go now; the purge job removes whatever a stopping job or
-    // request still writes, and the row.
-    if let Err(error) = assets::remove_objects(&state.store, id, &uploads).await {
-        tracing::warn!(asset = %id, error = %error, "cannot remove a deleted asset's objects yet; its purge job retries");
+        assets::Deleted::Now => {}
     }
+    // The purge job runs at once: it purges the CDN first (listing what is
+    // stored, so the objects stay until then), then removes the objects
+    // once no job of the asset can still write.
+    state.queue.wake(cascade_schemas::job_kind::PURGE_ASSET);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -25,7 +25,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -65,6 +65,9 @@ struct Variant {
 pub struct FrontKey {
     path: Box<str>,
     variant: Variant,
+    /// [`Inner::forgets`] when the request came: an answer made before a
+    /// playback id was forgotten is not kept after it.
+    forgets: u64,
 }
 
 struct Kept {
@@ -104,6 +107,8 @@ struct Inner {
     ttl: Duration,
     max_header_bytes: usize,
     metrics: Arc<Metrics>,
+    /// Playback ids forgotten so far ([`Front::forget_playback`]).
+    forgets: AtomicU64,
 }
 
 impl Front {
@@ -122,6 +127,7 @@ impl Front {
                 ttl: FRONT_TTL.min(asset_ttl),
                 max_header_bytes,
                 metrics,
+                forgets: AtomicU64::new(0),
             }),
         }
     }
@@ -184,6 +190,7 @@ impl Front {
             return Answer::Miss((!head).then(|| FrontKey {
                 path: path.into(),
                 variant,
+                forgets: inner.forgets.load(SeqCst),
             }));
         };
         let metrics = &inner.metrics;
@@ -203,10 +210,10 @@ impl Front {
         let Some(reusable) = response.extensions_mut().remove::<Reusable>() else {
             return;
         };
-        if response.status() != StatusCode::OK {
+        let inner = &self.inner;
+        if response.status() != StatusCode::OK || inner.forgets.load(SeqCst) != key.forgets {
             return;
         }
-        let inner = &self.inner;
         let len = reusable.body.len();
         let now = Instant::now();
         let mut shard = inner
@@ -240,6 +247,26 @@ impl Front {
             class: reusable.class,
             expires: now + inner.ttl,
         });
+    }
+
+    /// Drops every answer about `playback_id` (it was deleted, or another
+    /// version published), and keeps none that was being made meanwhile.
+    pub fn forget_playback(&self, playback_id: &str) {
+        let inner = &self.inner;
+        inner.forgets.fetch_add(1, SeqCst);
+        let prefix = format!("{}{playback_id}/", cascade_schemas::playback::PLAY_PREFIX);
+        for shard in inner.shards.iter() {
+            let mut shard = shard.write().unwrap_or_else(|e| e.into_inner());
+            let mut freed = 0;
+            shard.by_path.retain(|path, kept| {
+                let about = path.starts_with(&prefix);
+                if about {
+                    freed += kept.iter().map(|k| k.body.len()).sum::<usize>();
+                }
+                !about
+            });
+            inner.bytes.fetch_sub(freed, Relaxed);
+        }
     }
 
     /// Body bytes the front holds (expired answers included until swept).
@@ -448,9 +475,31 @@ mod tests {
                 gzip: false,
                 origin: None,
             },
+            forgets: 0,
         };
         front.remember(same, &mut answer_of(b"12345"));
         assert_eq!(front.held_bytes(), 5);
+    }
+
+    #[test]
+    fn a_forgotten_playback_id_loses_its_answers_and_keeps_none_made_meanwhile() {
+        let front = front(1024, Duration::from_secs(3));
+        let mine = request(Method::GET, "/play/p/master.m3u8", &[]);
+        let other = request(Method::GET, "/play/q/master.m3u8", &[]);
+        front.remember(miss_key(&front, &mine), &mut answer_of(b"mine"));
+        front.remember(miss_key(&front, &other), &mut answer_of(b"other"));
+        // An answer under way when the id is forgotten.
+        let late = miss_key(&front, &request(Method::GET, "/play/p/v1/a/0.m4s", &[]));
+        front.forget_playback("p");
+        assert!(matches!(front.answer(&mine), Answer::Miss(Some(_))));
+        assert!(matches!(front.answer(&other), Answer::Served(_)));
+        front.remember(late, &mut answer_of(b"old"));
+        let late = request(Method::GET, "/play/p/v1/a/0.m4s", &[]);
+        assert!(matches!(front.answer(&late), Answer::Miss(Some(_))));
+        assert_eq!(front.held_bytes(), 5);
+        // Answers made after it are kept as usual.
+        front.remember(miss_key(&front, &mine), &mut answer_of(b"new"));
+        assert!(matches!(front.answer(&mine), Answer::Served(_)));
     }
 
     #[test]

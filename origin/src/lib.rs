@@ -69,11 +69,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use cascade_platform::listen::Heard;
 use cascade_platform::metrics::{ComputedGauge, Registry};
 use cascade_platform::playback_token::{Keyring, TokenError};
 use cascade_platform::ObjectStore;
 use cascade_schemas::{AssetId, AssetState, ObjectClass, ObjectKey, PlaybackId, RenditionName};
 use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
 
 pub use crate::error::OriginError;
 pub use crate::front::{Answer, Front, FrontKey, Fronted, FRONT_TTL};
@@ -197,6 +199,37 @@ impl OriginState {
         let mut registry = Registry::default();
         self.register_metrics(&mut registry);
         cascade_platform::metrics::render(&registry)
+    }
+
+    /// Follows playback changes (`assets::PLAYBACK_CHANGED_CHANNEL`, on a
+    /// LISTEN connection of its own) until `cancel`: a deleted or
+    /// republished asset's lookup and front answers are forgotten at once,
+    /// not after `asset_ttl`. While the connection is down (and at each
+    /// reconnect, when notifications may have been missed, every fresh
+    /// lookup is dropped) lookups age out as usual.
+    pub fn follow_changes(&self, pg: tokio_postgres::Config, cancel: CancellationToken) {
+        let state = self.clone();
+        cascade_platform::listen::spawn(
+            pg,
+            cascade_platform::assets::PLAYBACK_CHANGED_CHANNEL,
+            cancel,
+            move |heard| match heard {
+                Heard::Connected => state.inner.resolver.forget_fresh(),
+                Heard::Notification(payload) => {
+                    let Ok(playback_id) = payload.parse::<PlaybackId>() else {
+                        return;
+                    };
+                    // The lookup first: a front answer made from the old
+                    // lookup after the front forgot would be kept.
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        state.inner.resolver.forget(&playback_id).await;
+                        state.inner.front.forget_playback(playback_id.as_str());
+                    });
+                    tracing::debug!(playback_id = %payload, "playback changed: forgotten");
+                }
+            },
+        );
     }
 
     /// The front cache, which the HTTP server asks before routing.

@@ -12,7 +12,7 @@
 //! [`PENDING_TTL`], never answered stale while it refreshes, so players
 //! polling for it start within that of its first segments.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,10 @@ struct Shared {
     last_known: moka::future::Cache<PlaybackId, Arc<Known>>,
     ttl: Duration,
     metrics: Arc<Metrics>,
+    /// Playback ids forgotten so far ([`Resolver::forget`]): a lookup that
+    /// was under way when one was is asked again, since it may have read
+    /// the row before the change committed.
+    forgets: AtomicU64,
 }
 
 /// An answer Postgres gave, and when.
@@ -150,6 +154,7 @@ impl Resolver {
                     .build(),
                 ttl: config.asset_ttl,
                 metrics,
+                forgets: AtomicU64::new(0),
             }),
         }
     }
@@ -192,6 +197,24 @@ impl Resolver {
         }
     }
 
+    /// Forgets what is known about `playback_id` (deleted, or another
+    /// version published: `assets::PLAYBACK_CHANGED_CHANNEL`), so the next
+    /// request asks Postgres. Not even a database outage brings the old
+    /// answer back.
+    pub(crate) async fn forget(&self, playback_id: &PlaybackId) {
+        let shared = &self.shared;
+        shared.forgets.fetch_add(1, SeqCst);
+        shared.fresh.invalidate(playback_id).await;
+        shared.last_known.invalidate(playback_id).await;
+    }
+
+    /// Drops every fresh answer (notifications may have been missed); the
+    /// last known ones stay for outages.
+    pub(crate) fn forget_fresh(&self) {
+        self.shared.forgets.fetch_add(1, SeqCst);
+        self.shared.fresh.invalidate_all();
+    }
+
     /// Asks Postgres, sharing the query with concurrent askers of the same id.
     async fn ask(&self, playback_id: &PlaybackId) -> Result<Option<Arc<Playable>>, ()> {
         let shared = &self.shared;
@@ -214,6 +237,23 @@ impl Shared {
     }
 
     async fn query(&self, playback_id: &PlaybackId) -> Result<Option<Arc<Playable>>, LookupFailed> {
+        // A change announced while the query ran may not be in its answer:
+        // ask again (changes are rare; three tries bound a storm of them).
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let forgets = self.forgets.load(SeqCst);
+            let answer = self.query_once(playback_id).await?;
+            if tries == 3 || self.forgets.load(SeqCst) == forgets {
+                return Ok(answer);
+            }
+        }
+    }
+
+    async fn query_once(
+        &self,
+        playback_id: &PlaybackId,
+    ) -> Result<Option<Arc<Playable>>, LookupFailed> {
         self.metrics.asset_lookups.inc();
         let failed = |what: &str, error: &dyn std::fmt::Display| {
             self.metrics.asset_lookup_errors.inc();

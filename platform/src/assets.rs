@@ -611,15 +611,17 @@ pub async fn publish(
     let tx = client.transaction().await?;
     let live = tx
         .query_opt(
-            "SELECT 1 FROM assets WHERE id = $1 AND deleted_at IS NULL
+            "SELECT playback_id, published_version FROM assets WHERE id = $1 AND deleted_at IS NULL
                AND (state = 'processing' OR (state = 'ready' AND published_version = $2))
              FOR UPDATE",
             &[&id.as_uuid(), &version],
         )
         .await?;
-    if live.is_none() {
+    let Some(live) = live else {
         return Ok(false);
-    }
+    };
+    let playback_id: String = live.get(0);
+    let replaced: Option<i32> = live.get(1);
     tx.execute(
         "DELETE FROM renditions WHERE asset_id = $1 AND version = $2",
         &[&id.as_uuid(), &version],
@@ -658,8 +660,64 @@ pub async fn publish(
     )
     .await?;
     emit(&tx, "asset.ready", id).await?;
+    if let Some(replaced) = replaced.filter(|&old| old != version) {
+        // The top-level manifests (and unversioned media URLs) now name
+        // another version: origins forget their lookup at once, CDNs
+        // are purged through the queue.
+        announce_playback_change(&tx, &playback_id).await?;
+        let payload = serde_json::json!({
+            "asset_id": id, "playback_id": playback_id, "replaced_version": replaced,
+        });
+        // Now, and again once every origin has surely let go of the old
+        // version (what one served meanwhile may have been cached).
+        let settled =
+            Utc::now() + chrono::Duration::from_std(PLAYBACK_CHANGE_SETTLE).unwrap_or_default();
+        for (pass, run_at) in [("now", None), ("settled", Some(settled))] {
+            let mut job = NewJob::new(cascade_schemas::job_kind::PURGE_CDN, payload.clone())
+                .idempotency_key(format!("{id}/v{replaced}/{pass}"))
+                .max_attempts(PURGE_CDN_MAX_ATTEMPTS);
+            job.run_at = run_at;
+            queue::enqueue(&tx, &job, PURGE_CDN_MAX_ATTEMPTS)
+                .await
+                .map_err(|e| match e {
+                    queue::QueueError::Db(db) => db,
+                    other => DbError::Build(other.to_string()),
+                })?;
+        }
+    }
     tx.commit().await?;
     Ok(true)
+}
+
+/// Attempts a `purge_cdn` job gets (backing off) while a CDN is unreachable.
+const PURGE_CDN_MAX_ATTEMPTS: i32 = 10;
+
+/// How long after a playback change (see [`PLAYBACK_CHANGED_CHANNEL`])
+/// every origin has stopped serving the old answer, even one whose
+/// notification connection was down or that was answering a request when
+/// the change came: twice the default `origin.asset_ttl` (stale while
+/// revalidating) plus the front cache's second, rounded up. A CDN is purged
+/// once more after it, so nothing an origin sent late stays cached.
+pub const PLAYBACK_CHANGE_SETTLE: Duration = Duration::from_secs(10);
+
+/// The LISTEN/NOTIFY channel on which a playback id is announced, at
+/// commit, when what it plays changes in a way a cached lookup must not
+/// outlive (deleted, another version published): the origins forget it.
+pub const PLAYBACK_CHANGED_CHANNEL: &str = "cascade_playback_changed";
+
+/// Announces on [`PLAYBACK_CHANGED_CHANNEL`], in the caller's transaction
+/// (delivered only if it commits).
+async fn announce_playback_change(
+    client: &impl GenericClient,
+    playback_id: &str,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&PLAYBACK_CHANGED_CHANNEL, &playback_id],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Makes the growing presentation of `version` playable (progressive
@@ -745,13 +803,9 @@ pub async fn list_in(
 pub enum Deleted {
     /// No such asset in that environment.
     NotFound,
-    /// Tombstoned now: its jobs are cancelled and its purge is queued. The
-    /// unfinished tus uploads' multipart upload ids, for the caller to abort
-    /// at once (the purge does it again).
-    Now {
-        /// `(upload id, multipart upload id)` of every upload of the asset.
-        uploads: Vec<(uuid::Uuid, Option<String>)>,
-    },
+    /// Tombstoned now: its jobs are cancelled, origins told, and its purge
+    /// (CDN, objects, uploads) is queued.
+    Now,
     /// Already deleted, its purge under way.
     Already,
 }
@@ -771,15 +825,16 @@ pub async fn delete(
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
-            "SELECT deleted_at IS NOT NULL FROM assets WHERE id = $1 AND environment_id = $2 FOR UPDATE",
+            "SELECT deleted_at IS NOT NULL, playback_id FROM assets
+             WHERE id = $1 AND environment_id = $2 FOR UPDATE",
             &[&id.as_uuid(), &environment.as_uuid()],
         )
         .await?;
-    match row.map(|r| r.get::<_, bool>(0)) {
+    let playback_id: String = match row.map(|r| (r.get::<_, bool>(0), r.get(1))) {
         None => return Ok(Deleted::NotFound),
-        Some(true) => return Ok(Deleted::Already),
-        Some(false) => {}
-    }
+        Some((true, _)) => return Ok(Deleted::Already),
+        Some((false, playback_id)) => playback_id,
+    };
     tx.execute(
         "UPDATE assets SET deleted_at = now(), source_claim = NULL, source_claimed_until = NULL,
              updated_at = now()
@@ -795,18 +850,10 @@ pub async fn delete(
         &[&id.to_string(), &cascade_schemas::job_kind::WEBHOOK],
     )
     .await?;
-    let uploads = tx
-        .query(
-            "SELECT id, multipart_id FROM uploads WHERE asset_id = $1",
-            &[&id.as_uuid()],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     // Its upload URLs die with it.
     crate::direct_uploads::cancel_for_asset(&tx, id).await?;
     emit(&tx, "asset.deleted", id).await?;
+    announce_playback_change(&tx, &playback_id).await?;
     queue::enqueue(
         &tx,
         &NewJob::new(
@@ -823,7 +870,7 @@ pub async fn delete(
         other => DbError::Build(other.to_string()),
     })?;
     tx.commit().await?;
-    Ok(Deleted::Now { uploads })
+    Ok(Deleted::Now)
 }
 
 /// Whether a job of deleted asset `id` may still write objects: one not
@@ -845,33 +892,54 @@ pub async fn has_live_jobs(client: &impl GenericClient, id: AssetId) -> Result<b
     Ok(row.get(0))
 }
 
-/// The uploads of deleted asset `id` (ids and multipart upload ids), for
-/// its purge.
-pub async fn deleted_asset_uploads(
+/// Deleted asset `id` as its purge needs it; `None` when it is not a
+/// deleted asset.
+pub async fn deleted_asset(
     client: &impl GenericClient,
     id: AssetId,
-) -> Result<Option<Vec<(uuid::Uuid, Option<String>)>>, DbError> {
-    let exists = client
+) -> Result<Option<DeletedAsset>, DbError> {
+    let row = client
         .query_opt(
-            "SELECT 1 FROM assets WHERE id = $1 AND deleted_at IS NOT NULL",
+            "SELECT playback_id, EXTRACT(EPOCH FROM now() - deleted_at)::float8
+             FROM assets WHERE id = $1 AND deleted_at IS NOT NULL",
             &[&id.as_uuid()],
         )
         .await?;
-    if exists.is_none() {
+    let Some(row) = row else {
         return Ok(None);
-    }
+    };
+    let playback_id: String = row.get(0);
+    let deleted_for = Duration::from_secs_f64(row.get::<_, f64>(1).max(0.0));
+    let playback_id = playback_id
+        .parse()
+        .map_err(|e| DbError::Build(format!("stored playback id: {e}")))?;
     let rows = client
         .query(
             "SELECT id, multipart_id FROM uploads WHERE asset_id = $1",
             &[&id.as_uuid()],
         )
         .await?;
-    Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+    Ok(Some(DeletedAsset {
+        playback_id,
+        deleted_for,
+        uploads: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+    }))
+}
+
+/// What the purge of a deleted asset needs to know.
+#[derive(Debug, Clone)]
+pub struct DeletedAsset {
+    /// Its playback id (CDN copies are cached under it).
+    pub playback_id: PlaybackId,
+    /// How long ago it was deleted.
+    pub deleted_for: Duration,
+    /// Its uploads and their multipart uploads (see [`remove_objects`]).
+    pub uploads: Vec<(uuid::Uuid, Option<String>)>,
 }
 
 /// Removes what a deleted asset has in storage: its objects, and its
 /// unfinished uploads' multipart uploads and staged pieces (`uploads`: as
-/// [`Deleted::Now`] lists them). Idempotent.
+/// [`DeletedAsset`] lists them). Idempotent.
 pub async fn remove_objects(
     store: &crate::ObjectStore,
     id: AssetId,

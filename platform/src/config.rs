@@ -81,6 +81,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// The playback origin.
     pub origin: OriginConfig,
+    /// The CDN in front of the origin: where its copies are purged.
+    pub cdn: CdnConfig,
     /// Signed playback: the keys of playback tokens and their lifetimes
     /// (read by ingest, which mints tokens, and the origin, which checks them).
     pub playback: PlaybackConfig,
@@ -514,6 +516,35 @@ fn signing_keys<'de, D: Deserializer<'de>>(
         }
     }
     deserializer.deserialize_any(Keys)
+}
+
+/// The CDN in front of the origin. When an asset is deleted or a new
+/// version of it is published, a `purge_cdn` job (or the asset's purge)
+/// sends `PURGE {purge_url}/play/{playback_id}/...` for each URL the CDN
+/// may hold (infra/cdn/nginx.conf's purge listener).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdnConfig {
+    /// Base URLs of the CDN nodes' purge listeners (`http://cdn-1:8081`).
+    /// A host name is resolved at each purge and every address it names is
+    /// purged, so one name for all nodes (a Kubernetes headless Service)
+    /// reaches each node's cache. Default: none (no CDN purge).
+    pub purge_urls: Vec<url::Url>,
+    /// Timeout of one purge request. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub purge_timeout: Duration,
+    /// Purge requests in flight at once, per node. Default `16`.
+    pub purge_concurrency: usize,
+}
+
+impl Default for CdnConfig {
+    fn default() -> Self {
+        Self {
+            purge_urls: Vec::new(),
+            purge_timeout: Duration::from_secs(5),
+            purge_concurrency: 16,
+        }
+    }
 }
 
 /// Webhook endpoints.
@@ -1177,6 +1208,17 @@ impl Config {
                 ));
             }
         }
+        for url in &self.cdn.purge_urls {
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(invalid(
+                    "cdn.purge_urls",
+                    "each must be an http:// or https:// URL with a host",
+                ));
+            }
+        }
+        if self.cdn.purge_concurrency == 0 {
+            return Err(invalid("cdn.purge_concurrency", "must be at least 1"));
+        }
         if self.queue.heartbeat >= self.queue.lease {
             return Err(invalid(
                 "queue.heartbeat",
@@ -1574,6 +1616,8 @@ mod tests {
         assert_eq!(reparsed.storage.part_size, config.storage.part_size);
         // The resource limits, as documented.
         assert_eq!(config.http.header_read_timeout, Duration::from_secs(30));
+        assert!(config.cdn.purge_urls.is_empty());
+        assert_eq!(config.cdn.purge_timeout, Duration::from_secs(5));
         assert_eq!(config.database.statement_timeout, Duration::from_secs(30));
         let ingest = &config.ingest;
         assert_eq!(ingest.body_min_rate, ByteSize(1024));
@@ -1711,6 +1755,35 @@ mod tests {
             text.contains("storage.s3") && text.contains("bukket"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn cdn_purge_urls_are_urls() {
+        let config = Config::load(
+            None,
+            env(&[(
+                "CASCADE_CDN__PURGE_URLS",
+                r#"["http://cdn-purge:8081", "http://127.0.0.1:9001/"]"#,
+            )]),
+        )
+        .unwrap();
+        let hosts: Vec<_> = config
+            .cdn
+            .purge_urls
+            .iter()
+            .map(|u| u.host_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(hosts, ["cdn-purge", "127.0.0.1"]);
+        for bad in [
+            r#"["cdn-purge:8081"]"#,
+            r#"["ftp://cdn/"]"#,
+            r#"["not a url"]"#,
+        ] {
+            let text = Config::load(None, env(&[("CASCADE_CDN__PURGE_URLS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains("cdn.purge_urls"), "{bad}: {text}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`db`]: the Postgres pool and the migration runner;
 //! - [`playback_token`]: signed playback tokens (minted by ingest, checked by the origin);
 //! - [`queue`]: the Postgres job queue (leases, heartbeats, retries, LISTEN/NOTIFY);
+//!   [`listen`]: a reconnecting LISTEN connection (job wake-ups, playback changes);
 //!   [`queue_metrics`] samples its depth for Prometheus;
 //! - [`metrics`]: Prometheus metrics (the registry every role registers into);
 //! - [`tracecontext`]: W3C trace context carried from API requests to jobs;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod direct_uploads;
 pub mod environments;
+pub mod listen;
 pub mod live_streams;
 pub mod metrics;
 pub mod outage;

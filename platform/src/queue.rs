@@ -24,10 +24,9 @@ use cascade_schemas::{JobId, JobState};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::Pool;
-use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Row};
+use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::QueueConfig;
@@ -809,7 +808,10 @@ impl JobNotifier {
     /// Starts listening until `cancel` fires.
     pub fn start(pg: tokio_postgres::Config, cancel: CancellationToken) -> Self {
         let wake = Arc::new(Notify::new());
-        tokio::spawn(listen_loop(pg, wake.clone(), cancel));
+        let waker = wake.clone();
+        // Every notification, and every reconnect (some may have been
+        // missed), wakes the workers to look for work.
+        crate::listen::spawn(pg, CHANNEL, cancel, move |_| waker.notify_one());
         Self { wake }
     }
 
@@ -823,53 +825,5 @@ impl JobNotifier {
     /// Wakes the waiter by hand (tests, local enqueues).
     pub fn wake(&self) {
         self.wake.notify_one();
-    }
-}
-
-async fn listen_loop(pg: tokio_postgres::Config, wake: Arc<Notify>, cancel: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
-    while !cancel.is_cancelled() {
-        match pg.connect(tokio_postgres::NoTls).await {
-            Ok((client, mut connection)) => {
-                let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-                let statement = format!("LISTEN {CHANNEL}");
-                let listen = client.batch_execute(&statement);
-                // The connection must be polled for LISTEN to complete.
-                let listened = tokio::select! {
-                    r = listen => r.map_err(|e| e.to_string()),
-                    _ = async { while let Some(Ok(_)) = messages.next().await {} } => {
-                        Err("connection closed".to_owned())
-                    }
-                };
-                if let Err(error) = listened {
-                    tracing::warn!(error = %error, "LISTEN failed; retrying");
-                } else {
-                    backoff = Duration::from_millis(100);
-                    wake.notify_one();
-                    loop {
-                        tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            message = messages.next() => match message {
-                                Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
-                                Some(Ok(_)) => {}
-                                Some(Err(error)) => {
-                                    tracing::warn!(error = %error, "job notification connection failed; reconnecting");
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot connect for job notifications; retrying")
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

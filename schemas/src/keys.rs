@@ -182,16 +182,18 @@ impl ObjectKey {
     /// The HLS master playlist of a version.
     pub fn hls_master(asset: AssetId, version: u32) -> Self {
         Self(format!(
-            "{}master.m3u8",
-            Self::version_prefix(asset, version)
+            "{}{}",
+            Self::version_prefix(asset, version),
+            crate::playback::HLS_MASTER
         ))
     }
 
     /// The DASH MPD of a version.
     pub fn dash_manifest(asset: AssetId, version: u32) -> Self {
         Self(format!(
-            "{}manifest.mpd",
-            Self::version_prefix(asset, version)
+            "{}{}",
+            Self::version_prefix(asset, version),
+            crate::playback::DASH_MANIFEST
         ))
     }
 

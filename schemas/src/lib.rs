@@ -5,6 +5,8 @@
 //!   spellings in SQL and JSON;
 //! - [`keys`]: the one object-key layout of the object store (no other crate
 //!   formats keys) and [`mime`]: the content type of every object class;
+//! - [`playback`]: the playback URL paths the origin serves objects under
+//!   (and a CDN caches and purges them by);
 //! - [`migrations`]: the SQL migrations, embedded in order.
 //!
 //! No async runtime and no I/O: this crate only names things.
@@ -13,6 +15,7 @@ pub mod ids;
 pub mod keys;
 pub mod migrations;
 pub mod mime;
+pub mod playback;
 pub mod state;
 
 pub use ids::{AssetId, DirectUploadId, EnvironmentId, JobId, LiveStreamId, PlaybackId};
@@ -32,11 +35,21 @@ pub mod job_kind {
     /// An ended live broadcast: record its segments as a VOD asset, or
     /// remove them when the stream does not record.
     pub const FINISH_BROADCAST: &str = "finish_broadcast";
+    /// Purge a CDN's copies of a republished asset's top-level manifests
+    /// and of the media URLs that named the version it replaced.
+    pub const PURGE_CDN: &str = "purge_cdn";
     /// Deliver one webhook event.
     pub const WEBHOOK: &str = "webhook";
     /// Does nothing (optionally sleeps): queue diagnostics and `cascade bench queue`.
     pub const NOOP: &str = "noop";
 
     /// Every kind above (metrics keep a series for each from the start).
-    pub const ALL: [&str; 5] = [TRANSCODE, PURGE_ASSET, FINISH_BROADCAST, WEBHOOK, NOOP];
+    pub const ALL: [&str; 6] = [
+        TRANSCODE,
+        PURGE_ASSET,
+        PURGE_CDN,
+        FINISH_BROADCAST,
+        WEBHOOK,
+        NOOP,
+    ];
 }

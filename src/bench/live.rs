@@ -147,7 +147,8 @@ pub(super) fn start_cdn(origin: u16, dir: &Path) -> anyhow::Result<(ChildGuard, 
         .replace("{{USER}}", user)
         .replace("{{LISTEN}}", &format!("127.0.0.1:{port}"))
         .replace("{{ORIGIN}}", &format!("127.0.0.1:{origin}"))
-        .replace("{{CACHE_DIR}}", &dir.join("cache").display().to_string());
+        .replace("{{CACHE_DIR}}", &dir.join("cache").display().to_string())
+        .replace("{{PURGE_LISTEN}}", &format!("127.0.0.1:{}", free_port()?));
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
     let child = Command::new(require_tool("nginx")?)

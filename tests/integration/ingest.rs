@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::common::{eventually, free_port, fresh_db, header, http, CascadeProcess, TestDb};
 
+mod cdn_purge;
 mod concat;
 mod direct;
 mod limits;
@@ -52,6 +53,26 @@ fn start(db: &TestDb, roles: &str, root: &Path, port: u16, extra: &[(&str, &str)
     let process = CascadeProcess::serve(&db.url, roles, &env);
     let addr = process.http.expect("address");
     Ingest { process, addr }
+}
+
+/// Waits until asset `asset` (its id as text) is ready with `version` published.
+async fn ready_at_version(db: &TestDb, asset: &str, version: i32) {
+    eventually("the asset ready", Duration::from_secs(120), || async {
+        let row = db
+            .pool
+            .get()
+            .await
+            .ok()?
+            .query_one(
+                "SELECT state, published_version FROM assets WHERE id = $1::text::uuid",
+                &[&asset],
+            )
+            .await
+            .ok()?;
+        let (state, published): (String, Option<i32>) = (row.get(0), row.get(1));
+        (state == "ready" && published == Some(version)).then_some(())
+    })
+    .await
 }
 
 /// A JSON response body (panics with the body when it is not JSON).
@@ -324,7 +345,13 @@ async fn simple_upload_ends_ready_with_playback_urls() {
         .0,
         404
     );
-    assert!(!root.join(format!("assets/{id}")).exists());
+    // Its purge job (woken by the deletion) removes the objects.
+    eventually(
+        "the deleted asset's objects gone",
+        Duration::from_secs(10),
+        || async { (!root.join(format!("assets/{id}")).exists()).then_some(()) },
+    )
+    .await;
 }
 
 fn json_code(body: &str) -> String {

@@ -44,7 +44,7 @@ fn playback_keys(keys: &[(&str, &str)]) -> PlaybackConfig {
 pub(crate) struct Reply {
     pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
@@ -87,7 +87,12 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 }
 
 /// Sends one request on a fresh connection and reads the whole response.
-async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
+pub(crate) async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     request_with_body(addr, method, target, headers, b"").await
 }
 
@@ -1245,6 +1250,12 @@ fn free_port() -> SocketAddr {
 }
 
 pub(crate) async fn start_cdn(origin: SocketAddr) -> Cdn {
+    start_cdn_purged_at(origin, free_port()).await
+}
+
+/// As [`start_cdn`], with the purge listener on `purge` (known before the
+/// origin's process starts, which is told where to purge).
+pub(crate) async fn start_cdn_purged_at(origin: SocketAddr, purge: SocketAddr) -> Cdn {
     let dir = tempfile::tempdir().unwrap();
     let template = std::fs::read_to_string(repo_root().join("infra/cdn/nginx.conf")).unwrap();
     // nginx needs the port up front; a just-freed ephemeral port is the
@@ -1257,7 +1268,8 @@ pub(crate) async fn start_cdn(origin: SocketAddr) -> Cdn {
         .replace(
             "{{CACHE_DIR}}",
             &dir.path().join("cache").display().to_string(),
-        );
+        )
+        .replace("{{PURGE_LISTEN}}", &purge.to_string());
     let conf_path = dir.path().join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let child = Command::new("/usr/sbin/nginx")

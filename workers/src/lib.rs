@@ -8,6 +8,7 @@
 //! the outcome. A handler says whether a failure is worth retrying; the queue
 //! applies backoff and dead-lettering. FFmpeg types stay inside this crate.
 
+pub mod cdn_purge;
 pub mod live;
 pub mod metrics;
 pub mod noop;

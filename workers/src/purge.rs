@@ -1,22 +1,32 @@
 //! `purge_asset` jobs: what is left of a deleted asset goes once nothing
-//! can write to it any more.
+//! can write to it any more, and the CDN forgets it.
 //!
 //! Deleting an asset (`cascade_platform::assets::delete`) tombstones it,
-//! cancels its jobs and queues this job. A cancelled transcode stops at its
-//! next heartbeat, but a segment upload already in flight can still land; so
-//! the purge waits (retrying with the queue's backoff) until no job of the
-//! asset can still write (finished, and its last lease run out), then
-//! removes every object, multipart upload and staged piece of the asset and
-//! its uploads, and finally the row. Idempotent: a purge that runs twice
-//! finds the row gone and stops.
+//! cancels its jobs, tells the origins (they stop serving it at once) and
+//! queues this job. Each attempt first purges the CDN of every URL the
+//! asset's stored objects were served under (so it stops playing through
+//! the CDN at once, [`crate::cdn_purge`]). A cancelled transcode stops at
+//! its next heartbeat, but a segment upload already in flight can still
+//! land; so the job then waits (retrying with the queue's backoff) until no
+//! job of the asset can still write (finished, and its last lease run
+//! out), lists what is stored, removes every object, multipart upload and
+//! staged piece of the asset and its uploads, purges the CDN of what it
+//! removed, and finally the rows. Idempotent: a purge that runs again
+//! finds nothing stored.
+//!
+//! A CDN that cannot be purged holds the job back (its objects stay, so
+//! the next attempt can still name them) until the last attempt, which
+//! removes the objects whatever the CDN says and logs what it could not
+//! purge: copies may then stay at the CDN until they expire.
 
 use cascade_platform::{assets, ObjectStore};
-use cascade_schemas::AssetId;
+use cascade_schemas::{AssetId, ObjectKey};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
+use crate::cdn_purge::{self, CdnPurger};
 use crate::runner::{JobContext, JobError, JobHandler};
 
 /// Payload of a `purge_asset` job.
@@ -31,26 +41,41 @@ pub struct PurgeJob {
 pub struct PurgeHandler {
     pool: Pool,
     store: ObjectStore,
+    cdn: CdnPurger,
+}
+
+fn retry(what: &str, error: &dyn std::fmt::Display) -> JobError {
+    JobError::Retryable(format!("{what}: {error}"))
 }
 
 impl PurgeHandler {
-    /// Purges through `pool` and `store`.
-    pub fn new(pool: Pool, store: ObjectStore) -> Self {
-        Self { pool, store }
+    /// Purges through `pool`, `store` and the CDN nodes of `cdn`.
+    pub fn new(pool: Pool, store: ObjectStore, cdn: CdnPurger) -> Self {
+        Self { pool, store, cdn }
     }
 
-    async fn purge(&self, job: PurgeJob) -> Result<(), JobError> {
+    async fn purge(&self, job: PurgeJob, last_attempt: bool) -> Result<(), JobError> {
         let id = job.asset_id;
-        let retry = |what: &str, error: &dyn std::fmt::Display| {
-            JobError::Retryable(format!("{what}: {error}"))
-        };
         let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
-        let Some(uploads) = assets::deleted_asset_uploads(&client, id)
+        let Some(deleted) = assets::deleted_asset(&client, id)
             .await
             .map_err(|e| retry("loading the asset", &e))?
         else {
             return Ok(()); // Never deleted: nothing to purge.
         };
+        drop(client);
+        // At once, before waiting for the asset's jobs: the CDN stops
+        // playing it now, not when its last lease runs out.
+        let stored = self.stored(id).await?;
+        self.purge_cdn(&deleted, id, stored, last_attempt).await?;
+        if self.cdn.is_configured() && deleted.deleted_for < assets::PLAYBACK_CHANGE_SETTLE {
+            // The last purge comes once no origin can still serve it.
+            return Err(JobError::Retryable(
+                "waiting for every origin to let go of the deleted asset".to_owned(),
+            ));
+        }
+
+        let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
         if assets::has_live_jobs(&client, id)
             .await
             .map_err(|e| retry("looking for the asset's jobs", &e))?
@@ -60,15 +85,66 @@ impl PurgeHandler {
             ));
         }
         drop(client);
-        assets::remove_objects(&self.store, id, &uploads)
+        // Nothing writes any more: what is stored now is all there is.
+        let stored = self.stored(id).await?;
+        assets::remove_objects(&self.store, id, &deleted.uploads)
             .await
             .map_err(|e| retry("removing the asset's objects", &e))?;
+        // Copies of what a stopping job wrote after the first purge.
+        self.purge_cdn(&deleted, id, stored, last_attempt).await?;
         let mut client = self.pool.get().await.map_err(|e| retry("database", &e))?;
         assets::finish_purge(&mut client, id)
             .await
             .map_err(|e| retry("removing the asset's rows", &e))?;
         tracing::info!(asset_id = %id, "deleted asset purged");
         Ok(())
+    }
+
+    async fn stored(&self, id: AssetId) -> Result<Vec<ObjectKey>, JobError> {
+        Ok(self
+            .store
+            .list(&ObjectKey::asset_prefix(id))
+            .await
+            .map_err(|e| retry("listing the asset's objects", &e))?
+            .into_iter()
+            .map(|meta| ObjectKey::from_stored(meta.key))
+            .collect())
+    }
+
+    async fn purge_cdn(
+        &self,
+        deleted: &assets::DeletedAsset,
+        id: AssetId,
+        stored: Vec<ObjectKey>,
+        last_attempt: bool,
+    ) -> Result<(), JobError> {
+        if !self.cdn.is_configured() {
+            return Ok(());
+        }
+        let paths = cdn_purge::paths(
+            cdn_purge::Purge::Everything,
+            &deleted.playback_id,
+            id,
+            stored,
+        );
+        match self.cdn.purge(&paths).await {
+            Ok(purged) => {
+                tracing::info!(
+                    asset_id = %id,
+                    urls = paths.len(),
+                    nodes = purged.nodes,
+                    removed = purged.removed,
+                    "CDN purged of a deleted asset"
+                );
+                Ok(())
+            }
+            Err(error) if last_attempt => {
+                tracing::error!(asset_id = %id, error = %error,
+                    "cannot purge a deleted asset from the CDN; its copies stay there until they expire");
+                Ok(())
+            }
+            Err(error) => Err(retry("purging the CDN", &error)),
+        }
     }
 }
 
@@ -78,7 +154,7 @@ impl JobHandler for PurgeHandler {
         async move {
             let job: PurgeJob = serde_json::from_value(ctx.payload.clone())
                 .map_err(|e| JobError::Permanent(format!("invalid purge payload: {e}")))?;
-            handler.purge(job).await
+            handler.purge(job, ctx.attempt >= ctx.max_attempts).await
         }
         .boxed()
     }

@@ -612,29 +612,7 @@ async fn a_replacement_makes_a_new_version_while_the_old_one_keeps_playing() {
         http(addr, "PUT", &format!("{path}/source"), &[AUTH], &first).0,
         202
     );
-    let ready = |want: i64| {
-        let db = &db;
-        let asset = asset.clone();
-        async move {
-            eventually("the asset ready", Duration::from_secs(120), || async {
-                let row = db
-                    .pool
-                    .get()
-                    .await
-                    .ok()?
-                    .query_one(
-                        "SELECT state, published_version FROM assets WHERE id = $1::text::uuid",
-                        &[&asset],
-                    )
-                    .await
-                    .ok()?;
-                let (state, version): (String, Option<i32>) = (row.get(0), row.get(1));
-                (state == "ready" && version == Some(want as i32)).then_some(())
-            })
-            .await
-        }
-    };
-    ready(1).await;
+    super::ready_at_version(&db, &asset, 1).await;
     let (_, _, view) = http(addr, "GET", &path, &[AUTH], b"");
     let playback = json(&view)["playback_id"].as_str().unwrap().to_owned();
     let old_segment = first_segment(addr, &playback);
@@ -665,7 +643,7 @@ async fn a_replacement_makes_a_new_version_while_the_old_one_keeps_playing() {
         view["playback"].is_object(),
         "the published version still plays: {view}"
     );
-    ready(2).await;
+    super::ready_at_version(&db, &asset, 2).await;
     // The origin looks the asset up again within `origin.asset_ttl`.
     let new_segment = eventually("the master naming v2", Duration::from_secs(10), || async {
         let segment = first_segment(addr, &playback);
