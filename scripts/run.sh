@@ -17,7 +17,11 @@ export CASCADE_INGEST__BOOTSTRAP_KEY="${CASCADE_INGEST__BOOTSTRAP_KEY:-$(cat "$k
 signing_file="$(dirname "$CASCADE_STORAGE__LOCAL_ROOT")/playback-signing-key"
 [ -s "$signing_file" ] || python3 -c 'import secrets; print("local:" + secrets.token_urlsafe(32))' >"$signing_file"
 export CASCADE_PLAYBACK__SIGNING_KEYS="${CASCADE_PLAYBACK__SIGNING_KEYS:-$(cat "$signing_file")}"
+# A second storage tier in its own bucket of the same SeaweedFS, so moves
+# between tiers (`cascade assets tier ID cold`) run for real.
+export CASCADE_STORAGE__TIERS="${CASCADE_STORAGE__TIERS:-[{name = \"cold\", price_per_gb_month = 0.004, s3 = {endpoint = \"$CASCADE_STORAGE__S3__ENDPOINT\", bucket = \"cascade-cold\"}}]}"
 echo "run: database $CASCADE_DATABASE__URL"
+echo "run: storage tiers: hot (bucket $CASCADE_STORAGE__S3__BUCKET) and cold (bucket cascade-cold); \`cascade tiers status\`"
 echo "run: S3 endpoint $CASCADE_STORAGE__S3__ENDPOINT (bucket $CASCADE_STORAGE__S3__BUCKET)"
 echo "run: operator commands in another shell need these variables; see docs/configuration.md"
 echo "run: API key: $CASCADE_INGEST__BOOTSTRAP_KEY"

@@ -1,13 +1,13 @@
-//! `cascade assets import|show`: create an asset from a local file and look
-//! at its state, without the HTTP API.
+//! `cascade assets import|show|tier`: create an asset from a local file,
+//! look at its state, move it between storage tiers, without the HTTP API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cascade_platform::{assets, db, Config, ObjectStore, Queue};
-use cascade_schemas::{AssetId, AssetState};
+use cascade_platform::{assets, db, tiering, Config, ObjectStore, Queue};
+use cascade_schemas::{job_kind, AssetId, AssetState};
 use clap::Subcommand;
 
 /// Asset subcommands.
@@ -31,6 +31,22 @@ pub enum AssetsCommand {
     Show {
         /// Asset id.
         id: AssetId,
+    },
+    /// Moves an asset's published renditions to a storage tier (`hot` or
+    /// one of `storage.tiers`), through the queue (needs a running worker),
+    /// and keeps them there: the tiering policy leaves them alone until
+    /// `policy` is given as the tier, which hands them back to it.
+    Tier {
+        /// Asset id.
+        id: AssetId,
+        /// The tier, or `policy`.
+        tier: String,
+        /// Wait until every rendition is there.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "10m", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+        timeout: Duration,
     },
 }
 
@@ -95,6 +111,52 @@ pub async fn run(command: AssetsCommand, config: &Config) -> anyhow::Result<Exit
             }
             if let Some(value) = show(&pool, id).await? {
                 println!("{}", serde_json::to_string_pretty(&value)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AssetsCommand::Tier {
+            id,
+            tier,
+            wait,
+            timeout,
+        } => {
+            if tier == "policy" {
+                if !tiering::unpin(&pool, id).await? {
+                    eprintln!("cascade: asset {id} not found");
+                    return Ok(ExitCode::from(1));
+                }
+                println!("asset {id}: placed by the tiering policy again");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let configured = std::iter::once("hot")
+                .chain(config.storage.tiers.iter().map(|t| t.name.as_str()))
+                .collect::<Vec<_>>();
+            anyhow::ensure!(
+                configured.contains(&tier.as_str()),
+                "no storage tier {tier:?}; configured: {}",
+                configured.join(", ")
+            );
+            let Some(queued) = tiering::request_moves(&pool, id, &tier).await? else {
+                eprintln!("cascade: asset {id} not found, or nothing of it published yet");
+                return Ok(ExitCode::from(1));
+            };
+            Queue::new(pool.clone(), config.queue.clone()).wake(job_kind::MOVE_RENDITION);
+            println!("asset {id}: {queued} rendition move(s) to {tier} queued");
+            if wait {
+                let deadline = Instant::now() + timeout;
+                loop {
+                    let value = show(&pool, id).await?.context("asset vanished")?;
+                    let renditions = value["renditions"].as_array().cloned().unwrap_or_default();
+                    if renditions.iter().all(|r| r["tier"] == tier.as_str()) {
+                        break;
+                    }
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "asset {id} not wholly in {tier} after {timeout:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                println!("asset {id}: every rendition in {tier}");
             }
             Ok(ExitCode::SUCCESS)
         }

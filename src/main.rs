@@ -11,6 +11,7 @@ mod live;
 mod qa;
 mod serve;
 mod telemetry;
+mod tiers;
 mod tokens;
 mod traces;
 
@@ -44,6 +45,11 @@ enum Command {
     Assets {
         #[command(subcommand)]
         command: assets::AssetsCommand,
+    },
+    /// What each storage tier holds and costs.
+    Tiers {
+        #[command(subcommand)]
+        command: tiers::TiersCommand,
     },
     /// Manage live streams.
     Live {
@@ -131,6 +137,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Assets { command } => assets::run(command, &config).await,
         Command::Keys { command } => keys::run(command, &config).await,
         Command::Live { command } => live::run(command, &config).await,
+        Command::Tiers { command } => tiers::run(command, &config).await,
         Command::Tokens { command } => tokens::run(command, &config).await,
         Command::Bench { command } => bench::run(command, config).await,
         Command::Qa(args) => Ok(qa::run(args, &config).await),

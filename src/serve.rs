@@ -15,10 +15,12 @@ use cascade_platform::metrics::Registry;
 use cascade_platform::playback_token::Keyring;
 use cascade_platform::queue::JobNotifier;
 use cascade_platform::queue_metrics::QueueGauges;
+use cascade_platform::storage::tiers::Tiers;
 use cascade_platform::{db, Config, ObjectStore, Queue};
 use cascade_schemas::job_kind;
 use cascade_workers::metrics::WorkerMetrics;
 use cascade_workers::noop::NoopHandler;
+use cascade_workers::tiering::{PolicyHandler, TierHandler};
 use cascade_workers::transcode::{self, TranscodeHandler};
 use cascade_workers::webhooks::WebhookHandler;
 use cascade_workers::{HandlerRegistry, Runner};
@@ -123,6 +125,12 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         .await
         .context("opening the object store")?;
     tracing::info!(store = %store.describe(), "object store ready");
+    let tiers = Tiers::with_hot(&config.storage, store.clone())
+        .await
+        .context("opening the storage tiers")?;
+    for tier in &tiers.all()[1..] {
+        tracing::info!(tier = %tier.name, store = %tier.store.describe(), "storage tier ready");
+    }
     let queue = Queue::new(pool.clone(), config.queue.clone());
 
     let mut tasks = JoinSet::new();
@@ -174,16 +182,39 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             )
             .register(
                 job_kind::PURGE_ASSET,
-                cascade_workers::purge::PurgeHandler::new(pool.clone(), store.clone(), cdn.clone()),
+                cascade_workers::purge::PurgeHandler::new(pool.clone(), tiers.clone(), cdn.clone()),
             )
             .register(
                 job_kind::PURGE_CDN,
-                cascade_workers::cdn_purge::PurgeCdnHandler::new(store.clone(), cdn),
+                cascade_workers::cdn_purge::PurgeCdnHandler::new(tiers.clone(), cdn),
+            )
+            .register(
+                job_kind::MOVE_RENDITION,
+                TierHandler::moves(pool.clone(), tiers.clone()),
+            )
+            .register(
+                job_kind::DROP_TIER_COPY,
+                TierHandler::drops(pool.clone(), tiers.clone()),
+            )
+            .register(
+                job_kind::TIER_POLICY,
+                PolicyHandler::new(queue.clone(), &tiers, config.storage.policy.clone()),
             )
             .register(
                 job_kind::FINISH_BROADCAST,
                 cascade_workers::live::finish::FinishHandler::new(pool.clone(), store.clone()),
             );
+        if tiers.all().len() > 1 {
+            let (queue, every, token) = (
+                queue.clone(),
+                config.storage.policy.interval,
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                cascade_workers::tiering::schedule_policy(queue, every, token).await;
+                Ok(())
+            });
+        }
         let runner = Runner::new(queue.clone(), handlers, notifier, worker_owner())
             .with_metrics(worker_metrics.clone());
         worker_metrics.register(&mut registry);
@@ -280,13 +311,14 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     }
     let mut front = None;
     if roles.contains(&Role::Origin) {
-        let origin = cascade_origin::OriginState::new(
+        let origin = cascade_origin::OriginState::with_tiers(
             config.origin.clone(),
             Keyring::from_config(&config.playback),
             pool.clone(),
-            store.clone(),
+            tiers.clone(),
         );
         origin.follow_changes(db::pg_config(&config.database)?, shutdown.clone());
+        origin.count_views(shutdown.clone());
         front = Some(origin.front());
         origin.record_request_metrics(config.metrics.enabled);
         origin.register_metrics(&mut registry);

@@ -52,6 +52,9 @@ pub struct RenditionView {
     pub segment_count: i32,
     /// Encoder used.
     pub encoder: String,
+    /// The storage tier holding its media (`hot`, or one of
+    /// `storage.tiers`).
+    pub storage_tier: String,
 }
 
 impl From<cascade_platform::assets::RenditionRow> for RenditionView {
@@ -69,6 +72,7 @@ impl From<cascade_platform::assets::RenditionRow> for RenditionView {
             average_bandwidth: r.average_bandwidth,
             segment_count: r.segment_count,
             encoder: r.encoder,
+            storage_tier: r.tier,
         }
     }
 }

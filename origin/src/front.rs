@@ -37,6 +37,7 @@ use bytes::Bytes;
 use tower_service::Service;
 
 use crate::metrics::Metrics;
+use crate::views::{ViewKey, Views};
 
 /// How long a finished answer is reused at most.
 pub const FRONT_TTL: Duration = Duration::from_secs(1);
@@ -52,6 +53,8 @@ const SWEEP_EVERY: u64 = 64;
 pub(crate) struct Reusable {
     pub(crate) body: Bytes,
     pub(crate) class: usize,
+    /// What serving it again counts as (storage tiering).
+    pub(crate) view: Option<ViewKey>,
 }
 
 /// What a response depends on besides the path.
@@ -75,6 +78,7 @@ struct Kept {
     headers: HeaderMap,
     body: Bytes,
     class: usize,
+    view: Option<ViewKey>,
     expires: Instant,
 }
 
@@ -107,6 +111,7 @@ struct Inner {
     ttl: Duration,
     max_header_bytes: usize,
     metrics: Arc<Metrics>,
+    views: Arc<Views>,
     /// Playback ids forgotten so far ([`Front::forget_playback`]).
     forgets: AtomicU64,
 }
@@ -117,6 +122,7 @@ impl Front {
         asset_ttl: Duration,
         max_header_bytes: usize,
         metrics: Arc<Metrics>,
+        views: Arc<Views>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -127,6 +133,7 @@ impl Front {
                 ttl: FRONT_TTL.min(asset_ttl),
                 max_header_bytes,
                 metrics,
+                views,
                 forgets: AtomicU64::new(0),
             }),
         }
@@ -182,10 +189,10 @@ impl Front {
             shard.by_path.get(path).and_then(|kept| {
                 kept.iter()
                     .find(|k| k.variant == variant && k.expires > now)
-                    .map(|k| (k.headers.clone(), k.body.clone(), k.class))
+                    .map(|k| (k.headers.clone(), k.body.clone(), k.class, k.view.clone()))
             })
         };
-        let Some((headers, body, class)) = found else {
+        let Some((headers, body, class, view)) = found else {
             // Only whole answers to GET are kept (a HEAD's body is empty).
             return Answer::Miss((!head).then(|| FrontKey {
                 path: path.into(),
@@ -197,6 +204,9 @@ impl Front {
         metrics.cache_hits.inc();
         metrics.cache_hit_bytes.inc_by(body.len() as u64);
         metrics.front_hits.inc();
+        if let Some(view) = &view {
+            inner.views.record(view);
+        }
         let mut response = Response::new(if head { Body::empty() } else { body.into() });
         *response.headers_mut() = headers;
         let method = if head { Method::HEAD } else { Method::GET };
@@ -245,6 +255,7 @@ impl Front {
             headers: response.headers().clone(),
             body: reusable.body,
             class: reusable.class,
+            view: reusable.view,
             expires: now + inner.ttl,
         });
     }
@@ -354,7 +365,13 @@ mod tests {
     use super::*;
 
     fn front(max_bytes: usize, ttl: Duration) -> Front {
-        Front::new(max_bytes, ttl, 16 * 1024, Arc::new(Metrics::new()))
+        Front::new(
+            max_bytes,
+            ttl,
+            16 * 1024,
+            Arc::new(Metrics::new()),
+            Arc::new(Views::new()),
+        )
     }
 
     fn request(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
@@ -374,6 +391,7 @@ mod tests {
         response.extensions_mut().insert(Reusable {
             body: Bytes::from_static(body),
             class: 0,
+            view: None,
         });
         response
     }

@@ -57,6 +57,7 @@ mod metrics;
 mod relay;
 mod resolve;
 mod tier;
+mod views;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -72,6 +73,7 @@ use bytes::Bytes;
 use cascade_platform::listen::Heard;
 use cascade_platform::metrics::{ComputedGauge, Registry};
 use cascade_platform::playback_token::{Keyring, TokenError};
+use cascade_platform::storage::tiers::Tiers;
 use cascade_platform::ObjectStore;
 use cascade_schemas::{AssetId, AssetState, ObjectClass, ObjectKey, PlaybackId, RenditionName};
 use deadpool_postgres::Pool;
@@ -126,12 +128,24 @@ struct Inner {
     max_header_bytes: usize,
     relay: relay::RelayClient,
     front: Front,
+    views: Arc<views::Views>,
+    /// Views are counted (a flusher runs: [`OriginState::count_views`]).
+    counting: std::sync::atomic::AtomicBool,
+    /// `view_flush_interval` and `view_bucket`.
+    view_timing: (std::time::Duration, std::time::Duration),
+    pool: Pool,
 }
 
 impl OriginState {
     /// Builds the origin over the shared pool and object store; `keyring`
     /// verifies playback tokens (`Keyring::from_config(&config.playback)`).
     pub fn new(config: OriginConfig, keyring: Keyring, pool: Pool, store: ObjectStore) -> Self {
+        Self::with_tiers(config, keyring, pool, Tiers::only_hot(store))
+    }
+
+    /// As [`Self::new`], serving each rendition from the storage tier that
+    /// Postgres says holds it (`renditions.tier`).
+    pub fn with_tiers(config: OriginConfig, keyring: Keyring, pool: Pool, tiers: Tiers) -> Self {
         let metrics = Arc::new(Metrics::new());
         let manifest_cache_control = HeaderValue::from_str(&format!(
             "public, max-age={}, s-maxage={}",
@@ -146,10 +160,20 @@ impl OriginState {
         if keyring.is_empty() {
             tracing::info!("playback.signing_keys is empty: assets with the signed policy get 403");
         }
+        let views = Arc::new(views::Views::new());
         Self {
             inner: Arc::new(Inner {
-                resolver: Resolver::new(&config, pool, metrics.clone()),
-                tier: Tier::new(&config, store, metrics.clone()),
+                resolver: Resolver::new(
+                    &config,
+                    pool.clone(),
+                    tiers.all().iter().map(|t| t.name.clone()).collect(),
+                    metrics.clone(),
+                ),
+                tier: Tier::new(
+                    &config,
+                    tiers.all().iter().map(|t| t.store.clone()).collect(),
+                    metrics.clone(),
+                ),
                 cors: Cors::new(&config.cors_allowed_origins),
                 keyring,
                 manifest_cache_control,
@@ -161,8 +185,13 @@ impl OriginState {
                     config.asset_ttl,
                     config.max_header_bytes.as_usize(),
                     metrics.clone(),
+                    views.clone(),
                 ),
                 metrics,
+                views,
+                counting: std::sync::atomic::AtomicBool::new(false),
+                view_timing: (config.view_flush_interval, config.view_bucket),
+                pool,
             }),
         }
     }
@@ -230,6 +259,25 @@ impl OriginState {
                 }
             },
         );
+    }
+
+    /// Writes the views counted (plays, segment fetches) to Postgres every
+    /// `view_flush_interval` until `cancel`, then once more. Without it
+    /// (or with an interval of 0) nothing is counted.
+    pub fn count_views(&self, cancel: CancellationToken) {
+        let (every, bucket) = self.inner.view_timing;
+        if every.is_zero() {
+            return;
+        }
+        let state = self.clone();
+        state
+            .inner
+            .counting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(async move {
+            let pool = state.inner.pool.clone();
+            state.inner.views.run(pool, every, bucket, cancel).await;
+        });
     }
 
     /// The front cache, which the HTTP server asks before routing.
@@ -358,6 +406,16 @@ impl Target {
             Self::Segment(r, seq) => ObjectKey::media_segment(asset, version, r, *seq),
             Self::Part(..) => return None,
         })
+    }
+
+    /// The rendition whose media this is, if any.
+    fn rendition(&self) -> Option<&RenditionName> {
+        match self {
+            Self::MediaPlaylist(r) | Self::Init(r) | Self::Segment(r, _) | Self::Part(r, ..) => {
+                Some(r)
+            }
+            Self::Master | Self::Mpd => None,
+        }
     }
 
     fn class(&self) -> ObjectClass {
@@ -607,12 +665,30 @@ async fn serve_object(
     }
     let key = target.key(asset.id, version).ok_or(OriginError::NotFound)?;
     let manifest = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
+    // A rendition's media live in the tier Postgres names; the rest in hot.
+    let stored_at = target
+        .rendition()
+        .map_or(0, |rendition| asset.tier_of(version, rendition));
     // A growing playlist changes under the same key: kept for moments only.
     let lookup = if presentation == Presentation::Growing && manifest {
         inner.tier.lookup_changing(&key).await?
     } else {
-        inner.tier.lookup(&key).await?
+        inner.tier.lookup_at(&key, stored_at).await?
     };
+    let view = match &target {
+        Target::Master | Target::Mpd => Some(None),
+        Target::Segment(rendition, _) => Some(Some(rendition.clone())),
+        _ => None,
+    }
+    .filter(|_| inner.counting.load(std::sync::atomic::Ordering::Relaxed))
+    .map(|rendition| views::ViewKey {
+        asset: asset.id,
+        version,
+        rendition,
+    });
+    if let Some(view) = &view {
+        inner.views.record(view);
+    }
     match lookup {
         Lookup::Found(object) => {
             let mut response = from_memory(ask, class, &object, rewrite, cache_control)?;
@@ -625,12 +701,13 @@ async fn serve_object(
                     response.extensions_mut().insert(front::Reusable {
                         body: body.0,
                         class: class_index(class),
+                        view,
                     });
                 }
             }
             Ok(response)
         }
-        Lookup::TooLarge => streamed(state, ask, class, &key, cache_control).await,
+        Lookup::TooLarge => streamed(state, ask, class, &key, cache_control, stored_at).await,
     }
 }
 
@@ -722,7 +799,7 @@ async fn serve_live(
             from_memory(ask, class, &fresh, rewrite, NO_CACHE)
         }
         Ok(Lookup::Found(object)) => from_memory(ask, class, &object, rewrite, cache_control),
-        Ok(Lookup::TooLarge) => streamed(state, ask, class, &key, cache_control).await,
+        Ok(Lookup::TooLarge) => streamed(state, ask, class, &key, cache_control, 0).await,
         Err(OriginError::NotFound) => match (&target, pinned) {
             // Not stored yet: complete at the edge, or being cut there (sent
             // chunk by chunk as its parts come: low-latency DASH).
@@ -899,12 +976,13 @@ async fn streamed(
     class: ObjectClass,
     key: &ObjectKey,
     cache_control: HeaderValue,
+    stored_at: usize,
 ) -> Result<Response, OriginError> {
     let range = match ask.header(header::IF_RANGE) {
         Some(_) => None,
         None => ask.header(header::RANGE).and_then(http::parse_range),
     };
-    let body = state.inner.tier.stream(key, range).await?;
+    let body = state.inner.tier.stream(key, range, stored_at).await?;
     let mut headers = base_headers(class, cache_control);
     insert_etag(&mut headers, body.meta.etag.as_deref());
     if let (Some(etag), Some(if_none_match)) = (&body.meta.etag, ask.header(header::IF_NONE_MATCH))

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_schemas::{AssetId, AssetState, LiveStreamId, PlaybackId};
+use cascade_schemas::{AssetId, AssetState, LiveStreamId, PlaybackId, RenditionName};
 use deadpool_postgres::Pool;
 
 use crate::error::OriginError;
@@ -35,6 +35,19 @@ pub(crate) struct AssetInfo {
     /// The first version while it grows (progressive publish): playable
     /// before it is published.
     pub(crate) growing_version: Option<u32>,
+    /// Renditions stored outside the hot tier: (version, rendition, the
+    /// tier's position among the configured tiers).
+    pub(crate) placed: Vec<(u32, RenditionName, usize)>,
+}
+
+impl AssetInfo {
+    /// The position of the tier holding `version`'s `rendition` (0: hot).
+    pub(crate) fn tier_of(&self, version: u32, rendition: &RenditionName) -> usize {
+        self.placed
+            .iter()
+            .find(|(v, r, _)| *v == version && r == rendition)
+            .map_or(0, |(_, _, at)| *at)
+    }
 }
 
 /// What the origin needs to know about a live stream to serve it.
@@ -109,6 +122,8 @@ struct Shared {
     last_known: moka::future::Cache<PlaybackId, Arc<Known>>,
     ttl: Duration,
     metrics: Arc<Metrics>,
+    /// The configured storage tiers' names, `hot` first.
+    tiers: Vec<String>,
     /// Playback ids forgotten so far ([`Resolver::forget`]): a lookup that
     /// was under way when one was is asked again, since it may have read
     /// the row before the change committed.
@@ -129,16 +144,23 @@ struct LookupFailed;
 /// The one query behind every lookup (prepared once per connection).
 const LOOKUP: &str =
     "SELECT false AS live, id, playback_policy, state, published_version, playable_version,
-         false AS on_air, false AS low_latency, NULL::text AS relay
+         false AS on_air, false AS low_latency, NULL::text AS relay,
+         ARRAY(SELECT r.version || '/' || r.name || '/' || r.tier FROM renditions r
+               WHERE r.asset_id = assets.id AND r.tier <> 'hot') AS placed
      FROM assets WHERE playback_id = $1 AND deleted_at IS NULL
      UNION ALL
      SELECT true, id, playback_policy, state, NULL, NULL, broadcast_id IS NOT NULL,
-         latency_mode = 'low', publisher_relay
+         latency_mode = 'low', publisher_relay, ARRAY[]::text[]
      FROM live_streams WHERE playback_id = $1 AND deleted_at IS NULL
      LIMIT 1";
 
 impl Resolver {
-    pub(crate) fn new(config: &OriginConfig, pool: Pool, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        config: &OriginConfig,
+        pool: Pool,
+        tiers: Vec<String>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 pool,
@@ -154,6 +176,7 @@ impl Resolver {
                     .build(),
                 ttl: config.asset_ttl,
                 metrics,
+                tiers,
                 forgets: AtomicU64::new(0),
             }),
         }
@@ -227,6 +250,25 @@ impl Resolver {
 }
 
 impl Shared {
+    /// `version/rendition/tier` as the tier's position; `None` for a tier
+    /// this origin does not have (every origin must be given every tier).
+    fn placed(&self, text: &str) -> Option<(u32, RenditionName, usize)> {
+        let mut parts = text.splitn(3, '/');
+        let version = parts.next()?.parse().ok()?;
+        let rendition = RenditionName::new(parts.next()?).ok()?;
+        let tier = parts.next()?;
+        match self.tiers.iter().position(|t| t == tier) {
+            Some(at) => Some((version, rendition, at)),
+            None => {
+                tracing::warn!(
+                    tier,
+                    "a rendition is stored in a tier this origin is not configured with"
+                );
+                None
+            }
+        }
+    }
+
     async fn remember(&self, playback_id: &PlaybackId, playable: Option<Arc<Playable>>) {
         let known = Arc::new(Known {
             playable,
@@ -297,12 +339,14 @@ impl Shared {
             let published_version = version("published_version")?;
             let growing_version =
                 state.growing_version(published_version, version("playable_version")?);
+            let placed: Vec<String> = row.try_get("placed").map_err(|e| failed("row", &e))?;
             Playable::Asset(AssetInfo {
                 id: AssetId::from(id),
                 state,
                 signed: policy == "signed",
                 published_version,
                 growing_version,
+                placed: placed.iter().filter_map(|p| self.placed(p)).collect(),
             })
         };
         let found = Some(Arc::new(playable));

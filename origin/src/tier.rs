@@ -132,7 +132,8 @@ pub(crate) struct Tier {
     /// Objects that change under their key, kept only `live_cache_ttl`
     /// (apart from `cache`, whose manifests stay `manifest_ttl`).
     changing: moka::future::Cache<ObjectKey, Entry>,
-    store: ObjectStore,
+    /// The storage tiers' stores, `hot` first (`Tiers::all`'s order).
+    stores: Vec<ObjectStore>,
     breaker: Breaker,
     metrics: Arc<Metrics>,
     max_object: u64,
@@ -140,7 +141,11 @@ pub(crate) struct Tier {
 }
 
 impl Tier {
-    pub(crate) fn new(config: &OriginConfig, store: ObjectStore, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        config: &OriginConfig,
+        stores: Vec<ObjectStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let listener_metrics = metrics.clone();
         let cache = moka::future::Cache::builder()
             .max_capacity(config.cache_capacity.0)
@@ -170,7 +175,7 @@ impl Tier {
         Self {
             cache,
             changing,
-            store,
+            stores,
             breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown),
             metrics,
             max_object: config.max_cached_object.0,
@@ -178,22 +183,34 @@ impl Tier {
         }
     }
 
-    /// Finds an object: from memory, else by one (shared) storage read.
+    /// Finds an object of the hot tier: from memory, else by one (shared)
+    /// storage read.
     pub(crate) async fn lookup(&self, key: &ObjectKey) -> Result<Lookup, OriginError> {
-        self.lookup_in(&self.cache, key).await
+        self.lookup_in(&self.cache, key, 0).await
+    }
+
+    /// Finds an object stored in tier `at` (its position in the tiers). A
+    /// key names the same bytes in every tier, so memory is shared.
+    pub(crate) async fn lookup_at(
+        &self,
+        key: &ObjectKey,
+        at: usize,
+    ) -> Result<Lookup, OriginError> {
+        self.lookup_in(&self.cache, key, at).await
     }
 
     /// Finds an object that changes under its key (a growing asset's
     /// playlist): remembered only `live_cache_ttl`, so concurrent requests
     /// still share one storage read but nobody gets a stale copy for longer.
     pub(crate) async fn lookup_changing(&self, key: &ObjectKey) -> Result<Lookup, OriginError> {
-        self.lookup_in(&self.changing, key).await
+        self.lookup_in(&self.changing, key, 0).await
     }
 
     async fn lookup_in(
         &self,
         cache: &moka::future::Cache<ObjectKey, Entry>,
         key: &ObjectKey,
+        at: usize,
     ) -> Result<Lookup, OriginError> {
         if let Some(entry) = cache.get(key).await {
             return self.found(entry, true);
@@ -203,7 +220,7 @@ impl Tier {
         let result = cache
             .try_get_with(key.clone(), async {
                 loaded.store(true, Relaxed);
-                self.load(key).await
+                self.load(key, at).await
             })
             .await;
         if !loaded.load(Relaxed) {
@@ -281,12 +298,17 @@ impl Tier {
         })
     }
 
-    async fn load(&self, key: &ObjectKey) -> Result<Entry, LoadError> {
+    fn store(&self, at: usize) -> &ObjectStore {
+        // Positions come from the resolver, which knows only these tiers.
+        self.stores.get(at).unwrap_or(&self.stores[0])
+    }
+
+    async fn load(&self, key: &ObjectKey, at: usize) -> Result<Entry, LoadError> {
         self.admit().map_err(LoadError::BreakerOpen)?;
         self.metrics.storage_reads.inc();
         let started = Instant::now();
         let read = tokio::time::timeout(self.timeout, async {
-            let body = self.store.get(key, None).await?;
+            let body = self.store(at).get(key, None).await?;
             if body.meta.size > self.max_object {
                 // Dropping the body closes the read; requests stream instead.
                 return Ok(Entry::TooLarge);
@@ -332,12 +354,13 @@ impl Tier {
         &self,
         key: &ObjectKey,
         range: Option<ByteRange>,
+        at: usize,
     ) -> Result<ObjectBody, OriginError> {
         self.admit()
             .map_err(|retry_after| OriginError::StorageUnavailable { retry_after })?;
         self.metrics.storage_reads.inc();
         let started = Instant::now();
-        match tokio::time::timeout(self.timeout, self.store.get(key, range)).await {
+        match tokio::time::timeout(self.timeout, self.store(at).get(key, range)).await {
             Ok(Ok(body)) => {
                 self.record(key, started, None);
                 self.metrics.storage_read_bytes.inc_by(body.len());

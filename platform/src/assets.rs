@@ -70,10 +70,7 @@ pub async fn enqueue_event(
         WEBHOOK_MAX_ATTEMPTS,
     )
     .await
-    .map_err(|e| match e {
-        queue::QueueError::Db(db) => db,
-        other => DbError::Build(other.to_string()),
-    })?;
+    .map_err(queue::QueueError::into_db)?;
     Ok(())
 }
 
@@ -186,6 +183,9 @@ pub struct RenditionRow {
     pub segment_count: i32,
     /// Encoder used.
     pub encoder: String,
+    /// The storage tier holding its media (`renditions.tier`; a rendition
+    /// is published in the hot tier, whatever this says when written).
+    pub tier: String,
 }
 
 // metadata is read as text and parsed here, so a stored value serde_json
@@ -679,10 +679,7 @@ pub async fn publish(
             job.run_at = run_at;
             queue::enqueue(&tx, &job, PURGE_CDN_MAX_ATTEMPTS)
                 .await
-                .map_err(|e| match e {
-                    queue::QueueError::Db(db) => db,
-                    other => DbError::Build(other.to_string()),
-                })?;
+                .map_err(queue::QueueError::into_db)?;
         }
     }
     tx.commit().await?;
@@ -707,7 +704,7 @@ pub const PLAYBACK_CHANGED_CHANNEL: &str = "cascade_playback_changed";
 
 /// Announces on [`PLAYBACK_CHANGED_CHANNEL`], in the caller's transaction
 /// (delivered only if it commits).
-async fn announce_playback_change(
+pub(crate) async fn announce_playback_change(
     client: &impl GenericClient,
     playback_id: &str,
 ) -> Result<(), DbError> {
@@ -865,10 +862,7 @@ pub async fn delete(
         max_attempts,
     )
     .await
-    .map_err(|e| match e {
-        queue::QueueError::Db(db) => db,
-        other => DbError::Build(other.to_string()),
-    })?;
+    .map_err(queue::QueueError::into_db)?;
     tx.commit().await?;
     Ok(Deleted::Now)
 }
@@ -987,6 +981,11 @@ pub async fn finish_purge(
             &[&id.as_uuid()],
         )
         .await?;
+        tx.execute(
+            "DELETE FROM media_views WHERE asset_id = $1",
+            &[&id.as_uuid()],
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -1002,7 +1001,7 @@ pub async fn renditions(
     let rows = client
         .query(
             "SELECT name, kind, codecs, width, height, frame_rate, channels, sample_rate, bandwidth,
-                    average_bandwidth, segment_count, encoder
+                    average_bandwidth, segment_count, encoder, tier
              FROM renditions WHERE asset_id = $1 AND version = $2 ORDER BY kind DESC, height DESC NULLS LAST, name",
             &[&id.as_uuid(), &version],
         )
@@ -1022,6 +1021,7 @@ pub async fn renditions(
             average_bandwidth: r.get(9),
             segment_count: r.get(10),
             encoder: r.get(11),
+            tier: r.get(12),
         })
         .collect())
 }

@@ -181,6 +181,109 @@ pub struct StorageConfig {
     pub local_abandoned_after: Duration,
     /// The S3 backend; absent means the local backend.
     pub s3: Option<S3Config>,
+    /// Price of a GB-month in this storage (the `hot` tier), for the cost
+    /// estimates of `cascade tiers status`. Default `0.023` (S3 Standard).
+    pub price_per_gb_month: f64,
+    /// Colder storage tiers, warmest first. The storage above is the `hot`
+    /// tier: uploads, sources, manifests and new outputs land there;
+    /// renditions' media are moved between tiers (`cascade assets tier`).
+    /// Default: none.
+    pub tiers: Vec<TierConfig>,
+    /// When renditions move between the tiers by themselves.
+    pub policy: TierPolicyConfig,
+}
+
+/// The tiering policy: a `tier_policy` job, queued once per `interval`
+/// (whichever worker gets there first), places every published rendition
+/// by how long it has not been viewed and how often it was viewed lately
+/// (the origins' counts, `origin.view_flush_interval`), and queues the
+/// moves. Only with `storage.tiers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TierPolicyConfig {
+    /// How often the policy runs; `0s`: never (moves by hand only).
+    /// Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Idle times (no segment of the rendition served) after which a
+    /// rendition belongs one tier colder: the first sends it to the first
+    /// of `storage.tiers`, the second to the second, and so on. Default
+    /// `["30days", "90days", "365days"]`.
+    #[serde(with = "humantime_serde_vec")]
+    pub idle_after: Vec<Duration>,
+    /// A rendition with at least this many segments served within
+    /// `views_window` belongs in `hot`, however cold it was. Default `100`.
+    pub promote_views: i64,
+    /// The window `promote_views` is counted over. Default `7days`.
+    #[serde(with = "humantime_serde")]
+    pub views_window: Duration,
+    /// This many of an asset's lowest video renditions, and its audio, stay
+    /// one tier warmer than the policy would put them (they start playback
+    /// and carry weak connections). Default `1`.
+    pub keep_low_rungs_warmer: u32,
+    /// Moves queued per run at most. Default `1000`.
+    pub max_moves_per_run: u32,
+}
+
+impl Default for TierPolicyConfig {
+    fn default() -> Self {
+        let day = 24 * 3600;
+        Self {
+            interval: Duration::from_secs(3600),
+            idle_after: vec![
+                Duration::from_secs(30 * day),
+                Duration::from_secs(90 * day),
+                Duration::from_secs(365 * day),
+            ],
+            promote_views: 100,
+            views_window: Duration::from_secs(7 * day),
+            keep_low_rungs_warmer: 1,
+            max_moves_per_run: 1000,
+        }
+    }
+}
+
+/// `Vec<Duration>` as humantime strings.
+mod humantime_serde_vec {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(values: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        values
+            .iter()
+            .map(|d| humantime_serde::re::humantime::format_duration(*d).to_string())
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| {
+                humantime_serde::re::humantime::parse_duration(text)
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
+}
+
+/// A storage tier besides `hot`: a local directory or an S3 target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Its name (`warm`, `cold`, ...): 1-32 of a-z, 0-9, `_` and `-`; not
+    /// `hot` or `policy`.
+    pub name: String,
+    /// A local directory holding the tier. Give this or `s3`.
+    #[serde(default)]
+    pub local_root: Option<PathBuf>,
+    /// An S3 target (its own bucket, or another store). Give this or `local_root`.
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+    /// Price of a GB-month in this tier. Default `0`.
+    #[serde(default)]
+    pub price_per_gb_month: f64,
 }
 
 impl Default for StorageConfig {
@@ -192,6 +295,9 @@ impl Default for StorageConfig {
             upload_concurrency: 4,
             local_abandoned_after: Duration::from_secs(2 * 24 * 3600),
             s3: None,
+            price_per_gb_month: 0.023,
+            tiers: Vec::new(),
+            policy: TierPolicyConfig::default(),
         }
     }
 }
@@ -389,6 +495,15 @@ pub struct OriginConfig {
     /// shared with the memory tier, so this is mostly an upper bound on what
     /// it keeps alive after eviction). `0` turns it off. Default `64MiB`.
     pub front_cache_bytes: ByteSize,
+    /// How often the views counted in memory (plays of assets, fetches of
+    /// renditions' segments; storage tiering reads them) are written to
+    /// Postgres, in one statement. `0s` turns counting off. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub view_flush_interval: Duration,
+    /// Views are summed per bucket of this length (whole seconds): the
+    /// finest window a tiering policy can look at. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub view_bucket: Duration,
 }
 
 impl Default for OriginConfig {
@@ -410,6 +525,8 @@ impl Default for OriginConfig {
             max_header_bytes: ByteSize(16 * 1024),
             cors_allowed_origins: vec!["*".to_owned()],
             front_cache_bytes: ByteSize::mib(64),
+            view_flush_interval: Duration::from_secs(10),
+            view_bucket: Duration::from_secs(3600),
         }
     }
 }
@@ -1208,6 +1325,26 @@ impl Config {
                 ));
             }
         }
+        let mut tier_names = vec!["hot"];
+        for tier in &self.storage.tiers {
+            let name_ok = (1..=32).contains(&tier.name.len())
+                && tier.name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if !name_ok || tier_names.contains(&tier.name.as_str()) || tier.name == "policy" {
+                return Err(invalid(
+                    "storage.tiers",
+                    "each tier needs a unique name of 1-32 of a-z, 0-9, '_' and '-', not `hot` or `policy`",
+                ));
+            }
+            tier_names.push(&tier.name);
+            if tier.local_root.is_some() == tier.s3.is_some() {
+                return Err(invalid(
+                    "storage.tiers",
+                    "each tier needs exactly one of `local_root` and `s3`",
+                ));
+            }
+        }
         for url in &self.cdn.purge_urls {
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
                 return Err(invalid(
@@ -1755,6 +1892,39 @@ mod tests {
             text.contains("storage.s3") && text.contains("bukket"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn storage_tiers_are_named_once_and_say_where_they_are() {
+        let config = Config::load(
+            None,
+            env(&[(
+                "CASCADE_STORAGE__TIERS",
+                r#"[{name = "cold", local_root = "/srv/cold", price_per_gb_month = 0.004},
+                    {name = "archive", s3 = {bucket = "deep"}}]"#,
+            )]),
+        )
+        .unwrap();
+        let names: Vec<_> = config
+            .storage
+            .tiers
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["cold", "archive"]);
+        assert_eq!(config.storage.tiers[1].s3.as_ref().unwrap().bucket, "deep");
+        for bad in [
+            r#"[{name = "hot", local_root = "/x"}]"#,
+            r#"[{name = "a", local_root = "/x"}, {name = "a", local_root = "/y"}]"#,
+            r#"[{name = "Cold", local_root = "/x"}]"#,
+            r#"[{name = "cold"}]"#,
+            r#"[{name = "cold", local_root = "/x", s3 = {bucket = "b"}}]"#,
+        ] {
+            let text = Config::load(None, env(&[("CASCADE_STORAGE__TIERS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains("storage.tiers"), "{bad}: {text}");
+        }
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - the model layer, typed functions over the rows with the state rules
 //!   enforced in their SQL (every transition a conditional update naming the
 //!   state it leaves): [`environments`], [`api_keys`], [`assets`], [`uploads`],
-//!   [`watch_files`], [`webhook_endpoints`], [`direct_uploads`], [`live_streams`].
+//!   [`watch_files`], [`webhook_endpoints`], [`direct_uploads`], [`live_streams`],
+//!   [`tiering`] (which storage tier holds each rendition, and moves).
 //!
 //! Everything here is I/O at the edges of the system; domain names come from
 //! `cascade_schemas`.
@@ -32,6 +33,7 @@ pub mod playback_token;
 pub mod queue;
 pub mod queue_metrics;
 pub mod storage;
+pub mod tiering;
 pub mod tracecontext;
 pub mod uploads;
 pub mod watch_files;

@@ -571,15 +571,8 @@ async fn end_broadcast_in(
         max_attempts,
     )
     .await
-    .map_err(queue_error)?;
+    .map_err(queue::QueueError::into_db)?;
     emit(tx, "live_stream.idle", id).await
-}
-
-fn queue_error(e: queue::QueueError) -> DbError {
-    match e {
-        queue::QueueError::Db(db) => db,
-        other => DbError::Build(other.to_string()),
-    }
 }
 
 /// Ends the broadcasts whose reconnect window ran out, and marks publishers

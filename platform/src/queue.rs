@@ -71,6 +71,17 @@ impl From<deadpool_postgres::PoolError> for QueueError {
     }
 }
 
+impl QueueError {
+    /// As a database error, for model functions that enqueue inside their
+    /// own transaction (anything but a database failure is a bug there).
+    pub fn into_db(self) -> DbError {
+        match self {
+            QueueError::Db(db) => db,
+            other => DbError::Build(other.to_string()),
+        }
+    }
+}
+
 /// A job to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewJob {

@@ -179,6 +179,12 @@ impl ObjectKey {
         format!("{ASSETS_PREFIX}{asset}/v{version}/")
     }
 
+    /// Everything of one rendition of a version (its media: what moves
+    /// between storage tiers).
+    pub fn rendition_prefix(asset: AssetId, version: u32, rendition: &RenditionName) -> String {
+        format!("{}{rendition}/", Self::version_prefix(asset, version))
+    }
+
     /// The HLS master playlist of a version.
     pub fn hls_master(asset: AssetId, version: u32) -> Self {
         Self(format!(

@@ -38,16 +38,28 @@ pub mod job_kind {
     /// Purge a CDN's copies of a republished asset's top-level manifests
     /// and of the media URLs that named the version it replaced.
     pub const PURGE_CDN: &str = "purge_cdn";
+    /// Move one rendition's media to another storage tier (copy, verify,
+    /// switch; the old copy is dropped later by `drop_tier_copy`).
+    pub const MOVE_RENDITION: &str = "move_rendition";
+    /// Delete a rendition's copy in a tier it has left, once no origin can
+    /// still read it there.
+    pub const DROP_TIER_COPY: &str = "drop_tier_copy";
+    /// Place every published rendition by the tiering policy and queue
+    /// the moves (one per `storage.policy.interval`).
+    pub const TIER_POLICY: &str = "tier_policy";
     /// Deliver one webhook event.
     pub const WEBHOOK: &str = "webhook";
     /// Does nothing (optionally sleeps): queue diagnostics and `cascade bench queue`.
     pub const NOOP: &str = "noop";
 
     /// Every kind above (metrics keep a series for each from the start).
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 9] = [
         TRANSCODE,
         PURGE_ASSET,
         PURGE_CDN,
+        MOVE_RENDITION,
+        DROP_TIER_COPY,
+        TIER_POLICY,
         FINISH_BROADCAST,
         WEBHOOK,
         NOOP,

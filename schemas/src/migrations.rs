@@ -80,6 +80,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "progressive_publish",
         sql: include_str!("../migrations/0013_progressive_publish.sql"),
     },
+    Migration {
+        version: 14,
+        name: "storage_tiers",
+        sql: include_str!("../migrations/0014_storage_tiers.sql"),
+    },
+    Migration {
+        version: 15,
+        name: "media_views",
+        sql: include_str!("../migrations/0015_media_views.sql"),
+    },
 ];
 
 #[cfg(test)]

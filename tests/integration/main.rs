@@ -11,6 +11,7 @@ mod progressive;
 mod qa;
 mod queue;
 mod storage;
+mod tiers;
 mod transcode;
 mod watch;
 mod webhooks;

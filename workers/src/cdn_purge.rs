@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use cascade_platform::config::CdnConfig;
-use cascade_platform::ObjectStore;
+use cascade_platform::storage::tiers::Tiers;
 use cascade_schemas::playback::{self, ServedAs};
 use cascade_schemas::{AssetId, ObjectKey, PlaybackId};
 use futures::future::BoxFuture;
@@ -246,14 +246,14 @@ pub struct PurgeCdnJob {
 /// Handler for [`cascade_schemas::job_kind::PURGE_CDN`].
 #[derive(Clone)]
 pub struct PurgeCdnHandler {
-    store: ObjectStore,
+    tiers: Tiers,
     purger: CdnPurger,
 }
 
 impl PurgeCdnHandler {
-    /// Lists objects in `store`, purges through `purger`.
-    pub fn new(store: ObjectStore, purger: CdnPurger) -> Self {
-        Self { store, purger }
+    /// Lists objects in every tier of `tiers`, purges through `purger`.
+    pub fn new(tiers: Tiers, purger: CdnPurger) -> Self {
+        Self { tiers, purger }
     }
 
     async fn purge(&self, job: PurgeCdnJob) -> Result<(), JobError> {
@@ -261,11 +261,15 @@ impl PurgeCdnHandler {
             return Ok(());
         }
         let prefix = ObjectKey::version_prefix(job.asset_id, job.replaced_version);
-        let keys = self
-            .store
-            .list(&prefix)
-            .await
-            .map_err(|e| JobError::Retryable(format!("listing the replaced version: {e}")))?;
+        let mut keys = Vec::new();
+        for tier in self.tiers.all() {
+            keys.extend(tier.store.list(&prefix).await.map_err(|e| {
+                JobError::Retryable(format!(
+                    "listing the replaced version in {}: {e}",
+                    tier.name
+                ))
+            })?);
+        }
         let paths = paths(
             Purge::Replaced,
             &job.playback_id,

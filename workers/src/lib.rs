@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod noop;
 pub mod purge;
 pub mod runner;
+pub mod tiering;
 pub mod transcode;
 pub mod webhooks;
 

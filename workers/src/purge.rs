@@ -19,7 +19,8 @@
 //! removes the objects whatever the CDN says and logs what it could not
 //! purge: copies may then stay at the CDN until they expire.
 
-use cascade_platform::{assets, ObjectStore};
+use cascade_platform::assets;
+use cascade_platform::storage::tiers::Tiers;
 use cascade_schemas::{AssetId, ObjectKey};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
@@ -40,7 +41,7 @@ pub struct PurgeJob {
 #[derive(Clone)]
 pub struct PurgeHandler {
     pool: Pool,
-    store: ObjectStore,
+    tiers: Tiers,
     cdn: CdnPurger,
 }
 
@@ -49,9 +50,10 @@ fn retry(what: &str, error: &dyn std::fmt::Display) -> JobError {
 }
 
 impl PurgeHandler {
-    /// Purges through `pool`, `store` and the CDN nodes of `cdn`.
-    pub fn new(pool: Pool, store: ObjectStore, cdn: CdnPurger) -> Self {
-        Self { pool, store, cdn }
+    /// Purges through `pool`, every storage tier of `tiers` and the CDN
+    /// nodes of `cdn`.
+    pub fn new(pool: Pool, tiers: Tiers, cdn: CdnPurger) -> Self {
+        Self { pool, tiers, cdn }
     }
 
     async fn purge(&self, job: PurgeJob, last_attempt: bool) -> Result<(), JobError> {
@@ -87,9 +89,20 @@ impl PurgeHandler {
         drop(client);
         // Nothing writes any more: what is stored now is all there is.
         let stored = self.stored(id).await?;
-        assets::remove_objects(&self.store, id, &deleted.uploads)
+        assets::remove_objects(self.tiers.hot(), id, &deleted.uploads)
             .await
             .map_err(|e| retry("removing the asset's objects", &e))?;
+        for tier in &self.tiers.all()[1..] {
+            tier.store
+                .delete_prefix(&ObjectKey::asset_prefix(id))
+                .await
+                .map_err(|e| {
+                    retry(
+                        &format!("removing the asset's objects in tier {}", tier.name),
+                        &e,
+                    )
+                })?;
+        }
         // Copies of what a stopping job wrote after the first purge.
         self.purge_cdn(&deleted, id, stored, last_attempt).await?;
         let mut client = self.pool.get().await.map_err(|e| retry("database", &e))?;
@@ -100,15 +113,27 @@ impl PurgeHandler {
         Ok(())
     }
 
+    /// What the asset has stored, in every tier.
     async fn stored(&self, id: AssetId) -> Result<Vec<ObjectKey>, JobError> {
-        Ok(self
-            .store
-            .list(&ObjectKey::asset_prefix(id))
-            .await
-            .map_err(|e| retry("listing the asset's objects", &e))?
-            .into_iter()
-            .map(|meta| ObjectKey::from_stored(meta.key))
-            .collect())
+        let mut keys = Vec::new();
+        for tier in self.tiers.all() {
+            let listed = tier
+                .store
+                .list(&ObjectKey::asset_prefix(id))
+                .await
+                .map_err(|e| {
+                    retry(
+                        &format!("listing the asset's objects in tier {}", tier.name),
+                        &e,
+                    )
+                })?;
+            keys.extend(
+                listed
+                    .into_iter()
+                    .map(|meta| ObjectKey::from_stored(meta.key)),
+            );
+        }
+        Ok(keys)
     }
 
     async fn purge_cdn(

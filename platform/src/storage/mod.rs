@@ -4,6 +4,9 @@
 //!   endpoint, path-style addressing): MinIO, SeaweedFS, AWS S3.
 //! - [`local::LocalStore`]: a directory, the embedded default.
 //!
+//! [`tiers::Tiers`] holds one store per storage tier (`hot` and the colder
+//! ones of `storage.tiers`).
+//!
 //! Both stream: puts read the body in parts (multipart above the threshold),
 //! gets hand back a stream of chunks, so memory stays bounded whatever the
 //! object size. Both also expose multipart uploads directly
@@ -16,6 +19,7 @@
 pub mod local;
 pub mod reader;
 pub mod s3;
+pub mod tiers;
 
 use std::fmt;
 

@@ -656,5 +656,6 @@ pub fn rendition_row(rendition: &cascade_packager::Rendition, encoder: &str) -> 
         average_bandwidth: bitrates.average as i64,
         segment_count: rendition.segments.len() as i32,
         encoder: encoder.to_owned(),
+        tier: cascade_platform::storage::tiers::HOT.to_owned(),
     }
 }

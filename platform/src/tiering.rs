@@ -1,0 +1,409 @@
+//! Where each published rendition's media are stored (`renditions.tier`),
+//! and the state rules of moving them between storage tiers.
+//!
+//! A move is copy, verify, switch, drop:
+//! 1. [`begin_move`] records the target (`moving_to`) on the rendition's row;
+//! 2. the `move_rendition` job copies every object of the rendition to the
+//!    target tier and checks each copy's size;
+//! 3. [`finish_move`] switches the row to the target in one conditional
+//!    update naming the tier it leaves and the one it goes to, tells the
+//!    origins (`assets::PLAYBACK_CHANGED_CHANNEL`) and, in the same
+//!    transaction, queues the `drop_tier_copy` job that deletes the old copy
+//!    once no origin can still read it ([`crate::assets::PLAYBACK_CHANGE_SETTLE`]);
+//! 4. [`lock_for_drop`] holds the row while that copy is deleted, so a new
+//!    move back to that tier cannot copy into it meanwhile.
+//!
+//! Every step is idempotent, so a move killed anywhere is finished by the
+//! job's retry: the rendition is always wholly in the tier its row names
+//! (origins read it there), and once the drop has run, in that tier only.
+
+use chrono::Utc;
+use deadpool_postgres::{GenericClient, Pool};
+
+use cascade_schemas::{AssetId, RenditionName};
+
+use crate::assets::{announce_playback_change, PLAYBACK_CHANGE_SETTLE};
+use crate::db::DbError;
+use crate::queue::{self, NewJob, QueueError};
+
+/// Attempts a move or a drop gets (backing off) while a tier is unreachable.
+const MOVE_MAX_ATTEMPTS: i32 = 10;
+
+/// Where one rendition's media are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The tier holding them (origins read them there).
+    pub tier: String,
+    /// A move under way, to this tier.
+    pub moving_to: Option<String>,
+}
+
+/// Where rendition `rendition` of `asset`'s `version` is; `None` when there
+/// is no such published rendition (or the asset is deleted).
+pub async fn placement(
+    client: &impl GenericClient,
+    asset: AssetId,
+    version: u32,
+    rendition: &RenditionName,
+) -> Result<Option<Placement>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT r.tier, r.moving_to FROM renditions r JOIN assets a ON a.id = r.asset_id
+             WHERE r.asset_id = $1 AND r.version = $2 AND r.name = $3 AND a.deleted_at IS NULL",
+            &[
+                &asset.as_uuid(),
+                &version_param(version),
+                &rendition.as_str(),
+            ],
+        )
+        .await?;
+    Ok(row.map(|r| Placement {
+        tier: r.get(0),
+        moving_to: r.get(1),
+    }))
+}
+
+/// Starts moving a rendition to tier `to` (a move to elsewhere under way
+/// is superseded: its switch will fail). The tier it leaves; `None` when
+/// it is already there, or there is no such rendition.
+pub async fn begin_move(
+    client: &impl GenericClient,
+    asset: AssetId,
+    version: u32,
+    rendition: &RenditionName,
+    to: &str,
+) -> Result<Option<String>, DbError> {
+    let row = client
+        .query_opt(
+            "UPDATE renditions r SET moving_to = $4
+             FROM assets a
+             WHERE a.id = r.asset_id AND a.deleted_at IS NULL
+               AND r.asset_id = $1 AND r.version = $2 AND r.name = $3 AND r.tier <> $4
+             RETURNING r.tier",
+            &[
+                &asset.as_uuid(),
+                &version_param(version),
+                &rendition.as_str(),
+                &to,
+            ],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Switches a rendition from tier `from` to `to`, when that is the move
+/// under way (`false` otherwise: it was superseded, or already done),
+/// tells the origins, and queues the drop of the copy in `from`.
+pub async fn finish_move(
+    pool: &Pool,
+    asset: AssetId,
+    version: u32,
+    rendition: &RenditionName,
+    from: &str,
+    to: &str,
+) -> Result<bool, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "UPDATE renditions r SET tier = $5, moving_to = NULL
+             FROM assets a
+             WHERE a.id = r.asset_id AND a.deleted_at IS NULL
+               AND r.asset_id = $1 AND r.version = $2 AND r.name = $3
+               AND r.tier = $4 AND r.moving_to = $5
+             RETURNING a.playback_id",
+            &[
+                &asset.as_uuid(),
+                &version_param(version),
+                &rendition.as_str(),
+                &from,
+                &to,
+            ],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let playback_id: String = row.get(0);
+    announce_playback_change(&tx, &playback_id).await?;
+    let mut drop_job = NewJob::new(
+        cascade_schemas::job_kind::DROP_TIER_COPY,
+        serde_json::json!({
+            "asset_id": asset, "version": version, "rendition": rendition, "tier": from,
+        }),
+    )
+    .max_attempts(MOVE_MAX_ATTEMPTS);
+    drop_job.run_at =
+        Some(Utc::now() + chrono::Duration::from_std(PLAYBACK_CHANGE_SETTLE).unwrap_or_default());
+    queue::enqueue(&tx, &drop_job, MOVE_MAX_ATTEMPTS)
+        .await
+        .map_err(QueueError::into_db)?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Locks rendition `rendition`'s row for the deletion of its copy in
+/// `tier`, in the caller's transaction. `true` when the copy may go: the
+/// rendition is neither in `tier` nor moving to it (or is gone: a deleted
+/// asset's purge removes every tier anyway).
+pub async fn lock_for_drop(
+    client: &impl GenericClient,
+    asset: AssetId,
+    version: u32,
+    rendition: &RenditionName,
+    tier: &str,
+) -> Result<bool, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT tier, moving_to FROM renditions
+             WHERE asset_id = $1 AND version = $2 AND name = $3 FOR UPDATE",
+            &[
+                &asset.as_uuid(),
+                &version_param(version),
+                &rendition.as_str(),
+            ],
+        )
+        .await?;
+    Ok(match row {
+        None => true,
+        Some(r) => {
+            let (current, moving_to): (String, Option<String>) = (r.get(0), r.get(1));
+            current != tier && moving_to.as_deref() != Some(tier)
+        }
+    })
+}
+
+/// Queues moves of every rendition of `asset`'s published version that is
+/// not in tier `to`, and pins them there (an operator's request: the
+/// policy leaves pinned renditions alone, see [`unpin`]). The number of
+/// moves queued; `None` when the asset has no published version.
+pub async fn request_moves(
+    pool: &Pool,
+    asset: AssetId,
+    to: &str,
+) -> Result<Option<usize>, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let version: Option<Option<i32>> = tx
+        .query_opt(
+            "SELECT published_version FROM assets WHERE id = $1 AND deleted_at IS NULL",
+            &[&asset.as_uuid()],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let Some(Some(version)) = version else {
+        return Ok(None);
+    };
+    tx.execute(
+        "UPDATE renditions SET tier_pinned = true WHERE asset_id = $1 AND version = $2",
+        &[&asset.as_uuid(), &version],
+    )
+    .await?;
+    let rows = tx
+        .query(
+            "SELECT name FROM renditions
+             WHERE asset_id = $1 AND version = $2 AND tier <> $3
+               AND moving_to IS DISTINCT FROM $3",
+            &[&asset.as_uuid(), &version, &to],
+        )
+        .await?;
+    let version = u32::try_from(version).unwrap_or_default();
+    for row in &rows {
+        let rendition: String = row.get(0);
+        request_move(&tx, asset, version, &rendition, to).await?;
+    }
+    tx.commit().await?;
+    Ok(Some(rows.len()))
+}
+
+/// Hands `asset`'s renditions back to the tiering policy (undoes the pin of
+/// [`request_moves`]). `false` when there is no such asset.
+pub async fn unpin(pool: &Pool, asset: AssetId) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let found = client
+        .query_opt(
+            "SELECT 1 FROM assets WHERE id = $1 AND deleted_at IS NULL",
+            &[&asset.as_uuid()],
+        )
+        .await?
+        .is_some();
+    client
+        .execute(
+            "UPDATE renditions SET tier_pinned = false WHERE asset_id = $1",
+            &[&asset.as_uuid()],
+        )
+        .await?;
+    Ok(found)
+}
+
+/// A published rendition as the tiering policy sees it.
+#[derive(Debug, Clone)]
+pub struct PolicyInput {
+    /// The asset.
+    pub asset: AssetId,
+    /// Its published version.
+    pub version: u32,
+    /// The rendition.
+    pub rendition: String,
+    /// Audio (no height), or a video rendition's position among the
+    /// asset's video renditions from the lowest (0).
+    pub low_rank: Option<u32>,
+    /// The tier it is in.
+    pub tier: String,
+    /// A move under way.
+    pub moving_to: Option<String>,
+    /// Since its last segment was served (or since it was published, if
+    /// none was since), in seconds. A move does not reset it.
+    pub idle_seconds: f64,
+    /// Segments of it served within the window asked for.
+    pub recent_views: i64,
+}
+
+/// Every published rendition of every live asset not pinned by hand, with
+/// its idle time and its views within `window` (segment fetches counted
+/// by the origins).
+pub async fn policy_inputs(
+    client: &impl GenericClient,
+    window: std::time::Duration,
+) -> Result<Vec<PolicyInput>, DbError> {
+    let window_seconds = window.as_secs_f64();
+    let rows = client
+        .query(
+            "SELECT r.asset_id, r.version, r.name, r.tier, r.moving_to,
+                 CASE WHEN r.kind = 'audio' THEN NULL
+                      ELSE (rank() OVER (PARTITION BY r.asset_id, r.version, r.kind
+                                         ORDER BY r.height NULLS LAST, r.name) - 1)::int4 END,
+                 EXTRACT(EPOCH FROM now() - greatest(r.published_at, v.last_bucket))::float8,
+                 coalesce(v.recent, 0)::int8
+             FROM renditions r
+             JOIN assets a ON a.id = r.asset_id
+             LEFT JOIN LATERAL (
+                 SELECT max(bucket) AS last_bucket,
+                        sum(views) FILTER (WHERE bucket >= now() - make_interval(secs => $1)) AS recent
+                 FROM media_views m
+                 WHERE m.asset_id = r.asset_id AND m.version = r.version AND m.rendition = r.name
+             ) v ON true
+             WHERE a.deleted_at IS NULL AND r.version = a.published_version
+               AND NOT r.tier_pinned
+             ORDER BY r.asset_id, r.name",
+            &[&window_seconds],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| PolicyInput {
+            asset: AssetId::from(r.get::<_, uuid::Uuid>(0)),
+            version: u32::try_from(r.get::<_, i32>(1)).unwrap_or_default(),
+            rendition: r.get(2),
+            tier: r.get(3),
+            moving_to: r.get(4),
+            low_rank: r
+                .get::<_, Option<i32>>(5)
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            idle_seconds: r.get(6),
+            recent_views: r.get(7),
+        })
+        .collect())
+}
+
+/// Queues a move of one rendition to tier `to`.
+pub async fn request_move(
+    client: &impl GenericClient,
+    asset: AssetId,
+    version: u32,
+    rendition: &str,
+    to: &str,
+) -> Result<(), DbError> {
+    queue::enqueue(
+        client,
+        &NewJob::new(
+            cascade_schemas::job_kind::MOVE_RENDITION,
+            serde_json::json!({
+                "asset_id": asset, "version": version, "rendition": rendition, "to": to,
+            }),
+        )
+        .max_attempts(MOVE_MAX_ATTEMPTS),
+        MOVE_MAX_ATTEMPTS,
+    )
+    .await
+    .map_err(QueueError::into_db)?;
+    Ok(())
+}
+
+/// Forgets view counts older than `keep` (the policy looks no further back).
+pub async fn prune_views(
+    client: &impl GenericClient,
+    keep: std::time::Duration,
+) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "DELETE FROM media_views WHERE bucket < now() - make_interval(secs => $1)",
+            &[&keep.as_secs_f64()],
+        )
+        .await?)
+}
+
+/// Renditions per tier (every published rendition of every live asset).
+pub async fn renditions_per_tier(
+    client: &impl GenericClient,
+) -> Result<Vec<(String, i64)>, DbError> {
+    let rows = client
+        .query(
+            "SELECT r.tier, count(*) FROM renditions r JOIN assets a ON a.id = r.asset_id
+             WHERE a.deleted_at IS NULL GROUP BY r.tier ORDER BY r.tier",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Views of one asset version (`rendition` `None`: plays of the asset) to add.
+#[derive(Debug, Clone)]
+pub struct ViewCount {
+    /// The asset.
+    pub asset: AssetId,
+    /// Its version.
+    pub version: u32,
+    /// The rendition whose segments were fetched; `None` for plays.
+    pub rendition: Option<String>,
+    /// How many.
+    pub views: i64,
+}
+
+/// Adds `counts` to the current `bucket` (a whole number of seconds, at
+/// least one) and marks the assets viewed now, in one statement.
+pub async fn record_views(
+    client: &impl GenericClient,
+    counts: &[ViewCount],
+    bucket: std::time::Duration,
+) -> Result<(), DbError> {
+    let assets: Vec<uuid::Uuid> = counts.iter().map(|c| c.asset.as_uuid()).collect();
+    let versions: Vec<i32> = counts.iter().map(|c| version_param(c.version)).collect();
+    let renditions: Vec<&str> = counts
+        .iter()
+        .map(|c| c.rendition.as_deref().unwrap_or(""))
+        .collect();
+    let views: Vec<i64> = counts.iter().map(|c| c.views).collect();
+    let bucket_seconds = bucket.as_secs().max(1) as f64;
+    client
+        .execute(
+            "WITH counted AS (
+                 INSERT INTO media_views (asset_id, version, rendition, bucket, views)
+                 SELECT t.a, t.v, t.r,
+                        to_timestamp(floor(extract(epoch FROM now())::float8 / $5) * $5), t.n
+                 FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::int8[]) AS t(a, v, r, n)
+                 WHERE EXISTS (SELECT 1 FROM assets WHERE id = t.a)
+                 ON CONFLICT (asset_id, version, rendition, bucket)
+                 DO UPDATE SET views = media_views.views + EXCLUDED.views
+                 RETURNING asset_id)
+             UPDATE assets SET last_viewed_at = now()
+             WHERE id IN (SELECT asset_id FROM counted)",
+            &[&assets, &versions, &renditions, &views, &bucket_seconds],
+        )
+        .await?;
+    Ok(())
+}
+
+fn version_param(version: u32) -> i32 {
+    i32::try_from(version).unwrap_or(i32::MAX)
+}

@@ -1,0 +1,73 @@
+//! `cascade tiers status`: what each storage tier holds and costs.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cascade_platform::storage::tiers::Tiers;
+use cascade_platform::{db, tiering, Config};
+use cascade_schemas::keys::ASSETS_PREFIX;
+use clap::Subcommand;
+
+/// Storage tier subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TiersCommand {
+    /// Per tier: the assets' objects and bytes stored (listed from the
+    /// store), the renditions Postgres places there, and the estimated
+    /// monthly cost from `price_per_gb_month`.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one subcommand.
+pub async fn run(command: TiersCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let TiersCommand::Status { json } = command;
+    let pool = db::pool(&config.database)?;
+    let tiers = Tiers::from_config(&config.storage)
+        .await
+        .context("opening the storage tiers")?;
+    let placed = tiering::renditions_per_tier(&pool.get().await?).await?;
+    let mut rows = Vec::new();
+    for tier in tiers.all() {
+        let objects = tier
+            .store
+            .list(ASSETS_PREFIX)
+            .await
+            .with_context(|| format!("listing tier {}", tier.name))?;
+        let bytes: u64 = objects.iter().map(|o| o.size).sum();
+        let renditions = placed
+            .iter()
+            .find(|(name, _)| *name == tier.name)
+            .map_or(0, |(_, n)| *n);
+        rows.push(serde_json::json!({
+            "tier": tier.name,
+            "store": tier.store.describe(),
+            "objects": objects.len(),
+            "bytes": bytes,
+            "renditions": renditions,
+            "monthly_cost": bytes as f64 / 1e9 * tier.price_per_gb_month,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<10} {:>10} {:>14} {:>11} {:>13}  store",
+            "tier", "objects", "bytes", "renditions", "cost/month"
+        );
+        for r in &rows {
+            println!(
+                "{:<10} {:>10} {:>14} {:>11} {:>13.2}  {}",
+                r["tier"].as_str().unwrap_or_default(),
+                r["objects"].as_u64().unwrap_or_default(),
+                r["bytes"].as_u64().unwrap_or_default(),
+                r["renditions"].as_i64().unwrap_or_default(),
+                r["monthly_cost"].as_f64().unwrap_or_default(),
+                r["store"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,511 @@
+//! Tiered storage (issue #14): a rendition's media move between two real
+//! S3 buckets (copy, verify, switch, drop) while the origin keeps serving
+//! them from the tier Postgres names; a worker SIGKILLed anywhere in a move
+//! leaves the asset playable, and once the moves are done every rendition's
+//! objects are in exactly one tier; deleting the asset empties every tier.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cascade_origin::OriginConfig;
+use cascade_platform::config::{
+    ByteSize, EncoderChoice, PlaybackConfig, RungConfig, StorageConfig, TierConfig,
+    TierPolicyConfig, TranscodeConfig,
+};
+use cascade_platform::playback_token::Keyring;
+use cascade_platform::queue::JobNotifier;
+use cascade_platform::storage::tiers::Tiers;
+use cascade_platform::{assets, db, tiering, Queue};
+use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey, RenditionName};
+use cascade_workers::cdn_purge::CdnPurger;
+use cascade_workers::purge::PurgeHandler;
+use cascade_workers::tiering::{schedule_policy, PolicyHandler, TierHandler};
+use cascade_workers::transcode::{encoders, TranscodeHandler};
+use cascade_workers::{HandlerRegistry, Runner};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{count, eventually, fixtures_dir, fresh_db, s3_config, CascadeProcess, TestDb};
+use crate::origin::{get, serve};
+
+/// Hot in one bucket, `cold` in another, of the stack's SeaweedFS.
+fn two_buckets() -> StorageConfig {
+    StorageConfig {
+        s3: Some(s3_config()),
+        tiers: vec![TierConfig {
+            name: "cold".to_owned(),
+            local_root: None,
+            s3: Some(s3_config()),
+            price_per_gb_month: 0.004,
+        }],
+        ..StorageConfig::default()
+    }
+}
+
+/// A worker in this process for transcodes, moves, drops and purges.
+fn start_worker(db: &TestDb, tiers: &Tiers, stop: &CancellationToken) {
+    start_worker_with_policy(db, tiers, stop, None);
+}
+
+/// [`start_worker`], also running the tiering policy every second.
+fn start_worker_with_policy(
+    db: &TestDb,
+    tiers: &Tiers,
+    stop: &CancellationToken,
+    policy: Option<TierPolicyConfig>,
+) {
+    let mut queue_config = db.config.queue.clone();
+    queue_config.poll_interval = Duration::from_millis(100);
+    queue_config.retry_base = Duration::from_millis(200);
+    let queue = Queue::new(db.pool.clone(), queue_config);
+    let notifier = JobNotifier::start(db::pg_config(&db.config.database).unwrap(), stop.clone());
+    let transcode = TranscodeHandler::new(
+        db.pool.clone(),
+        tiers.hot().clone(),
+        TranscodeConfig {
+            encoder: EncoderChoice::Libx264,
+            ladder: vec![
+                RungConfig {
+                    name: "480p".to_owned(),
+                    short_side: 480,
+                    bitrate: 1_500_000,
+                },
+                RungConfig {
+                    name: "240p".to_owned(),
+                    short_side: 240,
+                    bitrate: 400_000,
+                },
+            ],
+            ..TranscodeConfig::default()
+        },
+        encoders::VideoEncoder::Libx264,
+    );
+    let cdn = CdnPurger::new(&Default::default()).unwrap();
+    let handlers = HandlerRegistry::new()
+        .register(job_kind::TRANSCODE, transcode)
+        .register(
+            job_kind::MOVE_RENDITION,
+            TierHandler::moves(db.pool.clone(), tiers.clone()),
+        )
+        .register(
+            job_kind::DROP_TIER_COPY,
+            TierHandler::drops(db.pool.clone(), tiers.clone()),
+        )
+        .register(
+            job_kind::PURGE_ASSET,
+            PurgeHandler::new(db.pool.clone(), tiers.clone(), cdn),
+        );
+    let handlers = match policy {
+        Some(policy) => {
+            tokio::spawn(schedule_policy(
+                queue.clone(),
+                policy.interval,
+                stop.clone(),
+            ));
+            handlers.register(
+                job_kind::TIER_POLICY,
+                PolicyHandler::new(queue.clone(), tiers, policy),
+            )
+        }
+        None => handlers,
+    };
+    let runner = Runner::new(queue, handlers, notifier, "tiers-test");
+    tokio::spawn(runner.run(stop.clone()));
+}
+
+/// An origin over `tiers` that keeps nothing in memory (every object is
+/// read from the tier the asset's lookup names), follows changes and
+/// counts views (written every 200 ms, in buckets of a second).
+async fn start_origin(db: &TestDb, tiers: &Tiers, stop: &CancellationToken) -> SocketAddr {
+    let state = cascade_origin::OriginState::with_tiers(
+        OriginConfig {
+            max_cached_object: ByteSize(0),
+            front_cache_bytes: ByteSize(0),
+            view_flush_interval: Duration::from_millis(200),
+            view_bucket: Duration::from_secs(1),
+            ..OriginConfig::default()
+        },
+        Keyring::from_config(&PlaybackConfig::default()),
+        db.pool.clone(),
+        tiers.clone(),
+    );
+    state.follow_changes(db::pg_config(&db.config.database).unwrap(), stop.clone());
+    state.count_views(stop.clone());
+    serve(state).await
+}
+
+/// Every object a player fetches from the master playlist down, by path.
+async fn play_everything(origin: SocketAddr, base: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut fetched = BTreeMap::new();
+    let fetch = |path: String| async move {
+        let reply = get(origin, &path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        (path, reply.body)
+    };
+    let (path, master) = fetch(format!("{base}/master.m3u8")).await;
+    let master_text = String::from_utf8(master.clone()).unwrap();
+    fetched.insert(path, master);
+    let playlists: Vec<String> = master_text
+        .lines()
+        .filter_map(|l| {
+            if l.starts_with('#') {
+                l.split_once("URI=\"")
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(uri, _)| uri.to_owned())
+            } else {
+                l.ends_with(".m3u8").then(|| l.to_owned())
+            }
+        })
+        .collect();
+    assert!(!playlists.is_empty(), "{master_text}");
+    for playlist in playlists {
+        let (path, body) = fetch(format!("{base}/{playlist}")).await;
+        let text = String::from_utf8(body.clone()).unwrap();
+        fetched.insert(path, body);
+        let dir = playlist
+            .rsplit_once('/')
+            .map(|(d, _)| d)
+            .unwrap_or_default();
+        for line in text.lines() {
+            let media = if let Some((_, rest)) = line.split_once("URI=\"") {
+                rest.split_once('"').map(|(uri, _)| uri.to_owned())
+            } else {
+                (!line.starts_with('#') && !line.is_empty()).then(|| line.to_owned())
+            };
+            if let Some(media) = media {
+                let (path, body) = fetch(format!("{base}/{dir}/{media}")).await;
+                fetched.insert(path, body);
+            }
+        }
+    }
+    fetched
+}
+
+/// Each published rendition's tier, by name.
+async fn placements(db: &TestDb, asset: AssetId) -> BTreeMap<String, String> {
+    assets::renditions(&db.pool, asset, 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.name, r.tier))
+        .collect()
+}
+
+async fn wait_in(db: &TestDb, asset: AssetId, tier: &str, within: Duration) {
+    eventually(&format!("every rendition in {tier}"), within, || async {
+        placements(db, asset)
+            .await
+            .values()
+            .all(|t| t == tier)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Waits until no move or drop is queued or running.
+async fn wait_tiering_done(db: &TestDb) {
+    eventually(
+        "the moves and drops to finish",
+        Duration::from_secs(60),
+        || async {
+            let busy = count(
+                db,
+                "SELECT count(*) FROM jobs WHERE kind IN ('move_rendition', 'drop_tier_copy') \
+             AND state IN ('queued', 'running')",
+            )
+            .await;
+            (busy == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Object keys of `asset`'s version 1 renditions in each tier.
+async fn stored(tiers: &Tiers, asset: AssetId) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for tier in tiers.all() {
+        let keys = tier
+            .store
+            .list(&ObjectKey::version_prefix(asset, 1))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .filter(|k| k.matches('/').count() == 4) // rendition media, not manifests
+            .collect();
+        out.insert(tier.name.clone(), keys);
+    }
+    out
+}
+
+/// Every rendition's media wholly in the tier Postgres names, and nowhere else.
+async fn assert_in_one_tier(db: &TestDb, tiers: &Tiers, asset: AssetId) {
+    let placed = placements(db, asset).await;
+    let stored = stored(tiers, asset).await;
+    for (rendition, tier) in &placed {
+        let prefix = ObjectKey::rendition_prefix(asset, 1, &RenditionName::new(rendition).unwrap());
+        for (name, keys) in &stored {
+            let here = keys.iter().filter(|k| k.starts_with(&prefix)).count();
+            if name == tier {
+                assert!(
+                    here > 0,
+                    "{rendition} is placed in {tier}, which holds nothing of it"
+                );
+            } else {
+                assert_eq!(here, 0, "{rendition} (in {tier}) left objects in {name}");
+            }
+        }
+    }
+}
+
+async fn transcoded(db: &TestDb, tiers: &Tiers) -> (AssetId, String) {
+    let queue = Queue::new(db.pool.clone(), db.config.queue.clone());
+    let (asset, playback) = cascade_ingest::import_file(
+        &queue,
+        tiers.hot(),
+        &fixtures_dir().join("landscape_1080p30_stereo.mp4"),
+        Some("tiers"),
+    )
+    .await
+    .unwrap();
+    eventually("the asset ready", Duration::from_secs(120), || async {
+        let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
+        assert_ne!(a.state, AssetState::Errored, "{:?}", a.error_message);
+        (a.published_version == Some(1)).then_some(())
+    })
+    .await;
+    (asset, format!("/play/{playback}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renditions_move_between_buckets_while_served_and_end_in_one_tier_s3() {
+    let db = fresh_db().await;
+    let tiers = Tiers::from_config(&two_buckets()).await.unwrap();
+    let stop = CancellationToken::new();
+    start_worker(&db, &tiers, &stop);
+    let origin = start_origin(&db, &tiers, &stop).await;
+    let (asset, base) = transcoded(&db, &tiers).await;
+    assert!(placements(&db, asset).await.values().all(|t| t == "hot"));
+    let published = play_everything(origin, &base).await;
+
+    // To cold: the switch comes once every object is copied and checked;
+    // the hot copy goes once no origin can still read it there. Then only
+    // the cold bucket can be what the origin plays from.
+    let moved = Instant::now();
+    assert_eq!(
+        tiering::request_moves(&db.pool, asset, "cold")
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    wait_in(&db, asset, "cold", Duration::from_secs(30)).await;
+    println!("three renditions moved to cold in {:?}", moved.elapsed());
+    assert_eq!(play_everything(origin, &base).await, published);
+    wait_tiering_done(&db).await;
+    assert_in_one_tier(&db, &tiers, asset).await;
+    assert_eq!(play_everything(origin, &base).await, published);
+
+    // Back to hot, one rendition's move superseded midway by nothing: the
+    // same bytes are served throughout.
+    tiering::request_moves(&db.pool, asset, "hot")
+        .await
+        .unwrap();
+    wait_in(&db, asset, "hot", Duration::from_secs(30)).await;
+    assert_eq!(play_everything(origin, &base).await, published);
+    wait_tiering_done(&db).await;
+    assert_in_one_tier(&db, &tiers, asset).await;
+
+    // Deleted: nothing of it is left in either tier.
+    tiering::request_moves(&db.pool, asset, "cold")
+        .await
+        .unwrap();
+    wait_in(&db, asset, "cold", Duration::from_secs(30)).await;
+    let environment = assets::get(&db.pool, asset)
+        .await
+        .unwrap()
+        .unwrap()
+        .environment_id;
+    assets::delete(&db.pool, environment, asset, 20)
+        .await
+        .unwrap();
+    eventually("the purge", Duration::from_secs(60), || async {
+        let mut left = 0;
+        for tier in tiers.all() {
+            left += tier
+                .store
+                .list(&ObjectKey::asset_prefix(asset))
+                .await
+                .unwrap()
+                .len();
+        }
+        (left == 0).then_some(())
+    })
+    .await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_anywhere_in_a_move_leaves_the_asset_playable_s3() {
+    let db = fresh_db().await;
+    let storage = two_buckets();
+    let tiers = Tiers::from_config(&storage).await.unwrap();
+    let stop = CancellationToken::new();
+    let in_process = CancellationToken::new();
+    start_worker(&db, &tiers, &in_process);
+    let origin = start_origin(&db, &tiers, &stop).await;
+    let (asset, base) = transcoded(&db, &tiers).await;
+    // From here on, moves run in worker processes this test kills.
+    in_process.cancel();
+    let published = play_everything(origin, &base).await;
+
+    let hot = storage.s3.clone().unwrap();
+    let cold = storage.tiers[0].s3.clone().unwrap();
+    let endpoint = hot.endpoint.clone().unwrap();
+    let key_id = hot.access_key_id.expose().to_owned();
+    let secret = hot.secret_access_key.expose().to_owned();
+    let tiers_env = format!(
+        r#"[{{name = "cold", s3 = {{endpoint = "{endpoint}", bucket = "{}", access_key_id = "{key_id}", secret_access_key = "{secret}"}}}}]"#,
+        cold.bucket
+    );
+    let env = [
+        ("CASCADE_STORAGE__S3__ENDPOINT", endpoint.as_str()),
+        ("CASCADE_STORAGE__S3__BUCKET", hot.bucket.as_str()),
+        ("CASCADE_STORAGE__S3__ACCESS_KEY_ID", key_id.as_str()),
+        ("CASCADE_STORAGE__S3__SECRET_ACCESS_KEY", secret.as_str()),
+        ("CASCADE_STORAGE__TIERS", tiers_env.as_str()),
+        ("CASCADE_QUEUE__LEASE", "\"2s\""),
+        ("CASCADE_QUEUE__HEARTBEAT", "\"500ms\""),
+        ("CASCADE_QUEUE__REAP_INTERVAL", "\"500ms\""),
+        ("CASCADE_QUEUE__RETRY_BASE", "\"200ms\""),
+        ("CASCADE_QUEUE__POLL_INTERVAL", "\"200ms\""),
+    ];
+    // Kill points from before the job is claimed, through the copies and
+    // switches (three renditions move in a few tens of milliseconds here;
+    // a kill between them leaves some switched, some not), to after.
+    let kill_points = [10u64, 20, 30, 40, 50, 60, 80, 120];
+    for (round, kill_after_ms) in kill_points.into_iter().enumerate() {
+        let to = if round % 2 == 0 { "cold" } else { "hot" };
+        tiering::request_moves(&db.pool, asset, to).await.unwrap();
+        let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        worker.child.kill().unwrap();
+        worker.child.wait().unwrap();
+        let at_kill = placements(&db, asset).await;
+        // Whatever the kill interrupted, the asset plays, byte for byte.
+        assert_eq!(
+            play_everything(origin, &base).await,
+            published,
+            "round {round}: killed after {kill_after_ms} ms with {at_kill:?}"
+        );
+        let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
+        wait_in(&db, asset, to, Duration::from_secs(30)).await;
+        assert_eq!(play_everything(origin, &base).await, published);
+        println!(
+            "round {round}: killed after {kill_after_ms} ms, placed {at_kill:?}; the move to {to} finished"
+        );
+        if round == kill_points.len() - 1 {
+            wait_tiering_done(&db).await;
+        }
+        worker.child.kill().unwrap();
+        worker.child.wait().unwrap();
+    }
+    assert_in_one_tier(&db, &tiers, asset).await;
+    assert_eq!(play_everything(origin, &base).await, published);
+    stop.cancel();
+}
+
+/// The policy on a clock of seconds: renditions nobody watches go cold
+/// (the top rung; the lowest video rung and the audio stay a tier warmer),
+/// and one that is watched again comes back hot by itself. The views that
+/// drive it are the origin's, written in batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_cools_idle_renditions_and_warms_watched_ones_s3() {
+    let db = fresh_db().await;
+    let tiers = Tiers::from_config(&two_buckets()).await.unwrap();
+    let stop = CancellationToken::new();
+    let policy = TierPolicyConfig {
+        interval: Duration::from_secs(1),
+        idle_after: vec![Duration::from_secs(3)],
+        promote_views: 6,
+        views_window: Duration::from_secs(4),
+        keep_low_rungs_warmer: 1,
+        max_moves_per_run: 100,
+    };
+    start_worker_with_policy(&db, &tiers, &stop, Some(policy));
+    let origin = start_origin(&db, &tiers, &stop).await;
+    let (asset, base) = transcoded(&db, &tiers).await;
+    let published = play_everything(origin, &base).await;
+
+    let cooled = Instant::now();
+    let expected: BTreeMap<String, String> = [("240p", "hot"), ("480p", "cold"), ("audio", "hot")]
+        .map(|(r, t)| (r.to_owned(), t.to_owned()))
+        .into();
+    eventually(
+        "the idle top rung cooled",
+        Duration::from_secs(30),
+        || async { (placements(&db, asset).await == expected).then_some(()) },
+    )
+    .await;
+    println!(
+        "idle top rung moved to cold {:?} after playback",
+        cooled.elapsed()
+    );
+    assert_eq!(play_everything(origin, &base).await, published);
+
+    // Watched again: its segments fetched, counted, written, and the next
+    // run brings it back.
+    let segments: Vec<&String> = published
+        .keys()
+        .filter(|p| p.contains("/480p/") && p.ends_with(".m4s"))
+        .collect();
+    assert!(!segments.is_empty());
+    let mut fetched = 0;
+    let watched = Instant::now();
+    while fetched < 12 {
+        for path in &segments {
+            assert_eq!(get(origin, path).await.status, 200);
+            fetched += 1;
+        }
+    }
+    eventually(
+        "the watched rung back in hot",
+        Duration::from_secs(30),
+        || async { (placements(&db, asset).await["480p"] == "hot").then_some(()) },
+    )
+    .await;
+    println!(
+        "watched rung back in hot {:?} after {fetched} fetches began",
+        watched.elapsed()
+    );
+    // Counted in batches: every fetch (two plays through before this, then
+    // the ones above), in a row per second at most.
+    let views_expected = fetched as i64 + 2 * segments.len() as i64;
+    let rows = eventually("every fetch counted", Duration::from_secs(5), || async {
+        let row = db
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT coalesce(sum(views), 0)::int8, count(*) FROM media_views
+                 WHERE asset_id = $1 AND rendition = '480p'",
+                &[&asset.as_uuid()],
+            )
+            .await
+            .unwrap();
+        let (views, rows): (i64, i64) = (row.get(0), row.get(1));
+        (views == views_expected).then_some(rows)
+    })
+    .await;
+    assert!(
+        rows < views_expected,
+        "{rows} rows for {views_expected} views"
+    );
+    let viewed = count(
+        &db,
+        &format!("SELECT count(*) FROM assets WHERE id = '{asset}' AND last_viewed_at IS NOT NULL"),
+    )
+    .await;
+    assert_eq!(viewed, 1);
+    stop.cancel();
+}

@@ -1,0 +1,455 @@
+//! Moving renditions between storage tiers: `move_rendition` jobs (copy,
+//! verify, switch) and `drop_tier_copy` jobs (delete the copy left behind).
+//! The state rules are `cascade_platform::tiering`'s; this is the I/O.
+//!
+//! Stores that move objects between storage classes themselves (AWS S3
+//! lifecycle transitions, MinIO ILM) do it by age alone and within one
+//! bucket; SeaweedFS answers NotImplemented to transitions. So Cascade
+//! copies between tiers itself, object by object, streaming (memory stays
+//! at one chunk per object in flight), and records where each rendition is.
+
+use std::time::Instant;
+
+use cascade_platform::config::TierPolicyConfig;
+use cascade_platform::storage::tiers::Tiers;
+use cascade_platform::{tiering, ObjectStore, StorageError};
+use cascade_schemas::{AssetId, ObjectKey, RenditionName};
+use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::runner::{JobContext, JobError, JobHandler};
+
+/// Payload of a `move_rendition` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveJob {
+    /// The asset.
+    pub asset_id: AssetId,
+    /// Its version.
+    pub version: u32,
+    /// The rendition to move.
+    pub rendition: RenditionName,
+    /// The tier it goes to.
+    pub to: String,
+}
+
+/// Payload of a `drop_tier_copy` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DropJob {
+    /// The asset.
+    pub asset_id: AssetId,
+    /// Its version.
+    pub version: u32,
+    /// The rendition that left `tier`.
+    pub rendition: RenditionName,
+    /// The tier whose copy goes.
+    pub tier: String,
+}
+
+/// Handler of [`cascade_schemas::job_kind::MOVE_RENDITION`]
+/// ([`TierHandler::moves`]) or [`cascade_schemas::job_kind::DROP_TIER_COPY`]
+/// ([`TierHandler::drops`]).
+#[derive(Clone)]
+pub struct TierHandler {
+    pool: Pool,
+    tiers: Tiers,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Move,
+    Drop,
+}
+
+fn retry(what: &str, error: &dyn std::fmt::Display) -> JobError {
+    JobError::Retryable(format!("{what}: {error}"))
+}
+
+fn storage(what: &str, error: StorageError) -> JobError {
+    if error.is_retryable() {
+        retry(what, &error)
+    } else {
+        JobError::Permanent(format!("{what}: {error}"))
+    }
+}
+
+/// Objects copied at once per move.
+const COPY_CONCURRENCY: usize = 4;
+
+impl TierHandler {
+    /// Runs `move_rendition` jobs within `tiers`, recording through `pool`.
+    pub fn moves(pool: Pool, tiers: Tiers) -> Self {
+        Self {
+            pool,
+            tiers,
+            kind: Kind::Move,
+        }
+    }
+
+    /// Runs `drop_tier_copy` jobs.
+    pub fn drops(pool: Pool, tiers: Tiers) -> Self {
+        Self {
+            pool,
+            tiers,
+            kind: Kind::Drop,
+        }
+    }
+
+    fn store(&self, tier: &str) -> Result<&ObjectStore, JobError> {
+        self.tiers.store(tier).ok_or_else(|| {
+            JobError::Permanent(format!("no storage tier named {tier:?} is configured"))
+        })
+    }
+
+    async fn move_rendition(&self, job: MoveJob) -> Result<(), JobError> {
+        let started = Instant::now();
+        let target = self.store(&job.to)?;
+        let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
+        let Some(from) =
+            tiering::begin_move(&client, job.asset_id, job.version, &job.rendition, &job.to)
+                .await
+                .map_err(|e| retry("starting the move", &e))?
+        else {
+            return Ok(()); // Already there, or gone.
+        };
+        drop(client);
+        let source = self.store(&from)?;
+        let prefix = ObjectKey::rendition_prefix(job.asset_id, job.version, &job.rendition);
+        let objects = source
+            .list(&prefix)
+            .await
+            .map_err(|e| storage("listing the rendition", e))?;
+        if objects.is_empty() {
+            return Err(JobError::Permanent(format!(
+                "no object of rendition {} in tier {from}",
+                job.rendition
+            )));
+        }
+        let bytes: u64 = objects.iter().map(|o| o.size).sum();
+        futures::stream::iter(objects)
+            .map(|meta| copy_object(source, target, meta))
+            .buffer_unordered(COPY_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let switched = tiering::finish_move(
+            &self.pool,
+            job.asset_id,
+            job.version,
+            &job.rendition,
+            &from,
+            &job.to,
+        )
+        .await
+        .map_err(|e| retry("switching the rendition", &e))?;
+        if switched {
+            tracing::info!(
+                asset_id = %job.asset_id, version = job.version, rendition = %job.rendition,
+                from = %from, to = %job.to, bytes, elapsed_ms = started.elapsed().as_millis() as u64,
+                "rendition moved"
+            );
+            return Ok(());
+        }
+        // Superseded by another move: take back this copy unless the
+        // rendition is (or is going) there after all.
+        let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
+        let placement = tiering::placement(&client, job.asset_id, job.version, &job.rendition)
+            .await
+            .map_err(|e| retry("reading the placement", &e))?;
+        let keep = placement
+            .as_ref()
+            .is_some_and(|p| p.tier == job.to || p.moving_to.as_deref() == Some(job.to.as_str()));
+        if !keep {
+            target
+                .delete_prefix(&prefix)
+                .await
+                .map_err(|e| storage("removing a superseded copy", e))?;
+        }
+        Ok(())
+    }
+
+    async fn drop_copy(&self, job: DropJob) -> Result<(), JobError> {
+        let store = self.store(&job.tier)?;
+        let mut client = self.pool.get().await.map_err(|e| retry("database", &e))?;
+        // The row stays locked while the copy goes: a move back to this tier
+        // waits, rather than copying into what is being deleted.
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| retry("database", &e))?;
+        let may_go =
+            tiering::lock_for_drop(&tx, job.asset_id, job.version, &job.rendition, &job.tier)
+                .await
+                .map_err(|e| retry("locking the rendition", &e))?;
+        if may_go {
+            let prefix = ObjectKey::rendition_prefix(job.asset_id, job.version, &job.rendition);
+            let removed = store
+                .delete_prefix(&prefix)
+                .await
+                .map_err(|e| storage("deleting the old copy", e))?;
+            tracing::info!(
+                asset_id = %job.asset_id, version = job.version, rendition = %job.rendition,
+                tier = %job.tier, objects = removed, "old tier copy dropped"
+            );
+        }
+        tx.commit().await.map_err(|e| retry("database", &e))?;
+        Ok(())
+    }
+}
+
+/// Copies one object between tiers unless an identical-sized copy is
+/// already there (a retried move skips what it copied before), then checks
+/// the copy's size against the source's.
+async fn copy_object(
+    source: &ObjectStore,
+    target: &ObjectStore,
+    meta: cascade_platform::storage::ObjectMeta,
+) -> Result<(), JobError> {
+    let key = ObjectKey::from_stored(meta.key.clone());
+    match target.head(&key).await {
+        Ok(existing) if existing.size == meta.size => return Ok(()),
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(storage("checking the target", e)),
+    }
+    let body = source
+        .get(&key, None)
+        .await
+        .map_err(|e| storage("reading the object", e))?;
+    let mut reader = tokio_util::io::StreamReader::new(
+        body.stream
+            .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string()))),
+    );
+    let written = target
+        .put(&key, &mut reader)
+        .await
+        .map_err(|e| storage("writing the copy", e))?;
+    let stored = target
+        .head(&key)
+        .await
+        .map_err(|e| storage("checking the copy", e))?;
+    if written != meta.size || stored.size != meta.size {
+        return Err(JobError::Retryable(format!(
+            "the copy of {key} has {} bytes, the source {}",
+            stored.size, meta.size
+        )));
+    }
+    Ok(())
+}
+
+impl JobHandler for TierHandler {
+    fn run(&self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
+        let handler = self.clone();
+        async move {
+            let invalid =
+                |e: serde_json::Error| JobError::Permanent(format!("invalid payload: {e}"));
+            match handler.kind {
+                Kind::Move => {
+                    let job: MoveJob =
+                        serde_json::from_value(ctx.payload.clone()).map_err(invalid)?;
+                    handler.move_rendition(job).await
+                }
+                Kind::Drop => {
+                    let job: DropJob =
+                        serde_json::from_value(ctx.payload.clone()).map_err(invalid)?;
+                    handler.drop_copy(job).await
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+/// The tier the policy puts a rendition in: the `n`th colder tier once it
+/// has been idle for `idle_after[n-1]`, `hot` when viewed `promote_views`
+/// times within the window, one tier warmer for an asset's audio and its
+/// lowest `keep_low_rungs_warmer` video renditions. `tiers` is every tier's
+/// name, `hot` first.
+pub fn policy_tier<'a>(
+    input: &tiering::PolicyInput,
+    policy: &TierPolicyConfig,
+    tiers: &'a [String],
+) -> &'a str {
+    let coldest = tiers.len().saturating_sub(1);
+    let mut level = policy
+        .idle_after
+        .iter()
+        .take(coldest)
+        .filter(|after| input.idle_seconds >= after.as_secs_f64())
+        .count();
+    if input.recent_views >= policy.promote_views {
+        level = 0;
+    }
+    let low = input
+        .low_rank
+        .is_none_or(|rank| rank < policy.keep_low_rungs_warmer);
+    if low {
+        level = level.saturating_sub(1);
+    }
+    tiers.get(level).map_or("hot", String::as_str)
+}
+
+/// Handler of [`cascade_schemas::job_kind::TIER_POLICY`].
+#[derive(Clone)]
+pub struct PolicyHandler {
+    pool: Pool,
+    tiers: Vec<String>,
+    policy: TierPolicyConfig,
+    queue: cascade_platform::Queue,
+}
+
+impl PolicyHandler {
+    /// Places renditions among `tiers` by `policy`, queueing moves on `queue`.
+    pub fn new(queue: cascade_platform::Queue, tiers: &Tiers, policy: TierPolicyConfig) -> Self {
+        Self {
+            pool: queue.pool().clone(),
+            tiers: tiers.all().iter().map(|t| t.name.clone()).collect(),
+            policy,
+            queue,
+        }
+    }
+
+    async fn run_policy(&self) -> Result<(), JobError> {
+        let started = Instant::now();
+        let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
+        let inputs = tiering::policy_inputs(&client, self.policy.views_window)
+            .await
+            .map_err(|e| retry("reading the renditions", &e))?;
+        let mut moves = 0u32;
+        for input in &inputs {
+            if moves >= self.policy.max_moves_per_run {
+                break;
+            }
+            let target = policy_tier(input, &self.policy, &self.tiers);
+            if target == input.tier || input.moving_to.as_deref() == Some(target) {
+                continue;
+            }
+            tiering::request_move(
+                &client,
+                input.asset,
+                input.version,
+                &input.rendition,
+                target,
+            )
+            .await
+            .map_err(|e| retry("queueing a move", &e))?;
+            moves += 1;
+        }
+        // The longest look back the policy takes, with room to spare.
+        let keep = self.policy.views_window.max(
+            self.policy
+                .idle_after
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or_default(),
+        ) * 2;
+        tiering::prune_views(&client, keep)
+            .await
+            .map_err(|e| retry("pruning old view counts", &e))?;
+        if moves > 0 {
+            self.queue.wake(cascade_schemas::job_kind::MOVE_RENDITION);
+        }
+        tracing::info!(
+            renditions = inputs.len(),
+            moves,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "tiering policy ran"
+        );
+        Ok(())
+    }
+}
+
+impl JobHandler for PolicyHandler {
+    fn run(&self, _ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
+        let handler = self.clone();
+        async move { handler.run_policy().await }.boxed()
+    }
+}
+
+/// Queues one `tier_policy` job per `interval` (its idempotency key is the
+/// interval's number, so however many workers run this, one job is queued
+/// per interval) until `cancel`.
+pub async fn schedule_policy(
+    queue: cascade_platform::Queue,
+    interval: std::time::Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    if interval.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(interval.min(std::time::Duration::from_secs(60)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let period = now.as_millis() / interval.as_millis().max(1);
+        let job = cascade_platform::NewJob::new(
+            cascade_schemas::job_kind::TIER_POLICY,
+            serde_json::json!({}),
+        )
+        .idempotency_key(format!("tier_policy/{}/{period}", interval.as_millis()))
+        .max_attempts(3);
+        if let Err(error) = queue.enqueue(&job).await {
+            tracing::warn!(error = %error, "cannot queue the tiering policy; trying at the next tick");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn input(low_rank: Option<u32>, idle_seconds: f64, recent_views: i64) -> tiering::PolicyInput {
+        tiering::PolicyInput {
+            asset: AssetId::new(),
+            version: 1,
+            rendition: "r".to_owned(),
+            low_rank,
+            tier: "hot".to_owned(),
+            moving_to: None,
+            idle_seconds,
+            recent_views,
+        }
+    }
+
+    #[test]
+    fn renditions_go_colder_with_idle_time_back_hot_when_watched_low_rungs_a_tier_warmer() {
+        let tiers: Vec<String> = ["hot", "warm", "cold"].map(String::from).into();
+        let policy = TierPolicyConfig {
+            idle_after: vec![
+                Duration::from_secs(10),
+                Duration::from_secs(100),
+                Duration::from_secs(1000),
+            ],
+            promote_views: 5,
+            keep_low_rungs_warmer: 1,
+            ..TierPolicyConfig::default()
+        };
+        let top = |idle, views| policy_tier(&input(Some(2), idle, views), &policy, &tiers);
+        assert_eq!(top(1.0, 0), "hot");
+        assert_eq!(top(10.0, 0), "warm");
+        assert_eq!(top(150.0, 0), "cold");
+        // No tier past the coldest, whatever the idle time.
+        assert_eq!(top(5000.0, 0), "cold");
+        // Watched again: hot.
+        assert_eq!(top(150.0, 5), "hot");
+        // The lowest video rung and the audio stay a tier warmer.
+        let lowest = policy_tier(&input(Some(0), 150.0, 0), &policy, &tiers);
+        let audio = policy_tier(&input(None, 150.0, 0), &policy, &tiers);
+        assert_eq!((lowest, audio), ("warm", "warm"));
+        // With hot alone, everything stays hot.
+        let only_hot = ["hot".to_owned()];
+        assert_eq!(
+            policy_tier(&input(Some(2), 5000.0, 0), &policy, &only_hot),
+            "hot"
+        );
+    }
+}
