@@ -1,11 +1,13 @@
 //! `cascade tiers status`: what each storage tier holds and costs.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use cascade_platform::storage::tiers::Tiers;
 use cascade_platform::{db, tiering, Config};
 use cascade_schemas::keys::ASSETS_PREFIX;
+use cascade_workers::tiering::policy_tier;
 use clap::Subcommand;
 
 /// Storage tier subcommands.
@@ -13,7 +15,8 @@ use clap::Subcommand;
 pub enum TiersCommand {
     /// Per tier: the assets' objects and bytes stored (listed from the
     /// store), the renditions Postgres places there, and the estimated
-    /// monthly cost from `price_per_gb_month`.
+    /// monthly cost from `price_per_gb_month`; then the moves the tiering
+    /// policy would queue if it ran now.
     Status {
         /// JSON instead of a table.
         #[arg(long)]
@@ -28,7 +31,21 @@ pub async fn run(command: TiersCommand, config: &Config) -> anyhow::Result<ExitC
     let tiers = Tiers::from_config(&config.storage)
         .await
         .context("opening the storage tiers")?;
-    let placed = tiering::renditions_per_tier(&pool.get().await?).await?;
+    let client = pool.get().await?;
+    let placed = tiering::renditions_per_tier(&client).await?;
+    let names: Vec<String> = tiers.all().iter().map(|t| t.name.clone()).collect();
+    let policy = &config.storage.policy;
+    let mut next: BTreeMap<(String, String), u64> = BTreeMap::new();
+    if names.len() > 1 {
+        for input in tiering::policy_inputs(&client, policy.views_window).await? {
+            let target = policy_tier(&input, policy, &names);
+            if target != input.tier && !input.move_queued {
+                *next
+                    .entry((input.tier.clone(), target.to_owned()))
+                    .or_default() += 1;
+            }
+        }
+    }
     let mut rows = Vec::new();
     for tier in tiers.all() {
         let objects = tier
@@ -50,8 +67,15 @@ pub async fn run(command: TiersCommand, config: &Config) -> anyhow::Result<ExitC
             "monthly_cost": bytes as f64 / 1e9 * tier.price_per_gb_month,
         }));
     }
+    let next: Vec<serde_json::Value> = next
+        .into_iter()
+        .map(|((from, to), renditions)| {
+            serde_json::json!({ "from": from, "to": to, "renditions": renditions })
+        })
+        .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let out = serde_json::json!({ "tiers": rows, "policy_next": next });
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
             "{:<10} {:>10} {:>14} {:>11} {:>13}  store",
@@ -66,6 +90,17 @@ pub async fn run(command: TiersCommand, config: &Config) -> anyhow::Result<ExitC
                 r["renditions"].as_i64().unwrap_or_default(),
                 r["monthly_cost"].as_f64().unwrap_or_default(),
                 r["store"].as_str().unwrap_or_default()
+            );
+        }
+        if next.is_empty() {
+            println!("the tiering policy would move nothing now");
+        }
+        for n in &next {
+            println!(
+                "the tiering policy would move {} rendition(s) from {} to {}",
+                n["renditions"],
+                n["from"].as_str().unwrap_or_default(),
+                n["to"].as_str().unwrap_or_default()
             );
         }
     }

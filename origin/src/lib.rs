@@ -134,6 +134,9 @@ struct Inner {
     /// `view_flush_interval` and `view_bucket`.
     view_timing: (std::time::Duration, std::time::Duration),
     pool: Pool,
+    /// The storage tiers' names, and media segments served from each
+    /// (by where their rendition is placed, whether or not memory held them).
+    segments_by_tier: Vec<(String, std::sync::atomic::AtomicU64)>,
 }
 
 impl OriginState {
@@ -192,6 +195,11 @@ impl OriginState {
                 counting: std::sync::atomic::AtomicBool::new(false),
                 view_timing: (config.view_flush_interval, config.view_bucket),
                 pool,
+                segments_by_tier: tiers
+                    .all()
+                    .iter()
+                    .map(|t| (t.name.clone(), std::sync::atomic::AtomicU64::new(0)))
+                    .collect(),
             }),
         }
     }
@@ -278,6 +286,16 @@ impl OriginState {
             let pool = state.inner.pool.clone();
             state.inner.views.run(pool, every, bucket, cancel).await;
         });
+    }
+
+    /// Media segments served so far from each storage tier (by where their
+    /// rendition is placed), `hot` first: `cascade bench tiers` reads it.
+    pub fn segments_served_by_tier(&self) -> Vec<(String, u64)> {
+        self.inner
+            .segments_by_tier
+            .iter()
+            .map(|(name, n)| (name.clone(), n.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
     }
 
     /// The front cache, which the HTTP server asks before routing.
@@ -688,6 +706,11 @@ async fn serve_object(
     });
     if let Some(view) = &view {
         inner.views.record(view);
+    }
+    if matches!(target, Target::Segment(..)) {
+        if let Some((_, served)) = inner.segments_by_tier.get(stored_at) {
+            served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     match lookup {
         Lookup::Found(object) => {

@@ -334,6 +334,10 @@ pub struct S3Config {
     pub attempt_timeout: Duration,
     /// Bucket lifecycle rules applied at start-up.
     pub lifecycle: LifecycleConfig,
+    /// Storage class of every object Cascade writes here (`STANDARD_IA`,
+    /// `GLACIER_IR`, ...; a colder tier's bucket). Default: none (the
+    /// store's default class).
+    pub storage_class: Option<String>,
 }
 
 impl Default for S3Config {
@@ -351,6 +355,7 @@ impl Default for S3Config {
             connect_timeout: Duration::from_secs(3),
             attempt_timeout: Duration::from_secs(60),
             lifecycle: LifecycleConfig::default(),
+            storage_class: None,
         }
     }
 }

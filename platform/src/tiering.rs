@@ -252,6 +252,8 @@ pub struct PolicyInput {
     pub tier: String,
     /// A move under way.
     pub moving_to: Option<String>,
+    /// A move of it is queued or running (the policy queues no other).
+    pub move_queued: bool,
     /// Since its last segment was served (or since it was published, if
     /// none was since), in seconds. A move does not reset it.
     pub idle_seconds: f64,
@@ -274,7 +276,11 @@ pub async fn policy_inputs(
                       ELSE (rank() OVER (PARTITION BY r.asset_id, r.version, r.kind
                                          ORDER BY r.height NULLS LAST, r.name) - 1)::int4 END,
                  EXTRACT(EPOCH FROM now() - greatest(r.published_at, v.last_bucket))::float8,
-                 coalesce(v.recent, 0)::int8
+                 coalesce(v.recent, 0)::int8,
+                 EXISTS (SELECT 1 FROM jobs j
+                         WHERE j.payload ? 'asset_id' AND j.payload->>'asset_id' = r.asset_id::text
+                           AND j.kind = 'move_rendition' AND j.state IN ('queued', 'running')
+                           AND j.payload->>'rendition' = r.name)
              FROM renditions r
              JOIN assets a ON a.id = r.asset_id
              LEFT JOIN LATERAL (
@@ -302,6 +308,7 @@ pub async fn policy_inputs(
                 .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
             idle_seconds: r.get(6),
             recent_views: r.get(7),
+            move_queued: r.get(8),
         })
         .collect())
 }

@@ -8,6 +8,7 @@ mod memory;
 mod origin;
 mod qa;
 mod queue;
+mod tiers;
 mod ttp;
 mod upload;
 
@@ -44,6 +45,10 @@ pub enum BenchCommand {
     /// Time to playable (hls.js's first frame through the CDN) and to ready
     /// after a tus upload of a 60 s 1080p30 source, against the ffmpeg CLI.
     Ttp(ttp::TtpBenchArgs),
+    /// The tiering policy on a simulated catalogue with Zipf-like plays:
+    /// bytes and cost per tier against keeping everything hot, plays served
+    /// from hot, the policy's run time per 10,000 assets.
+    Tiers(tiers::TiersBenchArgs),
 }
 
 /// The middle value (upper middle for an even count).
@@ -216,5 +221,6 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<ExitCo
         BenchCommand::Qa(args) => qa::run(args, config).await,
         BenchCommand::Memory(args) => memory::run(args, config).await,
         BenchCommand::Ttp(args) => ttp::run(args, config).await,
+        BenchCommand::Tiers(args) => tiers::run(args, config).await,
     }
 }

@@ -692,6 +692,40 @@ async fn s3_start_up_keeps_the_operators_lifecycle_rules() {
     );
 }
 
+/// A colder tier's bucket: every object written there, whole or in parts,
+/// takes the configured storage class, and listings and HEAD report it.
+#[tokio::test]
+async fn s3_writes_take_the_configured_storage_class() {
+    let mut s3 = crate::common::s3_config();
+    s3.storage_class = Some("STANDARD_IA".to_owned());
+    let store = ObjectStore::from_config(&tuned(StorageConfig {
+        s3: Some(s3),
+        ..StorageConfig::default()
+    }))
+    .await
+    .unwrap();
+    let asset = AssetId::new();
+    let small = segment_key(asset, 1);
+    store
+        .put_bytes(&small, Bytes::from(random_bytes(1000, 1)))
+        .await
+        .unwrap();
+    let large = segment_key(asset, 2);
+    let data = random_bytes(12 * 1024 * 1024, 2);
+    store.put(&large, &mut data.as_slice()).await.unwrap();
+    for key in [&small, &large] {
+        let head = store.head(key).await.unwrap();
+        assert_eq!(head.storage_class.as_deref(), Some("STANDARD_IA"), "{key}");
+    }
+    let listed = store.list(&ObjectKey::asset_prefix(asset)).await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|m| m.storage_class.as_deref() == Some("STANDARD_IA")),
+        "{listed:?}"
+    );
+}
+
 #[tokio::test]
 async fn s3_with_wrong_credentials_fails_with_a_permanent_error() {
     let mut config = crate::common::s3_config();

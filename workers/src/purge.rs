@@ -9,7 +9,9 @@
 //! its next heartbeat, but a segment upload already in flight can still
 //! land; so the job then waits (retrying with the queue's backoff) until no
 //! job of the asset can still write (finished, and its last lease run
-//! out), lists what is stored, removes every object, multipart upload and
+//! out) and, with a CDN, until no origin can still serve it
+//! (`assets::PLAYBACK_CHANGE_SETTLE` after the deletion); lists what is
+//! stored in every storage tier, removes every object, multipart upload and
 //! staged piece of the asset and its uploads, purges the CDN of what it
 //! removed, and finally the rows. Idempotent: a purge that runs again
 //! finds nothing stored.

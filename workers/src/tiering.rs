@@ -322,7 +322,7 @@ impl PolicyHandler {
                 break;
             }
             let target = policy_tier(input, &self.policy, &self.tiers);
-            if target == input.tier || input.moving_to.as_deref() == Some(target) {
+            if target == input.tier || input.move_queued {
                 continue;
             }
             tiering::request_move(
@@ -415,6 +415,7 @@ mod tests {
             low_rank,
             tier: "hot".to_owned(),
             moving_to: None,
+            move_queued: false,
             idle_seconds,
             recent_views,
         }

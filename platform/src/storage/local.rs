@@ -192,6 +192,7 @@ impl LocalStore {
             // and write time identify the content.
             etag: Some(format!("\"{:x}-{:x}\"", metadata.len(), nanos)),
             last_modified: modified,
+            storage_class: None,
         }
     }
 

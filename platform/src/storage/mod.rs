@@ -126,6 +126,9 @@ pub struct ObjectMeta {
     pub etag: Option<String>,
     /// Last write time, when known.
     pub last_modified: Option<DateTime<Utc>>,
+    /// Storage class, when the store says (S3 `HEAD` and listings; absent
+    /// on stores that do not keep one and on the local backend).
+    pub storage_class: Option<String>,
 }
 
 /// Why [`ObjectBody::copy_to`] stopped.

@@ -58,6 +58,8 @@ pub struct S3Store {
     /// Timeouts of streamed part uploads: the connect timeout only, since
     /// a part moves at its producer's pace (guarded by `stall` instead).
     streaming_timeouts: TimeoutConfig,
+    /// Storage class of every object written (`storage_class`).
+    storage_class: Option<aws_sdk_s3::types::StorageClass>,
 }
 
 /// The body of a streamed part: chunks from a channel, of a known total
@@ -268,6 +270,10 @@ impl S3Store {
                 .disable_operation_attempt_timeout()
                 .disable_operation_timeout()
                 .build(),
+            storage_class: config
+                .storage_class
+                .as_deref()
+                .map(aws_sdk_s3::types::StorageClass::from),
         };
         store.ensure_bucket(config).await?;
         if config.lifecycle.apply {
@@ -481,6 +487,7 @@ impl S3Store {
             .bucket(self.bucket.as_ref())
             .key(key.as_str())
             .content_type(key.class().content_type())
+            .set_storage_class(self.storage_class.clone())
             .body(ByteStream::from(bytes))
             .send()
             .await
@@ -500,6 +507,7 @@ impl S3Store {
             .bucket(self.bucket.as_ref())
             .key(key.as_str())
             .content_type(key.class().content_type())
+            .set_storage_class(self.storage_class.clone())
             .if_none_match("*")
             .body(ByteStream::from(bytes))
             .send()
@@ -639,6 +647,7 @@ impl S3Store {
             .bucket(self.bucket.as_ref())
             .key(key.as_str())
             .content_type(key.class().content_type())
+            .set_storage_class(self.storage_class.clone())
             .send()
             .await
             .map_err(|e| classify(e, key.as_str()))?;
@@ -856,6 +865,7 @@ impl S3Store {
             size,
             etag: output.e_tag().map(str::to_owned),
             last_modified: to_chrono(output.last_modified()),
+            storage_class: output.storage_class().map(|c| c.as_str().to_owned()),
         };
         let owned_key = key.to_string();
         let stream = futures::stream::unfold(output.body, move |mut body| {
@@ -894,6 +904,7 @@ impl S3Store {
             size: u64::try_from(output.content_length().unwrap_or(0)).unwrap_or(0),
             etag: output.e_tag().map(str::to_owned),
             last_modified: to_chrono(output.last_modified()),
+            storage_class: output.storage_class().map(|c| c.as_str().to_owned()),
         })
     }
 
@@ -916,6 +927,7 @@ impl S3Store {
                     size: u64::try_from(object.size().unwrap_or(0)).unwrap_or(0),
                     etag: object.e_tag().map(str::to_owned),
                     last_modified: to_chrono(object.last_modified()),
+                    storage_class: object.storage_class().map(|c| c.as_str().to_owned()),
                 });
             }
         }
