@@ -190,8 +190,8 @@ async fn resolve_asset(
         )));
     }
     let file = match manifest {
-        ManifestKind::Hls => "master.m3u8",
-        ManifestKind::Dash => "manifest.mpd",
+        ManifestKind::Hls => cascade_schemas::keys::HLS_MASTER,
+        ManifestKind::Dash => cascade_schemas::keys::DASH_MANIFEST,
     };
     let mut url = format!(
         "{}/play/{}/{file}",

@@ -75,7 +75,9 @@ use cascade_platform::metrics::{ComputedGauge, Registry};
 use cascade_platform::playback_token::{Keyring, TokenError};
 use cascade_platform::storage::tiers::Tiers;
 use cascade_platform::ObjectStore;
-use cascade_schemas::{AssetId, AssetState, ObjectClass, ObjectKey, PlaybackId, RenditionName};
+use cascade_schemas::{
+    keys, AssetId, AssetState, ObjectClass, ObjectKey, PlaybackId, RenditionName,
+};
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
@@ -380,8 +382,8 @@ enum Target {
 impl Target {
     fn top_level(file: &str) -> Option<Self> {
         match file {
-            "master.m3u8" => Some(Self::Master),
-            "manifest.mpd" => Some(Self::Mpd),
+            keys::HLS_MASTER => Some(Self::Master),
+            keys::DASH_MANIFEST => Some(Self::Mpd),
             _ => None,
         }
     }
@@ -389,8 +391,8 @@ impl Target {
     fn in_rendition(rendition: &str, file: &str) -> Option<Self> {
         let rendition = RenditionName::new(rendition).ok()?;
         match file {
-            "index.m3u8" => Some(Self::MediaPlaylist(rendition)),
-            "init.mp4" => Some(Self::Init(rendition)),
+            keys::MEDIA_PLAYLIST => Some(Self::MediaPlaylist(rendition)),
+            keys::INIT_SEGMENT => Some(Self::Init(rendition)),
             _ => {
                 // One spelling per object ("007.m4s" is not "7.m4s"): no cache aliases.
                 let canonical = |digits: &str| -> Option<u64> {
@@ -401,7 +403,7 @@ impl Target {
                         .flatten()?;
                     (n.to_string() == digits).then_some(n)
                 };
-                let name = file.strip_suffix(".m4s")?;
+                let name = file.strip_suffix(keys::SEGMENT_EXTENSION)?;
                 match name.split_once('.') {
                     None => Some(Self::Segment(rendition, canonical(name)?)),
                     Some((msn, part)) => Some(Self::Part(

@@ -1,6 +1,8 @@
 //! What HLS and DASH manifests are rendered from: renditions, their
 //! segments, measured bitrates, and the relative URI layout.
 
+use cascade_schemas::keys;
+
 use crate::error::{Error, Result};
 use crate::segmenter::SegmentInfo;
 use crate::time::{ceil_seconds, Rational};
@@ -25,9 +27,9 @@ pub struct UriLayout {
 impl Default for UriLayout {
     fn default() -> Self {
         Self {
-            init_segment: "init.mp4".to_owned(),
-            media_segment: "$Number$.m4s".to_owned(),
-            media_playlist: "index.m3u8".to_owned(),
+            init_segment: keys::INIT_SEGMENT.to_owned(),
+            media_segment: format!("{NUMBER_PLACEHOLDER}{}", keys::SEGMENT_EXTENSION),
+            media_playlist: keys::MEDIA_PLAYLIST.to_owned(),
         }
     }
 }

@@ -35,6 +35,17 @@ pub const UPLOADS_PREFIX: &str = "uploads/";
 /// Prefix of scratch objects that a lifecycle rule expires.
 pub const TMP_PREFIX: &str = "tmp/";
 
+/// File name of a version's HLS master playlist (in storage and in URLs).
+pub const HLS_MASTER: &str = "master.m3u8";
+/// File name of a version's DASH MPD (in storage and in URLs).
+pub const DASH_MANIFEST: &str = "manifest.mpd";
+/// File name of a rendition's HLS media playlist.
+pub const MEDIA_PLAYLIST: &str = "index.m3u8";
+/// File name of a rendition's CMAF init segment.
+pub const INIT_SEGMENT: &str = "init.mp4";
+/// Extension of CMAF media segments and parts (`{seq}.m4s`, `{msn}.{part}.m4s`).
+pub const SEGMENT_EXTENSION: &str = ".m4s";
+
 /// A rendition's directory name (`1080p`, `audio`): lowercase ASCII letters,
 /// digits, `_` and `-`, 1 to 32 characters. Never a path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -127,9 +138,9 @@ impl ObjectClass {
             Self::HlsPlaylist
         } else if name.ends_with(".mpd") {
             Self::DashManifest
-        } else if name == "init.mp4" {
+        } else if name == INIT_SEGMENT {
             Self::InitSegment
-        } else if name.ends_with(".m4s") {
+        } else if name.ends_with(SEGMENT_EXTENSION) {
             Self::MediaSegment
         } else {
             Self::Scratch
@@ -190,7 +201,7 @@ impl ObjectKey {
         Self(format!(
             "{}{}",
             Self::version_prefix(asset, version),
-            crate::playback::HLS_MASTER
+            HLS_MASTER
         ))
     }
 
@@ -199,14 +210,14 @@ impl ObjectKey {
         Self(format!(
             "{}{}",
             Self::version_prefix(asset, version),
-            crate::playback::DASH_MANIFEST
+            DASH_MANIFEST
         ))
     }
 
     /// A rendition's HLS media playlist.
     pub fn media_playlist(asset: AssetId, version: u32, rendition: &RenditionName) -> Self {
         Self(format!(
-            "{}{rendition}/index.m3u8",
+            "{}{rendition}/{MEDIA_PLAYLIST}",
             Self::version_prefix(asset, version)
         ))
     }
@@ -214,7 +225,7 @@ impl ObjectKey {
     /// A rendition's CMAF init segment.
     pub fn init_segment(asset: AssetId, version: u32, rendition: &RenditionName) -> Self {
         Self(format!(
-            "{}{rendition}/init.mp4",
+            "{}{rendition}/{INIT_SEGMENT}",
             Self::version_prefix(asset, version)
         ))
     }
@@ -255,7 +266,7 @@ impl ObjectKey {
     /// A live rendition's sliding-window media playlist.
     pub fn live_media_playlist(stream: LiveStreamId, rendition: &RenditionName) -> Self {
         Self(format!(
-            "{}{rendition}/index.m3u8",
+            "{}{rendition}/{MEDIA_PLAYLIST}",
             Self::live_prefix(stream)
         ))
     }
@@ -268,7 +279,7 @@ impl ObjectKey {
         rendition: &RenditionName,
     ) -> Self {
         Self(format!(
-            "{}{rendition}/init.mp4",
+            "{}{rendition}/{INIT_SEGMENT}",
             Self::live_session_prefix(stream, session)
         ))
     }

@@ -11,14 +11,10 @@
 //! ```
 
 use crate::ids::{AssetId, PlaybackId};
-use crate::keys::ObjectKey;
+use crate::keys::{ObjectKey, DASH_MANIFEST, HLS_MASTER};
 
 /// Where every playback URL starts.
 pub const PLAY_PREFIX: &str = "/play/";
-/// File name of the HLS master playlist (in storage and in URLs).
-pub const HLS_MASTER: &str = "master.m3u8";
-/// File name of the DASH MPD (in storage and in URLs).
-pub const DASH_MANIFEST: &str = "manifest.mpd";
 
 /// The top-level manifests of a playback id: what changes when another
 /// version is published.
