@@ -318,7 +318,11 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             tiers.clone(),
         );
         origin.follow_changes(db::pg_config(&config.database)?, shutdown.clone());
-        origin.count_views(shutdown.clone());
+        let promotion = (tiers.all().len() > 1).then_some(cascade_origin::Promotion {
+            promote_views: config.storage.policy.promote_views,
+            window: config.storage.policy.views_window,
+        });
+        origin.count_views(shutdown.clone(), promotion);
         front = Some(origin.front());
         origin.record_request_metrics(config.metrics.enabled);
         origin.register_metrics(&mut registry);

@@ -59,6 +59,8 @@ mod resolve;
 mod tier;
 mod views;
 
+pub use crate::views::Promotion;
+
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -133,6 +135,8 @@ struct Inner {
     views: Arc<views::Views>,
     /// Views are counted (a flusher runs: [`OriginState::count_views`]).
     counting: std::sync::atomic::AtomicBool,
+    /// Reads from colder tiers are noted for promotion.
+    promoting: std::sync::atomic::AtomicBool,
     /// `view_flush_interval` and `view_bucket`.
     view_timing: (std::time::Duration, std::time::Duration),
     pool: Pool,
@@ -195,6 +199,7 @@ impl OriginState {
                 metrics,
                 views,
                 counting: std::sync::atomic::AtomicBool::new(false),
+                promoting: std::sync::atomic::AtomicBool::new(false),
                 view_timing: (config.view_flush_interval, config.view_bucket),
                 pool,
                 segments_by_tier: tiers
@@ -273,8 +278,11 @@ impl OriginState {
 
     /// Writes the views counted (plays, segment fetches) to Postgres every
     /// `view_flush_interval` until `cancel`, then once more. Without it
-    /// (or with an interval of 0) nothing is counted.
-    pub fn count_views(&self, cancel: CancellationToken) {
+    /// (or with an interval of 0) nothing is counted. With `promotion`
+    /// (storage tiers are configured), each flush also queues moves to hot
+    /// for the renditions served from a colder tier that the counts show
+    /// watched again, without waiting for the policy's next run.
+    pub fn count_views(&self, cancel: CancellationToken, promotion: Option<Promotion>) {
         let (every, bucket) = self.inner.view_timing;
         if every.is_zero() {
             return;
@@ -284,9 +292,19 @@ impl OriginState {
             .inner
             .counting
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        if promotion.is_some() {
+            state
+                .inner
+                .promoting
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         tokio::spawn(async move {
             let pool = state.inner.pool.clone();
-            state.inner.views.run(pool, every, bucket, cancel).await;
+            state
+                .inner
+                .views
+                .run(pool, every, bucket, promotion, cancel)
+                .await;
         });
     }
 
@@ -712,6 +730,11 @@ async fn serve_object(
     if matches!(target, Target::Segment(..)) {
         if let Some((_, served)) = inner.segments_by_tier.get(stored_at) {
             served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if stored_at != 0 && inner.promoting.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(view) = &view {
+                inner.views.record_cold_read(view);
+            }
         }
     }
     match lookup {

@@ -36,10 +36,22 @@ pub(crate) struct ViewKey {
     pub(crate) rendition: Option<RenditionName>,
 }
 
+/// The tiering policy's promotion rule, applied at each flush to the
+/// renditions served from a colder tier since the last one.
+#[derive(Debug, Clone, Copy)]
+pub struct Promotion {
+    /// Views within `window` that bring a rendition back to `hot`.
+    pub promote_views: i64,
+    /// The window they are counted over.
+    pub window: Duration,
+}
+
 /// The counters.
 pub(crate) struct Views {
     shards: Box<[Mutex<HashMap<ViewKey, u64>>]>,
     hasher: RandomState,
+    /// Renditions served from a tier other than hot since the last flush.
+    served_cold: Mutex<std::collections::HashSet<ViewKey>>,
 }
 
 impl Views {
@@ -47,6 +59,7 @@ impl Views {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
+            served_cold: Mutex::default(),
         }
     }
 
@@ -58,6 +71,15 @@ impl Views {
             *n += 1;
         } else if counts.len() < MAX_KEYS / SHARDS {
             counts.insert(key.clone(), 1);
+        }
+    }
+
+    /// Notes a rendition's segment served from a colder tier (bounded like
+    /// the counters).
+    pub(crate) fn record_cold_read(&self, key: &ViewKey) {
+        let mut cold = self.served_cold.lock().unwrap_or_else(|e| e.into_inner());
+        if cold.len() < MAX_KEYS / SHARDS && !cold.contains(key) {
+            cold.insert(key.clone());
         }
     }
 
@@ -82,8 +104,40 @@ impl Views {
         }
     }
 
-    /// Writes what was counted since the last flush.
-    pub(crate) async fn flush(&self, pool: &Pool, bucket: Duration) {
+    /// Writes what was counted since the last flush, then queues the
+    /// promotions the counts call for.
+    pub(crate) async fn flush(&self, pool: &Pool, bucket: Duration, promotion: Option<Promotion>) {
+        self.write_counts(pool, bucket).await;
+        let Some(promotion) = promotion else { return };
+        let cold: Vec<(AssetId, u32, String)> = {
+            let mut held = self.served_cold.lock().unwrap_or_else(|e| e.into_inner());
+            held.drain()
+                .filter_map(|k| Some((k.asset, k.version, k.rendition?.as_str().to_owned())))
+                .collect()
+        };
+        if cold.is_empty() {
+            return;
+        }
+        let promoted = match pool.get().await {
+            Ok(client) => {
+                tiering::promote_watched(&client, &cold, promotion.promote_views, promotion.window)
+                    .await
+            }
+            Err(error) => Err(error.into()),
+        };
+        match promoted {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                renditions = n,
+                "watched renditions in colder tiers: moves to hot queued"
+            ),
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot queue promotions; the policy's next run will")
+            }
+        }
+    }
+
+    async fn write_counts(&self, pool: &Pool, bucket: Duration) {
         let counts = self.take();
         if counts.is_empty() {
             return;
@@ -113,6 +167,7 @@ impl Views {
         pool: Pool,
         every: Duration,
         bucket: Duration,
+        promotion: Option<Promotion>,
         cancel: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(every);
@@ -120,10 +175,10 @@ impl Views {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tick.tick() => self.flush(&pool, bucket).await,
+                _ = tick.tick() => self.flush(&pool, bucket, promotion).await,
             }
         }
-        self.flush(&pool, bucket).await;
+        self.flush(&pool, bucket, promotion).await;
     }
 }
 

@@ -337,6 +337,75 @@ pub async fn request_move(
     Ok(())
 }
 
+/// The policy's promotion, applied as soon as the origins write their
+/// counts rather than at its next run: each of `served_cold` (a rendition
+/// just served from a tier other than `hot`) that was viewed at least
+/// `promote_views` times within `window`, is not pinned and has no move
+/// queued, gets a move to `hot` queued (and the workers woken). The number
+/// queued.
+pub async fn promote_watched(
+    client: &impl GenericClient,
+    served_cold: &[(AssetId, u32, String)],
+    promote_views: i64,
+    window: std::time::Duration,
+) -> Result<usize, DbError> {
+    if served_cold.is_empty() {
+        return Ok(0);
+    }
+    let assets: Vec<uuid::Uuid> = served_cold.iter().map(|(a, _, _)| a.as_uuid()).collect();
+    let versions: Vec<i32> = served_cold
+        .iter()
+        .map(|(_, v, _)| version_param(*v))
+        .collect();
+    let renditions: Vec<&str> = served_cold.iter().map(|(_, _, r)| r.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT r.asset_id, r.version, r.name
+             FROM renditions r
+             JOIN unnest($1::uuid[], $2::int4[], $3::text[]) AS t(a, v, n)
+               ON r.asset_id = t.a AND r.version = t.v AND r.name = t.n
+             JOIN assets s ON s.id = r.asset_id AND s.deleted_at IS NULL
+             WHERE r.tier <> 'hot' AND NOT r.tier_pinned
+               AND (SELECT coalesce(sum(m.views), 0)::int8 FROM media_views m
+                    WHERE m.asset_id = r.asset_id AND m.version = r.version AND m.rendition = r.name
+                      AND m.bucket >= now() - make_interval(secs => $5)) >= $4::int8
+               AND NOT EXISTS (SELECT 1 FROM jobs j
+                    WHERE j.payload ? 'asset_id' AND j.payload->>'asset_id' = r.asset_id::text
+                      AND j.kind = 'move_rendition' AND j.state IN ('queued', 'running')
+                      AND j.payload->>'rendition' = r.name)",
+            &[
+                &assets,
+                &versions,
+                &renditions,
+                &promote_views,
+                &window.as_secs_f64(),
+            ],
+        )
+        .await?;
+    for row in &rows {
+        let asset = AssetId::from(row.get::<_, uuid::Uuid>(0));
+        let version = u32::try_from(row.get::<_, i32>(1)).unwrap_or_default();
+        let rendition: String = row.get(2);
+        request_move(
+            client,
+            asset,
+            version,
+            &rendition,
+            crate::storage::tiers::HOT,
+        )
+        .await?;
+    }
+    if !rows.is_empty() {
+        client
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&queue::CHANNEL, &cascade_schemas::job_kind::MOVE_RENDITION],
+            )
+            .await?;
+    }
+    Ok(rows.len())
+}
+
 /// Forgets view counts older than `keep` (the policy looks no further back).
 pub async fn prune_views(
     client: &impl GenericClient,

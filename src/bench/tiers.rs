@@ -129,7 +129,11 @@ async fn measure(
 
     let stop = CancellationToken::new();
     let policy_stop = CancellationToken::new();
-    let origin = start_origin(config, pool, &tiers, &stop).await?;
+    let promotion = cascade_origin::Promotion {
+        promote_views: policy.promote_views,
+        window: policy.views_window,
+    };
+    let origin = start_origin(config, pool, &tiers, promotion, &stop).await?;
     start_worker(config, pool, &tiers, policy.clone(), &stop, &policy_stop)?;
 
     // Players: warm-up, then the measured window.
@@ -438,6 +442,7 @@ async fn start_origin(
     config: &Config,
     pool: &deadpool_postgres::Pool,
     tiers: &Tiers,
+    promotion: cascade_origin::Promotion,
     stop: &CancellationToken,
 ) -> anyhow::Result<Origin> {
     let state = cascade_origin::OriginState::with_tiers(
@@ -453,7 +458,7 @@ async fn start_origin(
         tiers.clone(),
     );
     state.follow_changes(db::pg_config(&config.database)?, stop.clone());
-    state.count_views(stop.clone());
+    state.count_views(stop.clone(), Some(promotion));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let router = cascade_origin::router(state.clone());

@@ -117,6 +117,16 @@ fn start_worker_with_policy(
 /// read from the tier the asset's lookup names), follows changes and
 /// counts views (written every 200 ms, in buckets of a second).
 async fn start_origin(db: &TestDb, tiers: &Tiers, stop: &CancellationToken) -> SocketAddr {
+    start_origin_promoting(db, tiers, stop, None).await
+}
+
+/// [`start_origin`], queueing promotions at each flush.
+async fn start_origin_promoting(
+    db: &TestDb,
+    tiers: &Tiers,
+    stop: &CancellationToken,
+    promotion: Option<cascade_origin::Promotion>,
+) -> SocketAddr {
     let state = cascade_origin::OriginState::with_tiers(
         OriginConfig {
             max_cached_object: ByteSize(0),
@@ -130,7 +140,7 @@ async fn start_origin(db: &TestDb, tiers: &Tiers, stop: &CancellationToken) -> S
         tiers.clone(),
     );
     state.follow_changes(db::pg_config(&db.config.database).unwrap(), stop.clone());
-    state.count_views(stop.clone());
+    state.count_views(stop.clone(), promotion);
     serve(state).await
 }
 
@@ -507,5 +517,75 @@ async fn the_policy_cools_idle_renditions_and_warms_watched_ones_s3() {
     )
     .await;
     assert_eq!(viewed, 1);
+    stop.cancel();
+}
+
+/// A rendition in a colder tier that players come back to is queued for
+/// hot by the origin's next flush of its counts, without waiting for the
+/// policy's next run (none runs here at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renditions_watched_again_in_a_cold_tier_are_promoted_by_the_origins_counts_s3() {
+    let db = fresh_db().await;
+    let tiers = Tiers::from_config(&two_buckets()).await.unwrap();
+    let stop = CancellationToken::new();
+    start_worker(&db, &tiers, &stop);
+    let promotion = cascade_origin::Promotion {
+        promote_views: 20,
+        window: Duration::from_secs(60),
+    };
+    let origin = start_origin_promoting(&db, &tiers, &stop, Some(promotion)).await;
+    let (asset, base) = transcoded(&db, &tiers).await;
+    tiering::request_moves(&db.pool, asset, "cold")
+        .await
+        .unwrap();
+    wait_in(&db, asset, "cold", Duration::from_secs(30)).await;
+    // Handed back to the policy: no longer pinned in cold.
+    assert!(tiering::unpin(&db.pool, asset).await.unwrap());
+    let published = play_everything(origin, &base).await;
+    let segments: Vec<&String> = published
+        .keys()
+        .filter(|p| p.contains("/240p/") && p.ends_with(".m4s"))
+        .collect();
+    // Fewer views than the rule asks for (one per segment, and three):
+    // counted, and it stays cold.
+    let one = segments[0];
+    for _ in 0..3 {
+        assert_eq!(get(origin, one).await.status, 200);
+    }
+    let few = segments.len() as i64 + 3;
+    assert!(few < promotion.promote_views, "{few} views already");
+    eventually("the few views written", Duration::from_secs(5), || async {
+        let views = count(
+            &db,
+            &format!(
+                "SELECT coalesce(sum(views), 0)::int8 FROM media_views \
+                 WHERE asset_id = '{asset}' AND rendition = '240p'"
+            ),
+        )
+        .await;
+        (views == few).then_some(())
+    })
+    .await;
+    assert_eq!(placements(&db, asset).await["240p"], "cold");
+    let watched = Instant::now();
+    for path in segments.iter().cycle().take(15) {
+        assert_eq!(get(origin, path).await.status, 200);
+    }
+    eventually(
+        "the watched rendition back in hot",
+        Duration::from_secs(15),
+        || async { (placements(&db, asset).await["240p"] == "hot").then_some(()) },
+    )
+    .await;
+    println!(
+        "promoted to hot {:?} after it was watched again",
+        watched.elapsed()
+    );
+    let placed = placements(&db, asset).await;
+    assert_eq!(
+        placed["480p"], "cold",
+        "{placed:?}: only what was watched moves"
+    );
+    assert_eq!(play_everything(origin, &base).await, published);
     stop.cancel();
 }
