@@ -20,7 +20,6 @@ use cascade_platform::{db, Config, ObjectStore, Queue};
 use cascade_schemas::job_kind;
 use cascade_workers::metrics::WorkerMetrics;
 use cascade_workers::noop::NoopHandler;
-use cascade_workers::tiering::{PolicyHandler, TierHandler};
 use cascade_workers::transcode::{self, TranscodeHandler};
 use cascade_workers::webhooks::WebhookHandler;
 use cascade_workers::{HandlerRegistry, Runner};
@@ -189,21 +188,15 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
                 cascade_workers::cdn_purge::PurgeCdnHandler::new(tiers.clone(), cdn),
             )
             .register(
-                job_kind::MOVE_RENDITION,
-                TierHandler::moves(pool.clone(), tiers.clone()),
-            )
-            .register(
-                job_kind::DROP_TIER_COPY,
-                TierHandler::drops(pool.clone(), tiers.clone()),
-            )
-            .register(
-                job_kind::TIER_POLICY,
-                PolicyHandler::new(queue.clone(), &tiers, config.storage.policy.clone()),
-            )
-            .register(
                 job_kind::FINISH_BROADCAST,
                 cascade_workers::live::finish::FinishHandler::new(pool.clone(), store.clone()),
             );
+        let handlers = cascade_workers::tiering::register(
+            handlers,
+            &queue,
+            &tiers,
+            Some(config.storage.policy.clone()),
+        );
         if tiers.all().len() > 1 {
             let (queue, every, token) = (
                 queue.clone(),

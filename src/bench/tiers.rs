@@ -25,8 +25,8 @@ use cascade_platform::playback_token::Keyring;
 use cascade_platform::queue::JobNotifier;
 use cascade_platform::storage::tiers::Tiers;
 use cascade_platform::{db, environments, tiering, Config, Queue};
-use cascade_schemas::{job_kind, AssetId, ObjectKey, PlaybackId, RenditionName};
-use cascade_workers::tiering::{policy_tier, schedule_policy, PolicyHandler, TierHandler};
+use cascade_schemas::{AssetId, ObjectKey, PlaybackId, RenditionName};
+use cascade_workers::tiering::{policy_tier, register, schedule_policy};
 use cascade_workers::{HandlerRegistry, Runner};
 use clap::Args;
 use futures::{StreamExt, TryStreamExt};
@@ -490,19 +490,7 @@ fn start_worker(
         policy.interval,
         policy_stop.clone(),
     ));
-    let handlers = HandlerRegistry::new()
-        .register(
-            job_kind::MOVE_RENDITION,
-            TierHandler::moves(pool.clone(), tiers.clone()),
-        )
-        .register(
-            job_kind::DROP_TIER_COPY,
-            TierHandler::drops(pool.clone(), tiers.clone()),
-        )
-        .register(
-            job_kind::TIER_POLICY,
-            PolicyHandler::new(queue.clone(), tiers, policy),
-        );
+    let handlers = register(HandlerRegistry::new(), &queue, tiers, Some(policy));
     let runner = Runner::new(queue, handlers, notifier, "bench-tiers");
     tokio::spawn(runner.run(stop.clone()));
     Ok(())

@@ -20,7 +20,7 @@ use cascade_platform::{assets, db, tiering, Queue};
 use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey, RenditionName};
 use cascade_workers::cdn_purge::CdnPurger;
 use cascade_workers::purge::PurgeHandler;
-use cascade_workers::tiering::{schedule_policy, PolicyHandler, TierHandler};
+use cascade_workers::tiering::{register, schedule_policy};
 use cascade_workers::transcode::{encoders, TranscodeHandler};
 use cascade_workers::{HandlerRegistry, Runner};
 use tokio_util::sync::CancellationToken;
@@ -84,31 +84,17 @@ fn start_worker_with_policy(
     let handlers = HandlerRegistry::new()
         .register(job_kind::TRANSCODE, transcode)
         .register(
-            job_kind::MOVE_RENDITION,
-            TierHandler::moves(db.pool.clone(), tiers.clone()),
-        )
-        .register(
-            job_kind::DROP_TIER_COPY,
-            TierHandler::drops(db.pool.clone(), tiers.clone()),
-        )
-        .register(
             job_kind::PURGE_ASSET,
             PurgeHandler::new(db.pool.clone(), tiers.clone(), cdn),
         );
-    let handlers = match policy {
-        Some(policy) => {
-            tokio::spawn(schedule_policy(
-                queue.clone(),
-                policy.interval,
-                stop.clone(),
-            ));
-            handlers.register(
-                job_kind::TIER_POLICY,
-                PolicyHandler::new(queue.clone(), tiers, policy),
-            )
-        }
-        None => handlers,
-    };
+    if let Some(policy) = &policy {
+        tokio::spawn(schedule_policy(
+            queue.clone(),
+            policy.interval,
+            stop.clone(),
+        ));
+    }
+    let handlers = register(handlers, &queue, tiers, policy);
     let runner = Runner::new(queue, handlers, notifier, "tiers-test");
     tokio::spawn(runner.run(stop.clone()));
 }

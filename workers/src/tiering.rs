@@ -368,6 +368,34 @@ impl JobHandler for PolicyHandler {
     }
 }
 
+/// `registry` with the tiering handlers: `move_rendition` and
+/// `drop_tier_copy` within `tiers`, and `tier_policy` by `policy` when
+/// given (moves queued on `queue`).
+pub fn register(
+    registry: crate::HandlerRegistry,
+    queue: &cascade_platform::Queue,
+    tiers: &Tiers,
+    policy: Option<TierPolicyConfig>,
+) -> crate::HandlerRegistry {
+    let pool = queue.pool().clone();
+    let registry = registry
+        .register(
+            cascade_schemas::job_kind::MOVE_RENDITION,
+            TierHandler::moves(pool.clone(), tiers.clone()),
+        )
+        .register(
+            cascade_schemas::job_kind::DROP_TIER_COPY,
+            TierHandler::drops(pool, tiers.clone()),
+        );
+    match policy {
+        Some(policy) => registry.register(
+            cascade_schemas::job_kind::TIER_POLICY,
+            PolicyHandler::new(queue.clone(), tiers, policy),
+        ),
+        None => registry,
+    }
+}
+
 /// Queues one `tier_policy` job per `interval` (its idempotency key is the
 /// interval's number, so however many workers run this, one job is queued
 /// per interval) until `cancel`.
