@@ -1,7 +1,8 @@
 //! End-to-end: package real x264 and AAC output, then let ffmpeg's own HLS,
 //! DASH and MP4 demuxers and decoders judge the result.
 //!
-//! Skipped (with a message) only when `ffmpeg`/`ffprobe` are not on PATH.
+//! `ffmpeg` and `ffprobe` must be on PATH (`make test` installs them): a
+//! missing tool fails the tests rather than passing them unchecked.
 //! Set `KEEP_E2E=1` to keep the packaged files in the temp dir for a look.
 
 mod common;
@@ -22,18 +23,17 @@ const FPS: u32 = 30;
 const WIDTH: u32 = 320;
 const HEIGHT: u32 = 240;
 
-fn tools_available() -> bool {
-    let runs = |tool: &str| {
-        Command::new(tool)
+/// Fails the test unless `ffmpeg` and `ffprobe` run.
+fn require_tools() {
+    for tool in ["ffmpeg", "ffprobe"] {
+        let runs = Command::new(tool)
             .arg("-version")
             .output()
-            .is_ok_and(|output| output.status.success())
-    };
-    if runs("ffmpeg") && runs("ffprobe") {
-        true
-    } else {
-        eprintln!("skipping: ffmpeg/ffprobe not found on PATH, cannot run the end-to-end check");
-        false
+            .is_ok_and(|output| output.status.success());
+        assert!(
+            runs,
+            "{tool} is not on PATH: the end-to-end check needs it (scripts/deps.sh installs it)"
+        );
     }
 }
 
@@ -337,9 +337,7 @@ fn check_video_output(
 
 #[test]
 fn annex_b_stream_without_b_frames_plays_through_hls() {
-    if !tools_available() {
-        return;
-    }
+    require_tools();
     let dir = TempDir::new("annexb");
     let source = dir.0.join("source.h264");
     encode_h264(&source, 0);
@@ -391,9 +389,7 @@ fn annex_b_stream_without_b_frames_plays_through_hls() {
 
 #[test]
 fn mp4_stream_with_b_frames_and_aac_plays_through_hls_and_dash() {
-    if !tools_available() {
-        return;
-    }
+    require_tools();
     let dir = TempDir::new("bframes");
     let source = dir.0.join("source.mp4");
     encode_h264(&source, 2);
