@@ -28,7 +28,9 @@
 //!   the store's state (stale-if-error), a miss while the store fails is a
 //!   fast 503 with `Retry-After`.
 //! - **Assets**: playback id -> (asset, state, policy, published version,
-//!   growing version) from Postgres, reused for `asset_ttl`. A new asset
+//!   growing version, the storage tier of each rendition not in `hot`) from
+//!   Postgres, reused for `asset_ttl`, and forgotten at once when a
+//!   deletion or a republish is announced (`follow_changes`). A new asset
 //!   plays while it grows (progressive publish): its HLS playlists are
 //!   served short-lived (they change under their key, so the memory tier
 //!   keeps them only `live_cache_ttl`), its segments immutable; its DASH
@@ -41,6 +43,8 @@
 //!   (`Vary: Accept-Encoding`); CORS; `Surrogate-Key` and `Cache-Tag:
 //!   asset-<asset_id>` on every response about an asset, so a CDN can purge it.
 //! - **Cache-Control**: see [`cache_control`]'s table.
+//! - **Views**: plays and segment fetches are counted in memory and written
+//!   in batches (`count_views`) for the tiering policy.
 //! - **Signed playback**: assets with the `signed` policy need `?token=` on
 //!   every object, checked against the [`Keyring`] of `playback.signing_keys`
 //!   (format and rotation: [`cascade_platform::playback_token`]); manifests

@@ -325,16 +325,11 @@ async fn renditions_move_between_buckets_while_served_and_end_in_one_tier_s3() {
         .await
         .unwrap();
     eventually("the purge", Duration::from_secs(60), || async {
-        let mut left = 0;
-        for tier in tiers.all() {
-            left += tier
-                .store
-                .list(&ObjectKey::asset_prefix(asset))
-                .await
-                .unwrap()
-                .len();
-        }
-        (left == 0).then_some(())
+        let left = tiers
+            .keys_everywhere(&ObjectKey::asset_prefix(asset))
+            .await
+            .unwrap();
+        left.is_empty().then_some(())
     })
     .await;
     stop.cancel();
@@ -375,15 +370,23 @@ async fn a_worker_killed_anywhere_in_a_move_leaves_the_asset_playable_s3() {
         ("CASCADE_QUEUE__RETRY_BASE", "\"200ms\""),
         ("CASCADE_QUEUE__POLL_INTERVAL", "\"200ms\""),
     ];
-    // Kill points from before the job is claimed, through the copies and
-    // switches (three renditions move in a few tens of milliseconds here;
-    // a kill between them leaves some switched, some not), to after.
-    let kill_points = [10u64, 20, 30, 40, 50, 60, 80, 120];
-    for (round, kill_after_ms) in kill_points.into_iter().enumerate() {
+    // Kill points, each a state the worker is seen in: before it claims a
+    // move, once it runs one, once one, two or all three renditions have
+    // switched (the old copies not dropped yet). A move takes tens of
+    // milliseconds here, so a state may be seen a little late.
+    let kill_points = [
+        KillPoint::Started,
+        KillPoint::Claimed,
+        KillPoint::Switched(1),
+        KillPoint::Switched(2),
+        KillPoint::Switched(3),
+        KillPoint::Claimed,
+    ];
+    for (round, kill_point) in kill_points.into_iter().enumerate() {
         let to = if round % 2 == 0 { "cold" } else { "hot" };
         tiering::request_moves(&db.pool, asset, to).await.unwrap();
         let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
-        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        kill_point.reached(&db, asset, to).await;
         worker.child.kill().unwrap();
         worker.child.wait().unwrap();
         let at_kill = placements(&db, asset).await;
@@ -391,13 +394,13 @@ async fn a_worker_killed_anywhere_in_a_move_leaves_the_asset_playable_s3() {
         assert_eq!(
             play_everything(origin, &base).await,
             published,
-            "round {round}: killed after {kill_after_ms} ms with {at_kill:?}"
+            "round {round}: killed at {kill_point:?} with {at_kill:?}"
         );
         let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
         wait_in(&db, asset, to, Duration::from_secs(30)).await;
         assert_eq!(play_everything(origin, &base).await, published);
         println!(
-            "round {round}: killed after {kill_after_ms} ms, placed {at_kill:?}; the move to {to} finished"
+            "round {round}: killed at {kill_point:?}, placed {at_kill:?}; the move to {to} finished"
         );
         if round == kill_points.len() - 1 {
             wait_tiering_done(&db).await;
@@ -408,6 +411,48 @@ async fn a_worker_killed_anywhere_in_a_move_leaves_the_asset_playable_s3() {
     assert_in_one_tier(&db, &tiers, asset).await;
     assert_eq!(play_everything(origin, &base).await, published);
     stop.cancel();
+}
+
+/// Where in a move the kill test kills the worker.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    /// As soon as the process is up.
+    Started,
+    /// Once a move job of the asset is running.
+    Claimed,
+    /// Once this many renditions are in the target tier.
+    Switched(usize),
+}
+
+impl KillPoint {
+    /// Waits until the worker reaches this point of the move to `to`.
+    async fn reached(self, db: &TestDb, asset: AssetId, to: &str) {
+        // Claimed: a move of this round (the newest moves of the asset) is
+        // running or already done, however fast it went.
+        let claimed = format!(
+            "SELECT count(*) FROM jobs WHERE kind = 'move_rendition' \
+             AND state IN ('running', 'succeeded') AND payload->>'asset_id' = '{asset}' \
+             AND payload->>'to' = '{to}' AND attempts > 0 \
+             AND id > (SELECT coalesce(max(id), 0) FROM jobs WHERE kind = 'move_rendition' \
+                       AND payload->>'asset_id' = '{asset}' AND payload->>'to' <> '{to}')"
+        );
+        match self {
+            KillPoint::Started => {}
+            KillPoint::Claimed => {
+                eventually("a move claimed", Duration::from_secs(10), || async {
+                    (count(db, &claimed).await > 0).then_some(())
+                })
+                .await
+            }
+            KillPoint::Switched(n) => {
+                eventually("renditions switched", Duration::from_secs(10), || async {
+                    let placed = placements(db, asset).await;
+                    (placed.values().filter(|t| *t == to).count() >= n).then_some(())
+                })
+                .await
+            }
+        }
+    }
 }
 
 /// The policy on a clock of seconds: renditions nobody watches go cold

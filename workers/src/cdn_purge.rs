@@ -261,22 +261,12 @@ impl PurgeCdnHandler {
             return Ok(());
         }
         let prefix = ObjectKey::version_prefix(job.asset_id, job.replaced_version);
-        let mut keys = Vec::new();
-        for tier in self.tiers.all() {
-            keys.extend(tier.store.list(&prefix).await.map_err(|e| {
-                JobError::Retryable(format!(
-                    "listing the replaced version in {}: {e}",
-                    tier.name
-                ))
-            })?);
-        }
-        let paths = paths(
-            Purge::Replaced,
-            &job.playback_id,
-            job.asset_id,
-            keys.into_iter()
-                .map(|meta| ObjectKey::from_stored(meta.key)),
-        );
+        let keys = self
+            .tiers
+            .keys_everywhere(&prefix)
+            .await
+            .map_err(|e| JobError::Retryable(format!("the replaced version: {e}")))?;
+        let paths = paths(Purge::Replaced, &job.playback_id, job.asset_id, keys);
         let purged = self
             .purger
             .purge(&paths)
@@ -288,6 +278,7 @@ impl PurgeCdnHandler {
             urls = paths.len(),
             nodes = purged.nodes,
             removed = purged.removed,
+            not_cached = purged.not_cached,
             "CDN purged of a republished asset's replaced URLs"
         );
         Ok(())

@@ -1,7 +1,9 @@
 //! Cascade's workers: the job runner that executes queued jobs, the
 //! transcoder that turns an asset's source into a CMAF ladder, and the live
 //! ladder of RTMP streams (run by the ingest process holding the
-//! connection, see [`live`]).
+//! connection, see [`live`]); the purges of deleted assets and CDN copies
+//! ([`purge`], [`cdn_purge`]) and the moves between storage tiers
+//! ([`tiering`]).
 //!
 //! The runner claims jobs from the Postgres queue (`cascade_platform::queue`),
 //! keeps each lease alive with heartbeats while its handler runs, and reports

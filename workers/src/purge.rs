@@ -117,25 +117,10 @@ impl PurgeHandler {
 
     /// What the asset has stored, in every tier.
     async fn stored(&self, id: AssetId) -> Result<Vec<ObjectKey>, JobError> {
-        let mut keys = Vec::new();
-        for tier in self.tiers.all() {
-            let listed = tier
-                .store
-                .list(&ObjectKey::asset_prefix(id))
-                .await
-                .map_err(|e| {
-                    retry(
-                        &format!("listing the asset's objects in tier {}", tier.name),
-                        &e,
-                    )
-                })?;
-            keys.extend(
-                listed
-                    .into_iter()
-                    .map(|meta| ObjectKey::from_stored(meta.key)),
-            );
-        }
-        Ok(keys)
+        self.tiers
+            .keys_everywhere(&ObjectKey::asset_prefix(id))
+            .await
+            .map_err(|e| retry("listing the asset's objects", &e))
     }
 
     async fn purge_cdn(
@@ -161,6 +146,7 @@ impl PurgeHandler {
                     urls = paths.len(),
                     nodes = purged.nodes,
                     removed = purged.removed,
+                    not_cached = purged.not_cached,
                     "CDN purged of a deleted asset"
                 );
                 Ok(())

@@ -4,6 +4,8 @@
 //! tier holds a rendition's media is recorded in Postgres
 //! (`renditions.tier`), never found by probing the tiers.
 
+use cascade_schemas::ObjectKey;
+
 use crate::config::StorageConfig;
 use crate::storage::{ObjectStore, StorageError};
 
@@ -19,6 +21,16 @@ pub struct Tier {
     pub store: ObjectStore,
     /// Price of a GB-month, for estimates.
     pub price_per_gb_month: f64,
+}
+
+/// A tier could not be listed.
+#[derive(Debug, thiserror::Error)]
+#[error("listing tier {tier}: {source}")]
+pub struct TierListError {
+    /// The tier.
+    pub tier: String,
+    /// The store's error.
+    pub source: StorageError,
 }
 
 /// Every configured tier, `hot` first, then warmest to coldest. Cheap to clone.
@@ -80,9 +92,26 @@ impl Tiers {
         &self.tiers
     }
 
-    /// The position of tier `name`.
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.tiers.iter().position(|t| t.name == name)
+    /// Every key under `prefix`, in every tier (during a move, a key is
+    /// listed once per tier holding it).
+    pub async fn keys_everywhere(&self, prefix: &str) -> Result<Vec<ObjectKey>, TierListError> {
+        let mut keys = Vec::new();
+        for tier in self.tiers.iter() {
+            let listed = tier
+                .store
+                .list(prefix)
+                .await
+                .map_err(|source| TierListError {
+                    tier: tier.name.clone(),
+                    source,
+                })?;
+            keys.extend(
+                listed
+                    .into_iter()
+                    .map(|meta| ObjectKey::from_stored(meta.key)),
+            );
+        }
+        Ok(keys)
     }
 
     /// The store of tier `name`.
