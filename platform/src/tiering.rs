@@ -20,7 +20,7 @@
 use chrono::Utc;
 use deadpool_postgres::{GenericClient, Pool};
 
-use cascade_schemas::{AssetId, RenditionName};
+use cascade_schemas::{AssetId, JobId, RenditionName};
 
 use crate::assets::{announce_playback_change, PLAYBACK_CHANGE_SETTLE};
 use crate::db::DbError;
@@ -63,15 +63,18 @@ pub async fn placement(
     }))
 }
 
-/// Starts moving a rendition to tier `to` (a move to elsewhere under way
-/// is superseded: its switch will fail). The tier it leaves; `None` when
-/// it is already there, or there is no such rendition.
+/// Starts moving a rendition to tier `to` for move job `job` (a move to
+/// elsewhere under way is superseded: its switch will fail). The tier it
+/// leaves; `None` when it is already there, there is no such rendition, or
+/// a newer move of it was requested since `job` (a stale job retried late
+/// never undoes a later decision).
 pub async fn begin_move(
     client: &impl GenericClient,
     asset: AssetId,
     version: u32,
     rendition: &RenditionName,
     to: &str,
+    job: JobId,
 ) -> Result<Option<String>, DbError> {
     let row = client
         .query_opt(
@@ -79,12 +82,18 @@ pub async fn begin_move(
              FROM assets a
              WHERE a.id = r.asset_id AND a.deleted_at IS NULL
                AND r.asset_id = $1 AND r.version = $2 AND r.name = $3 AND r.tier <> $4
+               AND NOT EXISTS (SELECT 1 FROM jobs j
+                    WHERE j.kind = 'move_rendition' AND j.id > $5 AND j.payload ? 'asset_id'
+                      AND j.payload->>'asset_id' = r.asset_id::text
+                      AND (j.payload->>'version')::int4 = r.version
+                      AND j.payload->>'rendition' = r.name)
              RETURNING r.tier",
             &[
                 &asset.as_uuid(),
                 &version_param(version),
                 &rendition.as_str(),
                 &to,
+                &job.0,
             ],
         )
         .await?;
@@ -92,8 +101,9 @@ pub async fn begin_move(
 }
 
 /// Switches a rendition from tier `from` to `to`, when that is the move
-/// under way (`false` otherwise: it was superseded, or already done),
-/// tells the origins, and queues the drop of the copy in `from`.
+/// under way and no newer move of it was requested since `job` (`false`
+/// otherwise: it was superseded, or already done), tells the origins, and
+/// queues the drop of the copy in `from`.
 pub async fn finish_move(
     pool: &Pool,
     asset: AssetId,
@@ -101,6 +111,7 @@ pub async fn finish_move(
     rendition: &RenditionName,
     from: &str,
     to: &str,
+    job: JobId,
 ) -> Result<bool, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -111,6 +122,11 @@ pub async fn finish_move(
              WHERE a.id = r.asset_id AND a.deleted_at IS NULL
                AND r.asset_id = $1 AND r.version = $2 AND r.name = $3
                AND r.tier = $4 AND r.moving_to = $5
+               AND NOT EXISTS (SELECT 1 FROM jobs j
+                    WHERE j.kind = 'move_rendition' AND j.id > $6 AND j.payload ? 'asset_id'
+                      AND j.payload->>'asset_id' = r.asset_id::text
+                      AND (j.payload->>'version')::int4 = r.version
+                      AND j.payload->>'rendition' = r.name)
              RETURNING a.playback_id",
             &[
                 &asset.as_uuid(),
@@ -118,6 +134,7 @@ pub async fn finish_move(
                 &rendition.as_str(),
                 &from,
                 &to,
+                &job.0,
             ],
         )
         .await?;

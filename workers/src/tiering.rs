@@ -13,7 +13,7 @@ use std::time::Instant;
 use cascade_platform::config::TierPolicyConfig;
 use cascade_platform::storage::tiers::Tiers;
 use cascade_platform::{tiering, ObjectStore, StorageError};
-use cascade_schemas::{AssetId, ObjectKey, RenditionName};
+use cascade_schemas::{AssetId, JobId, ObjectKey, RenditionName};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -103,16 +103,22 @@ impl TierHandler {
         })
     }
 
-    async fn move_rendition(&self, job: MoveJob) -> Result<(), JobError> {
+    async fn move_rendition(&self, job: MoveJob, job_id: JobId) -> Result<(), JobError> {
         let started = Instant::now();
         let target = self.store(&job.to)?;
         let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
-        let Some(from) =
-            tiering::begin_move(&client, job.asset_id, job.version, &job.rendition, &job.to)
-                .await
-                .map_err(|e| retry("starting the move", &e))?
+        let Some(from) = tiering::begin_move(
+            &client,
+            job.asset_id,
+            job.version,
+            &job.rendition,
+            &job.to,
+            job_id,
+        )
+        .await
+        .map_err(|e| retry("starting the move", &e))?
         else {
-            return Ok(()); // Already there, or gone.
+            return Ok(()); // Already there, gone, or a newer move was asked for.
         };
         drop(client);
         let source = self.store(&from)?;
@@ -140,6 +146,7 @@ impl TierHandler {
             &job.rendition,
             &from,
             &job.to,
+            job_id,
         )
         .await
         .map_err(|e| retry("switching the rendition", &e))?;
@@ -248,7 +255,7 @@ impl JobHandler for TierHandler {
                 Kind::Move => {
                     let job: MoveJob =
                         serde_json::from_value(ctx.payload.clone()).map_err(invalid)?;
-                    handler.move_rendition(job).await
+                    handler.move_rendition(job, ctx.lease.job_id).await
                 }
                 Kind::Drop => {
                     let job: DropJob =
