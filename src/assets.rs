@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cascade_platform::{assets, db, tiering, Config, ObjectStore, Queue};
+use cascade_platform::{archive, assets, db, tiering, Config, ObjectStore, Queue};
 use cascade_schemas::{job_kind, AssetId, AssetState};
 use clap::Subcommand;
 
@@ -36,10 +36,12 @@ pub enum AssetsCommand {
     /// one of `storage.tiers`), through the queue (needs a running worker),
     /// and keeps them there: the tiering policy leaves them alone until
     /// `policy` is given as the tier, which hands them back to it.
+    /// `archive` archives it (only its source is kept); a storage tier
+    /// given for an archived asset restores it (rebuilt in `hot`).
     Tier {
         /// Asset id.
         id: AssetId,
-        /// The tier, or `policy`.
+        /// The tier, `archive`, or `policy`.
         tier: String,
         /// Wait until every rendition is there.
         #[arg(long)]
@@ -48,6 +50,57 @@ pub enum AssetsCommand {
         #[arg(long, default_value = "10m", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
         timeout: Duration,
     },
+}
+
+/// `cascade assets tier ID archive`, or a tier for an archived asset.
+async fn archive_or_restore(
+    pool: &deadpool_postgres::Pool,
+    config: &Config,
+    id: AssetId,
+    tier: &str,
+    wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let (wanted, queued) = if tier == "archive" {
+        let client = pool.get().await?;
+        let queued = archive::request_archive(&client, id).await?;
+        if !queued {
+            eprintln!(
+                "cascade: asset {id} is not ready with a published version (or is a live recording, which has no source to rebuild from)"
+            );
+            return Ok(ExitCode::from(1));
+        }
+        (AssetState::Archived, "archive")
+    } else if tier == "policy" {
+        eprintln!("cascade: asset {id} is archived; give a tier to restore it");
+        return Ok(ExitCode::from(1));
+    } else {
+        archive::request_restore(pool, id).await?;
+        (AssetState::Ready, "restore")
+    };
+    Queue::new(pool.clone(), config.queue.clone()).wake(job_kind::ARCHIVE_ASSET);
+    println!("asset {id}: {queued} queued");
+    if wait {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let asset = assets::get(pool, id).await?.context("asset vanished")?;
+            if asset.state == wanted {
+                break;
+            }
+            anyhow::ensure!(
+                asset.state != AssetState::Errored,
+                "asset {id} errored: {}",
+                asset.error_message.unwrap_or_default()
+            );
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "asset {id} not {wanted} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("asset {id}: {wanted}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn show(
@@ -120,6 +173,11 @@ pub async fn run(command: AssetsCommand, config: &Config) -> anyhow::Result<Exit
             wait,
             timeout,
         } => {
+            let state = assets::get(&pool, id).await?.map(|a| a.state);
+            let archived = matches!(state, Some(AssetState::Archived | AssetState::Restoring));
+            if tier == "archive" || archived {
+                return archive_or_restore(&pool, config, id, &tier, wait, timeout).await;
+            }
             if tier == "policy" {
                 if !tiering::unpin(&pool, id).await? {
                     eprintln!("cascade: asset {id} not found");

@@ -185,7 +185,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             )
             .register(
                 job_kind::PURGE_CDN,
-                cascade_workers::cdn_purge::PurgeCdnHandler::new(tiers.clone(), cdn),
+                cascade_workers::cdn_purge::PurgeCdnHandler::new(tiers.clone(), cdn.clone()),
             )
             .register(
                 job_kind::FINISH_BROADCAST,
@@ -196,6 +196,14 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             &queue,
             &tiers,
             Some(config.storage.policy.clone()),
+        );
+        let handlers = cascade_workers::archive::register(
+            handlers,
+            &pool,
+            &tiers,
+            &cdn,
+            config.storage.archive_source_tier(),
+            queue.config().max_attempts,
         );
         if tiers.all().len() > 1 {
             let (queue, every, token) = (

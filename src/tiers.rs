@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use cascade_platform::storage::tiers::Tiers;
-use cascade_platform::{db, tiering, Config};
+use cascade_platform::{archive, db, tiering, Config};
 use cascade_schemas::keys::ASSETS_PREFIX;
 use cascade_workers::tiering::policy_tier;
 use clap::Subcommand;
@@ -15,8 +15,8 @@ use clap::Subcommand;
 pub enum TiersCommand {
     /// Per tier: the assets' objects and bytes stored (listed from the
     /// store), the renditions Postgres places there, and the estimated
-    /// monthly cost from `price_per_gb_month`; then the moves the tiering
-    /// policy would queue if it ran now.
+    /// monthly cost from `price_per_gb_month`; the archived assets; then
+    /// the moves and archives the tiering policy would queue if it ran now.
     Status {
         /// JSON instead of a table.
         #[arg(long)]
@@ -46,6 +46,19 @@ pub async fn run(command: TiersCommand, config: &Config) -> anyhow::Result<ExitC
             }
         }
     }
+    let (archived, restoring) = archive::counts(&client).await?;
+    let to_archive = match policy.archive_after {
+        Some(after) if names.len() > 1 => archive::archive_candidates(&client, after, i64::MAX)
+            .await?
+            .len(),
+        _ => 0,
+    };
+    let archive = serde_json::json!({
+        "archived": archived,
+        "restoring": restoring,
+        "source_tier": config.storage.archive_source_tier(),
+        "policy_next": to_archive,
+    });
     let mut rows = Vec::new();
     for tier in tiers.all() {
         let objects = tier
@@ -74,7 +87,7 @@ pub async fn run(command: TiersCommand, config: &Config) -> anyhow::Result<ExitC
         })
         .collect();
     if json {
-        let out = serde_json::json!({ "tiers": rows, "policy_next": next });
+        let out = serde_json::json!({ "tiers": rows, "policy_next": next, "archive": archive });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
@@ -92,8 +105,15 @@ pub async fn run(command: TiersCommand, config: &Config) -> anyhow::Result<ExitC
                 r["store"].as_str().unwrap_or_default()
             );
         }
-        if next.is_empty() {
+        println!(
+            "archive: {archived} asset(s) archived (sources in {}), {restoring} restoring",
+            config.storage.archive_source_tier()
+        );
+        if next.is_empty() && to_archive == 0 {
             println!("the tiering policy would move nothing now");
+        }
+        if to_archive > 0 {
+            println!("the tiering policy would archive {to_archive} asset(s)");
         }
         for n in &next {
             println!(

@@ -37,15 +37,19 @@ pub(crate) async fn asset_json(
     state: &AppState,
     asset: &assets::Asset,
 ) -> Result<AssetView, ApiError> {
+    // An archived asset's renditions have no objects until it is restored.
     let renditions = match asset.published_version {
-        Some(version) => assets::renditions(&state.pool, asset.id, version).await?,
-        None => Vec::new(),
+        Some(version) if !asset.state.is_archived() => {
+            assets::renditions(&state.pool, asset.id, version).await?
+        }
+        _ => Vec::new(),
     };
     let base = format!("/play/{}", asset.playback_id);
     // A published version plays, also while a replacement is processing;
     // before one is, the growing first version plays (progressive publish).
+    // An archived asset keeps its URLs: a play of them restores it.
     let playable = asset.served_version().is_some();
-    let playback = playable.then(|| PlaybackUrls {
+    let playback = (playable || asset.state.is_archived()).then(|| PlaybackUrls {
         hls: state.playback_url(&format!("{base}/master.m3u8")),
         dash: state.playback_url(&format!("{base}/manifest.mpd")),
     });

@@ -122,7 +122,10 @@ pub struct AssetView {
     pub playback_id: String,
     /// `public` or `signed`.
     pub playback_policy: String,
-    /// `waiting`, `processing`, `ready` or `errored`.
+    /// `waiting`, `processing`, `ready` or `errored`; `archived` (only the
+    /// source is kept: the next play of its playback URLs restores it) or
+    /// `restoring` (being rebuilt; plays get 503 with `Retry-After` until
+    /// it is `ready` again, with the `asset.restored` webhook).
     pub state: String,
     /// Players can start: the asset is ready, or (progressive publish) its
     /// first segments are out while the rest is still processing. The HLS

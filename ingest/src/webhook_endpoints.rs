@@ -31,6 +31,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "asset.ready",
     "asset.errored",
     "asset.deleted",
+    "asset.archived",
+    "asset.restored",
     "live_stream.active",
     "live_stream.disconnected",
     "live_stream.idle",

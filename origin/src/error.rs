@@ -17,6 +17,14 @@ pub enum OriginError {
     /// The asset exists but no version of it is published yet.
     #[error("asset not ready")]
     AssetNotReady,
+    /// The asset is archived and being rebuilt from its source (a play
+    /// asked for it); playable again shortly. A 503, never a 404 a CDN
+    /// would keep.
+    #[error("asset restoring")]
+    AssetRestoring {
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// A live object not (yet) there: a segment about to be written, or a
     /// manifest before the first segments. Never cached, so no CDN keeps
     /// telling players a segment is missing once it exists.
@@ -75,9 +83,10 @@ impl OriginError {
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::StorageUnavailable { .. } | Self::DatabaseUnavailable | Self::PartNotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::StorageUnavailable { .. }
+            | Self::DatabaseUnavailable
+            | Self::PartNotReady
+            | Self::AssetRestoring { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::HlsDirectiveInvalid(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -87,6 +96,7 @@ impl OriginError {
         match self {
             Self::NotFound => "not_found",
             Self::AssetNotReady => "asset_not_ready",
+            Self::AssetRestoring { .. } => "asset_restoring",
             Self::LiveNotYet => "not_found",
             Self::StreamIdle => "stream_idle",
             Self::TokenRequired => "token_required",
@@ -107,6 +117,9 @@ impl OriginError {
         match self {
             Self::NotFound => "no such playback object",
             Self::AssetNotReady => "the asset is still being processed; try again shortly",
+            Self::AssetRestoring { .. } => {
+                "the asset is being restored from the archive; try again shortly"
+            }
             Self::LiveNotYet => "no such live object (yet)",
             Self::StreamIdle => "the live stream is idle: nothing is being broadcast",
             Self::TokenRequired => "this asset needs a playback token (?token=)",
@@ -156,7 +169,7 @@ impl IntoResponse for OriginError {
             HeaderValue::from_static(self.cache_control()),
         );
         match &self {
-            Self::StorageUnavailable { retry_after } => {
+            Self::StorageUnavailable { retry_after } | Self::AssetRestoring { retry_after } => {
                 let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }

@@ -92,7 +92,7 @@ pub use crate::front::{Answer, Front, FrontKey, Fronted, FRONT_TTL};
 pub use cascade_platform::config::OriginConfig;
 
 use crate::metrics::{class_index, Gauges, Metrics, CLASS_OTHER};
-use crate::resolve::{LiveInfo, Playable, Resolver};
+use crate::resolve::{AssetInfo, LiveInfo, Playable, Resolver};
 use crate::tier::{Cached, Lookup, Tier};
 
 /// `Surrogate-Key` (Fastly, nginx purge modules) and `Cache-Tag` (Cloudflare, Akamai).
@@ -144,6 +144,8 @@ struct Inner {
     /// `view_flush_interval` and `view_bucket`.
     view_timing: (std::time::Duration, std::time::Duration),
     pool: Pool,
+    /// `Retry-After` of plays of archived and restoring assets.
+    restore_retry_after: std::time::Duration,
     /// The storage tiers' names, and media segments served from each
     /// (by where their rendition is placed, whether or not memory held them).
     segments_by_tier: Vec<(String, std::sync::atomic::AtomicU64)>,
@@ -206,6 +208,7 @@ impl OriginState {
                 promoting: std::sync::atomic::AtomicBool::new(false),
                 view_timing: (config.view_flush_interval, config.view_bucket),
                 pool,
+                restore_retry_after: config.restore_retry_after,
                 segments_by_tier: tiers
                     .all()
                     .iter()
@@ -647,6 +650,27 @@ fn check_token<'a>(
     Ok(Some(token))
 }
 
+/// The answer to a play of an archived or restoring asset; a play of an
+/// archived one queues its restore (`archived -> restoring`: every origin
+/// is told, so one request per asset does it).
+async fn restore(inner: &Inner, asset: &AssetInfo) -> OriginError {
+    if asset.state == AssetState::Archived {
+        match cascade_platform::archive::request_restore(&inner.pool, asset.id).await {
+            Ok(true) => {
+                inner.metrics.restores_requested.inc();
+                tracing::info!(asset_id = %asset.id, "archived asset played: restore queued");
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(asset_id = %asset.id, error = %error, "cannot queue the restore of an archived asset");
+            }
+        }
+    }
+    OriginError::AssetRestoring {
+        retry_after: inner.restore_retry_after,
+    }
+}
+
 async fn serve_object(
     state: &OriginState,
     ask: &Ask,
@@ -672,6 +696,9 @@ async fn serve_object(
     };
     *surrogate = Some(format!("asset-{}", asset.id));
     let token = check_token(inner, ask, &playback_id, asset.signed)?;
+    if matches!(asset.state, AssetState::Archived | AssetState::Restoring) {
+        return Err(restore(inner, asset).await);
+    }
     let (published, presentation) = match (asset.published_version, asset.growing_version) {
         (Some(version), _) if asset.state == AssetState::Ready => (version, Presentation::Ready),
         (Some(version), _) => (version, Presentation::NotReady),

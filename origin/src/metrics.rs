@@ -83,6 +83,7 @@ pub(crate) struct Metrics {
     pub(crate) asset_lookups: Counter,
     pub(crate) asset_lookup_errors: Counter,
     pub(crate) asset_lookup_stale: Counter,
+    pub(crate) restores_requested: Counter,
 }
 
 /// Values read from elsewhere at render time.
@@ -138,6 +139,7 @@ impl Metrics {
             asset_lookups: Counter::default(),
             asset_lookup_errors: Counter::default(),
             asset_lookup_stale: Counter::default(),
+            restores_requested: Counter::default(),
         }
     }
 
@@ -190,7 +192,7 @@ impl Metrics {
     pub(crate) fn register(&self, registry: &mut Registry, gauges: Gauges) {
         self.http
             .register(registry, "cascade_origin", "origin (object class as route)");
-        let counters: [(&str, &str, &Counter); 17] = [
+        let counters: [(&str, &str, &Counter); 18] = [
             (
                 "cascade_origin_cache_hits",
                 "Requests answered from the memory tier (front cache included)",
@@ -275,6 +277,11 @@ impl Metrics {
                 "cascade_origin_asset_lookup_stale",
                 "Failed playback id lookups answered from the last known asset (stale-if-error)",
                 &self.asset_lookup_stale,
+            ),
+            (
+                "cascade_origin_restores_requested",
+                "Plays of archived assets that queued their restore from the archive tier",
+                &self.restores_requested,
             ),
         ];
         for (name, help, counter) in counters {

@@ -114,7 +114,12 @@ pub struct Asset {
 impl Asset {
     /// The version players get: the published one, else, while the first
     /// version is still processing, the one growing (progressive publish).
+    /// An archived asset (or one being restored) has none: its objects are
+    /// gone until the restore publishes the next version.
     pub fn served_version(&self) -> Option<i32> {
+        if self.state.is_archived() {
+            return None;
+        }
         self.published_version.or(self.growing_version())
     }
 
@@ -538,14 +543,16 @@ pub async fn refuse_source(
     Ok(n == 1)
 }
 
-/// A transcode (re)starts: `processing` stays, `errored` (an operator's
-/// retry) goes back to `processing`. `false` when the asset is in neither
-/// state (deleted, or already published).
+/// A transcode (re)starts: `processing` and `restoring` (a rebuild from the
+/// archive) stay, `errored` (an operator's retry) goes back to
+/// `processing`. `false` when the asset is in none of them (deleted, or
+/// already published).
 pub async fn resume_processing(client: &impl GenericClient, id: AssetId) -> Result<bool, DbError> {
     let n = client
         .execute(
-            "UPDATE assets SET state = 'processing', error_code = NULL, error_message = NULL, updated_at = now()
-             WHERE id = $1 AND state IN ('processing', 'errored') AND deleted_at IS NULL",
+            "UPDATE assets SET state = CASE WHEN state = 'restoring' THEN 'restoring' ELSE 'processing' END,
+                 error_code = NULL, error_message = NULL, updated_at = now()
+             WHERE id = $1 AND state IN ('processing', 'errored', 'restoring') AND deleted_at IS NULL",
             &[&id.as_uuid()],
         )
         .await?;
@@ -553,7 +560,9 @@ pub async fn resume_processing(client: &impl GenericClient, id: AssetId) -> Resu
 }
 
 /// `processing -> errored` (the transcode failed for good) with a stable
-/// code and a creator-readable message.
+/// code and a creator-readable message. A restore that fails leaves the
+/// asset errored with nothing published (its archived version's objects
+/// are gone).
 pub async fn set_errored(
     pool: &Pool,
     id: AssetId,
@@ -565,8 +574,9 @@ pub async fn set_errored(
     // Only a change of error is an event (a retry that fails the same way is not).
     let changed = tx
         .execute(
-            "UPDATE assets SET state = 'errored', error_code = $2, error_message = $3, updated_at = now()
-             WHERE id = $1 AND deleted_at IS NULL AND state IN ('processing', 'errored')
+            "UPDATE assets SET state = 'errored', error_code = $2, error_message = $3, updated_at = now(),
+                 published_version = CASE WHEN state = 'restoring' THEN NULL ELSE published_version END
+             WHERE id = $1 AND deleted_at IS NULL AND state IN ('processing', 'errored', 'restoring')
                AND NOT (state = 'errored' AND error_code IS NOT DISTINCT FROM $2)",
             &[&id.as_uuid(), &code, &message],
         )
@@ -589,7 +599,7 @@ pub async fn set_progress(
     client
         .execute(
             "UPDATE assets SET progress = $2, duration_seconds = COALESCE($3, duration_seconds), updated_at = now()
-             WHERE id = $1 AND state = 'processing'",
+             WHERE id = $1 AND state IN ('processing', 'restoring')",
             &[&id.as_uuid(), &percent.clamp(0.0, 100.0), &duration],
         )
         .await?;
@@ -597,9 +607,10 @@ pub async fn set_progress(
 }
 
 /// Records a published version's renditions and makes it live: the asset
-/// turns `ready` in the same transaction (`processing -> ready`; a rerun of
-/// a published version is idempotent). `false`, and nothing recorded, when
-/// the asset is deleted or no longer processing.
+/// turns `ready` in the same transaction (`processing -> ready`, sending
+/// `asset.ready`, or `restoring -> ready`, sending `asset.restored`; a
+/// rerun of a published version is idempotent). `false`, and nothing
+/// recorded, when the asset is deleted or no longer processing.
 pub async fn publish(
     pool: &Pool,
     id: AssetId,
@@ -611,8 +622,9 @@ pub async fn publish(
     let tx = client.transaction().await?;
     let live = tx
         .query_opt(
-            "SELECT playback_id, published_version FROM assets WHERE id = $1 AND deleted_at IS NULL
-               AND (state = 'processing' OR (state = 'ready' AND published_version = $2))
+            "SELECT playback_id, published_version, state = 'restoring' FROM assets
+             WHERE id = $1 AND deleted_at IS NULL
+               AND (state IN ('processing', 'restoring') OR (state = 'ready' AND published_version = $2))
              FOR UPDATE",
             &[&id.as_uuid(), &version],
         )
@@ -622,6 +634,7 @@ pub async fn publish(
     };
     let playback_id: String = live.get(0);
     let replaced: Option<i32> = live.get(1);
+    let restored: bool = live.get(2);
     tx.execute(
         "DELETE FROM renditions WHERE asset_id = $1 AND version = $2",
         &[&id.as_uuid(), &version],
@@ -659,7 +672,16 @@ pub async fn publish(
         &[&id.as_uuid(), &version, &duration],
     )
     .await?;
-    emit(&tx, "asset.ready", id).await?;
+    emit(
+        &tx,
+        if restored {
+            "asset.restored"
+        } else {
+            "asset.ready"
+        },
+        id,
+    )
+    .await?;
     if let Some(replaced) = replaced.filter(|&old| old != version) {
         // The top-level manifests (and unversioned media URLs) now name
         // another version: origins forget their lookup at once, CDNs

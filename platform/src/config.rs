@@ -223,6 +223,17 @@ pub struct TierPolicyConfig {
     pub keep_low_rungs_warmer: u32,
     /// Moves queued per run at most. Default `1000`.
     pub max_moves_per_run: u32,
+    /// The archive tier: an asset none of whose renditions was viewed for
+    /// this long keeps only its source (moved to `archive_source_tier`);
+    /// its renditions' objects are deleted, and rebuilt from the source
+    /// when it is played again (`restoring`, then `ready`). Live
+    /// recordings, which have no source, are never archived. Unset: never.
+    /// Default `730days`.
+    #[serde(with = "humantime_serde::option")]
+    pub archive_after: Option<Duration>,
+    /// The tier an archived asset's source moves to. Default: the coldest
+    /// of `storage.tiers` (`hot` when there is none).
+    pub archive_source_tier: Option<String>,
 }
 
 impl Default for TierPolicyConfig {
@@ -239,6 +250,8 @@ impl Default for TierPolicyConfig {
             views_window: Duration::from_secs(7 * day),
             keep_low_rungs_warmer: 1,
             max_moves_per_run: 1000,
+            archive_after: Some(Duration::from_secs(730 * day)),
+            archive_source_tier: None,
         }
     }
 }
@@ -284,6 +297,18 @@ pub struct TierConfig {
     /// Price of a GB-month in this tier. Default `0`.
     #[serde(default)]
     pub price_per_gb_month: f64,
+}
+
+impl StorageConfig {
+    /// The tier an archived asset's source moves to
+    /// (`storage.policy.archive_source_tier`, else the coldest tier).
+    pub fn archive_source_tier(&self) -> &str {
+        match (&self.policy.archive_source_tier, self.tiers.last()) {
+            (Some(tier), _) => tier,
+            (None, Some(coldest)) => &coldest.name,
+            (None, None) => "hot",
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -509,6 +534,10 @@ pub struct OriginConfig {
     /// finest window a tiering policy can look at. Default `1h`.
     #[serde(with = "humantime_serde")]
     pub view_bucket: Duration,
+    /// `Retry-After` of the 503 that answers a play of an archived asset
+    /// (its restore is queued) or of one being restored. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub restore_retry_after: Duration,
 }
 
 impl Default for OriginConfig {
@@ -532,6 +561,7 @@ impl Default for OriginConfig {
             front_cache_bytes: ByteSize::mib(64),
             view_flush_interval: Duration::from_secs(10),
             view_bucket: Duration::from_secs(3600),
+            restore_retry_after: Duration::from_secs(10),
         }
     }
 }
@@ -1336,10 +1366,13 @@ impl Config {
                 && tier.name.bytes().all(|b| {
                     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
                 });
-            if !name_ok || tier_names.contains(&tier.name.as_str()) || tier.name == "policy" {
+            let reserved = ["policy", "archive"].contains(&tier.name.as_str());
+            if !name_ok || tier_names.contains(&tier.name.as_str()) || reserved {
                 return Err(invalid(
                     "storage.tiers",
-                    "each tier needs a unique name of 1-32 of a-z, 0-9, '_' and '-', not `hot` or `policy`",
+                    "each tier needs a unique name of 1-32 of a-z, 0-9, '_' and '-', not `hot`, \
+                     `policy` or `archive` (the archive tier keeps only sources, in any tier: \
+                     see `storage.policy.archive_after`)",
                 ));
             }
             tier_names.push(&tier.name);
@@ -1347,6 +1380,14 @@ impl Config {
                 return Err(invalid(
                     "storage.tiers",
                     "each tier needs exactly one of `local_root` and `s3`",
+                ));
+            }
+        }
+        if let Some(tier) = &self.storage.policy.archive_source_tier {
+            if !tier_names.contains(&tier.as_str()) {
+                return Err(invalid(
+                    "storage.policy.archive_source_tier",
+                    "must name `hot` or one of `storage.tiers`",
                 ));
             }
         }
@@ -1906,7 +1947,7 @@ mod tests {
             env(&[(
                 "CASCADE_STORAGE__TIERS",
                 r#"[{name = "cold", local_root = "/srv/cold", price_per_gb_month = 0.004},
-                    {name = "archive", s3 = {bucket = "deep"}}]"#,
+                    {name = "deep", s3 = {bucket = "deep"}}]"#,
             )]),
         )
         .unwrap();
@@ -1916,10 +1957,11 @@ mod tests {
             .iter()
             .map(|t| t.name.as_str())
             .collect();
-        assert_eq!(names, ["cold", "archive"]);
+        assert_eq!(names, ["cold", "deep"]);
         assert_eq!(config.storage.tiers[1].s3.as_ref().unwrap().bucket, "deep");
         for bad in [
             r#"[{name = "hot", local_root = "/x"}]"#,
+            r#"[{name = "archive", local_root = "/x"}]"#,
             r#"[{name = "a", local_root = "/x"}, {name = "a", local_root = "/y"}]"#,
             r#"[{name = "Cold", local_root = "/x"}]"#,
             r#"[{name = "cold"}]"#,

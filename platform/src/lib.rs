@@ -13,12 +13,14 @@
 //!   enforced in their SQL (every transition a conditional update naming the
 //!   state it leaves): [`environments`], [`api_keys`], [`assets`], [`uploads`],
 //!   [`watch_files`], [`webhook_endpoints`], [`direct_uploads`], [`live_streams`],
-//!   [`tiering`] (which storage tier holds each rendition, and moves).
+//!   [`tiering`] (which storage tier holds each rendition, and moves),
+//!   [`archive`] (the archive tier: keep the source, rebuild on a play).
 //!
 //! Everything here is I/O at the edges of the system; domain names come from
 //! `cascade_schemas`.
 
 pub mod api_keys;
+pub mod archive;
 pub mod assets;
 pub mod config;
 pub mod db;

@@ -65,9 +65,10 @@ pub async fn placement(
 
 /// Starts moving a rendition to tier `to` for move job `job` (a move to
 /// elsewhere under way is superseded: its switch will fail). The tier it
-/// leaves; `None` when it is already there, there is no such rendition, or
-/// a newer move of it was requested since `job` (a stale job retried late
-/// never undoes a later decision).
+/// leaves; `None` when it is already there, there is no such rendition (or
+/// its asset is archived: its objects are gone), or a newer move of it was
+/// requested since `job` (a stale job retried late never undoes a later
+/// decision).
 pub async fn begin_move(
     client: &impl GenericClient,
     asset: AssetId,
@@ -81,6 +82,7 @@ pub async fn begin_move(
             "UPDATE renditions r SET moving_to = $4
              FROM assets a
              WHERE a.id = r.asset_id AND a.deleted_at IS NULL
+               AND a.state NOT IN ('archived', 'restoring')
                AND r.asset_id = $1 AND r.version = $2 AND r.name = $3 AND r.tier <> $4
                AND NOT EXISTS (SELECT 1 FROM jobs j
                     WHERE j.kind = 'move_rendition' AND j.id > $5 AND j.payload ? 'asset_id'
@@ -278,7 +280,8 @@ pub struct PolicyInput {
     pub recent_views: i64,
 }
 
-/// Every published rendition of every live asset not pinned by hand, with
+/// Every published rendition of every live asset not pinned by hand nor
+/// archived, with
 /// its idle time and its views within `window` (segment fetches counted
 /// by the origins).
 pub async fn policy_inputs(
@@ -307,7 +310,7 @@ pub async fn policy_inputs(
                  WHERE m.asset_id = r.asset_id AND m.version = r.version AND m.rendition = r.name
              ) v ON true
              WHERE a.deleted_at IS NULL AND r.version = a.published_version
-               AND NOT r.tier_pinned
+               AND a.state NOT IN ('archived', 'restoring') AND NOT r.tier_pinned
              ORDER BY r.asset_id, r.name",
             &[&window_seconds],
         )
@@ -436,14 +439,16 @@ pub async fn prune_views(
         .await?)
 }
 
-/// Renditions per tier (every published rendition of every live asset).
+/// Renditions per tier (every published rendition of every live asset
+/// not archived: an archived asset's renditions have no objects).
 pub async fn renditions_per_tier(
     client: &impl GenericClient,
 ) -> Result<Vec<(String, i64)>, DbError> {
     let rows = client
         .query(
             "SELECT r.tier, count(*) FROM renditions r JOIN assets a ON a.id = r.asset_id
-             WHERE a.deleted_at IS NULL GROUP BY r.tier ORDER BY r.tier",
+             WHERE a.deleted_at IS NULL AND a.state NOT IN ('archived', 'restoring')
+             GROUP BY r.tier ORDER BY r.tier",
             &[],
         )
         .await?;

@@ -47,19 +47,32 @@ pub mod job_kind {
     /// Place every published rendition by the tiering policy and queue
     /// the moves (one per `storage.policy.interval`).
     pub const TIER_POLICY: &str = "tier_policy";
+    /// Archive an idle asset: it turns `archived` and its renditions'
+    /// objects are dropped later by `drop_archived` (the source is kept).
+    pub const ARCHIVE_ASSET: &str = "archive_asset";
+    /// Delete an archived version's objects in every tier (once no origin
+    /// can still read them), move its source to the archive's tier, purge
+    /// the CDN.
+    pub const DROP_ARCHIVED: &str = "drop_archived";
+    /// Rebuild an archived asset that was played: bring its source back to
+    /// the hot tier as the next version's and queue its transcode.
+    pub const RESTORE_ASSET: &str = "restore_asset";
     /// Deliver one webhook event.
     pub const WEBHOOK: &str = "webhook";
     /// Does nothing (optionally sleeps): queue diagnostics and `cascade bench queue`.
     pub const NOOP: &str = "noop";
 
     /// Every kind above (metrics keep a series for each from the start).
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 12] = [
         TRANSCODE,
         PURGE_ASSET,
         PURGE_CDN,
         MOVE_RENDITION,
         DROP_TIER_COPY,
         TIER_POLICY,
+        ARCHIVE_ASSET,
+        DROP_ARCHIVED,
+        RESTORE_ASSET,
         FINISH_BROADCAST,
         WEBHOOK,
         NOOP,

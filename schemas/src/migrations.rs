@@ -90,6 +90,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "media_views",
         sql: include_str!("../migrations/0015_media_views.sql"),
     },
+    Migration {
+        version: 16,
+        name: "archive",
+        sql: include_str!("../migrations/0016_archive.sql"),
+    },
 ];
 
 #[cfg(test)]

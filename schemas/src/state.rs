@@ -54,7 +54,8 @@ macro_rules! text_enum {
 }
 
 text_enum!(
-    /// Where an asset is in its life: `waiting -> processing -> ready | errored`.
+    /// Where an asset is in its life: `waiting -> processing -> ready | errored`,
+    /// and `ready -> archived -> restoring -> ready` in the archive tier.
     AssetState, "asset", {
         /// Created; no source uploaded yet.
         Waiting => "waiting",
@@ -64,10 +65,22 @@ text_enum!(
         Ready => "ready",
         /// Failed permanently; the asset carries a creator-readable message.
         Errored => "errored",
+        /// Idle so long that only its source is kept (the archive tier): its
+        /// renditions' objects are deleted. The next play restores it.
+        Archived => "archived",
+        /// Being rebuilt from its source after a play of the archived asset;
+        /// plays are answered 503 with `Retry-After` until it is `ready`.
+        Restoring => "restoring",
     }
 );
 
 impl AssetState {
+    /// In the archive tier: `archived`, or `restoring` from it (nothing
+    /// plays until it is `ready` again).
+    pub fn is_archived(self) -> bool {
+        matches!(self, AssetState::Archived | AssetState::Restoring)
+    }
+
     /// The version that plays while it is still being transcoded
     /// (progressive publish): the `playable` one, only while processing an
     /// asset's first version (a replacement plays once it is ready).

@@ -105,6 +105,9 @@ async fn measure(
         views_window: Duration::from_secs(DAY),
         keep_low_rungs_warmer: 1,
         max_moves_per_run: 5000,
+        // The seeded catalogue has no sources to rebuild from.
+        archive_after: None,
+        archive_source_tier: None,
     };
 
     // The catalogue: rows, then objects.

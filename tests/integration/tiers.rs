@@ -85,8 +85,18 @@ fn start_worker_with_policy(
         .register(job_kind::TRANSCODE, transcode)
         .register(
             job_kind::PURGE_ASSET,
-            PurgeHandler::new(db.pool.clone(), tiers.clone(), cdn),
+            PurgeHandler::new(db.pool.clone(), tiers.clone(), cdn.clone()),
         );
+    // Archived sources go to the coldest tier.
+    let coldest = tiers.all().last().map(|t| t.name.clone()).unwrap();
+    let handlers = cascade_workers::archive::register(
+        handlers,
+        &db.pool,
+        tiers,
+        &cdn,
+        &coldest,
+        queue.config().max_attempts,
+    );
     if let Some(policy) = &policy {
         tokio::spawn(schedule_policy(
             queue.clone(),
@@ -471,6 +481,8 @@ async fn the_policy_cools_idle_renditions_and_warms_watched_ones_s3() {
         views_window: Duration::from_secs(4),
         keep_low_rungs_warmer: 1,
         max_moves_per_run: 100,
+        archive_after: None,
+        archive_source_tier: None,
     };
     start_worker_with_policy(&db, &tiers, &stop, Some(policy));
     let origin = start_origin(&db, &tiers, &stop).await;
@@ -618,5 +630,138 @@ async fn renditions_watched_again_in_a_cold_tier_are_promoted_by_the_origins_cou
         "{placed:?}: only what was watched moves"
     );
     assert_eq!(play_everything(origin, &base).await, published);
+    stop.cancel();
+}
+
+/// The archive tier: an asset idle past `archive_after` keeps only its
+/// source (moved to the coldest tier) and its renditions' objects go; a
+/// play is answered 503 with `Retry-After` (never a 404 a CDN would keep)
+/// and restores it as the next version, playable again, with webhooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_asset_is_archived_to_its_source_and_a_play_restores_it_s3() {
+    let db = fresh_db().await;
+    let tiers = Tiers::from_config(&two_buckets()).await.unwrap();
+    let stop = CancellationToken::new();
+    let policy = TierPolicyConfig {
+        interval: Duration::from_secs(1),
+        idle_after: vec![Duration::from_secs(3600)],
+        archive_after: Some(Duration::from_secs(3)),
+        ..TierPolicyConfig::default()
+    };
+    start_worker_with_policy(&db, &tiers, &stop, Some(policy));
+    let origin = start_origin(&db, &tiers, &stop).await;
+    let (asset, base) = transcoded(&db, &tiers).await;
+    let published = play_everything(origin, &base).await;
+    let state = || async { assets::get(&db.pool, asset).await.unwrap().unwrap() };
+
+    // Idle: archived by the policy; once no origin can still read them,
+    // the version's objects are gone from every tier and the source is in
+    // the coldest one only.
+    let idle = Instant::now();
+    eventually(
+        "the idle asset archived",
+        Duration::from_secs(30),
+        || async { (state().await.state == AssetState::Archived).then_some(()) },
+    )
+    .await;
+    println!("archived {:?} after its last play", idle.elapsed());
+    let source = ObjectKey::source_version(asset, 1);
+    eventually(
+        "the archived version dropped, the source in cold",
+        Duration::from_secs(60),
+        || async {
+            let left = tiers
+                .keys_everywhere(&ObjectKey::version_prefix(asset, 1))
+                .await
+                .unwrap();
+            let in_hot = tiers.hot().head(&source).await.is_ok();
+            let in_cold = tiers.store("cold").unwrap().head(&source).await.is_ok();
+            (left.is_empty() && !in_hot && in_cold).then_some(())
+        },
+    )
+    .await;
+    let source_tier = count(
+        &db,
+        &format!("SELECT count(*) FROM assets WHERE id = '{asset}' AND source_tier = 'cold'"),
+    )
+    .await;
+    assert_eq!(source_tier, 1);
+    assert_eq!(state().await.served_version(), None);
+
+    // Played: 503 with Retry-After, not stored, and the restore queued
+    // once however many plays come.
+    let master = format!("{base}/master.m3u8");
+    for _ in 0..3 {
+        let reply = get(origin, &master).await;
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert_eq!(reply.header("retry-after"), Some("10"));
+        assert_eq!(reply.header("cache-control"), Some("no-store"));
+        assert!(reply.text().contains("asset_restoring"), "{}", reply.text());
+        assert_eq!(state().await.state, AssetState::Restoring);
+    }
+    let segment = published
+        .keys()
+        .find(|p| p.ends_with(".m4s"))
+        .unwrap()
+        .clone();
+    assert_eq!(get(origin, &segment).await.status, 503);
+    let restore_jobs = count(
+        &db,
+        &format!(
+            "SELECT count(*) FROM jobs WHERE kind = 'restore_asset' AND payload->>'asset_id' = '{asset}'"
+        ),
+    )
+    .await;
+    assert_eq!(restore_jobs, 1);
+
+    // Rebuilt from the cold source as version 2: plays again, its objects
+    // in hot, nothing left of version 1 or of the old source anywhere.
+    let restoring = Instant::now();
+    eventually("the asset restored", Duration::from_secs(120), || async {
+        let a = state().await;
+        assert_ne!(a.state, AssetState::Errored, "{:?}", a.error_message);
+        (a.state == AssetState::Ready).then_some(a.published_version)
+    })
+    .await;
+    println!("restored {:?} after the first play", restoring.elapsed());
+    assert_eq!(state().await.published_version, Some(2));
+    let replayed = play_everything(origin, &base).await;
+    assert_eq!(replayed.len(), published.len());
+    let v2 = tiers
+        .hot()
+        .list(&ObjectKey::version_prefix(asset, 2))
+        .await
+        .unwrap();
+    assert!(
+        v2.len() >= replayed.len(),
+        "{} objects of version 2",
+        v2.len()
+    );
+    for tier in tiers.all() {
+        assert!(
+            tier.store.head(&source).await.is_err(),
+            "old source in {}",
+            tier.name
+        );
+        let v1 = tier
+            .store
+            .list(&ObjectKey::version_prefix(asset, 1))
+            .await
+            .unwrap();
+        assert!(v1.is_empty(), "version 1 objects left in {}", tier.name);
+    }
+    tiers
+        .hot()
+        .head(&ObjectKey::source_version(asset, 2))
+        .await
+        .unwrap();
+    let events = |kind: &str| {
+        format!(
+            "SELECT count(*) FROM jobs WHERE kind = 'webhook' AND payload->>'type' = '{kind}' \
+             AND payload->'data'->>'asset_id' = '{asset}'"
+        )
+    };
+    assert_eq!(count(&db, &events("asset.archived")).await, 1);
+    assert_eq!(count(&db, &events("asset.restored")).await, 1);
     stop.cancel();
 }

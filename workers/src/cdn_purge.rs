@@ -12,7 +12,9 @@
 //!
 //! `purge_cdn` jobs are queued when another version of an asset is
 //! published (`cascade_platform::assets::publish`): the top-level manifests
-//! and the unversioned media URLs of the replaced version change meaning.
+//! and the unversioned media URLs of the replaced version change meaning;
+//! and when a version is archived (`cascade_platform::archive`): every URL
+//! of it.
 //! A deleted asset's CDN copies are purged by its `purge_asset` job
 //! ([`crate::purge`]).
 
@@ -239,8 +241,12 @@ pub struct PurgeCdnJob {
     pub asset_id: AssetId,
     /// Its playback id.
     pub playback_id: PlaybackId,
-    /// The version that was published before.
+    /// The version that was published before (or was archived).
     pub replaced_version: u32,
+    /// Every URL of that version, versioned ones too (it was archived:
+    /// its objects go), rather than only what changed meaning.
+    #[serde(default)]
+    pub everything: bool,
 }
 
 /// Handler for [`cascade_schemas::job_kind::PURGE_CDN`].
@@ -266,7 +272,12 @@ impl PurgeCdnHandler {
             .keys_everywhere(&prefix)
             .await
             .map_err(|e| JobError::Retryable(format!("the replaced version: {e}")))?;
-        let paths = paths(Purge::Replaced, &job.playback_id, job.asset_id, keys);
+        let which = if job.everything {
+            Purge::Everything
+        } else {
+            Purge::Replaced
+        };
+        let paths = paths(which, &job.playback_id, job.asset_id, keys);
         let purged = self
             .purger
             .purge(&paths)
@@ -279,7 +290,8 @@ impl PurgeCdnHandler {
             nodes = purged.nodes,
             removed = purged.removed,
             not_cached = purged.not_cached,
-            "CDN purged of a republished asset's replaced URLs"
+            everything = job.everything,
+            "CDN purged of a republished or archived version's URLs"
         );
         Ok(())
     }

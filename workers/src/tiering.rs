@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use cascade_platform::archive as tiering_archive;
 use cascade_platform::config::TierPolicyConfig;
 use cascade_platform::storage::tiers::Tiers;
 use cascade_platform::{tiering, ObjectStore, StorageError};
@@ -63,11 +64,11 @@ enum Kind {
     Drop,
 }
 
-fn retry(what: &str, error: &dyn std::fmt::Display) -> JobError {
+pub(crate) fn retry(what: &str, error: &dyn std::fmt::Display) -> JobError {
     JobError::Retryable(format!("{what}: {error}"))
 }
 
-fn storage(what: &str, error: StorageError) -> JobError {
+pub(crate) fn storage(what: &str, error: StorageError) -> JobError {
     if error.is_retryable() {
         retry(what, &error)
     } else {
@@ -135,7 +136,10 @@ impl TierHandler {
         }
         let bytes: u64 = objects.iter().map(|o| o.size).sum();
         futures::stream::iter(objects)
-            .map(|meta| copy_object(source, target, meta))
+            .map(|meta| async move {
+                let key = ObjectKey::from_stored(meta.key.clone());
+                copy_object(source, &key, meta.size, target, key.clone()).await
+            })
             .buffer_unordered(COPY_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
@@ -205,23 +209,25 @@ impl TierHandler {
     }
 }
 
-/// Copies one object between tiers unless an identical-sized copy is
-/// already there (a retried move skips what it copied before), then checks
-/// the copy's size against the source's.
-async fn copy_object(
+/// Copies object `key` of `size` bytes in `source` to `target` as `to`,
+/// unless an identical-sized copy is already there (a retried move skips
+/// what it copied before), then checks the copy's size against the
+/// source's.
+pub(crate) async fn copy_object(
     source: &ObjectStore,
+    key: &ObjectKey,
+    size: u64,
     target: &ObjectStore,
-    meta: cascade_platform::storage::ObjectMeta,
+    to: ObjectKey,
 ) -> Result<(), JobError> {
-    let key = ObjectKey::from_stored(meta.key.clone());
-    match target.head(&key).await {
-        Ok(existing) if existing.size == meta.size => return Ok(()),
+    match target.head(&to).await {
+        Ok(existing) if existing.size == size => return Ok(()),
         Ok(_) => {}
         Err(e) if e.is_not_found() => {}
         Err(e) => return Err(storage("checking the target", e)),
     }
     let body = source
-        .get(&key, None)
+        .get(key, None)
         .await
         .map_err(|e| storage("reading the object", e))?;
     let mut reader = tokio_util::io::StreamReader::new(
@@ -229,17 +235,17 @@ async fn copy_object(
             .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string()))),
     );
     let written = target
-        .put(&key, &mut reader)
+        .put(&to, &mut reader)
         .await
         .map_err(|e| storage("writing the copy", e))?;
     let stored = target
-        .head(&key)
+        .head(&to)
         .await
         .map_err(|e| storage("checking the copy", e))?;
-    if written != meta.size || stored.size != meta.size {
+    if written != size || stored.size != size {
         return Err(JobError::Retryable(format!(
-            "the copy of {key} has {} bytes, the source {}",
-            stored.size, meta.size
+            "the copy of {key} has {} bytes, the source {size}",
+            stored.size
         )));
     }
     Ok(())
@@ -343,6 +349,21 @@ impl PolicyHandler {
             .map_err(|e| retry("queueing a move", &e))?;
             moves += 1;
         }
+        let mut archives = 0u32;
+        if let Some(after) = self.policy.archive_after {
+            let room = self.policy.max_moves_per_run.saturating_sub(moves);
+            let candidates = tiering_archive::archive_candidates(&client, after, i64::from(room))
+                .await
+                .map_err(|e| retry("finding assets to archive", &e))?;
+            for (asset, _) in candidates {
+                if tiering_archive::request_archive(&client, asset)
+                    .await
+                    .map_err(|e| retry("queueing an archive", &e))?
+                {
+                    archives += 1;
+                }
+            }
+        }
         // The longest look back the policy takes, with room to spare.
         let keep = self.policy.views_window.max(
             self.policy
@@ -361,6 +382,7 @@ impl PolicyHandler {
         tracing::info!(
             renditions = inputs.len(),
             moves,
+            archives,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "tiering policy ran"
         );

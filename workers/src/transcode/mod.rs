@@ -157,7 +157,7 @@ impl JobHandler for TranscodeHandler {
             // A failure the handler already reported (its own error) stays.
             let processing = matches!(
                 assets::get(&pool, payload.asset_id).await,
-                Ok(Some(asset)) if asset.state == AssetState::Processing
+                Ok(Some(asset)) if matches!(asset.state, AssetState::Processing | AssetState::Restoring)
             );
             if processing || code == QUARANTINED {
                 if let Err(error) = assets::set_errored(&pool, payload.asset_id, code, &message).await {
