@@ -8,7 +8,8 @@
 # Starts a private PostgreSQL cluster and a SeaweedFS S3 endpoint on free
 # loopback ports, exports their addresses as CASCADE_* variables (see
 # docs/configuration.md), runs COMMAND, and stops both services however it
-# ends. Service logs stay in .data/NAME/logs.
+# ends. Service logs stay in .data/NAME/logs. Temporary files go to a
+# directory of the run (TMPDIR), removed when it ends.
 set -euo pipefail
 
 name="$1"; shift
@@ -57,6 +58,9 @@ stop_services() {
   if [ -f "$pg_data/postmaster.pid" ]; then
     "${as_db_user[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -m fast -w stop >>"$logs/postgres.log" 2>&1
   fi
+  if [ -n "${scratch_tmp:-}" ]; then
+    rm -rf "$scratch_tmp"
+  fi
   if [ -f "$data/weed.pid" ]; then
     local pid; pid="$(cat "$data/weed.pid")"
     kill "$pid" 2>/dev/null
@@ -67,6 +71,12 @@ stop_services() {
 }
 # A previous run that was killed may have left services behind.
 stop_services
+# Temporary files of everything run here (test scratch directories, player
+# profiles, ...) go to a directory of this run, removed when it ends, so
+# repeated runs never fill the machine's disk. Kept short: Unix socket
+# paths (Chromium's) are limited to 108 bytes.
+scratch_tmp="$(mktemp -d "${TMPDIR:-/tmp}/cascade-stack.XXXXXX")"
+export TMPDIR="$scratch_tmp"
 trap stop_services EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cascade_origin::OriginConfig;
 use cascade_platform::config::{
-    ByteSize, EncoderChoice, PlaybackConfig, RungConfig, StorageConfig, TierConfig,
+    ByteSize, CdnConfig, EncoderChoice, PlaybackConfig, RungConfig, StorageConfig, TierConfig,
     TierPolicyConfig, TranscodeConfig,
 };
 use cascade_platform::playback_token::Keyring;
@@ -25,8 +25,11 @@ use cascade_workers::transcode::{encoders, TranscodeHandler};
 use cascade_workers::{HandlerRegistry, Runner};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{count, eventually, fixtures_dir, fresh_db, s3_config, CascadeProcess, TestDb};
-use crate::origin::{get, serve};
+use crate::common::{
+    bench_fixture, count, eventually, fixtures_dir, fresh_db, repo_root, s3_config, CascadeProcess,
+    TestDb,
+};
+use crate::origin::{get, nginx_available, serve, start_cdn_purged_at};
 
 /// Hot in one bucket, `cold` in another, of the stack's SeaweedFS.
 fn two_buckets() -> StorageConfig {
@@ -54,6 +57,17 @@ fn start_worker_with_policy(
     stop: &CancellationToken,
     policy: Option<TierPolicyConfig>,
 ) {
+    start_worker_purging(db, tiers, stop, policy, CdnConfig::default());
+}
+
+/// [`start_worker_with_policy`], purging the CDN nodes of `cdn`.
+fn start_worker_purging(
+    db: &TestDb,
+    tiers: &Tiers,
+    stop: &CancellationToken,
+    policy: Option<TierPolicyConfig>,
+    cdn: CdnConfig,
+) {
     let mut queue_config = db.config.queue.clone();
     queue_config.poll_interval = Duration::from_millis(100);
     queue_config.retry_base = Duration::from_millis(200);
@@ -80,7 +94,7 @@ fn start_worker_with_policy(
         },
         encoders::VideoEncoder::Libx264,
     );
-    let cdn = CdnPurger::new(&Default::default()).unwrap();
+    let cdn = CdnPurger::new(&cdn).unwrap();
     let handlers = HandlerRegistry::new()
         .register(job_kind::TRANSCODE, transcode)
         .register(
@@ -265,15 +279,23 @@ async fn assert_in_one_tier(db: &TestDb, tiers: &Tiers, asset: AssetId) {
 }
 
 async fn transcoded(db: &TestDb, tiers: &Tiers) -> (AssetId, String) {
-    let queue = Queue::new(db.pool.clone(), db.config.queue.clone());
-    let (asset, playback) = cascade_ingest::import_file(
-        &queue,
-        tiers.hot(),
+    transcoded_from(
+        db,
+        tiers,
         &fixtures_dir().join("landscape_1080p30_stereo.mp4"),
-        Some("tiers"),
     )
     .await
-    .unwrap();
+}
+
+async fn transcoded_from(
+    db: &TestDb,
+    tiers: &Tiers,
+    source: &std::path::Path,
+) -> (AssetId, String) {
+    let queue = Queue::new(db.pool.clone(), db.config.queue.clone());
+    let (asset, playback) = cascade_ingest::import_file(&queue, tiers.hot(), source, Some("tiers"))
+        .await
+        .unwrap();
     eventually("the asset ready", Duration::from_secs(120), || async {
         let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
         assert_ne!(a.state, AssetState::Errored, "{:?}", a.error_message);
@@ -359,27 +381,8 @@ async fn a_worker_killed_anywhere_in_a_move_leaves_the_asset_playable_s3() {
     in_process.cancel();
     let published = play_everything(origin, &base).await;
 
-    let hot = storage.s3.clone().unwrap();
-    let cold = storage.tiers[0].s3.clone().unwrap();
-    let endpoint = hot.endpoint.clone().unwrap();
-    let key_id = hot.access_key_id.expose().to_owned();
-    let secret = hot.secret_access_key.expose().to_owned();
-    let tiers_env = format!(
-        r#"[{{name = "cold", s3 = {{endpoint = "{endpoint}", bucket = "{}", access_key_id = "{key_id}", secret_access_key = "{secret}"}}}}]"#,
-        cold.bucket
-    );
-    let env = [
-        ("CASCADE_STORAGE__S3__ENDPOINT", endpoint.as_str()),
-        ("CASCADE_STORAGE__S3__BUCKET", hot.bucket.as_str()),
-        ("CASCADE_STORAGE__S3__ACCESS_KEY_ID", key_id.as_str()),
-        ("CASCADE_STORAGE__S3__SECRET_ACCESS_KEY", secret.as_str()),
-        ("CASCADE_STORAGE__TIERS", tiers_env.as_str()),
-        ("CASCADE_QUEUE__LEASE", "\"2s\""),
-        ("CASCADE_QUEUE__HEARTBEAT", "\"500ms\""),
-        ("CASCADE_QUEUE__REAP_INTERVAL", "\"500ms\""),
-        ("CASCADE_QUEUE__RETRY_BASE", "\"200ms\""),
-        ("CASCADE_QUEUE__POLL_INTERVAL", "\"200ms\""),
-    ];
+    let env = killed_worker_env(&storage);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // Kill points, each a state the worker is seen in: before it claims a
     // move, once it runs one, once one, two or all three renditions have
     // switched (the old copies not dropped yet). A move takes tens of
@@ -421,6 +424,32 @@ async fn a_worker_killed_anywhere_in_a_move_leaves_the_asset_playable_s3() {
     assert_in_one_tier(&db, &tiers, asset).await;
     assert_eq!(play_everything(origin, &base).await, published);
     stop.cancel();
+}
+
+/// The environment of the worker processes the kill tests kill: the two
+/// buckets, a short lease, quick retries.
+fn killed_worker_env(storage: &StorageConfig) -> Vec<(&'static str, String)> {
+    let hot = storage.s3.clone().unwrap();
+    let cold = storage.tiers[0].s3.clone().unwrap();
+    let endpoint = hot.endpoint.clone().unwrap();
+    let key_id = hot.access_key_id.expose().to_owned();
+    let secret = hot.secret_access_key.expose().to_owned();
+    let tiers_env = format!(
+        r#"[{{name = "cold", s3 = {{endpoint = "{endpoint}", bucket = "{}", access_key_id = "{key_id}", secret_access_key = "{secret}"}}}}]"#,
+        cold.bucket
+    );
+    vec![
+        ("CASCADE_STORAGE__S3__ENDPOINT", endpoint),
+        ("CASCADE_STORAGE__S3__BUCKET", hot.bucket),
+        ("CASCADE_STORAGE__S3__ACCESS_KEY_ID", key_id),
+        ("CASCADE_STORAGE__S3__SECRET_ACCESS_KEY", secret),
+        ("CASCADE_STORAGE__TIERS", tiers_env),
+        ("CASCADE_QUEUE__LEASE", "\"2s\"".to_owned()),
+        ("CASCADE_QUEUE__HEARTBEAT", "\"500ms\"".to_owned()),
+        ("CASCADE_QUEUE__REAP_INTERVAL", "\"500ms\"".to_owned()),
+        ("CASCADE_QUEUE__RETRY_BASE", "\"200ms\"".to_owned()),
+        ("CASCADE_QUEUE__POLL_INTERVAL", "\"200ms\"".to_owned()),
+    ]
 }
 
 /// Where in a move the kill test kills the worker.
@@ -763,5 +792,229 @@ async fn an_idle_asset_is_archived_to_its_source_and_a_play_restores_it_s3() {
     };
     assert_eq!(count(&db, &events("asset.archived")).await, 1);
     assert_eq!(count(&db, &events("asset.restored")).await, 1);
+    stop.cancel();
+}
+
+/// hls.js in Chromium plays through the nginx CDN while the asset's
+/// renditions move hot -> cold -> hot -> cold under it; then the asset is
+/// archived (the CDN purged of it), and a player that asks for it again is
+/// answered 503 until the restore is done, and then plays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_js_plays_through_the_cdn_while_renditions_move_and_after_a_restore_s3() {
+    let _cores = crate::common::exclusive_cores().await;
+    assert!(nginx_available(), "nginx is needed (Debian package nginx)");
+    let db = fresh_db().await;
+    let tiers = Tiers::from_config(&two_buckets()).await.unwrap();
+    let stop = CancellationToken::new();
+    let origin = start_origin(&db, &tiers, &stop).await;
+    let purge = SocketAddr::from(([127, 0, 0, 1], crate::common::free_port()));
+    let cdn = start_cdn_purged_at(origin, purge).await;
+    start_worker_purging(
+        &db,
+        &tiers,
+        &stop,
+        None,
+        CdnConfig {
+            purge_urls: vec![format!("http://{purge}").parse().unwrap()],
+            ..CdnConfig::default()
+        },
+    );
+    let (asset, base) = transcoded_from(&db, &tiers, &bench_fixture()).await;
+    let url = format!("http://{}{base}/master.m3u8", cdn.addr);
+    let play = |poll: bool| {
+        let url = url.clone();
+        async move {
+            let out = tokio::process::Command::new("node")
+                .arg(repo_root().join("tests/players/play.mjs"))
+                .args(["--player", "hls", "--url", &url, "--seconds", "8"])
+                .args(if poll { &["--poll", "1"][..] } else { &[][..] })
+                .output()
+                .await;
+            crate::common::player_report("hls", out)
+        }
+    };
+
+    // Moves under a playing hls.js: every segment it fetches comes through
+    // the CDN from whichever tier holds the rendition at that moment.
+    let player = tokio::spawn(play(false));
+    let mut moves = 0;
+    for tier in ["cold", "hot", "cold"] {
+        tiering::request_moves(&db.pool, asset, tier).await.unwrap();
+        wait_in(&db, asset, tier, Duration::from_secs(30)).await;
+        moves += 1;
+    }
+    let report = player.await.unwrap();
+    assert!(report["fatal"].is_null(), "{report}");
+    assert!(report["played"].as_f64().unwrap_or(0.0) >= 8.0, "{report}");
+    println!("hls.js played through {moves} moves: {report}");
+    wait_tiering_done(&db).await;
+    assert_in_one_tier(&db, &tiers, asset).await;
+
+    // Archived: the CDN no longer serves it (purged), nothing is stored
+    // but the source.
+    let client = db.pool.get().await.unwrap();
+    assert!(cascade_platform::archive::request_archive(&client, asset)
+        .await
+        .unwrap());
+    eventually("archived and dropped", Duration::from_secs(60), || async {
+        let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
+        let left = tiers
+            .keys_everywhere(&ObjectKey::version_prefix(asset, 1))
+            .await
+            .unwrap();
+        let dropped = count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM jobs WHERE kind = 'drop_archived' AND state = 'succeeded' \
+                     AND payload->>'asset_id' = '{asset}'"
+            ),
+        )
+        .await;
+        (a.state == AssetState::Archived && left.is_empty() && dropped == 1).then_some(())
+    })
+    .await;
+    let reply = get(cdn.addr, &format!("{base}/master.m3u8")).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(reply.header("retry-after").is_some());
+
+    // The player polls the master (503 until restored) and then plays.
+    let report = play(true).await;
+    assert!(report["fatal"].is_null(), "{report}");
+    assert!(report["played"].as_f64().unwrap_or(0.0) >= 8.0, "{report}");
+    let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
+    assert_eq!((a.state, a.published_version), (AssetState::Ready, Some(2)));
+    println!("hls.js played the restored asset: {report}");
+    drop(cdn);
+    stop.cancel();
+}
+
+/// SIGKILL of the worker process at points of an archive and a restore,
+/// each a state seen in Postgres: whatever was interrupted, the asset
+/// plays (200) or answers that it is restoring (503, never a 404), the
+/// restarted worker finishes the step, and at the end every object is in
+/// exactly one place: version 2 and its source in hot, nothing left of
+/// version 1 or of the old source in any tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_anywhere_in_an_archive_or_restore_loses_nothing_s3() {
+    let db = fresh_db().await;
+    let storage = two_buckets();
+    let tiers = Tiers::from_config(&storage).await.unwrap();
+    let stop = CancellationToken::new();
+    let in_process = CancellationToken::new();
+    start_worker(&db, &tiers, &in_process);
+    let origin = start_origin(&db, &tiers, &stop).await;
+    let (asset, base) = transcoded(&db, &tiers).await;
+    in_process.cancel();
+    play_everything(origin, &base).await;
+    let env = killed_worker_env(&storage);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let master = format!("{base}/master.m3u8");
+    // The jobs of a kind for this asset (transcodes: of version 2).
+    let jobs = |kind: &str, condition: &str| {
+        let version = if kind == "transcode" {
+            "AND payload->>'version' = '2'"
+        } else {
+            ""
+        };
+        format!(
+            "SELECT count(*) FROM jobs WHERE kind = '{kind}' AND {condition} \
+             AND payload->>'asset_id' = '{asset}' {version}"
+        )
+    };
+    let state = || async { assets::get(&db.pool, asset).await.unwrap().unwrap().state };
+    // Each round: the worker is killed once a job of the kind is claimed,
+    // and the restarted one must finish it.
+    let client = db.pool.get().await.unwrap();
+    assert!(cascade_platform::archive::request_archive(&client, asset)
+        .await
+        .unwrap());
+    let rounds = [
+        "archive_asset",
+        "drop_archived",
+        "restore_asset",
+        "transcode",
+    ];
+    for (round, killed_in) in rounds.into_iter().enumerate() {
+        let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
+        let kill_at = jobs(killed_in, "attempts > 0");
+        eventually(
+            &format!("{killed_in} claimed"),
+            Duration::from_secs(60),
+            || async { (count(&db, &kill_at).await > 0).then_some(()) },
+        )
+        .await;
+        worker.child.kill().unwrap();
+        worker.child.wait().unwrap();
+        let at_kill = state().await;
+        // Played: a ready asset plays, a restoring one answers 503. (An
+        // archived one is not played here: that would begin its restore,
+        // which comes after round 1.)
+        if at_kill != AssetState::Archived {
+            let reply = get(origin, &master).await;
+            let expected = if at_kill == AssetState::Ready {
+                200
+            } else {
+                503
+            };
+            assert_eq!(
+                reply.status,
+                expected,
+                "round {round}: killed in {killed_in}, {at_kill:?}: {}",
+                reply.text()
+            );
+        }
+        // The restarted worker finishes the step.
+        let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
+        let done = jobs(killed_in, "state = 'succeeded'");
+        eventually(
+            &format!("{killed_in} done after the kill"),
+            Duration::from_secs(120),
+            || async { (count(&db, &done).await > 0).then_some(()) },
+        )
+        .await;
+        println!("round {round}: killed in {killed_in} ({at_kill:?}); finished after a restart");
+        if round == 1 {
+            // Archived for good: nothing of version 1 but its source, in cold.
+            assert_eq!(state().await, AssetState::Archived);
+            assert!(tiers
+                .keys_everywhere(&ObjectKey::version_prefix(asset, 1))
+                .await
+                .unwrap()
+                .is_empty());
+            // Played: the restore is queued for the next rounds.
+            assert_eq!(get(origin, &master).await.status, 503);
+        }
+        worker.child.kill().unwrap();
+        worker.child.wait().unwrap();
+    }
+    let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
+    eventually("restored", Duration::from_secs(120), || async {
+        (state().await == AssetState::Ready).then_some(())
+    })
+    .await;
+    assert_eq!(get(origin, &master).await.status, 200);
+    play_everything(origin, &base).await;
+    let everywhere = tiers
+        .keys_everywhere(&ObjectKey::asset_prefix(asset))
+        .await
+        .unwrap();
+    let v2 = ObjectKey::version_prefix(asset, 2);
+    let source_v2 = ObjectKey::source_version(asset, 2);
+    for key in &everywhere {
+        let key = key.as_str();
+        assert!(
+            key.starts_with(&v2) || key == source_v2.as_str(),
+            "left over: {key}"
+        );
+    }
+    let cold = tiers
+        .store("cold")
+        .unwrap()
+        .list(&ObjectKey::asset_prefix(asset))
+        .await
+        .unwrap();
+    assert!(cold.is_empty(), "left in cold: {cold:?}");
+    worker.child.kill().unwrap();
+    worker.child.wait().unwrap();
     stop.cancel();
 }
