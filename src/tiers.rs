@@ -39,7 +39,7 @@ pub async fn run(command: TiersCommand, config: &Config) -> anyhow::Result<ExitC
     if names.len() > 1 {
         for input in tiering::policy_inputs(&client, policy.views_window).await? {
             let target = policy_tier(&input, policy, &names);
-            if target != input.tier && !input.move_queued {
+            if target != input.queued_to.as_deref().unwrap_or(&input.tier) {
                 *next
                     .entry((input.tier.clone(), target.to_owned()))
                     .or_default() += 1;

@@ -65,7 +65,8 @@ pub async fn placement(
 
 /// Starts moving a rendition to tier `to` for move job `job` (a move to
 /// elsewhere under way is superseded: its switch will fail). The tier it
-/// leaves; `None` when it is already there, there is no such rendition (or
+/// leaves; `None` when it is already there (a move elsewhere under way is
+/// then called off), there is no such rendition (or
 /// its asset is archived: its objects are gone), or a newer move of it was
 /// requested since `job` (a stale job retried late never undoes a later
 /// decision).
@@ -79,7 +80,7 @@ pub async fn begin_move(
 ) -> Result<Option<String>, DbError> {
     let row = client
         .query_opt(
-            "UPDATE renditions r SET moving_to = $4
+            "UPDATE renditions r SET moving_to = $4, move_job = $5
              FROM assets a
              WHERE a.id = r.asset_id AND a.deleted_at IS NULL
                AND a.state NOT IN ('archived', 'restoring')
@@ -99,6 +100,29 @@ pub async fn begin_move(
             ],
         )
         .await?;
+    if row.is_none() {
+        // Already there: a move elsewhere still under way is called off
+        // (its switch fails, and it removes its copy).
+        client
+            .execute(
+                "UPDATE renditions r SET moving_to = NULL, move_job = NULL
+                 WHERE r.asset_id = $1 AND r.version = $2 AND r.name = $3 AND r.tier = $4
+                   AND r.moving_to IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM jobs j
+                        WHERE j.kind = 'move_rendition' AND j.id > $5 AND j.payload ? 'asset_id'
+                          AND j.payload->>'asset_id' = r.asset_id::text
+                          AND (j.payload->>'version')::int4 = r.version
+                          AND j.payload->>'rendition' = r.name)",
+                &[
+                    &asset.as_uuid(),
+                    &version_param(version),
+                    &rendition.as_str(),
+                    &to,
+                    &job.0,
+                ],
+            )
+            .await?;
+    }
     Ok(row.map(|r| r.get(0)))
 }
 
@@ -119,11 +143,11 @@ pub async fn finish_move(
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
-            "UPDATE renditions r SET tier = $5, moving_to = NULL
+            "UPDATE renditions r SET tier = $5, moving_to = NULL, move_job = NULL
              FROM assets a
              WHERE a.id = r.asset_id AND a.deleted_at IS NULL
                AND r.asset_id = $1 AND r.version = $2 AND r.name = $3
-               AND r.tier = $4 AND r.moving_to = $5
+               AND r.tier = $4 AND r.moving_to = $5 AND r.move_job = $6
                AND NOT EXISTS (SELECT 1 FROM jobs j
                     WHERE j.kind = 'move_rendition' AND j.id > $6 AND j.payload ? 'asset_id'
                       AND j.payload->>'asset_id' = r.asset_id::text
@@ -159,6 +183,55 @@ pub async fn finish_move(
         .map_err(QueueError::into_db)?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Locks rendition `rendition`'s row, in the caller's transaction, for a
+/// move job `job` to `to` that was called off (superseded, refused, or
+/// its switch failed): `true` when its copy in `to` must go (held while it
+/// is deleted, so no new move into `to` can begin meanwhile and reuse what
+/// is being deleted). The copy stays when the rendition is in `to`, or a
+/// newer move to `to` has begun (it may be reusing the objects). A
+/// `moving_to` this job left is cleared.
+pub async fn lock_called_off(
+    client: &impl GenericClient,
+    asset: AssetId,
+    version: u32,
+    rendition: &RenditionName,
+    to: &str,
+    job: JobId,
+) -> Result<bool, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT tier, moving_to, move_job FROM renditions
+             WHERE asset_id = $1 AND version = $2 AND name = $3 FOR UPDATE",
+            &[
+                &asset.as_uuid(),
+                &version_param(version),
+                &rendition.as_str(),
+            ],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(true);
+    };
+    let (tier, moving_to, move_job): (String, Option<String>, Option<i64>) =
+        (row.get(0), row.get(1), row.get(2));
+    if move_job == Some(job.0) {
+        client
+            .execute(
+                "UPDATE renditions SET moving_to = NULL, move_job = NULL
+                 WHERE asset_id = $1 AND version = $2 AND name = $3 AND move_job = $4",
+                &[
+                    &asset.as_uuid(),
+                    &version_param(version),
+                    &rendition.as_str(),
+                    &job.0,
+                ],
+            )
+            .await?;
+        return Ok(tier != to);
+    }
+    Ok(tier != to && moving_to.as_deref() != Some(to))
 }
 
 /// Locks rendition `rendition`'s row for the deletion of its copy in
@@ -271,8 +344,9 @@ pub struct PolicyInput {
     pub tier: String,
     /// A move under way.
     pub moving_to: Option<String>,
-    /// A move of it is queued or running (the policy queues no other).
-    pub move_queued: bool,
+    /// The target of the newest move of it queued or running: where it is
+    /// going (a newer move supersedes it, see [`begin_move`]).
+    pub queued_to: Option<String>,
     /// Since its last segment was served (or since it was published, if
     /// none was since), in seconds. A move does not reset it.
     pub idle_seconds: f64,
@@ -297,10 +371,11 @@ pub async fn policy_inputs(
                                          ORDER BY r.height NULLS LAST, r.name) - 1)::int4 END,
                  EXTRACT(EPOCH FROM now() - greatest(r.published_at, v.last_bucket))::float8,
                  coalesce(v.recent, 0)::int8,
-                 EXISTS (SELECT 1 FROM jobs j
-                         WHERE j.payload ? 'asset_id' AND j.payload->>'asset_id' = r.asset_id::text
-                           AND j.kind = 'move_rendition' AND j.state IN ('queued', 'running')
-                           AND j.payload->>'rendition' = r.name)
+                 (SELECT j.payload->>'to' FROM jobs j
+                  WHERE j.payload ? 'asset_id' AND j.payload->>'asset_id' = r.asset_id::text
+                    AND j.kind = 'move_rendition' AND j.state IN ('queued', 'running')
+                    AND j.payload->>'rendition' = r.name
+                  ORDER BY j.id DESC LIMIT 1)
              FROM renditions r
              JOIN assets a ON a.id = r.asset_id
              LEFT JOIN LATERAL (
@@ -328,7 +403,7 @@ pub async fn policy_inputs(
                 .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
             idle_seconds: r.get(6),
             recent_views: r.get(7),
-            move_queued: r.get(8),
+            queued_to: r.get(8),
         })
         .collect())
 }
@@ -360,8 +435,10 @@ pub async fn request_move(
 /// The policy's promotion, applied as soon as the origins write their
 /// counts rather than at its next run: each of `served_cold` (a rendition
 /// just served from a tier other than `hot`) that was viewed at least
-/// `promote_views` times within `window`, is not pinned and has no move
-/// queued, gets a move to `hot` queued (and the workers woken). The number
+/// `promote_views` times within `window`, is not pinned and has no move to
+/// `hot` queued already, gets a move to `hot` queued (and the workers
+/// woken). A move elsewhere still queued (a demotion decided before it was
+/// watched again) is superseded by it rather than waited for. The number
 /// queued.
 pub async fn promote_watched(
     client: &impl GenericClient,
@@ -392,7 +469,7 @@ pub async fn promote_watched(
                AND NOT EXISTS (SELECT 1 FROM jobs j
                     WHERE j.payload ? 'asset_id' AND j.payload->>'asset_id' = r.asset_id::text
                       AND j.kind = 'move_rendition' AND j.state IN ('queued', 'running')
-                      AND j.payload->>'rendition' = r.name)",
+                      AND j.payload->>'rendition' = r.name AND j.payload->>'to' = 'hot')",
             &[
                 &assets,
                 &versions,

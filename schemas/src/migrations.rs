@@ -95,6 +95,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "archive",
         sql: include_str!("../migrations/0016_archive.sql"),
     },
+    Migration {
+        version: 17,
+        name: "move_job",
+        sql: include_str!("../migrations/0017_move_job.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -1018,3 +1018,103 @@ async fn a_worker_killed_anywhere_in_an_archive_or_restore_loses_nothing_s3() {
     worker.child.wait().unwrap();
     stop.cancel();
 }
+
+/// Deleting an asset whose published renditions are in the cold tier while
+/// its replacement's transcode writes to hot: the transcode stops, and
+/// once it has, nothing of the asset is left in any tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_during_a_transcode_leaves_nothing_in_any_tier_s3() {
+    let db = fresh_db().await;
+    let tiers = Tiers::from_config(&two_buckets()).await.unwrap();
+    let stop = CancellationToken::new();
+    start_worker(&db, &tiers, &stop);
+    let (asset, _) = transcoded(&db, &tiers).await;
+    tiering::request_moves(&db.pool, asset, "cold")
+        .await
+        .unwrap();
+    wait_in(&db, asset, "cold", Duration::from_secs(30)).await;
+
+    // A replacement (a longer source), its transcode writing version 2 to hot.
+    let environment = assets::get(&db.pool, asset)
+        .await
+        .unwrap()
+        .unwrap()
+        .environment_id;
+    let claim = assets::SourceClaim {
+        id: uuid::Uuid::new_v4(),
+        hold: Duration::from_secs(60),
+    };
+    let client = db.pool.get().await.unwrap();
+    let version = assets::claim_replacement(&client, environment, asset, claim)
+        .await
+        .unwrap()
+        .unwrap();
+    let source = tokio::fs::read(bench_fixture()).await.unwrap();
+    tiers
+        .hot()
+        .put_bytes(
+            &ObjectKey::source_version(asset, version),
+            bytes::Bytes::from(source),
+        )
+        .await
+        .unwrap();
+    assert!(
+        assets::start_replacement(&client, asset, claim.id, version, None)
+            .await
+            .unwrap()
+    );
+    Queue::new(db.pool.clone(), db.config.queue.clone())
+        .enqueue(
+            &cascade_platform::NewJob::new(
+                job_kind::TRANSCODE,
+                serde_json::json!({ "asset_id": asset, "version": version }),
+            )
+            .idempotency_key(format!("{asset}/v{version}")),
+        )
+        .await
+        .unwrap();
+    let writing = ObjectKey::version_prefix(asset, version);
+    eventually(
+        "the replacement's segments being written",
+        Duration::from_secs(60),
+        || async {
+            let written = tiers.hot().list(&writing).await.unwrap();
+            (!written.is_empty()).then_some(())
+        },
+    )
+    .await;
+
+    assets::delete(&db.pool, environment, asset, 20)
+        .await
+        .unwrap();
+    eventually(
+        "the transcode stopped and the purge done",
+        Duration::from_secs(60),
+        || async {
+            let live = count(
+                &db,
+                &format!(
+                    "SELECT count(*) FROM jobs WHERE kind = 'transcode' AND state IN ('queued', 'running') \
+                     AND payload->>'asset_id' = '{asset}'"
+                ),
+            )
+            .await;
+            let purged = count(
+                &db,
+                &format!(
+                    "SELECT count(*) FROM jobs WHERE kind = 'purge_asset' AND state = 'succeeded' \
+                     AND payload->>'asset_id' = '{asset}'"
+                ),
+            )
+            .await;
+            (live == 0 && purged == 1).then_some(())
+        },
+    )
+    .await;
+    let left = tiers
+        .keys_everywhere(&ObjectKey::asset_prefix(asset))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "left after the purge: {left:?}");
+    stop.cancel();
+}

@@ -119,7 +119,10 @@ impl TierHandler {
         .await
         .map_err(|e| retry("starting the move", &e))?
         else {
-            return Ok(()); // Already there, gone, or a newer move was asked for.
+            // Already there, gone, or a newer move was asked for: what an
+            // earlier attempt of this job copied goes.
+            drop(client);
+            return self.call_off(&job, job_id, target).await;
         };
         drop(client);
         let source = self.store(&from)?;
@@ -162,21 +165,41 @@ impl TierHandler {
             );
             return Ok(());
         }
-        // Superseded by another move: take back this copy unless the
-        // rendition is (or is going) there after all.
-        let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
-        let placement = tiering::placement(&client, job.asset_id, job.version, &job.rendition)
+        // Superseded by another move: take back this copy.
+        self.call_off(&job, job_id, target).await
+    }
+
+    /// A move called off removes its copy in the target tier, holding the
+    /// rendition's row while it does (see `tiering::lock_called_off`).
+    async fn call_off(
+        &self,
+        job: &MoveJob,
+        job_id: JobId,
+        target: &ObjectStore,
+    ) -> Result<(), JobError> {
+        let mut client = self.pool.get().await.map_err(|e| retry("database", &e))?;
+        let tx = client
+            .transaction()
             .await
-            .map_err(|e| retry("reading the placement", &e))?;
-        let keep = placement
-            .as_ref()
-            .is_some_and(|p| p.tier == job.to || p.moving_to.as_deref() == Some(job.to.as_str()));
-        if !keep {
+            .map_err(|e| retry("database", &e))?;
+        let remove = tiering::lock_called_off(
+            &tx,
+            job.asset_id,
+            job.version,
+            &job.rendition,
+            &job.to,
+            job_id,
+        )
+        .await
+        .map_err(|e| retry("locking the rendition", &e))?;
+        if remove {
+            let prefix = ObjectKey::rendition_prefix(job.asset_id, job.version, &job.rendition);
             target
                 .delete_prefix(&prefix)
                 .await
                 .map_err(|e| storage("removing a superseded copy", e))?;
         }
+        tx.commit().await.map_err(|e| retry("database", &e))?;
         Ok(())
     }
 
@@ -334,8 +357,10 @@ impl PolicyHandler {
             if moves >= self.policy.max_moves_per_run {
                 break;
             }
+            // Where it is going decides: a queued move elsewhere is
+            // superseded by a newer one (even one back to where it is).
             let target = policy_tier(input, &self.policy, &self.tiers);
-            if target == input.tier || input.move_queued {
+            if target == input.queued_to.as_deref().unwrap_or(&input.tier) {
                 continue;
             }
             tiering::request_move(
@@ -472,7 +497,7 @@ mod tests {
             low_rank,
             tier: "hot".to_owned(),
             moving_to: None,
-            move_queued: false,
+            queued_to: None,
             idle_seconds,
             recent_views,
         }
