@@ -63,12 +63,7 @@ pub async fn archive(pool: &Pool, asset: AssetId, version: u32) -> Result<bool, 
     )
     .idempotency_key(format!("{asset}/v{version}/archived"))
     .max_attempts(ARCHIVE_MAX_ATTEMPTS);
-    let mut drop = NewJob::new(
-        job_kind::DROP_ARCHIVED,
-        serde_json::json!({ "asset_id": asset, "version": version }),
-    )
-    .idempotency_key(format!("{asset}/v{version}"))
-    .max_attempts(ARCHIVE_MAX_ATTEMPTS);
+    let mut drop = version_job(job_kind::DROP_ARCHIVED, asset, version);
     drop.run_at =
         Some(Utc::now() + chrono::Duration::from_std(PLAYBACK_CHANGE_SETTLE).unwrap_or_default());
     for job in [&purge, &drop] {
@@ -96,25 +91,13 @@ pub async fn request_archive(client: &impl GenericClient, asset: AssetId) -> Res
     let Some(row) = row else {
         return Ok(false);
     };
-    let version: i32 = row.get(0);
-    queue::enqueue(
+    let version = u32::try_from(row.get::<_, i32>(0)).unwrap_or_default();
+    queue_and_wake(
         client,
-        &NewJob::new(
-            job_kind::ARCHIVE_ASSET,
-            serde_json::json!({ "asset_id": asset, "version": version }),
-        )
-        .idempotency_key(format!("{asset}/v{version}"))
-        .max_attempts(ARCHIVE_MAX_ATTEMPTS),
+        &version_job(job_kind::ARCHIVE_ASSET, asset, version),
         ARCHIVE_MAX_ATTEMPTS,
     )
-    .await
-    .map_err(QueueError::into_db)?;
-    client
-        .execute(
-            "SELECT pg_notify($1, $2)",
-            &[&queue::CHANNEL, &job_kind::ARCHIVE_ASSET],
-        )
-        .await?;
+    .await?;
     Ok(true)
 }
 
@@ -252,23 +235,12 @@ pub async fn request_restore(pool: &Pool, asset: AssetId) -> Result<bool, DbErro
         return Ok(false);
     };
     let playback_id: String = row.get(0);
-    let version: i32 = row.get(1);
+    let version = u32::try_from(row.get::<_, i32>(1)).unwrap_or_default();
     announce_playback_change(&tx, &playback_id).await?;
-    queue::enqueue(
+    queue_and_wake(
         &tx,
-        &NewJob::new(
-            job_kind::RESTORE_ASSET,
-            serde_json::json!({ "asset_id": asset, "version": version }),
-        )
-        .idempotency_key(format!("{asset}/v{version}"))
-        .max_attempts(ARCHIVE_MAX_ATTEMPTS),
+        &version_job(job_kind::RESTORE_ASSET, asset, version),
         ARCHIVE_MAX_ATTEMPTS,
-    )
-    .await
-    .map_err(QueueError::into_db)?;
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&queue::CHANNEL, &job_kind::RESTORE_ASSET],
     )
     .await?;
     tx.commit().await?;
@@ -298,14 +270,7 @@ pub async fn restart_from_source(
     if n == 0 {
         return Ok(false);
     }
-    queue::enqueue(&tx, transcode, max_attempts)
-        .await
-        .map_err(QueueError::into_db)?;
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&queue::CHANNEL, &transcode.kind],
-    )
-    .await?;
+    queue_and_wake(&tx, transcode, max_attempts).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -321,6 +286,32 @@ pub async fn counts(client: &impl GenericClient) -> Result<(i64, i64), DbError> 
         )
         .await?;
     Ok((row.get(0), row.get(1)))
+}
+
+/// A job of `kind` about `version` of `asset`, once per version.
+fn version_job(kind: &str, asset: AssetId, version: u32) -> NewJob {
+    NewJob::new(
+        kind,
+        serde_json::json!({ "asset_id": asset, "version": version }),
+    )
+    .idempotency_key(format!("{asset}/v{version}"))
+    .max_attempts(ARCHIVE_MAX_ATTEMPTS)
+}
+
+/// Queues `job` in the caller's transaction and wakes the workers of its
+/// kind when it commits.
+async fn queue_and_wake(
+    client: &impl GenericClient,
+    job: &NewJob,
+    max_attempts: i32,
+) -> Result<(), DbError> {
+    queue::enqueue(client, job, max_attempts)
+        .await
+        .map_err(QueueError::into_db)?;
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&queue::CHANNEL, &job.kind])
+        .await?;
+    Ok(())
 }
 
 fn version_param(version: u32) -> i32 {

@@ -26,6 +26,19 @@ use crate::assets::{announce_playback_change, PLAYBACK_CHANGE_SETTLE};
 use crate::db::DbError;
 use crate::queue::{self, NewJob, QueueError};
 
+/// SQL: no move of rendition row `r` was queued after the job whose id is
+/// parameter `job` (a later decision wins: a stale job retried late never
+/// undoes it).
+fn no_newer_move(job: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM jobs j
+             WHERE j.kind = 'move_rendition' AND j.id > {job} AND j.payload ? 'asset_id'
+               AND j.payload->>'asset_id' = r.asset_id::text
+               AND (j.payload->>'version')::int4 = r.version
+               AND j.payload->>'rendition' = r.name)"
+    )
+}
+
 /// Attempts a move or a drop gets (backing off) while a tier is unreachable.
 const MOVE_MAX_ATTEMPTS: i32 = 10;
 
@@ -80,17 +93,16 @@ pub async fn begin_move(
 ) -> Result<Option<String>, DbError> {
     let row = client
         .query_opt(
-            "UPDATE renditions r SET moving_to = $4, move_job = $5
+            &format!(
+                "UPDATE renditions r SET moving_to = $4, move_job = $5
              FROM assets a
              WHERE a.id = r.asset_id AND a.deleted_at IS NULL
                AND a.state NOT IN ('archived', 'restoring')
                AND r.asset_id = $1 AND r.version = $2 AND r.name = $3 AND r.tier <> $4
-               AND NOT EXISTS (SELECT 1 FROM jobs j
-                    WHERE j.kind = 'move_rendition' AND j.id > $5 AND j.payload ? 'asset_id'
-                      AND j.payload->>'asset_id' = r.asset_id::text
-                      AND (j.payload->>'version')::int4 = r.version
-                      AND j.payload->>'rendition' = r.name)
+               AND {}
              RETURNING r.tier",
+                no_newer_move("$5")
+            ),
             &[
                 &asset.as_uuid(),
                 &version_param(version),
@@ -105,14 +117,13 @@ pub async fn begin_move(
         // (its switch fails, and it removes its copy).
         client
             .execute(
-                "UPDATE renditions r SET moving_to = NULL, move_job = NULL
+                &format!(
+                    "UPDATE renditions r SET moving_to = NULL, move_job = NULL
                  WHERE r.asset_id = $1 AND r.version = $2 AND r.name = $3 AND r.tier = $4
                    AND r.moving_to IS NOT NULL
-                   AND NOT EXISTS (SELECT 1 FROM jobs j
-                        WHERE j.kind = 'move_rendition' AND j.id > $5 AND j.payload ? 'asset_id'
-                          AND j.payload->>'asset_id' = r.asset_id::text
-                          AND (j.payload->>'version')::int4 = r.version
-                          AND j.payload->>'rendition' = r.name)",
+                   AND {}",
+                    no_newer_move("$5")
+                ),
                 &[
                     &asset.as_uuid(),
                     &version_param(version),
@@ -143,17 +154,16 @@ pub async fn finish_move(
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
-            "UPDATE renditions r SET tier = $5, moving_to = NULL, move_job = NULL
+            &format!(
+                "UPDATE renditions r SET tier = $5, moving_to = NULL, move_job = NULL
              FROM assets a
              WHERE a.id = r.asset_id AND a.deleted_at IS NULL
                AND r.asset_id = $1 AND r.version = $2 AND r.name = $3
                AND r.tier = $4 AND r.moving_to = $5 AND r.move_job = $6
-               AND NOT EXISTS (SELECT 1 FROM jobs j
-                    WHERE j.kind = 'move_rendition' AND j.id > $6 AND j.payload ? 'asset_id'
-                      AND j.payload->>'asset_id' = r.asset_id::text
-                      AND (j.payload->>'version')::int4 = r.version
-                      AND j.payload->>'rendition' = r.name)
+               AND {}
              RETURNING a.playback_id",
+                no_newer_move("$6")
+            ),
             &[
                 &asset.as_uuid(),
                 &version_param(version),
