@@ -81,26 +81,36 @@ async fn archive_or_restore(
     Queue::new(pool.clone(), config.queue.clone()).wake(job_kind::ARCHIVE_ASSET);
     println!("asset {id}: {queued} queued");
     if wait {
-        let deadline = Instant::now() + timeout;
-        loop {
+        poll_until(&format!("asset {id} {wanted}"), timeout, || async {
             let asset = assets::get(pool, id).await?.context("asset vanished")?;
-            if asset.state == wanted {
-                break;
-            }
             anyhow::ensure!(
                 asset.state != AssetState::Errored,
                 "asset {id} errored: {}",
                 asset.error_message.unwrap_or_default()
             );
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "asset {id} not {wanted} after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok((asset.state == wanted).then_some(()))
+        })
+        .await?;
         println!("asset {id}: {wanted}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Polls `check` every 200 ms until it gives a value, failing after
+/// `timeout` (an operator's `--wait`).
+async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn show(
@@ -141,26 +151,19 @@ pub async fn run(command: AssetsCommand, config: &Config) -> anyhow::Result<Exit
             if !wait {
                 return Ok(ExitCode::SUCCESS);
             }
-            let deadline = Instant::now() + timeout;
-            loop {
+            let asset = poll_until(&format!("asset {id} ready"), timeout, || async {
                 let asset = assets::get(&pool, id).await?.context("asset vanished")?;
-                match asset.state {
-                    AssetState::Ready => break,
-                    AssetState::Errored => {
-                        eprintln!(
-                            "asset {id} errored ({}): {}",
-                            asset.error_code.unwrap_or_default(),
-                            asset.error_message.unwrap_or_default()
-                        );
-                        return Ok(ExitCode::from(1));
-                    }
-                    _ => {}
-                }
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "asset {id} not ready after {timeout:?}"
+                let done = matches!(asset.state, AssetState::Ready | AssetState::Errored);
+                Ok(done.then_some(asset))
+            })
+            .await?;
+            if asset.state == AssetState::Errored {
+                eprintln!(
+                    "asset {id} errored ({}): {}",
+                    asset.error_code.unwrap_or_default(),
+                    asset.error_message.unwrap_or_default()
                 );
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(ExitCode::from(1));
             }
             if let Some(value) = show(&pool, id).await? {
                 println!("{}", serde_json::to_string_pretty(&value)?);
@@ -201,19 +204,15 @@ pub async fn run(command: AssetsCommand, config: &Config) -> anyhow::Result<Exit
             Queue::new(pool.clone(), config.queue.clone()).wake(job_kind::MOVE_RENDITION);
             println!("asset {id}: {queued} rendition move(s) to {tier} queued");
             if wait {
-                let deadline = Instant::now() + timeout;
-                loop {
+                poll_until(&format!("asset {id} wholly in {tier}"), timeout, || async {
                     let value = show(&pool, id).await?.context("asset vanished")?;
                     let renditions = value["renditions"].as_array().cloned().unwrap_or_default();
-                    if renditions.iter().all(|r| r["tier"] == tier.as_str()) {
-                        break;
-                    }
-                    anyhow::ensure!(
-                        Instant::now() < deadline,
-                        "asset {id} not wholly in {tier} after {timeout:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                    Ok(renditions
+                        .iter()
+                        .all(|r| r["tier"] == tier.as_str())
+                        .then_some(()))
+                })
+                .await?;
                 println!("asset {id}: every rendition in {tier}");
             }
             Ok(ExitCode::SUCCESS)

@@ -91,6 +91,9 @@ pub async fn begin_move(
     to: &str,
     job: JobId,
 ) -> Result<Option<String>, DbError> {
+    let (asset, version) = (asset.as_uuid(), version_param(version));
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&asset, &version, &rendition.as_str(), &to, &job.0];
     let row = client
         .query_opt(
             &format!(
@@ -103,13 +106,7 @@ pub async fn begin_move(
              RETURNING r.tier",
                 no_newer_move("$5")
             ),
-            &[
-                &asset.as_uuid(),
-                &version_param(version),
-                &rendition.as_str(),
-                &to,
-                &job.0,
-            ],
+            &params,
         )
         .await?;
     if row.is_none() {
@@ -124,13 +121,7 @@ pub async fn begin_move(
                    AND {}",
                     no_newer_move("$5")
                 ),
-                &[
-                    &asset.as_uuid(),
-                    &version_param(version),
-                    &rendition.as_str(),
-                    &to,
-                    &job.0,
-                ],
+                &params,
             )
             .await?;
     }

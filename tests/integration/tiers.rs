@@ -398,10 +398,9 @@ async fn a_worker_killed_anywhere_in_a_move_leaves_the_asset_playable_s3() {
     for (round, kill_point) in kill_points.into_iter().enumerate() {
         let to = if round % 2 == 0 { "cold" } else { "hot" };
         tiering::request_moves(&db.pool, asset, to).await.unwrap();
-        let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
+        let worker = CascadeProcess::serve(&db.url, "workers", &env);
         kill_point.reached(&db, asset, to).await;
-        worker.child.kill().unwrap();
-        worker.child.wait().unwrap();
+        drop(worker); // SIGKILL
         let at_kill = placements(&db, asset).await;
         // Whatever the kill interrupted, the asset plays, byte for byte.
         assert_eq!(
@@ -409,7 +408,7 @@ async fn a_worker_killed_anywhere_in_a_move_leaves_the_asset_playable_s3() {
             published,
             "round {round}: killed at {kill_point:?} with {at_kill:?}"
         );
-        let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
+        let worker = CascadeProcess::serve(&db.url, "workers", &env);
         wait_in(&db, asset, to, Duration::from_secs(30)).await;
         assert_eq!(play_everything(origin, &base).await, published);
         println!(
@@ -418,8 +417,7 @@ async fn a_worker_killed_anywhere_in_a_move_leaves_the_asset_playable_s3() {
         if round == kill_points.len() - 1 {
             wait_tiering_done(&db).await;
         }
-        worker.child.kill().unwrap();
-        worker.child.wait().unwrap();
+        drop(worker); // SIGKILL
     }
     assert_in_one_tier(&db, &tiers, asset).await;
     assert_eq!(play_everything(origin, &base).await, published);
@@ -935,7 +933,7 @@ async fn a_worker_killed_anywhere_in_an_archive_or_restore_loses_nothing_s3() {
         "transcode",
     ];
     for (round, killed_in) in rounds.into_iter().enumerate() {
-        let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
+        let worker = CascadeProcess::serve(&db.url, "workers", &env);
         let kill_at = jobs(killed_in, "attempts > 0");
         eventually(
             &format!("{killed_in} claimed"),
@@ -943,8 +941,7 @@ async fn a_worker_killed_anywhere_in_an_archive_or_restore_loses_nothing_s3() {
             || async { (count(&db, &kill_at).await > 0).then_some(()) },
         )
         .await;
-        worker.child.kill().unwrap();
-        worker.child.wait().unwrap();
+        drop(worker); // SIGKILL
         let at_kill = state().await;
         // Played: a ready asset plays, a restoring one answers 503. (An
         // archived one is not played here: that would begin its restore,
@@ -964,7 +961,7 @@ async fn a_worker_killed_anywhere_in_an_archive_or_restore_loses_nothing_s3() {
             );
         }
         // The restarted worker finishes the step.
-        let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
+        let worker = CascadeProcess::serve(&db.url, "workers", &env);
         let done = jobs(killed_in, "state = 'succeeded'");
         eventually(
             &format!("{killed_in} done after the kill"),
@@ -984,10 +981,9 @@ async fn a_worker_killed_anywhere_in_an_archive_or_restore_loses_nothing_s3() {
             // Played: the restore is queued for the next rounds.
             assert_eq!(get(origin, &master).await.status, 503);
         }
-        worker.child.kill().unwrap();
-        worker.child.wait().unwrap();
+        drop(worker); // SIGKILL
     }
-    let mut worker = CascadeProcess::serve(&db.url, "workers", &env);
+    let worker = CascadeProcess::serve(&db.url, "workers", &env);
     eventually("restored", Duration::from_secs(120), || async {
         (state().await == AssetState::Ready).then_some(())
     })
@@ -1014,8 +1010,7 @@ async fn a_worker_killed_anywhere_in_an_archive_or_restore_loses_nothing_s3() {
         .await
         .unwrap();
     assert!(cold.is_empty(), "left in cold: {cold:?}");
-    worker.child.kill().unwrap();
-    worker.child.wait().unwrap();
+    drop(worker);
     stop.cancel();
 }
 

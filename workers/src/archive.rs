@@ -162,7 +162,7 @@ impl ArchiveHandler {
         if asset.source_tier == to {
             // Switched before (a retry): the hot copy may remain.
             if to != HOT && asset.state == AssetState::Archived {
-                delete_if_there(self.tiers.hot(), &key).await?;
+                delete_copy(self.tiers.hot(), &key).await?;
             }
             return Ok(());
         }
@@ -182,7 +182,7 @@ impl ArchiveHandler {
             .await
             .map_err(|e| retry("switching the source's tier", &e))?;
         if moved {
-            delete_if_there(hot, &key).await?;
+            delete_copy(hot, &key).await?;
             tracing::info!(asset_id = %job.asset_id, tier = to, bytes = size, "archived source moved");
         } else if let Some(now) = archive::archive_state(&client, job.asset_id)
             .await
@@ -190,7 +190,7 @@ impl ArchiveHandler {
         {
             // A restore began from the hot copy: this copy is not named.
             if now.source_tier != to {
-                delete_if_there(target, &key).await?;
+                delete_copy(target, &key).await?;
             }
         }
         Ok(())
@@ -247,18 +247,18 @@ impl ArchiveHandler {
         // The source is the next version's now: the old copy goes,
         // wherever it was.
         for tier in self.tiers.all() {
-            delete_if_there(&tier.store, &from_key).await?;
+            delete_copy(&tier.store, &from_key).await?;
         }
         Ok(())
     }
 }
 
-async fn delete_if_there(store: &ObjectStore, key: &ObjectKey) -> Result<(), JobError> {
-    match store.delete(key).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.is_not_found() => Ok(()),
-        Err(e) => Err(storage("deleting a copy no longer named", e)),
-    }
+/// Deletes `key` from `store` (a missing object is no error).
+async fn delete_copy(store: &ObjectStore, key: &ObjectKey) -> Result<(), JobError> {
+    store
+        .delete(key)
+        .await
+        .map_err(|e| storage("deleting a copy no longer named", e))
 }
 
 impl JobHandler for ArchiveHandler {
