@@ -922,16 +922,26 @@ async fn a_database_outage_mid_transcode_costs_no_attempt() {
 
     let asset = wait_terminal(&db, id).await;
     assert_eq!(asset.state, AssetState::Ready, "{:?}", asset.error_message);
-    let client = db.pool.get().await.unwrap();
-    let row = client
-        .query_one(
-            "SELECT attempts, state FROM jobs WHERE kind = $1",
-            &[&job_kind::TRANSCODE],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, String>(1), "succeeded");
-    assert_eq!(row.get::<_, i32>(0), 1, "the outage cost an attempt");
+    // The asset turns ready just before the runner records the job's outcome.
+    let (state, attempts) = eventually(
+        "the job to be recorded succeeded",
+        Duration::from_secs(10),
+        || async {
+            let client = db.pool.get().await.unwrap();
+            let row = client
+                .query_one(
+                    "SELECT state, attempts FROM jobs WHERE kind = $1",
+                    &[&job_kind::TRANSCODE],
+                )
+                .await
+                .unwrap();
+            let state: String = row.get(0);
+            (state != "running").then(|| (state, row.get::<_, i32>(1)))
+        },
+    )
+    .await;
+    assert_eq!(state, "succeeded");
+    assert_eq!(attempts, 1, "the outage cost an attempt");
     for worker in workers {
         worker.stop().await;
     }
