@@ -107,14 +107,26 @@ impl Views {
     /// Writes what was counted since the last flush, then queues the
     /// promotions the counts call for.
     pub(crate) async fn flush(&self, pool: &Pool, bucket: Duration, promotion: Option<Promotion>) {
-        self.write_counts(pool, bucket).await;
-        let Some(promotion) = promotion else { return };
-        let cold: Vec<(AssetId, u32, String)> = {
+        // The cold reads are taken before the counts: a request counts
+        // itself before it notes its cold read, so every cold read taken
+        // here has its view in the counts written below (taken the other
+        // way round, a read noted during the write had its mark spent on
+        // counts not yet written, and the rendition was never promoted).
+        let cold_reads: Vec<ViewKey> = {
             let mut held = self.served_cold.lock().unwrap_or_else(|e| e.into_inner());
-            held.drain()
-                .filter_map(|k| Some((k.asset, k.version, k.rendition?.as_str().to_owned())))
-                .collect()
+            held.drain().collect()
         };
+        if !self.write_counts(pool, bucket).await {
+            // Judged at the next flush, with these counts written.
+            let mut held = self.served_cold.lock().unwrap_or_else(|e| e.into_inner());
+            held.extend(cold_reads);
+            return;
+        }
+        let Some(promotion) = promotion else { return };
+        let cold: Vec<(AssetId, u32, String)> = cold_reads
+            .into_iter()
+            .filter_map(|k| Some((k.asset, k.version, k.rendition?.as_str().to_owned())))
+            .collect();
         if cold.is_empty() {
             return;
         }
@@ -137,10 +149,12 @@ impl Views {
         }
     }
 
-    async fn write_counts(&self, pool: &Pool, bucket: Duration) {
+    /// Writes the counts taken; false when they could not be (they are
+    /// kept for the next flush).
+    async fn write_counts(&self, pool: &Pool, bucket: Duration) -> bool {
         let counts = self.take();
         if counts.is_empty() {
-            return;
+            return true;
         }
         let rows: Vec<ViewCount> = counts
             .iter()
@@ -158,7 +172,9 @@ impl Views {
         if let Err(error) = written {
             tracing::warn!(error = %error, counters = rows.len(), "cannot write view counts; keeping them for the next flush");
             self.restore(counts);
+            return false;
         }
+        true
     }
 
     /// Flushes every `every` until `cancel`, and once more then.
