@@ -217,9 +217,10 @@ pub struct TierPolicyConfig {
     /// The window `promote_views` is counted over. Default `7days`.
     #[serde(with = "humantime_serde")]
     pub views_window: Duration,
-    /// This many of an asset's lowest video renditions, and its audio, stay
-    /// one tier warmer than the policy would put them (they start playback
-    /// and carry weak connections). Default `1`.
+    /// This many of an asset's lowest video renditions, and its audio, move
+    /// down one `idle_after` threshold later than the rest (they start
+    /// playback and carry weak connections while an asset cools), and at the
+    /// last threshold with the rest when there is no later one. Default `1`.
     pub keep_low_rungs_warmer: u32,
     /// Moves queued per run at most. Default `1000`.
     pub max_moves_per_run: u32,
@@ -1383,6 +1384,19 @@ impl Config {
                 ));
             }
         }
+        if self
+            .storage
+            .policy
+            .idle_after
+            .windows(2)
+            .any(|pair| pair[0] > pair[1])
+        {
+            return Err(invalid(
+                "storage.policy.idle_after",
+                "must be in increasing order (the first sends a rendition to the first of \
+                 `storage.tiers`, the next to the next)",
+            ));
+        }
         if let Some(tier) = &self.storage.policy.archive_source_tier {
             if !tier_names.contains(&tier.as_str()) {
                 return Err(invalid(
@@ -2013,6 +2027,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(text.contains("storage.part_size"), "{text}");
+        let text = Config::load(
+            None,
+            env(&[(
+                "CASCADE_STORAGE__POLICY__IDLE_AFTER",
+                r#"["90days", "30days"]"#,
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("storage.policy.idle_after"), "{text}");
     }
 
     #[test]

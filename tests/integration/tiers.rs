@@ -308,7 +308,8 @@ async fn transcoded_from(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renditions_move_between_buckets_while_served_and_end_in_one_tier_s3() {
     let db = fresh_db().await;
-    let tiers = Tiers::from_config(&two_buckets()).await.unwrap();
+    let storage = two_buckets();
+    let tiers = Tiers::from_config(&storage).await.unwrap();
     let stop = CancellationToken::new();
     start_worker(&db, &tiers, &stop);
     let origin = start_origin(&db, &tiers, &stop).await;
@@ -332,6 +333,8 @@ async fn renditions_move_between_buckets_while_served_and_end_in_one_tier_s3() {
     wait_tiering_done(&db).await;
     assert_in_one_tier(&db, &tiers, asset).await;
     assert_eq!(play_everything(origin, &base).await, published);
+    let placed = [("hot", 0), ("cold", 3)];
+    assert_tiers_status_matches_the_stores(&db, &storage, &tiers, &placed).await;
 
     // Back to hot, one rendition's move superseded midway by nothing: the
     // same bytes are served throughout.
@@ -424,6 +427,49 @@ async fn a_worker_killed_anywhere_in_a_move_leaves_the_asset_playable_s3() {
     stop.cancel();
 }
 
+/// `cascade tiers status --json`, run as an operator would: per tier, the
+/// objects and bytes the store holds, the renditions Postgres places there
+/// (`renditions`: tier and count) and their monthly cost at the tier's
+/// price; nothing for the policy to do (the renditions were moved by hand).
+async fn assert_tiers_status_matches_the_stores(
+    db: &TestDb,
+    storage: &StorageConfig,
+    tiers: &Tiers,
+    renditions: &[(&str, u64)],
+) {
+    let output = std::process::Command::new(crate::common::cascade_bin())
+        .args(["tiers", "status", "--json"])
+        .env("CASCADE_DATABASE__URL", &db.url)
+        .envs(killed_worker_env(storage))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for (name, expected) in renditions {
+        let row = status["tiers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["tier"] == *name)
+            .unwrap_or_else(|| panic!("no row for {name}: {status}"));
+        let tier = tiers.all().iter().find(|t| t.name == *name).unwrap();
+        let listed = tier.store.list("assets/").await.unwrap();
+        let bytes: u64 = listed.iter().map(|o| o.size).sum();
+        assert_eq!(row["renditions"], *expected, "{status}");
+        assert_eq!(row["objects"], listed.len(), "{status}");
+        assert_eq!(row["bytes"], bytes, "{status}");
+        let cost = row["monthly_cost"].as_f64().unwrap();
+        let expected_cost = bytes as f64 / 1e9 * tier.price_per_gb_month;
+        assert!((cost - expected_cost).abs() < 1e-12, "{status}");
+    }
+    assert_eq!(status["policy_next"], serde_json::json!([]), "{status}");
+    assert_eq!(status["archive"]["archived"], 0, "{status}");
+}
+
 /// The environment of the worker processes the kill tests kill: the two
 /// buckets, a short lease, quick retries.
 fn killed_worker_env(storage: &StorageConfig) -> Vec<(&'static str, String)> {
@@ -433,7 +479,7 @@ fn killed_worker_env(storage: &StorageConfig) -> Vec<(&'static str, String)> {
     let key_id = hot.access_key_id.expose().to_owned();
     let secret = hot.secret_access_key.expose().to_owned();
     let tiers_env = format!(
-        r#"[{{name = "cold", s3 = {{endpoint = "{endpoint}", bucket = "{}", access_key_id = "{key_id}", secret_access_key = "{secret}"}}}}]"#,
+        r#"[{{name = "cold", price_per_gb_month = 0.004, s3 = {{endpoint = "{endpoint}", bucket = "{}", access_key_id = "{key_id}", secret_access_key = "{secret}"}}}}]"#,
         cold.bucket
     );
     vec![
@@ -493,7 +539,8 @@ impl KillPoint {
 }
 
 /// The policy on a clock of seconds: renditions nobody watches go cold
-/// (the top rung; the lowest video rung and the audio stay a tier warmer),
+/// (the top rung; the lowest video rung and the audio wait for the next
+/// threshold),
 /// and one that is watched again comes back hot by itself. The views that
 /// drive it are the origin's, written in batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,7 +550,7 @@ async fn the_policy_cools_idle_renditions_and_warms_watched_ones_s3() {
     let stop = CancellationToken::new();
     let policy = TierPolicyConfig {
         interval: Duration::from_secs(1),
-        idle_after: vec![Duration::from_secs(3)],
+        idle_after: vec![Duration::from_secs(3), Duration::from_secs(3600)],
         promote_views: 6,
         views_window: Duration::from_secs(4),
         keep_low_rungs_warmer: 1,

@@ -299,29 +299,37 @@ impl JobHandler for TierHandler {
 
 /// The tier the policy puts a rendition in: the `n`th colder tier once it
 /// has been idle for `idle_after[n-1]`, `hot` when viewed `promote_views`
-/// times within the window, one tier warmer for an asset's audio and its
-/// lowest `keep_low_rungs_warmer` video renditions. `tiers` is every tier's
-/// name, `hot` first.
+/// times within the window. An asset's audio and its lowest
+/// `keep_low_rungs_warmer` video renditions move down one threshold later
+/// (`idle_after[n]` for the `n`th tier), and with the rest at the last
+/// threshold when there is no later one: they start playback and carry
+/// weak connections while an asset cools, but once nobody watches it a
+/// warmer copy of them would be paid for every month for plays that rarely
+/// come (`cascade bench tiers`: keeping the low rungs of cold assets warm
+/// cost 6 points of the savings and served no play from hot). `tiers` is
+/// every tier's name, `hot` first.
 pub fn policy_tier<'a>(
     input: &tiering::PolicyInput,
     policy: &TierPolicyConfig,
     tiers: &'a [String],
 ) -> &'a str {
     let coldest = tiers.len().saturating_sub(1);
-    let mut level = policy
-        .idle_after
-        .iter()
-        .take(coldest)
-        .filter(|after| input.idle_seconds >= after.as_secs_f64())
-        .count();
-    if input.recent_views >= policy.promote_views {
-        level = 0;
-    }
     let low = input
         .low_rank
         .is_none_or(|rank| rank < policy.keep_low_rungs_warmer);
-    if low {
-        level = level.saturating_sub(1);
+    let thresholds = &policy.idle_after;
+    let mut level = (1..=coldest.min(thresholds.len()))
+        .filter(|&n| {
+            let after = if low {
+                thresholds.get(n).or(thresholds.last())
+            } else {
+                thresholds.get(n - 1)
+            };
+            after.is_some_and(|after| input.idle_seconds >= after.as_secs_f64())
+        })
+        .count();
+    if input.recent_views >= policy.promote_views {
+        level = 0;
     }
     tiers.get(level).map_or("hot", String::as_str)
 }
@@ -524,10 +532,27 @@ mod tests {
         assert_eq!(top(5000.0, 0), "cold");
         // Watched again: hot.
         assert_eq!(top(150.0, 5), "hot");
-        // The lowest video rung and the audio stay a tier warmer.
-        let lowest = policy_tier(&input(Some(0), 150.0, 0), &policy, &tiers);
-        let audio = policy_tier(&input(None, 150.0, 0), &policy, &tiers);
-        assert_eq!((lowest, audio), ("warm", "warm"));
+        // The lowest video rung and the audio move down a threshold later:
+        // hot while the top rung is warm, warm while it is cold, cold once
+        // idle past the last threshold.
+        let low =
+            |idle| [Some(0), None].map(|rank| policy_tier(&input(rank, idle, 0), &policy, &tiers));
+        assert_eq!(low(10.0), ["hot", "hot"]);
+        assert_eq!(low(150.0), ["warm", "warm"]);
+        assert_eq!(low(1000.0), ["cold", "cold"]);
+        assert_eq!(top(1000.0, 0), "cold");
+        // With no later threshold, they go with the rest at the last one.
+        let two = TierPolicyConfig {
+            idle_after: vec![Duration::from_secs(10), Duration::from_secs(100)],
+            ..policy.clone()
+        };
+        let low_two = |idle| policy_tier(&input(Some(0), idle, 0), &two, &tiers);
+        assert_eq!([low_two(10.0), low_two(100.0)], ["hot", "cold"]);
+        // A rendition above the lowest is not kept warmer.
+        assert_eq!(
+            policy_tier(&input(Some(1), 10.0, 0), &policy, &tiers),
+            "warm"
+        );
         // With hot alone, everything stays hot.
         let only_hot = ["hot".to_owned()];
         assert_eq!(
