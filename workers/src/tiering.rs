@@ -334,6 +334,9 @@ pub fn policy_tier<'a>(
     tiers.get(level).map_or("hot", String::as_str)
 }
 
+/// The advisory lock a policy run holds for its transaction ("tiering").
+const POLICY_LOCK_KEY: i64 = 0x0074_6965_7269_6e67;
+
 /// Handler of [`cascade_schemas::job_kind::TIER_POLICY`].
 #[derive(Clone)]
 pub struct PolicyHandler {
@@ -356,7 +359,25 @@ impl PolicyHandler {
 
     async fn run_policy(&self) -> Result<(), JobError> {
         let started = Instant::now();
-        let client = self.pool.get().await.map_err(|e| retry("database", &e))?;
+        let mut connection = self.pool.get().await.map_err(|e| retry("database", &e))?;
+        // One run at a time: runs are queued once per interval, and one that
+        // outlasts its interval would otherwise read the same placement as
+        // the next and queue the same moves twice (`cascade bench tiers`
+        // found renditions with five identical moves queued that way). The
+        // moves are queued when the run commits.
+        let client = connection
+            .transaction()
+            .await
+            .map_err(|e| retry("database", &e))?;
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&POLICY_LOCK_KEY])
+            .await
+            .map_err(|e| retry("taking the policy's lock", &e))?
+            .get(0);
+        if !locked {
+            tracing::info!("another tiering policy run is under way; this one has nothing to do");
+            return Ok(());
+        }
         let inputs = tiering::policy_inputs(&client, self.policy.views_window)
             .await
             .map_err(|e| retry("reading the renditions", &e))?;
@@ -409,6 +430,10 @@ impl PolicyHandler {
         tiering::prune_views(&client, keep)
             .await
             .map_err(|e| retry("pruning old view counts", &e))?;
+        client
+            .commit()
+            .await
+            .map_err(|e| retry("committing the policy's moves", &e))?;
         if moves > 0 {
             self.queue.wake(cascade_schemas::job_kind::MOVE_RENDITION);
         }
