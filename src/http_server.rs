@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use cascade_origin::zero_copy::ZeroCopyStream;
 use cascade_origin::{Front, Fronted};
 use cascade_platform::config::HttpConfig;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -78,7 +79,10 @@ pub async fn serve(
         };
         let service = Fronted::new(service, front.clone());
         let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .serve_connection(
+                TokioIo::new(ZeroCopyStream::new(stream)),
+                TowerToHyperService::new(service),
+            )
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -135,6 +139,10 @@ mod tests {
                 get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
             )
             .route(
+                "/shared",
+                get(|| async { axum::body::Body::from(shared_object()) }),
+            )
+            .route(
                 "/slow",
                 get(move || async move {
                     entered.notify_one();
@@ -158,6 +166,12 @@ mod tests {
             task,
             slow_entered,
         }
+    }
+
+    /// A 300 KB object in shared memory, as the origin's memory tier keeps it.
+    fn shared_object() -> bytes::Bytes {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        cascade_origin::zero_copy::into_shared_memory(bytes.into())
     }
 
     /// Sends `request` and reads until the server closes the connection.
@@ -186,6 +200,45 @@ mod tests {
         let local = stream.local_addr().unwrap().to_string();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with(&local), "{answer} from {local}");
+    }
+
+    /// A body the origin keeps in shared memory leaves by `sendfile`, and
+    /// arrives whole, after its headers, on a keep-alive connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_bodies_are_sent_without_a_copy_and_arrive_whole() {
+        let addr = start(Duration::from_secs(5)).await.addr;
+        let before = cascade_origin::zero_copy::bytes_sent_zero_copy();
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut answers = Vec::new();
+            for close in ["", "Connection: close\r\n"] {
+                let request = format!("GET /shared HTTP/1.1\r\nHost: x\r\n{close}\r\n");
+                stream.write_all(request.as_bytes()).unwrap();
+                // Headers, then exactly the body.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    stream.read_exact(&mut byte).unwrap();
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8(head).unwrap();
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                assert!(head.contains("content-length: 300000"), "{head}");
+                let mut body = vec![0u8; 300_000];
+                stream.read_exact(&mut body).unwrap();
+                answers.push(body);
+            }
+            answers
+        })
+        .await
+        .unwrap();
+        let expected = shared_object();
+        assert!(answer.iter().all(|body| body[..] == expected[..]));
+        let sent = cascade_origin::zero_copy::bytes_sent_zero_copy() - before;
+        assert!(sent >= 600_000, "{sent} bytes sent by sendfile");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -312,6 +312,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     }
     let mut front = None;
     if roles.contains(&Role::Origin) {
+        cascade_origin::zero_copy::reserve_descriptors();
         let origin = cascade_origin::OriginState::with_tiers(
             config.origin.clone(),
             Keyring::from_config(&config.playback),

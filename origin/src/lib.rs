@@ -45,6 +45,8 @@
 //! - **Cache-Control**: see [`cache_control`]'s table.
 //! - **Views**: plays and segment fetches are counted in memory and written
 //!   in batches (`count_views`) for the tiering policy.
+//! - **Zero-copy**: cached objects of 16 KiB or more live in sealed `memfd`
+//!   mappings that [`zero_copy::ZeroCopyStream`] sends with `sendfile`.
 //! - **Signed playback**: assets with the `signed` policy need `?token=` on
 //!   every object, checked against the [`Keyring`] of `playback.signing_keys`
 //!   (format and rotation: [`cascade_platform::playback_token`]); manifests
@@ -62,6 +64,7 @@ mod relay;
 mod resolve;
 mod tier;
 mod views;
+pub mod zero_copy;
 
 pub use crate::views::Promotion;
 

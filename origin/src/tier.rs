@@ -314,7 +314,8 @@ impl Tier {
                 return Ok(Entry::TooLarge);
             }
             let etag = body.meta.etag.clone();
-            let bytes = body.collect().await?;
+            // Kept where connections can `sendfile` it from (zero_copy.rs).
+            let bytes = crate::zero_copy::into_shared_memory(body.collect().await?);
             let etag = etag.unwrap_or_else(|| content_etag(&bytes));
             Ok::<_, StorageError>(Entry::Found(Arc::new(Cached { bytes, etag })))
         })
