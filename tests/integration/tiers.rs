@@ -45,6 +45,21 @@ fn two_buckets() -> StorageConfig {
     }
 }
 
+/// Hot, `warm` and `cold`, each a bucket of the stack's SeaweedFS.
+fn three_buckets() -> StorageConfig {
+    let tier = |name: &str, price| TierConfig {
+        name: name.to_owned(),
+        local_root: None,
+        s3: Some(s3_config()),
+        price_per_gb_month: price,
+    };
+    StorageConfig {
+        s3: Some(s3_config()),
+        tiers: vec![tier("warm", 0.0125), tier("cold", 0.004)],
+        ..StorageConfig::default()
+    }
+}
+
 /// A worker in this process for transcodes, moves, drops and purges.
 fn start_worker(db: &TestDb, tiers: &Tiers, stop: &CancellationToken) {
     start_worker_with_policy(db, tiers, stop, None);
@@ -707,6 +722,95 @@ async fn renditions_watched_again_in_a_cold_tier_are_promoted_by_the_origins_cou
     stop.cancel();
 }
 
+/// The policy on a clock of seconds walks an asset hot -> warm -> cold ->
+/// archive, and hls.js plays it through a CDN at every stage (a CDN of
+/// its own each time, so the segments come from the tier the asset is
+/// in); the archived asset played is restored and plays again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_walks_an_asset_to_the_archive_and_hls_js_plays_it_at_every_stage_s3() {
+    let _cores = crate::common::exclusive_cores().await;
+    assert!(nginx_available(), "nginx is needed (Debian package nginx)");
+    let db = fresh_db().await;
+    let tiers = Tiers::from_config(&three_buckets()).await.unwrap();
+    let stop = CancellationToken::new();
+    let policy = TierPolicyConfig {
+        interval: Duration::from_secs(1),
+        idle_after: vec![Duration::from_secs(3), Duration::from_secs(6)],
+        // Plays never promote here: the walk only goes down.
+        promote_views: i64::MAX,
+        views_window: Duration::from_secs(60),
+        keep_low_rungs_warmer: 0,
+        max_moves_per_run: 100,
+        archive_after: Some(Duration::from_secs(9)),
+        archive_source_tier: None,
+    };
+    start_worker_with_policy(&db, &tiers, &stop, Some(policy));
+    let origin = start_origin(&db, &tiers, &stop).await;
+    let (asset, base) = transcoded_from(&db, &tiers, &bench_fixture()).await;
+    let play = |poll: bool| {
+        let base = base.clone();
+        async move {
+            let cdn = crate::origin::start_cdn(origin).await;
+            let url = format!("http://{}{base}/master.m3u8", cdn.addr);
+            let out = tokio::process::Command::new("node")
+                .arg(repo_root().join("tests/players/play.mjs"))
+                .args(["--player", "hls", "--url", &url, "--seconds", "4"])
+                .args(if poll { &["--poll", "1"][..] } else { &[][..] })
+                .output()
+                .await;
+            let report = crate::common::player_report("hls", out);
+            assert!(report["fatal"].is_null(), "{report}");
+            assert!(report["played"].as_f64().unwrap_or(0.0) >= 4.0, "{report}");
+            drop(cdn);
+            report
+        }
+    };
+    let walk = Instant::now();
+    assert!(placements(&db, asset).await.values().all(|t| t == "hot"));
+    play(false).await;
+    // What hls.js played is idle from the end of its play, the rest from
+    // publication: the asset is warm once nothing is hot any more and the
+    // renditions just played are warm (the others may be colder already).
+    eventually(
+        "nothing hot, the renditions played warm",
+        Duration::from_secs(60),
+        || async {
+            let placed = placements(&db, asset).await;
+            (!placed.values().any(|t| t == "hot") && placed.values().any(|t| t == "warm"))
+                .then_some(())
+        },
+    )
+    .await;
+    println!("warm after {:?}", walk.elapsed());
+    play(false).await;
+    eventually(
+        "every rendition in cold",
+        Duration::from_secs(60),
+        || async {
+            placements(&db, asset)
+                .await
+                .values()
+                .all(|t| t == "cold")
+                .then_some(())
+        },
+    )
+    .await;
+    println!("cold after {:?}", walk.elapsed());
+    play(false).await;
+    eventually("archived", Duration::from_secs(60), || async {
+        let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
+        (a.state == AssetState::Archived).then_some(())
+    })
+    .await;
+    println!("archived after {:?}", walk.elapsed());
+    // The player polls the master (503 until restored) and then plays.
+    let report = play(true).await;
+    let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
+    assert_eq!((a.state, a.published_version), (AssetState::Ready, Some(2)));
+    println!("restored and played after {:?}: {report}", walk.elapsed());
+    stop.cancel();
+}
+
 /// The archive tier: an asset idle past `archive_after` keeps only its
 /// source (moved to the coldest tier) and its renditions' objects go; a
 /// play is answered 503 with `Retry-After` (never a 404 a CDN would keep)
@@ -837,6 +941,40 @@ async fn an_idle_asset_is_archived_to_its_source_and_a_play_restores_it_s3() {
     };
     assert_eq!(count(&db, &events("asset.archived")).await, 1);
     assert_eq!(count(&db, &events("asset.restored")).await, 1);
+
+    // Archived again (version 2 keeps its source under its own prefix:
+    // dropping the version's objects must leave it), and its source then
+    // lost from the archive: the
+    // play's restore fails, and the asset turns errored with a message for
+    // the creator instead of staying `restoring` (503) for ever.
+    let source_v2 = ObjectKey::source_version(asset, 2);
+    let cold = tiers.store("cold").unwrap();
+    eventually(
+        "archived again, the source in cold",
+        Duration::from_secs(60),
+        || async {
+            let archived = state().await.state == AssetState::Archived;
+            let in_cold = cold.head(&source_v2).await.is_ok();
+            let in_hot = tiers.hot().head(&source_v2).await.is_ok();
+            (archived && in_cold && !in_hot).then_some(())
+        },
+    )
+    .await;
+    cold.delete(&source_v2).await.unwrap();
+    assert_eq!(get(origin, &master).await.status, 503);
+    let failed = eventually("the restore failed", Duration::from_secs(60), || async {
+        let a = state().await;
+        (a.state == AssetState::Errored).then_some(a)
+    })
+    .await;
+    assert_eq!(failed.error_code.as_deref(), Some("restore_failed"));
+    let message = failed.error_message.unwrap_or_default();
+    assert!(message.contains("Upload it again"), "{message}");
+    assert_eq!(failed.published_version, None);
+    let reply = get(origin, &master).await;
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert_eq!(count(&db, &events("asset.errored")).await, 1);
     stop.cancel();
 }
 

@@ -16,7 +16,7 @@
 
 use cascade_platform::archive::{self, ArchiveState};
 use cascade_platform::storage::tiers::{Tiers, HOT};
-use cascade_platform::{NewJob, ObjectStore};
+use cascade_platform::{assets, NewJob, ObjectStore};
 use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
@@ -120,13 +120,25 @@ impl ArchiveHandler {
             job.asset_id,
             stored.iter().cloned(),
         );
+        // Everything of the version but its source: a version after the
+        // first keeps its source under the version's prefix (a restore
+        // copies it there), and that is what the asset is rebuilt from.
+        let source = ObjectKey::source_version(job.asset_id, asset.source_version);
         let mut removed = 0;
         for tier in self.tiers.all() {
-            removed += tier
+            let listed = tier
                 .store
-                .delete_prefix(&prefix)
+                .list(&prefix)
                 .await
-                .map_err(|e| storage("deleting the archived version", e))?;
+                .map_err(|e| storage("listing the archived version", e))?;
+            for object in listed {
+                let key = ObjectKey::from_stored(object.key);
+                if key == source {
+                    continue;
+                }
+                delete_copy(&tier.store, &key).await?;
+                removed += 1;
+            }
         }
         self.move_source(&job, &asset).await?;
         // Once no origin can still serve the version (this job runs after
@@ -253,6 +265,34 @@ impl ArchiveHandler {
     }
 }
 
+impl ArchiveHandler {
+    /// A restore that failed for good before the asset was rebuilding from
+    /// its source (the archived source gone or unreadable) turns the asset
+    /// `errored` with a message for the creator, rather than leaving it
+    /// `restoring` for ever (origins would answer 503 to every play).
+    async fn restore_failed(
+        &self,
+        asset: AssetId,
+        version: u32,
+        reason: &str,
+    ) -> Result<(), JobError> {
+        match self.state(asset).await? {
+            Some(now) if now.state == AssetState::Restoring && now.source_version == version => {}
+            _ => return Ok(()), // Rebuilding from its source already, or gone.
+        }
+        tracing::warn!(asset_id = %asset, reason, "restore failed for good");
+        assets::set_errored(
+            &self.pool,
+            asset,
+            "restore_failed",
+            "This video was archived and could not be restored: its archived source could not \
+             be read. Upload it again to make it playable.",
+        )
+        .await
+        .map_err(|e| retry("marking the failed restore", &e))
+    }
+}
+
 /// Deletes `key` from `store` (a missing object is no error).
 async fn delete_copy(store: &ObjectStore, key: &ObjectKey) -> Result<(), JobError> {
     store
@@ -274,7 +314,20 @@ impl JobHandler for ArchiveHandler {
                         .drop_archived(job, ctx.attempt >= ctx.max_attempts)
                         .await
                 }
-                Kind::Restore => handler.restore(job).await,
+                Kind::Restore => {
+                    let asset = job.asset_id;
+                    let version = job.version;
+                    let result = handler.restore(job).await;
+                    let final_failure = match &result {
+                        Err(JobError::Permanent(reason)) => Some(reason.clone()),
+                        Err(error) if ctx.attempt >= ctx.max_attempts => Some(error.to_string()),
+                        _ => None,
+                    };
+                    if let Some(reason) = final_failure {
+                        handler.restore_failed(asset, version, &reason).await?;
+                    }
+                    result
+                }
             }
         }
         .boxed()
