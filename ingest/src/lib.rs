@@ -31,6 +31,7 @@ pub mod relay;
 mod request;
 mod routes;
 pub mod rtmp;
+pub mod rtmp_guard;
 mod simple_upload;
 mod source;
 mod state;

@@ -423,7 +423,10 @@ async fn connection(
         },
         published: published.clone(),
     };
-    let run = ServerSession::new(socket, handler).run();
+    // Commands and metadata are checked before the protocol crate's AMF0
+    // decoder sees them (rtmp_guard.rs).
+    let guarded = crate::rtmp_guard::CommandGuard::new(socket);
+    let run = ServerSession::new(guarded, handler).run();
     tokio::pin!(run);
     let deadline = tokio::time::sleep(handshake_timeout);
     tokio::pin!(deadline);

@@ -190,6 +190,23 @@ pub(crate) fn get_stream(addr: SocketAddr, key: &str, id: &str) -> serde_json::V
 
 /// A connection that sends `bytes` and then waits: how long until the
 /// server closes it (`None`: still open after `limit`).
+/// A client handshake (C0, C1, C2) and then an `FCPublish` command (as OBS
+/// sends, which the protocol crate decodes as plain AMF0 values) whose
+/// argument is an ECMA array declaring 2^32 - 1 entries.
+fn crafted_command() -> Vec<u8> {
+    let mut bytes = vec![3u8];
+    bytes.extend(std::iter::repeat_n(0u8, 2 * 1536));
+    let mut command = vec![2, 0, 9];
+    command.extend_from_slice(b"FCPublish");
+    command.extend_from_slice(&[0, 0x40, 0x08, 0, 0, 0, 0, 0, 0, 5]);
+    command.extend_from_slice(&[8, 0xff, 0xff, 0xff, 0xff, 0, 0, 9]);
+    // Chunk stream 3, format 0: timestamp, length, type 20 (AMF0 command),
+    // message stream 0.
+    bytes.extend_from_slice(&[3, 0, 0, 0, 0, 0, command.len() as u8, 20, 0, 0, 0, 0]);
+    bytes.extend_from_slice(&command);
+    bytes
+}
+
 fn closed_within(rtmp: SocketAddr, bytes: &[u8], limit: Duration) -> Option<Duration> {
     let started = Instant::now();
     let mut stream = TcpStream::connect(rtmp).expect("connect to rtmp");
@@ -292,6 +309,13 @@ async fn rtmp_stream_plays_live_refuses_intruders_and_records() {
     assert!(
         closed_within(live.rtmp, &garbage, Duration::from_secs(6)).is_some(),
         "garbage on the RTMP port is answered by closing the connection"
+    );
+    // A crafted command: an ECMA array declaring four billion entries,
+    // which the protocol crate's decoder would reserve memory for, aborting
+    // the process and every stream in it. Refused, and the stream goes on.
+    assert!(
+        closed_within(live.rtmp, &crafted_command(), Duration::from_secs(6)).is_some(),
+        "a crafted command is answered by closing the connection"
     );
     let silent = closed_within(live.rtmp, b"", Duration::from_secs(8));
     assert!(
