@@ -49,40 +49,51 @@ const COMMAND_AMF0: u8 = 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused(pub &'static str);
 
-/// Checks one AMF0 data message (a sequence of values, read as AMF0
-/// defines them: objects and ECMA arrays end with an empty key and the
-/// object-end marker) against the limits, without recursion. Data messages
-/// (`onMetaData`) go to the FLV demuxer as they are.
-pub fn check_amf0(mut data: &[u8]) -> Result<(), Refused> {
+/// How a message's bytes are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// As AMF0 defines them: objects and ECMA arrays end with an empty key
+    /// and the object-end marker. Data messages (`onMetaData`) go to the
+    /// FLV demuxer, which reads them so.
+    Spec,
+    /// As the session's decoder (`scuffle-amf0`) reads commands: an ECMA
+    /// array is exactly as many entries as it declares (then an object-end
+    /// marker byte, if one follows); references and the unsupported marker
+    /// are errors. Walking the bytes the way their reader does matters: a
+    /// message read one way as shallow may be deeply nested read the other.
+    Decoder,
+}
+
+/// Checks one AMF0 message body (a sequence of values) against the
+/// limits, read as `reading` says, without recursion.
+pub fn check_amf0(mut data: &[u8], reading: Reading) -> Result<(), Refused> {
     if data.len() > MAX_MESSAGE {
         return Err(Refused("AMF0 message too large"));
     }
     /// What the walk is inside of.
     enum Open {
-        /// Key/value entries up to the end marker (objects, ECMA arrays).
+        /// Key/value entries up to the end marker, and how many so far.
         Entries(u32),
+        /// This many more key/value entries (the decoder's ECMA arrays).
+        Counted(u32),
         /// This many more values (strict arrays).
         Values(u32),
     }
-    let mut open: Vec<Open> = Vec::new();
-    let mut values = 0usize;
-    let take = |data: &mut &[u8], n: usize| -> Result<(), Refused> {
+    fn skip(data: &mut &[u8], n: usize) -> Result<(), Refused> {
         if data.len() < n {
             return Err(Refused("AMF0 value truncated"));
         }
         data.advance(n);
         Ok(())
-    };
-    let u16_at = |data: &[u8]| -> Result<usize, Refused> {
-        data.get(..2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+    /// A big-endian length of `width` bytes at the start of `data`.
+    fn length(data: &[u8], width: usize) -> Result<usize, Refused> {
+        data.get(..width)
+            .map(|b| b.iter().fold(0usize, |v, &x| (v << 8) | usize::from(x)))
             .ok_or(Refused("AMF0 value truncated"))
-    };
-    let u32_at = |data: &[u8]| -> Result<u32, Refused> {
-        data.get(..4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or(Refused("AMF0 value truncated"))
-    };
+    }
+    let mut open: Vec<Open> = Vec::new();
+    let mut values = 0usize;
     loop {
         // Where the next value comes from, or a container that ends here.
         match open.last_mut() {
@@ -93,8 +104,20 @@ pub fn check_amf0(mut data: &[u8]) -> Result<(), Refused> {
                 continue;
             }
             Some(Open::Values(left)) => *left -= 1,
+            Some(Open::Counted(0)) => {
+                open.pop();
+                if data.first() == Some(&9) {
+                    data.advance(1);
+                }
+                continue;
+            }
+            Some(Open::Counted(left)) => {
+                *left -= 1;
+                let key = length(data, 2)?;
+                skip(&mut data, 2 + key)?;
+            }
             Some(Open::Entries(held)) => {
-                let key = u16_at(data)?;
+                let key = length(data, 2)?;
                 if key == 0 && data.get(2) == Some(&9) {
                     data.advance(3);
                     open.pop();
@@ -104,7 +127,7 @@ pub fn check_amf0(mut data: &[u8]) -> Result<(), Refused> {
                 if *held > MAX_ENTRIES {
                     return Err(Refused("AMF0 object with too many entries"));
                 }
-                take(&mut data, 2 + key)?;
+                skip(&mut data, 2 + key)?;
             }
         }
         values += 1;
@@ -113,151 +136,41 @@ pub fn check_amf0(mut data: &[u8]) -> Result<(), Refused> {
         }
         let marker = *data.first().ok_or(Refused("AMF0 value truncated"))?;
         data.advance(1);
-        match marker {
-            0 => take(&mut data, 8)?, // number
-            1 => take(&mut data, 1)?, // boolean
-            2 => {
+        match (marker, reading) {
+            (0, _) => skip(&mut data, 8)?,   // number
+            (1, _) => skip(&mut data, 1)?,   // boolean
+            (11, _) => skip(&mut data, 10)?, // date
+            (2, _) => {
                 // string
-                let len = u16_at(data)?;
-                take(&mut data, 2 + len)?;
-            }
-            3 => open.push(Open::Entries(0)), // object
-            5 | 6 | 13 => {}                  // null, undefined, unsupported
-            7 => take(&mut data, 2)?,         // reference
-            8 => {
-                // ECMA array: a declared count (decoders reserve by it), then entries.
-                if u32_at(data)? > MAX_ENTRIES {
-                    return Err(Refused("AMF0 array declares too many entries"));
-                }
-                data.advance(4);
-                open.push(Open::Entries(0));
-            }
-            10 => {
-                let count = u32_at(data)?;
-                if count > MAX_ENTRIES {
-                    return Err(Refused("AMF0 array declares too many entries"));
-                }
-                data.advance(4);
-                open.push(Open::Values(count));
-            }
-            11 => take(&mut data, 10)?, // date
-            12 | 15 => {
-                // long string, XML document
-                let len = u32_at(data)? as usize;
-                take(&mut data, 4usize.saturating_add(len))?;
-            }
-            16 => {
-                // typed object: a class name, then entries
-                let len = u16_at(data)?;
-                take(&mut data, 2 + len)?;
-                open.push(Open::Entries(0));
-            }
-            _ => return Err(Refused("unsupported AMF0 type")),
-        }
-        if open.len() > MAX_DEPTH {
-            return Err(Refused("AMF0 values nested too deep"));
-        }
-    }
-}
-
-/// Checks one AMF0 command message against the limits, reading it as the
-/// session's decoder will (`scuffle-amf0`): an ECMA array is exactly as
-/// many entries as it declares (then an object-end marker byte, if one
-/// follows), an object ends at an empty key followed by the object-end
-/// marker, references and unknown markers are errors. Walking the bytes
-/// the way the decoder does matters: a message read one way as shallow and
-/// the other way as deeply nested would pass a check that reads it
-/// differently.
-pub fn check_command(mut data: &[u8]) -> Result<(), Refused> {
-    if data.len() > MAX_MESSAGE {
-        return Err(Refused("AMF0 message too large"));
-    }
-    enum Open {
-        Object,
-        Ecma(u32),
-        Strict(u32),
-    }
-    let truncated = Refused("AMF0 value truncated");
-    let mut open: Vec<Open> = Vec::new();
-    let mut values = 0usize;
-    fn skip(data: &mut &[u8], n: usize) -> Result<(), Refused> {
-        if data.len() < n {
-            return Err(Refused("AMF0 value truncated"));
-        }
-        data.advance(n);
-        Ok(())
-    }
-    fn length(data: &[u8], width: usize) -> Result<usize, Refused> {
-        data.get(..width)
-            .map(|b| b.iter().fold(0usize, |v, &x| (v << 8) | usize::from(x)))
-            .ok_or(Refused("AMF0 value truncated"))
-    }
-    loop {
-        match open.last_mut() {
-            None if data.is_empty() => return Ok(()),
-            None => {}
-            Some(Open::Strict(0)) => {
-                open.pop();
-                continue;
-            }
-            Some(Open::Strict(left)) => *left -= 1,
-            Some(Open::Ecma(0)) => {
-                open.pop();
-                if data.first() == Some(&9) {
-                    data.advance(1);
-                }
-                continue;
-            }
-            Some(Open::Ecma(left)) => {
-                *left -= 1;
-                let key = length(data, 2)?;
-                skip(&mut data, 2 + key)?;
-            }
-            Some(Open::Object) => {
-                let key = length(data, 2)?;
-                if key == 0 && data.get(2) == Some(&9) {
-                    data.advance(3);
-                    open.pop();
-                    continue;
-                }
-                skip(&mut data, 2 + key)?;
-            }
-        }
-        values += 1;
-        if values > MAX_VALUES {
-            return Err(Refused("too many AMF0 values"));
-        }
-        let marker = *data.first().ok_or(truncated.clone())?;
-        data.advance(1);
-        match marker {
-            0 => skip(&mut data, 8)?,
-            1 => skip(&mut data, 1)?,
-            11 => skip(&mut data, 10)?,
-            2 => {
                 let len = length(data, 2)?;
                 skip(&mut data, 2 + len)?;
             }
-            12 | 15 => {
+            (12 | 15, _) => {
+                // long string, XML document
                 let len = length(data, 4)?;
                 skip(&mut data, 4usize.saturating_add(len))?;
             }
-            5 | 6 => {}
-            3 => open.push(Open::Object),
-            16 => {
+            (5 | 6, _) | (13, Reading::Spec) => {} // null, undefined, unsupported
+            (7, Reading::Spec) => skip(&mut data, 2)?, // reference
+            (3, _) => open.push(Open::Entries(0)), // object
+            (16, _) => {
+                // typed object: a class name, then entries
                 let len = length(data, 2)?;
                 skip(&mut data, 2 + len)?;
-                open.push(Open::Object);
+                open.push(Open::Entries(0));
             }
-            8 | 10 => {
+            (8 | 10, _) => {
+                // ECMA and strict arrays: a declared count (decoders reserve by it)
                 let count = length(data, 4)?;
-                if count > MAX_ENTRIES as usize {
-                    return Err(Refused("AMF0 array declares too many entries"));
-                }
+                let count = u32::try_from(count)
+                    .ok()
+                    .filter(|c| *c <= MAX_ENTRIES)
+                    .ok_or(Refused("AMF0 array declares too many entries"))?;
                 data.advance(4);
-                open.push(if marker == 8 {
-                    Open::Ecma(count as u32)
-                } else {
-                    Open::Strict(count as u32)
+                open.push(match (marker, reading) {
+                    (10, _) => Open::Values(count),
+                    (_, Reading::Spec) => Open::Entries(0),
+                    (_, Reading::Decoder) => Open::Counted(count),
                 });
             }
             _ => return Err(Refused("unsupported AMF0 type")),
@@ -434,8 +347,8 @@ impl ChunkStream {
                 }
                 self.chunk_size = size;
             }
-            DATA_AMF0 => check_amf0(payload)?,
-            COMMAND_AMF0 => check_command(payload)?,
+            DATA_AMF0 => check_amf0(payload, Reading::Spec)?,
+            COMMAND_AMF0 => check_amf0(payload, Reading::Decoder)?,
             _ => {}
         }
         Ok(())
@@ -525,6 +438,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CommandGuard<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn string(s: &str) -> Vec<u8> {
         let mut v = vec![2];
@@ -553,26 +467,26 @@ mod tests {
 
     #[test]
     fn what_encoders_send_passes() {
-        assert_eq!(check_amf0(&connect()), Ok(()));
+        assert_eq!(check_amf0(&connect(), Reading::Spec), Ok(()));
         // onMetaData: a string and a flat ECMA array.
         let mut meta = string("onMetaData");
         meta.extend_from_slice(&[8, 0, 0, 0, 1, 0, 5]);
         meta.extend_from_slice(b"width");
         meta.extend_from_slice(&[0, 0x40, 0x94, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
-        assert_eq!(check_amf0(&meta), Ok(()));
+        assert_eq!(check_amf0(&meta, Reading::Spec), Ok(()));
         // Strict arrays, null, booleans, dates.
         let v = [10, 0, 0, 0, 3, 5, 1, 1, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(check_amf0(&v), Ok(()));
+        assert_eq!(check_amf0(&v, Reading::Spec), Ok(()));
     }
 
     #[test]
     fn commands_are_read_as_the_decoder_reads_them() {
-        assert_eq!(check_command(&connect()), Ok(()));
+        assert_eq!(check_amf0(&connect(), Reading::Decoder), Ok(()));
         // OBS's FCPublish: name, transaction id, null, the stream key.
         let mut fc = string("FCPublish");
         fc.extend_from_slice(&[0, 0x40, 0x08, 0, 0, 0, 0, 0, 0, 5]);
         fc.extend_from_slice(&string("lsk_abc"));
-        assert_eq!(check_command(&fc), Ok(()));
+        assert_eq!(check_amf0(&fc, Reading::Decoder), Ok(()));
         // An ECMA array that declares no entries, then one entry whose
         // 400-byte key hides nested objects: read as the spec has it, a
         // shallow array; read as the decoder does (no entries, then values),
@@ -581,15 +495,18 @@ mod tests {
         hidden.extend_from_slice(&[8, 0, 0, 0, 0, 0x01, 0x90]);
         hidden.extend(std::iter::repeat_n([3u8, 0, 1, b'a'], 100).flatten());
         hidden.extend_from_slice(&[5, 0, 0, 9]);
-        assert_eq!(check_amf0(&hidden), Ok(()));
+        assert_eq!(check_amf0(&hidden, Reading::Spec), Ok(()));
         assert_eq!(
-            check_command(&hidden),
+            check_amf0(&hidden, Reading::Decoder),
             Err(Refused("AMF0 values nested too deep"))
         );
         let mut huge = string("FCPublish");
         huge.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff]);
-        assert!(check_command(&huge).is_err());
-        assert!(check_command(&[7, 0, 1]).is_err(), "references are errors");
+        assert!(check_amf0(&huge, Reading::Decoder).is_err());
+        assert!(
+            check_amf0(&[7, 0, 1], Reading::Decoder).is_err(),
+            "references are errors"
+        );
     }
 
     #[test]
@@ -597,22 +514,22 @@ mod tests {
         // An ECMA array that declares four billion entries in nine bytes.
         let mut huge = string("connect");
         huge.extend_from_slice(&[8, 0xff, 0xff, 0xff, 0xff, 0, 0, 9]);
-        assert!(check_amf0(&huge).is_err());
+        assert!(check_amf0(&huge, Reading::Spec).is_err());
         let strict = [10, 0xff, 0xff, 0xff, 0xff];
-        assert!(check_amf0(&strict).is_err());
+        assert!(check_amf0(&strict, Reading::Spec).is_err());
         // Objects nested far past any real command.
         let deep: Vec<u8> = std::iter::repeat_n([3u8, 0, 1, b'a'], 10_000)
             .flatten()
             .collect();
         assert_eq!(
-            check_amf0(&deep),
+            check_amf0(&deep, Reading::Spec),
             Err(Refused("AMF0 values nested too deep"))
         );
         // Truncated values, unknown types, too many values.
-        assert!(check_amf0(&[2, 0, 9, b'a']).is_err());
-        assert!(check_amf0(&[0, 1, 2]).is_err());
-        assert!(check_amf0(&[17, 0]).is_err());
-        assert!(check_amf0(&vec![5u8; MAX_VALUES + 1]).is_err());
+        assert!(check_amf0(&[2, 0, 9, b'a'], Reading::Spec).is_err());
+        assert!(check_amf0(&[0, 1, 2], Reading::Spec).is_err());
+        assert!(check_amf0(&[17, 0], Reading::Spec).is_err());
+        assert!(check_amf0(&vec![5u8; MAX_VALUES + 1], Reading::Spec).is_err());
     }
 
     /// A chunk of format 0 on chunk stream 3 carrying `payload` whole.
@@ -684,5 +601,65 @@ mod tests {
         let mut large = vec![3u8; HANDSHAKE];
         large.extend_from_slice(&[3, 0, 0, 0, 0x10, 0, 0, COMMAND_AMF0, 0, 0, 0, 0]);
         assert_eq!(feed(&large), Err(Refused("AMF0 message too large")));
+    }
+
+    /// Pieces AMF0 messages are made of, valid or not: containers with
+    /// counts around the limit and anywhere, keys, end markers, scalars,
+    /// stray bytes.
+    fn piece() -> impl Strategy<Value = Vec<u8>> {
+        let counted = |marker: u8, n: u32| {
+            let mut v = vec![marker];
+            v.extend_from_slice(&n.to_be_bytes());
+            v
+        };
+        prop_oneof![
+            Just(vec![3u8]),
+            (0..2 * MAX_ENTRIES).prop_map(move |n| counted(8, n)),
+            (0..2 * MAX_ENTRIES).prop_map(move |n| counted(10, n)),
+            any::<u32>().prop_map(move |n| counted(8, n)),
+            any::<u32>().prop_map(move |n| counted(10, n)),
+            any::<[u8; 8]>().prop_map(|b| [0u8].into_iter().chain(b).collect()),
+            "[a-z]{0,6}".prop_map(|s| string(&s)),
+            "[a-z]{0,6}".prop_map(|s| {
+                let mut v = (s.len() as u16).to_be_bytes().to_vec();
+                v.extend_from_slice(s.as_bytes());
+                v
+            }),
+            Just(vec![0u8, 0, 9]),
+            Just(vec![5u8]),
+            Just(vec![16u8, 0, 1, b'T']),
+            any::<u8>().prop_map(|b| vec![b]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Whatever the guard lets through as a command, the session's
+        /// decoder reads without a crash (an allocation failure or a stack
+        /// overflow would abort this test's process).
+        #[test]
+        fn what_the_guard_passes_the_decoder_survives(
+            pieces in proptest::collection::vec(piece(), 0..300)
+        ) {
+            let message = pieces.concat();
+            let _ = check_amf0(&message, Reading::Spec);
+            if check_amf0(&message, Reading::Decoder).is_ok() {
+                let mut decoder =
+                    scuffle_amf0::decoder::Amf0Decoder::from_buf(bytes::Bytes::from(message));
+                let _ = decoder.decode_all();
+            }
+        }
+
+        /// Any bytes after the handshake: whole chunks or a refusal, never
+        /// a panic.
+        #[test]
+        fn the_chunk_reader_takes_any_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4000)
+        ) {
+            let mut stream = vec![3u8; HANDSHAKE];
+            stream.extend_from_slice(&bytes);
+            let _ = feed(&stream);
+        }
     }
 }

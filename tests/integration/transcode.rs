@@ -461,23 +461,8 @@ async fn broken_sources_end_errored_with_their_message_and_the_worker_carries_on
         );
         // Permanent: failed once, not retried. The asset turns errored just
         // before the runner records the job's outcome, so wait for that.
-        let (state, attempts) = eventually(
-            "the job to be recorded failed",
-            Duration::from_secs(10),
-            || async {
-                let client = db.pool.get().await.unwrap();
-                let row = client
-                    .query_one(
-                        "SELECT state, attempts FROM jobs WHERE payload->>'asset_id' = $1",
-                        &[&id.to_string()],
-                    )
-                    .await
-                    .unwrap();
-                let state: String = row.get(0);
-                (state != "running").then(|| (state, row.get::<_, i32>(1)))
-            },
-        )
-        .await;
+        let (state, attempts) =
+            recorded_outcome(&db, &format!("payload->>'asset_id' = '{id}'")).await;
         assert_eq!((state.as_str(), attempts), ("failed", 1), "{name}");
     }
     assert_eq!(wait_terminal(&db, good).await.state, AssetState::Ready);
@@ -870,6 +855,29 @@ fn untrusted_playlists_and_scripts_are_refused_before_they_open_anything() {
     assert_eq!(code(outcome.map(|_| ())).0, "source_too_long");
 }
 
+/// The state and attempts of the one job matching `filter` (SQL), once
+/// the runner has recorded its outcome: the asset turns ready or errored
+/// just before it does.
+async fn recorded_outcome(db: &TestDb, filter: &str) -> (String, i32) {
+    eventually(
+        "the job's outcome recorded",
+        Duration::from_secs(10),
+        || async {
+            let client = db.pool.get().await.unwrap();
+            let row = client
+                .query_one(
+                    &format!("SELECT state, attempts FROM jobs WHERE {filter}"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            let state: String = row.get(0);
+            (state != "running").then(|| (state, row.get::<_, i32>(1)))
+        },
+    )
+    .await
+}
+
 /// A database outage longer than the lease in the middle of a transcode
 /// (every connection cut, none accepted, as in a Postgres restart): the
 /// worker keeps encoding, renews its lease once the database is back, and
@@ -922,24 +930,8 @@ async fn a_database_outage_mid_transcode_costs_no_attempt() {
 
     let asset = wait_terminal(&db, id).await;
     assert_eq!(asset.state, AssetState::Ready, "{:?}", asset.error_message);
-    // The asset turns ready just before the runner records the job's outcome.
-    let (state, attempts) = eventually(
-        "the job to be recorded succeeded",
-        Duration::from_secs(10),
-        || async {
-            let client = db.pool.get().await.unwrap();
-            let row = client
-                .query_one(
-                    "SELECT state, attempts FROM jobs WHERE kind = $1",
-                    &[&job_kind::TRANSCODE],
-                )
-                .await
-                .unwrap();
-            let state: String = row.get(0);
-            (state != "running").then(|| (state, row.get::<_, i32>(1)))
-        },
-    )
-    .await;
+    let (state, attempts) =
+        recorded_outcome(&db, &format!("kind = '{}'", job_kind::TRANSCODE)).await;
     assert_eq!(state, "succeeded");
     assert_eq!(attempts, 1, "the outage cost an attempt");
     for worker in workers {
