@@ -363,10 +363,36 @@ pub async fn policy_inputs(
     client: &impl GenericClient,
     window: std::time::Duration,
 ) -> Result<Vec<PolicyInput>, DbError> {
-    let window_seconds = window.as_secs_f64();
     let rows = client
-        .query(
-            "SELECT r.asset_id, r.version, r.name, r.tier, r.moving_to,
+        .query(POLICY_INPUTS, &[&window.as_secs_f64()])
+        .await?;
+    Ok(rows.iter().map(policy_input).collect())
+}
+
+/// [`policy_inputs`] a batch at a time, through a portal of the caller's
+/// transaction, so that a policy run's memory does not grow with the
+/// catalogue: open it with [`policy_portal`], then call
+/// [`policy_batch`] until it returns nothing. Other statements may run in
+/// the transaction between batches.
+pub async fn policy_portal(
+    tx: &tokio_postgres::Transaction<'_>,
+    window: std::time::Duration,
+) -> Result<tokio_postgres::Portal, DbError> {
+    Ok(tx.bind(POLICY_INPUTS, &[&window.as_secs_f64()]).await?)
+}
+
+/// The next (at most) `rows` of a [`policy_portal`].
+pub async fn policy_batch(
+    tx: &tokio_postgres::Transaction<'_>,
+    portal: &tokio_postgres::Portal,
+    rows: i32,
+) -> Result<Vec<PolicyInput>, DbError> {
+    let rows = tx.query_portal(portal, rows).await?;
+    Ok(rows.iter().map(policy_input).collect())
+}
+
+/// Every published rendition the policy may place, with what it decides by.
+const POLICY_INPUTS: &str = "SELECT r.asset_id, r.version, r.name, r.tier, r.moving_to,
                  CASE WHEN r.kind = 'audio' THEN NULL
                       ELSE (rank() OVER (PARTITION BY r.asset_id, r.version, r.kind
                                          ORDER BY r.height NULLS LAST, r.name) - 1)::int4 END,
@@ -387,26 +413,22 @@ pub async fn policy_inputs(
              ) v ON true
              WHERE a.deleted_at IS NULL AND r.version = a.published_version
                AND a.state NOT IN ('archived', 'restoring') AND NOT r.tier_pinned
-             ORDER BY r.asset_id, r.name",
-            &[&window_seconds],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| PolicyInput {
-            asset: AssetId::from(r.get::<_, uuid::Uuid>(0)),
-            version: u32::try_from(r.get::<_, i32>(1)).unwrap_or_default(),
-            rendition: r.get(2),
-            tier: r.get(3),
-            moving_to: r.get(4),
-            low_rank: r
-                .get::<_, Option<i32>>(5)
-                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
-            idle_seconds: r.get(6),
-            recent_views: r.get(7),
-            queued_to: r.get(8),
-        })
-        .collect())
+             ORDER BY r.asset_id, r.name";
+
+fn policy_input(r: &tokio_postgres::Row) -> PolicyInput {
+    PolicyInput {
+        asset: AssetId::from(r.get::<_, uuid::Uuid>(0)),
+        version: u32::try_from(r.get::<_, i32>(1)).unwrap_or_default(),
+        rendition: r.get(2),
+        tier: r.get(3),
+        moving_to: r.get(4),
+        low_rank: r
+            .get::<_, Option<i32>>(5)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        idle_seconds: r.get(6),
+        recent_views: r.get(7),
+        queued_to: r.get(8),
+    }
 }
 
 /// Queues a move of one rendition to tier `to`.

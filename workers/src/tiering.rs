@@ -334,6 +334,9 @@ pub fn policy_tier<'a>(
     tiers.get(level).map_or("hot", String::as_str)
 }
 
+/// Renditions the policy reads at a time.
+const POLICY_BATCH: i32 = 2000;
+
 /// The advisory lock a policy run holds for its transaction ("tiering").
 const POLICY_LOCK_KEY: i64 = 0x0074_6965_7269_6e67;
 
@@ -378,30 +381,41 @@ impl PolicyHandler {
             tracing::info!("another tiering policy run is under way; this one has nothing to do");
             return Ok(());
         }
-        let inputs = tiering::policy_inputs(&client, self.policy.views_window)
+        // A batch at a time: the run's memory does not grow with the catalogue.
+        let portal = tiering::policy_portal(&client, self.policy.views_window)
             .await
             .map_err(|e| retry("reading the renditions", &e))?;
+        let mut renditions = 0usize;
         let mut moves = 0u32;
-        for input in &inputs {
-            if moves >= self.policy.max_moves_per_run {
+        'placing: loop {
+            let batch = tiering::policy_batch(&client, &portal, POLICY_BATCH)
+                .await
+                .map_err(|e| retry("reading the renditions", &e))?;
+            if batch.is_empty() {
                 break;
             }
-            // Where it is going decides: a queued move elsewhere is
-            // superseded by a newer one (even one back to where it is).
-            let target = policy_tier(input, &self.policy, &self.tiers);
-            if target == input.queued_to.as_deref().unwrap_or(&input.tier) {
-                continue;
+            renditions += batch.len();
+            for input in &batch {
+                if moves >= self.policy.max_moves_per_run {
+                    break 'placing;
+                }
+                // Where it is going decides: a queued move elsewhere is
+                // superseded by a newer one (even one back to where it is).
+                let target = policy_tier(input, &self.policy, &self.tiers);
+                if target == input.queued_to.as_deref().unwrap_or(&input.tier) {
+                    continue;
+                }
+                tiering::request_move(
+                    &client,
+                    input.asset,
+                    input.version,
+                    &input.rendition,
+                    target,
+                )
+                .await
+                .map_err(|e| retry("queueing a move", &e))?;
+                moves += 1;
             }
-            tiering::request_move(
-                &client,
-                input.asset,
-                input.version,
-                &input.rendition,
-                target,
-            )
-            .await
-            .map_err(|e| retry("queueing a move", &e))?;
-            moves += 1;
         }
         let mut archives = 0u32;
         if let Some(after) = self.policy.archive_after {
@@ -438,7 +452,7 @@ impl PolicyHandler {
             self.queue.wake(cascade_schemas::job_kind::MOVE_RENDITION);
         }
         tracing::info!(
-            renditions = inputs.len(),
+            renditions,
             moves,
             archives,
             elapsed_ms = started.elapsed().as_millis() as u64,
