@@ -237,6 +237,9 @@ impl OriginState {
                 breaker_state: ComputedGauge::new(move || {
                     i64::from(breaker.inner.tier.breaker_state())
                 }),
+                shared_objects: ComputedGauge::new(|| {
+                    i64::try_from(zero_copy::shared_objects()).unwrap_or(i64::MAX)
+                }),
             },
         );
     }

@@ -91,6 +91,7 @@ pub(crate) struct Gauges {
     pub(crate) cache_bytes: ComputedGauge,
     pub(crate) cache_entries: ComputedGauge,
     pub(crate) breaker_state: ComputedGauge,
+    pub(crate) shared_objects: ComputedGauge,
 }
 
 impl Metrics {
@@ -314,6 +315,11 @@ impl Metrics {
             "Storage circuit breaker: 0 closed, 1 open, 2 half-open",
             gauges.breaker_state,
         );
+        registry.register(
+            "cascade_origin_shared_objects",
+            "Memory-tier objects in shared memory, sent with sendfile (0 with objects cached: the kernel refused memfds or the descriptor share is used up, and responses are copied)",
+            gauges.shared_objects,
+        );
     }
 }
 
@@ -341,6 +347,7 @@ mod tests {
                 cache_bytes: ComputedGauge::new(|| 5),
                 cache_entries: ComputedGauge::new(|| 1),
                 breaker_state: ComputedGauge::new(|| 0),
+                shared_objects: ComputedGauge::new(|| 3),
             },
         );
         let text = cascade_platform::metrics::render(&registry);
@@ -361,6 +368,7 @@ mod tests {
         assert!(text
             .contains("cascade_origin_request_duration_seconds_count{route=\"hls_playlist\"} 3\n"));
         assert!(text.contains("cascade_origin_cache_size_bytes 5\n"));
+        assert!(text.contains("cascade_origin_shared_objects 3\n"), "{text}");
         assert!(
             text.contains("cascade_origin_storage_read_errors_total{error_type=\"timeout\"} 0\n")
         );

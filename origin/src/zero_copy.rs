@@ -52,6 +52,11 @@ static MAX_REGIONS: AtomicUsize = AtomicUsize::new(1024);
 /// Bytes sent by `sendfile` since start (tests and metrics read it).
 static SENT_ZERO_COPY: AtomicU64 = AtomicU64::new(0);
 
+/// Objects in shared memory now (the `cascade_origin_shared_objects` gauge).
+pub fn shared_objects() -> usize {
+    REGION_COUNT.load(Relaxed)
+}
+
 /// Bytes sent without a copy since the process started.
 pub fn bytes_sent_zero_copy() -> u64 {
     SENT_ZERO_COPY.load(Relaxed)
