@@ -295,16 +295,15 @@ impl AsyncWrite for ZeroCopyStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         use std::os::fd::AsRawFd;
-        let shared = bufs.iter().position(|b| region_of(b).is_some());
-        let Some(first_shared) = shared else {
+        let shared = bufs
+            .iter()
+            .enumerate()
+            .find_map(|(i, b)| region_of(b).map(|(fd, offset)| (i, fd, offset, b.len())));
+        let Some((first_shared, fd, offset, len)) = shared else {
             return Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
         };
         let socket = self.stream.as_raw_fd();
         if first_shared == 0 {
-            let Some((fd, offset)) = region_of(&bufs[0]) else {
-                return Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-            };
-            let len = bufs[0].len();
             return self.poll_io(cx, || send_file(socket, fd, offset, len));
         }
         // Plain slices first (the headers), then, if they all went, as
@@ -316,10 +315,6 @@ impl AsyncWrite for ZeroCopyStream {
         if sent < plain_len || plain.len() < first_shared {
             return Poll::Ready(Ok(sent));
         }
-        let Some((fd, offset)) = region_of(&bufs[first_shared]) else {
-            return Poll::Ready(Ok(sent));
-        };
-        let len = bufs[first_shared].len();
         match self
             .stream
             .try_io(Interest::WRITABLE, || send_file(socket, fd, offset, len))

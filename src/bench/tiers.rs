@@ -170,15 +170,7 @@ async fn measure(
     // hot); measured is the steady state after that wave, not the wave.
     let waited = Instant::now();
     loop {
-        let moving: i64 = pool
-            .get()
-            .await?
-            .query_one(
-                "SELECT count(*) FROM jobs WHERE kind = 'move_rendition' AND state IN ('queued', 'running')",
-                &[],
-            )
-            .await?
-            .get(0);
+        let moving = unfinished_jobs(pool, &["move_rendition"]).await?;
         if moving * 100 < (catalogue.len() * RENDITIONS.len()) as i64
             || waited.elapsed() > Duration::from_secs(120)
         {
@@ -248,16 +240,8 @@ async fn measure(
     policy_stop.cancel();
     let settled = Instant::now();
     loop {
-        let busy: i64 = pool
-            .get()
-            .await?
-            .query_one(
-                "SELECT count(*) FROM jobs WHERE kind IN ('move_rendition', 'drop_tier_copy', 'tier_policy')
-                   AND state IN ('queued', 'running')",
-                &[],
-            )
-            .await?
-            .get(0);
+        let busy =
+            unfinished_jobs(pool, &["move_rendition", "drop_tier_copy", "tier_policy"]).await?;
         if busy == 0 {
             break;
         }
@@ -451,6 +435,19 @@ fn bench_storage(configured: &StorageConfig, scratch: &std::path::Path) -> Stora
 struct Asset {
     id: AssetId,
     playback: PlaybackId,
+}
+
+/// Jobs of `kinds` queued or running.
+async fn unfinished_jobs(pool: &deadpool_postgres::Pool, kinds: &[&str]) -> anyhow::Result<i64> {
+    Ok(pool
+        .get()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM jobs WHERE kind = ANY($1) AND state IN ('queued', 'running')",
+            &[&kinds],
+        )
+        .await?
+        .get(0))
 }
 
 /// Writes the catalogue's rows (published, ages spread over four "days")

@@ -237,6 +237,13 @@ async fn wait_in(db: &TestDb, asset: AssetId, tier: &str, within: Duration) {
     .await;
 }
 
+/// Moves every rendition of `asset` to `tier` by hand, as an operator
+/// would, and waits until they are all there.
+async fn moved_to(db: &TestDb, asset: AssetId, tier: &str) {
+    tiering::request_moves(&db.pool, asset, tier).await.unwrap();
+    wait_in(db, asset, tier, Duration::from_secs(30)).await;
+}
+
 /// Waits until no move or drop is queued or running.
 async fn wait_tiering_done(db: &TestDb) {
     eventually(
@@ -353,19 +360,13 @@ async fn renditions_move_between_buckets_while_served_and_end_in_one_tier_s3() {
 
     // Back to hot, one rendition's move superseded midway by nothing: the
     // same bytes are served throughout.
-    tiering::request_moves(&db.pool, asset, "hot")
-        .await
-        .unwrap();
-    wait_in(&db, asset, "hot", Duration::from_secs(30)).await;
+    moved_to(&db, asset, "hot").await;
     assert_eq!(play_everything(origin, &base).await, published);
     wait_tiering_done(&db).await;
     assert_in_one_tier(&db, &tiers, asset).await;
 
     // Deleted: nothing of it is left in either tier.
-    tiering::request_moves(&db.pool, asset, "cold")
-        .await
-        .unwrap();
-    wait_in(&db, asset, "cold", Duration::from_secs(30)).await;
+    moved_to(&db, asset, "cold").await;
     let environment = assets::get(&db.pool, asset)
         .await
         .unwrap()
@@ -667,10 +668,7 @@ async fn renditions_watched_again_in_a_cold_tier_are_promoted_by_the_origins_cou
     };
     let origin = start_origin_promoting(&db, &tiers, &stop, Some(promotion)).await;
     let (asset, base) = transcoded(&db, &tiers).await;
-    tiering::request_moves(&db.pool, asset, "cold")
-        .await
-        .unwrap();
-    wait_in(&db, asset, "cold", Duration::from_secs(30)).await;
+    moved_to(&db, asset, "cold").await;
     // Handed back to the policy: no longer pinned in cold.
     assert!(tiering::unpin(&db.pool, asset).await.unwrap());
     let published = play_everything(origin, &base).await;
@@ -783,18 +781,7 @@ async fn the_policy_walks_an_asset_to_the_archive_and_hls_js_plays_it_at_every_s
     .await;
     println!("warm after {:?}", walk.elapsed());
     play(false).await;
-    eventually(
-        "every rendition in cold",
-        Duration::from_secs(60),
-        || async {
-            placements(&db, asset)
-                .await
-                .values()
-                .all(|t| t == "cold")
-                .then_some(())
-        },
-    )
-    .await;
+    wait_in(&db, asset, "cold", Duration::from_secs(60)).await;
     println!("cold after {:?}", walk.elapsed());
     play(false).await;
     eventually("archived", Duration::from_secs(60), || async {
@@ -1022,8 +1009,7 @@ async fn hls_js_plays_through_the_cdn_while_renditions_move_and_after_a_restore_
     let player = tokio::spawn(play(false));
     let mut moves = 0;
     for tier in ["cold", "hot", "cold"] {
-        tiering::request_moves(&db.pool, asset, tier).await.unwrap();
-        wait_in(&db, asset, tier, Duration::from_secs(30)).await;
+        moved_to(&db, asset, tier).await;
         moves += 1;
     }
     let report = player.await.unwrap();
@@ -1209,10 +1195,7 @@ async fn deleting_during_a_transcode_leaves_nothing_in_any_tier_s3() {
     let stop = CancellationToken::new();
     start_worker(&db, &tiers, &stop);
     let (asset, _) = transcoded(&db, &tiers).await;
-    tiering::request_moves(&db.pool, asset, "cold")
-        .await
-        .unwrap();
-    wait_in(&db, asset, "cold", Duration::from_secs(30)).await;
+    moved_to(&db, asset, "cold").await;
 
     // A replacement (a longer source), its transcode writing version 2 to hot.
     let environment = assets::get(&db.pool, asset)

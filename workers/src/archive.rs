@@ -106,11 +106,19 @@ impl ArchiveHandler {
             return Ok(());
         }
         let prefix = ObjectKey::version_prefix(job.asset_id, job.version);
-        let stored = self
-            .tiers
-            .keys_everywhere(&prefix)
-            .await
-            .map_err(|e| retry("listing the archived version", &e))?;
+        let mut stored = Vec::new();
+        for tier in self.tiers.all() {
+            let listed = tier
+                .store
+                .list(&prefix)
+                .await
+                .map_err(|e| storage("listing the archived version", e))?;
+            stored.extend(
+                listed
+                    .into_iter()
+                    .map(|object| (&tier.store, ObjectKey::from_stored(object.key))),
+            );
+        }
         let paths = cdn_purge::paths(
             Purge::Everything,
             &asset
@@ -118,25 +126,16 @@ impl ArchiveHandler {
                 .parse()
                 .map_err(|e| JobError::Permanent(format!("stored playback id: {e}")))?,
             job.asset_id,
-            stored.iter().cloned(),
+            stored.iter().map(|(_, key)| key.clone()),
         );
         // Everything of the version but its source: a version after the
         // first keeps its source under the version's prefix (a restore
         // copies it there), and that is what the asset is rebuilt from.
         let source = ObjectKey::source_version(job.asset_id, asset.source_version);
         let mut removed = 0;
-        for tier in self.tiers.all() {
-            let listed = tier
-                .store
-                .list(&prefix)
-                .await
-                .map_err(|e| storage("listing the archived version", e))?;
-            for object in listed {
-                let key = ObjectKey::from_stored(object.key);
-                if key == source {
-                    continue;
-                }
-                delete_copy(&tier.store, &key).await?;
+        for (store, key) in &stored {
+            if *key != source {
+                delete_copy(store, key).await?;
                 removed += 1;
             }
         }
@@ -263,9 +262,7 @@ impl ArchiveHandler {
         }
         Ok(())
     }
-}
 
-impl ArchiveHandler {
     /// A restore that failed for good before the asset was rebuilding from
     /// its source (the archived source gone or unreadable) turns the asset
     /// `errored` with a message for the creator, rather than leaving it
