@@ -83,6 +83,7 @@ pub fn render_mpd(renditions: &[Rendition], layout: &UriLayout) -> Result<String
             &videos,
             layout,
             Timing::default(),
+            &[],
         );
         adaptation_set_id += 1;
     }
@@ -110,12 +111,15 @@ struct Timing {
     availability_time_offset: Option<f64>,
 }
 
+/// `stand_ins`: Representation ids whose files are another rendition's
+/// (see [`LivePeriod::stand_ins`]).
 fn write_video_set(
     xml: &mut Xml,
     id: u32,
     videos: &[(&Rendition, u64)],
     layout: &UriLayout,
     timing: Timing,
+    stand_ins: &[(String, String)],
 ) {
     let mut max_width = 0;
     let mut max_height = 0;
@@ -147,9 +151,13 @@ fn write_video_set(
     xml.open(2, "AdaptationSet", &attributes);
     let shared = shared_timeline(videos);
     if shared {
-        write_segment_template(xml, 3, videos[0].0, layout, timing);
+        write_segment_template(xml, 3, videos[0].0, layout, timing, None);
     }
     for (video, bandwidth) in videos {
+        let files_of = stand_ins
+            .iter()
+            .find(|(id, _)| *id == video.name)
+            .map(|(_, files)| files.as_str());
         let mut attributes = vec![
             ("id", video.name.clone()),
             ("bandwidth", bandwidth.to_string()),
@@ -166,11 +174,11 @@ fn write_video_set(
             attributes.push(("frameRate", frame_rate.to_string()));
             attributes.push(("sar", "1:1".to_owned()));
         }
-        if shared {
+        if shared && files_of.is_none() {
             xml.empty(3, "Representation", &attributes);
         } else {
             xml.open(3, "Representation", &attributes);
-            write_segment_template(xml, 4, video, layout, timing);
+            write_segment_template(xml, 4, video, layout, timing, files_of);
             xml.close(3, "Representation");
         }
     }
@@ -198,7 +206,7 @@ fn write_audio_set(
     );
     let shared = shared_timeline(audios);
     if shared {
-        write_segment_template(xml, 3, audios[0].0, layout, timing);
+        write_segment_template(xml, 3, audios[0].0, layout, timing, None);
     }
     for (audio, bandwidth) in audios {
         let mut attributes = vec![
@@ -227,7 +235,7 @@ fn write_audio_set(
             );
         }
         if !shared {
-            write_segment_template(xml, 4, audio, layout, timing);
+            write_segment_template(xml, 4, audio, layout, timing, None);
         }
         xml.close(3, "Representation");
     }
@@ -249,6 +257,13 @@ pub struct LivePeriod {
     /// Renditions with the segments of this Period still in the window, and
     /// each one's declared `@bandwidth`.
     pub renditions: Vec<(Rendition, u64)>,
+    /// Representations that keep a dropped rung's place: (its id, the
+    /// rendition whose files it serves). Its entry in `renditions`
+    /// describes those files under the dropped rung's name and
+    /// `@bandwidth`, so the Period has the same Representations as the one
+    /// before and a player on the rung plays on (dash.js, asked for a rung
+    /// a new Period lacks, flushes what it buffered and stalls).
+    pub stand_ins: Vec<(String, String)>,
 }
 
 /// A dynamic MPD (ISO/IEC 23009-1 5.4, `type="dynamic"`).
@@ -400,7 +415,14 @@ pub fn render_live_mpd(mpd: &LiveMpd, layout: &UriLayout) -> Result<String> {
         };
         let mut adaptation_set_id = 0;
         if !videos.is_empty() {
-            write_video_set(&mut xml, adaptation_set_id, &videos, layout, timing);
+            write_video_set(
+                &mut xml,
+                adaptation_set_id,
+                &videos,
+                layout,
+                timing,
+                &period.stand_ins,
+            );
             adaptation_set_id += 1;
         }
         if !audios.is_empty() {
@@ -438,25 +460,25 @@ fn shared_timeline(renditions: &[(&Rendition, u64)]) -> bool {
 }
 
 /// `media_offset`: media time (seconds) at the Period's start, written as
-/// `presentationTimeOffset` in the rendition's timescale.
+/// `presentationTimeOffset` in the rendition's timescale. `files_of`: the
+/// rendition whose files the URLs name (default: `$RepresentationID$`).
 fn write_segment_template(
     xml: &mut Xml,
     depth: usize,
     rendition: &Rendition,
     layout: &UriLayout,
     timing: Timing,
+    files_of: Option<&str>,
 ) {
+    let directory = files_of.unwrap_or("$RepresentationID$");
     let media_offset = timing.media_offset;
     let mut attributes = vec![
         ("timescale", rendition.timescale.to_string()),
         (
             "initialization",
-            format!("$RepresentationID$/{}", layout.init_segment),
+            format!("{directory}/{}", layout.init_segment),
         ),
-        (
-            "media",
-            format!("$RepresentationID$/{}", layout.media_segment),
-        ),
+        ("media", format!("{directory}/{}", layout.media_segment)),
         ("startNumber", rendition.first_sequence_number().to_string()),
     ];
     let offset_ticks = (media_offset * f64::from(rendition.timescale)).round() as u64;
@@ -700,6 +722,7 @@ mod tests {
                         (live_rendition("720p", true, 90_000, 1, 5), 2_750_000),
                         (live_rendition("audio", false, 48_000, 1, 5), 140_000),
                     ],
+                    stand_ins: Vec::new(),
                 },
                 LivePeriod {
                     id: "2".to_owned(),
@@ -708,6 +731,7 @@ mod tests {
                     media_offset: 12.0,
                     base_url: "s2/".to_owned(),
                     renditions: vec![(live_rendition("720p", true, 90_000, 6, 2), 2_750_000)],
+                    stand_ins: Vec::new(),
                 },
             ],
             ended: false,
@@ -757,6 +781,49 @@ mod tests {
             low.matches("<SegmentTemplate").count(),
             "{low}"
         );
+    }
+
+    #[test]
+    fn a_stand_in_keeps_a_dropped_rungs_place_with_another_renditions_files() {
+        let at = |seconds| chrono::DateTime::from_timestamp(seconds, 0).unwrap();
+        let mut stand_in = live_rendition("480p", true, 90_000, 6, 3);
+        stand_in.name = "720p".to_owned();
+        let mpd = LiveMpd {
+            availability_start: at(1_700_000_000),
+            publish_time: at(1_700_000_030),
+            minimum_update_period_millis: 2000,
+            time_shift_buffer_millis: 300_000,
+            suggested_delay_millis: 6000,
+            min_buffer_millis: 2000,
+            periods: vec![LivePeriod {
+                id: "1-6".to_owned(),
+                start_millis: 10_000,
+                media_offset: 10.0,
+                base_url: "s1/".to_owned(),
+                renditions: vec![
+                    (live_rendition("480p", true, 90_000, 6, 3), 1_320_000),
+                    (stand_in, 2_750_000),
+                ],
+                stand_ins: vec![("720p".to_owned(), "480p".to_owned())],
+            }],
+            ended: false,
+            low_latency: None,
+        };
+        let text = render_live_mpd(&mpd, &UriLayout::default()).unwrap();
+        let template = |files: &str| {
+            format!(
+                "<SegmentTemplate timescale=\"90000\" initialization=\"{files}/init.mp4\" media=\"{files}/$Number$.m4s\" startNumber=\"6\" presentationTimeOffset=\"900000\">"
+            )
+        };
+        // The rung keeps its id and bandwidth; its URLs name the 480p files.
+        let stand_in = text
+            .split("<Representation id=\"720p\" bandwidth=\"2750000\"")
+            .nth(1)
+            .and_then(|rest| rest.split("</Representation>").next())
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(stand_in.contains(&template("480p")), "{text}");
+        assert!(text.contains(&template("$RepresentationID$")), "{text}");
+        assert!(text.contains("<Representation id=\"480p\" bandwidth=\"1320000\""));
     }
 
     #[test]

@@ -361,6 +361,10 @@ pub struct LiveSegment {
     /// The first segment after a break in the timeline or the encoding
     /// (a publisher's reconnect).
     pub discontinuity: bool,
+    /// A segment this rendition sat out (its rung was dropped while the
+    /// ladder could not keep up): listed with `EXT-X-GAP` (RFC 8216bis
+    /// 4.4.4.7), so players fetch that time from another variant.
+    pub gap: bool,
     /// Its partial segments (low latency), oldest first; listed only while
     /// the segment is within three target durations of the end.
     pub parts: Vec<LivePart>,
@@ -540,6 +544,9 @@ impl LivePlaylist {
             if index >= parts_from {
                 self.write_parts(&mut text, &segment.parts);
             }
+            if segment.gap {
+                text.push_str("#EXT-X-GAP\n");
+            }
             let seconds = ticks_to_seconds(segment.info.duration, self.timescale);
             let _ = writeln!(text, "#EXTINF:{:.5},\n{}", seconds, segment.uri);
         }
@@ -712,6 +719,7 @@ mod tests {
             program_time: chrono::DateTime::from_timestamp(1_700_000_000 + sequence as i64 * 2, 0)
                 .unwrap(),
             discontinuity,
+            gap: false,
             parts: Vec::new(),
         }
     }
@@ -748,9 +756,22 @@ mod tests {
         let mut ended = playlist.clone();
         ended.ended = true;
         assert!(ended.render().unwrap().ends_with("#EXT-X-ENDLIST\n"));
-        let mut gap = playlist;
+        let mut gap = playlist.clone();
         gap.segments[1].info.sequence_number = 10;
         assert!(gap.render().is_err());
+
+        // A segment the rung sat out: a gap, as players read it.
+        let mut sat_out = playlist;
+        sat_out.segments[1].gap = true;
+        let text = sat_out.render().unwrap();
+        assert!(
+            text.contains(
+                "#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:36.000Z\n#EXT-X-GAP\n#EXTINF:2.00000,\n../s2/720p/8.m4s\n"
+            ),
+            "{text}"
+        );
+        let parsed = m3u8_rs::parse_media_playlist_res(text.as_bytes()).unwrap();
+        assert_eq!(parsed.segments.len(), 3);
     }
 
     fn parts(sequence: u64, count: u32) -> Vec<LivePart> {

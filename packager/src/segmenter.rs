@@ -218,6 +218,8 @@ pub struct Segmenter {
     last_dts: Option<i64>,
     open: Option<OpenSegment>,
     parts: Option<PartMode>,
+    /// Where a paused track stopped (the end of its last segment or skip).
+    paused_at: Option<i64>,
 }
 
 impl Segmenter {
@@ -231,6 +233,7 @@ impl Segmenter {
             last_dts: None,
             open: None,
             parts: None,
+            paused_at: None,
         }
     }
 
@@ -324,7 +327,7 @@ impl Segmenter {
             Track::Video(_) => sample.keyframe,
             Track::Audio(_) => true,
         };
-        if self.open.is_none() && self.last_dts.is_none() && !sync {
+        if self.open.is_none() && (self.last_dts.is_none() || self.paused_at.is_some()) && !sync {
             return Err(Error::FirstSampleNotKeyframe { dts: sample.dts });
         }
 
@@ -378,6 +381,7 @@ impl Segmenter {
             }
         }
         self.last_dts = Some(sample.dts);
+        self.paused_at = None;
         if let Some(mode) = self.parts.as_mut() {
             mode.longest_sample = mode.longest_sample.max(sample.duration);
         }
@@ -437,6 +441,39 @@ impl Segmenter {
         mode.ready.push(part.clone());
         open.parts.push(part);
         Ok(())
+    }
+
+    /// Stops the track at `end` (a live rung dropped while the ladder
+    /// cannot keep up): the open segment closes there and is returned.
+    /// While paused, [`skip`](Self::skip) numbers each segment the track
+    /// sits out; the next sample, which must be a sync sample, resumes it.
+    pub fn pause(&mut self, end: i64) -> Result<Option<MediaSegment>> {
+        if let Some(last) = self.last_dts.filter(|last| end <= *last) {
+            return Err(Error::NonMonotonicDts {
+                previous: last,
+                current: end,
+            });
+        }
+        let closed = self.close(Some(end))?;
+        self.paused_at = Some(end);
+        Ok(closed)
+    }
+
+    /// A paused track sits out the segment from where it stopped (or the
+    /// last skip ended) to `end`: returns that segment's number and timing
+    /// (no bytes: `size` 0), so every rendition keeps the same numbers.
+    /// `None` when the track is not paused or `end` is not later.
+    pub fn skip(&mut self, end: i64) -> Option<SegmentInfo> {
+        let from = self.paused_at.filter(|from| end > *from)?;
+        let sequence_number = self.next_sequence_number;
+        self.next_sequence_number = sequence_number.saturating_add(1);
+        self.paused_at = Some(end);
+        Some(SegmentInfo {
+            sequence_number: u64::from(sequence_number),
+            start: u64::try_from(from).ok()?,
+            duration: u64::try_from(end - from).ok()?,
+            size: 0,
+        })
     }
 
     /// Closes the last segment; its final sample lasts its own `duration`.

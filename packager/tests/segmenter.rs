@@ -434,3 +434,48 @@ fn millisecond_timestamps_never_make_a_part_too_long() {
         parts.iter().map(|p| p.duration).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_paused_track_keeps_the_numbers_of_the_segments_it_sits_out() {
+    // 30 fps at 90 kHz, a keyframe every second, 1 s segments. The track
+    // stops at 2 s, sits out 2-3 s and 3-4 s, and comes back at 4 s.
+    let samples = stream(180, &[0, 30, 60, 90, 120, 150], 3000, 10);
+    let mut segmenter = Segmenter::new(video_track(90_000), Rational::integer(1).unwrap());
+    let mut segments = Vec::new();
+    for sample in samples.iter().take(60).cloned() {
+        segments.extend(segmenter.push(sample).unwrap());
+    }
+    let closed = segmenter.pause(180_000).unwrap().unwrap();
+    assert_eq!(
+        (closed.sequence_number(), closed.start(), closed.duration()),
+        (2, 90_000, 90_000)
+    );
+    assert_eq!(segmenter.skip(180_000), None, "nothing to sit out yet");
+    let skipped: Vec<_> = [270_000, 360_000]
+        .into_iter()
+        .map(|end| segmenter.skip(end).unwrap())
+        .map(|info| (info.sequence_number, info.start, info.duration, info.size))
+        .collect();
+    assert_eq!(skipped, [(3, 180_000, 90_000, 0), (4, 270_000, 90_000, 0)]);
+    // Resuming takes a sync sample only.
+    assert_eq!(
+        segmenter.push(samples[121].clone()),
+        Err(Error::FirstSampleNotKeyframe { dts: 363_000 })
+    );
+    for sample in samples.iter().skip(120).cloned() {
+        segments.extend(segmenter.push(sample).unwrap());
+    }
+    segments.extend(segmenter.finish().unwrap());
+    segments.insert(1, closed);
+    assert_eq!(
+        boundaries(&segments),
+        [
+            (1, 0, 90_000),
+            (2, 90_000, 90_000),
+            (5, 360_000, 90_000),
+            (6, 450_000, 90_000)
+        ]
+    );
+    let mut never_paused = Segmenter::new(video_track(90_000), Rational::integer(1).unwrap());
+    assert_eq!(never_paused.skip(90_000), None);
+}

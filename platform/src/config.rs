@@ -754,6 +754,22 @@ pub struct LiveConfig {
     pub window: Duration,
     /// x264 preset of the live ladder. Default `veryfast`.
     pub preset: String,
+    /// x264 preset a live ladder that falls behind real time switches to,
+    /// its first step down (only when faster than `preset`, and never
+    /// `ultrafast`, whose bitstream differs: the switch keeps the init
+    /// segments players hold). Default `superfast`.
+    pub degraded_preset: String,
+    /// A drill: the degradation steps a live ladder goes through at given
+    /// media times of each session, whatever its lag, so operators can see
+    /// their players ride a dropped rung before it happens for real. A
+    /// list `"6s:top_rung_dropped,14s:none"` (steps: `none`,
+    /// `faster_preset`, `top_rung_dropped`, `half_frame_rate`). Default
+    /// empty: steps follow the lag.
+    #[serde(
+        deserialize_with = "degradation_drill",
+        serialize_with = "degradation_drill_text"
+    )]
+    pub degradation_drill: Vec<DrillStep>,
     /// B-frames (each adds a frame of delay, and their placement more).
     /// Default `0`.
     pub b_frames: u32,
@@ -817,6 +833,8 @@ impl Default for LiveConfig {
             segment_duration: Duration::from_secs(2),
             window: Duration::from_secs(300),
             preset: "veryfast".to_owned(),
+            degraded_preset: "superfast".to_owned(),
+            degradation_drill: Vec::new(),
             b_frames: 0,
             lookahead_frames: 0,
             part_duration: Duration::from_millis(333),
@@ -845,6 +863,8 @@ impl LiveConfig {
             segment_duration: self.segment_duration,
             gop: self.segment_duration,
             preset: self.preset.clone(),
+            degraded_preset: Some(self.degraded_preset.clone())
+                .filter(|degraded| preset_is_faster(degraded, &self.preset)),
             b_frames: self.b_frames,
             audio_bitrate: self.audio_bitrate,
             max_frame_rate: base.max_frame_rate.min(60),
@@ -1094,6 +1114,15 @@ pub struct TranscodeConfig {
     /// on, whatever the new source's size (set by the live session).
     #[serde(skip)]
     pub kept_rungs: Option<Vec<KeptRung>>,
+    /// The faster x264 preset a live ladder that falls behind switches to
+    /// (set by [`LiveConfig::transcode`] when it is faster than `preset`).
+    #[serde(skip)]
+    pub degraded_preset: Option<String>,
+    /// The preset whose parameter sets x264 writes whatever `preset` is:
+    /// a live rung switched to the degraded preset mid-stream keeps the
+    /// SPS and PPS players hold in its init segment.
+    #[serde(skip)]
+    pub headers_of_preset: Option<String>,
 }
 
 /// A rung encoded as it was before (see [`TranscodeConfig::kept_rungs`]).
@@ -1147,8 +1176,115 @@ impl Default for TranscodeConfig {
             live: false,
             part_duration: None,
             kept_rungs: None,
+            degraded_preset: None,
+            headers_of_preset: None,
         }
     }
+}
+
+/// x264's presets, fastest first.
+pub const X264_PRESETS: [&str; 10] = [
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+];
+
+/// Whether x264 preset `candidate` is faster than `than` and keeps its
+/// bitstream tools (CABAC, which `ultrafast` turns off).
+fn preset_is_faster(candidate: &str, than: &str) -> bool {
+    let rank = |preset: &str| X264_PRESETS.iter().position(|p| *p == preset);
+    match (rank(candidate), rank(than)) {
+        (Some(candidate), Some(than)) => candidate > 0 && candidate < than,
+        _ => false,
+    }
+}
+
+/// Steps a live ladder takes down when it falls behind real time, in order
+/// (each keeps the ones before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DegradationStep {
+    /// Every rung switches to `live.degraded_preset`.
+    FasterPreset,
+    /// The top rung stops; its playlist marks the segments it sits out as
+    /// gaps, and players move to the next rung.
+    TopRungDropped,
+    /// The rungs still encoding take every other frame.
+    HalfFrameRate,
+}
+
+impl DegradationStep {
+    /// The stable name (config, logs, the stream object).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FasterPreset => "faster_preset",
+            Self::TopRungDropped => "top_rung_dropped",
+            Self::HalfFrameRate => "half_frame_rate",
+        }
+    }
+}
+
+/// One entry of [`LiveConfig::degradation_drill`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrillStep {
+    /// Media time from the session's first frame.
+    pub at: Duration,
+    /// The step the ladder is at from then on (`None`: undegraded).
+    pub step: Option<DegradationStep>,
+}
+
+fn degradation_drill_text<S: serde::Serializer>(
+    drill: &[DrillStep],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let text: Vec<String> = drill
+        .iter()
+        .map(|entry| {
+            format!(
+                "{}:{}",
+                humantime_serde::re::humantime::format_duration(entry.at),
+                entry.step.map_or("none", DegradationStep::as_str)
+            )
+        })
+        .collect();
+    serializer.serialize_str(&text.join(","))
+}
+
+/// `live.degradation_drill`: `"6s:top_rung_dropped,14s:none"`.
+fn degradation_drill<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<DrillStep>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (at, step) = entry.split_once(':').ok_or_else(|| {
+                serde::de::Error::custom(format!("`{entry}`: expected `time:step`"))
+            })?;
+            let at = humantime_serde::re::humantime::parse_duration(at.trim())
+                .map_err(|e| serde::de::Error::custom(format!("`{entry}`: {e}")))?;
+            let step = match step.trim() {
+                "none" => None,
+                "faster_preset" => Some(DegradationStep::FasterPreset),
+                "top_rung_dropped" => Some(DegradationStep::TopRungDropped),
+                "half_frame_rate" => Some(DegradationStep::HalfFrameRate),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                    "`{other}`: steps are none, faster_preset, top_rung_dropped, half_frame_rate"
+                )))
+                }
+            };
+            Ok(DrillStep { at, step })
+        })
+        .collect()
 }
 
 /// One rung of the video ladder.
@@ -1504,6 +1640,23 @@ impl Config {
             message: message.to_owned(),
         };
         let l = &self.live;
+        for (key, preset) in [
+            ("live.preset", &l.preset),
+            ("live.degraded_preset", &l.degraded_preset),
+        ] {
+            if !X264_PRESETS.contains(&preset.as_str()) {
+                return Err(invalid(
+                    key,
+                    "must be an x264 preset: ultrafast, superfast, veryfast, faster, fast, medium, slow, slower, veryslow or placebo",
+                ));
+            }
+        }
+        if l.degradation_drill
+            .windows(2)
+            .any(|pair| pair[0].at >= pair[1].at)
+        {
+            return Err(invalid("live.degradation_drill", "times must increase"));
+        }
         if l.segment_duration < Duration::from_millis(500)
             || l.segment_duration.subsec_millis() % 100 != 0
         {
@@ -1836,6 +1989,59 @@ mod tests {
             reparsed.database.statement_timeout,
             config.database.statement_timeout
         );
+    }
+
+    #[test]
+    fn a_degradation_drill_parses_renders_and_is_checked() {
+        let config = Config::load(
+            None,
+            env(&[
+                (
+                    "CASCADE_LIVE__DEGRADATION_DRILL",
+                    "6s:top_rung_dropped, 14s:none,20s:faster_preset",
+                ),
+                ("CASCADE_LIVE__PRESET", "medium"),
+            ]),
+        )
+        .unwrap();
+        let drill = &config.live.degradation_drill;
+        assert_eq!(
+            drill
+                .iter()
+                .map(|entry| (entry.at.as_secs(), entry.step))
+                .collect::<Vec<_>>(),
+            [
+                (6, Some(DegradationStep::TopRungDropped)),
+                (14, None),
+                (20, Some(DegradationStep::FasterPreset))
+            ]
+        );
+        let reparsed: Config = toml::from_str(&config.to_redacted_toml()).unwrap();
+        assert_eq!(&reparsed.live.degradation_drill, drill);
+        // The faster preset applies only when it is faster.
+        let transcode = config.live.transcode(&config.transcode);
+        assert_eq!(transcode.degraded_preset.as_deref(), Some("superfast"));
+        let default = Config::load(None, Vec::new()).unwrap();
+        assert!(default.live.degradation_drill.is_empty());
+        let mut slower = default.live.clone();
+        slower.degraded_preset = "slow".to_owned();
+        assert_eq!(slower.transcode(&default.transcode).degraded_preset, None);
+        slower.degraded_preset = "ultrafast".to_owned();
+        assert_eq!(slower.transcode(&default.transcode).degraded_preset, None);
+        for (key, value) in [
+            ("CASCADE_LIVE__DEGRADATION_DRILL", "6s:fastest"),
+            ("CASCADE_LIVE__DEGRADATION_DRILL", "six:none"),
+            (
+                "CASCADE_LIVE__DEGRADATION_DRILL",
+                "8s:none,6s:faster_preset",
+            ),
+            ("CASCADE_LIVE__DEGRADED_PRESET", "quick"),
+        ] {
+            assert!(
+                Config::load(None, env(&[(key, value)])).is_err(),
+                "{key}={value}"
+            );
+        }
     }
 
     #[test]

@@ -833,6 +833,9 @@ pub struct SegmentRow {
     pub program_time: DateTime<Utc>,
     /// The first segment after a reconnect.
     pub discontinuity: bool,
+    /// A segment the rendition sat out (its rung dropped to keep up): no
+    /// object, listed with `EXT-X-GAP`.
+    pub gap: bool,
 }
 
 fn segment_from_row(row: &Row) -> SegmentRow {
@@ -846,11 +849,12 @@ fn segment_from_row(row: &Row) -> SegmentRow {
         size: u64::try_from(row.get::<_, i64>("size")).unwrap_or(0),
         program_time: row.get("program_time"),
         discontinuity: row.get("discontinuity"),
+        gap: row.get("gap"),
     }
 }
 
 const SEGMENT_COLUMNS: &str =
-    "rendition, sequence, session, start_ticks, duration_ticks, timescale, size, program_time, discontinuity";
+    "rendition, sequence, session, start_ticks, duration_ticks, timescale, size, program_time, discontinuity, gap";
 
 /// Records segments of `publish` and moves the stream's segment counter
 /// past them, in one statement. `false`: the publisher no longer holds the
@@ -873,6 +877,7 @@ pub async fn record_segments(
     let timescales: Vec<i32> = segments.iter().map(|s| s.timescale as i32).collect();
     let times: Vec<DateTime<Utc>> = segments.iter().map(|s| s.program_time).collect();
     let discontinuities: Vec<bool> = segments.iter().map(|s| s.discontinuity).collect();
+    let gaps: Vec<bool> = segments.iter().map(|s| s.gap).collect();
     let last = sequences.iter().copied().max().unwrap_or(0);
     let row = client
         .query_opt(
@@ -882,11 +887,11 @@ pub async fn record_segments(
                  RETURNING id
              ), inserted AS (
                  INSERT INTO live_segments (live_stream_id, broadcast_id, session, rendition, sequence,
-                     start_ticks, duration_ticks, timescale, size, program_time, discontinuity)
-                 SELECT held.id, $3::uuid, $5::int, r, q, st, d, ts, sz, pt, dc
+                     start_ticks, duration_ticks, timescale, size, program_time, discontinuity, gap)
+                 SELECT held.id, $3::uuid, $5::int, r, q, st, d, ts, sz, pt, dc, g
                  FROM held, unnest($6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::int[],
-                                   $11::bigint[], $12::timestamptz[], $13::bool[])
-                      AS u(r, q, st, d, ts, sz, pt, dc)
+                                   $11::bigint[], $12::timestamptz[], $13::bool[], $14::bool[])
+                      AS u(r, q, st, d, ts, sz, pt, dc, g)
                  ON CONFLICT (live_stream_id, rendition, sequence) DO NOTHING
                  RETURNING 1
              )
@@ -905,6 +910,7 @@ pub async fn record_segments(
                 &sizes,
                 &times,
                 &discontinuities,
+                &gaps,
             ],
         )
         .await?;
@@ -1016,7 +1022,73 @@ pub async fn forget_broadcast(
             &[&broadcast],
         )
         .await?;
+    client
+        .execute(
+            "DELETE FROM live_ladder_changes WHERE broadcast_id = $1",
+            &[&broadcast],
+        )
+        .await?;
     Ok(())
+}
+
+/// A change of a session's ladder: from `sequence` on, the renditions in
+/// `absent` publish gaps (a rung dropped to keep up), or fewer do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LadderChange {
+    /// Session number.
+    pub session: u32,
+    /// First segment number the change applies to.
+    pub sequence: u64,
+    /// Media time (seconds) of that segment's start.
+    pub media_time: f64,
+    /// Renditions without segments from then on.
+    pub absent: Vec<String>,
+}
+
+/// Records a ladder change of `publish`'s broadcast (idempotent).
+pub async fn record_ladder_change(
+    client: &impl GenericClient,
+    publish: &Publish,
+    change: &LadderChange,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "INSERT INTO live_ladder_changes (live_stream_id, broadcast_id, session, sequence, media_time, absent)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            &[
+                &publish.stream.as_uuid(),
+                &publish.broadcast,
+                &(change.session as i32),
+                &(change.sequence as i64),
+                &change.media_time,
+                &change.absent,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The ladder changes of `broadcast`, by session then sequence.
+pub async fn ladder_changes(
+    client: &impl GenericClient,
+    broadcast: uuid::Uuid,
+) -> Result<Vec<LadderChange>, DbError> {
+    let rows = client
+        .query(
+            "SELECT session, sequence, media_time, absent FROM live_ladder_changes
+             WHERE broadcast_id = $1 ORDER BY session, sequence",
+            &[&broadcast],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| LadderChange {
+            session: u32::try_from(row.get::<_, i32>(0)).unwrap_or(0),
+            sequence: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+            media_time: row.get(2),
+            absent: row.get(3),
+        })
+        .collect())
 }
 
 /// Records a live stream event (`live_stream.active`, `.idle`,

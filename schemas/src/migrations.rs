@@ -100,6 +100,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "move_job",
         sql: include_str!("../migrations/0017_move_job.sql"),
     },
+    Migration {
+        version: 18,
+        name: "live_segment_gaps",
+        sql: include_str!("../migrations/0018_live_segment_gaps.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -202,6 +202,7 @@ pub(crate) async fn transcode_to_dir(
             | Event::Progress(_)
             | Event::Source(_)
             | Event::Degraded { .. }
+            | Event::Gap { .. }
             | Event::Part { .. } => {}
         }
     }

@@ -813,7 +813,10 @@ async fn operators_manage_live_streams_from_the_cli() {
 /// hls.js and dash.js in headless Chromium play the live stream through the
 /// nginx CDN for 20 s each, at once, with no fatal error, switching from the
 /// lowest rung to the highest; hls.js reports its latency behind the wall
-/// clock of ingest.
+/// clock of ingest. Meanwhile a drill drops the top rung from 10 s to 20 s
+/// of media, as a ladder that falls behind does: the players ride it (the
+/// HLS playlist lists the gaps, the MPD has a Period without the rung),
+/// and the stream object says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_players_play_the_live_stream_through_the_cdn() {
     let _cores = crate::common::exclusive_cores().await;
@@ -821,9 +824,20 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
     let fixture = live_fixture();
     let db = fresh_db().await;
     let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
-    let live = serve(&db, "ingest,workers,origin", &root);
+    let live = serve_with(
+        &db,
+        "ingest,workers,origin",
+        &root,
+        &[
+            (
+                "CASCADE_LIVE__DEGRADATION_DRILL",
+                "10s:top_rung_dropped,20s:none",
+            ),
+            ("CASCADE_LIVE__WINDOW", "60s"),
+        ],
+    );
     let key = create_key(&db, "live", "default");
-    let (_, stream_key, playback) = create_stream(live.http, &key, r#"{"recording": false}"#);
+    let (id, stream_key, playback) = create_stream(live.http, &key, r#"{"recording": false}"#);
     // 48 s of media: startup, then 20 s of play for each player.
     let mut publisher = publish_looped(
         &fixture,
@@ -851,11 +865,26 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
                 "20",
                 "--live",
                 "1",
+                // dash.js switches rungs itself: locked on one by hand it
+                // stalls at the drill's Period boundaries (play.mjs).
+                "--abr",
+                "1",
             ])
             .output()
     });
     let [hls, dash] = players;
-    let (hls, dash) = tokio::join!(hls, dash);
+    let drilled = async {
+        eventually(
+            "the drill dropped the top rung",
+            Duration::from_secs(40),
+            || async {
+                let stream = get_stream(live.http, &key, &id);
+                (stream["ingest"]["degraded"] == "top_rung_dropped").then_some(())
+            },
+        )
+        .await
+    };
+    let (hls, dash, ()) = tokio::join!(hls, dash, drilled);
     for (player, out) in [("hls", hls), ("dash", dash)] {
         let report = crate::common::player_report(player, out);
         assert!(
@@ -876,6 +905,59 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
         assert!(video_rungs >= 2, "{player} switched rungs: {report}");
         println!("{player} live: {report}");
     }
+    // Segments 6 to 10 (10 s to 20 s) of the top rung are gaps; it is back
+    // from segment 11.
+    let top = eventually("the top rung back", Duration::from_secs(30), || async {
+        let (_, _, body) = http(
+            live.http,
+            "GET",
+            &format!("/play/{playback}/720p/index.m3u8"),
+            &[],
+            b"",
+        );
+        body.contains("/11.m4s").then_some(body)
+    })
+    .await;
+    let gaps: Vec<&str> = top
+        .lines()
+        .skip_while(|line| *line != "#EXT-X-GAP")
+        .filter(|line| line.ends_with(".m4s"))
+        .take(6)
+        .collect();
+    assert_eq!(top.matches("#EXT-X-GAP").count(), 5, "{top}");
+    assert_eq!(
+        gaps,
+        (6..=11)
+            .map(|n| format!("../s1/720p/{n}.m4s"))
+            .collect::<Vec<_>>(),
+        "{top}"
+    );
+    // dash.js saw the rung leave and come back at Period boundaries.
+    let (_, _, mpd) = http(
+        live.http,
+        "GET",
+        &format!("/play/{playback}/manifest.mpd"),
+        &[],
+        b"",
+    );
+    let period = |id: &str| {
+        mpd.split(&format!("<Period id=\"{id}\""))
+            .nth(1)
+            .and_then(|rest| rest.split("</Period>").next())
+            .map(str::to_owned)
+    };
+    // While dropped, the rung's Representation stands in with the 480p files.
+    let dropped = period("1-6").unwrap_or_else(|| panic!("{mpd}"));
+    let stand_in = dropped
+        .split("<Representation id=\"720p\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{mpd}"));
+    assert!(stand_in.contains("media=\"480p/$Number$.m4s\""), "{mpd}");
+    let back = period("1-11").unwrap_or_else(|| panic!("{mpd}"));
+    assert!(
+        back.contains("<Representation id=\"720p\"") && !back.contains("480p/$Number$"),
+        "{mpd}"
+    );
     let _ = publisher.kill();
     let _ = publisher.wait();
     drop(cdn);
@@ -1055,6 +1137,85 @@ async fn a_ladder_that_falls_behind_degrades_visibly() {
     playlist_with(live.http, &playback, "720p", 1).await;
     let _ = publisher.kill();
     let _ = publisher.wait();
+    drop(live);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A rung dropped for part of a broadcast (a drill here) is left out of
+/// its recording, which is made of the others' segments without a second
+/// encode and plays to the end: a VOD rendition has no gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rung_dropped_mid_broadcast_is_left_out_of_the_recording() {
+    let fixture = live_fixture();
+    let db = fresh_db().await;
+    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    let live = serve_with(
+        &db,
+        "ingest,workers,origin",
+        &root,
+        &[(
+            "CASCADE_LIVE__DEGRADATION_DRILL",
+            "4s:top_rung_dropped,8s:none",
+        )],
+    );
+    let key = create_key(&db, "live", "default");
+    let (id, stream_key, _) = create_stream(live.http, &key, r#"{"reconnect_window": 1}"#);
+    let mut publisher = publish(
+        &fixture,
+        &format!("rtmp://{}/live/{stream_key}", live.rtmp),
+        &[],
+    );
+    assert!(exit_within(&mut publisher, Duration::from_secs(30)).success());
+    let asset_id = eventually("the recording", Duration::from_secs(40), || async {
+        let stream = get_stream(live.http, &key, &id);
+        (stream["state"] == "idle")
+            .then(|| stream["recorded_assets"][0].as_str().map(str::to_owned))
+            .flatten()
+    })
+    .await;
+    let auth = format!("Bearer {key}");
+    let asset = eventually("the recorded asset ready", Duration::from_secs(30), || {
+        let (auth, asset_id) = (auth.clone(), asset_id.clone());
+        async move {
+            let (_, _, body) = http(
+                live.http,
+                "GET",
+                &format!("/v1/assets/{asset_id}"),
+                &[("Authorization", &auth)],
+                b"",
+            );
+            let asset = json(&body);
+            (asset["state"] == "ready").then_some(asset)
+        }
+    })
+    .await;
+    let mut names: Vec<&str> = asset["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["240p", "480p", "audio"], "{asset}");
+    let duration = asset["duration_seconds"].as_f64().unwrap();
+    assert!((duration - 12.0).abs() < 1.0, "{asset}");
+    // The recording decodes to its end.
+    let hls = asset["playback"]["hls"].as_str().unwrap().to_owned();
+    let hls = hls.replacen(
+        &hls[..hls.find("/play/").unwrap()],
+        &format!("http://{}", live.http),
+        1,
+    );
+    let read = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i", &hls])
+        .args(["-map", "0:v:0", "-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        read.status.success() && read.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
     drop(live);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -4,10 +4,12 @@
 // longest stall after the first frame, and (hls.js) whether the playlists
 // grew while it played (a live playlist that later gained EXT-X-ENDLIST).
 //
-//   node play.mjs --player hls|dash --url <master.m3u8|manifest.mpd> [--seconds 8] [--live 1] [--samples 1] [--poll 1]
+//   node play.mjs --player hls|dash --url <master.m3u8|manifest.mpd> [--seconds 8] [--live 1] [--samples 1] [--poll 1] [--abr 1]
 //
 // The player starts on the lowest rung and is switched to the highest after
-// two seconds of playback, so at least two rungs are fetched. With --live,
+// two seconds of playback, so at least two rungs are fetched (dash.js with
+// --abr 1: its own ABR switches). PLAYER_DEBUG=1 in the environment prints
+// the page's console and requests on stderr. With --live,
 // playback starts at the live edge and "seconds played" counts from the
 // first frame shown, not from the presentation's start; the report adds
 // the latency (wall clock minus the program date-time of the frame on
@@ -35,6 +37,11 @@ const seconds = Number(args.seconds ?? 8);
 const live = Boolean(Number(args.live ?? 0));
 const samples = Boolean(Number(args.samples ?? 0));
 const poll = Boolean(Number(args.poll ?? 0));
+// dash.js only: its ABR picks the rungs, as in the field, instead of the
+// switch by hand (dash.js with ABR off stalls at a Period boundary: when it
+// preloads the next Period it replaces the current one's video buffer with
+// its lowest rung and, locked, never fetches it back).
+const abr = Boolean(Number(args.abr ?? 0));
 
 const scripts = {
   '/hls.js': path.join(here, 'node_modules/hls.js/dist/hls.min.js'),
@@ -46,6 +53,13 @@ const page = `<!doctype html><html><body>
 <script src="/${player}.js"></script>
 <script>
 const video = document.getElementById('v');
+if (${JSON.stringify(!!process.env.PLAYER_DEBUG)}) {
+  setInterval(() => {
+    const ranges = [];
+    for (let i = 0; i < video.buffered.length; i++) ranges.push([video.buffered.start(i).toFixed(3), video.buffered.end(i).toFixed(3)]);
+    console.log('at ' + video.currentTime.toFixed(3) + ' buffered ' + JSON.stringify(ranges) + ' paused ' + video.paused);
+  }, 1000);
+}
 window.report = { fatal: null, errors: [], start: null, latency: null, lowLatency: false, latencies: [],
   longestStall: 0, stalls: [], grew: false, endedList: false };
 // Stalls after the first frame: 'waiting' until 'playing' again.
@@ -108,7 +122,8 @@ if (${JSON.stringify(player)} === 'hls') {
   hls.attachMedia(video);
 } else {
   const p = dashjs.MediaPlayer().create();
-  p.updateSettings({ streaming: { abr: { autoSwitchBitrate: { video: false } } } });
+  if (!${JSON.stringify(abr)}) p.updateSettings({ streaming: { abr: { autoSwitchBitrate: { video: false } } } });
+  if (${JSON.stringify(!!process.env.PLAYER_DEBUG)}) p.updateSettings({ debug: { logLevel: dashjs.Debug.LOG_LEVEL_INFO } });
   p.on(dashjs.MediaPlayer.events.ERROR, (e) => { window.report.fatal = JSON.stringify(e.error || e); });
   p.on(dashjs.MediaPlayer.events.STREAM_INITIALIZED, () => {
     p.setRepresentationForTypeByIndex('video', 0, true);
@@ -121,7 +136,7 @@ if (${JSON.stringify(player)} === 'hls') {
       window.report.latency = latency;
       if (played() > 5) window.report.latencies.push(latency);
     }
-    if (played() > 2 && !window.switched) {
+    if (played() > 2 && !window.switched && !${JSON.stringify(abr)}) {
       window.switched = true;
       const reps = p.getRepresentationsByType('video');
       p.setRepresentationForTypeByIndex('video', reps.length - 1, true);
@@ -176,6 +191,12 @@ let played = 0;
 let report = { fatal: 'did not start', errors: [] };
 try {
   const tab = await browser.newPage();
+  // PLAYER_DEBUG=1: the page's console and its requests on stderr, to see
+  // what a player did.
+  if (process.env.PLAYER_DEBUG) {
+    tab.on('console', (m) => process.stderr.write(`console.${m.type()}: ${m.text()}\n`));
+    tab.on('requestfinished', async (r) => process.stderr.write(`${(await r.response())?.status()} ${r.url()}\n`));
+  }
   tab.on('request', (r) => {
     const m = r.url().match(/\/play\/[^/]+\/(?:[vs]\d+\/)?([^/?]+)\/\d+(?:\.\d+)?\.m4s/);
     if (m) renditions.add(m[1]);

@@ -417,6 +417,7 @@ impl StreamEdge {
                 init_uri: init_uri.clone(),
                 program_time: segment.program_time,
                 discontinuity: segment.discontinuity,
+                gap: false,
                 parts: Vec::new(),
             });
         }

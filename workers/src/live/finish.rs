@@ -4,7 +4,9 @@
 //! With recording on, its segments become a VOD asset without a second
 //! encode: each rendition's segments are copied, renumbered from 1, under
 //! the asset's version 1, and the VOD manifests (`EXT-X-ENDLIST`, static
-//! MPD) are rendered from their rows. Sessions whose init segments are
+//! MPD) are rendered from their rows. A rung dropped for part of the
+//! broadcast (the ladder fell behind real time) is left out: a VOD
+//! rendition has no gaps, and the other rungs cover it. Sessions whose init segments are
 //! byte-identical (a publisher that reconnected with the same settings)
 //! form one asset; a reconnect that changed the encoding starts another,
 //! since a VOD rendition has one init segment. Then, recorded or not, the
@@ -172,6 +174,13 @@ impl FinishHandler {
                 .filter(|row| row.rendition == described.name && sessions.contains(&row.session))
                 .collect();
             if rows.is_empty() {
+                continue;
+            }
+            if rows.iter().any(|row| row.gap) {
+                // A rung dropped for a while to keep up: a VOD rendition
+                // has no gaps, and the others cover that time.
+                tracing::info!(live_stream_id = %stream.id, rendition = %described.name,
+                    "the recording leaves out a rung that was dropped during the broadcast");
                 continue;
             }
             let init_key = ObjectKey::live_init_segment(stream.id, first.session, &name);

@@ -108,6 +108,47 @@ fn next_on_grid(last: &SegmentInfo, timescale: u32, segment_duration: Duration) 
     }
 }
 
+/// A stretch of a session with one set of renditions: a DASH Period.
+struct Phase {
+    /// First segment number (`None`: from the session's start).
+    from: Option<u64>,
+    /// First segment number of the next phase.
+    until: Option<u64>,
+    /// Media time (seconds) where it starts.
+    media_time: f64,
+    /// Renditions without segments in it (dropped rungs).
+    absent: Vec<String>,
+}
+
+impl Phase {
+    fn holds(&self, sequence: u64) -> bool {
+        self.from.is_none_or(|from| sequence >= from)
+            && self.until.is_none_or(|until| sequence < until)
+    }
+}
+
+/// The phases of `session`: its start, then one per ladder change.
+fn phases(session: &SessionRow, changes: &[live_streams::LadderChange]) -> Vec<Phase> {
+    let mut phases = vec![Phase {
+        from: None,
+        until: None,
+        media_time: session.media_offset,
+        absent: Vec::new(),
+    }];
+    for change in changes.iter().filter(|c| c.session == session.session) {
+        if let Some(previous) = phases.last_mut() {
+            previous.until = Some(change.sequence);
+        }
+        phases.push(Phase {
+            from: Some(change.sequence),
+            until: None,
+            media_time: change.media_time,
+            absent: change.absent.clone(),
+        });
+    }
+    phases
+}
+
 /// The master playlist of `session`'s renditions, with the bitrates the
 /// encoders are capped at (declared) and its first segments.
 pub fn master_playlist(
@@ -175,6 +216,7 @@ pub async fn publish(
                     init_uri: format!("../s{}/{name}/init.mp4", row.session),
                     program_time: row.program_time,
                     discontinuity: row.discontinuity,
+                    gap: row.gap,
                     parts: Vec::new(),
                 })
                 .collect(),
@@ -193,47 +235,78 @@ pub async fn publish(
         stored.insert(name.clone(), playlist);
     }
 
-    let periods = sessions
-        .iter()
-        .filter_map(|session| {
-            let renditions: Vec<(Rendition, u64)> = session
-                .renditions
-                .iter()
-                .filter_map(|described| {
-                    let rows = by_rendition.get(&described.name)?;
-                    let mut segments: Vec<SegmentInfo> = contiguous_tail(rows)
-                        .iter()
-                        .filter(|(row, _)| row.session == session.session)
-                        .map(|(row, _)| info(row))
-                        .collect();
-                    if window.part_duration.is_some()
-                        && !ended
-                        && sessions
-                            .last()
-                            .is_some_and(|newest| newest.session == session.session)
-                    {
-                        if let Some(next) = segments.last().map(|last| {
-                            next_on_grid(last, described.timescale, window.segment_duration)
-                        }) {
-                            segments.push(next);
-                        }
+    let changes = live_streams::ladder_changes(client, broadcast.id).await?;
+    let newest_session = sessions.last().map(|newest| newest.session);
+    let mut periods = Vec::new();
+    for session in &sessions {
+        for phase in phases(session, &changes) {
+            let last_phase_of_newest =
+                Some(session.session) == newest_session && phase.until.is_none();
+            let segments_of = |described: &SessionRendition| {
+                let rows = by_rendition.get(&described.name)?;
+                let mut segments: Vec<SegmentInfo> = contiguous_tail(rows)
+                    .iter()
+                    .filter(|(row, _)| {
+                        row.session == session.session && !row.gap && phase.holds(row.sequence)
+                    })
+                    .map(|(row, _)| info(row))
+                    .collect();
+                if window.part_duration.is_some() && !ended && last_phase_of_newest {
+                    if let Some(next) = segments.last().map(|last| {
+                        next_on_grid(last, described.timescale, window.segment_duration)
+                    }) {
+                        segments.push(next);
                     }
-                    (!segments.is_empty())
-                        .then(|| (rendition(described, segments), described.bandwidth))
-                })
-                .collect();
-            (!renditions.is_empty()).then(|| packager::dash::LivePeriod {
-                id: session.session.to_string(),
-                start_millis: u64::try_from(
-                    (session.started_at - broadcast.started_at).num_milliseconds(),
-                )
-                .unwrap_or(0),
-                media_offset: session.media_offset,
+                }
+                (!segments.is_empty()).then_some(segments)
+            };
+            let mut renditions: Vec<(Rendition, u64)> = Vec::new();
+            let mut stand_ins = Vec::new();
+            for described in &session.renditions {
+                if !phase.absent.contains(&described.name) {
+                    if let Some(segments) = segments_of(described) {
+                        renditions.push((rendition(described, segments), described.bandwidth));
+                    }
+                    continue;
+                }
+                // A dropped rung keeps its place with the files of the
+                // best rung still encoding below it.
+                let serving = session
+                    .renditions
+                    .iter()
+                    .filter(|other| {
+                        other.kind == described.kind
+                            && other.bandwidth < described.bandwidth
+                            && !phase.absent.contains(&other.name)
+                    })
+                    .max_by_key(|other| other.bandwidth);
+                if let Some((serving, segments)) =
+                    serving.and_then(|serving| Some((serving, segments_of(serving)?)))
+                {
+                    let mut stand_in = rendition(serving, segments);
+                    stand_in.name.clone_from(&described.name);
+                    renditions.push((stand_in, described.bandwidth));
+                    stand_ins.push((described.name.clone(), serving.name.clone()));
+                }
+            }
+            if renditions.is_empty() {
+                continue;
+            }
+            let session_start = (session.started_at - broadcast.started_at).num_milliseconds();
+            let into_session = ((phase.media_time - session.media_offset) * 1000.0).round() as i64;
+            periods.push(packager::dash::LivePeriod {
+                id: match phase.from {
+                    None => session.session.to_string(),
+                    Some(sequence) => format!("{}-{sequence}", session.session),
+                },
+                start_millis: u64::try_from(session_start + into_session.max(0)).unwrap_or(0),
+                media_offset: phase.media_time,
                 base_url: format!("s{}/", session.session),
                 renditions,
-            })
-        })
-        .collect::<Vec<_>>();
+                stand_ins,
+            });
+        }
+    }
     if periods.is_empty() {
         return Ok(stored);
     }
@@ -284,6 +357,7 @@ mod tests {
                 size: 10,
                 program_time: Utc::now(),
                 discontinuity: false,
+                gap: false,
             },
             0,
         )

@@ -114,6 +114,8 @@ struct Driver<'a> {
     bitrate: BitrateMeter,
     /// The parts of a low-latency stream.
     edge: Option<Arc<StreamEdge>>,
+    /// Renditions whose latest published segment is a gap (dropped rungs).
+    absent: Vec<String>,
 }
 
 /// Input bitrate over the last ten seconds.
@@ -195,7 +197,8 @@ pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
         let encoder = ctx.encoder;
         let cancel = cancel.clone();
         let reader = input::ChannelReader::new(flv, first_media.clone());
-        let pacer = Pacer::new(ctx.config.segment_duration);
+        let pacer = Pacer::new(ctx.config.segment_duration)
+            .with_drill(ctx.config.degradation_drill.clone());
         tokio::task::spawn_blocking(move || {
             let input = input::open(reader)?;
             pipeline::run_input(
@@ -221,12 +224,13 @@ pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
         first_segments: BTreeMap::new(),
         session_recorded: false,
         encoded_seconds: 0.0,
-        degradation: (Degradation::None, 0.0),
+        degradation: (Degradation::default(), 0.0),
         stats,
         bitrate: BitrateMeter {
             samples: Default::default(),
         },
         edge: edge.clone(),
+        absent: Vec::new(),
     };
     let renew_every = ctx.config.publisher_lease / 3;
     let mut renew = tokio::time::interval(renew_every);
@@ -378,7 +382,7 @@ impl Driver<'_> {
             Event::Source(source) => self.on_source(source),
             Event::Probed { .. } => Ok(()),
             Event::Degraded { level, lag } => {
-                if level > self.degradation.0 {
+                if level.depth > self.degradation.0.depth {
                     tracing::warn!(live_stream_id = %self.publish.stream, lag_seconds = lag,
                         degraded = level.as_str(), "live: the ladder falls behind real time; degraded");
                 } else {
@@ -436,6 +440,7 @@ impl Driver<'_> {
                 );
                 Ok(())
             }
+            Event::Gap { rendition, info } => self.on_gap(rendition, info).await,
             Event::Segment {
                 rendition,
                 sequence,
@@ -487,6 +492,7 @@ impl Driver<'_> {
                     size: info.size,
                     program_time,
                     discontinuity: self.publish.continues && sequence == 1,
+                    gap: false,
                 };
                 let set = self.pending.entry(global).or_insert_with(|| PendingSet {
                     rows: Vec::new(),
@@ -497,6 +503,40 @@ impl Driver<'_> {
                 self.flush_complete().await
             }
         }
+    }
+
+    /// A segment a dropped rung sat out: a row with the others' number and
+    /// timing, no object; the set it belongs to completes with it.
+    async fn on_gap(&mut self, rendition: String, info: SegmentInfo) -> Result<(), SessionEnd> {
+        let global = self.publish.first_sequence + info.sequence_number.saturating_sub(1);
+        let Some(described) = self.renditions.iter().find(|r| r.name == rendition) else {
+            return Err(SessionEnd::Failed(format!(
+                "a gap of {rendition} came before its init segment"
+            )));
+        };
+        let timescale = described.timescale.max(1);
+        let program_time = self.program_time(info.start as f64 / f64::from(timescale));
+        let row = SegmentRow {
+            rendition,
+            sequence: global,
+            session: self.publish.session,
+            start: info.start,
+            duration: info.duration.max(1),
+            timescale,
+            size: 0,
+            program_time,
+            discontinuity: false,
+            gap: true,
+        };
+        self.pending
+            .entry(global)
+            .or_insert_with(|| PendingSet {
+                rows: Vec::new(),
+                puts: Vec::new(),
+            })
+            .rows
+            .push(row);
+        self.flush_complete().await
     }
 
     fn on_source(&mut self, source: SourceInfo) -> Result<(), SessionEnd> {
@@ -608,7 +648,26 @@ impl Driver<'_> {
     /// Waits for the sets' segments to be stored, then publishes them.
     async fn publish_sets(&mut self, sets: Vec<PendingSet>) -> Result<(), SessionEnd> {
         let mut rows = Vec::new();
+        let mut changes = Vec::new();
         for set in sets {
+            let mut absent: Vec<String> = set
+                .rows
+                .iter()
+                .filter(|row| row.gap)
+                .map(|row| row.rendition.clone())
+                .collect();
+            absent.sort();
+            if absent != self.absent {
+                if let Some(first) = set.rows.first() {
+                    changes.push(live_streams::LadderChange {
+                        session: self.publish.session,
+                        sequence: first.sequence,
+                        media_time: first.start as f64 / f64::from(first.timescale.max(1)),
+                        absent: absent.clone(),
+                    });
+                }
+                self.absent = absent;
+            }
             for put in set.puts {
                 match put.await {
                     Ok(Ok(())) => {}
@@ -622,7 +681,7 @@ impl Driver<'_> {
             }
             rows.extend(set.rows);
         }
-        self.publish_rows(rows).await
+        self.publish_rows(rows, changes).await
     }
 
     /// At the end: whatever the renditions cut last.
@@ -631,7 +690,11 @@ impl Driver<'_> {
         self.publish_sets(sets).await
     }
 
-    async fn publish_rows(&mut self, rows: Vec<SegmentRow>) -> Result<(), SessionEnd> {
+    async fn publish_rows(
+        &mut self,
+        rows: Vec<SegmentRow>,
+        changes: Vec<live_streams::LadderChange>,
+    ) -> Result<(), SessionEnd> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -654,6 +717,11 @@ impl Driver<'_> {
             )
             .await
             .map_err(|e| failed("recording the session", &e))?;
+        }
+        for change in &changes {
+            live_streams::record_ladder_change(&client, &self.publish, change)
+                .await
+                .map_err(|e| failed("recording a ladder change", &e))?;
         }
         let held = live_streams::record_segments(&client, &self.publish, self.publisher, &rows)
             .await

@@ -184,6 +184,35 @@ pub struct EncodeSettings {
     pub profile_high: bool,
 }
 
+/// What of x264's `preset` shows in the parameter sets: its reference
+/// frames (the SPS's `max_num_ref_frames`, the PPS's default active
+/// references) and the chroma QP offset it applies (the PPS's
+/// `chroma_qp_index_offset`: psy-RD, on from subme 6, lowers it by 2).
+fn x264_preset_headers(preset: &str) -> Option<(u32, i32)> {
+    Some(match preset {
+        "ultrafast" | "superfast" | "veryfast" => (1, 0),
+        "faster" => (2, 0),
+        "fast" => (2, -2),
+        "medium" => (3, -2),
+        "slow" => (5, -2),
+        "slower" => (8, -2),
+        "veryslow" | "placebo" => (16, -2),
+        _ => return None,
+    })
+}
+
+/// x264 options that make an encoder on `preset` write the parameter sets
+/// an encoder on `headers_of` writes (with `stitchable`, which keeps
+/// content out of them), so it can take over a live rung mid-stream.
+fn x264_same_headers(preset: &str, headers_of: &str) -> String {
+    match (x264_preset_headers(preset), x264_preset_headers(headers_of)) {
+        (Some((_, own_offset)), Some((references, offset))) => {
+            format!(":ref={references}:chroma-qp-offset={}", offset - own_offset)
+        }
+        _ => String::new(),
+    }
+}
+
 /// Opens a configured H.264 encoder with global headers (SPS/PPS in
 /// extradata, as CMAF's `avcC` needs).
 pub fn open_video(
@@ -257,10 +286,20 @@ pub fn open_video(
                         .lookahead_frames
                         .map(|frames| format!(":rc-lookahead={frames}"))
                         .unwrap_or_default()
+                        + &config
+                            .headers_of_preset
+                            .as_deref()
+                            .map(|original| x264_same_headers(&config.preset, original))
+                            .unwrap_or_default()
                         // Live: threads split each frame (slices) instead of
                         // working on several frames at once, each of which
                         // would be a frame of delay before a segment closes.
                         + if config.live { ":sliced-threads=1" } else { "" }
+                        // Live: headers that do not depend on the content or
+                        // the preset (x264 otherwise sets the PPS's initial
+                        // QP from the rate control), so an encoder on a
+                        // faster preset can take over a rung mid-stream.
+                        + if config.live { ":stitchable=1" } else { "" }
                 ),
             );
             options.set("forced-idr", "1");
@@ -335,6 +374,48 @@ pub fn open_audio(bitrate: u64) -> Result<ff::encoder::audio::Encoder, ff::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parameter sets of a live rung's encoder on `preset`, writing
+    /// those of `headers_of`.
+    fn live_headers(preset: &str, headers_of: &str, profile_high: bool) -> Vec<u8> {
+        let config = TranscodeConfig {
+            preset: preset.to_owned(),
+            headers_of_preset: Some(headers_of.to_owned()),
+            ..cascade_platform::config::LiveConfig::default().transcode(&TranscodeConfig::default())
+        };
+        let settings = EncodeSettings {
+            width: 320,
+            height: 180,
+            time_base: ff::Rational::new(1, 90_000),
+            frame_rate: ff::Rational::new(30, 1),
+            bitrate: 400_000,
+            gop_frames: 60,
+            profile_high,
+        };
+        let encoder = open_video(VideoEncoder::Libx264, &settings, &config, None).unwrap();
+        // SAFETY: extradata/extradata_size describe a buffer owned by the opened encoder.
+        unsafe {
+            let ctx = encoder.as_ptr();
+            std::slice::from_raw_parts((*ctx).extradata, (*ctx).extradata_size as usize).to_vec()
+        }
+    }
+
+    #[test]
+    fn a_faster_preset_writes_the_parameter_sets_of_any_slower_one() {
+        crate::transcode::init_ffmpeg();
+        let presets = &cascade_platform::config::X264_PRESETS;
+        for (rank, original) in presets.iter().enumerate().skip(2) {
+            for faster in &presets[1..rank] {
+                for high in [false, true] {
+                    assert_eq!(
+                        live_headers(faster, original, high),
+                        live_headers(original, original, high),
+                        "{faster} for {original} (high profile: {high})"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn libx264_opens_and_encodes() {

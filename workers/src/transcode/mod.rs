@@ -319,6 +319,7 @@ impl Inner {
                 }
                 pipeline::Event::Source(_)
                 | pipeline::Event::Degraded { .. }
+                | pipeline::Event::Gap { .. }
                 | pipeline::Event::Part { .. } => Ok(()),
                 pipeline::Event::Progress(seconds) => {
                     let percent = duration

@@ -65,6 +65,15 @@ pub enum Event {
         /// The bytes.
         bytes: Bytes,
     },
+    /// A segment a rendition sat out: its rung is dropped while a live
+    /// ladder cannot keep up. It has the number and timing the other
+    /// renditions' segment has, and no bytes.
+    Gap {
+        /// Rendition name.
+        rendition: String,
+        /// Its timing (`size` 0).
+        info: packager::SegmentInfo,
+    },
     /// A part of the segment being cut (low-latency live only); the
     /// segment itself follows as [`Event::Segment`], its parts' bytes joined.
     Part {
@@ -193,13 +202,31 @@ struct VideoRung {
     vaapi: Option<VaapiUpload>,
     /// Segments emitted so far.
     infos: Vec<packager::SegmentInfo>,
+    /// What a new encoder for this rung is opened with (a live ladder's
+    /// preset switch, or a dropped rung coming back).
+    settings: EncodeSettings,
+    video_encoder: VideoEncoder,
+    config: TranscodeConfig,
+}
+
+/// What the decoding thread sends a rung.
+enum ToRung {
+    /// The next frame to encode.
+    Frame(ff::frame::Video),
+    /// From the next frame (a keyframe), encode with this x264 preset.
+    Preset(String),
+    /// Stop at this time (the rung's time base; a keyframe every rung cuts
+    /// at): the open segment closes there. The next frame resumes.
+    Pause(i64),
+    /// While paused: the segment the rung sits out ends at this time.
+    Skip(i64),
 }
 
 /// The decoding thread's handle on a rung encoding in its own thread.
 struct Feed {
     sink: String,
     time_base: ff::Rational,
-    frames: std::sync::mpsc::SyncSender<ff::frame::Video>,
+    frames: std::sync::mpsc::SyncSender<ToRung>,
 }
 
 /// Frames queued per rung: enough to ride out an encoder's hiccup, small
@@ -225,6 +252,126 @@ impl VideoRung {
         };
         sent.map_err(|e| TranscodeError::internal(&format!("encoding {}", self.plan.name), e))?;
         receive_video_packets(self, events)
+    }
+
+    fn take(
+        &mut self,
+        message: ToRung,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<(), TranscodeError> {
+        match message {
+            ToRung::Frame(frame) => self.encode(&frame, events),
+            ToRung::Preset(preset) => self.switch_preset(preset, events),
+            ToRung::Pause(at) => self.pause(at, events),
+            ToRung::Skip(at) => {
+                let at = self.ticks(at);
+                match self.segmenter.skip(at) {
+                    Some(info) => send(
+                        events,
+                        Event::Gap {
+                            rendition: self.plan.name.clone(),
+                            info,
+                        },
+                    ),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// `pts` of this rung's frames in the segments' timescale.
+    fn ticks(&self, pts: i64) -> i64 {
+        ff::Rescale::rescale(&pts, self.time_base, ff::Rational::new(1, VIDEO_TIMESCALE))
+    }
+
+    /// An encoder for this rung on `preset`, writing the parameter sets of
+    /// the preset the rung started on.
+    fn open_encoder(&self, preset: &str) -> Result<ff::encoder::video::Encoder, TranscodeError> {
+        let mut config = self.config.clone();
+        preset.clone_into(&mut config.preset);
+        encoders::open_video(
+            self.video_encoder,
+            &self.settings,
+            &config,
+            self.vaapi.as_ref(),
+        )
+        .map_err(|e| {
+            TranscodeError::internal(
+                &format!("opening {} for {}", self.video_encoder, self.plan.name),
+                e,
+            )
+        })
+    }
+
+    /// Drains the encoder (its packets go to the segmenter) and puts
+    /// `next` in its place.
+    fn replace_encoder(
+        &mut self,
+        next: ff::encoder::video::Encoder,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<(), TranscodeError> {
+        self.encoder
+            .send_eof()
+            .map_err(|e| TranscodeError::internal("flushing the video encoder", e))?;
+        receive_video_packets(self, events)?;
+        self.encoder = next;
+        Ok(())
+    }
+
+    /// A new encoder with `preset` takes over at the next frame, a
+    /// keyframe. Only when its SPS and PPS are the ones players already
+    /// hold in the init segment; otherwise the rung keeps its encoder.
+    fn switch_preset(
+        &mut self,
+        preset: String,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<(), TranscodeError> {
+        if preset == self.config.preset {
+            return Ok(());
+        }
+        let next = self.open_encoder(&preset)?;
+        if extradata(&next) != extradata(&self.encoder) {
+            tracing::warn!(rung = %self.plan.name, preset = %preset,
+                "live: the preset would change the stream's parameter sets; the rung keeps its preset");
+            return Ok(());
+        }
+        self.replace_encoder(next, events)?;
+        tracing::info!(rung = %self.plan.name, preset = %preset, "live: the rung switched preset");
+        self.config.preset = preset;
+        Ok(())
+    }
+
+    /// Stops the rung at `at`: the encoder is drained, the open segment
+    /// closes at `at`, and a fresh encoder waits for the frame that resumes
+    /// the rung (a keyframe).
+    fn pause(&mut self, at: i64, events: &mpsc::Sender<Event>) -> Result<(), TranscodeError> {
+        let next = self.open_encoder(&self.config.preset.clone())?;
+        self.replace_encoder(next, events)?;
+        let end = self.ticks(at);
+        if let Some(mut last) = self.pending.take() {
+            last.duration = u32::try_from(end - last.dts)
+                .unwrap_or(self.frame_ticks)
+                .max(1);
+            let closed = self
+                .segmenter
+                .push(last)
+                .map_err(|e| packager_error("packaging video", e))?;
+            if let Some(segment) = closed {
+                self.infos.push(segment.info());
+                emit_segment(&self.plan.name, segment, events)?;
+            }
+        }
+        let closed = self
+            .segmenter
+            .pause(end)
+            .map_err(|e| packager_error("pausing video", e))?;
+        emit_parts(&self.plan.name, self.segmenter.take_parts(), events)?;
+        if let Some(segment) = closed {
+            self.infos.push(segment.info());
+            emit_segment(&self.plan.name, segment, events)?;
+        }
+        tracing::info!(rung = %self.plan.name, "live: the rung is dropped");
+        Ok(())
     }
 
     fn finish(mut self, events: &mpsc::Sender<Event>) -> Result<Rendition, TranscodeError> {
@@ -793,7 +940,7 @@ pub fn run_input(
     events: &mpsc::Sender<Event>,
     cancel: &AtomicBool,
     timeline_offset: f64,
-    pacer: Option<Pacer>,
+    mut pacer: Option<Pacer>,
 ) -> Result<Summary, TranscodeError> {
     let container_duration =
         (input.duration() > 0).then(|| input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
@@ -929,9 +1076,18 @@ pub fn run_input(
                 frame_ticks,
                 vaapi,
                 infos: Vec::new(),
+                settings,
+                video_encoder,
+                config: TranscodeConfig {
+                    headers_of_preset: Some(config.preset.clone()),
+                    ..config.clone()
+                },
             });
         }
         graph = Some(built);
+    }
+    if let Some(pacer) = pacer.as_mut() {
+        pacer.set_steps(degradation_steps(config, video_encoder, rungs.len()));
     }
     let mut audio_graph = None;
     let mut audio_out = None;
@@ -1008,6 +1164,8 @@ pub fn run_input(
         min_speed: (pacer.is_none() && config.min_speed > 0.0)
             .then_some((config.min_speed, config.min_speed_after)),
         pacer,
+        applied: Degradation::default(),
+        presets: (config.preset.clone(), config.degraded_preset.clone()),
         frame_index: 0,
     };
 
@@ -1020,8 +1178,7 @@ pub fn run_input(
         let parent = tracing::Span::current();
         for mut rung in rungs.drain(..) {
             let span = tracing::info_span!(parent: &parent, "encode_rung", rung = %rung.plan.name);
-            let (frames, received) =
-                std::sync::mpsc::sync_channel::<ff::frame::Video>(FRAMES_IN_FLIGHT);
+            let (frames, received) = std::sync::mpsc::sync_channel::<ToRung>(FRAMES_IN_FLIGHT);
             feeds.push(Feed {
                 sink: rung.sink.clone(),
                 time_base: rung.time_base,
@@ -1031,9 +1188,9 @@ pub fn run_input(
                 scope.spawn(move || -> Result<(Rendition, Duration), TranscodeError> {
                     let _entered = span.enter();
                     let mut busy = Duration::ZERO;
-                    while let Ok(frame) = received.recv() {
+                    while let Ok(message) = received.recv() {
                         let started = Instant::now();
-                        rung.encode(&frame, events)?;
+                        rung.take(message, events)?;
                         busy += started.elapsed();
                     }
                     let started = Instant::now();
@@ -1310,6 +1467,10 @@ struct LoopState {
     timeline_offset: f64,
     /// Live only: the real-time keeper.
     pacer: Option<Pacer>,
+    /// The degradation the rungs are at (the pacer's, applied at keyframes).
+    applied: Degradation,
+    /// The x264 preset, and the one a degraded ladder switches to.
+    presets: (String, Option<String>),
     /// Frames handed to the rungs so far (which are odd, for halving).
     frame_index: u64,
     /// Files only: media time past which the source is refused.
@@ -1428,9 +1589,9 @@ fn pull_video(
 ) -> Result<(), TranscodeError> {
     // All rungs get the same frames, so the keyframe decision is made per
     // frame on the first rung and applied to all; so is a live ladder's
-    // frame dropping (never a keyframe).
-    let mut decisions: Vec<(bool, bool)> = Vec::new();
-    let level = state.pacer.as_ref().map_or(Degradation::None, Pacer::level);
+    // degradation, which changes only at a keyframe (every rung cuts its
+    // segment there).
+    let mut decisions: Vec<FrameDecision> = Vec::new();
     for (i, feed) in feeds.iter().enumerate() {
         let mut n = 0usize;
         let mut filtered = ff::frame::Video::empty();
@@ -1441,42 +1602,128 @@ fn pull_video(
             let pts = filtered.pts().unwrap_or(0);
             let seconds = pts as f64 * f64::from(feed.time_base);
             if i == 0 {
-                // Force an IDR on the first frame at or after each GOP
-                // boundary, and each boundary of the short start.
-                let early = state
-                    .early_keyframes
-                    .first()
-                    .is_some_and(|at| seconds + 1e-6 >= *at);
-                if early {
-                    state.early_keyframes.retain(|at| *at > seconds + 1e-6);
-                }
-                let force = early || seconds + 1e-6 >= state.next_keyframe;
-                if seconds + 1e-6 >= state.next_keyframe {
-                    while state.next_keyframe <= seconds + 1e-6 {
-                        state.next_keyframe += state.gop_seconds;
-                    }
-                }
-                state.frame_index += 1;
-                decisions.push((force, state.frame_index % 2 == 1));
+                decisions.push(state.decide(seconds));
             }
-            let (force, odd) = decisions.get(n).copied().unwrap_or((false, false));
+            let decision = decisions.get(n).copied().unwrap_or_default();
             n += 1;
-            if odd && !force && level.halves(i) {
+            let (before, now) = (decision.before, decision.now);
+            let to_rung = |message: ToRung| {
+                feed.frames
+                    .send(message)
+                    .map_err(|_| TranscodeError::Internal("a rung encoder stopped".to_owned()))
+            };
+            if before.faster_preset != now.faster_preset {
+                if let Some(preset) = state.preset_for(now) {
+                    to_rung(ToRung::Preset(preset.to_owned()))?;
+                }
+            }
+            if i == 0 {
+                if before.top_rung_dropped && decision.force {
+                    // The segment the top rung sat out ends here.
+                    to_rung(ToRung::Skip(pts))?;
+                }
+                if now.top_rung_dropped {
+                    if !before.top_rung_dropped {
+                        to_rung(ToRung::Pause(pts))?;
+                    }
+                    continue;
+                }
+            }
+            if decision.odd && !decision.force && now.half_frame_rate {
                 continue; // Degraded: this rung encodes every other frame.
             }
-            filtered.set_kind(if force {
+            filtered.set_kind(if decision.force {
                 ff::picture::Type::I
             } else {
                 ff::picture::Type::None
             });
             // Hand the frame over (its buffers are shared, not copied).
             let frame = std::mem::replace(&mut filtered, ff::frame::Video::empty());
-            feed.frames
-                .send(frame)
-                .map_err(|_| TranscodeError::Internal("a rung encoder stopped".to_owned()))?;
+            to_rung(ToRung::Frame(frame))?;
         }
     }
     Ok(())
+}
+
+/// What the rungs do with one frame.
+#[derive(Debug, Clone, Copy, Default)]
+struct FrameDecision {
+    /// An IDR frame (a GOP or short-start boundary).
+    force: bool,
+    /// An odd frame (skipped at half frame rate).
+    odd: bool,
+    /// The degradation before this frame, and from it on.
+    before: Degradation,
+    now: Degradation,
+}
+
+impl LoopState {
+    /// Decides the frame at `seconds` for every rung.
+    fn decide(&mut self, seconds: f64) -> FrameDecision {
+        // Force an IDR on the first frame at or after each GOP boundary,
+        // and each boundary of the short start.
+        let early = self
+            .early_keyframes
+            .first()
+            .is_some_and(|at| seconds + 1e-6 >= *at);
+        if early {
+            self.early_keyframes.retain(|at| *at > seconds + 1e-6);
+        }
+        let on_grid = seconds + 1e-6 >= self.next_keyframe;
+        if on_grid {
+            while self.next_keyframe <= seconds + 1e-6 {
+                self.next_keyframe += self.gop_seconds;
+            }
+        }
+        self.frame_index += 1;
+        let before = self.applied;
+        if on_grid {
+            if let Some(pacer) = &self.pacer {
+                self.applied = pacer.level();
+            }
+        }
+        FrameDecision {
+            force: early || on_grid,
+            odd: self.frame_index % 2 == 1,
+            before,
+            now: self.applied,
+        }
+    }
+
+    /// The x264 preset of rungs at `level`.
+    fn preset_for(&self, level: Degradation) -> Option<&str> {
+        if level.faster_preset {
+            self.presets.1.as_deref()
+        } else {
+            Some(&self.presets.0)
+        }
+    }
+}
+
+/// The degradation steps a live ladder can take, in order. Switching a
+/// preset or bringing a dropped rung back starts a new encoder at a
+/// keyframe: with B-frames its first frames would decode before the old
+/// one's last, so those steps need none. A low-latency ladder keeps its top
+/// rung (a rendition that stops publishing parts stalls blocking reloads).
+fn degradation_steps(
+    config: &TranscodeConfig,
+    encoder: VideoEncoder,
+    rungs: usize,
+) -> Vec<super::pacer::Step> {
+    use super::pacer::Step;
+    let new_encoder_at_keyframes = config.b_frames == 0;
+    let mut steps = Vec::new();
+    if new_encoder_at_keyframes
+        && encoder == VideoEncoder::Libx264
+        && config.degraded_preset.is_some()
+    {
+        steps.push(Step::FasterPreset);
+    }
+    if new_encoder_at_keyframes && rungs >= 2 && config.part_duration.is_none() {
+        steps.push(Step::TopRungDropped);
+    }
+    steps.push(Step::HalfFrameRate);
+    steps
 }
 
 fn receive_video_packets(
@@ -1780,5 +2027,179 @@ mod tests {
         // so the buffer is freed when it goes (reading into the same packet
         // without releasing it first would leak every packet of the source).
         assert_eq!(references(&held), 1);
+    }
+
+    /// The x264 settings a segment's encoder wrote (the SEI a new encoder
+    /// puts in its first frame), if the segment starts with one.
+    fn x264_settings(segment: &[u8]) -> Option<String> {
+        let text = String::from_utf8_lossy(segment);
+        let at = text.find("x264 - core")?;
+        let end = text[at..].find('\0').map_or(text.len(), |end| at + end);
+        Some(text[at..end].to_owned())
+    }
+
+    /// A live ladder taken down and back up by a drill (a file decodes far
+    /// faster than real time, so the lag never decides): the faster preset
+    /// takes over at a keyframe without touching the init segment, the top
+    /// rung sits out whole segments with the numbers and times the others
+    /// use, and what it publishes decodes in an independent decoder.
+    #[test]
+    fn a_drilled_live_ladder_switches_presets_and_drops_its_top_rung_at_keyframes() {
+        use super::super::pacer::{DrillStep, Step};
+        ff::init().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.mp4");
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-f", "lavfi", "-i"])
+            .arg("testsrc2=size=960x540:rate=30")
+            .args([
+                "-t",
+                "12",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "15",
+            ])
+            .arg(&source)
+            .status()
+            .expect("the ffmpeg CLI (scripts/deps.sh installs it)");
+        assert!(status.success());
+
+        // On `medium` (three reference frames to superfast's one).
+        let live = cascade_platform::config::LiveConfig {
+            segment_duration: Duration::from_secs(1),
+            preset: "medium".to_owned(),
+            ..Default::default()
+        };
+        let config = live.transcode(&TranscodeConfig::default());
+        assert_eq!(config.degraded_preset.as_deref(), Some("superfast"));
+        let drill = |secs: u64, step| DrillStep {
+            at: Duration::from_secs(secs),
+            step,
+        };
+        let pacer = Pacer::new(live.segment_duration).with_drill(vec![
+            drill(2, Some(Step::FasterPreset)),
+            drill(4, Some(Step::TopRungDropped)),
+            drill(7, Some(Step::FasterPreset)),
+            drill(9, None),
+        ]);
+        let (events, mut received) = mpsc::channel(64);
+        let collector = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while let Some(event) = received.blocking_recv() {
+                seen.push(event);
+            }
+            seen
+        });
+        let cancel = AtomicBool::new(false);
+        let input = ff::format::input(&source).unwrap();
+        run_input(
+            input,
+            &config,
+            VideoEncoder::Libx264,
+            &events,
+            &cancel,
+            0.0,
+            Some(pacer),
+        )
+        .unwrap();
+        drop(events);
+        let seen = collector.join().unwrap();
+
+        let mut inits = std::collections::BTreeMap::new();
+        let mut segments: std::collections::BTreeMap<String, Vec<(packager::SegmentInfo, Bytes)>> =
+            Default::default();
+        let mut gaps: Vec<(String, packager::SegmentInfo)> = Vec::new();
+        let mut levels = Vec::new();
+        for event in seen {
+            match event {
+                Event::Init {
+                    rendition, bytes, ..
+                } => {
+                    inits.insert(rendition, bytes);
+                }
+                Event::Segment {
+                    rendition,
+                    info,
+                    bytes,
+                    ..
+                } => segments.entry(rendition).or_default().push((info, bytes)),
+                Event::Gap { rendition, info } => gaps.push((rendition, info)),
+                Event::Degraded { level, .. } => levels.push(level.as_str()),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            levels,
+            ["faster_preset", "top_rung_dropped", "faster_preset", "none"]
+        );
+        let names: Vec<&String> = inits.keys().collect();
+        assert_eq!(names, ["240p", "480p", "540p"].iter().collect::<Vec<_>>());
+        let numbers = |name: &str| -> Vec<u64> {
+            segments[name]
+                .iter()
+                .map(|(info, _)| info.sequence_number)
+                .collect()
+        };
+        assert_eq!(numbers("240p"), (1..=12).collect::<Vec<u64>>());
+        assert_eq!(numbers("540p"), [1, 2, 3, 4, 8, 9, 10, 11, 12]);
+        // The top rung sits out 4-7 s: the numbers and times the 240p rung's
+        // segments have there.
+        let lower: Vec<packager::SegmentInfo> = segments["240p"][4..7]
+            .iter()
+            .map(|(info, _)| packager::SegmentInfo { size: 0, ..*info })
+            .collect();
+        assert!(gaps.iter().all(|(name, _)| name == "540p"), "{gaps:?}");
+        assert_eq!(
+            gaps.iter().map(|(_, info)| *info).collect::<Vec<_>>(),
+            lower
+        );
+        // Every segment, both rungs, starts and ends on the 1 s grid.
+        for (info, _) in segments.values().flatten() {
+            assert_eq!(
+                (info.start % 90_000, info.duration),
+                (0, 90_000),
+                "{info:?}"
+            );
+        }
+        // The preset changed where the drill said, for every rung; the
+        // returning top rung came back on the preset of the moment.
+        let preset_of = |name: &str, number: u64| {
+            let (_, bytes) = segments[name]
+                .iter()
+                .find(|(info, _)| info.sequence_number == number)
+                .unwrap();
+            x264_settings(bytes).map(|settings| settings.contains(" subme=1 "))
+        };
+        for name in ["240p", "480p", "540p"] {
+            assert_eq!(preset_of(name, 1), Some(false), "{name}: medium first");
+            assert_eq!(preset_of(name, 2), None, "{name}: same encoder");
+            assert_eq!(preset_of(name, 3), Some(true), "{name}: superfast from 2 s");
+            assert_eq!(preset_of(name, 10), Some(false), "{name}: medium from 9 s");
+        }
+        assert_eq!(preset_of("540p", 8), Some(true), "back on superfast at 7 s");
+        assert_eq!(preset_of("240p", 8), None);
+        // What the top rung published decodes, frame by frame, without an
+        // error: its init segment, then its segments.
+        let top = dir.path().join("540p.mp4");
+        let mut bytes = inits["540p"].to_vec();
+        for (_, segment) in &segments["540p"] {
+            bytes.extend_from_slice(segment);
+        }
+        std::fs::write(&top, bytes).unwrap();
+        let output = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+            .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+            .arg(&top)
+            .output()
+            .unwrap();
+        assert!(
+            output.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "270");
     }
 }
