@@ -148,6 +148,34 @@ pub(crate) fn serve_with(db: &TestDb, roles: &str, root: &Path, extra: &[(&str, 
     }
 }
 
+/// Waits for stream `id` to turn idle with a recording, and for that
+/// asset to be ready; returns the asset.
+async fn recorded_asset(addr: SocketAddr, key: &str, id: &str) -> serde_json::Value {
+    let asset_id = eventually("the recording", Duration::from_secs(40), || async {
+        let stream = get_stream(addr, key, id);
+        (stream["state"] == "idle")
+            .then(|| stream["recorded_assets"][0].as_str().map(str::to_owned))
+            .flatten()
+    })
+    .await;
+    let auth = format!("Bearer {key}");
+    eventually("the recorded asset ready", Duration::from_secs(30), || {
+        let (auth, asset_id) = (auth.clone(), asset_id.clone());
+        async move {
+            let (_, _, body) = http(
+                addr,
+                "GET",
+                &format!("/v1/assets/{asset_id}"),
+                &[("Authorization", &auth)],
+                b"",
+            );
+            let asset = json(&body);
+            (asset["state"] == "ready").then_some(asset)
+        }
+    })
+    .await
+}
+
 pub(crate) fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
 }
@@ -416,13 +444,7 @@ async fn rtmp_stream_plays_live_refuses_intruders_and_records() {
 
     // Gone for good: idle after the 2 s reconnect window, then recorded.
     assert!(exit_within(&mut publisher, Duration::from_secs(30)).success());
-    let asset_id = eventually("the recording", Duration::from_secs(40), || async {
-        let stream = get_stream(live.http, &key, &id);
-        (stream["state"] == "idle")
-            .then(|| stream["recorded_assets"][0].as_str().map(str::to_owned))
-            .flatten()
-    })
-    .await;
+    let asset = recorded_asset(live.http, &key, &id).await;
     let (status, _, body) = http(
         live.http,
         "GET",
@@ -432,22 +454,6 @@ async fn rtmp_stream_plays_live_refuses_intruders_and_records() {
     );
     assert_eq!(status, 404);
     assert_eq!(json(&body)["code"], "stream_idle");
-    let auth = format!("Bearer {key}");
-    let asset = eventually("the recorded asset ready", Duration::from_secs(30), || {
-        let (auth, asset_id) = (auth.clone(), asset_id.clone());
-        async move {
-            let (_, _, body) = http(
-                live.http,
-                "GET",
-                &format!("/v1/assets/{asset_id}"),
-                &[("Authorization", &auth)],
-                b"",
-            );
-            let asset = json(&body);
-            (asset["state"] == "ready").then_some(asset)
-        }
-    })
-    .await;
     let duration = asset["duration_seconds"].as_f64().unwrap();
     assert!(
         (duration - 12.0).abs() < 1.0,
@@ -1166,29 +1172,7 @@ async fn a_rung_dropped_mid_broadcast_is_left_out_of_the_recording() {
         &[],
     );
     assert!(exit_within(&mut publisher, Duration::from_secs(30)).success());
-    let asset_id = eventually("the recording", Duration::from_secs(40), || async {
-        let stream = get_stream(live.http, &key, &id);
-        (stream["state"] == "idle")
-            .then(|| stream["recorded_assets"][0].as_str().map(str::to_owned))
-            .flatten()
-    })
-    .await;
-    let auth = format!("Bearer {key}");
-    let asset = eventually("the recorded asset ready", Duration::from_secs(30), || {
-        let (auth, asset_id) = (auth.clone(), asset_id.clone());
-        async move {
-            let (_, _, body) = http(
-                live.http,
-                "GET",
-                &format!("/v1/assets/{asset_id}"),
-                &[("Authorization", &auth)],
-                b"",
-            );
-            let asset = json(&body);
-            (asset["state"] == "ready").then_some(asset)
-        }
-    })
-    .await;
+    let asset = recorded_asset(live.http, &key, &id).await;
     let mut names: Vec<&str> = asset["renditions"]
         .as_array()
         .unwrap()

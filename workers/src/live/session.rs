@@ -494,15 +494,20 @@ impl Driver<'_> {
                     discontinuity: self.publish.continues && sequence == 1,
                     gap: false,
                 };
-                let set = self.pending.entry(global).or_insert_with(|| PendingSet {
-                    rows: Vec::new(),
-                    puts: Vec::new(),
-                });
+                let set = self.pending_set(global);
                 set.rows.push(row);
                 set.puts.push(put);
                 self.flush_complete().await
             }
         }
+    }
+
+    /// The set of segments numbered `sequence`.
+    fn pending_set(&mut self, sequence: u64) -> &mut PendingSet {
+        self.pending.entry(sequence).or_insert_with(|| PendingSet {
+            rows: Vec::new(),
+            puts: Vec::new(),
+        })
     }
 
     /// A segment a dropped rung sat out: a row with the others' number and
@@ -528,14 +533,7 @@ impl Driver<'_> {
             discontinuity: false,
             gap: true,
         };
-        self.pending
-            .entry(global)
-            .or_insert_with(|| PendingSet {
-                rows: Vec::new(),
-                puts: Vec::new(),
-            })
-            .rows
-            .push(row);
+        self.pending_set(global).rows.push(row);
         self.flush_complete().await
     }
 

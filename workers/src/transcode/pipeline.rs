@@ -303,17 +303,49 @@ impl VideoRung {
         })
     }
 
-    /// Drains the encoder (its packets go to the segmenter) and puts
-    /// `next` in its place.
+    /// Packages `sample` (its duration known) and emits what that closed.
+    fn package(
+        &mut self,
+        sample: Sample,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<(), TranscodeError> {
+        let closed = self
+            .segmenter
+            .push(sample)
+            .map_err(|e| packager_error("packaging video", e))?;
+        self.emit(closed, events)
+    }
+
+    /// Emits the parts the segmenter closed, then `closed`.
+    fn emit(
+        &mut self,
+        closed: Option<packager::MediaSegment>,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<(), TranscodeError> {
+        emit_parts(&self.plan.name, self.segmenter.take_parts(), events)?;
+        if let Some(segment) = closed {
+            self.infos.push(segment.info());
+            emit_segment(&self.plan.name, segment, events)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the encoder; its packets go to the segmenter (the last one
+    /// stays pending: its duration is not known yet).
+    fn drain_encoder(&mut self, events: &mpsc::Sender<Event>) -> Result<(), TranscodeError> {
+        self.encoder
+            .send_eof()
+            .map_err(|e| TranscodeError::internal("flushing the video encoder", e))?;
+        receive_video_packets(self, events)
+    }
+
+    /// Drains the encoder and puts `next` in its place.
     fn replace_encoder(
         &mut self,
         next: ff::encoder::video::Encoder,
         events: &mpsc::Sender<Event>,
     ) -> Result<(), TranscodeError> {
-        self.encoder
-            .send_eof()
-            .map_err(|e| TranscodeError::internal("flushing the video encoder", e))?;
-        receive_video_packets(self, events)?;
+        self.drain_encoder(events)?;
         self.encoder = next;
         Ok(())
     }
@@ -352,44 +384,22 @@ impl VideoRung {
             last.duration = u32::try_from(end - last.dts)
                 .unwrap_or(self.frame_ticks)
                 .max(1);
-            let closed = self
-                .segmenter
-                .push(last)
-                .map_err(|e| packager_error("packaging video", e))?;
-            if let Some(segment) = closed {
-                self.infos.push(segment.info());
-                emit_segment(&self.plan.name, segment, events)?;
-            }
+            self.package(last, events)?;
         }
         let closed = self
             .segmenter
             .pause(end)
             .map_err(|e| packager_error("pausing video", e))?;
-        emit_parts(&self.plan.name, self.segmenter.take_parts(), events)?;
-        if let Some(segment) = closed {
-            self.infos.push(segment.info());
-            emit_segment(&self.plan.name, segment, events)?;
-        }
+        self.emit(closed, events)?;
         tracing::info!(rung = %self.plan.name, "live: the rung is dropped");
         Ok(())
     }
 
     fn finish(mut self, events: &mpsc::Sender<Event>) -> Result<Rendition, TranscodeError> {
-        self.encoder
-            .send_eof()
-            .map_err(|e| TranscodeError::internal("flushing the video encoder", e))?;
-        receive_video_packets(&mut self, events)?;
+        self.drain_encoder(events)?;
         if let Some(mut last) = self.pending.take() {
             last.duration = self.frame_ticks.max(1);
-            let closed = self
-                .segmenter
-                .push(last)
-                .map_err(|e| packager_error("packaging video", e))?;
-            emit_parts(&self.plan.name, self.segmenter.take_parts(), events)?;
-            if let Some(segment) = closed {
-                self.infos.push(segment.info());
-                emit_segment(&self.plan.name, segment, events)?;
-            }
+            self.package(last, events)?;
         }
         let track = self.segmenter.track().clone();
         let mut infos = std::mem::take(&mut self.infos);
@@ -1748,15 +1758,7 @@ fn receive_video_packets(
             previous.duration = u32::try_from(dts - previous.dts)
                 .unwrap_or(rung.frame_ticks)
                 .max(1);
-            let closed = rung
-                .segmenter
-                .push(previous)
-                .map_err(|e| packager_error("packaging video", e))?;
-            emit_parts(&rung.plan.name, rung.segmenter.take_parts(), events)?;
-            if let Some(segment) = closed {
-                rung.infos.push(segment.info());
-                emit_segment(&rung.plan.name, segment, events)?;
-            }
+            rung.package(previous, events)?;
         }
     }
     Ok(())
