@@ -8,6 +8,7 @@ mod http_server;
 mod jobs;
 mod keys;
 mod live;
+mod probe;
 mod qa;
 mod serve;
 mod telemetry;
@@ -73,6 +74,10 @@ enum Command {
     },
     /// Check a published presentation against its reference media (exit 0 pass, 1 fail, 2 could not run).
     Qa(qa::QaArgs),
+    /// Probe one untrusted source and print a JSON report (the child the
+    /// ingest role probes uploads in).
+    #[command(hide = true, name = "probe-source")]
+    ProbeSource(probe::ProbeSourceArgs),
     /// Benchmarks that print figures and ratios against targets.
     Bench {
         #[command(subcommand)]
@@ -104,7 +109,12 @@ fn main() -> ExitCode {
         }
     };
     let telemetry = telemetry::init(&config.log, &config.traces, runtime.handle());
-    let code = match runtime.block_on(run(cli.command, config)) {
+    let mut command = cli.command;
+    if let Command::Serve(args) = &mut command {
+        // Its probe children load the same file.
+        args.config_file.clone_from(&cli.config);
+    }
+    let code = match runtime.block_on(run(command, config)) {
         Ok(code) => code,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "cascade failed");
@@ -141,5 +151,6 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Tokens { command } => tokens::run(command, &config).await,
         Command::Bench { command } => bench::run(command, config).await,
         Command::Qa(args) => Ok(qa::run(args, &config).await),
+        Command::ProbeSource(args) => probe::run(args, &config).await,
     }
 }

@@ -60,6 +60,34 @@ pub struct ServeArgs {
     /// Roles to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "ingest,workers,origin")]
     roles: Vec<Role>,
+    /// The `--config` file this process loaded (its probe children load it too).
+    #[arg(skip)]
+    pub config_file: Option<std::path::PathBuf>,
+}
+
+/// Uploads are probed in children of this very binary (`cascade
+/// probe-source`), with the same config.
+fn probe_children(
+    config_file: Option<&std::path::Path>,
+    config: &Config,
+) -> anyhow::Result<transcode::isolated::ChildProber> {
+    let program = std::env::current_exe().context("finding this executable")?;
+    let leading = config_file
+        .iter()
+        .flat_map(|file| {
+            [
+                std::ffi::OsString::from("--config"),
+                file.as_os_str().to_owned(),
+            ]
+        })
+        .collect();
+    let limit = config.ingest.probe_memory_limit.0;
+    Ok(transcode::isolated::ChildProber::new(
+        program,
+        leading,
+        config.ingest.probe_timeout,
+        (limit > 0).then_some(limit),
+    ))
 }
 
 /// Fires the token on SIGTERM or SIGINT.
@@ -238,7 +266,8 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             )
             .with_playback(config.playback.clone())
             .with_webhooks(config.webhooks.clone())
-            .with_live(config.live.clone()),
+            .with_live(config.live.clone())
+            .with_prober(probe_children(args.config_file.as_deref(), &config)?),
         );
         if config.live.rtmp_listen.is_some() {
             let encoder = tokio::task::spawn_blocking({

@@ -11,8 +11,9 @@
 //! memory) and, for the probe, to a scratch file. tus state (offset, parts,
 //! the lease of the PATCH in progress) lives in Postgres, so any replica can
 //! serve any request and a restarted replica resumes at the stored offset.
-//! When a source is complete it is probed with the FFmpeg libraries; media
-//! that cannot be processed turns the asset `errored` with a message for the
+//! When a source is complete it is probed with the FFmpeg libraries (in a
+//! child process under `cascade serve`, so a hostile file cannot take the
+//! API down: [`AppState::with_prober`]); media that cannot be processed turns the asset `errored` with a message for the
 //! creator, anything else moves it to `processing` and enqueues its
 //! transcode job in the same transaction.
 

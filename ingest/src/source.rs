@@ -1,13 +1,12 @@
 //! What happens once an asset's source is complete in storage.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use cascade_platform::assets;
 use cascade_platform::queue::{self, NewJob};
-use cascade_platform::storage::reader::ObjectReader;
 use cascade_schemas::{job_kind, AssetId, ObjectKey};
-use cascade_workers::transcode::{pipeline, TranscodeError, TranscodeJob};
+use cascade_workers::transcode::isolated::ProbeTarget;
+use cascade_workers::transcode::{TranscodeError, TranscodeJob};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -50,24 +49,19 @@ pub async fn source_complete(
     length: u64,
 ) -> Result<(), ApiError> {
     let key = ObjectKey::source_version(asset, of.version());
-    let reader = ObjectReader::new(
-        state.store.clone(),
-        key.clone(),
-        length,
-        tokio::runtime::Handle::current(),
-    );
-    let fetched = reader.fetched_counter();
     let started = Instant::now();
-    let probe = {
-        let config = state.transcode.clone();
-        tokio::task::spawn_blocking(move || pipeline::probe_reader(reader, &config))
-            .await
-            .map_err(|e| ApiError::Internal(format!("probe task: {e}")))?
-    };
+    let probe = state
+        .probe(ProbeTarget::Stored {
+            asset,
+            version: of.version(),
+            length,
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("probe task: {e}")))?;
     tracing::info!(
         asset = %asset,
         bytes = length,
-        read = fetched.load(Ordering::Relaxed),
+        in_child = state.prober.is_some(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "probed the source"
     );

@@ -3,8 +3,12 @@
 use cascade_platform::config::{
     IngestConfig, LiveConfig, PlaybackConfig, TranscodeConfig, WebhooksConfig,
 };
+use cascade_platform::storage::reader::ObjectReader;
 use cascade_platform::{ObjectStore, Queue};
-use cascade_schemas::EnvironmentId;
+use cascade_schemas::{EnvironmentId, ObjectKey};
+use cascade_workers::transcode::isolated::{ChildProber, ProbeTarget};
+use cascade_workers::transcode::pipeline::{self, ProbeSummary};
+use cascade_workers::transcode::TranscodeError;
 use deadpool_postgres::Pool;
 
 use crate::auth::Authenticator;
@@ -37,6 +41,9 @@ pub struct AppState {
     pub limits: Limits,
     /// Request, upload and RTMP metrics (`cascade serve` registers them).
     pub metrics: crate::metrics::IngestMetrics,
+    /// Where uploads are probed: in child processes (`cascade serve`), or
+    /// in this process when `None` (router tests, tools).
+    pub prober: Option<ChildProber>,
 }
 
 impl AppState {
@@ -61,6 +68,43 @@ impl AppState {
             live: LiveConfig::default(),
             rtmp_bound: std::sync::OnceLock::new(),
             metrics: crate::metrics::IngestMetrics::default(),
+            prober: None,
+        }
+    }
+
+    /// Probes uploads in children of `prober` instead of in this process.
+    pub fn with_prober(mut self, prober: ChildProber) -> Self {
+        self.prober = Some(prober);
+        self
+    }
+
+    /// Probes `target` where this state says: in a child, or here (on a
+    /// blocking thread).
+    pub(crate) async fn probe(
+        &self,
+        target: ProbeTarget,
+    ) -> Result<Result<ProbeSummary, TranscodeError>, tokio::task::JoinError> {
+        if let Some(prober) = &self.prober {
+            return Ok(prober.probe(&target).await);
+        }
+        let config = self.transcode.clone();
+        match target {
+            ProbeTarget::File(path) => {
+                tokio::task::spawn_blocking(move || pipeline::probe_file(&path, &config)).await
+            }
+            ProbeTarget::Stored {
+                asset,
+                version,
+                length,
+            } => {
+                let reader = ObjectReader::new(
+                    self.store.clone(),
+                    ObjectKey::source_version(asset, version),
+                    length,
+                    tokio::runtime::Handle::current(),
+                );
+                tokio::task::spawn_blocking(move || pipeline::probe_reader(reader, &config)).await
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use cascade_platform::assets;
 use cascade_platform::watch_files::{self, WatchState, WatchedFile};
 use cascade_schemas::{AssetId, PlaybackPolicy};
+use cascade_workers::transcode::isolated::ProbeTarget;
 use notify::Watcher;
 use tokio_util::sync::CancellationToken;
 
@@ -225,15 +226,10 @@ async fn ingest(state: &AppState, path: &Path, name: &str, file: Seen) -> Result
     }
     drop(client);
     // Keep a creator-readable reason when the file is not media.
-    let probe = {
-        let path = path.to_owned();
-        let config = state.transcode.clone();
-        tokio::task::spawn_blocking(move || {
-            cascade_workers::transcode::pipeline::probe_file(&path, &config)
-        })
+    let probe = state
+        .probe(ProbeTarget::File(path.to_owned()))
         .await
-        .map_err(|e| WorkError::Task(e.to_string()))?
-    };
+        .map_err(|e| WorkError::Task(e.to_string()))?;
     if let Err(cascade_workers::transcode::TranscodeError::Input { code, message }) = probe {
         let _ = assets::refuse_source(
             &state.pool,

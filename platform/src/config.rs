@@ -963,6 +963,15 @@ pub struct IngestConfig {
     pub upload_lock: Duration,
     /// Direct uploads: one-time upload URLs for browsers.
     pub direct_uploads: DirectUploadsConfig,
+    /// An upload is probed in a child process (`cascade serve` runs
+    /// `cascade probe-source`), so a file that crashes or stalls the media
+    /// reader takes down only that child; after this long the child is
+    /// killed and the file refused (`probe_timeout`). Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// Address space a probe child may map (`RLIMIT_AS`); a file that needs
+    /// more is refused (`unreadable_media`). `0`: no limit. Default `2GiB`.
+    pub probe_memory_limit: ByteSize,
 }
 
 /// Direct uploads (`POST /v1/direct_uploads`): one-time upload URLs an API
@@ -1017,6 +1026,8 @@ impl Default for IngestConfig {
             direct_uploads: DirectUploadsConfig::default(),
             watch_dir: None,
             watch_settle: Duration::from_secs(2),
+            probe_timeout: Duration::from_secs(30),
+            probe_memory_limit: ByteSize(2 << 30),
         }
     }
 }

@@ -249,6 +249,80 @@ async fn tus_chunks_alternating_between_two_replicas() {
     assert_upload_landed(&db, &root, &file).await;
 }
 
+/// Uploads are probed in a child process (`cascade probe-source`): it
+/// reports in one JSON line, and one that runs over its deadline is killed
+/// and refuses that file with a clear error while the API process serves
+/// on.
+#[tokio::test]
+async fn uploads_are_probed_in_a_child_that_cannot_take_the_api_down() {
+    let probe = |file: &Path| {
+        let out = std::process::Command::new(crate::common::cascade_bin())
+            .args(["probe-source", "--file"])
+            .arg(file)
+            .env("CASCADE_LOG__FILTER", "off")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        json(String::from_utf8_lossy(&out.stdout).trim())
+    };
+    let media = probe(&fixture("tiny_320x180_stereo.mp4"));
+    assert_eq!(
+        (&media["outcome"], &media["has_video"], &media["has_audio"]),
+        (&"probed".into(), &true.into(), &true.into()),
+        "{media}"
+    );
+    let text = scratch_root().join("notes.txt");
+    std::fs::create_dir_all(text.parent().unwrap()).unwrap();
+    std::fs::write(&text, "not a video at all, just words\n".repeat(100)).unwrap();
+    let refused = probe(&text);
+    assert_eq!(refused["outcome"], "refused", "{refused}");
+
+    let db = fresh_db().await;
+    let root = scratch_root();
+    // No probe finishes in a millisecond: every child is killed.
+    let server = start(
+        &db,
+        "ingest",
+        &root,
+        free_port(),
+        &[("CASCADE_INGEST__PROBE_TIMEOUT", "1ms")],
+    );
+    let asset = created_asset(server.addr, AUTH);
+    let id = asset["id"].as_str().unwrap();
+    let source = std::fs::read(fixture("tiny_320x180_stereo.mp4")).unwrap();
+    let (status, _, body) = http(
+        server.addr,
+        "PUT",
+        &format!("/v1/assets/{id}/source"),
+        &[AUTH],
+        &source,
+    );
+    assert_eq!(
+        (status, json_code(&body).as_str()),
+        (422, "probe_timeout"),
+        "{body}"
+    );
+    let (_, _, body) = http(
+        server.addr,
+        "GET",
+        &format!("/v1/assets/{id}"),
+        &[AUTH],
+        b"",
+    );
+    let refused = json(&body);
+    assert_eq!(refused["state"], "errored", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too long")),
+        "{refused}"
+    );
+    // The API process serves on.
+    let next = created_asset(server.addr, AUTH);
+    assert_eq!(next["state"], "waiting");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 #[tokio::test]
 async fn simple_upload_ends_ready_with_playback_urls() {
     let db = fresh_db().await;

@@ -382,7 +382,10 @@ impl Driver<'_> {
             Event::Source(source) => self.on_source(source),
             Event::Probed { .. } => Ok(()),
             Event::Degraded { level, lag } => {
-                if level.depth > self.degradation.0.depth {
+                if !self.ctx.config.degradation_drill.is_empty() {
+                    tracing::warn!(live_stream_id = %self.publish.stream, lag_seconds = lag,
+                        degraded = level.as_str(), "live: a degradation drill step (live.degradation_drill)");
+                } else if level.depth > self.degradation.0.depth {
                     tracing::warn!(live_stream_id = %self.publish.stream, lag_seconds = lag,
                         degraded = level.as_str(), "live: the ladder falls behind real time; degraded");
                 } else {

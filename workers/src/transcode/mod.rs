@@ -21,6 +21,7 @@
 pub mod encoders;
 pub mod error;
 pub mod hw;
+pub mod isolated;
 pub mod ladder;
 pub mod pacer;
 pub mod pipeline;
