@@ -349,7 +349,7 @@ fn cli_command(
     command.args([
         "-x264-params",
         &format!(
-            "keyint={}:min-keyint={gop_frames}:scenecut=0:open-gop=0:b-pyramid=none:rc-lookahead={}:sliced-threads=1:vbv-init={}",
+            "keyint={}:min-keyint={gop_frames}:scenecut=0:open-gop=0:b-pyramid=none:rc-lookahead={}:sliced-threads=1:stitchable=1:vbv-init={}",
             gop_frames * 2,
             live.lookahead_frames,
             cascade_workers::transcode::encoders::VBV_INITIAL_FULLNESS
