@@ -178,21 +178,36 @@ impl ChildProber {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if let Some(limit) = self.memory_limit {
-            // SAFETY: between fork and exec only setrlimit runs, which is
-            // async-signal-safe; the closure touches no locks or allocations.
-            unsafe {
-                command.pre_exec(move || {
+        let memory_limit = self.memory_limit;
+        // CPU seconds: the deadline again, enforced by the kernel, for a
+        // child whose parent is gone.
+        let cpu_seconds = self.timeout.as_secs() + 1;
+        // SAFETY: between fork and exec only prctl and setrlimit run, which
+        // are async-signal-safe; the closure takes no locks and allocates
+        // nothing.
+        unsafe {
+            command.pre_exec(move || {
+                // The child dies with the process that started it (a
+                // SIGKILLed ingest leaves no probe running on).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let limit = |resource, value: u64| {
                     let bound = libc::rlimit {
-                        rlim_cur: limit as libc::rlim_t,
-                        rlim_max: limit as libc::rlim_t,
+                        rlim_cur: value as libc::rlim_t,
+                        rlim_max: value as libc::rlim_t,
                     };
-                    if libc::setrlimit(libc::RLIMIT_AS, &bound) != 0 {
+                    if libc::setrlimit(resource, &bound) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
-                });
-            }
+                };
+                limit(libc::RLIMIT_CPU, cpu_seconds)?;
+                if let Some(bytes) = memory_limit {
+                    limit(libc::RLIMIT_AS, bytes)?;
+                }
+                Ok(())
+            });
         }
         let mut child = command.spawn().map_err(|e| {
             TranscodeError::Internal(format!(
