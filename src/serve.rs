@@ -256,6 +256,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
 
     let mut app = Router::new();
     if roles.contains(&Role::Ingest) {
+        let live_metrics = cascade_workers::live::LiveMetrics::default();
         let state = std::sync::Arc::new(
             cascade_ingest::AppState::new(
                 pool.clone(),
@@ -308,6 +309,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
                 encoder,
                 edges,
                 relay_url: Some(relay_url),
+                metrics: live_metrics.clone(),
             });
             let node = config.live.node_name.clone().unwrap_or_else(worker_owner);
             let rtmp = cascade_ingest::rtmp::start(state.clone(), live, node, shutdown.clone())
@@ -337,6 +339,7 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             });
         }
         state.metrics.register(&mut registry);
+        live_metrics.register(&mut registry);
         app = app.merge(cascade_ingest::router(state));
     }
     let mut front = None;

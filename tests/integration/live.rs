@@ -891,6 +891,11 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
         .await
     };
     let (hls, dash, ()) = tokio::join!(hls, dash, drilled);
+    let (_, _, metrics) = http(live.http, "GET", "/metrics", &[], b"");
+    assert!(
+        metrics.contains("cascade_live_degradation_steps_total{step=\"top_rung_dropped\"} 1\n"),
+        "{metrics}"
+    );
     for (player, out) in [("hls", hls), ("dash", dash)] {
         let report = crate::common::player_report(player, out);
         assert!(
@@ -959,6 +964,12 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
         .nth(1)
         .unwrap_or_else(|| panic!("{mpd}"));
     assert!(stand_in.contains("media=\"480p/$Number$.m4s\""), "{mpd}");
+    // Back to the full ladder: no stream counts as degraded.
+    let (_, _, metrics) = http(live.http, "GET", "/metrics", &[], b"");
+    assert!(
+        metrics.contains("cascade_live_degraded_streams 0\n"),
+        "{metrics}"
+    );
     let back = period("1-11").unwrap_or_else(|| panic!("{mpd}"));
     assert!(
         back.contains("<Representation id=\"720p\"") && !back.contains("480p/$Number$"),

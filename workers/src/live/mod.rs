@@ -9,6 +9,7 @@
 //! - [`input`]: that byte stream read by FFmpeg through custom I/O;
 //! - [`session`]: one publish session, from bytes to published segments;
 //! - [`manifests`]: the manifests, rendered from the broadcast's rows;
+//! - [`metrics`]: degraded streams and the steps their ladders took;
 //! - [`edge`]: the parts of low-latency streams and their LL-HLS playlists,
 //!   held in memory, with blocking reloads (served through the relay);
 //! - [`finish`]: the `finish_broadcast` job.
@@ -22,8 +23,10 @@ pub mod finish;
 pub mod flv;
 pub mod input;
 pub mod manifests;
+pub mod metrics;
 pub mod session;
 
+pub use metrics::LiveMetrics;
 pub use session::{IngestStats, LiveContext, SessionEnd, SessionInput};
 
 /// Why live work failed.

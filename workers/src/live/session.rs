@@ -47,6 +47,8 @@ pub struct LiveContext {
     pub edges: Arc<Edges>,
     /// Where origins reach [`edges`](Self::edges) (the relay), when it runs.
     pub relay_url: Option<String>,
+    /// Degraded streams and the steps their ladders took.
+    pub metrics: super::LiveMetrics,
 }
 
 /// Counters the connection keeps for the session.
@@ -268,6 +270,11 @@ pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
             "the live pipeline panicked: {e}"
         ))),
     };
+    // However the session ended, its ladder no longer counts as degraded.
+    driver
+        .ctx
+        .metrics
+        .changed(driver.degradation.0, Degradation::default());
     let end = match (stop, outcome) {
         (Some(end), _) => end,
         (None, Some(end)) => end,
@@ -392,6 +399,7 @@ impl Driver<'_> {
                     tracing::info!(live_stream_id = %self.publish.stream, lag_seconds = lag,
                         degraded = level.as_str(), "live: the ladder keeps up again");
                 }
+                self.ctx.metrics.changed(self.degradation.0, level);
                 self.degradation = (level, lag);
                 Ok(())
             }
