@@ -26,6 +26,7 @@ pub mod ladder;
 pub mod pacer;
 pub mod pipeline;
 pub mod progressive;
+mod rung;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
