@@ -25,6 +25,7 @@ pub mod isolated;
 pub mod ladder;
 pub mod pacer;
 pub mod pipeline;
+mod probe;
 pub mod progressive;
 mod rung;
 

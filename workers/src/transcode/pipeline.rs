@@ -22,6 +22,7 @@ use super::error::TranscodeError;
 use super::hw::VaapiUpload;
 use super::ladder::{self, PlannedRung};
 use super::pacer::{Degradation, Pacer};
+pub use super::probe::{probe_file, probe_reader, ProbeSummary};
 use super::rung::{Feed, ToRung, VideoRung, FRAMES_IN_FLIGHT};
 
 /// Timescale of video tracks (the MPEG 90 kHz clock: exact for 24, 25, 30, 50, 60 and NTSC rates).
@@ -143,9 +144,9 @@ pub struct Summary {
 }
 
 /// Probed facts about the source's video stream.
-struct VideoSource {
-    index: usize,
-    decoder: ff::decoder::Video,
+pub(super) struct VideoSource {
+    pub(super) index: usize,
+    pub(super) decoder: ff::decoder::Video,
     time_base: ff::Rational,
     /// Clockwise degrees a player turns the stored picture: 0, 90, 180, 270.
     rotation: u32,
@@ -184,9 +185,9 @@ impl FieldParity {
     }
 }
 
-struct AudioSource {
-    index: usize,
-    decoder: ff::decoder::Audio,
+pub(super) struct AudioSource {
+    pub(super) index: usize,
+    pub(super) decoder: ff::decoder::Audio,
     time_base: ff::Rational,
 }
 
@@ -228,7 +229,7 @@ fn untrusted_input_options(local_file: bool) -> ff::Dictionary<'static> {
 }
 
 /// Opens a staged source file as untrusted media.
-fn open_untrusted(path: &Path) -> Result<ff::format::context::Input, TranscodeError> {
+pub(super) fn open_untrusted(path: &Path) -> Result<ff::format::context::Input, TranscodeError> {
     ff::format::input_with_dictionary(&path, untrusted_input_options(true))
         .map_err(|e| input_error_for_open(path, e))
 }
@@ -414,7 +415,7 @@ fn open_audio_source(stream: &ff::format::stream::Stream) -> Result<AudioSource,
 
 /// Opens decoders for the best video stream (cover art is a "video" stream
 /// of one picture, not a video) and the best audio stream; at least one.
-fn open_sources(
+pub(super) fn open_sources(
     input: &ff::format::context::Input,
     config: &TranscodeConfig,
 ) -> Result<(Option<VideoSource>, Option<AudioSource>), TranscodeError> {
@@ -686,7 +687,7 @@ where
 /// the input to `work`. FFmpeg sees a failed read as the end of the media,
 /// so a read that failed below it (storage trouble) is reported as such,
 /// never as a damaged or truncated source.
-fn with_untrusted_reader<R, T>(
+pub(super) fn with_untrusted_reader<R, T>(
     mut reader: R,
     work: impl FnOnce(ff::format::context::Input) -> Result<T, TranscodeError>,
 ) -> Result<T, TranscodeError>
@@ -1127,7 +1128,7 @@ pub fn run_input(
 /// `av_read_frame` overwrites a packet without unreferencing its buffer, so
 /// reusing one packet unreleased would keep every packet of the source
 /// alive (memory growing with the source's length).
-fn read_packet(
+pub(super) fn read_packet(
     input: &mut ff::format::context::Input,
     packet: &mut ff::Packet,
 ) -> Result<(), ff::Error> {
@@ -1307,7 +1308,7 @@ impl LoopState {
 }
 
 /// A source longer than `transcode.max_duration` (`max` seconds).
-fn too_long(max: f64) -> TranscodeError {
+pub(super) fn too_long(max: f64) -> TranscodeError {
     TranscodeError::input(
         "source_too_long",
         format!(
@@ -1604,36 +1605,6 @@ fn receive_audio_packets(
     Ok(())
 }
 
-/// What [`probe_file`] found.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProbeSummary {
-    /// Duration from the container, when it says.
-    pub duration: Option<f64>,
-    /// A video frame decoded.
-    pub has_video: bool,
-    /// An audio frame decoded.
-    pub has_audio: bool,
-}
-
-/// Quick check at upload time: the file opens, has an audio or video stream
-/// with a supported codec, and at least one frame decodes. Reads at most a
-/// few hundred packets.
-pub fn probe_file(path: &Path, config: &TranscodeConfig) -> Result<ProbeSummary, TranscodeError> {
-    super::init_ffmpeg();
-    let input = open_untrusted(path)?;
-    probe_input(input, config)
-}
-
-/// [`probe_file`] over any seekable reader (through FFmpeg's custom I/O),
-/// such as a stored object read by ranged GETs: the demuxer reads only the
-/// header, the index and the first packets, not the whole file.
-pub fn probe_reader<R>(reader: R, config: &TranscodeConfig) -> Result<ProbeSummary, TranscodeError>
-where
-    R: std::io::Read + std::io::Seek + Send + 'static,
-{
-    with_untrusted_reader(reader, |input| probe_input(input, config))
-}
-
 /// A read that failed below FFmpeg (storage, not the media).
 fn read_failure(error: std::io::Error) -> TranscodeError {
     TranscodeError::Internal(format!("reading the source: {error}"))
@@ -1671,60 +1642,6 @@ impl<R: std::io::Seek> std::io::Seek for FailureRecorder<R> {
     fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
         self.inner.seek(to)
     }
-}
-
-fn probe_input(
-    mut input: ff::format::context::Input,
-    config: &TranscodeConfig,
-) -> Result<ProbeSummary, TranscodeError> {
-    let duration =
-        (input.duration() > 0).then(|| input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE));
-    let max = config.max_duration.as_secs_f64();
-    if duration.is_some_and(|d| d > max) {
-        return Err(too_long(max));
-    }
-    let (mut video, mut audio) = open_sources(&input, config)?;
-    let (mut has_video, mut has_audio) = (false, false);
-    let mut packet = ff::Packet::empty();
-    let mut video_frame = ff::frame::Video::empty();
-    let mut audio_frame = ff::frame::Audio::empty();
-    for _ in 0..500 {
-        if (video.is_none() || has_video) && (audio.is_none() || has_audio) {
-            break;
-        }
-        if read_packet(&mut input, &mut packet).is_err() {
-            break;
-        }
-        if let Some(source) = video.as_mut().filter(|s| s.index == packet.stream()) {
-            if source.decoder.send_packet(&packet).is_ok()
-                && source.decoder.receive_frame(&mut video_frame).is_ok()
-            {
-                has_video = true;
-            }
-        } else if let Some(source) = audio.as_mut().filter(|s| s.index == packet.stream()) {
-            if source.decoder.send_packet(&packet).is_ok()
-                && source.decoder.receive_frame(&mut audio_frame).is_ok()
-            {
-                has_audio = true;
-            }
-        }
-    }
-    // Frame-threaded decoders hold frames back until flushed.
-    if let Some(source) = video.as_mut().filter(|_| !has_video) {
-        let _ = source.decoder.send_eof();
-        has_video = source.decoder.receive_frame(&mut video_frame).is_ok();
-    }
-    if !has_video && !has_audio {
-        return Err(TranscodeError::input(
-            "undecodable",
-            "no frame of the file could be decoded: it is damaged or not media",
-        ));
-    }
-    Ok(ProbeSummary {
-        duration,
-        has_video,
-        has_audio,
-    })
 }
 
 #[cfg(test)]
