@@ -20,6 +20,7 @@
 
 pub mod encoders;
 pub mod error;
+mod graph;
 pub mod hw;
 pub mod isolated;
 pub mod ladder;
