@@ -702,41 +702,46 @@ mod tests {
         }
     }
 
-    #[test]
-    fn live_mpd_has_a_period_per_session() {
+    /// A dynamic MPD of `periods` (5 min window, 2 s updates, 6 s delay).
+    fn live_mpd(periods: Vec<LivePeriod>) -> LiveMpd {
         let at = |seconds| chrono::DateTime::from_timestamp(seconds, 0).unwrap();
-        let mut mpd = LiveMpd {
+        LiveMpd {
             availability_start: at(1_700_000_000),
             publish_time: at(1_700_000_030),
             minimum_update_period_millis: 2000,
             time_shift_buffer_millis: 300_000,
             suggested_delay_millis: 6000,
             min_buffer_millis: 2000,
-            periods: vec![
-                LivePeriod {
-                    id: "1".to_owned(),
-                    start_millis: 0,
-                    media_offset: 0.0,
-                    base_url: "s1/".to_owned(),
-                    renditions: vec![
-                        (live_rendition("720p", true, 90_000, 1, 5), 2_750_000),
-                        (live_rendition("audio", false, 48_000, 1, 5), 140_000),
-                    ],
-                    stand_ins: Vec::new(),
-                },
-                LivePeriod {
-                    id: "2".to_owned(),
-                    // Came back 5 s after its media ended (at 12 s).
-                    start_millis: 17_000,
-                    media_offset: 12.0,
-                    base_url: "s2/".to_owned(),
-                    renditions: vec![(live_rendition("720p", true, 90_000, 6, 2), 2_750_000)],
-                    stand_ins: Vec::new(),
-                },
-            ],
+            periods,
             ended: false,
             low_latency: None,
-        };
+        }
+    }
+
+    #[test]
+    fn live_mpd_has_a_period_per_session() {
+        let mut mpd = live_mpd(vec![
+            LivePeriod {
+                id: "1".to_owned(),
+                start_millis: 0,
+                media_offset: 0.0,
+                base_url: "s1/".to_owned(),
+                renditions: vec![
+                    (live_rendition("720p", true, 90_000, 1, 5), 2_750_000),
+                    (live_rendition("audio", false, 48_000, 1, 5), 140_000),
+                ],
+                stand_ins: Vec::new(),
+            },
+            LivePeriod {
+                id: "2".to_owned(),
+                // Came back 5 s after its media ended (at 12 s).
+                start_millis: 17_000,
+                media_offset: 12.0,
+                base_url: "s2/".to_owned(),
+                renditions: vec![(live_rendition("720p", true, 90_000, 6, 2), 2_750_000)],
+                stand_ins: Vec::new(),
+            },
+        ]);
         let text = render_live_mpd(&mpd, &UriLayout::default()).unwrap();
         for expected in [
             r#"type="dynamic""#,
@@ -785,30 +790,19 @@ mod tests {
 
     #[test]
     fn a_stand_in_keeps_a_dropped_rungs_place_with_another_renditions_files() {
-        let at = |seconds| chrono::DateTime::from_timestamp(seconds, 0).unwrap();
         let mut stand_in = live_rendition("480p", true, 90_000, 6, 3);
         stand_in.name = "720p".to_owned();
-        let mpd = LiveMpd {
-            availability_start: at(1_700_000_000),
-            publish_time: at(1_700_000_030),
-            minimum_update_period_millis: 2000,
-            time_shift_buffer_millis: 300_000,
-            suggested_delay_millis: 6000,
-            min_buffer_millis: 2000,
-            periods: vec![LivePeriod {
-                id: "1-6".to_owned(),
-                start_millis: 10_000,
-                media_offset: 10.0,
-                base_url: "s1/".to_owned(),
-                renditions: vec![
-                    (live_rendition("480p", true, 90_000, 6, 3), 1_320_000),
-                    (stand_in, 2_750_000),
-                ],
-                stand_ins: vec![("720p".to_owned(), "480p".to_owned())],
-            }],
-            ended: false,
-            low_latency: None,
-        };
+        let mpd = live_mpd(vec![LivePeriod {
+            id: "1-6".to_owned(),
+            start_millis: 10_000,
+            media_offset: 10.0,
+            base_url: "s1/".to_owned(),
+            renditions: vec![
+                (live_rendition("480p", true, 90_000, 6, 3), 1_320_000),
+                (stand_in, 2_750_000),
+            ],
+            stand_ins: vec![("720p".to_owned(), "480p".to_owned())],
+        }]);
         let text = render_live_mpd(&mpd, &UriLayout::default()).unwrap();
         let template = |files: &str| {
             format!(

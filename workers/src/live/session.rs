@@ -476,41 +476,50 @@ impl Driver<'_> {
                         .await
                         .map_err(|e| format!("storing {key}: {e}"))
                 });
-                let Some(described) = self.renditions.iter().find(|r| r.name == rendition) else {
-                    return Err(SessionEnd::Failed(format!(
-                        "a segment of {rendition} came before its init segment"
-                    )));
-                };
-                let timescale = described.timescale.max(1);
-                let start_seconds = info.start as f64 / f64::from(timescale);
-                let program_time = self.program_time(start_seconds);
+                let mut row = self.segment_row(rendition.clone(), global, info)?;
+                row.discontinuity = self.publish.continues && sequence == 1;
+                let timescale = f64::from(row.timescale);
                 self.encoded_seconds = self
                     .encoded_seconds
-                    .max(start_seconds + info.duration as f64 / f64::from(timescale));
-                self.first_segments
-                    .entry(rendition.clone())
-                    .or_insert(SegmentInfo {
-                        sequence_number: global,
-                        ..info
-                    });
-                let row = SegmentRow {
-                    rendition,
-                    sequence: global,
-                    session: self.publish.session,
-                    start: info.start,
-                    duration: info.duration.max(1),
-                    timescale,
-                    size: info.size,
-                    program_time,
-                    discontinuity: self.publish.continues && sequence == 1,
-                    gap: false,
-                };
+                    .max((info.start + info.duration) as f64 / timescale);
+                self.first_segments.entry(rendition).or_insert(SegmentInfo {
+                    sequence_number: global,
+                    ..info
+                });
                 let set = self.pending_set(global);
                 set.rows.push(row);
                 set.puts.push(put);
                 self.flush_complete().await
             }
         }
+    }
+
+    /// The row of `rendition`'s segment numbered `global` (no
+    /// discontinuity, not a gap), timed by its wall clock at ingest.
+    fn segment_row(
+        &self,
+        rendition: String,
+        global: u64,
+        info: SegmentInfo,
+    ) -> Result<SegmentRow, SessionEnd> {
+        let Some(described) = self.renditions.iter().find(|r| r.name == rendition) else {
+            return Err(SessionEnd::Failed(format!(
+                "a segment of {rendition} came before its init segment"
+            )));
+        };
+        let timescale = described.timescale.max(1);
+        Ok(SegmentRow {
+            program_time: self.program_time(info.start as f64 / f64::from(timescale)),
+            rendition,
+            sequence: global,
+            session: self.publish.session,
+            start: info.start,
+            duration: info.duration.max(1),
+            timescale,
+            size: info.size,
+            discontinuity: false,
+            gap: false,
+        })
     }
 
     /// The set of segments numbered `sequence`.
@@ -525,25 +534,9 @@ impl Driver<'_> {
     /// timing, no object; the set it belongs to completes with it.
     async fn on_gap(&mut self, rendition: String, info: SegmentInfo) -> Result<(), SessionEnd> {
         let global = self.publish.first_sequence + info.sequence_number.saturating_sub(1);
-        let Some(described) = self.renditions.iter().find(|r| r.name == rendition) else {
-            return Err(SessionEnd::Failed(format!(
-                "a gap of {rendition} came before its init segment"
-            )));
-        };
-        let timescale = described.timescale.max(1);
-        let program_time = self.program_time(info.start as f64 / f64::from(timescale));
-        let row = SegmentRow {
-            rendition,
-            sequence: global,
-            session: self.publish.session,
-            start: info.start,
-            duration: info.duration.max(1),
-            timescale,
-            size: 0,
-            program_time,
-            discontinuity: false,
-            gap: true,
-        };
+        let mut row = self.segment_row(rendition, global, info)?;
+        row.size = 0;
+        row.gap = true;
         self.pending_set(global).rows.push(row);
         self.flush_complete().await
     }

@@ -105,11 +105,6 @@ impl Pacer {
         self.steps = steps;
     }
 
-    /// The steps this ladder can take.
-    pub fn steps(&self) -> &[Step] {
-        &self.steps
-    }
-
     /// The current level.
     pub fn level(&self) -> Degradation {
         Degradation::of(&self.steps[..self.depth.min(self.steps.len())])

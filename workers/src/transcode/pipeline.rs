@@ -1523,6 +1523,49 @@ mod tests {
         assert_eq!(references(&held), 1);
     }
 
+    #[test]
+    fn a_ladder_takes_the_steps_it_can() {
+        use super::super::pacer::Step;
+        let live = cascade_platform::config::LiveConfig::default();
+        let config = live.transcode(&TranscodeConfig::default());
+        let steps =
+            |config: &TranscodeConfig, encoder, rungs| degradation_steps(config, encoder, rungs);
+        assert_eq!(
+            steps(&config, VideoEncoder::Libx264, 3),
+            [
+                Step::FasterPreset,
+                Step::TopRungDropped,
+                Step::HalfFrameRate
+            ]
+        );
+        // One rung has no top to drop; a hardware encoder has no x264 preset.
+        assert_eq!(
+            steps(&config, VideoEncoder::Libx264, 1),
+            [Step::FasterPreset, Step::HalfFrameRate]
+        );
+        assert_eq!(
+            steps(&config, VideoEncoder::Nvenc, 3),
+            [Step::TopRungDropped, Step::HalfFrameRate]
+        );
+        // Low latency keeps its top rung; B-frames leave only the frame rate.
+        let low_latency = TranscodeConfig {
+            part_duration: Some(Duration::from_millis(333)),
+            ..config.clone()
+        };
+        assert_eq!(
+            steps(&low_latency, VideoEncoder::Libx264, 3),
+            [Step::FasterPreset, Step::HalfFrameRate]
+        );
+        let b_frames = TranscodeConfig {
+            b_frames: 2,
+            ..config
+        };
+        assert_eq!(
+            steps(&b_frames, VideoEncoder::Libx264, 3),
+            [Step::HalfFrameRate]
+        );
+    }
+
     /// The x264 settings a segment's encoder wrote (the SEI a new encoder
     /// puts in its first frame), if the segment starts with one.
     fn x264_settings(segment: &[u8]) -> Option<String> {
