@@ -459,6 +459,13 @@ async fn rtmp_stream_plays_live_refuses_intruders_and_records() {
         (duration - 12.0).abs() < 1.0,
         "the recording lasts the broadcast: {asset}"
     );
+    // The publisher (`ffmpeg -c copy` into FLV, which has no edit lists)
+    // sends the video 67 ms late, its B-frame delay, after the audio; a
+    // recording starts at its first frame and keeps the audio from there:
+    // 3 AAC frames fewer than the file, which the default (2 frames) does
+    // not allow for.
+    let thresholds = root.join("qa-live-thresholds.toml");
+    std::fs::write(&thresholds, "audio_duration_tolerance_ms = 100.0\n").unwrap();
     let live_config = root.join("qa-live.toml");
     std::fs::write(
         &live_config,
@@ -472,12 +479,21 @@ async fn rtmp_stream_plays_live_refuses_intruders_and_records() {
         &format!("http://{}", live.http),
         1,
     );
-    let (code, _, output) = crate::qa::run_qa(
+    let (code, report, output) = crate::qa::run_qa(
         &hls,
         &fixture,
-        &["--config", live_config.to_str().unwrap(), "--quiet"],
+        &[
+            "--config",
+            live_config.to_str().unwrap(),
+            "--thresholds",
+            thresholds.to_str().unwrap(),
+            "--quiet",
+        ],
     );
-    assert_eq!(code, 0, "cascade qa passes on the recording:\n{output}");
+    assert_eq!(
+        code, 0,
+        "cascade qa passes on the recording:\n{output}\n{report:#}"
+    );
     // Every step of the broadcast was announced through the webhook queue.
     let client = db.pool.get().await.unwrap();
     let events: Vec<String> = client
@@ -566,6 +582,11 @@ async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
 
     let mut publisher = publish(&fixture, &url, &[]);
     playlist_with(first.http, &playback, "720p", 2).await;
+    let stream = get_stream(first.http, &key, &id);
+    assert_eq!(
+        stream["ingest"]["audio_copied"], true,
+        "AAC-LC 48 kHz stereo at 128 kb/s is copied: {stream}"
+    );
     let _ = publisher.kill();
     let _ = publisher.wait();
     eventually(
@@ -601,8 +622,13 @@ async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
     );
     // The encoder comes back with another picture: 640x480 (4:3), below
     // the 720p rung. The broadcast keeps its rungs, so players on any of
-    // them play on; the picture is fitted into each, not stretched.
-    let mut publisher = publish(&fixture, &url, &reencoded_at("scale=640:480"));
+    // them play on; the picture is fitted into each, not stretched. Its
+    // audio is now 44.1 kHz: the first session's (AAC-LC, 48 kHz, stereo)
+    // was copied, this one is re-encoded into the same rendition.
+    let mut second_publish = reencoded_at("scale=640:480").to_vec();
+    second_publish.truncate(8);
+    second_publish.extend(["-c:a", "aac", "-ar", "44100", "-b:a", "96k"]);
+    let mut publisher = publish(&fixture, &url, &second_publish);
     let media = eventually(
         "the discontinuity after the reconnect",
         Duration::from_secs(40),
@@ -657,6 +683,60 @@ async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
         "1280,720",
         "the 720p rung stays 1280x720 after the reconnect"
     );
+    // Each session's init segment and a media segment of it (ffprobe names
+    // the AAC profile from the frames), once the audio playlist lists one
+    // of the second session's.
+    let first_of_s2: u64 = eventually(
+        "the second session's audio",
+        Duration::from_secs(15),
+        || async {
+            let (_, _, body) = http(
+                first.http,
+                "GET",
+                &format!("/play/{playback}/audio/index.m3u8"),
+                &[],
+                b"",
+            );
+            body.lines().find_map(|l| {
+                l.strip_prefix("../s2/audio/")?
+                    .strip_suffix(".m4s")?
+                    .parse()
+                    .ok()
+            })
+        },
+    )
+    .await;
+    for (session, number) in [("s1", last_before), ("s2", first_of_s2)] {
+        let mut audio = Vec::new();
+        for name in ["init.mp4".to_owned(), format!("{number}.m4s")] {
+            let (status, _, bytes) = http_bytes(
+                first.http,
+                "GET",
+                &format!("/play/{playback}/{session}/audio/{name}"),
+                &[],
+                b"",
+            );
+            assert_eq!(status, 200, "{session}/audio/{name}");
+            audio.extend_from_slice(&bytes);
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &audio).unwrap();
+        let probe = Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "a:0", "-show_entries"])
+            .args([
+                "stream=codec_name,profile,sample_rate,channels",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(file.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&probe.stdout).trim(),
+            "aac,LC,48000,2",
+            "{session}'s audio is the rendition's format (copied, then re-encoded)"
+        );
+    }
     let (_, _, master_after) = http(
         first.http,
         "GET",
@@ -696,6 +776,10 @@ async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
     );
     let stream = get_stream(first.http, &key, &id);
     assert_eq!(stream["ingest"]["session"], 2, "{stream}");
+    assert_eq!(
+        stream["ingest"]["audio_copied"], false,
+        "44.1 kHz: {stream}"
+    );
 
     // The holder dies with the publisher connected.
     first.process.signal("KILL");

@@ -334,6 +334,7 @@ impl Driver<'_> {
             "started_at": self.first_media.get(),
             "video": self.source.as_ref().and_then(|s| s.video.clone()),
             "audio": self.source.as_ref().and_then(|s| s.audio.clone()),
+            "audio_copied": self.source.as_ref().is_some_and(|s| s.audio_copied),
             "bitrate": bitrate,
             "renditions": self.renditions.iter().map(|r| &r.name).collect::<Vec<_>>(),
             "encoder": self.ctx.encoder.ffmpeg_name(),

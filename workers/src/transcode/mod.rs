@@ -18,6 +18,7 @@
 //! crash overwrites the same objects and ends with one correct result. Bad
 //! input fails permanently with a creator-readable message on the asset.
 
+mod audio_copy;
 pub mod encoders;
 pub mod error;
 mod graph;

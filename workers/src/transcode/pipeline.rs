@@ -1,7 +1,8 @@
 //! The transcode pipeline, run on a blocking thread: probe, decode once,
 //! one filter graph (rotate, cap frame rate, split, scale per rung), encode
 //! every rung with keyframes forced at the same timestamps, encode the
-//! shared AAC rendition, and hand the samples to the packager. Init and
+//! shared AAC rendition (live: or copy the source's, [`super::audio_copy`]),
+//! and hand the samples to the packager. Init and
 //! media segments go out through a channel as they are cut, so memory stays
 //! bounded whatever the video length.
 
@@ -17,6 +18,7 @@ use cascade_platform::config::TranscodeConfig;
 use ffmpeg_next as ff;
 use tokio::sync::mpsc;
 
+use super::audio_copy::{self, AudioClock, AudioFormat};
 use super::encoders::{self, EncodeSettings, VideoEncoder};
 use super::error::TranscodeError;
 pub use super::graph::{audio_filter_graph, AudioInput};
@@ -107,6 +109,8 @@ pub struct SourceInfo {
     pub video: Option<VideoInfo>,
     /// The audio stream, if any.
     pub audio: Option<AudioInfo>,
+    /// Whether the audio rendition is the source's audio packets, copied.
+    pub audio_copied: bool,
 }
 
 /// A source's video stream.
@@ -194,12 +198,22 @@ pub(super) struct AudioSource {
 }
 
 struct AudioRendition {
-    encoder: ff::encoder::audio::Encoder,
+    path: AudioPath,
     segmenter: Segmenter,
-    /// Encoder delay (priming samples) added back so the first sample is at 0.
-    priming: i64,
     /// Segments emitted so far.
     infos: Vec<packager::SegmentInfo>,
+}
+
+/// How the audio rendition is made.
+enum AudioPath {
+    /// Decoded, resampled (the audio graph) and encoded.
+    Encode {
+        encoder: ff::encoder::audio::Encoder,
+        /// Encoder delay (priming samples) added back so the first sample is at 0.
+        priming: i64,
+    },
+    /// The source's packets, copied (live; see [`audio_copy`]).
+    Copy(AudioClock),
 }
 
 pub(super) fn send(events: &mpsc::Sender<Event>, event: Event) -> Result<(), TranscodeError> {
@@ -580,6 +594,7 @@ pub fn run_input(
                 sample_rate: a.decoder.rate(),
                 channels: a.decoder.channels(),
             }),
+            audio_copied: audio.as_ref().is_some_and(|a| copies_audio(config, a)),
         }),
     )?;
 
@@ -706,13 +721,28 @@ pub fn run_input(
     let mut audio_graph = None;
     let mut audio_out = None;
     if let Some(source) = &audio {
-        audio_graph = Some(
-            build_audio_graph(source, timeline_offset)
-                .map_err(|e| TranscodeError::internal("building the audio filter graph", e))?,
-        );
-        let encoder = encoders::open_audio(config.audio_bitrate)
-            .map_err(|e| TranscodeError::internal("opening the AAC encoder", e))?;
-        let (asc, priming) = audio_extradata(&encoder);
+        let (path, asc, bitrate) = if copies_audio(config, source) {
+            let format = AudioFormat::of(&source.decoder);
+            tracing::info!(
+                bitrate = format.bitrate,
+                "audio copied from the source (AAC-LC, 48 kHz, stereo)"
+            );
+            let asc = audio_copy::audio_specific_config(&source.decoder);
+            (AudioPath::Copy(AudioClock::default()), asc, format.bitrate)
+        } else {
+            audio_graph = Some(
+                build_audio_graph(source, timeline_offset)
+                    .map_err(|e| TranscodeError::internal("building the audio filter graph", e))?,
+            );
+            let encoder = encoders::open_audio(config.audio_bitrate)
+                .map_err(|e| TranscodeError::internal("opening the AAC encoder", e))?;
+            let (asc, priming) = audio_extradata(&encoder);
+            (
+                AudioPath::Encode { encoder, priming },
+                asc,
+                config.audio_bitrate,
+            )
+        };
         let track = AudioTrack::new(&asc, AUDIO_RATE as u32, 2)
             .map_err(|e| packager_error("describing the audio track", e))?;
         let segmenter = new_segmenter(
@@ -726,18 +756,18 @@ pub fn run_input(
             Event::Init {
                 rendition: AUDIO_RENDITION.to_owned(),
                 track: segmenter.track().clone(),
-                // FFmpeg's AAC encoder holds its average, not a strict cap.
+                // FFmpeg's AAC encoder holds its average, not a strict cap
+                // (nor do the encoders copied audio comes from).
                 declared: packager::Bitrates {
-                    peak: with_overhead(config.audio_bitrate * 5 / 4),
-                    average: with_overhead(config.audio_bitrate * 21 / 20),
+                    peak: with_overhead(bitrate * 5 / 4),
+                    average: with_overhead(bitrate * 21 / 20),
                 },
                 bytes: segmenter.init_segment(),
             },
         )?;
         audio_out = Some(AudioRendition {
-            encoder,
+            path,
             segmenter,
-            priming,
             infos: Vec::new(),
         });
     }
@@ -840,14 +870,17 @@ pub fn run_input(
                         continue;
                     }
                 }
-                if let (Some(source), Some(graph), Some(out)) =
-                    (audio.as_mut(), audio_graph.as_mut(), audio_out.as_mut())
-                {
+                if let (Some(source), Some(out)) = (audio.as_mut(), audio_out.as_mut()) {
                     if index == source.index {
-                        if source.decoder.send_packet(&packet).is_err() {
-                            continue;
+                        match audio_graph.as_mut() {
+                            Some(graph) => {
+                                if source.decoder.send_packet(&packet).is_err() {
+                                    continue;
+                                }
+                                drain_audio(source, graph, out, &mut state, events)?;
+                            }
+                            None => copy_audio(&packet, source.time_base, out, &mut state, events)?,
                         }
-                        drain_audio(source, graph, out, &mut state, events)?;
                     }
                 }
             }
@@ -927,10 +960,20 @@ pub fn run_input(
         renditions.push((rendition, video_encoder.ffmpeg_name().to_owned()));
     }
     if let Some(mut out) = audio_out {
-        out.encoder
-            .send_eof()
-            .map_err(|e| TranscodeError::internal("flushing the audio encoder", e))?;
+        if let AudioPath::Encode { encoder, .. } = &mut out.path {
+            encoder
+                .send_eof()
+                .map_err(|e| TranscodeError::internal("flushing the audio encoder", e))?;
+        }
         receive_audio_packets(&mut out, events)?;
+        if let AudioPath::Copy(clock) = &out.path {
+            if clock.dropped > 0 {
+                tracing::warn!(
+                    frames = clock.dropped,
+                    "copied audio frames dropped: stamped over audio already packaged"
+                );
+            }
+        }
         let track = out.segmenter.track().clone();
         let mut infos = std::mem::take(&mut out.infos);
         collect_last(
@@ -1387,9 +1430,11 @@ fn pull_audio(
         if sink.sink().frame(&mut filtered).is_err() {
             break;
         }
-        out.encoder
-            .send_frame(&filtered)
-            .map_err(|e| TranscodeError::internal("encoding audio", e))?;
+        if let AudioPath::Encode { encoder, .. } = &mut out.path {
+            encoder
+                .send_frame(&filtered)
+                .map_err(|e| TranscodeError::internal("encoding audio", e))?;
+        }
         receive_audio_packets(out, events)?;
     }
     Ok(())
@@ -1399,11 +1444,14 @@ fn receive_audio_packets(
     out: &mut AudioRendition,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), TranscodeError> {
+    let AudioPath::Encode { encoder, priming } = &mut out.path else {
+        return Ok(());
+    };
     let mut packet = ff::Packet::empty();
-    while out.encoder.receive_packet(&mut packet).is_ok() {
+    while encoder.receive_packet(&mut packet).is_ok() {
         let Some(pts) = packet.pts() else { continue };
         let Some(data) = packet.data() else { continue };
-        let pts = pts + out.priming;
+        let pts = pts + *priming;
         if pts < 0 {
             continue;
         }
@@ -1418,15 +1466,70 @@ fn receive_audio_packets(
             keyframe: true,
             data: Bytes::copy_from_slice(data),
         };
-        let closed = out
-            .segmenter
-            .push(sample)
-            .map_err(|e| packager_error("packaging audio", e))?;
-        emit_parts(AUDIO_RENDITION, out.segmenter.take_parts(), events)?;
-        if let Some(segment) = closed {
-            out.infos.push(segment.info());
-            emit_segment(AUDIO_RENDITION, segment, events)?;
-        }
+        package_audio(&mut out.segmenter, &mut out.infos, sample, events)?;
+    }
+    Ok(())
+}
+
+/// Whether the audio rendition is `source`'s packets as they are: live,
+/// and the source already in the rendition's format.
+fn copies_audio(config: &TranscodeConfig, source: &AudioSource) -> bool {
+    config.live && AudioFormat::of(&source.decoder).copyable_as(config.audio_bitrate)
+}
+
+/// Packages a source audio packet as it is (the copy path).
+fn copy_audio(
+    packet: &ff::Packet,
+    time_base: ff::Rational,
+    out: &mut AudioRendition,
+    state: &mut LoopState,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), TranscodeError> {
+    let AudioPath::Copy(clock) = &mut out.path else {
+        return Ok(());
+    };
+    let (Some(stamp), Some(data)) = (packet.pts().or(packet.dts()), packet.data()) else {
+        return Ok(());
+    };
+    // Seconds from the first video frame; audio before it is cut, as the
+    // encode path's resampler does, but for the frame it falls in, which
+    // starts with it (moved by less than a frame).
+    let frame_seconds = f64::from(AAC_FRAME) / f64::from(AUDIO_RATE);
+    let seconds = stamp as f64 * f64::from(time_base) - state.origin_seconds;
+    if seconds <= -frame_seconds {
+        return Ok(());
+    }
+    let seconds = seconds.max(0.0);
+    state.audio_frames += 1;
+    state.progress(seconds + frame_seconds, events)?;
+    let stamped = ((seconds + state.timeline_offset) * f64::from(AUDIO_RATE)).round() as i64;
+    let Some(pts) = clock.place(stamped) else {
+        return Ok(());
+    };
+    let sample = Sample {
+        pts,
+        dts: pts,
+        duration: AAC_FRAME,
+        keyframe: true,
+        data: Bytes::copy_from_slice(data),
+    };
+    package_audio(&mut out.segmenter, &mut out.infos, sample, events)
+}
+
+/// Hands an AAC frame to the audio segmenter and emits what it cuts.
+fn package_audio(
+    segmenter: &mut Segmenter,
+    infos: &mut Vec<packager::SegmentInfo>,
+    sample: Sample,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), TranscodeError> {
+    let closed = segmenter
+        .push(sample)
+        .map_err(|e| packager_error("packaging audio", e))?;
+    emit_parts(AUDIO_RENDITION, segmenter.take_parts(), events)?;
+    if let Some(segment) = closed {
+        infos.push(segment.info());
+        emit_segment(AUDIO_RENDITION, segment, events)?;
     }
     Ok(())
 }
