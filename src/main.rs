@@ -15,6 +15,7 @@ mod telemetry;
 mod tiers;
 mod tokens;
 mod traces;
+mod transcode_source;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +79,10 @@ enum Command {
     /// ingest role probes uploads in).
     #[command(hide = true, name = "probe-source")]
     ProbeSource(probe::ProbeSourceArgs),
+    /// Run one transcode job's pipeline and write its segments as frames
+    /// (the child a worker transcodes in).
+    #[command(hide = true, name = "transcode-source")]
+    TranscodeSource(transcode_source::TranscodeSourceArgs),
     /// Benchmarks that print figures and ratios against targets.
     Bench {
         #[command(subcommand)]
@@ -152,5 +157,6 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Bench { command } => bench::run(command, config).await,
         Command::Qa(args) => Ok(qa::run(args, &config).await),
         Command::ProbeSource(args) => probe::run(args, &config).await,
+        Command::TranscodeSource(args) => transcode_source::run(args, &config).await,
     }
 }

@@ -72,7 +72,18 @@ fn probe_children(
     config: &Config,
 ) -> anyhow::Result<transcode::isolated::ChildProber> {
     let program = std::env::current_exe().context("finding this executable")?;
-    let leading = config_file
+    let limit = config.ingest.probe_memory_limit.0;
+    Ok(transcode::isolated::ChildProber::new(
+        program,
+        config_file_args(config_file),
+        config.ingest.probe_timeout,
+        (limit > 0).then_some(limit),
+    ))
+}
+
+/// `--config FILE` when this process loaded one, for its children.
+fn config_file_args(config_file: Option<&std::path::Path>) -> Vec<std::ffi::OsString> {
+    config_file
         .iter()
         .flat_map(|file| {
             [
@@ -80,14 +91,7 @@ fn probe_children(
                 file.as_os_str().to_owned(),
             ]
         })
-        .collect();
-    let limit = config.ingest.probe_memory_limit.0;
-    Ok(transcode::isolated::ChildProber::new(
-        program,
-        leading,
-        config.ingest.probe_timeout,
-        (limit > 0).then_some(limit),
-    ))
+        .collect()
 }
 
 /// Fires the token on SIGTERM or SIGINT.
@@ -191,13 +195,21 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         tracing::info!(encoder = %encoder, "video encoder selected");
         let cdn = cascade_workers::cdn_purge::CdnPurger::new(&config.cdn)
             .context("building the CDN purge client")?;
-        let transcode = TranscodeHandler::new(
+        let mut transcode = TranscodeHandler::new(
             pool.clone(),
             store.clone(),
             config.transcode.clone(),
             encoder,
         )
         .with_metrics(worker_metrics.clone());
+        if config.transcode.isolate {
+            let limit = config.transcode.child_memory_limit.0;
+            transcode = transcode.with_child(transcode::child::ChildTranscoder::new(
+                std::env::current_exe().context("finding this executable")?,
+                config_file_args(args.config_file.as_deref()),
+                (limit > 0).then_some(limit),
+            ));
+        }
         let handlers = HandlerRegistry::new()
             .register(job_kind::NOOP, NoopHandler)
             .register(job_kind::TRANSCODE, transcode)

@@ -13,7 +13,7 @@ const SAMPLING_FREQUENCIES: [u32; 13] = [
 pub const AOT_AAC_LC: u8 = 2;
 
 /// A parsed AudioSpecificConfig, with the original bytes kept for `esds`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AudioSpecificConfig {
     bytes: Vec<u8>,
     object_type: u8,

@@ -12,7 +12,7 @@ const NAL_TYPE_AUD: u8 = 9;
 const OUTPUT_LENGTH_SIZE: usize = 4;
 
 /// The fields of a sequence parameter set that matter for packaging.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpsInfo {
     /// `profile_idc` (66 baseline, 77 main, 100 high, ...).
     pub profile_idc: u8,
@@ -177,7 +177,7 @@ fn skip_scaling_list(bits: &mut BitReader<'_>, size: usize) -> Result<()> {
 }
 
 /// A validated H.264 decoder configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AvcConfig {
     sps: Vec<Vec<u8>>,
     pps: Vec<Vec<u8>>,

@@ -92,7 +92,7 @@ pub(crate) fn validate_rendition_name(name: &str) -> Result<()> {
 }
 
 /// Kind-specific properties of a rendition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MediaKind {
     /// A video rung.
     Video {
@@ -113,7 +113,7 @@ pub enum MediaKind {
 }
 
 /// One packaged rendition: its name, what it is, and the segments written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rendition {
     /// Directory name and DASH `Representation@id`, e.g. `1080p` or `audio`.
     pub name: String,
@@ -220,7 +220,7 @@ pub(crate) fn check_consecutive(first: u64, segments: &[SegmentInfo]) -> Result<
 }
 
 /// Bitrates of a rendition in bits per second, measured from its segments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Bitrates {
     /// Peak segment bitrate as RFC 8216 4.3.4.2 defines it.
     pub peak: u64,

@@ -59,7 +59,7 @@ pub struct Sample {
 }
 
 /// What manifests need to know about a segment, without its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SegmentInfo {
     /// Sequence number (`mfhd`, `$Number$`, `{seq}.m4s`), counting from [`FIRST_SEQUENCE_NUMBER`].
     pub sequence_number: u64,

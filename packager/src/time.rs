@@ -11,7 +11,7 @@ use std::fmt;
 use crate::error::{Error, Result};
 
 /// A positive fraction `num / den`, always stored reduced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Rational {
     num: u64,
     den: u64,

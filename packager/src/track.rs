@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::time::Rational;
 
 /// An H.264 video track.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VideoTrack {
     config: AvcConfig,
     width: u32,
@@ -81,7 +81,7 @@ impl VideoTrack {
 }
 
 /// An AAC audio track; its timescale is its sample rate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AudioTrack {
     config: AudioSpecificConfig,
     sample_rate: u32,
@@ -143,7 +143,7 @@ impl AudioTrack {
 }
 
 /// One elementary stream to package.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Track {
     /// H.264 video.
     Video(VideoTrack),

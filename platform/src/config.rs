@@ -1108,6 +1108,14 @@ pub struct TranscodeConfig {
     /// true`, `asset.playable`), while the rest is still encoding. Off, an
     /// asset plays only once ready. Default `true`.
     pub progressive_publish: bool,
+    /// Run each job's decoding and encoding in a child process (`cascade
+    /// transcode-source`, the same binary and config), so a source that
+    /// crashes a decoder or exhausts memory takes down its own job, not
+    /// the worker and its other jobs. Default `true`.
+    pub isolate: bool,
+    /// Address-space limit (`RLIMIT_AS`) of that child; `0`: none.
+    /// Default `8GiB`.
+    pub child_memory_limit: ByteSize,
     /// Frames the encoder may look ahead (`None`: the preset's). Set by
     /// [`LiveConfig::transcode`], where every frame of lookahead is delay.
     #[serde(skip)]
@@ -1183,6 +1191,8 @@ impl Default for TranscodeConfig {
             scratch_dir: None,
             progress_interval: Duration::from_secs(1),
             progressive_publish: true,
+            isolate: true,
+            child_memory_limit: ByteSize(8 << 30),
             lookahead_frames: None,
             live: false,
             part_duration: None,

@@ -105,7 +105,9 @@ pub(super) fn fixture() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// CPU seconds (user + system) process `pid` has used so far, all threads.
+/// CPU seconds (user + system) process `pid` has used so far, all threads,
+/// with those of its children it has waited for (a worker's transcode
+/// children: `transcode.isolate`).
 pub(super) fn process_cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no memory preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -115,9 +117,10 @@ pub(super) fn process_cpu_seconds(pid: u32) -> f64 {
             // Fields after the command name (which may hold spaces).
             let rest = stat.rsplit_once(')')?.1;
             let fields: Vec<&str> = rest.split_whitespace().collect();
-            let user: f64 = fields.get(11)?.parse().ok()?;
-            let system: f64 = fields.get(12)?.parse().ok()?;
-            Some((user + system) / ticks)
+            let ticks_at = |field: usize| fields.get(field)?.parse::<f64>().ok();
+            // utime, stime, cutime, cstime (proc(5) fields 14 to 17).
+            let used = ticks_at(11)? + ticks_at(12)? + ticks_at(13)? + ticks_at(14)?;
+            Some(used / ticks)
         })
         .unwrap_or(f64::NAN)
 }

@@ -1163,3 +1163,75 @@ fn short_and_long_sources_keep_every_rung_under_its_cap() {
         }
     }
 }
+
+/// A source that crashes the decoder (here a failpoint aborts the child
+/// after its first segment, as a decoder crash would end it) costs its own
+/// job only: the worker process runs on, a good job on the same worker
+/// concurrently becomes ready, and the poison is retried after a backoff
+/// and quarantined after its last attempt with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_crashes_the_decoder_is_quarantined_and_spares_the_other_jobs() {
+    let db = fresh_db().await;
+    let (store, root) = local_store().await;
+    // The poison: a real file with a unique length (junk after its last box).
+    let dir = tempfile::tempdir().unwrap();
+    let poison_path = dir.path().join("poison.mp4");
+    let mut bytes = std::fs::read(fixtures_dir().join("tiny_320x180_stereo.mp4")).unwrap();
+    bytes.extend(std::iter::repeat_n(0u8, 4093));
+    std::fs::write(&poison_path, &bytes).unwrap();
+    let queue = Queue::new(db.pool.clone(), db.config.queue.clone());
+    let poison = cascade_ingest::import_file(&queue, &store, &poison_path, Some("poison.mp4"))
+        .await
+        .unwrap()
+        .0;
+    let good = import(&db, &store, "landscape_720p60_stereo.mp4").await;
+    let client = db.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE jobs SET max_attempts = 2 WHERE kind = $1",
+            &[&job_kind::TRANSCODE],
+        )
+        .await
+        .unwrap();
+    let length = bytes.len().to_string();
+    let root_text = root.to_str().unwrap().to_owned();
+    let mut worker = CascadeProcess::serve(
+        &db.url,
+        "workers",
+        &[
+            ("CASCADE_STORAGE__LOCAL_ROOT", &root_text),
+            ("FAILPOINT_TRANSCODE_CRASH_SOURCE_LENGTH", &length),
+            ("CASCADE_QUEUE__RETRY_BASE", "\"1s\""),
+            ("CASCADE_QUEUE__POLL_INTERVAL", "\"300ms\""),
+            ("CASCADE_QUEUE__CONCURRENCY", "2"),
+        ],
+    );
+    let crashed = wait_terminal(&db, poison).await;
+    assert_eq!(crashed.state, AssetState::Errored);
+    assert_eq!(crashed.error_code.as_deref(), Some("source_quarantined"));
+    let message = crashed.error_message.unwrap_or_default();
+    assert!(
+        message.contains("crashed the decoder") && message.contains("2 attempts"),
+        "{message}"
+    );
+    let row = client
+        .query_one(
+            "SELECT state, attempts FROM jobs WHERE kind = $1 AND payload->>'asset_id' = $2",
+            &[&job_kind::TRANSCODE, &poison.to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i32>(1)),
+        ("dead".to_owned(), 2)
+    );
+    let spared = wait_terminal(&db, good).await;
+    assert_eq!(
+        spared.state,
+        AssetState::Ready,
+        "{:?}",
+        spared.error_message
+    );
+    assert!(worker.is_running(), "the worker outlived the crashes");
+    let _ = std::fs::remove_dir_all(root);
+}

@@ -265,7 +265,9 @@ pub async fn run(ctx: Arc<LiveContext>, session: SessionInput) -> SessionEnd {
             message,
         }),
         Ok(Err(TranscodeError::Cancelled)) => None,
-        Ok(Err(TranscodeError::Internal(message))) => Some(SessionEnd::Failed(message)),
+        Ok(Err(TranscodeError::Internal(message) | TranscodeError::Crashed(message))) => {
+            Some(SessionEnd::Failed(message))
+        }
         Err(e) => Some(SessionEnd::Failed(format!(
             "the live pipeline panicked: {e}"
         ))),

@@ -69,6 +69,13 @@ pub enum VideoEncoder {
 }
 
 impl VideoEncoder {
+    /// The encoder FFmpeg calls `name`, if Cascade drives it.
+    pub fn from_ffmpeg_name(name: &str) -> Option<Self> {
+        [Self::Libx264, Self::Nvenc, Self::Vaapi, Self::Qsv]
+            .into_iter()
+            .find(|encoder| encoder.ffmpeg_name() == name)
+    }
+
     /// FFmpeg's name for the encoder.
     pub fn ffmpeg_name(&self) -> &'static str {
         match self {

@@ -18,6 +18,11 @@ pub enum TranscodeError {
     /// The job was cancelled or the worker is shutting down.
     #[error("transcode cancelled")]
     Cancelled,
+    /// The child process decoding the source died (a signal: a decoder
+    /// crash, its memory limit). Retried with backoff like an internal
+    /// failure; on the last attempt the source is quarantined.
+    #[error("{0}")]
+    Crashed(String),
 }
 
 impl TranscodeError {

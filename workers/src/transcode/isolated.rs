@@ -178,37 +178,13 @@ impl ChildProber {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        let memory_limit = self.memory_limit;
         // CPU seconds: the deadline again, enforced by the kernel, for a
         // child whose parent is gone.
-        let cpu_seconds = self.timeout.as_secs() + 1;
-        // SAFETY: between fork and exec only prctl and setrlimit run, which
-        // are async-signal-safe; the closure takes no locks and allocates
-        // nothing.
-        unsafe {
-            command.pre_exec(move || {
-                // The child dies with the process that started it (a
-                // SIGKILLed ingest leaves no probe running on).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let limit = |resource, value: u64| {
-                    let bound = libc::rlimit {
-                        rlim_cur: value as libc::rlim_t,
-                        rlim_max: value as libc::rlim_t,
-                    };
-                    if libc::setrlimit(resource, &bound) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                };
-                limit(libc::RLIMIT_CPU, cpu_seconds)?;
-                if let Some(bytes) = memory_limit {
-                    limit(libc::RLIMIT_AS, bytes)?;
-                }
-                Ok(())
-            });
-        }
+        contain(
+            &mut command,
+            self.memory_limit,
+            Some(self.timeout.as_secs() + 1),
+        );
         let mut child = command.spawn().map_err(|e| {
             TranscodeError::Internal(format!(
                 "starting the probe ({}): {e}",
@@ -252,6 +228,43 @@ impl ChildProber {
             TranscodeError::Internal(format!("the probe's report ({:?}): {e}", line.trim()))
         })?;
         report.into_result()
+    }
+}
+
+/// Makes `command`'s child die with the process that started it (a
+/// SIGKILLed worker or ingest leaves nothing running on) and limits its
+/// address space to `memory_limit` bytes and its CPU time to `cpu_seconds`.
+pub(crate) fn contain(
+    command: &mut tokio::process::Command,
+    memory_limit: Option<u64>,
+    cpu_seconds: Option<u64>,
+) {
+    // SAFETY: between fork and exec only prctl and setrlimit run, which
+    // are async-signal-safe; the closure takes no locks and allocates
+    // nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let limit = |resource, value: u64| {
+                let bound = libc::rlimit {
+                    rlim_cur: value as libc::rlim_t,
+                    rlim_max: value as libc::rlim_t,
+                };
+                if libc::setrlimit(resource, &bound) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            if let Some(seconds) = cpu_seconds {
+                limit(libc::RLIMIT_CPU, seconds)?;
+            }
+            if let Some(bytes) = memory_limit {
+                limit(libc::RLIMIT_AS, bytes)?;
+            }
+            Ok(())
+        });
     }
 }
 

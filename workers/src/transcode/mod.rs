@@ -19,6 +19,7 @@
 //! input fails permanently with a creator-readable message on the asset.
 
 mod audio_copy;
+pub mod child;
 pub mod encoders;
 pub mod error;
 mod graph;
@@ -47,6 +48,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 pub use encoders::VideoEncoder;
 pub use error::TranscodeError;
@@ -92,6 +94,8 @@ struct Inner {
     config: TranscodeConfig,
     encoder: VideoEncoder,
     metrics: WorkerMetrics,
+    /// Runs the pipeline in a child process; `None`: in this one.
+    child: Option<child::ChildTranscoder>,
 }
 
 impl TranscodeHandler {
@@ -109,6 +113,22 @@ impl TranscodeHandler {
                 config,
                 encoder,
                 metrics: WorkerMetrics::default(),
+                child: None,
+            }),
+        }
+    }
+
+    /// Runs each job's pipeline in a child process of `child`'s program.
+    pub fn with_child(self, child: child::ChildTranscoder) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                pool: inner.pool.clone(),
+                store: inner.store.clone(),
+                config: inner.config.clone(),
+                encoder: inner.encoder,
+                metrics: inner.metrics.clone(),
+                child: Some(child),
             }),
         }
     }
@@ -123,6 +143,7 @@ impl TranscodeHandler {
                 config: inner.config.clone(),
                 encoder: inner.encoder,
                 metrics,
+                child: inner.child.clone(),
             }),
         }
     }
@@ -231,6 +252,26 @@ impl Inner {
             Err(TranscodeError::Cancelled) => {
                 Err(JobError::Retryable("transcode cancelled".to_owned()))
             }
+            Err(TranscodeError::Crashed(message)) => {
+                self.metrics.transcode_ended("crashed");
+                if ctx.attempt >= ctx.max_attempts {
+                    // The queue gives up; the creator learns why, and no
+                    // worker is asked to run it again.
+                    let _ = assets::set_errored(
+                        &self.pool,
+                        job.asset_id,
+                        QUARANTINED,
+                        &format!(
+                            "processing this source crashed the decoder on each of its {} attempts \
+                             (it may be damaged or crafted), so it is quarantined and not retried \
+                             automatically; the original is kept",
+                            ctx.attempt
+                        ),
+                    )
+                    .await;
+                }
+                Err(JobError::Retryable(message))
+            }
             Err(TranscodeError::Internal(message)) => {
                 self.metrics.transcode_ended("failed");
                 if ctx.attempt >= ctx.max_attempts {
@@ -269,18 +310,30 @@ impl Inner {
         if meta.size == 0 {
             return Err(TranscodeError::input("empty", "the uploaded file is empty"));
         }
-        // Decoded straight from storage by ranged reads: no scratch copy, so
-        // encoding starts at once and no worker disk can fill up.
-        let reader = ObjectReader::new(
-            self.store.clone(),
-            key,
-            meta.size,
-            tokio::runtime::Handle::current(),
-        )
-        .with_patience(ctx.outage_grace);
         let (events, mut received) = mpsc::channel::<pipeline::Event>(16);
         let cancel = Arc::new(AtomicBool::new(false));
-        let pipeline = {
+        let pipeline = if let Some(child) = self.child.clone() {
+            let source = child::SourceTarget {
+                asset: job.asset_id,
+                version: job.version,
+                length: meta.size,
+            };
+            let (encoder, cancel) = (self.encoder, cancel.clone());
+            let span = tracing::info_span!("decode_and_encode", child = true);
+            tokio::spawn(
+                async move { child.run(source, encoder, events, cancel).await }.instrument(span),
+            )
+        } else {
+            // Decoded straight from storage by ranged reads: no scratch
+            // copy, so encoding starts at once and no worker disk can fill
+            // up (the child reads the same way).
+            let reader = ObjectReader::new(
+                self.store.clone(),
+                key,
+                meta.size,
+                tokio::runtime::Handle::current(),
+            )
+            .with_patience(ctx.outage_grace);
             let config = self.config.clone();
             let encoder = self.encoder;
             let cancel = cancel.clone();

@@ -103,7 +103,7 @@ pub enum Event {
 }
 
 /// The streams a source carries, as its decoders see them.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SourceInfo {
     /// The video stream, if any.
     pub video: Option<VideoInfo>,
@@ -114,7 +114,7 @@ pub struct SourceInfo {
 }
 
 /// A source's video stream.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VideoInfo {
     /// FFmpeg's codec name (`h264`, `hevc`, ...).
     pub codec: String,
@@ -127,7 +127,7 @@ pub struct VideoInfo {
 }
 
 /// A source's audio stream.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AudioInfo {
     /// FFmpeg's codec name (`aac`, `mp3`, ...).
     pub codec: String,
@@ -138,7 +138,7 @@ pub struct AudioInfo {
 }
 
 /// What a successful run produced.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// Video rungs (highest first), then the audio rendition.
     pub renditions: Vec<(Rendition, String)>,
