@@ -101,6 +101,9 @@ pub enum ApiError {
     /// A dependency is down; retrying later may work.
     #[error("temporarily unavailable")]
     Unavailable(String),
+    /// The object store has no space left for what this request stores.
+    #[error("the server has no storage space left for this upload; try again later")]
+    StorageFull(String),
     /// The deployment lacks the configuration this request needs; an
     /// operator must add it (retrying will not help until then).
     #[error("{message}")]
@@ -150,6 +153,7 @@ impl ApiError {
             Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::TooManyUploads { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_uploads"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
             Self::NotConfigured { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -162,6 +166,7 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Internal(detail) => tracing::error!(error = %detail, "request failed"),
             Self::Unavailable(detail) => tracing::warn!(error = %detail, "dependency unavailable"),
+            Self::StorageFull(detail) => tracing::error!(error = %detail, "storage full"),
             _ => {}
         }
         let mut response = (
@@ -178,6 +183,9 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable(_) => {
                 headers.insert("retry-after", HeaderValue::from_static("5"));
+            }
+            Self::StorageFull(_) => {
+                headers.insert("retry-after", HeaderValue::from_static("60"));
             }
             Self::TusVersion => {
                 headers.insert("tus-version", HeaderValue::from_static("1.0.0"));
@@ -218,6 +226,7 @@ impl From<cascade_platform::StorageError> for ApiError {
                 .unwrap_or_else(|| {
                     Self::bad_request("body_read_failed", "reading the request body failed")
                 }),
+            cascade_platform::StorageError::Full(detail) => Self::StorageFull(detail),
             e if e.is_retryable() => Self::Unavailable(e.to_string()),
             e => Self::Internal(e.to_string()),
         }

@@ -31,7 +31,9 @@ use crate::state::AppState;
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 429, body = ErrorBody, description = "`rate_limited`, or `too_many_uploads`: the key (`ingest.max_uploads_per_key`) \
             or the server (`ingest.max_uploads`) has as many uploads in progress as it takes; refused before the body is read, \
-            with Retry-After.")))]
+            with Retry-After."),
+        (status = 507, body = ErrorBody, description = "`storage_full`: the object store has no space left; nothing is kept \
+            and the asset waits for its source again (Retry-After).")))]
 pub(crate) async fn put_source(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,

@@ -1053,3 +1053,222 @@ async fn a_probe_interrupted_after_the_final_patch_is_finished_by_the_sweeper() 
     );
     eventually("the sweeper's probe", Duration::from_secs(30), landed).await;
 }
+
+/// A tmpfs of `bytes` mounted at a fresh directory, unmounted on drop.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Self {
+        let path = scratch_root();
+        std::fs::create_dir_all(&path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs (the fault tests run as root, as CI does)"
+        );
+        Self { path }
+    }
+
+    /// Fills the disk but for about `left` bytes; the filler's path.
+    fn fill_leaving(&self, left: u64) -> PathBuf {
+        let filler = self.path.join("filler");
+        let free = fs2_free(&self.path);
+        let size = free.saturating_sub(left);
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 64 * 1024];
+        let mut written = 0;
+        while written + block.len() as u64 <= size {
+            file.write_all(&block).unwrap();
+            written += block.len() as u64;
+        }
+        file.sync_all().unwrap();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Free bytes on the filesystem holding `path`.
+fn fs2_free(path: &Path) -> u64 {
+    let output = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap()
+}
+
+/// The value of counter `name` in a Prometheus text page.
+fn counter(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The object store's disk fills up: an upload is refused with 507
+/// `storage_full` (JSON, Retry-After) and the asset waits for its source
+/// again, while the API serves on; once space is back the same upload
+/// works. A transcode whose outputs meet the full disk waits (counted in
+/// `cascade_transcode_storage_waits_total`) without losing its attempt,
+/// and finishes once space is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_uploads_clearly_and_holds_transcodes_until_space_returns() {
+    let db = fresh_db().await;
+    let disk = SmallDisk::mount(8 << 20);
+    let server = start(&db, "ingest", &disk.path, free_port(), &[]);
+    let source = std::fs::read(fixture("tiny_320x180_stereo.mp4")).unwrap();
+
+    let filler = disk.fill_leaving(16 * 1024);
+    let id = created_asset(server.addr, AUTH)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, headers, body) = http(
+        server.addr,
+        "PUT",
+        &format!("/v1/assets/{id}/source"),
+        &[AUTH],
+        &source,
+    );
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(json_code(&body), "storage_full", "{body}");
+    assert!(header(&headers, "retry-after").is_some(), "{headers:?}");
+    let (_, _, body) = http(
+        server.addr,
+        "GET",
+        &format!("/v1/assets/{id}"),
+        &[AUTH],
+        b"",
+    );
+    assert_eq!(json(&body)["state"], "waiting", "{body}");
+
+    // Space back: the same upload is stored and probed.
+    std::fs::remove_file(&filler).unwrap();
+    let (status, _, body) = http(
+        server.addr,
+        "PUT",
+        &format!("/v1/assets/{id}/source"),
+        &[AUTH],
+        &source,
+    );
+    assert_eq!(status, 202, "{body}");
+
+    // The disk fills again before a worker takes the transcode: its
+    // outputs cannot be written, and it waits rather than failing.
+    let filler = disk.fill_leaving(4 * 1024);
+    let worker = start(&db, "workers", &disk.path, free_port(), &[]);
+    let waits = eventually(
+        "the worker waiting on the full disk",
+        Duration::from_secs(60),
+        || async {
+            let (_, page) = crate::common::http_get(worker.addr, "/metrics");
+            let waits = counter(&page, "cascade_transcode_storage_waits_total");
+            (waits >= 2.0).then_some(waits)
+        },
+    )
+    .await;
+    assert!(waits >= 2.0);
+    let (_, _, body) = http(
+        server.addr,
+        "GET",
+        &format!("/v1/assets/{id}"),
+        &[AUTH],
+        b"",
+    );
+    assert_eq!(json(&body)["state"], "processing", "{body}");
+    std::fs::remove_file(&filler).unwrap();
+    ready_at_version(&db, &id, 1).await;
+    let attempts: i32 = db
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT attempts FROM jobs WHERE kind = 'transcode' AND payload->>'asset_id' = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1, "the wait cost no attempt");
+}
+
+/// The origin role SIGKILLed while players pull through the CDN: what the
+/// CDN holds keeps playing, what it does not fails at once with a 5xx (no
+/// hang), and an origin started again on the same address serves it all:
+/// an origin keeps no state a crash could lose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_killed_under_the_cdn_loses_nothing_and_a_new_one_serves_on() {
+    assert!(crate::origin::nginx_available(), "nginx is needed");
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let api = start(&db, "ingest,workers", &root, free_port(), &[]);
+    let id = created_asset(api.addr, AUTH)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let source = std::fs::read(fixture("tiny_320x180_stereo.mp4")).unwrap();
+    let (status, _, body) = http(
+        api.addr,
+        "PUT",
+        &format!("/v1/assets/{id}/source"),
+        &[AUTH],
+        &source,
+    );
+    assert_eq!(status, 202, "{body}");
+    ready_at_version(&db, &id, 1).await;
+    let (_, _, body) = http(api.addr, "GET", &format!("/v1/assets/{id}"), &[AUTH], b"");
+    let playback = json(&body)["playback_id"].as_str().unwrap().to_owned();
+
+    let port = free_port();
+    let origin = start(&db, "origin", &root, port, &[]);
+    let cdn = crate::origin::start_cdn(origin.addr).await;
+    let master = format!("/play/{playback}/master.m3u8");
+    let listed = crate::origin::get(cdn.addr, &master).await;
+    assert_eq!(listed.status, 200);
+    let text = String::from_utf8_lossy(&listed.body).into_owned();
+    let rungs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.ends_with("/index.m3u8"))
+        .map(|l| l.trim_end_matches("/index.m3u8"))
+        .collect();
+    assert!(!rungs.is_empty(), "{text}");
+    let cached = format!("/play/{playback}/{}/1.m4s", rungs[0]);
+    let first = crate::origin::get(cdn.addr, &cached).await;
+    assert_eq!(first.status, 200);
+
+    origin.process.signal("KILL");
+    drop(origin);
+    let held = crate::origin::get(cdn.addr, &cached).await;
+    assert_eq!(held.status, 200, "the CDN's copy plays on");
+    assert_eq!(held.body, first.body);
+    let uncached = format!("/play/{playback}/audio/1.m4s");
+    let started = std::time::Instant::now();
+    let missing = crate::origin::get(cdn.addr, &uncached).await;
+    assert!((500..600).contains(&missing.status), "{}", missing.status);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a dead origin fails fast"
+    );
+
+    let _again = start(&db, "origin", &root, port, &[]);
+    let served = crate::origin::get(cdn.addr, &uncached).await;
+    assert_eq!(served.status, 200, "a new origin on the address serves on");
+    let direct = crate::origin::get(cdn.addr, &master).await;
+    assert_eq!(direct.status, 200);
+}

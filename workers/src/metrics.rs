@@ -78,7 +78,7 @@ struct ResultLabels {
 const DELIVERY_RESULTS: [&str; 3] = ["delivered", "rejected", "unreachable"];
 
 /// Transcode results.
-const TRANSCODE_RESULTS: [&str; 3] = ["ready", "refused", "failed"];
+const TRANSCODE_RESULTS: [&str; 4] = ["ready", "refused", "failed", "crashed"];
 
 /// Every metric of the workers role. Cheap to clone (shared handles).
 #[derive(Clone, Debug)]
@@ -93,6 +93,7 @@ pub struct WorkerMetrics {
     time_to_ready: Histogram,
     time_to_playable: Histogram,
     output_bytes: Counter,
+    storage_waits: Counter,
     deliveries: Family<ResultLabels, Counter>,
     delivery_duration: Histogram,
 }
@@ -110,6 +111,7 @@ impl Default for WorkerMetrics {
             time_to_ready: Histogram::new(JOB_SECONDS),
             time_to_playable: Histogram::new(JOB_SECONDS),
             output_bytes: Counter::default(),
+            storage_waits: Counter::default(),
             deliveries: Family::default(),
             delivery_duration: Histogram::new(JOB_SECONDS),
         };
@@ -175,7 +177,8 @@ impl WorkerMetrics {
         registry.register(
             "cascade_transcode_assets",
             "Transcodes that ended: ready (published), refused (the source cannot be \
-             processed), failed (our side; retried)",
+             processed), failed (our side; retried), crashed (the transcode child died on the \
+             source; retried, quarantined on the last attempt)",
             self.transcodes.clone(),
         );
         registry.register_with_unit(
@@ -196,6 +199,12 @@ impl WorkerMetrics {
             "Bytes of segments, playlists and manifests written by transcodes",
             Unit::Bytes,
             self.output_bytes.clone(),
+        );
+        registry.register(
+            "cascade_transcode_storage_waits",
+            "Writes of transcode outputs that met an unavailable or full store and are \
+             retried (the job waits up to queue.outage_grace without losing its attempt)",
+            self.storage_waits.clone(),
         );
         registry.register(
             "cascade_webhook_deliveries",
@@ -273,6 +282,11 @@ impl WorkerMetrics {
     /// An asset turned ready `since_source` after its transcode was enqueued.
     pub(crate) fn ready(&self, since_source: Duration) {
         self.time_to_ready.observe_duration(since_source);
+    }
+
+    /// A transcode output's write met an unavailable or full store.
+    pub(crate) fn storage_wait(&self) {
+        self.storage_waits.inc();
     }
 
     /// Bytes a transcode wrote to storage.

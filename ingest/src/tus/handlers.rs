@@ -337,6 +337,9 @@ pub async fn head(
             `missing_upload_offset`, `exceeds_upload_length` (Content-Length over what remains), `invalid_checksum`, \
             `unsupported_checksum_algorithm`, `body_read_failed`.", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
+        (status = 507, description = "The object store has no space left (`storage_full`); nothing past the stored offset is \
+            recorded, so the client resumes later (Retry-After).", body = ErrorBody,
+            headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 401, description = "Missing or invalid API key (`unauthorized`).", body = ErrorBody,
             headers(("Tus-Resumable" = TusResumable, description = "The protocol version of the response."))),
         (status = 403, description = "A final upload takes no PATCH: it is made of its partial uploads (`final_upload`).", body = ErrorBody,

@@ -45,6 +45,9 @@ fn io_error(key: &str, e: std::io::Error) -> StorageError {
         ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock => {
             StorageError::Transient(format!("{key}: {e}"))
         }
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            StorageError::Full(format!("{key}: {e}"))
+        }
         _ => StorageError::Permanent(format!("{key}: {e}")),
     }
 }
@@ -123,7 +126,18 @@ impl LocalStore {
                     .map_err(|e| io_error(key, e))?;
                 written += n as u64;
             }
+            // tokio's File writes in the background and reports a write's
+            // error on the next operation: flush returns it, sync_all does
+            // not. Without this a full disk kept the first 64 KiB of an
+            // upload and reported it stored whole.
+            file.flush().await.map_err(|e| io_error(key, e))?;
             file.sync_all().await.map_err(|e| io_error(key, e))?;
+            let stored = file.metadata().await.map_err(|e| io_error(key, e))?.len();
+            if stored != written {
+                return Err(StorageError::Transient(format!(
+                    "{key}: {stored} of {written} bytes reached the disk"
+                )));
+            }
             Ok(written)
         }
         .await;

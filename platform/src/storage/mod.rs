@@ -62,12 +62,17 @@ pub enum StorageError {
     /// The store refused the request for good (credentials, bucket, config).
     #[error("storage error: {0}")]
     Permanent(String),
+    /// The store has no space left (a full disk or quota; MinIO's
+    /// `XMinioStorageFull`, HTTP 507). Retryable: an operator frees space
+    /// or adds capacity, and writers wait as through an outage.
+    #[error("storage full: {0}")]
+    Full(String),
 }
 
 impl StorageError {
     /// Whether the same request may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Transient(_))
+        matches!(self, Self::Transient(_) | Self::Full(_))
     }
 
     /// Whether the object was not there.

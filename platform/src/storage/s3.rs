@@ -183,6 +183,7 @@ where
             }
         }
         (_, Some(416), _) | (_, _, Some("InvalidRange")) => StorageError::InvalidRange { size: 0 },
+        (_, Some(507), _) | (_, _, Some("XMinioStorageFull")) => StorageError::Full(detail),
         (
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_),
             _,

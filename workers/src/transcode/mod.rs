@@ -546,6 +546,7 @@ impl Inner {
             Some(&ctx.cancel),
             StorageError::is_retryable,
             |error, retry_in| {
+                self.metrics.storage_wait();
                 tracing::warn!(key = %key, error = %error, retry_in = ?retry_in, "storage unavailable; retrying");
             },
             || self.store.put_bytes(&key, bytes.clone()),
