@@ -1272,3 +1272,56 @@ async fn an_origin_killed_under_the_cdn_loses_nothing_and_a_new_one_serves_on() 
     let direct = crate::origin::get(cdn.addr, &master).await;
     assert_eq!(direct.status, 200);
 }
+
+/// Postgres goes away in the middle of a tus upload: the PATCH that meets
+/// the outage gets a retryable 503 (JSON, Retry-After) and records nothing
+/// past what is stored; once the database is back the client asks for the
+/// offset and resumes, and the source comes out byte-identical, one
+/// transcode queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_mid_upload_is_resumed_after_it() {
+    let db = fresh_db().await;
+    let root = scratch_root();
+    let server = start(&db, "ingest", &root, free_port(), &[]);
+    let original = fixture("tiny_320x180_stereo.mp4");
+    let source = std::fs::read(&original).unwrap();
+    let half = source.len() / 2;
+    let upload = create_upload(server.addr, source.len());
+    let octets = ("Content-Type", "application/offset+octet-stream");
+    let patch = |offset: usize, body: &[u8]| {
+        let offset = offset.to_string();
+        http(
+            server.addr,
+            "PATCH",
+            &upload,
+            &[AUTH, TUS, octets, ("Upload-Offset", &offset)],
+            body,
+        )
+    };
+    let (status, _, body) = patch(0, &source[..half]);
+    assert_eq!(status, 204, "{body}");
+
+    crate::common::database_outage(&db, true).await;
+    let (status, headers, body) = patch(half, &source[half..]);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(json_code(&body), "unavailable", "{body}");
+    assert!(header(&headers, "retry-after").is_some(), "{headers:?}");
+    crate::common::database_outage(&db, false).await;
+
+    // The client asks where to resume (a HEAD), and does.
+    let offset = eventually(
+        "the offset after the outage",
+        Duration::from_secs(30),
+        || async {
+            let (status, headers, _) = http(server.addr, "HEAD", &upload, &[AUTH, TUS], b"");
+            (status == 200)
+                .then(|| header(&headers, "upload-offset").and_then(|o| o.parse::<usize>().ok()))
+                .flatten()
+        },
+    )
+    .await;
+    assert!(offset <= source.len(), "{offset}");
+    let (status, _, body) = patch(offset, &source[offset..]);
+    assert_eq!(status, 204, "{body}");
+    assert_upload_landed(&db, &root, &original).await;
+}

@@ -793,7 +793,17 @@ async fn the_policy_walks_an_asset_to_the_archive_and_hls_js_plays_it_at_every_s
     // The player polls the master (503 until restored) and then plays.
     let report = play(true).await;
     let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
-    assert_eq!((a.state, a.published_version), (AssetState::Ready, Some(2)));
+    // Restored from its source as version 2. On this clock (archived after
+    // 9 s without plays) a loaded machine can archive the restored asset
+    // again while the player runs, before its plays are counted, and the
+    // player's next requests restore it once more: version 3 (seen once
+    // in CI). Either way it is ready and played.
+    assert_eq!(a.state, AssetState::Ready);
+    assert!(
+        a.published_version.is_some_and(|v| v >= 2),
+        "{:?}",
+        a.published_version
+    );
     println!("restored and played after {:?}: {report}", walk.elapsed());
     stop.cancel();
 }
