@@ -254,10 +254,18 @@ where
     if length > MAX_PAYLOAD {
         return Err(format!("the child announced {length} bytes"));
     }
-    let mut bytes = vec![0; length as usize];
-    out.read_exact(&mut bytes)
+    // Memory follows the bytes that arrive, not the length announced.
+    let mut bytes = Vec::with_capacity(length.min(8 << 20) as usize);
+    out.take(length)
+        .read_to_end(&mut bytes)
         .await
         .map_err(|e| format!("reading a segment from the child: {e}"))?;
+    if bytes.len() as u64 != length {
+        return Err(format!(
+            "the child's segment ended at {} of {length} bytes",
+            bytes.len()
+        ));
+    }
     Ok(Bytes::from(bytes))
 }
 
@@ -477,6 +485,29 @@ mod tests {
         )
         .await;
         assert!(huge.is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever a (compromised) child writes, the worker gets events and
+        /// an outcome or an error: never a panic, never an allocation past
+        /// the announced limits.
+        #[test]
+        fn any_bytes_from_a_child_are_an_outcome_or_an_error(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            cut in 0usize..2048,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let _ = read(bytes).await;
+                // A real stream cut anywhere, with noise after the cut.
+                let mut whole = written(Err(TranscodeError::Internal("x".to_owned())));
+                whole.truncate(cut.min(whole.len()));
+                whole.extend_from_slice(b"\n{\"frame\":\"segment\"}\n");
+                let _ = read(whole).await;
+            });
+        }
     }
 
     /// A "child" that is a shell running `script`.
