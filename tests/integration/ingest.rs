@@ -1054,6 +1054,23 @@ async fn a_probe_interrupted_after_the_final_patch_is_finished_by_the_sweeper() 
     eventually("the sweeper's probe", Duration::from_secs(30), landed).await;
 }
 
+/// `PUT /v1/assets/{id}/source` with `source`.
+fn put_source(addr: SocketAddr, id: &str, source: &[u8]) -> (u16, Vec<(String, String)>, String) {
+    http(
+        addr,
+        "PUT",
+        &format!("/v1/assets/{id}/source"),
+        &[AUTH],
+        source,
+    )
+}
+
+/// Asset `id` as the API shows it.
+fn get_asset(addr: SocketAddr, id: &str) -> serde_json::Value {
+    let (_, _, body) = http(addr, "GET", &format!("/v1/assets/{id}"), &[AUTH], b"");
+    json(&body)
+}
+
 /// A tmpfs of `bytes` mounted at a fresh directory, unmounted on drop.
 struct SmallDisk {
     path: PathBuf,
@@ -1138,34 +1155,15 @@ async fn a_full_disk_refuses_uploads_clearly_and_holds_transcodes_until_space_re
         .as_str()
         .unwrap()
         .to_owned();
-    let (status, headers, body) = http(
-        server.addr,
-        "PUT",
-        &format!("/v1/assets/{id}/source"),
-        &[AUTH],
-        &source,
-    );
+    let (status, headers, body) = put_source(server.addr, &id, &source);
     assert_eq!(status, 507, "{body}");
     assert_eq!(json_code(&body), "storage_full", "{body}");
     assert!(header(&headers, "retry-after").is_some(), "{headers:?}");
-    let (_, _, body) = http(
-        server.addr,
-        "GET",
-        &format!("/v1/assets/{id}"),
-        &[AUTH],
-        b"",
-    );
-    assert_eq!(json(&body)["state"], "waiting", "{body}");
+    assert_eq!(get_asset(server.addr, &id)["state"], "waiting");
 
     // Space back: the same upload is stored and probed.
     std::fs::remove_file(&filler).unwrap();
-    let (status, _, body) = http(
-        server.addr,
-        "PUT",
-        &format!("/v1/assets/{id}/source"),
-        &[AUTH],
-        &source,
-    );
+    let (status, _, body) = put_source(server.addr, &id, &source);
     assert_eq!(status, 202, "{body}");
 
     // The disk fills again before a worker takes the transcode: its
@@ -1183,14 +1181,7 @@ async fn a_full_disk_refuses_uploads_clearly_and_holds_transcodes_until_space_re
     )
     .await;
     assert!(waits >= 2.0);
-    let (_, _, body) = http(
-        server.addr,
-        "GET",
-        &format!("/v1/assets/{id}"),
-        &[AUTH],
-        b"",
-    );
-    assert_eq!(json(&body)["state"], "processing", "{body}");
+    assert_eq!(get_asset(server.addr, &id)["state"], "processing");
     std::fs::remove_file(&filler).unwrap();
     ready_at_version(&db, &id, 1).await;
     let attempts: i32 = db
@@ -1223,17 +1214,13 @@ async fn an_origin_killed_under_the_cdn_loses_nothing_and_a_new_one_serves_on() 
         .unwrap()
         .to_owned();
     let source = std::fs::read(fixture("tiny_320x180_stereo.mp4")).unwrap();
-    let (status, _, body) = http(
-        api.addr,
-        "PUT",
-        &format!("/v1/assets/{id}/source"),
-        &[AUTH],
-        &source,
-    );
+    let (status, _, body) = put_source(api.addr, &id, &source);
     assert_eq!(status, 202, "{body}");
     ready_at_version(&db, &id, 1).await;
-    let (_, _, body) = http(api.addr, "GET", &format!("/v1/assets/{id}"), &[AUTH], b"");
-    let playback = json(&body)["playback_id"].as_str().unwrap().to_owned();
+    let playback = get_asset(api.addr, &id)["playback_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let port = free_port();
     let origin = start(&db, "origin", &root, port, &[]);

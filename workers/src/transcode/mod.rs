@@ -253,40 +253,46 @@ impl Inner {
                 Err(JobError::Retryable("transcode cancelled".to_owned()))
             }
             Err(TranscodeError::Crashed(message)) => {
-                self.metrics.transcode_ended("crashed");
-                if ctx.attempt >= ctx.max_attempts {
-                    // The queue gives up; the creator learns why, and no
-                    // worker is asked to run it again.
-                    let _ = assets::set_errored(
-                        &self.pool,
-                        job.asset_id,
-                        QUARANTINED,
-                        &format!(
-                            "processing this source crashed the decoder on each of its {} attempts \
-                             (it may be damaged or crafted), so it is quarantined and not retried \
-                             automatically; the original is kept",
-                            ctx.attempt
-                        ),
-                    )
-                    .await;
-                }
-                Err(JobError::Retryable(message))
+                let reason = format!(
+                    "processing this source crashed the decoder on each of its {} attempts \
+                     (it may be damaged or crafted), so it is quarantined and not retried \
+                     automatically; the original is kept",
+                    ctx.attempt
+                );
+                self.retry(
+                    &ctx,
+                    job.asset_id,
+                    "crashed",
+                    (QUARANTINED, &reason),
+                    message,
+                )
+                .await
             }
             Err(TranscodeError::Internal(message)) => {
-                self.metrics.transcode_ended("failed");
-                if ctx.attempt >= ctx.max_attempts {
-                    // Out of retries: tell the creator something went wrong on our side.
-                    let _ = assets::set_errored(
-                        &self.pool,
-                        job.asset_id,
-                        "internal",
-                        "processing failed on our side; the original is kept and can be retried",
-                    )
-                    .await;
-                }
-                Err(JobError::Retryable(message))
+                let reason =
+                    "processing failed on our side; the original is kept and can be retried";
+                self.retry(&ctx, job.asset_id, "failed", ("internal", reason), message)
+                    .await
             }
         }
+    }
+
+    /// A failed attempt, retried by the queue; on the last one the asset
+    /// turns errored with `code` and the creator-readable `reason`, so the
+    /// creator learns why and no worker runs it again.
+    async fn retry(
+        &self,
+        ctx: &JobContext,
+        asset: AssetId,
+        result: &'static str,
+        (code, reason): (&'static str, &str),
+        message: String,
+    ) -> Result<(), JobError> {
+        self.metrics.transcode_ended(result);
+        if ctx.attempt >= ctx.max_attempts {
+            let _ = assets::set_errored(&self.pool, asset, code, reason).await;
+        }
+        Err(JobError::Retryable(message))
     }
 
     #[tracing::instrument(name = "transcode", skip_all, fields(asset = %job.asset_id, version = job.version))]
