@@ -104,6 +104,17 @@ async fn import(db: &TestDb, store: &ObjectStore, file: &str) -> AssetId {
         .0
 }
 
+/// Gives the queued transcodes two attempts (the default is five).
+async fn two_transcode_attempts(client: &deadpool_postgres::Object) {
+    client
+        .execute(
+            "UPDATE jobs SET max_attempts = 2 WHERE kind = $1",
+            &[&job_kind::TRANSCODE],
+        )
+        .await
+        .unwrap();
+}
+
 async fn wait_terminal(db: &TestDb, id: AssetId) -> assets::Asset {
     eventually(
         "the asset to be ready or errored",
@@ -698,13 +709,7 @@ async fn a_source_that_kills_every_worker_is_quarantined_after_backoff() {
     let (store, root) = local_store().await;
     let id = import(&db, &store, "tiny_320x180_stereo.mp4").await;
     let client = db.pool.get().await.unwrap();
-    client
-        .execute(
-            "UPDATE jobs SET max_attempts = 2 WHERE kind = $1",
-            &[&job_kind::TRANSCODE],
-        )
-        .await
-        .unwrap();
+    two_transcode_attempts(&client).await;
     let mut config = db.config.queue.clone();
     config.lease = Duration::from_millis(500);
     config.retry_base = Duration::from_secs(1);
@@ -1186,13 +1191,7 @@ async fn a_source_that_crashes_the_decoder_is_quarantined_and_spares_the_other_j
         .0;
     let good = import(&db, &store, "landscape_720p60_stereo.mp4").await;
     let client = db.pool.get().await.unwrap();
-    client
-        .execute(
-            "UPDATE jobs SET max_attempts = 2 WHERE kind = $1",
-            &[&job_kind::TRANSCODE],
-        )
-        .await
-        .unwrap();
+    two_transcode_attempts(&client).await;
     let length = bytes.len().to_string();
     let root_text = root.to_str().unwrap().to_owned();
     let mut worker = CascadeProcess::serve(

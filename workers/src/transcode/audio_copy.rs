@@ -63,14 +63,8 @@ impl AudioFormat {
 
 /// The AudioSpecificConfig `decoder` was opened with (empty when none).
 pub fn audio_specific_config(decoder: &ff::decoder::Audio) -> Vec<u8> {
-    // SAFETY: extradata/extradata_size describe a buffer owned by the decoder's context.
-    unsafe {
-        let ctx = decoder.as_ptr();
-        if (*ctx).extradata.is_null() || (*ctx).extradata_size <= 0 {
-            return Vec::new();
-        }
-        std::slice::from_raw_parts((*ctx).extradata, (*ctx).extradata_size as usize).to_vec()
-    }
+    // SAFETY: an opened decoder's context.
+    unsafe { super::pipeline::context_extradata(decoder.as_ptr()) }
 }
 
 /// Places copied AAC frames on a sample-exact 48 kHz timeline.

@@ -510,69 +510,50 @@ mod tests {
         }
     }
 
-    /// A "child" that is a shell running `script`.
-    fn shell(script: &str) -> ChildTranscoder {
-        ChildTranscoder::new(
+    /// Runs a "child" that is a shell running `script`, until `cancel`.
+    async fn run_shell(script: &str, cancel: Arc<AtomicBool>) -> Result<Summary, TranscodeError> {
+        let (events, _received) = mpsc::channel(16);
+        let child = ChildTranscoder::new(
             PathBuf::from("/bin/sh"),
             vec!["-c".into(), script.into(), "transcode".into()],
             Some(512 << 20),
-        )
-    }
-
-    fn source() -> SourceTarget {
-        SourceTarget {
+        );
+        let source = SourceTarget {
             asset: AssetId::new(),
             version: 1,
             length: 10,
-        }
+        };
+        child
+            .run(source, VideoEncoder::Libx264, events, cancel)
+            .await
     }
 
     #[tokio::test]
     async fn a_child_that_dies_on_a_signal_is_a_crash_and_one_that_hangs_is_cancelled() {
-        let (events, _received) = mpsc::channel(16);
-        let never = Arc::new(AtomicBool::new(false));
-        let crashed = shell("kill -SEGV $$")
-            .run(
-                source(),
-                VideoEncoder::Libx264,
-                events.clone(),
-                never.clone(),
-            )
-            .await;
+        let never = || Arc::new(AtomicBool::new(false));
+        let crashed = run_shell("kill -SEGV $$", never()).await;
         assert!(
             matches!(crashed, Err(TranscodeError::Crashed(_))),
             "{crashed:?}"
         );
-        let exits = shell("exit 101")
-            .run(
-                source(),
-                VideoEncoder::Libx264,
-                events.clone(),
-                never.clone(),
-            )
-            .await;
+        let exits = run_shell("exit 101", never()).await;
         assert!(
             matches!(exits, Err(TranscodeError::Crashed(_))),
             "{exits:?}"
         );
         // Its own failure, reported as an outcome: retried as ours.
-        let failed = shell(r#"echo '{"frame":"failed","message":"storage: timed out"}'"#)
-            .run(source(), VideoEncoder::Libx264, events.clone(), never)
-            .await;
+        let failed = run_shell(
+            r#"echo '{"frame":"failed","message":"storage: timed out"}'"#,
+            never(),
+        )
+        .await;
         assert!(
             matches!(&failed, Err(TranscodeError::Internal(m)) if m == "storage: timed out"),
             "{failed:?}"
         );
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = never();
         let started = std::time::Instant::now();
-        let hangs = tokio::spawn({
-            let cancel = cancel.clone();
-            async move {
-                shell("sleep 30")
-                    .run(source(), VideoEncoder::Libx264, events, cancel)
-                    .await
-            }
-        });
+        let hangs = tokio::spawn(run_shell("sleep 30", cancel.clone()));
         cancel.store(true, Ordering::Relaxed);
         let hung = hangs.await.unwrap();
         assert!(matches!(hung, Err(TranscodeError::Cancelled)), "{hung:?}");

@@ -88,6 +88,7 @@ pub struct TranscodeHandler {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     pool: Pool,
     store: ObjectStore,
@@ -120,31 +121,21 @@ impl TranscodeHandler {
 
     /// Runs each job's pipeline in a child process of `child`'s program.
     pub fn with_child(self, child: child::ChildTranscoder) -> Self {
-        let inner = &self.inner;
-        Self {
-            inner: Arc::new(Inner {
-                pool: inner.pool.clone(),
-                store: inner.store.clone(),
-                config: inner.config.clone(),
-                encoder: inner.encoder,
-                metrics: inner.metrics.clone(),
-                child: Some(child),
-            }),
-        }
+        self.edited(|inner| inner.child = Some(child))
     }
 
     /// Records transcode metrics into `metrics` (shared with the runner).
     pub fn with_metrics(self, metrics: WorkerMetrics) -> Self {
-        let inner = &self.inner;
+        self.edited(|inner| inner.metrics = metrics)
+    }
+
+    /// This handler with `edit` applied to its settings (a builder step,
+    /// before the handler is shared).
+    fn edited(self, edit: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        edit(&mut inner);
         Self {
-            inner: Arc::new(Inner {
-                pool: inner.pool.clone(),
-                store: inner.store.clone(),
-                config: inner.config.clone(),
-                encoder: inner.encoder,
-                metrics,
-                child: inner.child.clone(),
-            }),
+            inner: Arc::new(inner),
         }
     }
 }

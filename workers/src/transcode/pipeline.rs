@@ -464,10 +464,13 @@ fn unref(frame: &mut ff::Frame) {
     unsafe { ff::ffi::av_frame_unref(frame.as_mut_ptr()) }
 }
 
-pub(super) fn extradata(encoder: &ff::encoder::video::Encoder) -> Vec<u8> {
-    // SAFETY: extradata/extradata_size describe a buffer owned by the opened encoder.
+/// The extradata (codec configuration) a codec context holds; empty when none.
+///
+/// # Safety
+/// `ctx` must point to a valid, open codec context.
+pub(super) unsafe fn context_extradata(ctx: *const ff::ffi::AVCodecContext) -> Vec<u8> {
+    // SAFETY: extradata/extradata_size describe a buffer the context owns.
     unsafe {
-        let ctx = encoder.as_ptr();
         if (*ctx).extradata.is_null() || (*ctx).extradata_size <= 0 {
             return Vec::new();
         }
@@ -475,16 +478,16 @@ pub(super) fn extradata(encoder: &ff::encoder::video::Encoder) -> Vec<u8> {
     }
 }
 
+pub(super) fn extradata(encoder: &ff::encoder::video::Encoder) -> Vec<u8> {
+    // SAFETY: an opened encoder's context.
+    unsafe { context_extradata(encoder.as_ptr()) }
+}
+
 fn audio_extradata(encoder: &ff::encoder::audio::Encoder) -> (Vec<u8>, i64) {
-    // SAFETY: as above; initial_padding is a plain int.
+    // SAFETY: an opened encoder's context; initial_padding is a plain int.
     unsafe {
         let ctx = encoder.as_ptr();
-        let data = if (*ctx).extradata.is_null() || (*ctx).extradata_size <= 0 {
-            Vec::new()
-        } else {
-            std::slice::from_raw_parts((*ctx).extradata, (*ctx).extradata_size as usize).to_vec()
-        };
-        (data, i64::from((*ctx).initial_padding))
+        (context_extradata(ctx), i64::from((*ctx).initial_padding))
     }
 }
 
