@@ -3,7 +3,7 @@
 //! Exit status: 0 all checks pass, 1 a check failed, 2 the tool could not run.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cascade_platform::playback_token::{self, MintError};
 use cascade_platform::storage::CopyError;
 use cascade_platform::{assets, db, Config, ObjectStore};
+use cascade_qa::ladder::ExpectedLadder;
 use cascade_qa::thresholds::Thresholds;
 use cascade_qa::{CannotRun, Options, Progress, ProgressSink};
 use cascade_schemas::{AssetId, AssetState, ObjectKey};
@@ -35,6 +36,13 @@ pub struct QaArgs {
     /// asset is) and, without --reference, its stored original.
     #[arg(long, conflicts_with = "url")]
     asset: Option<AssetId>,
+    /// The ladder the outputs are held to: `cascade` (this config's
+    /// `transcode.ladder`, planned for the reference), `none` (checked on
+    /// what the presentation declares and contains: for presentations made
+    /// elsewhere), or a TOML file of `ladder`, `audio_bitrate` and
+    /// `rate_control` (docs/qa.md). Default: `cascade` with --asset, else `none`.
+    #[arg(long, value_name = "cascade|none|FILE")]
+    ladder: Option<String>,
     /// With --asset: which manifest to check.
     #[arg(long, value_enum, default_value = "hls")]
     manifest: ManifestKind,
@@ -97,13 +105,20 @@ async fn run_inner(args: QaArgs, config: &Config) -> Result<ExitCode, CannotRun>
             reference.display()
         )));
     }
+    let ladder = match args.ladder.as_deref() {
+        Some("cascade") => Some(ExpectedLadder::from_config(&config.transcode)),
+        Some("none") => None,
+        Some(file) => Some(ExpectedLadder::from_file(Path::new(file)).map_err(CannotRun)?),
+        None if args.asset.is_some() => Some(ExpectedLadder::from_config(&config.transcode)),
+        None => None,
+    };
     let progress = progress_sink(args.quiet);
     let report = cascade_qa::run(
         Options {
             url,
             reference,
             thresholds,
-            transcode: config.transcode.clone(),
+            ladder,
             skip_quality: args.skip_quality,
             request_timeout: args.timeout,
         },

@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 
-use cascade_platform::config::{RateControl, TranscodeConfig};
-use cascade_workers::transcode::ladder;
+use cascade_platform::config::RateControl;
 
-use crate::media::ReferenceMedia;
+use crate::ladder::ExpectedLadder;
+
+use crate::media::{Container, ReferenceMedia};
 use crate::presentation::Presentation;
 use crate::report::{Check, Format, MediaKind, Status, VmafAvailability};
 use crate::thresholds::Thresholds;
@@ -19,7 +20,9 @@ pub struct Inputs<'a> {
     pub renditions: &'a [Analysed],
     pub reference: &'a ReferenceMedia,
     pub thresholds: &'a Thresholds,
-    pub transcode: &'a TranscodeConfig,
+    /// The ladder the outputs are held to; `None` checks them on what they
+    /// declare and contain alone.
+    pub ladder: Option<&'a ExpectedLadder>,
     pub skip_quality: bool,
     pub vmaf: &'a VmafAvailability,
 }
@@ -76,30 +79,35 @@ fn kbps(bps: u64) -> String {
 }
 
 /// Ladder targets (bit/s) by rendition name: the planned rungs for the
-/// reference's displayed size, and the audio bitrate for audio.
+/// reference's displayed size, and the audio bitrate for audio tracks of
+/// their own (a track muxed into a variant shares its bytes). Empty without
+/// an expected ladder.
 pub fn targets(
     reference: &ReferenceMedia,
-    transcode: &TranscodeConfig,
+    ladder: Option<&ExpectedLadder>,
     renditions: &[Analysed],
 ) -> HashMap<String, u64> {
     let mut targets = HashMap::new();
+    let Some(ladder) = ladder else {
+        return targets;
+    };
     if let Some(video) = &reference.video {
-        for rung in ladder::plan(video.display_width, video.display_height, &transcode.ladder) {
+        for rung in ladder.plan(video.display_width, video.display_height) {
             targets.insert(rung.name, rung.bitrate);
         }
     }
     for r in renditions
         .iter()
-        .filter(|r| r.spec.kind == MediaKind::Audio)
+        .filter(|r| r.spec.kind == MediaKind::Audio && r.muxed_in.is_none())
     {
-        targets.insert(r.spec.name.clone(), transcode.audio_bitrate);
+        targets.insert(r.spec.name.clone(), ladder.audio_bitrate);
     }
     targets
 }
 
 pub fn evaluate(inputs: &Inputs) -> Vec<Check> {
     let mut checks = Checks(Vec::new());
-    let targets = targets(inputs.reference, inputs.transcode, inputs.renditions);
+    let targets = targets(inputs.reference, inputs.ladder, inputs.renditions);
     ladder_check(&mut checks, inputs);
     for r in inputs.renditions {
         structure(&mut checks, inputs, r);
@@ -217,6 +225,15 @@ fn audios<'a>(inputs: &'a Inputs) -> Vec<&'a Analysed> {
 
 /// The published video rungs are the ladder planned for the reference.
 fn ladder_check(checks: &mut Checks, inputs: &Inputs) {
+    let Some(ladder) = inputs.ladder else {
+        checks.add(
+            "structure.ladder",
+            None,
+            Status::Skip,
+            "no expected ladder (--ladder none): rungs are checked on what they declare",
+        );
+        return;
+    };
     let Some(video) = &inputs.reference.video else {
         let published = videos(inputs).len();
         checks.pass_or_fail(
@@ -229,14 +246,11 @@ fn ladder_check(checks: &mut Checks, inputs: &Inputs) {
         );
         return;
     };
-    let planned: Vec<String> = ladder::plan(
-        video.display_width,
-        video.display_height,
-        &inputs.transcode.ladder,
-    )
-    .into_iter()
-    .map(|r| format!("{} {}x{}", r.name, r.width, r.height))
-    .collect();
+    let planned: Vec<String> = ladder
+        .plan(video.display_width, video.display_height)
+        .into_iter()
+        .map(|r| format!("{} {}x{}", r.name, r.width, r.height))
+        .collect();
     let published: Vec<String> = videos(inputs)
         .iter()
         .map(|r| {
@@ -262,8 +276,8 @@ fn ladder_check(checks: &mut Checks, inputs: &Inputs) {
             )
         } else {
             format!(
-                "published rungs differ from the ladder planned for the {}x{} reference",
-                video.display_width, video.display_height
+                "published rungs differ from the ladder ({}) planned for the {}x{} reference",
+                ladder.origin, video.display_width, video.display_height
             )
         },
         planned.join(", "),
@@ -280,10 +294,30 @@ fn frame_duration(r: &Analysed) -> f64 {
 }
 
 fn structure(checks: &mut Checks, inputs: &Inputs, r: &Analysed) {
+    if r.muxed_in.is_some() {
+        // The variant's segments, init and CODECS are checked with the variant.
+        return;
+    }
     let name = Some(r.spec.name.as_str());
     // Init segment.
     match &r.init {
-        None => {} // reported while parsing (no EXT-X-MAP / @initialization)
+        None if r.container == Container::MpegTs => {
+            checks.add(
+                "structure.init_segment",
+                name,
+                Status::Skip,
+                "MPEG-TS segments carry their own program tables: no init segment needed",
+            );
+        }
+        None if inputs.presentation.format == Format::Hls && r.spec.init.is_none() => {
+            checks.add(
+                "structure.init_segment",
+                name,
+                Status::Fail,
+                "no EXT-X-MAP before the first segment: fragmented MP4 segments need their init segment",
+            );
+        }
+        None => {} // reported while parsing (an EXT-X-MAP or @initialization that did not resolve)
         Some(init) if !init.ok() => {
             checks.add(
                 "structure.init_segment",
@@ -373,7 +407,14 @@ fn structure(checks: &mut Checks, inputs: &Inputs, r: &Analysed) {
             name,
             if ok { Status::Pass } else { Status::Fail },
             if ok {
-                "every segment is a whole moof+mdat fragment with samples".to_owned()
+                match r.container {
+                    Container::Cmaf => {
+                        "every segment is a whole moof+mdat fragment with samples".to_owned()
+                    }
+                    Container::MpegTs => {
+                        "every segment is whole 188-byte MPEG-TS packets with samples".to_owned()
+                    }
+                }
             } else {
                 listed(&problems)
             },
@@ -466,6 +507,15 @@ fn structure(checks: &mut Checks, inputs: &Inputs, r: &Analysed) {
     let mut expected_codecs = Vec::new();
     if let Some(own) = &media.codec_string {
         expected_codecs.push(own.to_ascii_lowercase());
+    }
+    // A variant's CODECS also names the audio muxed into its segments.
+    for muxed in audios(inputs)
+        .iter()
+        .filter(|a| a.muxed_in.as_deref() == Some(r.spec.name.as_str()))
+    {
+        if let Some(codec) = muxed.measured.codecs.as_ref() {
+            expected_codecs.push(codec.to_ascii_lowercase());
+        }
     }
     if inputs.presentation.format == Format::Hls && r.spec.kind == MediaKind::Video {
         if let Some(group) = &r.spec.audio_group {
@@ -805,16 +855,18 @@ fn timing(checks: &mut Checks, inputs: &Inputs) {
         }
     }
 
-    // DASH: the presentation lasts as long as its longest rendition.
+    // DASH: the presentation lasts as long as its longest rendition, counted
+    // from the Period's start: samples before it (AAC priming that an edit
+    // list or a negative composition time removes) are not presented.
     if let Some(declared) = inputs.presentation.declared_duration_s {
         let longest = inputs
             .renditions
             .iter()
             .filter_map(|r| {
-                r.media
-                    .as_ref()
-                    .ok()
-                    .map(|m| (m.duration(), frame_duration(r)))
+                r.media.as_ref().ok().map(|m| {
+                    let start = m.start().unwrap_or(0.0);
+                    (m.duration() + start.min(0.0), frame_duration(r))
+                })
             })
             .fold((0.0_f64, 0.0_f64), |(d, f), (dur, frame)| {
                 (d.max(dur), f.max(frame))
@@ -1025,6 +1077,24 @@ fn bitrate(checks: &mut Checks, inputs: &Inputs, targets: &HashMap<String, u64>)
             continue;
         }
         let name = Some(r.spec.name.as_str());
+        let Some(ladder) = inputs.ladder else {
+            checks.add(
+                "bitrate.average",
+                name,
+                Status::Skip,
+                "no expected ladder (--ladder none): the declared bandwidths are checked against the segments",
+            );
+            continue;
+        };
+        if let Some(variant) = &r.muxed_in {
+            checks.add(
+                "bitrate.average",
+                name,
+                Status::Skip,
+                format!("muxed into {variant}: its bytes count in that variant's bitrate"),
+            );
+            continue;
+        }
         let Some(&target) = targets.get(&r.spec.name) else {
             checks.add(
                 "bitrate.average",
@@ -1042,7 +1112,7 @@ fn bitrate(checks: &mut Checks, inputs: &Inputs, targets: &HashMap<String, u64>)
         // audio is judged by its loudness, duration and offset to the video).
         let audio = r.spec.kind == MediaKind::Audio;
         let undershoot_ok = audio
-            || (inputs.transcode.rate_control == RateControl::CappedCrf
+            || (ladder.rate_control == RateControl::CappedCrf
                 && t.allow_undershoot_with_capped_crf);
         let upper = ratio <= 1.0 + t.bitrate_average_tolerance;
         let lower = undershoot_ok || ratio >= 1.0 - t.bitrate_average_tolerance;

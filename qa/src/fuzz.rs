@@ -5,7 +5,10 @@
 use proptest::prelude::*;
 use reqwest::Url;
 
-use crate::media::{codec_string, init_box_problem, segment_box_problem};
+use crate::media::{
+    codec_string, codec_string_without_config, init_box_problem, segment_box_problem, ts_problem,
+    Container,
+};
 
 /// A box header: size, then a type qa knows or not.
 fn boxes() -> impl Strategy<Value = Vec<u8>> {
@@ -51,10 +54,28 @@ proptest! {
     }
 
     #[test]
-    fn codec_strings_never_panic(extradata in proptest::collection::vec(any::<u8>(), 0..64), tag in "[a-z0-9]{4}") {
+    fn codec_strings_never_panic(
+        extradata in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            // Annex B: start codes among random bytes.
+            proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(0x67u8), any::<u8>()], 0..64),
+        ],
+        tag in "[a-z0-9]{4}",
+        profile in any::<i32>(),
+    ) {
         for id in [ffmpeg_next::codec::Id::H264, ffmpeg_next::codec::Id::AAC, ffmpeg_next::codec::Id::HEVC] {
             let _ = codec_string(id, &tag, &extradata);
+            let _ = codec_string_without_config(id, &extradata, profile);
         }
+    }
+
+    #[test]
+    fn ts_checks_never_panic(bytes in prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..600),
+        proptest::collection::vec(prop_oneof![Just(0x47u8), any::<u8>()], 0..600),
+    ]) {
+        let _ = ts_problem(&bytes);
+        let _ = Container::sniff(&bytes);
     }
 
     #[test]

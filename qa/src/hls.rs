@@ -92,6 +92,8 @@ pub async fn load(fetcher: &Fetcher, url: &Url, body: &[u8]) -> Presentation {
         }
         let Some(uri) = &media.uri else { continue };
         match resolve(url, uri) {
+            // Also listed as an audio-only variant (as ffmpeg writes it): read once.
+            Ok(playlist_url) if specs.iter().any(|s| s.playlist_url == playlist_url) => {}
             Ok(playlist_url) => {
                 let mut spec = rendition(
                     name_from_uri(uri),
@@ -205,12 +207,15 @@ fn fill_media(presentation: &mut Presentation, spec: &mut RenditionSpec, media: 
                 error,
             ),
         },
-        _ => presentation.check(
+        Some(_) => presentation.check(
             "structure.init_segment",
             Some(&spec.name),
             Status::Fail,
-            "no EXT-X-MAP before the first segment: fragmented MP4 segments need their init segment",
+            "the first EXT-X-MAP comes after the first segment",
         ),
+        // MPEG-TS segments need none; fMP4 ones are failed once their bytes
+        // say which they are.
+        None => {}
     }
     if !media.end_list {
         presentation.check(

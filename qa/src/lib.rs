@@ -3,10 +3,13 @@
 //!
 //! Reads HLS (RFC 8216, master and media playlists via m3u8-rs) and DASH
 //! (ISO/IEC 23009-1 MPD, SegmentTemplate addressing) presentations of CMAF
-//! tracks (ISO/IEC 23000-19), demuxes and decodes them with the FFmpeg
-//! libraries, and reports structure, timing, quality (PSNR-Y, SSIM-Y; VMAF
-//! when the FFmpeg build has libvmaf) and bitrate checks as a terminal
-//! table, a JSON report (schema in docs/qa.md) and a self-contained HTML page.
+//! tracks (ISO/IEC 23000-19) or MPEG-TS segments (ISO/IEC 13818-1, muxed
+//! audio and video included), made by Cascade or anything else, demuxes and
+//! decodes them with the FFmpeg libraries, and reports structure, timing,
+//! quality (PSNR-Y, SSIM-Y; VMAF when the FFmpeg build has libvmaf) and
+//! bitrate checks, against an expected ladder when one is given, as a
+//! terminal table, a JSON report (schema in docs/qa.md) and a
+//! self-contained HTML page.
 
 pub mod checks;
 pub mod dash;
@@ -15,6 +18,7 @@ pub mod fetch;
 mod fuzz;
 pub mod hls;
 pub mod html;
+pub mod ladder;
 pub mod loudness;
 pub mod media;
 pub mod presentation;
@@ -27,11 +31,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_platform::config::TranscodeConfig;
 use reqwest::Url;
 
 use crate::fetch::{Fetched, Fetcher};
-use crate::media::{ReferenceMedia, RenditionMedia};
+use crate::ladder::ExpectedLadder;
+use crate::media::{Container, ReferenceMedia, RenditionMedia};
 use crate::presentation::RenditionSpec;
 use crate::report::{
     Measured, MediaKind, Quality, ReferenceInfo, RenditionReport, Report, SegmentReport, Status,
@@ -61,8 +65,9 @@ pub struct Options {
     pub url: String,
     pub reference: PathBuf,
     pub thresholds: Thresholds,
-    /// The ladder and rate control the outputs were made with.
-    pub transcode: TranscodeConfig,
+    /// The ladder and rate control the outputs were made with; `None` for a
+    /// presentation checked on what it declares and contains alone.
+    pub ladder: Option<ExpectedLadder>,
     /// Skip PSNR/SSIM (structure, timing and bitrate only).
     pub skip_quality: bool,
     pub request_timeout: Duration,
@@ -73,7 +78,14 @@ pub struct Analysed {
     pub spec: RenditionSpec,
     /// The init segment and media segments joined, as demuxed and decoded.
     pub file: PathBuf,
+    /// How the segments are packaged (from their first bytes).
+    pub container: Container,
+    /// An audio track read from a muxed variant's segments: that variant's
+    /// name. Its segments, bytes and CODECS are the variant's.
+    pub muxed_in: Option<String>,
     pub init: Option<Fetched>,
+    /// Byte ranges of the media segments in `file`.
+    pub ranges: Vec<(u64, u64)>,
     pub segments: Vec<SegmentReport>,
     /// Per-segment box problems (index, problem).
     pub box_problems: Vec<(usize, String)>,
@@ -129,8 +141,17 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
             spec.name,
             spec.segments.len()
         )));
-        let file = scratch.path().join(format!("rendition-{i}.mp4"));
-        analysed.push(fetch_and_demux(&fetcher, spec, file).await);
+        let file = scratch.path().join(format!("rendition-{i}"));
+        let rendition = fetch_and_demux(&fetcher, spec, file).await;
+        let muxed_audio = rendition.media.as_ref().is_ok_and(|m| m.muxed_audio)
+            && rendition.spec.audio_group.is_none();
+        if muxed_audio {
+            let audio = muxed_audio_of(&rendition).await;
+            analysed.push(rendition);
+            analysed.push(audio);
+        } else {
+            analysed.push(rendition);
+        }
     }
 
     let vmaf_available = quality::vmaf_available();
@@ -169,11 +190,11 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
         renditions: &analysed,
         reference: &reference,
         thresholds: &options.thresholds,
-        transcode: &options.transcode,
+        ladder: options.ladder.as_ref(),
         skip_quality: options.skip_quality,
         vmaf: &vmaf,
     });
-    let targets = checks::targets(&reference, &options.transcode, &analysed);
+    let targets = checks::targets(&reference, options.ladder.as_ref(), &analysed);
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -272,13 +293,22 @@ async fn fetch_and_demux(fetcher: &Fetcher, spec: RenditionSpec, file: PathBuf) 
     if let Some(init) = init.as_ref().filter(|i| i.ok()) {
         joined.extend_from_slice(&init.body);
     }
+    let container = fetched
+        .iter()
+        .find(|got| got.ok())
+        .map_or(Container::Cmaf, |got| Container::sniff(&got.body));
+    let file = file.with_extension(container.extension());
     let mut ranges = Vec::with_capacity(fetched.len());
     let mut box_problems = Vec::new();
     let mut segments = Vec::with_capacity(fetched.len());
     for (i, (segment, got)) in spec.segments.iter().zip(&fetched).enumerate() {
         let start = joined.len() as u64;
         if got.ok() {
-            if let Some(problem) = media::segment_box_problem(&got.body) {
+            let problem = match container {
+                Container::Cmaf => media::segment_box_problem(&got.body),
+                Container::MpegTs => media::ts_problem(&got.body),
+            };
+            if let Some(problem) = problem {
                 box_problems.push((i, problem));
             }
             joined.extend_from_slice(&got.body);
@@ -294,11 +324,14 @@ async fn fetch_and_demux(fetcher: &Fetcher, spec: RenditionSpec, file: PathBuf) 
             ..SegmentReport::default()
         });
     }
+    let readable = container == Container::MpegTs || init.as_ref().is_some_and(Fetched::ok);
     let media = match std::fs::write(&file, &joined) {
         Err(e) => Err(format!("cannot write {}: {e}", file.display())),
-        Ok(()) if init.as_ref().is_some_and(Fetched::ok) => {
+        Ok(()) if readable => {
             let path = file.clone();
-            tokio::task::spawn_blocking(move || media::analyse_rendition(&path, &ranges))
+            let ranges = ranges.clone();
+            let kind = spec.kind;
+            tokio::task::spawn_blocking(move || media::analyse_rendition(&path, &ranges, kind))
                 .await
                 .unwrap_or_else(|e| Err(format!("demuxing: {e}")))
         }
@@ -312,9 +345,54 @@ async fn fetch_and_demux(fetcher: &Fetcher, spec: RenditionSpec, file: PathBuf) 
     Analysed {
         spec,
         file,
+        container,
+        muxed_in: None,
+        ranges,
         init,
         segments,
         box_problems,
+        media,
+        quality: None,
+        measured,
+    }
+}
+
+/// The audio track of a muxed variant, read from the variant's joined file
+/// as an audio rendition of its own (`{variant}-audio`).
+async fn muxed_audio_of(variant: &Analysed) -> Analysed {
+    let path = variant.file.clone();
+    let ranges = variant.ranges.clone();
+    let media = tokio::task::spawn_blocking(move || {
+        media::analyse_rendition(&path, &ranges, MediaKind::Audio)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("demuxing: {e}")));
+    let mut spec = variant.spec.clone();
+    spec.name = format!("{}-audio", variant.spec.name);
+    spec.kind = MediaKind::Audio;
+    spec.declared = report::Declared {
+        target_duration_s: spec.declared.target_duration_s,
+        ..Default::default()
+    };
+    let mut segments = variant.segments.clone();
+    if let Ok(media) = &media {
+        fill_segment_measures(&mut segments, media);
+    }
+    for segment in &mut segments {
+        segment.bitrate = 0;
+    }
+    let mut measured = measure(&spec, &segments, media.as_ref().ok());
+    // The bytes are the variant's: no bitrate of its own.
+    (measured.average_bitrate, measured.peak_bitrate) = (0, 0);
+    Analysed {
+        spec,
+        file: variant.file.clone(),
+        container: variant.container,
+        muxed_in: Some(variant.spec.name.clone()),
+        ranges: variant.ranges.clone(),
+        init: variant.init.clone(),
+        segments,
+        box_problems: Vec::new(),
         media,
         quality: None,
         measured,

@@ -1,11 +1,73 @@
 //! What the fetched media really is: each rendition's init segment and media
-//! segments joined into one fragmented MP4 (ISO/IEC 23000-19 CMAF track) and
+//! segments joined into one file, a fragmented MP4 (ISO/IEC 23000-19 CMAF
+//! track) or an MPEG-TS stream (ISO/IEC 13818-1, as RFC 8216 allows), and
 //! read with FFmpeg's demuxer, packet by packet; the reference file likewise.
 
 use std::path::Path;
 
 use cascade_workers::transcode::init_ffmpeg;
 use ffmpeg_next as ff;
+
+use crate::report::MediaKind;
+
+/// MPEG-TS packets are this long and start with [`TS_SYNC`].
+const TS_PACKET: usize = 188;
+const TS_SYNC: u8 = 0x47;
+
+/// How a rendition's segments are packaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Container {
+    /// Fragmented MP4: an init segment, then moof+mdat fragments.
+    #[default]
+    Cmaf,
+    /// MPEG-TS: self-contained 188-byte packets.
+    MpegTs,
+}
+
+impl Container {
+    /// What a media segment's first bytes say it is: MPEG-TS when it starts
+    /// with sync bytes a packet apart, else fragmented MP4.
+    pub fn sniff(segment: &[u8]) -> Self {
+        let synced = |at: usize| segment.get(at).is_none_or(|b| *b == TS_SYNC);
+        if segment.first() == Some(&TS_SYNC) && synced(TS_PACKET) && synced(2 * TS_PACKET) {
+            Self::MpegTs
+        } else {
+            Self::Cmaf
+        }
+    }
+
+    /// The joined file's extension, a hint for FFmpeg's probe.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Cmaf => "mp4",
+            Self::MpegTs => "ts",
+        }
+    }
+}
+
+/// Problems with one MPEG-TS media segment: it must be whole 188-byte
+/// packets, each starting with the sync byte.
+pub fn ts_problem(bytes: &[u8]) -> Option<String> {
+    if bytes.is_empty() {
+        return Some("empty".to_owned());
+    }
+    if let Some(index) = bytes
+        .chunks(TS_PACKET)
+        .position(|packet| packet[0] != TS_SYNC)
+    {
+        return Some(format!(
+            "MPEG-TS packet {index} (byte {}) has no sync byte",
+            index * TS_PACKET
+        ));
+    }
+    let stray = bytes.len() % TS_PACKET;
+    (stray != 0).then(|| {
+        format!(
+            "{} bytes are not whole 188-byte MPEG-TS packets ({stray} left over): truncated",
+            bytes.len()
+        )
+    })
+}
 
 /// One demuxed packet, times in seconds.
 #[derive(Debug, Clone)]
@@ -30,6 +92,9 @@ pub struct RenditionMedia {
     pub packets: Vec<PacketInfo>,
     /// Why reading stopped early, if it did.
     pub read_error: Option<String>,
+    /// A video rendition whose segments also carry an audio track (a muxed
+    /// HLS variant).
+    pub muxed_audio: bool,
 }
 
 impl RenditionMedia {
@@ -65,36 +130,51 @@ fn seconds(ts: i64, time_base: ff::Rational) -> f64 {
     ts as f64 * f64::from(time_base)
 }
 
-/// Demuxes `path`, the init segment followed by the media segments whose byte
-/// ranges in the file are `segments` (start, end).
-pub fn analyse_rendition(path: &Path, segments: &[(u64, u64)]) -> Result<RenditionMedia, String> {
+/// Demuxes the `kind` track of `path`, the init segment (if any) followed by
+/// the media segments whose byte ranges in the file are `segments` (start,
+/// end). A file of one track is read whatever its kind.
+pub fn analyse_rendition(
+    path: &Path,
+    segments: &[(u64, u64)],
+    kind: MediaKind,
+) -> Result<RenditionMedia, String> {
     init_ffmpeg();
     let mut input = ff::format::input(path)
         .map_err(|e| format!("FFmpeg cannot open the init segment and media: {e}"))?;
-    let stream = input
-        .streams()
-        .next()
-        .ok_or("the init segment describes no track")?;
+    let wanted = match kind {
+        MediaKind::Video => ff::media::Type::Video,
+        MediaKind::Audio => ff::media::Type::Audio,
+    };
+    let muxed_audio = kind == MediaKind::Video
+        && input.streams().count() > 1
+        && input.streams().best(ff::media::Type::Audio).is_some();
+    let stream = match input.streams().best(wanted) {
+        Some(stream) => stream,
+        None if input.streams().count() == 1 => input.streams().next().ok_or("no track")?,
+        None => return Err(format!("the media holds no {kind:?} track").to_lowercase()),
+    };
     let index = stream.index();
     let time_base = stream.time_base();
     let parameters = stream.parameters();
     let mut media = RenditionMedia {
         codec_name: parameters.id().name().to_owned(),
+        muxed_audio,
         ..RenditionMedia::default()
     };
     // SAFETY: the parameters belong to an open stream; extradata/extradata_size
-    // describe a buffer it owns, and width/height/codec_tag are plain fields.
-    let (extradata, tag, width, height) = unsafe {
+    // describe a buffer it owns, and width/height/codec_tag/profile are plain fields.
+    let (extradata, tag, width, height, profile) = unsafe {
         let p = parameters.as_ptr();
         let data = if (*p).extradata.is_null() || (*p).extradata_size <= 0 {
             Vec::new()
         } else {
             std::slice::from_raw_parts((*p).extradata, (*p).extradata_size as usize).to_vec()
         };
-        (data, (*p).codec_tag, (*p).width, (*p).height)
+        (data, (*p).codec_tag, (*p).width, (*p).height, (*p).profile)
     };
     let tag = String::from_utf8_lossy(&tag.to_le_bytes()).into_owned();
-    media.codec_string = codec_string(parameters.id(), &tag, &extradata);
+    media.codec_string = codec_string(parameters.id(), &tag, &extradata)
+        .or_else(|| codec_string_without_config(parameters.id(), &extradata, profile));
     if parameters.medium() == ff::media::Type::Video && width > 0 && height > 0 {
         media.width = Some(width as u32);
         media.height = Some(height as u32);
@@ -181,6 +261,64 @@ pub fn codec_string(id: ff::codec::Id, tag: &str, extradata: &[u8]) -> Option<St
         }
         _ => None,
     }
+}
+
+/// RFC 6381 string where the stream carries no decoder configuration record,
+/// as in MPEG-TS: H.264 from the SPS in Annex B extradata (ISO/IEC 14496-10
+/// 7.3.2.1.1: profile_idc, constraint flags, level_idc follow the NAL header),
+/// AAC from the decoder's profile (ADTS carries no AudioSpecificConfig).
+pub(crate) fn codec_string_without_config(
+    id: ff::codec::Id,
+    extradata: &[u8],
+    profile: i32,
+) -> Option<String> {
+    match id {
+        ff::codec::Id::H264 => {
+            let sps = annex_b_nal_units(extradata)
+                .find(|nal| nal.first().map(|h| h & 0x1f) == Some(7))?;
+            let fields = sps.get(1..4)?;
+            Some(format!(
+                "avc1.{:02x}{:02x}{:02x}",
+                fields[0], fields[1], fields[2]
+            ))
+        }
+        // FFmpeg's AAC profiles are the MPEG-4 audio object type minus one
+        // (FF_PROFILE_AAC_LOW = 1 is object type 2, HE-AAC v2 = 28 is 29).
+        ff::codec::Id::AAC if profile >= 0 => Some(format!("mp4a.40.{}", profile + 1)),
+        _ => None,
+    }
+}
+
+/// The NAL units of an Annex B byte stream (start codes 00 00 01 or 00 00 00 01).
+fn annex_b_nal_units(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= bytes.len() {
+        if bytes[i..i + 3] == [0, 0, 1] {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let ends: Vec<usize> = starts
+        .iter()
+        .skip(1)
+        .map(|&next| {
+            // The unit ends before the next start code (and a zero byte of a 4-byte one).
+            let end = next - 3;
+            if end > 0 && bytes[end - 1] == 0 {
+                end - 1
+            } else {
+                end
+            }
+        })
+        .chain(std::iter::once(bytes.len()))
+        .collect();
+    starts
+        .into_iter()
+        .zip(ends)
+        .filter_map(move |(start, end)| bytes.get(start..end))
 }
 
 /// The reference's video as displayed, and its audio timing.
@@ -435,6 +573,52 @@ mod tests {
             .unwrap()
             .contains("moof"));
         assert!(segment_box_problem(&[]).is_some());
+    }
+
+    #[test]
+    fn mpeg_ts_segments_are_told_apart_and_must_be_whole_packets() {
+        let mut ts = Vec::new();
+        for _ in 0..3 {
+            ts.push(TS_SYNC);
+            ts.extend(std::iter::repeat_n(0xffu8, TS_PACKET - 1));
+        }
+        assert_eq!(Container::sniff(&ts), Container::MpegTs);
+        assert_eq!(ts_problem(&ts), None);
+        assert!(ts_problem(&ts[..ts.len() - 5])
+            .unwrap()
+            .contains("truncated"));
+        let mut lost_sync = ts.clone();
+        lost_sync[TS_PACKET] = 0;
+        assert!(ts_problem(&lost_sync).unwrap().contains("packet 1"));
+        // An MP4 box that happens to start with 0x47 is not taken for TS.
+        let mut mp4 = bx(b"moof", 400);
+        mp4[0] = TS_SYNC;
+        assert_eq!(Container::sniff(&mp4), Container::Cmaf);
+        assert_eq!(Container::sniff(&bx(b"styp", 8)), Container::Cmaf);
+    }
+
+    #[test]
+    fn codec_strings_without_a_configuration_record() {
+        // Annex B: SPS (High, level 3.1) after a 4-byte start code, then a PPS.
+        let extradata = [
+            0, 0, 0, 1, 0x67, 0x64, 0x00, 0x1f, 0xac, 0, 0, 1, 0x68, 0xeb,
+        ];
+        assert_eq!(
+            codec_string_without_config(ff::codec::Id::H264, &extradata, -99).as_deref(),
+            Some("avc1.64001f")
+        );
+        assert_eq!(
+            codec_string_without_config(ff::codec::Id::H264, &[0, 0, 1, 0x68, 1], -99),
+            None
+        );
+        assert_eq!(
+            codec_string_without_config(ff::codec::Id::AAC, &[], 1).as_deref(),
+            Some("mp4a.40.2")
+        );
+        assert_eq!(
+            codec_string_without_config(ff::codec::Id::AAC, &[], -99),
+            None
+        );
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn measure(
     Ok(results)
 }
 
-/// Decodes a file's first video stream frame by frame.
+/// Decodes a file's best video stream frame by frame.
 struct FrameReader {
     input: ff::format::context::Input,
     decoder: ff::decoder::Video,
@@ -100,15 +100,14 @@ struct FrameReader {
 }
 
 impl FrameReader {
-    fn open(path: &Path, pick_best: bool, threads: usize) -> Result<(Self, u32), String> {
+    /// Opens the file's best video stream (a muxed TS variant has audio too).
+    fn open(path: &Path, threads: usize) -> Result<(Self, u32), String> {
         let input =
             ff::format::input(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let stream = if pick_best {
-            input.streams().best(ff::media::Type::Video)
-        } else {
-            input.streams().next()
-        }
-        .ok_or_else(|| format!("{} has no video stream", path.display()))?;
+        let stream = input
+            .streams()
+            .best(ff::media::Type::Video)
+            .ok_or_else(|| format!("{} has no video stream", path.display()))?;
         let rotation = rotation_of(&stream);
         let (index, time_base) = (stream.index(), stream.time_base());
         // SAFETY: the parameters belong to an open stream; field_order is a
@@ -235,7 +234,7 @@ fn feed_reference(
     video: &ReferenceVideo,
     senders: &mut [Option<mpsc::SyncSender<ff::frame::Video>>],
 ) -> Result<IdetCounts, String> {
-    let (mut reader, rotation) = FrameReader::open(path, true, 0)?;
+    let (mut reader, rotation) = FrameReader::open(path, 0)?;
     let interlaced = reader.interlaced;
     let mut graph: Option<ff::filter::Graph> = None;
     let mut first: Option<i64> = None;
@@ -456,7 +455,7 @@ fn compare_frames(
     vmaf_log: Option<&Path>,
     progress: &Progress,
 ) -> Result<(Vec<f64>, Vec<f64>, IdetCounts), String> {
-    let (mut reader, _) = FrameReader::open(&rung.path, false, 1)?;
+    let (mut reader, _) = FrameReader::open(&rung.path, 1)?;
     let expected = video.frames;
     let frame_us = (1e6 / video.frame_rate.max(1.0)).round() as i64;
     let mut next_dist = reader.next();

@@ -17,6 +17,7 @@ use axum::response::IntoResponse;
 use cascade_packager::{dash, hls, UriLayout};
 use cascade_platform::config::{EncoderChoice, RungConfig, TranscodeConfig};
 use cascade_platform::Config;
+use cascade_qa::ladder::ExpectedLadder;
 use cascade_qa::thresholds::Thresholds;
 use cascade_qa::{Options, Progress};
 use clap::Args;
@@ -120,7 +121,7 @@ pub async fn run(args: QaBenchArgs, config: Config) -> anyhow::Result<ExitCode> 
             url,
             reference: input.clone(),
             thresholds: Thresholds::default(),
-            transcode,
+            ladder: Some(ExpectedLadder::from_config(&transcode)),
             skip_quality: false,
             request_timeout: Duration::from_secs(30),
         },

@@ -105,6 +105,12 @@ pub fn run_qa_with(
     env: &[(&str, &str)],
 ) -> (i32, serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
+    // Cascade's outputs are held to Cascade's ladder unless a test says otherwise.
+    let ladder: &[&str] = if extra.contains(&"--ladder") {
+        &[]
+    } else {
+        &["--ladder", "cascade"]
+    };
     let json = dir.path().join("report.json");
     let html = dir.path().join("report.html");
     let out = Command::new(cascade_bin())
@@ -116,6 +122,7 @@ pub fn run_qa_with(
         .arg(&json)
         .arg("--html")
         .arg(&html)
+        .args(ladder)
         .args(extra)
         .envs(env.iter().copied())
         .env("CASCADE_LOG__FILTER", "warn")
@@ -262,6 +269,8 @@ async fn qa_by_asset_id_finds_the_url_and_the_stored_original_and_signs_for_sign
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(report["format"], "dash");
+    // With --asset the outputs are held to Cascade's ladder by default.
+    assert_eq!(check_status(&report, "structure.ladder", None), "pass");
     let url = report["url"].as_str().unwrap();
     assert!(url.contains("/manifest.mpd?token="), "{url}");
     // The reference was the stored original: same frames as the fixture.
@@ -665,4 +674,257 @@ async fn qa_exits_2_when_it_cannot_run() {
     let not_media = fixtures_dir().join("text_as_mp4.mp4");
     let (code, _, output) = run_qa(&server.url("master.m3u8"), &not_media, &["--quiet"]);
     assert_eq!(code, 2, "{output}");
+}
+
+/// Makes a presentation of `source` with the ffmpeg CLI in `dir`: two video
+/// rungs (720p, 360p) on a 2 s keyframe grid and AAC audio, with `packaging`
+/// (the muxer and its options) after the encode options.
+fn ffmpeg_presentation(source: &Path, dir: &Path, streams: &[&str], packaging: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new("ffmpeg")
+        .current_dir(dir)
+        .args(["-nostdin", "-v", "error", "-y", "-i"])
+        .arg(source)
+        .args([
+            "-filter_complex",
+            "[0:v]split=2[a][b];[a]scale=-2:720[v720];[b]scale=-2:360[v360]",
+            "-map",
+            "[v720]",
+            "-map",
+            "[v360]",
+        ])
+        .args(streams)
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-sc_threshold",
+            "0",
+        ])
+        .args(["-force_key_frames", "expr:gte(t,n_forced*2)"])
+        // Capped CRF: ffmpeg declares BANDWIDTH as the caps plus 10%, and
+        // the segments stay under them (targets as bit rates would be
+        // overshot by the VBV's first fill and, in MPEG-TS, the packet
+        // overhead: QA then rightly fails structure.bandwidth).
+        .args([
+            "-crf",
+            "23",
+            "-maxrate:v:0",
+            "2500k",
+            "-bufsize:v:0",
+            "2500k",
+        ])
+        .args(["-maxrate:v:1", "600k", "-bufsize:v:1", "600k"])
+        .args(["-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-ac", "2"])
+        .args(packaging)
+        .output()
+        .expect("run ffmpeg");
+    assert!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn check_status(report: &serde_json::Value, id: &str, rendition: Option<&str>) -> String {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id && rendition.is_none_or(|r| c["rendition"] == r))
+        .map_or_else(
+            || "absent".to_owned(),
+            |c| c["status"].as_str().unwrap().to_owned(),
+        )
+}
+
+/// QA engineers point `cascade qa` at presentations made elsewhere from the
+/// same source: the ffmpeg CLI's HLS with MPEG-TS segments (audio muxed into
+/// each variant), its HLS with fMP4 segments (audio in a group of its own)
+/// and its DASH packager's MPD. With a URL the expected ladder defaults to
+/// none, and every check passes; held to Cascade's ladder, the ladder check
+/// names the difference.
+#[tokio::test]
+async fn qa_reads_presentations_made_elsewhere_in_ts_fmp4_and_dash() {
+    let source = fixtures_dir().join("landscape_720p60_stereo.mp4");
+    let work = tempfile::tempdir().unwrap();
+    const HLS_VOD: &[&str] = &[
+        "-f",
+        "hls",
+        "-hls_time",
+        "2",
+        "-hls_playlist_type",
+        "vod",
+        "-master_pl_name",
+        "master.m3u8",
+    ];
+    // MPEG-TS, each variant with its own muxed audio.
+    ffmpeg_presentation(
+        &source,
+        &work.path().join("ts"),
+        &["-map", "0:a", "-map", "0:a"],
+        &[
+            HLS_VOD,
+            &[
+                "-var_stream_map",
+                "v:0,a:0 v:1,a:1",
+                "-hls_segment_filename",
+                "v%v/%d.ts",
+                "v%v/index.m3u8",
+            ],
+        ]
+        .concat(),
+    );
+    // fMP4, audio as an alternative rendition shared by both variants.
+    ffmpeg_presentation(
+        &source,
+        &work.path().join("fmp4"),
+        &["-map", "0:a"],
+        &[
+            HLS_VOD,
+            &[
+                "-hls_segment_type",
+                "fmp4",
+                "-var_stream_map",
+                "v:0,agroup:aud v:1,agroup:aud a:0,agroup:aud",
+                "-hls_segment_filename",
+                "v%v/%d.m4s",
+                "v%v/index.m3u8",
+            ],
+        ]
+        .concat(),
+    );
+    // DASH: SegmentTemplate with a SegmentTimeline, one AdaptationSet per kind.
+    ffmpeg_presentation(
+        &source,
+        &work.path().join("dash"),
+        &["-map", "0:a"],
+        &[
+            "-f",
+            "dash",
+            "-seg_duration",
+            "2",
+            "-use_template",
+            "1",
+            "-use_timeline",
+            "1",
+            "-adaptation_sets",
+            "id=0,streams=v id=1,streams=a",
+            "manifest.mpd",
+        ],
+    );
+    let server = StaticServer::start(work.path()).await;
+
+    for (manifest, container, video, audio) in [
+        ("ts/master.m3u8", "MPEG-TS", "v0", "v0-audio"),
+        ("fmp4/master.m3u8", "moof+mdat", "v0", "v2"),
+        ("dash/manifest.mpd", "moof+mdat", "0", "2"),
+    ] {
+        let (code, report, output) = run_qa(
+            &server.url(manifest),
+            &source,
+            &["--quiet", "--ladder", "none"],
+        );
+        assert_eq!(
+            code,
+            0,
+            "{manifest}: {:?}\n{output}",
+            failed_checks(&report)
+        );
+        let names: Vec<&str> = report["renditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        let expected = match manifest {
+            "ts/master.m3u8" => vec!["v0", "v0-audio", "v1", "v1-audio"],
+            "fmp4/master.m3u8" => vec!["v0", "v1", "v2"],
+            _ => vec!["0", "1", "2"],
+        };
+        assert_eq!(names, expected, "{manifest}: each rendition read once");
+        let boxes = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "structure.segment_boxes" && c["rendition"] == video)
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            boxes["message"].as_str().unwrap_or("").contains(container),
+            "{manifest}: {boxes}"
+        );
+        assert_eq!(
+            check_status(&report, "structure.ladder", None),
+            "skip",
+            "{manifest}"
+        );
+        assert_eq!(
+            check_status(&report, "timing.frame_count", Some(video)),
+            "pass"
+        );
+        assert_eq!(
+            check_status(&report, "timing.segment_alignment", None),
+            "pass"
+        );
+        assert_eq!(
+            check_status(&report, "quality.psnr_top", Some(video)),
+            "pass"
+        );
+        assert_eq!(
+            check_status(&report, "audio.loudness", Some(audio)),
+            "pass",
+            "{manifest}"
+        );
+        assert_eq!(
+            check_status(&report, "timing.av_offset", None),
+            "pass",
+            "{manifest}"
+        );
+        assert_eq!(
+            check_status(&report, "structure.codecs", Some(video)),
+            "pass",
+            "{manifest}"
+        );
+    }
+
+    // A cut MPEG-TS segment is named for what it is.
+    let segment = work.path().join("ts/v1/1.ts");
+    let bytes = std::fs::read(&segment).unwrap();
+    std::fs::write(&segment, &bytes[..bytes.len() - 100]).unwrap();
+    let (code, report, output) = run_qa(
+        &server.url("ts/master.m3u8"),
+        &source,
+        &["--quiet", "--skip-quality", "--ladder", "none"],
+    );
+    let boxes = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "structure.segment_boxes" && c["rendition"] == "v1")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        code == 1
+            && boxes["status"] == "fail"
+            && boxes["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("truncated"),
+        "{boxes}\n{output}"
+    );
+
+    // Held to Cascade's ladder (720p, 480p, 360p ... for 1280x720), the
+    // two-rung presentation fails that check and that check alone.
+    let (code, report, output) = run_qa(
+        &server.url("ts/master.m3u8"),
+        &source,
+        &["--quiet", "--skip-quality", "--ladder", "cascade"],
+    );
+    let failed = failed_checks(&report);
+    assert!(
+        code == 1 && failed.iter().any(|(id, _)| id == "structure.ladder"),
+        "{failed:?}\n{output}"
+    );
 }
