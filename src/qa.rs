@@ -13,7 +13,7 @@ use cascade_platform::storage::CopyError;
 use cascade_platform::{assets, db, Config, ObjectStore};
 use cascade_qa::ladder::ExpectedLadder;
 use cascade_qa::thresholds::Thresholds;
-use cascade_qa::{CannotRun, Options, Progress, ProgressSink};
+use cascade_qa::{CannotRun, Options, Progress, ProgressSink, Readers};
 use cascade_schemas::{AssetId, AssetState, ObjectKey};
 
 /// Which manifest `--asset` checks.
@@ -21,6 +21,14 @@ use cascade_schemas::{AssetId, AssetState, ObjectKey};
 pub enum ManifestKind {
     Hls,
     Dash,
+}
+
+/// `--reader`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReaderChoice {
+    Ffmpeg,
+    Gstreamer,
+    Both,
 }
 
 #[derive(Debug, clap::Args)]
@@ -43,6 +51,12 @@ pub struct QaArgs {
     /// `rate_control` (docs/qa.md). Default: `cascade` with --asset, else `none`.
     #[arg(long, value_name = "cascade|none|FILE")]
     ladder: Option<String>,
+    /// Which readers decode the outputs: `ffmpeg`, `gstreamer` (its MP4,
+    /// MPEG-TS, HLS and DASH demuxers; the checks needing FFmpeg are
+    /// skipped) or `both` (and whether they agree). Default: both where
+    /// GStreamer and its plugins are present, else ffmpeg.
+    #[arg(long, value_enum)]
+    reader: Option<ReaderChoice>,
     /// With --asset: which manifest to check.
     #[arg(long, value_enum, default_value = "hls")]
     manifest: ManifestKind,
@@ -120,6 +134,11 @@ async fn run_inner(args: QaArgs, config: &Config) -> Result<ExitCode, CannotRun>
             thresholds,
             ladder,
             skip_quality: args.skip_quality,
+            readers: args.reader.map(|choice| match choice {
+                ReaderChoice::Ffmpeg => Readers::Ffmpeg,
+                ReaderChoice::Gstreamer => Readers::Gstreamer,
+                ReaderChoice::Both => Readers::Both,
+            }),
             request_timeout: args.timeout,
         },
         progress,

@@ -5,7 +5,9 @@
 //! (ISO/IEC 23009-1 MPD, SegmentTemplate addressing) presentations of CMAF
 //! tracks (ISO/IEC 23000-19) or MPEG-TS segments (ISO/IEC 13818-1, muxed
 //! audio and video included), made by Cascade or anything else, demuxes and
-//! decodes them with the FFmpeg libraries, and reports structure, timing,
+//! decodes them with the FFmpeg libraries and, as a second and independent
+//! reader, GStreamer (its MP4, MPEG-TS, HLS and DASH demuxers), and reports
+//! structure, timing,
 //! quality (PSNR-Y, SSIM-Y; VMAF when the FFmpeg build has libvmaf) and
 //! bitrate checks, against an expected ladder when one is given, as a
 //! terminal table, a JSON report (schema in docs/qa.md) and a
@@ -16,6 +18,7 @@ pub mod dash;
 pub mod fetch;
 #[cfg(test)]
 mod fuzz;
+pub mod gst_reader;
 pub mod hls;
 pub mod html;
 pub mod ladder;
@@ -70,8 +73,58 @@ pub struct Options {
     pub ladder: Option<ExpectedLadder>,
     /// Skip PSNR/SSIM (structure, timing and bitrate only).
     pub skip_quality: bool,
+    /// Which readers decode the outputs; `None`: both where GStreamer is present.
+    pub readers: Option<Readers>,
     pub request_timeout: Duration,
 }
+
+/// Which media readers decode the outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readers {
+    /// FFmpeg's demuxers and decoders: every structure, timing, quality and
+    /// audio check.
+    Ffmpeg,
+    /// GStreamer's alone: the checks that need no demuxer (manifests, bytes,
+    /// declared bandwidth) and what GStreamer decodes.
+    Gstreamer,
+    /// Both, and whether they agree.
+    Both,
+}
+
+impl Readers {
+    fn ffmpeg(self) -> bool {
+        self != Self::Gstreamer
+    }
+
+    fn gstreamer(self) -> bool {
+        self != Self::Ffmpeg
+    }
+}
+
+/// Checks that need FFmpeg's reading; with `--reader gstreamer` they are
+/// skipped.
+const FFMPEG_CHECKS: &[&str] = &[
+    "structure.init_segment",
+    "structure.segment_boxes",
+    "structure.segment_durations",
+    "structure.codecs",
+    "structure.resolution",
+    "structure.frame_rate",
+    "timing.keyframe_starts",
+    "timing.segment_alignment",
+    "timing.duration",
+    "timing.frame_count",
+    "timing.presentation_duration",
+    "timing.av_offset",
+    "quality.psnr_top",
+    "quality.ssim_top",
+    "quality.measured",
+    "quality.combing",
+    "quality.rung_step",
+    "quality.vmaf",
+    "audio.loudness",
+    "audio.format",
+];
 
 /// A rendition with everything fetched and measured about it.
 pub struct Analysed {
@@ -92,6 +145,8 @@ pub struct Analysed {
     pub media: Result<RenditionMedia, String>,
     pub quality: Option<Result<Quality, String>>,
     pub measured: Measured,
+    /// GStreamer's decoding of the same bytes, when that reader runs.
+    pub gstreamer: Option<gst_reader::Reading>,
 }
 
 pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, CannotRun> {
@@ -110,6 +165,17 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
         .map_err(|e| CannotRun(format!("reading the reference: {e}")))?
         .map_err(CannotRun)?;
 
+    let (readers, gstreamer_absent) = match options.readers {
+        Some(Readers::Ffmpeg) => (Readers::Ffmpeg, None),
+        Some(chosen) => {
+            gst_reader::available().map_err(|e| CannotRun(format!("--reader: {e}")))?;
+            (chosen, None)
+        }
+        None => match gst_reader::available() {
+            Ok(()) => (Readers::Both, None),
+            Err(absent) => (Readers::Ffmpeg, Some(absent)),
+        },
+    };
     let fetcher = Fetcher::new(options.request_timeout).map_err(CannotRun)?;
     progress(Progress::Phase(format!("fetching {url}")));
     let manifest = fetcher.get(&url).await;
@@ -142,7 +208,7 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
             spec.segments.len()
         )));
         let file = scratch.path().join(format!("rendition-{i}"));
-        let rendition = fetch_and_demux(&fetcher, spec, file).await;
+        let rendition = fetch_and_demux(&fetcher, spec, file, readers).await;
         let muxed_audio = rendition.media.as_ref().is_ok_and(|m| m.muxed_audio)
             && rendition.spec.audio_group.is_none();
         if muxed_audio {
@@ -164,7 +230,15 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
                 .to_owned()
         },
     };
-    if !options.skip_quality {
+    let presentation_reading = if readers.gstreamer() {
+        progress(Progress::Phase(
+            "reading with GStreamer (qtdemux / tsdemux, hlsdemux2 / dashdemux2)".to_owned(),
+        ));
+        Some(read_with_gstreamer(&mut analysed, &url, options.request_timeout).await)
+    } else {
+        None
+    };
+    if !options.skip_quality && readers.ffmpeg() {
         if let Some(video) = &reference.video {
             measure_quality(
                 &options.reference,
@@ -178,10 +252,14 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
         }
     }
 
-    progress(Progress::Phase("measuring loudness".to_owned()));
-    let loudness = measure_loudness(&options.reference, reference.audio.is_some(), &analysed)
-        .await
-        .map_err(CannotRun)?;
+    let loudness = if readers.ffmpeg() {
+        progress(Progress::Phase("measuring loudness".to_owned()));
+        measure_loudness(&options.reference, reference.audio.is_some(), &analysed)
+            .await
+            .map_err(CannotRun)?
+    } else {
+        loudness::Loudness::default()
+    };
 
     progress(Progress::Phase("checking".to_owned()));
     let checks = checks::evaluate(&checks::Inputs {
@@ -193,7 +271,29 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
         ladder: options.ladder.as_ref(),
         skip_quality: options.skip_quality,
         vmaf: &vmaf,
+        gstreamer: checks::GstreamerInputs {
+            used: readers.gstreamer(),
+            absent: gstreamer_absent.as_deref(),
+            presentation: presentation_reading.as_ref(),
+            both: readers == Readers::Both,
+        },
     });
+    let checks = if readers.ffmpeg() {
+        checks
+    } else {
+        checks
+            .into_iter()
+            .map(|mut check| {
+                if FFMPEG_CHECKS.contains(&check.id.as_str()) {
+                    check.status = Status::Skip;
+                    check.message = "needs FFmpeg's reading (--reader gstreamer)".to_owned();
+                    check.expected = None;
+                    check.measured = None;
+                }
+                check
+            })
+            .collect()
+    };
     let targets = checks::targets(&reference, options.ladder.as_ref(), &analysed);
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
@@ -279,9 +379,51 @@ fn rendition_report(a: &Analysed, target_bitrate: Option<u64>) -> RenditionRepor
     }
 }
 
+/// GStreamer's readings: each rendition's joined file (a muxed audio track
+/// shares its variant's), then the whole presentation from its URL.
+async fn read_with_gstreamer(
+    analysed: &mut [Analysed],
+    url: &Url,
+    request_timeout: Duration,
+) -> gst_reader::Reading {
+    // A generous bound for one read: decoding runs far faster than real time.
+    let deadline = request_timeout.max(Duration::from_secs(30)) * 4;
+    for i in 0..analysed.len() {
+        if analysed[i].muxed_in.is_some() {
+            continue;
+        }
+        let path = analysed[i].file.clone();
+        let reading = tokio::task::spawn_blocking(move || gst_reader::read_file(&path, deadline))
+            .await
+            .unwrap_or_else(|e| gst_reader::Reading {
+                error: Some(format!("GStreamer reader: {e}")),
+                ..Default::default()
+            });
+        let variant = analysed[i].spec.name.clone();
+        for other in analysed.iter_mut() {
+            if other.muxed_in.as_deref() == Some(variant.as_str()) {
+                other.gstreamer = Some(reading.clone());
+            }
+        }
+        analysed[i].gstreamer = Some(reading);
+    }
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || gst_reader::read_url(&url, deadline))
+        .await
+        .unwrap_or_else(|e| gst_reader::Reading {
+            error: Some(format!("GStreamer reader: {e}")),
+            ..Default::default()
+        })
+}
+
 /// Fetches the init segment and every media segment, joins them into one
-/// file and demuxes it.
-async fn fetch_and_demux(fetcher: &Fetcher, spec: RenditionSpec, file: PathBuf) -> Analysed {
+/// file and demuxes it with FFmpeg when that reader runs.
+async fn fetch_and_demux(
+    fetcher: &Fetcher,
+    spec: RenditionSpec,
+    file: PathBuf,
+    readers: Readers,
+) -> Analysed {
     let init = match &spec.init {
         Some(url) => Some(fetcher.get(url).await),
         None => None,
@@ -327,6 +469,7 @@ async fn fetch_and_demux(fetcher: &Fetcher, spec: RenditionSpec, file: PathBuf) 
     let readable = container == Container::MpegTs || init.as_ref().is_some_and(Fetched::ok);
     let media = match std::fs::write(&file, &joined) {
         Err(e) => Err(format!("cannot write {}: {e}", file.display())),
+        Ok(()) if !readers.ffmpeg() => Err("not read with FFmpeg (--reader gstreamer)".to_owned()),
         Ok(()) if readable => {
             let path = file.clone();
             let ranges = ranges.clone();
@@ -338,6 +481,20 @@ async fn fetch_and_demux(fetcher: &Fetcher, spec: RenditionSpec, file: PathBuf) 
         Ok(()) => Err("no init segment to read the media with".to_owned()),
     };
     drop(joined);
+    let mut media = media;
+    if let (Ok(media), Container::Cmaf, Some(init)) = (&mut media, container, &init) {
+        let bodies: Vec<&[u8]> = fetched
+            .iter()
+            .filter(|got| got.ok())
+            .map(|got| got.body.as_ref())
+            .collect();
+        let shift = media::ffmpeg_composition_shift(&init.body, &bodies);
+        if shift > 0.0 {
+            for packet in &mut media.packets {
+                packet.pts = packet.pts.map(|pts| pts - shift);
+            }
+        }
+    }
     if let Ok(media) = &media {
         fill_segment_measures(&mut segments, media);
     }
@@ -354,6 +511,7 @@ async fn fetch_and_demux(fetcher: &Fetcher, spec: RenditionSpec, file: PathBuf) 
         media,
         quality: None,
         measured,
+        gstreamer: None,
     }
 }
 
@@ -396,6 +554,7 @@ async fn muxed_audio_of(variant: &Analysed) -> Analysed {
         media,
         quality: None,
         measured,
+        gstreamer: None,
     }
 }
 

@@ -504,6 +504,110 @@ pub fn init_box_problem(bytes: &[u8]) -> Option<String> {
     None
 }
 
+/// The boxes directly inside `bytes` (a box's payload): (type, payload).
+/// Stops at the first box that does not fit.
+fn child_boxes(bytes: &[u8]) -> Vec<([u8; 4], &[u8])> {
+    let mut children = Vec::new();
+    let mut offset = 0usize;
+    while let Some(header) = bytes.get(offset..offset + 8) {
+        let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = [header[4], header[5], header[6], header[7]];
+        let (start, end) = match size {
+            0 => (offset + 8, bytes.len()),
+            1 => {
+                let Some(large) = bytes.get(offset + 8..offset + 16) else {
+                    break;
+                };
+                let mut be = [0u8; 8];
+                be.copy_from_slice(large);
+                let Ok(size) = usize::try_from(u64::from_be_bytes(be)) else {
+                    break;
+                };
+                (offset + 16, offset.saturating_add(size))
+            }
+            n => (offset + 8, offset.saturating_add(n)),
+        };
+        let Some(payload) = bytes.get(start..end) else {
+            break;
+        };
+        children.push((kind, payload));
+        offset = end;
+    }
+    children
+}
+
+fn child<'a>(bytes: &'a [u8], path: &[&[u8; 4]]) -> Vec<&'a [u8]> {
+    let Some((first, rest)) = path.split_first() else {
+        return vec![bytes];
+    };
+    child_boxes(bytes)
+        .into_iter()
+        .filter(|(kind, _)| kind == *first)
+        .flat_map(|(_, payload)| child(payload, rest))
+        .collect()
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    bytes
+        .get(at..at + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// How far FFmpeg's MP4 demuxer moves a fragmented track's presentation
+/// times, in seconds. ISO/IEC 14496-12 8.8.8: a sample's composition time is
+/// its decode time plus its (version 1: signed) composition offset, and
+/// CMAF (ISO/IEC 23000-19) uses negative offsets so that the first frame is
+/// presented at the fragment's decode time with no edit list. FFmpeg instead
+/// keeps every presentation time at or after its decode time: without an
+/// edit list it adds the most negative offset's magnitude to all of them
+/// (its `dts_shift`), so B-frame CMAF reads a frame late. GStreamer's
+/// qtdemux follows the spec. QA reports times as the spec defines them.
+pub fn ffmpeg_composition_shift(init: &[u8], segments: &[&[u8]]) -> f64 {
+    let has_edit_list = !child(init, &[b"moov", b"trak", b"edts", b"elst"]).is_empty();
+    let timescale = child(init, &[b"moov", b"trak", b"mdia", b"mdhd"])
+        .first()
+        .and_then(|mdhd| match mdhd.first() {
+            Some(1) => be_u32(mdhd, 20),
+            Some(_) => be_u32(mdhd, 12),
+            None => None,
+        })
+        .filter(|t| *t > 0);
+    let (Some(timescale), false) = (timescale, has_edit_list) else {
+        return 0.0;
+    };
+    let mut most_negative = 0i64;
+    for segment in segments {
+        for trun in child(segment, &[b"moof", b"traf", b"trun"]) {
+            let (Some(&version), Some(flags), Some(count)) =
+                (trun.first(), be_u32(trun, 0), be_u32(trun, 4))
+            else {
+                continue;
+            };
+            let flags = flags & 0x00ff_ffff;
+            if version != 1 || flags & 0x800 == 0 {
+                continue;
+            }
+            let mut at = 8 + 4 * usize::from(flags & 0x1 != 0) + 4 * usize::from(flags & 0x4 != 0);
+            let per_sample = 4 * [0x100, 0x200, 0x400, 0x800]
+                .iter()
+                .filter(|bit| flags & **bit != 0)
+                .count();
+            let offset_at = 4 * [0x100, 0x200, 0x400]
+                .iter()
+                .filter(|bit| flags & **bit != 0)
+                .count();
+            for _ in 0..count {
+                let Some(offset) = be_u32(trun, at + offset_at) else {
+                    break;
+                };
+                most_negative = most_negative.min(i64::from(offset as i32));
+                at += per_sample;
+            }
+        }
+    }
+    -most_negative as f64 / f64::from(timescale)
+}
+
 /// (type, size) of each top-level box, or why they do not tile the bytes.
 fn top_level_boxes(bytes: &[u8]) -> Result<Vec<([u8; 4], u64)>, String> {
     let mut boxes = Vec::new();
@@ -573,6 +677,69 @@ mod tests {
             .unwrap()
             .contains("moof"));
         assert!(segment_box_problem(&[]).is_some());
+    }
+
+    fn full_box(kind: &[u8; 4], version: u8, flags: u32, payload: &[u8]) -> Vec<u8> {
+        let mut body = vec![version];
+        body.extend_from_slice(&flags.to_be_bytes()[1..]);
+        body.extend_from_slice(payload);
+        wrap(kind, &body)
+    }
+
+    fn wrap(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut out = ((8 + payload.len()) as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn ffmpeg_shifts_negative_composition_offsets_without_an_edit_list() {
+        // mdhd v0: creation, modification, timescale 90000, duration.
+        let mut mdhd = vec![0u8; 8];
+        mdhd.extend_from_slice(&90_000u32.to_be_bytes());
+        mdhd.extend_from_slice(&[0u8; 8]);
+        let mdia = wrap(b"mdia", &full_box(b"mdhd", 0, 0, &mdhd));
+        let init = wrap(b"moov", &wrap(b"trak", &mdia));
+        // trun v1: data offset, then (size, composition offset) per sample.
+        let mut samples = Vec::new();
+        samples.extend_from_slice(&100i32.to_be_bytes());
+        for (size, offset) in [(10u32, 0i32), (11, 3000), (12, -3000), (13, 0)] {
+            samples.extend_from_slice(&size.to_be_bytes());
+            samples.extend_from_slice(&offset.to_be_bytes());
+        }
+        let mut trun_payload = 4u32.to_be_bytes().to_vec();
+        trun_payload.extend_from_slice(&samples);
+        let trun = full_box(b"trun", 1, 0x1 | 0x200 | 0x800, &trun_payload);
+        let segment = wrap(b"moof", &wrap(b"traf", &trun));
+        let shift = ffmpeg_composition_shift(&init, &[&segment]);
+        assert!((shift - 3000.0 / 90_000.0).abs() < 1e-9, "{shift}");
+        // Unsigned offsets (version 0) or an edit list: no shift.
+        let v0 = wrap(
+            b"moof",
+            &wrap(
+                b"traf",
+                &full_box(b"trun", 0, 0x1 | 0x200 | 0x800, &trun_payload),
+            ),
+        );
+        assert_eq!(ffmpeg_composition_shift(&init, &[&v0]), 0.0);
+        let edited = wrap(
+            b"moov",
+            &wrap(
+                b"trak",
+                &[
+                    mdia.clone(),
+                    wrap(b"edts", &full_box(b"elst", 0, 0, &[0; 4])),
+                ]
+                .concat(),
+            ),
+        );
+        assert_eq!(ffmpeg_composition_shift(&edited, &[&segment]), 0.0);
+        // Cut boxes are read as far as they go.
+        assert_eq!(
+            ffmpeg_composition_shift(&init[..10], &[&segment[..20]]),
+            0.0
+        );
     }
 
     #[test]

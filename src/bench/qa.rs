@@ -123,6 +123,8 @@ pub async fn run(args: QaBenchArgs, config: Config) -> anyhow::Result<ExitCode> 
             thresholds: Thresholds::default(),
             ladder: Some(ExpectedLadder::from_config(&transcode)),
             skip_quality: false,
+            // As users run it: both readers where GStreamer is present.
+            readers: None,
             request_timeout: Duration::from_secs(30),
         },
         Arc::new(|event| {

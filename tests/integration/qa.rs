@@ -271,6 +271,27 @@ async fn qa_by_asset_id_finds_the_url_and_the_stored_original_and_signs_for_sign
     assert_eq!(report["format"], "dash");
     // With --asset the outputs are held to Cascade's ladder by default.
     assert_eq!(check_status(&report, "structure.ladder", None), "pass");
+    // Cascade's B-frame CMAF presents its first frame at 0 (version 1 trun,
+    // negative composition offsets, no edit list: ISO/IEC 14496-12 and
+    // CMAF). GStreamer reads it so; FFmpeg's demuxer shifts it a frame
+    // late, which QA undoes. Both readers agree, through dashdemux2 too.
+    let starts: Vec<&serde_json::Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["id"] == "readers.start")
+        .collect();
+    assert!(
+        !starts.is_empty()
+            && starts
+                .iter()
+                .all(|c| c["status"] == "pass" && c["measured"] == "0.000 s (GStreamer)"),
+        "{starts:?}"
+    );
+    assert_eq!(
+        check_status(&report, "gstreamer.presentation", None),
+        "pass"
+    );
     let url = report["url"].as_str().unwrap();
     assert!(url.contains("/manifest.mpd?token="), "{url}");
     // The reference was the stored original: same frames as the fixture.
@@ -887,7 +908,70 @@ async fn qa_reads_presentations_made_elsewhere_in_ts_fmp4_and_dash() {
             "pass",
             "{manifest}"
         );
+        // The second reader, GStreamer, decodes every rendition and plays
+        // the presentation with its own HLS or DASH demuxer; the two
+        // readers agree on frames and audio duration.
+        for rendition in &names {
+            assert_eq!(
+                check_status(&report, "gstreamer.decodes", Some(rendition)),
+                "pass"
+            );
+        }
+        assert_eq!(check_status(&report, "readers.frames", Some(video)), "pass");
+        assert_eq!(
+            check_status(&report, "readers.duration", Some(audio)),
+            "pass"
+        );
+        assert_eq!(
+            check_status(&report, "gstreamer.presentation", None),
+            "pass",
+            "{manifest}"
+        );
     }
+
+    // GStreamer alone: what needs no FFmpeg reading, and what GStreamer decodes.
+    let (code, report, output) = run_qa(
+        &server.url("fmp4/master.m3u8"),
+        &source,
+        &["--quiet", "--ladder", "none", "--reader", "gstreamer"],
+    );
+    assert_eq!(code, 0, "{:?}\n{output}", failed_checks(&report));
+    assert_eq!(
+        check_status(&report, "gstreamer.decodes", Some("v0")),
+        "pass"
+    );
+    // Checks of FFmpeg's packet reading are skipped, or not made.
+    assert_eq!(
+        check_status(&report, "structure.init_segment", Some("v0")),
+        "skip"
+    );
+    assert_eq!(
+        check_status(&report, "timing.frame_count", Some("v0")),
+        "absent"
+    );
+    assert_eq!(
+        check_status(&report, "structure.bandwidth", Some("v0")),
+        "pass"
+    );
+    assert_eq!(
+        check_status(&report, "readers.frames", Some("v0")),
+        "absent"
+    );
+    // FFmpeg alone: GStreamer is not asked.
+    let (code, report, output) = run_qa(
+        &server.url("fmp4/master.m3u8"),
+        &source,
+        &[
+            "--quiet",
+            "--skip-quality",
+            "--ladder",
+            "none",
+            "--reader",
+            "ffmpeg",
+        ],
+    );
+    assert_eq!(code, 0, "{:?}\n{output}", failed_checks(&report));
+    assert_eq!(check_status(&report, "gstreamer.decodes", None), "skip");
 
     // A cut MPEG-TS segment is named for what it is.
     let segment = work.path().join("ts/v1/1.ts");
