@@ -10,6 +10,7 @@ mod keys;
 mod live;
 mod probe;
 mod qa;
+mod qa_gate;
 mod serve;
 mod telemetry;
 mod tiers;

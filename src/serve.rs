@@ -201,7 +201,11 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             config.transcode.clone(),
             encoder,
         )
-        .with_metrics(worker_metrics.clone());
+        .with_metrics(worker_metrics.clone())
+        .with_gate(std::sync::Arc::new(crate::qa_gate::QaGate::new(
+            store.clone(),
+            &config.transcode,
+        )));
         if config.transcode.isolate {
             let limit = config.transcode.child_memory_limit.0;
             transcode = transcode.with_child(transcode::child::ChildTranscoder::new(

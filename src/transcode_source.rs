@@ -19,6 +19,10 @@ use tokio::sync::mpsc;
 
 /// The fault tests' failpoint: a source length.
 const CRASH_FAILPOINT: &str = "FAILPOINT_TRANSCODE_CRASH_SOURCE_LENGTH";
+/// The publish gate's test failpoint: a source length whose second media
+/// segment (of the first rung to make one) is cut in half, as a damaged
+/// encoder or packager would leave it.
+const CUT_SEGMENT_FAILPOINT: &str = "FAILPOINT_TRANSCODE_CUT_SEGMENT_SOURCE_LENGTH";
 
 /// What to transcode: a stored source.
 #[derive(clap::Args)]
@@ -52,6 +56,10 @@ pub async fn run(args: TranscodeSourceArgs, config: &Config) -> anyhow::Result<E
         .ok()
         .and_then(|length| length.parse::<u64>().ok())
         == Some(args.length);
+    let mut cut_a_segment = std::env::var(CUT_SEGMENT_FAILPOINT)
+        .ok()
+        .and_then(|length| length.parse::<u64>().ok())
+        == Some(args.length);
     let (events, mut received) = mpsc::channel::<pipeline::Event>(16);
     // Frames go out on a thread of their own: writing blocks while the
     // worker is busy uploading, which is the back-pressure the pipeline
@@ -59,8 +67,17 @@ pub async fn run(args: TranscodeSourceArgs, config: &Config) -> anyhow::Result<E
     let (outcome, decided) = std::sync::mpsc::channel();
     let writer = tokio::task::spawn_blocking(move || {
         let mut writer = FrameWriter::new(std::io::BufWriter::new(std::io::stdout().lock()));
-        while let Some(event) = received.blocking_recv() {
+        while let Some(mut event) = received.blocking_recv() {
             let segment = matches!(event, pipeline::Event::Segment { .. });
+            if let pipeline::Event::Segment {
+                sequence: 2, bytes, ..
+            } = &mut event
+            {
+                if std::mem::take(&mut cut_a_segment) {
+                    tracing::warn!("failpoint {CUT_SEGMENT_FAILPOINT}: cutting a segment");
+                    bytes.truncate(bytes.len() / 2);
+                }
+            }
             if writer.event(event).is_err() {
                 // The worker is gone (or gave up on this job): nobody to
                 // tell; dropping the receiver stops the pipeline.

@@ -81,6 +81,7 @@ pub(crate) async fn asset_json(
             message: asset.error_message.clone(),
         }),
         renditions: renditions.into_iter().map(RenditionView::from).collect(),
+        quality: asset.quality.clone(),
         playback,
         upload,
         created_at: asset.created_at,

@@ -145,6 +145,16 @@ pub struct AssetView {
     pub error: Option<AssetError>,
     /// Published renditions.
     pub renditions: Vec<RenditionView>,
+    /// The publish gate's checks of the published version
+    /// (`transcode.qa_gate`): `gate` (`passed`, or `warned`: published with
+    /// failed checks), `version`, `checks_passed`, `checks_failed`,
+    /// `checks_skipped`, `failures` (`check`, `rendition`, `message`,
+    /// `expected`, `measured`), `renditions` (per rendition: `name`, `kind`,
+    /// `codecs`, `frames`, `duration_s`, `average_bitrate`, `peak_bitrate`,
+    /// `target_bitrate`, `passed`, `failed`) and `seconds`. Absent when the
+    /// version was not checked (docs/qa.md).
+    #[schema(value_type = Option<Object>)]
+    pub quality: Option<serde_json::Value>,
     /// Playback URLs, once playable.
     pub playback: Option<PlaybackUrls>,
     /// Upload targets, while waiting.

@@ -838,7 +838,12 @@ async fn serve_live(
         (Target::Mpd, None) => ObjectKey::live_manifest(live.id),
         (Target::MediaPlaylist(r), None) => {
             let directives = relay::directives(ask.query.as_deref());
-            match from_relay(format!("{}/{r}/index.m3u8", live.id), Some(directives)).await {
+            match from_relay(
+                format!("{}/{r}/{}", live.id, keys::MEDIA_PLAYLIST),
+                Some(directives),
+            )
+            .await
+            {
                 relay::RelayAnswer::Found(relayed) => {
                     let mut response =
                         from_memory(ask, class, &relayed.object, rewrite, cache_control)?;

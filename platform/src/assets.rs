@@ -107,6 +107,9 @@ pub struct Asset {
     /// The output version the current source makes (a replacement in
     /// progress is one above the published version).
     pub source_version: i32,
+    /// The publish gate's record of the published version (checks,
+    /// failures, per-rendition measures); `None` when it was not checked.
+    pub quality: Option<serde_json::Value>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
@@ -156,6 +159,9 @@ impl Asset {
             published_version: row.get("published_version"),
             playable_version: row.get("playable_version"),
             source_version: row.get("source_version"),
+            quality: row
+                .get::<_, Option<&str>>("quality")
+                .and_then(|text| serde_json::from_str(text).ok()),
             created_at: row.get("created_at"),
         })
     }
@@ -198,7 +204,7 @@ pub struct RenditionRow {
 const ASSET_COLUMNS: &str =
     "id, environment_id, playback_id, playback_policy, state, title, metadata::text AS metadata, \
      progress, error_code, error_message, duration_seconds, published_version, playable_version, \
-     source_version, \
+     source_version, quality::text AS quality, \
      created_at";
 
 /// A writer's claim on an asset's source (see [`claim_source`]).
@@ -609,7 +615,8 @@ pub async fn set_progress(
 /// Records a published version's renditions and makes it live: the asset
 /// turns `ready` in the same transaction (`processing -> ready`, sending
 /// `asset.ready`, or `restoring -> ready`, sending `asset.restored`; a
-/// rerun of a published version is idempotent). `false`, and nothing
+/// rerun of a published version is idempotent), with the publish gate's
+/// `quality` record. `false`, and nothing
 /// recorded, when the asset is deleted or no longer processing.
 pub async fn publish(
     pool: &Pool,
@@ -617,6 +624,7 @@ pub async fn publish(
     version: i32,
     duration: f64,
     renditions: &[RenditionRow],
+    quality: Option<&serde_json::Value>,
 ) -> Result<bool, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -666,10 +674,15 @@ pub async fn publish(
     }
     tx.execute(
         "UPDATE assets SET state = 'ready', progress = 100, published_version = $2, duration_seconds = $3,
-             playable_version = NULL,
+             playable_version = NULL, quality = $4::text::jsonb,
              error_code = NULL, error_message = NULL, updated_at = now()
          WHERE id = $1",
-        &[&id.as_uuid(), &version, &duration],
+        &[
+            &id.as_uuid(),
+            &version,
+            &duration,
+            &quality.map(serde_json::Value::to_string),
+        ],
     )
     .await?;
     emit(

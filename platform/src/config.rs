@@ -1116,6 +1116,14 @@ pub struct TranscodeConfig {
     /// Address-space limit (`RLIMIT_AS`) of that child; `0`: none.
     /// Default `8GiB`.
     pub child_memory_limit: ByteSize,
+    /// The publish gate: before an asset turns ready, its new version is
+    /// read back from storage and checked as `cascade qa` checks it
+    /// (structure, alignment, timing, codecs, declared bandwidth, bit-rate
+    /// caps, A/V offset). `enforce`: a failing version is not published and
+    /// the asset turns errored naming the failed checks; `warn`: published,
+    /// the failures recorded on the asset; `off`: not checked. Default
+    /// `enforce`.
+    pub qa_gate: QaGatePolicy,
     /// Frames the encoder may look ahead (`None`: the preset's). Set by
     /// [`LiveConfig::transcode`], where every frame of lookahead is delay.
     #[serde(skip)]
@@ -1193,6 +1201,7 @@ impl Default for TranscodeConfig {
             progressive_publish: true,
             isolate: true,
             child_memory_limit: ByteSize(8 << 30),
+            qa_gate: QaGatePolicy::Enforce,
             lookahead_frames: None,
             live: false,
             part_duration: None,
@@ -1334,6 +1343,18 @@ pub enum EncoderChoice {
     H264Vaapi,
     /// Intel Quick Sync.
     H264Qsv,
+}
+
+/// What the publish gate does with a version that fails its checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QaGatePolicy {
+    /// Not published: the asset turns errored, naming the failed checks.
+    Enforce,
+    /// Published, with the failures recorded on the asset.
+    Warn,
+    /// No checks.
+    Off,
 }
 
 /// Video rate control.

@@ -1,9 +1,14 @@
 //! Fetches manifests and segments over HTTP the way a player does: plain GETs
-//! of URLs resolved against the manifest that names them.
+//! of URLs resolved against the manifest that names them. The publish gate
+//! reads the same way from the object store, before anything is served:
+//! `cascade-store:///KEY` URLs name stored objects.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use cascade_platform::storage::StorageError;
+use cascade_platform::ObjectStore;
+use cascade_schemas::ObjectKey;
 use futures::stream::{self, StreamExt};
 use reqwest::Url;
 
@@ -27,12 +32,60 @@ impl Fetched {
     }
 }
 
+/// The URL scheme of stored objects (`cascade-store:///assets/ID/v1/master.m3u8`).
+pub const STORE_SCHEME: &str = "cascade-store";
+
 #[derive(Clone)]
 pub struct Fetcher {
-    client: reqwest::Client,
+    source: Source,
+}
+
+#[derive(Clone)]
+enum Source {
+    Http(reqwest::Client),
+    Store(ObjectStore),
 }
 
 impl Fetcher {
+    /// Reads `cascade-store:` URLs from `store`.
+    pub fn store(store: ObjectStore) -> Self {
+        Self {
+            source: Source::Store(store),
+        }
+    }
+
+    /// The `cascade-store:` URL of a stored object.
+    pub fn store_url(key: &ObjectKey) -> Result<Url, String> {
+        Url::parse(&format!("{STORE_SCHEME}:///{}", key.as_str()))
+            .map_err(|e| format!("{}: {e}", key.as_str()))
+    }
+
+    async fn get_stored(store: &ObjectStore, url: &Url) -> Fetched {
+        let failed = |status: u16, error: String| Fetched {
+            status,
+            body: Bytes::new(),
+            error: Some(error),
+        };
+        if url.scheme() != STORE_SCHEME {
+            return failed(0, format!("{url}: not a stored object"));
+        }
+        let key = ObjectKey::from_stored(url.path().trim_start_matches('/').to_owned());
+        match store.get(&key, None).await {
+            Ok(body) => match body.collect().await {
+                Ok(bytes) => Fetched {
+                    status: 200,
+                    body: bytes,
+                    error: None,
+                },
+                Err(error) => failed(200, format!("reading {}: {error}", key.as_str())),
+            },
+            Err(StorageError::NotFound { .. }) => {
+                failed(404, format!("{} is not stored", key.as_str()))
+            }
+            Err(error) => failed(0, format!("reading {}: {error}", key.as_str())),
+        }
+    }
+
     pub fn new(timeout: Duration) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -40,11 +93,17 @@ impl Fetcher {
             .user_agent(concat!("cascade-qa/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Self { client })
+        Ok(Self {
+            source: Source::Http(client),
+        })
     }
 
     pub async fn get(&self, url: &Url) -> Fetched {
-        let response = match self.client.get(url.clone()).send().await {
+        let client = match &self.source {
+            Source::Http(client) => client,
+            Source::Store(store) => return Self::get_stored(store, url).await,
+        };
+        let response = match client.get(url.clone()).send().await {
             Ok(response) => response,
             Err(error) => {
                 return Fetched {
@@ -76,7 +135,13 @@ impl Fetcher {
 
     /// GETs every URL, a few at a time, results in input order.
     pub async fn get_all(&self, urls: &[Url]) -> Vec<Fetched> {
-        stream::iter(urls.iter().map(|url| self.get(url)))
+        // Owned futures: a stream of futures borrowing `self` and the URLs
+        // is not `Send` for every lifetime, which the publish gate needs.
+        let requests = urls.iter().cloned().map(|url| {
+            let fetcher = self.clone();
+            async move { fetcher.get(&url).await }
+        });
+        stream::iter(requests)
             .buffered(PARALLEL_REQUESTS)
             .collect()
             .await

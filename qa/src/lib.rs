@@ -164,7 +164,88 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
         .await
         .map_err(|e| CannotRun(format!("reading the reference: {e}")))?
         .map_err(CannotRun)?;
+    let fetcher = Fetcher::new(options.request_timeout).map_err(CannotRun)?;
+    check(
+        Checking {
+            url,
+            fetcher,
+            reference,
+            reference_path: Some(options.reference.clone()),
+            reference_name: options.reference.display().to_string(),
+            ladder: options.ladder,
+            thresholds: options.thresholds,
+            skip_quality: options.skip_quality,
+            readers: options.readers,
+            request_timeout: options.request_timeout,
+        },
+        started,
+        progress,
+    )
+    .await
+}
 
+/// What the publish gate checks: a version just stored, before it is served.
+pub struct GateOptions {
+    /// The stored object store holding the version.
+    pub store: cascade_platform::ObjectStore,
+    /// The version's HLS master playlist.
+    pub master: cascade_schemas::ObjectKey,
+    /// The source as FFmpeg's demuxer reads it (the worker reads the stored
+    /// source once more, by ranged GETs: packets only, no decoding).
+    pub reference: ReferenceMedia,
+    /// How the source is named in the report.
+    pub reference_name: String,
+    pub ladder: ExpectedLadder,
+    pub thresholds: Thresholds,
+}
+
+/// The publish gate's checks of a stored version: the presentation read
+/// from storage by FFmpeg (structure, alignment, timing, codecs, declared
+/// bandwidth, bit-rate caps, A/V offset) against the source's reading. No
+/// pixel comparison and no second reader: it runs before every publish.
+pub async fn gate(options: GateOptions) -> Result<Report, CannotRun> {
+    let started = Instant::now();
+    let url = Fetcher::store_url(&options.master).map_err(CannotRun)?;
+    check(
+        Checking {
+            url,
+            fetcher: Fetcher::store(options.store),
+            reference: options.reference,
+            reference_path: None,
+            reference_name: options.reference_name,
+            ladder: Some(options.ladder),
+            thresholds: options.thresholds,
+            skip_quality: true,
+            readers: Some(Readers::Ffmpeg),
+            request_timeout: Duration::from_secs(30),
+        },
+        started,
+        Arc::new(|_| {}),
+    )
+    .await
+}
+
+/// One check run's inputs, however the presentation and reference are read.
+struct Checking {
+    url: Url,
+    fetcher: Fetcher,
+    reference: ReferenceMedia,
+    /// The reference file, when there is one: loudness and quality need it.
+    reference_path: Option<PathBuf>,
+    reference_name: String,
+    ladder: Option<ExpectedLadder>,
+    thresholds: Thresholds,
+    skip_quality: bool,
+    readers: Option<Readers>,
+    request_timeout: Duration,
+}
+
+async fn check(
+    options: Checking,
+    started: Instant,
+    progress: ProgressSink,
+) -> Result<Report, CannotRun> {
+    let (url, fetcher, reference) = (&options.url, &options.fetcher, &options.reference);
     let (readers, gstreamer_absent) = match options.readers {
         Some(Readers::Ffmpeg) => (Readers::Ffmpeg, None),
         Some(chosen) => {
@@ -176,9 +257,8 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
             Err(absent) => (Readers::Ffmpeg, Some(absent)),
         },
     };
-    let fetcher = Fetcher::new(options.request_timeout).map_err(CannotRun)?;
     progress(Progress::Phase(format!("fetching {url}")));
-    let manifest = fetcher.get(&url).await;
+    let manifest = fetcher.get(url).await;
     if manifest.status == 0 {
         return Err(CannotRun(format!(
             "cannot reach {url}: {}",
@@ -188,10 +268,10 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
     if let Some(error) = &manifest.error {
         return Err(CannotRun(format!("{url}: {error}")));
     }
-    let mut presentation = if looks_like_mpd(&url, &manifest.body) {
-        dash::load(&url, &manifest.body)
+    let mut presentation = if looks_like_mpd(url, &manifest.body) {
+        dash::load(url, &manifest.body)
     } else {
-        hls::load(&fetcher, &url, &manifest.body).await
+        hls::load(fetcher, url, &manifest.body).await
     };
     let format = presentation.format;
 
@@ -208,7 +288,7 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
             spec.segments.len()
         )));
         let file = scratch.path().join(format!("rendition-{i}"));
-        let rendition = fetch_and_demux(&fetcher, spec, file, readers).await;
+        let rendition = fetch_and_demux(fetcher, spec, file, readers).await;
         let muxed_audio = rendition.media.as_ref().is_ok_and(|m| m.muxed_audio)
             && rendition.spec.audio_group.is_none();
         if muxed_audio {
@@ -234,14 +314,18 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
         progress(Progress::Phase(
             "reading with GStreamer (qtdemux / tsdemux, hlsdemux2 / dashdemux2)".to_owned(),
         ));
-        Some(read_with_gstreamer(&mut analysed, &url, options.request_timeout).await)
+        Some(read_with_gstreamer(&mut analysed, url, options.request_timeout).await)
     } else {
         None
     };
-    if !options.skip_quality && readers.ffmpeg() {
+    let quality_reference = options
+        .reference_path
+        .as_ref()
+        .filter(|_| !options.skip_quality);
+    if let (Some(path), true) = (quality_reference, readers.ffmpeg()) {
         if let Some(video) = &reference.video {
             measure_quality(
-                &options.reference,
+                path,
                 video,
                 &mut analysed,
                 scratch.path(),
@@ -252,11 +336,17 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
         }
     }
 
-    let loudness = if readers.ffmpeg() {
+    // Loudness compares decoded audio with the reference file's: `cascade qa`
+    // only (the gate has no reference file and decodes no audio).
+    let loudness = if readers.ffmpeg() && options.reference_path.is_some() {
         progress(Progress::Phase("measuring loudness".to_owned()));
-        measure_loudness(&options.reference, reference.audio.is_some(), &analysed)
-            .await
-            .map_err(CannotRun)?
+        measure_loudness(
+            options.reference_path.as_deref(),
+            reference.audio.is_some(),
+            &analysed,
+        )
+        .await
+        .map_err(CannotRun)?
     } else {
         loudness::Loudness::default()
     };
@@ -266,7 +356,7 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
         loudness: &loudness,
         presentation: &presentation,
         renditions: &analysed,
-        reference: &reference,
+        reference,
         thresholds: &options.thresholds,
         ladder: options.ladder.as_ref(),
         skip_quality: options.skip_quality,
@@ -294,7 +384,7 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
             })
             .collect()
     };
-    let targets = checks::targets(&reference, options.ladder.as_ref(), &analysed);
+    let targets = checks::targets(reference, options.ladder.as_ref(), &analysed);
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -303,7 +393,7 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         elapsed_s: 0.0,
         result: Status::Pass,
-        reference: reference_info(&options.reference, &reference),
+        reference: reference_info(&options.reference_name, reference),
         thresholds: options.thresholds.clone(),
         vmaf,
         renditions: analysed
@@ -321,21 +411,21 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
 /// Integrated loudness of the reference (when it has audio) and of every
 /// audio rendition that could be read, on a blocking thread.
 async fn measure_loudness(
-    reference: &std::path::Path,
+    reference: Option<&std::path::Path>,
     reference_has_audio: bool,
     analysed: &[Analysed],
 ) -> Result<loudness::Loudness, String> {
-    let reference = reference.to_owned();
+    let reference = reference
+        .filter(|_| reference_has_audio)
+        .map(Path::to_owned);
     let audio: Vec<(String, std::path::PathBuf)> = analysed
         .iter()
         .filter(|a| a.spec.kind == report::MediaKind::Audio && a.media.is_ok())
         .map(|a| (a.spec.name.clone(), a.file.clone()))
         .collect();
-    tokio::task::spawn_blocking(move || {
-        loudness::Loudness::measure(reference_has_audio.then_some(reference.as_path()), &audio)
-    })
-    .await
-    .map_err(|e| format!("measuring loudness: {e}"))
+    tokio::task::spawn_blocking(move || loudness::Loudness::measure(reference.as_deref(), &audio))
+        .await
+        .map_err(|e| format!("measuring loudness: {e}"))
 }
 
 fn looks_like_mpd(url: &Url, body: &[u8]) -> bool {
@@ -346,11 +436,11 @@ fn looks_like_mpd(url: &Url, body: &[u8]) -> bool {
     !head.trim_start().starts_with("#EXTM3U") && head.contains("<MPD")
 }
 
-fn reference_info(path: &Path, reference: &ReferenceMedia) -> ReferenceInfo {
+fn reference_info(name: &str, reference: &ReferenceMedia) -> ReferenceInfo {
     let video = reference.video.as_ref();
     let audio = reference.audio.as_ref();
     ReferenceInfo {
-        path: path.display().to_string(),
+        path: name.to_owned(),
         width: video.map(|v| v.display_width),
         height: video.map(|v| v.display_height),
         frame_rate: video.map(|v| v.frame_rate),

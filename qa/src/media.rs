@@ -367,8 +367,29 @@ impl Span {
 /// Demuxes the reference once: display size, frame rate, frames, timing.
 pub fn analyse_reference(path: &Path) -> Result<ReferenceMedia, String> {
     init_ffmpeg();
-    let mut input = ff::format::input(path)
+    let input = ff::format::input(path)
         .map_err(|e| format!("cannot read the reference {}: {e}", path.display()))?;
+    analyse_reference_input(input, &path.display().to_string())
+}
+
+/// [`analyse_reference`] of any seekable reader, such as a stored source
+/// read by ranged GETs (the publish gate reads the source so, with no copy).
+pub fn analyse_reference_reader<R>(reader: R, name: &str) -> Result<ReferenceMedia, String>
+where
+    R: std::io::Read + std::io::Seek + Send + 'static,
+{
+    init_ffmpeg();
+    let io = ff::format::context::StreamIo::from_read_seek(reader)
+        .map_err(|e| format!("cannot read the reference {name}: {e}"))?;
+    let input = ff::format::input_from_stream(io, None, None)
+        .map_err(|e| format!("cannot read the reference {name}: {e}"))?;
+    analyse_reference_input(input, name)
+}
+
+fn analyse_reference_input(
+    mut input: ff::format::context::Input,
+    name: &str,
+) -> Result<ReferenceMedia, String> {
     let video = input.streams().best(ff::media::Type::Video).filter(|s| {
         !s.disposition()
             .contains(ff::format::stream::Disposition::ATTACHED_PIC)
@@ -377,7 +398,7 @@ pub fn analyse_reference(path: &Path) -> Result<ReferenceMedia, String> {
     if video.is_none() && audio.is_none() {
         return Err(format!(
             "the reference {} has no video or audio stream",
-            path.display()
+            name
         ));
     }
     let video_meta = video.map(|stream| {
@@ -467,10 +488,7 @@ pub fn analyse_reference(path: &Path) -> Result<ReferenceMedia, String> {
         duration: audio_span.end - audio_span.start,
     });
     if video.is_none() && audio.is_none() {
-        return Err(format!(
-            "the reference {} has no readable packets",
-            path.display()
-        ));
+        return Err(format!("the reference {} has no readable packets", name));
     }
     Ok(ReferenceMedia { video, audio })
 }

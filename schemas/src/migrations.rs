@@ -105,6 +105,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "live_segment_gaps",
         sql: include_str!("../migrations/0018_live_segment_gaps.sql"),
     },
+    Migration {
+        version: 19,
+        name: "asset_quality",
+        sql: include_str!("../migrations/0019_asset_quality.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! time, CPU time and per-rung PSNR-Y (against the source scaled to the
 //! rung's size, frames paired by order) for both, and the ratios.
 
+use cascade_schemas::keys;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -289,7 +290,7 @@ pub async fn run(args: LadderBenchArgs, config: Config) -> anyhow::Result<ExitCo
     for rung in &rungs {
         // Our rung as one fragmented MP4: init + segments in order.
         let dir = ours_dir.join(&rung.name);
-        let mut joined = std::fs::read(dir.join("init.mp4"))?;
+        let mut joined = std::fs::read(dir.join(keys::INIT_SEGMENT))?;
         let segments = summary
             .renditions
             .iter()

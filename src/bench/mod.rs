@@ -12,6 +12,7 @@ mod tiers;
 mod ttp;
 mod upload;
 
+use cascade_schemas::keys;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -190,7 +191,7 @@ pub(crate) async fn transcode_to_dir(
                 rendition, bytes, ..
             } => {
                 std::fs::create_dir_all(dir.join(&rendition))?;
-                std::fs::write(dir.join(&rendition).join("init.mp4"), &bytes)?;
+                std::fs::write(dir.join(&rendition).join(keys::INIT_SEGMENT), &bytes)?;
             }
             Event::Segment {
                 rendition,

@@ -5,6 +5,7 @@
 //! fetching, demuxing, decoding the reference once, decoding and scaling
 //! every rung, PSNR and SSIM on every frame.
 
+use cascade_schemas::keys;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -56,16 +57,16 @@ async fn make_asset(input: &Path, transcode: TranscodeConfig, dir: &Path) -> any
     for rendition in &renditions {
         let playlist = hls::Playlist::for_rendition(rendition, &layout)?;
         std::fs::write(
-            dir.join(&rendition.name).join("index.m3u8"),
+            dir.join(&rendition.name).join(keys::MEDIA_PLAYLIST),
             playlist.render(),
         )?;
     }
     std::fs::write(
-        dir.join("master.m3u8"),
+        dir.join(keys::HLS_MASTER),
         hls::render_master_playlist(&renditions, &layout)?,
     )?;
     std::fs::write(
-        dir.join("manifest.mpd"),
+        dir.join(keys::DASH_MANIFEST),
         dash::render_mpd(&renditions, &layout)?,
     )?;
     Ok(renditions.len())

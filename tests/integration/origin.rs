@@ -294,7 +294,9 @@ async fn inserted(db: &TestDb, state: AssetState, policy: &str) -> (AssetId, Pla
         .await
         .unwrap();
     drop(client);
-    assert!(assets::publish(&db.pool, id, 1, 1.0, &[]).await.unwrap());
+    assert!(assets::publish(&db.pool, id, 1, 1.0, &[], None)
+        .await
+        .unwrap());
     if state != AssetState::Ready {
         let client = db.pool.get().await.unwrap();
         client

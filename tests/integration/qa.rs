@@ -105,12 +105,17 @@ pub fn run_qa_with(
     env: &[(&str, &str)],
 ) -> (i32, serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
-    // Cascade's outputs are held to Cascade's ladder unless a test says otherwise.
-    let ladder: &[&str] = if extra.contains(&"--ladder") {
-        &[]
-    } else {
-        &["--ladder", "cascade"]
-    };
+    // Cascade's outputs are held to Cascade's ladder unless a test says
+    // otherwise. GStreamer decodes every rung again: only the tests about
+    // the second reader ask for it (the suite shares two cores with live
+    // tests that must keep real time).
+    let mut defaults: Vec<&str> = Vec::new();
+    if !extra.contains(&"--ladder") {
+        defaults.extend(["--ladder", "cascade"]);
+    }
+    if !extra.contains(&"--reader") {
+        defaults.extend(["--reader", "ffmpeg"]);
+    }
     let json = dir.path().join("report.json");
     let html = dir.path().join("report.html");
     let out = Command::new(cascade_bin())
@@ -122,7 +127,7 @@ pub fn run_qa_with(
         .arg(&json)
         .arg("--html")
         .arg(&html)
-        .args(ladder)
+        .args(&defaults)
         .args(extra)
         .envs(env.iter().copied())
         .env("CASCADE_LOG__FILTER", "warn")
@@ -166,6 +171,25 @@ async fn pipeline_and_qa(file: &str, name: &str, dash_too: bool) {
     assert_eq!(status, 202, "{file}: {body}");
     let asset = wait_terminal(&stack, &id).await;
     assert_eq!(asset["state"], "ready", "{file}: {asset}");
+    // The publish gate checked the version before it turned ready, and
+    // keeps what it measured with the asset.
+    let quality = &asset["quality"];
+    assert_eq!(quality["gate"], "passed", "{file}: {quality}");
+    assert_eq!(quality["version"], 1);
+    assert_eq!(quality["checks_failed"], 0, "{file}: {quality}");
+    assert!(
+        quality["checks_passed"].as_u64().unwrap_or(0) > 10,
+        "{quality}"
+    );
+    let gated: Vec<&str> = quality["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for rung in fx["expected_rungs"].as_array().unwrap() {
+        assert!(gated.contains(&rung.as_str().unwrap()), "{file}: {quality}");
+    }
     let duration = asset["duration_seconds"].as_f64().unwrap_or_default();
     let expected = fx["duration_s"].as_float().unwrap();
     assert!(
@@ -845,7 +869,7 @@ async fn qa_reads_presentations_made_elsewhere_in_ts_fmp4_and_dash() {
         let (code, report, output) = run_qa(
             &server.url(manifest),
             &source,
-            &["--quiet", "--ladder", "none"],
+            &["--quiet", "--ladder", "none", "--reader", "both"],
         );
         assert_eq!(
             code,
@@ -1011,4 +1035,49 @@ async fn qa_reads_presentations_made_elsewhere_in_ts_fmp4_and_dash() {
         code == 1 && failed.iter().any(|(id, _)| id == "structure.ladder"),
         "{failed:?}\n{output}"
     );
+}
+
+/// The publish gate (`transcode.qa_gate`): a version whose stored outputs
+/// fail `cascade qa`'s checks is not published under `enforce` (the asset
+/// turns errored naming the failed check), and is published with the
+/// failure recorded under `warn`. The damage: a failpoint cuts one media
+/// segment in half on its way out of the transcode child.
+#[tokio::test]
+async fn the_publish_gate_refuses_a_damaged_version_or_records_it_by_policy() {
+    let source = fixtures_dir().join("tiny_320x180_stereo.mp4");
+    let length = std::fs::metadata(&source).unwrap().len().to_string();
+    for policy in ["enforce", "warn"] {
+        let db = fresh_db().await;
+        let stack = start_stack_with(
+            &db,
+            &[
+                ("FAILPOINT_TRANSCODE_CUT_SEGMENT_SOURCE_LENGTH", &length),
+                ("CASCADE_TRANSCODE__QA_GATE", policy),
+            ],
+        );
+        let (id, status, body) = upload(&stack, &source);
+        assert_eq!(status, 202, "{body}");
+        let asset = wait_terminal(&stack, &id).await;
+        if policy == "enforce" {
+            assert_eq!(asset["state"], "errored", "{asset}");
+            assert_eq!(asset["error"]["code"], "qa_failed", "{asset}");
+            let message = asset["error"]["message"].as_str().unwrap_or("");
+            assert!(
+                message.contains("not published") && message.contains("structure.segment_boxes"),
+                "{message}"
+            );
+            assert!(asset["quality"].is_null(), "{asset}");
+        } else {
+            assert_eq!(asset["state"], "ready", "{asset}");
+            let quality = &asset["quality"];
+            assert_eq!(quality["gate"], "warned", "{quality}");
+            let failed: Vec<&str> = quality["failures"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["check"].as_str().unwrap())
+                .collect();
+            assert!(failed.contains(&"structure.segment_boxes"), "{quality}");
+        }
+    }
 }

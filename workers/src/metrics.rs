@@ -77,6 +77,8 @@ struct ResultLabels {
 /// Webhook delivery results.
 const DELIVERY_RESULTS: [&str; 3] = ["delivered", "rejected", "unreachable"];
 
+/// Publish gate results, all exported from the start.
+const GATE_RESULTS: [&str; 2] = ["passed", "failed"];
 /// Transcode results.
 const TRANSCODE_RESULTS: [&str; 4] = ["ready", "refused", "failed", "crashed"];
 
@@ -96,6 +98,8 @@ pub struct WorkerMetrics {
     storage_waits: Counter,
     deliveries: Family<ResultLabels, Counter>,
     delivery_duration: Histogram,
+    gate_checks: Family<ResultLabels, Counter>,
+    gate_duration: Histogram,
 }
 
 impl Default for WorkerMetrics {
@@ -114,6 +118,8 @@ impl Default for WorkerMetrics {
             storage_waits: Counter::default(),
             deliveries: Family::default(),
             delivery_duration: Histogram::new(JOB_SECONDS),
+            gate_checks: Family::default(),
+            gate_duration: Histogram::new(JOB_SECONDS),
         };
         // Series an alert or a rate reads exist from the start at 0.
         for kind in job_kind::ALL {
@@ -132,6 +138,9 @@ impl Default for WorkerMetrics {
         }
         for result in DELIVERY_RESULTS {
             drop(metrics.deliveries.get_or_create(&ResultLabels { result }));
+        }
+        for result in GATE_RESULTS {
+            drop(metrics.gate_checks.get_or_create(&ResultLabels { result }));
         }
         metrics
     }
@@ -212,12 +221,33 @@ impl WorkerMetrics {
              (no answer)",
             self.deliveries.clone(),
         );
+        registry.register(
+            "cascade_transcode_quality_checks",
+            "Versions the publish gate checked (transcode.qa_gate), by result: passed, failed \
+             (refused under enforce, published with a warning under warn)",
+            self.gate_checks.clone(),
+        );
+        registry.register_with_unit(
+            "cascade_transcode_quality_check_duration",
+            "Time the publish gate took to check one version",
+            Unit::Seconds,
+            self.gate_duration.clone(),
+        );
         registry.register_with_unit(
             "cascade_webhook_delivery_duration",
             "Time of one webhook POST",
             Unit::Seconds,
             self.delivery_duration.clone(),
         );
+    }
+
+    /// The publish gate checked a version in `took`.
+    pub(crate) fn gate_checked(&self, took: Duration, failed: bool) {
+        let result = if failed { "failed" } else { "passed" };
+        self.gate_checks
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.gate_duration.observe(took.as_secs_f64());
     }
 
     /// A job was claimed after waiting `waited` in the queue; the guard

@@ -247,7 +247,9 @@ impl FinishHandler {
             .iter()
             .map(|r| rendition_row(r, if r.is_video() { "live" } else { "aac" }))
             .collect();
-        let published = assets::publish(&self.pool, asset, 1, duration, &rows)
+        // No publish gate: the recording is the broadcast's own segments,
+        // already played live; a failed check could not make them again.
+        let published = assets::publish(&self.pool, asset, 1, duration, &rows, None)
             .await
             .map_err(|e| retry("publishing the recording", &e))?;
         if published {

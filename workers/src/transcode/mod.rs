@@ -22,6 +22,7 @@ mod audio_copy;
 pub mod child;
 pub mod encoders;
 pub mod error;
+pub mod gate;
 mod graph;
 pub mod hw;
 pub mod isolated;
@@ -97,6 +98,8 @@ struct Inner {
     metrics: WorkerMetrics,
     /// Runs the pipeline in a child process; `None`: in this one.
     child: Option<child::ChildTranscoder>,
+    /// Checks each version before it is published (`transcode.qa_gate`).
+    gate: Option<Arc<dyn gate::PublishGate>>,
 }
 
 impl TranscodeHandler {
@@ -115,6 +118,7 @@ impl TranscodeHandler {
                 encoder,
                 metrics: WorkerMetrics::default(),
                 child: None,
+                gate: None,
             }),
         }
     }
@@ -122,6 +126,12 @@ impl TranscodeHandler {
     /// Runs each job's pipeline in a child process of `child`'s program.
     pub fn with_child(self, child: child::ChildTranscoder) -> Self {
         self.edited(|inner| inner.child = Some(child))
+    }
+
+    /// Checks every version with `gate` before publishing it, as
+    /// `transcode.qa_gate` says (without a gate nothing is checked).
+    pub fn with_gate(self, gate: Arc<dyn gate::PublishGate>) -> Self {
+        self.edited(|inner| inner.gate = Some(gate))
     }
 
     /// Records transcode metrics into `metrics` (shared with the runner).
@@ -462,7 +472,7 @@ impl Inner {
             )));
         }
         let summary = summary?;
-        self.publish(job, summary, &growing, ctx).await
+        self.publish(job, summary, &growing, ctx, meta.size).await
     }
 
     /// Progressive publish: stores what the growing presentation has due
@@ -563,6 +573,7 @@ impl Inner {
         summary: pipeline::Summary,
         growing: &progressive::Progressive,
         ctx: &JobContext,
+        source_size: u64,
     ) -> Result<(), TranscodeError> {
         let layout = UriLayout::default();
         let renditions: Vec<_> = summary.renditions.iter().map(|(r, _)| r.clone()).collect();
@@ -601,6 +612,13 @@ impl Inner {
         .await
         .map_err(TranscodeError::Internal)?;
 
+        // Everything is stored, manifests last; nothing is served as the
+        // published version until the gate says so.
+        let quality = self.gate(job, source_size).await?;
+        let quality = quality
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| TranscodeError::internal("recording the quality checks", e))?;
         let rows: Vec<RenditionRow> = summary
             .renditions
             .iter()
@@ -622,6 +640,7 @@ impl Inner {
                     job.version as i32,
                     summary.duration,
                     &rows,
+                    quality.as_ref(),
                 )
             },
         )
@@ -646,6 +665,59 @@ impl Inner {
                 .rung_encoded(rung, encoder, summary.duration, *busy);
         }
         Ok(())
+    }
+}
+
+impl Inner {
+    /// The publish gate over the stored version: `Ok(None)` when there is
+    /// no gate or it is off; a refusal is the creator's answer (the asset
+    /// turns errored naming the checks); a gate that cannot run is retried.
+    async fn gate(
+        &self,
+        job: &TranscodeJob,
+        source_size: u64,
+    ) -> Result<Option<gate::QualityRecord>, TranscodeError> {
+        let (Some(gate), policy) = (&self.gate, self.config.qa_gate) else {
+            return Ok(None);
+        };
+        if policy == cascade_platform::config::QaGatePolicy::Off {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        let report = gate
+            .check(gate::GateRequest {
+                asset: job.asset_id,
+                version: job.version,
+                source: ObjectKey::source_version(job.asset_id, job.version),
+                source_size,
+            })
+            .await
+            .map_err(|e| {
+                TranscodeError::Internal(format!("the quality checks could not run: {e}"))
+            })?;
+        let failed = !report.failures.is_empty();
+        self.metrics.gate_checked(started.elapsed(), failed);
+        tracing::info!(
+            asset_id = %job.asset_id,
+            version = job.version,
+            passed = report.checks_passed,
+            failed = report.checks_failed,
+            seconds = report.seconds,
+            "quality checks done"
+        );
+        match gate::decide(policy, job.version, report) {
+            gate::Decision::Publish(record) => {
+                for failure in &record.report.failures {
+                    tracing::warn!(asset_id = %job.asset_id, check = %failure.check,
+                        failure = %failure.describe(), "published with a failed quality check (transcode.qa_gate = warn)");
+                }
+                Ok(Some(record))
+            }
+            gate::Decision::Refuse(message) => Err(TranscodeError::Input {
+                code: gate::QA_FAILED,
+                message,
+            }),
+        }
     }
 }
 

@@ -1,0 +1,122 @@
+//! The publish gate's checks (`transcode.qa_gate`): `cascade qa` over a
+//! version read back from the object store, against the stored source.
+//! It lives in the binary because the `qa` crate depends on `workers`.
+
+use std::time::Instant;
+
+use cascade_platform::config::TranscodeConfig;
+use cascade_platform::storage::reader::ObjectReader;
+use cascade_platform::ObjectStore;
+use cascade_qa::ladder::ExpectedLadder;
+use cascade_qa::report::{Report, Status};
+use cascade_qa::thresholds::Thresholds;
+use cascade_qa::GateOptions;
+use cascade_schemas::ObjectKey;
+use cascade_workers::transcode::gate::{
+    GateFailure, GateReport, GateRequest, PublishGate, RenditionQuality,
+};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+/// `cascade qa`'s checks as the transcode handler's gate.
+pub struct QaGate {
+    store: ObjectStore,
+    ladder: ExpectedLadder,
+    thresholds: Thresholds,
+}
+
+impl QaGate {
+    pub fn new(store: ObjectStore, transcode: &TranscodeConfig) -> Self {
+        Self {
+            store,
+            ladder: ExpectedLadder::from_config(transcode),
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+impl PublishGate for QaGate {
+    fn check(&self, request: GateRequest) -> BoxFuture<'static, Result<GateReport, String>> {
+        let (store, ladder, thresholds) = (
+            self.store.clone(),
+            self.ladder.clone(),
+            self.thresholds.clone(),
+        );
+        async move {
+            let started = Instant::now();
+            // The source as FFmpeg's demuxer reads it: packets only, by
+            // ranged GETs (no copy, no decoding).
+            let reader = ObjectReader::new(
+                store.clone(),
+                request.source.clone(),
+                request.source_size,
+                tokio::runtime::Handle::current(),
+            );
+            let name = request.source.as_str().to_owned();
+            let reference = tokio::task::spawn_blocking(move || {
+                cascade_qa::media::analyse_reference_reader(reader, &name)
+            })
+            .await
+            .map_err(|e| format!("reading the source: {e}"))??;
+            let report = cascade_qa::gate(GateOptions {
+                store,
+                master: ObjectKey::hls_master(request.asset, request.version),
+                reference,
+                reference_name: request.source.as_str().to_owned(),
+                ladder,
+                thresholds,
+            })
+            .await
+            .map_err(|e| e.0)?;
+            Ok(summarise(&report, started.elapsed().as_secs_f64()))
+        }
+        .boxed()
+    }
+}
+
+/// The report as the asset keeps it: counts, failures, per-rendition measures.
+fn summarise(report: &Report, seconds: f64) -> GateReport {
+    let count = |rendition: &str, status: Status| {
+        report
+            .checks
+            .iter()
+            .filter(|c| c.rendition.as_deref() == Some(rendition) && c.status == status)
+            .count() as u32
+    };
+    GateReport {
+        checks_passed: report.summary.passed,
+        checks_failed: report.summary.failed,
+        checks_skipped: report.summary.skipped,
+        failures: report
+            .failures()
+            .map(|c| GateFailure {
+                check: c.id.clone(),
+                rendition: c.rendition.clone(),
+                message: c.message.clone(),
+                expected: c.expected.clone(),
+                measured: c.measured.clone(),
+            })
+            .collect(),
+        renditions: report
+            .renditions
+            .iter()
+            .map(|r| RenditionQuality {
+                name: r.name.clone(),
+                kind: match r.kind {
+                    cascade_qa::report::MediaKind::Video => "video",
+                    cascade_qa::report::MediaKind::Audio => "audio",
+                }
+                .to_owned(),
+                codecs: r.measured.codecs.clone(),
+                frames: r.measured.frames,
+                duration_s: r.measured.duration_s,
+                average_bitrate: r.measured.average_bitrate,
+                peak_bitrate: r.measured.peak_bitrate,
+                target_bitrate: r.target_bitrate,
+                passed: count(&r.name, Status::Pass),
+                failed: count(&r.name, Status::Fail),
+            })
+            .collect(),
+        seconds,
+    }
+}
