@@ -109,6 +109,17 @@ fn shutdown_on_signals(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `public_url` with `port` in place of a port 0 (`http://127.0.0.1:0`
+/// means "wherever the listener was bound"); `None` when it names a port.
+fn with_bound_port(public_url: &str, port: u16) -> Option<String> {
+    let mut url = reqwest::Url::parse(public_url).ok()?;
+    if url.port() != Some(0) {
+        return None;
+    }
+    url.set_port(Some(port)).ok()?;
+    Some(url.as_str().trim_end_matches('/').to_owned())
+}
+
 /// A name for this worker process, shown to operators on its leases.
 fn worker_owner() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -118,8 +129,17 @@ fn worker_owner() -> String {
 }
 
 /// Runs until a signal arrives and everything has stopped.
-pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
+pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     let roles: BTreeSet<Role> = args.roles.into_iter().collect();
+    // Bound first, so that a public URL with port 0 can name the port this
+    // listener got (tests and ad-hoc runs bind port 0 and read it back).
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    let local = listener.local_addr()?;
+    if let Some(resolved) = with_bound_port(&config.ingest.public_url, local.port()) {
+        config.ingest.public_url = resolved;
+    }
     // `shutdown` stops the roles at the signal; the HTTP listener stops
     // `http.drain_delay` later (`listener_stop`), /readyz answering 503
     // meanwhile so load balancers stop sending first.
@@ -391,10 +411,6 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         },
         registry,
     ));
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
-    let local = listener.local_addr()?;
     tracing::info!(roles = ?roles, address = %local, "listening");
     println!("cascade: serving {roles:?} on http://{local} (health: http://{local}/healthz, readiness: http://{local}/readyz)");
     let token = listener_stop.clone();
@@ -422,5 +438,25 @@ pub async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     match first_error {
         Some(error) => Err(error),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_url_on_port_0_takes_the_bound_port() {
+        assert_eq!(
+            with_bound_port("http://127.0.0.1:0", 41234).as_deref(),
+            Some("http://127.0.0.1:41234")
+        );
+        assert_eq!(
+            with_bound_port("https://media.example:0/base", 8443).as_deref(),
+            Some("https://media.example:8443/base")
+        );
+        assert_eq!(with_bound_port("http://127.0.0.1:8080", 41234), None);
+        assert_eq!(with_bound_port("https://media.example", 41234), None);
+        assert_eq!(with_bound_port("not a url", 41234), None);
     }
 }

@@ -389,72 +389,12 @@ pub(crate) async fn expire(state: &AppState) -> Result<usize, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::{header, Method, Request};
-    use cascade_platform::config::{
-        DatabaseConfig, IngestConfig, QueueConfig, Secret, StorageConfig, TranscodeConfig,
-    };
-    use cascade_platform::{db, ObjectStore, Queue};
-    use tower::ServiceExt;
+    use axum::http::{header, Method};
+    use cascade_platform::config::IngestConfig;
 
     use super::*;
 
-    const KEY: &str = "csk_unit_test_key";
-
-    /// The API over a pool that never connects: only requests refused
-    /// before any lookup can be answered.
-    async fn offline_router(config: IngestConfig) -> (Router, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ObjectStore::from_config(&StorageConfig {
-            local_root: dir.path().to_owned(),
-            ..StorageConfig::default()
-        })
-        .await
-        .unwrap();
-        let pool = db::pool(&DatabaseConfig {
-            url: Secret::new("postgres://nobody@127.0.0.1:1/none"),
-            connect_timeout: Duration::from_millis(100),
-            ..DatabaseConfig::default()
-        })
-        .unwrap();
-        let state = AppState::new(
-            pool.clone(),
-            store,
-            Queue::new(pool, QueueConfig::default()),
-            IngestConfig {
-                bootstrap_key: Secret::new(KEY),
-                max_upload_size: cascade_platform::config::ByteSize(1 << 30),
-                ..config
-            },
-            TranscodeConfig::default(),
-        )
-        .with_default_environment(cascade_schemas::EnvironmentId::new());
-        (crate::router(Arc::new(state)), dir)
-    }
-
-    async fn call(
-        router: &Router,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Body>,
-    ) -> (StatusCode, HeaderMap, Value) {
-        let mut request = Request::builder().method(method).uri(path);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = router
-            .clone()
-            .oneshot(request.body(body.into()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, headers, value)
-    }
+    use crate::test_router::{call, offline_router, KEY};
 
     async fn create(router: &Router, body: &str) -> (StatusCode, String) {
         let auth = format!("Bearer {KEY}");

@@ -15,6 +15,9 @@ pub enum ApiError {
     /// The thing asked for does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The path exists but not with this method.
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
     /// The request is malformed.
     #[error("{message}")]
     BadRequest {
@@ -131,6 +134,7 @@ impl ApiError {
         match self {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),

@@ -17,6 +17,8 @@
 //! creator, anything else moves it to `processing` and enqueues its
 //! transcode job in the same transaction.
 
+#[cfg(test)]
+mod api_tests;
 mod asset_api;
 pub mod auth;
 mod body;
@@ -36,6 +38,8 @@ pub mod rtmp_guard;
 mod simple_upload;
 mod source;
 mod state;
+#[cfg(test)]
+mod test_router;
 mod tus;
 pub mod watch;
 mod webhook_endpoints;

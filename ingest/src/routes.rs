@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 
 use crate::asset_api::{create_asset, delete_asset, get_asset, list_assets, MAX_CREATE_BODY_BYTES};
 use crate::auth::require_key;
+use crate::error::ApiError;
 use crate::limits;
 use crate::openapi::ApiDoc;
 use crate::simple_upload::{put_replacement, put_source};
@@ -77,6 +78,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(authenticated)
         .merge(crate::direct::router(state.clone()))
+        // Every answer under /v1 is JSON with a stable code, unknown paths
+        // and methods included.
+        .route("/v1/{*path}", any(|| async { ApiError::NotFound("route") }))
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Every handler reads its body itself, under its own limits (uploads:
         // ingest.max_upload_size and the pace, as they stream; JSON: a few
         // KiB, crate::limits::read_json_body). This only bounds any

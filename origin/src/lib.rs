@@ -54,6 +54,7 @@
 //!   `private`: shared caches never store them.
 
 mod breaker;
+mod cors;
 mod error;
 mod front;
 #[cfg(test)]
@@ -62,9 +63,17 @@ mod http;
 mod metrics;
 mod relay;
 mod resolve;
+mod response;
+mod target;
 mod tier;
 mod views;
 pub mod zero_copy;
+
+use cors::Cors;
+use response::{chunked, from_memory, streamed, WholeBody};
+#[cfg(test)]
+use target::parse_version;
+use target::{parse_pin, Ask, Pin, Target};
 
 pub use crate::views::Promotion;
 
@@ -398,118 +407,9 @@ pub fn cache_control(
     }
 }
 
-/// One playback object of a published version.
-#[derive(Debug, Clone)]
-enum Target {
-    Master,
-    Mpd,
-    MediaPlaylist(RenditionName),
-    Init(RenditionName),
-    Segment(RenditionName, u64),
-    /// A partial segment of a low-latency live stream (`{msn}.{part}.m4s`).
-    Part(RenditionName, u64, u32),
-}
-
-impl Target {
-    fn top_level(file: &str) -> Option<Self> {
-        match file {
-            keys::HLS_MASTER => Some(Self::Master),
-            keys::DASH_MANIFEST => Some(Self::Mpd),
-            _ => None,
-        }
-    }
-
-    fn in_rendition(rendition: &str, file: &str) -> Option<Self> {
-        let rendition = RenditionName::new(rendition).ok()?;
-        match file {
-            keys::MEDIA_PLAYLIST => Some(Self::MediaPlaylist(rendition)),
-            keys::INIT_SEGMENT => Some(Self::Init(rendition)),
-            _ => {
-                // One spelling per object ("007.m4s" is not "7.m4s"): no cache aliases.
-                let canonical = |digits: &str| -> Option<u64> {
-                    let n: u64 = digits
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                        .then(|| digits.parse().ok())
-                        .flatten()?;
-                    (n.to_string() == digits).then_some(n)
-                };
-                let name = file.strip_suffix(keys::SEGMENT_EXTENSION)?;
-                match name.split_once('.') {
-                    None => Some(Self::Segment(rendition, canonical(name)?)),
-                    Some((msn, part)) => Some(Self::Part(
-                        rendition,
-                        canonical(msn)?,
-                        u32::try_from(canonical(part)?).ok()?,
-                    )),
-                }
-            }
-        }
-    }
-
-    /// The object of an asset's version (parts are live-only: none).
-    fn key(&self, asset: AssetId, version: u32) -> Option<ObjectKey> {
-        Some(match self {
-            Self::Master => ObjectKey::hls_master(asset, version),
-            Self::Mpd => ObjectKey::dash_manifest(asset, version),
-            Self::MediaPlaylist(r) => ObjectKey::media_playlist(asset, version, r),
-            Self::Init(r) => ObjectKey::init_segment(asset, version, r),
-            Self::Segment(r, seq) => ObjectKey::media_segment(asset, version, r, *seq),
-            Self::Part(..) => return None,
-        })
-    }
-
-    /// The rendition whose media this is, if any.
-    fn rendition(&self) -> Option<&RenditionName> {
-        match self {
-            Self::MediaPlaylist(r) | Self::Init(r) | Self::Segment(r, _) | Self::Part(r, ..) => {
-                Some(r)
-            }
-            Self::Master | Self::Mpd => None,
-        }
-    }
-
-    fn class(&self) -> ObjectClass {
-        match self {
-            Self::Master | Self::MediaPlaylist(_) => ObjectClass::HlsPlaylist,
-            Self::Mpd => ObjectClass::DashManifest,
-            Self::Init(_) => ObjectClass::InitSegment,
-            Self::Segment(..) | Self::Part(..) => ObjectClass::MediaSegment,
-        }
-    }
-}
-
 /// The request metrics label of a response.
 #[derive(Debug, Clone, Copy)]
 struct ClassLabel(usize);
-
-/// What the handlers read from a request.
-struct Ask {
-    head: bool,
-    headers: HeaderMap,
-    token: Option<String>,
-    /// The raw query (LL-HLS delivery directives ride in it).
-    query: Option<String>,
-}
-
-impl Ask {
-    fn new(method: &Method, headers: HeaderMap, uri: &Uri) -> Self {
-        let token = uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|pair| pair.strip_prefix("token=").map(str::to_owned))
-        });
-        Self {
-            head: method == Method::HEAD,
-            headers,
-            token,
-            query: uri.query().map(str::to_owned),
-        }
-    }
-
-    fn header(&self, name: header::HeaderName) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
 
 /// Every `/play/` URL. The raw (still percent-encoded) path is split here:
 /// every valid part is plain ASCII, so a part with `%` in it is refused
@@ -550,41 +450,6 @@ async fn play(
             serve(&state, &ask, playback_id, None, target).await
         }
         _ => OriginError::NotFound.into_response(),
-    }
-}
-
-/// Which media a four-part URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pin {
-    /// `v{n}`: an asset's output version.
-    Version(u32),
-    /// `s{n}`: a live stream's publish session.
-    Session(u32),
-}
-
-/// `v{n}` or `s{n}` (canonical digits, n >= 1).
-fn parse_pin(part: &str) -> Option<Pin> {
-    let number = |digits: &str| -> Option<u32> {
-        let n: u32 = digits
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| digits.parse().ok())
-            .flatten()?;
-        (n >= 1 && n.to_string() == digits).then_some(n)
-    };
-    match part.split_at_checked(1)? {
-        ("v", digits) => number(digits).map(Pin::Version),
-        ("s", digits) => number(digits).map(Pin::Session),
-        _ => None,
-    }
-}
-
-/// `v{n}` as a version number.
-#[cfg(test)]
-fn parse_version(part: &str) -> Option<u32> {
-    match parse_pin(part)? {
-        Pin::Version(version) => Some(version),
-        Pin::Session(_) => None,
     }
 }
 
@@ -906,260 +771,6 @@ async fn serve_live(
             _ => Err(OriginError::LiveNotYet),
         },
         Err(e) => Err(e),
-    }
-}
-
-/// A segment streamed from the relay as it is cut: chunked, unbuffered by
-/// CDNs that honour `X-Accel-Buffering` (nginx), never stored.
-fn chunked(ask: &Ask, class: ObjectClass, response: reqwest::Response) -> Response {
-    let mut headers = base_headers(class, IN_PROGRESS);
-    headers.remove(header::ACCEPT_RANGES);
-    headers.insert(
-        HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    );
-    let body = if ask.head {
-        Body::empty()
-    } else {
-        Body::from_stream(response.bytes_stream())
-    };
-    let mut out = Response::new(body);
-    *out.headers_mut() = headers;
-    out
-}
-
-fn base_headers(class: ObjectClass, cache_control: HeaderValue) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(class.content_type()),
-    );
-    headers.insert(header::CACHE_CONTROL, cache_control);
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest) {
-        headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
-    headers
-}
-
-fn insert_etag(headers: &mut HeaderMap, etag: Option<&str>) {
-    if let Some(value) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
-        headers.insert(header::ETAG, value);
-    }
-}
-
-fn not_modified(mut headers: HeaderMap) -> Response {
-    headers.remove(header::ACCEPT_RANGES);
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::NOT_MODIFIED;
-    *response.headers_mut() = headers;
-    response
-}
-
-fn finish(
-    status: StatusCode,
-    mut headers: HeaderMap,
-    body: Body,
-    len: u64,
-    head: bool,
-) -> Response {
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    let mut response = Response::new(if head { Body::empty() } else { body });
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
-}
-
-fn from_memory(
-    ask: &Ask,
-    class: ObjectClass,
-    object: &Cached,
-    rewrite: http::Rewrite<'_>,
-    cache_control: HeaderValue,
-) -> Result<Response, OriginError> {
-    // The version prefix is a function of the stored object (one per
-    // version), so its ETag still names the bytes; a token makes a
-    // manifest per-viewer, with no ETag.
-    let manifest = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
-    let etag = (!manifest || rewrite.token.is_none()).then(|| object.etag.clone());
-    let (mut body, mut etag): (Bytes, Option<String>) = match class {
-        _ if rewrite.is_noop() => (object.bytes.clone(), etag),
-        ObjectClass::HlsPlaylist => {
-            let text = String::from_utf8_lossy(&object.bytes);
-            (http::hls_rewrite(&text, rewrite).into(), etag)
-        }
-        ObjectClass::DashManifest => {
-            let text = String::from_utf8_lossy(&object.bytes);
-            (http::dash_rewrite(&text, rewrite).into(), etag)
-        }
-        _ => (object.bytes.clone(), etag),
-    };
-    let mut headers = base_headers(class, cache_control);
-    let mut range = ask.header(header::RANGE).and_then(http::parse_range);
-    if let Some(if_range) = ask.header(header::IF_RANGE) {
-        if !etag
-            .as_deref()
-            .is_some_and(|e| http::if_range_matches(if_range, e))
-        {
-            range = None;
-        }
-    }
-    let compressible = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
-    if compressible
-        && range.is_none()
-        && ask
-            .header(header::ACCEPT_ENCODING)
-            .is_some_and(http::accepts_gzip)
-    {
-        if let Some(compressed) = http::gzip(&body) {
-            body = compressed;
-            etag = etag.as_deref().map(http::gzip_etag);
-            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        }
-    }
-    insert_etag(&mut headers, etag.as_deref());
-    if let (Some(etag), Some(if_none_match)) = (&etag, ask.header(header::IF_NONE_MATCH)) {
-        if http::none_match(if_none_match, etag) {
-            return Ok(not_modified(headers));
-        }
-    }
-    let size = body.len() as u64;
-    match range {
-        Some(range) => {
-            let (first, last) = range
-                .resolve(size)
-                .map_err(|_| OriginError::RangeNotSatisfiable { size })?;
-            if let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
-                headers.insert(header::CONTENT_RANGE, value);
-            }
-            // first <= last < size, which fits in memory: the casts are exact.
-            let part = body.slice(first as usize..=last as usize);
-            let len = part.len() as u64;
-            Ok(finish(
-                StatusCode::PARTIAL_CONTENT,
-                headers,
-                part.into(),
-                len,
-                ask.head,
-            ))
-        }
-        None => {
-            let whole = (!ask.head).then(|| WholeBody(body.clone()));
-            let mut response = finish(StatusCode::OK, headers, body.into(), size, ask.head);
-            if let Some(whole) = whole {
-                response.extensions_mut().insert(whole);
-            }
-            Ok(response)
-        }
-    }
-}
-
-/// The body of a whole-object `200` from memory, for the front to keep.
-#[derive(Clone)]
-struct WholeBody(Bytes);
-
-/// Objects too large for memory: streamed from the store, ranges passed
-/// through. `If-Range` is not evaluated here: with it, the whole object is sent.
-async fn streamed(
-    state: &OriginState,
-    ask: &Ask,
-    class: ObjectClass,
-    key: &ObjectKey,
-    cache_control: HeaderValue,
-    stored_at: usize,
-) -> Result<Response, OriginError> {
-    let range = match ask.header(header::IF_RANGE) {
-        Some(_) => None,
-        None => ask.header(header::RANGE).and_then(http::parse_range),
-    };
-    let body = state.inner.tier.stream(key, range, stored_at).await?;
-    let mut headers = base_headers(class, cache_control);
-    insert_etag(&mut headers, body.meta.etag.as_deref());
-    if let (Some(etag), Some(if_none_match)) = (&body.meta.etag, ask.header(header::IF_NONE_MATCH))
-    {
-        if http::none_match(if_none_match, etag) {
-            return Ok(not_modified(headers));
-        }
-    }
-    let len = body.len();
-    let status = match body.range {
-        Some((first, last)) => {
-            let size = body.meta.size;
-            if let Ok(value) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
-                headers.insert(header::CONTENT_RANGE, value);
-            }
-            StatusCode::PARTIAL_CONTENT
-        }
-        None => StatusCode::OK,
-    };
-    Ok(finish(
-        status,
-        headers,
-        Body::from_stream(body.stream),
-        len,
-        ask.head,
-    ))
-}
-
-/// Allowed CORS origins.
-struct Cors {
-    any: bool,
-    origins: Vec<String>,
-}
-
-impl Cors {
-    fn new(allowed: &[String]) -> Self {
-        Self {
-            any: allowed.iter().any(|o| o.trim() == "*"),
-            origins: allowed.iter().map(|o| o.trim().to_owned()).collect(),
-        }
-    }
-
-    /// The `Access-Control-Allow-Origin` value for a request's `Origin`.
-    fn allow(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
-        if self.any {
-            return Some(HeaderValue::from_static("*"));
-        }
-        let origin = origin?;
-        let text = origin.to_str().ok()?;
-        self.origins
-            .iter()
-            .any(|o| o == text)
-            .then(|| origin.clone())
-    }
-
-    fn apply(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
-        if let Some(allowed) = self.allow(origin) {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
-            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
-        }
-        if !self.any {
-            // The answer depends on Origin: caches must key on it.
-            let vary = match headers.get(header::VARY).and_then(|v| v.to_str().ok()) {
-                Some(existing) => format!("{existing}, Origin"),
-                None => "Origin".to_owned(),
-            };
-            if let Ok(value) = HeaderValue::from_str(&vary) {
-                headers.insert(header::VARY, value);
-            }
-        }
-    }
-
-    fn preflight(&self, origin: Option<&HeaderValue>) -> Response {
-        let mut response = StatusCode::NO_CONTENT.into_response();
-        let headers = response.headers_mut();
-        if self.allow(origin).is_some() {
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, HEAD, OPTIONS"),
-            );
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("Range, If-None-Match, If-Range"),
-            );
-            headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(86_400u32));
-        }
-        response
     }
 }
 

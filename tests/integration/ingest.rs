@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::common::{eventually, free_port, fresh_db, header, http, CascadeProcess, TestDb};
+use crate::common::{eventually, fresh_db, header, http, CascadeProcess, TestDb};
 
 mod cdn_purge;
 mod concat;
@@ -35,7 +35,8 @@ struct Ingest {
     addr: SocketAddr,
 }
 
-/// `cascade serve` with `roles` on `port`, objects under `root`.
+/// `cascade serve` with `roles` on `port` (0: any; the process reports the
+/// port it got, and its public URL follows it), objects under `root`.
 fn start(db: &TestDb, roles: &str, root: &Path, port: u16, extra: &[(&str, &str)]) -> Ingest {
     let listen = format!("127.0.0.1:{port}");
     let public = format!("http://{listen}");
@@ -208,8 +209,9 @@ async fn assert_upload_landed(db: &TestDb, root: &Path, original: &Path) {
 async fn tus_upload_resumes_after_the_ingest_process_is_killed() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let port = free_port();
-    let first = start(&db, "ingest", &root, port, &[]);
+    let first = start(&db, "ingest", &root, 0, &[]);
+    // The second process takes over the first one's address.
+    let port = first.addr.port();
     let addr = first.addr;
     let file = fixture("landscape_1080p30_stereo.mp4");
     let (mut child, mut lines) = tuspy(&[addr], &file, 3);
@@ -240,8 +242,8 @@ async fn tus_upload_resumes_after_the_ingest_process_is_killed() {
 async fn tus_chunks_alternating_between_two_replicas() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let a = start(&db, "ingest", &root, free_port(), &[]);
-    let b = start(&db, "ingest", &root, free_port(), &[]);
+    let a = start(&db, "ingest", &root, 0, &[]);
+    let b = start(&db, "ingest", &root, 0, &[]);
     let file = fixture("portrait_720x1280_30fps_stereo.mp4");
     let (mut child, mut lines) = tuspy(&[a.addr, b.addr], &file, 0);
     assert!(lines.any(|l| l.starts_with("DONE")));
@@ -284,7 +286,7 @@ async fn uploads_are_probed_in_a_child_that_cannot_take_the_api_down() {
         &db,
         "ingest",
         &root,
-        free_port(),
+        0,
         &[("CASCADE_INGEST__PROBE_TIMEOUT", "1ms")],
     );
     let asset = created_asset(server.addr, AUTH);
@@ -327,7 +329,7 @@ async fn uploads_are_probed_in_a_child_that_cannot_take_the_api_down() {
 async fn simple_upload_ends_ready_with_playback_urls() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let server = start(&db, "ingest,workers", &root, free_port(), &[]);
+    let server = start(&db, "ingest,workers", &root, 0, &[]);
     let (status, _, body) = http(
         server.addr,
         "POST",
@@ -457,7 +459,7 @@ async fn bad_requests_get_the_right_status_and_a_json_error() {
         &db,
         "ingest",
         &root,
-        free_port(),
+        0,
         &[("CASCADE_INGEST__MAX_UPLOAD_SIZE", "\"10MiB\"")],
     );
     let addr = server.addr;
@@ -730,7 +732,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 async fn concurrent_patches_get_one_winner_and_a_clean_423() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let server = start(&db, "ingest", &root, free_port(), &[]);
+    let server = start(&db, "ingest", &root, 0, &[]);
     let addr = server.addr;
     let upload = create_upload(addr, 100);
     // The first PATCH sends its headers and part of its body, then stalls.
@@ -788,7 +790,7 @@ async fn expired_uploads_are_cleaned_up() {
         &db,
         "ingest",
         &root,
-        free_port(),
+        0,
         &[
             ("CASCADE_INGEST__UPLOAD_EXPIRY", "\"2s\""),
             ("CASCADE_INGEST__CLEANUP_INTERVAL", "\"200ms\""),
@@ -839,7 +841,7 @@ async fn expired_uploads_are_cleaned_up() {
 async fn generated_requests_from_the_openapi_document_never_get_a_5xx() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let server = start(&db, "ingest", &root, free_port(), &[]);
+    let server = start(&db, "ingest", &root, 0, &[]);
     let base = format!("http://{}", server.addr);
     let (status, _, body) = http(server.addr, "GET", "/v1/openapi.json", &[], b"");
     assert_eq!(status, 200);
@@ -998,7 +1000,7 @@ async fn a_probe_interrupted_after_the_final_patch_is_finished_by_the_sweeper() 
         &db,
         "ingest",
         &root,
-        free_port(),
+        0,
         &[("CASCADE_INGEST__CLEANUP_INTERVAL", "\"200ms\"")],
     );
     let addr = server.addr;
@@ -1147,7 +1149,7 @@ fn counter(page: &str, name: &str) -> f64 {
 async fn a_full_disk_refuses_uploads_clearly_and_holds_transcodes_until_space_returns() {
     let db = fresh_db().await;
     let disk = SmallDisk::mount(8 << 20);
-    let server = start(&db, "ingest", &disk.path, free_port(), &[]);
+    let server = start(&db, "ingest", &disk.path, 0, &[]);
     let source = std::fs::read(fixture("tiny_320x180_stereo.mp4")).unwrap();
 
     let filler = disk.fill_leaving(16 * 1024);
@@ -1169,7 +1171,7 @@ async fn a_full_disk_refuses_uploads_clearly_and_holds_transcodes_until_space_re
     // The disk fills again before a worker takes the transcode: its
     // outputs cannot be written, and it waits rather than failing.
     let filler = disk.fill_leaving(4 * 1024);
-    let worker = start(&db, "workers", &disk.path, free_port(), &[]);
+    let worker = start(&db, "workers", &disk.path, 0, &[]);
     let waits = eventually(
         "the worker waiting on the full disk",
         Duration::from_secs(60),
@@ -1208,7 +1210,7 @@ async fn an_origin_killed_under_the_cdn_loses_nothing_and_a_new_one_serves_on() 
     assert!(crate::origin::nginx_available(), "nginx is needed");
     let db = fresh_db().await;
     let root = scratch_root();
-    let api = start(&db, "ingest,workers", &root, free_port(), &[]);
+    let api = start(&db, "ingest,workers", &root, 0, &[]);
     let id = created_asset(api.addr, AUTH)["id"]
         .as_str()
         .unwrap()
@@ -1222,8 +1224,9 @@ async fn an_origin_killed_under_the_cdn_loses_nothing_and_a_new_one_serves_on() 
         .unwrap()
         .to_owned();
 
-    let port = free_port();
-    let origin = start(&db, "origin", &root, port, &[]);
+    let origin = start(&db, "origin", &root, 0, &[]);
+    // A new origin comes back on the same address.
+    let port = origin.addr.port();
     let cdn = crate::origin::start_cdn(origin.addr).await;
     let master = format!("/play/{playback}/master.m3u8");
     let listed = crate::origin::get(cdn.addr, &master).await;
@@ -1269,7 +1272,7 @@ async fn an_origin_killed_under_the_cdn_loses_nothing_and_a_new_one_serves_on() 
 async fn a_database_outage_mid_upload_is_resumed_after_it() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let server = start(&db, "ingest", &root, free_port(), &[]);
+    let server = start(&db, "ingest", &root, 0, &[]);
     let original = fixture("tiny_320x180_stereo.mp4");
     let source = std::fs::read(&original).unwrap();
     let half = source.len() / 2;

@@ -28,15 +28,14 @@ fn start_stack(db: &TestDb) -> Stack {
 }
 
 fn start_stack_with(db: &TestDb, extra: &[(&str, &str)]) -> Stack {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let public = format!("http://{listen}");
+    // Port 0: the process reports the port it got, and its public URL follows.
+    let (listen, public) = ("127.0.0.1:0", "http://127.0.0.1:0");
     let root = std::env::temp_dir().join(format!("cascade-qa-{}", uuid::Uuid::new_v4().simple()));
     let root_text = root.display().to_string();
     let mut env = vec![
-        ("CASCADE_HTTP__LISTEN", listen.as_str()),
+        ("CASCADE_HTTP__LISTEN", listen),
         ("CASCADE_LIVE__RTMP_LISTEN", "127.0.0.1:0"),
-        ("CASCADE_INGEST__PUBLIC_URL", public.as_str()),
+        ("CASCADE_INGEST__PUBLIC_URL", public),
         ("CASCADE_INGEST__BOOTSTRAP_KEY", KEY),
         ("CASCADE_STORAGE__LOCAL_ROOT", root_text.as_str()),
         ("CASCADE_TRANSCODE__ENCODER", "libx264"),
@@ -422,33 +421,39 @@ struct StaticServer {
 }
 
 impl StaticServer {
+    /// Binds port 0 and reads the port python reports ("Serving HTTP on
+    /// 127.0.0.1 port N ..."): no port is picked and then rebound.
     async fn start(dir: &Path) -> Self {
-        let port = free_port();
-        let child = Command::new("python3")
+        let mut child = Command::new("python3")
             .args([
+                "-u",
                 "-m",
                 "http.server",
-                &port.to_string(),
+                "0",
                 "--bind",
                 "127.0.0.1",
                 "--directory",
             ])
             .arg(dir)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 -m http.server");
-        crate::common::eventually(
-            "the static server listening",
-            Duration::from_secs(15),
-            || async {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ())
-            },
-        )
-        .await;
+        let stdout = child.stdout.take().expect("stdout");
+        let port = tokio::task::spawn_blocking(move || {
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+            let port = lines.next().and_then(|line| {
+                let line = line.ok()?;
+                let rest = line.split(" port ").nth(1)?;
+                rest.split_whitespace().next()?.parse::<u16>().ok()
+            });
+            // Keep draining so the server never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            port
+        })
+        .await
+        .unwrap()
+        .expect("python's http.server reports its port");
         Self { child, port }
     }
 
