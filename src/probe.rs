@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use cascade_platform::storage::reader::ObjectReader;
 use cascade_platform::{Config, ObjectStore};
 use cascade_schemas::{AssetId, ObjectKey};
-use cascade_workers::transcode::isolated::ProbeReport;
-use cascade_workers::transcode::{pipeline, TranscodeError};
+use cascade_workers::probe::{self as pipeline, ProbeReport};
+use cascade_workers::transcode::TranscodeError;
 
 /// What to probe: a stored source, or a local file.
 #[derive(clap::Args)]

@@ -70,10 +70,10 @@ pub struct ServeArgs {
 fn probe_children(
     config_file: Option<&std::path::Path>,
     config: &Config,
-) -> anyhow::Result<transcode::isolated::ChildProber> {
+) -> anyhow::Result<cascade_workers::probe::ChildProber> {
     let program = std::env::current_exe().context("finding this executable")?;
     let limit = config.ingest.probe_memory_limit.0;
-    Ok(transcode::isolated::ChildProber::new(
+    Ok(cascade_workers::probe::ChildProber::new(
         program,
         config_file_args(config_file),
         config.ingest.probe_timeout,
@@ -205,7 +205,7 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         let notifier = JobNotifier::start(db::pg_config(&config.database)?, shutdown.clone());
         let (encoder, unavailable) = tokio::task::spawn_blocking({
             let choice = config.transcode.encoder;
-            move || transcode::encoders::resolve(choice)
+            move || transcode::resolve_encoder(choice)
         })
         .await
         .context("probing encoders")?;
@@ -228,7 +228,7 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         )));
         if config.transcode.isolate {
             let limit = config.transcode.child_memory_limit.0;
-            transcode = transcode.with_child(transcode::child::ChildTranscoder::new(
+            transcode = transcode.with_child(transcode::ChildTranscoder::new(
                 std::env::current_exe().context("finding this executable")?,
                 config_file_args(args.config_file.as_deref()),
                 (limit > 0).then_some(limit),
@@ -309,7 +309,7 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         if config.live.rtmp_listen.is_some() {
             let encoder = tokio::task::spawn_blocking({
                 let choice = config.transcode.encoder;
-                move || transcode::encoders::resolve(choice).0
+                move || transcode::resolve_encoder(choice).0
             })
             .await
             .context("probing encoders")?;

@@ -12,9 +12,7 @@ use std::sync::atomic::AtomicBool;
 use cascade_platform::storage::reader::ObjectReader;
 use cascade_platform::{Config, ObjectStore};
 use cascade_schemas::{AssetId, ObjectKey};
-use cascade_workers::transcode::child::FrameWriter;
-use cascade_workers::transcode::encoders::VideoEncoder;
-use cascade_workers::transcode::{pipeline, TranscodeError};
+use cascade_workers::transcode::{self as pipeline, FrameWriter, TranscodeError, VideoEncoder};
 use tokio::sync::mpsc;
 
 /// The fault tests' failpoint: a source length.

@@ -54,8 +54,8 @@ use std::path::Path;
 use cascade_platform::assets::{self, NewAsset, SourceClaim};
 use cascade_platform::queue::{self, NewJob, Queue};
 use cascade_platform::{environments, ObjectStore, StorageError};
+use cascade_schemas::jobs::TranscodeJob;
 use cascade_schemas::{job_kind, AssetId, EnvironmentId, ObjectKey, PlaybackId, PlaybackPolicy};
-use cascade_workers::transcode::TranscodeJob;
 
 /// Why an import failed.
 #[derive(Debug, thiserror::Error)]

@@ -4,9 +4,10 @@ use std::time::Instant;
 
 use cascade_platform::assets;
 use cascade_platform::queue::{self, NewJob};
+use cascade_schemas::jobs::TranscodeJob;
 use cascade_schemas::{job_kind, AssetId, ObjectKey};
-use cascade_workers::transcode::isolated::ProbeTarget;
-use cascade_workers::transcode::{TranscodeError, TranscodeJob};
+use cascade_workers::probe::ProbeTarget;
+use cascade_workers::transcode::TranscodeError;
 
 use crate::error::ApiError;
 use crate::state::AppState;

@@ -6,8 +6,7 @@ use cascade_platform::config::{
 use cascade_platform::storage::reader::ObjectReader;
 use cascade_platform::{ObjectStore, Queue};
 use cascade_schemas::{EnvironmentId, ObjectKey};
-use cascade_workers::transcode::isolated::{ChildProber, ProbeTarget};
-use cascade_workers::transcode::pipeline::{self, ProbeSummary};
+use cascade_workers::probe::{self, ChildProber, ProbeSummary, ProbeTarget};
 use cascade_workers::transcode::TranscodeError;
 use deadpool_postgres::Pool;
 
@@ -90,7 +89,7 @@ impl AppState {
         let config = self.transcode.clone();
         match target {
             ProbeTarget::File(path) => {
-                tokio::task::spawn_blocking(move || pipeline::probe_file(&path, &config)).await
+                tokio::task::spawn_blocking(move || probe::probe_file(&path, &config)).await
             }
             ProbeTarget::Stored {
                 asset,
@@ -103,7 +102,7 @@ impl AppState {
                     length,
                     tokio::runtime::Handle::current(),
                 );
-                tokio::task::spawn_blocking(move || pipeline::probe_reader(reader, &config)).await
+                tokio::task::spawn_blocking(move || probe::probe_reader(reader, &config)).await
             }
         }
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use cascade_platform::assets;
 use cascade_platform::watch_files::{self, WatchState, WatchedFile};
 use cascade_schemas::{AssetId, PlaybackPolicy};
-use cascade_workers::transcode::isolated::ProbeTarget;
+use cascade_workers::probe::ProbeTarget;
 use notify::Watcher;
 use tokio_util::sync::CancellationToken;
 

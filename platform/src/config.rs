@@ -1317,17 +1317,8 @@ fn degradation_drill<'de, D: Deserializer<'de>>(
         .collect()
 }
 
-/// One rung of the video ladder.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RungConfig {
-    /// Rendition name (`1080p`): lowercase letters, digits, `_`, `-`.
-    pub name: String,
-    /// Short side in pixels (height for landscape, width for portrait).
-    pub short_side: u32,
-    /// Target (and, for capped CRF, maximum) bitrate, bit/s.
-    pub bitrate: u64,
-}
+/// One rung of the video ladder (vocabulary, in `schemas`).
+pub use cascade_schemas::ladder::RungConfig;
 
 /// H.264 encoder choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use cascade_platform::config::{RateControl, RungConfig, TranscodeConfig};
-use cascade_workers::transcode::ladder::{self, PlannedRung};
+use cascade_schemas::ladder::{self, PlannedRung};
 use serde::Deserialize;
 
 /// Rungs and rate control the outputs were made with.

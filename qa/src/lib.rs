@@ -7,11 +7,12 @@
 //! audio and video included), made by Cascade or anything else, demuxes and
 //! decodes them with the FFmpeg libraries and, as a second and independent
 //! reader, GStreamer (its MP4, MPEG-TS, HLS and DASH demuxers), and reports
-//! structure, timing,
-//! quality (PSNR-Y, SSIM-Y; VMAF when the FFmpeg build has libvmaf) and
-//! bitrate checks, against an expected ladder when one is given, as a
-//! terminal table, a JSON report (schema in docs/qa.md) and a
-//! self-contained HTML page.
+//! structure, timing, quality (PSNR-Y, SSIM-Y; VMAF when the FFmpeg build
+//! has libvmaf) and bitrate checks, against an expected ladder when one is
+//! given, as a terminal table, a JSON report (schema in docs/qa.md) and a
+//! self-contained HTML page. The workers' publish gate runs the same checks
+//! on a version read from the object store before it is published
+//! ([`gate`]).
 
 pub mod checks;
 pub mod dash;

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use cascade_workers::transcode::pipeline::{audio_filter_graph, AudioInput};
+use cascade_workers::probe::{audio_filter_graph, AudioInput};
 use ffmpeg_next as ff;
 
 /// What was measured: the reference's audio (none without audio; its

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use cascade_workers::transcode::init_ffmpeg;
+use cascade_workers::probe::init_ffmpeg;
 use ffmpeg_next as ff;
 
 use crate::report::MediaKind;
@@ -348,7 +348,7 @@ pub struct ReferenceAudio {
 
 /// Clockwise display rotation from the stream's display matrix: the
 /// pipeline's own reading, so QA and transcode agree on what "upright" is.
-pub use cascade_workers::transcode::pipeline::rotation_of;
+pub use cascade_workers::probe::rotation_of;
 
 struct Span {
     start: f64,

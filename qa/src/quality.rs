@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use cascade_workers::transcode::init_ffmpeg;
+use cascade_workers::probe::init_ffmpeg;
 use ffmpeg_next as ff;
 
 use crate::media::{rotation_of, ReferenceVideo};

@@ -7,12 +7,16 @@
 //!   formats keys) and [`mime`]: the content type of every object class;
 //! - [`playback`]: the playback URL paths the origin serves objects under
 //!   (and a CDN caches and purges them by);
+//! - [`jobs`]: the job payloads producers enqueue and handlers read;
+//! - [`ladder`]: the bitrate ladder's rungs and the plan for a source;
 //! - [`migrations`]: the SQL migrations, embedded in order.
 //!
 //! No async runtime and no I/O: this crate only names things.
 
 pub mod ids;
+pub mod jobs;
 pub mod keys;
+pub mod ladder;
 pub mod migrations;
 pub mod mime;
 pub mod playback;

@@ -14,7 +14,7 @@ use super::median;
 use anyhow::{bail, Context};
 use cascade_platform::config::{RateControl, TranscodeConfig};
 use cascade_platform::Config;
-use cascade_workers::transcode::ladder::{self, PlannedRung};
+use cascade_schemas::ladder::{self, PlannedRung};
 use clap::Args;
 
 const TARGET_WALL_RATIO: f64 = 1.0;
@@ -139,7 +139,7 @@ pub(super) fn cli_args(
                 "keyint={}:min-keyint={}:scenecut=0:open-gop=0:b-pyramid=none:vbv-init={}",
                 gop_frames * 2,
                 gop_frames,
-                cascade_workers::transcode::encoders::VBV_INITIAL_FULLNESS
+                cascade_workers::transcode::VBV_INITIAL_FULLNESS
             ),
             "-force_key_frames".to_owned(),
             format!("expr:gte(t,n_forced*{gop})"),

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cascade_platform::Config;
-use cascade_workers::transcode::ladder;
+use cascade_schemas::ladder;
 use chrono::{DateTime, Utc};
 use clap::Args;
 
@@ -345,7 +345,7 @@ fn cli_command(
             "keyint={}:min-keyint={gop_frames}:scenecut=0:open-gop=0:b-pyramid=none:rc-lookahead={}:sliced-threads=1:stitchable=1:vbv-init={}",
             gop_frames * 2,
             live.lookahead_frames,
-            cascade_workers::transcode::encoders::VBV_INITIAL_FULLNESS
+            cascade_workers::transcode::VBV_INITIAL_FULLNESS
         ),
     ]);
     command.args(["-force_key_frames", &format!("expr:gte(t,n_forced*{gop})")]);

@@ -19,8 +19,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use cascade_platform::config::TranscodeConfig;
-use cascade_workers::transcode::encoders::VideoEncoder;
-use cascade_workers::transcode::pipeline::{self, Event};
+use cascade_workers::transcode::{self as pipeline, Event, VideoEncoder};
 
 use cascade_platform::Config;
 use clap::Subcommand;
@@ -176,7 +175,7 @@ pub(crate) async fn transcode_to_dir(
         let input = input.to_owned();
         let transcode = transcode.clone();
         tokio::task::spawn_blocking(move || {
-            pipeline::run(
+            pipeline::run_file(
                 &input,
                 &transcode,
                 VideoEncoder::Libx264,

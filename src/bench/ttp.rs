@@ -32,8 +32,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use cascade_platform::{assets, db, Config};
+use cascade_schemas::ladder;
 use cascade_schemas::{AssetId, AssetState};
-use cascade_workers::transcode::ladder;
 use clap::Args;
 use tokio::io::AsyncBufReadExt;
 

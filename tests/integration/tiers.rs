@@ -21,7 +21,7 @@ use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey, RenditionName};
 use cascade_workers::cdn_purge::CdnPurger;
 use cascade_workers::purge::PurgeHandler;
 use cascade_workers::tiering::{register, schedule_policy};
-use cascade_workers::transcode::{encoders, TranscodeHandler};
+use cascade_workers::transcode::{TranscodeHandler, VideoEncoder};
 use cascade_workers::{HandlerRegistry, Runner};
 use tokio_util::sync::CancellationToken;
 
@@ -107,7 +107,7 @@ fn start_worker_purging(
             ],
             ..TranscodeConfig::default()
         },
-        encoders::VideoEncoder::Libx264,
+        VideoEncoder::Libx264,
     );
     let cdn = CdnPurger::new(&cdn).unwrap();
     let handlers = HandlerRegistry::new()

@@ -9,7 +9,7 @@ use cascade_platform::config::{EncoderChoice, StorageConfig, TranscodeConfig};
 use cascade_platform::queue::JobNotifier;
 use cascade_platform::{assets, db, ObjectStore, Queue};
 use cascade_schemas::{job_kind, AssetId, AssetState};
-use cascade_workers::transcode::{encoders, TranscodeHandler};
+use cascade_workers::transcode::{TranscodeHandler, VideoEncoder};
 use cascade_workers::{HandlerRegistry, Runner};
 use tokio_util::sync::CancellationToken;
 
@@ -69,7 +69,7 @@ pub(crate) fn start_worker_queue(
         db.pool.clone(),
         store.clone(),
         transcode,
-        encoders::VideoEncoder::Libx264,
+        VideoEncoder::Libx264,
     );
     let runner = Runner::new(
         queue,
@@ -654,7 +654,7 @@ impl std::io::Seek for CountingReader {
 /// not its media.
 #[test]
 fn the_probe_over_a_reader_agrees_with_the_file_probe_and_reads_little() {
-    use cascade_workers::transcode::pipeline::{probe_file, probe_reader};
+    use cascade_workers::probe::{probe_file, probe_reader};
     let config = TranscodeConfig::default();
     let large = crate::common::bench_fixture();
     let dir = fixtures_dir();
@@ -719,7 +719,7 @@ async fn a_source_that_kills_every_worker_is_quarantined_after_backoff() {
         db.pool.clone(),
         store.clone(),
         TranscodeConfig::default(),
-        encoders::VideoEncoder::Libx264,
+        VideoEncoder::Libx264,
     );
     // Only reaps (through `reap_once`): the claims below are the doomed workers'.
     let reaper = Runner::new(
@@ -780,7 +780,8 @@ async fn a_source_that_kills_every_worker_is_quarantined_after_backoff() {
 /// `transcode.max_source_frames`, is refused too.
 #[test]
 fn untrusted_playlists_and_scripts_are_refused_before_they_open_anything() {
-    use cascade_workers::transcode::pipeline::{probe_file, probe_reader, run as transcode_file};
+    use cascade_workers::probe::{probe_file, probe_reader};
+    use cascade_workers::transcode::run_file as transcode_file;
     use cascade_workers::transcode::TranscodeError;
     let dir = tempfile::tempdir().unwrap();
     // A real MPEG-TS segment the playlist and script point at.
@@ -829,13 +830,7 @@ fn untrusted_playlists_and_scripts_are_refused_before_they_open_anything() {
         assert_eq!(by_reader, "unsupported_container");
         let (events, _received) = tokio::sync::mpsc::channel(1024);
         let cancel = std::sync::atomic::AtomicBool::new(false);
-        let outcome = transcode_file(
-            path,
-            &config,
-            encoders::VideoEncoder::Libx264,
-            &events,
-            &cancel,
-        );
+        let outcome = transcode_file(path, &config, VideoEncoder::Libx264, &events, &cancel);
         assert_eq!(code(outcome.map(|_| ())).0, "unsupported_container");
     }
 
@@ -850,13 +845,7 @@ fn untrusted_playlists_and_scripts_are_refused_before_they_open_anything() {
     assert_eq!(probed, "source_too_long", "{message}");
     let (events, _received) = tokio::sync::mpsc::channel(4096);
     let cancel = std::sync::atomic::AtomicBool::new(false);
-    let outcome = transcode_file(
-        &long,
-        &short_limit,
-        encoders::VideoEncoder::Libx264,
-        &events,
-        &cancel,
-    );
+    let outcome = transcode_file(&long, &short_limit, VideoEncoder::Libx264, &events, &cancel);
     assert_eq!(code(outcome.map(|_| ())).0, "source_too_long");
 }
 
@@ -1038,7 +1027,7 @@ async fn a_storage_outage_mid_transcode_pauses_it_and_costs_no_attempt() {
 /// and each rung decodes to the whole duration.
 #[test]
 fn a_resolution_change_mid_stream_is_scaled_into_the_planned_ladder() {
-    use cascade_workers::transcode::pipeline::{run as transcode_file, Event};
+    use cascade_workers::transcode::{run_file as transcode_file, Event};
     let dir = tempfile::tempdir().unwrap();
     let part = |name: &str, size: &str| {
         let path = dir.path().join(name);
@@ -1083,7 +1072,7 @@ fn a_resolution_change_mid_stream_is_scaled_into_the_planned_ladder() {
     let summary = transcode_file(
         &joined,
         &TranscodeConfig::default(),
-        encoders::VideoEncoder::Libx264,
+        VideoEncoder::Libx264,
         &events,
         &cancel,
     )
@@ -1120,7 +1109,7 @@ fn a_resolution_change_mid_stream_is_scaled_into_the_planned_ladder() {
 
 #[test]
 fn short_and_long_sources_keep_every_rung_under_its_cap() {
-    use cascade_workers::transcode::pipeline::run as transcode_file;
+    use cascade_workers::transcode::run_file as transcode_file;
     let dir = tempfile::tempdir().unwrap();
     let config = TranscodeConfig::default();
     // Noise every frame: content that wants far more bits than any cap.
@@ -1137,14 +1126,8 @@ fn short_and_long_sources_keep_every_rung_under_its_cap() {
         let (events, mut received) = tokio::sync::mpsc::channel(64);
         let drain = std::thread::spawn(move || while received.blocking_recv().is_some() {});
         let cancel = std::sync::atomic::AtomicBool::new(false);
-        let summary = transcode_file(
-            &source,
-            &config,
-            encoders::VideoEncoder::Libx264,
-            &events,
-            &cancel,
-        )
-        .expect("the transcode");
+        let summary = transcode_file(&source, &config, VideoEncoder::Libx264, &events, &cancel)
+            .expect("the transcode");
         drop(events);
         drain.join().unwrap();
         for (rendition, _) in summary.renditions.iter().filter(|(r, _)| r.name != "audio") {

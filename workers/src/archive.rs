@@ -21,22 +21,13 @@ use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use serde::{Deserialize, Serialize};
 
 use crate::cdn_purge::{self, CdnPurger, Purge};
 use crate::runner::{JobContext, JobError, JobHandler};
 use crate::tiering::{copy_object, retry, storage};
 use crate::transcode::TranscodeJob;
 
-/// Payload of `archive_asset`, `drop_archived` and `restore_asset` jobs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ArchiveJob {
-    /// The asset.
-    pub asset_id: AssetId,
-    /// The version archived (for a restore: the version whose source it
-    /// is restored from).
-    pub version: u32,
-}
+pub use cascade_schemas::jobs::ArchiveJob;
 
 /// Handler of the archive's three job kinds (see [`register`]).
 #[derive(Clone)]

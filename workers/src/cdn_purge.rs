@@ -28,7 +28,6 @@ use cascade_schemas::{AssetId, ObjectKey, PlaybackId};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use reqwest::{Method, StatusCode, Url};
-use serde::{Deserialize, Serialize};
 
 use crate::runner::{JobContext, JobError, JobHandler};
 
@@ -234,20 +233,7 @@ pub fn paths(
     paths
 }
 
-/// Payload of a `purge_cdn` job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PurgeCdnJob {
-    /// The republished asset.
-    pub asset_id: AssetId,
-    /// Its playback id.
-    pub playback_id: PlaybackId,
-    /// The version that was published before (or was archived).
-    pub replaced_version: u32,
-    /// Every URL of that version, versioned ones too (it was archived:
-    /// its objects go), rather than only what changed meaning.
-    #[serde(default)]
-    pub everything: bool,
-}
+pub use cascade_schemas::jobs::PurgeCdnJob;
 
 /// Handler for [`cascade_schemas::job_kind::PURGE_CDN`].
 #[derive(Clone)]

@@ -27,17 +27,11 @@ use cascade_schemas::{AssetId, ObjectKey};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use serde::{Deserialize, Serialize};
 
 use crate::cdn_purge::{self, CdnPurger};
 use crate::runner::{JobContext, JobError, JobHandler};
 
-/// Payload of a `purge_asset` job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PurgeJob {
-    /// The deleted asset.
-    pub asset_id: AssetId,
-}
+pub use cascade_schemas::jobs::PurgeJob;
 
 /// Handler for [`cascade_schemas::job_kind::PURGE_ASSET`].
 #[derive(Clone)]

@@ -14,39 +14,14 @@ use cascade_platform::archive as tiering_archive;
 use cascade_platform::config::TierPolicyConfig;
 use cascade_platform::storage::tiers::Tiers;
 use cascade_platform::{tiering, ObjectStore, StorageError};
-use cascade_schemas::{AssetId, JobId, ObjectKey, RenditionName};
+use cascade_schemas::{JobId, ObjectKey};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 
 use crate::runner::{JobContext, JobError, JobHandler};
 
-/// Payload of a `move_rendition` job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MoveJob {
-    /// The asset.
-    pub asset_id: AssetId,
-    /// Its version.
-    pub version: u32,
-    /// The rendition to move.
-    pub rendition: RenditionName,
-    /// The tier it goes to.
-    pub to: String,
-}
-
-/// Payload of a `drop_tier_copy` job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DropJob {
-    /// The asset.
-    pub asset_id: AssetId,
-    /// Its version.
-    pub version: u32,
-    /// The rendition that left `tier`.
-    pub rendition: RenditionName,
-    /// The tier whose copy goes.
-    pub tier: String,
-}
+pub use cascade_schemas::jobs::{DropJob, MoveJob};
 
 /// Handler of [`cascade_schemas::job_kind::MOVE_RENDITION`]
 /// ([`TierHandler::moves`]) or [`cascade_schemas::job_kind::DROP_TIER_COPY`]
@@ -535,6 +510,8 @@ pub async fn schedule_policy(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    use cascade_schemas::AssetId;
 
     fn input(low_rank: Option<u32>, idle_seconds: f64, recent_views: i64) -> tiering::PolicyInput {
         tiering::PolicyInput {

@@ -22,22 +22,12 @@ use cascade_schemas::{LiveStreamId, ObjectKey, RenditionName};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use serde::{Deserialize, Serialize};
 
 use super::manifests;
 use crate::runner::{JobContext, JobError, JobHandler};
 use crate::transcode::rendition_row;
 
-/// Payload of a `finish_broadcast` job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FinishJob {
-    /// The stream.
-    pub live_stream_id: LiveStreamId,
-    /// The broadcast that ended.
-    pub broadcast_id: uuid::Uuid,
-    /// Record it as a VOD asset.
-    pub record: bool,
-}
+pub use cascade_schemas::jobs::FinishJob;
 
 /// Handler for [`cascade_schemas::job_kind::FINISH_BROADCAST`].
 #[derive(Clone)]

@@ -6,8 +6,8 @@
 
 use ffmpeg_next as ff;
 
-use super::ladder::PlannedRung;
 use super::pipeline::{AudioSource, FieldParity, VideoSource, AAC_FRAME, AUDIO_RATE};
+use cascade_schemas::ladder::PlannedRung;
 
 /// Output frame rate after the cap, as an exact rational.
 pub(super) fn output_frame_rate(source: ff::Rational, max: u32) -> ff::Rational {

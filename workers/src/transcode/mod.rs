@@ -18,19 +18,20 @@
 //! crash overwrites the same objects and ends with one correct result. Bad
 //! input fails permanently with a creator-readable message on the asset.
 
+// The FFmpeg side is private to the crate: other crates use the probe
+// facade (`crate::probe`), the handler and the few items re-exported here.
 mod audio_copy;
-pub mod child;
-pub mod encoders;
+pub(crate) mod child;
+pub(crate) mod encoders;
 pub mod error;
 pub mod gate;
 mod graph;
-pub mod hw;
-pub mod isolated;
-pub mod ladder;
-pub mod pacer;
-pub mod pipeline;
+pub(crate) mod hw;
+pub(crate) mod isolated;
+pub(crate) mod pacer;
+pub(crate) mod pipeline;
 mod probe;
-pub mod progressive;
+pub(crate) mod progressive;
 mod rung;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,12 +48,13 @@ use cascade_schemas::{AssetId, AssetState, ObjectKey, RenditionName};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-pub use encoders::VideoEncoder;
+pub use child::{ChildTranscoder, FrameWriter};
+pub use encoders::{resolve as resolve_encoder, VideoEncoder, VBV_INITIAL_FULLNESS};
 pub use error::TranscodeError;
+pub use pipeline::{run as run_file, run_reader, Event, Summary};
 
 use crate::metrics::WorkerMetrics;
 use crate::runner::{GaveUp, GaveUpCause, JobContext, JobError, JobHandler};
@@ -67,21 +69,7 @@ pub fn init_ffmpeg() {
     });
 }
 
-/// Payload of a `transcode` job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TranscodeJob {
-    /// The asset.
-    pub asset_id: AssetId,
-    /// Output version: objects go under `v{version}/`.
-    pub version: u32,
-}
-
-impl TranscodeJob {
-    /// The job's idempotency key: one transcode per asset version.
-    pub fn idempotency_key(&self) -> String {
-        format!("{}/v{}", self.asset_id, self.version)
-    }
-}
+pub use cascade_schemas::jobs::TranscodeJob;
 
 /// Handler for `transcode` jobs.
 #[derive(Clone)]

@@ -24,10 +24,10 @@ use super::error::TranscodeError;
 pub use super::graph::{audio_filter_graph, AudioInput};
 use super::graph::{build_audio_graph, build_video_graph, output_frame_rate};
 use super::hw::VaapiUpload;
-use super::ladder::{self, PlannedRung};
 use super::pacer::{Degradation, Pacer};
 pub use super::probe::{probe_file, probe_reader, ProbeSummary};
 use super::rung::{Feed, ToRung, VideoRung, FRAMES_IN_FLIGHT};
+use cascade_schemas::ladder::{self, PlannedRung};
 
 /// Timescale of video tracks (the MPEG 90 kHz clock: exact for 24, 25, 30, 50, 60 and NTSC rates).
 pub(super) const VIDEO_TIMESCALE: i32 = 90_000;

@@ -12,10 +12,10 @@ use tokio::sync::mpsc;
 use super::encoders::{self, EncodeSettings, VideoEncoder};
 use super::error::TranscodeError;
 use super::hw::VaapiUpload;
-use super::ladder::PlannedRung;
 use super::pipeline::{
     collect_last, emit_parts, emit_segment, extradata, packager_error, send, Event, VIDEO_TIMESCALE,
 };
+use cascade_schemas::ladder::PlannedRung;
 
 /// One video rung being encoded.
 pub(super) struct VideoRung {

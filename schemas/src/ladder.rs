@@ -1,8 +1,23 @@
-//! Plans the video rungs for a source: never upscale, keep the displayed
-//! aspect ratio with even dimensions, portrait by its short side, and the
-//! source's own size as the top rung when it sits between two ladder rungs.
+//! The bitrate ladder: its configured rungs, and the plan of the video
+//! rungs for a source: never upscale, keep the displayed aspect ratio with
+//! even dimensions, portrait by its short side, and the source's own size
+//! as the top rung when it sits between two ladder rungs. Vocabulary: the
+//! transcoder encodes the plan, `cascade qa` and its publish gate hold the
+//! outputs to it.
 
-use cascade_platform::config::RungConfig;
+use serde::{Deserialize, Serialize};
+
+/// One rung of the video ladder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RungConfig {
+    /// Rendition name (`1080p`): lowercase letters, digits, `_`, `-`.
+    pub name: String,
+    /// Short side in pixels (height for landscape, width for portrait).
+    pub short_side: u32,
+    /// Target (and, for capped CRF, maximum) bitrate, bit/s.
+    pub bitrate: u64,
+}
 
 /// One planned video rung.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,10 +111,27 @@ pub fn plan(width: u32, height: u32, ladder: &[RungConfig]) -> Vec<PlannedRung> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cascade_platform::config::TranscodeConfig;
+
+    /// The transcode config's default ladder.
+    fn default_ladder() -> Vec<RungConfig> {
+        [
+            ("2160p", 2160, 8_000_000),
+            ("1080p", 1080, 4_000_000),
+            ("720p", 720, 2_000_000),
+            ("480p", 480, 1_000_000),
+            ("240p", 240, 500_000),
+        ]
+        .into_iter()
+        .map(|(name, short_side, bitrate)| RungConfig {
+            name: name.to_owned(),
+            short_side,
+            bitrate,
+        })
+        .collect()
+    }
 
     fn names(width: u32, height: u32) -> Vec<(String, u32, u32)> {
-        plan(width, height, &TranscodeConfig::default().ladder)
+        plan(width, height, &default_ladder())
             .into_iter()
             .map(|r| (r.name, r.width, r.height))
             .collect()
@@ -155,15 +187,15 @@ mod tests {
 
     #[test]
     fn uhd_source_gets_every_rung_and_bitrates_follow_the_ladder() {
-        let planned = plan(3840, 2160, &TranscodeConfig::default().ladder);
+        let planned = plan(3840, 2160, &default_ladder());
         assert_eq!(planned.len(), 5);
         assert_eq!(planned[0].bitrate, 8_000_000);
-        let mid = plan(853, 479, &TranscodeConfig::default().ladder);
+        let mid = plan(853, 479, &default_ladder());
         assert!(
             // Scaled by pixel count from the rung above (480p, 1 Mbit/s).
             mid[0].bitrate < 1_000_000 && mid[0].bitrate > 950_000,
             "{mid:?}"
         );
-        assert!(plan(0, 0, &TranscodeConfig::default().ladder).is_empty());
+        assert!(plan(0, 0, &default_ladder()).is_empty());
     }
 }

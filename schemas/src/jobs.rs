@@ -1,0 +1,94 @@
+//! Job payloads: what a producer puts in a queue row and a handler reads
+//! back (JSON). They are vocabulary shared by the roles that enqueue work
+//! (ingest, workers, the CLI) and the handlers in `workers`, so none of the
+//! producers depends on a handler to name a job. The kinds are
+//! [`crate::job_kind`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AssetId, LiveStreamId, PlaybackId, RenditionName};
+
+/// Payload of a `transcode` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TranscodeJob {
+    /// The asset.
+    pub asset_id: AssetId,
+    /// Output version: objects go under `v{version}/`.
+    pub version: u32,
+}
+
+impl TranscodeJob {
+    /// The job's idempotency key: one transcode per asset version.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/v{}", self.asset_id, self.version)
+    }
+}
+
+/// Payload of a `purge_asset` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PurgeJob {
+    /// The deleted asset.
+    pub asset_id: AssetId,
+}
+
+/// Payload of `archive_asset`, `drop_archived` and `restore_asset` jobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchiveJob {
+    /// The asset.
+    pub asset_id: AssetId,
+    /// The version archived (for a restore: the version whose source it
+    /// is restored from).
+    pub version: u32,
+}
+
+/// Payload of a `move_rendition` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveJob {
+    /// The asset.
+    pub asset_id: AssetId,
+    /// Its version.
+    pub version: u32,
+    /// The rendition to move.
+    pub rendition: RenditionName,
+    /// The tier it goes to.
+    pub to: String,
+}
+
+/// Payload of a `drop_tier_copy` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DropJob {
+    /// The asset.
+    pub asset_id: AssetId,
+    /// Its version.
+    pub version: u32,
+    /// The rendition that left `tier`.
+    pub rendition: RenditionName,
+    /// The tier whose copy goes.
+    pub tier: String,
+}
+
+/// Payload of a `finish_broadcast` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinishJob {
+    /// The stream.
+    pub live_stream_id: LiveStreamId,
+    /// The broadcast that ended.
+    pub broadcast_id: uuid::Uuid,
+    /// Record it as a VOD asset.
+    pub record: bool,
+}
+
+/// Payload of a `purge_cdn` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PurgeCdnJob {
+    /// The republished asset.
+    pub asset_id: AssetId,
+    /// Its playback id.
+    pub playback_id: PlaybackId,
+    /// The version that was published before (or was archived).
+    pub replaced_version: u32,
+    /// Every URL of that version, versioned ones too (it was archived:
+    /// its objects go), rather than only what changed meaning.
+    #[serde(default)]
+    pub everything: bool,
+}
