@@ -424,7 +424,7 @@ pub async fn run(args: TtpBenchArgs, config: Config) -> anyhow::Result<ExitCode>
         ("master at the player", |m| m.manifest_at_player),
         ("first frame (TTP)", |m| m.first_frame),
         ("ready", |m| m.ready),
-        ("publish gate (in ready)", |m| m.gate),
+        ("publish gate", |m| m.gate),
         ("worker CPU, seconds", |m| m.worker_cpu),
     ];
     for (label, pick) in steps {
