@@ -239,11 +239,8 @@ fn now_unix() -> u64 {
 mod tests {
     use axum::http::{Method, Request};
     use axum::Router;
-    use cascade_platform::config::{
-        DatabaseConfig, IngestConfig, PlaybackConfig, QueueConfig, Secret, SigningKeyConfig,
-        StorageConfig, TranscodeConfig,
-    };
-    use cascade_platform::{db, ObjectStore, Queue};
+    use cascade_platform::config::{IngestConfig, PlaybackConfig, Secret, SigningKeyConfig};
+
     use tower::ServiceExt;
 
     use super::*;
@@ -253,32 +250,7 @@ mod tests {
     /// The API over a pool that never connects: only requests refused
     /// before the asset lookup can be answered.
     async fn offline_router(playback: PlaybackConfig) -> (Router, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ObjectStore::from_config(&StorageConfig {
-            local_root: dir.path().to_owned(),
-            ..StorageConfig::default()
-        })
-        .await
-        .unwrap();
-        let pool = db::pool(&DatabaseConfig {
-            url: Secret::new("postgres://nobody@127.0.0.1:1/none"),
-            connect_timeout: Duration::from_millis(100),
-            ..DatabaseConfig::default()
-        })
-        .unwrap();
-        let state = AppState::new(
-            pool.clone(),
-            store,
-            Queue::new(pool, QueueConfig::default()),
-            IngestConfig {
-                bootstrap_key: Secret::new(KEY),
-                ..IngestConfig::default()
-            },
-            TranscodeConfig::default(),
-        )
-        .with_playback(playback)
-        .with_default_environment(cascade_schemas::EnvironmentId::new());
-        (crate::router(Arc::new(state)), dir)
+        crate::test_router::offline_router_with(IngestConfig::default(), playback).await
     }
 
     fn keys() -> PlaybackConfig {

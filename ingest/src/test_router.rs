@@ -10,7 +10,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use cascade_platform::config::{
-    ByteSize, DatabaseConfig, IngestConfig, QueueConfig, Secret, StorageConfig, TranscodeConfig,
+    ByteSize, DatabaseConfig, IngestConfig, PlaybackConfig, QueueConfig, Secret, StorageConfig,
+    TranscodeConfig,
 };
 use cascade_platform::{db, ObjectStore, Queue};
 use serde_json::Value;
@@ -24,6 +25,14 @@ pub(crate) const KEY: &str = "csk_unit_test_key";
 /// The API with `config` (bootstrap key [`KEY`], 1 GiB uploads) over a pool
 /// that never connects and a scratch local store.
 pub(crate) async fn offline_router(config: IngestConfig) -> (Router, tempfile::TempDir) {
+    offline_router_with(config, PlaybackConfig::default()).await
+}
+
+/// [`offline_router`] with these playback settings (signing keys, public URL).
+pub(crate) async fn offline_router_with(
+    config: IngestConfig,
+    playback: PlaybackConfig,
+) -> (Router, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("scratch directory");
     let store = ObjectStore::from_config(&StorageConfig {
         local_root: dir.path().to_owned(),
@@ -48,6 +57,7 @@ pub(crate) async fn offline_router(config: IngestConfig) -> (Router, tempfile::T
         },
         TranscodeConfig::default(),
     )
+    .with_playback(playback)
     .with_default_environment(cascade_schemas::EnvironmentId::new());
     (crate::router(Arc::new(state)), dir)
 }

@@ -965,27 +965,16 @@ async fn qa_reads_presentations_made_elsewhere_in_ts_fmp4_and_dash() {
         &["--quiet", "--ladder", "none", "--reader", "gstreamer"],
     );
     assert_eq!(code, 0, "{:?}\n{output}", failed_checks(&report));
-    assert_eq!(
-        check_status(&report, "gstreamer.decodes", Some("v0")),
-        "pass"
-    );
     // Checks of FFmpeg's packet reading are skipped, or not made.
-    assert_eq!(
-        check_status(&report, "structure.init_segment", Some("v0")),
-        "skip"
-    );
-    assert_eq!(
-        check_status(&report, "timing.frame_count", Some("v0")),
-        "absent"
-    );
-    assert_eq!(
-        check_status(&report, "structure.bandwidth", Some("v0")),
-        "pass"
-    );
-    assert_eq!(
-        check_status(&report, "readers.frames", Some("v0")),
-        "absent"
-    );
+    for (check, status) in [
+        ("gstreamer.decodes", "pass"),
+        ("structure.init_segment", "skip"),
+        ("timing.frame_count", "absent"),
+        ("structure.bandwidth", "pass"),
+        ("readers.frames", "absent"),
+    ] {
+        assert_eq!(check_status(&report, check, Some("v0")), status, "{check}");
+    }
     // FFmpeg alone: GStreamer is not asked.
     let (code, report, output) = run_qa(
         &server.url("fmp4/master.m3u8"),
