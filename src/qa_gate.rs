@@ -58,24 +58,66 @@ impl PublishGate for QaGate {
             })
             .await
             .map_err(|e| format!("reading the source: {e}"))??;
-            let report = cascade_qa::gate(GateOptions {
-                store,
-                master: ObjectKey::hls_master(request.asset, request.version),
-                reference,
-                reference_name: request.source.as_str().to_owned(),
-                ladder,
-                thresholds,
-            })
-            .await
-            .map_err(|e| e.0)?;
-            Ok(summarise(&report, started.elapsed().as_secs_f64()))
+            // Both manifests: they name the same segments, and each has
+            // its own rules (HLS BANDWIDTH and EXTINF; the MPD's duration,
+            // timeline and delivery model).
+            let mut reports = Vec::new();
+            for manifest in [
+                ObjectKey::hls_master(request.asset, request.version),
+                ObjectKey::dash_manifest(request.asset, request.version),
+            ] {
+                let report = cascade_qa::gate(GateOptions {
+                    store: store.clone(),
+                    manifest,
+                    reference: reference.clone(),
+                    reference_name: request.source.as_str().to_owned(),
+                    ladder: ladder.clone(),
+                    thresholds: thresholds.clone(),
+                })
+                .await
+                .map_err(|e| e.0)?;
+                reports.push(report);
+            }
+            Ok(summarise(&reports, started.elapsed().as_secs_f64()))
         }
         .boxed()
     }
 }
 
-/// The report as the asset keeps it: counts, failures, per-rendition measures.
-fn summarise(report: &Report, seconds: f64) -> GateReport {
+/// The reports (HLS first, then DASH) as the asset keeps them: counts and
+/// failures of both, per-rendition measures of the first.
+fn summarise(reports: &[Report], seconds: f64) -> GateReport {
+    let Some((first, rest)) = reports.split_first() else {
+        return GateReport {
+            checks_passed: 0,
+            checks_failed: 0,
+            checks_skipped: 0,
+            failures: Vec::new(),
+            renditions: Vec::new(),
+            seconds,
+        };
+    };
+    let mut summary = summarise_one(first, seconds);
+    for report in rest {
+        let format = match report.format {
+            cascade_qa::report::Format::Hls => "HLS",
+            cascade_qa::report::Format::Dash => "DASH",
+        };
+        let more = summarise_one(report, seconds);
+        summary.checks_passed += more.checks_passed;
+        summary.checks_failed += more.checks_failed;
+        summary.checks_skipped += more.checks_skipped;
+        summary
+            .failures
+            .extend(more.failures.into_iter().map(|mut failure| {
+                failure.message = format!("{format}: {}", failure.message);
+                failure
+            }));
+    }
+    summary
+}
+
+fn summarise_one(report: &Report, seconds: f64) -> GateReport {
     let count = |rendition: &str, status: Status| {
         report
             .checks

@@ -189,8 +189,8 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
 pub struct GateOptions {
     /// The stored object store holding the version.
     pub store: cascade_platform::ObjectStore,
-    /// The version's HLS master playlist.
-    pub master: cascade_schemas::ObjectKey,
+    /// The version's manifest: the HLS master playlist or the DASH MPD.
+    pub manifest: cascade_schemas::ObjectKey,
     /// The source as FFmpeg's demuxer reads it (the worker reads the stored
     /// source once more, by ranged GETs: packets only, no decoding).
     pub reference: ReferenceMedia,
@@ -206,7 +206,7 @@ pub struct GateOptions {
 /// pixel comparison and no second reader: it runs before every publish.
 pub async fn gate(options: GateOptions) -> Result<Report, CannotRun> {
     let started = Instant::now();
-    let url = Fetcher::store_url(&options.master).map_err(CannotRun)?;
+    let url = Fetcher::store_url(&options.manifest).map_err(CannotRun)?;
     check(
         Checking {
             url,
