@@ -31,15 +31,7 @@ impl Target {
             keys::MEDIA_PLAYLIST => Some(Self::MediaPlaylist(rendition)),
             keys::INIT_SEGMENT => Some(Self::Init(rendition)),
             _ => {
-                // One spelling per object ("007.m4s" is not "7.m4s"): no cache aliases.
-                let canonical = |digits: &str| -> Option<u64> {
-                    let n: u64 = digits
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                        .then(|| digits.parse().ok())
-                        .flatten()?;
-                    (n.to_string() == digits).then_some(n)
-                };
+                let canonical = canonical_number;
                 let name = file.strip_suffix(keys::SEGMENT_EXTENSION)?;
                 match name.split_once('.') {
                     None => Some(Self::Segment(rendition, canonical(name)?)),
@@ -122,15 +114,23 @@ pub(crate) enum Pin {
     Session(u32),
 }
 
+/// A number in its one canonical spelling ("007" is not "7"), so no object
+/// has two URLs (no cache aliases).
+fn canonical_number(digits: &str) -> Option<u64> {
+    let n: u64 = digits
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| digits.parse().ok())
+        .flatten()?;
+    (n.to_string() == digits).then_some(n)
+}
+
 /// `v{n}` or `s{n}` (canonical digits, n >= 1).
 pub(crate) fn parse_pin(part: &str) -> Option<Pin> {
     let number = |digits: &str| -> Option<u32> {
-        let n: u32 = digits
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| digits.parse().ok())
-            .flatten()?;
-        (n >= 1 && n.to_string() == digits).then_some(n)
+        u32::try_from(canonical_number(digits)?)
+            .ok()
+            .filter(|n| *n >= 1)
     };
     match part.split_at_checked(1)? {
         ("v", digits) => number(digits).map(Pin::Version),

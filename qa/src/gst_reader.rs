@@ -108,48 +108,51 @@ pub fn read_file(path: &Path, deadline: Duration) -> Reading {
     let Some(location) = path.to_str() else {
         return failed(format!("{} is not a UTF-8 path", path.display()));
     };
-    let built = (|| -> Result<(gst::Pipeline, gst::Element), String> {
-        let pipeline = gst::Pipeline::new();
-        let source = gst::ElementFactory::make("filesrc")
-            .property("location", location)
-            .build()
-            .map_err(|e| format!("filesrc: {e}"))?;
-        let decode = gst::ElementFactory::make("decodebin3")
-            .build()
-            .map_err(|e| format!("decodebin3: {e}"))?;
+    read(deadline, |pipeline| {
+        let source = element("filesrc", Some(("location", location)))?;
+        let decode = element("decodebin3", None)?;
         pipeline
             .add_many([&source, &decode])
             .map_err(|e| format!("building the pipeline: {e}"))?;
         source
             .link(&decode)
             .map_err(|e| format!("linking filesrc to decodebin3: {e}"))?;
-        Ok((pipeline, decode))
-    })();
-    match built {
-        Ok((pipeline, decode)) => run(pipeline, &decode, deadline),
-        Err(error) => failed(error),
-    }
+        Ok(decode)
+    })
 }
 
 /// Plays a presentation from its manifest URL with `uridecodebin3`, which
 /// picks `hlsdemux2` or `dashdemux2` and follows the manifest as a player
 /// does (variants chosen by its own adaptation logic).
 pub fn read_url(url: &str, deadline: Duration) -> Reading {
-    let built = (|| -> Result<(gst::Pipeline, gst::Element), String> {
-        let pipeline = gst::Pipeline::new();
-        let decode = gst::ElementFactory::make("uridecodebin3")
-            .property("uri", url)
-            .build()
-            .map_err(|e| format!("uridecodebin3: {e}"))?;
+    read(deadline, |pipeline| {
+        let decode = element("uridecodebin3", Some(("uri", url)))?;
         pipeline
             .add(&decode)
             .map_err(|e| format!("building the pipeline: {e}"))?;
-        Ok((pipeline, decode))
-    })();
-    match built {
-        Ok((pipeline, decode)) => run(pipeline, &decode, deadline),
+        Ok(decode)
+    })
+}
+
+/// A pipeline `build` fills, read by [`run`] from the decoding element it returns.
+fn read(
+    deadline: Duration,
+    build: impl FnOnce(&gst::Pipeline) -> Result<gst::Element, String>,
+) -> Reading {
+    let pipeline = gst::Pipeline::new();
+    match build(&pipeline) {
+        Ok(decode) => run(pipeline, &decode, deadline),
         Err(error) => failed(error),
     }
+}
+
+/// The element `factory`, with one string property when given.
+fn element(factory: &str, property: Option<(&str, &str)>) -> Result<gst::Element, String> {
+    let mut builder = gst::ElementFactory::make(factory);
+    if let Some((name, value)) = property {
+        builder = builder.property(name, value);
+    }
+    builder.build().map_err(|e| format!("{factory}: {e}"))
 }
 
 fn failed(error: String) -> Reading {

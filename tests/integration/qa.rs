@@ -899,38 +899,21 @@ async fn qa_reads_presentations_made_elsewhere_in_ts_fmp4_and_dash() {
             boxes["message"].as_str().unwrap_or("").contains(container),
             "{manifest}: {boxes}"
         );
-        assert_eq!(
-            check_status(&report, "structure.ladder", None),
-            "skip",
-            "{manifest}"
-        );
-        assert_eq!(
-            check_status(&report, "timing.frame_count", Some(video)),
-            "pass"
-        );
-        assert_eq!(
-            check_status(&report, "timing.segment_alignment", None),
-            "pass"
-        );
-        assert_eq!(
-            check_status(&report, "quality.psnr_top", Some(video)),
-            "pass"
-        );
-        assert_eq!(
-            check_status(&report, "audio.loudness", Some(audio)),
-            "pass",
-            "{manifest}"
-        );
-        assert_eq!(
-            check_status(&report, "timing.av_offset", None),
-            "pass",
-            "{manifest}"
-        );
-        assert_eq!(
-            check_status(&report, "structure.codecs", Some(video)),
-            "pass",
-            "{manifest}"
-        );
+        for (check, rendition, status) in [
+            ("structure.ladder", None, "skip"),
+            ("timing.frame_count", Some(video), "pass"),
+            ("timing.segment_alignment", None, "pass"),
+            ("quality.psnr_top", Some(video), "pass"),
+            ("audio.loudness", Some(audio), "pass"),
+            ("timing.av_offset", None, "pass"),
+            ("structure.codecs", Some(video), "pass"),
+        ] {
+            assert_eq!(
+                check_status(&report, check, rendition),
+                status,
+                "{manifest}: {check}"
+            );
+        }
         // The second reader, GStreamer, decodes every rendition and plays
         // the presentation with its own HLS or DASH demuxer; the two
         // readers agree on frames and audio duration.

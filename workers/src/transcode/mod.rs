@@ -40,7 +40,7 @@ use std::sync::{Arc, Once};
 use bytes::Bytes;
 use cascade_packager::{dash, hls, MediaKind, UriLayout};
 use cascade_platform::assets::{self, RenditionRow};
-use cascade_platform::config::TranscodeConfig;
+use cascade_platform::config::{QaGatePolicy, TranscodeConfig};
 use cascade_platform::storage::reader::ObjectReader;
 use cascade_platform::storage::StorageError;
 use cascade_platform::ObjectStore;
@@ -665,12 +665,10 @@ impl Inner {
         job: &TranscodeJob,
         source_size: u64,
     ) -> Result<Option<gate::QualityRecord>, TranscodeError> {
-        let (Some(gate), policy) = (&self.gate, self.config.qa_gate) else {
+        let policy = self.config.qa_gate;
+        let Some(gate) = self.gate.as_ref().filter(|_| policy != QaGatePolicy::Off) else {
             return Ok(None);
         };
-        if policy == cascade_platform::config::QaGatePolicy::Off {
-            return Ok(None);
-        }
         let started = std::time::Instant::now();
         let report = gate
             .check(gate::GateRequest {
