@@ -127,11 +127,35 @@ async fn show(
     let mut value = serde_json::to_value(&asset)?;
     value["playable"] = asset.served_version().is_some().into();
     value["renditions"] = serde_json::to_value(renditions)?;
+    // A chunked transcode of the version being made (or last made): each
+    // chunk's span, progress and the worker that did it.
+    let client = pool.get().await?;
+    let chunks = cascade_platform::chunks::list(&client, id, asset.source_version).await?;
+    if !chunks.is_empty() {
+        value["chunks"] = chunks
+            .iter()
+            .map(|row| {
+                serde_json::json!({
+                    "chunk": row.chunk.index,
+                    "start_seconds": row.chunk.start,
+                    "end_seconds": row.chunk.end,
+                    "state": if row.done { "done" } else { "pending" },
+                    "done_seconds": row.done_seconds,
+                    "done_by": row.done_by,
+                })
+            })
+            .collect();
+    }
     Ok(Some(value))
 }
 
 /// Runs one subcommand; exit 1 when the asset is missing or ends errored.
-pub async fn run(command: AssetsCommand, config: &Config) -> anyhow::Result<ExitCode> {
+/// `config_file`: the `--config` file loaded (the probe child loads it too).
+pub async fn run(
+    command: AssetsCommand,
+    config: &Config,
+    config_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let pool = db::pool(&config.database)?;
     match command {
         AssetsCommand::Import {
@@ -145,8 +169,26 @@ pub async fn run(command: AssetsCommand, config: &Config) -> anyhow::Result<Exit
                 .await
                 .context("opening the object store")?;
             let queue = Queue::new(pool.clone(), config.queue.clone());
-            let (id, playback) =
-                cascade_ingest::import_file(&queue, &store, &file, title.as_deref()).await?;
+            // Probed in a child, as an upload is: the duration lets the
+            // workers split a long source into chunks; a refusal is the
+            // transcode's to report, with its reason.
+            let prober = crate::serve::probe_children(config_file.as_deref(), config)?;
+            let duration = prober
+                .probe(&cascade_workers::probe::ProbeTarget::File(file.clone()))
+                .await
+                .ok()
+                .and_then(|summary| summary.duration);
+            let environment =
+                cascade_platform::environments::ensure(&pool.get().await?, "default").await?;
+            let (id, playback) = cascade_ingest::import_file_in(
+                &queue,
+                &store,
+                environment,
+                &file,
+                title.as_deref(),
+                duration,
+            )
+            .await?;
             println!("asset {id} (playback id {playback}) queued for transcoding");
             if !wait {
                 return Ok(ExitCode::SUCCESS);

@@ -54,10 +54,15 @@ pub enum JobsCommand {
 fn summary_line(job: &JobRecord) -> String {
     let error = job.last_error.as_deref().unwrap_or("").replace('\n', " ");
     let error: String = error.chars().take(60).collect();
+    // A chunk of a chunked transcode shows which: `transcode#3`.
+    let kind = match job.payload.get("chunk").and_then(serde_json::Value::as_u64) {
+        Some(chunk) => format!("{}#{chunk}", job.kind),
+        None => job.kind.clone(),
+    };
     format!(
-        "{:>8}  {:<10} {:<10} {:>3}/{:<3} {:<25} {}",
+        "{:>8}  {:<12} {:<10} {:>3}/{:<3} {:<25} {}",
         job.id.0,
-        job.kind,
+        kind,
         job.state.as_str(),
         job.attempts,
         job.max_attempts,
@@ -91,7 +96,7 @@ pub async fn run(command: JobsCommand, config: &Config) -> anyhow::Result<ExitCo
                 }
             } else {
                 println!(
-                    "{:>8}  {:<10} {:<10} {:>7} {:<25} LAST ERROR",
+                    "{:>8}  {:<12} {:<10} {:>7} {:<25} LAST ERROR",
                     "ID", "KIND", "STATE", "ATTEMPT", "CREATED (UTC)"
                 );
                 for job in &jobs {

@@ -120,7 +120,7 @@ fn main() -> ExitCode {
         // Its probe children load the same file.
         args.config_file.clone_from(&cli.config);
     }
-    let code = match runtime.block_on(run(command, config)) {
+    let code = match runtime.block_on(run(command, config, cli.config.clone())) {
         Ok(code) => code,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "cascade failed");
@@ -135,7 +135,13 @@ fn main() -> ExitCode {
     code
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+/// `config_file`: the `--config` file loaded, for the children a command
+/// starts (probes).
+async fn run(
+    command: Command,
+    config: Config,
+    config_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => serve::serve(args, config).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate => {
@@ -150,7 +156,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Config => Ok(ExitCode::SUCCESS),
         Command::Jobs { command } => jobs::run(command, &config).await,
-        Command::Assets { command } => assets::run(command, &config).await,
+        Command::Assets { command } => assets::run(command, &config, config_file).await,
         Command::Keys { command } => keys::run(command, &config).await,
         Command::Live { command } => live::run(command, &config).await,
         Command::Tiers { command } => tiers::run(command, &config).await,

@@ -67,7 +67,7 @@ pub struct ServeArgs {
 
 /// Uploads are probed in children of this very binary (`cascade
 /// probe-source`), with the same config.
-fn probe_children(
+pub(crate) fn probe_children(
     config_file: Option<&std::path::Path>,
     config: &Config,
 ) -> anyhow::Result<cascade_workers::probe::ChildProber> {
@@ -222,6 +222,7 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
             encoder,
         )
         .with_metrics(worker_metrics.clone())
+        .with_chunks(queue.clone())
         .with_gate(std::sync::Arc::new(crate::qa_gate::QaGate::new(
             store.clone(),
             &config.transcode,

@@ -11,12 +11,16 @@ use std::sync::atomic::AtomicBool;
 
 use cascade_platform::storage::reader::ObjectReader;
 use cascade_platform::{Config, ObjectStore};
+use cascade_schemas::chunks::Scope;
 use cascade_schemas::{AssetId, ObjectKey};
 use cascade_workers::transcode::{self as pipeline, FrameWriter, TranscodeError, VideoEncoder};
 use tokio::sync::mpsc;
 
 /// The fault tests' failpoint: a source length.
 const CRASH_FAILPOINT: &str = "FAILPOINT_TRANSCODE_CRASH_SOURCE_LENGTH";
+/// The chunked transcode's fault tests' failpoint: the start (seconds) of
+/// the chunk whose child crashes after its first segment.
+const CRASH_CHUNK_FAILPOINT: &str = "FAILPOINT_TRANSCODE_CRASH_CHUNK_FROM";
 /// The publish gate's test failpoint: a source length whose second media
 /// segment (of the first rung to make one) is cut in half, as a damaged
 /// encoder or packager would leave it.
@@ -37,6 +41,10 @@ pub struct TranscodeSourceArgs {
     /// FFmpeg's name of the H.264 encoder the worker resolved.
     #[arg(long)]
     encoder: String,
+    /// What to transcode of it, as JSON (`cascade_schemas::chunks::Scope`:
+    /// a chunk's video, with or without the audio); the whole by default.
+    #[arg(long)]
+    scope: Option<String>,
     /// The W3C traceparent of the worker's span this run belongs under.
     #[arg(long)]
     traceparent: Option<String>,
@@ -47,13 +55,23 @@ pub async fn run(args: TranscodeSourceArgs, config: &Config) -> anyhow::Result<E
     let Some(encoder) = VideoEncoder::from_ffmpeg_name(&args.encoder) else {
         anyhow::bail!("unknown encoder {}", args.encoder);
     };
+    let scope = match &args.scope {
+        Some(scope) => serde_json::from_str(scope)
+            .map_err(|e| anyhow::anyhow!("--scope is not a scope: {e}"))?,
+        None => Scope::WHOLE,
+    };
     // A failpoint for the fault tests: the child aborts (SIGABRT, as a
     // decoder crash would end it) right after the first media segment of
-    // a source of exactly this many bytes.
+    // a source of exactly this many bytes, or of the chunk starting at
+    // this second.
     let crash_after_a_segment = std::env::var(CRASH_FAILPOINT)
         .ok()
         .and_then(|length| length.parse::<u64>().ok())
-        == Some(args.length);
+        == Some(args.length)
+        || std::env::var(CRASH_CHUNK_FAILPOINT)
+            .ok()
+            .and_then(|from| from.parse::<f64>().ok())
+            .is_some_and(|from| scope.video_from > 0.0 && (from - scope.video_from).abs() < 1e-6);
     let mut cut_a_segment = std::env::var(CUT_SEGMENT_FAILPOINT)
         .ok()
         .and_then(|length| length.parse::<u64>().ok())
@@ -82,7 +100,7 @@ pub async fn run(args: TranscodeSourceArgs, config: &Config) -> anyhow::Result<E
                 return false;
             }
             if segment && crash_after_a_segment {
-                tracing::warn!("failpoint {CRASH_FAILPOINT}: aborting");
+                tracing::warn!("failpoint {CRASH_FAILPOINT} or {CRASH_CHUNK_FAILPOINT}: aborting");
                 std::process::abort();
             }
         }
@@ -99,7 +117,8 @@ pub async fn run(args: TranscodeSourceArgs, config: &Config) -> anyhow::Result<E
                 tokio::runtime::Handle::current(),
             )
             .with_patience(config.queue.outage_grace);
-            let transcode = config.transcode.clone();
+            let mut transcode = config.transcode.clone();
+            transcode.scope = scope;
             let span =
                 tracing::info_span!("transcode_child", asset = %args.asset, version = args.version);
             cascade_platform::tracecontext::set_parent(&span, args.traceparent.as_deref());

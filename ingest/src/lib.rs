@@ -99,7 +99,8 @@ impl From<deadpool_postgres::PoolError> for IngestError {
 /// while it copies the file into storage.
 pub const IMPORT_CLAIM_HOLD: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-/// [`import_file_in`] the environment named `default`.
+/// [`import_file_in`] the environment named `default`, its duration
+/// unknown (so the workers transcode it as one job).
 pub async fn import_file(
     queue: &Queue,
     store: &ObjectStore,
@@ -107,19 +108,21 @@ pub async fn import_file(
     title: Option<&str>,
 ) -> Result<(AssetId, PlaybackId), IngestError> {
     let environment = environments::ensure(&queue.pool().get().await?, "default").await?;
-    import_file_in(queue, store, environment, path, title).await
+    import_file_in(queue, store, environment, path, title, None).await
 }
 
 /// Creates an asset of `environment` whose source is the file at `path`:
 /// the asset row is written (`waiting`, its source claimed by the import),
 /// the file streamed to storage, then in one transaction the asset turns
-/// `processing` and its transcode job is enqueued.
+/// `processing` and its transcode job is enqueued. `duration`, from a
+/// probe, lets the workers split a long source into chunks.
 pub async fn import_file_in(
     queue: &Queue,
     store: &ObjectStore,
     environment: EnvironmentId,
     path: &Path,
     title: Option<&str>,
+    duration: Option<f64>,
 ) -> Result<(AssetId, PlaybackId), IngestError> {
     let asset = AssetId::new();
     let playback = {
@@ -137,7 +140,7 @@ pub async fn import_file_in(
         )
         .await?
     };
-    import_into(queue, store, path, asset).await?;
+    import_into(queue, store, path, asset, duration).await?;
     Ok((asset, playback))
 }
 
@@ -151,13 +154,15 @@ pub fn import_claim(asset: AssetId) -> SourceClaim {
 }
 
 /// Stores the file at `path` as `asset`'s source and queues its transcode,
-/// holding the source claim [`import_claim`]. Idempotent: the source key
-/// and the job's idempotency key are fixed.
+/// holding the source claim [`import_claim`], with the `duration` a probe
+/// found. Idempotent: the source key and the job's idempotency key are
+/// fixed.
 pub async fn import_into(
     queue: &Queue,
     store: &ObjectStore,
     path: &Path,
     asset: AssetId,
+    duration: Option<f64>,
 ) -> Result<(), IngestError> {
     let mut file = tokio::fs::File::open(path)
         .await
@@ -166,10 +171,7 @@ pub async fn import_into(
             source,
         })?;
     store.put(&ObjectKey::source(asset), &mut file).await?;
-    let job = TranscodeJob {
-        asset_id: asset,
-        version: 1,
-    };
+    let job = TranscodeJob::version(asset, 1);
     let payload = serde_json::to_value(&job).map_err(|e| {
         IngestError::Db(cascade_platform::db::DbError::Build(format!(
             "encoding the job: {e}"
@@ -177,7 +179,7 @@ pub async fn import_into(
     })?;
     let mut client = queue.pool().get().await?;
     let tx = client.transaction().await?;
-    if !assets::start_processing(&tx, asset, import_claim(asset).id, None).await? {
+    if !assets::start_processing(&tx, asset, import_claim(asset).id, duration).await? {
         // Deleted meanwhile (or already moved on by an earlier run).
         return Err(IngestError::NotWaiting(asset));
     }

@@ -85,10 +85,7 @@ pub async fn source_complete(
         }
         Err(other) => Err(ApiError::Internal(format!("probing the source: {other}"))),
         Ok(summary) => {
-            let job = TranscodeJob {
-                asset_id: asset,
-                version: of.version(),
-            };
+            let job = TranscodeJob::version(asset, of.version());
             let payload =
                 serde_json::to_value(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
             let mut client = state.pool.get().await?;

@@ -230,16 +230,20 @@ async fn ingest(state: &AppState, path: &Path, name: &str, file: Seen) -> Result
         .probe(ProbeTarget::File(path.to_owned()))
         .await
         .map_err(|e| WorkError::Task(e.to_string()))?;
-    if let Err(cascade_workers::transcode::TranscodeError::Input { code, message }) = probe {
-        let _ = assets::refuse_source(
-            &state.pool,
-            asset,
-            crate::import_claim(asset).id,
-            code,
-            &message,
-        )
-        .await;
-        return Err(WorkError::Refused { code, message });
-    }
-    Ok(crate::import_into(&state.queue, &state.store, path, asset).await?)
+    let duration = match probe {
+        Ok(summary) => summary.duration,
+        Err(cascade_workers::transcode::TranscodeError::Input { code, message }) => {
+            let _ = assets::refuse_source(
+                &state.pool,
+                asset,
+                crate::import_claim(asset).id,
+                code,
+                &message,
+            )
+            .await;
+            return Err(WorkError::Refused { code, message });
+        }
+        Err(_) => None,
+    };
+    Ok(crate::import_into(&state.queue, &state.store, path, asset, duration).await?)
 }

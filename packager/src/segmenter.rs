@@ -257,6 +257,15 @@ impl Segmenter {
         self
     }
 
+    /// Numbers the first segment `sequence_number` instead of
+    /// [`FIRST_SEQUENCE_NUMBER`]: a chunk of a presentation whose earlier
+    /// segments were cut elsewhere (chunked transcoding) continues its
+    /// numbering.
+    pub fn numbered_from(mut self, sequence_number: u32) -> Self {
+        self.next_sequence_number = sequence_number.max(FIRST_SEQUENCE_NUMBER);
+        self
+    }
+
     /// A segmenter that also cuts every segment into parts of at most
     /// `part_target` seconds (LL-HLS partial segments, CMAF chunks).
     ///

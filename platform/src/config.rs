@@ -1124,6 +1124,20 @@ pub struct TranscodeConfig {
     /// the failures recorded on the asset; `off`: not checked. Default
     /// `enforce`.
     pub qa_gate: QaGatePolicy,
+    /// Chunked transcoding: a source at least this long is split, on the
+    /// segment grid, into chunks that run as separate jobs on any workers
+    /// (the first with the whole asset's audio), so more workers finish one
+    /// long video sooner; `0s`: never split. Default `2m`.
+    #[serde(with = "humantime_serde")]
+    pub chunked_from: Duration,
+    /// The length of those chunks, rounded up to whole segments and GOPs
+    /// (a last piece under half a chunk joins the one before). Default `1m`.
+    #[serde(with = "humantime_serde")]
+    pub chunk_duration: Duration,
+    /// What one run covers of its source (set per job: a chunk's video,
+    /// with or without the audio).
+    #[serde(skip)]
+    pub scope: cascade_schemas::chunks::Scope,
     /// Frames the encoder may look ahead (`None`: the preset's). Set by
     /// [`LiveConfig::transcode`], where every frame of lookahead is delay.
     #[serde(skip)]
@@ -1202,6 +1216,9 @@ impl Default for TranscodeConfig {
             isolate: true,
             child_memory_limit: ByteSize(8 << 30),
             qa_gate: QaGatePolicy::Enforce,
+            chunked_from: Duration::from_secs(120),
+            chunk_duration: Duration::from_secs(60),
+            scope: cascade_schemas::chunks::Scope::WHOLE,
             lookahead_frames: None,
             live: false,
             part_duration: None,
@@ -1613,6 +1630,12 @@ impl Config {
             return Err(invalid(
                 "transcode.first_segment_duration",
                 "must be at least 1ms and at most transcode.segment_duration",
+            ));
+        }
+        if !t.chunked_from.is_zero() && t.chunk_duration < t.segment_duration {
+            return Err(invalid(
+                "transcode.chunk_duration",
+                "must be at least transcode.segment_duration",
             ));
         }
         if t.ladder.is_empty()

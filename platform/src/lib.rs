@@ -22,6 +22,7 @@
 pub mod api_keys;
 pub mod archive;
 pub mod assets;
+pub mod chunks;
 pub mod config;
 pub mod db;
 pub mod direct_uploads;

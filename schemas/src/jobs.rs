@@ -15,12 +15,29 @@ pub struct TranscodeJob {
     pub asset_id: AssetId,
     /// Output version: objects go under `v{version}/`.
     pub version: u32,
+    /// A chunk of a chunked transcode (`crate::chunks`), `1..`; `None`:
+    /// the version's own job (the whole source, or chunk 0 and the plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<u32>,
 }
 
 impl TranscodeJob {
-    /// The job's idempotency key: one transcode per asset version.
+    /// The job of a whole version (which may split itself into chunks).
+    pub fn version(asset_id: AssetId, version: u32) -> Self {
+        Self {
+            asset_id,
+            version,
+            chunk: None,
+        }
+    }
+
+    /// The job's idempotency key: one transcode per asset version, and
+    /// one per chunk of it.
     pub fn idempotency_key(&self) -> String {
-        format!("{}/v{}", self.asset_id, self.version)
+        match self.chunk {
+            None => format!("{}/v{}", self.asset_id, self.version),
+            Some(chunk) => format!("{}/v{}/chunk{chunk}", self.asset_id, self.version),
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //!
 //! No async runtime and no I/O: this crate only names things.
 
+pub mod chunks;
 pub mod ids;
 pub mod jobs;
 pub mod keys;

@@ -110,6 +110,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "asset_quality",
         sql: include_str!("../migrations/0019_asset_quality.sql"),
     },
+    Migration {
+        version: 20,
+        name: "transcode_chunks",
+        sql: include_str!("../migrations/0020_transcode_chunks.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -426,7 +426,7 @@ pub(super) fn spawn_serve_logging(
 
 /// `cascade serve --roles {roles}` on `port`, objects under `objects` when
 /// the stack has no S3, stdout piped.
-fn serve_command(
+pub(super) fn serve_command(
     roles: &str,
     port: u16,
     objects: &Path,

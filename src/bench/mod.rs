@@ -1,6 +1,7 @@
 //! `cascade bench ...`: benchmark commands that print figures, the targets
 //! they are held to, and (where a peer runs here) the ratio to that peer.
 
+mod chunks;
 mod ladder;
 mod live;
 mod live_low_latency;

@@ -1,6 +1,7 @@
 //! Integration tests against the real services `scripts/stack.sh` starts:
 //! Postgres for the queue and SeaweedFS for S3. Run through `make test`.
 
+mod chunks;
 mod common;
 mod ingest;
 mod live;

@@ -219,10 +219,7 @@ impl ArchiveHandler {
                 ObjectKey::source_version(job.asset_id, next),
             )
             .await?;
-            let transcode = TranscodeJob {
-                asset_id: job.asset_id,
-                version: next,
-            };
+            let transcode = TranscodeJob::version(job.asset_id, next);
             let payload = serde_json::to_value(&transcode)
                 .map_err(|e| JobError::Permanent(format!("transcode payload: {e}")))?;
             let restarted = archive::restart_from_source(

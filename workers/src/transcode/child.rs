@@ -278,6 +278,8 @@ pub struct SourceTarget {
     pub version: u32,
     /// Its length in bytes.
     pub length: u64,
+    /// What of it (a chunk's video, with or without the audio).
+    pub scope: cascade_schemas::chunks::Scope,
 }
 
 /// Runs the pipeline in children of `program`.
@@ -319,6 +321,14 @@ impl ChildTranscoder {
             .args(["--version", &source.version.to_string()])
             .args(["--length", &source.length.to_string()])
             .args(["--encoder", encoder.ffmpeg_name()])
+            .args(
+                (!source.scope.is_whole())
+                    .then(|| serde_json::to_string(&source.scope).ok())
+                    .flatten()
+                    .map(|scope| ["--scope".to_owned(), scope])
+                    .into_iter()
+                    .flatten(),
+            )
             // Its spans join the job's trace, under this one.
             .args(
                 cascade_platform::tracecontext::current_traceparent()
@@ -522,6 +532,7 @@ mod tests {
             asset: AssetId::new(),
             version: 1,
             length: 10,
+            scope: cascade_schemas::chunks::Scope::WHOLE,
         };
         child
             .run(source, VideoEncoder::Libx264, events, cancel)

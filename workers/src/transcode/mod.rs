@@ -22,6 +22,8 @@
 // facade (`crate::probe`), the handler and the few items re-exported here.
 mod audio_copy;
 pub(crate) mod child;
+mod chunk_jobs;
+pub(crate) mod chunked;
 pub(crate) mod encoders;
 pub mod error;
 pub mod gate;
@@ -34,16 +36,20 @@ mod probe;
 pub(crate) mod progressive;
 mod rung;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
 use bytes::Bytes;
-use cascade_packager::{dash, hls, MediaKind, UriLayout};
+use cascade_packager::{dash, hls, Bitrates, MediaKind, Track, UriLayout};
 use cascade_platform::assets::{self, RenditionRow};
+use cascade_platform::chunks::{self, ChunkRow, Recorded};
 use cascade_platform::config::{QaGatePolicy, TranscodeConfig};
+use cascade_platform::queue::{Lease, Queue};
 use cascade_platform::storage::reader::ObjectReader;
 use cascade_platform::storage::StorageError;
 use cascade_platform::ObjectStore;
+use cascade_schemas::chunks::{Chunk, Scope};
 use cascade_schemas::{AssetId, AssetState, ObjectKey, RenditionName};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
@@ -88,6 +94,9 @@ struct Inner {
     child: Option<child::ChildTranscoder>,
     /// Checks each version before it is published (`transcode.qa_gate`).
     gate: Option<Arc<dyn gate::PublishGate>>,
+    /// Queues the chunks of a long source (chunked transcoding); `None`:
+    /// every source is transcoded by one job.
+    queue: Option<Queue>,
 }
 
 impl TranscodeHandler {
@@ -107,6 +116,7 @@ impl TranscodeHandler {
                 metrics: WorkerMetrics::default(),
                 child: None,
                 gate: None,
+                queue: None,
             }),
         }
     }
@@ -120,6 +130,12 @@ impl TranscodeHandler {
     /// `transcode.qa_gate` says (without a gate nothing is checked).
     pub fn with_gate(self, gate: Arc<dyn gate::PublishGate>) -> Self {
         self.edited(|inner| inner.gate = Some(gate))
+    }
+
+    /// Splits long sources into chunks queued on `queue`
+    /// (`transcode.chunked_from`), so any workers share one video.
+    pub fn with_chunks(self, queue: Queue) -> Self {
+        self.edited(|inner| inner.queue = Some(queue))
     }
 
     /// Records transcode metrics into `metrics` (shared with the runner).
@@ -210,7 +226,18 @@ impl Inner {
         {
             return Ok(()); // Already published by an earlier run.
         }
-        {
+        if job.chunk.is_some() {
+            // A later chunk runs only while its version is being made: a
+            // chunk that failed for good errored the asset, and a
+            // replacement supersedes the version.
+            let making = matches!(asset.state, AssetState::Processing | AssetState::Restoring)
+                && asset.source_version == job.version as i32;
+            if !making {
+                tracing::info!(asset_id = %job.asset_id, chunk = ?job.chunk,
+                    "the chunk's version is not being made; skipping it");
+                return Ok(());
+            }
+        } else {
             let client = self.pool.get().await.map_err(|e| db_error("database", e))?;
             let resumed = assets::resume_processing(&client, job.asset_id)
                 .await
@@ -221,15 +248,28 @@ impl Inner {
                 return Ok(());
             }
         }
-        let mode = if !self.config.progressive_publish || asset.published_version.is_some() {
+        let mode = if job.chunk.is_some()
+            || !self.config.progressive_publish
+            || asset.published_version.is_some()
+        {
             progressive::Mode::Off
         } else if asset.playable_version == Some(job.version as i32) {
             progressive::Mode::Resumed
         } else {
             progressive::Mode::Growing
         };
-        match self.run_pipeline(&job, &ctx, mode).await {
-            Ok(()) => Ok(()),
+        let Some(part) = self.part_of(&job, &asset, &ctx).await? else {
+            return Ok(());
+        };
+        let outcome = match self.run_part(&job, &ctx, mode, part).await {
+            Ok(Outcome::Whole(mode)) => {
+                // The chunks did not join: the version as one job.
+                self.run_part(&job, &ctx, mode, Part::Whole).await
+            }
+            other => other,
+        };
+        match outcome {
+            Ok(_) => Ok(()),
             Err(TranscodeError::Input { code, message }) => {
                 self.metrics.transcode_ended("refused");
                 tracing::info!(asset_id = %job.asset_id, code, message = %message, "source refused");
@@ -284,13 +324,8 @@ impl Inner {
         Err(JobError::Retryable(message))
     }
 
-    #[tracing::instrument(name = "transcode", skip_all, fields(asset = %job.asset_id, version = job.version))]
-    async fn run_pipeline(
-        &self,
-        job: &TranscodeJob,
-        ctx: &JobContext,
-        mode: progressive::Mode,
-    ) -> Result<(), TranscodeError> {
+    /// The stored source's size, or why there is none to transcode.
+    async fn source_size(&self, job: &TranscodeJob) -> Result<u64, TranscodeError> {
         let key = ObjectKey::source_version(job.asset_id, job.version);
         let meta = match self.store.head(&key).await {
             Ok(meta) => meta,
@@ -305,13 +340,60 @@ impl Inner {
         if meta.size == 0 {
             return Err(TranscodeError::input("empty", "the uploaded file is empty"));
         }
+        Ok(meta.size)
+    }
+
+    /// Runs `part` of the version and what follows it: the publish of a
+    /// whole version; a chunk's record, and the join and publish when it
+    /// was the last chunk to finish.
+    #[tracing::instrument(name = "transcode", skip_all, fields(asset = %job.asset_id, version = job.version, chunk = ?job.chunk))]
+    async fn run_part(
+        &self,
+        job: &TranscodeJob,
+        ctx: &JobContext,
+        mode: progressive::Mode,
+        part: Part,
+    ) -> Result<Outcome, TranscodeError> {
+        match part {
+            Part::Whole => {
+                let ran = self.run_pipeline(job, ctx, mode, None).await?;
+                self.publish(job, ran.summary, &ran.growing, ctx, ran.source_size)
+                    .await?;
+                Ok(Outcome::Done)
+            }
+            Part::Chunk(chunk) => {
+                let ran = self.run_pipeline(job, ctx, mode, Some(chunk)).await?;
+                self.finish_chunk(job, ctx, chunk, Some(ran)).await
+            }
+            Part::Recorded(chunk) => self.finish_chunk(job, ctx, chunk, None).await,
+        }
+    }
+
+    /// Decodes and encodes the source (the whole, or `chunk` of it) and
+    /// stores what comes out as it comes.
+    async fn run_pipeline(
+        &self,
+        job: &TranscodeJob,
+        ctx: &JobContext,
+        mode: progressive::Mode,
+        chunk: Option<Chunk>,
+    ) -> Result<Ran, TranscodeError> {
+        let source_size = self.source_size(job).await?;
+        let key = ObjectKey::source_version(job.asset_id, job.version);
+        let scope = chunk.as_ref().map_or(Scope::WHOLE, Scope::of);
+        // A later chunk stores its segments only: chunk 0 stores the init
+        // segments (the join checks every chunk made the same) and is the
+        // one that grows in public while it encodes.
+        let later_chunk = chunk.filter(|c| c.index > 0);
+        let mut inits: HashMap<String, (Track, Bitrates)> = HashMap::new();
         let (events, mut received) = mpsc::channel::<pipeline::Event>(16);
         let cancel = Arc::new(AtomicBool::new(false));
         let pipeline = if let Some(child) = self.child.clone() {
             let source = child::SourceTarget {
                 asset: job.asset_id,
                 version: job.version,
-                length: meta.size,
+                length: source_size,
+                scope,
             };
             let (encoder, cancel) = (self.encoder, cancel.clone());
             let span = tracing::info_span!("decode_and_encode", child = true);
@@ -325,11 +407,14 @@ impl Inner {
             let reader = ObjectReader::new(
                 self.store.clone(),
                 key,
-                meta.size,
+                source_size,
                 tokio::runtime::Handle::current(),
             )
             .with_patience(ctx.outage_grace);
-            let config = self.config.clone();
+            let config = TranscodeConfig {
+                scope,
+                ..self.config.clone()
+            };
             let encoder = self.encoder;
             let cancel = cancel.clone();
             let span = tracing::info_span!("decode_and_encode");
@@ -364,9 +449,12 @@ impl Inner {
                         .probed
                         .get_or_insert(milestones.started.elapsed());
                     duration = d;
-                    if let Err(error) = assets::set_progress(&self.pool, job.asset_id, 0.0, d).await
-                    {
-                        tracing::warn!(error = %error, "cannot record the source duration");
+                    if chunk.is_none() {
+                        if let Err(error) =
+                            assets::set_progress(&self.pool, job.asset_id, 0.0, d).await
+                        {
+                            tracing::warn!(error = %error, "cannot record the source duration");
+                        }
                     }
                     Ok(())
                 }
@@ -374,6 +462,23 @@ impl Inner {
                 | pipeline::Event::Degraded { .. }
                 | pipeline::Event::Gap { .. }
                 | pipeline::Event::Part { .. } => Ok(()),
+                pipeline::Event::Progress(seconds) if chunk.is_some() => {
+                    if let Some(chunk) = &chunk {
+                        let done = seconds - chunk.start;
+                        if let Err(error) = chunks::set_progress(
+                            &self.pool,
+                            job.asset_id,
+                            job.version as i32,
+                            chunk.index,
+                            done,
+                        )
+                        .await
+                        {
+                            tracing::debug!(error = %error, "cannot record progress");
+                        }
+                    }
+                    Ok(())
+                }
                 pipeline::Event::Progress(seconds) => {
                     let percent = duration
                         .map(|d| (seconds / d * 100.0) as f32)
@@ -392,11 +497,16 @@ impl Inner {
                     track,
                     declared,
                 } => match RenditionName::new(rendition.clone()) {
+                    Ok(_) if later_chunk.is_some() => {
+                        inits.insert(rendition, (track, declared));
+                        Ok(())
+                    }
                     Ok(name) => {
                         milestones
                             .encoding
                             .get_or_insert(milestones.started.elapsed());
                         growing.add_rendition(&rendition, &track, declared);
+                        inits.insert(rendition.clone(), (track, declared));
                         self.put_patiently(
                             ObjectKey::init_segment(job.asset_id, job.version, &name),
                             bytes,
@@ -459,8 +569,12 @@ impl Inner {
                 "storing outputs: {message}"
             )));
         }
-        let summary = summary?;
-        self.publish(job, summary, &growing, ctx, meta.size).await
+        Ok(Ran {
+            summary: summary?,
+            growing,
+            inits,
+            source_size,
+        })
     }
 
     /// Progressive publish: stores what the growing presentation has due
@@ -705,6 +819,36 @@ impl Inner {
             }),
         }
     }
+}
+
+/// What one `transcode` job runs.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    /// The whole version.
+    Whole,
+    /// A chunk of it (chunk 0: the version's own job).
+    Chunk(Chunk),
+    /// A chunk whose result an earlier attempt recorded: what follows it.
+    Recorded(Chunk),
+}
+
+/// How a part ended.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// Done (published, or recorded with chunks still to come).
+    Done,
+    /// The chunks did not join: transcode the version as one job, its
+    /// playlists in this mode.
+    Whole(progressive::Mode),
+}
+
+/// What a pipeline run left: its summary, the growing presentation, the
+/// init segments' tracks and declared bit rates, the source's size.
+struct Ran {
+    summary: pipeline::Summary,
+    growing: progressive::Progressive,
+    inits: HashMap<String, (Track, Bitrates)>,
+    source_size: u64,
 }
 
 /// When the steps towards playable happened, since the transcode began.

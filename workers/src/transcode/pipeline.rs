@@ -27,6 +27,7 @@ use super::hw::VaapiUpload;
 use super::pacer::{Degradation, Pacer};
 pub use super::probe::{probe_file, probe_reader, ProbeSummary};
 use super::rung::{Feed, ToRung, VideoRung, FRAMES_IN_FLIGHT};
+use cascade_schemas::chunks;
 use cascade_schemas::ladder::{self, PlannedRung};
 
 /// Timescale of video tracks (the MPEG 90 kHz clock: exact for 24, 25, 30, 50, 60 and NTSC rates).
@@ -583,6 +584,18 @@ pub fn run_input(
     )?;
 
     let (mut video, mut audio) = open_sources(&input, config)?;
+    let scope = config.scope;
+    if !scope.audio {
+        audio = None; // Another run makes the audio (chunked transcoding).
+    }
+    if video.is_none() && !scope.audio {
+        // A later chunk of a source without video: chunk 0 made its audio.
+        return Ok(Summary {
+            renditions: Vec::new(),
+            duration: 0.0,
+            rung_busy: Vec::new(),
+        });
+    }
     send(
         events,
         Event::Source(SourceInfo {
@@ -613,6 +626,21 @@ pub fn run_input(
             packager::Rational::new(config.first_segment_duration.as_millis() as u64, 1000).ok()
         })
         .flatten();
+    // A chunk's first segment continues the numbering of the whole
+    // presentation (its start is a boundary of the grid).
+    let first_sequence = u32::try_from(chunks::sequence_at(
+        scope.video_from,
+        config.segment_duration.as_secs_f64(),
+        if first_segment.is_some() {
+            short_start_boundaries(config).len()
+        } else {
+            0
+        },
+        u64::from(packager::FIRST_SEQUENCE_NUMBER),
+    ))
+    .map_err(|_| {
+        TranscodeError::Internal("a chunk starts past the last segment number".to_owned())
+    })?;
     let mut rungs: Vec<VideoRung> = Vec::new();
     let mut graph = None;
     if let Some(source) = &video {
@@ -687,7 +715,8 @@ pub fn run_input(
                 segment_duration,
                 first_segment,
                 part_duration,
-            );
+            )
+            .numbered_from(first_sequence);
             send(
                 events,
                 Event::Init {
@@ -790,8 +819,20 @@ pub fn run_input(
             (None, None) => 0.0,
         }
     };
+    if scope.video_from > 0.0 {
+        // A later chunk: start decoding at the source's keyframe at or
+        // before the chunk's start; what comes before it is decoded (the
+        // filters need it) and dropped before the encoders.
+        let target =
+            ((origin_seconds + scope.video_from) * f64::from(ff::ffi::AV_TIME_BASE)) as i64;
+        input
+            .seek(target, ..target)
+            .map_err(|e| TranscodeError::internal("seeking to the chunk's start", e))?;
+    }
     let gop_seconds = config.gop.as_secs_f64();
     let mut state = LoopState {
+        window: (scope.video_from, scope.video_until),
+        window_done: false,
         next_keyframe: timeline_offset,
         early_keyframes: short_start_boundaries(config)
             .into_iter()
@@ -866,6 +907,12 @@ pub fn run_input(
                 let index = packet.stream();
                 if let (Some(source), Some(graph)) = (video.as_mut(), graph.as_mut()) {
                     if index == source.index {
+                        if state.window_done {
+                            if audio_out.is_none() {
+                                break; // This chunk's video is complete.
+                            }
+                            continue;
+                        }
                         if source.decoder.send_packet(&packet).is_err() {
                             continue; // A corrupt packet: skip it, the decoder resyncs.
                         }
@@ -888,8 +935,11 @@ pub fn run_input(
                 }
             }
 
-            // Flush decoders, filter graphs and encoders.
-            if let (Some(source), Some(graph)) = (video.as_mut(), graph.as_mut()) {
+            // Flush decoders, filter graphs and encoders (a chunk that has
+            // its video already has nothing more to take from its decoder).
+            if let (Some(source), Some(graph), false) =
+                (video.as_mut(), graph.as_mut(), state.window_done)
+            {
                 let _ = source.decoder.send_eof();
                 drain_video(source, graph, &feeds, &mut state, events)?;
                 if let Some(mut input) = graph.get("in") {
@@ -942,7 +992,12 @@ pub fn run_input(
         ));
     }
     if let Some(total) = container_duration {
-        let missing = total - state.decoded_end;
+        // A chunk without the audio decodes only up to its end.
+        let expected_end = match (scope.audio, scope.video_until) {
+            (false, Some(until)) => total.min(until),
+            _ => total,
+        };
+        let missing = expected_end - state.decoded_end;
         if missing > 1.0 && missing > total * 0.05 {
             return Err(TranscodeError::input(
                 "truncated",
@@ -1112,6 +1167,11 @@ pub(super) fn emit_segment(
 }
 
 struct LoopState {
+    /// The output seconds whose video this run encodes: `[from, until)`
+    /// (a chunk of a chunked transcode; `(0, None)`: all of it).
+    window: (f64, Option<f64>),
+    /// A frame at or past the window's end came out: the video is complete.
+    window_done: bool,
     next_keyframe: f64,
     /// The short start's boundaries off the GOP grid, ascending (seconds):
     /// keyframes are forced there too.
@@ -1261,6 +1321,14 @@ fn pull_video(
             }
             let pts = filtered.pts().unwrap_or(0);
             let seconds = pts as f64 * f64::from(feed.time_base);
+            // Every rung gets the same frames, so each drops the same ones.
+            if seconds + 1e-6 < state.window.0 {
+                continue; // Decoded from the keyframe before a chunk's start.
+            }
+            if state.window.1.is_some_and(|until| seconds + 1e-6 >= until) {
+                state.window_done = true;
+                continue;
+            }
             if i == 0 {
                 decisions.push(state.decide(seconds));
             }

@@ -158,7 +158,7 @@ impl Progressive {
 /// `EXT-X-TARGETDURATION` of a growing playlist, which must not change as
 /// it grows: the segment duration rounded up, plus a second for a
 /// segment that ends a frame (or a source's timestamp gap) past the grid.
-fn declared_target_duration(segment_duration: Duration) -> u64 {
+pub(crate) fn declared_target_duration(segment_duration: Duration) -> u64 {
     segment_duration.as_secs_f64().ceil() as u64 + 1
 }
 

@@ -1,0 +1,490 @@
+//! Chunked transcoding (workers/src/transcode/chunked.rs): a long source
+//! split on the segment grid into chunks that separate worker processes
+//! transcode, joined into one presentation. Compared with the one-job
+//! transcode of the same source frame for frame; a worker killed holding a
+//! chunk and a chunk that crashes every attempt.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cascade_schemas::keys::{HLS_MASTER, MEDIA_PLAYLIST};
+use cascade_schemas::AssetId;
+
+use crate::common::{
+    cascade_bin, count, eventually, exclusive_cores, fresh_db, http, CascadeProcess, TestDb,
+};
+use crate::qa::run_qa;
+
+const KEY: &str = "csk_test_chunks_key";
+const AUTH: (&str, &str) = ("Authorization", "Bearer csk_test_chunks_key");
+
+/// Sources of a minute or more split into 32 s chunks (30 s rounded up to
+/// whole 4 s segments), one job at a time per worker process.
+const CHUNKED: &[(&str, &str)] = &[
+    ("CASCADE_TRANSCODE__CHUNKED_FROM", "\"60s\""),
+    ("CASCADE_TRANSCODE__CHUNK_DURATION", "\"30s\""),
+    ("CASCADE_QUEUE__CONCURRENCY", "1"),
+];
+
+/// Lease timings short enough to see a killed worker's chunk taken over.
+const FAST_QUEUE: &[(&str, &str)] = &[
+    ("CASCADE_QUEUE__LEASE", "\"2s\""),
+    ("CASCADE_QUEUE__HEARTBEAT", "\"500ms\""),
+    ("CASCADE_QUEUE__REAP_INTERVAL", "\"300ms\""),
+    ("CASCADE_QUEUE__RETRY_BASE", "\"200ms\""),
+    ("CASCADE_QUEUE__RETRY_MAX", "\"1s\""),
+];
+
+/// Processes sharing one database and one object directory.
+struct Stack {
+    db: TestDb,
+    root: PathBuf,
+    api: CascadeProcess,
+    addr: SocketAddr,
+}
+
+impl Stack {
+    async fn start() -> Self {
+        let db = fresh_db().await;
+        let root =
+            std::env::temp_dir().join(format!("cascade-chunks-{}", uuid::Uuid::new_v4().simple()));
+        let api = Self::process(&db, &root, "ingest,origin", &[]);
+        let addr = api.http.expect("address");
+        Self {
+            db,
+            root,
+            api,
+            addr,
+        }
+    }
+
+    fn process(db: &TestDb, root: &Path, roles: &str, extra: &[(&str, &str)]) -> CascadeProcess {
+        let root = root.display().to_string();
+        let mut env = vec![
+            ("CASCADE_INGEST__PUBLIC_URL", "http://127.0.0.1:0"),
+            ("CASCADE_INGEST__BOOTSTRAP_KEY", KEY),
+            ("CASCADE_STORAGE__LOCAL_ROOT", root.as_str()),
+            ("CASCADE_TRANSCODE__ENCODER", "libx264"),
+            ("CASCADE_QUEUE__POLL_INTERVAL", "\"300ms\""),
+        ];
+        env.extend_from_slice(extra);
+        CascadeProcess::serve(&db.url, roles, &env)
+    }
+
+    fn worker(&self, extra: &[(&str, &str)]) -> CascadeProcess {
+        Self::process(&self.db, &self.root, "workers", extra)
+    }
+
+    /// Creates an asset and uploads `file` as its source.
+    fn upload(&self, file: &Path) -> String {
+        let (status, _, body) = http(
+            self.addr,
+            "POST",
+            "/v1/assets",
+            &[AUTH, ("Content-Type", "application/json")],
+            br#"{"title":"chunks"}"#,
+        );
+        assert_eq!(status, 201, "{body}");
+        let asset: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let id = asset["id"].as_str().unwrap().to_owned();
+        let source = std::fs::read(file).unwrap();
+        let (status, _, body) = http(
+            self.addr,
+            "PUT",
+            &format!("/v1/assets/{id}/source"),
+            &[AUTH],
+            &source,
+        );
+        assert!(status < 300, "{status}: {body}");
+        id
+    }
+
+    async fn wait_terminal(&self, id: &str, limit: Duration) -> serde_json::Value {
+        eventually("the asset to be ready or errored", limit, || async {
+            let (_, _, body) = http(self.addr, "GET", &format!("/v1/assets/{id}"), &[AUTH], b"");
+            let asset: serde_json::Value = serde_json::from_str(&body).ok()?;
+            matches!(asset["state"].as_str(), Some("ready" | "errored")).then_some(asset)
+        })
+        .await
+    }
+
+    /// `cascade assets show ID`, as an operator runs it.
+    fn show(&self, id: &str) -> serde_json::Value {
+        let out = Command::new(cascade_bin())
+            .args(["assets", "show", id])
+            .env("CASCADE_DATABASE__URL", &self.db.url)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn version_dir(&self, id: &str) -> PathBuf {
+        self.root.join(format!("assets/{id}/v1"))
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.api.child.kill();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A source of `seconds` with motion and a tone, its keyframes every 5 s
+/// (off the output's 2 s grid: chunks decode from an earlier keyframe),
+/// its audio at 44.1 kHz (resampled and encoded by the pipeline).
+fn source(dir: &Path, seconds: u32, size: &str) -> PathBuf {
+    let path = dir.join(format!("source-{seconds}s-{size}.mp4"));
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={size}:rate=30"))
+        .args(["-f", "lavfi", "-i", "sine=frequency=330:sample_rate=44100"])
+        .args(["-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "150"])
+        .args([
+            "-keyint_min",
+            "150",
+            "-sc_threshold",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-c:a", "aac", "-b:a", "96k", "-ac", "2"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    path
+}
+
+/// `(pts_time, keyframe)` of every packet of the playlist's first stream.
+fn packets(playlist: &Path) -> Vec<(String, bool)> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "0", "-show_entries"])
+        .args(["packet=pts_time,flags", "-of", "csv=p=0"])
+        .arg(playlist)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let (pts, flags) = line.split_once(',').unwrap_or((line, ""));
+            (pts.to_owned(), flags.starts_with('K'))
+        })
+        .collect()
+}
+
+/// Video frames in the source.
+fn source_frames(source: &Path) -> usize {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_packets"])
+        .args(["-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"])
+        .arg(source)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Each rendition directory's media playlist text, by rendition.
+fn playlists(version: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(version).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(path.join(MEDIA_PLAYLIST)).unwrap();
+            out.insert(name, text);
+        }
+    }
+    out
+}
+
+fn psnr_by_rung(report: &serde_json::Value) -> BTreeMap<String, f64> {
+    report["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "video")
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_owned(),
+                r["quality"]["psnr_y_mean"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_long_source_in_chunks_on_two_workers_matches_the_one_job_transcode_frame_for_frame() {
+    let _cores = exclusive_cores().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let source = source(scratch.path(), 120, "640x360");
+    let stack = Stack::start().await;
+
+    // Two worker processes share the chunks.
+    let first = stack.worker(CHUNKED);
+    let second = stack.worker(CHUNKED);
+    let chunked = stack.upload(&source);
+    let asset = stack
+        .wait_terminal(&chunked, Duration::from_secs(300))
+        .await;
+    assert_eq!(asset["state"], "ready", "{asset}");
+    assert_eq!(asset["quality"]["gate"], "passed", "{asset}");
+    let shown = stack.show(&chunked);
+    let chunks = shown["chunks"].as_array().expect("chunks shown").clone();
+    let spans: Vec<(f64, Option<f64>)> = chunks
+        .iter()
+        .map(|c| {
+            (
+                c["start_seconds"].as_f64().unwrap(),
+                c["end_seconds"].as_f64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        spans,
+        [
+            (0.0, Some(32.0)),
+            (32.0, Some(64.0)),
+            (64.0, Some(96.0)),
+            (96.0, None)
+        ],
+        "{shown}"
+    );
+    assert!(chunks.iter().all(|c| c["state"] == "done"), "{shown}");
+    let workers: std::collections::BTreeSet<&str> = chunks
+        .iter()
+        .filter_map(|c| c["done_by"].as_str())
+        .collect();
+    assert_eq!(
+        workers.len(),
+        2,
+        "both worker processes did chunks: {shown}"
+    );
+    let chunk_jobs = count(
+        &stack.db,
+        &format!(
+            "SELECT count(*) FROM jobs WHERE kind = 'transcode' AND payload->>'asset_id' = '{chunked}'
+             AND payload ? 'chunk' AND state = 'succeeded' AND attempts = 1"
+        ),
+    )
+    .await;
+    assert_eq!(chunk_jobs, 3, "one job per chunk after the first");
+    drop((first, second));
+
+    // The same source as one job.
+    let single = stack.worker(&[("CASCADE_TRANSCODE__CHUNKED_FROM", "\"0s\"")]);
+    let whole = stack.upload(&source);
+    let asset = stack.wait_terminal(&whole, Duration::from_secs(300)).await;
+    assert_eq!(asset["state"], "ready", "{asset}");
+    assert!(stack.show(&whole).get("chunks").is_none());
+    drop(single);
+
+    // The same segments: numbers, durations, names.
+    let (chunked_dir, whole_dir) = (stack.version_dir(&chunked), stack.version_dir(&whole));
+    let (chunked_lists, whole_lists) = (playlists(&chunked_dir), playlists(&whole_dir));
+    assert_eq!(
+        chunked_lists.keys().collect::<Vec<_>>(),
+        whole_lists.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        chunked_lists.len() >= 3,
+        "two rungs and audio: {chunked_lists:?}"
+    );
+    for (name, text) in &chunked_lists {
+        assert_eq!(text, &whole_lists[name], "{name}'s playlist");
+    }
+    // The same codec strings, sizes and frame rates.
+    let master_lines = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join(HLS_MASTER))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                line.split(',')
+                    .filter(|attribute| !attribute.contains("BANDWIDTH="))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect()
+    };
+    assert_eq!(master_lines(&chunked_dir), master_lines(&whole_dir));
+
+    // Frame for frame: every rung has the source's frames at the same
+    // times, keyframes at the same ones (the joins included), none doubled
+    // or missing at a join.
+    let frames = source_frames(&source);
+    let mut video_rungs = 0;
+    for name in chunked_lists.keys().filter(|name| *name != "audio") {
+        video_rungs += 1;
+        let got = packets(&chunked_dir.join(name).join(MEDIA_PLAYLIST));
+        let want = packets(&whole_dir.join(name).join(MEDIA_PLAYLIST));
+        assert_eq!(got.len(), frames, "{name}: the source's {frames} frames");
+        assert_eq!(got, want, "{name}: frame times and keyframes");
+        // FFmpeg reads B-frame CMAF a frame late (ARCHITECTURE.md, Timestamps).
+        for join in [32.0, 64.0, 96.0] {
+            assert!(
+                got.iter().any(|(pts, key)| {
+                    let pts: f64 = pts.parse().unwrap_or(-1.0);
+                    *key && pts >= join - 1e-6 && pts < join + 0.07
+                }),
+                "{name}: a keyframe at the join at {join} s"
+            );
+        }
+    }
+    assert!(video_rungs >= 2);
+
+    // The audio was encoded once, by chunk 0's job: the same bytes as the
+    // one-job transcode's, and its packets follow each other without a
+    // gap (1024 samples at 48 kHz) across the chunk joins.
+    for entry in std::fs::read_dir(whole_dir.join("audio")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read(chunked_dir.join("audio").join(&name)).unwrap(),
+            "audio {name:?}"
+        );
+    }
+    let audio = packets(&chunked_dir.join("audio").join(MEDIA_PLAYLIST));
+    let times: Vec<f64> = audio.iter().map(|(pts, _)| pts.parse().unwrap()).collect();
+    for pair in times.windows(2) {
+        assert!(
+            ((pair[1] - pair[0]) - 1024.0 / 48_000.0).abs() < 1e-4,
+            "audio continues at {} -> {}",
+            pair[0],
+            pair[1]
+        );
+    }
+
+    // The same picture quality, per rung, within 0.1 dB.
+    let hls = |id: &str| {
+        let (_, _, body) = http(stack.addr, "GET", &format!("/v1/assets/{id}"), &[AUTH], b"");
+        let asset: serde_json::Value = serde_json::from_str(&body).unwrap();
+        asset["playback"]["hls"].as_str().unwrap().to_owned()
+    };
+    let (code, chunked_report, output) = run_qa(&hls(&chunked), &source, &["--quiet"]);
+    assert_eq!(code, 0, "{output}");
+    let (code, whole_report, output) = run_qa(&hls(&whole), &source, &["--quiet"]);
+    assert_eq!(code, 0, "{output}");
+    let (chunked_psnr, whole_psnr) = (psnr_by_rung(&chunked_report), psnr_by_rung(&whole_report));
+    assert_eq!(chunked_psnr.len(), video_rungs);
+    for (rung, psnr) in &chunked_psnr {
+        assert!(
+            (psnr - whole_psnr[rung]).abs() <= 0.1,
+            "{rung}: {psnr:.3} dB in chunks, {:.3} dB in one job",
+            whole_psnr[rung]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_chunk_whose_worker_dies_is_redone_once_and_one_that_keeps_crashing_fails_the_asset() {
+    let _cores = exclusive_cores().await;
+    let scratch = tempfile::tempdir().unwrap();
+    // Two chunks: [0, 32) and [32, 70).
+    let source = source(scratch.path(), 70, "320x180");
+    let stack = Stack::start().await;
+    let env: Vec<(&str, &str)> = CHUNKED.iter().chain(FAST_QUEUE).copied().collect();
+
+    // A worker SIGKILLed while it holds chunk 1: the chunk is redone by
+    // the other worker once the lease runs out, and published once.
+    let mut workers = vec![stack.worker(&env), stack.worker(&env)];
+    let id = stack.upload(&source);
+    let asset_id: AssetId = id.parse().unwrap();
+    let owner: String = eventually(
+        "a worker to hold chunk 1",
+        Duration::from_secs(60),
+        || async {
+            let client = stack.db.pool.get().await.unwrap();
+            let row = client
+                .query_opt(
+                    "SELECT lease_owner FROM jobs WHERE kind = 'transcode' AND state = 'running'
+                     AND payload->>'asset_id' = $1 AND payload->>'chunk' = '1'",
+                    &[&asset_id.to_string()],
+                )
+                .await
+                .unwrap();
+            row.and_then(|row| row.get::<_, Option<String>>(0))
+        },
+    )
+    .await;
+    let pid: u32 = owner.rsplit(':').next().unwrap().parse().unwrap();
+    let holder = workers
+        .iter()
+        .position(|w| w.child.id() == pid)
+        .expect("the holder is one of the test's workers");
+    workers[holder].signal("KILL");
+    drop(workers.remove(holder));
+    let asset = stack.wait_terminal(&id, Duration::from_secs(120)).await;
+    assert_eq!(asset["state"], "ready", "{asset}");
+    let client = stack.db.pool.get().await.unwrap();
+    let chunk_job = client
+        .query_one(
+            "SELECT state, attempts FROM jobs WHERE kind = 'transcode'
+             AND payload->>'asset_id' = $1 AND payload->>'chunk' = '1'",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(chunk_job.get::<_, String>(0), "succeeded");
+    assert_eq!(
+        chunk_job.get::<_, i32>(1),
+        2,
+        "lost with the killed worker, then redone"
+    );
+    let shown = stack.show(&id);
+    let survivor = format!(":{}", workers[0].child.id());
+    assert!(
+        shown["chunks"][1]["done_by"]
+            .as_str()
+            .is_some_and(|by| by.ends_with(&survivor)),
+        "the surviving worker's result: {shown}"
+    );
+    let ready_events = count(
+        &stack.db,
+        &format!(
+            "SELECT count(*) FROM jobs WHERE kind = 'webhook' AND payload->>'type' = 'asset.ready'
+             AND payload->'data'->>'asset_id' = '{id}'"
+        ),
+    )
+    .await;
+    assert_eq!(ready_events, 1, "published once");
+    let (code, _, output) = run_qa(
+        asset["playback"]["hls"].as_str().unwrap(),
+        &source,
+        &["--quiet"],
+    );
+    assert_eq!(code, 0, "{output}");
+    drop(workers);
+
+    // A chunk whose child crashes on every attempt fails the asset with
+    // the reason; the other chunk's work is not published.
+    let crashing: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .chain([("FAILPOINT_TRANSCODE_CRASH_CHUNK_FROM", "32")])
+        .collect();
+    let _crashing = stack.worker(&crashing);
+    let id = stack.upload(&source);
+    let asset = stack.wait_terminal(&id, Duration::from_secs(120)).await;
+    assert_eq!(asset["state"], "errored", "{asset}");
+    assert_eq!(asset["error"]["code"], "source_quarantined", "{asset}");
+    let message = asset["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("crashed the decoder on each of its"),
+        "{message}"
+    );
+    let published = count(
+        &stack.db,
+        &format!("SELECT count(*) FROM renditions WHERE asset_id = '{id}'"),
+    )
+    .await;
+    assert_eq!(published, 0, "nothing of the errored asset is published");
+}
