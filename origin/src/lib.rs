@@ -31,11 +31,10 @@
 //!   growing version, the storage tier of each rendition not in `hot`) from
 //!   Postgres, reused for `asset_ttl`, and forgotten at once when a
 //!   deletion or a republish is announced (`follow_changes`). A new asset
-//!   plays while it grows (progressive publish): its HLS playlists are
-//!   served short-lived (they change under their key, so the memory tier
-//!   keeps them only `live_cache_ttl`), its segments immutable; its DASH
-//!   MPD comes once it is ready. Nothing published or growing: 404
-//!   `asset_not_ready`.
+//!   plays while it grows (progressive publish): its HLS playlists and its
+//!   dynamic DASH MPD are served short-lived (they change under their key,
+//!   so the memory tier keeps them only `live_cache_ttl`), its segments
+//!   immutable. Nothing published or growing: 404 `asset_not_ready`.
 //! - **HTTP** (GET, HEAD, OPTIONS): `Content-Type` by object class; strong
 //!   `ETag` and `If-None-Match` (304); single byte ranges (206, 416 with
 //!   `Content-Range: bytes */size`; multiple ranges are answered with the
@@ -382,7 +381,7 @@ pub enum Presentation {
 /// | public, ready | init and media segments | `public, max-age=31536000, immutable` |
 /// | public, ready | manifests | `public, max-age=60, s-maxage=86400` (configurable; purge by `Surrogate-Key`) |
 /// | public, growing (progressive publish) | init and media segments | `public, max-age=31536000, immutable` |
-/// | public, growing | playlists | `public, max-age=1, s-maxage=1` (`live_manifest_max_age`: they grow) |
+/// | public, growing | playlists, the MPD | `public, max-age=1, s-maxage=1` (`live_manifest_max_age`: they grow) |
 /// | public, not ready (a version is published, a new one is processing, or it errored) | anything | `no-store` |
 /// | signed | manifests (token-rewritten) | `private, no-store` |
 /// | signed | segments | `private, max-age=31536000, immutable` |
@@ -599,10 +598,6 @@ async fn serve_object(
         &inner.manifest_cache_control,
         &inner.live_manifest_cache_control,
     );
-    // The DASH MPD of a growing version is written once it is complete.
-    if presentation == Presentation::Growing && matches!(target, Target::Mpd) && pinned.is_none() {
-        return Err(OriginError::AssetNotReady);
-    }
     let key = target.key(asset.id, version).ok_or(OriginError::NotFound)?;
     let manifest = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
     // A rendition's media live in the tier Postgres names; the rest in hot.
@@ -611,7 +606,14 @@ async fn serve_object(
         .map_or(0, |rendition| asset.tier_of(version, rendition));
     // A growing playlist changes under the same key: kept for moments only.
     let lookup = if presentation == Presentation::Growing && manifest {
-        inner.tier.lookup_changing(&key).await?
+        match inner.tier.lookup_changing(&key).await {
+            // A growing version's MPD (dynamic) comes with its first
+            // segments; one not written (yet) is "not ready", not gone.
+            Err(OriginError::NotFound) if matches!(target, Target::Mpd) => {
+                return Err(OriginError::AssetNotReady)
+            }
+            other => other?,
+        }
     } else {
         inner.tier.lookup_at(&key, stored_at).await?
     };

@@ -1,5 +1,6 @@
-//! Static DASH MPDs (ISO/IEC 23009-1) for CMAF renditions, and dynamic
-//! ones for live presentations ([`render_live_mpd`]).
+//! Static DASH MPDs (ISO/IEC 23009-1) for CMAF renditions, dynamic ones
+//! for VOD presentations still being made ([`render_growing_mpd`]) and for
+//! live presentations ([`render_live_mpd`]).
 //!
 //! One Period, one video AdaptationSet and one audio AdaptationSet, with
 //! `SegmentTemplate` + `SegmentTimeline` addressing. Representations are
@@ -24,52 +25,129 @@ const AUDIO_CHANNEL_SCHEME: &str = "urn:mpeg:dash:23003:3:audio_channel_configur
 
 /// Renders a static MPD describing `renditions` laid out per `layout`.
 pub fn render_mpd(renditions: &[Rendition], layout: &UriLayout) -> Result<String> {
-    layout.validate()?;
-    if renditions.is_empty() {
-        return Err(Error::NothingToDescribe("no renditions for the MPD"));
-    }
-    for rendition in renditions {
-        rendition.validate()?;
-    }
+    let measured: Vec<(&Rendition, u64)> = renditions
+        .iter()
+        .map(|rendition| (rendition, rendition.bitrates().peak))
+        .collect();
     let presentation_millis = renditions
         .iter()
         .map(|rendition| millis_ceil(rendition.end(), rendition.timescale))
         .max()
         .unwrap_or(0);
-    let min_buffer_seconds = renditions
-        .iter()
-        .map(Rendition::target_duration_seconds)
-        .max()
-        .unwrap_or(1);
-
-    let mut sorted: Vec<(&Rendition, u64)> = renditions
-        .iter()
-        .map(|rendition| (rendition, rendition.bitrates().peak))
-        .collect();
-    sorted.sort_by_key(|(_, bandwidth)| *bandwidth);
-    let (videos, audios): (Vec<_>, Vec<_>) = sorted
-        .into_iter()
-        .partition(|(rendition, _)| rendition.is_video());
-
-    let mut xml = Xml::default();
-    xml.line(0, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
-    xml.open(
-        0,
-        "MPD",
-        &[
-            ("xmlns", "urn:mpeg:dash:schema:mpd:2011".to_owned()),
-            ("profiles", PROFILES.to_owned()),
+    render_one_period(
+        &measured,
+        layout,
+        vec![
             ("type", "static".to_owned()),
             (
                 "mediaPresentationDuration",
                 xs_duration(presentation_millis),
             ),
+        ],
+        None,
+    )
+}
+
+/// `suggestedPresentationDelay` of a growing MPD: longer than any asset
+/// grows, so players start at the beginning, never at the edge.
+const GROWING_PRESENTATION_DELAY_MILLIS: u64 = 30 * 24 * 3_600_000;
+
+/// What makes a growing presentation's MPD dynamic (see
+/// [`render_growing_mpd`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Growing {
+    /// `availabilityStartTime`: early enough (before the asset existed)
+    /// that every segment listed counts as available on the player's
+    /// clock, which then never holds a player back; the presentation delay
+    /// must exceed the time since.
+    pub availability_start: chrono::DateTime<chrono::Utc>,
+    /// `publishTime`, also the `UTCTiming` clock (late by at most the
+    /// MPD's age: players then wait, never ask too early).
+    pub publish_time: chrono::DateTime<chrono::Utc>,
+    /// `minimumUpdatePeriod`, in milliseconds.
+    pub update_period_millis: u64,
+}
+
+/// Renders the MPD of a VOD presentation still being made (progressive
+/// publish): `type="dynamic"` with the segments stored so far, Period and
+/// Representations as the final static MPD ([`render_mpd`]) will have
+/// them, so a player moves on to it when it replaces this one. No
+/// `timeShiftBufferDepth` (everything stays available) and a
+/// `suggestedPresentationDelay` longer than the asset, so dash.js starts at
+/// the first segment, not at the edge; no latency target, so it does not
+/// try to catch up. `renditions` carry the `@bandwidth` each declares (its
+/// rate control's bound: the measured peak is not known yet).
+pub fn render_growing_mpd(
+    renditions: &[(Rendition, u64)],
+    layout: &UriLayout,
+    growing: &Growing,
+) -> Result<String> {
+    let time =
+        |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let declared: Vec<(&Rendition, u64)> = renditions
+        .iter()
+        .map(|(rendition, bandwidth)| (rendition, *bandwidth))
+        .collect();
+    render_one_period(
+        &declared,
+        layout,
+        vec![
+            ("type", "dynamic".to_owned()),
+            ("availabilityStartTime", time(&growing.availability_start)),
+            ("publishTime", time(&growing.publish_time)),
             (
-                "minBufferTime",
-                xs_duration(min_buffer_seconds.saturating_mul(1000)),
+                "minimumUpdatePeriod",
+                xs_duration(growing.update_period_millis),
+            ),
+            (
+                "suggestedPresentationDelay",
+                xs_duration(GROWING_PRESENTATION_DELAY_MILLIS),
             ),
         ],
-    );
+        Some(time(&growing.publish_time)),
+    )
+}
+
+/// One Period at 0 with a video and an audio AdaptationSet; `kind`: the
+/// MPD attributes of its type; `utc_timing`: the time a `UTCTiming`
+/// element states (dynamic MPDs).
+fn render_one_period(
+    renditions: &[(&Rendition, u64)],
+    layout: &UriLayout,
+    kind: Vec<(&str, String)>,
+    utc_timing: Option<String>,
+) -> Result<String> {
+    layout.validate()?;
+    if renditions.is_empty() {
+        return Err(Error::NothingToDescribe("no renditions for the MPD"));
+    }
+    for (rendition, _) in renditions {
+        rendition.validate()?;
+    }
+    let min_buffer_seconds = renditions
+        .iter()
+        .map(|(rendition, _)| rendition.target_duration_seconds())
+        .max()
+        .unwrap_or(1);
+
+    let mut sorted: Vec<(&Rendition, u64)> = renditions.to_vec();
+    sorted.sort_by_key(|(_, bandwidth)| *bandwidth);
+    let (videos, audios): (Vec<_>, Vec<_>) = sorted
+        .into_iter()
+        .partition(|(rendition, _)| rendition.is_video());
+
+    let mut attributes = vec![
+        ("xmlns", "urn:mpeg:dash:schema:mpd:2011".to_owned()),
+        ("profiles", PROFILES.to_owned()),
+    ];
+    attributes.extend(kind);
+    attributes.push((
+        "minBufferTime",
+        xs_duration(min_buffer_seconds.saturating_mul(1000)),
+    ));
+    let mut xml = Xml::default();
+    xml.line(0, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    xml.open(0, "MPD", &attributes);
     xml.open(
         1,
         "Period",
@@ -97,6 +175,16 @@ pub fn render_mpd(renditions: &[Rendition], layout: &UriLayout) -> Result<String
         );
     }
     xml.close(1, "Period");
+    if let Some(time) = utc_timing {
+        xml.empty(
+            1,
+            "UTCTiming",
+            &[
+                ("schemeIdUri", "urn:mpeg:dash:utc:direct:2014".to_owned()),
+                ("value", time),
+            ],
+        );
+    }
     xml.close(0, "MPD");
     Ok(xml.text)
 }
@@ -786,6 +874,50 @@ mod tests {
             low.matches("<SegmentTemplate").count(),
             "{low}"
         );
+    }
+
+    #[test]
+    fn a_growing_mpd_is_dynamic_from_its_first_segment_and_matches_the_final_one() {
+        let at = |seconds| chrono::DateTime::from_timestamp(seconds, 0).unwrap();
+        let video = live_rendition("720p", true, 90_000, 1, 3);
+        let audio = live_rendition("audio", false, 48_000, 1, 4);
+        let growing = render_growing_mpd(
+            &[(video.clone(), 4_000_000), (audio.clone(), 170_000)],
+            &UriLayout::default(),
+            &Growing {
+                availability_start: at(1_700_000_000),
+                publish_time: at(1_700_000_009),
+                update_period_millis: 2000,
+            },
+        )
+        .unwrap();
+        for expected in [
+            r#"type="dynamic""#,
+            r#"availabilityStartTime="2023-11-14T22:13:20.000Z""#,
+            r#"minimumUpdatePeriod="PT2S""#,
+            r#"suggestedPresentationDelay="PT720H0S""#,
+            r#"<Period id="0" start="PT0S">"#,
+            r#"bandwidth="4000000""#,
+            r#"<S t="180000" d="180000" r="2"/>"#,
+            r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:direct:2014" value="2023-11-14T22:13:29.000Z"/>"#,
+        ] {
+            assert!(
+                growing.contains(expected),
+                "{expected} missing from\n{growing}"
+            );
+        }
+        // Everything stays available, and nothing says how long it is yet.
+        assert!(!growing.contains("timeShiftBufferDepth"), "{growing}");
+        assert!(!growing.contains("mediaPresentationDuration"), "{growing}");
+        // The final MPD has the same Period and templates: a player moves on.
+        let done = render_mpd(&[video, audio], &UriLayout::default()).unwrap();
+        let templates = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|line| line.contains("<Period") || line.contains("<SegmentTemplate"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(templates(&growing), templates(&done));
     }
 
     #[test]

@@ -232,11 +232,49 @@ async fn a_long_source_in_chunks_on_two_workers_matches_the_one_job_transcode_fr
     let first = stack.worker(CHUNKED);
     let second = stack.worker(CHUNKED);
     let chunked = stack.upload(&source);
+    // Watch a rung's playlist grow while the chunks are made.
+    let watched = stack
+        .version_dir(&chunked)
+        .join("240p")
+        .join(MEDIA_PLAYLIST);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut seen: Vec<(usize, bool)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(text) = std::fs::read_to_string(&watched) {
+                    let state = (
+                        text.matches("#EXTINF").count(),
+                        text.contains("#EXT-X-ENDLIST"),
+                    );
+                    if seen.last() != Some(&state) {
+                        seen.push(state);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        }
+    });
     let asset = stack
         .wait_terminal(&chunked, Duration::from_secs(300))
         .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
     assert_eq!(asset["state"], "ready", "{asset}");
     assert_eq!(asset["quality"]["gate"], "passed", "{asset}");
+    // It played while growing: the playlist only appended, and it listed
+    // the second chunk's segments (19 segments end at 64 s) before the end.
+    assert!(
+        seen.windows(2).all(|w| w[1].0 >= w[0].0),
+        "only appends: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(count, ended)| *count >= 19 && !ended),
+        "grew past chunk 0 while chunks were made: {seen:?}"
+    );
+    assert_eq!(seen.last().map(|s| s.1), Some(true), "{seen:?}");
     let shown = stack.show(&chunked);
     let chunks = shown["chunks"].as_array().expect("chunks shown").clone();
     let spans: Vec<(f64, Option<f64>)> = chunks

@@ -43,77 +43,128 @@ fn variants(master: &str) -> HashMap<String, (u64, String, String)> {
 /// the final codecs and a BANDWIDTH no lower than the measured one; the
 /// player starts at the beginning, plays to the end without a stall over a
 /// second; the finished asset passes `cascade qa`.
+/// A stack whose one asset (the 20 s 1080p fixture) is being transcoded
+/// (two rungs and audio) with progressive publish, served by an origin
+/// behind nginx; returned once the asset is playable.
+struct Growing {
+    db: crate::common::TestDb,
+    root: std::path::PathBuf,
+    origin: std::net::SocketAddr,
+    cdn: crate::origin::Cdn,
+    asset: cascade_schemas::AssetId,
+    playable: assets::Asset,
+    worker: crate::transcode::Worker,
+    source: std::path::PathBuf,
+    ladder: Vec<RungConfig>,
+}
+
+impl Growing {
+    async fn start(label: &str) -> Self {
+        assert!(nginx_available(), "nginx is needed (Debian package nginx)");
+        let db = fresh_db().await;
+        let (store, root) = local_store().await;
+        let origin = serve(cascade_origin::OriginState::new(
+            OriginConfig::default(),
+            Keyring::from_config(&PlaybackConfig::default()),
+            db.pool.clone(),
+            store.clone(),
+        ))
+        .await;
+        let cdn = start_cdn(origin).await;
+
+        let source = bench_fixture();
+        let queue = Queue::new(db.pool.clone(), db.config.queue.clone());
+        let (asset, _) = cascade_ingest::import_file(&queue, &store, &source, Some("growing"))
+            .await
+            .unwrap();
+        // Not playable yet: players polling for it are not held off by a cache.
+        let pending_playback = assets::get(&db.pool, asset)
+            .await
+            .unwrap()
+            .unwrap()
+            .playback_id;
+        for manifest in ["master.m3u8", "manifest.mpd"] {
+            let pending = get(origin, &format!("/play/{pending_playback}/{manifest}")).await;
+            assert_eq!(pending.status, 404);
+            assert_eq!(pending.code(), "asset_not_ready");
+            assert_eq!(pending.header("cache-control"), Some("no-store"));
+        }
+
+        let mut queue_config = db.config.queue.clone();
+        queue_config.concurrency = 1;
+        queue_config.poll_interval = Duration::from_millis(50);
+        // Two rungs, so that the encode outruns playback on two cores shared
+        // with the browser (a worker and a player do not share a machine).
+        let ladder = vec![
+            RungConfig {
+                name: "720p".to_owned(),
+                short_side: 720,
+                bitrate: 2_000_000,
+            },
+            RungConfig {
+                name: "240p".to_owned(),
+                short_side: 240,
+                bitrate: 500_000,
+            },
+        ];
+        let worker = start_worker_queue(
+            &db,
+            &store,
+            TranscodeConfig {
+                encoder: EncoderChoice::Libx264,
+                ladder: ladder.clone(),
+                ..TranscodeConfig::default()
+            },
+            queue_config,
+            label,
+        );
+
+        let playable = eventually("the asset playable", Duration::from_secs(120), || async {
+            let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
+            assert_ne!(a.state, AssetState::Errored, "{:?}", a.error_message);
+            a.served_version().is_some().then_some(a)
+        })
+        .await;
+        assert_eq!(
+            playable.state,
+            AssetState::Processing,
+            "playable before it is ready"
+        );
+        Self {
+            db,
+            root,
+            origin,
+            cdn,
+            asset,
+            playable,
+            worker,
+            source,
+            ladder,
+        }
+    }
+
+    /// Waits for the asset to be ready.
+    async fn ready(&self) -> assets::Asset {
+        let ready = eventually("the asset ready", Duration::from_secs(240), || async {
+            let a = assets::get(&self.db.pool, self.asset)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_ne!(a.state, AssetState::Errored, "{:?}", a.error_message);
+            (a.state == AssetState::Ready).then_some(a)
+        })
+        .await;
+        assert_eq!(ready.playable_version, None);
+        ready
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_cdn() {
     let _cores = crate::common::exclusive_cores().await;
-    assert!(nginx_available(), "nginx is needed (Debian package nginx)");
-    let db = fresh_db().await;
-    let (store, root) = local_store().await;
-    let origin = serve(cascade_origin::OriginState::new(
-        OriginConfig::default(),
-        Keyring::from_config(&PlaybackConfig::default()),
-        db.pool.clone(),
-        store.clone(),
-    ))
-    .await;
-    let cdn = start_cdn(origin).await;
-
-    let source = bench_fixture();
-    let queue = Queue::new(db.pool.clone(), db.config.queue.clone());
-    let (asset, _) = cascade_ingest::import_file(&queue, &store, &source, Some("growing"))
-        .await
-        .unwrap();
-    // Not playable yet: players polling for it are not held off by a cache.
-    let pending_playback = assets::get(&db.pool, asset)
-        .await
-        .unwrap()
-        .unwrap()
-        .playback_id;
-    let pending = get(origin, &format!("/play/{pending_playback}/master.m3u8")).await;
-    assert_eq!(pending.status, 404);
-    assert_eq!(pending.code(), "asset_not_ready");
-    assert_eq!(pending.header("cache-control"), Some("no-store"));
-
-    let mut queue_config = db.config.queue.clone();
-    queue_config.concurrency = 1;
-    queue_config.poll_interval = Duration::from_millis(50);
-    // Two rungs, so that the encode outruns playback on two cores shared
-    // with the browser (a worker and a player do not share a machine).
-    let ladder = vec![
-        RungConfig {
-            name: "720p".to_owned(),
-            short_side: 720,
-            bitrate: 2_000_000,
-        },
-        RungConfig {
-            name: "240p".to_owned(),
-            short_side: 240,
-            bitrate: 500_000,
-        },
-    ];
-    let worker = start_worker_queue(
-        &db,
-        &store,
-        TranscodeConfig {
-            encoder: EncoderChoice::Libx264,
-            ladder: ladder.clone(),
-            ..TranscodeConfig::default()
-        },
-        queue_config,
-        "progressive-test",
-    );
-
-    let playable = eventually("the asset playable", Duration::from_secs(120), || async {
-        let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
-        assert_ne!(a.state, AssetState::Errored, "{:?}", a.error_message);
-        a.served_version().is_some().then_some(a)
-    })
-    .await;
-    assert_eq!(
-        playable.state,
-        AssetState::Processing,
-        "playable before it is ready"
-    );
+    let growing = Growing::start("progressive-test").await;
+    let (db, origin, cdn, playable) =
+        (&growing.db, growing.origin, &growing.cdn, &growing.playable);
     let base = format!("/play/{}", playable.playback_id);
     // The origin, which looked it up while pending, serves it at once.
     let marked = std::time::Instant::now();
@@ -168,12 +219,17 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_c
         segment.header("cache-control"),
         Some("public, max-age=31536000, immutable")
     );
+    // The DASH MPD grows too (dynamic; the dash.js test plays it).
     let mpd = get(cdn.addr, &format!("{base}/manifest.mpd")).await;
-    assert_eq!(mpd.status, 404);
-    assert_eq!(mpd.code(), "asset_not_ready");
+    assert_eq!(mpd.status, 200, "{}", mpd.text());
+    assert_eq!(
+        mpd.header("cache-control"),
+        Some("public, max-age=1, s-maxage=1")
+    );
+    assert!(mpd.text().contains(r#"type="dynamic""#), "{}", mpd.text());
     assert_eq!(
         crate::common::count(
-            &db,
+            db,
             "SELECT count(*) FROM jobs WHERE kind = 'webhook' AND payload->>'type' = 'asset.playable'"
         )
         .await,
@@ -181,14 +237,7 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_c
         "asset.playable is queued once"
     );
 
-    let ready = eventually("the asset ready", Duration::from_secs(240), || async {
-        let a = assets::get(&db.pool, asset).await.unwrap().unwrap();
-        assert_ne!(a.state, AssetState::Errored, "{:?}", a.error_message);
-        (a.state == AssetState::Ready).then_some(a)
-    })
-    .await;
-    worker.stop().await;
-    assert_eq!(ready.playable_version, None);
+    growing.ready().await;
 
     // The finished presentation, from the origin itself (the CDN may still
     // hold the growing copy for its second), once it has looked the asset
@@ -242,7 +291,8 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_c
 
     // QA against the ladder the worker used.
     let config = tempfile::NamedTempFile::new().unwrap();
-    let rungs: String = ladder
+    let rungs: String = growing
+        .ladder
         .iter()
         .map(|r| {
             format!(
@@ -255,13 +305,87 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_c
     let config_path = config.path().display().to_string();
     let (code, qa, out) = run_qa_with(
         &master_url,
-        &source,
+        &growing.source,
         &["--skip-quality"],
         &[("CASCADE_CONFIG", &config_path)],
     );
     assert_eq!(code, 0, "cascade qa on the finished asset: {out}\n{qa}");
-    drop(cdn);
-    let _ = std::fs::remove_dir_all(&root);
+    growing.worker.stop().await;
+    let _ = std::fs::remove_dir_all(&growing.root);
+}
+
+/// The same growing asset in dash.js: its MPD is dynamic while the asset
+/// grows (no `timeShiftBufferDepth`, a presentation delay longer than the
+/// asset, so dash.js starts at the first segment) and turns static, with
+/// the same Period and segments, when it is ready; dash.js plays it from
+/// the start to the end without a stall over a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_asset_plays_from_the_start_to_the_end_in_dash_js_through_the_cdn() {
+    let _cores = crate::common::exclusive_cores().await;
+    let growing = Growing::start("progressive-dash-test").await;
+    let base = format!("/play/{}", growing.playable.playback_id);
+    let mpd_url = format!("http://{}{base}/manifest.mpd", growing.cdn.addr);
+    let player = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/players/play.mjs"))
+        .args(["--player", "dash", "--url", &mpd_url, "--seconds", "19"])
+        .output();
+    let player = tokio::spawn(player);
+
+    let mpd = get(growing.cdn.addr, &format!("{base}/manifest.mpd")).await;
+    assert_eq!(mpd.status, 200, "{}", mpd.text());
+    assert_eq!(
+        mpd.header("cache-control"),
+        Some("public, max-age=1, s-maxage=1")
+    );
+    let growing_mpd = mpd.text();
+    assert!(
+        growing_mpd.contains(r#"type="dynamic""#)
+            && growing_mpd.contains("availabilityStartTime=")
+            && growing_mpd.contains("minimumUpdatePeriod=")
+            && growing_mpd.contains(r#"<Period id="0" start="PT0S">"#)
+            && !growing_mpd.contains("timeShiftBufferDepth")
+            && !growing_mpd.contains("mediaPresentationDuration"),
+        "{growing_mpd}"
+    );
+
+    growing.ready().await;
+    let final_mpd = eventually(
+        "the origin to serve it as ready",
+        Duration::from_secs(10),
+        || async {
+            let reply = get(growing.origin, &format!("{base}/manifest.mpd")).await;
+            (reply.header("cache-control") == Some("public, max-age=60, s-maxage=86400"))
+                .then_some(reply.text())
+        },
+    )
+    .await;
+    assert!(
+        final_mpd.contains(r#"type="static""#)
+            && final_mpd.contains(r#"<Period id="0" start="PT0S">"#),
+        "{final_mpd}"
+    );
+
+    let report = crate::common::player_report("dash", player.await.unwrap());
+    println!("dash.js: {report}");
+    assert!(report["fatal"].is_null(), "{report}");
+    assert!(
+        report["played"].as_f64().unwrap_or(0.0) >= 19.0,
+        "played to the end: {report}"
+    );
+    assert!(
+        report["first_frame_at"].as_f64().unwrap_or(f64::MAX) < 0.5,
+        "started at the beginning: {report}"
+    );
+    assert!(
+        report["longest_stall"].as_f64().unwrap_or(f64::MAX) <= 1.0,
+        "no stall over a second: {report}"
+    );
+    assert!(
+        report["grew"] == true && report["ended_list"] == true,
+        "dash.js saw the MPD dynamic, then static: {report}"
+    );
+    growing.worker.stop().await;
+    let _ = std::fs::remove_dir_all(&growing.root);
 }
 
 /// Only a new asset's first version grows in public, once: a replacement

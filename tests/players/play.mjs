@@ -1,8 +1,9 @@
 // Plays a stream with a real player (hls.js or dash.js) in headless
 // Chromium and prints what happened as one JSON line: seconds played, the
 // renditions whose segments the browser fetched, any fatal error, the
-// longest stall after the first frame, and (hls.js) whether the playlists
-// grew while it played (a live playlist that later gained EXT-X-ENDLIST).
+// longest stall after the first frame, and whether the manifests
+// grew while it played (a live playlist that later gained EXT-X-ENDLIST, a
+// dynamic MPD that turned static).
 //
 //   node play.mjs --player hls|dash --url <master.m3u8|manifest.mpd> [--seconds 8] [--live 1] [--samples 1] [--poll 1] [--abr 1]
 //
@@ -126,8 +127,14 @@ if (${JSON.stringify(player)} === 'hls') {
   if (${JSON.stringify(!!process.env.PLAYER_DEBUG)}) p.updateSettings({ debug: { logLevel: dashjs.Debug.LOG_LEVEL_INFO } });
   p.on(dashjs.MediaPlayer.events.ERROR, (e) => { window.report.fatal = JSON.stringify(e.error || e); });
   p.on(dashjs.MediaPlayer.events.STREAM_INITIALIZED, () => {
+    // A growing presentation (progressive publish) or live: a dynamic MPD,
+    // until one turns static.
+    if (p.isDynamic()) window.report.grew = true;
     p.setRepresentationForTypeByIndex('video', 0, true);
     video.play();
+  });
+  p.on(dashjs.MediaPlayer.events.DYNAMIC_TO_STATIC, () => {
+    if (window.report.grew) window.report.endedList = true;
   });
   video.addEventListener('timeupdate', () => {
     // dash.js's live latency, against the clock UTCTiming gave it.

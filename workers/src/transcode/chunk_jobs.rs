@@ -149,33 +149,47 @@ impl Inner {
         if !self.config.progressive_publish {
             return;
         }
-        let growing = matches!(assets::get(&self.pool, job.asset_id).await,
-            Ok(Some(asset)) if asset.published_version.is_none()
-                && asset.playable_version == Some(job.version as i32));
-        if !growing {
-            return;
-        }
-        let playlists = chunked::done_prefix(rows).and_then(|prefix| {
-            chunked::growing_playlists(
+        let created = match assets::get(&self.pool, job.asset_id).await {
+            Ok(Some(asset))
+                if asset.published_version.is_none()
+                    && asset.playable_version == Some(job.version as i32) =>
+            {
+                asset.created_at
+            }
+            _ => return,
+        };
+        let manifests = chunked::done_prefix(rows).and_then(|prefix| {
+            chunked::growing_manifests(
                 &prefix,
                 progressive::declared_target_duration(self.config.segment_duration),
+                Some(created),
             )
         });
-        let playlists = match playlists {
-            Ok(Some(playlists)) => playlists,
+        let manifests = match manifests {
+            Ok(Some(manifests)) => manifests,
             Ok(None) => return,
             Err(error) => {
                 tracing::warn!(asset_id = %job.asset_id, error = %error, "cannot extend the growing playlists");
                 return;
             }
         };
-        for (rendition, text) in playlists {
+        let mut puts = Vec::new();
+        for (rendition, text) in manifests.playlists {
             let Ok(name) = RenditionName::new(rendition) else {
                 continue;
             };
-            let key = ObjectKey::media_playlist(job.asset_id, job.version, &name);
+            puts.push((
+                ObjectKey::media_playlist(job.asset_id, job.version, &name),
+                text,
+            ));
+        }
+        // The MPD after the playlists, as while chunk 0 grew.
+        if let Some(mpd) = manifests.mpd {
+            puts.push((ObjectKey::dash_manifest(job.asset_id, job.version), mpd));
+        }
+        for (key, text) in puts {
             if let Err(error) = self.store.put_bytes(&key, Bytes::from(text)).await {
-                tracing::warn!(key = %key, error = %error, "cannot extend a growing playlist");
+                tracing::warn!(key = %key, error = %error, "cannot extend a growing manifest");
                 return;
             }
         }

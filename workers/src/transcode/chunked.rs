@@ -194,17 +194,34 @@ pub fn done_prefix(rows: &[ChunkRow]) -> Result<Vec<ChunkResult>, String> {
         .collect()
 }
 
-/// The growing media playlists once chunks `0..n` (n >= 2) are done: every
-/// video rung up to the end of chunk n-1, and the audio up to the same
-/// segment (chunk 0 made all of it). `None` while only chunk 0 is done
-/// (its own job keeps its playlists growing as it encodes).
-pub fn growing_playlists(
+/// What a growing presentation's manifests are once chunks `0..n` are
+/// done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrowingManifests {
+    /// `(rendition, text)` of each media playlist.
+    pub playlists: Vec<(String, String)>,
+    /// The dynamic MPD, when the presentation grows one.
+    pub mpd: Option<String>,
+}
+
+/// The growing manifests once chunks `0..n` (n >= 2) are done: every video
+/// rung up to the end of chunk n-1, and the audio up to the same segment
+/// (chunk 0 made all of it); the MPD too when the asset's creation time
+/// is given (it places the MPD's media time 0). `None` while only chunk 0 is done (its own job
+/// keeps them growing as it encodes).
+pub fn growing_manifests(
     prefix: &[ChunkResult],
     target_duration: u64,
-) -> Result<Option<Vec<(String, String)>>, String> {
+    created: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Option<GrowingManifests>, String> {
     if prefix.len() < 2 {
         return Ok(None);
     }
+    let declared: HashMap<String, Bitrates> = prefix[0]
+        .renditions
+        .iter()
+        .map(|r| (r.rendition.name.clone(), r.declared))
+        .collect();
     let joined = join(prefix).map_err(|e| e.to_string())?;
     let last_video = joined
         .renditions
@@ -214,6 +231,7 @@ pub fn growing_playlists(
         .min();
     let layout = UriLayout::default();
     let mut playlists = Vec::new();
+    let mut listed = Vec::new();
     for (mut rendition, _) in joined.renditions {
         if let (MediaKind::Audio { .. }, Some(last)) = (&rendition.kind, last_video) {
             rendition.segments.retain(|s| s.sequence_number <= last);
@@ -221,8 +239,14 @@ pub fn growing_playlists(
         let playlist = hls::Playlist::growing(&rendition, &layout, target_duration)
             .map_err(|e| format!("rendering a growing playlist: {e}"))?;
         playlists.push((rendition.name.clone(), playlist.render()));
+        let bitrates = declared.get(&rendition.name).copied().unwrap_or_default();
+        listed.push((rendition, bitrates));
     }
-    Ok(Some(playlists))
+    let mpd = created
+        .map(|created| super::progressive::growing_mpd(&listed, created))
+        .transpose()
+        .map_err(|e| format!("rendering a growing MPD: {e}"))?;
+    Ok(Some(GrowingManifests { playlists, mpd }))
 }
 
 #[cfg(test)]
@@ -305,11 +329,16 @@ mod tests {
 
     #[test]
     fn growing_playlists_cover_the_chunks_done_from_the_start() {
-        assert_eq!(growing_playlists(&[chunk(1, 0, 5)], 5), Ok(None));
-        let playlists = growing_playlists(&[chunk(1, 0, 5), chunk(6, 20, 5)], 5)
+        assert_eq!(growing_manifests(&[chunk(1, 0, 5)], 5, None), Ok(None));
+        let created = chrono::Utc::now();
+        let manifests = growing_manifests(&[chunk(1, 0, 5), chunk(6, 20, 5)], 5, Some(created))
             .expect("renders")
             .expect("two chunks");
-        let (name, text) = &playlists[0];
+        let mpd = manifests.mpd.expect("an MPD");
+        assert!(mpd.contains(r#"type="dynamic""#), "{mpd}");
+        assert_eq!(mpd.matches("<S ").count(), 1, "one run of ten: {mpd}");
+        assert!(mpd.contains(r#"r="9""#), "{mpd}");
+        let (name, text) = &manifests.playlists[0];
         assert_eq!(name, "360p");
         assert!(text.contains("#EXT-X-PLAYLIST-TYPE:EVENT"), "{text}");
         assert!(!text.contains("#EXT-X-ENDLIST"), "{text}");

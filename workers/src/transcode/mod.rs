@@ -425,6 +425,17 @@ impl Inner {
         };
         // Upload what the pipeline produces while it runs.
         let mut growing = progressive::Progressive::new(mode, self.config.segment_duration);
+        if mode == progressive::Mode::Growing {
+            // The growing MPD's media time 0: the asset's creation (see
+            // `dash::Growing`), the same for every job that writes it.
+            match assets::get(&self.pool, job.asset_id).await {
+                Ok(Some(asset)) => growing = growing.with_dash(asset.created_at),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error, "no growing MPD: cannot load the asset");
+                }
+            }
+        }
         let mut milestones = Milestones::new();
         let mut marked_playable = false;
         let mut duration = None;
@@ -604,6 +615,14 @@ impl Inner {
                 ));
             }
             futures::future::try_join_all(puts).await?;
+            if let Some(mpd) = update.mpd {
+                self.put_patiently(
+                    ObjectKey::dash_manifest(job.asset_id, job.version),
+                    Bytes::from(mpd),
+                    ctx,
+                )
+                .await?;
+            }
             if let Some(master) = update.master {
                 self.put_patiently(
                     ObjectKey::hls_master(job.asset_id, job.version),

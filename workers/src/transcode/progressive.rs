@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use cascade_packager::{hls, Bitrates, Rendition, SegmentInfo, Track, UriLayout};
+use cascade_packager::{dash, hls, Bitrates, Rendition, SegmentInfo, Track, UriLayout};
 
 /// Whether, and how, a version grows in public.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,8 @@ struct Growing {
 pub struct Update {
     /// `(rendition name, playlist text)` for every rendition.
     pub media_playlists: Vec<(String, String)>,
+    /// The dynamic DASH MPD listing the same segments.
+    pub mpd: Option<String>,
     /// The master playlist, the first time only; storing it (after the
     /// media playlists) makes the asset playable.
     pub master: Option<String>,
@@ -58,6 +60,9 @@ pub struct Progressive {
     /// Segments every rendition had stored at the last update (0: none
     /// yet: not playable).
     listed: usize,
+    /// When the asset was created, which places the growing DASH MPD's
+    /// media time 0 (`None`: HLS only).
+    created: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Progressive {
@@ -68,7 +73,15 @@ impl Progressive {
             renditions: Vec::new(),
             target_duration: declared_target_duration(segment_duration),
             listed: 0,
+            created: None,
         }
+    }
+
+    /// Also grows a dynamic DASH MPD, for an asset `created` then (see
+    /// [`growing_mpd`]).
+    pub fn with_dash(mut self, created: chrono::DateTime<chrono::Utc>) -> Self {
+        self.created = Some(created);
+        self
     }
 
     /// A rendition whose init segment is stored.
@@ -120,12 +133,15 @@ impl Progressive {
                 .media_playlists
                 .push((growing.rendition.name.clone(), playlist.render()));
         }
+        let declared: Vec<(Rendition, Bitrates)> = self
+            .renditions
+            .iter()
+            .map(|growing| (growing.rendition.clone(), growing.declared))
+            .collect();
+        if let Some(created) = self.created {
+            update.mpd = Some(growing_mpd(&declared, created)?);
+        }
         if first {
-            let declared: Vec<(Rendition, Bitrates)> = self
-                .renditions
-                .iter()
-                .map(|growing| (growing.rendition.clone(), growing.declared))
-                .collect();
             update.master = Some(hls::render_declared_master_playlist(&declared, &layout)?);
         }
         self.listed = complete;
@@ -153,6 +169,42 @@ impl Progressive {
             hls::Playlist::for_rendition(rendition, layout)
         }
     }
+}
+
+/// How often players reload a growing MPD (`minimumUpdatePeriod`; dash.js
+/// reloads at most once a second).
+const MPD_UPDATE_PERIOD_MILLIS: u64 = 1000;
+
+/// How long before the asset's creation a growing MPD's media time 0 is.
+/// dash.js requests a listed segment only once `availabilityStartTime`
+/// plus its end has passed on its clock, which `UTCTiming` sets from the
+/// MPD's `publishTime`, so it lags by the MPD's age (a second or two
+/// through a CDN): a start at the creation itself made dash.js wait up to
+/// a second at each short-start segment. An hour earlier, every segment
+/// listed counts as available, whatever the clocks; the start still
+/// clamps to 0, the presentation delay being longer than that.
+const AVAILABILITY_LEAD: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// The dynamic MPD of a growing presentation: `renditions` with the
+/// segments stored so far and their declared bit rates, for an asset
+/// `created` then.
+pub(crate) fn growing_mpd(
+    renditions: &[(Rendition, Bitrates)],
+    created: chrono::DateTime<chrono::Utc>,
+) -> Result<String, cascade_packager::Error> {
+    let declared: Vec<(Rendition, u64)> = renditions
+        .iter()
+        .map(|(rendition, declared)| (rendition.clone(), declared.peak))
+        .collect();
+    dash::render_growing_mpd(
+        &declared,
+        &UriLayout::default(),
+        &dash::Growing {
+            availability_start: created - AVAILABILITY_LEAD,
+            publish_time: chrono::Utc::now(),
+            update_period_millis: MPD_UPDATE_PERIOD_MILLIS,
+        },
+    )
 }
 
 /// `EXT-X-TARGETDURATION` of a growing playlist, which must not change as
