@@ -23,24 +23,15 @@ const CHUNK: usize = 8 << 20;
 /// Pins every thread of process `pid` to `core` (threads and processes
 /// it creates later inherit the mask from their creator).
 fn pin(pid: u32, core: usize) {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return;
-    };
-    for task in tasks.flatten() {
-        if let Some(tid) = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<i32>().ok())
-        {
-            // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
-            // sched_setaffinity only read and write that set.
-            unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(core, &mut set);
-                libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            }
+    super::for_each_thread(pid, |tid| {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+        // sched_setaffinity only read and write that set.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(core, &mut set);
+            libc::sched_setaffinity(tid as i32, std::mem::size_of::<libc::cpu_set_t>(), &set);
         }
-    }
+    });
 }
 
 /// Seconds from the final PATCH to `ready` for `source` with `workers`

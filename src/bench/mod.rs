@@ -124,6 +124,18 @@ pub(crate) fn bench_fixture() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Calls `apply` with the id of every thread process `pid` has now.
+pub(crate) fn for_each_thread(pid: u32, mut apply: impl FnMut(u32)) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for task in tasks.flatten() {
+        if let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) {
+            apply(tid);
+        }
+    }
+}
+
 /// A synthetic 30 fps source (`testsrc2` with a tone) of `width` x
 /// `height` and `seconds`, made once with the ffmpeg CLI and kept under
 /// `.data/fixtures`.

@@ -153,20 +153,11 @@ fn epoch_seconds() -> f64 {
 /// Lowers every thread of process `pid` to `niceness` (threads it creates
 /// later inherit it from their creator).
 fn renice(pid: u32, niceness: i32) {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return;
-    };
-    for task in tasks.flatten() {
-        if let Some(tid) = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<u32>().ok())
-        {
-            // SAFETY: setpriority has no memory preconditions; `tid` is a
-            // thread of our own child.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, niceness) };
-        }
-    }
+    super::for_each_thread(pid, |tid| {
+        // SAFETY: setpriority has no memory preconditions; `tid` is a
+        // thread of our own child.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, niceness) };
+    });
 }
 
 /// One upload, played as soon as it can be.

@@ -43,6 +43,31 @@ fn variants(master: &str) -> HashMap<String, (u64, String, String)> {
 /// the final codecs and a BANDWIDTH no lower than the measured one; the
 /// player starts at the beginning, plays to the end without a stall over a
 /// second; the finished asset passes `cascade qa`.
+/// What `player` reported of the 20 s asset it played while it grew: no
+/// fatal error, from the start to the end, no stall over a second, the
+/// manifests growing and then ending.
+fn played_through_while_growing(player: &str, out: std::io::Result<std::process::Output>) {
+    let report = crate::common::player_report(player, out);
+    println!("{player}: {report}");
+    assert!(report["fatal"].is_null(), "{report}");
+    assert!(
+        report["played"].as_f64().unwrap_or(0.0) >= 19.0,
+        "played to the end: {report}"
+    );
+    assert!(
+        report["first_frame_at"].as_f64().unwrap_or(f64::MAX) < 0.5,
+        "started at the beginning: {report}"
+    );
+    assert!(
+        report["longest_stall"].as_f64().unwrap_or(f64::MAX) <= 1.0,
+        "no stall over a second: {report}"
+    );
+    assert!(
+        report["grew"] == true && report["ended_list"] == true,
+        "the manifests grew, then ended: {report}"
+    );
+}
+
 /// A stack whose one asset (the 20 s 1080p fixture) is being transcoded
 /// (two rungs and audio) with progressive publish, served by an origin
 /// behind nginx; returned once the asset is playable.
@@ -270,24 +295,8 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_hls_js_through_the_c
         "an EVENT playlist only appends:\n{growing_media}\n---\n{final_media}"
     );
 
-    let report = crate::common::player_report("hls", player.await.unwrap());
-    assert!(report["fatal"].is_null(), "{report}");
-    assert!(
-        report["played"].as_f64().unwrap_or(0.0) >= 19.0,
-        "played to the end: {report}"
-    );
-    assert!(
-        report["first_frame_at"].as_f64().unwrap_or(f64::MAX) < 0.5,
-        "started at the beginning: {report}"
-    );
-    assert!(
-        report["longest_stall"].as_f64().unwrap_or(f64::MAX) <= 1.0,
-        "no stall over a second: {report}"
-    );
-    assert!(
-        report["grew"] == true && report["ended_list"] == true,
-        "hls.js saw the playlists grow and end: {report}"
-    );
+    // hls.js saw the playlists grow and end.
+    played_through_while_growing("hls", player.await.unwrap());
 
     // QA against the ladder the worker used.
     let config = tempfile::NamedTempFile::new().unwrap();
@@ -365,25 +374,8 @@ async fn a_growing_asset_plays_from_the_start_to_the_end_in_dash_js_through_the_
         "{final_mpd}"
     );
 
-    let report = crate::common::player_report("dash", player.await.unwrap());
-    println!("dash.js: {report}");
-    assert!(report["fatal"].is_null(), "{report}");
-    assert!(
-        report["played"].as_f64().unwrap_or(0.0) >= 19.0,
-        "played to the end: {report}"
-    );
-    assert!(
-        report["first_frame_at"].as_f64().unwrap_or(f64::MAX) < 0.5,
-        "started at the beginning: {report}"
-    );
-    assert!(
-        report["longest_stall"].as_f64().unwrap_or(f64::MAX) <= 1.0,
-        "no stall over a second: {report}"
-    );
-    assert!(
-        report["grew"] == true && report["ended_list"] == true,
-        "dash.js saw the MPD dynamic, then static: {report}"
-    );
+    // dash.js saw the MPD dynamic, then static.
+    played_through_while_growing("dash", player.await.unwrap());
     growing.worker.stop().await;
     let _ = std::fs::remove_dir_all(&growing.root);
 }
