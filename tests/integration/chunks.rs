@@ -139,12 +139,18 @@ impl Drop for Stack {
 /// (off the output's 2 s grid: chunks decode from an earlier keyframe),
 /// its audio at 44.1 kHz (resampled and encoded by the pipeline).
 fn source(dir: &Path, seconds: u32, size: &str) -> PathBuf {
-    let path = dir.join(format!("source-{seconds}s-{size}.mp4"));
+    source_with(dir, seconds, size, &[])
+}
+
+/// [`source`] with more ffmpeg output options (`video`: a filter).
+fn source_with(dir: &Path, seconds: u32, size: &str, video: &[&str]) -> PathBuf {
+    let path = dir.join(format!("source-{seconds}s-{size}-{}.mp4", video.len()));
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("testsrc2=size={size}:rate=30"))
         .args(["-f", "lavfi", "-i", "sine=frequency=330:sample_rate=44100"])
         .args(["-t", &seconds.to_string()])
+        .args(video)
         .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "150"])
         .args([
             "-keyint_min",
@@ -414,6 +420,10 @@ async fn a_long_source_in_chunks_on_two_workers_matches_the_one_job_transcode_fr
     let (chunked_psnr, whole_psnr) = (psnr_by_rung(&chunked_report), psnr_by_rung(&whole_report));
     assert_eq!(chunked_psnr.len(), video_rungs);
     for (rung, psnr) in &chunked_psnr {
+        println!(
+            "{rung}: PSNR-Y {psnr:.3} dB in chunks, {:.3} dB in one job",
+            whole_psnr[rung]
+        );
         assert!(
             (psnr - whole_psnr[rung]).abs() <= 0.1,
             "{rung}: {psnr:.3} dB in chunks, {:.3} dB in one job",
@@ -525,4 +535,75 @@ async fn a_chunk_whose_worker_dies_is_redone_once_and_one_that_keeps_crashing_fa
     )
     .await;
     assert_eq!(published, 0, "nothing of the errored asset is published");
+}
+
+#[tokio::test]
+async fn a_source_whose_timestamps_break_the_grid_is_transcoded_as_one_job() {
+    let _cores = exclusive_cores().await;
+    let scratch = tempfile::tempdir().unwrap();
+    // Its video jumps 8 s ahead at 20 s: one segment spans the hole, so
+    // chunk 0 ends two numbers short of where chunk 1 (from 32 s) starts.
+    // Without B-frames and growing playlists: with B-frames the hole's
+    // decode-time gap lands a fragment late, and a 12 s segment does not
+    // fit a growing playlist's fixed target duration; the publish gate
+    // refuses both, chunked or not (ARCHITECTURE.md, left).
+    let source = source_with(
+        scratch.path(),
+        70,
+        "320x180",
+        &[
+            "-vf",
+            "setpts='if(gte(T,20),PTS+8/TB,PTS)'",
+            "-vsync",
+            "vfr",
+        ],
+    );
+    let stack = Stack::start().await;
+    let env: Vec<(&str, &str)> = CHUNKED
+        .iter()
+        .copied()
+        .chain([
+            ("CASCADE_TRANSCODE__B_FRAMES", "0"),
+            ("CASCADE_TRANSCODE__PROGRESSIVE_PUBLISH", "false"),
+        ])
+        .collect();
+    let _worker = stack.worker(&env);
+    let id = stack.upload(&source);
+    let asset = stack.wait_terminal(&id, Duration::from_secs(180)).await;
+    assert_eq!(asset["state"], "ready", "{asset}");
+    let shown = stack.show(&id);
+    assert_eq!(
+        shown["chunks"].as_array().map(Vec::len),
+        Some(2),
+        "it was planned in chunks: {shown}"
+    );
+    // Published as one job's: every rendition numbered without a hole, as
+    // DASH's $Number$ needs, and the MPD static.
+    let version = stack.version_dir(&id);
+    for (name, text) in playlists(&version) {
+        let numbers: Vec<u64> = text
+            .lines()
+            .filter_map(|line| line.strip_suffix(".m4s"))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert!(numbers.len() > 10, "{name}: {text}");
+        assert_eq!(
+            numbers,
+            (1..=numbers.len() as u64).collect::<Vec<_>>(),
+            "{name}: numbered without a hole"
+        );
+    }
+    let mpd = std::fs::read_to_string(version.join("manifest.mpd")).unwrap();
+    assert!(mpd.contains(r#"type="static""#), "{mpd}");
+    let attempts = count(
+        &stack.db,
+        &format!(
+            "SELECT max(attempts)::bigint FROM jobs WHERE kind = 'transcode' AND payload->>'asset_id' = '{id}'"
+        ),
+    )
+    .await;
+    assert_eq!(
+        attempts, 1,
+        "the fallback ran in the job that found the chunks done"
+    );
 }

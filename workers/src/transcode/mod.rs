@@ -475,7 +475,10 @@ impl Inner {
                 | pipeline::Event::Part { .. } => Ok(()),
                 pipeline::Event::Progress(seconds) if chunk.is_some() => {
                     if let Some(chunk) = &chunk {
-                        let done = seconds - chunk.start;
+                        // Chunk 0 reads on to the end for the audio: its
+                        // share is its own span.
+                        let span = chunk.end.map_or(f64::MAX, |end| end - chunk.start);
+                        let done = (seconds - chunk.start).clamp(0.0, span);
                         if let Err(error) = chunks::set_progress(
                             &self.pool,
                             job.asset_id,
