@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cascade_schemas::keys::{HLS_MASTER, MEDIA_PLAYLIST};
+use cascade_schemas::keys::{DASH_MANIFEST, HLS_MASTER, MEDIA_PLAYLIST};
 use cascade_schemas::AssetId;
 
 use crate::common::{
@@ -187,6 +187,30 @@ fn packets(playlist: &Path) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Segments in the first `SegmentTimeline` of an MPD (`S` runs and their
+/// repeats).
+fn timeline_length(mpd: &str) -> usize {
+    let Some(timeline) = mpd
+        .split("<SegmentTimeline>")
+        .nth(1)
+        .and_then(|rest| rest.split("</SegmentTimeline>").next())
+    else {
+        return 0;
+    };
+    timeline
+        .split("<S ")
+        .skip(1)
+        .map(|run| {
+            run.split("r=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .and_then(|r| r.parse::<usize>().ok())
+                .unwrap_or(0)
+                + 1
+        })
+        .sum()
+}
+
 /// Video frames in the source.
 fn source_frames(source: &Path) -> usize {
     let out = Command::new("ffprobe")
@@ -238,16 +262,19 @@ async fn a_long_source_in_chunks_on_two_workers_matches_the_one_job_transcode_fr
     let first = stack.worker(CHUNKED);
     let second = stack.worker(CHUNKED);
     let chunked = stack.upload(&source);
-    // Watch a rung's playlist grow while the chunks are made.
+    // Watch a rung's playlist and the MPD grow while the chunks are made.
     let watched = stack
         .version_dir(&chunked)
         .join("240p")
         .join(MEDIA_PLAYLIST);
+    let watched_mpd = stack.version_dir(&chunked).join(DASH_MANIFEST);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = std::thread::spawn({
         let stop = stop.clone();
         move || {
             let mut seen: Vec<(usize, bool)> = Vec::new();
+            // The MPD's startNumber and segment durations while dynamic.
+            let mut dynamic_mpd_segments = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(text) = std::fs::read_to_string(&watched) {
                     let state = (
@@ -258,16 +285,21 @@ async fn a_long_source_in_chunks_on_two_workers_matches_the_one_job_transcode_fr
                         seen.push(state);
                     }
                 }
+                if let Ok(mpd) = std::fs::read_to_string(&watched_mpd) {
+                    if mpd.contains(r#"type="dynamic""#) {
+                        dynamic_mpd_segments = dynamic_mpd_segments.max(timeline_length(&mpd));
+                    }
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            seen
+            (seen, dynamic_mpd_segments)
         }
     });
     let asset = stack
         .wait_terminal(&chunked, Duration::from_secs(300))
         .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = watcher.join().unwrap();
+    let (seen, dynamic_mpd_segments) = watcher.join().unwrap();
     assert_eq!(asset["state"], "ready", "{asset}");
     assert_eq!(asset["quality"]["gate"], "passed", "{asset}");
     // It played while growing: the playlist only appended, and it listed
@@ -281,6 +313,10 @@ async fn a_long_source_in_chunks_on_two_workers_matches_the_one_job_transcode_fr
         "grew past chunk 0 while chunks were made: {seen:?}"
     );
     assert_eq!(seen.last().map(|s| s.1), Some(true), "{seen:?}");
+    assert!(
+        dynamic_mpd_segments >= 19,
+        "the dynamic MPD grew past chunk 0 too: {dynamic_mpd_segments} segments"
+    );
     let shown = stack.show(&chunked);
     let chunks = shown["chunks"].as_array().expect("chunks shown").clone();
     let spans: Vec<(f64, Option<f64>)> = chunks

@@ -735,6 +735,11 @@ pub fn run_input(
                 segmenter,
                 pending: None,
                 frame_ticks,
+                package_from: if scope.video_from > 0.0 {
+                    (scope.video_from * f64::from(VIDEO_TIMESCALE)).round() as i64 - 1
+                } else {
+                    i64::MIN
+                },
                 vaapi,
                 infos: Vec::new(),
                 settings,
@@ -821,10 +826,11 @@ pub fn run_input(
     };
     if scope.video_from > 0.0 {
         // A later chunk: start decoding at the source's keyframe at or
-        // before the chunk's start; what comes before it is decoded (the
-        // filters need it) and dropped before the encoders.
-        let target =
-            ((origin_seconds + scope.video_from) * f64::from(ff::ffi::AV_TIME_BASE)) as i64;
+        // before a GOP ahead of the chunk's start; that GOP warms the
+        // encoders up (not packaged), what comes before it is decoded
+        // (the filters need it) and dropped before the encoders.
+        let warm_from = (scope.video_from - config.gop.as_secs_f64()).max(0.0);
+        let target = ((origin_seconds + warm_from) * f64::from(ff::ffi::AV_TIME_BASE)) as i64;
         input
             .seek(target, ..target)
             .map_err(|e| TranscodeError::internal("seeking to the chunk's start", e))?;
@@ -833,6 +839,11 @@ pub fn run_input(
     let mut state = LoopState {
         window: (scope.video_from, scope.video_until),
         window_done: false,
+        warm_up: if scope.video_from > 0.0 {
+            gop_seconds
+        } else {
+            0.0
+        },
         next_keyframe: timeline_offset,
         early_keyframes: short_start_boundaries(config)
             .into_iter()
@@ -1172,6 +1183,9 @@ struct LoopState {
     window: (f64, Option<f64>),
     /// A frame at or past the window's end came out: the video is complete.
     window_done: bool,
+    /// Seconds before the window the encoders see (and the rungs do not
+    /// package): a later chunk's rate control and lookahead start warm.
+    warm_up: f64,
     next_keyframe: f64,
     /// The short start's boundaries off the GOP grid, ascending (seconds):
     /// keyframes are forced there too.
@@ -1322,7 +1336,7 @@ fn pull_video(
             let pts = filtered.pts().unwrap_or(0);
             let seconds = pts as f64 * f64::from(feed.time_base);
             // Every rung gets the same frames, so each drops the same ones.
-            if seconds + 1e-6 < state.window.0 {
+            if seconds + 1e-6 < state.window.0 - state.warm_up {
                 continue; // Decoded from the keyframe before a chunk's start.
             }
             if state.window.1.is_some_and(|until| seconds + 1e-6 >= until) {

@@ -27,6 +27,11 @@ pub(super) struct VideoRung {
     /// Previous packet, held until the next gives its duration.
     pub(super) pending: Option<Sample>,
     pub(super) frame_ticks: u32,
+    /// Packets presented before this (the segments' timescale) are
+    /// dropped: a later chunk's encoder warms up on the GOP before its
+    /// start (rate control, lookahead), as one encoder running through
+    /// would have, and only its own frames are packaged.
+    pub(super) package_from: i64,
     pub(super) vaapi: Option<VaapiUpload>,
     /// Segments emitted so far.
     pub(super) infos: Vec<packager::SegmentInfo>,
@@ -254,6 +259,9 @@ fn receive_video_packets(
         let (Some(pts), Some(dts)) = (packet.pts(), packet.dts()) else {
             continue;
         };
+        if pts < rung.package_from {
+            continue; // The warm-up before a chunk (a closed GOP of its own).
+        }
         let Some(data) = packet.data() else { continue };
         let sample = Sample {
             pts,
