@@ -643,3 +643,61 @@ async fn a_source_whose_timestamps_break_the_grid_is_transcoded_as_one_job() {
         "the fallback ran in the job that found the chunks done"
     );
 }
+
+/// The fencing rule of chunk results, against Postgres: only the job's
+/// current claim records a chunk, once; a stale claim (a worker that
+/// stalled past its lease while another took the chunk over) records
+/// nothing.
+#[tokio::test]
+async fn a_chunk_result_is_recorded_only_under_the_current_lease_and_once() {
+    use cascade_platform::chunks::{self, Recorded};
+    use cascade_platform::queue::Lease;
+    use cascade_schemas::chunks::plan;
+
+    let db = fresh_db().await;
+    let (asset, _) = crate::common::insert_asset(&db, "public").await;
+    let planned = plan(200.0, 60.0, 4.0, 2.0, 120.0);
+    let rows = chunks::plan(&db.pool, asset, 1, &planned, 3).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    // Planning again keeps the plan and queues nothing more.
+    let again = chunks::plan(&db.pool, asset, 1, &planned[..1], 3)
+        .await
+        .unwrap();
+    assert_eq!(again, rows);
+    let queue = cascade_platform::Queue::new(db.pool.clone(), db.config.queue.clone());
+    let claimed = queue
+        .claim("test-worker", &["transcode".to_owned()], 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "a job per chunk after the first");
+    let job = claimed
+        .iter()
+        .find(|job| job.payload["chunk"] == 1)
+        .expect("chunk 1's job");
+    let result = serde_json::json!({ "renditions": [], "rung_busy": [] });
+    let record = |lease: Lease| {
+        let (pool, result) = (db.pool.clone(), result.clone());
+        async move {
+            let mut client = pool.get().await.unwrap();
+            let tx = client.transaction().await.unwrap();
+            chunks::lock_version(&tx, asset, 1).await.unwrap();
+            let recorded = chunks::record_done(&tx, asset, 1, 1, &lease, &result)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            recorded
+        }
+    };
+    let stale = Lease {
+        job_id: job.lease.job_id,
+        lease_id: uuid::Uuid::new_v4(),
+    };
+    assert_eq!(record(stale).await, Recorded::LeaseLost);
+    assert_eq!(record(job.lease).await, Recorded::Now);
+    assert_eq!(record(job.lease).await, Recorded::Already);
+    let client = db.pool.get().await.unwrap();
+    let rows = chunks::list(&client, asset, 1).await.unwrap();
+    assert!(rows[1].done && !rows[0].done && !rows[2].done);
+    assert_eq!(rows[1].done_by.as_deref(), Some("test-worker"));
+    assert_eq!(rows[1].done_seconds, 60.0);
+}
