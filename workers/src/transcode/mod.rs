@@ -1,18 +1,24 @@
 //! The `transcode` job: from an asset's source in storage to a published
 //! ladder that every player can play.
 //!
-//! 1. Stage the source in a scratch directory (removed on every path).
-//! 2. Run [`pipeline::run`] on a blocking thread: probe, decode once, scale
-//!    and encode every rung, package CMAF (ISO/IEC 23000-19) segments.
+//! 1. Decide what this job runs ([`chunked`]): the whole source, or, for a
+//!    long one, chunk 0 with the whole audio after queueing a job per
+//!    later chunk (a later chunk's own job runs just that chunk).
+//! 2. Run the pipeline (in a `cascade transcode-source` child by default,
+//!    [`child`]) over the stored source read by ranges: probe, decode once,
+//!    scale and encode every rung, package CMAF (ISO/IEC 23000-19)
+//!    segments.
 //! 3. Upload init and media segments as they are cut (bounded channel, so
 //!    memory stays flat). A new asset plays while it grows
 //!    ([`progressive`]): once every rendition has a segment stored, growing
-//!    HLS playlists and a declared master are written and the asset is
-//!    marked playable.
-//! 4. After the last segment: the HLS media playlists (RFC 8216), and last
-//!    the master playlist and the DASH MPD (ISO/IEC 23009-1): a reader never
-//!    sees a manifest naming a missing segment.
-//! 5. Record the renditions and turn the asset `ready` in one transaction.
+//!    HLS playlists, a dynamic DASH MPD and a declared master are written
+//!    and the asset is marked playable.
+//! 4. After the last segment (of the last chunk to finish): the HLS media
+//!    playlists (RFC 8216), and last the master playlist and the static
+//!    DASH MPD (ISO/IEC 23009-1): a reader never sees a manifest naming a
+//!    missing segment.
+//! 5. The publish gate ([`gate`]), then record the renditions and turn the
+//!    asset `ready` in one transaction.
 //!
 //! Keys are deterministic (`assets/{id}/v{version}/...`), so a rerun after a
 //! crash overwrites the same objects and ends with one correct result. Bad
@@ -426,8 +432,9 @@ impl Inner {
         // Upload what the pipeline produces while it runs.
         let mut growing = progressive::Progressive::new(mode, self.config.segment_duration);
         if mode == progressive::Mode::Growing {
-            // The growing MPD's media time 0: the asset's creation (see
-            // `dash::Growing`), the same for every job that writes it.
+            // The growing MPD's media time 0 is placed from the asset's
+            // creation (`progressive::growing_mpd`): the same for every
+            // job that writes it.
             match assets::get(&self.pool, job.asset_id).await {
                 Ok(Some(asset)) => growing = growing.with_dash(asset.created_at),
                 Ok(None) => {}
