@@ -1050,5 +1050,25 @@ async fn the_publish_gate_refuses_a_damaged_version_or_records_it_by_policy() {
                 .collect();
             assert!(failed.contains(&"structure.segment_boxes"), "{quality}");
         }
+        // Operators see it in the workers' metrics (docs/operations.md).
+        let (status, _, metrics) = http(stack.addr, "GET", "/metrics", &[], b"");
+        assert_eq!(status, 200);
+        let value = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+        };
+        assert_eq!(
+            value(r#"cascade_transcode_quality_checks_total{result="failed"}"#),
+            1.0,
+            "{policy}"
+        );
+        assert_eq!(
+            value("cascade_transcode_quality_check_duration_seconds_count"),
+            1.0,
+            "{policy}"
+        );
     }
 }
