@@ -78,18 +78,14 @@ pub struct Growing {
 /// try to catch up. `renditions` carry the `@bandwidth` each declares (its
 /// rate control's bound: the measured peak is not known yet).
 pub fn render_growing_mpd(
-    renditions: &[(Rendition, u64)],
+    renditions: &[(&Rendition, u64)],
     layout: &UriLayout,
     growing: &Growing,
 ) -> Result<String> {
     let time =
         |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let declared: Vec<(&Rendition, u64)> = renditions
-        .iter()
-        .map(|(rendition, bandwidth)| (rendition, *bandwidth))
-        .collect();
     render_one_period(
-        &declared,
+        renditions,
         layout,
         vec![
             ("type", "dynamic".to_owned()),
@@ -882,7 +878,7 @@ mod tests {
         let video = live_rendition("720p", true, 90_000, 1, 3);
         let audio = live_rendition("audio", false, 48_000, 1, 4);
         let growing = render_growing_mpd(
-            &[(video.clone(), 4_000_000), (audio.clone(), 170_000)],
+            &[(&video, 4_000_000), (&audio, 170_000)],
             &UriLayout::default(),
             &Growing {
                 availability_start: at(1_700_000_000),

@@ -11,14 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cascade_platform::{assets, Config};
-use cascade_schemas::{AssetId, AssetState};
+use cascade_schemas::AssetState;
 
 use super::live::{serve_command, wait_http, KEY};
 use super::origin::{free_port, ChildGuard};
 use super::upload;
-
-/// tus PATCH size.
-const CHUNK: usize = 8 << 20;
 
 /// Pins every thread of process `pid` to `core` (threads and processes
 /// it creates later inherit the mask from their creator).
@@ -65,13 +62,9 @@ async fn time_to_ready(
         guards.push(guard);
     }
     let size = std::fs::metadata(source)?.len();
-    let (location, asset) = upload::tus_create(client, base, KEY, size, None).await?;
-    let asset: AssetId = asset
-        .context("no Cascade-Asset-Id")?
-        .parse()
-        .context("Cascade-Asset-Id")?;
+    let (location, asset) = upload::tus_create_asset(client, base, KEY, size).await?;
     let mut file = tokio::fs::File::open(source).await?;
-    upload::tus_send(client, &location, KEY, &mut file, size, CHUNK).await?;
+    upload::tus_send(client, &location, KEY, &mut file, size, upload::TUS_PATCH).await?;
     let patched = Instant::now();
     let deadline = patched + Duration::from_secs(1800);
     loop {

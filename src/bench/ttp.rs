@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use cascade_platform::{assets, db, Config};
 use cascade_schemas::ladder;
-use cascade_schemas::{AssetId, AssetState};
+use cascade_schemas::AssetState;
 use clap::Args;
 use tokio::io::AsyncBufReadExt;
 
@@ -55,8 +55,6 @@ const TARGET_TTP_SECONDS: f64 = 1.8;
 const TARGET_GATE_SHARE: f64 = 0.05;
 /// Time to ready and the worker's CPU over the ffmpeg CLI's.
 const TARGET_READY_RATIO: f64 = 1.0;
-/// tus PATCH size.
-const CHUNK: usize = 8 << 20;
 
 /// Arguments of `cascade bench ttp`.
 #[derive(Debug, Args)]
@@ -171,11 +169,7 @@ async fn measure(
     source: &Path,
 ) -> anyhow::Result<Measured> {
     let size = std::fs::metadata(source)?.len();
-    let (location, asset) = upload::tus_create(client, base, KEY, size, None).await?;
-    let asset: AssetId = asset
-        .context("no Cascade-Asset-Id")?
-        .parse()
-        .context("Cascade-Asset-Id")?;
+    let (location, asset) = upload::tus_create_asset(client, base, KEY, size).await?;
     let playback_id = assets::get(pool, asset)
         .await?
         .context("the upload's asset")?
@@ -212,7 +206,7 @@ async fn measure(
 
     let cpu_before = process_cpu_seconds(worker.child.id());
     let mut file = tokio::fs::File::open(source).await?;
-    upload::tus_send(client, &location, KEY, &mut file, size, CHUNK).await?;
+    upload::tus_send(client, &location, KEY, &mut file, size, upload::TUS_PATCH).await?;
     let patched = epoch_seconds();
     let deadline = Instant::now() + Duration::from_secs(600);
     let (ready, gate) = loop {

@@ -324,6 +324,24 @@ fn generate(path: &Path, size: u64) -> anyhow::Result<()> {
 /// Creates a tus upload of `length` bytes (with `concat` as its
 /// Upload-Concat, if any); returns its Location and, unless partial, its
 /// asset id.
+/// The tus PATCH size the benches that time a transcode upload with.
+pub(super) const TUS_PATCH: usize = 8 << 20;
+
+/// [`tus_create`] of an upload that makes an asset: its URL and the asset.
+pub(super) async fn tus_create_asset(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    length: u64,
+) -> anyhow::Result<(String, cascade_schemas::AssetId)> {
+    let (location, asset) = tus_create(client, base, key, length, None).await?;
+    let asset = asset
+        .context("no Cascade-Asset-Id")?
+        .parse()
+        .context("Cascade-Asset-Id")?;
+    Ok((location, asset))
+}
+
 pub(super) async fn tus_create(
     client: &reqwest::Client,
     base: &str,

@@ -268,38 +268,43 @@ async fn a_long_source_in_chunks_on_two_workers_matches_the_one_job_transcode_fr
         .join("240p")
         .join(MEDIA_PLAYLIST);
     let watched_mpd = stack.version_dir(&chunked).join(DASH_MANIFEST);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            let mut seen: Vec<(usize, bool)> = Vec::new();
-            // The MPD's startNumber and segment durations while dynamic.
-            let mut dynamic_mpd_segments = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(text) = std::fs::read_to_string(&watched) {
-                    let state = (
-                        text.matches("#EXTINF").count(),
-                        text.contains("#EXT-X-ENDLIST"),
-                    );
-                    if seen.last() != Some(&state) {
-                        seen.push(state);
-                    }
+    // Sampled at each poll of the asset (its state first: once it is
+    // ready, that sample shows the final manifests).
+    let seen: std::cell::RefCell<Vec<(usize, bool)>> = Default::default();
+    // The most segments the MPD's timeline listed while dynamic.
+    let dynamic_mpd_segments = std::cell::Cell::new(0);
+    let asset = eventually(
+        "the chunked asset to be ready or errored",
+        Duration::from_secs(300),
+        || async {
+            let (_, _, body) = http(
+                stack.addr,
+                "GET",
+                &format!("/v1/assets/{chunked}"),
+                &[AUTH],
+                b"",
+            );
+            let asset: Option<serde_json::Value> = serde_json::from_str(&body).ok();
+            if let Ok(text) = std::fs::read_to_string(&watched) {
+                let state = (
+                    text.matches("#EXTINF").count(),
+                    text.contains("#EXT-X-ENDLIST"),
+                );
+                let mut seen = seen.borrow_mut();
+                if seen.last() != Some(&state) {
+                    seen.push(state);
                 }
-                if let Ok(mpd) = std::fs::read_to_string(&watched_mpd) {
-                    if mpd.contains(r#"type="dynamic""#) {
-                        dynamic_mpd_segments = dynamic_mpd_segments.max(timeline_length(&mpd));
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
             }
-            (seen, dynamic_mpd_segments)
-        }
-    });
-    let asset = stack
-        .wait_terminal(&chunked, Duration::from_secs(300))
-        .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (seen, dynamic_mpd_segments) = watcher.join().unwrap();
+            if let Ok(mpd) = std::fs::read_to_string(&watched_mpd) {
+                if mpd.contains(r#"type="dynamic""#) {
+                    dynamic_mpd_segments.set(dynamic_mpd_segments.get().max(timeline_length(&mpd)));
+                }
+            }
+            asset.filter(|a| matches!(a["state"].as_str(), Some("ready" | "errored")))
+        },
+    )
+    .await;
+    let (seen, dynamic_mpd_segments) = (seen.into_inner(), dynamic_mpd_segments.get());
     assert_eq!(asset["state"], "ready", "{asset}");
     assert_eq!(asset["quality"]["gate"], "passed", "{asset}");
     // It played while growing: the playlist only appended, and it listed

@@ -242,6 +242,7 @@ pub fn growing_manifests(
         let bitrates = declared.get(&rendition.name).copied().unwrap_or_default();
         listed.push((rendition, bitrates));
     }
+    let listed: Vec<(&Rendition, Bitrates)> = listed.iter().map(|(r, b)| (r, *b)).collect();
     let mpd = created
         .map(|created| super::progressive::growing_mpd(&listed, created))
         .transpose()

@@ -267,10 +267,11 @@ impl Inner {
         let Some(part) = self.part_of(&job, &asset, &ctx).await? else {
             return Ok(());
         };
-        let outcome = match self.run_part(&job, &ctx, mode, part).await {
+        let created = asset.created_at;
+        let outcome = match self.run_part(&job, &ctx, mode, part, created).await {
             Ok(Outcome::Whole(mode)) => {
                 // The chunks did not join: the version as one job.
-                self.run_part(&job, &ctx, mode, Part::Whole).await
+                self.run_part(&job, &ctx, mode, Part::Whole, created).await
             }
             other => other,
         };
@@ -359,16 +360,19 @@ impl Inner {
         ctx: &JobContext,
         mode: progressive::Mode,
         part: Part,
+        created: chrono::DateTime<chrono::Utc>,
     ) -> Result<Outcome, TranscodeError> {
         match part {
             Part::Whole => {
-                let ran = self.run_pipeline(job, ctx, mode, None).await?;
+                let ran = self.run_pipeline(job, ctx, mode, None, created).await?;
                 self.publish(job, ran.summary, &ran.growing, ctx, ran.source_size)
                     .await?;
                 Ok(Outcome::Done)
             }
             Part::Chunk(chunk) => {
-                let ran = self.run_pipeline(job, ctx, mode, Some(chunk)).await?;
+                let ran = self
+                    .run_pipeline(job, ctx, mode, Some(chunk), created)
+                    .await?;
                 self.finish_chunk(job, ctx, chunk, Some(ran)).await
             }
             Part::Recorded(chunk) => self.finish_chunk(job, ctx, chunk, None).await,
@@ -376,13 +380,15 @@ impl Inner {
     }
 
     /// Decodes and encodes the source (the whole, or `chunk` of it) and
-    /// stores what comes out as it comes.
+    /// stores what comes out as it comes; `created`: the asset's creation,
+    /// which places a growing MPD's media time 0 (`progressive::growing_mpd`).
     async fn run_pipeline(
         &self,
         job: &TranscodeJob,
         ctx: &JobContext,
         mode: progressive::Mode,
         chunk: Option<Chunk>,
+        created: chrono::DateTime<chrono::Utc>,
     ) -> Result<Ran, TranscodeError> {
         let source_size = self.source_size(job).await?;
         let key = ObjectKey::source_version(job.asset_id, job.version);
@@ -430,19 +436,8 @@ impl Inner {
             })
         };
         // Upload what the pipeline produces while it runs.
-        let mut growing = progressive::Progressive::new(mode, self.config.segment_duration);
-        if mode == progressive::Mode::Growing {
-            // The growing MPD's media time 0 is placed from the asset's
-            // creation (`progressive::growing_mpd`): the same for every
-            // job that writes it.
-            match assets::get(&self.pool, job.asset_id).await {
-                Ok(Some(asset)) => growing = growing.with_dash(asset.created_at),
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(error = %error, "no growing MPD: cannot load the asset");
-                }
-            }
-        }
+        let mut growing =
+            progressive::Progressive::new(mode, self.config.segment_duration).with_dash(created);
         let mut milestones = Milestones::new();
         let mut marked_playable = false;
         let mut duration = None;

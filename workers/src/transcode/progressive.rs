@@ -133,15 +133,20 @@ impl Progressive {
                 .media_playlists
                 .push((growing.rendition.name.clone(), playlist.render()));
         }
-        let declared: Vec<(Rendition, Bitrates)> = self
-            .renditions
-            .iter()
-            .map(|growing| (growing.rendition.clone(), growing.declared))
-            .collect();
         if let Some(created) = self.created {
-            update.mpd = Some(growing_mpd(&declared, created)?);
+            let listed: Vec<(&Rendition, Bitrates)> = self
+                .renditions
+                .iter()
+                .map(|growing| (&growing.rendition, growing.declared))
+                .collect();
+            update.mpd = Some(growing_mpd(&listed, created)?);
         }
         if first {
+            let declared: Vec<(Rendition, Bitrates)> = self
+                .renditions
+                .iter()
+                .map(|growing| (growing.rendition.clone(), growing.declared))
+                .collect();
             update.master = Some(hls::render_declared_master_playlist(&declared, &layout)?);
         }
         self.listed = complete;
@@ -189,12 +194,12 @@ const AVAILABILITY_LEAD: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 /// segments stored so far and their declared bit rates, for an asset
 /// `created` then.
 pub(crate) fn growing_mpd(
-    renditions: &[(Rendition, Bitrates)],
+    renditions: &[(&Rendition, Bitrates)],
     created: chrono::DateTime<chrono::Utc>,
 ) -> Result<String, cascade_packager::Error> {
-    let declared: Vec<(Rendition, u64)> = renditions
+    let declared: Vec<(&Rendition, u64)> = renditions
         .iter()
-        .map(|(rendition, declared)| (rendition.clone(), declared.peak))
+        .map(|(rendition, declared)| (*rendition, declared.peak))
         .collect();
     dash::render_growing_mpd(
         &declared,
