@@ -45,7 +45,8 @@ impl PublishGate for QaGate {
         async move {
             let started = Instant::now();
             // The source as FFmpeg's demuxer reads it: packets only, by
-            // ranged GETs (no copy, no decoding).
+            // ranged GETs (no copy, no decoding), while the presentations
+            // are read.
             let reader = ObjectReader::new(
                 store.clone(),
                 request.source.clone(),
@@ -53,31 +54,30 @@ impl PublishGate for QaGate {
                 tokio::runtime::Handle::current(),
             );
             let name = request.source.as_str().to_owned();
-            let reference = tokio::task::spawn_blocking(move || {
-                cascade_qa::media::analyse_reference_reader(reader, &name)
-            })
-            .await
-            .map_err(|e| format!("reading the source: {e}"))??;
+            let reference = async move {
+                tokio::task::spawn_blocking(move || {
+                    cascade_qa::media::analyse_reference_reader(reader, &name)
+                })
+                .await
+                .map_err(|e| format!("reading the source: {e}"))?
+            }
+            .boxed();
             // Both manifests: they name the same segments, and each has
             // its own rules (HLS BANDWIDTH and EXTINF; the MPD's duration,
             // timeline and delivery model).
-            let mut reports = Vec::new();
-            for manifest in [
-                ObjectKey::hls_master(request.asset, request.version),
-                ObjectKey::dash_manifest(request.asset, request.version),
-            ] {
-                let report = cascade_qa::gate(GateOptions {
-                    store: store.clone(),
-                    manifest,
-                    reference: reference.clone(),
-                    reference_name: request.source.as_str().to_owned(),
-                    ladder: ladder.clone(),
-                    thresholds: thresholds.clone(),
-                })
-                .await
-                .map_err(|e| e.0)?;
-                reports.push(report);
-            }
+            let reports = cascade_qa::gate(GateOptions {
+                store: store.clone(),
+                manifests: vec![
+                    ObjectKey::hls_master(request.asset, request.version),
+                    ObjectKey::dash_manifest(request.asset, request.version),
+                ],
+                reference,
+                reference_name: request.source.as_str().to_owned(),
+                ladder,
+                thresholds,
+            })
+            .await
+            .map_err(|e| e.0)?;
             Ok(summarise(&reports, started.elapsed().as_secs_f64()))
         }
         .boxed()

@@ -128,6 +128,7 @@ const FFMPEG_CHECKS: &[&str] = &[
 ];
 
 /// A rendition with everything fetched and measured about it.
+#[derive(Debug, Clone)]
 pub struct Analysed {
     pub spec: RenditionSpec,
     /// The init segment and media segments joined, as demuxed and decoded.
@@ -189,41 +190,68 @@ pub async fn run(options: Options, progress: ProgressSink) -> Result<Report, Can
 pub struct GateOptions {
     /// The stored object store holding the version.
     pub store: cascade_platform::ObjectStore,
-    /// The version's manifest: the HLS master playlist or the DASH MPD.
-    pub manifest: cascade_schemas::ObjectKey,
+    /// The version's manifests (the HLS master playlist, the DASH MPD):
+    /// each is checked by its own rules; segments they share are read once.
+    pub manifests: Vec<cascade_schemas::ObjectKey>,
     /// The source as FFmpeg's demuxer reads it (the worker reads the stored
-    /// source once more, by ranged GETs: packets only, no decoding).
-    pub reference: ReferenceMedia,
+    /// source once more, by ranged GETs: packets only, no decoding), read
+    /// while the presentations are.
+    pub reference: futures::future::BoxFuture<'static, Result<ReferenceMedia, String>>,
     /// How the source is named in the report.
     pub reference_name: String,
     pub ladder: ExpectedLadder,
     pub thresholds: Thresholds,
 }
 
-/// The publish gate's checks of a stored version: the presentation read
-/// from storage by FFmpeg (structure, alignment, timing, codecs, declared
-/// bandwidth, bit-rate caps, A/V offset) against the source's reading. No
-/// pixel comparison and no second reader: it runs before every publish.
-pub async fn gate(options: GateOptions) -> Result<Report, CannotRun> {
+/// The publish gate's checks of a stored version: each manifest's
+/// presentation read from storage by FFmpeg (structure, alignment, timing,
+/// codecs, declared bandwidth, bit-rate caps, A/V offset) against the
+/// source's reading, one report per manifest. No pixel comparison and no
+/// second reader: it runs before every publish. The source is read while
+/// the presentations are, and a segment list that both manifests name is
+/// fetched and demuxed once.
+pub async fn gate(options: GateOptions) -> Result<Vec<Report>, CannotRun> {
     let started = Instant::now();
-    let url = Fetcher::store_url(&options.manifest).map_err(CannotRun)?;
-    check(
-        Checking {
-            url,
-            fetcher: Fetcher::store(options.store),
-            reference: options.reference,
-            reference_path: None,
-            reference_name: options.reference_name,
-            ladder: Some(options.ladder),
-            thresholds: options.thresholds,
-            skip_quality: true,
-            readers: Some(Readers::Ffmpeg),
-            request_timeout: Duration::from_secs(30),
-        },
-        started,
-        Arc::new(|_| {}),
-    )
-    .await
+    let fetcher = Fetcher::store(options.store);
+    let scratch = scratch_dir()?;
+    let presentations = async {
+        let mut cache = ReadCache::default();
+        let mut read = Vec::new();
+        for manifest in &options.manifests {
+            let url = Fetcher::store_url(manifest).map_err(CannotRun)?;
+            let presentation = read_presentation(
+                &url,
+                &fetcher,
+                Readers::Ffmpeg,
+                scratch.path(),
+                Some(&mut cache),
+                &|_| {},
+            )
+            .await?;
+            read.push((url, presentation));
+        }
+        Ok::<_, CannotRun>(read)
+    };
+    let (reference, presentations) = tokio::join!(options.reference, presentations);
+    let reference = reference.map_err(CannotRun)?;
+    presentations?
+        .into_iter()
+        .map(|(url, read)| {
+            Ok(evaluate(
+                &url,
+                read,
+                &reference,
+                &options.reference_name,
+                Some(&options.ladder),
+                &options.thresholds,
+                true,
+                Readers::Ffmpeg,
+                None,
+                loudness::Loudness::default(),
+                started,
+            ))
+        })
+        .collect()
 }
 
 /// One check run's inputs, however the presentation and reference are read.
@@ -258,6 +286,108 @@ async fn check(
             Err(absent) => (Readers::Ffmpeg, Some(absent)),
         },
     };
+    let scratch = scratch_dir()?;
+    let mut read =
+        read_presentation(url, fetcher, readers, scratch.path(), None, &*progress).await?;
+    let vmaf_available = read.vmaf.available;
+    read.gstreamer = if readers.gstreamer() {
+        progress(Progress::Phase(
+            "reading with GStreamer (qtdemux / tsdemux, hlsdemux2 / dashdemux2)".to_owned(),
+        ));
+        Some(read_with_gstreamer(&mut read.analysed, url, options.request_timeout).await)
+    } else {
+        None
+    };
+    let quality_reference = options
+        .reference_path
+        .as_ref()
+        .filter(|_| !options.skip_quality);
+    if let (Some(path), true) = (quality_reference, readers.ffmpeg()) {
+        if let Some(video) = &reference.video {
+            measure_quality(
+                path,
+                video,
+                &mut read.analysed,
+                scratch.path(),
+                vmaf_available,
+                &progress,
+            )
+            .await?;
+        }
+    }
+
+    // Loudness compares decoded audio with the reference file's: `cascade qa`
+    // only (the gate has no reference file and decodes no audio).
+    let loudness = if readers.ffmpeg() && options.reference_path.is_some() {
+        progress(Progress::Phase("measuring loudness".to_owned()));
+        measure_loudness(
+            options.reference_path.as_deref(),
+            reference.audio.is_some(),
+            &read.analysed,
+        )
+        .await
+        .map_err(CannotRun)?
+    } else {
+        loudness::Loudness::default()
+    };
+
+    progress(Progress::Phase("checking".to_owned()));
+    Ok(evaluate(
+        url,
+        read,
+        reference,
+        &options.reference_name,
+        options.ladder.as_ref(),
+        &options.thresholds,
+        options.skip_quality,
+        readers,
+        gstreamer_absent.as_deref(),
+        loudness,
+        started,
+    ))
+}
+
+/// A scratch directory for the joined rendition files, removed when dropped.
+fn scratch_dir() -> Result<tempfile::TempDir, CannotRun> {
+    tempfile::Builder::new()
+        .prefix("cascade-qa-")
+        .tempdir()
+        .map_err(|e| CannotRun(format!("cannot create a scratch directory: {e}")))
+}
+
+/// One presentation as read: its manifests' view and every rendition
+/// fetched and demuxed (joined files under the caller's scratch directory).
+struct ReadPresentation {
+    presentation: presentation::Presentation,
+    analysed: Vec<Analysed>,
+    vmaf: VmafAvailability,
+    /// GStreamer's reading of the whole presentation, when that reader runs.
+    gstreamer: Option<gst_reader::Reading>,
+}
+
+/// Renditions already fetched and demuxed, by the objects they are made of
+/// (the init segment and the media segments, in order): an HLS playlist and
+/// a DASH MPD of one version name the same objects.
+#[derive(Default)]
+struct ReadCache(std::collections::HashMap<(Option<Url>, Vec<Url>), Analysed>);
+
+impl ReadCache {
+    fn key(spec: &RenditionSpec) -> (Option<Url>, Vec<Url>) {
+        (
+            spec.init.clone(),
+            spec.segments.iter().map(|s| s.url.clone()).collect(),
+        )
+    }
+}
+
+async fn read_presentation(
+    url: &Url,
+    fetcher: &Fetcher,
+    readers: Readers,
+    scratch: &Path,
+    mut cache: Option<&mut ReadCache>,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<ReadPresentation, CannotRun> {
     progress(Progress::Phase(format!("fetching {url}")));
     let manifest = fetcher.get(url).await;
     if manifest.status == 0 {
@@ -274,22 +404,32 @@ async fn check(
     } else {
         hls::load(fetcher, url, &manifest.body).await
     };
-    let format = presentation.format;
+    let format = match presentation.format {
+        report::Format::Hls => "hls",
+        report::Format::Dash => "dash",
+    };
 
-    let scratch = tempfile::Builder::new()
-        .prefix("cascade-qa-")
-        .tempdir()
-        .map_err(|e| CannotRun(format!("cannot create a scratch directory: {e}")))?;
     let mut analysed = Vec::new();
     let specs = std::mem::take(&mut presentation.renditions);
     for (i, spec) in specs.into_iter().enumerate() {
-        progress(Progress::Phase(format!(
-            "fetching {} ({} segments)",
-            spec.name,
-            spec.segments.len()
-        )));
-        let file = scratch.path().join(format!("rendition-{i}"));
-        let rendition = fetch_and_demux(fetcher, spec, file, readers).await;
+        let key = ReadCache::key(&spec);
+        let known = cache.as_deref().and_then(|cache| cache.0.get(&key));
+        let rendition = match known {
+            Some(read) => reread(read, spec),
+            None => {
+                progress(Progress::Phase(format!(
+                    "fetching {} ({} segments)",
+                    spec.name,
+                    spec.segments.len()
+                )));
+                let file = scratch.join(format!("{format}-rendition-{i}"));
+                let rendition = fetch_and_demux(fetcher, spec, file, readers).await;
+                if let Some(cache) = cache.as_deref_mut() {
+                    cache.0.insert(key, rendition.clone());
+                }
+                rendition
+            }
+        };
         let muxed_audio = rendition.media.as_ref().is_ok_and(|m| m.muxed_audio)
             && rendition.spec.audio_group.is_none();
         if muxed_audio {
@@ -311,60 +451,61 @@ async fn check(
                 .to_owned()
         },
     };
-    let presentation_reading = if readers.gstreamer() {
-        progress(Progress::Phase(
-            "reading with GStreamer (qtdemux / tsdemux, hlsdemux2 / dashdemux2)".to_owned(),
-        ));
-        Some(read_with_gstreamer(&mut analysed, url, options.request_timeout).await)
-    } else {
-        None
-    };
-    let quality_reference = options
-        .reference_path
-        .as_ref()
-        .filter(|_| !options.skip_quality);
-    if let (Some(path), true) = (quality_reference, readers.ffmpeg()) {
-        if let Some(video) = &reference.video {
-            measure_quality(
-                path,
-                video,
-                &mut analysed,
-                scratch.path(),
-                vmaf_available,
-                &progress,
-            )
-            .await?;
-        }
+    Ok(ReadPresentation {
+        presentation,
+        analysed,
+        vmaf,
+        gstreamer: None,
+    })
+}
+
+/// A rendition read for another manifest, as `spec` (this manifest's
+/// names and declared durations) sees it: the bytes and the demuxed media
+/// are the same, the per-segment report and the measures follow `spec`.
+fn reread(read: &Analysed, spec: RenditionSpec) -> Analysed {
+    let mut rendition = read.clone();
+    for (report, segment) in rendition.segments.iter_mut().zip(&spec.segments) {
+        report.uri = segment.uri.clone();
+        report.declared_duration_s = segment.declared_duration_s;
     }
+    rendition.measured = measure(&spec, &rendition.segments, rendition.media.as_ref().ok());
+    rendition.spec = spec;
+    rendition
+}
 
-    // Loudness compares decoded audio with the reference file's: `cascade qa`
-    // only (the gate has no reference file and decodes no audio).
-    let loudness = if readers.ffmpeg() && options.reference_path.is_some() {
-        progress(Progress::Phase("measuring loudness".to_owned()));
-        measure_loudness(
-            options.reference_path.as_deref(),
-            reference.audio.is_some(),
-            &analysed,
-        )
-        .await
-        .map_err(CannotRun)?
-    } else {
-        loudness::Loudness::default()
-    };
-
-    progress(Progress::Phase("checking".to_owned()));
+/// The checks over a read presentation, as a report.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    url: &Url,
+    read: ReadPresentation,
+    reference: &ReferenceMedia,
+    reference_name: &str,
+    ladder: Option<&ExpectedLadder>,
+    thresholds: &Thresholds,
+    skip_quality: bool,
+    readers: Readers,
+    gstreamer_absent: Option<&str>,
+    loudness: loudness::Loudness,
+    started: Instant,
+) -> Report {
+    let ReadPresentation {
+        presentation,
+        analysed,
+        vmaf,
+        gstreamer: presentation_reading,
+    } = read;
     let checks = checks::evaluate(&checks::Inputs {
         loudness: &loudness,
         presentation: &presentation,
         renditions: &analysed,
         reference,
-        thresholds: &options.thresholds,
-        ladder: options.ladder.as_ref(),
-        skip_quality: options.skip_quality,
+        thresholds,
+        ladder,
+        skip_quality,
         vmaf: &vmaf,
         gstreamer: checks::GstreamerInputs {
             used: readers.gstreamer(),
-            absent: gstreamer_absent.as_deref(),
+            absent: gstreamer_absent,
             presentation: presentation_reading.as_ref(),
             both: readers == Readers::Both,
         },
@@ -385,17 +526,17 @@ async fn check(
             })
             .collect()
     };
-    let targets = checks::targets(reference, options.ladder.as_ref(), &analysed);
+    let targets = checks::targets(reference, ladder, &analysed);
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_owned(),
         url: url.to_string(),
-        format,
+        format: presentation.format,
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         elapsed_s: 0.0,
         result: Status::Pass,
-        reference: reference_info(&options.reference_name, reference),
-        thresholds: options.thresholds.clone(),
+        reference: reference_info(reference_name, reference),
+        thresholds: thresholds.clone(),
         vmaf,
         renditions: analysed
             .iter()
@@ -406,7 +547,7 @@ async fn check(
     };
     report.tally();
     report.elapsed_s = started.elapsed().as_secs_f64();
-    Ok(report)
+    report
 }
 
 /// Integrated loudness of the reference (when it has audio) and of every

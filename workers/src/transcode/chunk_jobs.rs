@@ -222,7 +222,9 @@ impl Inner {
                     "every chunk done; publishing");
                 let growing = progressive::Progressive::new(mode, self.config.segment_duration);
                 let source_size = self.source_size(job).await?;
-                self.publish(job, summary, &growing, ctx, source_size)
+                // The join's own steps: its encode happened in other jobs.
+                let milestones = Milestones::new();
+                self.publish(job, summary, &growing, ctx, source_size, &milestones)
                     .await?;
                 Ok(Outcome::Done)
             }

@@ -365,8 +365,15 @@ impl Inner {
         match part {
             Part::Whole => {
                 let ran = self.run_pipeline(job, ctx, mode, None, created).await?;
-                self.publish(job, ran.summary, &ran.growing, ctx, ran.source_size)
-                    .await?;
+                self.publish(
+                    job,
+                    ran.summary,
+                    &ran.growing,
+                    ctx,
+                    ran.source_size,
+                    &ran.milestones,
+                )
+                .await?;
                 Ok(Outcome::Done)
             }
             Part::Chunk(chunk) => {
@@ -585,11 +592,13 @@ impl Inner {
                 "storing outputs: {message}"
             )));
         }
+        milestones.stored = Some(milestones.started.elapsed());
         Ok(Ran {
             summary: summary?,
             growing,
             inits,
             source_size,
+            milestones,
         })
     }
 
@@ -700,6 +709,7 @@ impl Inner {
         growing: &progressive::Progressive,
         ctx: &JobContext,
         source_size: u64,
+        milestones: &Milestones,
     ) -> Result<(), TranscodeError> {
         let layout = UriLayout::default();
         let renditions: Vec<_> = summary.renditions.iter().map(|(r, _)| r.clone()).collect();
@@ -740,7 +750,9 @@ impl Inner {
 
         // Everything is stored, manifests last; nothing is served as the
         // published version until the gate says so.
+        let manifests_stored = milestones.started.elapsed();
         let quality = self.gate(job, source_size).await?;
+        let gate_done = milestones.started.elapsed();
         let quality = quality
             .map(serde_json::to_value)
             .transpose()
@@ -777,8 +789,15 @@ impl Inner {
             tracing::info!(asset_id = %job.asset_id, "asset deleted while transcoding; not published");
             return Ok(());
         }
+        // The steps to ready, for `cascade bench ttp` and operators.
+        let ms = |d: Option<std::time::Duration>| d.map_or(-1, |d| d.as_millis() as i64);
         tracing::info!(asset_id = %job.asset_id, version = job.version, renditions = rows.len(),
-            duration = summary.duration, "asset ready");
+            duration = summary.duration,
+            stored_ms = ms(milestones.stored),
+            manifests_ms = ms(Some(manifests_stored)),
+            gate_ms = ms(Some(gate_done)),
+            ready_ms = milestones.started.elapsed().as_millis() as i64,
+            "asset ready");
         self.metrics.transcode_ended("ready");
         self.metrics.ready(ctx.enqueued.elapsed());
         for (rung, busy) in &summary.rung_busy {
@@ -873,6 +892,7 @@ struct Ran {
     growing: progressive::Progressive,
     inits: HashMap<String, (Track, Bitrates)>,
     source_size: u64,
+    milestones: Milestones,
 }
 
 /// When the steps towards playable happened, since the transcode began.
@@ -884,6 +904,8 @@ struct Milestones {
     encoding: Option<std::time::Duration>,
     /// The first media segment was stored.
     first_segment: Option<std::time::Duration>,
+    /// Every segment was encoded and stored.
+    stored: Option<std::time::Duration>,
 }
 
 impl Milestones {
@@ -893,6 +915,7 @@ impl Milestones {
             probed: None,
             encoding: None,
             first_segment: None,
+            stored: None,
         }
     }
 }
