@@ -2,6 +2,7 @@
 //! version read back from the object store, against the stored source.
 //! It lives in the binary because the `qa` crate depends on `workers`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use cascade_platform::config::TranscodeConfig;
@@ -9,6 +10,7 @@ use cascade_platform::storage::reader::ObjectReader;
 use cascade_platform::ObjectStore;
 use cascade_qa::ladder::ExpectedLadder;
 use cascade_qa::report::{Report, Status};
+use cascade_qa::sampled::{ReadSeek, SourceOpener};
 use cascade_qa::thresholds::Thresholds;
 use cascade_qa::GateOptions;
 use cascade_schemas::ObjectKey;
@@ -54,6 +56,12 @@ impl PublishGate for QaGate {
                 tokio::runtime::Handle::current(),
             );
             let name = request.source.as_str().to_owned();
+            let source = Arc::new(StoredSource {
+                store: store.clone(),
+                key: request.source.clone(),
+                size: request.source_size,
+                runtime: tokio::runtime::Handle::current(),
+            });
             let reference = async move {
                 tokio::task::spawn_blocking(move || {
                     cascade_qa::media::analyse_reference_reader(reader, &name)
@@ -72,6 +80,7 @@ impl PublishGate for QaGate {
                     ObjectKey::dash_manifest(request.asset, request.version),
                 ],
                 reference,
+                source: Some(source),
                 reference_name: request.source.as_str().to_owned(),
                 ladder,
                 thresholds,
@@ -81,6 +90,25 @@ impl PublishGate for QaGate {
             Ok(summarise(&reports, started.elapsed().as_secs_f64()))
         }
         .boxed()
+    }
+}
+
+/// The stored source, opened again for each thread sampling frames.
+struct StoredSource {
+    store: ObjectStore,
+    key: ObjectKey,
+    size: u64,
+    runtime: tokio::runtime::Handle,
+}
+
+impl SourceOpener for StoredSource {
+    fn open(&self) -> Box<dyn ReadSeek> {
+        Box::new(ObjectReader::new(
+            self.store.clone(),
+            self.key.clone(),
+            self.size,
+            self.runtime.clone(),
+        ))
     }
 }
 
@@ -157,6 +185,13 @@ fn summarise_one(report: &Report, seconds: f64) -> GateReport {
                 target_bitrate: r.target_bitrate,
                 passed: count(&r.name, Status::Pass),
                 failed: count(&r.name, Status::Fail),
+                psnr_y_mean: r.quality.as_ref().map(|q| q.psnr_y_mean),
+                psnr_y_min: r
+                    .quality
+                    .as_ref()
+                    .map(|q| q.psnr_y.iter().copied().fold(f64::INFINITY, f64::min)),
+                ssim_y_mean: r.quality.as_ref().map(|q| q.ssim_y_mean),
+                frames_sampled: r.quality.as_ref().map(|q| q.frames_compared),
             })
             .collect(),
         seconds,

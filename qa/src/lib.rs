@@ -12,7 +12,7 @@
 //! given, as a terminal table, a JSON report (schema in docs/qa.md) and a
 //! self-contained HTML page. The workers' publish gate runs the same checks
 //! on a version read from the object store before it is published
-//! ([`gate`]).
+//! ([`gate`]), judging pictures on sampled frames ([`sampled`]).
 
 pub mod checks;
 pub mod dash;
@@ -28,6 +28,7 @@ pub mod media;
 pub mod presentation;
 pub mod quality;
 pub mod report;
+pub mod sampled;
 pub mod table;
 pub mod thresholds;
 
@@ -197,6 +198,9 @@ pub struct GateOptions {
     /// source once more, by ranged GETs: packets only, no decoding), read
     /// while the presentations are.
     pub reference: futures::future::BoxFuture<'static, Result<ReferenceMedia, String>>,
+    /// The source again, for the frames sampled for PSNR and SSIM
+    /// (`sampled.rs`); `None`: no quality measured.
+    pub source: Option<Arc<dyn sampled::SourceOpener>>,
     /// How the source is named in the report.
     pub reference_name: String,
     pub ladder: ExpectedLadder,
@@ -234,17 +238,33 @@ pub async fn gate(options: GateOptions) -> Result<Vec<Report>, CannotRun> {
     };
     let (reference, presentations) = tokio::join!(options.reference, presentations);
     let reference = reference.map_err(CannotRun)?;
-    presentations?
+    let mut presentations = presentations?;
+    let measured = match (options.source, &reference.video) {
+        (Some(source), Some(video)) => {
+            sample_quality(source, video.clone(), &mut presentations).await
+        }
+        _ => false,
+    };
+    let thresholds = if measured {
+        options.thresholds.for_sampled_frames()
+    } else {
+        options.thresholds.clone()
+    };
+    presentations
         .into_iter()
-        .map(|(url, read)| {
+        .map(|(url, mut read)| {
+            read.vmaf = VmafAvailability {
+                available: false,
+                note: "not computed by the publish gate (cascade qa computes it)".to_owned(),
+            };
             Ok(evaluate(
                 &url,
                 read,
                 &reference,
                 &options.reference_name,
                 Some(&options.ladder),
-                &options.thresholds,
-                true,
+                &thresholds,
+                !measured,
                 Readers::Ffmpeg,
                 None,
                 loudness::Loudness::default(),
@@ -252,6 +272,65 @@ pub async fn gate(options: GateOptions) -> Result<Vec<Report>, CannotRun> {
             ))
         })
         .collect()
+}
+
+/// PSNR-Y and SSIM-Y on sampled frames of the first presentation's CMAF
+/// video renditions, given to every presentation's renditions made of the
+/// same bytes. `false` when the source could not be sampled (the quality
+/// checks are then skipped, not failed: the source is the creator's).
+async fn sample_quality(
+    source: Arc<dyn sampled::SourceOpener>,
+    video: media::ReferenceVideo,
+    presentations: &mut [(Url, ReadPresentation)],
+) -> bool {
+    let Some((_, first)) = presentations.first() else {
+        return false;
+    };
+    let sampled: Vec<(PathBuf, sampled::SampledRung)> = first
+        .analysed
+        .iter()
+        .filter(|a| a.spec.kind == MediaKind::Video && a.container == Container::Cmaf)
+        .filter(|a| a.muxed_in.is_none())
+        .filter_map(|a| {
+            let media = a.media.as_ref().ok()?;
+            Some((
+                a.file.clone(),
+                sampled::SampledRung {
+                    name: a.spec.name.clone(),
+                    file: a.file.clone(),
+                    ranges: a.ranges.clone(),
+                    packets: media.packets.clone(),
+                },
+            ))
+        })
+        .collect();
+    let Some((_, top)) = sampled.first() else {
+        return false;
+    };
+    let instants = sampled::instants(&top.packets);
+    let rung_start = top
+        .packets
+        .iter()
+        .filter_map(|p| p.pts)
+        .min_by(f64::total_cmp)
+        .unwrap_or(0.0);
+    let (files, rungs): (Vec<PathBuf>, Vec<sampled::SampledRung>) = sampled.into_iter().unzip();
+    let results = tokio::task::spawn_blocking(move || {
+        sampled::measure(source.as_ref(), &video, rung_start, &rungs, &instants)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("sampling: {e}")));
+    let Ok(results) = results else {
+        return false;
+    };
+    for (_, read) in presentations.iter_mut() {
+        for rendition in &mut read.analysed {
+            if let Some(i) = files.iter().position(|f| *f == rendition.file) {
+                rendition.quality = Some(results[i].clone());
+            }
+        }
+    }
+    true
 }
 
 /// One check run's inputs, however the presentation and reference are read.

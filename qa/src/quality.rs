@@ -110,18 +110,7 @@ impl FrameReader {
             .ok_or_else(|| format!("{} has no video stream", path.display()))?;
         let rotation = rotation_of(&stream);
         let (index, time_base) = (stream.index(), stream.time_base());
-        // SAFETY: the parameters belong to an open stream; field_order is a
-        // plain field of the struct they point at.
-        let order = unsafe { (*stream.parameters().as_ptr()).field_order };
-        let interlaced = match ff::codec::field_order::FieldOrder::from(order) {
-            ff::codec::field_order::FieldOrder::TT | ff::codec::field_order::FieldOrder::BT => {
-                Some("tff")
-            }
-            ff::codec::field_order::FieldOrder::BB | ff::codec::field_order::FieldOrder::TB => {
-                Some("bff")
-            }
-            _ => None,
-        };
+        let interlaced = field_parity(&stream);
         let mut context = ff::codec::context::Context::from_parameters(stream.parameters())
             .map_err(|e| format!("cannot read the video parameters: {e}"))?;
         context.set_threading(ff::codec::threading::Config {
@@ -188,6 +177,23 @@ impl FrameReader {
             .timestamp()
             .or(frame.pts())
             .map(|ts| (ts as f64 * f64::from(self.time_base) * 1e6).round() as i64)
+    }
+}
+
+/// `bwdif`'s parity for an interlaced stream (`tff` / `bff`), from its
+/// declared field order.
+pub(crate) fn field_parity(stream: &ff::format::stream::Stream) -> Option<&'static str> {
+    // SAFETY: the parameters belong to an open stream; field_order is a
+    // plain field of the struct they point at.
+    let order = unsafe { (*stream.parameters().as_ptr()).field_order };
+    match ff::codec::field_order::FieldOrder::from(order) {
+        ff::codec::field_order::FieldOrder::TT | ff::codec::field_order::FieldOrder::BT => {
+            Some("tff")
+        }
+        ff::codec::field_order::FieldOrder::BB | ff::codec::field_order::FieldOrder::TB => {
+            Some("bff")
+        }
+        _ => None,
     }
 }
 
@@ -301,7 +307,7 @@ fn feed_reference(
 /// does, so an interlaced source is compared like for like), then `idet`
 /// (the baseline for the combing check: synthetic or detailed progressive
 /// content can look interlaced to it), upright, at its display size.
-fn reference_graph(
+pub(crate) fn reference_graph(
     frame: &ff::frame::Video,
     rotation: u32,
     interlaced: Option<&str>,
@@ -340,7 +346,7 @@ fn reference_graph(
     Ok(graph)
 }
 
-fn comparison_graph(
+pub(crate) fn comparison_graph(
     dist: &ff::frame::Video,
     video: &ReferenceVideo,
     vmaf_log: Option<&Path>,
@@ -390,7 +396,7 @@ fn comparison_graph(
     Ok(graph)
 }
 
-fn metadata_value(frame: &ff::frame::Video, keys: &[&str]) -> Option<f64> {
+pub(crate) fn metadata_value(frame: &ff::frame::Video, keys: &[&str]) -> Option<f64> {
     let metadata = frame.metadata();
     keys.iter().find_map(|key| metadata.get(key)).and_then(|v| {
         if v.trim() == "inf" {

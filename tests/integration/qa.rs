@@ -241,6 +241,39 @@ async fn pipeline_and_qa(file: &str, name: &str, dash_too: bool) {
                 assert!(q["psnr_y_mean"].as_f64().unwrap() > 25.0, "{file}: {q}");
                 // The combing check ran on every rung (idet judged frames).
                 assert!(q["idet_frames"].as_u64().unwrap() > 0, "{file}: {q}");
+                // The gate's frames, sampled across GOPs and decoded from
+                // the nearest keyframes, say what every frame says, within
+                // the allowance the gate gives sampling
+                // (`SAMPLED_PSNR_ALLOWANCE_DB`, `SAMPLED_SSIM_ALLOWANCE`):
+                // a frame paired with its neighbour would read far lower.
+                let gated = quality["renditions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|g| g["name"] == r["name"])
+                    .unwrap_or_else(|| panic!("{file}: {} not gated: {quality}", r["name"]));
+                assert!(
+                    gated["frames_sampled"].as_u64().unwrap_or(0) >= 3,
+                    "{file}: {gated}"
+                );
+                let (sampled, every) = (
+                    gated["psnr_y_mean"].as_f64().unwrap(),
+                    q["psnr_y_mean"].as_f64().unwrap(),
+                );
+                assert!(
+                    (sampled - every).abs() <= 2.5,
+                    "{file} {}: sampled PSNR-Y {sampled:.2} dB, every frame {every:.2} dB",
+                    r["name"]
+                );
+                let (sampled, every) = (
+                    gated["ssim_y_mean"].as_f64().unwrap(),
+                    q["ssim_y_mean"].as_f64().unwrap(),
+                );
+                assert!(
+                    (sampled - every).abs() <= 0.005,
+                    "{file} {}: sampled SSIM-Y {sampled:.4}, every frame {every:.4}",
+                    r["name"]
+                );
             }
         }
     }
@@ -684,12 +717,27 @@ async fn damaged_outputs_are_caught_with_the_failing_check_named() {
 #[tokio::test]
 async fn combed_outputs_fail_the_combing_check() {
     let db = fresh_db().await;
-    let stack = start_stack_with(&db, &[("CASCADE_TRANSCODE__DEINTERLACE", "false")]);
+    // Published by policy: the gate's sampled frames already see pictures
+    // far from the (deinterlaced) source.
+    let stack = start_stack_with(
+        &db,
+        &[
+            ("CASCADE_TRANSCODE__DEINTERLACE", "false"),
+            ("CASCADE_TRANSCODE__QA_GATE", "warn"),
+        ],
+    );
     let source = fixtures_dir().join("interlaced_576i25_tff.mp4");
     let (id, status, body) = upload(&stack, &source);
     assert_eq!(status, 202, "{body}");
     let asset = wait_terminal(&stack, &id).await;
     assert_eq!(asset["state"], "ready", "{asset}");
+    let gate_failed: Vec<&str> = asset["quality"]["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    assert!(gate_failed.contains(&"quality.psnr_top"), "{gate_failed:?}");
     let url = asset["playback"]["hls"].as_str().unwrap();
     let (code, report, output) = run_qa(url, &source, &["--quiet"]);
     assert_eq!(code, 1, "{output}");
@@ -1013,6 +1061,30 @@ async fn qa_reads_presentations_made_elsewhere_in_ts_fmp4_and_dash() {
 /// turns errored naming the failed check), and is published with the
 /// failure recorded under `warn`. The damage: a failpoint cuts one media
 /// segment in half on its way out of the transcode child.
+/// An encoder told to throw quality away (x264 at CRF 51) makes a
+/// structurally perfect version whose pictures are far from the source's:
+/// the gate's sampled frames catch it before it is published.
+#[tokio::test]
+async fn the_publish_gate_refuses_pictures_far_from_the_source() {
+    let source = fixtures_dir().join("landscape_1080p30_stereo.mp4");
+    let db = fresh_db().await;
+    let stack = start_stack_with(&db, &[("CASCADE_TRANSCODE__CRF", "51")]);
+    let (id, status, body) = upload(&stack, &source);
+    assert_eq!(status, 202, "{body}");
+    let asset = wait_terminal(&stack, &id).await;
+    assert_eq!(asset["state"], "errored", "{asset}");
+    assert_eq!(asset["error"]["code"], "qa_failed", "{asset}");
+    let message = asset["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("quality.psnr_top [1080p]: top rung PSNR-Y over"),
+        "{message}"
+    );
+    // Nothing else was wrong with it.
+    for check in ["structure.", "timing.", "bitrate."] {
+        assert!(!message.contains(check), "{message}");
+    }
+}
+
 #[tokio::test]
 async fn the_publish_gate_refuses_a_damaged_version_or_records_it_by_policy() {
     let source = fixtures_dir().join("tiny_320x180_stereo.mp4");

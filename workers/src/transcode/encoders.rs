@@ -140,6 +140,7 @@ pub fn probe(encoder: VideoEncoder) -> Result<(), String> {
         bitrate: 200_000,
         gop_frames: 30,
         profile_high: false,
+        threads: None,
     };
     let config = TranscodeConfig::default();
     let mut hw = match encoder {
@@ -189,6 +190,8 @@ pub struct EncodeSettings {
     pub gop_frames: u32,
     /// High profile (else Main).
     pub profile_high: bool,
+    /// Encoder threads; `None`: the encoder's own choice.
+    pub threads: Option<u32>,
 }
 
 /// What of x264's `preset` shows in the parameter sets: its reference
@@ -259,7 +262,10 @@ pub fn open_video(
     video.set_max_bit_rate(max);
     let mut options = ff::Dictionary::new();
     // AVCodecContext defaults to one thread; let the encoder pick (as the CLI does).
-    options.set("threads", "auto");
+    match settings.threads {
+        Some(threads) => options.set("threads", &threads.to_string()),
+        None => options.set("threads", "auto"),
+    }
     options.set("bufsize", &buffer.to_string());
     options.set(
         "profile",
@@ -398,6 +404,7 @@ mod tests {
             bitrate: 400_000,
             gop_frames: 60,
             profile_high,
+            threads: None,
         };
         let encoder = open_video(VideoEncoder::Libx264, &settings, &config, None).unwrap();
         // SAFETY: extradata/extradata_size describe a buffer owned by the opened encoder.

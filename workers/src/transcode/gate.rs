@@ -69,6 +69,16 @@ pub struct RenditionQuality {
     /// Checks of this rendition that passed and failed.
     pub passed: u32,
     pub failed: u32,
+    /// Video: PSNR-Y and SSIM-Y against the source on the frames the gate
+    /// sampled (mean, and PSNR-Y's lowest), and how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psnr_y_mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psnr_y_min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssim_y_mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames_sampled: Option<u64>,
 }
 
 /// What the gate found.
