@@ -740,33 +740,53 @@ async fn fetch_and_demux(
         None => None,
     };
     let urls: Vec<Url> = spec.segments.iter().map(|s| s.url.clone()).collect();
-    let fetched = fetcher.get_all(&urls).await;
-
-    let mut joined = Vec::new();
-    if let Some(init) = init.as_ref().filter(|i| i.ok()) {
-        joined.extend_from_slice(&init.body);
-    }
-    let container = fetched
-        .iter()
-        .find(|got| got.ok())
-        .map_or(Container::Cmaf, |got| Container::sniff(&got.body));
-    let file = file.with_extension(container.extension());
-    let mut ranges = Vec::with_capacity(fetched.len());
+    // Each segment goes to the joined file as it arrives: what is held is
+    // a few segments in flight, whatever the rendition's length.
+    let mut fetched = fetcher.get_each(&urls);
+    let init_body = init.as_ref().filter(|i| i.ok()).map(|i| i.body.clone());
+    let mut position = init_body.as_ref().map_or(0, |body| body.len() as u64);
+    let mut container = None;
+    let mut writer: Option<std::io::BufWriter<std::fs::File>> = None;
+    let mut write_error: Option<String> = None;
+    let mut file = file;
+    let mut shift: f64 = 0.0;
+    let mut ranges = Vec::with_capacity(urls.len());
     let mut box_problems = Vec::new();
-    let mut segments = Vec::with_capacity(fetched.len());
-    for (i, (segment, got)) in spec.segments.iter().zip(&fetched).enumerate() {
-        let start = joined.len() as u64;
+    let mut segments = Vec::with_capacity(urls.len());
+    let mut i = 0;
+    while let Some(got) = futures::StreamExt::next(&mut fetched).await {
+        let Some(segment) = spec.segments.get(i) else {
+            break;
+        };
+        let start = position;
         if got.ok() {
-            let problem = match container {
+            let kind = *container.get_or_insert_with(|| Container::sniff(&got.body));
+            let problem = match kind {
                 Container::Cmaf => media::segment_box_problem(&got.body),
                 Container::MpegTs => media::ts_problem(&got.body),
             };
             if let Some(problem) = problem {
                 box_problems.push((i, problem));
             }
-            joined.extend_from_slice(&got.body);
+            if let (Container::Cmaf, Some(init)) = (kind, &init_body) {
+                shift = shift.max(media::ffmpeg_composition_shift(init, &[&got.body]));
+            }
+            if writer.is_none() && write_error.is_none() {
+                file = file.with_extension(kind.extension());
+                match open_joined(&file, init_body.as_deref()) {
+                    Ok(opened) => writer = Some(opened),
+                    Err(e) => write_error = Some(e),
+                }
+            }
+            if let Some(out) = writer.as_mut() {
+                if let Err(e) = std::io::Write::write_all(out, &got.body) {
+                    write_error = Some(format!("cannot write {}: {e}", file.display()));
+                    writer = None;
+                }
+            }
+            position += got.body.len() as u64;
         }
-        ranges.push((start, joined.len() as u64));
+        ranges.push((start, position));
         segments.push(SegmentReport {
             index: i as u32 + 1,
             uri: segment.uri.clone(),
@@ -776,12 +796,27 @@ async fn fetch_and_demux(
             error: got.error.clone(),
             ..SegmentReport::default()
         });
+        i += 1;
+    }
+    let container = container.unwrap_or(Container::Cmaf);
+    if writer.is_none() && write_error.is_none() {
+        // No segment arrived: the init alone.
+        file = file.with_extension(container.extension());
+        match open_joined(&file, init_body.as_deref()) {
+            Ok(opened) => writer = Some(opened),
+            Err(e) => write_error = Some(e),
+        }
+    }
+    if let Some(mut out) = writer.take() {
+        if let Err(e) = std::io::Write::flush(&mut out) {
+            write_error = Some(format!("cannot write {}: {e}", file.display()));
+        }
     }
     let readable = container == Container::MpegTs || init.as_ref().is_some_and(Fetched::ok);
-    let media = match std::fs::write(&file, &joined) {
-        Err(e) => Err(format!("cannot write {}: {e}", file.display())),
-        Ok(()) if !readers.ffmpeg() => Err("not read with FFmpeg (--reader gstreamer)".to_owned()),
-        Ok(()) if readable => {
+    let mut media = match write_error {
+        Some(error) => Err(error),
+        None if !readers.ffmpeg() => Err("not read with FFmpeg (--reader gstreamer)".to_owned()),
+        None if readable => {
             let path = file.clone();
             let ranges = ranges.clone();
             let kind = spec.kind;
@@ -789,21 +824,11 @@ async fn fetch_and_demux(
                 .await
                 .unwrap_or_else(|e| Err(format!("demuxing: {e}")))
         }
-        Ok(()) => Err("no init segment to read the media with".to_owned()),
+        None => Err("no init segment to read the media with".to_owned()),
     };
-    drop(joined);
-    let mut media = media;
-    if let (Ok(media), Container::Cmaf, Some(init)) = (&mut media, container, &init) {
-        let bodies: Vec<&[u8]> = fetched
-            .iter()
-            .filter(|got| got.ok())
-            .map(|got| got.body.as_ref())
-            .collect();
-        let shift = media::ffmpeg_composition_shift(&init.body, &bodies);
-        if shift > 0.0 {
-            for packet in &mut media.packets {
-                packet.pts = packet.pts.map(|pts| pts - shift);
-            }
+    if let (Ok(media), true) = (&mut media, shift > 0.0) {
+        for packet in &mut media.packets {
+            packet.pts = packet.pts.map(|pts| pts - shift);
         }
     }
     if let Ok(media) = &media {
@@ -824,6 +849,21 @@ async fn fetch_and_demux(
         measured,
         gstreamer: None,
     }
+}
+
+/// Creates a rendition's joined file, starting with its init segment.
+fn open_joined(
+    file: &Path,
+    init: Option<&[u8]>,
+) -> Result<std::io::BufWriter<std::fs::File>, String> {
+    let mut out = std::fs::File::create(file)
+        .map(std::io::BufWriter::new)
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    if let Some(init) = init {
+        std::io::Write::write_all(&mut out, init)
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    }
+    Ok(out)
 }
 
 /// The audio track of a muxed variant, read from the variant's joined file
