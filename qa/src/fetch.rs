@@ -136,6 +136,8 @@ impl Fetcher {
     /// GETs every URL, a few at a time, each result as it is ready, in
     /// input order: the caller holds only the few in flight.
     pub fn get_each(&self, urls: &[Url]) -> futures::stream::BoxStream<'static, Fetched> {
+        // Owned futures: a stream of futures borrowing `self` and the URLs
+        // is not `Send` for every lifetime, which the publish gate needs.
         let requests: Vec<_> = urls
             .iter()
             .cloned()
@@ -149,16 +151,7 @@ impl Fetcher {
 
     /// GETs every URL, a few at a time, results in input order.
     pub async fn get_all(&self, urls: &[Url]) -> Vec<Fetched> {
-        // Owned futures: a stream of futures borrowing `self` and the URLs
-        // is not `Send` for every lifetime, which the publish gate needs.
-        let requests = urls.iter().cloned().map(|url| {
-            let fetcher = self.clone();
-            async move { fetcher.get(&url).await }
-        });
-        stream::iter(requests)
-            .buffered(PARALLEL_REQUESTS)
-            .collect()
-            .await
+        self.get_each(urls).collect().await
     }
 }
 

@@ -210,16 +210,16 @@ pub struct GateOptions {
 /// The publish gate's checks of a stored version: each manifest's
 /// presentation read from storage by FFmpeg (structure, alignment, timing,
 /// codecs, declared bandwidth, bit-rate caps, A/V offset) against the
-/// source's reading, one report per manifest. No pixel comparison and no
-/// second reader: it runs before every publish. The source is read while
-/// the presentations are, and a segment list that both manifests name is
-/// fetched and demuxed once.
+/// source's reading, one report per manifest, and the pictures on sampled
+/// frames ([`sampled`]) when `source` is given. No second reader, no VMAF,
+/// combing or loudness: it runs before every publish. The source is read
+/// while the presentations are, and a segment list that both manifests
+/// name is fetched and demuxed once.
 pub async fn gate(options: GateOptions) -> Result<Vec<Report>, CannotRun> {
     let started = Instant::now();
     let fetcher = Fetcher::store(options.store);
     let scratch = scratch_dir()?;
     let presentations = async {
-        let mut cache = ReadCache::default();
         let mut read = Vec::new();
         for manifest in &options.manifests {
             let url = Fetcher::store_url(manifest).map_err(CannotRun)?;
@@ -228,7 +228,7 @@ pub async fn gate(options: GateOptions) -> Result<Vec<Report>, CannotRun> {
                 &fetcher,
                 Readers::Ffmpeg,
                 scratch.path(),
-                Some(&mut cache),
+                &read,
                 &|_| {},
             )
             .await?;
@@ -367,7 +367,7 @@ async fn check(
     };
     let scratch = scratch_dir()?;
     let mut read =
-        read_presentation(url, fetcher, readers, scratch.path(), None, &*progress).await?;
+        read_presentation(url, fetcher, readers, scratch.path(), &[], &*progress).await?;
     let vmaf_available = read.vmaf.available;
     read.gstreamer = if readers.gstreamer() {
         progress(Progress::Phase(
@@ -444,27 +444,35 @@ struct ReadPresentation {
     gstreamer: Option<gst_reader::Reading>,
 }
 
-/// Renditions already fetched and demuxed, by the objects they are made of
-/// (the init segment and the media segments, in order): an HLS playlist and
-/// a DASH MPD of one version name the same objects.
-#[derive(Default)]
-struct ReadCache(std::collections::HashMap<(Option<Url>, Vec<Url>), Analysed>);
-
-impl ReadCache {
-    fn key(spec: &RenditionSpec) -> (Option<Url>, Vec<Url>) {
-        (
-            spec.init.clone(),
-            spec.segments.iter().map(|s| s.url.clone()).collect(),
-        )
-    }
+/// A rendition that an earlier presentation already fetched and demuxed:
+/// one made of the same objects (the init segment and the media segments,
+/// in order), as an HLS playlist and a DASH MPD of one version are.
+fn already_read<'a>(
+    earlier: &'a [(Url, ReadPresentation)],
+    spec: &RenditionSpec,
+) -> Option<&'a Analysed> {
+    earlier
+        .iter()
+        .flat_map(|(_, read)| &read.analysed)
+        .filter(|a| a.muxed_in.is_none() && a.spec.init == spec.init)
+        .find(|a| {
+            a.spec.segments.len() == spec.segments.len()
+                && a.spec
+                    .segments
+                    .iter()
+                    .zip(&spec.segments)
+                    .all(|(x, y)| x.url == y.url)
+        })
 }
 
+/// Reads one presentation; renditions that `earlier` presentations read
+/// are taken from them, not fetched again.
 async fn read_presentation(
     url: &Url,
     fetcher: &Fetcher,
     readers: Readers,
     scratch: &Path,
-    mut cache: Option<&mut ReadCache>,
+    earlier: &[(Url, ReadPresentation)],
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<ReadPresentation, CannotRun> {
     progress(Progress::Phase(format!("fetching {url}")));
@@ -491,9 +499,7 @@ async fn read_presentation(
     let mut analysed = Vec::new();
     let specs = std::mem::take(&mut presentation.renditions);
     for (i, spec) in specs.into_iter().enumerate() {
-        let key = ReadCache::key(&spec);
-        let known = cache.as_deref().and_then(|cache| cache.0.get(&key));
-        let rendition = match known {
+        let rendition = match already_read(earlier, &spec) {
             Some(read) => reread(read, spec),
             None => {
                 progress(Progress::Phase(format!(
@@ -502,11 +508,7 @@ async fn read_presentation(
                     spec.segments.len()
                 )));
                 let file = scratch.join(format!("{format}-rendition-{i}"));
-                let rendition = fetch_and_demux(fetcher, spec, file, readers).await;
-                if let Some(cache) = cache.as_deref_mut() {
-                    cache.0.insert(key, rendition.clone());
-                }
-                rendition
+                fetch_and_demux(fetcher, spec, file, readers).await
             }
         };
         let muxed_audio = rendition.media.as_ref().is_ok_and(|m| m.muxed_audio)
@@ -746,9 +748,7 @@ async fn fetch_and_demux(
     let init_body = init.as_ref().filter(|i| i.ok()).map(|i| i.body.clone());
     let mut position = init_body.as_ref().map_or(0, |body| body.len() as u64);
     let mut container = None;
-    let mut writer: Option<std::io::BufWriter<std::fs::File>> = None;
-    let mut write_error: Option<String> = None;
-    let mut file = file;
+    let mut joined = JoinedFile::new(file, init_body.clone());
     let mut shift: f64 = 0.0;
     let mut ranges = Vec::with_capacity(urls.len());
     let mut box_problems = Vec::new();
@@ -771,19 +771,7 @@ async fn fetch_and_demux(
             if let (Container::Cmaf, Some(init)) = (kind, &init_body) {
                 shift = shift.max(media::ffmpeg_composition_shift(init, &[&got.body]));
             }
-            if writer.is_none() && write_error.is_none() {
-                file = file.with_extension(kind.extension());
-                match open_joined(&file, init_body.as_deref()) {
-                    Ok(opened) => writer = Some(opened),
-                    Err(e) => write_error = Some(e),
-                }
-            }
-            if let Some(out) = writer.as_mut() {
-                if let Err(e) = std::io::Write::write_all(out, &got.body) {
-                    write_error = Some(format!("cannot write {}: {e}", file.display()));
-                    writer = None;
-                }
-            }
+            joined.append(kind, &got.body);
             position += got.body.len() as u64;
         }
         ranges.push((start, position));
@@ -799,24 +787,12 @@ async fn fetch_and_demux(
         i += 1;
     }
     let container = container.unwrap_or(Container::Cmaf);
-    if writer.is_none() && write_error.is_none() {
-        // No segment arrived: the init alone.
-        file = file.with_extension(container.extension());
-        match open_joined(&file, init_body.as_deref()) {
-            Ok(opened) => writer = Some(opened),
-            Err(e) => write_error = Some(e),
-        }
-    }
-    if let Some(mut out) = writer.take() {
-        if let Err(e) = std::io::Write::flush(&mut out) {
-            write_error = Some(format!("cannot write {}: {e}", file.display()));
-        }
-    }
+    let (file, written) = joined.finish(container);
     let readable = container == Container::MpegTs || init.as_ref().is_some_and(Fetched::ok);
-    let mut media = match write_error {
-        Some(error) => Err(error),
-        None if !readers.ffmpeg() => Err("not read with FFmpeg (--reader gstreamer)".to_owned()),
-        None if readable => {
+    let mut media = match written {
+        Err(error) => Err(error),
+        Ok(()) if !readers.ffmpeg() => Err("not read with FFmpeg (--reader gstreamer)".to_owned()),
+        Ok(()) if readable => {
             let path = file.clone();
             let ranges = ranges.clone();
             let kind = spec.kind;
@@ -824,7 +800,7 @@ async fn fetch_and_demux(
                 .await
                 .unwrap_or_else(|e| Err(format!("demuxing: {e}")))
         }
-        None => Err("no init segment to read the media with".to_owned()),
+        Ok(()) => Err("no init segment to read the media with".to_owned()),
     };
     if let (Ok(media), true) = (&mut media, shift > 0.0) {
         for packet in &mut media.packets {
@@ -851,19 +827,67 @@ async fn fetch_and_demux(
     }
 }
 
-/// Creates a rendition's joined file, starting with its init segment.
-fn open_joined(
-    file: &Path,
-    init: Option<&[u8]>,
-) -> Result<std::io::BufWriter<std::fs::File>, String> {
-    let mut out = std::fs::File::create(file)
-        .map(std::io::BufWriter::new)
-        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-    if let Some(init) = init {
-        std::io::Write::write_all(&mut out, init)
-            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+/// A rendition's init and media segments joined in one scratch file,
+/// written as the segments arrive. The file is created at the first
+/// segment, whose bytes tell the container and so the file's extension.
+struct JoinedFile {
+    path: PathBuf,
+    init: Option<bytes::Bytes>,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    error: Option<String>,
+}
+
+impl JoinedFile {
+    fn new(path: PathBuf, init: Option<bytes::Bytes>) -> Self {
+        Self {
+            path,
+            init,
+            out: None,
+            error: None,
+        }
     }
-    Ok(out)
+
+    fn append(&mut self, container: Container, bytes: &[u8]) {
+        if self.out.is_none() && self.error.is_none() {
+            self.open(container);
+        }
+        if let Some(out) = self.out.as_mut() {
+            if let Err(e) = std::io::Write::write_all(out, bytes) {
+                self.error = Some(format!("cannot write {}: {e}", self.path.display()));
+                self.out = None;
+            }
+        }
+    }
+
+    fn open(&mut self, container: Container) {
+        self.path = self.path.with_extension(container.extension());
+        let opened = std::fs::File::create(&self.path)
+            .map(std::io::BufWriter::new)
+            .and_then(|mut out| {
+                if let Some(init) = &self.init {
+                    std::io::Write::write_all(&mut out, init)?;
+                }
+                Ok(out)
+            });
+        match opened {
+            Ok(out) => self.out = Some(out),
+            Err(e) => self.error = Some(format!("cannot write {}: {e}", self.path.display())),
+        }
+    }
+
+    /// The file's path, and whether every byte reached it (a rendition
+    /// with no segment gets its init alone).
+    fn finish(mut self, container: Container) -> (PathBuf, Result<(), String>) {
+        if self.out.is_none() && self.error.is_none() {
+            self.open(container);
+        }
+        if let Some(mut out) = self.out.take() {
+            if let Err(e) = std::io::Write::flush(&mut out) {
+                self.error = Some(format!("cannot write {}: {e}", self.path.display()));
+            }
+        }
+        (self.path, self.error.map_or(Ok(()), Err))
+    }
 }
 
 /// The audio track of a muxed variant, read from the variant's joined file

@@ -108,16 +108,54 @@ impl Default for WorkerSteps {
     }
 }
 
-/// The worker's steps by asset id, read from its log as it runs.
-type StepsByAsset = Arc<Mutex<HashMap<String, WorkerSteps>>>;
+/// The worker's steps by asset id, read from its log as it runs; `changed`
+/// wakes whoever waits for a step.
+#[derive(Default)]
+struct WorkerLog {
+    steps: Mutex<HashMap<String, WorkerSteps>>,
+    changed: tokio::sync::Notify,
+}
+
+impl WorkerLog {
+    fn steps_of(&self, asset: &str) -> Option<WorkerSteps> {
+        self.steps
+            .lock()
+            .ok()
+            .and_then(|steps| steps.get(asset).copied())
+    }
+
+    /// `asset`'s steps once `done` holds for them, or as they are after
+    /// `patience` without it.
+    async fn wait_for(
+        &self,
+        asset: &str,
+        patience: Duration,
+        done: impl Fn(&WorkerSteps) -> bool,
+    ) -> Option<WorkerSteps> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            // Registered before the look, so a line read in between wakes it.
+            let changed = self.changed.notified();
+            let steps = self.steps_of(asset);
+            if steps.as_ref().is_some_and(&done) {
+                return steps;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.steps_of(asset);
+            }
+        }
+    }
+}
+
+type StepsByAsset = Arc<WorkerLog>;
 
 /// Reads the worker's JSON log lines (stderr), keeping each asset's steps
-/// to playable.
+/// to playable and to ready.
 fn collect_worker_steps(guard: &mut ChildGuard) -> StepsByAsset {
     guard.drain_stdout();
-    let steps: StepsByAsset = Arc::default();
+    let shared: StepsByAsset = Arc::default();
     if let Some(stdout) = guard.child.stderr.take() {
-        let steps = steps.clone();
+        let log = shared.clone();
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout)
@@ -129,8 +167,10 @@ fn collect_worker_steps(guard: &mut ChildGuard) -> StepsByAsset {
                 };
                 let seconds =
                     |field: &str| event[field].as_f64().map_or(f64::NAN, |ms| ms / 1000.0);
-                let (Some(asset), Ok(mut steps)) = (event["asset_id"].as_str(), steps.lock())
-                else {
+                let Some(asset) = event["asset_id"].as_str() else {
+                    continue;
+                };
+                let Ok(mut steps) = log.steps.lock() else {
                     continue;
                 };
                 if event["message"] == "asset playable while transcoding" {
@@ -147,10 +187,12 @@ fn collect_worker_steps(guard: &mut ChildGuard) -> StepsByAsset {
                     entry.ready = seconds("ready_ms");
                     entry.ready_logged_at = epoch_seconds();
                 }
+                drop(steps);
+                log.changed.notify_waiters();
             }
         });
     }
-    steps
+    shared
 }
 
 /// One figure of a [`Measured`].
@@ -245,25 +287,20 @@ async fn measure(
     upload::tus_send(client, &location, KEY, &mut file, size, upload::TUS_PATCH).await?;
     let patched = epoch_seconds();
     let deadline = Instant::now() + Duration::from_secs(600);
-    // The worker logs "asset ready" as it publishes: the bench waits for
-    // that line (a lock, no query) and asks the database every 250 ms, so
-    // its own polling takes next to nothing from the two cores it measures.
-    let ready_logged = || {
-        worker_steps
-            .lock()
-            .ok()
-            .and_then(|steps| steps.get(&asset.to_string()).map(|s| s.ready_logged_at))
-            .filter(|at| !at.is_nan())
-    };
-    let mut next_query = Instant::now();
+    let asset_key = asset.to_string();
+    // The worker logs "asset ready" as it publishes: the bench wakes on
+    // that line, and asks the database at it or every 250 ms (an error,
+    // a worker that died), so its own polling takes next to nothing from
+    // the two cores it measures.
     let (ready, gate) = loop {
         worker.check_running()?;
-        let logged = ready_logged();
-        if logged.is_none() && Instant::now() < next_query {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
-        next_query = Instant::now() + Duration::from_millis(250);
+        let logged = worker_steps
+            .wait_for(&asset_key, Duration::from_millis(250), |s| {
+                !s.ready_logged_at.is_nan()
+            })
+            .await
+            .map(|s| s.ready_logged_at)
+            .filter(|at| !at.is_nan());
         let current = assets::get(pool, asset)
             .await?
             .context("the asset vanished")?;
@@ -282,7 +319,7 @@ async fn measure(
                 current.error_message.unwrap_or_default()
             ),
             _ if Instant::now() > deadline => bail!("the asset was not ready in 10 minutes"),
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ => {}
         }
     };
     let worker_cpu = process_cpu_seconds(worker.child.id()) - cpu_before;
@@ -321,17 +358,9 @@ async fn measure(
     // claim; placed on this clock by its own "playable" step.
     let playable = since(row.get(2));
     // The worker logs "asset ready" just after the state changes.
-    let logged_by = Instant::now() + Duration::from_secs(2);
-    let steps = loop {
-        let steps = worker_steps
-            .lock()
-            .ok()
-            .and_then(|steps| steps.get(&asset.to_string()).copied());
-        if steps.is_some_and(|s| !s.ready.is_nan()) || Instant::now() > logged_by {
-            break steps;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let steps = worker_steps
+        .wait_for(&asset_key, Duration::from_secs(2), |s| !s.ready.is_nan())
+        .await;
     let worker_step = |pick: fn(&WorkerSteps) -> f64| {
         steps.map_or(f64::NAN, |steps| playable - steps.playable + pick(&steps))
     };

@@ -133,11 +133,12 @@ pub(super) fn build_video_graph(
 /// Scaling from the full-size source costs swscale in proportion to the
 /// source's lines: for a 1080p source and the default ladder the three
 /// scalers took about 11 s of CPU per minute of video, a sixth of the whole
-/// transcode. A rung about 1.5x as large (or more) on both sides has every detail
-/// the smaller rung can show, so the smaller one is scaled from the
-/// smallest such rung (1080p -> 720p -> 480p and 360p): about 7 s instead
-/// of 11, and the difference between the two pictures is far below what the
-/// encoder changes (above 50 dB PSNR against a lanczos reference either way).
+/// transcode. A rung about 1.5x as large (or more) on both sides has every
+/// detail the smaller rung can show, so the smaller one is scaled from the
+/// smallest such rung (1080p -> 720p -> 480p -> 240p): about 7 s instead
+/// of 11, and the difference between the two pictures is far below what
+/// the encoder changes (above 50 dB PSNR against a lanczos reference either
+/// way).
 pub(super) fn scale_parents(rungs: &[PlannedRung]) -> Vec<Option<usize>> {
     // 1.49: 854x480 is 1.5x smaller than 1280x720 but for the rounding to
     // even widths.

@@ -652,8 +652,7 @@ impl Inner {
                     *marked_playable = true;
                     if changed {
                         // The steps to playable, for `cascade bench ttp` and operators.
-                        let ms =
-                            |d: Option<std::time::Duration>| d.map_or(-1, |d| d.as_millis() as i64);
+                        let ms = Milestones::millis;
                         tracing::info!(asset_id = %job.asset_id, version = job.version,
                             probed_ms = ms(milestones.probed),
                             encoding_ms = ms(milestones.encoding),
@@ -790,7 +789,7 @@ impl Inner {
             return Ok(());
         }
         // The steps to ready, for `cascade bench ttp` and operators.
-        let ms = |d: Option<std::time::Duration>| d.map_or(-1, |d| d.as_millis() as i64);
+        let ms = Milestones::millis;
         tracing::info!(asset_id = %job.asset_id, version = job.version, renditions = rows.len(),
             duration = summary.duration,
             stored_ms = ms(milestones.stored),
@@ -917,6 +916,11 @@ impl Milestones {
             first_segment: None,
             stored: None,
         }
+    }
+
+    /// A step's milliseconds for the log, -1 when it did not happen.
+    fn millis(step: Option<std::time::Duration>) -> i64 {
+        step.map_or(-1, |d| d.as_millis() as i64)
     }
 }
 
