@@ -286,7 +286,7 @@ async fn sample_quality(
     let Some((_, first)) = presentations.first() else {
         return false;
     };
-    let sampled: Vec<(PathBuf, sampled::SampledRung)> = first
+    let sampled: Vec<(PathBuf, sampled::SampledRung, &RenditionMedia)> = first
         .analysed
         .iter()
         .filter(|a| a.spec.kind == MediaKind::Video && a.container == Container::Cmaf)
@@ -299,22 +299,22 @@ async fn sample_quality(
                     name: a.spec.name.clone(),
                     file: a.file.clone(),
                     ranges: a.ranges.clone(),
-                    packets: media.packets.clone(),
+                    gops: media.gops.clone(),
+                    frame_duration: media.frame_duration,
                 },
+                media,
             ))
         })
         .collect();
-    let Some((_, top)) = sampled.first() else {
+    let Some((_, _, top)) = sampled.first() else {
         return false;
     };
-    let instants = sampled::instants(&top.packets);
-    let rung_start = top
-        .packets
-        .iter()
-        .filter_map(|p| p.pts)
-        .min_by(f64::total_cmp)
-        .unwrap_or(0.0);
-    let (files, rungs): (Vec<PathBuf>, Vec<sampled::SampledRung>) = sampled.into_iter().unzip();
+    let instants = sampled::instants(top);
+    let rung_start = top.start().unwrap_or(0.0);
+    let (files, rungs): (Vec<PathBuf>, Vec<sampled::SampledRung>) = sampled
+        .into_iter()
+        .map(|(file, rung, _)| (file, rung))
+        .unzip();
     let results = tokio::task::spawn_blocking(move || {
         sampled::measure(source.as_ref(), &video, rung_start, &rungs, &instants)
     })
@@ -803,9 +803,7 @@ async fn fetch_and_demux(
         Ok(()) => Err("no init segment to read the media with".to_owned()),
     };
     if let (Ok(media), true) = (&mut media, shift > 0.0) {
-        for packet in &mut media.packets {
-            packet.pts = packet.pts.map(|pts| pts - shift);
-        }
+        media.shift_earlier(shift);
     }
     if let Ok(media) = &media {
         fill_segment_measures(&mut segments, media);
@@ -935,14 +933,10 @@ async fn muxed_audio_of(variant: &Analysed) -> Analysed {
 
 fn fill_segment_measures(segments: &mut [SegmentReport], media: &RenditionMedia) {
     for (i, segment) in segments.iter_mut().enumerate() {
-        let packets: Vec<_> = media
-            .packets
-            .iter()
-            .filter(|p| p.segment == Some(i))
-            .collect();
-        segment.duration_s = packets.iter().map(|p| p.duration).sum();
-        segment.start_s = packets.iter().filter_map(|p| p.pts).min_by(f64::total_cmp);
-        segment.starts_with_keyframe = packets.first().map(|p| p.key);
+        let read = media.segments.get(i).cloned().unwrap_or_default();
+        segment.duration_s = read.duration;
+        segment.start_s = read.start;
+        segment.starts_with_keyframe = read.starts_with_keyframe;
         if segment.declared_duration_s > 0.0 {
             segment.bitrate =
                 (segment.bytes as f64 * 8.0 / segment.declared_duration_s).round() as u64;
@@ -970,7 +964,7 @@ fn measure(
         frame_rate: media
             .filter(|_| spec.kind == MediaKind::Video)
             .and_then(RenditionMedia::frame_rate),
-        frames: media.map_or(0, |m| m.packets.len() as u64),
+        frames: media.map_or(0, |m| m.frames),
         start_s: media.and_then(RenditionMedia::start).unwrap_or(0.0),
         duration_s: media.map_or(0.0, RenditionMedia::duration),
         average_bitrate: if total_duration > 0.0 {

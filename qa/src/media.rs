@@ -69,7 +69,9 @@ pub fn ts_problem(bytes: &[u8]) -> Option<String> {
     })
 }
 
-/// One demuxed packet, times in seconds.
+/// One demuxed packet, times in seconds. Folded into a [`RenditionMedia`]
+/// as it is read, not kept: a rendition's summary stays the size of its
+/// segment and GOP counts, whatever the number of frames.
 #[derive(Debug, Clone)]
 pub struct PacketInfo {
     pub pts: Option<f64>,
@@ -81,7 +83,36 @@ pub struct PacketInfo {
     pub segment: Option<usize>,
 }
 
-/// A rendition as demuxed.
+/// What the demuxer found in one media segment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SegmentMedia {
+    pub packets: u64,
+    /// Sum of the packets' durations, seconds.
+    pub duration: f64,
+    /// Earliest presentation time, seconds.
+    pub start: Option<f64>,
+    /// Whether the segment's first packet (decode order) is a keyframe.
+    pub starts_with_keyframe: Option<bool>,
+}
+
+/// A keyframe, and the presentation times early in its GOP: where the
+/// sampler may pick an instant and how it finds the frame again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gop {
+    /// The media segment holding the keyframe, and the keyframe's place
+    /// among that segment's packets (decode order).
+    pub segment: Option<usize>,
+    pub index_in_segment: u64,
+    pub key_pts: f64,
+    /// Presentation times, ascending, of the GOP's frames from the keyframe
+    /// to the first one past [`GOP_EARLY_SHARE`] of the GOP's length.
+    pub early: Vec<f64>,
+}
+
+/// The share of each GOP, from its keyframe, whose frame times are kept.
+pub const GOP_EARLY_SHARE: f64 = 0.25;
+
+/// A rendition as demuxed, summed per segment and per GOP.
 #[derive(Debug, Clone, Default)]
 pub struct RenditionMedia {
     pub codec_name: String,
@@ -89,7 +120,19 @@ pub struct RenditionMedia {
     pub codec_string: Option<String>,
     pub width: Option<u32>,
     pub height: Option<u32>,
-    pub packets: Vec<PacketInfo>,
+    /// Packets of the track (video frames, audio packets).
+    pub frames: u64,
+    /// Earliest and latest presentation times, seconds.
+    pub first_pts: Option<f64>,
+    pub last_pts: Option<f64>,
+    /// Latest presentation time plus its packet's duration, seconds.
+    pub end: Option<f64>,
+    /// The first positive packet duration, seconds.
+    pub frame_duration: Option<f64>,
+    /// One per media segment, in order.
+    pub segments: Vec<SegmentMedia>,
+    /// One per keyframe of a video track, decode order (none for audio).
+    pub gops: Vec<Gop>,
     /// Why reading stopped early, if it did.
     pub read_error: Option<String>,
     /// A video rendition whose segments also carry an audio track (a muxed
@@ -100,20 +143,12 @@ pub struct RenditionMedia {
 impl RenditionMedia {
     /// Earliest presentation time, seconds.
     pub fn start(&self) -> Option<f64> {
-        self.packets
-            .iter()
-            .filter_map(|p| p.pts)
-            .min_by(f64::total_cmp)
+        self.first_pts
     }
 
     /// End of the last packet minus the start, seconds.
     pub fn duration(&self) -> f64 {
-        let end = self
-            .packets
-            .iter()
-            .filter_map(|p| p.pts.map(|pts| pts + p.duration))
-            .max_by(f64::total_cmp);
-        match (self.start(), end) {
+        match (self.first_pts, self.end) {
             (Some(start), Some(end)) => end - start,
             _ => 0.0,
         }
@@ -122,8 +157,146 @@ impl RenditionMedia {
     /// Frames per second from packet count over duration.
     pub fn frame_rate(&self) -> Option<f64> {
         let duration = self.duration();
-        (duration > 0.0).then(|| self.packets.len() as f64 / duration)
+        (duration > 0.0).then(|| self.frames as f64 / duration)
     }
+
+    /// Moves every presentation time `by` seconds earlier.
+    pub fn shift_earlier(&mut self, by: f64) {
+        for time in [&mut self.first_pts, &mut self.last_pts, &mut self.end] {
+            *time = time.map(|t| t - by);
+        }
+        for segment in &mut self.segments {
+            segment.start = segment.start.map(|t| t - by);
+        }
+        for gop in &mut self.gops {
+            gop.key_pts -= by;
+            gop.early.iter_mut().for_each(|t| *t -= by);
+        }
+    }
+}
+
+/// Folds packets, in decode order, into a [`RenditionMedia`]. One packet is
+/// held back: FFmpeg's demuxer leaves fragment sample durations at 0, and
+/// the decode-time step to the next packet is the same value.
+struct PacketFold {
+    media: RenditionMedia,
+    /// Whether GOPs are kept (video), not every packet being a keyframe.
+    video: bool,
+    held: Option<PacketInfo>,
+    last_duration: f64,
+    /// Presentation times of the GOP being read (decode order).
+    gop_times: Vec<f64>,
+}
+
+impl PacketFold {
+    fn new(media: RenditionMedia, segments: usize, video: bool) -> Self {
+        let mut media = media;
+        media.segments = vec![SegmentMedia::default(); segments];
+        Self {
+            media,
+            video,
+            held: None,
+            last_duration: 0.0,
+            gop_times: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, packet: PacketInfo) {
+        if let Some(mut held) = self.held.take() {
+            if held.duration <= 0.0 {
+                if let (Some(this), Some(next)) = (held.dts, packet.dts) {
+                    held.duration = (next - this).max(0.0);
+                }
+            }
+            self.add(held);
+        }
+        self.held = Some(packet);
+    }
+
+    fn finish(mut self) -> RenditionMedia {
+        if let Some(mut last) = self.held.take() {
+            if last.duration <= 0.0 {
+                last.duration = self.last_duration;
+            }
+            self.add(last);
+        }
+        let end_of_last_gop = self.media.last_pts.unwrap_or(0.0);
+        self.close_gop(end_of_last_gop);
+        self.media
+    }
+
+    fn add(&mut self, packet: PacketInfo) {
+        let media = &mut self.media;
+        media.frames += 1;
+        self.last_duration = packet.duration;
+        if packet.duration > 0.0 && media.frame_duration.is_none() {
+            media.frame_duration = Some(packet.duration);
+        }
+        if let Some(pts) = packet.pts {
+            media.first_pts = Some(media.first_pts.map_or(pts, |t| t.min(pts)));
+            media.last_pts = Some(media.last_pts.map_or(pts, |t| t.max(pts)));
+            let end = pts + packet.duration;
+            media.end = Some(media.end.map_or(end, |t| t.max(end)));
+        }
+        let mut index_in_segment = 0;
+        if let Some(segment) = packet.segment.and_then(|i| media.segments.get_mut(i)) {
+            index_in_segment = segment.packets;
+            segment.packets += 1;
+            segment.duration += packet.duration;
+            if let Some(pts) = packet.pts {
+                segment.start = Some(segment.start.map_or(pts, |t| t.min(pts)));
+            }
+            segment.starts_with_keyframe.get_or_insert(packet.key);
+        }
+        if !self.video {
+            return;
+        }
+        match packet.pts {
+            Some(pts) if packet.key => {
+                self.close_gop(pts);
+                self.media.gops.push(Gop {
+                    segment: packet.segment,
+                    index_in_segment,
+                    key_pts: pts,
+                    early: Vec::new(),
+                });
+                self.gop_times.push(pts);
+            }
+            Some(pts) => self.gop_times.push(pts),
+            None => {}
+        }
+    }
+
+    /// Keeps the early times of the GOP being read, which ends at `next`.
+    fn close_gop(&mut self, next: f64) {
+        let times = std::mem::take(&mut self.gop_times);
+        let Some(gop) = self.media.gops.last_mut() else {
+            return;
+        };
+        let key = gop.key_pts;
+        let reach = key + (next - key) * GOP_EARLY_SHARE;
+        let mut early: Vec<f64> = times.into_iter().filter(|&t| t >= key).collect();
+        early.sort_by(f64::total_cmp);
+        let past = early
+            .iter()
+            .position(|&t| t > reach)
+            .map_or(early.len(), |i| i + 1);
+        early.truncate(past);
+        gop.early = early;
+    }
+}
+
+/// A rendition's summary from its packets in decode order, `segments`
+/// media segments long; with GOPs when it is `video`.
+pub fn fold_packets(
+    media: RenditionMedia,
+    segments: usize,
+    video: bool,
+    packets: impl IntoIterator<Item = PacketInfo>,
+) -> RenditionMedia {
+    let mut fold = PacketFold::new(media, segments, video);
+    packets.into_iter().for_each(|p| fold.push(p));
+    fold.finish()
 }
 
 fn seconds(ts: i64, time_base: ff::Rational) -> f64 {
@@ -185,6 +358,9 @@ pub fn analyse_rendition(
             .iter()
             .position(|&(start, end)| position >= start && position < end)
     };
+    let video = parameters.medium() == ff::media::Type::Video;
+    let mut fold = PacketFold::new(media, segments.len(), video);
+    let mut read_error = None;
     let mut errors = 0;
     loop {
         let mut packet = ff::Packet::empty();
@@ -192,9 +368,7 @@ pub fn analyse_rendition(
             Ok(()) => {}
             Err(ff::Error::Eof) => break,
             Err(error) => {
-                media
-                    .read_error
-                    .get_or_insert_with(|| format!("demuxing stopped: {error}"));
+                read_error.get_or_insert_with(|| format!("demuxing stopped: {error}"));
                 errors += 1;
                 if errors > 16 {
                     break;
@@ -205,7 +379,7 @@ pub fn analyse_rendition(
         if packet.stream() != index {
             continue;
         }
-        media.packets.push(PacketInfo {
+        fold.push(PacketInfo {
             pts: packet.pts().map(|t| seconds(t, time_base)),
             dts: packet.dts().map(|t| seconds(t, time_base)),
             duration: seconds(packet.duration(), time_base),
@@ -214,26 +388,9 @@ pub fn analyse_rendition(
             segment: segment_of(packet.position()),
         });
     }
-    fill_missing_durations(&mut media.packets);
+    let mut media = fold.finish();
+    media.read_error = read_error;
     Ok(media)
-}
-
-/// FFmpeg's demuxer leaves fragment sample durations at 0; the decode-time
-/// step to the next packet is the same value. The last packet takes the one
-/// before it.
-fn fill_missing_durations(packets: &mut [PacketInfo]) {
-    for i in 0..packets.len().saturating_sub(1) {
-        if packets[i].duration <= 0.0 {
-            if let (Some(this), Some(next)) = (packets[i].dts, packets[i + 1].dts) {
-                packets[i].duration = (next - this).max(0.0);
-            }
-        }
-    }
-    if let [.., before, last] = packets {
-        if last.duration <= 0.0 {
-            last.duration = before.duration;
-        }
-    }
 }
 
 /// RFC 6381 codec string from the sample entry's decoder configuration.
@@ -675,6 +832,76 @@ fn top_level_boxes(bytes: &[u8]) -> Result<Vec<([u8; 4], u64)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packets_fold_into_segments_and_gops_without_being_kept() {
+        // 25 fps, I P B B order (pts 0, 3, 1, 2 in frames), a keyframe every
+        // 8 frames, 2 GOPs per segment; durations left at 0 as fragments
+        // demux, so each is the next packet's decode step.
+        let frame = 0.04;
+        let order = [0.0, 3.0, 1.0, 2.0, 4.0, 7.0, 5.0, 6.0];
+        let packets = (0..32).map(|i| {
+            let gop = f64::from(i / 8);
+            PacketInfo {
+                pts: Some((gop * 8.0 + order[(i % 8) as usize] + 2.0) * frame),
+                dts: Some(f64::from(i) * frame),
+                duration: 0.0,
+                size: 100,
+                key: i % 8 == 0,
+                segment: Some((i / 16) as usize),
+            }
+        });
+        let media = fold_packets(RenditionMedia::default(), 2, true, packets);
+        assert_eq!(media.frames, 32);
+        assert_eq!(media.start(), Some(2.0 * frame));
+        assert!((media.duration() - 32.0 * frame).abs() < 1e-9);
+        assert!((media.frame_rate().unwrap_or(0.0) - 25.0).abs() < 1e-6);
+        assert_eq!(media.segments.len(), 2);
+        for (i, segment) in media.segments.iter().enumerate() {
+            assert_eq!(segment.packets, 16);
+            assert!((segment.duration - 16.0 * frame).abs() < 1e-9);
+            assert_eq!(segment.starts_with_keyframe, Some(true));
+            let start = segment.start.unwrap_or(-1.0);
+            assert!((start - (i as f64 * 16.0 + 2.0) * frame).abs() < 1e-9);
+        }
+        let keys: Vec<(Option<usize>, u64)> = media
+            .gops
+            .iter()
+            .map(|g| (g.segment, g.index_in_segment))
+            .collect();
+        assert_eq!(
+            keys,
+            [(Some(0), 0), (Some(0), 8), (Some(1), 0), (Some(1), 8)]
+        );
+        // A quarter of an 8-frame GOP reaches 2 frames past the key: the
+        // key, +1, +2 and the first past them (+3) are kept, in
+        // presentation order.
+        let early: Vec<f64> = media.gops[1]
+            .early
+            .iter()
+            .map(|t| (t / frame).round())
+            .collect();
+        assert_eq!(early, [10.0, 11.0, 12.0, 13.0]);
+        let audio = fold_packets(
+            RenditionMedia::default(),
+            0,
+            false,
+            (0..10).map(|i| PacketInfo {
+                pts: Some(f64::from(i) * 0.021),
+                dts: Some(f64::from(i) * 0.021),
+                duration: 0.021,
+                size: 10,
+                key: true,
+                segment: None,
+            }),
+        );
+        assert_eq!(audio.frames, 10);
+        assert!(audio.gops.is_empty(), "every audio packet is a keyframe");
+        let mut shifted = media.clone();
+        shifted.shift_earlier(2.0 * frame);
+        assert_eq!(shifted.start(), Some(0.0));
+        assert!((shifted.gops[1].key_pts - 8.0 * frame).abs() < 1e-9);
+    }
 
     fn bx(kind: &[u8; 4], payload: usize) -> Vec<u8> {
         let mut out = ((8 + payload) as u32).to_be_bytes().to_vec();

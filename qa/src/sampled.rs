@@ -8,10 +8,12 @@
 //! One instant per 10 s of video (3 to 8), each in another GOP of the rungs
 //! and at another point of that GOP's first quarter: keyframes, predicted
 //! and bidirectional frames all come up, and no frame is far from the
-//! keyframe it is decoded from. Each rung's joined file is read once, in
-//! order, decoding only from the keyframe before each instant; the source
-//! is sought to its own keyframe at or before the instant (by ranged reads
-//! when it is in the object store). Two threads share the instants.
+//! keyframe it is decoded from. Each rung's frame is decoded from the
+//! rung's keyframe before the instant, out of the init segment and that
+//! keyframe's media segment (and the next), so neither the work nor the
+//! demuxer's index grows with the asset's length; the source is sought to
+//! its own keyframe at or before the instant (by ranged reads when it is
+//! in the object store). Two threads share the instants.
 
 use std::io::{Read, Seek};
 use std::path::PathBuf;
@@ -19,7 +21,7 @@ use std::path::PathBuf;
 use cascade_workers::probe::init_ffmpeg;
 use ffmpeg_next as ff;
 
-use crate::media::{PacketInfo, ReferenceVideo};
+use crate::media::{Gop, ReferenceVideo, RenditionMedia, GOP_EARLY_SHARE};
 use crate::quality::{self, PSNR_CAP_DB};
 use crate::report::Quality;
 
@@ -32,8 +34,6 @@ const MAX_SAMPLES: usize = 8;
 /// The golden ratio's fractional part: k times it, modulo 1, spreads any
 /// number of points evenly without repeating.
 const GOLDEN: f64 = 0.618_033_988_749_895;
-/// How far into a GOP samples reach (the share of its length).
-const GOP_REACH: f64 = 0.25;
 /// Threads sampling. Each holds a decoder per rung and one for the source:
 /// with four, the gate took about 0.1 s less on the 60 s 1080p source, but
 /// the worker's peak was 27 MB higher (1-minute source) and 59 MB higher
@@ -59,43 +59,40 @@ pub struct SampledRung {
     pub file: PathBuf,
     /// Byte ranges of the media segments in `file` (the init precedes them).
     pub ranges: Vec<(u64, u64)>,
-    /// The rung's packets in decode order, presentation times corrected.
-    pub packets: Vec<PacketInfo>,
+    /// The rung's keyframes (presentation times corrected).
+    pub gops: Vec<Gop>,
+    /// The rung's frame duration, seconds.
+    pub frame_duration: Option<f64>,
 }
 
 /// The instants to sample, seconds on the rungs' timeline: in GOPs of
 /// `rung` spread evenly over it, each at another point of the first
 /// quarter of its GOP.
-pub fn instants(rung: &[PacketInfo]) -> Vec<f64> {
-    let mut keyframes: Vec<f64> = rung
-        .iter()
-        .filter(|p| p.key)
-        .filter_map(|p| p.pts)
-        .collect();
-    keyframes.sort_by(f64::total_cmp);
-    let mut times: Vec<f64> = rung.iter().filter_map(|p| p.pts).collect();
-    times.sort_by(f64::total_cmp);
-    let (Some(&first), Some(&last)) = (times.first(), times.last()) else {
+pub fn instants(rung: &RenditionMedia) -> Vec<f64> {
+    let (Some(first), Some(last)) = (rung.first_pts, rung.last_pts) else {
         return Vec::new();
     };
+    let mut gops: Vec<&Gop> = rung.gops.iter().collect();
+    gops.sort_by(|a, b| a.key_pts.total_cmp(&b.key_pts));
     let duration = last - first;
     let wanted =
         ((duration / SAMPLE_EVERY_SECONDS).round() as usize).clamp(MIN_SAMPLES, MAX_SAMPLES);
     let mut chosen: Vec<f64> = Vec::new();
     for k in 0..wanted {
         let aim = first + duration * (k as f64 + 0.5) / wanted as f64;
-        let Some(index) = keyframes.iter().rposition(|&key| key <= aim) else {
+        let Some(index) = gops.iter().rposition(|gop| gop.key_pts <= aim) else {
             continue;
         };
-        let key = keyframes[index];
-        let next = keyframes.get(index + 1).copied().unwrap_or(last);
+        let key = gops[index].key_pts;
+        let next = gops.get(index + 1).map_or(last, |gop| gop.key_pts);
         // Sample k at a point of the first quarter of its GOP, the points
         // spread over that quarter (golden-ratio steps) in an order that
         // does not follow k's place in the video. Not further in: every frame between the
         // keyframe and the instant is decoded, in each rung and the source.
-        let point = GOP_REACH * (0.5 / wanted as f64 + k as f64 * GOLDEN).fract();
+        let point = GOP_EARLY_SHARE * (0.5 / wanted as f64 + k as f64 * GOLDEN).fract();
         let within = key + (next - key) * point;
-        let Some(&instant) = times
+        let Some(&instant) = gops[index]
+            .early
             .iter()
             .filter(|&&t| t >= key && t < next.max(key + 1e-9))
             .min_by(|a, b| (*a - within).abs().total_cmp(&(*b - within).abs()))
@@ -186,20 +183,15 @@ fn sample_instants(
     instants: &[f64],
 ) -> Result<Vec<SampleRow>, String> {
     let mut reader = SourceFrames::open(source.open())?;
-    // A rung that cannot be opened has no frames: its comparisons fail.
-    let mut readers: Vec<Option<RungFrames>> = rungs
-        .iter()
-        .map(|rung| RungFrames::open(rung).ok())
-        .collect();
     let mut rows = Vec::new();
     for &instant in instants {
         let target = video.start + (instant - rung_start);
         let reference = reader.frame_at(target, video)?;
-        let row = readers
-            .iter_mut()
-            .zip(rungs)
-            .map(|(reader, rung)| {
-                let frame = reader.as_mut()?.frame_at(rung, instant).ok()?;
+        // A rung frame that cannot be read fails that rung's comparisons.
+        let row = rungs
+            .iter()
+            .map(|rung| {
+                let frame = rung_frame(rung, instant).ok()?;
                 compare(&frame, &reference, video).ok()
             })
             .collect();
@@ -332,84 +324,127 @@ impl SourceFrames {
     }
 }
 
-/// A rung's joined file, read once from the start: each instant's frame is
-/// decoded from the rung's keyframe at or before it, the packets before
-/// that keyframe only demuxed (instants come in order).
-struct RungFrames {
-    input: ff::format::context::Input,
-    decoder: ff::decoder::Video,
-    stream: usize,
-    time_base: ff::Rational,
-    /// Packets of the stream read so far (the index of the next one, in
-    /// the decode order `SampledRung::packets` lists them in).
-    read: usize,
-    half_frame: f64,
+/// The rung's frame at `instant`, decoded from the rung's keyframe at or
+/// before it. The demuxer reads the init segment and the media segments
+/// from that keyframe's on ([`SEGMENTS_READ`]), not the whole joined file:
+/// its index of fragments stays the size of a segment or two, however long
+/// the asset.
+fn rung_frame(rung: &SampledRung, instant: f64) -> Result<ff::frame::Video, String> {
+    let eps = 1e-6;
+    let key = rung
+        .gops
+        .iter()
+        .filter(|gop| gop.key_pts <= instant + eps)
+        .max_by(|a, b| a.key_pts.total_cmp(&b.key_pts))
+        .ok_or("no keyframe before the instant")?;
+    let segment = key.segment.ok_or("the keyframe is in no media segment")?;
+    let view = SegmentsView::open(rung, segment)?;
+    let io =
+        ff::format::context::StreamIo::from_read_seek(Box::new(view)).map_err(|e| e.to_string())?;
+    let mut input = ff::format::input_from_stream(io, None, None).map_err(|e| e.to_string())?;
+    let stream = input
+        .streams()
+        .best(ff::media::Type::Video)
+        .ok_or("no video stream")?;
+    let (index, time_base) = (stream.index(), stream.time_base());
+    let mut decoder = ff::codec::context::Context::from_parameters(stream.parameters())
+        .and_then(|c| c.decoder().video())
+        .map_err(|e| e.to_string())?;
+    let half_frame = rung.frame_duration.unwrap_or(1.0 / 30.0) / 2.0;
+    // Packets of the segment before the keyframe are only demuxed.
+    let mut before_key = key.index_in_segment;
+    let mut first: Option<f64> = None;
+    let mut frame = ff::frame::Video::empty();
+    let mut ended = false;
+    loop {
+        while decoder.receive_frame(&mut frame).is_ok() {
+            let Some(at) = seconds_of(&frame, time_base) else {
+                continue;
+            };
+            // Times from the keyframe, the first frame shown of its GOP.
+            let from_key = at - *first.get_or_insert(at);
+            if key.key_pts + from_key >= instant - half_frame {
+                return Ok(frame);
+            }
+        }
+        if ended {
+            return Err("the rendition ended before the instant".to_owned());
+        }
+        ended = !feed(&mut input, index, &mut decoder, || {
+            let send = before_key == 0;
+            before_key = before_key.saturating_sub(1);
+            send
+        });
+    }
 }
 
-impl RungFrames {
-    fn open(rung: &SampledRung) -> Result<Self, String> {
-        let input = ff::format::input(&rung.file).map_err(|e| e.to_string())?;
-        let stream = input
-            .streams()
-            .best(ff::media::Type::Video)
-            .ok_or("no video stream")?;
-        let (index, time_base) = (stream.index(), stream.time_base());
-        let decoder = ff::codec::context::Context::from_parameters(stream.parameters())
-            .and_then(|c| c.decoder().video())
-            .map_err(|e| e.to_string())?;
-        let frame_duration = rung
-            .packets
-            .iter()
-            .find(|p| p.duration > 0.0)
-            .map_or(1.0 / 30.0, |p| p.duration);
+/// Media segments read for one sampled frame: the keyframe's and the next
+/// (an instant is early in its GOP; a GOP may run past its segment's end).
+const SEGMENTS_READ: usize = 2;
+
+/// A rung's init segment followed by some of its media segments, read from
+/// the joined file as if they were a file of their own.
+struct SegmentsView {
+    file: std::fs::File,
+    /// `(offset in the joined file, length)` of each piece, in order.
+    pieces: Vec<(u64, u64)>,
+    length: u64,
+    position: u64,
+}
+
+impl SegmentsView {
+    /// The init segment and up to [`SEGMENTS_READ`] media segments from `first`.
+    fn open(rung: &SampledRung, first: usize) -> Result<Self, String> {
+        let (&(media_start, _), chosen) = (
+            rung.ranges.first().ok_or("no media segment")?,
+            rung.ranges
+                .get(first..)
+                .ok_or("no such media segment")?
+                .iter()
+                .take(SEGMENTS_READ),
+        );
+        let mut pieces = vec![(0, media_start)];
+        pieces.extend(chosen.map(|&(start, end)| (start, end.saturating_sub(start))));
+        let length = pieces.iter().map(|&(_, len)| len).sum();
+        let file = std::fs::File::open(&rung.file).map_err(|e| e.to_string())?;
         Ok(Self {
-            input,
-            decoder,
-            stream: index,
-            time_base,
-            read: 0,
-            half_frame: frame_duration / 2.0,
+            file,
+            pieces,
+            length,
+            position: 0,
         })
     }
+}
 
-    fn frame_at(&mut self, rung: &SampledRung, instant: f64) -> Result<ff::frame::Video, String> {
-        let eps = 1e-6;
-        let (key_index, key) = rung
-            .packets
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.key && p.pts.is_some_and(|t| t <= instant + eps))
-            .max_by(|a, b| a.1.pts.unwrap_or(0.0).total_cmp(&b.1.pts.unwrap_or(0.0)))
-            .ok_or("no keyframe before the instant")?;
-        if key_index < self.read {
-            return Err("instants out of order".to_owned());
-        }
-        let key_time = key.pts.unwrap_or(0.0);
-        self.decoder.flush();
-        let mut first: Option<f64> = None;
-        let mut frame = ff::frame::Video::empty();
-        let mut ended = false;
-        loop {
-            while self.decoder.receive_frame(&mut frame).is_ok() {
-                let Some(at) = seconds_of(&frame, self.time_base) else {
-                    continue;
-                };
-                // Times from the keyframe, the first frame shown of its GOP.
-                let from_key = at - *first.get_or_insert(at);
-                if key_time + from_key >= instant - self.half_frame {
-                    return Ok(frame);
-                }
+impl Read for SegmentsView {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut skipped = 0;
+        for &(offset, len) in &self.pieces {
+            if self.position < skipped + len {
+                let within = self.position - skipped;
+                let n = (buf.len() as u64).min(len - within) as usize;
+                self.file.seek(std::io::SeekFrom::Start(offset + within))?;
+                let n = self.file.read(&mut buf[..n])?;
+                self.position += n as u64;
+                return Ok(n);
             }
-            if ended {
-                return Err("the rendition ended before the instant".to_owned());
-            }
-            let read = &mut self.read;
-            ended = !feed(&mut self.input, self.stream, &mut self.decoder, || {
-                // Only demuxed up to the keyframe.
-                *read += 1;
-                *read > key_index
-            });
+            skipped += len;
         }
+        Ok(0)
+    }
+}
+
+impl Seek for SegmentsView {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(delta) => self.length.checked_add_signed(delta),
+            std::io::SeekFrom::Current(delta) => self.position.checked_add_signed(delta),
+        };
+        self.position = target.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.position)
     }
 }
 
@@ -477,6 +512,11 @@ fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::PacketInfo;
+
+    fn rung(packets: impl Iterator<Item = PacketInfo>) -> RenditionMedia {
+        crate::media::fold_packets(RenditionMedia::default(), 15, true, packets)
+    }
 
     fn packet(pts: f64, key: bool) -> PacketInfo {
         PacketInfo {
@@ -492,9 +532,7 @@ mod tests {
     #[test]
     fn instants_spread_over_the_video_and_the_first_quarter_of_gops() {
         // 60 s at 30 fps, a keyframe every 2 s.
-        let packets: Vec<PacketInfo> = (0..1800)
-            .map(|i| packet(f64::from(i) / 30.0, i % 60 == 0))
-            .collect();
+        let packets = rung((0..1800).map(|i| packet(f64::from(i) / 30.0, i % 60 == 0)));
         let chosen = instants(&packets);
         assert_eq!(chosen.len(), 6, "{chosen:?}");
         for pair in chosen.windows(2) {
@@ -511,10 +549,8 @@ mod tests {
         );
         assert!(points[points.len() - 1] <= 0.5, "{points:?}");
         // A short clip still gets three.
-        let short: Vec<PacketInfo> = (0..90)
-            .map(|i| packet(f64::from(i) / 30.0, i % 30 == 0))
-            .collect();
+        let short = rung((0..90).map(|i| packet(f64::from(i) / 30.0, i % 30 == 0)));
         assert_eq!(instants(&short).len(), 3);
-        assert!(instants(&[]).is_empty());
+        assert!(instants(&RenditionMedia::default()).is_empty());
     }
 }

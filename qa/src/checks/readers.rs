@@ -58,7 +58,7 @@ pub(super) fn second_reader(checks: &mut Checks, inputs: &Inputs) {
         };
         match r.spec.kind {
             MediaKind::Video => {
-                let frames = media.packets.len() as u64;
+                let frames = media.frames;
                 checks.pass_or_fail(
                     "readers.frames",
                     name,

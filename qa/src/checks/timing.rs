@@ -136,7 +136,7 @@ fn against_the_reference(checks: &mut Checks, inputs: &Inputs, videos: &[&Analys
             } else {
                 (reference.duration * rate).round() as u64
             };
-            let frames = media.packets.len() as u64;
+            let frames = media.frames;
             checks.pass_or_fail(
                 "timing.frame_count",
                 name,
