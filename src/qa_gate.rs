@@ -1,5 +1,6 @@
 //! The publish gate's checks (`transcode.qa_gate`): `cascade qa` over a
-//! version read back from the object store, against the stored source.
+//! version read back from the object store, against the stored source (a
+//! live recording, which has none, is checked for itself).
 //! It lives in the binary because the `qa` crate depends on `workers`.
 
 use std::sync::Arc;
@@ -9,13 +10,14 @@ use cascade_platform::config::TranscodeConfig;
 use cascade_platform::storage::reader::ObjectReader;
 use cascade_platform::ObjectStore;
 use cascade_qa::ladder::ExpectedLadder;
+use cascade_qa::media::ReferenceMedia;
 use cascade_qa::report::{Report, Status};
 use cascade_qa::sampled::{ReadSeek, SourceOpener};
 use cascade_qa::thresholds::Thresholds;
 use cascade_qa::GateOptions;
 use cascade_schemas::ObjectKey;
 use cascade_workers::transcode::gate::{
-    GateFailure, GateReport, GateRequest, PublishGate, RenditionQuality,
+    GateFailure, GateReport, GateRequest, PublishGate, RenditionQuality, StoredSource as GateSource,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -46,50 +48,74 @@ impl PublishGate for QaGate {
         );
         async move {
             let started = Instant::now();
-            // The source as FFmpeg's demuxer reads it: packets only, by
-            // ranged GETs (no copy, no decoding), while the presentations
-            // are read.
-            let reader = ObjectReader::new(
-                store.clone(),
-                request.source.clone(),
-                request.source_size,
-                tokio::runtime::Handle::current(),
-            );
-            let name = request.source.as_str().to_owned();
-            let source = Arc::new(StoredSource {
-                store: store.clone(),
-                key: request.source.clone(),
-                size: request.source_size,
-                runtime: tokio::runtime::Handle::current(),
-            });
-            let reference = async move {
-                tokio::task::spawn_blocking(move || {
-                    cascade_qa::media::analyse_reference_reader(reader, &name)
-                })
-                .await
-                .map_err(|e| format!("reading the source: {e}"))?
-            }
-            .boxed();
+            let manifests = vec![
+                ObjectKey::hls_master(request.asset, request.version),
+                ObjectKey::dash_manifest(request.asset, request.version),
+            ];
+            let options = match request.source {
+                Some(source) => against_source(store, manifests, source, ladder, thresholds),
+                // A live recording: the version checked for itself.
+                None => GateOptions {
+                    store,
+                    manifests,
+                    reference: futures::future::ready(Ok(ReferenceMedia::default())).boxed(),
+                    source: None,
+                    reference_name: "no source (a live recording)".to_owned(),
+                    ladder: None,
+                    thresholds,
+                },
+            };
             // Both manifests: they name the same segments, and each has
             // its own rules (HLS BANDWIDTH and EXTINF; the MPD's duration,
             // timeline and delivery model).
-            let reports = cascade_qa::gate(GateOptions {
-                store: store.clone(),
-                manifests: vec![
-                    ObjectKey::hls_master(request.asset, request.version),
-                    ObjectKey::dash_manifest(request.asset, request.version),
-                ],
-                reference,
-                source: Some(source),
-                reference_name: request.source.as_str().to_owned(),
-                ladder,
-                thresholds,
-            })
-            .await
-            .map_err(|e| e.0)?;
+            let reports = cascade_qa::gate(options).await.map_err(|e| e.0)?;
             Ok(summarise(&reports, started.elapsed().as_secs_f64()))
         }
         .boxed()
+    }
+}
+
+/// The gate's options for a version made from `source`: the source read
+/// as FFmpeg's demuxer reads it (packets only, by ranged GETs, no copy, no
+/// decoding) while the presentations are, and again for sampled frames.
+fn against_source(
+    store: ObjectStore,
+    manifests: Vec<ObjectKey>,
+    source: GateSource,
+    ladder: ExpectedLadder,
+    thresholds: Thresholds,
+) -> GateOptions {
+    let runtime = tokio::runtime::Handle::current();
+    let reader = ObjectReader::new(
+        store.clone(),
+        source.key.clone(),
+        source.size,
+        runtime.clone(),
+    );
+    let name = source.key.as_str().to_owned();
+    let reference_name = name.clone();
+    let reference = async move {
+        tokio::task::spawn_blocking(move || {
+            cascade_qa::media::analyse_reference_reader(reader, &name)
+        })
+        .await
+        .map_err(|e| format!("reading the source: {e}"))?
+    }
+    .boxed();
+    let opener = Arc::new(StoredSource {
+        store: store.clone(),
+        key: source.key,
+        size: source.size,
+        runtime,
+    });
+    GateOptions {
+        store,
+        manifests,
+        reference,
+        source: Some(opener),
+        reference_name,
+        ladder: Some(ladder),
+        thresholds,
     }
 }
 

@@ -215,6 +215,12 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         tracing::info!(encoder = %encoder, "video encoder selected");
         let cdn = cascade_workers::cdn_purge::CdnPurger::new(&config.cdn)
             .context("building the CDN purge client")?;
+        // One gate for transcoded versions and live recordings.
+        let publish_gate: std::sync::Arc<dyn cascade_workers::transcode::gate::PublishGate> =
+            std::sync::Arc::new(crate::qa_gate::QaGate::new(
+                store.clone(),
+                &config.transcode,
+            ));
         let mut transcode = TranscodeHandler::new(
             pool.clone(),
             store.clone(),
@@ -223,10 +229,7 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         )
         .with_metrics(worker_metrics.clone())
         .with_chunks(queue.clone())
-        .with_gate(std::sync::Arc::new(crate::qa_gate::QaGate::new(
-            store.clone(),
-            &config.transcode,
-        )));
+        .with_gate(publish_gate.clone());
         if config.transcode.isolate {
             let limit = config.transcode.child_memory_limit.0;
             transcode = transcode.with_child(transcode::ChildTranscoder::new(
@@ -254,7 +257,8 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
             )
             .register(
                 job_kind::FINISH_BROADCAST,
-                cascade_workers::live::finish::FinishHandler::new(pool.clone(), store.clone()),
+                cascade_workers::live::finish::FinishHandler::new(pool.clone(), store.clone())
+                    .with_gate(publish_gate, config.transcode.qa_gate),
             );
         let handlers = cascade_workers::tiering::register(
             handlers,

@@ -203,7 +203,9 @@ pub struct GateOptions {
     pub source: Option<Arc<dyn sampled::SourceOpener>>,
     /// How the source is named in the report.
     pub reference_name: String,
-    pub ladder: ExpectedLadder,
+    /// The ladder planned for the source; `None`: not checked (a live
+    /// recording's rungs are the broadcast's).
+    pub ladder: Option<ExpectedLadder>,
     pub thresholds: Thresholds,
 }
 
@@ -262,7 +264,7 @@ pub async fn gate(options: GateOptions) -> Result<Vec<Report>, CannotRun> {
                 read,
                 &reference,
                 &options.reference_name,
-                Some(&options.ladder),
+                options.ladder.as_ref(),
                 &thresholds,
                 !measured,
                 Readers::Ffmpeg,

@@ -177,7 +177,8 @@ impl RenditionMedia {
 
 /// Folds packets, in decode order, into a [`RenditionMedia`]. One packet is
 /// held back: FFmpeg's demuxer leaves fragment sample durations at 0, and
-/// the decode-time step to the next packet is the same value.
+/// the decode-time step to the next packet is the same value (the last
+/// packet takes the first duration seen).
 struct PacketFold {
     media: RenditionMedia,
     /// Whether GOPs are kept (video), not every packet being a keyframe.
@@ -215,8 +216,11 @@ impl PacketFold {
 
     fn finish(mut self) -> RenditionMedia {
         if let Some(mut last) = self.held.take() {
+            // The typical duration, not the step before it: a stream that
+            // lost frames just before its end would lend its last frame
+            // the gap.
             if last.duration <= 0.0 {
-                last.duration = self.last_duration;
+                last.duration = self.media.frame_duration.unwrap_or(self.last_duration);
             }
             self.add(last);
         }
@@ -897,6 +901,23 @@ mod tests {
         );
         assert_eq!(audio.frames, 10);
         assert!(audio.gops.is_empty(), "every audio packet is a keyframe");
+        // A stream that lost frames just before its end (a publisher cut
+        // mid-GOP): the last frame lasts a frame, not the gap before it.
+        let gap = fold_packets(
+            RenditionMedia::default(),
+            1,
+            true,
+            [0.0, 1.0, 2.0, 5.0].into_iter().map(|frames| PacketInfo {
+                pts: Some(6.0 + frames / 30.0),
+                dts: Some(6.0 + frames / 30.0),
+                duration: 0.0,
+                size: 10,
+                key: frames == 0.0,
+                segment: Some(0),
+            }),
+        );
+        let held = gap.segments[0].duration * 30.0;
+        assert!((held - 6.0).abs() < 1e-9, "{held} frames: {gap:?}");
         let mut shifted = media.clone();
         shifted.shift_earlier(2.0 * frame);
         assert_eq!(shifted.start(), Some(0.0));

@@ -151,6 +151,16 @@ pub(crate) fn serve_with(db: &TestDb, roles: &str, root: &Path, extra: &[(&str, 
 /// Waits for stream `id` to turn idle with a recording, and for that
 /// asset to be ready; returns the asset.
 async fn recorded_asset(addr: SocketAddr, key: &str, id: &str) -> serde_json::Value {
+    recorded_asset_in(addr, key, id, "ready").await
+}
+
+/// [`recorded_asset`], waiting for the asset to be in `state`.
+async fn recorded_asset_in(
+    addr: SocketAddr,
+    key: &str,
+    id: &str,
+    state: &'static str,
+) -> serde_json::Value {
     let asset_id = eventually("the recording", Duration::from_secs(40), || async {
         let stream = get_stream(addr, key, id);
         (stream["state"] == "idle")
@@ -170,7 +180,7 @@ async fn recorded_asset(addr: SocketAddr, key: &str, id: &str) -> serde_json::Va
                 b"",
             );
             let asset = json(&body);
-            (asset["state"] == "ready").then_some(asset)
+            (asset["state"] == state).then_some(asset)
         }
     })
     .await
@@ -459,6 +469,14 @@ async fn rtmp_stream_plays_live_refuses_intruders_and_records() {
         (duration - 12.0).abs() < 1.0,
         "the recording lasts the broadcast: {asset}"
     );
+    // The publish gate checked it before it turned ready.
+    let quality = &asset["quality"];
+    assert_eq!(quality["gate"], "passed", "{quality}");
+    assert!(
+        quality["checks_passed"].as_u64().unwrap_or(0) > 20,
+        "{quality}"
+    );
+    assert_eq!(quality["checks_failed"], 0, "{quality}");
     // The publisher (`ffmpeg -c copy` into FLV, which has no edit lists)
     // sends the video 67 ms late, its B-frame delay, after the audio; a
     // recording starts at its first frame and keeps the audio from there:
@@ -1294,6 +1312,44 @@ async fn a_rung_dropped_mid_broadcast_is_left_out_of_the_recording() {
         read.status.success() && read.stderr.is_empty(),
         "{}",
         String::from_utf8_lossy(&read.stderr)
+    );
+    drop(live);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A recording is checked by the publish gate before it turns ready: one
+/// whose copy was damaged (a failpoint cuts a segment in half) is refused,
+/// the asset errored naming the check, nothing published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_recording_is_refused_by_the_publish_gate() {
+    let fixture = live_fixture();
+    let db = fresh_db().await;
+    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    let live = serve_with(
+        &db,
+        "ingest,workers,origin",
+        &root,
+        &[("FAILPOINT_RECORDING_CUT_SEGMENT", "1")],
+    );
+    let key = create_key(&db, "live", "default");
+    let (id, stream_key, _) = create_stream(live.http, &key, r#"{"reconnect_window": 1}"#);
+    let mut publisher = publish(
+        &fixture,
+        &format!("rtmp://{}/live/{stream_key}", live.rtmp),
+        &["-t", "6", "-c", "copy"],
+    );
+    assert!(exit_within(&mut publisher, Duration::from_secs(30)).success());
+    let asset = recorded_asset_in(live.http, &key, &id, "errored").await;
+    assert_eq!(asset["error"]["code"], "qa_failed", "{asset}");
+    let message = asset["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("not published") && message.contains("structure.segment_boxes"),
+        "{message}"
+    );
+    assert!(asset["quality"].is_null(), "{asset}");
+    assert!(
+        asset["playback"].is_null() || asset["playback"]["hls"].is_null(),
+        "{asset}"
     );
     drop(live);
     let _ = std::fs::remove_dir_all(&root);

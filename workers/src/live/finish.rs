@@ -9,22 +9,28 @@
 //! rendition has no gaps, and the other rungs cover it. Sessions whose init segments are
 //! byte-identical (a publisher that reconnected with the same settings)
 //! form one asset; a reconnect that changed the encoding starts another,
-//! since a VOD rendition has one init segment. Then, recorded or not, the
+//! since a VOD rendition has one init segment. The recording passes the
+//! publish gate before it turns `ready` (checked for itself: there is no
+//! source file to compare it with), under `transcode.qa_gate`'s policy.
+//! Then, recorded or not, the
 //! broadcast's live objects and rows go. Idempotent: assets are keyed by
 //! `recorded_from`, copies overwrite, and removal tolerates what is gone.
 
 use bytes::Bytes;
 use cascade_packager::{dash, hls, SegmentInfo, UriLayout};
 use cascade_platform::assets::{self, RenditionRow};
+use cascade_platform::config::QaGatePolicy;
 use cascade_platform::live_streams::{self, SegmentRow, SessionRow};
 use cascade_platform::{ObjectStore, StorageError};
-use cascade_schemas::{LiveStreamId, ObjectKey, RenditionName};
+use cascade_schemas::{AssetId, LiveStreamId, ObjectKey, RenditionName};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use std::sync::Arc;
 
 use super::manifests;
 use crate::runner::{JobContext, JobError, JobHandler};
+use crate::transcode::gate::{decide, Decision, GateRequest, PublishGate, QA_FAILED};
 use crate::transcode::rendition_row;
 
 pub use cascade_schemas::jobs::FinishJob;
@@ -34,7 +40,14 @@ pub use cascade_schemas::jobs::FinishJob;
 pub struct FinishHandler {
     pool: Pool,
     store: ObjectStore,
+    /// Checks each recording before it is published, under the policy.
+    gate: Option<(Arc<dyn PublishGate>, QaGatePolicy)>,
 }
+
+/// A test failpoint: set (to anything), the second media segment of a
+/// recording's first rendition is stored cut in half, as a damaged copy
+/// would leave it, so that the gate has something to refuse.
+const CUT_SEGMENT_FAILPOINT: &str = "FAILPOINT_RECORDING_CUT_SEGMENT";
 
 fn retry(what: &str, error: &dyn std::fmt::Display) -> JobError {
     JobError::Retryable(format!("{what}: {error}"))
@@ -43,7 +56,18 @@ fn retry(what: &str, error: &dyn std::fmt::Display) -> JobError {
 impl FinishHandler {
     /// Finishes broadcasts through `pool` and `store`.
     pub fn new(pool: Pool, store: ObjectStore) -> Self {
-        Self { pool, store }
+        Self {
+            pool,
+            store,
+            gate: None,
+        }
+    }
+
+    /// Checks every recording with `gate` before publishing it, as `policy`
+    /// (`transcode.qa_gate`) says.
+    pub fn with_gate(mut self, gate: Arc<dyn PublishGate>, policy: QaGatePolicy) -> Self {
+        self.gate = (policy != QaGatePolicy::Off).then_some((gate, policy));
+        self
     }
 
     async fn finish(&self, job: FinishJob) -> Result<(), JobError> {
@@ -156,6 +180,7 @@ impl FinishHandler {
         }
         let layout = UriLayout::default();
         let mut renditions = Vec::new();
+        let mut cut_a_segment = std::env::var_os(CUT_SEGMENT_FAILPOINT).is_some();
         for described in &first.renditions {
             let name = RenditionName::new(described.name.clone())
                 .map_err(|e| JobError::Permanent(format!("stored rendition name: {e}")))?;
@@ -191,6 +216,12 @@ impl FinishHandler {
                 };
                 // Numbered from 1 without gaps, as VOD playlists require.
                 let number = infos.len() as u64 + 1;
+                let bytes = if number == 2 && std::mem::take(&mut cut_a_segment) {
+                    tracing::warn!("failpoint {CUT_SEGMENT_FAILPOINT}: cutting a segment");
+                    bytes.slice(..bytes.len() / 2)
+                } else {
+                    bytes
+                };
                 self.put(&ObjectKey::media_segment(asset, 1, &name, number), bytes)
                     .await?;
                 infos.push(SegmentInfo {
@@ -237,9 +268,10 @@ impl FinishHandler {
             .iter()
             .map(|r| rendition_row(r, if r.is_video() { "live" } else { "aac" }))
             .collect();
-        // No publish gate: the recording is the broadcast's own segments,
-        // already played live; a failed check could not make them again.
-        let published = assets::publish(&self.pool, asset, 1, duration, &rows, None)
+        let Some(quality) = self.gate(stream, asset).await? else {
+            return Ok(()); // Refused: the asset is errored, naming the checks.
+        };
+        let published = assets::publish(&self.pool, asset, 1, duration, &rows, quality.as_ref())
             .await
             .map_err(|e| retry("publishing the recording", &e))?;
         if published {
@@ -258,6 +290,51 @@ impl FinishHandler {
             tracing::info!(live_stream_id = %stream.id, asset_id = %asset, "broadcast recorded");
         }
         Ok(())
+    }
+
+    /// The publish gate over the recording's stored version 1:
+    /// `Some(record)` to publish with (`Some(None)` when there is no gate),
+    /// `None` when it was refused and the asset turned errored. A gate that
+    /// cannot run (storage trouble) is retried.
+    async fn gate(
+        &self,
+        stream: &live_streams::LiveStream,
+        asset: AssetId,
+    ) -> Result<Option<Option<serde_json::Value>>, JobError> {
+        let Some((gate, policy)) = &self.gate else {
+            return Ok(Some(None));
+        };
+        let report = gate
+            .check(GateRequest {
+                asset,
+                version: 1,
+                source: None,
+            })
+            .await
+            .map_err(|e| retry("the quality checks could not run", &e))?;
+        tracing::info!(live_stream_id = %stream.id, asset_id = %asset,
+            passed = report.checks_passed, failed = report.checks_failed,
+            seconds = report.seconds, "recording's quality checks done");
+        match decide(*policy, 1, report) {
+            Decision::Publish(record) => {
+                for failure in &record.report.failures {
+                    tracing::warn!(asset_id = %asset, check = %failure.check,
+                        failure = %failure.describe(),
+                        "recording published with a failed quality check (transcode.qa_gate = warn)");
+                }
+                serde_json::to_value(record)
+                    .map(|value| Some(Some(value)))
+                    .map_err(|e| JobError::Permanent(format!("recording the quality checks: {e}")))
+            }
+            Decision::Refuse(message) => {
+                tracing::warn!(live_stream_id = %stream.id, asset_id = %asset, error = %message,
+                    "recording refused by the quality checks");
+                assets::set_errored(&self.pool, asset, QA_FAILED, &message)
+                    .await
+                    .map_err(|e| retry("recording the refusal", &e))?;
+                Ok(None)
+            }
+        }
     }
 
     async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<(), JobError> {

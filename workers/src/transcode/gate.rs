@@ -20,9 +20,19 @@ pub const QA_FAILED: &str = "qa_failed";
 pub struct GateRequest {
     pub asset: AssetId,
     pub version: u32,
-    /// The stored source the version was made from.
-    pub source: ObjectKey,
-    pub source_size: u64,
+    /// The stored source the version was made from; `None` for a live
+    /// recording (the broadcast's own segments, with no file to compare
+    /// them with): the version is then checked for itself (structure,
+    /// alignment across rungs, timing, codecs, declared bandwidth), with
+    /// no expected ladder and no pictures.
+    pub source: Option<StoredSource>,
+}
+
+/// A stored source object.
+#[derive(Debug, Clone)]
+pub struct StoredSource {
+    pub key: ObjectKey,
+    pub size: u64,
 }
 
 /// One failed check, as `cascade qa` names it.

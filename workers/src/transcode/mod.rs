@@ -830,8 +830,10 @@ impl Inner {
             .check(gate::GateRequest {
                 asset: job.asset_id,
                 version: job.version,
-                source: ObjectKey::source_version(job.asset_id, job.version),
-                source_size,
+                source: Some(gate::StoredSource {
+                    key: ObjectKey::source_version(job.asset_id, job.version),
+                    size: source_size,
+                }),
             })
             .await
             .map_err(|e| {
