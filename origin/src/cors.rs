@@ -1,66 +1,39 @@
-//! CORS for players on other origins: the allowed list, preflights, and
-//! `Vary: Origin` when the answer depends on it.
+//! CORS for players on other origins (the Fetch standard's CORS protocol),
+//! through tower-http's `CorsLayer`: the allowed list from
+//! `origin.cors_allowed_origins`, preflights answered by the layer, the
+//! headers players read exposed, and `Vary: Origin` only when the answer
+//! depends on the origin (with `*` it does not, and a CDN keeps one copy).
 
-use super::*;
+use std::time::Duration;
 
-/// Allowed CORS origins.
-pub(crate) struct Cors {
-    any: bool,
-    origins: Vec<String>,
-}
+use axum::http::{header, HeaderValue, Method};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-impl Cors {
-    pub(crate) fn new(allowed: &[String]) -> Self {
-        Self {
-            any: allowed.iter().any(|o| o.trim() == "*"),
-            origins: allowed.iter().map(|o| o.trim().to_owned()).collect(),
-        }
-    }
+/// How long a browser may keep a preflight's answer.
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(86_400);
 
-    /// The `Access-Control-Allow-Origin` value for a request's `Origin`.
-    pub(crate) fn allow(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
-        if self.any {
-            return Some(HeaderValue::from_static("*"));
-        }
-        let origin = origin?;
-        let text = origin.to_str().ok()?;
-        self.origins
+/// The CORS layer for `allowed` origins (`*` among them: any origin).
+pub(crate) fn layer(allowed: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
+        .allow_headers([header::RANGE, header::IF_NONE_MATCH, header::IF_RANGE])
+        // What browser players read: sizes, ranges and validators.
+        .expose_headers([
+            header::CONTENT_LENGTH,
+            header::CONTENT_RANGE,
+            header::ETAG,
+            header::ACCEPT_RANGES,
+        ])
+        .max_age(PREFLIGHT_MAX_AGE);
+    if allowed.iter().any(|origin| origin.trim() == "*") {
+        layer.allow_origin(Any).vary(Vec::new())
+    } else {
+        let origins: Vec<HeaderValue> = allowed
             .iter()
-            .any(|o| o == text)
-            .then(|| origin.clone())
-    }
-
-    pub(crate) fn apply(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
-        if let Some(allowed) = self.allow(origin) {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
-            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
-        }
-        if !self.any {
-            // The answer depends on Origin: caches must key on it.
-            let vary = match headers.get(header::VARY).and_then(|v| v.to_str().ok()) {
-                Some(existing) => format!("{existing}, Origin"),
-                None => "Origin".to_owned(),
-            };
-            if let Ok(value) = HeaderValue::from_str(&vary) {
-                headers.insert(header::VARY, value);
-            }
-        }
-    }
-
-    pub(crate) fn preflight(&self, origin: Option<&HeaderValue>) -> Response {
-        let mut response = StatusCode::NO_CONTENT.into_response();
-        let headers = response.headers_mut();
-        if self.allow(origin).is_some() {
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, HEAD, OPTIONS"),
-            );
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("Range, If-None-Match, If-Range"),
-            );
-            headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(86_400u32));
-        }
-        response
+            .filter_map(|origin| HeaderValue::from_str(origin.trim()).ok())
+            .collect();
+        layer
+            .allow_origin(AllowOrigin::list(origins))
+            .vary([header::ORIGIN])
     }
 }

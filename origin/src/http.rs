@@ -1,10 +1,18 @@
-//! Request header parsing the origin needs: byte ranges, entity tags,
-//! content negotiation for gzip; and the manifest token rewriting.
+//! Request header parsing the origin needs: byte ranges, entity tags
+//! (`If-None-Match`, `If-Range`, through the `headers` crate), content
+//! negotiation for gzip; and the manifest token rewriting.
+//!
+//! `Range` keeps a parser of its own: the origin passes a range to storage
+//! before it knows the object's length (a suffix range `bytes=-N` included),
+//! and the `headers` crate's `Range` resolves ranges only against a known
+//! length.
 
 use std::io::Write as _;
 
+use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use cascade_platform::storage::ByteRange;
+use headers::{ETag, HeaderMapExt, IfNoneMatch, IfRange};
 
 /// Longest decimal number accepted in a range (u64::MAX has 20 digits).
 const MAX_DIGITS: usize = 20;
@@ -38,22 +46,30 @@ pub(crate) fn parse_range(value: &str) -> Option<ByteRange> {
     }
 }
 
-fn opaque(tag: &str) -> &str {
-    tag.trim().strip_prefix("W/").unwrap_or(tag.trim())
+/// Whether the request's `If-None-Match` matches `etag` (weak comparison,
+/// RFC 9110 section 13.1.2): the answer is then `304 Not Modified`. An
+/// unparseable header matches nothing.
+pub(crate) fn none_match(request: &HeaderMap, etag: &str) -> bool {
+    let (Some(condition), Ok(etag)) = (request.typed_get::<IfNoneMatch>(), etag.parse::<ETag>())
+    else {
+        return false;
+    };
+    !condition.precondition_passes(&etag)
 }
 
-/// Whether an `If-None-Match` value matches `etag` (weak comparison, as
-/// RFC 9110 section 13.1.2 asks).
-pub(crate) fn none_match(header: &str, etag: &str) -> bool {
-    header
-        .split(',')
-        .any(|candidate| candidate.trim() == "*" || opaque(candidate) == opaque(etag))
-}
-
-/// Whether an `If-Range` value names exactly this representation (strong comparison).
-pub(crate) fn if_range_matches(header: &str, etag: &str) -> bool {
-    let header = header.trim();
-    !header.starts_with("W/") && header == etag
+/// Whether the request's `Range` may be honoured under its `If-Range`
+/// (RFC 9110 section 13.1.5): yes without one; with one, only when it names
+/// exactly this representation (strong comparison; the origin sends no
+/// `Last-Modified`, so a date never matches). An unparseable `If-Range`
+/// gets the whole object.
+pub(crate) fn if_range_allows(request: &HeaderMap, etag: Option<&str>) -> bool {
+    if !request.contains_key(header::IF_RANGE) {
+        return true;
+    }
+    let etag = etag.and_then(|e| e.parse::<ETag>().ok());
+    request
+        .typed_get::<IfRange>()
+        .is_some_and(|condition| !condition.is_modified(etag.as_ref(), None))
 }
 
 /// Whether `Accept-Encoding` admits gzip (an explicit `gzip` entry wins over `*`).
@@ -90,7 +106,8 @@ pub(crate) fn gzip(bytes: &[u8]) -> Option<Bytes> {
 
 /// The entity tag of the gzip-encoded representation of `etag`.
 pub(crate) fn gzip_etag(etag: &str) -> String {
-    format!("\"{}-gzip\"", opaque(etag).trim_matches('"'))
+    let opaque = etag.trim().strip_prefix("W/").unwrap_or(etag.trim());
+    format!("\"{}-gzip\"", opaque.trim_matches('"'))
 }
 
 /// How the origin rewrites the URIs of a manifest it serves.
@@ -253,12 +270,30 @@ mod tests {
 
     #[test]
     fn etags_and_encodings() {
-        assert!(none_match("\"a\"", "\"a\""));
-        assert!(none_match("\"x\", W/\"a\"", "\"a\""));
-        assert!(none_match("*", "\"a\""));
-        assert!(!none_match("\"b\"", "\"a\""));
-        assert!(if_range_matches("\"a\"", "\"a\""));
-        assert!(!if_range_matches("W/\"a\"", "\"a\""));
+        let asking = |name: header::HeaderName, value: &'static str| {
+            let mut request = HeaderMap::new();
+            request.insert(name, axum::http::HeaderValue::from_static(value));
+            request
+        };
+        let if_none_match = |value| asking(header::IF_NONE_MATCH, value);
+        assert!(none_match(&if_none_match("\"a\""), "\"a\""));
+        assert!(none_match(&if_none_match("\"x\", W/\"a\""), "\"a\""));
+        assert!(none_match(&if_none_match("*"), "\"a\""));
+        assert!(!none_match(&if_none_match("\"b\""), "\"a\""));
+        assert!(!none_match(&if_none_match("not a tag"), "\"a\""));
+        assert!(!none_match(&HeaderMap::new(), "\"a\""));
+        let if_range = |value| asking(header::IF_RANGE, value);
+        assert!(if_range_allows(&HeaderMap::new(), None));
+        assert!(if_range_allows(&if_range("\"a\""), Some("\"a\"")));
+        // Weak tags and dates never match (strong comparison, no Last-Modified).
+        assert!(!if_range_allows(&if_range("W/\"a\""), Some("\"a\"")));
+        assert!(!if_range_allows(&if_range("\"b\""), Some("\"a\"")));
+        assert!(!if_range_allows(
+            &if_range("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some("\"a\"")
+        ));
+        assert!(!if_range_allows(&if_range("\"a\""), None));
+        assert!(!if_range_allows(&if_range("garbage"), Some("\"a\"")));
         assert!(accepts_gzip("gzip, deflate, br"));
         assert!(accepts_gzip("br;q=1.0, gzip;q=0.8"));
         assert!(!accepts_gzip("gzip;q=0, *"));

@@ -68,7 +68,6 @@ mod tier;
 mod views;
 pub mod zero_copy;
 
-use cors::Cors;
 use response::{chunked, from_memory, streamed, WholeBody};
 #[cfg(test)]
 use target::parse_version;
@@ -126,10 +125,6 @@ const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
 /// stored segment, served once it exists, is immutable).
 const IN_PROGRESS: HeaderValue = HeaderValue::from_static("no-store");
 
-/// Headers browser players need to read.
-const EXPOSED: HeaderValue =
-    HeaderValue::from_static("Content-Length, Content-Range, ETag, Accept-Ranges");
-
 /// Everything the origin's handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct OriginState {
@@ -140,7 +135,8 @@ struct Inner {
     resolver: Resolver,
     tier: Tier,
     metrics: Arc<Metrics>,
-    cors: Cors,
+    /// CORS for every route (built once from the allowed origins).
+    cors: tower_http::cors::CorsLayer,
     keyring: Keyring,
     manifest_cache_control: HeaderValue,
     live_manifest_cache_control: HeaderValue,
@@ -200,7 +196,7 @@ impl OriginState {
                     tiers.all().iter().map(|t| t.store.clone()).collect(),
                     metrics.clone(),
                 ),
-                cors: Cors::new(&config.cors_allowed_origins),
+                cors: cors::layer(&config.cors_allowed_origins),
                 keyring,
                 manifest_cache_control,
                 live_manifest_cache_control,
@@ -357,6 +353,8 @@ pub fn router(state: OriginState) -> Router {
         .route("/play/{*path}", get(play))
         .route("/play/", get(unknown))
         .method_not_allowed_fallback(not_allowed)
+        // CORS inside the edge, so that preflights are counted too.
+        .layer(state.inner.cors.clone())
         .layer(middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
 }
@@ -776,17 +774,16 @@ async fn serve_live(
     }
 }
 
-/// Around every origin route: CORS (preflights answered here) and request metrics.
+/// Around every origin route (and its CORS layer): the header size limit,
+/// request metrics, the access log and the request id.
 async fn edge(State(state): State<OriginState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let origin = request.headers().get(header::ORIGIN).cloned();
     // A CDN's or load balancer's request id is echoed (players send none,
     // and making one per request is work a cache hit should not do).
     let request_id = request.headers().get(REQUEST_ID).cloned();
     let path = tracing::enabled!(target: "cascade::access", tracing::Level::DEBUG)
         .then(|| request.uri().path().to_owned());
-    let cors = &state.inner.cors;
     let header_bytes: usize = request
         .headers()
         .iter()
@@ -794,12 +791,9 @@ async fn edge(State(state): State<OriginState>, request: Request, next: Next) ->
         .sum();
     let mut response = if header_bytes > state.inner.max_header_bytes {
         OriginError::HeadersTooLarge.into_response()
-    } else if request.method() == Method::OPTIONS {
-        cors.preflight(origin.as_ref())
     } else {
         next.run(request).await
     };
-    cors.apply(origin.as_ref(), response.headers_mut());
     let class = response
         .extensions()
         .get::<ClassLabel>()
@@ -835,6 +829,10 @@ mod tests {
     /// A router over a pool that never connects: only requests that are
     /// refused before the asset lookup can be answered.
     async fn offline_router() -> (Router, OriginState, tempfile::TempDir) {
+        offline_router_with(OriginConfig::default()).await
+    }
+
+    async fn offline_router_with(config: OriginConfig) -> (Router, OriginState, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = ObjectStore::from_config(&cascade_platform::config::StorageConfig {
             local_root: dir.path().to_owned(),
@@ -844,8 +842,57 @@ mod tests {
         .unwrap();
         let pool = cascade_platform::db::pool(&cascade_platform::config::DatabaseConfig::default())
             .unwrap();
-        let state = OriginState::new(OriginConfig::default(), Keyring::default(), pool, store);
+        let state = OriginState::new(config, Keyring::default(), pool, store);
         (router(state.clone()), state, dir)
+    }
+
+    /// With a list of allowed origins, only those are answered (echoed, not
+    /// `*`), and every response varies by `Origin` for caches; with `*`
+    /// (the default) none varies.
+    #[tokio::test]
+    async fn cors_answers_the_allowed_origins_only() {
+        let config = OriginConfig {
+            cors_allowed_origins: vec!["https://player.example".to_owned()],
+            ..OriginConfig::default()
+        };
+        let (router, _, _dir) = offline_router_with(config).await;
+        let ask = |origin: &'static str, method: Method| {
+            let router = router.clone();
+            async move {
+                let request = Request::builder()
+                    .method(method)
+                    .uri("/play/abcdefghijklmnopqrstuvwx/master.m3u8x")
+                    .header(header::ORIGIN, origin)
+                    .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+                    .body(Body::empty())
+                    .unwrap();
+                router.oneshot(request).await.unwrap()
+            }
+        };
+        let allowed = ask("https://player.example", Method::GET).await;
+        assert_eq!(
+            allowed.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://player.example"
+        );
+        assert_eq!(allowed.headers()[header::VARY], "origin");
+        let other = ask("https://elsewhere.example", Method::GET).await;
+        assert!(other
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none());
+        assert_eq!(other.headers()[header::VARY], "origin");
+        let preflight = ask("https://player.example", Method::OPTIONS).await;
+        assert_eq!(preflight.status(), StatusCode::OK);
+        assert_eq!(preflight.headers()[header::ACCESS_CONTROL_MAX_AGE], "86400");
+        let (router, _, _dir) = offline_router().await;
+        let any = call(&router, Method::GET, "/play/x").await;
+        assert_eq!(any.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert!(any.headers().get(header::VARY).is_none());
+        let exposed = any.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(exposed.contains("content-range") && exposed.contains("etag"));
     }
 
     async fn call(router: &Router, method: Method, path: &str) -> Response {
@@ -884,11 +931,13 @@ mod tests {
         let post = call(&router, Method::POST, "/play/x/master.m3u8").await;
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
         let preflight = call(&router, Method::OPTIONS, "/play/x/y/1.m4s").await;
-        assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+        assert_eq!(preflight.status(), StatusCode::OK);
+        // Header names are case-insensitive; tower-http writes them lowercase.
         assert!(preflight.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS]
             .to_str()
             .unwrap()
-            .contains("Range"));
+            .to_ascii_lowercase()
+            .contains("range"));
         let text = state.metrics_text().await;
         assert!(
             text.contains(

@@ -89,15 +89,10 @@ pub(crate) fn from_memory(
         _ => (object.bytes.clone(), etag),
     };
     let mut headers = base_headers(class, cache_control);
-    let mut range = ask.header(header::RANGE).and_then(http::parse_range);
-    if let Some(if_range) = ask.header(header::IF_RANGE) {
-        if !etag
-            .as_deref()
-            .is_some_and(|e| http::if_range_matches(if_range, e))
-        {
-            range = None;
-        }
-    }
+    let range = ask
+        .header(header::RANGE)
+        .and_then(http::parse_range)
+        .filter(|_| http::if_range_allows(&ask.headers, etag.as_deref()));
     let compressible = matches!(class, ObjectClass::HlsPlaylist | ObjectClass::DashManifest);
     if compressible
         && range.is_none()
@@ -112,10 +107,11 @@ pub(crate) fn from_memory(
         }
     }
     insert_etag(&mut headers, etag.as_deref());
-    if let (Some(etag), Some(if_none_match)) = (&etag, ask.header(header::IF_NONE_MATCH)) {
-        if http::none_match(if_none_match, etag) {
-            return Ok(not_modified(headers));
-        }
+    if etag
+        .as_deref()
+        .is_some_and(|etag| http::none_match(&ask.headers, etag))
+    {
+        return Ok(not_modified(headers));
     }
     let size = body.len() as u64;
     match range {
@@ -169,11 +165,13 @@ pub(crate) async fn streamed(
     let body = state.inner.tier.stream(key, range, stored_at).await?;
     let mut headers = base_headers(class, cache_control);
     insert_etag(&mut headers, body.meta.etag.as_deref());
-    if let (Some(etag), Some(if_none_match)) = (&body.meta.etag, ask.header(header::IF_NONE_MATCH))
+    if body
+        .meta
+        .etag
+        .as_deref()
+        .is_some_and(|etag| http::none_match(&ask.headers, etag))
     {
-        if http::none_match(if_none_match, etag) {
-            return Ok(not_modified(headers));
-        }
+        return Ok(not_modified(headers));
     }
     let len = body.len();
     let status = match body.range {
