@@ -50,11 +50,33 @@ pub(crate) fn parse_range(value: &str) -> Option<ByteRange> {
 /// RFC 9110 section 13.1.2): the answer is then `304 Not Modified`. An
 /// unparseable header matches nothing.
 pub(crate) fn none_match(request: &HeaderMap, etag: &str) -> bool {
+    if !tags_well_formed(request, header::IF_NONE_MATCH) {
+        return false;
+    }
     let (Some(condition), Ok(etag)) = (request.typed_get::<IfNoneMatch>(), etag.parse::<ETag>())
     else {
         return false;
     };
     !condition.precondition_passes(&etag)
+}
+
+/// Whether every quoted entity tag in the request's `name` headers holds
+/// only `etagc` bytes (RFC 9110 section 8.8.3: `!`, `#` to `~`, obs-text).
+/// The `headers` crate checks this with a debug assertion (it panics on a
+/// tab or a space inside quotes, which a `HeaderValue` may hold) instead of
+/// refusing the value, so such values are refused here first (the origin's
+/// fuzz test found it).
+fn tags_well_formed(request: &HeaderMap, name: header::HeaderName) -> bool {
+    request.get_all(name).iter().all(|value| {
+        let mut quoted = false;
+        value.as_bytes().iter().all(|&byte| {
+            if byte == b'"' {
+                quoted = !quoted;
+                return true;
+            }
+            !quoted || byte == 0x21 || (0x23..=0x7e).contains(&byte) || byte >= 0x80
+        })
+    })
 }
 
 /// Whether the request's `Range` may be honoured under its `If-Range`
@@ -65,6 +87,9 @@ pub(crate) fn none_match(request: &HeaderMap, etag: &str) -> bool {
 pub(crate) fn if_range_allows(request: &HeaderMap, etag: Option<&str>) -> bool {
     if !request.contains_key(header::IF_RANGE) {
         return true;
+    }
+    if !tags_well_formed(request, header::IF_RANGE) {
+        return false;
     }
     let etag = etag.and_then(|e| e.parse::<ETag>().ok());
     request
@@ -294,6 +319,10 @@ mod tests {
         ));
         assert!(!if_range_allows(&if_range("\"a\""), None));
         assert!(!if_range_allows(&if_range("garbage"), Some("\"a\"")));
+        // Tabs or spaces inside a tag are refused, not handed to the crate.
+        assert!(!none_match(&if_none_match("\"a\tb\""), "\"a\""));
+        assert!(!none_match(&if_none_match("\"a b\", *"), "\"a\""));
+        assert!(!if_range_allows(&if_range("\"a\tb\""), Some("\"a\tb\"")));
         assert!(accepts_gzip("gzip, deflate, br"));
         assert!(accepts_gzip("br;q=1.0, gzip;q=0.8"));
         assert!(!accepts_gzip("gzip;q=0, *"));
