@@ -97,12 +97,19 @@ enum Command {
 const MMAP_THRESHOLD_BYTES: i32 = 256 * 1024;
 
 /// Fixes glibc's mmap threshold (which also turns off its dynamic
-/// adjustment). By default glibc raises the threshold to the size of each
-/// large block freed, up to 32 MiB, after which decoded frames, segment
-/// bodies and read buffers come from the per-thread heaps and stay there:
-/// a worker's peak grew with the number of segments it read (129 MB after a
-/// 1-minute source, 154 MB after a 10-minute one, `cascade bench memory`);
-/// with the threshold fixed, 116 and 121 MB.
+/// adjustment), in a `serve` process that encodes no video itself (a worker
+/// whose transcodes run in `transcode-source` children, an origin). By
+/// default glibc raises the threshold to the size of each large block
+/// freed, up to 32 MiB, after which decoded frames, segment bodies and read
+/// buffers come from the per-thread heaps and stay there: a worker's peak
+/// grew with the number of segments it read (129 MB after a 1-minute
+/// source, 154 MB after a 10-minute one, `cascade bench memory`); with the
+/// threshold fixed, 113-117 and 119-124 MB. A trim of the heaps before the
+/// publish gate did not do it (128 and 148 MB): the growth is in the
+/// gate's own reading. Processes that encode keep the default: there the
+/// fixed threshold cost about 1.5 % of the ladder's CPU (`cascade bench
+/// ladder`, 19.1-19.5 s against 18.7-19.3 s), and their memory is flat
+/// either way.
 fn fix_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; it is called before
@@ -113,7 +120,6 @@ fn fix_mmap_threshold() {
 }
 
 fn main() -> ExitCode {
-    fix_mmap_threshold();
     let cli = Cli::parse();
     let config = match Config::from_env(cli.config.as_deref()) {
         Ok(config) => config,
@@ -122,6 +128,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Serve(args) = &cli.command {
+        if !args.encodes_video(&config) {
+            fix_mmap_threshold();
+        }
+    }
     if let Command::Config = cli.command {
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;

@@ -65,6 +65,17 @@ pub struct ServeArgs {
     pub config_file: Option<std::path::PathBuf>,
 }
 
+impl ServeArgs {
+    /// Whether this process encodes video itself: live ladders run in the
+    /// ingest replica holding the publisher's connection, and a worker
+    /// transcodes in-process unless `transcode.isolate` puts each job in a
+    /// child.
+    pub fn encodes_video(&self, config: &Config) -> bool {
+        self.roles.contains(&Role::Ingest)
+            || (self.roles.contains(&Role::Workers) && !config.transcode.isolate)
+    }
+}
+
 /// Uploads are probed in children of this very binary (`cascade
 /// probe-source`), with the same config.
 pub(crate) fn probe_children(

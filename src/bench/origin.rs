@@ -4,7 +4,11 @@
 //! the load to core 1, at the sizes low-latency delivery serves: a media
 //! playlist (~2 KB), a part-sized segment (~100 KB, the rung nearest that)
 //! and a 1080p segment (~1.6 MB). Prints requests/s, throughput and p99
-//! latency of both and the ratios per object. Then 500 concurrent requests for one segment the
+//! latency of both and the ratios per object, and, for where a tail comes
+//! from, both servers' p99 at the same offered load (each connection
+//! pausing 1 ms between requests: below saturation for small objects, so
+//! the saturated load generator's own queueing is not in the figure;
+//! printed, not judged). Then 500 concurrent requests for one segment the
 //! origin has not cached yet, counting the storage reads they cost. Last,
 //! what metrics cost: an origin with metrics on, scraped by Prometheus every
 //! second, against one with `metrics.enabled = false`, on the playlist.
@@ -428,16 +432,32 @@ fn parse_wrk(output: &str) -> anyhow::Result<WrkFigures> {
     })
 }
 
-/// wrk on the load core against `url`.
-async fn load(wrk: &Path, url: &str, args: &OriginBenchArgs) -> anyhow::Result<WrkFigures> {
+/// A wrk script that pauses each connection 1 ms between its requests:
+/// the same offered load for both servers, below what either can serve, so
+/// that latency is compared without the saturated load generator's own
+/// queueing in it.
+const PACED_SCRIPT: &str = "function delay()\n  return 1\nend\n";
+
+/// wrk on the load core against `url` (with `script`, if any).
+async fn load(
+    wrk: &Path,
+    url: &str,
+    args: &OriginBenchArgs,
+    script: Option<&Path>,
+) -> anyhow::Result<WrkFigures> {
     let server_before = core_jiffies(SERVER_CORE);
     let load_before = core_jiffies(LOAD_CORE);
-    let output = tokio::process::Command::new("taskset")
+    let mut command = tokio::process::Command::new("taskset");
+    command
         .args(["-c", LOAD_CORE])
         .arg(wrk)
         .arg("-t1")
         .arg(format!("-c{}", args.connections))
-        .arg(format!("-d{}s", args.seconds))
+        .arg(format!("-d{}s", args.seconds));
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let output = command
         .args(["--latency", url])
         .kill_on_drop(true)
         .output()
@@ -599,6 +619,8 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
         args.runs.max(1)
     );
 
+    let paced_script = nginx_dir.join("paced.lua");
+    std::fs::write(&paced_script, PACED_SCRIPT)?;
     let mut all_met = true;
     let mut table = Vec::new();
     for (label, key, path) in &subjects {
@@ -617,9 +639,9 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
         let mut our_runs = Vec::new();
         let mut their_runs = Vec::new();
         for run in 1..=args.runs.max(1) {
-            let ours = load(&tools.wrk, &origin_url, &args).await?;
+            let ours = load(&tools.wrk, &origin_url, &args, None).await?;
             origin.check_running()?;
-            let theirs = load(&tools.wrk, &nginx_url, &args).await?;
+            let theirs = load(&tools.wrk, &nginx_url, &args, None).await?;
             println!(
                 "{label} ({len} B) run {run}: origin {:.0} req/s p99 {:.2} ms (cores: server {:.0}%, wrk {:.0}%); nginx {:.0} req/s p99 {:.2} ms (server {:.0}%, wrk {:.0}%)",
                 ours.requests_per_sec,
@@ -636,6 +658,25 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
         }
         let ours = median_figures(our_runs);
         let theirs = median_figures(their_runs);
+        // Where the tail comes from: the same offered load, below saturation.
+        let mut paced_ours = Vec::new();
+        let mut paced_theirs = Vec::new();
+        for _ in 1..=args.runs.max(1) {
+            paced_ours.push(load(&tools.wrk, &origin_url, &args, Some(&paced_script)).await?);
+            origin.check_running()?;
+            paced_theirs.push(load(&tools.wrk, &nginx_url, &args, Some(&paced_script)).await?);
+        }
+        let (paced_ours, paced_theirs) = (median_figures(paced_ours), median_figures(paced_theirs));
+        println!(
+            "{label} ({len} B) paced ({} connections, 1 ms between a connection's requests; medians): origin {:.0} req/s p99 {:.2} ms (server core {:.0}%); nginx {:.0} req/s p99 {:.2} ms (server core {:.0}%)",
+            args.connections,
+            paced_ours.requests_per_sec,
+            paced_ours.p99.as_secs_f64() * 1e3,
+            paced_ours.server_busy * 100.0,
+            paced_theirs.requests_per_sec,
+            paced_theirs.p99.as_secs_f64() * 1e3,
+            paced_theirs.server_busy * 100.0,
+        );
         let met = ours.requests_per_sec >= TARGET_RPS_RATIO * theirs.requests_per_sec
             && ours.p99 <= theirs.p99;
         all_met &= met;
@@ -839,9 +880,9 @@ async fn metrics_cost(
     let mut off_runs = Vec::new();
     let mut run_ratios = Vec::new();
     for run in 1..=args.runs.max(1) {
-        let with = load(&tools.wrk, &on_url, args).await?;
+        let with = load(&tools.wrk, &on_url, args, None).await?;
         on.check_running()?;
-        let without = load(&tools.wrk, &off_url, args).await?;
+        let without = load(&tools.wrk, &off_url, args, None).await?;
         off.check_running()?;
         println!(
             "metrics cost run {run}: on {:.0} req/s ({:.2} us/req), off {:.0} req/s ({:.2} us/req)",
