@@ -97,19 +97,13 @@ enum Command {
 const MMAP_THRESHOLD_BYTES: i32 = 256 * 1024;
 
 /// Fixes glibc's mmap threshold (which also turns off its dynamic
-/// adjustment), in a `serve` process that encodes no video itself (a worker
-/// whose transcodes run in `transcode-source` children, an origin). By
-/// default glibc raises the threshold to the size of each large block
-/// freed, up to 32 MiB, after which decoded frames, segment bodies and read
-/// buffers come from the per-thread heaps and stay there: a worker's peak
-/// grew with the number of segments it read (129 MB after a 1-minute
-/// source, 154 MB after a 10-minute one, `cascade bench memory`); with the
-/// threshold fixed, 113-117 and 119-124 MB. A trim of the heaps before the
-/// publish gate did not do it (128 and 148 MB): the growth is in the
-/// gate's own reading. Processes that encode keep the default: there the
-/// fixed threshold cost about 1.5 % of the ladder's CPU (`cascade bench
-/// ladder`, 19.1-19.5 s against 18.7-19.3 s), and their memory is flat
-/// either way.
+/// adjustment), for a `serve` process that encodes no video itself (a
+/// worker whose transcodes run in `transcode-source` children, an origin).
+/// glibc otherwise raises the threshold to the size of each large block
+/// freed, and the publish gate's peak grew with the segments it read.
+/// Processes that encode keep the default: there it cost about 1.5 % of
+/// the ladder's CPU. Figures in ARCHITECTURE.md ("Memory that does not
+/// grow with the video's length").
 fn fix_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; it is called before

@@ -85,15 +85,14 @@ fn against_source(
     ladder: ExpectedLadder,
     thresholds: Thresholds,
 ) -> GateOptions {
-    let runtime = tokio::runtime::Handle::current();
-    let reader = ObjectReader::new(
-        store.clone(),
-        source.key.clone(),
-        source.size,
-        runtime.clone(),
-    );
-    let name = source.key.as_str().to_owned();
-    let reference_name = name.clone();
+    let reference_name = source.key.as_str().to_owned();
+    let stored = Arc::new(StoredSource {
+        store: store.clone(),
+        source,
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let reader = stored.reader();
+    let name = reference_name.clone();
     let reference = async move {
         tokio::task::spawn_blocking(move || {
             cascade_qa::media::analyse_reference_reader(reader, &name)
@@ -102,39 +101,39 @@ fn against_source(
         .map_err(|e| format!("reading the source: {e}"))?
     }
     .boxed();
-    let opener = Arc::new(StoredSource {
-        store: store.clone(),
-        key: source.key,
-        size: source.size,
-        runtime,
-    });
     GateOptions {
         store,
         manifests,
         reference,
-        source: Some(opener),
+        source: Some(stored),
         reference_name,
         ladder: Some(ladder),
         thresholds,
     }
 }
 
-/// The stored source, opened again for each thread sampling frames.
+/// The stored source, read by ranged GETs: once for the reference, and
+/// again by each thread sampling frames.
 struct StoredSource {
     store: ObjectStore,
-    key: ObjectKey,
-    size: u64,
+    source: GateSource,
     runtime: tokio::runtime::Handle,
+}
+
+impl StoredSource {
+    fn reader(&self) -> ObjectReader {
+        ObjectReader::new(
+            self.store.clone(),
+            self.source.key.clone(),
+            self.source.size,
+            self.runtime.clone(),
+        )
+    }
 }
 
 impl SourceOpener for StoredSource {
     fn open(&self) -> Box<dyn ReadSeek> {
-        Box::new(ObjectReader::new(
-            self.store.clone(),
-            self.key.clone(),
-            self.size,
-            self.runtime.clone(),
-        ))
+        Box::new(self.reader())
     }
 }
 

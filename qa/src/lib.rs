@@ -288,35 +288,29 @@ async fn sample_quality(
     let Some((_, first)) = presentations.first() else {
         return false;
     };
-    let sampled: Vec<(PathBuf, sampled::SampledRung, &RenditionMedia)> = first
+    let videos: Vec<(&Analysed, &RenditionMedia)> = first
         .analysed
         .iter()
         .filter(|a| a.spec.kind == MediaKind::Video && a.container == Container::Cmaf)
         .filter(|a| a.muxed_in.is_none())
-        .filter_map(|a| {
-            let media = a.media.as_ref().ok()?;
-            Some((
-                a.file.clone(),
-                sampled::SampledRung {
-                    name: a.spec.name.clone(),
-                    file: a.file.clone(),
-                    ranges: a.ranges.clone(),
-                    gops: media.gops.clone(),
-                    frame_duration: media.frame_duration,
-                },
-                media,
-            ))
-        })
+        .filter_map(|a| Some((a, a.media.as_ref().ok()?)))
         .collect();
-    let Some((_, _, top)) = sampled.first() else {
+    let Some(&(_, top)) = videos.first() else {
         return false;
     };
     let instants = sampled::instants(top);
     let rung_start = top.start().unwrap_or(0.0);
-    let (files, rungs): (Vec<PathBuf>, Vec<sampled::SampledRung>) = sampled
-        .into_iter()
-        .map(|(file, rung, _)| (file, rung))
-        .unzip();
+    let rungs: Vec<sampled::SampledRung> = videos
+        .iter()
+        .map(|(a, media)| sampled::SampledRung {
+            name: a.spec.name.clone(),
+            file: a.file.clone(),
+            ranges: a.ranges.clone(),
+            gops: media.gops.clone(),
+            frame_duration: media.frame_duration,
+        })
+        .collect();
+    let files: Vec<PathBuf> = rungs.iter().map(|rung| rung.file.clone()).collect();
     let results = tokio::task::spawn_blocking(move || {
         sampled::measure(source.as_ref(), &video, rung_start, &rungs, &instants)
     })

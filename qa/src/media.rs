@@ -77,7 +77,6 @@ pub struct PacketInfo {
     pub pts: Option<f64>,
     pub dts: Option<f64>,
     pub duration: f64,
-    pub size: usize,
     pub key: bool,
     /// Index of the media segment holding it; `None` for bytes outside any.
     pub segment: Option<usize>,
@@ -184,7 +183,6 @@ struct PacketFold {
     /// Whether GOPs are kept (video), not every packet being a keyframe.
     video: bool,
     held: Option<PacketInfo>,
-    last_duration: f64,
     /// Presentation times of the GOP being read (decode order).
     gop_times: Vec<f64>,
 }
@@ -197,7 +195,6 @@ impl PacketFold {
             media,
             video,
             held: None,
-            last_duration: 0.0,
             gop_times: Vec::new(),
         }
     }
@@ -220,7 +217,7 @@ impl PacketFold {
             // lost frames just before its end would lend its last frame
             // the gap.
             if last.duration <= 0.0 {
-                last.duration = self.media.frame_duration.unwrap_or(self.last_duration);
+                last.duration = self.media.frame_duration.unwrap_or(0.0);
             }
             self.add(last);
         }
@@ -232,7 +229,6 @@ impl PacketFold {
     fn add(&mut self, packet: PacketInfo) {
         let media = &mut self.media;
         media.frames += 1;
-        self.last_duration = packet.duration;
         if packet.duration > 0.0 && media.frame_duration.is_none() {
             media.frame_duration = Some(packet.duration);
         }
@@ -387,7 +383,6 @@ pub fn analyse_rendition(
             pts: packet.pts().map(|t| seconds(t, time_base)),
             dts: packet.dts().map(|t| seconds(t, time_base)),
             duration: seconds(packet.duration(), time_base),
-            size: packet.size(),
             key: packet.is_key(),
             segment: segment_of(packet.position()),
         });
@@ -850,7 +845,6 @@ mod tests {
                 pts: Some((gop * 8.0 + order[(i % 8) as usize] + 2.0) * frame),
                 dts: Some(f64::from(i) * frame),
                 duration: 0.0,
-                size: 100,
                 key: i % 8 == 0,
                 segment: Some((i / 16) as usize),
             }
@@ -894,7 +888,6 @@ mod tests {
                 pts: Some(f64::from(i) * 0.021),
                 dts: Some(f64::from(i) * 0.021),
                 duration: 0.021,
-                size: 10,
                 key: true,
                 segment: None,
             }),
@@ -911,7 +904,6 @@ mod tests {
                 pts: Some(6.0 + frames / 30.0),
                 dts: Some(6.0 + frames / 30.0),
                 duration: 0.0,
-                size: 10,
                 key: frames == 0.0,
                 segment: Some(0),
             }),

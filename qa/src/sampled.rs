@@ -395,16 +395,16 @@ struct SegmentsView {
 impl SegmentsView {
     /// The init segment and up to [`SEGMENTS_READ`] media segments from `first`.
     fn open(rung: &SampledRung, first: usize) -> Result<Self, String> {
-        let (&(media_start, _), chosen) = (
-            rung.ranges.first().ok_or("no media segment")?,
-            rung.ranges
-                .get(first..)
-                .ok_or("no such media segment")?
-                .iter()
-                .take(SEGMENTS_READ),
-        );
+        let &(media_start, _) = rung.ranges.first().ok_or("no media segment")?;
+        let chosen = rung.ranges.get(first..).ok_or("no such media segment")?;
+        // The init segment precedes the first media segment.
         let mut pieces = vec![(0, media_start)];
-        pieces.extend(chosen.map(|&(start, end)| (start, end.saturating_sub(start))));
+        pieces.extend(
+            chosen
+                .iter()
+                .take(SEGMENTS_READ)
+                .map(|&(start, end)| (start, end.saturating_sub(start))),
+        );
         let length = pieces.iter().map(|&(_, len)| len).sum();
         let file = std::fs::File::open(&rung.file).map_err(|e| e.to_string())?;
         Ok(Self {
@@ -523,7 +523,6 @@ mod tests {
             pts: Some(pts),
             dts: Some(pts),
             duration: 1.0 / 30.0,
-            size: 1000,
             key,
             segment: Some((pts / 4.0) as usize),
         }

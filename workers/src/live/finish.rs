@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use super::manifests;
 use crate::runner::{JobContext, JobError, JobHandler};
-use crate::transcode::gate::{decide, Decision, GateRequest, PublishGate, QA_FAILED};
+use crate::transcode::gate::{check_and_decide, Decision, GateRequest, PublishGate, QA_FAILED};
 use crate::transcode::rendition_row;
 
 pub use cascade_schemas::jobs::FinishJob;
@@ -268,8 +268,21 @@ impl FinishHandler {
             .iter()
             .map(|r| rendition_row(r, if r.is_video() { "live" } else { "aac" }))
             .collect();
-        let Some(quality) = self.gate(stream, asset).await? else {
-            return Ok(()); // Refused: the asset is errored, naming the checks.
+        let quality = match self.gate(asset).await? {
+            None => None,
+            Some(Decision::Publish(record)) => {
+                Some(serde_json::to_value(record).map_err(|e| {
+                    JobError::Permanent(format!("recording the quality checks: {e}"))
+                })?)
+            }
+            Some(Decision::Refuse(message)) => {
+                tracing::warn!(live_stream_id = %stream.id, asset_id = %asset, error = %message,
+                    "recording refused by the quality checks");
+                assets::set_errored(&self.pool, asset, QA_FAILED, &message)
+                    .await
+                    .map_err(|e| retry("recording the refusal", &e))?;
+                return Ok(());
+            }
         };
         let published = assets::publish(&self.pool, asset, 1, duration, &rows, quality.as_ref())
             .await
@@ -292,49 +305,21 @@ impl FinishHandler {
         Ok(())
     }
 
-    /// The publish gate over the recording's stored version 1:
-    /// `Some(record)` to publish with (`Some(None)` when there is no gate),
-    /// `None` when it was refused and the asset turned errored. A gate that
-    /// cannot run (storage trouble) is retried.
-    async fn gate(
-        &self,
-        stream: &live_streams::LiveStream,
-        asset: AssetId,
-    ) -> Result<Option<Option<serde_json::Value>>, JobError> {
+    /// The publish gate's decision on the recording's stored version 1
+    /// (`None` without a gate). A gate that cannot run is retried.
+    async fn gate(&self, asset: AssetId) -> Result<Option<Decision>, JobError> {
         let Some((gate, policy)) = &self.gate else {
-            return Ok(Some(None));
+            return Ok(None);
         };
-        let report = gate
-            .check(GateRequest {
-                asset,
-                version: 1,
-                source: None,
-            })
+        let request = GateRequest {
+            asset,
+            version: 1,
+            source: None,
+        };
+        check_and_decide(gate.as_ref(), *policy, request)
             .await
-            .map_err(|e| retry("the quality checks could not run", &e))?;
-        tracing::info!(live_stream_id = %stream.id, asset_id = %asset,
-            passed = report.checks_passed, failed = report.checks_failed,
-            seconds = report.seconds, "recording's quality checks done");
-        match decide(*policy, 1, report) {
-            Decision::Publish(record) => {
-                for failure in &record.report.failures {
-                    tracing::warn!(asset_id = %asset, check = %failure.check,
-                        failure = %failure.describe(),
-                        "recording published with a failed quality check (transcode.qa_gate = warn)");
-                }
-                serde_json::to_value(record)
-                    .map(|value| Some(Some(value)))
-                    .map_err(|e| JobError::Permanent(format!("recording the quality checks: {e}")))
-            }
-            Decision::Refuse(message) => {
-                tracing::warn!(live_stream_id = %stream.id, asset_id = %asset, error = %message,
-                    "recording refused by the quality checks");
-                assets::set_errored(&self.pool, asset, QA_FAILED, &message)
-                    .await
-                    .map_err(|e| retry("recording the refusal", &e))?;
-                Ok(None)
-            }
-        }
+            .map(Some)
+            .map_err(|e| retry("the quality checks could not run", &e))
     }
 
     async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<(), JobError> {

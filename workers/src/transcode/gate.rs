@@ -129,6 +129,40 @@ pub enum Decision {
     Refuse(String),
 }
 
+impl Decision {
+    /// Whether any check failed (a refusal, or a publish under `warn`).
+    pub fn failed(&self) -> bool {
+        match self {
+            Self::Publish(record) => !record.report.failures.is_empty(),
+            Self::Refuse(_) => true,
+        }
+    }
+}
+
+/// Runs `gate` over `request` and applies `policy`: the counts are
+/// logged, and each failure of a version published anyway (`warn`) as a
+/// warning. `Err` when the checks could not run (storage trouble: the
+/// caller retries, never publishes unchecked).
+pub async fn check_and_decide(
+    gate: &dyn PublishGate,
+    policy: QaGatePolicy,
+    request: GateRequest,
+) -> Result<Decision, String> {
+    let (asset, version) = (request.asset, request.version);
+    let report = gate.check(request).await?;
+    tracing::info!(asset_id = %asset, version, passed = report.checks_passed,
+        failed = report.checks_failed, seconds = report.seconds, "quality checks done");
+    let decision = decide(policy, version, report);
+    if let Decision::Publish(record) = &decision {
+        for failure in &record.report.failures {
+            tracing::warn!(asset_id = %asset, check = %failure.check,
+                failure = %failure.describe(),
+                "published with a failed quality check (transcode.qa_gate = warn)");
+        }
+    }
+    Ok(decision)
+}
+
 /// Publish a passing version; a failing one is refused (`enforce`) or
 /// published with its failures recorded (`warn`).
 pub fn decide(policy: QaGatePolicy, version: u32, report: GateReport) -> Decision {

@@ -826,37 +826,23 @@ impl Inner {
             return Ok(None);
         };
         let started = std::time::Instant::now();
-        let report = gate
-            .check(gate::GateRequest {
-                asset: job.asset_id,
-                version: job.version,
-                source: Some(gate::StoredSource {
-                    key: ObjectKey::source_version(job.asset_id, job.version),
-                    size: source_size,
-                }),
-            })
+        let request = gate::GateRequest {
+            asset: job.asset_id,
+            version: job.version,
+            source: Some(gate::StoredSource {
+                key: ObjectKey::source_version(job.asset_id, job.version),
+                size: source_size,
+            }),
+        };
+        let decision = gate::check_and_decide(gate.as_ref(), policy, request)
             .await
             .map_err(|e| {
                 TranscodeError::Internal(format!("the quality checks could not run: {e}"))
             })?;
-        let failed = !report.failures.is_empty();
-        self.metrics.gate_checked(started.elapsed(), failed);
-        tracing::info!(
-            asset_id = %job.asset_id,
-            version = job.version,
-            passed = report.checks_passed,
-            failed = report.checks_failed,
-            seconds = report.seconds,
-            "quality checks done"
-        );
-        match gate::decide(policy, job.version, report) {
-            gate::Decision::Publish(record) => {
-                for failure in &record.report.failures {
-                    tracing::warn!(asset_id = %job.asset_id, check = %failure.check,
-                        failure = %failure.describe(), "published with a failed quality check (transcode.qa_gate = warn)");
-                }
-                Ok(Some(record))
-            }
+        self.metrics
+            .gate_checked(started.elapsed(), decision.failed());
+        match decision {
+            gate::Decision::Publish(record) => Ok(Some(record)),
             gate::Decision::Refuse(message) => Err(TranscodeError::Input {
                 code: gate::QA_FAILED,
                 message,
