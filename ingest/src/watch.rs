@@ -165,19 +165,22 @@ async fn take(state: &AppState, dir: &Path, path: &Path, name: &str, file: Seen)
         }
         Err(reason) => (FAILED, Some(reason.to_string())),
     };
+    // The reason is in place, whole, before the file shows up in `failed/`:
+    // whoever watches that folder reads both together.
+    if let Some(reason) = &reason {
+        tracing::warn!(file = name, reason = %reason, "watched file failed");
+        if let Err(error) =
+            write_whole(&dir.join(FAILED), &format!("{name}.reason.txt"), reason).await
+        {
+            tracing::error!(error = %error, file = name, "cannot write why a watched file failed");
+        }
+    }
     let target = dir.join(sub).join(name);
     if let Err(error) = tokio::fs::rename(path, &target).await {
         tracing::error!(error = %error, file = name, "cannot move a watched file");
         return true;
     }
-    if let Some(reason) = reason {
-        tracing::warn!(file = name, reason = %reason, "watched file failed");
-        let _ = tokio::fs::write(
-            dir.join(FAILED).join(format!("{name}.reason.txt")),
-            format!("{reason}\n"),
-        )
-        .await;
-    } else {
+    if reason.is_none() {
         tracing::info!(file = name, "watched file ingested");
     }
     let ended = if sub == DONE {
@@ -189,6 +192,14 @@ async fn take(state: &AppState, dir: &Path, path: &Path, name: &str, file: Seen)
         let _ = watch_files::finish(&client, watched(name, file), ended).await;
     }
     true
+}
+
+/// Writes `text` to `dir/name` through a hidden temporary file and a rename,
+/// so a reader never sees it half written.
+async fn write_whole(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    let partial = dir.join(format!(".{name}.partial"));
+    tokio::fs::write(&partial, format!("{text}\n")).await?;
+    tokio::fs::rename(&partial, dir.join(name)).await
 }
 
 fn watched(name: &str, file: Seen) -> WatchedFile<'_> {
