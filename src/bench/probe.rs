@@ -1,0 +1,227 @@
+//! A latency probe for loaded servers: one keep-alive connection sending a
+//! request every millisecond from a thread at real-time priority
+//! (`SCHED_FIFO`) on the load generator's core.
+//!
+//! Why: wrk measures the latency of its own requests, and once its core is
+//! nearly saturated (95 % and more against a fast server on loopback) a
+//! response waits in wrk's event loop before wrk reads it, so its p99 is
+//! mostly wrk's queue and swings from run to run. A real-time thread runs
+//! as soon as its socket is readable, ahead of wrk, so what it measures is
+//! the server: how long a request waits behind the load the server is
+//! under, plus the transfer. Its requests are a small fraction of the load
+//! (1,000/s against tens of thousands).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Time between the probe's requests.
+const INTERVAL: Duration = Duration::from_millis(1);
+/// The real-time priority: the lowest, above every normal thread.
+const PRIORITY: i32 = 1;
+
+/// What the probe measured.
+#[derive(Debug, Clone)]
+pub(crate) struct ProbeFigures {
+    pub(crate) requests: usize,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+}
+
+/// A probe running until [`Probe::finish`].
+pub(crate) struct Probe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<ProbeFigures>>,
+}
+
+impl Probe {
+    /// Starts probing `path` (with `Host: host`) at `addr`, from `core`.
+    /// Fails at once when the thread cannot have real-time priority
+    /// (it needs root or `CAP_SYS_NICE`): without it the probe would
+    /// queue behind the load generator like wrk.
+    pub(crate) fn start(addr: SocketAddr, path: &str, core: usize) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: cascade-probe\r\n\r\n");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("latency-probe".to_owned())
+                .spawn(move || {
+                    let setup = pin_realtime(core);
+                    let failed = setup.as_ref().err().map(|e| format!("{e:#}"));
+                    let _ = ready_tx.send(failed);
+                    setup?;
+                    run(addr, request.as_bytes(), &stop)
+                })
+                .context("starting the latency probe")?
+        };
+        match ready_rx.recv() {
+            Ok(None) => Ok(Self { stop, thread }),
+            Ok(Some(error)) => {
+                let _ = thread.join();
+                bail!("{error}")
+            }
+            Err(_) => bail!("the latency probe exited before it started"),
+        }
+    }
+
+    /// Stops the probe and returns its figures.
+    pub(crate) fn finish(self) -> anyhow::Result<ProbeFigures> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(result) => result,
+            Err(_) => bail!("the latency probe panicked"),
+        }
+    }
+}
+
+/// Pins the calling thread to `core` and gives it `SCHED_FIFO`.
+fn pin_realtime(core: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
+    // inside it for any core below CPU_SETSIZE, which is checked.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if core >= libc::CPU_SETSIZE as usize {
+            bail!("core {core} is out of range");
+        }
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "pinning the latency probe to core {core}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let param = libc::sched_param {
+            sched_priority: PRIORITY,
+        };
+        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) != 0 {
+            bail!(
+                "the latency probe needs real-time priority (SCHED_FIFO: root or CAP_SYS_NICE): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run(addr: SocketAddr, request: &[u8], stop: &AtomicBool) -> anyhow::Result<ProbeFigures> {
+    let mut stream = TcpStream::connect(addr).context("the probe's connection")?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut latencies = Vec::with_capacity(16_384);
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        next += INTERVAL;
+        let started = Instant::now();
+        stream
+            .write_all(request)
+            .context("sending a probe request")?;
+        read_response(&mut stream, &mut buffer)?;
+        latencies.push(started.elapsed());
+        // Behind schedule (a slow response): start again from now rather
+        // than firing a burst to catch up.
+        next = next.max(Instant::now());
+    }
+    if latencies.is_empty() {
+        bail!("the latency probe sent no request");
+    }
+    latencies.sort_unstable();
+    let at = |share: f64| latencies[((latencies.len() - 1) as f64 * share).round() as usize];
+    Ok(ProbeFigures {
+        requests: latencies.len(),
+        p50: at(0.5),
+        p99: at(0.99),
+    })
+}
+
+/// Reads one response with a `Content-Length` body; fails on any status
+/// other than 200.
+fn read_response(stream: &mut TcpStream, buffer: &mut [u8]) -> anyhow::Result<()> {
+    let mut filled = 0;
+    let head_end = loop {
+        if filled == buffer.len() {
+            bail!("a response head larger than {} bytes", buffer.len());
+        }
+        let read = stream.read(&mut buffer[filled..])?;
+        if read == 0 {
+            bail!("the server closed the probe's connection");
+        }
+        filled += read;
+        if let Some(at) = find(&buffer[..filled], b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = std::str::from_utf8(&buffer[..head_end]).context("a response head")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("the probe got {}", head.lines().next().unwrap_or_default());
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .context("a response without Content-Length")?;
+    let mut left = (head_end + length).saturating_sub(filled);
+    if filled > head_end + length {
+        bail!("the server sent more than one response");
+    }
+    while left > 0 {
+        let want = left.min(buffer.len());
+        let read = stream.read(&mut buffer[..want])?;
+        if read == 0 {
+            bail!("the server closed the probe's connection mid-body");
+        }
+        left -= read;
+    }
+    Ok(())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_response_head_and_its_body_split_across_reads() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).unwrap();
+            socket.write_all(b"HTTP/1.1 200 OK\r\nconte").unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            socket.write_all(b"nt-length: 10\r\n\r\n01234").unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            socket.write_all(b"56789").unwrap();
+            let _ = socket.read(&mut request).unwrap();
+            socket
+                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+        });
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let mut buffer = vec![0u8; 64];
+        stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        read_response(&mut stream, &mut buffer).unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let error = read_response(&mut stream, &mut buffer).unwrap_err();
+        assert!(error.to_string().contains("404"), "{error}");
+        server.join().unwrap();
+    }
+}
