@@ -55,7 +55,7 @@ async fn republished_and_deleted_assets_are_purged_from_the_cdn_at_once() {
         &db,
         "ingest,workers,origin",
         &root,
-        free_port(),
+        0,
         &[
             ("CASCADE_QUEUE__POLL_INTERVAL", "\"200ms\""),
             ("CASCADE_QUEUE__RETRY_BASE", "\"1s\""),

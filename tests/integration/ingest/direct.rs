@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{b64, fixture, json, scratch_root, sha256_of, start, AUTH, TUS};
 use crate::common::create_key;
-use crate::common::{eventually, free_port, fresh_db, header, http, repo_root, TestDb};
+use crate::common::{eventually, fresh_db, header, http, repo_root, TestDb};
 
 /// The web origin the URLs are made for.
 const APP: &str = "http://app.example.test";
@@ -88,7 +88,7 @@ async fn stored_state(db: &TestDb, id: &str) -> (String, Option<uuid::Uuid>) {
 async fn a_tus_upload_through_a_direct_upload_url_needs_no_key_and_is_one_time() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let server = start(&db, "ingest", &root, free_port(), &[]);
+    let server = start(&db, "ingest", &root, 0, &[]);
     let addr = server.addr;
     let file = fixture("tiny_320x180_stereo.mp4");
     let data = std::fs::read(&file).unwrap();
@@ -354,7 +354,7 @@ async fn direct_upload_urls_expire_are_cancelled_limited_and_kept_to_their_envir
         &db,
         "ingest",
         &root,
-        free_port(),
+        0,
         &[
             // Short by default (config); the API's expires_in_seconds below
             // keeps the others open.
@@ -570,7 +570,7 @@ async fn direct_upload_urls_expire_are_cancelled_limited_and_kept_to_their_envir
 async fn a_simple_put_through_a_direct_upload_url_lands_and_a_cut_off_one_can_be_retried() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let server = start(&db, "ingest", &root, free_port(), &[]);
+    let server = start(&db, "ingest", &root, 0, &[]);
     let addr = server.addr;
     let file = fixture("tiny_320x180_stereo.mp4");
     let data = std::fs::read(&file).unwrap();
@@ -644,8 +644,8 @@ async fn a_put_whose_replica_died_can_be_retried_once_its_lease_lapses() {
     let db = fresh_db().await;
     let root = scratch_root();
     let lock = [("CASCADE_INGEST__UPLOAD_LOCK", "\"5s\"")];
-    let first = start(&db, "ingest", &root, free_port(), &lock);
-    let second = start(&db, "ingest", &root, free_port(), &lock);
+    let first = start(&db, "ingest", &root, 0, &lock);
+    let second = start(&db, "ingest", &root, 0, &lock);
     let data = std::fs::read(fixture("tiny_320x180_stereo.mp4")).unwrap();
     let (view, url) = create_direct(first.addr, AUTH, json!({"cors_origin": APP}));
     let id = view["id"].as_str().unwrap().to_owned();
@@ -691,7 +691,7 @@ async fn a_put_whose_replica_died_can_be_retried_once_its_lease_lapses() {
 async fn a_page_on_another_origin_uploads_with_tus_js_client_and_the_video_plays() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let server = start(&db, "ingest,workers,origin", &root, free_port(), &[]);
+    let server = start(&db, "ingest,workers,origin", &root, 0, &[]);
     let addr = server.addr;
     let file = fixture("tiny_320x180_stereo.mp4");
     let mut page = Command::new("node")

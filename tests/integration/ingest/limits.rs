@@ -16,7 +16,7 @@ use super::{
     TUS,
 };
 use crate::common::create_key;
-use crate::common::{eventually, free_port, fresh_db, header, http, parse_response, TestDb};
+use crate::common::{eventually, fresh_db, header, http, parse_response, TestDb};
 
 /// Sends `head` (a request's line and headers), then its body one byte
 /// every `every` until the server answers and closes, or `limit` passes:
@@ -108,7 +108,7 @@ async fn trickling_bodies_are_cut_by_the_minimum_rate_and_the_deadline() {
         &db,
         "ingest",
         &root,
-        free_port(),
+        0,
         &[
             ("CASCADE_INGEST__BODY_TIMEOUT", "\"30s\""),
             ("CASCADE_INGEST__BODY_MIN_RATE", "100"),
@@ -185,7 +185,7 @@ async fn trickling_bodies_are_cut_by_the_minimum_rate_and_the_deadline() {
         &db,
         "ingest",
         &root,
-        free_port(),
+        0,
         &[
             ("CASCADE_INGEST__BODY_TIMEOUT", "\"30s\""),
             ("CASCADE_INGEST__BODY_MIN_RATE", "0"),
@@ -257,7 +257,7 @@ async fn many_slow_uploads_hold_no_connection_and_slow_nothing_else() {
         &db,
         "ingest,origin",
         &root,
-        free_port(),
+        0,
         &[
             ("CASCADE_DATABASE__URL", &url),
             ("CASCADE_DATABASE__MAX_CONNECTIONS", &pool),
@@ -447,7 +447,7 @@ async fn connections_that_send_headers_slowly_are_closed() {
         &db,
         "ingest",
         &root,
-        free_port(),
+        0,
         &[("CASCADE_HTTP__HEADER_READ_TIMEOUT", "\"1s\"")],
     );
     let addr = server.addr;
@@ -520,7 +520,7 @@ async fn connections_that_send_headers_slowly_are_closed() {
 async fn oversized_and_deeply_nested_json_cost_no_memory() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let server = start(&db, "ingest", &root, free_port(), &[]);
+    let server = start(&db, "ingest", &root, 0, &[]);
     let addr = server.addr;
     let pid = server.process.child.id();
     let deep = format!("{{\"metadata\": {}", "[".repeat(60_000));

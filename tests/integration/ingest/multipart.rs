@@ -13,7 +13,7 @@ use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
 use super::{create_upload, scratch_root, start, Ingest, AUTH, KEY, TUS};
-use crate::common::{eventually, free_port, fresh_db, header, http, parse_response, TestDb};
+use crate::common::{eventually, fresh_db, header, http, parse_response, TestDb};
 
 const MIB: usize = 1024 * 1024;
 const OCTETS: (&str, &str) = ("Content-Type", "application/offset+octet-stream");
@@ -47,7 +47,7 @@ impl Backend {
             env.push(("CASCADE_STORAGE__S3__ENDPOINT", &endpoint));
             env.push(("CASCADE_STORAGE__S3__BUCKET", bucket));
         }
-        start(db, "ingest", &self.root, free_port(), &env)
+        start(db, "ingest", &self.root, 0, &env)
     }
 
     pub(super) async fn store(&self) -> ObjectStore {
@@ -416,7 +416,7 @@ async fn a_storage_outage_mid_upload_is_retried_to_a_whole_source() {
         &db,
         "ingest",
         &backend.root,
-        free_port(),
+        0,
         &[
             ("CASCADE_STORAGE__S3__ENDPOINT", &endpoint),
             ("CASCADE_STORAGE__S3__BUCKET", &bucket),

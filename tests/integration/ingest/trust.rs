@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::{
     asset_claim, b64, created_asset, fixture, json, scratch_root, sha256_of, start, AUTH, TUS,
 };
-use crate::common::{count, create_key, eventually, free_port, fresh_db, header, http};
+use crate::common::{count, create_key, eventually, fresh_db, header, http};
 
 /// Races per scenario (the issue asks for at least 20).
 const ROUNDS: usize = 20;
@@ -85,7 +85,7 @@ async fn environments_isolate_every_endpoint_and_keys_are_cached_briefly() {
         &db,
         "ingest",
         &root,
-        free_port(),
+        0,
         &[("CASCADE_INGEST__KEY_CACHE_TTL", "\"300ms\"")],
     );
     let addr = server.addr;
@@ -204,7 +204,7 @@ async fn requests_without_a_valid_key_are_limited_before_any_lookup() {
         &db,
         "ingest",
         &root,
-        free_port(),
+        0,
         &[
             ("CASCADE_INGEST__FAILED_AUTH_PER_MINUTE", "5"),
             ("CASCADE_INGEST__KEY_CACHE_TTL", "\"10m\""),
@@ -327,7 +327,7 @@ fn write_source(addr: SocketAddr, asset: &str, path: Path_, data: &[u8]) -> Resu
 async fn an_asset_gets_one_source_whichever_paths_race_for_it() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let server = start(&db, "ingest", &root, free_port(), &[]);
+    let server = start(&db, "ingest", &root, 0, &[]);
     let addr = server.addr;
     let first = std::fs::read(fixture("rotated90_1280x720_stereo.mp4")).unwrap();
     let second = std::fs::read(fixture("audio_only_stereo.m4a")).unwrap();
@@ -394,7 +394,7 @@ async fn an_asset_gets_one_source_whichever_paths_race_for_it() {
 async fn termination_races_the_final_patch_cleanly() {
     let db = fresh_db().await;
     let root = scratch_root();
-    let server = start(&db, "ingest", &root, free_port(), &[]);
+    let server = start(&db, "ingest", &root, 0, &[]);
     let addr = server.addr;
     let data = std::fs::read(fixture("rotated90_1280x720_stereo.mp4")).unwrap();
     let half = data.len() / 2;
@@ -467,7 +467,7 @@ async fn deleting_an_asset_stops_its_work_and_leaves_no_object() {
         &db,
         "ingest,workers",
         &root,
-        free_port(),
+        0,
         &[
             ("CASCADE_QUEUE__LEASE", "\"2s\""),
             ("CASCADE_QUEUE__HEARTBEAT", "\"200ms\""),
@@ -594,7 +594,7 @@ async fn a_replacement_makes_a_new_version_while_the_old_one_keeps_playing() {
         &db,
         "ingest,workers,origin",
         &root,
-        free_port(),
+        0,
         &[("CASCADE_QUEUE__POLL_INTERVAL", "\"200ms\"")],
     );
     let addr = server.addr;
