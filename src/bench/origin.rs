@@ -8,9 +8,11 @@
 //! (~2 MB).
 //!
 //! Both are compared saturated (64 keep-alive connections as fast as
-//! they go), in alternating runs, by medians: requests/s from wrk, and
-//! latency from a probe beside it ([`super::probe`]: a request every
-//! millisecond from a real-time thread on the load core). wrk's own p99 is
+//! they go), in alternating runs, by medians: requests/s from wrk (or,
+//! where wrk's core was the ceiling in both servers' runs, requests per
+//! second of server core), and latency from a probe beside it
+//! ([`super::probe`]: a request every millisecond from a real-time thread
+//! on the load core). wrk's own p99 is
 //! printed too, but once its core is saturated (95 % and more against a
 //! fast server) it counts the time responses wait in wrk's event loop. Then
 //! 500 concurrent requests for one segment the origin has not cached yet,
