@@ -147,7 +147,7 @@ fn run(addr: SocketAddr, request: &[u8], stop: &AtomicBool) -> anyhow::Result<Pr
 
 /// Reads one response with a `Content-Length` body; fails on any status
 /// other than 200.
-fn read_response(stream: &mut TcpStream, buffer: &mut [u8]) -> anyhow::Result<()> {
+fn read_response(stream: &mut impl Read, buffer: &mut [u8]) -> anyhow::Result<()> {
     let mut filled = 0;
     let head_end = loop {
         if filled == buffer.len() {
@@ -197,31 +197,42 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// Hands out its bytes a few at a time, as a socket does when a
+    /// response arrives in pieces.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.bytes.len());
+            out[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
     #[test]
     fn reads_a_response_head_and_its_body_split_across_reads() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut socket, _) = listener.accept().unwrap();
-            let mut request = [0u8; 1024];
-            let _ = socket.read(&mut request).unwrap();
-            socket.write_all(b"HTTP/1.1 200 OK\r\nconte").unwrap();
-            std::thread::sleep(Duration::from_millis(5));
-            socket.write_all(b"nt-length: 10\r\n\r\n01234").unwrap();
-            std::thread::sleep(Duration::from_millis(5));
-            socket.write_all(b"56789").unwrap();
-            let _ = socket.read(&mut request).unwrap();
-            socket
-                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-                .unwrap();
-        });
-        let mut stream = TcpStream::connect(addr).unwrap();
         let mut buffer = vec![0u8; 64];
-        stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        read_response(&mut stream, &mut buffer).unwrap();
-        stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        let error = read_response(&mut stream, &mut buffer).unwrap_err();
+        let whole = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789";
+        for step in [1, 7, 64] {
+            let mut stream = Trickle { bytes: whole, step };
+            read_response(&mut stream, &mut buffer).unwrap();
+            assert!(stream.bytes.is_empty(), "step {step}: body not read whole");
+        }
+        let mut refused = Trickle {
+            bytes: b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            step: 5,
+        };
+        let error = read_response(&mut refused, &mut buffer).unwrap_err();
         assert!(error.to_string().contains("404"), "{error}");
-        server.join().unwrap();
+        let mut cut = Trickle {
+            bytes: b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234",
+            step: 7,
+        };
+        let error = read_response(&mut cut, &mut buffer).unwrap_err();
+        assert!(error.to_string().contains("mid-body"), "{error}");
     }
 }
