@@ -27,7 +27,6 @@ const PRIORITY: i32 = 1;
 /// What the probe measured.
 #[derive(Debug, Clone)]
 pub(crate) struct ProbeFigures {
-    pub(crate) requests: usize,
     pub(crate) p50: Duration,
     pub(crate) p99: Duration,
 }
@@ -139,7 +138,6 @@ fn run(addr: SocketAddr, request: &[u8], stop: &AtomicBool) -> anyhow::Result<Pr
     latencies.sort_unstable();
     let at = |share: f64| latencies[((latencies.len() - 1) as f64 * share).round() as usize];
     Ok(ProbeFigures {
-        requests: latencies.len(),
         p50: at(0.5),
         p99: at(0.99),
     })
