@@ -48,6 +48,7 @@ impl PublishGate for QaGate {
         );
         async move {
             let started = Instant::now();
+            let max_peak_to_target = thresholds.max_peak_to_target;
             let manifests = vec![
                 ObjectKey::hls_master(request.asset, request.version),
                 ObjectKey::dash_manifest(request.asset, request.version),
@@ -69,7 +70,11 @@ impl PublishGate for QaGate {
             // its own rules (HLS BANDWIDTH and EXTINF; the MPD's duration,
             // timeline and delivery model).
             let reports = cascade_qa::gate(options).await.map_err(|e| e.0)?;
-            Ok(summarise(&reports, started.elapsed().as_secs_f64()))
+            Ok(summarise(
+                &reports,
+                started.elapsed().as_secs_f64(),
+                max_peak_to_target,
+            ))
         }
         .boxed()
     }
@@ -139,7 +144,8 @@ impl SourceOpener for StoredSource {
 
 /// The reports (HLS first, then DASH) as the asset keeps them: counts and
 /// failures of both, per-rendition measures of the first.
-fn summarise(reports: &[Report], seconds: f64) -> GateReport {
+/// `max_peak_to_target`: `bitrate.peak`'s limit as a share of the target.
+fn summarise(reports: &[Report], seconds: f64, max_peak_to_target: f64) -> GateReport {
     let Some((first, rest)) = reports.split_first() else {
         return GateReport {
             checks_passed: 0,
@@ -150,13 +156,13 @@ fn summarise(reports: &[Report], seconds: f64) -> GateReport {
             seconds,
         };
     };
-    let mut summary = summarise_one(first, seconds);
+    let mut summary = summarise_one(first, seconds, max_peak_to_target);
     for report in rest {
         let format = match report.format {
             cascade_qa::report::Format::Hls => "HLS",
             cascade_qa::report::Format::Dash => "DASH",
         };
-        let more = summarise_one(report, seconds);
+        let more = summarise_one(report, seconds, max_peak_to_target);
         summary.checks_passed += more.checks_passed;
         summary.checks_failed += more.checks_failed;
         summary.checks_skipped += more.checks_skipped;
@@ -170,7 +176,7 @@ fn summarise(reports: &[Report], seconds: f64) -> GateReport {
     summary
 }
 
-fn summarise_one(report: &Report, seconds: f64) -> GateReport {
+fn summarise_one(report: &Report, seconds: f64, max_peak_to_target: f64) -> GateReport {
     let count = |rendition: &str, status: Status| {
         report
             .checks
@@ -208,6 +214,9 @@ fn summarise_one(report: &Report, seconds: f64) -> GateReport {
                 average_bitrate: r.measured.average_bitrate,
                 peak_bitrate: r.measured.peak_bitrate,
                 target_bitrate: r.target_bitrate,
+                peak_bitrate_limit: r
+                    .target_bitrate
+                    .map(|target| (target as f64 * max_peak_to_target) as u64),
                 passed: count(&r.name, Status::Pass),
                 failed: count(&r.name, Status::Fail),
                 psnr_y_mean: r.quality.as_ref().map(|q| q.psnr_y_mean),

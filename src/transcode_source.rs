@@ -25,6 +25,11 @@ const CRASH_CHUNK_FAILPOINT: &str = "FAILPOINT_TRANSCODE_CRASH_CHUNK_FROM";
 /// segment (of the first rung to make one) is cut in half, as a damaged
 /// encoder or packager would leave it.
 const CUT_SEGMENT_FAILPOINT: &str = "FAILPOINT_TRANSCODE_CUT_SEGMENT_SOURCE_LENGTH";
+/// The corrective take's test failpoint: a rung name whose encoder spends
+/// twice the bit rate it is asked for, in every take (an encoder whose
+/// rate control overshoots, which only a correction can bring under the
+/// rung's cap).
+const OVERSPEND_FAILPOINT: &str = "FAILPOINT_TRANSCODE_OVERSPEND_RUNG";
 
 /// What to transcode: a stored source.
 #[derive(clap::Args)]
@@ -45,6 +50,10 @@ pub struct TranscodeSourceArgs {
     /// a chunk's video, with or without the audio); the whole by default.
     #[arg(long)]
     scope: Option<String>,
+    /// A corrective take's rate scale per rung, as JSON (`{"720p": 0.8}`:
+    /// `TranscodeConfig::rate_scale`).
+    #[arg(long)]
+    rate_scale: Option<String>,
     /// The W3C traceparent of the worker's span this run belongs under.
     #[arg(long)]
     traceparent: Option<String>,
@@ -60,6 +69,15 @@ pub async fn run(args: TranscodeSourceArgs, config: &Config) -> anyhow::Result<E
             .map_err(|e| anyhow::anyhow!("--scope is not a scope: {e}"))?,
         None => Scope::WHOLE,
     };
+    let mut rate_scale: std::collections::BTreeMap<String, f64> = match &args.rate_scale {
+        Some(scale) => serde_json::from_str(scale)
+            .map_err(|e| anyhow::anyhow!("--rate-scale is not a map of rung to share: {e}"))?,
+        None => Default::default(),
+    };
+    if let Ok(rung) = std::env::var(OVERSPEND_FAILPOINT) {
+        tracing::warn!("failpoint {OVERSPEND_FAILPOINT}: {rung} spends twice its rate");
+        *rate_scale.entry(rung).or_insert(1.0) *= 2.0;
+    }
     // A failpoint for the fault tests: the child aborts (SIGABRT, as a
     // decoder crash would end it) right after the first media segment of
     // a source of exactly this many bytes, or of the chunk starting at
@@ -119,6 +137,7 @@ pub async fn run(args: TranscodeSourceArgs, config: &Config) -> anyhow::Result<E
             .with_patience(config.queue.outage_grace);
             let mut transcode = config.transcode.clone();
             transcode.scope = scope;
+            transcode.rate_scale = rate_scale;
             let span =
                 tracing::info_span!("transcode_child", asset = %args.asset, version = args.version);
             cascade_platform::tracecontext::set_parent(&span, args.traceparent.as_deref());

@@ -151,10 +151,13 @@ pub struct AssetView {
     /// `checks_skipped`, `failures` (`check`, `rendition`, `message`,
     /// `expected`, `measured`), `renditions` (per rendition: `name`, `kind`,
     /// `codecs`, `frames`, `duration_s`, `average_bitrate`, `peak_bitrate`,
-    /// `target_bitrate`, `passed`, `failed`; video also `psnr_y_mean`,
-    /// `psnr_y_min`, `ssim_y_mean` and `frames_sampled`: PSNR-Y and SSIM-Y
-    /// against the source on sampled frames) and `seconds`. Absent when the
-    /// version was not checked (docs/qa.md).
+    /// `target_bitrate`, `peak_bitrate_limit`, `passed`, `failed`; video
+    /// also `psnr_y_mean`, `psnr_y_min`, `ssim_y_mean` and `frames_sampled`:
+    /// PSNR-Y and SSIM-Y against the source on sampled frames) and
+    /// `seconds`; `corrected` when the version is a corrective take of one
+    /// whose rungs went over their caps (`failed_version`, `rate_scale` per
+    /// rung, `failed_checks`). Absent when the version was not checked
+    /// (docs/qa.md).
     #[schema(value_type = Option<Object>)]
     pub quality: Option<serde_json::Value>,
     /// Playback URLs, once playable.

@@ -630,7 +630,7 @@ pub async fn publish(
     let tx = client.transaction().await?;
     let live = tx
         .query_opt(
-            "SELECT playback_id, published_version, state = 'restoring' FROM assets
+            "SELECT playback_id, COALESCE(published_version, playable_version), state = 'restoring' FROM assets
              WHERE id = $1 AND deleted_at IS NULL
                AND (state IN ('processing', 'restoring') OR (state = 'ready' AND published_version = $2))
              FOR UPDATE",
@@ -641,6 +641,8 @@ pub async fn publish(
         return Ok(false);
     };
     let playback_id: String = live.get(0);
+    // What played before: the published version, or one that played while
+    // it grew and is replaced by a corrective take ([`retake`]).
     let replaced: Option<i32> = live.get(1);
     let restored: bool = live.get(2);
     tx.execute(
@@ -750,6 +752,47 @@ pub(crate) async fn announce_playback_change(
         )
         .await?;
     Ok(())
+}
+
+/// A corrective take: the publish gate refused `version` of processing (or
+/// restoring) asset `id` for a reason another encode can correct, and its
+/// source was copied as `version + 1`'s. Moves the asset's source to
+/// `version + 1` and queues `transcode` (that version's job, carrying the
+/// corrections) in one transaction, so the job of `version` and any of its
+/// chunks skip themselves from now on. A version that played while it grew
+/// keeps playing until the take is published. `false` when the asset is no
+/// longer making `version` (deleted, replaced, or already moved on).
+pub async fn retake(
+    pool: &Pool,
+    id: AssetId,
+    version: u32,
+    transcode: &NewJob,
+    max_attempts: i32,
+) -> Result<bool, DbError> {
+    let version = i32::try_from(version).map_err(|e| DbError::Build(format!("version: {e}")))?;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE assets SET source_version = $2 + 1, progress = 0, updated_at = now()
+             WHERE id = $1 AND state IN ('processing', 'restoring') AND source_version = $2
+               AND deleted_at IS NULL",
+            &[&id.as_uuid(), &version],
+        )
+        .await?;
+    if n == 0 {
+        return Ok(false);
+    }
+    queue::enqueue(&tx, transcode, max_attempts)
+        .await
+        .map_err(queue::QueueError::into_db)?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&queue::CHANNEL, &transcode.kind],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Makes the growing presentation of `version` playable (progressive

@@ -77,17 +77,20 @@ pub async fn list(
     Ok(rows.iter().map(ChunkRow::from_row).collect())
 }
 
-/// Records `chunks` as the plan of `version` and queues a `transcode` job
-/// for each chunk after the first (the caller runs chunk 0), in one
-/// transaction. Idempotent: a plan already recorded is kept as it is and
-/// returned, whatever `chunks` says now. The caller wakes the workers.
+/// Records `chunks` as the plan of `job`'s version and queues a
+/// `transcode` job for each chunk after the first (the caller runs chunk
+/// 0), with `job`'s settings, in one transaction. Idempotent: a plan
+/// already recorded is kept as it is and returned, whatever `chunks` says
+/// now. The caller wakes the workers.
 pub async fn plan(
     pool: &Pool,
-    asset: AssetId,
-    version: i32,
+    job: &TranscodeJob,
     chunks: &[Chunk],
     max_attempts: i32,
 ) -> Result<Vec<ChunkRow>, DbError> {
+    let asset = job.asset_id;
+    let version =
+        i32::try_from(job.version).map_err(|e| DbError::Build(format!("version: {e}")))?;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     lock_version(&tx, asset, version).await?;
@@ -112,11 +115,7 @@ pub async fn plan(
         if chunk.index == 0 {
             continue;
         }
-        let job = TranscodeJob {
-            asset_id: asset,
-            version: version.max(0) as u32,
-            chunk: Some(chunk.index),
-        };
+        let job = job.chunk(chunk.index);
         let payload = serde_json::to_value(&job)
             .map_err(|e| DbError::Build(format!("encoding a chunk job: {e}")))?;
         let new = NewJob::new(job_kind::TRANSCODE, payload)

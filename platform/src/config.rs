@@ -1138,6 +1138,12 @@ pub struct TranscodeConfig {
     /// with or without the audio).
     #[serde(skip)]
     pub scope: cascade_schemas::chunks::Scope,
+    /// Per rung name: the share of the rung's bit rate its encoder is
+    /// asked for (set per job by a corrective take after the publish gate
+    /// found the rung over its cap; `cascade_schemas::jobs::Corrections`).
+    /// What the rung declares and is held to stays the ladder's.
+    #[serde(skip)]
+    pub rate_scale: std::collections::BTreeMap<String, f64>,
     /// Frames the encoder may look ahead (`None`: the preset's). Set by
     /// [`LiveConfig::transcode`], where every frame of lookahead is delay.
     #[serde(skip)]
@@ -1219,6 +1225,7 @@ impl Default for TranscodeConfig {
             chunked_from: Duration::from_secs(120),
             chunk_duration: Duration::from_secs(60),
             scope: cascade_schemas::chunks::Scope::WHOLE,
+            rate_scale: std::collections::BTreeMap::new(),
             lookahead_frames: None,
             live: false,
             part_duration: None,

@@ -4,6 +4,8 @@
 //! producers depends on a handler to name a job. The kinds are
 //! [`crate::job_kind`].
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{AssetId, LiveStreamId, PlaybackId, RenditionName};
@@ -19,6 +21,27 @@ pub struct TranscodeJob {
     /// the version's own job (the whole source, or chunk 0 and the plan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk: Option<u32>,
+    /// A corrective take: the publish gate refused the version before
+    /// (`failed_version`) for a reason it could correct, and this version
+    /// is encoded again from the same source with these settings. `None`:
+    /// the first take (at most one corrective take follows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrections: Option<Corrections>,
+}
+
+/// Settings a corrective take changes, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Corrections {
+    /// The version whose outputs failed the publish gate.
+    pub failed_version: u32,
+    /// Per video rung: the share of its ladder bit rate its encoder is
+    /// asked for (target, VBV max rate and buffer alike), below 1 for a
+    /// rung that spent more than its cap. The ladder's promise (its cap,
+    /// what the gate holds the rung to) does not change.
+    pub rate_scale: BTreeMap<String, f64>,
+    /// The checks that failed on the first take, as the gate named them
+    /// ("bitrate.average [720p]").
+    pub failed_checks: Vec<String>,
 }
 
 impl TranscodeJob {
@@ -28,6 +51,15 @@ impl TranscodeJob {
             asset_id,
             version,
             chunk: None,
+            corrections: None,
+        }
+    }
+
+    /// Chunk `index` of this version's job (its settings with it).
+    pub fn chunk(&self, index: u32) -> Self {
+        Self {
+            chunk: Some(index),
+            ..self.clone()
         }
     }
 

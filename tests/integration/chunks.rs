@@ -662,10 +662,11 @@ async fn a_chunk_result_is_recorded_only_under_the_current_lease_and_once() {
     let db = fresh_db().await;
     let (asset, _) = crate::common::insert_asset(&db, "public").await;
     let planned = plan(200.0, 60.0, 4.0, 2.0, 120.0);
-    let rows = chunks::plan(&db.pool, asset, 1, &planned, 3).await.unwrap();
+    let job = cascade_schemas::jobs::TranscodeJob::version(asset, 1);
+    let rows = chunks::plan(&db.pool, &job, &planned, 3).await.unwrap();
     assert_eq!(rows.len(), 3);
     // Planning again keeps the plan and queues nothing more.
-    let again = chunks::plan(&db.pool, asset, 1, &planned[..1], 3)
+    let again = chunks::plan(&db.pool, &job, &planned[..1], 3)
         .await
         .unwrap();
     assert_eq!(again, rows);

@@ -1085,6 +1085,80 @@ async fn the_publish_gate_refuses_pictures_far_from_the_source() {
     }
 }
 
+/// A rung over its cap is encoded again, once, with corrected rates. A
+/// failpoint makes the 720p encoder spend twice the rate it is asked for,
+/// in every take, as an encoder whose rate control overshoots would (CRF
+/// 10: content that wants more bits than any cap). The gate finds 720p's
+/// average over its cap, takes the version again as version 2 with only
+/// that rung's rate scaled by the measured overshoot, and the asset turns
+/// ready at version 2 with every rung under its cap; its `quality` names
+/// what failed and what changed. The source moved with the asset.
+#[tokio::test]
+async fn a_rung_over_its_cap_is_encoded_again_once_with_corrected_rates() {
+    let source = fixtures_dir().join("landscape_1080p30_stereo.mp4");
+    let db = fresh_db().await;
+    let stack = start_stack_with(
+        &db,
+        &[
+            ("FAILPOINT_TRANSCODE_OVERSPEND_RUNG", "720p"),
+            ("CASCADE_TRANSCODE__CRF", "10"),
+        ],
+    );
+    let (id, status, body) = upload(&stack, &source);
+    assert_eq!(status, 202, "{body}");
+    let asset = wait_terminal(&stack, &id).await;
+    assert_eq!(asset["state"], "ready", "{asset}");
+    let quality = &asset["quality"];
+    assert_eq!(quality["gate"], "passed", "{quality}");
+    assert_eq!(quality["version"], 2, "{quality}");
+    let corrected = &quality["corrected"];
+    assert_eq!(corrected["failed_version"], 1, "{quality}");
+    let scales = corrected["rate_scale"].as_object().unwrap();
+    assert_eq!(
+        scales.keys().collect::<Vec<_>>(),
+        ["720p"],
+        "only the rung over its cap is corrected: {quality}"
+    );
+    let scale = scales["720p"].as_f64().unwrap();
+    assert!(scale > 0.25 && scale < 0.6, "about 0.9 / 1.9x: {quality}");
+    let failed: Vec<&str> = corrected["failed_checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        failed
+            .iter()
+            .any(|f| f.starts_with("bitrate.average [720p]")),
+        "{failed:?}"
+    );
+    assert!(
+        failed.iter().all(|f| f.contains("[720p]")),
+        "only 720p failed the first take: {failed:?}"
+    );
+    for rendition in quality["renditions"].as_array().unwrap() {
+        if rendition["kind"] != "video" {
+            continue;
+        }
+        let (average, target) = (
+            rendition["average_bitrate"].as_u64().unwrap(),
+            rendition["target_bitrate"].as_u64().unwrap(),
+        );
+        assert!(average <= target, "{rendition}");
+    }
+    // The source is version 2's; the segments version 1 served as it grew
+    // stay where they were (versioned URLs, cached as immutable).
+    let stored = |key: &str| stack.root.join(format!("assets/{id}/{key}")).exists();
+    assert!(stored("v2/source") && !stored("v1/source"), "{id}");
+    assert!(stored("v1/720p/init.mp4") && stored("v2/720p/init.mp4"));
+    // Players get version 2: what the playback URL serves passes `cascade
+    // qa`'s caps against the ladder (version 1's 720p would not).
+    let url = asset["playback"]["hls"].as_str().unwrap();
+    let (code, report, output) = run_qa(url, &source, &["--quiet", "--skip-quality"]);
+    assert_eq!(code, 0, "{:?}\n{output}", failed_checks(&report));
+}
+
 #[tokio::test]
 async fn the_publish_gate_refuses_a_damaged_version_or_records_it_by_policy() {
     let source = fixtures_dir().join("tiny_320x180_stereo.mp4");

@@ -80,7 +80,7 @@ const DELIVERY_RESULTS: [&str; 3] = ["delivered", "rejected", "unreachable"];
 /// Publish gate results, all exported from the start.
 const GATE_RESULTS: [&str; 2] = ["passed", "failed"];
 /// Transcode results.
-const TRANSCODE_RESULTS: [&str; 4] = ["ready", "refused", "failed", "crashed"];
+const TRANSCODE_RESULTS: [&str; 5] = ["ready", "refused", "failed", "crashed", "retaken"];
 
 /// Every metric of the workers role. Cheap to clone (shared handles).
 #[derive(Clone, Debug)]
@@ -297,7 +297,8 @@ impl WorkerMetrics {
             .observe(media_seconds / busy.as_secs_f64());
     }
 
-    /// A transcode ended: `ready`, `refused` or `failed`.
+    /// A transcode ended: `ready`, `refused`, `failed`, `crashed`, or
+    /// `retaken` (the gate queued a corrective take of it).
     pub(crate) fn transcode_ended(&self, result: &'static str) {
         self.transcodes
             .get_or_create(&ResultLabels { result })

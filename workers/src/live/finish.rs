@@ -275,7 +275,7 @@ impl FinishHandler {
                     JobError::Permanent(format!("recording the quality checks: {e}"))
                 })?)
             }
-            Some(Decision::Refuse(message)) => {
+            Some(Decision::Refuse { message, .. }) => {
                 tracing::warn!(live_stream_id = %stream.id, asset_id = %asset, error = %message,
                     "recording refused by the quality checks");
                 assets::set_errored(&self.pool, asset, QA_FAILED, &message)

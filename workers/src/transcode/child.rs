@@ -270,7 +270,7 @@ where
 }
 
 /// What a child transcodes: a stored source.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SourceTarget {
     /// Its asset.
     pub asset: AssetId,
@@ -280,6 +280,8 @@ pub struct SourceTarget {
     pub length: u64,
     /// What of it (a chunk's video, with or without the audio).
     pub scope: cascade_schemas::chunks::Scope,
+    /// A corrective take's rate scale per rung (`TranscodeConfig::rate_scale`).
+    pub rate_scale: std::collections::BTreeMap<String, f64>,
 }
 
 /// Runs the pipeline in children of `program`.
@@ -326,6 +328,14 @@ impl ChildTranscoder {
                     .then(|| serde_json::to_string(&source.scope).ok())
                     .flatten()
                     .map(|scope| ["--scope".to_owned(), scope])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(
+                (!source.rate_scale.is_empty())
+                    .then(|| serde_json::to_string(&source.rate_scale).ok())
+                    .flatten()
+                    .map(|scale| ["--rate-scale".to_owned(), scale])
                     .into_iter()
                     .flatten(),
             )
@@ -533,6 +543,7 @@ mod tests {
             version: 1,
             length: 10,
             scope: cascade_schemas::chunks::Scope::WHOLE,
+            rate_scale: Default::default(),
         };
         child
             .run(source, VideoEncoder::Libx264, events, cancel)

@@ -46,15 +46,9 @@ impl Inner {
             if planned.len() < 2 {
                 return Ok(Some(Part::Whole));
             }
-            let rows = chunks::plan(
-                &self.pool,
-                job.asset_id,
-                version,
-                &planned,
-                ctx.max_attempts,
-            )
-            .await
-            .map_err(|e| db_error("planning the chunks", e))?;
+            let rows = chunks::plan(&self.pool, job, &planned, ctx.max_attempts)
+                .await
+                .map_err(|e| db_error("planning the chunks", e))?;
             queue.wake(job_kind::TRANSCODE);
             tracing::info!(asset_id = %job.asset_id, version, chunks = rows.len(),
                 duration = asset.duration_seconds, "transcoding in chunks");

@@ -6,7 +6,10 @@
 //! that runs them; this module holds what the handler needs to know: the
 //! request, the verdict and what the policy does with it.
 
+use std::collections::BTreeMap;
+
 use cascade_platform::config::QaGatePolicy;
+pub use cascade_schemas::jobs::Corrections;
 use cascade_schemas::{AssetId, ObjectKey};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -76,6 +79,9 @@ pub struct RenditionQuality {
     pub peak_bitrate: u64,
     /// The ladder's bitrate for it, bit/s.
     pub target_bitrate: Option<u64>,
+    /// The highest segment bit rate `bitrate.peak` allows it, bit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_bitrate_limit: Option<u64>,
     /// Checks of this rendition that passed and failed.
     pub passed: u32,
     pub failed: u32,
@@ -110,6 +116,10 @@ pub struct QualityRecord {
     pub gate: String,
     /// The version checked.
     pub version: u32,
+    /// The version is a corrective take: what failed before and what the
+    /// encode changed for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrected: Option<Corrections>,
     #[serde(flatten)]
     pub report: GateReport,
 }
@@ -125,18 +135,66 @@ pub trait PublishGate: Send + Sync {
 pub enum Decision {
     /// Publish, recording this on the asset.
     Publish(QualityRecord),
-    /// Do not publish: the asset turns errored with this message.
-    Refuse(String),
+    /// Do not publish: the asset turns errored with `message`.
+    Refuse { message: String, report: GateReport },
 }
 
 impl Decision {
     /// Whether any check failed (a refusal, or a publish under `warn`).
     pub fn failed(&self) -> bool {
+        !self.report().failures.is_empty()
+    }
+
+    /// What the checks found.
+    pub fn report(&self) -> &GateReport {
         match self {
-            Self::Publish(record) => !record.report.failures.is_empty(),
-            Self::Refuse(_) => true,
+            Self::Publish(record) => &record.report,
+            Self::Refuse { report, .. } => report,
         }
     }
+}
+
+/// The share of the allowed bit rate a corrective take aims a rung at:
+/// enough margin that an encoder which overshot by the measured ratio
+/// lands under the limit when it overshoots by as much again.
+const CORRECTION_MARGIN: f64 = 0.9;
+
+/// A corrective take never asks a rung's encoder for less than this share
+/// of its bit rate: a rung that overshot by more than 4x has a fault no
+/// rate setting explains.
+const SMALLEST_RATE_SCALE: f64 = 0.25;
+
+/// How encoding again could correct a failed version: the rate scale per
+/// video rung, when every failure is a video rung's bit rate over its cap
+/// (`bitrate.average` over the ladder's target, `bitrate.peak` over its
+/// limit), each scaled by the measured overshoot with a margin. `None`
+/// when any failure is of another kind (a damaged segment, pictures far
+/// from the source): encoding again with other rates would not change it.
+pub fn rate_corrections(report: &GateReport) -> Option<BTreeMap<String, f64>> {
+    if report.failures.is_empty() {
+        return None;
+    }
+    let mut scales: BTreeMap<String, f64> = BTreeMap::new();
+    for failure in &report.failures {
+        let name = failure.rendition.as_deref()?;
+        let rendition = report
+            .renditions
+            .iter()
+            .find(|r| r.name == name && r.kind == "video")?;
+        let (limit, measured) = match failure.check.as_str() {
+            "bitrate.average" => (rendition.target_bitrate?, rendition.average_bitrate),
+            "bitrate.peak" => (rendition.peak_bitrate_limit?, rendition.peak_bitrate),
+            _ => return None,
+        };
+        if measured == 0 || limit == 0 {
+            return None;
+        }
+        let scale = (CORRECTION_MARGIN * limit as f64 / measured as f64)
+            .clamp(SMALLEST_RATE_SCALE, CORRECTION_MARGIN);
+        let entry = scales.entry(name.to_owned()).or_insert(scale);
+        *entry = entry.min(scale);
+    }
+    Some(scales)
 }
 
 /// Runs `gate` over `request` and applies `policy`: the counts are
@@ -170,6 +228,7 @@ pub fn decide(policy: QaGatePolicy, version: u32, report: GateReport) -> Decisio
         return Decision::Publish(QualityRecord {
             gate: "passed".to_owned(),
             version,
+            corrected: None,
             report,
         });
     }
@@ -189,11 +248,12 @@ pub fn decide(policy: QaGatePolicy, version: u32, report: GateReport) -> Decisio
             if more > 0 {
                 message.push_str(&format!("; and {more} more"));
             }
-            Decision::Refuse(message)
+            Decision::Refuse { message, report }
         }
         QaGatePolicy::Warn | QaGatePolicy::Off => Decision::Publish(QualityRecord {
             gate: "warned".to_owned(),
             version,
+            corrected: None,
             report,
         }),
     }
@@ -222,6 +282,81 @@ mod tests {
         }
     }
 
+    fn rendition(name: &str, kind: &str, average: u64, peak: u64) -> RenditionQuality {
+        RenditionQuality {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            codecs: None,
+            frames: 100,
+            duration_s: 4.0,
+            average_bitrate: average,
+            peak_bitrate: peak,
+            target_bitrate: Some(2_000_000),
+            peak_bitrate_limit: Some(4_000_000),
+            passed: 10,
+            failed: 1,
+            psnr_y_mean: None,
+            psnr_y_min: None,
+            ssim_y_mean: None,
+            frames_sampled: None,
+        }
+    }
+
+    fn failure(check: &str, rendition: &str) -> GateFailure {
+        GateFailure {
+            check: check.to_owned(),
+            rendition: Some(rendition.to_owned()),
+            message: String::new(),
+            expected: None,
+            measured: None,
+        }
+    }
+
+    #[test]
+    fn rungs_over_their_caps_are_corrected_by_their_overshoot_and_nothing_else_is() {
+        let mut failed = report(0);
+        failed.renditions = vec![
+            rendition("720p", "video", 4_000_000, 9_000_000),
+            rendition("480p", "video", 1_000_000, 5_000_000),
+            rendition("audio", "audio", 200_000, 300_000),
+        ];
+        failed.failures = vec![
+            failure("bitrate.average", "720p"),
+            failure("bitrate.peak", "720p"),
+            failure("bitrate.peak", "480p"),
+        ];
+        let scales = rate_corrections(&failed).expect("correctable");
+        // 720p: the lower of 0.9 * 2/4 (average) and 0.9 * 4/9 (peak).
+        assert!((scales["720p"] - 0.4).abs() < 1e-9, "{scales:?}");
+        assert!((scales["480p"] - 0.72).abs() < 1e-9, "{scales:?}");
+        assert_eq!(scales.len(), 2);
+
+        // Any failure a rate cannot fix: no corrective take.
+        for other in [
+            failure("structure.segment_boxes", "720p"),
+            failure("bitrate.average", "audio"),
+            failure("bitrate.average", "1080p"),
+            GateFailure {
+                rendition: None,
+                ..failure("timing.duration", "")
+            },
+        ] {
+            let mut mixed = failed.clone();
+            mixed.failures.push(other.clone());
+            assert_eq!(rate_corrections(&mixed), None, "{other:?}");
+        }
+        assert_eq!(rate_corrections(&report(0)), None);
+
+        // A wild overshoot is not chased below a quarter of the rate.
+        let mut wild = failed.clone();
+        wild.renditions[0].average_bitrate = 40_000_000;
+        wild.failures.truncate(1);
+        assert_eq!(
+            rate_corrections(&wild).unwrap()["720p"],
+            SMALLEST_RATE_SCALE
+        );
+    }
+
     #[test]
     fn a_passing_version_is_published_under_every_policy() {
         for policy in [QaGatePolicy::Enforce, QaGatePolicy::Warn] {
@@ -235,7 +370,7 @@ mod tests {
     #[test]
     fn a_failing_version_is_refused_naming_its_checks_or_published_with_a_warning() {
         match decide(QaGatePolicy::Enforce, 1, report(5)) {
-            Decision::Refuse(message) => {
+            Decision::Refuse { message, .. } => {
                 assert!(
                     message.contains("bitrate.average [rung0]: average bitrate against the target (expected <= 5000 kbit/s, measured 6600 kbit/s)"),
                     "{message}"

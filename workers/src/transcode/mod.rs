@@ -51,12 +51,12 @@ use cascade_packager::{dash, hls, Bitrates, MediaKind, Track, UriLayout};
 use cascade_platform::assets::{self, RenditionRow};
 use cascade_platform::chunks::{self, ChunkRow, Recorded};
 use cascade_platform::config::{QaGatePolicy, TranscodeConfig};
-use cascade_platform::queue::{Lease, Queue};
+use cascade_platform::queue::{Lease, NewJob, Queue};
 use cascade_platform::storage::reader::ObjectReader;
 use cascade_platform::storage::StorageError;
 use cascade_platform::ObjectStore;
 use cascade_schemas::chunks::{Chunk, Scope};
-use cascade_schemas::{AssetId, AssetState, ObjectKey, RenditionName};
+use cascade_schemas::{job_kind, AssetId, AssetState, ObjectKey, RenditionName};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -244,6 +244,13 @@ impl Inner {
                 return Ok(());
             }
         } else {
+            if asset.source_version > job.version as i32 {
+                // A corrective take, a replacement or a restore moved the
+                // asset on to a later version: this one is not made.
+                tracing::info!(asset_id = %job.asset_id, version = job.version,
+                    source_version = asset.source_version, "superseded version; skipping transcode");
+                return Ok(());
+            }
             let client = self.pool.get().await.map_err(|e| db_error("database", e))?;
             let resumed = assets::resume_processing(&client, job.asset_id)
                 .await
@@ -254,7 +261,10 @@ impl Inner {
                 return Ok(());
             }
         }
+        // A corrective take does not grow in public: the version it
+        // corrects plays (complete) until the take is published.
         let mode = if job.chunk.is_some()
+            || job.corrections.is_some()
             || !self.config.progressive_publish
             || asset.published_version.is_some()
         {
@@ -400,6 +410,11 @@ impl Inner {
         let source_size = self.source_size(job).await?;
         let key = ObjectKey::source_version(job.asset_id, job.version);
         let scope = chunk.as_ref().map_or(Scope::WHOLE, Scope::of);
+        let rate_scale = job
+            .corrections
+            .as_ref()
+            .map(|c| c.rate_scale.clone())
+            .unwrap_or_default();
         // A later chunk stores its segments only: chunk 0 stores the init
         // segments (the join checks every chunk made the same) and is the
         // one that grows in public while it encodes.
@@ -413,6 +428,7 @@ impl Inner {
                 version: job.version,
                 length: source_size,
                 scope,
+                rate_scale,
             };
             let (encoder, cancel) = (self.encoder, cancel.clone());
             let span = tracing::info_span!("decode_and_encode", child = true);
@@ -432,6 +448,7 @@ impl Inner {
             .with_patience(ctx.outage_grace);
             let config = TranscodeConfig {
                 scope,
+                rate_scale,
                 ..self.config.clone()
             };
             let encoder = self.encoder;
@@ -750,7 +767,12 @@ impl Inner {
         // Everything is stored, manifests last; nothing is served as the
         // published version until the gate says so.
         let manifests_stored = milestones.started.elapsed();
-        let quality = self.gate(job, source_size).await?;
+        let quality = match self.gate(job, source_size).await? {
+            Gated::Publish(quality) => quality,
+            Gated::Retake(corrections) => {
+                return self.retake(job, ctx, source_size, corrections).await;
+            }
+        };
         let gate_done = milestones.started.elapsed();
         let quality = quality
             .map(serde_json::to_value)
@@ -813,17 +835,16 @@ impl Inner {
 }
 
 impl Inner {
-    /// The publish gate over the stored version: `Ok(None)` when there is
-    /// no gate or it is off; a refusal is the creator's answer (the asset
-    /// turns errored naming the checks); a gate that cannot run is retried.
-    async fn gate(
-        &self,
-        job: &TranscodeJob,
-        source_size: u64,
-    ) -> Result<Option<gate::QualityRecord>, TranscodeError> {
+    /// The publish gate over the stored version: publish (with no record
+    /// when there is no gate or it is off), or take it again with corrected
+    /// settings (once, when every failure says how: see
+    /// [`gate::rate_corrections`]); a refusal is the creator's answer (the
+    /// asset turns errored naming the checks); a gate that cannot run is
+    /// retried.
+    async fn gate(&self, job: &TranscodeJob, source_size: u64) -> Result<Gated, TranscodeError> {
         let policy = self.config.qa_gate;
         let Some(gate) = self.gate.as_ref().filter(|_| policy != QaGatePolicy::Off) else {
-            return Ok(None);
+            return Ok(Gated::Publish(None));
         };
         let started = std::time::Instant::now();
         let request = gate::GateRequest {
@@ -841,14 +862,112 @@ impl Inner {
             })?;
         self.metrics
             .gate_checked(started.elapsed(), decision.failed());
+        if job.corrections.is_none() {
+            if let Some(rate_scale) = gate::rate_corrections(decision.report()) {
+                return Ok(Gated::Retake(gate::Corrections {
+                    failed_version: job.version,
+                    rate_scale,
+                    failed_checks: decision
+                        .report()
+                        .failures
+                        .iter()
+                        .map(gate::GateFailure::describe)
+                        .collect(),
+                }));
+            }
+        }
         match decision {
-            gate::Decision::Publish(record) => Ok(Some(record)),
-            gate::Decision::Refuse(message) => Err(TranscodeError::Input {
+            gate::Decision::Publish(record) => Ok(Gated::Publish(Some(gate::QualityRecord {
+                corrected: job.corrections.clone(),
+                ..record
+            }))),
+            gate::Decision::Refuse { message, .. } => Err(TranscodeError::Input {
                 code: gate::QA_FAILED,
-                message,
+                message: match &job.corrections {
+                    Some(corrections) => format!(
+                        "{message} (this was already a second encode, with the bit rates of {} lowered)",
+                        corrections
+                            .rate_scale
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None => message,
+                },
             }),
         }
     }
+
+    /// Takes the version again as the next one, with `corrections`: the
+    /// source is copied to the next version's key (the segments of this
+    /// one may have been served as it grew, under immutable cache
+    /// headers, so nothing of it is overwritten), then the asset moves on
+    /// to it and its job is queued in one transaction. This job is done;
+    /// the old source copy goes once the move is recorded.
+    async fn retake(
+        &self,
+        job: &TranscodeJob,
+        ctx: &JobContext,
+        source_size: u64,
+        corrections: gate::Corrections,
+    ) -> Result<(), TranscodeError> {
+        let next = job.version + 1;
+        let from = ObjectKey::source_version(job.asset_id, job.version);
+        crate::tiering::copy_object(
+            &self.store,
+            &from,
+            source_size,
+            &self.store,
+            ObjectKey::source_version(job.asset_id, next),
+        )
+        .await
+        .map_err(|e| TranscodeError::Internal(format!("copying the source for a new take: {e}")))?;
+        let take = TranscodeJob {
+            asset_id: job.asset_id,
+            version: next,
+            chunk: None,
+            corrections: Some(corrections),
+        };
+        let payload = serde_json::to_value(&take)
+            .map_err(|e| TranscodeError::internal("encoding the new take's job", e))?;
+        let queued = NewJob::new(job_kind::TRANSCODE, payload)
+            .idempotency_key(take.idempotency_key())
+            .max_attempts(ctx.max_attempts);
+        let moved = assets::retake(
+            &self.pool,
+            job.asset_id,
+            job.version,
+            &queued,
+            ctx.max_attempts,
+        )
+        .await
+        .map_err(|e| TranscodeError::internal("queueing the new take", e))?;
+        if !moved {
+            tracing::info!(asset_id = %job.asset_id, version = job.version,
+                "the asset moved on while it was checked; no new take");
+            return Ok(());
+        }
+        self.metrics.transcode_ended("retaken");
+        if let Some(corrections) = &take.corrections {
+            tracing::warn!(asset_id = %job.asset_id, version = job.version, next,
+                rate_scale = ?corrections.rate_scale, failed = ?corrections.failed_checks,
+                "the quality checks failed on rate control: encoding again with lower rates");
+        }
+        if let Err(error) = self.store.delete(&from).await {
+            tracing::warn!(asset_id = %job.asset_id, key = %from, error = %error,
+                "cannot delete the superseded source copy");
+        }
+        Ok(())
+    }
+}
+
+/// What the publish gate lets a version do.
+enum Gated {
+    /// Publish, with the gate's record (`None`: not checked).
+    Publish(Option<gate::QualityRecord>),
+    /// Encode the version again, as the next, with these corrections.
+    Retake(gate::Corrections),
 }
 
 /// What one `transcode` job runs.

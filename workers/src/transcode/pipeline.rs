@@ -683,7 +683,7 @@ pub fn run_input(
                 height: rung.height,
                 time_base,
                 frame_rate: out_rate,
-                bitrate: rung.bitrate,
+                bitrate: encoded_bitrate(config, &rung.name, rung.bitrate),
                 gop_frames,
                 profile_high: rung.height.min(rung.width) > 480,
                 threads: encoder_threads(&plan_sizes, i, config.live, cores),
@@ -1089,6 +1089,17 @@ fn short_start_boundaries(config: &TranscodeConfig) -> Vec<f64> {
         at *= 2.0;
     }
     boundaries
+}
+
+/// The bit rate a rung's encoder is asked for: the ladder's, scaled down
+/// by a corrective take ([`TranscodeConfig::rate_scale`]).
+fn encoded_bitrate(config: &TranscodeConfig, rung: &str, bitrate: u64) -> u64 {
+    match config.rate_scale.get(rung) {
+        Some(&scale) if scale.is_finite() && scale > 0.0 => {
+            ((bitrate as f64 * scale).round() as u64).max(1)
+        }
+        _ => bitrate,
+    }
 }
 
 /// What a video rung of `bitrate` declares before it is measured: the
