@@ -80,6 +80,9 @@ pub(crate) fn write_init_segment(track: &Track) -> Vec<u8> {
         write_mvhd(out, track.timescale());
         write_box(out, b"trak", |out| {
             write_tkhd(out, track);
+            if let Track::Audio(audio) = track {
+                write_priming_edit(out, audio.priming());
+            }
             write_box(out, b"mdia", |out| {
                 write_mdhd(out, track.timescale());
                 write_hdlr(out, track);
@@ -97,6 +100,26 @@ pub(crate) fn write_init_segment(track: &Track) -> Vec<u8> {
         });
     });
     out
+}
+
+/// An edit list that starts the presentation `priming` samples into the
+/// media (ISO/IEC 14496-12 8.6.6): one edit, `media_time` = `priming` in
+/// the media timescale, `segment_duration` 0 (the rest of the media,
+/// whose length a fragmented file does not know), rate 1. Nothing for no
+/// priming.
+fn write_priming_edit(out: &mut Vec<u8>, priming: u32) {
+    if priming == 0 {
+        return;
+    }
+    write_box(out, b"edts", |out| {
+        write_full_box(out, b"elst", 0, 0, |out| {
+            put_u32(out, 1); // entry_count
+            put_u32(out, 0); // segment_duration
+            put_u32(out, priming); // media_time (a positive int32)
+            put_u16(out, 1); // media_rate_integer
+            put_u16(out, 0); // media_rate_fraction
+        });
+    });
 }
 
 fn write_mvhd(out: &mut Vec<u8>, timescale: u32) {

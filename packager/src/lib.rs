@@ -7,7 +7,9 @@
 //! - ISO/IEC 23000-19 (CMAF) track files: a CMAF header (`ftyp` + `moov`,
 //!   see ISO/IEC 14496-12) per track, and one `moof` + `mdat` fragment per
 //!   segment, with `tfdt` at each segment's earliest presentation time and
-//!   signed composition offsets instead of an edit list; for low-latency
+//!   signed composition offsets instead of an edit list for B-frames, and
+//!   an edit list (ISO/IEC 14496-12 8.6.6) only to skip an audio
+//!   encoder's priming ([`AudioTrack::with_priming`]); for low-latency
 //!   live, segments cut into parts (CMAF chunks, LL-HLS partial segments),
 //!   a segment being its parts joined ([`Segmenter::with_parts`]);
 //! - ISO/IEC 14496-15 `avcC` for H.264 (from `avcC` or Annex B extradata)

@@ -86,6 +86,10 @@ pub struct AudioTrack {
     config: AudioSpecificConfig,
     sample_rate: u32,
     channels: u16,
+    /// Encoder delay: samples at the start of the media that are not
+    /// presented (AAC priming), removed by an edit list in the header.
+    #[serde(default)]
+    priming: u32,
 }
 
 impl AudioTrack {
@@ -123,7 +127,26 @@ impl AudioTrack {
             config,
             sample_rate,
             channels,
+            priming: 0,
         })
+    }
+
+    /// The track with `samples` of encoder delay at its start (AAC
+    /// priming: the encoder's first `samples` output samples precede the
+    /// input's first). The media keeps them, from time 0, so every track
+    /// of the presentation still starts its media timeline at 0; the
+    /// header's edit list (ISO/IEC 14496-12 8.6.6, `media_time` =
+    /// `samples`) tells a reader to present from after them, so the
+    /// audio's first input sample plays at presentation time 0, with the
+    /// video's first frame.
+    pub fn with_priming(mut self, samples: u32) -> Self {
+        self.priming = samples;
+        self
+    }
+
+    /// Samples of encoder delay the header's edit list skips.
+    pub fn priming(&self) -> u32 {
+        self.priming
     }
 
     /// The parsed AudioSpecificConfig.

@@ -561,3 +561,129 @@ fn mp4_stream_with_b_frames_and_aac_plays_through_hls_and_dash() {
         assert_eq!(audio_frames[0].pts, 0, "{manifest}: audio starts at 0");
     }
 }
+
+/// AAC priming: FFmpeg's AAC encoder puts 1024 samples of encoder delay
+/// before the input's first sample, and an ADTS stream cannot say so. The
+/// packager keeps them in the media from time 0 and writes an edit list
+/// (`media_time` = the delay) in the CMAF header. A tone that starts 1 s
+/// into the input must then be presented at 1.000 s by both FFmpeg (which
+/// moves its timestamps by the edit) and GStreamer's `qtdemux` (which
+/// trims the samples); without the edit, both present it one AAC frame
+/// (21.3 ms) late.
+#[test]
+fn aac_priming_is_skipped_through_the_edit_list_by_ffmpeg_and_gstreamer() {
+    require_tools();
+    const RATE: usize = 48_000;
+    let dir = TempDir::new("priming");
+    let adts_path = dir.0.join("tone.aac");
+    run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=48000:cl=stereo:d=1",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=1000:sample_rate=48000:duration=1",
+            "-filter_complex",
+            "[1]aformat=channel_layouts=stereo[tone];[0][tone]concat=n=2:v=0:a=1",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-f",
+            "adts",
+            path_str(&adts_path),
+        ],
+    );
+    let adts = std::fs::read(&adts_path).unwrap();
+    let mut samples = Vec::new();
+    let mut at = 0;
+    while at + 7 <= adts.len() {
+        let length = (usize::from(adts[at + 3] & 0x03) << 11)
+            | (usize::from(adts[at + 4]) << 3)
+            | usize::from(adts[at + 5] >> 5);
+        let index = samples.len() as i64;
+        samples.push(Sample {
+            pts: index * 1024,
+            dts: index * 1024,
+            duration: 1024,
+            keyframe: true,
+            data: Bytes::copy_from_slice(&adts[at..at + length]),
+        });
+        at += length;
+    }
+    // The onset, seconds, in a reader's presentation of `file`: the first
+    // loud sample after `first_sample` (the time of the first decoded
+    // sample) in its mono 16-bit output.
+    let onset = |pcm: &[u8], first_sample: f64| -> f64 {
+        let index = pcm
+            .chunks_exact(2)
+            .position(|s| i16::from_le_bytes([s[0], s[1]]).unsigned_abs() > 1000)
+            .expect("the tone");
+        first_sample + index as f64 / RATE as f64
+    };
+    for priming in [1024u32, 0] {
+        let track: Track = AudioTrack::new(common::ASC_LC_48K_STEREO, 48_000, 2)
+            .unwrap()
+            .with_priming(priming)
+            .into();
+        let (init, segments) = package(track, samples.clone());
+        let mut file = init.to_vec();
+        segments
+            .iter()
+            .for_each(|s| file.extend_from_slice(s.data()));
+        let path = dir.0.join(format!("priming{priming}.mp4"));
+        std::fs::write(&path, &file).unwrap();
+
+        let packets = probe_json(&["-show_packets", "-select_streams", "a:0", path_str(&path)]);
+        let first_pts: f64 = packets["packets"][0]["pts_time"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let pcm = run(
+            "ffmpeg",
+            &[
+                "-v",
+                "error",
+                "-i",
+                path_str(&path),
+                "-f",
+                "s16le",
+                "-ac",
+                "1",
+                "-",
+            ],
+        );
+        let ffmpeg = onset(&pcm, first_pts);
+        let raw = dir.0.join(format!("priming{priming}.gst.raw"));
+        let gst = Command::new("gst-launch-1.0")
+            .args(["-q", "filesrc"])
+            .arg(format!("location={}", path_str(&path)))
+            .args(["!", "qtdemux", "!", "avdec_aac", "!", "audioconvert", "!"])
+            .args(["audio/x-raw,format=S16LE,channels=1", "!", "filesink"])
+            .arg(format!("location={}", path_str(&raw)))
+            .output()
+            .expect("gst-launch-1.0 (scripts/deps.sh installs GStreamer)");
+        assert!(
+            gst.status.success(),
+            "{}",
+            String::from_utf8_lossy(&gst.stderr)
+        );
+        // GStreamer presents from 0: what it trims is not in its output.
+        let gstreamer = onset(&std::fs::read(&raw).unwrap(), 0.0);
+        let expected = 1.0 + f64::from(1024 - priming) / RATE as f64;
+        for (reader, at) in [("FFmpeg", ffmpeg), ("GStreamer", gstreamer)] {
+            assert!(
+                (at - expected).abs() < 0.001,
+                "priming {priming}: {reader} presents the tone at {at:.4} s, not {expected:.4} s"
+            );
+        }
+    }
+}

@@ -398,14 +398,25 @@ pub(crate) fn verify(version_dir: &Path, source: &Path, fx: &toml::Table) {
                 &["-show_streams", "-select_streams", "a:0"],
                 &version_dir.join("audio/index.m3u8"),
             );
-            let audio_start: f64 = audio["streams"][0]["start_time"]
+            let first_packet: f64 = audio["streams"][0]["start_time"]
                 .as_str()
                 .unwrap()
                 .parse()
                 .unwrap();
+            // The AAC encoder's 1024 samples of priming are in the media
+            // from 0, and the header's edit list skips them: FFmpeg moves
+            // the packets' times back by the edit (the priming before 0),
+            // so the input's first sample is presented at 0, with the
+            // video's first frame.
+            let priming = priming_edit(&std::fs::read(version_dir.join("audio/init.mp4")).unwrap());
+            assert_eq!(priming, Some(1024), "the audio header's edit list");
             assert!(
-                (starts[0] - audio_start).abs() <= frame + 0.001,
-                "video starts {} s, audio {audio_start} s",
+                (first_packet + 1024.0 / 48_000.0).abs() < 0.0001,
+                "FFmpeg reads the first packet at {first_packet} s, not before 0 by the priming"
+            );
+            assert!(
+                starts[0].abs() <= frame + 0.001,
+                "video starts {} s, audio's first sample at 0",
                 starts[0]
             );
         }
@@ -1224,4 +1235,33 @@ async fn a_source_that_crashes_the_decoder_is_quarantined_and_spares_the_other_j
     );
     assert!(worker.is_running(), "the worker outlived the crashes");
     let _ = std::fs::remove_dir_all(root);
+}
+
+/// The `media_time` of the single edit in a CMAF header's track (`moov` /
+/// `trak` / `edts` / `elst`, version 0), read without the packager's code.
+fn priming_edit(init: &[u8]) -> Option<u32> {
+    fn child<'a>(data: &'a [u8], kind: &[u8; 4]) -> Option<&'a [u8]> {
+        let mut at = 0;
+        while at + 8 <= data.len() {
+            let size = u32::from_be_bytes(data[at..at + 4].try_into().ok()?) as usize;
+            if size < 8 || at + size > data.len() {
+                return None;
+            }
+            if &data[at + 4..at + 8] == kind {
+                return Some(&data[at + 8..at + size]);
+            }
+            at += size;
+        }
+        None
+    }
+    let elst = child(
+        child(child(child(init, b"moov")?, b"trak")?, b"edts")?,
+        b"elst",
+    )?;
+    // version and flags, entry_count, segment_duration, media_time
+    let entries = u32::from_be_bytes(elst.get(4..8)?.try_into().ok()?);
+    if entries != 1 {
+        return None;
+    }
+    Some(u32::from_be_bytes(elst.get(12..16)?.try_into().ok()?))
 }

@@ -210,7 +210,9 @@ enum AudioPath {
     /// Decoded, resampled (the audio graph) and encoded.
     Encode {
         encoder: ff::encoder::audio::Encoder,
-        /// Encoder delay (priming samples) added back so the first sample is at 0.
+        /// Encoder delay (priming samples): added back to the encoder's
+        /// timestamps so the media starts at 0, and skipped by the init
+        /// segment's edit list ([`AudioTrack::with_priming`]).
         priming: i64,
     },
     /// The source's packets, copied (live; see [`audio_copy`]).
@@ -783,8 +785,13 @@ pub fn run_input(
                 config.audio_bitrate,
             )
         };
+        let priming = match &path {
+            AudioPath::Encode { priming, .. } => u32::try_from(*priming).unwrap_or(0),
+            AudioPath::Copy(_) => 0,
+        };
         let track = AudioTrack::new(&asc, AUDIO_RATE as u32, 2)
-            .map_err(|e| packager_error("describing the audio track", e))?;
+            .map_err(|e| packager_error("describing the audio track", e))?
+            .with_priming(priming);
         let segmenter = new_segmenter(
             Track::Audio(track),
             segment_duration,
