@@ -1124,29 +1124,54 @@ fn a_resolution_change_mid_stream_is_scaled_into_the_planned_ladder() {
     }
 }
 
+/// Rate control keeps the ladder's promises at every rung, for short and
+/// long sources: no rung's average over the whole asset above its cap, and
+/// no segment's bit rate above the `BANDWIDTH` the rung declared before it
+/// was measured (what a growing master playlist says). The content is
+/// noise in every frame, which wants far more bits than any cap; the
+/// sources cover every rung of the default ladder (2160p to 240p).
 #[test]
 fn short_and_long_sources_keep_every_rung_under_its_cap() {
-    use cascade_workers::transcode::run_file as transcode_file;
+    use cascade_workers::transcode::{run_file as transcode_file, Event};
     let dir = tempfile::tempdir().unwrap();
     let config = TranscodeConfig::default();
-    // Noise every frame: content that wants far more bits than any cap.
-    for seconds in [3, 10] {
-        let source = dir.path().join(format!("hard_{seconds}s.mp4"));
+    let mut rungs_seen = std::collections::BTreeSet::new();
+    for (size, seconds, qp) in [
+        ("1280x720", 3, 12),
+        ("1280x720", 10, 12),
+        ("1920x1080", 3, 16),
+        ("3840x2160", 2, 24),
+    ] {
+        let source = dir.path().join(format!("hard_{size}_{seconds}s.mp4"));
         let (ok, _, err) = run(Command::new("ffmpeg")
             .args(["-v", "error", "-f", "lavfi", "-i"])
             .arg(format!(
-                "testsrc2=size=1280x720:rate=30:duration={seconds},noise=alls=25:allf=t"
+                "testsrc2=size={size}:rate=30:duration={seconds},noise=alls=25:allf=t"
             ))
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-qp", "12"])
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-qp"])
+            .arg(qp.to_string())
             .arg(&source));
         assert!(ok, "{err}");
         let (events, mut received) = tokio::sync::mpsc::channel(64);
-        let drain = std::thread::spawn(move || while received.blocking_recv().is_some() {});
+        let declared = std::thread::spawn(move || {
+            let mut declared = std::collections::HashMap::new();
+            while let Some(event) = received.blocking_recv() {
+                if let Event::Init {
+                    rendition,
+                    declared: bitrates,
+                    ..
+                } = event
+                {
+                    declared.insert(rendition, bitrates.peak);
+                }
+            }
+            declared
+        });
         let cancel = std::sync::atomic::AtomicBool::new(false);
         let summary = transcode_file(&source, &config, VideoEncoder::Libx264, &events, &cancel)
             .expect("the transcode");
         drop(events);
-        drain.join().unwrap();
+        let declared = declared.join().unwrap();
         for (rendition, _) in summary.renditions.iter().filter(|(r, _)| r.name != "audio") {
             let cap = config
                 .ladder
@@ -1154,19 +1179,34 @@ fn short_and_long_sources_keep_every_rung_under_its_cap() {
                 .find(|rung| rung.name == rendition.name)
                 .map(|rung| rung.bitrate)
                 .unwrap();
-            let average = rendition.bitrates().average;
+            let measured = rendition.bitrates();
             eprintln!(
-                "{seconds} s source, {}: average {average} bit/s, cap {cap} ({:.2}x)",
+                "{size} {seconds} s, {}: average {} bit/s, cap {cap} ({:.2}x); peak {} of {} declared",
                 rendition.name,
-                average as f64 / cap as f64
+                measured.average,
+                measured.average as f64 / cap as f64,
+                measured.peak,
+                declared[&rendition.name]
             );
             assert!(
-                average <= cap,
-                "{seconds} s source: {} averages {average} bit/s, over its cap of {cap}",
-                rendition.name
+                measured.average <= cap,
+                "{size} {seconds} s: {} averages {} bit/s, over its cap of {cap}",
+                rendition.name,
+                measured.average
             );
+            assert!(
+                measured.peak <= declared[&rendition.name],
+                "{size} {seconds} s: {} peaks at {} bit/s, over the {} it declared",
+                rendition.name,
+                measured.peak,
+                declared[&rendition.name]
+            );
+            rungs_seen.insert(rendition.name.clone());
         }
     }
+    let ladder: std::collections::BTreeSet<String> =
+        config.ladder.iter().map(|rung| rung.name.clone()).collect();
+    assert_eq!(rungs_seen, ladder, "every rung of the ladder");
 }
 
 /// A source that crashes the decoder (here a failpoint aborts the child
