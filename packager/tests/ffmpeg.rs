@@ -471,13 +471,9 @@ fn mp4_stream_with_b_frames_and_aac_plays_through_hls_and_dash() {
     check_video_output(&playlist, &source, frame_ticks, i64::from(timescale), shift);
 
     // AAC from ffmpeg's encoder as ADTS, which the segmenter must strip.
-    let adts_path = dir.0.join("source.aac");
-    run(
-        "ffmpeg",
+    let audio_samples = aac_samples(
+        &dir.0.join("source.aac"),
         &[
-            "-v",
-            "error",
-            "-y",
             "-f",
             "lavfi",
             "-i",
@@ -486,39 +482,11 @@ fn mp4_stream_with_b_frames_and_aac_plays_through_hls_and_dash() {
             "3.4",
             "-ac",
             "2",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "128k",
-            "-f",
-            "adts",
-            path_str(&adts_path),
         ],
     );
-    let adts = std::fs::read(&adts_path).unwrap();
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while at + 7 <= adts.len() {
-        let length = (usize::from(adts[at + 3] & 0x03) << 11)
-            | (usize::from(adts[at + 4]) << 3)
-            | usize::from(adts[at + 5] >> 5);
-        frames.push(Bytes::copy_from_slice(&adts[at..at + length]));
-        at += length;
-    }
     let audio_track: Track = AudioTrack::new(common::ASC_LC_48K_STEREO, 48_000, 2)
         .unwrap()
         .into();
-    let audio_samples: Vec<Sample> = frames
-        .into_iter()
-        .enumerate()
-        .map(|(index, data)| Sample {
-            pts: index as i64 * 1024,
-            dts: index as i64 * 1024,
-            duration: 1024,
-            keyframe: true,
-            data,
-        })
-        .collect();
     let audio_frame_count = audio_samples.len();
     let (audio_init, audio_segments) = package(audio_track.clone(), audio_samples);
     let audio = write_rendition(&dir.0, "audio", &audio_track, &audio_init, &audio_segments);
@@ -575,13 +543,9 @@ fn aac_priming_is_skipped_through_the_edit_list_by_ffmpeg_and_gstreamer() {
     require_tools();
     const RATE: usize = 48_000;
     let dir = TempDir::new("priming");
-    let adts_path = dir.0.join("tone.aac");
-    run(
-        "ffmpeg",
+    let samples = aac_samples(
+        &dir.0.join("tone.aac"),
         &[
-            "-v",
-            "error",
-            "-y",
             "-f",
             "lavfi",
             "-i",
@@ -592,32 +556,8 @@ fn aac_priming_is_skipped_through_the_edit_list_by_ffmpeg_and_gstreamer() {
             "sine=frequency=1000:sample_rate=48000:duration=1",
             "-filter_complex",
             "[1]aformat=channel_layouts=stereo[tone];[0][tone]concat=n=2:v=0:a=1",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "128k",
-            "-f",
-            "adts",
-            path_str(&adts_path),
         ],
     );
-    let adts = std::fs::read(&adts_path).unwrap();
-    let mut samples = Vec::new();
-    let mut at = 0;
-    while at + 7 <= adts.len() {
-        let length = (usize::from(adts[at + 3] & 0x03) << 11)
-            | (usize::from(adts[at + 4]) << 3)
-            | usize::from(adts[at + 5] >> 5);
-        let index = samples.len() as i64;
-        samples.push(Sample {
-            pts: index * 1024,
-            dts: index * 1024,
-            duration: 1024,
-            keyframe: true,
-            data: Bytes::copy_from_slice(&adts[at..at + length]),
-        });
-        at += length;
-    }
     // The onset, seconds, in a reader's presentation of `file`: the first
     // loud sample after `first_sample` (the time of the first decoded
     // sample) in its mono 16-bit output.
@@ -686,4 +626,32 @@ fn aac_priming_is_skipped_through_the_edit_list_by_ffmpeg_and_gstreamer() {
             );
         }
     }
+}
+
+/// AAC frames from ffmpeg's encoder (128 kbit/s, ADTS, written to `path`)
+/// of the input `input` names, as samples of 1024 from time 0: the
+/// encoder's priming is the first frame, which ADTS cannot signal.
+fn aac_samples(path: &Path, input: &[&str]) -> Vec<Sample> {
+    let mut args = vec!["-v", "error", "-y"];
+    args.extend_from_slice(input);
+    args.extend_from_slice(&["-c:a", "aac", "-b:a", "128k", "-f", "adts", path_str(path)]);
+    run("ffmpeg", &args);
+    let adts = std::fs::read(path).unwrap();
+    let mut samples = Vec::new();
+    let mut at = 0;
+    while at + 7 <= adts.len() {
+        let length = (usize::from(adts[at + 3] & 0x03) << 11)
+            | (usize::from(adts[at + 4]) << 3)
+            | usize::from(adts[at + 5] >> 5);
+        let time = samples.len() as i64 * 1024;
+        samples.push(Sample {
+            pts: time,
+            dts: time,
+            duration: 1024,
+            keyframe: true,
+            data: Bytes::copy_from_slice(&adts[at..at + length]),
+        });
+        at += length;
+    }
+    samples
 }

@@ -662,7 +662,16 @@ async fn a_chunk_result_is_recorded_only_under_the_current_lease_and_once() {
     let db = fresh_db().await;
     let (asset, _) = crate::common::insert_asset(&db, "public").await;
     let planned = plan(200.0, 60.0, 4.0, 2.0, 120.0);
-    let job = cascade_schemas::jobs::TranscodeJob::version(asset, 1);
+    // A corrective take's settings go with every chunk of it.
+    let corrections = cascade_schemas::jobs::Corrections {
+        failed_version: 0,
+        rate_scale: [("720p".to_owned(), 0.5)].into_iter().collect(),
+        failed_checks: vec!["bitrate.average [720p]".to_owned()],
+    };
+    let job = cascade_schemas::jobs::TranscodeJob {
+        corrections: Some(corrections.clone()),
+        ..cascade_schemas::jobs::TranscodeJob::version(asset, 1)
+    };
     let rows = chunks::plan(&db.pool, &job, &planned, 3).await.unwrap();
     assert_eq!(rows.len(), 3);
     // Planning again keeps the plan and queues nothing more.
@@ -676,6 +685,11 @@ async fn a_chunk_result_is_recorded_only_under_the_current_lease_and_once() {
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2, "a job per chunk after the first");
+    for chunk in &claimed {
+        let payload: cascade_schemas::jobs::TranscodeJob =
+            serde_json::from_value(chunk.payload.clone()).unwrap();
+        assert_eq!(payload.corrections.as_ref(), Some(&corrections));
+    }
     let job = claimed
         .iter()
         .find(|job| job.payload["chunk"] == 1)

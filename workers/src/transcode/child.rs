@@ -269,6 +269,14 @@ where
     Ok(Bytes::from(bytes))
 }
 
+/// `flag` and `value` as JSON, when `wanted` (the child's default otherwise).
+fn json_arg(flag: &str, value: &impl serde::Serialize, wanted: bool) -> Vec<String> {
+    match serde_json::to_string(value) {
+        Ok(json) if wanted => vec![flag.to_owned(), json],
+        _ => Vec::new(),
+    }
+}
+
 /// What a child transcodes: a stored source.
 #[derive(Debug, Clone)]
 pub struct SourceTarget {
@@ -323,22 +331,12 @@ impl ChildTranscoder {
             .args(["--version", &source.version.to_string()])
             .args(["--length", &source.length.to_string()])
             .args(["--encoder", encoder.ffmpeg_name()])
-            .args(
-                (!source.scope.is_whole())
-                    .then(|| serde_json::to_string(&source.scope).ok())
-                    .flatten()
-                    .map(|scope| ["--scope".to_owned(), scope])
-                    .into_iter()
-                    .flatten(),
-            )
-            .args(
-                (!source.rate_scale.is_empty())
-                    .then(|| serde_json::to_string(&source.rate_scale).ok())
-                    .flatten()
-                    .map(|scale| ["--rate-scale".to_owned(), scale])
-                    .into_iter()
-                    .flatten(),
-            )
+            .args(json_arg("--scope", &source.scope, !source.scope.is_whole()))
+            .args(json_arg(
+                "--rate-scale",
+                &source.rate_scale,
+                !source.rate_scale.is_empty(),
+            ))
             // Its spans join the job's trace, under this one.
             .args(
                 cascade_platform::tracecontext::current_traceparent()
