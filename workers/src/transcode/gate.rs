@@ -198,9 +198,10 @@ pub fn rate_corrections(report: &GateReport) -> Option<BTreeMap<String, f64>> {
 }
 
 /// Runs `gate` over `request` and applies `policy`: the counts are
-/// logged, and each failure of a version published anyway (`warn`) as a
-/// warning. `Err` when the checks could not run (storage trouble: the
-/// caller retries, never publishes unchecked).
+/// logged, and each failure of a version not refused (`warn`: it is
+/// published, or taken again where that corrects it) as a warning. `Err`
+/// when the checks could not run (storage trouble: the caller retries,
+/// never publishes unchecked).
 pub async fn check_and_decide(
     gate: &dyn PublishGate,
     policy: QaGatePolicy,
@@ -215,7 +216,7 @@ pub async fn check_and_decide(
         for failure in &record.report.failures {
             tracing::warn!(asset_id = %asset, check = %failure.check,
                 failure = %failure.describe(),
-                "published with a failed quality check (transcode.qa_gate = warn)");
+                "a quality check failed; not refused (transcode.qa_gate = warn)");
         }
     }
     Ok(decision)
