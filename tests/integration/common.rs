@@ -286,6 +286,9 @@ pub struct CascadeProcess {
     pub http: Option<SocketAddr>,
     /// The RTMP listener, when the ingest role runs one.
     pub rtmp: Option<SocketAddr>,
+    /// Its object store, unless the caller named one: removed after the
+    /// process ends.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl CascadeProcess {
@@ -306,9 +309,15 @@ impl CascadeProcess {
             .env_remove("CASCADE_STORAGE__S3__BUCKET")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let scratch =
-            std::env::temp_dir().join(format!("cascade-test-{}", uuid::Uuid::new_v4().simple()));
-        command.env("CASCADE_STORAGE__LOCAL_ROOT", scratch);
+        let scratch = tempfile::Builder::new()
+            .prefix("cascade-test-")
+            .tempdir()
+            .expect("a scratch directory");
+        command.env("CASCADE_STORAGE__LOCAL_ROOT", scratch.path());
+        let scratch = (!env
+            .iter()
+            .any(|(key, _)| *key == "CASCADE_STORAGE__LOCAL_ROOT"))
+        .then_some(scratch);
         for (key, value) in env {
             command.env(key, value);
         }
@@ -337,7 +346,12 @@ impl CascadeProcess {
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         assert!(http.is_some(), "cascade serve did not report its address");
-        Self { child, http, rtmp }
+        Self {
+            child,
+            http,
+            rtmp,
+            _scratch: scratch,
+        }
     }
 
     /// Sends a signal to the process.

@@ -300,7 +300,12 @@ pub(crate) async fn playlist_with(
 async fn rtmp_stream_plays_live_refuses_intruders_and_records() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    // Removed at the end of the test, after the processes (declared later, dropped first).
+    let scratch = tempfile::Builder::new()
+        .prefix("cascade-live-")
+        .tempdir()
+        .unwrap();
+    let root = scratch.path().to_path_buf();
     let live = serve(&db, "ingest,workers,origin", &root);
     let key = create_key(&db, "live", "default");
     let (id, stream_key, playback) = create_stream(live.http, &key, r#"{"reconnect_window": 2}"#);
@@ -565,7 +570,6 @@ async fn rtmp_stream_plays_live_refuses_intruders_and_records() {
         "{stream}"
     );
     drop(live);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -592,7 +596,12 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    // Removed at the end of the test, after the processes (declared later, dropped first).
+    let scratch = tempfile::Builder::new()
+        .prefix("cascade-live-")
+        .tempdir()
+        .unwrap();
+    let root = scratch.path().to_path_buf();
     let mut first = serve(&db, "ingest,workers,origin", &root);
     let key = create_key(&db, "live", "default");
     let (id, stream_key, playback) = create_stream(first.http, &key, r#"{"reconnect_window": 60}"#);
@@ -850,7 +859,6 @@ async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
     let _ = publisher.kill();
     let _ = publisher.wait();
     drop(second);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// `cascade live create|list|show|reset-key`: an operator's view of live
@@ -931,7 +939,12 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
     assert!(nginx_available(), "nginx is needed (Debian package nginx)");
     let fixture = live_fixture();
     let db = fresh_db().await;
-    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    // Removed at the end of the test, after the processes (declared later, dropped first).
+    let scratch = tempfile::Builder::new()
+        .prefix("cascade-live-")
+        .tempdir()
+        .unwrap();
+    let root = scratch.path().to_path_buf();
     let live = serve_with(
         &db,
         "ingest,workers,origin",
@@ -1081,7 +1094,6 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
     let _ = publisher.wait();
     drop(cdn);
     drop(live);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// A signed live stream (low latency, so its playlists come from the
@@ -1093,7 +1105,12 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
 async fn signed_live_streams_play_with_a_token_only() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    // Removed at the end of the test, after the processes (declared later, dropped first).
+    let scratch = tempfile::Builder::new()
+        .prefix("cascade-live-")
+        .tempdir()
+        .unwrap();
+    let root = scratch.path().to_path_buf();
     let live = serve(&db, "ingest,workers,origin", &root);
     let key = create_key(&db, "live", "default");
     let (id, stream_key, playback) = create_stream(
@@ -1215,7 +1232,6 @@ async fn signed_live_streams_play_with_a_token_only() {
     let _ = publisher.kill();
     let _ = publisher.wait();
     drop(live);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// A ladder that cannot keep up (x264's slowest preset on this machine)
@@ -1226,7 +1242,12 @@ async fn a_ladder_that_falls_behind_degrades_visibly() {
     let _cores = crate::common::exclusive_cores().await;
     let fixture = live_fixture();
     let db = fresh_db().await;
-    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    // Removed at the end of the test, after the processes (declared later, dropped first).
+    let scratch = tempfile::Builder::new()
+        .prefix("cascade-live-")
+        .tempdir()
+        .unwrap();
+    let root = scratch.path().to_path_buf();
     let live = serve_with(
         &db,
         "ingest,workers,origin",
@@ -1257,7 +1278,6 @@ async fn a_ladder_that_falls_behind_degrades_visibly() {
     let _ = publisher.kill();
     let _ = publisher.wait();
     drop(live);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// A rung dropped for part of a broadcast (a drill here) is left out of
@@ -1267,7 +1287,12 @@ async fn a_ladder_that_falls_behind_degrades_visibly() {
 async fn a_rung_dropped_mid_broadcast_is_left_out_of_the_recording() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    // Removed at the end of the test, after the processes (declared later, dropped first).
+    let scratch = tempfile::Builder::new()
+        .prefix("cascade-live-")
+        .tempdir()
+        .unwrap();
+    let root = scratch.path().to_path_buf();
     let live = serve_with(
         &db,
         "ingest,workers,origin",
@@ -1314,7 +1339,6 @@ async fn a_rung_dropped_mid_broadcast_is_left_out_of_the_recording() {
         String::from_utf8_lossy(&read.stderr)
     );
     drop(live);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// A recording is checked by the publish gate before it turns ready: one
@@ -1324,7 +1348,12 @@ async fn a_rung_dropped_mid_broadcast_is_left_out_of_the_recording() {
 async fn a_damaged_recording_is_refused_by_the_publish_gate() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    // Removed at the end of the test, after the processes (declared later, dropped first).
+    let scratch = tempfile::Builder::new()
+        .prefix("cascade-live-")
+        .tempdir()
+        .unwrap();
+    let root = scratch.path().to_path_buf();
     let live = serve_with(
         &db,
         "ingest,workers,origin",
@@ -1352,7 +1381,6 @@ async fn a_damaged_recording_is_refused_by_the_publish_gate() {
         "{asset}"
     );
     drop(live);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// A process takes at most `live.max_streams` publishers (the next is
@@ -1362,7 +1390,12 @@ async fn a_damaged_recording_is_refused_by_the_publish_gate() {
 async fn publishers_beyond_the_limits_are_refused() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    let root = std::env::temp_dir().join(format!("cascade-live-{}", uuid::Uuid::new_v4().simple()));
+    // Removed at the end of the test, after the processes (declared later, dropped first).
+    let scratch = tempfile::Builder::new()
+        .prefix("cascade-live-")
+        .tempdir()
+        .unwrap();
+    let root = scratch.path().to_path_buf();
     let live = serve_with(
         &db,
         "ingest,workers,origin",
@@ -1414,5 +1447,4 @@ async fn publishers_beyond_the_limits_are_refused() {
         "{stream}"
     );
     drop(live);
-    let _ = std::fs::remove_dir_all(&root);
 }

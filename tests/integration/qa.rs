@@ -20,6 +20,8 @@ struct Stack {
     _process: CascadeProcess,
     addr: SocketAddr,
     root: PathBuf,
+    /// Removed once the process (dropped first) has ended.
+    _root: tempfile::TempDir,
 }
 
 /// `cascade serve` with every role, objects in a scratch directory.
@@ -30,7 +32,11 @@ fn start_stack(db: &TestDb) -> Stack {
 fn start_stack_with(db: &TestDb, extra: &[(&str, &str)]) -> Stack {
     // Port 0: the process reports the port it got, and its public URL follows.
     let (listen, public) = ("127.0.0.1:0", "http://127.0.0.1:0");
-    let root = std::env::temp_dir().join(format!("cascade-qa-{}", uuid::Uuid::new_v4().simple()));
+    let scratch = tempfile::Builder::new()
+        .prefix("cascade-qa-")
+        .tempdir()
+        .expect("a scratch directory");
+    let root = scratch.path().to_path_buf();
     let root_text = root.display().to_string();
     let mut env = vec![
         ("CASCADE_HTTP__LISTEN", listen),
@@ -48,6 +54,7 @@ fn start_stack_with(db: &TestDb, extra: &[(&str, &str)]) -> Stack {
         _process: process,
         addr,
         root,
+        _root: scratch,
     }
 }
 
