@@ -21,9 +21,10 @@
 //! Decode times inside the fragment run on from there using the decode-time
 //! deltas of the input, and the B-frame reordering shows up as signed
 //! composition offsets (`trun` version 1), some of them negative. There is
-//! no edit list: the media timeline starts at presentation time 0, and
-//! players that place segments by `tfdt` (hls.js, dash.js, MSE) line audio
-//! and video up exactly.
+//! no edit list for them: the media timeline starts at presentation time
+//! 0, and players that place segments by `tfdt` (hls.js, dash.js, MSE)
+//! line audio and video up exactly. (An audio track with encoder priming
+//! has one edit that skips the priming: [`crate::AudioTrack::with_priming`].)
 //!
 //! FFmpeg's mov demuxer (and so its HLS and DASH demuxers) computes a
 //! picture's time as `dts + dts_shift + offset`, where `dts_shift` is the

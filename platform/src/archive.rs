@@ -92,7 +92,7 @@ pub async fn request_archive(client: &impl GenericClient, asset: AssetId) -> Res
         return Ok(false);
     };
     let version = u32::try_from(row.get::<_, i32>(0)).unwrap_or_default();
-    queue_and_wake(
+    queue::enqueue_and_wake(
         client,
         &version_job(job_kind::ARCHIVE_ASSET, asset, version),
         ARCHIVE_MAX_ATTEMPTS,
@@ -237,7 +237,7 @@ pub async fn request_restore(pool: &Pool, asset: AssetId) -> Result<bool, DbErro
     let playback_id: String = row.get(0);
     let version = u32::try_from(row.get::<_, i32>(1)).unwrap_or_default();
     announce_playback_change(&tx, &playback_id).await?;
-    queue_and_wake(
+    queue::enqueue_and_wake(
         &tx,
         &version_job(job_kind::RESTORE_ASSET, asset, version),
         ARCHIVE_MAX_ATTEMPTS,
@@ -270,7 +270,7 @@ pub async fn restart_from_source(
     if n == 0 {
         return Ok(false);
     }
-    queue_and_wake(&tx, transcode, max_attempts).await?;
+    queue::enqueue_and_wake(&tx, transcode, max_attempts).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -296,22 +296,6 @@ fn version_job(kind: &str, asset: AssetId, version: u32) -> NewJob {
     )
     .idempotency_key(format!("{asset}/v{version}"))
     .max_attempts(ARCHIVE_MAX_ATTEMPTS)
-}
-
-/// Queues `job` in the caller's transaction and wakes the workers of its
-/// kind when it commits.
-async fn queue_and_wake(
-    client: &impl GenericClient,
-    job: &NewJob,
-    max_attempts: i32,
-) -> Result<(), DbError> {
-    queue::enqueue(client, job, max_attempts)
-        .await
-        .map_err(QueueError::into_db)?;
-    client
-        .execute("SELECT pg_notify($1, $2)", &[&queue::CHANNEL, &job.kind])
-        .await?;
-    Ok(())
 }
 
 fn version_param(version: u32) -> i32 {

@@ -783,14 +783,7 @@ pub async fn retake(
     if n == 0 {
         return Ok(false);
     }
-    queue::enqueue(&tx, transcode, max_attempts)
-        .await
-        .map_err(queue::QueueError::into_db)?;
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&queue::CHANNEL, &transcode.kind],
-    )
-    .await?;
+    queue::enqueue_and_wake(&tx, transcode, max_attempts).await?;
     tx.commit().await?;
     Ok(true)
 }

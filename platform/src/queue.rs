@@ -194,6 +194,22 @@ pub async fn enqueue(
     Ok(Enqueued::Duplicate(JobId(existing.get(0))))
 }
 
+/// [`enqueue`] in the caller's transaction, and a wake-up of the workers
+/// of the job's kind delivered when it commits (no [`Queue::wake`] after).
+pub async fn enqueue_and_wake(
+    client: &impl GenericClient,
+    job: &NewJob,
+    default_max_attempts: i32,
+) -> Result<(), DbError> {
+    enqueue(client, job, default_max_attempts)
+        .await
+        .map_err(QueueError::into_db)?;
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &job.kind])
+        .await?;
+    Ok(())
+}
+
 /// The proof that a worker holds a job: its id and the lease id of this claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {

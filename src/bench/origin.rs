@@ -491,10 +491,7 @@ async fn load(wrk: &Path, url: &str, args: &OriginBenchArgs) -> anyhow::Result<W
 
 /// Per-figure medians of several runs.
 fn median_figures(runs: Vec<WrkFigures>) -> WrkFigures {
-    let median = |mut values: Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
+    let median = |mut values: Vec<f64>| super::median(&mut values);
     WrkFigures {
         requests_per_sec: median(runs.iter().map(|r| r.requests_per_sec).collect()),
         bytes_per_sec: median(runs.iter().map(|r| r.bytes_per_sec).collect()),
@@ -570,7 +567,7 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
     };
     require_tool("taskset")?;
     // A misspelt --only fails before the minute of transcoding.
-    selected(&OBJECTS, &args.only)?;
+    let measured = selected(&OBJECTS, &args.only)?;
     let input = super::detailed_source(1920, 1080, SOURCE_SECONDS)?;
     let scratch = tempfile::tempdir()?;
     let objects = scratch.path().join("objects");
@@ -600,21 +597,22 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
         .min_by_key(|f| f.len.abs_diff(PART_SIZE))
         .context("no part-sized segment")?;
     let uncached_len = uncached.len;
+    let [playlist, manifest, part_sized, segment] = OBJECTS;
     let subjects = [
         (
-            "playlist",
+            playlist,
             ObjectKey::media_playlist(asset, version, &rung),
             format!("{TOP_RUNG}/{MEDIA_PLAYLIST}"),
         ),
         // The presentation's ~2 KB text object (an LL-HLS media playlist
         // with its parts is this size).
         (
-            "manifest",
+            manifest,
             ObjectKey::dash_manifest(asset, version),
             DASH_MANIFEST.to_owned(),
         ),
-        ("part-sized", part.key(asset, version), part.path()),
-        ("segment", loaded.key(asset, version), loaded.path()),
+        (part_sized, part.key(asset, version), part.path()),
+        (segment, loaded.key(asset, version), loaded.path()),
     ];
 
     let client = reqwest::Client::new();
@@ -634,9 +632,6 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
         args.runs.max(1)
     );
 
-    let labels: Vec<&str> = subjects.iter().map(|(label, ..)| *label).collect();
-    debug_assert_eq!(labels, OBJECTS);
-    let measured = selected(&labels, &args.only)?;
     let mut all_met = true;
     let mut table = Vec::new();
     for (label, key, path) in subjects
@@ -897,9 +892,8 @@ fn ms(duration: Duration) -> String {
 /// Per-figure medians of the probe's runs.
 fn median_probe(runs: &[ProbeFigures]) -> ProbeFigures {
     let median = |pick: fn(&ProbeFigures) -> Duration| {
-        let mut values: Vec<Duration> = runs.iter().map(pick).collect();
-        values.sort_unstable();
-        values.get(values.len() / 2).copied().unwrap_or_default()
+        let mut seconds: Vec<f64> = runs.iter().map(|r| pick(r).as_secs_f64()).collect();
+        Duration::from_secs_f64(super::median(&mut seconds))
     };
     ProbeFigures {
         p50: median(|r| r.p50),
@@ -918,9 +912,7 @@ impl MetricsCost {
     /// The median of the per-pair ratios: each pair ran back to back, so a
     /// slower or faster stretch of the shared machine cancels within it.
     fn ratio(&self) -> f64 {
-        let mut ratios = self.run_ratios.clone();
-        ratios.sort_by(f64::total_cmp);
-        ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN)
+        super::median(&mut self.run_ratios.clone())
     }
 
     /// The lowest and highest per-run ratio.

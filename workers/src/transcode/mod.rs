@@ -923,11 +923,13 @@ impl Inner {
         )
         .await
         .map_err(|e| TranscodeError::Internal(format!("copying the source for a new take: {e}")))?;
+        let (rate_scale, failed) = (
+            format!("{:?}", corrections.rate_scale),
+            format!("{:?}", corrections.failed_checks),
+        );
         let take = TranscodeJob {
-            asset_id: job.asset_id,
-            version: next,
-            chunk: None,
             corrections: Some(corrections),
+            ..TranscodeJob::version(job.asset_id, next)
         };
         let payload = serde_json::to_value(&take)
             .map_err(|e| TranscodeError::internal("encoding the new take's job", e))?;
@@ -949,11 +951,8 @@ impl Inner {
             return Ok(());
         }
         self.metrics.transcode_ended("retaken");
-        if let Some(corrections) = &take.corrections {
-            tracing::warn!(asset_id = %job.asset_id, version = job.version, next,
-                rate_scale = ?corrections.rate_scale, failed = ?corrections.failed_checks,
-                "the quality checks failed on rate control: encoding again with lower rates");
-        }
+        tracing::warn!(asset_id = %job.asset_id, version = job.version, next, rate_scale, failed,
+            "the quality checks failed on rate control: encoding again with lower rates");
         if let Err(error) = self.store.delete(&from).await {
             tracing::warn!(asset_id = %job.asset_id, key = %from, error = %error,
                 "cannot delete the superseded source copy");
