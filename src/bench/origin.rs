@@ -689,6 +689,10 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
             our_probes.push(our_probe);
             their_probes.push(their_probe);
         }
+        let spread = (
+            Spread::of(&our_runs, &our_probes),
+            Spread::of(&their_runs, &their_probes),
+        );
         let ours = median_figures(our_runs);
         let theirs = median_figures(their_runs);
         let (our_probe, their_probe) = (median_probe(&our_probes), median_probe(&their_probes));
@@ -703,6 +707,7 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
             throughput,
             our_probe,
             their_probe,
+            spread,
             met,
         });
     }
@@ -777,6 +782,12 @@ pub async fn run(args: OriginBenchArgs, config: Config) -> anyhow::Result<ExitCo
             ours.server_micros_per_request(),
             theirs.server_micros_per_request(),
             if row.met { "met" } else { "MISSED" }
+        );
+        println!(
+            "  spread over {} runs: origin {}; nginx {}",
+            args.runs.max(1),
+            row.spread.0,
+            row.spread.1
         );
         if row.throughput.per_core {
             println!(
@@ -861,7 +872,54 @@ struct Row<'a> {
     throughput: Throughput,
     our_probe: ProbeFigures,
     their_probe: ProbeFigures,
+    /// The runs' ranges, origin's then nginx's: a margin is only met if it
+    /// holds beside them.
+    spread: (Spread, Spread),
     met: bool,
+}
+
+/// The lowest and highest of one server's runs, each figure on its own.
+#[derive(Debug, PartialEq)]
+struct Spread {
+    requests_per_sec: (f64, f64),
+    micros_per_request: (f64, f64),
+    probe_p99: (Duration, Duration),
+}
+
+impl Spread {
+    fn of(runs: &[WrkFigures], probes: &[ProbeFigures]) -> Self {
+        fn range<T: PartialOrd + Copy>(values: impl Iterator<Item = T>, empty: T) -> (T, T) {
+            values
+                .fold(None, |range: Option<(T, T)>, v| match range {
+                    None => Some((v, v)),
+                    Some((low, high)) => Some((
+                        if v < low { v } else { low },
+                        if v > high { v } else { high },
+                    )),
+                })
+                .unwrap_or((empty, empty))
+        }
+        Self {
+            requests_per_sec: range(runs.iter().map(|r| r.requests_per_sec), 0.0),
+            micros_per_request: range(runs.iter().map(WrkFigures::server_micros_per_request), 0.0),
+            probe_p99: range(probes.iter().map(|p| p.p99), Duration::ZERO),
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0}-{:.0} req/s ({:.2}-{:.2} us), p99 {:.2}-{:.2} ms",
+            self.requests_per_sec.0,
+            self.requests_per_sec.1,
+            self.micros_per_request.0,
+            self.micros_per_request.1,
+            self.probe_p99.0.as_secs_f64() * 1e3,
+            self.probe_p99.1.as_secs_f64() * 1e3
+        )
+    }
 }
 
 /// The origin's throughput against nginx's, as judged.
@@ -1114,6 +1172,33 @@ mod tests {
             server_busy,
             load_busy,
         }
+    }
+
+    #[test]
+    fn the_spread_is_each_figures_own_lowest_and_highest_run() {
+        let runs = [
+            figures(100_000.0, 1.0, 0.9),
+            figures(125_000.0, 0.625, 0.9),
+            figures(50_000.0, 0.375, 0.9),
+        ];
+        let probe = |p99_micros| ProbeFigures {
+            p50: Duration::from_micros(400),
+            p99: Duration::from_micros(p99_micros),
+        };
+        let probes = [probe(900), probe(610), probe(750)];
+        let spread = Spread::of(&runs, &probes);
+        assert_eq!(spread.requests_per_sec, (50_000.0, 125_000.0));
+        // Not the runs with the fewest and most requests: 10 us in the
+        // first, 5 us in the second, 7.5 us in the third.
+        assert_eq!(spread.micros_per_request, (5.0, 10.0));
+        assert_eq!(
+            spread.probe_p99,
+            (Duration::from_micros(610), Duration::from_micros(900))
+        );
+        assert_eq!(
+            spread.to_string(),
+            "50000-125000 req/s (5.00-10.00 us), p99 0.61-0.90 ms"
+        );
     }
 
     #[test]
