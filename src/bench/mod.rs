@@ -59,6 +59,19 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// The lowest and highest of `values`; `None` when there are none.
+pub(crate) fn range<T: PartialOrd + Copy>(values: impl IntoIterator<Item = T>) -> Option<(T, T)> {
+    values.into_iter().fold(None, |range, v| {
+        Some(match range {
+            None => (v, v),
+            Some((low, high)) => (
+                if v < low { v } else { low },
+                if v > high { v } else { high },
+            ),
+        })
+    })
+}
+
 /// Peak resident memory of process `pid` (VmHWM), in MB.
 pub(crate) fn peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

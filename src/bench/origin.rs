@@ -872,8 +872,8 @@ struct Row<'a> {
     throughput: Throughput,
     our_probe: ProbeFigures,
     their_probe: ProbeFigures,
-    /// The runs' ranges, origin's then nginx's: a margin is only met if it
-    /// holds beside them.
+    /// The runs' ranges, origin's then nginx's, printed under the medians
+    /// (the verdict is the medians'): a margin is read beside them.
     spread: (Spread, Spread),
     met: bool,
 }
@@ -888,21 +888,13 @@ struct Spread {
 
 impl Spread {
     fn of(runs: &[WrkFigures], probes: &[ProbeFigures]) -> Self {
-        fn range<T: PartialOrd + Copy>(values: impl Iterator<Item = T>, empty: T) -> (T, T) {
-            values
-                .fold(None, |range: Option<(T, T)>, v| match range {
-                    None => Some((v, v)),
-                    Some((low, high)) => Some((
-                        if v < low { v } else { low },
-                        if v > high { v } else { high },
-                    )),
-                })
-                .unwrap_or((empty, empty))
-        }
+        use super::range;
+        let no_runs = (0.0, 0.0);
         Self {
-            requests_per_sec: range(runs.iter().map(|r| r.requests_per_sec), 0.0),
-            micros_per_request: range(runs.iter().map(WrkFigures::server_micros_per_request), 0.0),
-            probe_p99: range(probes.iter().map(|p| p.p99), Duration::ZERO),
+            requests_per_sec: range(runs.iter().map(|r| r.requests_per_sec)).unwrap_or(no_runs),
+            micros_per_request: range(runs.iter().map(WrkFigures::server_micros_per_request))
+                .unwrap_or(no_runs),
+            probe_p99: range(probes.iter().map(|p| p.p99)).unwrap_or_default(),
         }
     }
 }
@@ -975,17 +967,7 @@ impl MetricsCost {
 
     /// The lowest and highest per-run ratio.
     fn spread(&self) -> (f64, f64) {
-        let low = self
-            .run_ratios
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
-        let high = self
-            .run_ratios
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
-        (low, high)
+        super::range(self.run_ratios.iter().copied()).unwrap_or((f64::NAN, f64::NAN))
     }
 
     fn met(&self) -> bool {

@@ -114,6 +114,15 @@ pub(crate) struct Live {
     pub(crate) rtmp: SocketAddr,
 }
 
+/// A live test's object root, removed when the test ends: declared before
+/// the processes that write to it, so they are dropped (and stopped) first.
+fn live_root() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cascade-live-")
+        .tempdir()
+        .expect("a scratch directory")
+}
+
 /// `cascade serve` with `roles`, RTMP on a free loopback port, a live
 /// ladder that keeps up on a shared 2-core machine, short timers.
 fn serve(db: &TestDb, roles: &str, root: &Path) -> Live {
@@ -300,11 +309,7 @@ pub(crate) async fn playlist_with(
 async fn rtmp_stream_plays_live_refuses_intruders_and_records() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    // Removed at the end of the test, after the processes (declared later, dropped first).
-    let scratch = tempfile::Builder::new()
-        .prefix("cascade-live-")
-        .tempdir()
-        .unwrap();
+    let scratch = live_root();
     let root = scratch.path().to_path_buf();
     let live = serve(&db, "ingest,workers,origin", &root);
     let key = create_key(&db, "live", "default");
@@ -596,11 +601,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 async fn reconnects_continue_the_broadcast_and_a_killed_holder_lets_go() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    // Removed at the end of the test, after the processes (declared later, dropped first).
-    let scratch = tempfile::Builder::new()
-        .prefix("cascade-live-")
-        .tempdir()
-        .unwrap();
+    let scratch = live_root();
     let root = scratch.path().to_path_buf();
     let mut first = serve(&db, "ingest,workers,origin", &root);
     let key = create_key(&db, "live", "default");
@@ -939,11 +940,7 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
     assert!(nginx_available(), "nginx is needed (Debian package nginx)");
     let fixture = live_fixture();
     let db = fresh_db().await;
-    // Removed at the end of the test, after the processes (declared later, dropped first).
-    let scratch = tempfile::Builder::new()
-        .prefix("cascade-live-")
-        .tempdir()
-        .unwrap();
+    let scratch = live_root();
     let root = scratch.path().to_path_buf();
     let live = serve_with(
         &db,
@@ -1105,11 +1102,7 @@ async fn real_players_play_the_live_stream_through_the_cdn() {
 async fn signed_live_streams_play_with_a_token_only() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    // Removed at the end of the test, after the processes (declared later, dropped first).
-    let scratch = tempfile::Builder::new()
-        .prefix("cascade-live-")
-        .tempdir()
-        .unwrap();
+    let scratch = live_root();
     let root = scratch.path().to_path_buf();
     let live = serve(&db, "ingest,workers,origin", &root);
     let key = create_key(&db, "live", "default");
@@ -1242,11 +1235,7 @@ async fn a_ladder_that_falls_behind_degrades_visibly() {
     let _cores = crate::common::exclusive_cores().await;
     let fixture = live_fixture();
     let db = fresh_db().await;
-    // Removed at the end of the test, after the processes (declared later, dropped first).
-    let scratch = tempfile::Builder::new()
-        .prefix("cascade-live-")
-        .tempdir()
-        .unwrap();
+    let scratch = live_root();
     let root = scratch.path().to_path_buf();
     let live = serve_with(
         &db,
@@ -1287,11 +1276,7 @@ async fn a_ladder_that_falls_behind_degrades_visibly() {
 async fn a_rung_dropped_mid_broadcast_is_left_out_of_the_recording() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    // Removed at the end of the test, after the processes (declared later, dropped first).
-    let scratch = tempfile::Builder::new()
-        .prefix("cascade-live-")
-        .tempdir()
-        .unwrap();
+    let scratch = live_root();
     let root = scratch.path().to_path_buf();
     let live = serve_with(
         &db,
@@ -1348,11 +1333,7 @@ async fn a_rung_dropped_mid_broadcast_is_left_out_of_the_recording() {
 async fn a_damaged_recording_is_refused_by_the_publish_gate() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    // Removed at the end of the test, after the processes (declared later, dropped first).
-    let scratch = tempfile::Builder::new()
-        .prefix("cascade-live-")
-        .tempdir()
-        .unwrap();
+    let scratch = live_root();
     let root = scratch.path().to_path_buf();
     let live = serve_with(
         &db,
@@ -1390,11 +1371,7 @@ async fn a_damaged_recording_is_refused_by_the_publish_gate() {
 async fn publishers_beyond_the_limits_are_refused() {
     let fixture = live_fixture();
     let db = fresh_db().await;
-    // Removed at the end of the test, after the processes (declared later, dropped first).
-    let scratch = tempfile::Builder::new()
-        .prefix("cascade-live-")
-        .tempdir()
-        .unwrap();
+    let scratch = live_root();
     let root = scratch.path().to_path_buf();
     let live = serve_with(
         &db,
